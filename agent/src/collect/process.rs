@@ -1,0 +1,263 @@
+//! Processes from `/proc`: every thread group leader but kernel threads.
+
+use std::path::Path;
+
+use hostwatch_proto::v1::limits;
+use time::OffsetDateTime;
+
+use super::{HostRoot, Problems, ReadFailure, Scan};
+
+/// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: the task is a kernel thread. This flag,
+/// not a parent pid of 2 or an empty command line, is what the kernel itself goes by.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// `comm` holds at most this many bytes (TASK_COMM_LEN - 1); a longer name was cut.
+const COMM_MAX: usize = 15;
+
+/// One process as read from `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub ppid: u32,
+    pub name: String,
+    pub exe: Option<String>,
+    pub exe_deleted: bool,
+    /// Raw arguments, cut to the wire's limits but not yet redacted.
+    pub cmdline: Vec<String>,
+    pub cmdline_truncated: bool,
+    /// Effective uid.
+    pub uid: u32,
+    pub start_time: OffsetDateTime,
+}
+
+/// Reads every process. Processes that exit during the scan are left out, not reported as errors.
+pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
+    let mut problems = Problems::default();
+    let boot = super::host::boot_time(&root.proc);
+    if boot.is_none() {
+        problems.failed.push(format!(
+            "{}: no btime line; start times are unknown",
+            root.proc.join("stat").display()
+        ));
+    }
+    let boot = boot.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let ticks = procfs::ticks_per_second().max(1);
+    let iter = match procfs::process::all_processes_with_root(&root.proc) {
+        Ok(iter) => iter,
+        Err(e) => {
+            problems.failed.push(format!("{}: {e}", root.proc.display()));
+            return Scan {
+                items: Vec::new(),
+                problems,
+            };
+        }
+    };
+    let mut items = Vec::new();
+    for p in iter {
+        match p
+            .map_err(|e| ReadFailure::of_proc(&e))
+            .and_then(|p| read_one(root, &p, boot, ticks, &mut problems))
+        {
+            Ok(Some(rec)) => items.push(rec),
+            Ok(None) => {}
+            Err(f) => f.record(&mut problems),
+        }
+    }
+    items.sort_by_key(|p| p.pid);
+    Scan { items, problems }
+}
+
+/// One process; `Ok(None)` for a kernel thread.
+fn read_one(
+    root: &HostRoot,
+    p: &procfs::process::Process,
+    boot: OffsetDateTime,
+    ticks: u64,
+    problems: &mut Problems,
+) -> Result<Option<ProcessRecord>, ReadFailure> {
+    let stat = p.stat().map_err(|e| ReadFailure::of_proc(&e))?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Ok(None);
+    }
+    let status = p.status().map_err(|e| ReadFailure::of_proc(&e))?;
+    let (exe, exe_deleted) = match p.exe() {
+        Ok(path) => {
+            let (path, deleted) = strip_deleted(&path.to_string_lossy());
+            (Some(path), deleted)
+        }
+        // Zombies and processes that just exited have no exe link: not a coverage problem.
+        Err(e) => {
+            ReadFailure::of_proc(&e).record(problems);
+            (None, false)
+        }
+    };
+    let pid = u32::try_from(stat.pid).unwrap_or_default();
+    let cmdline_path = root.proc.join(pid.to_string()).join("cmdline");
+    let raw = match std::fs::read(&cmdline_path) {
+        Ok(raw) => raw,
+        Err(e) => {
+            ReadFailure::of_io(&cmdline_path, &e).record(problems);
+            Vec::new()
+        }
+    };
+    let (cmdline, cmdline_truncated) = split_cmdline(&raw);
+    let start = boot + time::Duration::milliseconds((stat.starttime.saturating_mul(1000) / ticks) as i64);
+    Ok(Some(ProcessRecord {
+        pid,
+        ppid: u32::try_from(stat.ppid).unwrap_or_default(),
+        name: process_name(&stat.comm, exe.as_deref()),
+        exe,
+        exe_deleted,
+        cmdline,
+        cmdline_truncated,
+        uid: status.euid,
+        start_time: start,
+    }))
+}
+
+/// The kernel appends ` (deleted)` to the exe link of a process whose file was removed.
+pub fn strip_deleted(link: &str) -> (String, bool) {
+    match link.strip_suffix(" (deleted)") {
+        Some(path) => (path.to_owned(), true),
+        None => (link.to_owned(), false),
+    }
+}
+
+/// `comm`, unless the kernel cut it at 15 bytes and the executable's file name is the full
+/// version of it (`systemd-journal` -> `systemd-journald`).
+pub fn process_name(comm: &str, exe: Option<&str>) -> String {
+    if comm.len() == COMM_MAX
+        && let Some(base) = exe
+            .and_then(|e| Path::new(e).file_name())
+            .and_then(|b| b.to_str())
+        && base.len() > COMM_MAX
+        && base.starts_with(comm)
+    {
+        return truncate(base, limits::MAX_NAME_BYTES).to_owned();
+    }
+    if comm.is_empty() {
+        "?".to_owned()
+    } else {
+        truncate(comm, limits::MAX_NAME_BYTES).to_owned()
+    }
+}
+
+/// Splits `/proc/PID/cmdline` at NULs, converting each argument lossily (a non-UTF-8 argument
+/// is still reported, with U+FFFD where its bytes were invalid), and cuts it to the wire's limits.
+/// Returns the arguments and whether anything was cut.
+pub fn split_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        return (Vec::new(), false);
+    }
+    let mut args = Vec::new();
+    let mut total = 0;
+    for part in raw.split(|b| *b == 0) {
+        if args.len() == limits::MAX_ARGS {
+            return (args, true);
+        }
+        let arg = String::from_utf8_lossy(part);
+        let room = limits::MAX_CMDLINE_BYTES - total;
+        if arg.len() > room {
+            args.push(truncate(&arg, room).to_owned());
+            return (args, true);
+        }
+        total += arg.len();
+        args.push(arg.into_owned());
+    }
+    (args, false)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_suffix() {
+        assert_eq!(
+            strip_deleted("/usr/bin/x (deleted)"),
+            ("/usr/bin/x".to_owned(), true)
+        );
+        assert_eq!(strip_deleted("/usr/bin/x"), ("/usr/bin/x".to_owned(), false));
+    }
+
+    #[test]
+    fn names_undo_comm_truncation_only() {
+        assert_eq!(
+            process_name("systemd-journal", Some("/usr/lib/systemd/systemd-journald")),
+            "systemd-journald"
+        );
+        // An interpreter started through a symlink keeps the name it was started as.
+        assert_eq!(process_name("python3", Some("/usr/bin/python3.11")), "python3");
+        // A process that renamed itself keeps the name it chose: exe tells the truth elsewhere.
+        assert_eq!(
+            process_name("kworker/0:1abcd", Some("/tmp/xmrig")),
+            "kworker/0:1abcd"
+        );
+        assert_eq!(process_name("", None), "?");
+    }
+
+    #[test]
+    fn cmdline_split_and_cut() {
+        assert_eq!(
+            split_cmdline(b"a\0b c\0"),
+            (vec!["a".to_owned(), "b c".to_owned()], false)
+        );
+        assert_eq!(split_cmdline(b""), (vec![], false));
+        // An empty argument in the middle is an argument.
+        assert_eq!(split_cmdline(b"a\0\0b\0").0, ["a", "", "b"]);
+        let (args, cut) = split_cmdline(b"x\xffy\0");
+        assert_eq!((args[0].as_str(), cut), ("x\u{fffd}y", false));
+        let long = vec![b'a'; limits::MAX_CMDLINE_BYTES + 10];
+        let (args, cut) = split_cmdline(&long);
+        assert!(cut && args[0].len() == limits::MAX_CMDLINE_BYTES);
+        let many: Vec<u8> = std::iter::repeat_n(b"z\0".as_slice(), limits::MAX_ARGS + 5)
+            .flatten()
+            .copied()
+            .collect();
+        let (args, cut) = split_cmdline(&many);
+        assert!(cut && args.len() == limits::MAX_ARGS);
+    }
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+
+    #[test]
+    fn scan_sees_this_process_and_no_kernel_threads() {
+        let scan = scan(&HostRoot::default());
+        let me = std::process::id();
+        let rec = scan
+            .items
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("own pid in the scan");
+        assert_eq!(
+            rec.exe.as_deref(),
+            std::env::current_exe().ok().as_deref().and_then(|p| p.to_str())
+        );
+        assert_eq!(rec.ppid, std::os::unix::process::parent_id());
+        assert!(!rec.cmdline.is_empty());
+        // kthreadd (pid 2) is the parent of every kernel thread and one itself.
+        assert!(
+            scan.items.iter().all(|p| p.pid != 2 && p.ppid != 2),
+            "kernel threads leaked into the scan"
+        );
+        let now = OffsetDateTime::now_utc();
+        assert!(rec.start_time <= now && rec.start_time > now - time::Duration::hours(1));
+    }
+}

@@ -1,0 +1,399 @@
+//! The agent's configuration: a TOML file (`/etc/hostwatch/agent.toml`), then `HOSTWATCH_*`
+//! environment variables over it, then validation into [`AgentConfig`].
+//!
+//! Two stages, as the design asks: [`RawConfig`] is the file as written (unknown keys refused, each
+//! field documented with its default); [`AgentConfig`] is what the agent runs with, every value
+//! checked and every secret read.
+
+pub mod env;
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::{Deserialize, Deserializer};
+
+use self::env::{EnvError, EnvKey, EnvKind};
+use self::file::FileError;
+
+/// Where the agent looks for its file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/hostwatch/agent.toml";
+
+/// Variables the agent reads that are not configuration keys.
+pub const OTHER_VARS: &[&str] = &["HOSTWATCH_CONFIG", "HOSTWATCH_LOG", "HOSTWATCH_LOG_FORMAT"];
+
+/// Every key the environment can set (design, "Configuration contract").
+pub const ENV_KEYS: &[EnvKey] = &[
+    EnvKey {
+        var: "HOSTWATCH_SERVER",
+        path: &["server"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_ENROLL_SECRET",
+        path: &["enroll_secret"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_ENROLL_SECRET_FILE",
+        path: &["enroll_secret_file"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_STATE_DIR",
+        path: &["state_dir"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_INTERVAL",
+        path: &["interval"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_TAGS",
+        path: &["tags"],
+        kind: EnvKind::Map,
+    },
+    EnvKey {
+        var: "HOSTWATCH_HOST_ROOT",
+        path: &["host_root"],
+        kind: EnvKind::Str,
+    },
+];
+
+/// The file as written. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// URL of the collector (`https://collector.example:8080`). Required to run, not to `snapshot`.
+    server: Option<String>,
+    /// The fleet's enroll secret. Prefer `enroll_secret_file`, which can be kept mode 0600.
+    enroll_secret: Option<String>,
+    /// A file holding the enroll secret (surrounding whitespace is ignored).
+    enroll_secret_file: Option<PathBuf>,
+    /// Where the node key and the agent's state live.
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    /// Time between reports, as `10s` or `1m`.
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    interval: Duration,
+    /// Tags of this host; baselines select their hosts by them.
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// The host's root as the agent sees it: `/proc` and `/etc` are read under it. `/` unless the
+    /// agent runs in a container with the host's file system mounted elsewhere.
+    #[serde(default = "default_host_root")]
+    host_root: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hostwatch")
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_host_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// Reads a duration written as `10s`, `1m30s` or `250ms`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write it as 10s, 5m or 1h)"))
+    })
+}
+
+/// A secret: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The collector; `None` is fine for a local `snapshot`.
+    pub server: Option<Url>,
+    pub enroll_secret: Option<Secret>,
+    pub state_dir: PathBuf,
+    pub interval: Duration,
+    pub tags: BTreeMap<String, String>,
+    pub host_root: PathBuf,
+}
+
+/// A configuration and what is worth a warning about how it was given.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Why the agent cannot start with the configuration it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("{origin}: {problem}")]
+    Invalid { origin: String, problem: String },
+}
+
+impl AgentConfig {
+    /// Loads the file at `path` (none: defaults only) and lays `vars` over it.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let (file, src) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+            ),
+            None => ("(defaults)".to_owned(), String::new()),
+        };
+        let (raw, applied) = parse_with_env::<RawConfig>(&file, &src, vars, ENV_KEYS, OTHER_VARS)?;
+        let origin = |var: &str, key: &str| -> String {
+            if applied.set.contains(&var) {
+                var.to_owned()
+            } else {
+                format!("{file}: key `{key}`")
+            }
+        };
+        let invalid = |var: &str, key: &str, problem: String| ConfigError::Invalid {
+            origin: origin(var, key),
+            problem,
+        };
+
+        let server = raw
+            .server
+            .map(|s| parse_server_url(&s).map_err(|p| invalid("HOSTWATCH_SERVER", "server", p)))
+            .transpose()?;
+        let enroll_secret = match (raw.enroll_secret, raw.enroll_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    origin: file.clone(),
+                    problem: "both `enroll_secret` and `enroll_secret_file` are set; keep one".to_owned(),
+                });
+            }
+            (Some(s), None) => Some(Secret::new(s.trim())),
+            (None, Some(p)) => {
+                let s = std::fs::read_to_string(&p).map_err(|e| {
+                    invalid(
+                        "HOSTWATCH_ENROLL_SECRET_FILE",
+                        "enroll_secret_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                Some(Secret::new(s.trim()))
+            }
+            (None, None) => None,
+        };
+        if enroll_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+            return Err(invalid(
+                "HOSTWATCH_ENROLL_SECRET",
+                "enroll_secret",
+                "the enroll secret is empty".to_owned(),
+            ));
+        }
+        if raw.interval < Duration::from_secs(1) || raw.interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "HOSTWATCH_INTERVAL",
+                "interval",
+                format!("{} is outside 1s..=1h", humantime::format_duration(raw.interval)),
+            ));
+        }
+        hostwatch_proto::v1::check_tags("tags", &raw.tags)
+            .map_err(|e| invalid("HOSTWATCH_TAGS", "tags", e.to_string()))?;
+
+        let warnings = applied
+            .unknown
+            .iter()
+            .map(|v| {
+                format!(
+                    "unknown environment variable {v} is ignored (known: {})",
+                    known_vars().join(", ")
+                )
+            })
+            .collect();
+        Ok(Loaded {
+            config: AgentConfig {
+                server,
+                enroll_secret,
+                state_dir: raw.state_dir,
+                interval: raw.interval,
+                tags: raw.tags,
+                host_root: raw.host_root,
+            },
+            warnings,
+        })
+    }
+}
+
+fn known_vars() -> Vec<&'static str> {
+    ENV_KEYS
+        .iter()
+        .map(|k| k.var)
+        .chain(OTHER_VARS.iter().copied())
+        .collect()
+}
+
+/// Parses a collector URL: http or https, with a host.
+pub fn parse_server_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("invalid URL {s:?}: the scheme must be http or https"));
+    }
+    if url.host().is_none() {
+        return Err(format!("invalid URL {s:?}: no host"));
+    }
+    Ok(url)
+}
+
+/// Parses a file, then lays the environment over it and parses again. An error in the file is
+/// located in the file; an error that only the environment brings is attributed to the variables
+/// that were set.
+pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+    file: &str,
+    src: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+    keys: &[EnvKey],
+    also_known: &[&str],
+) -> Result<(T, env::Applied), ConfigError> {
+    let from_file: T = file::from_toml(file, src)?;
+    let mut table: toml::Table = file::from_toml(file, src)?;
+    let applied = env::overlay(&mut table, vars, keys, also_known)?;
+    if applied.set.is_empty() {
+        return Ok((from_file, applied));
+    }
+    let merged = toml::Value::Table(table)
+        .try_into::<T>()
+        .map_err(|e| ConfigError::Invalid {
+            origin: format!("environment ({})", applied.set.join(", ")),
+            problem: e.message().trim_end().to_owned(),
+        })?;
+    Ok((merged, applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = AgentConfig::load(None, vec![]).unwrap().config;
+        assert_eq!(c.state_dir, Path::new("/var/lib/hostwatch"));
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert!(c.server.is_none() && c.enroll_secret.is_none() && c.tags.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = write(d.path(), "secret", "hwe_abc\n");
+        let f = write(
+            d.path(),
+            "agent.toml",
+            "server = \"http://file:1\"\ninterval = \"30s\"\n[tags]\nrole = \"db\"\n",
+        );
+        let env = vars(&[
+            ("HOSTWATCH_SERVER", "http://127.0.0.1:9"),
+            ("HOSTWATCH_ENROLL_SECRET_FILE", secret.to_str().unwrap()),
+            ("HOSTWATCH_TAGS", "role=web,env=prod"),
+            ("HOSTWATCH_TYPO", "1"),
+        ]);
+        let l = AgentConfig::load(Some(&f), env).unwrap();
+        assert_eq!(l.config.server.unwrap().as_str(), "http://127.0.0.1:9/");
+        assert_eq!(
+            l.config.interval,
+            Duration::from_secs(30),
+            "file value kept where env is silent"
+        );
+        assert_eq!(l.config.enroll_secret.unwrap().expose(), "hwe_abc");
+        assert_eq!(l.config.tags.get("role").map(String::as_str), Some("web"));
+        assert_eq!(l.config.tags.len(), 2);
+        assert_eq!(l.warnings.len(), 1);
+        assert!(l.warnings[0].contains("HOSTWATCH_TYPO"));
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_is_refused_with_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "agent.toml", "server = \"http://x\"\nbogus = 1\n");
+        let e = AgentConfig::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("agent.toml:2:1: unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_where_they_came_from() {
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_INTERVAL", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HOSTWATCH_INTERVAL") && e.contains("invalid duration \"soon\""),
+            "{e}"
+        );
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_SERVER", "ftp://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOSTWATCH_SERVER: invalid URL"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "agent.toml", "interval = \"0s\"\n");
+        let e = AgentConfig::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("key `interval`") && e.contains("outside 1s..=1h"),
+            "{e}"
+        );
+        let missing = d.path().join("nope");
+        let e = AgentConfig::load(
+            None,
+            vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", missing.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot read") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET", "hwe_topsecret")]))
+            .unwrap()
+            .config;
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}

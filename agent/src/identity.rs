@@ -1,0 +1,304 @@
+//! The agent's state directory and its identity: the node key the collector gave it, bound to
+//! the machine it was given on.
+//!
+//! Files in `state_dir` (mode 0700): `node-key` (mode 0600, the bearer credential), `identity.json`
+//! (host id, machine id and collector it belongs to), and `agent-id` (a generated machine id for
+//! hosts without `/etc/machine-id`). An identity whose machine id is not this machine's (an image
+//! baked with a key in it and booted elsewhere) or whose collector is not the configured one is
+//! dropped and the agent enrolls again instead of posing as the original.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// Why the state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("state directory: cannot {action} {}: {source}", path.display())]
+pub struct StateError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Who the agent is to its collector.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host_id: i64,
+    pub node_key: Secret,
+    pub machine_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdentityFile {
+    host_id: i64,
+    machine_id: String,
+    server: String,
+}
+
+/// The agent's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+const NODE_KEY: &str = "node-key";
+const IDENTITY: &str = "identity.json";
+const AGENT_ID: &str = "agent-id";
+
+impl StateDir {
+    /// Opens the directory, creating it mode 0700 if needed.
+    pub fn open(path: &Path) -> Result<StateDir, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|source| StateError {
+                action: "create",
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(StateDir {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored identity, if it belongs to this machine and this collector.
+    pub fn load(&self, machine_id: &str, server: &Url) -> Result<Option<Identity>, StateError> {
+        let id_path = self.path.join(IDENTITY);
+        let text = match fs::read_to_string(&id_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError {
+                    action: "read",
+                    path: id_path,
+                    source,
+                });
+            }
+        };
+        let file: IdentityFile = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %id_path.display(), error = %e, "identity file unreadable; enrolling again");
+                return Ok(None);
+            }
+        };
+        if file.machine_id != machine_id {
+            tracing::warn!(
+                stored = %file.machine_id, current = %machine_id,
+                "this machine is not the one the node key was issued to (cloned image?); enrolling again"
+            );
+            return Ok(None);
+        }
+        if file.server != server.as_str() {
+            tracing::info!(stored = %file.server, configured = %server, "collector changed; enrolling again");
+            return Ok(None);
+        }
+        let key_path = self.path.join(NODE_KEY);
+        let key = match fs::read_to_string(&key_path) {
+            Ok(k) => k.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError {
+                    action: "read",
+                    path: key_path,
+                    source,
+                });
+            }
+        };
+        tighten(&key_path)?;
+        if key.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Identity {
+            host_id: file.host_id,
+            node_key: Secret::new(key),
+            machine_id: file.machine_id,
+        }))
+    }
+
+    /// Stores an identity: the key first (mode 0600), then the file that makes it valid.
+    pub fn save(&self, id: &Identity, server: &Url) -> Result<(), StateError> {
+        write_private(&self.path.join(NODE_KEY), id.node_key.expose().as_bytes())?;
+        let file = IdentityFile {
+            host_id: id.host_id,
+            machine_id: id.machine_id.clone(),
+            server: server.to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        write_private(&self.path.join(IDENTITY), &json)
+    }
+
+    /// Drops the identity (the collector no longer knows the key).
+    pub fn forget(&self) -> Result<(), StateError> {
+        for name in [IDENTITY, NODE_KEY] {
+            let p = self.path.join(name);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError {
+                        action: "remove",
+                        path: p,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable id for a machine without `/etc/machine-id`: generated once, kept here.
+    pub fn agent_id(&self) -> Result<String, StateError> {
+        let p = self.path.join(AGENT_ID);
+        match fs::read_to_string(&p) {
+            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateError {
+                    action: "read",
+                    path: p,
+                    source,
+                });
+            }
+        }
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| StateError {
+            action: "generate an id for",
+            path: p.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let id = format!("agent-{}", hex(&bytes));
+        write_private(&p, id.as_bytes())?;
+        Ok(id)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file mode 0600 through a temporary file and a rename, so that a crash leaves the old
+/// content or the new, never half of one.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let err = |action, source| StateError {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| err("create", e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| err("write", e))?;
+    fs::rename(&tmp, path).map_err(|e| err("replace", e))
+}
+
+/// A key file readable by others is made private again, with a warning.
+fn tighten(path: &Path) -> Result<(), StateError> {
+    let meta = fs::metadata(path).map_err(|source| StateError {
+        action: "stat",
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "node key was readable by others; setting mode 0600");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| StateError {
+            action: "chmod",
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn identity_round_trip_is_private_and_bound_to_machine_and_server() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(&d.path().join("state")).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let server = url("http://127.0.0.1:1/");
+        assert!(dir.load("m1", &server).unwrap().is_none());
+        let id = Identity {
+            host_id: 3,
+            node_key: Secret::new("hwn_k"),
+            machine_id: "m1".into(),
+        };
+        dir.save(&id, &server).unwrap();
+        let key_mode = fs::metadata(dir.path().join(NODE_KEY))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(key_mode, 0o600);
+        let back = dir.load("m1", &server).unwrap().unwrap();
+        assert_eq!((back.host_id, back.node_key.expose()), (3, "hwn_k"));
+        assert!(
+            dir.load("m2", &server).unwrap().is_none(),
+            "another machine must enroll again"
+        );
+        assert!(
+            dir.load("m1", &url("http://other:1/")).unwrap().is_none(),
+            "another collector must enroll again"
+        );
+        dir.forget().unwrap();
+        assert!(dir.load("m1", &server).unwrap().is_none());
+    }
+
+    #[test]
+    fn loose_key_file_is_tightened() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(d.path()).unwrap();
+        let server = url("http://127.0.0.1:1/");
+        dir.save(
+            &Identity {
+                host_id: 1,
+                node_key: Secret::new("k"),
+                machine_id: "m".into(),
+            },
+            &server,
+        )
+        .unwrap();
+        let key = d.path().join(NODE_KEY);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(dir.load("m", &server).unwrap().is_some());
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn agent_id_is_stable() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(d.path()).unwrap();
+        let a = dir.agent_id().unwrap();
+        assert!(a.starts_with("agent-") && a.len() == 38);
+        assert_eq!(dir.agent_id().unwrap(), a);
+    }
+}

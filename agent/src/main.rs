@@ -1,0 +1,147 @@
+//! `hostwatch-agent`: parses arguments, sets up logging, loads the configuration and runs the
+//! agent until SIGTERM or SIGINT. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hostwatch_agent::config::{AgentConfig, DEFAULT_PATH};
+use hostwatch_agent::logging::{self, LogFormat};
+use hostwatch_agent::{collect, snapshot};
+use tokio_util::sync::CancellationToken;
+
+/// The hostwatch host agent: reports processes and listening sockets to a hostwatch collector.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file [default: /etc/hostwatch/agent.toml, if it exists].
+    #[arg(long, env = "HOSTWATCH_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "HOSTWATCH_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Print one snapshot of this host, exactly as it would be sent, and send nothing.
+    Snapshot {
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Json,
+}
+
+/// Exit code for a configuration the agent refuses (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let loaded = match load_config(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hostwatch-agent: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(loaded.config),
+        Command::Snapshot { output: Output::Json } => print_snapshot(&loaded.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hostwatch-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<hostwatch_agent::config::Loaded> {
+    let default = std::path::Path::new(DEFAULT_PATH);
+    let path = match path {
+        Some(p) => Some(p),
+        None if default.exists() => Some(default),
+        None => None,
+    };
+    Ok(AgentConfig::load(path, std::env::vars())?)
+}
+
+fn run(config: AgentConfig) -> anyhow::Result<()> {
+    // One thread: the agent waits most of the time, and scans run on the blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            match wait_for_signal().await {
+                Ok(name) => tracing::info!(signal = name, "stopping"),
+                Err(e) => tracing::error!(error = %e, "cannot listen for signals; stopping"),
+            }
+            signals.cancel();
+        });
+        hostwatch_agent::run(config, shutdown)
+            .await
+            .context("agent failed")
+    })
+}
+
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
+    let root = collect::HostRoot::new(&config.host_root);
+    let obs = snapshot::observe(&root);
+    let machine_id = obs
+        .host
+        .machine_id
+        .clone()
+        .unwrap_or_else(|| "unknown".to_owned());
+    let now = time::OffsetDateTime::now_utc();
+    let report = hostwatch_proto::v1::Report {
+        seq: 0,
+        sent_at: now,
+        host: obs.host_facts(&machine_id, &config.tags),
+        agent: snapshot::agent_status(config.interval, now, obs.coverage),
+        snapshot: Some(obs.snapshot),
+        goodbye: None,
+    };
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut out, &report)
+        .map_err(std::io::Error::from)
+        .and_then(|()| std::io::Write::write_all(&mut out, b"\n"));
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write the snapshot"),
+    }
+}

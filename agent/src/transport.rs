@@ -1,0 +1,211 @@
+//! The agent's side of the wire: enroll and report over HTTP(S) to the collector.
+
+use std::time::Duration;
+
+use hostwatch_proto::v1::{self as proto, ENROLL_PATH, REPORT_PATH};
+use reqwest::{StatusCode, Url};
+
+use crate::config::Secret;
+
+/// Why a request to the collector did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("collector at {url} unreachable: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("collector refused the credential ({status}): {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("collector rejected the {what} ({status}): {message}")]
+    Rejected {
+        what: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("collector failed ({status}): {message}")]
+    Server { status: u16, message: String },
+    #[error("collector sent an unreadable answer to the {what}: {message}")]
+    BadResponse { what: &'static str, message: String },
+}
+
+impl TransportError {
+    /// Whether the same request may succeed later without anything changing on this side.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            TransportError::Unreachable { .. }
+            | TransportError::Server { .. }
+            | TransportError::BadResponse { .. } => true,
+            TransportError::Rejected { status, .. } => *status == 429 || *status == 408,
+            TransportError::Unauthorized { .. } => false,
+        }
+    }
+}
+
+/// A client for one collector.
+#[derive(Debug, Clone)]
+pub struct CollectorClient {
+    http: reqwest::Client,
+    base: Url,
+}
+
+/// Installs the process's TLS provider (ring) once; later calls are no-ops.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl CollectorClient {
+    pub fn new(base: Url) -> Result<Self, TransportError> {
+        install_tls_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hostwatch-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|source| TransportError::Unreachable {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(CollectorClient { http, base })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    pub async fn enroll(&self, req: &proto::EnrollRequest) -> Result<proto::EnrollResponse, TransportError> {
+        self.post("enrollment", ENROLL_PATH, None, req).await
+    }
+
+    pub async fn report(
+        &self,
+        node_key: &Secret,
+        report: &proto::Report,
+    ) -> Result<proto::ReportResponse, TransportError> {
+        self.post("report", REPORT_PATH, Some(node_key), report).await
+    }
+
+    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        bearer: Option<&Secret>,
+        body: &B,
+    ) -> Result<R, TransportError> {
+        let url = self.base.join(path).map_err(|e| TransportError::BadResponse {
+            what,
+            message: e.to_string(),
+        })?;
+        let mut req = self.http.post(url.clone()).json(body);
+        if let Some(key) = bearer {
+            req = req.bearer_auth(key.expose());
+        }
+        let resp = req.send().await.map_err(|source| TransportError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| TransportError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| TransportError::BadResponse {
+                what,
+                message: e.to_string(),
+            });
+        }
+        let message = error_message(&bytes);
+        let code = status.as_u16();
+        Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => TransportError::Unauthorized {
+                status: code,
+                message,
+            },
+            s if s.is_server_error() => TransportError::Server {
+                status: code,
+                message,
+            },
+            _ => TransportError::Rejected {
+                what,
+                status: code,
+                message,
+            },
+        })
+    }
+}
+
+/// The collector's `{"error": ...}` message, or the start of whatever else it sent.
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<proto::ErrorBody>(body) {
+        Ok(e) => e.error,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            crate::collect::process::truncate(text.trim(), 200).to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(error_message(br#"{"error":"bad node key"}"#), "bad node key");
+        assert_eq!(error_message(b"  plain text\n"), "plain text");
+        assert!(
+            TransportError::Server {
+                status: 503,
+                message: String::new()
+            }
+            .is_retriable()
+        );
+        assert!(
+            !TransportError::Rejected {
+                what: "report",
+                status: 400,
+                message: String::new()
+            }
+            .is_retriable()
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_collector_is_retriable() {
+        // A port from a listener that is closed again: nothing accepts there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
+        let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
+        assert!(
+            matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(),
+            "{e}"
+        );
+    }
+
+    fn sample_report() -> proto::Report {
+        let now = time::OffsetDateTime::now_utc();
+        proto::Report {
+            seq: 1,
+            sent_at: now,
+            host: proto::HostFacts {
+                hostname: "h".into(),
+                machine_id: "m".into(),
+                os: String::new(),
+                kernel: String::new(),
+                arch: String::new(),
+                boot_time: None,
+                tags: Default::default(),
+            },
+            agent: proto::AgentStatus {
+                version: "0".into(),
+                interval_secs: 10,
+                started_at: now,
+                coverage: proto::Coverage::full(),
+            },
+            snapshot: None,
+            goodbye: None,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Objects of the people-facing API (`hostwatch` CLI, scripts, dashboard).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::timestamp;
+use super::{Coverage, Listener, Process};
+
+/// The body of every error response: one sentence saying what was wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Whether a host's agent is reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostStatus {
+    /// Reported within `offline_after`.
+    Online,
+    /// Silent for longer than `offline_after` without saying goodbye.
+    Offline,
+    /// Said goodbye (agent stopped or host shut down) and has not reported since.
+    Stopped,
+    /// Gone for good; hidden from default listings.
+    Retired,
+}
+
+impl HostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Online => "online",
+            HostStatus::Offline => "offline",
+            HostStatus::Stopped => "stopped",
+            HostStatus::Retired => "retired",
+        }
+    }
+}
+
+/// A host as `hostwatch hosts` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: i64,
+    pub hostname: String,
+    /// Name of the baseline that selects the host, if exactly one does.
+    #[serde(default)]
+    pub workload: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub status: HostStatus,
+    pub coverage: Coverage,
+    #[serde(default, with = "timestamp::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    pub agent_version: String,
+    pub open_findings: u64,
+}
+
+/// One host with its current state, as `hostwatch host H` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostDetail {
+    #[serde(flatten)]
+    pub host: Host,
+    pub machine_id: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    #[serde(with = "timestamp")]
+    pub enrolled_at: OffsetDateTime,
+    pub last_seq: u64,
+    pub processes: Vec<Process>,
+    pub listeners: Vec<Listener>,
+}
+
+/// A stored baseline as `hostwatch baseline list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineSummary {
+    pub name: String,
+    /// Host tags it selects; absent for a library baseline that only others include.
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Number of rules of its own, not counting included ones.
+    pub rules: u64,
+    #[serde(with = "timestamp")]
+    pub applied_at: OffsetDateTime,
+    pub applied_by: String,
+}
+
+/// Body of `POST /api/v1/baselines`: the TOML source, and the file it came from for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyBaseline {
+    pub source: String,
+    #[serde(default)]
+    pub file: Option<String>,
+}

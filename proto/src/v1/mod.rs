@@ -1,0 +1,42 @@
+//! Version 1 of the wire contract, served under [`API_PREFIX`].
+
+mod api;
+mod enroll;
+mod finding;
+mod process;
+mod report;
+mod socket;
+pub mod timestamp;
+mod validate;
+
+pub use api::{ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus};
+pub use enroll::{EnrollRequest, EnrollResponse};
+pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
+pub use process::Process;
+pub use report::{
+    AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
+};
+pub use socket::{Listener, Protocol};
+pub use validate::{Validate, ValidationError, limits, tags as check_tags};
+
+/// Prefix of every v1 endpoint.
+pub const API_PREFIX: &str = "/api/v1";
+/// `POST`: an enroll secret and host facts in, a node key out ([`EnrollRequest`], [`EnrollResponse`]).
+pub const ENROLL_PATH: &str = "/api/v1/enroll";
+/// `POST` with the node key as bearer token: a [`Report`] in, a [`ReportResponse`] out.
+pub const REPORT_PATH: &str = "/api/v1/report";
+/// `GET`: [`Host`] list; `GET {HOSTS_PATH}/{id}`: one [`HostDetail`].
+pub const HOSTS_PATH: &str = "/api/v1/hosts";
+/// `GET`: [`Finding`] list, filtered by the query parameters `host`, `kind` and `status`.
+pub const FINDINGS_PATH: &str = "/api/v1/findings";
+/// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.
+pub const BASELINES_PATH: &str = "/api/v1/baselines";
+/// `GET`: process liveness, no authentication.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// Every node key starts with this, so that secret scanners and people can tell what leaked.
+pub const NODE_KEY_PREFIX: &str = "hwn_";
+/// Every API token starts with this.
+pub const API_TOKEN_PREFIX: &str = "hwt_";
+/// Every enroll secret starts with this.
+pub const ENROLL_SECRET_PREFIX: &str = "hwe_";

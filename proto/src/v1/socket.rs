@@ -1,0 +1,70 @@
+//! Sockets as the agent reports them.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::validate::{Validate, ValidationError, limits, opt_text};
+
+/// Transport protocol of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
+        }
+    }
+}
+
+/// A socket that accepts: TCP in LISTEN state, or UDP bound and not connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub protocol: Protocol,
+    /// Local address: `0.0.0.0` and `::` mean every address.
+    pub address: IpAddr,
+    pub port: u16,
+    /// Owning process: of the processes holding the socket, the one with the lowest pid (the
+    /// parent, for servers that fork workers). Absent where the agent could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The owning process's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// The owning process's executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// User id that created the socket.
+    pub uid: u32,
+}
+
+impl Validate for Listener {
+    fn validate(&self) -> Result<(), ValidationError> {
+        opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
+        opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
+    }
+}

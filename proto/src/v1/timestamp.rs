@@ -1,0 +1,82 @@
+//! Timestamps on the wire: RFC 3339 in UTC with millisecond precision (`2026-11-28T17:53:16.123Z`).
+//!
+//! One fixed width means the strings sort as the instants do, which the stores rely on. Parsing
+//! accepts any RFC 3339 offset and precision and converts to UTC.
+
+use serde::{Deserialize, Deserializer, Serializer};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// Formats an instant the way the wire and the stores write it.
+pub fn format(t: OffsetDateTime) -> String {
+    // Formatting a UTC instant with a fixed description cannot fail for years 0..=9999; the
+    // fallback keeps this function total for the rest.
+    t.to_offset(UtcOffset::UTC)
+        .format(FORMAT)
+        .or_else(|_| t.format(&Rfc3339))
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Parses any RFC 3339 timestamp into UTC.
+pub fn parse(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    OffsetDateTime::parse(s, &Rfc3339).map(|t| t.to_offset(UtcOffset::UTC))
+}
+
+/// `#[serde(with = "timestamp")]` for an `OffsetDateTime` field.
+pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*t))
+}
+
+/// `#[serde(with = "timestamp")]` for an `OffsetDateTime` field.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid RFC 3339 timestamp {s:?}: {e}")))
+}
+
+/// `#[serde(with = "timestamp::option")]` for an `Option<OffsetDateTime>` field.
+pub mod option {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&format(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| {
+            parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid RFC 3339 timestamp {s:?}: {e}")))
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn fixed_width_utc_with_millis() {
+        let t = datetime!(2026-11-28 17:53:16.123456 +02:00);
+        assert_eq!(format(t), "2026-11-28T15:53:16.123Z");
+        assert_eq!(
+            format(datetime!(2026-01-02 03:04:05 UTC)),
+            "2026-01-02T03:04:05.000Z"
+        );
+    }
+
+    #[test]
+    fn parses_offsets_into_utc() {
+        let t = parse("2026-11-28T17:53:16+01:00").unwrap();
+        assert_eq!(t.offset(), UtcOffset::UTC);
+        assert_eq!(format(t), "2026-11-28T16:53:16.000Z");
+        assert!(parse("yesterday").is_err());
+    }
+}
