@@ -190,8 +190,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Writes a file mode 0600 through a temporary file and a rename, so that a crash leaves the old
-/// content or the new, never half of one.
-fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
+/// content or the new, never half of one. Shared with the collector for its bootstrap secrets.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let err = |action, source| StateError {
         action,

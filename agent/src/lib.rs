@@ -33,6 +33,7 @@ pub mod config;
 pub mod identity;
 pub mod logging;
 pub mod runner;
+pub mod signals;
 pub mod snapshot;
 pub mod transport;
 

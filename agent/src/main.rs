@@ -8,8 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hostwatch_agent::config::{AgentConfig, DEFAULT_PATH};
 use hostwatch_agent::logging::{self, LogFormat};
-use hostwatch_agent::{collect, snapshot};
-use tokio_util::sync::CancellationToken;
+use hostwatch_agent::{collect, signals, snapshot};
 
 /// The hostwatch host agent: reports processes and listening sockets to a hostwatch collector.
 #[derive(Debug, Parser)]
@@ -93,28 +92,10 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            match wait_for_signal().await {
-                Ok(name) => tracing::info!(signal = name, "stopping"),
-                Err(e) => tracing::error!(error = %e, "cannot listen for signals; stopping"),
-            }
-            signals.cancel();
-        });
+        let shutdown = signals::cancel_on_signal();
         hostwatch_agent::run(config, shutdown)
             .await
             .context("agent failed")
-    })
-}
-
-async fn wait_for_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
     })
 }
 

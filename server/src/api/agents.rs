@@ -1,0 +1,92 @@
+//! `POST /api/v1/enroll` and `POST /api/v1/report`.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use hostwatch_proto::v1::{self as proto, NODE_KEY_PREFIX, Validate};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{ApiError, decode};
+use crate::auth::{self, Agent};
+use crate::model::{HostFacts, ReportRecord};
+use crate::state::AppState;
+use crate::{ingest, secrets};
+
+/// Largest enrollment body: host facts and a secret.
+pub const ENROLL_LIMIT: usize = 64 << 10;
+
+pub async fn enroll(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<proto::EnrollResponse>, ApiError> {
+    let body = body.map_err(|r| ApiError::from_body("enrollment", ENROLL_LIMIT, r))?;
+    let req: proto::EnrollRequest = decode(&state, "enrollment", &body)?;
+    req.validate()
+        .map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
+    auth::check_enroll_secret(&state, &req.enroll_secret).await?;
+    let key = secrets::generate(NODE_KEY_PREFIX)
+        .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
+    let facts: HostFacts = req.host.into();
+    let now = OffsetDateTime::now_utc();
+    let host_id = state
+        .store
+        .enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), now)
+        .await?;
+    state
+        .store
+        .audit(
+            &format!("agent:{}", facts.hostname),
+            "enroll",
+            &format!("host:{host_id}"),
+            json!({ "machine_id": facts.machine_id }),
+            now,
+        )
+        .await?;
+    tracing::info!(host_id, hostname = %facts.hostname, "host enrolled");
+    Ok(Json(proto::EnrollResponse {
+        host_id,
+        node_key: key.expose().to_owned(),
+    }))
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    agent: Agent,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<proto::ReportResponse>, ApiError> {
+    let result = accept(&state, agent, body).await;
+    let counter = if result.is_ok() {
+        &state.counters.reports_accepted
+    } else {
+        &state.counters.reports_rejected
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = &result {
+        tracing::warn!(host_id = agent.host_id, status = e.status.as_u16(), error = %e.message, "report refused");
+    }
+    result.map(Json)
+}
+
+async fn accept(
+    state: &AppState,
+    agent: Agent,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<proto::ReportResponse, ApiError> {
+    let body = body.map_err(|r| ApiError::from_body("report", state.settings.max_report_bytes, r))?;
+    let report: proto::Report = decode(state, "report", &body)?;
+    report
+        .validate()
+        .map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
+    let seq = report.seq;
+    let record: ReportRecord = report.into();
+    ingest::ingest(state, agent.host_id, record).await?;
+    Ok(proto::ReportResponse {
+        host_id: agent.host_id,
+        seq,
+        resync: false,
+    })
+}

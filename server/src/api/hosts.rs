@@ -1,0 +1,179 @@
+//! `GET /api/v1/hosts` and `GET /api/v1/hosts/{id or hostname}`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use hostwatch_proto::v1::{self as proto, HostStatus};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::ApiError;
+use crate::auth::{Person, Role};
+use crate::model::Host;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct HostsQuery {
+    /// Include retired hosts.
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    person: Person,
+    query: Result<Query<HostsQuery>, QueryRejection>,
+) -> Result<Json<Vec<proto::Host>>, ApiError> {
+    person.require(Role::Reader)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let now = OffsetDateTime::now_utc();
+    let hosts = state.store.list_hosts().await?;
+    Ok(Json(
+        hosts
+            .into_iter()
+            .map(|h| to_proto(&h, now, state.settings.offline_after))
+            .filter(|h| q.all || h.status != HostStatus::Retired)
+            .collect(),
+    ))
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    person: Person,
+    Path(host): Path<String>,
+) -> Result<Json<proto::HostDetail>, ApiError> {
+    person.require(Role::Reader)?;
+    let id = resolve_host(&state, &host).await?;
+    let h = state
+        .store
+        .host(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host {id}")))?;
+    let st = state.store.host_state(id).await?;
+    let now = OffsetDateTime::now_utc();
+    Ok(Json(proto::HostDetail {
+        host: to_proto(&h, now, state.settings.offline_after),
+        machine_id: h.facts.machine_id,
+        os: h.facts.os,
+        kernel: h.facts.kernel,
+        arch: h.facts.arch,
+        enrolled_at: h.enrolled_at,
+        last_seq: h.last_seq,
+        processes: st.processes.into_iter().map(Into::into).collect(),
+        listeners: st.listeners.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// A host given as an id or a hostname; an ambiguous hostname is an error naming the ids.
+pub async fn resolve_host(state: &AppState, given: &str) -> Result<i64, ApiError> {
+    if let Ok(id) = given.parse::<i64>() {
+        return match state.store.host(id).await? {
+            Some(_) => Ok(id),
+            None => Err(ApiError::not_found(format!("no host with id {id}"))),
+        };
+    }
+    let ids = state.store.hosts_named(given).await?;
+    match ids.as_slice() {
+        [] => Err(ApiError::not_found(format!("no host named {given:?}"))),
+        [id] => Ok(*id),
+        many => Err(ApiError::bad_request(format!(
+            "hostname {given:?} is ambiguous: hosts {}; give the id",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Whether a host reports: silence beyond `offline_after` (default 3 of its intervals, at least
+/// 30 s) is offline, unless it said goodbye.
+pub fn host_status(h: &Host, now: OffsetDateTime, offline_after: Option<Duration>) -> HostStatus {
+    if h.retired_at.is_some() {
+        return HostStatus::Retired;
+    }
+    if h.goodbye.is_some() {
+        return HostStatus::Stopped;
+    }
+    let limit = offline_after.unwrap_or_else(|| {
+        (Duration::from_secs(u64::from(h.agent.interval_secs)) * 3).max(Duration::from_secs(30))
+    });
+    match h.last_seen {
+        Some(seen) if now - seen <= limit => HostStatus::Online,
+        _ => HostStatus::Offline,
+    }
+}
+
+fn to_proto(h: &Host, now: OffsetDateTime, offline_after: Option<Duration>) -> proto::Host {
+    proto::Host {
+        id: h.id,
+        hostname: h.facts.hostname.clone(),
+        workload: h.workload.clone(),
+        tags: h.facts.tags.clone(),
+        status: host_status(h, now, offline_after),
+        coverage: h.agent.coverage(),
+        last_seen: h.last_seen,
+        agent_version: h.agent.version.clone(),
+        open_findings: h.open_findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AgentInfo, HostFacts};
+
+    fn host(last_seen: Option<i64>, interval: u32) -> Host {
+        Host {
+            id: 1,
+            facts: HostFacts {
+                hostname: "h".into(),
+                machine_id: "m".into(),
+                os: String::new(),
+                kernel: String::new(),
+                arch: String::new(),
+                boot_time: None,
+                tags: Default::default(),
+            },
+            agent: AgentInfo {
+                version: "0".into(),
+                interval_secs: interval,
+                coverage_degraded: false,
+                coverage_why: vec![],
+            },
+            workload: None,
+            enrolled_at: OffsetDateTime::UNIX_EPOCH,
+            last_seen: last_seen.map(|s| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s)),
+            last_seq: 0,
+            goodbye: None,
+            retired_at: None,
+            open_findings: 0,
+        }
+    }
+
+    #[test]
+    fn status_follows_the_hosts_own_interval() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100);
+        assert_eq!(
+            host_status(&host(Some(75), 10), now, None),
+            HostStatus::Online,
+            "25 s < 30 s floor"
+        );
+        assert_eq!(host_status(&host(Some(65), 10), now, None), HostStatus::Offline);
+        assert_eq!(
+            host_status(&host(Some(0), 60), now, None),
+            HostStatus::Online,
+            "100 s < 3 x 60 s"
+        );
+        assert_eq!(
+            host_status(&host(Some(80), 10), now, Some(Duration::from_secs(10))),
+            HostStatus::Offline
+        );
+        assert_eq!(host_status(&host(None, 10), now, None), HostStatus::Offline);
+        let mut bye = host(Some(99), 10);
+        bye.goodbye = Some("stopped".into());
+        assert_eq!(host_status(&bye, now, None), HostStatus::Stopped);
+    }
+}

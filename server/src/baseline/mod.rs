@@ -1,0 +1,318 @@
+//! Baselines: the expected state of a workload, as TOML files a reviewer reads in a pull request.
+//!
+//! [`parse`] turns one file into a [`Baseline`], refusing anything malformed with file, line,
+//! column and what is wrong; [`BaselineSet`] holds every stored baseline, resolves `include`,
+//! and selects a host's workload by its tags ([`select`]); [`learn`] writes a baseline from what a
+//! host runs.
+//!
+//! Architecture invariant: nothing here does I/O. Sources come in as text, from the store or from
+//! a file the caller read.
+
+pub mod learn;
+mod parse;
+pub mod select;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use globset::GlobMatcher;
+use hostwatch_proto::v1::Protocol;
+
+use crate::model::{Listener, Process};
+
+pub use parse::parse;
+pub use select::Selection;
+
+/// A compiled glob and the text it was written as.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    text: String,
+    matcher: GlobMatcher,
+}
+
+impl Pattern {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.matcher.is_match(s)
+    }
+
+    /// Whether the pattern has no glob syntax: it names exactly one thing.
+    pub fn is_literal(&self) -> bool {
+        !self.text.contains(['*', '?', '[', '{', '\\'])
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// Where a rule was written, for findings and messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOrigin {
+    pub baseline: String,
+    /// 1-based position among the baseline's rules of its kind.
+    pub index: usize,
+}
+
+/// `[[process]]`: processes the workload is expected to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRule {
+    /// Glob over the process name.
+    pub name: Pattern,
+    /// Glob over the executable's path; `*` does not cross `/`, `**` does.
+    pub exe: Option<Pattern>,
+    /// Allowed user names (or uids written as numbers); empty allows every user.
+    pub users: Vec<String>,
+    /// Allowed SHA-256 of the executable, lowercase hex; empty allows any.
+    pub sha256: Vec<String>,
+    /// At least this many matching processes must run (0: not required).
+    pub min: u32,
+    /// At most this many may run.
+    pub max: Option<u32>,
+    pub reason: Option<String>,
+    pub origin: RuleOrigin,
+}
+
+impl ProcessRule {
+    /// Whether the rule explains `p`. A rule with hashes explains nothing whose hash is unknown:
+    /// an allowance that cannot be checked is not granted.
+    pub fn matches(&self, p: &Process) -> bool {
+        self.name.is_match(&p.name)
+            && self
+                .exe
+                .as_ref()
+                .is_none_or(|e| p.exe.as_deref().is_some_and(|x| e.is_match(x)))
+            && (self.users.is_empty()
+                || self
+                    .users
+                    .iter()
+                    .any(|u| p.user.as_deref() == Some(u.as_str()) || *u == p.uid.to_string()))
+            && self.sha256.is_empty()
+    }
+
+    /// The subject of a finding about this rule: the executable where the rule names one, else
+    /// the name.
+    pub fn subject(&self) -> &str {
+        match &self.exe {
+            Some(exe) => exe.as_str(),
+            None => self.name.as_str(),
+        }
+    }
+}
+
+/// `[[listen]]`: sockets the workload is expected to listen on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenRule {
+    pub protocol: Protocol,
+    pub ports: RangeInclusive<u16>,
+    /// Allowed local addresses; empty allows every address.
+    pub addresses: Vec<IpAddr>,
+    /// Glob over the owning process's name.
+    pub process: Option<Pattern>,
+    /// A matching listener must exist.
+    pub required: bool,
+    pub reason: Option<String>,
+    pub origin: RuleOrigin,
+}
+
+impl ListenRule {
+    /// Whether the rule explains `l`.
+    pub fn matches(&self, l: &Listener) -> bool {
+        self.protocol == l.protocol
+            && self.ports.contains(&l.port)
+            && (self.addresses.is_empty() || self.addresses.contains(&l.address))
+            && self
+                .process
+                .as_ref()
+                .is_none_or(|p| l.process.as_deref().is_some_and(|n| p.is_match(n)))
+    }
+
+    /// The subject of a missing_listener finding: `tcp/*:443`, `tcp/0.0.0.0:443`, `udp/*:8000-8099`.
+    pub fn subject(&self) -> String {
+        let port = if self.ports.start() == self.ports.end() {
+            self.ports.start().to_string()
+        } else {
+            format!("{}-{}", self.ports.start(), self.ports.end())
+        };
+        match self.addresses.as_slice() {
+            [IpAddr::V6(ip)] => format!("{}/[{ip}]:{port}", self.protocol),
+            [IpAddr::V4(ip)] => format!("{}/{ip}:{port}", self.protocol),
+            _ => format!("{}/*:{port}", self.protocol),
+        }
+    }
+}
+
+/// One parsed baseline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    pub name: String,
+    pub description: Option<String>,
+    /// Host tags it selects; `None` for a library that others include, an empty table for every host.
+    pub selector: Option<BTreeMap<String, String>>,
+    pub include: Vec<String>,
+    pub processes: Vec<ProcessRule>,
+    pub listens: Vec<ListenRule>,
+}
+
+impl Baseline {
+    /// Rules of its own, not counting included ones.
+    pub fn rule_count(&self) -> usize {
+        self.processes.len() + self.listens.len()
+    }
+}
+
+/// A baseline with everything it includes: the rules a host of the workload is held to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub processes: Vec<ProcessRule>,
+    pub listens: Vec<ListenRule>,
+}
+
+/// Why a set of baselines does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("baseline `{baseline}` includes `{missing}`, which is not a known baseline")]
+    MissingInclude { baseline: String, missing: String },
+    #[error("baselines include each other in a cycle: {}", cycle.join(" -> "))]
+    IncludeCycle { cycle: Vec<String> },
+}
+
+/// Every known baseline, by name.
+#[derive(Debug, Clone, Default)]
+pub struct BaselineSet {
+    baselines: BTreeMap<String, Baseline>,
+}
+
+impl BaselineSet {
+    pub fn new(baselines: impl IntoIterator<Item = Baseline>) -> Self {
+        BaselineSet {
+            baselines: baselines.into_iter().map(|b| (b.name.clone(), b)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Baseline> {
+        self.baselines.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Baseline> {
+        self.baselines.values()
+    }
+
+    /// Adds or replaces one baseline.
+    pub fn insert(&mut self, b: Baseline) {
+        self.baselines.insert(b.name.clone(), b);
+    }
+
+    /// Checks that every include names a known baseline and that includes form no cycle.
+    pub fn check(&self) -> Result<(), SetError> {
+        for name in self.baselines.keys() {
+            self.workload(name)?;
+        }
+        Ok(())
+    }
+
+    /// The rules of `name` and of everything it includes, each baseline's rules once.
+    pub fn workload(&self, name: &str) -> Result<Workload, SetError> {
+        let mut w = Workload {
+            name: name.to_owned(),
+            processes: Vec::new(),
+            listens: Vec::new(),
+        };
+        let mut done = BTreeSet::new();
+        let mut path = Vec::new();
+        self.collect(name, &mut w, &mut done, &mut path)?;
+        Ok(w)
+    }
+
+    fn collect(
+        &self,
+        name: &str,
+        w: &mut Workload,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+    ) -> Result<(), SetError> {
+        if path.iter().any(|p| p == name) {
+            let mut cycle = path.clone();
+            cycle.push(name.to_owned());
+            return Err(SetError::IncludeCycle { cycle });
+        }
+        if !done.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let b = self.baselines.get(name).ok_or_else(|| SetError::MissingInclude {
+            baseline: path.last().cloned().unwrap_or_else(|| name.to_owned()),
+            missing: name.to_owned(),
+        })?;
+        path.push(name.to_owned());
+        w.processes.extend(b.processes.iter().cloned());
+        w.listens.extend(b.listens.iter().cloned());
+        for inc in &b.include {
+            self.collect(inc, w, done, path)?;
+        }
+        path.pop();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(src: &str) -> Baseline {
+        parse("t.toml", src).unwrap()
+    }
+
+    #[test]
+    fn include_composes_rules_once() {
+        let set = BaselineSet::new([
+            b("name = \"base\"\n[[process]]\nname = \"sshd\"\n"),
+            b("name = \"mid\"\ninclude = [\"base\"]\n[[process]]\nname = \"cron\"\n"),
+            b(
+                "name = \"web\"\nselector = {}\ninclude = [\"mid\", \"base\"]\n[[listen]]\nprotocol = \"tcp\"\nport = 443\n",
+            ),
+        ]);
+        set.check().unwrap();
+        let w = set.workload("web").unwrap();
+        let names: Vec<_> = w.processes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["cron", "sshd"],
+            "base's rules once, though included twice"
+        );
+        assert_eq!(w.listens.len(), 1);
+        assert_eq!(w.processes[1].origin.baseline, "base");
+    }
+
+    #[test]
+    fn missing_includes_and_cycles_are_errors() {
+        let set = BaselineSet::new([b("name = \"a\"\ninclude = [\"nope\"]\n")]);
+        assert_eq!(
+            set.check().unwrap_err().to_string(),
+            "baseline `a` includes `nope`, which is not a known baseline"
+        );
+        let set = BaselineSet::new([
+            b("name = \"a\"\ninclude = [\"b\"]\n"),
+            b("name = \"b\"\ninclude = [\"a\"]\n"),
+        ]);
+        assert_eq!(
+            set.check().unwrap_err().to_string(),
+            "baselines include each other in a cycle: a -> b -> a"
+        );
+    }
+
+    #[test]
+    fn listen_subjects() {
+        let w = b(
+            "name = \"x\"\n[[listen]]\nprotocol = \"tcp\"\nport = 443\n[[listen]]\nprotocol = \"udp\"\nport = \"8000-8099\"\naddress = \"::\"\n[[listen]]\nprotocol = \"tcp\"\nport = 22\naddress = [\"0.0.0.0\"]\n",
+        );
+        let s: Vec<_> = w.listens.iter().map(ListenRule::subject).collect();
+        assert_eq!(s, ["tcp/*:443", "udp/[::]:8000-8099", "tcp/0.0.0.0:22"]);
+    }
+}

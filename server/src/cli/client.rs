@@ -1,0 +1,71 @@
+//! The CLI's HTTP client for the collector's API.
+
+use anyhow::{Context, anyhow, bail};
+use hostwatch_agent::config::Secret;
+use hostwatch_proto::v1 as proto;
+use reqwest::{StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<Secret>,
+}
+
+impl ApiClient {
+    pub fn new(server: &str, token: Option<Secret>) -> anyhow::Result<Self> {
+        let base = hostwatch_agent::config::parse_server_url(server).map_err(|e| anyhow!("--server: {e}"))?;
+        hostwatch_agent::transport::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hostwatch-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(ApiClient { http, base, token })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+        let req = self.http.get(self.url(path)?).query(query);
+        self.send(req).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let req = self.http.post(self.url(path)?).json(body);
+        self.send(req).await
+    }
+
+    fn url(&self, path: &str) -> anyhow::Result<Url> {
+        self.base
+            .join(path)
+            .with_context(|| format!("bad API path {path}"))
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let Some(token) = &self.token else {
+            bail!("no API token: pass --token, or set HOSTWATCH_TOKEN or HOSTWATCH_TOKEN_FILE");
+        };
+        let resp = req.bearer_auth(token.expose()).send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the collector at {}: {e} (is it running? set --server or HOSTWATCH_SERVER)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("cannot read the collector's answer")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .context("the collector's answer is not what this CLI expects (version mismatch?)");
+        }
+        let message = serde_json::from_slice::<proto::ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().chars().take(300).collect());
+        let hint = match status {
+            StatusCode::UNAUTHORIZED => " (check --token / HOSTWATCH_TOKEN)",
+            StatusCode::FORBIDDEN => " (ask an admin for a token with that role)",
+            _ => "",
+        };
+        bail!("collector answered {status}: {message}{hint}")
+    }
+}

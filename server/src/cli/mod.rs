@@ -1,0 +1,339 @@
+//! `hostwatch`: the collector (`serve`) and the command line people and scripts use against it.
+//! Data goes to stdout, messages to stderr; any failure exits non-zero.
+
+mod client;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hostwatch_agent::config::Secret;
+use hostwatch_agent::logging::{self, LogFormat};
+use hostwatch_agent::signals;
+use hostwatch_proto::v1 as proto;
+
+use self::client::ApiClient;
+use self::output::{OutputFormat, print};
+use crate::baseline::{self, BaselineSet, SetError};
+use crate::config::{DEFAULT_PATH, ServerConfig};
+use crate::dev::{self, DevOptions};
+use crate::serve;
+
+/// hostwatch: the collector, and the command line over its API.
+#[derive(Debug, Parser)]
+#[command(name = "hostwatch", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The collector's URL.
+    #[arg(
+        long,
+        env = "HOSTWATCH_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// API token (prefer --token-file or HOSTWATCH_TOKEN_FILE: arguments are visible to other users).
+    #[arg(long, env = "HOSTWATCH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, env = "HOSTWATCH_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(long, short = 'o', value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "HOSTWATCH_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector.
+    Serve(ServeArgs),
+    /// List hosts: id, hostname, workload, tags, status, coverage, last seen, agent version, open findings.
+    Hosts {
+        /// Include retired hosts.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one host (by id or hostname) with its processes and listeners.
+    Host { host: String },
+    /// List findings (default: open and acknowledged).
+    Findings {
+        /// A host id or hostname.
+        #[arg(long)]
+        host: Option<String>,
+        /// A finding kind, such as unexpected_listener.
+        #[arg(long)]
+        kind: Option<String>,
+        /// open, acknowledged, resolved, a comma-separated list, or all.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Manage baselines.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file [default: /etc/hostwatch/server.toml, if it exists].
+    #[arg(long, env = "HOSTWATCH_CONFIG", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Local mode: embedded store in --data-dir, an in-process agent watching this machine.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory of --dev.
+    #[arg(long, requires = "dev", default_value = "hostwatch-data")]
+    data_dir: PathBuf,
+    /// Listen address of --dev.
+    #[arg(long, requires = "dev", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Report interval of --dev's agent.
+    #[arg(long, requires = "dev", default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Store or replace a baseline on the collector (admin).
+    Apply { file: PathBuf },
+    /// List the collector's baselines.
+    List,
+    /// Check baseline files without a collector: syntax, rules, and includes among the files of
+    /// their directories.
+    Lint {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Exit code for a configuration the collector refuses (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+/// The `hostwatch` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hostwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Baseline(BaselineCommand::Lint { files }) = &cli.command {
+        return Ok(if lint(files) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    if let Command::Serve(args) = &cli.command {
+        return serve_main(args);
+    }
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(Secret::new(t.trim())),
+        (None, Some(p)) => Some(Secret::new(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the token file {}", p.display()))?
+                .trim(),
+        )),
+        (None, None) => None,
+    };
+    let client = ApiClient::new(&cli.server, token)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(client_command(&client, cli.command, cli.output))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "hostwatch collector starting"
+    );
+    hostwatch_agent::transport::install_tls_provider();
+    if args.dev {
+        let opts = DevOptions {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            interval: args.interval,
+        };
+        rt.block_on(async { dev::run(opts, signals::cancel_on_signal()).await })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let default = Path::new(DEFAULT_PATH);
+    let path = args.config.as_deref().or(default.exists().then_some(default));
+    let loaded = match ServerConfig::load(path, std::env::vars()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hostwatch: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    rt.block_on(async { serve::run(loaded.config, signals::cancel_on_signal()).await })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn client_command(client: &ApiClient, command: Command, format: OutputFormat) -> anyhow::Result<()> {
+    match command {
+        Command::Hosts { all } => {
+            let q = if all {
+                vec![("all", "true".to_owned())]
+            } else {
+                vec![]
+            };
+            let hosts: Vec<proto::Host> = client.get(proto::HOSTS_PATH, &q).await?;
+            print(&hosts, format)
+        }
+        Command::Host { host } => {
+            let d: proto::HostDetail = client
+                .get(&format!("{}/{}", proto::HOSTS_PATH, encode_segment(&host)), &[])
+                .await?;
+            if format == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                return Ok(());
+            }
+            print(std::slice::from_ref(&d.host), format)?;
+            println!();
+            print(&d.listeners, format)?;
+            println!();
+            print(&d.processes, format)
+        }
+        Command::Findings { host, kind, status } => {
+            let mut q = Vec::new();
+            q.extend(host.map(|h| ("host", h)));
+            q.extend(kind.map(|k| ("kind", k)));
+            q.extend(status.map(|s| ("status", s)));
+            let findings: Vec<proto::Finding> = client.get(proto::FINDINGS_PATH, &q).await?;
+            print(&findings, format)
+        }
+        Command::Baseline(BaselineCommand::List) => {
+            let list: Vec<proto::BaselineSummary> = client.get(proto::BASELINES_PATH, &[]).await?;
+            print(&list, format)
+        }
+        Command::Baseline(BaselineCommand::Apply { file }) => {
+            let source =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Refuse locally what the collector would refuse, with the same message.
+            baseline::parse(&file.display().to_string(), &source).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let req = proto::ApplyBaseline {
+                source,
+                file: Some(file.display().to_string()),
+            };
+            let applied: proto::BaselineSummary = client.post(proto::BASELINES_PATH, &req).await?;
+            print(&[applied], format)
+        }
+        Command::Baseline(BaselineCommand::Lint { .. }) | Command::Serve(_) => bail!("not a client command"),
+    }
+}
+
+/// Percent-encodes a path segment (a hostname could hold anything).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Lints files; prints `FILE: ok` on stdout per good file and each problem on stderr. Includes are
+/// resolved among the `*.toml` files of each file's directory; one not found there is a warning,
+/// as it may already be on the collector.
+fn lint(files: &[PathBuf]) -> bool {
+    let mut ok = true;
+    let mut good = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(f)
+            .map_err(|e| format!("{name}: cannot read: {e}"))
+            .and_then(|src| baseline::parse(&name, &src).map_err(|e| e.to_string()))
+        {
+            Ok(b) => good.push((f.clone(), b)),
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+        }
+    }
+    for (f, b) in &good {
+        let mut set = BaselineSet::default();
+        if let Some(dir) = f.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        }) && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for p in entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            {
+                if let Ok(src) = std::fs::read_to_string(&p)
+                    && let Ok(sib) = baseline::parse(&p.display().to_string(), &src)
+                {
+                    set.insert(sib);
+                }
+            }
+        }
+        set.insert(b.clone());
+        match set.workload(&b.name) {
+            Ok(_) => {}
+            Err(e @ SetError::MissingInclude { .. }) => {
+                eprintln!("{}: warning: {e}; apply it to the collector first", f.display())
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                ok = false;
+                continue;
+            }
+        }
+        let what = match &b.selector {
+            None => "library".to_owned(),
+            Some(s) if s.is_empty() => "selects every host".to_owned(),
+            Some(s) => format!(
+                "selects {}",
+                s.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        println!(
+            "{}: ok (baseline `{}`, {} rules, {what})",
+            f.display(),
+            b.name,
+            b.rule_count()
+        );
+    }
+    ok
+}

@@ -1,0 +1,252 @@
+//! Listings as a table for people, or JSON (an array of objects) or CSV for scripts.
+//!
+//! Table cells are made safe for a terminal: agents report process names and command lines, and a
+//! name with escape sequences in it must not be able to rewrite the screen of whoever lists it.
+
+use std::io::Write;
+
+use comfy_table::{ContentArrangement, Table, presets};
+use hostwatch_proto::v1 as proto;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+/// What a cell is for: a terminal (short, escaped) or a file (complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Table,
+    Csv,
+}
+
+/// A row type of a listing.
+pub trait Tabular {
+    /// Column names, as the JSON fields are named.
+    const COLUMNS: &'static [&'static str];
+    fn cells(&self, style: Style) -> Vec<String>;
+}
+
+/// Prints `items` to stdout in `format`.
+pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let written = match format {
+        OutputFormat::Json => serde_json::to_writer_pretty(&mut out, items)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        OutputFormat::Csv => {
+            let mut w = csv::Writer::from_writer(&mut out);
+            let mut rows = std::iter::once(T::COLUMNS.iter().map(|c| c.to_string()).collect())
+                .chain(items.iter().map(|i| i.cells(Style::Csv)));
+            rows.try_for_each(|r: Vec<String>| w.write_record(r))
+                .map_err(std::io::Error::other)
+                .and_then(|()| w.flush())
+        }
+        OutputFormat::Table => {
+            let mut t = Table::new();
+            t.load_style(presets::NOTHING)
+                .set_content_arrangement(ContentArrangement::Disabled);
+            t.set_header(T::COLUMNS.iter().map(|c| c.to_uppercase().replace('_', " ")));
+            for i in items {
+                t.add_row(i.cells(Style::Table));
+            }
+            writeln!(
+                out,
+                "{}",
+                t.lines()
+                    .map(|l| l.strip_prefix(' ').unwrap_or(&l).trim_end().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(Into::into),
+    }
+}
+
+/// A string as a terminal may show it: control characters escaped, and cut to `max` characters.
+pub fn safe(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn when(t: Option<OffsetDateTime>, style: Style) -> String {
+    match (t, style) {
+        (None, _) => String::new(),
+        (Some(t), Style::Csv) => proto::timestamp::format(t),
+        (Some(t), Style::Table) => proto::timestamp::format(t)
+            .replace('T', " ")
+            .chars()
+            .take(19)
+            .collect(),
+    }
+}
+
+fn text(s: &str, style: Style, max: usize) -> String {
+    match style {
+        Style::Csv => s.to_owned(),
+        Style::Table => safe(s, max),
+    }
+}
+
+fn tags(t: &std::collections::BTreeMap<String, String>) -> String {
+    t.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Tabular for proto::Host {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "hostname",
+        "workload",
+        "tags",
+        "status",
+        "coverage",
+        "last_seen",
+        "agent_version",
+        "open_findings",
+    ];
+    fn cells(&self, style: Style) -> Vec<String> {
+        let coverage = match self.coverage.state {
+            proto::CoverageState::Full => "full".to_owned(),
+            proto::CoverageState::Degraded => format!("degraded: {}", self.coverage.why.join("; ")),
+        };
+        vec![
+            self.id.to_string(),
+            text(&self.hostname, style, 40),
+            text(self.workload.as_deref().unwrap_or("-"), style, 30),
+            text(&tags(&self.tags), style, 40),
+            self.status.as_str().to_owned(),
+            text(&coverage, style, 60),
+            when(self.last_seen, style),
+            text(&self.agent_version, style, 20),
+            self.open_findings.to_string(),
+        ]
+    }
+}
+
+impl Tabular for proto::Finding {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "host_id",
+        "hostname",
+        "kind",
+        "rule",
+        "severity",
+        "subject",
+        "detail",
+        "status",
+        "first_seen",
+        "last_seen",
+    ];
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.host_id.to_string(),
+            text(&self.hostname, style, 30),
+            text(&self.kind, style, 30),
+            text(self.rule.as_deref().unwrap_or(""), style, 30),
+            self.severity.as_str().to_owned(),
+            text(&self.subject, style, 60),
+            text(&self.detail.to_string(), style, 60),
+            self.status.as_str().to_owned(),
+            when(Some(self.first_seen), style),
+            when(Some(self.last_seen), style),
+        ]
+    }
+}
+
+impl Tabular for proto::BaselineSummary {
+    const COLUMNS: &'static [&'static str] =
+        &["name", "selector", "include", "rules", "applied_at", "applied_by"];
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            text(&self.name, style, 40),
+            self.selector.as_ref().map_or_else(
+                || "(library)".to_owned(),
+                |s| {
+                    if s.is_empty() {
+                        "(every host)".to_owned()
+                    } else {
+                        text(&tags(s), style, 40)
+                    }
+                },
+            ),
+            text(&self.include.join(","), style, 40),
+            self.rules.to_string(),
+            when(Some(self.applied_at), style),
+            text(&self.applied_by, style, 40),
+        ]
+    }
+}
+
+impl Tabular for proto::Process {
+    const COLUMNS: &'static [&'static str] = &["pid", "ppid", "user", "name", "exe", "cmdline"];
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.pid.to_string(),
+            self.ppid.to_string(),
+            text(
+                &self.user.clone().unwrap_or_else(|| self.uid.to_string()),
+                style,
+                16,
+            ),
+            text(&self.name, style, 20),
+            text(
+                &format!(
+                    "{}{}",
+                    self.exe.as_deref().unwrap_or("?"),
+                    if self.exe_deleted { " (deleted)" } else { "" }
+                ),
+                style,
+                50,
+            ),
+            text(&self.cmdline.join(" "), style, 80),
+        ]
+    }
+}
+
+impl Tabular for proto::Listener {
+    const COLUMNS: &'static [&'static str] = &["protocol", "address", "port", "pid", "process", "exe"];
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.protocol.as_str().to_owned(),
+            self.address.to_string(),
+            self.port.to_string(),
+            self.pid.map(|p| p.to_string()).unwrap_or_default(),
+            text(self.process.as_deref().unwrap_or(""), style, 20),
+            text(self.exe.as_deref().unwrap_or(""), style, 50),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_safety() {
+        assert_eq!(safe("evil\x1b[2Jname\n", 100), "evil\\u{1b}[2Jname\\n");
+        assert_eq!(safe("abcdef", 3), "abc…");
+    }
+}

@@ -1,0 +1,306 @@
+//! The collector's configuration: `/etc/hostwatch/server.toml`, then `HOSTWATCH_*` variables over
+//! it (the same loader as the agent's), then validation into [`ServerConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostwatch_agent::config::env::{EnvKey, EnvKind};
+use hostwatch_agent::config::{ConfigError, parse_with_env};
+use serde::{Deserialize, Deserializer};
+
+/// Where `hostwatch serve` looks for its file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/hostwatch/server.toml";
+
+/// The agent's default state directory, which the collector must never use as its own.
+const AGENT_STATE_DIR: &str = "/var/lib/hostwatch";
+
+/// Every key the environment can set.
+pub const ENV_KEYS: &[EnvKey] = &[
+    EnvKey {
+        var: "HOSTWATCH_LISTEN",
+        path: &["listen"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_API_LISTEN",
+        path: &["api_listen"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_DATABASE",
+        path: &["database"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_DATA_DIR",
+        path: &["data_dir"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_BASELINES_DIR",
+        path: &["baselines_dir"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_OFFLINE_AFTER",
+        path: &["offline_after"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_MAX_REPORT_BYTES",
+        path: &["max_report_bytes"],
+        kind: EnvKind::Int,
+    },
+];
+
+/// Variables the `hostwatch` binary reads that are not collector keys (the CLI's and logging).
+pub const OTHER_VARS: &[&str] = &[
+    "HOSTWATCH_CONFIG",
+    "HOSTWATCH_LOG",
+    "HOSTWATCH_LOG_FORMAT",
+    "HOSTWATCH_SERVER",
+    "HOSTWATCH_TOKEN",
+    "HOSTWATCH_TOKEN_FILE",
+];
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerConfig {
+    /// Address for agents (enroll, report).
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// Address for people and tools (the API); default: the same listener as agents.
+    #[serde(default)]
+    api_listen: Option<String>,
+    /// A SQLite file path (or `sqlite://PATH`); default `DATA_DIR/hostwatch.db`.
+    #[serde(default)]
+    database: Option<String>,
+    /// The collector's own state: database, bootstrap credentials.
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    /// Baseline files (`*.toml`) applied to the store at every start.
+    #[serde(default)]
+    baselines_dir: Option<PathBuf>,
+    /// A host is offline after this much silence; default: 3 of its own intervals, at least 30s.
+    #[serde(default, deserialize_with = "opt_duration")]
+    offline_after: Option<Duration>,
+    /// Largest report body accepted, in bytes.
+    #[serde(default = "default_max_report_bytes")]
+    max_report_bytes: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hostwatch-server")
+}
+
+fn default_max_report_bytes() -> u64 {
+    32 << 20
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    hostwatch_agent::config::duration(d).map(Some)
+}
+
+/// The configuration the collector runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None`: the API is served on `listen` too.
+    pub api_listen: Option<SocketAddr>,
+    pub database: PathBuf,
+    pub data_dir: PathBuf,
+    pub baselines_dir: Option<PathBuf>,
+    pub offline_after: Option<Duration>,
+    pub max_report_bytes: usize,
+}
+
+/// A configuration and the warnings worth logging about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: ServerConfig,
+    pub warnings: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Loads the file at `path` (none: defaults only) and lays `vars` over it.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let (file, src) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+            ),
+            None => ("(defaults)".to_owned(), String::new()),
+        };
+        let (raw, applied) = parse_with_env::<RawServerConfig>(&file, &src, vars, ENV_KEYS, OTHER_VARS)?;
+        let invalid = |var: &str, key: &str, problem: String| ConfigError::Invalid {
+            origin: if applied.set.contains(&var) {
+                var.to_owned()
+            } else {
+                format!("{file}: key `{key}`")
+            },
+            problem,
+        };
+        let addr = |s: &str, var, key| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    var,
+                    key,
+                    format!("{s:?} is not an address:port (write 127.0.0.1:8080 or [::]:8080)"),
+                )
+            })
+        };
+        let listen = addr(&raw.listen, "HOSTWATCH_LISTEN", "listen")?;
+        let api_listen = raw
+            .api_listen
+            .as_deref()
+            .map(|s| addr(s, "HOSTWATCH_API_LISTEN", "api_listen"))
+            .transpose()?;
+        let api_listen = api_listen.filter(|a| *a != listen);
+        if raw.data_dir == Path::new(AGENT_STATE_DIR) {
+            return Err(invalid(
+                "HOSTWATCH_DATA_DIR",
+                "data_dir",
+                format!(
+                    "{AGENT_STATE_DIR} is the agent's state directory; give the collector its own (default /var/lib/hostwatch-server)"
+                ),
+            ));
+        }
+        let database = match raw.database.as_deref() {
+            None => raw.data_dir.join("hostwatch.db"),
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                return Err(invalid(
+                    "HOSTWATCH_DATABASE",
+                    "database",
+                    "PostgreSQL is not supported by this version yet; give a SQLite file path".to_owned(),
+                ));
+            }
+            Some(s) => PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)),
+        };
+        if let Some(d) = raw.offline_after
+            && d < Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "HOSTWATCH_OFFLINE_AFTER",
+                "offline_after",
+                "must be at least 10s".to_owned(),
+            ));
+        }
+        if raw.max_report_bytes < 4096 || raw.max_report_bytes > (1 << 30) {
+            return Err(invalid(
+                "HOSTWATCH_MAX_REPORT_BYTES",
+                "max_report_bytes",
+                format!("{} is outside 4096..=1073741824", raw.max_report_bytes),
+            ));
+        }
+        let warnings = applied
+            .unknown
+            .iter()
+            .map(|v| format!("unknown environment variable {v} is ignored"))
+            .collect();
+        Ok(Loaded {
+            config: ServerConfig {
+                listen,
+                api_listen,
+                database,
+                data_dir: raw.data_dir,
+                baselines_dir: raw.baselines_dir,
+                offline_after: raw.offline_after,
+                max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
+            },
+            warnings,
+        })
+    }
+
+    /// The configuration of `hostwatch serve --dev`.
+    pub fn dev(data_dir: &Path, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            listen,
+            api_listen: None,
+            database: data_dir.join("hostwatch.db"),
+            data_dir: data_dir.to_owned(),
+            baselines_dir: Some(data_dir.join("baselines")),
+            offline_after: None,
+            max_report_bytes: default_max_report_bytes() as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ServerConfig::load(None, vec![]).unwrap().config;
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.database, Path::new("/var/lib/hostwatch-server/hostwatch.db"));
+        assert!(c.api_listen.is_none() && c.baselines_dir.is_none());
+    }
+
+    #[test]
+    fn file_and_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("server.toml");
+        std::fs::write(&f, "listen = \"0.0.0.0:9000\"\napi_listen = \"127.0.0.1:9001\"\ndata_dir = \"/srv/hw\"\noffline_after = \"2m\"\n").unwrap();
+        let l = ServerConfig::load(
+            Some(&f),
+            vars(&[
+                ("HOSTWATCH_DATABASE", "sqlite:///x/y.db"),
+                ("HOSTWATCH_TOKEN", "t"),
+                ("HOSTWATCH_NOPE", "1"),
+            ]),
+        )
+        .unwrap();
+        let c = l.config;
+        assert_eq!(
+            (c.listen.port(), c.api_listen.map(|a| a.port())),
+            (9000, Some(9001))
+        );
+        assert_eq!(c.database, Path::new("/x/y.db"));
+        assert_eq!(c.offline_after, Some(Duration::from_secs(120)));
+        assert_eq!(
+            l.warnings,
+            ["unknown environment variable HOSTWATCH_NOPE is ignored"]
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_LISTEN", "8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("HOSTWATCH_LISTEN: \"8080\" is not an address:port"),
+            "{e}"
+        );
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("agent's state directory"), "{e}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "postgres://db/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("server.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("server.toml:2:2: unknown field `tls`"), "{e}");
+    }
+}

@@ -1,0 +1,128 @@
+//! From an accepted report to findings: record the state, select the workload, run the engine,
+//! reconcile the findings.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tracing::{error, info};
+
+use crate::baseline::{self, BaselineSet, Selection};
+use crate::engine::{self, Target};
+use crate::model::{FindingChange, Host, HostState, ReportRecord};
+use crate::state::{AppState, LoadedBaselines};
+use crate::store::StoreError;
+
+/// Records one validated report and, if it carried a snapshot, re-explains the host.
+pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<(), StoreError> {
+    let now = OffsetDateTime::now_utc();
+    state.store.record_report(host_id, &record, now).await?;
+    if let Some(host_state) = &record.state {
+        let host = state
+            .store
+            .host(host_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
+        evaluate(state, &host, host_state).await?;
+    }
+    Ok(())
+}
+
+/// The baselines of the store's current revision, parsed once per revision.
+pub async fn current_baselines(state: &AppState) -> Result<Arc<LoadedBaselines>, StoreError> {
+    let revision = state.store.baselines_revision().await?;
+    let mut cache = state.baselines.lock().await;
+    if let Some(loaded) = cache.as_ref()
+        && loaded.revision == revision
+    {
+        return Ok(loaded.clone());
+    }
+    let mut set = BaselineSet::default();
+    for rec in state.store.baselines().await? {
+        match baseline::parse(&rec.name, &rec.source) {
+            Ok(b) => set.insert(b),
+            // Applied baselines were valid; one that is not (edited in the database by hand) is
+            // left out loudly rather than taking every workload down with it.
+            Err(e) => error!(baseline = %rec.name, error = %e, "stored baseline does not parse; ignoring it"),
+        }
+    }
+    if let Err(e) = set.check() {
+        error!(error = %e, "stored baselines do not hold together");
+    }
+    let loaded = Arc::new(LoadedBaselines { revision, set });
+    *cache = Some(loaded.clone());
+    Ok(loaded)
+}
+
+/// Explains one host's state against its workload and reconciles its findings.
+pub async fn evaluate(
+    state: &AppState,
+    host: &Host,
+    host_state: &HostState,
+) -> Result<Vec<FindingChange>, StoreError> {
+    let mut baselines = current_baselines(state).await?;
+    let mut selection = baselines.set.select(&host.facts.tags);
+    if selection == Selection::None
+        && let Some(learner) = &state.learner
+        && learner.applies_to(host)
+    {
+        learner.learn(state, host, host_state).await?;
+        baselines = current_baselines(state).await?;
+        selection = baselines.set.select(&host.facts.tags);
+    }
+    let workload;
+    let (target, workload_name) = match &selection {
+        Selection::None => (Target::NoBaseline, None),
+        Selection::Ambiguous(names) => (Target::Ambiguous(names), None),
+        Selection::One(name) => match baselines.set.workload(name) {
+            Ok(w) => {
+                workload = w;
+                (Target::Workload(&workload), Some(name.as_str()))
+            }
+            Err(e) => {
+                error!(host_id = host.id, workload = %name, error = %e, "cannot resolve the host's workload; its findings are left as they are");
+                return Ok(Vec::new());
+            }
+        },
+    };
+    let observed = engine::evaluate(host_state, &host.facts.tags, target);
+    let changes = state
+        .store
+        .reconcile_findings(
+            host.id,
+            workload_name,
+            &observed,
+            engine::STATE_KINDS,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    for c in &changes {
+        let (what, id, kind, subject) = match c {
+            FindingChange::Opened { id, kind, subject } => ("finding opened", id, kind, subject),
+            FindingChange::Reopened { id, kind, subject } => ("finding reopened", id, kind, subject),
+            FindingChange::Resolved { id, kind, subject } => ("finding resolved", id, kind, subject),
+        };
+        // Subjects come from agents: `?` escapes anything that could forge a log line.
+        info!(host_id = host.id, hostname = ?host.facts.hostname, finding = id, kind = kind.as_str(), subject = ?subject, "{what}");
+    }
+    Ok(changes)
+}
+
+/// Re-explains every host that has reported state, after the baselines changed.
+pub async fn reevaluate_all(state: &AppState) {
+    let hosts = match state.store.list_hosts().await {
+        Ok(h) => h,
+        Err(e) => return error!(error = %e, "cannot list hosts to re-evaluate"),
+    };
+    for host in hosts
+        .iter()
+        .filter(|h| h.retired_at.is_none() && h.last_seen.is_some())
+    {
+        let result = match state.store.host_state(host.id).await {
+            Ok(st) => evaluate(state, host, &st).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            error!(host_id = host.id, error = %e, "re-evaluation failed");
+        }
+    }
+}

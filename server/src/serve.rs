@@ -1,0 +1,248 @@
+//! Starting and running the collector, in a fixed order: data directory, store (migrated),
+//! bootstrap credentials, baselines from `baselines_dir`, listeners (each bound address logged),
+//! then serving until the shutdown token is cancelled.
+//!
+//! [`serve`] takes bound listeners and a shutdown token, so tests run a collector on port 0
+//! in-process or as the `hostwatch` binary alike.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use hostwatch_agent::config::Secret;
+use hostwatch_agent::identity::write_private;
+use hostwatch_proto::v1::{API_TOKEN_PREFIX, ENROLL_SECRET_PREFIX};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::baseline::{self, BaselineSet};
+use crate::config::ServerConfig;
+use crate::dev::DevLearner;
+use crate::ingest;
+use crate::secrets;
+use crate::state::{AppState, Settings};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// File in the data directory holding the first admin token, mode 0600.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// File in the data directory holding the first enroll secret, mode 0600.
+pub const ENROLL_SECRET_FILE: &str = "enroll-secret";
+
+/// Credentials created at this start (on an empty store), with the files they were written to.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    pub admin_token: Option<(Secret, PathBuf)>,
+    pub enroll_secret: Option<(Secret, PathBuf)>,
+}
+
+/// Prepares everything but the listeners.
+pub async fn open(
+    config: &ServerConfig,
+    learner: Option<DevLearner>,
+) -> anyhow::Result<(AppState, Bootstrap)> {
+    make_private_dir(&config.data_dir)?;
+    let store = SqliteStore::open(&config.database)
+        .with_context(|| format!("cannot open the store {}", config.database.display()))?;
+    info!(database = %config.database.display(), "store open");
+    let store: Arc<dyn Store> = Arc::new(store);
+    let boot = bootstrap(store.as_ref(), &config.data_dir).await?;
+    let settings = Settings {
+        max_report_bytes: config.max_report_bytes,
+        offline_after: config.offline_after,
+    };
+    let state = AppState::new(store, settings, learner);
+    if let Some(dir) = &config.baselines_dir {
+        let n = apply_baselines_dir(&state, dir).await?;
+        info!(dir = %dir.display(), baselines = n, "baselines applied from directory");
+    }
+    Ok((state, boot))
+}
+
+/// Creates a directory mode 0700, or warns if an existing one is open to others.
+pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot stat {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data directory is accessible to other users; 0700 is advised");
+    }
+    Ok(())
+}
+
+/// On an empty store, creates the first admin token and enroll secret and writes them, mode 0600,
+/// into the data directory. They are never logged.
+async fn bootstrap(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Bootstrap> {
+    let now = OffsetDateTime::now_utc();
+    let mut boot = Bootstrap::default();
+    if store.count_api_tokens().await? == 0 {
+        let token = secrets::generate(API_TOKEN_PREFIX).context("cannot generate a token")?;
+        let id = store
+            .create_api_token(
+                "bootstrap-admin",
+                "admin",
+                &secrets::hash(token.expose()),
+                "bootstrap",
+                now,
+            )
+            .await?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
+        store
+            .audit(
+                "bootstrap",
+                "create_token",
+                &format!("token:{id}"),
+                json!({ "role": "admin", "file": path }),
+                now,
+            )
+            .await?;
+        info!(file = %path.display(), "created the first admin token (mode 0600)");
+        boot.admin_token = Some((token, path));
+    }
+    if store.count_enroll_secrets().await? == 0 {
+        let (secret, path) = create_enroll_secret(store, data_dir, "default").await?;
+        info!(file = %path.display(), "created the first enroll secret (mode 0600)");
+        boot.enroll_secret = Some((secret, path));
+    }
+    Ok(boot)
+}
+
+/// Creates an enroll secret and writes it to `DATA_DIR/enroll-secret`.
+pub async fn create_enroll_secret(
+    store: &dyn Store,
+    data_dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Secret, PathBuf)> {
+    let now = OffsetDateTime::now_utc();
+    let secret = secrets::generate(ENROLL_SECRET_PREFIX).context("cannot generate an enroll secret")?;
+    let id = store
+        .create_enroll_secret(name, &secrets::hash(secret.expose()), "bootstrap", now)
+        .await?;
+    let path = data_dir.join(ENROLL_SECRET_FILE);
+    write_private(&path, format!("{}\n", secret.expose()).as_bytes())?;
+    store
+        .audit(
+            "bootstrap",
+            "create_enroll_secret",
+            &format!("secret:{id}"),
+            json!({ "name": name, "file": path }),
+            now,
+        )
+        .await?;
+    Ok((secret, path))
+}
+
+/// Applies every `*.toml` in `dir` to the store. Any broken file stops the start: a collector that
+/// silently skipped a baseline would file findings against rules nobody meant.
+pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result<usize> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read baselines_dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    let mut parsed = Vec::new();
+    for path in &files {
+        let src = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let b = baseline::parse(&path.display().to_string(), &src).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some((other, _, _)) = parsed
+            .iter()
+            .find(|(_, o, _): &&(PathBuf, baseline::Baseline, String)| o.name == b.name)
+        {
+            bail!(
+                "{} and {} both define baseline `{}`",
+                other.display(),
+                path.display(),
+                b.name
+            );
+        }
+        parsed.push((path.clone(), b, src));
+    }
+    let current = ingest::current_baselines(state).await?;
+    let mut set: BaselineSet = current.set.clone();
+    for (_, b, _) in &parsed {
+        set.insert(b.clone());
+    }
+    set.check()
+        .with_context(|| format!("baselines in {} do not hold together", dir.display()))?;
+    let now = OffsetDateTime::now_utc();
+    for (path, b, src) in &parsed {
+        state
+            .store
+            .put_baseline(&b.name, src, &format!("baselines_dir:{}", path.display()), now)
+            .await?;
+    }
+    Ok(parsed.len())
+}
+
+/// The collector's listeners: agents, and people if they have their own.
+pub struct Listeners {
+    pub agents: TcpListener,
+    pub api: Option<TcpListener>,
+}
+
+/// Binds the configured addresses and logs each bound one.
+pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
+    let agents = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let api = match config.api_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(Listeners { agents, api })
+}
+
+/// Serves until `shutdown` is cancelled, then finishes the requests in flight.
+pub async fn serve(state: AppState, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let agents_addr = listeners.agents.local_addr()?;
+    match listeners.api {
+        None => {
+            info!("listening on http://{agents_addr} (agents and API)");
+            let stop = shutdown.clone();
+            axum::serve(listeners.agents, api::all_routes(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("agent and API listener failed")?;
+        }
+        Some(api_listener) => {
+            let api_addr = api_listener.local_addr()?;
+            info!("listening on http://{agents_addr} (agents)");
+            info!("listening on http://{api_addr} (API)");
+            let (s1, s2) = (shutdown.clone(), shutdown.clone());
+            let agents = axum::serve(listeners.agents, api::agent_routes(state.clone()))
+                .with_graceful_shutdown(async move { s1.cancelled().await });
+            let people = axum::serve(api_listener, api::people_routes(state))
+                .with_graceful_shutdown(async move { s2.cancelled().await });
+            tokio::try_join!(async { agents.await.context("agent listener failed") }, async {
+                people.await.context("API listener failed")
+            })?;
+        }
+    }
+    info!("collector stopped");
+    Ok(())
+}
+
+/// `hostwatch serve --config FILE`: open, bind, serve.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (state, _boot) = open(&config, None).await?;
+    let listeners = bind(&config).await?;
+    serve(state, listeners, shutdown).await
+}

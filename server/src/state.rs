@@ -1,0 +1,68 @@
+//! What every request handler shares: the store, settings, the baseline cache and counters.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::baseline::BaselineSet;
+use crate::dev::DevLearner;
+use crate::store::Store;
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    /// The baselines as of a store revision; reloaded when the revision moves, so that several
+    /// collectors on one store all follow `baseline apply`.
+    pub baselines: Mutex<Option<Arc<LoadedBaselines>>>,
+    /// In `serve --dev` only: learns a baseline for this machine when none selects it.
+    pub learner: Option<DevLearner>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_report_bytes: usize,
+    /// Fixed silence after which a host is offline; `None`: 3 of its intervals, at least 30 s.
+    pub offline_after: Option<Duration>,
+}
+
+/// Baselines parsed from one revision of the store.
+#[derive(Debug)]
+pub struct LoadedBaselines {
+    pub revision: i64,
+    pub set: BaselineSet,
+}
+
+/// Counts of what the collector accepted, refused and ignored.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reports_accepted: AtomicU64,
+    pub reports_rejected: AtomicU64,
+    /// Fields of agent messages this version does not know (newer agents), ignored.
+    pub unknown_fields: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, learner: Option<DevLearner>) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            settings,
+            baselines: Mutex::new(None),
+            learner,
+            counters: Counters::default(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

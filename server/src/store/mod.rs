@@ -1,0 +1,151 @@
+//! The store: current state per host, findings, baselines, credentials and the audit log.
+//!
+//! [`Store`] is the interface every backend implements: SQLite ([`sqlite`], the embedded default)
+//! now, PostgreSQL for fleets with several collectors later. Architecture invariants:
+//! - the store keeps facts and applies decisions; it never decides what is a finding (the engine
+//!   does) nor who may do what (`auth` does);
+//! - secrets are stored only as SHA-256 hashes, in tables no query interface ever exposes;
+//! - every method is one transaction: a report that fails half-way leaves nothing behind;
+//! - nothing assumes a single collector: baselines are reread when `baselines_revision` moves.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use hostwatch_proto::v1::{FindingKind, FindingStatus};
+use time::OffsetDateTime;
+
+use crate::model::{Finding, FindingChange, Host, HostFacts, HostState, Observation, ReportRecord};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the database's disk is full: {0}")]
+    Full(String),
+    #[error("database busy: {0}")]
+    Busy(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "database schema version {found} is newer than this collector knows ({known}); upgrade the collector"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (disk freed, lock released).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StoreError::Full(_) | StoreError::Busy(_))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An API token as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+}
+
+/// A stored baseline's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaselineRecord {
+    pub name: String,
+    pub source: String,
+    pub applied_at: OffsetDateTime,
+    pub applied_by: String,
+}
+
+/// Which findings to list.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub host_id: Option<i64>,
+    pub kind: Option<FindingKind>,
+    /// Empty: every status.
+    pub statuses: Vec<FindingStatus>,
+    pub limit: Option<u32>,
+}
+
+/// Everything a collector needs from its store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- credentials (only `auth` and bootstrap call these) ----
+    async fn count_api_tokens(&self) -> Result<u64>;
+    async fn create_api_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &str,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64>;
+    /// A token that exists and is not revoked.
+    async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    async fn count_enroll_secrets(&self) -> Result<u64>;
+    async fn create_enroll_secret(
+        &self,
+        name: &str,
+        hash: &str,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64>;
+    /// The id of an enroll secret that exists and is not revoked.
+    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<i64>>;
+    /// The host of a node key that exists and is not revoked, unless the host is retired.
+    async fn find_node_key(&self, hash: &str) -> Result<Option<i64>>;
+
+    // ---- agents ----
+    /// Enrolls a host, or re-enrolls the non-retired host with the same machine id; the new key
+    /// replaces (revokes) the host's previous ones. Returns the host id.
+    async fn enroll_host(
+        &self,
+        facts: &HostFacts,
+        agent_version: &str,
+        key_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64>;
+    /// Records a report: facts, agent status, last_seen and seq, and the whole state if it has one.
+    async fn record_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime) -> Result<()>;
+
+    // ---- state and findings ----
+    async fn host_state(&self, host_id: i64) -> Result<HostState>;
+    /// Applies the engine's verdict for one host: opens or refreshes a finding for every
+    /// observation, reopens resolved ones, resolves open or acknowledged findings of `state_kinds`
+    /// that are no longer observed, and records the host's workload.
+    async fn reconcile_findings(
+        &self,
+        host_id: i64,
+        workload: Option<&str>,
+        observed: &[Observation],
+        state_kinds: &[FindingKind],
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>>;
+
+    // ---- queries ----
+    async fn list_hosts(&self) -> Result<Vec<Host>>;
+    async fn host(&self, id: i64) -> Result<Option<Host>>;
+    /// Ids of non-retired hosts with this hostname.
+    async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
+    async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
+
+    // ---- baselines ----
+    /// Stores or replaces a baseline by name and moves the baselines revision.
+    async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()>;
+    async fn baselines(&self) -> Result<Vec<BaselineRecord>>;
+    async fn baselines_revision(&self) -> Result<i64>;
+
+    // ---- audit ----
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+}

@@ -1,0 +1,999 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One connection behind a mutex, used from the blocking pool: SQLite has one writer at a time
+//! anyway, and a collector on SQLite serves one machine's worth of fleet. Each trait method runs as
+//! one transaction on that connection.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use hostwatch_proto::v1::timestamp;
+use hostwatch_proto::v1::{FindingKind, FindingStatus, Protocol, Severity};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use time::OffsetDateTime;
+
+use super::{BaselineRecord, FindingFilter, Result, Store, StoreError, TokenRecord};
+use crate::model::{
+    AgentInfo, Finding, FindingChange, Host, HostFacts, HostState, Listener, Observation, Process,
+    ReportRecord,
+};
+
+/// Schema migrations, applied in order; each runs once, in a transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == C::DiskFull => StoreError::Full(e.to_string()),
+            rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, C::DatabaseBusy | C::DatabaseLocked) => {
+                StoreError::Busy(e.to_string())
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it mode 0600 if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if !path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        Self::setup(conn, true)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        Self::setup(Connection::open_in_memory()?, false)
+    }
+
+    fn setup(mut conn: Connection, wal: bool) -> Result<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if wal {
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::Database(format!(
+                    "cannot switch to WAL mode (got {mode})"
+                )));
+            }
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` in one transaction on the blocking pool.
+    async fn tx<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Database("connection lock poisoned".to_owned()))?;
+            let tx = guard.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, ts(OffsetDateTime::now_utc())],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    timestamp::format(t)
+}
+
+fn parse_ts(s: &str) -> Result<OffsetDateTime> {
+    timestamp::parse(s).map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+fn opt_ts(s: Option<String>) -> Result<Option<OffsetDateTime>> {
+    s.as_deref().map(parse_ts).transpose()
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn parse_enum<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
+
+const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, h.agent_version, \
+     h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, h.last_seq, h.goodbye, \
+     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open')";
+
+fn host_from_row(r: &Row<'_>) -> Result<Host> {
+    Ok(Host {
+        id: r.get(0)?,
+        facts: HostFacts {
+            hostname: r.get(1)?,
+            machine_id: r.get(2)?,
+            os: r.get(3)?,
+            kernel: r.get(4)?,
+            arch: r.get(5)?,
+            boot_time: opt_ts(r.get(6)?)?,
+            tags: json(&r.get::<_, String>(7)?, "host tags")?,
+        },
+        agent: AgentInfo {
+            version: r.get(8)?,
+            interval_secs: r.get(9)?,
+            coverage_degraded: r.get(10)?,
+            coverage_why: json(&r.get::<_, String>(11)?, "coverage")?,
+        },
+        workload: r.get(12)?,
+        enrolled_at: parse_ts(&r.get::<_, String>(13)?)?,
+        last_seen: opt_ts(r.get(14)?)?,
+        last_seq: r.get::<_, i64>(15)?.try_into().unwrap_or_default(),
+        goodbye: r.get(16)?,
+        retired_at: opt_ts(r.get(17)?)?,
+        open_findings: r.get::<_, i64>(18)?.try_into().unwrap_or_default(),
+    })
+}
+
+const FINDING_COLUMNS: &str = "f.id, f.host_id, h.hostname, f.kind, f.rule, f.severity, f.subject, f.detail, f.status, \
+     f.first_seen, f.last_seen, f.resolved_at";
+
+fn finding_from_row(r: &Row<'_>) -> Result<Finding> {
+    let rule: String = r.get(4)?;
+    Ok(Finding {
+        id: r.get(0)?,
+        host_id: r.get(1)?,
+        hostname: r.get(2)?,
+        kind: parse_enum::<FindingKind>(&r.get::<_, String>(3)?)?,
+        rule: (!rule.is_empty()).then_some(rule),
+        severity: parse_enum::<Severity>(&r.get::<_, String>(5)?)?,
+        subject: r.get(6)?,
+        detail: json(&r.get::<_, String>(7)?, "finding detail")?,
+        status: parse_enum::<FindingStatus>(&r.get::<_, String>(8)?)?,
+        first_seen: parse_ts(&r.get::<_, String>(9)?)?,
+        last_seen: parse_ts(&r.get::<_, String>(10)?)?,
+        resolved_at: opt_ts(r.get(11)?)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn count_api_tokens(&self) -> Result<u64> {
+        self.tx(|tx| {
+            Ok(tx.query_row(
+                "SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn create_api_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &str,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64> {
+        let (name, role, hash, by) = (
+            name.to_owned(),
+            role.to_owned(),
+            hash.to_owned(),
+            created_by.to_owned(),
+        );
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, role, hash, ts(now), by],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let hash = hash.to_owned();
+        self.tx(move |tx| {
+            Ok(tx
+                .query_row(
+                    "SELECT id, name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                    [hash],
+                    |r| {
+                        Ok(TokenRecord {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                            role: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn count_enroll_secrets(&self) -> Result<u64> {
+        self.tx(|tx| {
+            Ok(tx.query_row(
+                "SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn create_enroll_secret(
+        &self,
+        name: &str,
+        hash: &str,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64> {
+        let (name, hash, by) = (name.to_owned(), hash.to_owned(), created_by.to_owned());
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO enroll_secrets (name, secret_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
+                params![name, hash, ts(now), by],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<i64>> {
+        let hash = hash.to_owned();
+        self.tx(move |tx| {
+            Ok(tx
+                .query_row(
+                    "SELECT id FROM enroll_secrets WHERE secret_hash = ?1 AND revoked_at IS NULL",
+                    [hash],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
+        let hash = hash.to_owned();
+        self.tx(move |tx| {
+            Ok(tx
+                .query_row(
+                    "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
+                     WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND h.retired_at IS NULL",
+                    [hash],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn enroll_host(
+        &self,
+        facts: &HostFacts,
+        agent_version: &str,
+        key_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<i64> {
+        let (facts, version, hash) = (facts.clone(), agent_version.to_owned(), key_hash.to_owned());
+        self.tx(move |tx| {
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM hosts WHERE machine_id = ?1 AND retired_at IS NULL ORDER BY id DESC LIMIT 1",
+                    [&facts.machine_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let id = match existing {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE node_keys SET revoked_at = ?1 WHERE host_id = ?2 AND revoked_at IS NULL",
+                        params![ts(now), id],
+                    )?;
+                    tx.execute(
+                        "UPDATE hosts SET hostname = ?1, tags = ?2, agent_version = ?3, last_seq = 0, goodbye = NULL WHERE id = ?4",
+                        params![facts.hostname, to_json(&facts.tags), version, id],
+                    )?;
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            facts.hostname,
+                            facts.machine_id,
+                            facts.os,
+                            facts.kernel,
+                            facts.arch,
+                            facts.boot_time.map(ts),
+                            to_json(&facts.tags),
+                            version,
+                            ts(now)
+                        ],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            tx.execute(
+                "INSERT INTO node_keys (key_hash, host_id, created_at) VALUES (?1, ?2, ?3)",
+                params![hash, id, ts(now)],
+            )?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn record_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime) -> Result<()> {
+        let report = report.clone();
+        self.tx(move |tx| {
+            let f = &report.facts;
+            let changed = tx.execute(
+                "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
+                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, last_seq = ?12, goodbye = ?13 \
+                 WHERE id = ?14",
+                params![
+                    f.hostname,
+                    f.os,
+                    f.kernel,
+                    f.arch,
+                    f.boot_time.map(ts),
+                    to_json(&f.tags),
+                    report.agent.version,
+                    report.agent.interval_secs,
+                    report.agent.coverage_degraded,
+                    to_json(&report.agent.coverage_why),
+                    ts(now),
+                    i64::try_from(report.seq).unwrap_or(i64::MAX),
+                    report.goodbye,
+                    host_id
+                ],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("host {host_id}")));
+            }
+            if let Some(state) = &report.state {
+                tx.execute("DELETE FROM processes WHERE host_id = ?1", [host_id])?;
+                tx.execute("DELETE FROM listeners WHERE host_id = ?1", [host_id])?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for p in &state.processes {
+                    ins.execute(params![
+                        host_id,
+                        p.pid,
+                        p.ppid,
+                        p.name,
+                        p.exe,
+                        p.exe_deleted,
+                        to_json(&p.cmdline),
+                        p.uid,
+                        p.user,
+                        ts(p.start_time)
+                    ])?;
+                }
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for l in &state.listeners {
+                    ins.execute(params![host_id, l.protocol.as_str(), l.address.to_string(), l.port, l.pid, l.process, l.exe, l.uid])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn host_state(&self, host_id: i64) -> Result<HostState> {
+        self.tx(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes WHERE host_id = ?1 ORDER BY pid",
+            )?;
+            let mut rows = stmt.query([host_id])?;
+            let mut processes = Vec::new();
+            while let Some(r) = rows.next()? {
+                processes.push(Process {
+                    pid: r.get(0)?,
+                    ppid: r.get(1)?,
+                    name: r.get(2)?,
+                    exe: r.get(3)?,
+                    exe_deleted: r.get(4)?,
+                    cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
+                    uid: r.get(6)?,
+                    user: r.get(7)?,
+                    start_time: parse_ts(&r.get::<_, String>(8)?)?,
+                });
+            }
+            let mut stmt = tx.prepare_cached(
+                "SELECT protocol, address, port, pid, process, exe, uid FROM listeners WHERE host_id = ?1 ORDER BY protocol, port, address",
+            )?;
+            let mut rows = stmt.query([host_id])?;
+            let mut listeners = Vec::new();
+            while let Some(r) = rows.next()? {
+                let address: String = r.get(1)?;
+                listeners.push(Listener {
+                    protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+                    address: address.parse().map_err(|_| StoreError::Corrupt(format!("listener address {address:?}")))?,
+                    port: r.get(2)?,
+                    pid: r.get(3)?,
+                    process: r.get(4)?,
+                    exe: r.get(5)?,
+                    uid: r.get(6)?,
+                });
+            }
+            Ok(HostState { processes, listeners })
+        })
+        .await
+    }
+
+    async fn reconcile_findings(
+        &self,
+        host_id: i64,
+        workload: Option<&str>,
+        observed: &[Observation],
+        state_kinds: &[FindingKind],
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>> {
+        let (workload, observed, state_kinds) = (
+            workload.map(str::to_owned),
+            observed.to_vec(),
+            state_kinds.to_vec(),
+        );
+        self.tx(move |tx| {
+            tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![workload, host_id])?;
+            let now_s = ts(now);
+            let mut changes = Vec::new();
+            let mut seen: HashSet<(String, String, String)> = HashSet::new();
+            for o in &observed {
+                let rule = o.rule.clone().unwrap_or_default();
+                let kind = o.kind.as_str();
+                seen.insert((kind.to_owned(), rule.clone(), o.subject.clone()));
+                let existing: Option<(i64, String)> = tx
+                    .query_row(
+                        "SELECT id, status FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
+                        params![host_id, kind, rule, o.subject],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let detail = to_json(&o.detail);
+                match existing {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, opened_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7)",
+                            params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now_s],
+                        )?;
+                        changes.push(FindingChange::Opened { id: tx.last_insert_rowid(), kind: o.kind, subject: o.subject.clone() });
+                    }
+                    Some((id, status)) if status == FindingStatus::Resolved.as_str() => {
+                        tx.execute(
+                            "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
+                             resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
+                            params![o.severity.as_str(), detail, now_s, id],
+                        )?;
+                        changes.push(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() });
+                    }
+                    Some((id, _)) => {
+                        tx.execute(
+                            "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3 WHERE id = ?4",
+                            params![o.severity.as_str(), detail, now_s, id],
+                        )?;
+                    }
+                }
+            }
+            let kinds: HashSet<&str> = state_kinds.iter().map(|k| k.as_str()).collect();
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, kind, rule, subject FROM findings WHERE host_id = ?1 AND status IN ('open', 'acknowledged')",
+            )?;
+            let open: Vec<(i64, String, String, String)> = stmt
+                .query_map([host_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let gone = open.into_iter().filter(|(_, kind, rule, subject)| {
+                kinds.contains(kind.as_str()) && !seen.contains(&(kind.clone(), rule.clone(), subject.clone()))
+            });
+            for (id, kind, _, subject) in gone {
+                tx.execute("UPDATE findings SET status = 'resolved', resolved_at = ?1 WHERE id = ?2", params![now_s, id])?;
+                changes.push(FindingChange::Resolved { id, kind: parse_enum(&kind)?, subject });
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<Host>> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts h ORDER BY h.id"))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(host_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn host(&self, id: i64) -> Result<Option<Host>> {
+        self.tx(move |tx| {
+            let mut stmt =
+                tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.id = ?1"))?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(host_from_row(r)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
+        let hostname = hostname.to_owned();
+        self.tx(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM hosts WHERE hostname = ?1 AND retired_at IS NULL ORDER BY id",
+            )?;
+            Ok(stmt
+                .query_map([hostname], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>> {
+        let filter = filter.clone();
+        self.tx(move |tx| {
+            let mut sql = format!(
+                "SELECT {FINDING_COLUMNS} FROM findings f JOIN hosts h ON h.id = f.host_id WHERE 1 = 1"
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(h) = filter.host_id {
+                args.push(h.into());
+                sql.push_str(&format!(" AND f.host_id = ?{}", args.len()));
+            }
+            if let Some(k) = filter.kind {
+                args.push(k.as_str().to_owned().into());
+                sql.push_str(&format!(" AND f.kind = ?{}", args.len()));
+            }
+            if !filter.statuses.is_empty() {
+                let mut marks = Vec::new();
+                for s in &filter.statuses {
+                    args.push(s.as_str().to_owned().into());
+                    marks.push(format!("?{}", args.len()));
+                }
+                sql.push_str(&format!(" AND f.status IN ({})", marks.join(", ")));
+            }
+            sql.push_str(" ORDER BY f.id");
+            if let Some(limit) = filter.limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            let mut stmt = tx.prepare(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(finding_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {
+        let (name, source, actor) = (name.to_owned(), source.to_owned(), actor.to_owned());
+        self.tx(move |tx| {
+            let unchanged: bool = tx
+                .query_row("SELECT source = ?2 FROM baselines WHERE name = ?1", params![name, source], |r| r.get(0))
+                .optional()?
+                .unwrap_or(false);
+            if unchanged {
+                return Ok(());
+            }
+            tx.execute(
+                "INSERT INTO baselines (name, source, applied_at, applied_by) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (name) DO UPDATE SET source = excluded.source, applied_at = excluded.applied_at, applied_by = excluded.applied_by",
+                params![name, source, ts(now), actor],
+            )?;
+            tx.execute("UPDATE store_meta SET value = value + 1 WHERE key = 'baselines_revision'", [])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn baselines(&self) -> Result<Vec<BaselineRecord>> {
+        self.tx(|tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT name, source, applied_at, applied_by FROM baselines ORDER BY name")?;
+            let rows: Vec<(String, String, String, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(name, source, at, by)| {
+                    Ok(BaselineRecord {
+                        name,
+                        source,
+                        applied_at: parse_ts(&at)?,
+                        applied_by: by,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn baselines_revision(&self) -> Result<i64> {
+        self.tx(|tx| {
+            Ok(tx.query_row(
+                "SELECT value FROM store_meta WHERE key = 'baselines_revision'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
+        self.tx(move |tx| {
+            tx.execute(
+                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ts(now), actor, action, target, to_json(&detail)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Counts rows of a table, for tests of "nothing was stored".
+#[cfg(test)]
+pub(crate) async fn count_rows(store: &SqliteStore, table: &'static str) -> i64 {
+    store
+        .tx(move |tx| Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AgentInfo;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn facts(machine: &str) -> HostFacts {
+        HostFacts {
+            hostname: "web-1".into(),
+            machine_id: machine.into(),
+            os: "Debian".into(),
+            kernel: "6.1".into(),
+            arch: "x86_64".into(),
+            boot_time: None,
+            tags: BTreeMap::from([("role".into(), "web".into())]),
+        }
+    }
+
+    fn obs(kind: FindingKind, subject: &str) -> Observation {
+        Observation {
+            kind,
+            rule: None,
+            severity: Severity::High,
+            subject: subject.into(),
+            detail: json!({"s": subject}),
+        }
+    }
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_and_files_private() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("hw.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.baselines_revision().await.unwrap(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[tokio::test]
+    async fn enroll_report_and_state() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        assert_eq!(s.find_node_key("h1").await.unwrap(), Some(id));
+        // The same machine enrolling again keeps its host and loses its old key.
+        assert_eq!(
+            s.enroll_host(&facts("m1"), "0.1.0", "h2", at(1)).await.unwrap(),
+            id
+        );
+        assert_eq!(s.find_node_key("h1").await.unwrap(), None);
+        assert_eq!(s.find_node_key("h2").await.unwrap(), Some(id));
+        let other = s.enroll_host(&facts("m2"), "0.1.0", "h3", at(1)).await.unwrap();
+        assert_ne!(other, id);
+
+        let p = Process {
+            pid: 10,
+            ppid: 1,
+            name: "nginx".into(),
+            exe: Some("/usr/sbin/nginx".into()),
+            exe_deleted: false,
+            cmdline: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
+            uid: 0,
+            user: Some("root".into()),
+            start_time: at(-100),
+        };
+        let l = Listener {
+            protocol: Protocol::Tcp,
+            address: "::".parse().unwrap(),
+            port: 443,
+            pid: Some(10),
+            process: Some("nginx".into()),
+            exe: None,
+            uid: 0,
+        };
+        let report = ReportRecord {
+            seq: 7,
+            facts: facts("m1"),
+            agent: AgentInfo {
+                version: "0.1.0".into(),
+                interval_secs: 10,
+                coverage_degraded: true,
+                coverage_why: vec!["x".into()],
+            },
+            state: Some(HostState {
+                processes: vec![p.clone()],
+                listeners: vec![l.clone()],
+            }),
+            goodbye: None,
+        };
+        s.record_report(id, &report, at(5)).await.unwrap();
+        let state = s.host_state(id).await.unwrap();
+        assert_eq!(
+            state,
+            HostState {
+                processes: vec![p],
+                listeners: vec![l]
+            }
+        );
+        let h = s.host(id).await.unwrap().unwrap();
+        assert_eq!(
+            (h.last_seq, h.last_seen, h.agent.coverage_degraded),
+            (7, Some(at(5)), true)
+        );
+        assert_eq!(h.facts.tags["role"], "web");
+        assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, other]);
+        // A heartbeat (no state) keeps the state.
+        let beat = ReportRecord {
+            state: None,
+            seq: 8,
+            ..report
+        };
+        s.record_report(id, &beat, at(6)).await.unwrap();
+        assert_eq!(s.host_state(id).await.unwrap().processes.len(), 1);
+        assert!(matches!(
+            s.record_report(999, &beat, at(6)).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn finding_lifecycle() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let kinds = crate::engine::STATE_KINDS;
+        let a = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
+        let b = obs(FindingKind::UnexpectedProcess, "/tmp/x");
+
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            ch.iter()
+                .filter(|c| matches!(c, FindingChange::Opened { .. }))
+                .count(),
+            2
+        );
+        // Seen again: no change, last_seen moves.
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(2))
+            .await
+            .unwrap();
+        assert!(ch.is_empty());
+        let all = s.list_findings(&FindingFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(
+            all.iter()
+                .all(|f| f.first_seen == at(1) && f.last_seen == at(2) && f.status == FindingStatus::Open)
+        );
+        let listener_id = all.iter().find(|f| f.subject == a.subject).unwrap().id;
+        // Gone: resolved.
+        let ch = s
+            .reconcile_findings(id, Some("web"), std::slice::from_ref(&b), kinds, at(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            ch,
+            vec![FindingChange::Resolved {
+                id: listener_id,
+                kind: a.kind,
+                subject: a.subject.clone()
+            }]
+        );
+        // Back: the same finding reopens.
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(4))
+            .await
+            .unwrap();
+        assert_eq!(
+            ch,
+            vec![FindingChange::Reopened {
+                id: listener_id,
+                kind: a.kind,
+                subject: a.subject.clone()
+            }]
+        );
+        let f = s
+            .list_findings(&FindingFilter {
+                host_id: Some(id),
+                kind: Some(a.kind),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (f.len(), f[0].status, f[0].first_seen, f[0].resolved_at),
+            (1, FindingStatus::Open, at(1), None)
+        );
+        assert_eq!(f[0].hostname, "web-1");
+        // Kinds outside the state kinds are never resolved by absence.
+        let file = obs(FindingKind::FileChanged, "/etc/passwd");
+        s.reconcile_findings(id, Some("web"), &[file], kinds, at(5))
+            .await
+            .unwrap();
+        s.reconcile_findings(id, Some("web"), &[], kinds, at(6))
+            .await
+            .unwrap();
+        let open = s
+            .list_findings(&FindingFilter {
+                statuses: vec![FindingStatus::Open],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            open.iter().map(|f| f.subject.as_str()).collect::<Vec<_>>(),
+            ["/etc/passwd"]
+        );
+        assert_eq!(
+            s.host(id).await.unwrap().unwrap().workload.as_deref(),
+            Some("web")
+        );
+        assert_eq!(s.host(id).await.unwrap().unwrap().open_findings, 1);
+    }
+
+    #[tokio::test]
+    async fn baselines_bump_the_revision_only_on_change() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.put_baseline("web", "name = \"web\"", "admin", at(0))
+            .await
+            .unwrap();
+        assert_eq!(s.baselines_revision().await.unwrap(), 1);
+        s.put_baseline("web", "name = \"web\"", "admin", at(1))
+            .await
+            .unwrap();
+        assert_eq!(s.baselines_revision().await.unwrap(), 1);
+        s.put_baseline("web", "name = \"web\"\n", "admin", at(2))
+            .await
+            .unwrap();
+        assert_eq!(s.baselines_revision().await.unwrap(), 2);
+        let b = s.baselines().await.unwrap();
+        assert_eq!((b.len(), b[0].applied_at), (1, at(2)));
+    }
+
+    #[tokio::test]
+    async fn credentials() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(s.count_api_tokens().await.unwrap(), 0);
+        let t = s
+            .create_api_token("boot", "admin", "th", "bootstrap", at(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.find_api_token("th").await.unwrap(),
+            Some(TokenRecord {
+                id: t,
+                name: "boot".into(),
+                role: "admin".into()
+            })
+        );
+        assert_eq!(s.find_api_token("nope").await.unwrap(), None);
+        let e = s
+            .create_enroll_secret("default", "eh", "bootstrap", at(0))
+            .await
+            .unwrap();
+        assert_eq!(s.find_enroll_secret("eh").await.unwrap(), Some(e));
+        assert!(
+            s.create_api_token("x", "root", "th2", "b", at(0)).await.is_err(),
+            "roles are checked by the schema"
+        );
+        s.audit("admin", "apply_baseline", "web", json!({}), at(1))
+            .await
+            .unwrap();
+        assert_eq!(count_rows(&s, "audit_log").await, 1);
+    }
+}
