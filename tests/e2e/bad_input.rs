@@ -1,0 +1,268 @@
+//! What the collector refuses, each with a clear message and nothing stored.
+
+use std::collections::BTreeMap;
+
+use hostwatch_proto::v1::{self as proto};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::support::Collector;
+
+fn facts(machine_id: &str) -> proto::HostFacts {
+    proto::HostFacts {
+        hostname: "bad-input-host".into(),
+        machine_id: machine_id.into(),
+        os: "test".into(),
+        kernel: "test".into(),
+        arch: "x86_64".into(),
+        boot_time: None,
+        tags: BTreeMap::from([("role".to_owned(), "bad-input".to_owned())]),
+    }
+}
+
+fn status() -> proto::AgentStatus {
+    proto::AgentStatus {
+        version: "0.0.1".into(),
+        interval_secs: 10,
+        started_at: OffsetDateTime::now_utc(),
+        coverage: proto::Coverage::full(),
+    }
+}
+
+fn report(seq: u64, machine_id: &str) -> proto::Report {
+    let now = OffsetDateTime::now_utc();
+    proto::Report {
+        seq,
+        sent_at: now,
+        host: facts(machine_id),
+        agent: status(),
+        snapshot: Some(proto::Snapshot {
+            taken_at: now,
+            processes: vec![proto::Process {
+                pid: 4242,
+                ppid: 1,
+                name: "app".into(),
+                exe: Some("/usr/bin/app".into()),
+                exe_deleted: false,
+                cmdline: vec!["app".into()],
+                cmdline_truncated: false,
+                uid: 0,
+                user: Some("root".into()),
+                start_time: now,
+            }],
+            listeners: vec![],
+        }),
+        goodbye: None,
+    }
+}
+
+async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
+    let secret = std::fs::read_to_string(&c.enroll_secret_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let req = proto::EnrollRequest {
+        enroll_secret: secret,
+        host: facts(machine_id),
+        agent: status(),
+    };
+    let (code, body) = c
+        .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
+        .await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<proto::ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"))
+        .error
+}
+
+#[tokio::test]
+async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "max_report_bytes = 65536\n");
+    let e = enroll(&c, "machine-bad-input").await;
+    let key = e.node_key.as_str();
+
+    let (code, body) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(key),
+            serde_json::to_vec(&report(1, "machine-bad-input")).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let before: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, e.host_id)).await;
+    assert_eq!((before.last_seq, before.processes.len()), (1, 1));
+
+    // Malformed JSON: 400, saying where.
+    let (code, body) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(key),
+            br#"{"seq": 2, "sent_at": "#.to_vec(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let msg = error_of(&body);
+    assert!(
+        msg.starts_with("malformed report:") && msg.contains("line 1 column"),
+        "{msg}"
+    );
+
+    // Well-formed but of the wrong type.
+    let (code, body) = c
+        .post(proto::REPORT_PATH, Some(key), br#"{"seq": "two"}"#.to_vec())
+        .await;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("invalid type"), "{body}");
+
+    // Valid JSON beyond the limits of the contract: the path of the offending field.
+    let mut bad = report(2, "machine-bad-input");
+    bad.snapshot.as_mut().unwrap().processes[0].name = String::new();
+    let (code, body) = c
+        .post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&bad).unwrap())
+        .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        error_of(&body),
+        "invalid report: snapshot.processes[0].name: must not be empty"
+    );
+
+    // No key, a wrong key, a key of the wrong kind: 401.
+    let body = serde_json::to_vec(&report(2, "machine-bad-input")).unwrap();
+    let (code, text) = c.post(proto::REPORT_PATH, None, body.clone()).await;
+    assert_eq!(code, 401);
+    assert!(error_of(&text).contains("missing credential"), "{text}");
+    let (code, text) = c.post(proto::REPORT_PATH, Some("hwn_0000"), body.clone()).await;
+    assert_eq!(
+        (code, error_of(&text).as_str()),
+        (401, "unknown or revoked node key")
+    );
+    let (code, text) = c
+        .post(proto::REPORT_PATH, Some(&c.admin_token), body.clone())
+        .await;
+    assert_eq!(code, 401);
+    assert!(error_of(&text).contains("wrong kind of credential"), "{text}");
+
+    // Oversized: 413.
+    let mut big = report(2, "machine-bad-input");
+    big.snapshot.as_mut().unwrap().processes[0].cmdline =
+        (0..40).map(|i| format!("{i:04}{}", "x".repeat(2000))).collect();
+    let big = serde_json::to_vec(&big).unwrap();
+    assert!(big.len() > 65536);
+    let (code, text) = c.post(proto::REPORT_PATH, Some(key), big).await;
+    assert_eq!(code, 413, "{text}");
+    assert!(
+        error_of(&text).contains("larger than the limit of 65536 bytes"),
+        "{text}"
+    );
+
+    // Nothing of all that was stored.
+    let after: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, e.host_id)).await;
+    assert_eq!((after.last_seq, after.processes.len()), (1, 1));
+    assert_eq!(after.processes[0].cmdline, ["app"]);
+    assert_eq!(after.host.last_seen, before.host.last_seen);
+
+    // A newer agent's extra fields are ignored, not refused.
+    let mut v = serde_json::to_value(report(2, "machine-bad-input")).unwrap();
+    v["from_the_future"] = json!({"x": 1});
+    v["snapshot"]["processes"][0]["cgroup"] = json!("/system.slice/app.service");
+    let (code, text) = c
+        .post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&v).unwrap())
+        .await;
+    assert_eq!(code, 200, "{text}");
+    let accepted: proto::ReportResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(accepted.seq, 2);
+}
+
+#[tokio::test]
+async fn bad_credentials_and_baselines_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+
+    // A wrong enroll secret enrolls nobody.
+    let req = proto::EnrollRequest {
+        enroll_secret: "hwe_wrong".into(),
+        host: facts("m-x"),
+        agent: status(),
+    };
+    let (code, body) = c
+        .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
+        .await;
+    assert_eq!(
+        (code, error_of(&body).as_str()),
+        (401, "unknown or revoked enroll secret")
+    );
+    let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
+    assert!(hosts.is_empty());
+
+    // People's endpoints need an API token, not a node key.
+    let e = enroll(&c, "m-y").await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}{}", c.url, proto::HOSTS_PATH))
+        .bearer_auth(&e.node_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = reqwest::Client::new()
+        .get(format!("{}{}", c.url, proto::FINDINGS_PATH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+
+    // A baseline with a TOML error: 400 naming file, line and column; nothing stored.
+    let before: Vec<proto::BaselineSummary> = c.get(proto::BASELINES_PATH).await;
+    let apply = proto::ApplyBaseline {
+        source: "name = \"x\"\n[[process]]\nname = \"a\"\nnmae = \"b\"\n".into(),
+        file: Some("x.toml".into()),
+    };
+    let (code, body) = c
+        .post(
+            proto::BASELINES_PATH,
+            Some(&c.admin_token),
+            serde_json::to_vec(&apply).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        error_of(&body).starts_with("x.toml:4:1: unknown field `nmae`"),
+        "{body}"
+    );
+    // An include of nothing known.
+    let apply = proto::ApplyBaseline {
+        source: "name = \"y\"\ninclude = [\"nowhere\"]\n".into(),
+        file: Some("y.toml".into()),
+    };
+    let (code, body) = c
+        .post(
+            proto::BASELINES_PATH,
+            Some(&c.admin_token),
+            serde_json::to_vec(&apply).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        error_of(&body).contains("includes `nowhere`, which is not a known baseline"),
+        "{body}"
+    );
+    let after: Vec<proto::BaselineSummary> = c.get(proto::BASELINES_PATH).await;
+    assert_eq!(before, after);
+
+    // Unknown kinds and statuses are named.
+    let out = c.cli(&["findings", "--kind", "bogus"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown finding kind \"bogus\""));
+    let out = c.cli(&["findings", "--host", "no-such-host"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no host named \"no-such-host\""));
+}

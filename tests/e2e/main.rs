@@ -1,0 +1,9 @@
+//! End-to-end tests of hostwatch: the real collector and agent binaries, real processes, real
+//! sockets, real SQLite. Each test starts its own collector in a temporary directory on a free
+//! loopback port, so tests run in parallel and touch nothing outside their directories.
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod skeleton;
+mod support;

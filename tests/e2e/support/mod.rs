@@ -1,0 +1,304 @@
+//! Running the real binaries: a collector on a free loopback port, agents configured by
+//! environment, the CLI, and helpers that wait on conditions with a bounded timeout.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test (target/debug):
+//! the agent's and the server's own integration tests make cargo build them first.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hostwatch_proto::v1 as proto;
+
+/// How often conditions are polled: well under the agents' 1 s interval used in tests.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace`, which builds the binaries",
+        path.display()
+    );
+    path
+}
+
+/// A name unique to this test run, short enough for a process name (15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{:x}{n}", std::process::id() % 0xffff)
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {within:?} of SIGTERM",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every [`POLL`] until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A collector started from `hostwatch serve --config`, on a free loopback port.
+pub struct Collector {
+    pub process: Guard,
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub admin_token: String,
+    pub enroll_secret_file: PathBuf,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl Collector {
+    /// Starts a collector whose data lives in `dir/server`; `extra` is appended to server.toml.
+    pub fn start(dir: &Path, extra: &str) -> Collector {
+        let data_dir = dir.join("server");
+        let config = dir.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}",
+                data_dir.display().to_string()
+            ),
+        )
+        .expect("write server.toml");
+        let mut child = Command::new(bin("hostwatch"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("HOSTWATCH_LOG", "info,hostwatch_server=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hostwatch serve");
+        let stderr = child.stderr.take().expect("collector stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                {
+                    let _ = tx.send(url.to_owned());
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let process = Guard(child);
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => panic!(
+                "collector did not report its address within 30 s; its log:\n{}",
+                lines.lock().expect("log lock").join("\n")
+            ),
+        };
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the collector's URL");
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("admin-token written at first start")
+            .trim()
+            .to_owned();
+        install_tls_provider();
+        Collector {
+            process,
+            url,
+            port,
+            enroll_secret_file: data_dir.join("enroll-secret"),
+            data_dir,
+            admin_token,
+            stderr: lines,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Runs the CLI against this collector with the admin token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("hostwatch"))
+            .args(args)
+            .env_clear()
+            .env("HOSTWATCH_SERVER", &self.url)
+            .env("HOSTWATCH_TOKEN", &self.admin_token)
+            .output()
+            .expect("run hostwatch")
+    }
+
+    /// Runs the CLI with `--output json` and parses stdout; panics with stderr on failure.
+    pub fn cli_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "hostwatch {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "hostwatch {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub fn findings(&self, host_id: i64, kind: &str, status: &str) -> Vec<proto::Finding> {
+        self.cli_json(&[
+            "findings",
+            "--host",
+            &host_id.to_string(),
+            "--kind",
+            kind,
+            "--status",
+            status,
+        ])
+    }
+
+    /// A raw POST, for tests of what the collector refuses.
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: Vec<u8>) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.expect("request to the collector");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+
+    /// A GET with the admin token, parsed.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("GET");
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.expect("JSON body")
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("log lock").join("\n")
+    }
+}
+
+/// Starts `hostwatch-agent` against `collector`, configured by environment only (and an empty
+/// config file, so the machine's /etc/hostwatch is never read).
+pub fn start_agent(collector: &Collector, dir: &Path, tags: &str) -> Guard {
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "").expect("write agent.toml");
+    let child = Command::new(bin("hostwatch-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("HOSTWATCH_SERVER", &collector.url)
+        .env("HOSTWATCH_ENROLL_SECRET_FILE", &collector.enroll_secret_file)
+        .env("HOSTWATCH_STATE_DIR", dir.join("agent-state"))
+        .env("HOSTWATCH_INTERVAL", "1s")
+        .env("HOSTWATCH_TAGS", tags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hostwatch-agent");
+    Guard(child)
+}
+
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts `python3 -m http.server` on `port` (0: any) on 127.0.0.1 and returns it with its port.
+pub fn python_http_server(port: u16) -> (Guard, u16) {
+    let mut child = Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server (is python3 installed?)");
+    let stdout = child.stdout.take().expect("python stdout");
+    let guard = Guard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // "Serving HTTP on 127.0.0.1 port 41235 (http://127.0.0.1:41235/) ..."
+            if let Some(p) = line
+                .split(" port ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok())
+            {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("python3 http.server announced its port");
+    (guard, port)
+}
