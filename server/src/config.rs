@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hostwatch_agent::config::env::{EnvKey, EnvKind};
-use hostwatch_agent::config::{ConfigError, parse_with_env};
+use hostwatch_agent::config::{ConfigError, Sourced};
 use serde::{Deserialize, Deserializer};
 
 /// Where `hostwatch serve` looks for its file when `--config` is not given.
@@ -133,25 +133,9 @@ impl ServerConfig {
         path: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Loaded, ConfigError> {
-        let (file, src) = match path {
-            Some(p) => (
-                p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_owned(),
-                    source,
-                })?,
-            ),
-            None => ("(defaults)".to_owned(), String::new()),
-        };
-        let (raw, applied) = parse_with_env::<RawServerConfig>(&file, &src, vars, ENV_KEYS, OTHER_VARS)?;
-        let invalid = |var: &str, key: &str, problem: String| ConfigError::Invalid {
-            origin: if applied.set.contains(&var) {
-                var.to_owned()
-            } else {
-                format!("{file}: key `{key}`")
-            },
-            problem,
-        };
+        let sourced = Sourced::<RawServerConfig>::load(path, vars, ENV_KEYS, OTHER_VARS)?;
+        let invalid = |var: &str, key: &str, problem: String| sourced.invalid(var, key, problem);
+        let raw = &sourced.raw;
         let addr = |s: &str, var, key| {
             s.parse::<SocketAddr>().map_err(|_| {
                 invalid(
@@ -204,18 +188,14 @@ impl ServerConfig {
                 format!("{} is outside 4096..=1073741824", raw.max_report_bytes),
             ));
         }
-        let warnings = applied
-            .unknown
-            .iter()
-            .map(|v| format!("unknown environment variable {v} is ignored"))
-            .collect();
+        let warnings = sourced.warnings();
         Ok(Loaded {
             config: ServerConfig {
                 listen,
                 api_listen,
                 database,
-                data_dir: raw.data_dir,
-                baselines_dir: raw.baselines_dir,
+                data_dir: raw.data_dir.clone(),
+                baselines_dir: raw.baselines_dir.clone(),
                 offline_after: raw.offline_after,
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
             },
@@ -274,9 +254,13 @@ mod tests {
         );
         assert_eq!(c.database, Path::new("/x/y.db"));
         assert_eq!(c.offline_after, Some(Duration::from_secs(120)));
-        assert_eq!(
-            l.warnings,
-            ["unknown environment variable HOSTWATCH_NOPE is ignored"]
+        assert_eq!(l.warnings.len(), 1);
+        assert!(
+            l.warnings[0].starts_with(
+                "unknown environment variable HOSTWATCH_NOPE is ignored (known: HOSTWATCH_LISTEN,"
+            ),
+            "{:?}",
+            l.warnings
         );
     }
 

@@ -73,6 +73,19 @@ async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
     serde_json::from_str(&body).unwrap()
 }
 
+async fn apply(c: &Collector, source: &str, file: &str) -> (u16, String) {
+    let req = proto::ApplyBaseline {
+        source: source.into(),
+        file: Some(file.into()),
+    };
+    c.post(
+        proto::BASELINES_PATH,
+        Some(&c.admin_token),
+        serde_json::to_vec(&req).unwrap(),
+    )
+    .await
+}
+
 fn error_of(body: &str) -> String {
     serde_json::from_str::<proto::ErrorBody>(body)
         .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"))
@@ -223,34 +236,19 @@ async fn bad_credentials_and_baselines_are_refused() {
 
     // A baseline with a TOML error: 400 naming file, line and column; nothing stored.
     let before: Vec<proto::BaselineSummary> = c.get(proto::BASELINES_PATH).await;
-    let apply = proto::ApplyBaseline {
-        source: "name = \"x\"\n[[process]]\nname = \"a\"\nnmae = \"b\"\n".into(),
-        file: Some("x.toml".into()),
-    };
-    let (code, body) = c
-        .post(
-            proto::BASELINES_PATH,
-            Some(&c.admin_token),
-            serde_json::to_vec(&apply).unwrap(),
-        )
-        .await;
+    let (code, body) = apply(
+        &c,
+        "name = \"x\"\n[[process]]\nname = \"a\"\nnmae = \"b\"\n",
+        "x.toml",
+    )
+    .await;
     assert_eq!(code, 400);
     assert!(
         error_of(&body).starts_with("x.toml:4:1: unknown field `nmae`"),
         "{body}"
     );
     // An include of nothing known.
-    let apply = proto::ApplyBaseline {
-        source: "name = \"y\"\ninclude = [\"nowhere\"]\n".into(),
-        file: Some("y.toml".into()),
-    };
-    let (code, body) = c
-        .post(
-            proto::BASELINES_PATH,
-            Some(&c.admin_token),
-            serde_json::to_vec(&apply).unwrap(),
-        )
-        .await;
+    let (code, body) = apply(&c, "name = \"y\"\ninclude = [\"nowhere\"]\n", "y.toml").await;
     assert_eq!(code, 400);
     assert!(
         error_of(&body).contains("includes `nowhere`, which is not a known baseline"),

@@ -167,34 +167,17 @@ impl AgentConfig {
         path: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Loaded, ConfigError> {
-        let (file, src) = match path {
-            Some(p) => (
-                p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_owned(),
-                    source,
-                })?,
-            ),
-            None => ("(defaults)".to_owned(), String::new()),
-        };
-        let (raw, applied) = parse_with_env::<RawConfig>(&file, &src, vars, ENV_KEYS, OTHER_VARS)?;
-        let origin = |var: &str, key: &str| -> String {
-            if applied.set.contains(&var) {
-                var.to_owned()
-            } else {
-                format!("{file}: key `{key}`")
-            }
-        };
-        let invalid = |var: &str, key: &str, problem: String| ConfigError::Invalid {
-            origin: origin(var, key),
-            problem,
-        };
+        let sourced = Sourced::<RawConfig>::load(path, vars, ENV_KEYS, OTHER_VARS)?;
+        let invalid = |var: &str, key: &str, problem: String| sourced.invalid(var, key, problem);
+        let file = &sourced.file;
+        let raw = &sourced.raw;
 
         let server = raw
             .server
-            .map(|s| parse_server_url(&s).map_err(|p| invalid("HOSTWATCH_SERVER", "server", p)))
+            .as_deref()
+            .map(|s| parse_server_url(s).map_err(|p| invalid("HOSTWATCH_SERVER", "server", p)))
             .transpose()?;
-        let enroll_secret = match (raw.enroll_secret, raw.enroll_secret_file) {
+        let enroll_secret = match (&raw.enroll_secret, &raw.enroll_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid {
                     origin: file.clone(),
@@ -203,7 +186,7 @@ impl AgentConfig {
             }
             (Some(s), None) => Some(Secret::new(s.trim())),
             (None, Some(p)) => {
-                let s = std::fs::read_to_string(&p).map_err(|e| {
+                let s = std::fs::read_to_string(p).map_err(|e| {
                     invalid(
                         "HOSTWATCH_ENROLL_SECRET_FILE",
                         "enroll_secret_file",
@@ -231,36 +214,19 @@ impl AgentConfig {
         hostwatch_proto::v1::check_tags("tags", &raw.tags)
             .map_err(|e| invalid("HOSTWATCH_TAGS", "tags", e.to_string()))?;
 
-        let warnings = applied
-            .unknown
-            .iter()
-            .map(|v| {
-                format!(
-                    "unknown environment variable {v} is ignored (known: {})",
-                    known_vars().join(", ")
-                )
-            })
-            .collect();
+        let warnings = sourced.warnings();
         Ok(Loaded {
             config: AgentConfig {
                 server,
                 enroll_secret,
-                state_dir: raw.state_dir,
+                state_dir: raw.state_dir.clone(),
                 interval: raw.interval,
-                tags: raw.tags,
-                host_root: raw.host_root,
+                tags: raw.tags.clone(),
+                host_root: raw.host_root.clone(),
             },
             warnings,
         })
     }
-}
-
-fn known_vars() -> Vec<&'static str> {
-    ENV_KEYS
-        .iter()
-        .map(|k| k.var)
-        .chain(OTHER_VARS.iter().copied())
-        .collect()
 }
 
 /// Parses a collector URL: http or https, with a host.
@@ -275,29 +241,88 @@ pub fn parse_server_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Parses a file, then lays the environment over it and parses again. An error in the file is
-/// located in the file; an error that only the environment brings is attributed to the variables
-/// that were set.
-pub fn parse_with_env<T: serde::de::DeserializeOwned>(
-    file: &str,
-    src: &str,
-    vars: impl IntoIterator<Item = (String, String)>,
-    keys: &[EnvKey],
-    also_known: &[&str],
-) -> Result<(T, env::Applied), ConfigError> {
-    let from_file: T = file::from_toml(file, src)?;
-    let mut table: toml::Table = file::from_toml(file, src)?;
-    let applied = env::overlay(&mut table, vars, keys, also_known)?;
-    if applied.set.is_empty() {
-        return Ok((from_file, applied));
+/// A configuration file parsed with the environment laid over it, remembering where values came
+/// from so that a refusal names the variable or the file and key the user has to fix.
+#[derive(Debug)]
+pub struct Sourced<T> {
+    pub raw: T,
+    /// The file's name, or `(defaults)`.
+    pub file: String,
+    pub applied: env::Applied,
+    known: Vec<&'static str>,
+}
+
+impl<T: serde::de::DeserializeOwned> Sourced<T> {
+    /// Reads `path` (none: an empty file), parses it, lays `vars` over it and parses again. An
+    /// error in the file is located in the file; one that only the environment brings is
+    /// attributed to the variables that were set.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+        keys: &[EnvKey],
+        also_known: &[&'static str],
+    ) -> Result<Sourced<T>, ConfigError> {
+        let (file, src) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+            ),
+            None => ("(defaults)".to_owned(), String::new()),
+        };
+        let from_file: T = file::from_toml(&file, &src)?;
+        let mut table: toml::Table = file::from_toml(&file, &src)?;
+        let applied = env::overlay(&mut table, vars, keys, also_known)?;
+        let raw = if applied.set.is_empty() {
+            from_file
+        } else {
+            toml::Value::Table(table)
+                .try_into::<T>()
+                .map_err(|e| ConfigError::Invalid {
+                    origin: format!("environment ({})", applied.set.join(", ")),
+                    problem: e.message().trim_end().to_owned(),
+                })?
+        };
+        let known = keys
+            .iter()
+            .map(|k| k.var)
+            .chain(also_known.iter().copied())
+            .collect();
+        Ok(Sourced {
+            raw,
+            file,
+            applied,
+            known,
+        })
     }
-    let merged = toml::Value::Table(table)
-        .try_into::<T>()
-        .map_err(|e| ConfigError::Invalid {
-            origin: format!("environment ({})", applied.set.join(", ")),
-            problem: e.message().trim_end().to_owned(),
-        })?;
-    Ok((merged, applied))
+}
+
+impl<T> Sourced<T> {
+    /// A refusal of the value of `key`, naming `var` where the environment set it.
+    pub fn invalid(&self, var: &str, key: &str, problem: String) -> ConfigError {
+        let origin = if self.applied.set.contains(&var) {
+            var.to_owned()
+        } else {
+            format!("{}: key `{key}`", self.file)
+        };
+        ConfigError::Invalid { origin, problem }
+    }
+
+    /// A warning for each `HOSTWATCH_*` variable that is neither a key nor otherwise known.
+    pub fn warnings(&self) -> Vec<String> {
+        self.applied
+            .unknown
+            .iter()
+            .map(|v| {
+                format!(
+                    "unknown environment variable {v} is ignored (known: {})",
+                    self.known.join(", ")
+                )
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
