@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod dev_mode;
 mod skeleton;
 mod support;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{self, Validate, ValidationError, count, limits, nonempty, text};
+use super::validate::{self, Validate, ValidationError, count, limits, name, nonempty, text};
 use super::{Listener, Process};
 
 /// One report: who is sending, in what state the agent is, and (for a full report) a snapshot.
@@ -140,10 +140,12 @@ impl Validate for Report {
 impl Validate for HostFacts {
     fn validate(&self) -> Result<(), ValidationError> {
         nonempty("hostname", &self.hostname, limits::MAX_HOSTNAME_BYTES)?;
+        name("hostname", &self.hostname, limits::MAX_HOSTNAME_BYTES)?;
         nonempty("machine_id", &self.machine_id, limits::MAX_NAME_BYTES)?;
-        text("os", &self.os, limits::MAX_NAME_BYTES)?;
-        text("kernel", &self.kernel, limits::MAX_NAME_BYTES)?;
-        text("arch", &self.arch, limits::MAX_NAME_BYTES)?;
+        name("machine_id", &self.machine_id, limits::MAX_NAME_BYTES)?;
+        name("os", &self.os, limits::MAX_NAME_BYTES)?;
+        name("kernel", &self.kernel, limits::MAX_NAME_BYTES)?;
+        name("arch", &self.arch, limits::MAX_NAME_BYTES)?;
         validate::tags("tags", &self.tags)
     }
 }
@@ -151,6 +153,7 @@ impl Validate for HostFacts {
 impl Validate for AgentStatus {
     fn validate(&self) -> Result<(), ValidationError> {
         nonempty("version", &self.version, limits::MAX_NAME_BYTES)?;
+        name("version", &self.version, limits::MAX_NAME_BYTES)?;
         if self.interval_secs == 0 {
             return Err(ValidationError::new("interval_secs", "must be at least 1"));
         }
@@ -173,5 +176,109 @@ impl Validate for Snapshot {
             l.validate().map_err(|e| e.within(&format!("listeners[{i}]")))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Listener, Process, Protocol};
+    use time::macros::datetime;
+
+    fn sample() -> Report {
+        let t = datetime!(2026-11-28 12:00:00 UTC);
+        Report {
+            seq: 3,
+            sent_at: t,
+            host: HostFacts {
+                hostname: "web-1".into(),
+                machine_id: "abc".into(),
+                os: "Debian GNU/Linux 12".into(),
+                kernel: "6.1.0".into(),
+                arch: "x86_64".into(),
+                boot_time: Some(t),
+                tags: [("role".to_owned(), "web".to_owned())].into(),
+            },
+            agent: AgentStatus {
+                version: "0.1.0".into(),
+                interval_secs: 10,
+                started_at: t,
+                coverage: Coverage::full(),
+            },
+            snapshot: Some(Snapshot {
+                taken_at: t,
+                processes: vec![Process {
+                    pid: 1,
+                    ppid: 0,
+                    name: "systemd".into(),
+                    exe: Some("/usr/lib/systemd/systemd".into()),
+                    exe_deleted: false,
+                    cmdline: vec!["/sbin/init".into()],
+                    cmdline_truncated: false,
+                    uid: 0,
+                    user: Some("root".into()),
+                    start_time: t,
+                }],
+                listeners: vec![Listener {
+                    protocol: Protocol::Tcp,
+                    address: "::".parse().unwrap(),
+                    port: 22,
+                    pid: Some(1),
+                    process: Some("sshd".into()),
+                    exe: None,
+                    uid: 0,
+                }],
+            }),
+            goodbye: None,
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_shape() {
+        let r = sample();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sent_at"], "2026-11-28T12:00:00.000Z");
+        assert_eq!(json["snapshot"]["listeners"][0]["protocol"], "tcp");
+        assert_eq!(json["agent"]["coverage"]["state"], "full");
+        assert!(
+            json.get("goodbye").is_none(),
+            "absent optional fields are left out"
+        );
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        r.validate().unwrap();
+    }
+
+    #[test]
+    fn older_and_newer_peers_interoperate() {
+        // A newer agent's extra fields are ignored; an older one's missing optional fields default.
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["snapshot"]["processes"][0]["cgroup"] = "/system.slice/x".into();
+        json["future"] = serde_json::json!({"a": 1});
+        json["snapshot"]["processes"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("user");
+        json["host"].as_object_mut().unwrap().remove("tags");
+        let r: Report = serde_json::from_value(json).unwrap();
+        assert!(r.host.tags.is_empty());
+        assert_eq!(r.snapshot.unwrap().processes[0].user, None);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut r = sample();
+        r.host.hostname = "web\n1".into();
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "host.hostname: contains a control character"
+        );
+        let mut r = sample();
+        r.snapshot.as_mut().unwrap().processes[0].cmdline = vec!["x".repeat(limits::MAX_CMDLINE_BYTES + 1)];
+        let e = r.validate().unwrap_err();
+        assert_eq!(e.path, "snapshot.processes[0].cmdline[0]");
+        let mut r = sample();
+        r.agent.interval_secs = 0;
+        assert_eq!(r.validate().unwrap_err().path, "agent.interval_secs");
     }
 }

@@ -94,6 +94,19 @@ pub(crate) fn nonempty(path: impl fmt::Display, s: &str, max: usize) -> Result<(
     text(path, s, max)
 }
 
+/// Like [`text`], and no control characters: for names that are shown and logged as they are
+/// (a hostname with a newline in it could forge a log line).
+pub(crate) fn name(path: impl fmt::Display, s: &str, max: usize) -> Result<(), ValidationError> {
+    text(&path, s, max)?;
+    if s.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            path.to_string(),
+            "contains a control character",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn opt_text(
     path: impl fmt::Display,
     s: &Option<String>,
@@ -151,6 +164,11 @@ mod tests {
             "contains a NUL character"
         );
         assert_eq!(nonempty("x", "", 10).unwrap_err().problem, "must not be empty");
+        assert_eq!(
+            name("h", "web\n1", 10).unwrap_err().problem,
+            "contains a control character"
+        );
+        assert!(name("h", "web-1", 10).is_ok());
     }
 
     #[test]

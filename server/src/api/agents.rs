@@ -46,7 +46,7 @@ pub async fn enroll(
             now,
         )
         .await?;
-    tracing::info!(host_id, hostname = %facts.hostname, "host enrolled");
+    tracing::info!(host_id, hostname = ?facts.hostname, "host enrolled");
     Ok(Json(proto::EnrollResponse {
         host_id,
         node_key: key.expose().to_owned(),
