@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use hostwatch_agent::AgentError;
 use hostwatch_agent::config::{AgentConfig, DEFAULT_PATH};
 use hostwatch_agent::logging::{self, LogFormat};
 use hostwatch_agent::{collect, signals, snapshot};
@@ -70,7 +71,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hostwatch-agent: {e:#}");
-            ExitCode::FAILURE
+            // Missing settings are configuration: restarting (systemd) cannot help.
+            let config = matches!(
+                e.downcast_ref::<AgentError>(),
+                Some(AgentError::NoServer | AgentError::NoEnrollSecret)
+            );
+            ExitCode::from(if config { EXIT_CONFIG } else { 1 })
         }
     }
 }

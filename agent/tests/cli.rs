@@ -55,7 +55,11 @@ fn running_without_a_collector_says_what_to_set() {
         .env("HOSTWATCH_STATE_DIR", d.path().join("state"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "a missing setting is configuration: EX_CONFIG, no restart loop"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no collector configured"),
         "{}",

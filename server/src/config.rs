@@ -151,13 +151,15 @@ impl ServerConfig {
             .as_deref()
             .map(|s| addr(s, "HOSTWATCH_API_LISTEN", "api_listen"))
             .transpose()?;
-        let api_listen = api_listen.filter(|a| *a != listen);
-        if raw.data_dir == Path::new(AGENT_STATE_DIR) {
+        // The same fixed address twice is one listener; two port-0 addresses are two listeners.
+        let api_listen = api_listen.filter(|a| *a != listen || a.port() == 0);
+        if raw.data_dir.starts_with(AGENT_STATE_DIR) {
             return Err(invalid(
                 "HOSTWATCH_DATA_DIR",
                 "data_dir",
                 format!(
-                    "{AGENT_STATE_DIR} is the agent's state directory; give the collector its own (default /var/lib/hostwatch-server)"
+                    "{} is in the agent's state directory {AGENT_STATE_DIR}; give the collector its own (default /var/lib/hostwatch-server)",
+                    raw.data_dir.display()
                 ),
             ));
         }
@@ -172,6 +174,16 @@ impl ServerConfig {
             }
             Some(s) => PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)),
         };
+        if database.starts_with(AGENT_STATE_DIR) {
+            return Err(invalid(
+                "HOSTWATCH_DATABASE",
+                "database",
+                format!(
+                    "{} is in the agent's state directory {AGENT_STATE_DIR}",
+                    database.display()
+                ),
+            ));
+        }
         if let Some(d) = raw.offline_after
             && d < Duration::from_secs(10)
         {
@@ -277,6 +289,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("agent's state directory"), "{e}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch/server")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in the agent's state directory"), "{e}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "/var/lib/hostwatch/x.db")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOSTWATCH_DATABASE:"), "{e}");
+        let ok = ServerConfig::load(
+            None,
+            vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch-server2")]),
+        );
+        assert!(ok.is_ok(), "a sibling directory is not the agent's");
+        let two = ServerConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_LISTEN", "127.0.0.1:0"),
+                ("HOSTWATCH_API_LISTEN", "127.0.0.1:0"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert!(two.api_listen.is_some(), "two ephemeral listeners stay two");
+        let one = ServerConfig::load(None, vars(&[("HOSTWATCH_API_LISTEN", "127.0.0.1:8080")]))
+            .unwrap()
+            .config;
+        assert!(one.api_listen.is_none(), "the same fixed address is one listener");
         let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "postgres://db/x")]))
             .unwrap_err()
             .to_string();

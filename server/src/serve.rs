@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hostwatch_agent::config::Secret;
 use hostwatch_agent::identity::write_private;
 use hostwatch_proto::v1::{API_TOKEN_PREFIX, ENROLL_SECRET_PREFIX};
@@ -145,29 +145,37 @@ pub async fn create_enroll_secret(
     Ok((secret, path))
 }
 
+/// A start-up failure caused by configuration, such as a broken file in `baselines_dir`:
+/// `hostwatch serve` exits 78 for it, so that systemd does not restart into the same failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigProblem(pub String);
+
 /// Applies every `*.toml` in `dir` to the store. Any broken file stops the start: a collector that
 /// silently skipped a baseline would file findings against rules nobody meant.
 pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result<usize> {
+    let problem = |m: String| anyhow::Error::new(ConfigProblem(m));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read baselines_dir {}", dir.display()))?
+        .map_err(|e| problem(format!("cannot read baselines_dir {}: {e}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     files.sort();
     let mut parsed = Vec::new();
     for path in &files {
-        let src = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let b = baseline::parse(&path.display().to_string(), &src).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        let b = baseline::parse(&path.display().to_string(), &src).map_err(|e| problem(e.to_string()))?;
         if let Some((other, _, _)) = parsed
             .iter()
             .find(|(_, o, _): &&(PathBuf, baseline::Baseline, String)| o.name == b.name)
         {
-            bail!(
+            return Err(problem(format!(
                 "{} and {} both define baseline `{}`",
                 other.display(),
                 path.display(),
                 b.name
-            );
+            )));
         }
         parsed.push((path.clone(), b, src));
     }
@@ -176,8 +184,12 @@ pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result
     for (_, b, _) in &parsed {
         set.insert(b.clone());
     }
-    set.check()
-        .with_context(|| format!("baselines in {} do not hold together", dir.display()))?;
+    set.check().map_err(|e| {
+        problem(format!(
+            "baselines in {} do not hold together: {e}",
+            dir.display()
+        ))
+    })?;
     let now = OffsetDateTime::now_utc();
     for (path, b, src) in &parsed {
         state

@@ -112,7 +112,11 @@ fn a_broken_baseline_in_baselines_dir_stops_the_start() {
     )
     .unwrap();
     let out = hostwatch().args(["serve", "--config"]).arg(&f).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "a broken baseline is configuration: no restart loop"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("web.toml:4:8: port 99999 is outside 1-65535"),

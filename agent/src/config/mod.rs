@@ -151,8 +151,9 @@ pub struct Loaded {
 /// Why the agent cannot start with the configuration it was given.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    // The I/O error is part of the message, not a `source`, so that `{:#}` does not say it twice.
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
     File(#[from] FileError),
     #[error(transparent)]
@@ -179,31 +180,39 @@ impl AgentConfig {
             .transpose()?;
         let enroll_secret = match (&raw.enroll_secret, &raw.enroll_secret_file) {
             (Some(_), Some(_)) => {
+                let from_env: Vec<&str> = ["HOSTWATCH_ENROLL_SECRET", "HOSTWATCH_ENROLL_SECRET_FILE"]
+                    .into_iter()
+                    .filter(|v| sourced.applied.set.contains(v))
+                    .collect();
+                let origin = match from_env.as_slice() {
+                    [] => file.clone(),
+                    vars => format!("{file} and {}", vars.join(", ")),
+                };
                 return Err(ConfigError::Invalid {
-                    origin: file.clone(),
+                    origin,
                     problem: "both `enroll_secret` and `enroll_secret_file` are set; keep one".to_owned(),
                 });
             }
+            (Some(s), None) if s.trim().is_empty() => {
+                return Err(invalid(
+                    "HOSTWATCH_ENROLL_SECRET",
+                    "enroll_secret",
+                    "the enroll secret is empty".to_owned(),
+                ));
+            }
             (Some(s), None) => Some(Secret::new(s.trim())),
             (None, Some(p)) => {
-                let s = std::fs::read_to_string(p).map_err(|e| {
-                    invalid(
-                        "HOSTWATCH_ENROLL_SECRET_FILE",
-                        "enroll_secret_file",
-                        format!("cannot read {}: {e}", p.display()),
-                    )
-                })?;
+                let bad =
+                    |problem: String| invalid("HOSTWATCH_ENROLL_SECRET_FILE", "enroll_secret_file", problem);
+                let s = std::fs::read_to_string(p)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?;
+                if s.trim().is_empty() {
+                    return Err(bad(format!("{} holds no enroll secret", p.display())));
+                }
                 Some(Secret::new(s.trim()))
             }
             (None, None) => None,
         };
-        if enroll_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
-            return Err(invalid(
-                "HOSTWATCH_ENROLL_SECRET",
-                "enroll_secret",
-                "the enroll secret is empty".to_owned(),
-            ));
-        }
         if raw.interval < Duration::from_secs(1) || raw.interval > Duration::from_secs(3600) {
             return Err(invalid(
                 "HOSTWATCH_INTERVAL",
@@ -265,9 +274,9 @@ impl<T: serde::de::DeserializeOwned> Sourced<T> {
         let (file, src) = match path {
             Some(p) => (
                 p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
                     path: p.to_owned(),
-                    source,
+                    error,
                 })?,
             ),
             None => ("(defaults)".to_owned(), String::new()),
@@ -412,6 +421,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("cannot read") && e.contains("nope"), "{e}");
+        let empty = write(d.path(), "empty", "\n");
+        let e = AgentConfig::load(
+            None,
+            vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", empty.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("HOSTWATCH_ENROLL_SECRET_FILE: ") && e.ends_with("holds no enroll secret"),
+            "{e}"
+        );
+        let both = write(d.path(), "both.toml", "enroll_secret = \"a\"\n");
+        let e = AgentConfig::load(
+            Some(&both),
+            vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", empty.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("both.toml and HOSTWATCH_ENROLL_SECRET_FILE: both"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,8 +88,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Configuration file [default: /etc/hostwatch/server.toml, if it exists].
-    #[arg(long, env = "HOSTWATCH_CONFIG", conflicts_with = "dev")]
+    /// Configuration file [default: /etc/hostwatch/server.toml, if it exists]; not read with --dev.
+    #[arg(long, env = "HOSTWATCH_CONFIG")]
     config: Option<PathBuf>,
     /// Local mode: embedded store in --data-dir, an in-process agent watching this machine.
     #[arg(long)]
@@ -175,13 +175,16 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     );
     hostwatch_agent::transport::install_tls_provider();
     if args.dev {
+        if let Some(c) = &args.config {
+            tracing::warn!(config = %c.display(), "--dev does not read a configuration file; ignoring it");
+        }
         let opts = DevOptions {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
             interval: args.interval,
         };
-        rt.block_on(async { dev::run(opts, signals::cancel_on_signal()).await })?;
-        return Ok(ExitCode::SUCCESS);
+        let result = rt.block_on(async { dev::run(opts, signals::cancel_on_signal()).await });
+        return start_result(result);
     }
     let default = Path::new(DEFAULT_PATH);
     let path = args.config.as_deref().or(default.exists().then_some(default));
@@ -195,8 +198,20 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    rt.block_on(async { serve::run(loaded.config, signals::cancel_on_signal()).await })?;
-    Ok(ExitCode::SUCCESS)
+    let result = rt.block_on(async { serve::run(loaded.config, signals::cancel_on_signal()).await });
+    start_result(result)
+}
+
+/// The collector's exit: 78 where configuration stopped it (restarting cannot help), else 1.
+fn start_result(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<serve::ConfigProblem>().is_some() => {
+            eprintln!("hostwatch: {e:#}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn client_command(client: &ApiClient, command: Command, format: OutputFormat) -> anyhow::Result<()> {
