@@ -2,10 +2,12 @@
 //! the machine it was given on.
 //!
 //! Files in `state_dir` (mode 0700): `node-key` (mode 0600, the bearer credential), `identity.json`
-//! (host id, machine id and collector it belongs to), and `agent-id` (a generated machine id for
-//! hosts without `/etc/machine-id`). An identity whose machine id is not this machine's (an image
-//! baked with a key in it and booted elsewhere) or whose collector is not the configured one is
-//! dropped and the agent enrolls again instead of posing as the original.
+//! (host id, machine id, and the collector URL it was issued by, for people), and `agent-id` (a
+//! generated machine id for hosts without `/etc/machine-id`). An identity whose machine id is not
+//! this machine's (an image baked with a key in it and booted elsewhere) is dropped and the agent
+//! enrolls again instead of posing as the original. A changed collector URL alone keeps the key:
+//! the same collector may be reached by another name, and a collector that does not know the key
+//! answers 401, upon which the agent enrolls again.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write;
@@ -101,8 +103,7 @@ impl StateDir {
             return Ok(None);
         }
         if file.server != server.as_str() {
-            tracing::info!(stored = %file.server, configured = %server, "collector changed; enrolling again");
-            return Ok(None);
+            tracing::info!(stored = %file.server, configured = %server, "collector URL changed; trying the stored node key");
         }
         let key_path = self.path.join(NODE_KEY);
         let key = match fs::read_to_string(&key_path) {
@@ -238,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn identity_round_trip_is_private_and_bound_to_machine_and_server() {
+    fn identity_round_trip_is_private_and_bound_to_the_machine() {
         let d = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&d.path().join("state")).unwrap();
         assert_eq!(
@@ -266,8 +267,8 @@ mod tests {
             "another machine must enroll again"
         );
         assert!(
-            dir.load("m1", &url("http://other:1/")).unwrap().is_none(),
-            "another collector must enroll again"
+            dir.load("m1", &url("http://other:1/")).unwrap().is_some(),
+            "another URL keeps the key until the collector refuses it"
         );
         dir.forget().unwrap();
         assert!(dir.load("m1", &server).unwrap().is_none());

@@ -88,7 +88,10 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<hostwatch_agent
         None if default.exists() => Some(default),
         None => None,
     };
-    Ok(AgentConfig::load(path, std::env::vars())?)
+    Ok(AgentConfig::load(
+        path,
+        hostwatch_agent::config::env::process_env(),
+    )?)
 }
 
 fn run(config: AgentConfig) -> anyhow::Result<()> {

@@ -52,6 +52,11 @@ pub const ENV_KEYS: &[EnvKey] = &[
         path: &["max_report_bytes"],
         kind: EnvKind::Int,
     },
+    EnvKey {
+        var: "HOSTWATCH_MAX_CONCURRENT_REPORTS",
+        path: &["max_concurrent_reports"],
+        kind: EnvKind::Int,
+    },
 ];
 
 /// Variables the `hostwatch` binary reads that are not collector keys (the CLI's and logging).
@@ -89,6 +94,10 @@ struct RawServerConfig {
     /// Largest report body accepted, in bytes.
     #[serde(default = "default_max_report_bytes")]
     max_report_bytes: u64,
+    /// Reports read and processed at once; more wait (up to 10 s, then 503). With
+    /// `max_report_bytes` it bounds the memory agents can make the collector use.
+    #[serde(default = "default_max_concurrent_reports")]
+    max_concurrent_reports: u32,
 }
 
 fn default_listen() -> String {
@@ -99,8 +108,13 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/hostwatch-server")
 }
 
+/// 8 MiB: a host with 10,000 processes with long command lines sends about 4.
 fn default_max_report_bytes() -> u64 {
-    32 << 20
+    8 << 20
+}
+
+fn default_max_concurrent_reports() -> u32 {
+    4
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -118,6 +132,7 @@ pub struct ServerConfig {
     pub baselines_dir: Option<PathBuf>,
     pub offline_after: Option<Duration>,
     pub max_report_bytes: usize,
+    pub max_concurrent_reports: usize,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -200,6 +215,13 @@ impl ServerConfig {
                 format!("{} is outside 4096..=1073741824", raw.max_report_bytes),
             ));
         }
+        if !(1..=1024).contains(&raw.max_concurrent_reports) {
+            return Err(invalid(
+                "HOSTWATCH_MAX_CONCURRENT_REPORTS",
+                "max_concurrent_reports",
+                format!("{} is outside 1..=1024", raw.max_concurrent_reports),
+            ));
+        }
         let warnings = sourced.warnings();
         Ok(Loaded {
             config: ServerConfig {
@@ -210,6 +232,7 @@ impl ServerConfig {
                 baselines_dir: raw.baselines_dir.clone(),
                 offline_after: raw.offline_after,
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
+                max_concurrent_reports: raw.max_concurrent_reports as usize,
             },
             warnings,
         })
@@ -225,6 +248,7 @@ impl ServerConfig {
             baselines_dir: Some(data_dir.join("baselines")),
             offline_after: None,
             max_report_bytes: default_max_report_bytes() as usize,
+            max_concurrent_reports: default_max_concurrent_reports() as usize,
         }
     }
 }

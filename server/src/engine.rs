@@ -34,12 +34,11 @@ pub fn default_severity(kind: FindingKind) -> Severity {
         FindingKind::UnexpectedProcess | FindingKind::MissingProcess | FindingKind::MissingListener => {
             Severity::Medium
         }
-        FindingKind::AmbiguousWorkload | FindingKind::DuplicateIdentity | FindingKind::DataLost => {
-            Severity::Medium
-        }
-        FindingKind::AgentOffline | FindingKind::FileChanged | FindingKind::UnauthenticatedService => {
-            Severity::High
-        }
+        FindingKind::AmbiguousWorkload | FindingKind::DataLost => Severity::Medium,
+        FindingKind::AgentOffline
+        | FindingKind::FileChanged
+        | FindingKind::UnauthenticatedService
+        | FindingKind::DuplicateIdentity => Severity::High,
         FindingKind::NoBaseline | FindingKind::Outlier => Severity::Low,
     }
 }
@@ -54,6 +53,31 @@ pub const STATE_KINDS: &[FindingKind] = &[
     FindingKind::NoBaseline,
     FindingKind::AmbiguousWorkload,
 ];
+
+/// The kinds about the workload itself.
+const WORKLOAD_KINDS: &[FindingKind] = &[FindingKind::NoBaseline, FindingKind::AmbiguousWorkload];
+
+/// Which findings an evaluation against `target` may resolve by not observing them. Without a
+/// single workload nothing was explained, so the findings about items stay as they are: a miner
+/// must not be "resolved" because a host's tags came to match two baselines, or none.
+pub fn resolvable(target: Target<'_>) -> &'static [FindingKind] {
+    match target {
+        Target::Workload(_) => STATE_KINDS,
+        Target::NoBaseline | Target::Ambiguous(_) => WORKLOAD_KINDS,
+    }
+}
+
+/// Two or more hosts enrolled under one machine id: an image baked with an identity and booted
+/// twice, or a machine posing as another. Filed on each of `hosts` (all of them, in id order).
+pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation> {
+    (hosts.len() > 1).then(|| Observation {
+        kind: FindingKind::DuplicateIdentity,
+        rule: None,
+        severity: default_severity(FindingKind::DuplicateIdentity),
+        subject: format!("machine-id {machine_id}"),
+        detail: json!({ "machine_id": machine_id, "hosts": hosts }),
+    })
+}
 
 /// Everything about `state` that `target` does not explain, one observation per (kind, subject).
 pub fn evaluate(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
@@ -363,6 +387,31 @@ address = "127.0.0.1"
         };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "b")]);
+    }
+
+    #[test]
+    fn without_one_workload_item_findings_are_left_alone() {
+        let w = workload(&[WEB, BASE], "web");
+        let names = vec!["a".to_owned()];
+        assert!(resolvable(Target::Workload(&w)).contains(&FindingKind::UnexpectedProcess));
+        for t in [Target::NoBaseline, Target::Ambiguous(&names)] {
+            let r = resolvable(t);
+            assert!(r.contains(&FindingKind::NoBaseline) && r.contains(&FindingKind::AmbiguousWorkload));
+            assert!(
+                !r.contains(&FindingKind::UnexpectedProcess) && !r.contains(&FindingKind::MissingListener)
+            );
+        }
+    }
+
+    #[test]
+    fn one_machine_id_on_two_hosts() {
+        assert!(duplicate_identity("m", &[3]).is_none());
+        let o = duplicate_identity("m", &[3, 9]).unwrap();
+        assert_eq!(
+            (o.kind, o.subject.as_str(), o.severity),
+            (FindingKind::DuplicateIdentity, "machine-id m", Severity::High)
+        );
+        assert_eq!(o.detail["hosts"], json!([3, 9]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::store::StoreError;
 
 /// Records one validated report and, if it carried a snapshot, re-explains the host.
 pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<(), StoreError> {
+    let _turn = state.lock_host(host_id).await;
     let now = OffsetDateTime::now_utc();
     state.store.record_report(host_id, &record, now).await?;
     if let Some(host_state) = &record.state {
@@ -91,7 +92,7 @@ pub async fn evaluate(
             host.id,
             workload_name,
             &observed,
-            engine::STATE_KINDS,
+            engine::resolvable(target),
             OffsetDateTime::now_utc(),
         )
         .await?;
@@ -117,12 +118,19 @@ pub async fn reevaluate_all(state: &AppState) {
         .iter()
         .filter(|h| h.retired_at.is_none() && h.last_seen.is_some())
     {
-        let result = match state.store.host_state(host.id).await {
-            Ok(st) => evaluate(state, host, &st).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = reevaluate(state, host.id).await {
             error!(host_id = host.id, error = %e, "re-evaluation failed");
         }
     }
+}
+
+/// Re-explains one host from its stored state, in its turn: a report being recorded meanwhile is
+/// either wholly before (and seen here) or wholly after (and explained again itself).
+async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError> {
+    let _turn = state.lock_host(host_id).await;
+    let Some(host) = state.store.host(host_id).await? else {
+        return Ok(());
+    };
+    let st = state.store.host_state(host_id).await?;
+    evaluate(state, &host, &st).await.map(|_| ())
 }

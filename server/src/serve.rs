@@ -55,6 +55,7 @@ pub async fn open(
     let boot = bootstrap(store.as_ref(), &config.data_dir).await?;
     let settings = Settings {
         max_report_bytes: config.max_report_bytes,
+        max_concurrent_reports: config.max_concurrent_reports,
         offline_after: config.offline_after,
     };
     let state = AppState::new(store, settings, learner);

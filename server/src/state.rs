@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use std::collections::HashMap;
+
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
 use crate::baseline::BaselineSet;
 use crate::dev::DevLearner;
@@ -23,11 +25,18 @@ pub struct Inner {
     /// In `serve --dev` only: learns a baseline for this machine when none selects it.
     pub learner: Option<DevLearner>,
     pub counters: Counters,
+    /// Reports being read and processed; the bound on the memory agents can make us use.
+    pub report_permits: Arc<Semaphore>,
+    /// One lock per host: recording a report and explaining it, or re-explaining after a baseline
+    /// change, run one at a time per host, so an older view never overwrites a newer verdict.
+    /// (Several collectors on one store will need the store's own row lock for this.)
+    host_locks: std::sync::Mutex<HashMap<i64, Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_report_bytes: usize,
+    pub max_concurrent_reports: usize,
     /// Fixed silence after which a host is offline; `None`: 3 of its intervals, at least 30 s.
     pub offline_after: Option<Duration>,
 }
@@ -50,13 +59,28 @@ pub struct Counters {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, settings: Settings, learner: Option<DevLearner>) -> Self {
+        let report_permits = Arc::new(Semaphore::new(settings.max_concurrent_reports.max(1)));
         AppState(Arc::new(Inner {
             store,
             settings,
             baselines: Mutex::new(None),
             learner,
             counters: Counters::default(),
+            report_permits,
+            host_locks: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Waits for this host's turn (see `host_locks`).
+    pub async fn lock_host(&self, host_id: i64) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .host_locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(host_id).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 }
 

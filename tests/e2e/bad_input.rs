@@ -264,3 +264,171 @@ async fn bad_credentials_and_baselines_are_refused() {
     let out = c.cli(&["findings", "--host", "no-such-host"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named \"no-such-host\""));
 }
+
+/// What a hostile or broken agent sends must neither crash the collector nor take anything over.
+#[tokio::test]
+async fn hostile_agents_cannot_crash_impersonate_or_forge() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let secret = std::fs::read_to_string(&c.enroll_secret_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // A timestamp that cannot be converted to UTC: refused, not a panic, with or without the secret.
+    for secret in ["hwe_wrong", secret.as_str()] {
+        let mut req = serde_json::to_value(proto::EnrollRequest {
+            enroll_secret: secret.into(),
+            host: facts("m-t"),
+            agent: status(),
+        })
+        .unwrap();
+        req["agent"]["started_at"] = json!("9999-12-31T23:59:59-05:00");
+        let (code, body) = c
+            .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
+            .await;
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            error_of(&body).contains("outside the years 1970 to 9999"),
+            "{body}"
+        );
+        req["agent"]["started_at"] = json!("2026-01-01T00:00:00Z");
+        req["host"]["boot_time"] = json!("0000-01-01T00:00:00+01:00");
+        let (code, _) = c
+            .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
+            .await;
+        assert_eq!(code, 400);
+    }
+    let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
+    assert!(hosts.is_empty(), "nothing enrolled, and the listing still works");
+
+    // Knowing a host's machine id and the fleet's secret is not being that host.
+    let victim = enroll(&c, "m-victim").await;
+    let (code, _) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(&victim.node_key),
+            serde_json::to_vec(&report(1, "m-victim")).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let impostor = enroll(&c, "m-victim").await;
+    assert_ne!(
+        impostor.host_id, victim.host_id,
+        "a second enrollment is a second host"
+    );
+    let (code, _) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(&victim.node_key),
+            serde_json::to_vec(&report(2, "m-victim")).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 200, "the victim's key still works");
+    for host in [victim.host_id, impostor.host_id] {
+        let dup = c.findings(host, "duplicate_identity", "open");
+        assert_eq!(dup.len(), 1, "host {host}");
+        assert_eq!(dup[0].detail["hosts"], json!([victim.host_id, impostor.host_id]));
+        assert_eq!(dup[0].severity, proto::Severity::High);
+    }
+
+    // A host cannot claim it need never report.
+    let mut lazy = report(3, "m-victim");
+    lazy.agent.interval_secs = u32::MAX;
+    let (code, body) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(&victim.node_key),
+            serde_json::to_vec(&lazy).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(error_of(&body).contains("agent.interval_secs"), "{body}");
+
+    // Agent text echoed into an error cannot forge a line of the collector's log.
+    let mut forged = serde_json::to_value(report(3, "m-victim")).unwrap();
+    forged["snapshot"]["listeners"] = json!([{
+        "protocol": "tcp\n2026-01-01T00:00:00Z  INFO hostwatch_server: FORGED admin token rotated",
+        "address": "0.0.0.0", "port": 1, "uid": 0
+    }]);
+    let (code, _) = c
+        .post(
+            proto::REPORT_PATH,
+            Some(&victim.node_key),
+            serde_json::to_vec(&forged).unwrap(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    // The refusal is logged (bounded wait for the log line), and no line starts with the forgery.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.log().contains("report refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusal not logged:\n{}",
+            c.log()
+        );
+        tokio::time::sleep(crate::support::POLL).await;
+    }
+    let log = c.log();
+    assert!(
+        log.lines().all(|l| !l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line reached the log:\n{log}"
+    );
+}
+
+/// Reports beyond `max_concurrent_reports` wait for a turn instead of all being held in memory.
+#[tokio::test]
+async fn reports_take_turns() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "max_concurrent_reports = 1\n");
+    let e = enroll(&c, "m-turns").await;
+    let body = serde_json::to_vec(&report(1, "m-turns")).unwrap();
+
+    let turns = |log: &str| log.matches("report takes its turn").count();
+    let before = turns(&c.log());
+    // A slow sender: headers and half of the body, then nothing for now. It holds the only turn.
+    let addr = c.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        proto::REPORT_PATH,
+        e.node_key,
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    slow.write_all(first).await.unwrap();
+    slow.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while turns(&c.log()) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow report never took its turn:\n{}",
+            c.log()
+        );
+        tokio::time::sleep(crate::support::POLL).await;
+    }
+
+    let fast = c.post(
+        proto::REPORT_PATH,
+        Some(&e.node_key),
+        serde_json::to_vec(&report(2, "m-turns")).unwrap(),
+    );
+    tokio::pin!(fast);
+    // While the slow one holds the turn, the second cannot be answered, however fast the machine.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut fast)
+            .await
+            .is_err(),
+        "a second report was processed while the first held the only turn"
+    );
+    slow.write_all(rest).await.unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut slow, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (code, text) = fast.await;
+    assert_eq!(code, 200, "{text}");
+}

@@ -50,6 +50,23 @@ pub struct EnvError {
 /// The prefix every variable of hostwatch starts with.
 pub const PREFIX: &str = "HOSTWATCH_";
 
+/// The process environment as UTF-8 pairs, without panicking as `std::env::vars` does: a
+/// `HOSTWATCH_*` value that is not UTF-8 is passed on lossily, so that validation names it; other
+/// variables that are not UTF-8 are none of hostwatch's business and are skipped.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            let v = match v.into_string() {
+                Ok(v) => v,
+                Err(v) if k.starts_with(PREFIX) => v.to_string_lossy().into_owned(),
+                Err(_) => return None,
+            };
+            Some((k, v))
+        })
+        .collect()
+}
+
 /// Lays the variables in `vars` that name a key of `keys` over `table`. Variables in `also_known`
 /// (read elsewhere, such as `HOSTWATCH_LOG`) are neither applied nor reported as unknown.
 pub fn overlay(

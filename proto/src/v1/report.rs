@@ -154,8 +154,15 @@ impl Validate for AgentStatus {
     fn validate(&self) -> Result<(), ValidationError> {
         nonempty("version", &self.version, limits::MAX_NAME_BYTES)?;
         name("version", &self.version, limits::MAX_NAME_BYTES)?;
-        if self.interval_secs == 0 {
-            return Err(ValidationError::new("interval_secs", "must be at least 1"));
+        if self.interval_secs == 0 || self.interval_secs > limits::MAX_INTERVAL_SECS {
+            return Err(ValidationError::new(
+                "interval_secs",
+                format!(
+                    "{} is outside 1..={}",
+                    self.interval_secs,
+                    limits::MAX_INTERVAL_SECS
+                ),
+            ));
         }
         count("coverage.why", &self.coverage.why, limits::MAX_REASONS)?;
         for (i, why) in self.coverage.why.iter().enumerate() {
@@ -280,5 +287,10 @@ mod tests {
         let mut r = sample();
         r.agent.interval_secs = 0;
         assert_eq!(r.validate().unwrap_err().path, "agent.interval_secs");
+        r.agent.interval_secs = u32::MAX;
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "agent.interval_secs: 4294967295 is outside 1..=3600"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Timestamps on the wire: RFC 3339 in UTC with millisecond precision (`2026-11-28T17:53:16.123Z`).
 //!
 //! One fixed width means the strings sort as the instants do, which the stores rely on. Parsing
-//! accepts any RFC 3339 offset and precision and converts to UTC.
+//! accepts any RFC 3339 offset and precision, converts to UTC, and refuses instants outside the
+//! years 1970 to 9999: nothing a host reports is older, and a peer must not be able to send a time
+//! that cannot be written back (or that panics when converted).
 
 use serde::{Deserialize, Deserializer, Serializer};
 use time::format_description::well_known::Rfc3339;
@@ -11,19 +13,29 @@ use time::{OffsetDateTime, UtcOffset};
 const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
-/// Formats an instant the way the wire and the stores write it.
+/// Formats an instant the way the wire and the stores write it. Total: an instant that cannot be
+/// written in the fixed form (only constructed ones, never parsed ones) falls back to its Unix time.
 pub fn format(t: OffsetDateTime) -> String {
-    // Formatting a UTC instant with a fixed description cannot fail for years 0..=9999; the
-    // fallback keeps this function total for the rest.
-    t.to_offset(UtcOffset::UTC)
-        .format(FORMAT)
-        .or_else(|_| t.format(&Rfc3339))
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.checked_to_offset(UtcOffset::UTC)
+        .and_then(|u| u.format(FORMAT).ok())
+        .unwrap_or_else(|| t.unix_timestamp().to_string())
+}
+
+/// Why a timestamp was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("{0}")]
+    Syntax(#[from] time::error::Parse),
+    #[error("outside the years 1970 to 9999")]
+    OutOfRange,
 }
 
 /// Parses any RFC 3339 timestamp into UTC.
-pub fn parse(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
-    OffsetDateTime::parse(s, &Rfc3339).map(|t| t.to_offset(UtcOffset::UTC))
+pub fn parse(s: &str) -> Result<OffsetDateTime, TimestampError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)?;
+    t.checked_to_offset(UtcOffset::UTC)
+        .filter(|u| (1970..=9999).contains(&u.year()))
+        .ok_or(TimestampError::OutOfRange)
 }
 
 /// `#[serde(with = "timestamp")]` for an `OffsetDateTime` field.
@@ -78,5 +90,22 @@ mod tests {
         assert_eq!(t.offset(), UtcOffset::UTC);
         assert_eq!(format(t), "2026-11-28T16:53:16.000Z");
         assert!(parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn instants_that_cannot_be_written_back_are_refused() {
+        // Converting these to UTC leaves the representable range: once a panic, now a refusal.
+        assert_eq!(
+            parse("9999-12-31T23:59:59-05:00"),
+            Err(TimestampError::OutOfRange)
+        );
+        assert_eq!(
+            parse("0000-01-01T00:00:00+01:00"),
+            Err(TimestampError::OutOfRange)
+        );
+        assert_eq!(parse("1969-12-31T23:59:59Z"), Err(TimestampError::OutOfRange));
+        assert!(parse("9999-12-31T23:59:59Z").is_ok());
+        let t = parse("1970-01-01T00:00:00Z").unwrap();
+        assert_eq!(parse(&format(t)).unwrap(), t);
     }
 }

@@ -33,6 +33,9 @@ pub mod limits {
     pub const MAX_SECRET_BYTES: usize = 256;
     /// Entries in a list of reasons (coverage).
     pub const MAX_REASONS: usize = 32;
+    /// Seconds between an agent's reports, at most: the collector derives "offline" from the
+    /// interval a host claims, so a host must not be able to claim that it need never report.
+    pub const MAX_INTERVAL_SECS: u32 = 3_600;
     /// Bytes of a baseline source file.
     pub const MAX_BASELINE_BYTES: usize = 1 << 20;
 }

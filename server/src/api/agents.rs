@@ -14,7 +14,7 @@ use super::{ApiError, decode};
 use crate::auth::{self, Agent};
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
-use crate::{ingest, secrets};
+use crate::{engine, ingest, secrets};
 
 /// Largest enrollment body: host facts and a secret.
 pub const ENROLL_LIMIT: usize = 64 << 10;
@@ -47,6 +47,16 @@ pub async fn enroll(
         )
         .await?;
     tracing::info!(host_id, hostname = ?facts.hostname, "host enrolled");
+    let same_machine = state.store.hosts_with_machine_id(&facts.machine_id).await?;
+    if let Some(dup) = engine::duplicate_identity(&facts.machine_id, &same_machine) {
+        tracing::warn!(machine_id = ?facts.machine_id, hosts = ?same_machine, "several hosts enrolled under one machine id");
+        for id in &same_machine {
+            state
+                .store
+                .record_findings(*id, std::slice::from_ref(&dup), now)
+                .await?;
+        }
+    }
     Ok(Json(proto::EnrollResponse {
         host_id,
         node_key: key.expose().to_owned(),
@@ -66,7 +76,7 @@ pub async fn report(
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = &result {
-        tracing::warn!(host_id = agent.host_id, status = e.status.as_u16(), error = %e.message, "report refused");
+        tracing::warn!(host_id = agent.host_id, status = e.status.as_u16(), error = ?e.message, "report refused");
     }
     result.map(Json)
 }

@@ -10,9 +10,10 @@ mod baselines;
 mod findings;
 mod hosts;
 
-use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -137,8 +138,36 @@ fn agents(state: &AppState) -> Router<AppState> {
         )
         .route(
             proto::REPORT_PATH,
-            post(agents::report).layer(DefaultBodyLimit::max(state.settings.max_report_bytes)),
+            post(agents::report)
+                .layer(DefaultBodyLimit::max(state.settings.max_report_bytes))
+                .layer(middleware::from_fn_with_state(state.clone(), one_of_few_reports)),
         )
+}
+
+/// How long a report may wait for its turn before the agent is told to come back later.
+const REPORT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lets at most `max_concurrent_reports` reports be read and processed at once: the permit is
+/// taken before the body is read, so that many agents (or one hostile host on many connections)
+/// cannot make the collector hold more than that many bodies in memory.
+async fn one_of_few_reports(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let permit = tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await;
+    match permit {
+        Ok(Ok(permit)) => {
+            tracing::debug!(
+                free = state.report_permits.available_permits(),
+                "report takes its turn"
+            );
+            let resp = next.run(req).await;
+            drop(permit);
+            resp
+        }
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "collector busy with other reports; retry later",
+        )
+        .into_response(),
+    }
 }
 
 fn people() -> Router<AppState> {

@@ -188,7 +188,7 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let default = Path::new(DEFAULT_PATH);
     let path = args.config.as_deref().or(default.exists().then_some(default));
-    let loaded = match ServerConfig::load(path, std::env::vars()) {
+    let loaded = match ServerConfig::load(path, hostwatch_agent::config::env::process_env()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hostwatch: {e}");

@@ -71,7 +71,14 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
     }
 }
 
-/// A string as a terminal may show it: control characters escaped, and cut to `max` characters.
+/// Invisible characters that reorder or hide text (bidirectional overrides and isolates,
+/// zero-width characters): a process named with them could show as something else.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A string as a terminal may show it: control and invisible characters escaped, and cut to
+/// `max` characters.
 pub fn safe(s: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -79,7 +86,7 @@ pub fn safe(s: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || invisible(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -248,5 +255,6 @@ mod tests {
     fn terminal_safety() {
         assert_eq!(safe("evil\x1b[2Jname\n", 100), "evil\\u{1b}[2Jname\\n");
         assert_eq!(safe("abcdef", 3), "abc…");
+        assert_eq!(safe("sshd\u{202E}gpj.exe", 100), "sshd\\u{202e}gpj.exe");
     }
 }

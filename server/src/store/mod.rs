@@ -100,8 +100,9 @@ pub trait Store: Send + Sync + 'static {
     async fn find_node_key(&self, hash: &str) -> Result<Option<i64>>;
 
     // ---- agents ----
-    /// Enrolls a host, or re-enrolls the non-retired host with the same machine id; the new key
-    /// replaces (revokes) the host's previous ones. Returns the host id.
+    /// Enrolls a new host with its first node key. Never reuses a host: the machine id an agent
+    /// claims is not proof, so a second enrollment under one machine id is a second host (which the
+    /// engine flags as `duplicate_identity`), never a takeover of the first.
     async fn enroll_host(
         &self,
         facts: &HostFacts,
@@ -129,6 +130,16 @@ pub trait Store: Send + Sync + 'static {
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;
     async fn host(&self, id: i64) -> Result<Option<Host>>;
+    /// Ids of non-retired hosts enrolled with this machine id.
+    async fn hosts_with_machine_id(&self, machine_id: &str) -> Result<Vec<i64>>;
+    /// Opens, refreshes or reopens findings for `observed` without resolving anything: for
+    /// findings filed outside a host's state evaluation (such as at enrollment).
+    async fn record_findings(
+        &self,
+        host_id: i64,
+        observed: &[Observation],
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>>;
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;

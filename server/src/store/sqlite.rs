@@ -215,6 +215,59 @@ fn finding_from_row(r: &Row<'_>) -> Result<Finding> {
     })
 }
 
+/// Opens a finding for an observation, refreshes it if open or acknowledged, or reopens it if
+/// resolved; returns the change alert sinks would hear of.
+fn upsert_finding(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    o: &Observation,
+    now: &str,
+) -> Result<Option<FindingChange>> {
+    let rule = o.rule.clone().unwrap_or_default();
+    let kind = o.kind.as_str();
+    let existing: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT id, status FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
+            params![host_id, kind, rule, o.subject],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let detail = to_json(&o.detail);
+    Ok(match existing {
+        None => {
+            tx.execute(
+                "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, opened_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7)",
+                params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now],
+            )?;
+            Some(FindingChange::Opened {
+                id: tx.last_insert_rowid(),
+                kind: o.kind,
+                subject: o.subject.clone(),
+            })
+        }
+        Some((id, status)) if status == FindingStatus::Resolved.as_str() => {
+            tx.execute(
+                "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
+                 resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
+                params![o.severity.as_str(), detail, now, id],
+            )?;
+            Some(FindingChange::Reopened {
+                id,
+                kind: o.kind,
+                subject: o.subject.clone(),
+            })
+        }
+        Some((id, _)) => {
+            tx.execute(
+                "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3 WHERE id = ?4",
+                params![o.severity.as_str(), detail, now, id],
+            )?;
+            None
+        }
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn count_api_tokens(&self) -> Result<u64> {
@@ -339,44 +392,24 @@ impl Store for SqliteStore {
     ) -> Result<i64> {
         let (facts, version, hash) = (facts.clone(), agent_version.to_owned(), key_hash.to_owned());
         self.tx(move |tx| {
-            let existing: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM hosts WHERE machine_id = ?1 AND retired_at IS NULL ORDER BY id DESC LIMIT 1",
-                    [&facts.machine_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let id = match existing {
-                Some(id) => {
-                    tx.execute(
-                        "UPDATE node_keys SET revoked_at = ?1 WHERE host_id = ?2 AND revoked_at IS NULL",
-                        params![ts(now), id],
-                    )?;
-                    tx.execute(
-                        "UPDATE hosts SET hostname = ?1, tags = ?2, agent_version = ?3, last_seq = 0, goodbye = NULL WHERE id = ?4",
-                        params![facts.hostname, to_json(&facts.tags), version, id],
-                    )?;
-                    id
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        params![
-                            facts.hostname,
-                            facts.machine_id,
-                            facts.os,
-                            facts.kernel,
-                            facts.arch,
-                            facts.boot_time.map(ts),
-                            to_json(&facts.tags),
-                            version,
-                            ts(now)
-                        ],
-                    )?;
-                    tx.last_insert_rowid()
-                }
-            };
+            // Always a new host: a claimed machine id is not proof of being that machine, so an
+            // enrollment never takes over a host that exists (the engine flags the duplicate).
+            tx.execute(
+                "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    facts.hostname,
+                    facts.machine_id,
+                    facts.os,
+                    facts.kernel,
+                    facts.arch,
+                    facts.boot_time.map(ts),
+                    to_json(&facts.tags),
+                    version,
+                    ts(now)
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
             tx.execute(
                 "INSERT INTO node_keys (key_hash, host_id, created_at) VALUES (?1, ?2, ?3)",
                 params![hash, id, ts(now)],
@@ -509,41 +542,8 @@ impl Store for SqliteStore {
             let mut changes = Vec::new();
             let mut seen: HashSet<(String, String, String)> = HashSet::new();
             for o in &observed {
-                let rule = o.rule.clone().unwrap_or_default();
-                let kind = o.kind.as_str();
-                seen.insert((kind.to_owned(), rule.clone(), o.subject.clone()));
-                let existing: Option<(i64, String)> = tx
-                    .query_row(
-                        "SELECT id, status FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
-                        params![host_id, kind, rule, o.subject],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                let detail = to_json(&o.detail);
-                match existing {
-                    None => {
-                        tx.execute(
-                            "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, opened_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7)",
-                            params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now_s],
-                        )?;
-                        changes.push(FindingChange::Opened { id: tx.last_insert_rowid(), kind: o.kind, subject: o.subject.clone() });
-                    }
-                    Some((id, status)) if status == FindingStatus::Resolved.as_str() => {
-                        tx.execute(
-                            "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
-                             resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
-                            params![o.severity.as_str(), detail, now_s, id],
-                        )?;
-                        changes.push(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() });
-                    }
-                    Some((id, _)) => {
-                        tx.execute(
-                            "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3 WHERE id = ?4",
-                            params![o.severity.as_str(), detail, now_s, id],
-                        )?;
-                    }
-                }
+                seen.insert((o.kind.as_str().to_owned(), o.rule.clone().unwrap_or_default(), o.subject.clone()));
+                changes.extend(upsert_finding(tx, host_id, o, &now_s)?);
             }
             let kinds: HashSet<&str> = state_kinds.iter().map(|k| k.as_str()).collect();
             let mut stmt = tx.prepare_cached(
@@ -586,6 +586,37 @@ impl Store for SqliteStore {
                 Some(r) => Ok(Some(host_from_row(r)?)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn hosts_with_machine_id(&self, machine_id: &str) -> Result<Vec<i64>> {
+        let machine_id = machine_id.to_owned();
+        self.tx(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM hosts WHERE machine_id = ?1 AND retired_at IS NULL ORDER BY id",
+            )?;
+            Ok(stmt
+                .query_map([machine_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn record_findings(
+        &self,
+        host_id: i64,
+        observed: &[Observation],
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>> {
+        let observed = observed.to_vec();
+        self.tx(move |tx| {
+            let now = ts(now);
+            let mut changes = Vec::new();
+            for o in &observed {
+                changes.extend(upsert_finding(tx, host_id, o, &now)?);
+            }
+            Ok(changes)
         })
         .await
     }
@@ -775,13 +806,12 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
         assert_eq!(s.find_node_key("h1").await.unwrap(), Some(id));
-        // The same machine enrolling again keeps its host and loses its old key.
-        assert_eq!(
-            s.enroll_host(&facts("m1"), "0.1.0", "h2", at(1)).await.unwrap(),
-            id
-        );
-        assert_eq!(s.find_node_key("h1").await.unwrap(), None);
-        assert_eq!(s.find_node_key("h2").await.unwrap(), Some(id));
+        // Enrolling again under the same machine id is a second host; the first keeps its key.
+        let twin = s.enroll_host(&facts("m1"), "0.1.0", "h2", at(1)).await.unwrap();
+        assert_ne!(twin, id);
+        assert_eq!(s.find_node_key("h1").await.unwrap(), Some(id));
+        assert_eq!(s.find_node_key("h2").await.unwrap(), Some(twin));
+        assert_eq!(s.hosts_with_machine_id("m1").await.unwrap(), vec![id, twin]);
         let other = s.enroll_host(&facts("m2"), "0.1.0", "h3", at(1)).await.unwrap();
         assert_ne!(other, id);
 
@@ -835,7 +865,7 @@ mod tests {
             (7, Some(at(5)), true)
         );
         assert_eq!(h.facts.tags["role"], "web");
-        assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, other]);
+        assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, twin, other]);
         // A heartbeat (no state) keeps the state.
         let beat = ReportRecord {
             state: None,
