@@ -54,17 +54,27 @@ const IDENTITY: &str = "identity.json";
 const AGENT_ID: &str = "agent-id";
 
 impl StateDir {
-    /// Opens the directory, creating it mode 0700 if needed.
+    /// Opens the directory, creating it mode 0700 if needed, and making an existing one that
+    /// others can enter private again (with a warning).
     pub fn open(path: &Path) -> Result<StateDir, StateError> {
+        let err = |action, source| StateError {
+            action,
+            path: path.to_owned(),
+            source,
+        };
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
-            .map_err(|source| StateError {
-                action: "create",
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|e| err("create", e))?;
+        let mode = fs::metadata(path)
+            .map_err(|e| err("stat", e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "state directory was open to others; setting mode 0700");
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| err("chmod", e))?;
+        }
         Ok(StateDir {
             path: path.to_owned(),
         })
@@ -292,6 +302,16 @@ mod tests {
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(dir.load("m", &server).unwrap().is_some());
         assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_open_state_directory_is_made_private() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        fs::create_dir(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::open(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

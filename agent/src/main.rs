@@ -101,7 +101,7 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
-        let shutdown = signals::cancel_on_signal();
+        let shutdown = signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?;
         hostwatch_agent::run(config, shutdown)
             .await
             .context("agent failed")

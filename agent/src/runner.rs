@@ -70,8 +70,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let Some(obs) = agent.observe().await else {
             continue;
         };
+        // Requests in flight are abandoned at shutdown: a collector that accepts and never answers
+        // must not hold up a stopping agent (the goodbye has its own short timeout).
         if agent.identity.is_none() {
-            match agent.enroll(&obs).await {
+            let enrolled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = agent.enroll(&obs) => r,
+            };
+            match enrolled {
                 Ok(()) => enroll_backoff.reset(),
                 Err(EnrollFailure::Fatal(e)) => return Err(e),
                 Err(EnrollFailure::Retry(e)) => {
@@ -84,7 +90,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 }
             }
         }
-        agent.send(obs).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            () = agent.send(obs) => {}
+        }
     }
     agent.goodbye().await;
     info!("agent stopped");

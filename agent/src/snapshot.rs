@@ -91,21 +91,17 @@ pub fn observe(root: &HostRoot) -> Observation {
     let processes: Vec<proto::Process> = procs
         .items
         .into_iter()
-        .map(|p| {
-            let mut cmdline = p.cmdline;
-            collect::redact::redact(&mut cmdline);
-            proto::Process {
-                pid: p.pid,
-                ppid: p.ppid,
-                user: users.name(p.uid).map(str::to_owned),
-                name: p.name,
-                exe: p.exe,
-                exe_deleted: p.exe_deleted,
-                cmdline,
-                cmdline_truncated: p.cmdline_truncated,
-                uid: p.uid,
-                start_time: p.start_time,
-            }
+        .map(|p| proto::Process {
+            pid: p.pid,
+            ppid: p.ppid,
+            user: users.name(p.uid).map(str::to_owned),
+            name: p.name,
+            exe: p.exe,
+            exe_deleted: p.exe_deleted,
+            cmdline: p.cmdline,
+            cmdline_truncated: p.cmdline_truncated,
+            uid: p.uid,
+            start_time: p.start_time,
         })
         .collect();
 

@@ -22,7 +22,7 @@ pub struct ProcessRecord {
     pub name: String,
     pub exe: Option<String>,
     pub exe_deleted: bool,
-    /// Raw arguments, cut to the wire's limits but not yet redacted.
+    /// Arguments, redacted ([`super::redact`]), then cut to the wire's limits.
     pub cmdline: Vec<String>,
     pub cmdline_truncated: bool,
     /// Effective uid.
@@ -100,7 +100,9 @@ fn read_one(
             Vec::new()
         }
     };
-    let (cmdline, cmdline_truncated) = split_cmdline(&raw);
+    let mut args = split_cmdline(&raw);
+    super::redact::redact(&mut args);
+    let (cmdline, cmdline_truncated) = cut_to_limits(args);
     let start = boot + time::Duration::milliseconds((stat.starttime.saturating_mul(1000) / ticks) as i64);
     Ok(Some(ProcessRecord {
         pid,
@@ -143,29 +145,34 @@ pub fn process_name(comm: &str, exe: Option<&str>) -> String {
 }
 
 /// Splits `/proc/PID/cmdline` at NULs, converting each argument lossily (a non-UTF-8 argument
-/// is still reported, with U+FFFD where its bytes were invalid), and cuts it to the wire's limits.
-/// Returns the arguments and whether anything was cut.
-pub fn split_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
+/// is still reported, with U+FFFD where its bytes were invalid).
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     if raw.is_empty() {
-        return (Vec::new(), false);
+        return Vec::new();
     }
-    let mut args = Vec::new();
+    raw.split(|b| *b == 0)
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect()
+}
+
+/// Cuts arguments to the wire's limits; returns whether anything was cut. Runs after redaction,
+/// so that a cut can never leave the beginning of a secret that redaction would have recognised.
+pub fn cut_to_limits(mut args: Vec<String>) -> (Vec<String>, bool) {
+    let cut = args.len() > limits::MAX_ARGS;
+    args.truncate(limits::MAX_ARGS);
     let mut total = 0;
-    for part in raw.split(|b| *b == 0) {
-        if args.len() == limits::MAX_ARGS {
-            return (args, true);
-        }
-        let arg = String::from_utf8_lossy(part);
+    for (i, arg) in args.iter_mut().enumerate() {
         let room = limits::MAX_CMDLINE_BYTES - total;
         if arg.len() > room {
-            args.push(truncate(&arg, room).to_owned());
+            let keep = truncate(arg, room).len();
+            arg.truncate(keep);
+            args.truncate(i + 1);
             return (args, true);
         }
         total += arg.len();
-        args.push(arg.into_owned());
     }
-    (args, false)
+    (args, cut)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -211,24 +218,31 @@ mod tests {
 
     #[test]
     fn cmdline_split_and_cut() {
-        assert_eq!(
-            split_cmdline(b"a\0b c\0"),
-            (vec!["a".to_owned(), "b c".to_owned()], false)
-        );
-        assert_eq!(split_cmdline(b""), (vec![], false));
+        assert_eq!(split_cmdline(b"a\0b c\0"), ["a", "b c"]);
+        assert!(split_cmdline(b"").is_empty());
         // An empty argument in the middle is an argument.
-        assert_eq!(split_cmdline(b"a\0\0b\0").0, ["a", "", "b"]);
-        let (args, cut) = split_cmdline(b"x\xffy\0");
-        assert_eq!((args[0].as_str(), cut), ("x\u{fffd}y", false));
-        let long = vec![b'a'; limits::MAX_CMDLINE_BYTES + 10];
-        let (args, cut) = split_cmdline(&long);
-        assert!(cut && args[0].len() == limits::MAX_CMDLINE_BYTES);
-        let many: Vec<u8> = std::iter::repeat_n(b"z\0".as_slice(), limits::MAX_ARGS + 5)
-            .flatten()
-            .copied()
-            .collect();
-        let (args, cut) = split_cmdline(&many);
+        assert_eq!(split_cmdline(b"a\0\0b\0"), ["a", "", "b"]);
+        assert_eq!(split_cmdline(b"x\xffy\0"), ["x\u{fffd}y"]);
+        let (args, cut) = cut_to_limits(vec!["a".repeat(limits::MAX_CMDLINE_BYTES + 10), "next".into()]);
+        assert!(cut && args.len() == 1 && args[0].len() == limits::MAX_CMDLINE_BYTES);
+        let (args, cut) = cut_to_limits(vec!["z".to_owned(); limits::MAX_ARGS + 5]);
         assert!(cut && args.len() == limits::MAX_ARGS);
+        assert_eq!(
+            cut_to_limits(vec!["ls".into(), "-l".into()]),
+            (vec!["ls".to_owned(), "-l".to_owned()], false)
+        );
+    }
+
+    #[test]
+    fn redaction_comes_before_the_cut() {
+        // A URL whose password straddles the limit: cut first, the password's start would leak.
+        let pad = "x".repeat(limits::MAX_CMDLINE_BYTES - 30);
+        let raw = format!("psql\0{pad}\0postgres://app:hunter2hunter2@db/x\0");
+        let mut args = split_cmdline(raw.as_bytes());
+        super::super::redact::redact(&mut args);
+        let (args, cut) = cut_to_limits(args);
+        assert!(cut);
+        assert!(args.iter().all(|a| !a.contains("hunt")), "{:?}", args.last());
     }
 
     #[test]

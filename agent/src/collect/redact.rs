@@ -1,6 +1,7 @@
 //! Redaction of secrets in command lines, before they leave the host.
 //!
-//! Architecture invariant: every command line goes through [`redact`] before it is put in a
+//! Architecture invariant: every command line goes through [`redact`] as it is read
+//! ([`super::process`]), before it is cut to the wire's limits and long before it is put in a
 //! report or printed by `snapshot`, so the collector never becomes a store of secrets. The rules
 //! err on the side of hiding: a redacted non-secret costs a reviewer a look, a leaked secret costs
 //! a rotation.
@@ -10,7 +11,11 @@
 //!    `--api-key x`, `--token=x`): its value, joined by `=` or the next argument;
 //! 2. `NAME=value` arguments whose name says secret (`env DB_PASSWORD=x cmd`);
 //! 3. credentials in URLs (`postgres://user:secret@db/x`): the password part;
-//! 4. MySQL-family clients' `-psecret`.
+//! 4. MySQL-family clients' `-psecret`;
+//! 5. `-u user:password` and `--user user:password` (curl, wget): the password.
+//!
+//! Each argument that holds several words (`sh -c "..."`) is redacted word by word too, so that a
+//! cron line or a shell one-liner gets the same treatment as a command.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -48,59 +53,152 @@ const MYSQL_FAMILY: &[&str] = &[
     "mariadb-admin",
 ];
 
-/// Redacts `args` in place; returns whether anything was hidden.
+/// Redacts `args` in place; returns whether anything was hidden. Arguments that hold several
+/// words (`sh -c "mysql -phunter2 db"`, a cron line) are redacted word by word as well.
 pub fn redact(args: &mut [String]) -> bool {
-    let mysql = args
-        .first()
-        .and_then(|a0| a0.rsplit('/').next())
-        .is_some_and(|base| MYSQL_FAMILY.contains(&base));
+    let mut changed = redact_words(args, true);
+    for arg in args.iter_mut().skip(1) {
+        if arg.contains(char::is_whitespace) {
+            changed |= redact_inner_words(arg);
+        }
+    }
+    changed
+}
+
+/// What the next word is, after an option that takes a secret as its next argument.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Plain,
+    /// The whole word is a secret (`--password hunter2`).
+    Secret,
+    /// The part after the first `:` is a secret (`-u user:password`).
+    AfterColon,
+}
+
+/// Applies the rules to a list of words. `program_first`: the first word is the program (an argv),
+/// rather than a word inside a shell string, where a MySQL client may appear anywhere.
+fn redact_words(words: &mut [String], program_first: bool) -> bool {
     let mut changed = false;
-    let mut hide_next = false;
-    for (i, arg) in args.iter_mut().enumerate() {
-        if hide_next {
-            hide_next = false;
-            if !arg.is_empty() {
-                *arg = REDACTED.to_owned();
+    let mut mysql = false;
+    let mut next = Next::Plain;
+    for (i, word) in words.iter_mut().enumerate() {
+        match std::mem::replace(&mut next, Next::Plain) {
+            Next::Secret if !word.is_empty() => {
+                *word = REDACTED.to_owned();
                 changed = true;
                 continue;
             }
+            Next::AfterColon => changed |= hide_after_colon(word),
+            _ => {}
         }
-        if i == 0 {
-            changed |= redact_url_credentials(arg);
+        if is_mysql(word) && (i == 0 || !program_first) {
+            mysql = true;
+        }
+        if i == 0 && program_first {
+            changed |= redact_url_credentials(word);
             continue;
         }
-        if let Some(option) = arg.strip_prefix('-') {
+        if let Some(option) = word.strip_prefix('-') {
             let option = option.trim_start_matches('-');
-            if mysql && arg.starts_with("-p") && !arg.starts_with("--") && arg.len() > 2 {
-                *arg = format!("-p{REDACTED}");
+            if mysql && word.starts_with("-p") && !word.starts_with("--") && word.len() > 2 {
+                *word = format!("-p{REDACTED}");
                 changed = true;
                 continue;
             }
             match option.split_once('=') {
                 Some((name, value)) if is_secret_name(name) && !value.is_empty() => {
-                    let prefix_len = arg.len() - value.len();
-                    arg.truncate(prefix_len);
-                    arg.push_str(REDACTED);
+                    let start = word.len() - value.len();
+                    hide_value(word, start);
                     changed = true;
                     continue;
                 }
-                None if is_secret_name(option) => hide_next = true,
+                Some((name, _)) if is_user_option(name) => {
+                    let at = word.find('=').map_or(0, |e| e + 1);
+                    let (head, value) = word.split_at(at);
+                    let mut value = value.to_owned();
+                    if hide_after_colon(&mut value) {
+                        *word = format!("{head}{value}");
+                        changed = true;
+                    }
+                    continue;
+                }
+                None if is_secret_name(option) => next = Next::Secret,
+                None if is_user_option(option) => next = Next::AfterColon,
                 _ => {}
             }
-        } else if let Some((name, value)) = arg.split_once('=')
+        } else if let Some((name, value)) = word.split_once('=')
             && is_env_name(name)
             && is_secret_name(name)
             && !value.is_empty()
         {
-            let keep = name.len() + 1;
-            arg.truncate(keep);
-            arg.push_str(REDACTED);
+            hide_value(word, name.len() + 1);
             changed = true;
             continue;
         }
-        changed |= redact_url_credentials(arg);
+        changed |= redact_url_credentials(word);
     }
     changed
+}
+
+/// Redacts the whitespace-separated words of one argument, keeping its spacing.
+fn redact_inner_words(arg: &mut String) -> bool {
+    let spans: Vec<(usize, usize)> = {
+        let mut spans = Vec::new();
+        let mut start = None;
+        for (i, c) in arg.char_indices() {
+            match (c.is_whitespace(), start) {
+                (true, Some(s)) => {
+                    spans.push((s, i));
+                    start = None;
+                }
+                (false, None) => start = Some(i),
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            spans.push((s, arg.len()));
+        }
+        spans
+    };
+    let mut words: Vec<String> = spans.iter().map(|&(a, b)| arg[a..b].to_owned()).collect();
+    if !redact_words(&mut words, false) {
+        return false;
+    }
+    for (&(a, b), w) in spans.iter().zip(&words).rev() {
+        arg.replace_range(a..b, w);
+    }
+    true
+}
+
+/// Replaces the value that starts at byte `start` of `word`, up to the first white space: in an
+/// argument that is a whole shell line (`PGPASSWORD=pw psql -h db`), the rest is other words,
+/// which the word-by-word pass looks at.
+fn hide_value(word: &mut String, start: usize) {
+    let end = word[start..]
+        .find(char::is_whitespace)
+        .map_or(word.len(), |e| start + e);
+    word.replace_range(start..end, REDACTED);
+}
+
+fn is_mysql(word: &str) -> bool {
+    MYSQL_FAMILY.contains(&word.rsplit('/').next().unwrap_or(word))
+}
+
+/// `-u` / `--user` (curl, wget and others): `user:password`.
+fn is_user_option(name: &str) -> bool {
+    matches!(name, "u" | "user" | "proxy-user")
+}
+
+/// Hides what follows the first `:` of `word`; a word without one is a user name alone.
+fn hide_after_colon(word: &mut String) -> bool {
+    match word.find(':') {
+        Some(c) if c + 1 < word.len() && &word[c + 1..] != REDACTED => {
+            word.truncate(c + 1);
+            word.push_str(REDACTED);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether an option or variable name names a secret rather than where one is kept.
@@ -260,6 +358,45 @@ mod tests {
         );
         // Elsewhere -p is a port or a path.
         assert_eq!(r(&["ssh", "-p2222", "host"]).0[1], "-p2222");
+    }
+
+    #[test]
+    fn user_and_password_pairs() {
+        assert_eq!(
+            r(&["curl", "-u", "alice:s3cret", "https://x"]).0[2],
+            "alice:<redacted>"
+        );
+        assert_eq!(
+            r(&["curl", "--user=alice:s3cret"]).0[1],
+            "--user=alice:<redacted>"
+        );
+        // A user alone, or -u as a uid, is not a secret.
+        assert_eq!(
+            r(&["ps", "-u", "root"]),
+            (vec!["ps".into(), "-u".into(), "root".into()], false)
+        );
+    }
+
+    #[test]
+    fn words_inside_shell_strings() {
+        let (v, changed) = r(&[
+            "/bin/sh",
+            "-c",
+            "cd /srv && mysql -uroot -phunter2 db  >/dev/null",
+        ]);
+        assert_eq!(v[2], "cd /srv && mysql -uroot -p<redacted> db  >/dev/null");
+        assert!(changed);
+        assert_eq!(
+            r(&["bash", "-c", "curl --password  x https://a"]).0[2],
+            "curl --password  <redacted> https://a"
+        );
+        assert_eq!(
+            r(&["sh", "-c", "PGPASSWORD=pw psql -h db"]).0[2],
+            "PGPASSWORD=<redacted> psql -h db"
+        );
+        assert!(!r(&["sh", "-c", "echo hello world"]).1);
+        // A -p in a shell string without a MySQL client stays.
+        assert_eq!(r(&["sh", "-c", "ssh -p2222 host"]).0[2], "ssh -p2222 host");
     }
 
     #[test]

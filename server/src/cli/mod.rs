@@ -183,7 +183,13 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             interval: args.interval,
         };
-        let result = rt.block_on(async { dev::run(opts, signals::cancel_on_signal()).await });
+        let result = rt.block_on(async {
+            dev::run(
+                opts,
+                signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?,
+            )
+            .await
+        });
         return start_result(result);
     }
     let default = Path::new(DEFAULT_PATH);
@@ -198,7 +204,13 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let result = rt.block_on(async { serve::run(loaded.config, signals::cancel_on_signal()).await });
+    let result = rt.block_on(async {
+        serve::run(
+            loaded.config,
+            signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?,
+        )
+        .await
+    });
     start_result(result)
 }
 
@@ -335,13 +347,15 @@ fn lint(files: &[PathBuf]) -> bool {
         let what = match &b.selector {
             None => "library".to_owned(),
             Some(s) if s.is_empty() => "selects every host".to_owned(),
-            Some(s) => format!(
-                "selects {}",
-                s.iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            Some(s) => {
+                format!(
+                    "selects {}",
+                    s.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            }
         };
         println!(
             "{}: ok (baseline `{}`, {} rules, {what})",
