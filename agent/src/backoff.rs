@@ -12,19 +12,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Backoff { base, cap, attempt: 0 }
     }
 
     /// The next wait ("full jitter"): uniformly random in `[0, min(cap, base * 2^attempt)]`.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
+        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let span = ceiling.as_millis() as u64;
         let r = getrandom::u64().unwrap_or(span / 2);
@@ -46,10 +39,7 @@ mod tests {
         let delays: Vec<_> = (0..50).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)), "{delays:?}");
         // Past the cap, 45 draws from [0, 30s] all below 15s would be a broken generator.
-        assert!(
-            delays[5..].iter().any(|d| *d > Duration::from_secs(15)),
-            "{delays:?}"
-        );
+        assert!(delays[5..].iter().any(|d| *d > Duration::from_secs(15)), "{delays:?}");
         b.reset();
         let first = b.next_delay();
         assert!(first <= Duration::from_secs(1), "{first:?}");

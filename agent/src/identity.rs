@@ -57,27 +57,14 @@ impl StateDir {
     /// Opens the directory, creating it mode 0700 if needed, and making an existing one that
     /// others can enter private again (with a warning).
     pub fn open(path: &Path) -> Result<StateDir, StateError> {
-        let err = |action, source| StateError {
-            action,
-            path: path.to_owned(),
-            source,
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| err("create", e))?;
-        let mode = fs::metadata(path)
-            .map_err(|e| err("stat", e))?
-            .permissions()
-            .mode();
+        let err = |action, source| StateError { action, path: path.to_owned(), source };
+        DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| err("create", e))?;
+        let mode = fs::metadata(path).map_err(|e| err("stat", e))?.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "state directory was open to others; setting mode 0700");
             fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| err("chmod", e))?;
         }
-        Ok(StateDir {
-            path: path.to_owned(),
-        })
+        Ok(StateDir { path: path.to_owned() })
     }
 
     pub fn path(&self) -> &Path {
@@ -91,11 +78,7 @@ impl StateDir {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(StateError {
-                    action: "read",
-                    path: id_path,
-                    source,
-                });
+                return Err(StateError { action: "read", path: id_path, source });
             }
         };
         let file: IdentityFile = match serde_json::from_str(&text) {
@@ -120,22 +103,14 @@ impl StateDir {
             Ok(k) => k.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(StateError {
-                    action: "read",
-                    path: key_path,
-                    source,
-                });
+                return Err(StateError { action: "read", path: key_path, source });
             }
         };
         tighten(&key_path)?;
         if key.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Identity {
-            host_id: file.host_id,
-            node_key: Secret::new(key),
-            machine_id: file.machine_id,
-        }))
+        Ok(Some(Identity { host_id: file.host_id, node_key: Secret::new(key), machine_id: file.machine_id }))
     }
 
     /// Stores an identity: the key first (mode 0600), then the file that makes it valid.
@@ -158,11 +133,7 @@ impl StateDir {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(StateError {
-                        action: "remove",
-                        path: p,
-                        source,
-                    });
+                    return Err(StateError { action: "remove", path: p, source });
                 }
             }
         }
@@ -177,11 +148,7 @@ impl StateDir {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(StateError {
-                    action: "read",
-                    path: p,
-                    source,
-                });
+                return Err(StateError { action: "read", path: p, source });
             }
         }
         let mut bytes = [0u8; 16];
@@ -204,11 +171,7 @@ fn hex(bytes: &[u8]) -> String {
 /// content or the new, never half of one. Shared with the collector for its bootstrap secrets.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
-    let err = |action, source| StateError {
-        action,
-        path: path.to_owned(),
-        source,
-    };
+    let err = |action, source| StateError { action, path: path.to_owned(), source };
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
@@ -216,19 +179,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| err("create", e))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err("write", e))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| err("write", e))?;
     fs::rename(&tmp, path).map_err(|e| err("replace", e))
 }
 
 /// A key file readable by others is made private again, with a warning.
 fn tighten(path: &Path) -> Result<(), StateError> {
-    let meta = fs::metadata(path).map_err(|source| StateError {
-        action: "stat",
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta =
+        fs::metadata(path).map_err(|source| StateError { action: "stat", path: path.to_owned(), source })?;
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "node key was readable by others; setting mode 0600");
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| StateError {
@@ -252,30 +210,16 @@ mod tests {
     fn identity_round_trip_is_private_and_bound_to_the_machine() {
         let d = tempfile::tempdir().unwrap();
         let dir = StateDir::open(&d.path().join("state")).unwrap();
-        assert_eq!(
-            fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
         let server = url("http://127.0.0.1:1/");
         assert!(dir.load("m1", &server).unwrap().is_none());
-        let id = Identity {
-            host_id: 3,
-            node_key: Secret::new("hwn_k"),
-            machine_id: "m1".into(),
-        };
+        let id = Identity { host_id: 3, node_key: Secret::new("hwn_k"), machine_id: "m1".into() };
         dir.save(&id, &server).unwrap();
-        let key_mode = fs::metadata(dir.path().join(NODE_KEY))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let key_mode = fs::metadata(dir.path().join(NODE_KEY)).unwrap().permissions().mode() & 0o777;
         assert_eq!(key_mode, 0o600);
         let back = dir.load("m1", &server).unwrap().unwrap();
         assert_eq!((back.host_id, back.node_key.expose()), (3, "hwn_k"));
-        assert!(
-            dir.load("m2", &server).unwrap().is_none(),
-            "another machine must enroll again"
-        );
+        assert!(dir.load("m2", &server).unwrap().is_none(), "another machine must enroll again");
         assert!(
             dir.load("m1", &url("http://other:1/")).unwrap().is_some(),
             "another URL keeps the key until the collector refuses it"
@@ -289,15 +233,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = StateDir::open(d.path()).unwrap();
         let server = url("http://127.0.0.1:1/");
-        dir.save(
-            &Identity {
-                host_id: 1,
-                node_key: Secret::new("k"),
-                machine_id: "m".into(),
-            },
-            &server,
-        )
-        .unwrap();
+        dir.save(&Identity { host_id: 1, node_key: Secret::new("k"), machine_id: "m".into() }, &server)
+            .unwrap();
         let key = d.path().join(NODE_KEY);
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(dir.load("m", &server).unwrap().is_some());

@@ -25,16 +25,12 @@ pub fn init(format: LogFormat) {
             Ok(f) => (f, None),
             Err(e) => (
                 EnvFilter::new("info"),
-                Some(format!(
-                    "HOSTWATCH_LOG={spec:?} is not a valid filter ({e}); using info"
-                )),
+                Some(format!("HOSTWATCH_LOG={spec:?} is not a valid filter ({e}); using info")),
             ),
         },
         Err(_) => (EnvFilter::new("info"), None),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

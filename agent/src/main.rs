@@ -19,13 +19,7 @@ struct Cli {
     #[arg(long, env = "HOSTWATCH_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(
-        long,
-        env = "HOSTWATCH_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
+    #[arg(long, env = "HOSTWATCH_LOG_FORMAT", value_enum, default_value_t, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -88,10 +82,7 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<hostwatch_agent
         None if default.exists() => Some(default),
         None => None,
     };
-    Ok(AgentConfig::load(
-        path,
-        hostwatch_agent::config::env::process_env(),
-    )?)
+    Ok(AgentConfig::load(path, hostwatch_agent::config::env::process_env())?)
 }
 
 fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -102,20 +93,14 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     rt.block_on(async {
         let shutdown = signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?;
-        hostwatch_agent::run(config, shutdown)
-            .await
-            .context("agent failed")
+        hostwatch_agent::run(config, shutdown).await.context("agent failed")
     })
 }
 
 fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
     let root = collect::HostRoot::new(&config.host_root);
     let obs = snapshot::observe(&root);
-    let machine_id = obs
-        .host
-        .machine_id
-        .clone()
-        .unwrap_or_else(|| "unknown".to_owned());
+    let machine_id = obs.host.machine_id.clone().unwrap_or_else(|| "unknown".to_owned());
     let now = time::OffsetDateTime::now_utc();
     let report = hostwatch_proto::v1::Report {
         seq: 0,

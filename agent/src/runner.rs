@@ -48,15 +48,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         state_dir = %config.state_dir.display(), host_root = %config.host_root.display(),
         version = env!("CARGO_PKG_VERSION"), "agent starting"
     );
-    let mut agent = Agent {
-        config,
-        client,
-        state,
-        root,
-        started_at: OffsetDateTime::now_utc(),
-        identity: None,
-        seq: 0,
-    };
+    let mut agent =
+        Agent { config, client, state, root, started_at: OffsetDateTime::now_utc(), identity: None, seq: 0 };
 
     let mut ticker = tokio::time::interval(agent.config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -141,20 +134,15 @@ impl Agent {
 
     async fn enroll(&mut self, obs: &Observation) -> Result<(), EnrollFailure> {
         let machine_id = self.machine_id(obs).map_err(|e| EnrollFailure::Fatal(e.into()))?;
-        if let Some(id) = self
-            .state
-            .load(&machine_id, self.client.base())
-            .map_err(|e| EnrollFailure::Fatal(e.into()))?
+        if let Some(id) =
+            self.state.load(&machine_id, self.client.base()).map_err(|e| EnrollFailure::Fatal(e.into()))?
         {
             info!(host_id = id.host_id, "using stored node key");
             self.identity = Some(id);
             return Ok(());
         }
-        let secret = self
-            .config
-            .enroll_secret
-            .clone()
-            .ok_or(EnrollFailure::Fatal(AgentError::NoEnrollSecret))?;
+        let secret =
+            self.config.enroll_secret.clone().ok_or(EnrollFailure::Fatal(AgentError::NoEnrollSecret))?;
         let req = proto::EnrollRequest {
             enroll_secret: secret.expose().to_owned(),
             host: obs.host_facts(&machine_id, &self.config.tags),
@@ -166,9 +154,7 @@ impl Agent {
             node_key: crate::config::Secret::new(resp.node_key),
             machine_id,
         };
-        self.state
-            .save(&id, self.client.base())
-            .map_err(|e| EnrollFailure::Fatal(e.into()))?;
+        self.state.save(&id, self.client.base()).map_err(|e| EnrollFailure::Fatal(e.into()))?;
         info!(host_id = id.host_id, "enrolled");
         self.identity = Some(id);
         self.seq = 0;
@@ -183,18 +169,10 @@ impl Agent {
     ) -> proto::Report {
         let now = OffsetDateTime::now_utc();
         let (host, coverage, snapshot) = match obs {
-            Some(o) => (
-                o.host_facts(&id.machine_id, &self.config.tags),
-                o.coverage,
-                Some(o.snapshot),
-            ),
+            Some(o) => (o.host_facts(&id.machine_id, &self.config.tags), o.coverage, Some(o.snapshot)),
             None => {
                 let o = crate::collect::host::read(&self.root);
-                (
-                    snapshot::host_facts(&o, &id.machine_id, &self.config.tags),
-                    proto::Coverage::full(),
-                    None,
-                )
+                (snapshot::host_facts(&o, &id.machine_id, &self.config.tags), proto::Coverage::full(), None)
             }
         };
         proto::Report {

@@ -127,20 +127,9 @@ pub fn observe(root: &HostRoot) -> Observation {
     let coverage = if why.is_empty() {
         proto::Coverage::full()
     } else {
-        proto::Coverage {
-            state: proto::CoverageState::Degraded,
-            why,
-        }
+        proto::Coverage { state: proto::CoverageState::Degraded, why }
     };
-    Observation {
-        host,
-        snapshot: proto::Snapshot {
-            taken_at,
-            processes,
-            listeners,
-        },
-        coverage,
-    }
+    Observation { host, snapshot: proto::Snapshot { taken_at, processes, listeners }, coverage }
 }
 
 #[cfg(test)]
@@ -153,20 +142,10 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let o = observe(&HostRoot::default());
         let me = std::process::id();
-        let listener = o
-            .snapshot
-            .listeners
-            .iter()
-            .find(|x| x.port == port)
-            .expect("own listener");
+        let listener = o.snapshot.listeners.iter().find(|x| x.port == port).expect("own listener");
         assert_eq!(listener.pid, Some(me));
         assert!(listener.process.is_some() && listener.exe.is_some());
-        let p = o
-            .snapshot
-            .processes
-            .iter()
-            .find(|p| p.pid == me)
-            .expect("own process");
+        let p = o.snapshot.processes.iter().find(|p| p.pid == me).expect("own process");
         assert_eq!(p.uid, nix::unistd::geteuid().as_raw());
         assert!(p.user.is_some(), "uid {} has a name in /etc/passwd", p.uid);
         // Everything observed is within the wire's limits.

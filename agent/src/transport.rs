@@ -15,11 +15,7 @@ pub enum TransportError {
     #[error("collector refused the credential ({status}): {message}")]
     Unauthorized { status: u16, message: String },
     #[error("collector rejected the {what} ({status}): {message}")]
-    Rejected {
-        what: &'static str,
-        status: u16,
-        message: String,
-    },
+    Rejected { what: &'static str, status: u16, message: String },
     #[error("collector failed ({status}): {message}")]
     Server { status: u16, message: String },
     #[error("collector sent an unreadable answer to the {what}: {message}")]
@@ -59,10 +55,7 @@ impl CollectorClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|source| TransportError::Unreachable {
-                url: base.to_string(),
-                source,
-            })?;
+            .map_err(|source| TransportError::Unreachable { url: base.to_string(), source })?;
         Ok(CollectorClient { http, base })
     }
 
@@ -89,45 +82,33 @@ impl CollectorClient {
         bearer: Option<&Secret>,
         body: &B,
     ) -> Result<R, TransportError> {
-        let url = self.base.join(path).map_err(|e| TransportError::BadResponse {
-            what,
-            message: e.to_string(),
-        })?;
+        let url =
+            self.base.join(path).map_err(|e| TransportError::BadResponse { what, message: e.to_string() })?;
         let mut req = self.http.post(url.clone()).json(body);
         if let Some(key) = bearer {
             req = req.bearer_auth(key.expose());
         }
-        let resp = req.send().await.map_err(|source| TransportError::Unreachable {
-            url: url.to_string(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| TransportError::Unreachable {
-            url: url.to_string(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| TransportError::BadResponse {
-                what,
-                message: e.to_string(),
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| TransportError::BadResponse { what, message: e.to_string() });
         }
         let message = error_message(&bytes);
         let code = status.as_u16();
         Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => TransportError::Unauthorized {
-                status: code,
-                message,
-            },
-            s if s.is_server_error() => TransportError::Server {
-                status: code,
-                message,
-            },
-            _ => TransportError::Rejected {
-                what,
-                status: code,
-                message,
-            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                TransportError::Unauthorized { status: code, message }
+            }
+            s if s.is_server_error() => TransportError::Server { status: code, message },
+            _ => TransportError::Rejected { what, status: code, message },
         })
     }
 }
@@ -151,37 +132,19 @@ mod tests {
     fn error_messages() {
         assert_eq!(error_message(br#"{"error":"bad node key"}"#), "bad node key");
         assert_eq!(error_message(b"  plain text\n"), "plain text");
+        assert!(TransportError::Server { status: 503, message: String::new() }.is_retriable());
         assert!(
-            TransportError::Server {
-                status: 503,
-                message: String::new()
-            }
-            .is_retriable()
-        );
-        assert!(
-            !TransportError::Rejected {
-                what: "report",
-                status: 400,
-                message: String::new()
-            }
-            .is_retriable()
+            !TransportError::Rejected { what: "report", status: 400, message: String::new() }.is_retriable()
         );
     }
 
     #[tokio::test]
     async fn unreachable_collector_is_retriable() {
         // A port from a listener that is closed again: nothing accepts there.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
-        assert!(
-            matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(),
-            "{e}"
-        );
+        assert!(matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(), "{e}");
     }
 
     fn sample_report() -> proto::Report {

@@ -21,25 +21,15 @@ fn an_unknown_key_in_the_config_file_refuses_to_start_and_says_which() {
     let out = agent().arg("--config").arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{}:2:1: unknown field `bogus_key`", f.display())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{}:2:1: unknown field `bogus_key`", f.display())), "{err}");
 }
 
 #[test]
 fn a_missing_config_file_and_bad_variables_are_named() {
-    let out = agent()
-        .args(["--config", "/nonexistent/agent.toml"])
-        .output()
-        .unwrap();
+    let out = agent().args(["--config", "/nonexistent/agent.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/agent.toml"));
-    let out = agent()
-        .env("HOSTWATCH_INTERVAL", "fast")
-        .arg("snapshot")
-        .output()
-        .unwrap();
+    let out = agent().env("HOSTWATCH_INTERVAL", "fast").arg("snapshot").output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HOSTWATCH_INTERVAL"));
 }
@@ -49,17 +39,9 @@ fn running_without_a_collector_says_what_to_set() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("agent.toml");
     std::fs::write(&f, "").unwrap();
-    let out = agent()
-        .arg("--config")
-        .arg(&f)
-        .env("HOSTWATCH_STATE_DIR", d.path().join("state"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "a missing setting is configuration: EX_CONFIG, no restart loop"
-    );
+    let out =
+        agent().arg("--config").arg(&f).env("HOSTWATCH_STATE_DIR", d.path().join("state")).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "a missing setting is configuration: EX_CONFIG, no restart loop");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no collector configured"),
         "{}",
@@ -80,10 +62,7 @@ fn snapshot_prints_what_would_be_sent() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("unknown environment variable HOSTWATCH_SERVRE"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown environment variable HOSTWATCH_SERVRE"), "{stderr}");
     let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report.seq, 0, "a local snapshot is not a sent report");
     assert_eq!(report.host.tags.get("role").map(String::as_str), Some("test"));
@@ -94,16 +73,8 @@ fn snapshot_prints_what_would_be_sent() {
         .find(|l| l.port == port && l.protocol == proto::Protocol::Tcp)
         .expect("the test's listener");
     assert_eq!(l.pid, Some(me), "the listener's owner is this test process");
-    let p = snap
-        .processes
-        .iter()
-        .find(|p| p.pid == me)
-        .expect("this test process");
-    let child = snap
-        .processes
-        .iter()
-        .find(|p| p.ppid == me)
-        .expect("the agent, child of this test");
+    let p = snap.processes.iter().find(|p| p.pid == me).expect("this test process");
+    let child = snap.processes.iter().find(|p| p.ppid == me).expect("the agent, child of this test");
     assert_eq!(child.exe.as_deref(), Some(env!("CARGO_BIN_EXE_hostwatch-agent")));
     assert_eq!(p.exe.as_deref(), std::env::current_exe().unwrap().to_str());
     use proto::Validate;

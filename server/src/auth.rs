@@ -35,9 +35,7 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Reader, Role::Analyst, Role::Admin]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [Role::Reader, Role::Analyst, Role::Admin].into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -78,13 +76,9 @@ pub struct Agent {
 
 fn bearer<'a>(parts: &'a Parts, expected: &str) -> Result<&'a str, ApiError> {
     let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized(format!(
-            "missing credential: send `Authorization: Bearer {expected}...`"
-        ))
+        ApiError::unauthorized(format!("missing credential: send `Authorization: Bearer {expected}...`"))
     })?;
-    let value = header
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let value = header.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <credential>`"))?
@@ -109,11 +103,7 @@ impl FromRequestParts<AppState> for Person {
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked API token"))?;
         let role = Role::parse(&rec.role)
             .ok_or_else(|| ApiError::internal(format!("token {} has an unknown role", rec.id)))?;
-        Ok(Person {
-            token_id: rec.id,
-            name: rec.name,
-            role,
-        })
+        Ok(Person { token_id: rec.id, name: rec.name, role })
     }
 }
 

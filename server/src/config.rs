@@ -17,46 +17,14 @@ const AGENT_STATE_DIR: &str = "/var/lib/hostwatch";
 
 /// Every key the environment can set.
 pub const ENV_KEYS: &[EnvKey] = &[
-    EnvKey {
-        var: "HOSTWATCH_LISTEN",
-        path: &["listen"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_API_LISTEN",
-        path: &["api_listen"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_DATABASE",
-        path: &["database"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_DATA_DIR",
-        path: &["data_dir"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_BASELINES_DIR",
-        path: &["baselines_dir"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_OFFLINE_AFTER",
-        path: &["offline_after"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_MAX_REPORT_BYTES",
-        path: &["max_report_bytes"],
-        kind: EnvKind::Int,
-    },
-    EnvKey {
-        var: "HOSTWATCH_MAX_CONCURRENT_REPORTS",
-        path: &["max_concurrent_reports"],
-        kind: EnvKind::Int,
-    },
+    EnvKey { var: "HOSTWATCH_LISTEN", path: &["listen"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_API_LISTEN", path: &["api_listen"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_DATABASE", path: &["database"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_DATA_DIR", path: &["data_dir"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_BASELINES_DIR", path: &["baselines_dir"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_OFFLINE_AFTER", path: &["offline_after"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_MAX_REPORT_BYTES", path: &["max_report_bytes"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
 ];
 
 /// Variables the `hostwatch` binary reads that are not collector keys (the CLI's and logging).
@@ -153,19 +121,12 @@ impl ServerConfig {
         let raw = &sourced.raw;
         let addr = |s: &str, var, key| {
             s.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    var,
-                    key,
-                    format!("{s:?} is not an address:port (write 127.0.0.1:8080 or [::]:8080)"),
-                )
+                invalid(var, key, format!("{s:?} is not an address:port (write 127.0.0.1:8080 or [::]:8080)"))
             })
         };
         let listen = addr(&raw.listen, "HOSTWATCH_LISTEN", "listen")?;
-        let api_listen = raw
-            .api_listen
-            .as_deref()
-            .map(|s| addr(s, "HOSTWATCH_API_LISTEN", "api_listen"))
-            .transpose()?;
+        let api_listen =
+            raw.api_listen.as_deref().map(|s| addr(s, "HOSTWATCH_API_LISTEN", "api_listen")).transpose()?;
         // The same fixed address twice is one listener; two port-0 addresses are two listeners.
         let api_listen = api_listen.filter(|a| *a != listen || a.port() == 0);
         if raw.data_dir.starts_with(AGENT_STATE_DIR) {
@@ -193,10 +154,7 @@ impl ServerConfig {
             return Err(invalid(
                 "HOSTWATCH_DATABASE",
                 "database",
-                format!(
-                    "{} is in the agent's state directory {AGENT_STATE_DIR}",
-                    database.display()
-                ),
+                format!("{} is in the agent's state directory {AGENT_STATE_DIR}", database.display()),
             ));
         }
         if let Some(d) = raw.offline_after
@@ -284,10 +242,7 @@ mod tests {
         )
         .unwrap();
         let c = l.config;
-        assert_eq!(
-            (c.listen.port(), c.api_listen.map(|a| a.port())),
-            (9000, Some(9001))
-        );
+        assert_eq!((c.listen.port(), c.api_listen.map(|a| a.port())), (9000, Some(9001)));
         assert_eq!(c.database, Path::new("/x/y.db"));
         assert_eq!(c.offline_after, Some(Duration::from_secs(120)));
         assert_eq!(l.warnings.len(), 1);
@@ -302,13 +257,8 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_LISTEN", "8080")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("HOSTWATCH_LISTEN: \"8080\" is not an address:port"),
-            "{e}"
-        );
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_LISTEN", "8080")])).unwrap_err().to_string();
+        assert!(e.starts_with("HOSTWATCH_LISTEN: \"8080\" is not an address:port"), "{e}");
         let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch")]))
             .unwrap_err()
             .to_string();
@@ -321,24 +271,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("HOSTWATCH_DATABASE:"), "{e}");
-        let ok = ServerConfig::load(
-            None,
-            vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch-server2")]),
-        );
+        let ok = ServerConfig::load(None, vars(&[("HOSTWATCH_DATA_DIR", "/var/lib/hostwatch-server2")]));
         assert!(ok.is_ok(), "a sibling directory is not the agent's");
         let two = ServerConfig::load(
             None,
-            vars(&[
-                ("HOSTWATCH_LISTEN", "127.0.0.1:0"),
-                ("HOSTWATCH_API_LISTEN", "127.0.0.1:0"),
-            ]),
+            vars(&[("HOSTWATCH_LISTEN", "127.0.0.1:0"), ("HOSTWATCH_API_LISTEN", "127.0.0.1:0")]),
         )
         .unwrap()
         .config;
         assert!(two.api_listen.is_some(), "two ephemeral listeners stay two");
-        let one = ServerConfig::load(None, vars(&[("HOSTWATCH_API_LISTEN", "127.0.0.1:8080")]))
-            .unwrap()
-            .config;
+        let one =
+            ServerConfig::load(None, vars(&[("HOSTWATCH_API_LISTEN", "127.0.0.1:8080")])).unwrap().config;
         assert!(one.api_listen.is_none(), "the same fixed address is one listener");
         let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "postgres://db/x")]))
             .unwrap_err()

@@ -24,10 +24,7 @@ use crate::store::StoreError;
 
 /// The example baselines, written into a new data directory's `baselines/`.
 const EXAMPLES: &[(&str, &str)] = &[
-    (
-        "linux-base.toml",
-        include_str!("../../packaging/baselines/linux-base.toml"),
-    ),
+    ("linux-base.toml", include_str!("../../packaging/baselines/linux-base.toml")),
     ("web.toml", include_str!("../../packaging/baselines/web.toml")),
 ];
 
@@ -65,13 +62,7 @@ impl DevLearner {
             .facts
             .hostname
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
             .take(50)
             .collect();
         let name = format!("dev-{slug}");
@@ -82,10 +73,7 @@ impl DevLearner {
         if let Err(e) = std::fs::write(&path, &text) {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the learned baseline; it is in the store all the same");
         }
-        state
-            .store
-            .put_baseline(&name, &text, "serve --dev (learned)", now)
-            .await?;
+        state.store.put_baseline(&name, &text, "serve --dev (learned)", now).await?;
         tracing::info!(baseline = %name, file = %path.display(), "no baseline selected this machine: learned one from its first snapshot");
         Ok(())
     }
@@ -110,10 +98,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         None => agent_state.agent_id()?,
     };
     let config = ServerConfig::dev(data_dir, opts.listen);
-    let learner = DevLearner {
-        machine_id,
-        dir: baselines_dir,
-    };
+    let learner = DevLearner { machine_id, dir: baselines_dir };
     let (state, boot) = serve::open(&config, Some(learner)).await?;
     let listeners = serve::bind(&config).await?;
     let addr = listeners.agents.local_addr()?;
@@ -121,11 +106,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     let secret_path = data_dir.join(ENROLL_SECRET_FILE);
     let secret = match std::fs::read_to_string(&secret_path) {
         Ok(s) => Secret::new(s.trim()),
-        Err(_) => {
-            serve::create_enroll_secret(state.store.as_ref(), data_dir, "dev-agent")
-                .await?
-                .0
-        }
+        Err(_) => serve::create_enroll_secret(state.store.as_ref(), data_dir, "dev-agent").await?.0,
     };
     banner(addr, data_dir, &boot);
 
@@ -163,19 +144,11 @@ fn banner(addr: SocketAddr, data_dir: &Path, boot: &serve::Bootstrap) {
     println!("hostwatch dev collector on http://{addr}, watching this machine");
     println!("  data directory: {dir}");
     match &boot.admin_token {
-        Some((t, p)) => println!(
-            "  admin token:    {}   (shown once; kept in {})",
-            t.expose(),
-            p.display()
-        ),
+        Some((t, p)) => println!("  admin token:    {}   (shown once; kept in {})", t.expose(), p.display()),
         None => println!("  admin token:    in {dir}/admin-token"),
     }
     match &boot.enroll_secret {
-        Some((s, p)) => println!(
-            "  enroll secret:  {}   (shown once; kept in {})",
-            s.expose(),
-            p.display()
-        ),
+        Some((s, p)) => println!("  enroll secret:  {}   (shown once; kept in {})", s.expose(), p.display()),
         None => println!("  enroll secret:  in {dir}/enroll-secret"),
     }
     println!(

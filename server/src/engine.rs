@@ -83,11 +83,9 @@ pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation
 pub fn evaluate(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
     match target {
-        Target::NoBaseline => out.add(
-            FindingKind::NoBaseline,
-            "workload".to_owned(),
-            json!({ "tags": tags }),
-        ),
+        Target::NoBaseline => {
+            out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": tags }))
+        }
         Target::Ambiguous(names) => out.add(
             FindingKind::AmbiguousWorkload,
             names.join(", "),
@@ -142,17 +140,9 @@ fn explain_processes(state: &HostState, w: &Workload, out: &mut Observations) {
             "pids": matching.iter().take(MAX_PIDS).map(|p| p.pid).collect::<Vec<_>>(),
         });
         if (matching.len() as u64) < u64::from(rule.min) {
-            out.add(
-                FindingKind::MissingProcess,
-                rule.subject().to_owned(),
-                rule_detail,
-            );
+            out.add(FindingKind::MissingProcess, rule.subject().to_owned(), rule_detail);
         } else if rule.max.is_some_and(|max| matching.len() as u64 > u64::from(max)) {
-            out.add(
-                FindingKind::UnexpectedProcess,
-                rule.subject().to_owned(),
-                rule_detail,
-            );
+            out.add(FindingKind::UnexpectedProcess, rule.subject().to_owned(), rule_detail);
         }
     }
 }
@@ -204,15 +194,13 @@ struct Observations(BTreeMap<(FindingKind, String), Observation>);
 
 impl Observations {
     fn add(&mut self, kind: FindingKind, subject: String, detail: serde_json::Value) {
-        self.0
-            .entry((kind, subject.clone()))
-            .or_insert_with(|| Observation {
-                kind,
-                rule: None,
-                severity: default_severity(kind),
-                subject,
-                detail,
-            });
+        self.0.entry((kind, subject.clone())).or_insert_with(|| Observation {
+            kind,
+            rule: None,
+            severity: default_severity(kind),
+            subject,
+            detail,
+        });
     }
 }
 
@@ -342,11 +330,7 @@ address = "127.0.0.1"
         assert_eq!(xmrig.severity, Severity::Medium);
         let l = obs.iter().find(|o| o.subject == "udp/0.0.0.0:443").unwrap();
         assert_eq!(
-            (
-                l.detail["port"].as_u64(),
-                l.detail["process"].as_str(),
-                l.severity
-            ),
+            (l.detail["port"].as_u64(), l.detail["process"].as_str(), l.severity),
             (Some(443), Some("nginx"), Severity::High)
         );
     }
@@ -355,20 +339,12 @@ address = "127.0.0.1"
     fn counts_above_max() {
         let w = workload(&[WEB, BASE], "web");
         let state = HostState {
-            processes: (0..4)
-                .map(|i| proc(30 + i, "nginx", Some("/usr/sbin/nginx"), "www-data"))
-                .collect(),
+            processes: (0..4).map(|i| proc(30 + i, "nginx", Some("/usr/sbin/nginx"), "www-data")).collect(),
             listeners: vec![listener(Protocol::Tcp, "::", 443, Some("nginx"))],
         };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
-        assert_eq!(
-            kinds(&obs),
-            vec![(FindingKind::UnexpectedProcess, "/usr/sbin/nginx")]
-        );
-        assert_eq!(
-            (obs[0].detail["found"].as_u64(), obs[0].detail["max"].as_u64()),
-            (Some(4), Some(3))
-        );
+        assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "/usr/sbin/nginx")]);
+        assert_eq!((obs[0].detail["found"].as_u64(), obs[0].detail["max"].as_u64()), (Some(4), Some(3)));
     }
 
     #[test]
@@ -381,10 +357,7 @@ address = "127.0.0.1"
         );
         let mut a = proc(1, "a", None, "alice");
         a.user = None;
-        let state = HostState {
-            processes: vec![a, proc(2, "b", None, "root")],
-            listeners: vec![],
-        };
+        let state = HostState { processes: vec![a, proc(2, "b", None, "root")], listeners: vec![] };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "b")]);
     }
@@ -416,10 +389,7 @@ address = "127.0.0.1"
 
     #[test]
     fn no_baseline_and_ambiguity() {
-        let state = HostState {
-            processes: vec![proc(1, "x", None, "root")],
-            listeners: vec![],
-        };
+        let state = HostState { processes: vec![proc(1, "x", None, "root")], listeners: vec![] };
         let tags: BTreeMap<String, String> = [("role".to_owned(), "db".to_owned())].into();
         let obs = evaluate(&state, &tags, Target::NoBaseline);
         assert_eq!(kinds(&obs), vec![(FindingKind::NoBaseline, "workload")]);
@@ -457,8 +427,7 @@ address = "127.0.0.1"
         assert_eq!(evaluate(&state, &sel, Target::Workload(&w)), vec![], "{text}");
         // Something new is exactly one finding.
         let mut more = state.clone();
-        more.listeners
-            .push(listener(Protocol::Tcp, "0.0.0.0", 8000, Some("python3")));
+        more.listeners.push(listener(Protocol::Tcp, "0.0.0.0", 8000, Some("python3")));
         assert_eq!(
             kinds(&evaluate(&more, &sel, Target::Workload(&w))),
             vec![(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000")]

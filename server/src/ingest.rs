@@ -114,10 +114,7 @@ pub async fn reevaluate_all(state: &AppState) {
         Ok(h) => h,
         Err(e) => return error!(error = %e, "cannot list hosts to re-evaluate"),
     };
-    for host in hosts
-        .iter()
-        .filter(|h| h.retired_at.is_none() && h.last_seen.is_some())
-    {
+    for host in hosts.iter().filter(|h| h.retired_at.is_none() && h.last_seen.is_some()) {
         if let Err(e) = reevaluate(state, host.id).await {
             error!(host_id = host.id, error = %e, "re-evaluation failed");
         }

@@ -58,11 +58,7 @@ pub struct Listener {
 impl Listener {
     /// The subject of a finding about this listener: `tcp/0.0.0.0:8080`, `tcp/[::]:22`.
     pub fn subject(&self) -> String {
-        format!(
-            "{}/{}",
-            self.protocol,
-            std::net::SocketAddr::new(self.address, self.port)
-        )
+        format!("{}/{}", self.protocol, std::net::SocketAddr::new(self.address, self.port))
     }
 }
 
@@ -151,21 +147,9 @@ pub struct Finding {
 /// How a reconciliation changed a finding; alert sinks hear of `Opened` and `Reopened`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FindingChange {
-    Opened {
-        id: i64,
-        kind: FindingKind,
-        subject: String,
-    },
-    Reopened {
-        id: i64,
-        kind: FindingKind,
-        subject: String,
-    },
-    Resolved {
-        id: i64,
-        kind: FindingKind,
-        subject: String,
-    },
+    Opened { id: i64, kind: FindingKind, subject: String },
+    Reopened { id: i64, kind: FindingKind, subject: String },
+    Resolved { id: i64, kind: FindingKind, subject: String },
 }
 
 // ---- conversions at the wire's edge ----

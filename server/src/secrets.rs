@@ -29,9 +29,6 @@ mod tests {
         let b = generate("hwt_").unwrap();
         assert!(a.expose().starts_with("hwt_") && a.expose().len() == 68);
         assert_ne!(a, b);
-        assert_eq!(
-            hash("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

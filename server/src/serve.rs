@@ -91,13 +91,7 @@ async fn bootstrap(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Bootstr
     if store.count_api_tokens().await? == 0 {
         let token = secrets::generate(API_TOKEN_PREFIX).context("cannot generate a token")?;
         let id = store
-            .create_api_token(
-                "bootstrap-admin",
-                "admin",
-                &secrets::hash(token.expose()),
-                "bootstrap",
-                now,
-            )
+            .create_api_token("bootstrap-admin", "admin", &secrets::hash(token.expose()), "bootstrap", now)
             .await?;
         let path = data_dir.join(ADMIN_TOKEN_FILE);
         write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
@@ -129,9 +123,7 @@ pub async fn create_enroll_secret(
 ) -> anyhow::Result<(Secret, PathBuf)> {
     let now = OffsetDateTime::now_utc();
     let secret = secrets::generate(ENROLL_SECRET_PREFIX).context("cannot generate an enroll secret")?;
-    let id = store
-        .create_enroll_secret(name, &secrets::hash(secret.expose()), "bootstrap", now)
-        .await?;
+    let id = store.create_enroll_secret(name, &secrets::hash(secret.expose()), "bootstrap", now).await?;
     let path = data_dir.join(ENROLL_SECRET_FILE);
     write_private(&path, format!("{}\n", secret.expose()).as_bytes())?;
     store
@@ -167,9 +159,8 @@ pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result
         let src = std::fs::read_to_string(path)
             .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
         let b = baseline::parse(&path.display().to_string(), &src).map_err(|e| problem(e.to_string()))?;
-        if let Some((other, _, _)) = parsed
-            .iter()
-            .find(|(_, o, _): &&(PathBuf, baseline::Baseline, String)| o.name == b.name)
+        if let Some((other, _, _)) =
+            parsed.iter().find(|(_, o, _): &&(PathBuf, baseline::Baseline, String)| o.name == b.name)
         {
             return Err(problem(format!(
                 "{} and {} both define baseline `{}`",
@@ -185,18 +176,10 @@ pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result
     for (_, b, _) in &parsed {
         set.insert(b.clone());
     }
-    set.check().map_err(|e| {
-        problem(format!(
-            "baselines in {} do not hold together: {e}",
-            dir.display()
-        ))
-    })?;
+    set.check().map_err(|e| problem(format!("baselines in {} do not hold together: {e}", dir.display())))?;
     let now = OffsetDateTime::now_utc();
     for (path, b, src) in &parsed {
-        state
-            .store
-            .put_baseline(&b.name, src, &format!("baselines_dir:{}", path.display()), now)
-            .await?;
+        state.store.put_baseline(&b.name, src, &format!("baselines_dir:{}", path.display()), now).await?;
     }
     Ok(parsed.len())
 }
@@ -213,11 +196,9 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let api = match config.api_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
+        }
         None => None,
     };
     Ok(Listeners { agents, api })

@@ -74,10 +74,7 @@ impl AppState {
     /// Waits for this host's turn (see `host_locks`).
     pub async fn lock_host(&self, host_id: i64) -> OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self
-                .host_locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut locks = self.host_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             locks.entry(host_id).or_default().clone()
         };
         lock.lock_owned().await

@@ -14,26 +14,15 @@ fn hostwatch() -> Command {
 fn lint_says_file_line_and_what_is_wrong() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "name = \"bad\"\nselector = {}\n[[process]]\nname = \"x\"\nnmae = \"y\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "name = \"bad\"\nselector = {}\n[[process]]\nname = \"x\"\nnmae = \"y\"\n").unwrap();
     let out = hostwatch().args(["baseline", "lint"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{}:5:1: unknown field `nmae`", bad.display())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{}:5:1: unknown field `nmae`", bad.display())), "{err}");
 
     let syntax = d.path().join("syntax.toml");
     std::fs::write(&syntax, "name = \"s\"\n[[listen]\n").unwrap();
-    let out = hostwatch()
-        .args(["baseline", "lint"])
-        .arg(&syntax)
-        .output()
-        .unwrap();
+    let out = hostwatch().args(["baseline", "lint"]).arg(&syntax).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}:2:", syntax.display())));
 }
@@ -47,37 +36,20 @@ fn lint_accepts_the_shipped_baselines_and_resolves_includes_among_siblings() {
         .arg(format!("{dir}/web.toml"))
         .output()
         .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.contains("web.toml: ok (baseline `web`") && stdout.contains("selects role=web"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("linux-base.toml: ok") && stdout.contains("library"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("linux-base.toml: ok") && stdout.contains("library"), "{stdout}");
     assert!(stderr.is_empty(), "no warnings expected: {stderr}");
 
     let d = tempfile::tempdir().unwrap();
     let lone = d.path().join("lone.toml");
-    std::fs::write(
-        &lone,
-        "name = \"lone\"\nselector = {}\ninclude = [\"elsewhere\"]\n",
-    )
-    .unwrap();
-    let out = hostwatch()
-        .args(["baseline", "lint"])
-        .arg(&lone)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "a missing include may be on the collector: a warning"
-    );
+    std::fs::write(&lone, "name = \"lone\"\nselector = {}\ninclude = [\"elsewhere\"]\n").unwrap();
+    let out = hostwatch().args(["baseline", "lint"]).arg(&lone).output().unwrap();
+    assert!(out.status.success(), "a missing include may be on the collector: a warning");
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: baseline `lone` includes `elsewhere`"));
 }
 
@@ -112,16 +84,9 @@ fn a_broken_baseline_in_baselines_dir_stops_the_start() {
     )
     .unwrap();
     let out = hostwatch().args(["serve", "--config"]).arg(&f).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "a broken baseline is configuration: no restart loop"
-    );
+    assert_eq!(out.status.code(), Some(78), "a broken baseline is configuration: no restart loop");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("web.toml:4:8: port 99999 is outside 1-65535"),
-        "{err}"
-    );
+    assert!(err.contains("web.toml:4:8: port 99999 is outside 1-65535"), "{err}");
 }
 
 #[test]
@@ -129,19 +94,9 @@ fn client_errors_say_what_to_do() {
     let out = hostwatch().args(["hosts"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API token"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let out = hostwatch()
-        .args([
-            "hosts",
-            "--server",
-            &format!("http://127.0.0.1:{port}"),
-            "--token",
-            "hwt_x",
-        ])
+        .args(["hosts", "--server", &format!("http://127.0.0.1:{port}"), "--token", "hwt_x"])
         .output()
         .unwrap();
     assert!(!out.status.success());

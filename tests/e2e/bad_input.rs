@@ -57,33 +57,16 @@ fn report(seq: u64, machine_id: &str) -> proto::Report {
 }
 
 async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
-    let secret = std::fs::read_to_string(&c.enroll_secret_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let req = proto::EnrollRequest {
-        enroll_secret: secret,
-        host: facts(machine_id),
-        agent: status(),
-    };
-    let (code, body) = c
-        .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
-        .await;
+    let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
+    let req = proto::EnrollRequest { enroll_secret: secret, host: facts(machine_id), agent: status() };
+    let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 async fn apply(c: &Collector, source: &str, file: &str) -> (u16, String) {
-    let req = proto::ApplyBaseline {
-        source: source.into(),
-        file: Some(file.into()),
-    };
-    c.post(
-        proto::BASELINES_PATH,
-        Some(&c.admin_token),
-        serde_json::to_vec(&req).unwrap(),
-    )
-    .await
+    let req = proto::ApplyBaseline { source: source.into(), file: Some(file.into()) };
+    c.post(proto::BASELINES_PATH, Some(&c.admin_token), serde_json::to_vec(&req).unwrap()).await
 }
 
 fn error_of(body: &str) -> String {
@@ -100,49 +83,29 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     let key = e.node_key.as_str();
 
     let (code, body) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(key),
-            serde_json::to_vec(&report(1, "machine-bad-input")).unwrap(),
-        )
+        .post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&report(1, "machine-bad-input")).unwrap())
         .await;
     assert_eq!(code, 200, "{body}");
     let before: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, e.host_id)).await;
     assert_eq!((before.last_seq, before.processes.len()), (1, 1));
 
     // Malformed JSON: 400, saying where.
-    let (code, body) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(key),
-            br#"{"seq": 2, "sent_at": "#.to_vec(),
-        )
-        .await;
+    let (code, body) = c.post(proto::REPORT_PATH, Some(key), br#"{"seq": 2, "sent_at": "#.to_vec()).await;
     assert_eq!(code, 400);
     let msg = error_of(&body);
-    assert!(
-        msg.starts_with("malformed report:") && msg.contains("line 1 column"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("malformed report:") && msg.contains("line 1 column"), "{msg}");
 
     // Well-formed but of the wrong type.
-    let (code, body) = c
-        .post(proto::REPORT_PATH, Some(key), br#"{"seq": "two"}"#.to_vec())
-        .await;
+    let (code, body) = c.post(proto::REPORT_PATH, Some(key), br#"{"seq": "two"}"#.to_vec()).await;
     assert_eq!(code, 400);
     assert!(error_of(&body).contains("invalid type"), "{body}");
 
     // Valid JSON beyond the limits of the contract: the path of the offending field.
     let mut bad = report(2, "machine-bad-input");
     bad.snapshot.as_mut().unwrap().processes[0].name = String::new();
-    let (code, body) = c
-        .post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&bad).unwrap())
-        .await;
+    let (code, body) = c.post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&bad).unwrap()).await;
     assert_eq!(code, 400);
-    assert_eq!(
-        error_of(&body),
-        "invalid report: snapshot.processes[0].name: must not be empty"
-    );
+    assert_eq!(error_of(&body), "invalid report: snapshot.processes[0].name: must not be empty");
 
     // No key, a wrong key, a key of the wrong kind: 401.
     let body = serde_json::to_vec(&report(2, "machine-bad-input")).unwrap();
@@ -150,13 +113,8 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(code, 401);
     assert!(error_of(&text).contains("missing credential"), "{text}");
     let (code, text) = c.post(proto::REPORT_PATH, Some("hwn_0000"), body.clone()).await;
-    assert_eq!(
-        (code, error_of(&text).as_str()),
-        (401, "unknown or revoked node key")
-    );
-    let (code, text) = c
-        .post(proto::REPORT_PATH, Some(&c.admin_token), body.clone())
-        .await;
+    assert_eq!((code, error_of(&text).as_str()), (401, "unknown or revoked node key"));
+    let (code, text) = c.post(proto::REPORT_PATH, Some(&c.admin_token), body.clone()).await;
     assert_eq!(code, 401);
     assert!(error_of(&text).contains("wrong kind of credential"), "{text}");
 
@@ -168,10 +126,7 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     assert!(big.len() > 65536);
     let (code, text) = c.post(proto::REPORT_PATH, Some(key), big).await;
     assert_eq!(code, 413, "{text}");
-    assert!(
-        error_of(&text).contains("larger than the limit of 65536 bytes"),
-        "{text}"
-    );
+    assert!(error_of(&text).contains("larger than the limit of 65536 bytes"), "{text}");
 
     // Nothing of all that was stored.
     let after: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, e.host_id)).await;
@@ -183,9 +138,7 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     let mut v = serde_json::to_value(report(2, "machine-bad-input")).unwrap();
     v["from_the_future"] = json!({"x": 1});
     v["snapshot"]["processes"][0]["cgroup"] = json!("/system.slice/app.service");
-    let (code, text) = c
-        .post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&v).unwrap())
-        .await;
+    let (code, text) = c.post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&v).unwrap()).await;
     assert_eq!(code, 200, "{text}");
     let accepted: proto::ReportResponse = serde_json::from_str(&text).unwrap();
     assert_eq!(accepted.seq, 2);
@@ -197,18 +150,9 @@ async fn bad_credentials_and_baselines_are_refused() {
     let c = Collector::start(dir.path(), "");
 
     // A wrong enroll secret enrolls nobody.
-    let req = proto::EnrollRequest {
-        enroll_secret: "hwe_wrong".into(),
-        host: facts("m-x"),
-        agent: status(),
-    };
-    let (code, body) = c
-        .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
-        .await;
-    assert_eq!(
-        (code, error_of(&body).as_str()),
-        (401, "unknown or revoked enroll secret")
-    );
+    let req = proto::EnrollRequest { enroll_secret: "hwe_wrong".into(), host: facts("m-x"), agent: status() };
+    let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
+    assert_eq!((code, error_of(&body).as_str()), (401, "unknown or revoked enroll secret"));
     let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
     assert!(hosts.is_empty());
 
@@ -221,39 +165,19 @@ async fn bad_credentials_and_baselines_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    let resp = reqwest::Client::new()
-        .get(format!("{}{}", c.url, proto::FINDINGS_PATH))
-        .send()
-        .await
-        .unwrap();
+    let resp = reqwest::Client::new().get(format!("{}{}", c.url, proto::FINDINGS_PATH)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert_eq!(
-        resp.headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some("Bearer")
-    );
+    assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
 
     // A baseline with a TOML error: 400 naming file, line and column; nothing stored.
     let before: Vec<proto::BaselineSummary> = c.get(proto::BASELINES_PATH).await;
-    let (code, body) = apply(
-        &c,
-        "name = \"x\"\n[[process]]\nname = \"a\"\nnmae = \"b\"\n",
-        "x.toml",
-    )
-    .await;
+    let (code, body) = apply(&c, "name = \"x\"\n[[process]]\nname = \"a\"\nnmae = \"b\"\n", "x.toml").await;
     assert_eq!(code, 400);
-    assert!(
-        error_of(&body).starts_with("x.toml:4:1: unknown field `nmae`"),
-        "{body}"
-    );
+    assert!(error_of(&body).starts_with("x.toml:4:1: unknown field `nmae`"), "{body}");
     // An include of nothing known.
     let (code, body) = apply(&c, "name = \"y\"\ninclude = [\"nowhere\"]\n", "y.toml").await;
     assert_eq!(code, 400);
-    assert!(
-        error_of(&body).contains("includes `nowhere`, which is not a known baseline"),
-        "{body}"
-    );
+    assert!(error_of(&body).contains("includes `nowhere`, which is not a known baseline"), "{body}");
     let after: Vec<proto::BaselineSummary> = c.get(proto::BASELINES_PATH).await;
     assert_eq!(before, after);
 
@@ -270,10 +194,7 @@ async fn bad_credentials_and_baselines_are_refused() {
 async fn hostile_agents_cannot_crash_impersonate_or_forge() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
-    let secret = std::fs::read_to_string(&c.enroll_secret_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
 
     // A timestamp that cannot be converted to UTC: refused, not a panic, with or without the secret.
     for secret in ["hwe_wrong", secret.as_str()] {
@@ -284,19 +205,12 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
         })
         .unwrap();
         req["agent"]["started_at"] = json!("9999-12-31T23:59:59-05:00");
-        let (code, body) = c
-            .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
-            .await;
+        let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
         assert_eq!(code, 400, "{body}");
-        assert!(
-            error_of(&body).contains("outside the years 1970 to 9999"),
-            "{body}"
-        );
+        assert!(error_of(&body).contains("outside the years 1970 to 9999"), "{body}");
         req["agent"]["started_at"] = json!("2026-01-01T00:00:00Z");
         req["host"]["boot_time"] = json!("0000-01-01T00:00:00+01:00");
-        let (code, _) = c
-            .post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap())
-            .await;
+        let (code, _) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
         assert_eq!(code, 400);
     }
     let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
@@ -305,24 +219,13 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
     // Knowing a host's machine id and the fleet's secret is not being that host.
     let victim = enroll(&c, "m-victim").await;
     let (code, _) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(&victim.node_key),
-            serde_json::to_vec(&report(1, "m-victim")).unwrap(),
-        )
+        .post(proto::REPORT_PATH, Some(&victim.node_key), serde_json::to_vec(&report(1, "m-victim")).unwrap())
         .await;
     assert_eq!(code, 200);
     let impostor = enroll(&c, "m-victim").await;
-    assert_ne!(
-        impostor.host_id, victim.host_id,
-        "a second enrollment is a second host"
-    );
+    assert_ne!(impostor.host_id, victim.host_id, "a second enrollment is a second host");
     let (code, _) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(&victim.node_key),
-            serde_json::to_vec(&report(2, "m-victim")).unwrap(),
-        )
+        .post(proto::REPORT_PATH, Some(&victim.node_key), serde_json::to_vec(&report(2, "m-victim")).unwrap())
         .await;
     assert_eq!(code, 200, "the victim's key still works");
     for host in [victim.host_id, impostor.host_id] {
@@ -335,13 +238,8 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
     // A host cannot claim it need never report.
     let mut lazy = report(3, "m-victim");
     lazy.agent.interval_secs = u32::MAX;
-    let (code, body) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(&victim.node_key),
-            serde_json::to_vec(&lazy).unwrap(),
-        )
-        .await;
+    let (code, body) =
+        c.post(proto::REPORT_PATH, Some(&victim.node_key), serde_json::to_vec(&lazy).unwrap()).await;
     assert_eq!(code, 400);
     assert!(error_of(&body).contains("agent.interval_secs"), "{body}");
 
@@ -351,22 +249,13 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
         "protocol": "tcp\n2026-01-01T00:00:00Z  INFO hostwatch_server: FORGED admin token rotated",
         "address": "0.0.0.0", "port": 1, "uid": 0
     }]);
-    let (code, _) = c
-        .post(
-            proto::REPORT_PATH,
-            Some(&victim.node_key),
-            serde_json::to_vec(&forged).unwrap(),
-        )
-        .await;
+    let (code, _) =
+        c.post(proto::REPORT_PATH, Some(&victim.node_key), serde_json::to_vec(&forged).unwrap()).await;
     assert_eq!(code, 400);
     // The refusal is logged (bounded wait for the log line), and no line starts with the forgery.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !c.log().contains("report refused") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "refusal not logged:\n{}",
-            c.log()
-        );
+        assert!(std::time::Instant::now() < deadline, "refusal not logged:\n{}", c.log());
         tokio::time::sleep(crate::support::POLL).await;
     }
     let log = c.log();
@@ -402,32 +291,21 @@ async fn reports_take_turns() {
     slow.flush().await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while turns(&c.log()) == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow report never took its turn:\n{}",
-            c.log()
-        );
+        assert!(std::time::Instant::now() < deadline, "the slow report never took its turn:\n{}", c.log());
         tokio::time::sleep(crate::support::POLL).await;
     }
 
-    let fast = c.post(
-        proto::REPORT_PATH,
-        Some(&e.node_key),
-        serde_json::to_vec(&report(2, "m-turns")).unwrap(),
-    );
+    let fast =
+        c.post(proto::REPORT_PATH, Some(&e.node_key), serde_json::to_vec(&report(2, "m-turns")).unwrap());
     tokio::pin!(fast);
     // While the slow one holds the turn, the second cannot be answered, however fast the machine.
     assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(500), &mut fast)
-            .await
-            .is_err(),
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut fast).await.is_err(),
         "a second report was processed while the first held the only turn"
     );
     slow.write_all(rest).await.unwrap();
     let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut slow, &mut answer)
-        .await
-        .unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut slow, &mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let (code, text) = fast.await;
     assert_eq!(code, 200, "{text}");

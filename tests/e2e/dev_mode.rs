@@ -31,15 +31,7 @@ fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>
 
 fn start_dev(data_dir: &Path) -> Dev {
     let mut child = Command::new(bin("hostwatch"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "1s",
-            "--data-dir",
-        ])
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--interval", "1s", "--data-dir"])
         .arg(data_dir)
         .env_clear()
         .stdout(Stdio::piped())
@@ -53,9 +45,7 @@ fn start_dev(data_dir: &Path) -> Dev {
     let deadline = std::time::Instant::now() + WAIT;
     let url = loop {
         if let Some(url) = stdout.lock().unwrap().iter().find_map(|l| {
-            l.strip_prefix("hostwatch dev collector on ")
-                .and_then(|r| r.split(',').next())
-                .map(str::to_owned)
+            l.strip_prefix("hostwatch dev collector on ").and_then(|r| r.split(',').next()).map(str::to_owned)
         }) {
             break url;
         }
@@ -66,12 +56,7 @@ fn start_dev(data_dir: &Path) -> Dev {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    Dev {
-        process,
-        url,
-        stdout,
-        stderr,
-    }
+    Dev { process, url, stdout, stderr }
 }
 
 fn cli_json<T: serde::de::DeserializeOwned>(dev: &Dev, token_file: &Path, args: &[&str]) -> T {
@@ -88,9 +73,7 @@ fn cli_json<T: serde::de::DeserializeOwned>(dev: &Dev, token_file: &Path, args: 
 }
 
 fn line_with<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .find_map(|l| l.trim_start().strip_prefix(prefix).map(str::trim))
+    lines.iter().find_map(|l| l.trim_start().strip_prefix(prefix).map(str::trim))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,24 +85,17 @@ async fn dev_mode_watches_this_machine_and_shows_drift() {
 
     // Credentials: printed once, kept mode 0600, equal to what was printed.
     let printed = dev.stdout.lock().unwrap().clone();
-    let token = line_with(&printed, "admin token:")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let secret = line_with(&printed, "enroll secret:")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let token =
+        line_with(&printed, "admin token:").and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let secret =
+        line_with(&printed, "enroll secret:").and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
     assert!(
         token.starts_with(proto::API_TOKEN_PREFIX) && secret.starts_with(proto::ENROLL_SECRET_PREFIX),
         "{printed:?}"
     );
     for (file, value) in [(&token_file, &token), (&data.join("enroll-secret"), &secret)] {
         assert_eq!(std::fs::read_to_string(file).unwrap().trim(), value);
-        assert_eq!(
-            std::fs::metadata(file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     // This machine comes online under a baseline learned from its first snapshot.
@@ -139,15 +115,9 @@ async fn dev_mode_watches_this_machine_and_shows_drift() {
         names.contains(&"linux-base") && names.contains(&"web") && names.contains(&workload.as_str()),
         "{names:?}"
     );
-    let no_baseline: Vec<proto::Finding> = cli_json(
-        &dev,
-        &token_file,
-        &["findings", "--kind", "no_baseline", "--status", "all"],
-    );
-    assert!(
-        no_baseline.is_empty(),
-        "the baseline was learned before the first evaluation"
-    );
+    let no_baseline: Vec<proto::Finding> =
+        cli_json(&dev, &token_file, &["findings", "--kind", "no_baseline", "--status", "all"]);
+    assert!(no_baseline.is_empty(), "the baseline was learned before the first evaluation");
 
     // Something new on this machine is a finding.
     let (_python, port) = python_http_server(0);
@@ -160,25 +130,15 @@ async fn dev_mode_watches_this_machine_and_shows_drift() {
     .await;
 
     let status = dev.process.terminate(Duration::from_secs(15));
-    assert!(
-        status.success(),
-        "exit {status:?}; stderr:\n{}",
-        dev.stderr.lock().unwrap().join("\n")
-    );
+    assert!(status.success(), "exit {status:?}; stderr:\n{}", dev.stderr.lock().unwrap().join("\n"));
     let log = dev.stderr.lock().unwrap().join("\n");
-    assert!(
-        !log.contains(&token) && !log.contains(&secret),
-        "a secret reached the log"
-    );
+    assert!(!log.contains(&token) && !log.contains(&secret), "a secret reached the log");
     assert!(log.contains("said goodbye to the collector"), "{log}");
 
     // A second start keeps the store and the agent's identity, and shows no secret again.
     let mut again = start_dev(&data);
     let printed = again.stdout.lock().unwrap().clone().join("\n");
-    assert!(
-        !printed.contains(&token) && !printed.contains(&secret),
-        "{printed}"
-    );
+    assert!(!printed.contains(&token) && !printed.contains(&secret), "{printed}");
     let same: proto::Host = wait_for("the same host online again", WAIT, async || {
         let hosts: Vec<proto::Host> = cli_json(&again, &token_file, &["hosts"]);
         hosts.into_iter().find(|h| h.status == proto::HostStatus::Online)

@@ -52,11 +52,7 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
     .await;
     assert_eq!(host.tags.get("team").map(String::as_str), Some("e2e"));
     let key = dir.path().join("agent-state/node-key");
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600,
-        "node key is private"
-    );
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "node key is private");
 
     // Both requirements are met: nothing missing.
     assert!(collector.findings(host.id, "missing_process", "open").is_empty());
@@ -65,33 +61,15 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
     // An unexpected listener.
     let (mut python, port) = python_http_server(0);
     let subject = format!("tcp/127.0.0.1:{port}");
-    let finding = wait_for(
-        "an unexpected_listener finding for python3's port",
-        WAIT,
-        async || {
-            collector
-                .findings(host.id, "unexpected_listener", "open")
-                .into_iter()
-                .find(|f| f.subject == subject)
-        },
-    )
+    let finding = wait_for("an unexpected_listener finding for python3's port", WAIT, async || {
+        collector.findings(host.id, "unexpected_listener", "open").into_iter().find(|f| f.subject == subject)
+    })
     .await;
     assert_eq!(finding.severity, proto::Severity::High);
     assert_eq!(finding.detail["port"].as_u64(), Some(u64::from(port)));
     let owner = finding.detail["process"].as_str().unwrap_or_default();
-    assert!(
-        owner.starts_with("python3"),
-        "owner named in the finding: {}",
-        finding.detail
-    );
-    assert!(
-        finding.detail["exe"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("python3"),
-        "{}",
-        finding.detail
-    );
+    assert!(owner.starts_with("python3"), "owner named in the finding: {}", finding.detail);
+    assert!(finding.detail["exe"].as_str().unwrap_or_default().contains("python3"), "{}", finding.detail);
     // Its process is unexpected too.
     let procs = collector.findings(host.id, "unexpected_process", "open");
     assert!(
@@ -115,24 +93,15 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
     let (_python_again, again) = python_http_server(port);
     assert_eq!(again, port);
     let reopened = wait_for("the same finding reopened", WAIT, async || {
-        collector
-            .findings(host.id, "unexpected_listener", "open")
-            .into_iter()
-            .find(|f| f.id == finding.id)
+        collector.findings(host.id, "unexpected_listener", "open").into_iter().find(|f| f.id == finding.id)
     })
     .await;
-    assert_eq!(
-        reopened.first_seen, finding.first_seen,
-        "a reopened finding keeps its history"
-    );
+    assert_eq!(reopened.first_seen, finding.first_seen, "a reopened finding keeps its history");
 
     // The required process stops: missing_process.
     required.terminate(Duration::from_secs(10));
     let missing = wait_for("a missing_process finding", WAIT, async || {
-        collector
-            .findings(host.id, "missing_process", "open")
-            .into_iter()
-            .find(|f| f.subject == req_name)
+        collector.findings(host.id, "missing_process", "open").into_iter().find(|f| f.subject == req_name)
     })
     .await;
     assert_eq!(missing.detail["found"].as_u64(), Some(0));
@@ -147,9 +116,5 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
 
     let mut collector = collector;
     let status = collector.process.terminate(Duration::from_secs(15));
-    assert!(
-        status.success(),
-        "collector exit status {status:?}; log:\n{}",
-        collector.log()
-    );
+    assert!(status.success(), "collector exit status {status:?}; log:\n{}", collector.log());
 }

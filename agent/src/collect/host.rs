@@ -18,31 +18,18 @@ pub struct HostInfo {
 }
 
 pub fn read(root: &HostRoot) -> HostInfo {
-    let first_line = |p: &Path| {
-        std::fs::read_to_string(p)
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
+    let first_line =
+        |p: &Path| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let hostname =
         first_line(&root.proc.join("sys/kernel/hostname")).unwrap_or_else(|| "localhost".to_owned());
-    let machine_id = first_line(&root.etc.join("machine-id")).or_else(|| {
-        root.etc
-            .parent()
-            .and_then(|r| first_line(&r.join("var/lib/dbus/machine-id")))
-    });
+    let machine_id = first_line(&root.etc.join("machine-id"))
+        .or_else(|| root.etc.parent().and_then(|r| first_line(&r.join("var/lib/dbus/machine-id"))));
     let os = std::fs::read_to_string(root.etc.join("os-release"))
         .ok()
         .and_then(|t| os_pretty_name(&t))
         .unwrap_or_else(|| "Linux".to_owned());
     let kernel = first_line(&root.proc.join("sys/kernel/osrelease")).unwrap_or_default();
-    HostInfo {
-        hostname,
-        machine_id,
-        os,
-        kernel,
-        boot_time: boot_time(&root.proc),
-    }
+    HostInfo { hostname, machine_id, os, kernel, boot_time: boot_time(&root.proc) }
 }
 
 /// `PRETTY_NAME` of an os-release file, unquoted.
@@ -56,12 +43,7 @@ pub fn os_pretty_name(text: &str) -> Option<String> {
 /// Boot time from the `btime` line of `/proc/stat`.
 pub fn boot_time(proc_root: &Path) -> Option<OffsetDateTime> {
     let stat = std::fs::read_to_string(proc_root.join("stat")).ok()?;
-    let secs = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse::<i64>()
-        .ok()?;
+    let secs = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse::<i64>().ok()?;
     OffsetDateTime::from_unix_timestamp(secs).ok()
 }
 

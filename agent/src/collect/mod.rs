@@ -26,10 +26,7 @@ pub struct HostRoot {
 impl HostRoot {
     /// `/proc` and `/etc` under `root`.
     pub fn new(root: &Path) -> Self {
-        HostRoot {
-            proc: root.join("proc"),
-            etc: root.join("etc"),
-        }
+        HostRoot { proc: root.join("proc"), etc: root.join("etc") }
     }
 }
 

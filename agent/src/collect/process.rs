@@ -35,10 +35,9 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     let mut problems = Problems::default();
     let boot = super::host::boot_time(&root.proc);
     if boot.is_none() {
-        problems.failed.push(format!(
-            "{}: no btime line; start times are unknown",
-            root.proc.join("stat").display()
-        ));
+        problems
+            .failed
+            .push(format!("{}: no btime line; start times are unknown", root.proc.join("stat").display()));
     }
     let boot = boot.unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let ticks = procfs::ticks_per_second().max(1);
@@ -46,10 +45,7 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
         Ok(iter) => iter,
         Err(e) => {
             problems.failed.push(format!("{}: {e}", root.proc.display()));
-            return Scan {
-                items: Vec::new(),
-                problems,
-            };
+            return Scan { items: Vec::new(), problems };
         }
     };
     let mut items = Vec::new();
@@ -129,19 +125,13 @@ pub fn strip_deleted(link: &str) -> (String, bool) {
 /// version of it (`systemd-journal` -> `systemd-journald`).
 pub fn process_name(comm: &str, exe: Option<&str>) -> String {
     if comm.len() == COMM_MAX
-        && let Some(base) = exe
-            .and_then(|e| Path::new(e).file_name())
-            .and_then(|b| b.to_str())
+        && let Some(base) = exe.and_then(|e| Path::new(e).file_name()).and_then(|b| b.to_str())
         && base.len() > COMM_MAX
         && base.starts_with(comm)
     {
         return truncate(base, limits::MAX_NAME_BYTES).to_owned();
     }
-    if comm.is_empty() {
-        "?".to_owned()
-    } else {
-        truncate(comm, limits::MAX_NAME_BYTES).to_owned()
-    }
+    if comm.is_empty() { "?".to_owned() } else { truncate(comm, limits::MAX_NAME_BYTES).to_owned() }
 }
 
 /// Splits `/proc/PID/cmdline` at NULs, converting each argument lossily (a non-UTF-8 argument
@@ -151,9 +141,7 @@ pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
     if raw.is_empty() {
         return Vec::new();
     }
-    raw.split(|b| *b == 0)
-        .map(|part| String::from_utf8_lossy(part).into_owned())
-        .collect()
+    raw.split(|b| *b == 0).map(|part| String::from_utf8_lossy(part).into_owned()).collect()
 }
 
 /// Cuts arguments to the wire's limits; returns whether anything was cut. Runs after redaction,
@@ -193,10 +181,7 @@ mod tests {
 
     #[test]
     fn deleted_suffix() {
-        assert_eq!(
-            strip_deleted("/usr/bin/x (deleted)"),
-            ("/usr/bin/x".to_owned(), true)
-        );
+        assert_eq!(strip_deleted("/usr/bin/x (deleted)"), ("/usr/bin/x".to_owned(), true));
         assert_eq!(strip_deleted("/usr/bin/x"), ("/usr/bin/x".to_owned(), false));
     }
 
@@ -209,10 +194,7 @@ mod tests {
         // An interpreter started through a symlink keeps the name it was started as.
         assert_eq!(process_name("python3", Some("/usr/bin/python3.11")), "python3");
         // A process that renamed itself keeps the name it chose: exe tells the truth elsewhere.
-        assert_eq!(
-            process_name("kworker/0:1abcd", Some("/tmp/xmrig")),
-            "kworker/0:1abcd"
-        );
+        assert_eq!(process_name("kworker/0:1abcd", Some("/tmp/xmrig")), "kworker/0:1abcd");
         assert_eq!(process_name("", None), "?");
     }
 
@@ -255,22 +237,12 @@ mod tests {
     fn scan_sees_this_process_and_no_kernel_threads() {
         let scan = scan(&HostRoot::default());
         let me = std::process::id();
-        let rec = scan
-            .items
-            .iter()
-            .find(|p| p.pid == me)
-            .expect("own pid in the scan");
-        assert_eq!(
-            rec.exe.as_deref(),
-            std::env::current_exe().ok().as_deref().and_then(|p| p.to_str())
-        );
+        let rec = scan.items.iter().find(|p| p.pid == me).expect("own pid in the scan");
+        assert_eq!(rec.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|p| p.to_str()));
         assert_eq!(rec.ppid, std::os::unix::process::parent_id());
         assert!(!rec.cmdline.is_empty());
         // kthreadd (pid 2) is the parent of every kernel thread and one itself.
-        assert!(
-            scan.items.iter().all(|p| p.pid != 2 && p.ppid != 2),
-            "kernel threads leaked into the scan"
-        );
+        assert!(scan.items.iter().all(|p| p.pid != 2 && p.ppid != 2), "kernel threads leaked into the scan");
         let now = OffsetDateTime::now_utc();
         assert!(rec.start_time <= now && rec.start_time > now - time::Duration::hours(1));
     }

@@ -174,9 +174,7 @@ fn redact_inner_words(arg: &mut String) -> bool {
 /// argument that is a whole shell line (`PGPASSWORD=pw psql -h db`), the rest is other words,
 /// which the word-by-word pass looks at.
 fn hide_value(word: &mut String, start: usize) {
-    let end = word[start..]
-        .find(char::is_whitespace)
-        .map_or(word.len(), |e| start + e);
+    let end = word[start..].find(char::is_whitespace).map_or(word.len(), |e| start + e);
     word.replace_range(start..end, REDACTED);
 }
 
@@ -207,13 +205,9 @@ fn is_secret_name(name: &str) -> bool {
     // `-Dssl.keyStorePassword`: the last dotted component is the name.
     let n = n.rsplit('.').next().unwrap_or(&n);
     // Authors, authority and the like are not secrets; "auth" counts only as a whole word.
-    let words = SECRET_WORDS.iter().any(|w| {
-        if *w == "auth" {
-            n.split('-').any(|part| part == "auth")
-        } else {
-            n.contains(w)
-        }
-    });
+    let words = SECRET_WORDS
+        .iter()
+        .any(|w| if *w == "auth" { n.split('-').any(|part| part == "auth") } else { n.contains(w) });
     words && !REFERENCE_SUFFIXES.iter().any(|s| n.ends_with(s))
 }
 
@@ -229,9 +223,7 @@ fn redact_url_credentials(arg: &mut String) -> bool {
     let mut from = 0;
     while let Some(found) = arg[from..].find("://") {
         let start = from + found + 3;
-        let authority_end = arg[start..]
-            .find(['/', '?', '#', ' '])
-            .map_or(arg.len(), |e| start + e);
+        let authority_end = arg[start..].find(['/', '?', '#', ' ']).map_or(arg.len(), |e| start + e);
         let authority = &arg[start..authority_end];
         if let Some(at) = authority.rfind('@')
             && let Some(colon) = authority[..at].find(':')
@@ -265,20 +257,14 @@ mod tests {
             r(&["app", "--password=hunter2", "--port=5"]).0,
             ["app", "--password=<redacted>", "--port=5"]
         );
-        assert_eq!(
-            r(&["app", "--db_password=x"]).0,
-            ["app", "--db_password=<redacted>"]
-        );
+        assert_eq!(r(&["app", "--db_password=x"]).0, ["app", "--db_password=<redacted>"]);
         assert_eq!(
             r(&["java", "-Djavax.net.ssl.keyStorePassword=s3cret", "-jar"]).0[1],
             "-Djavax.net.ssl.keyStorePassword=<redacted>"
         );
         assert_eq!(r(&["x", "--api-key=abc"]).0[1], "--api-key=<redacted>");
         assert_eq!(r(&["x", "--token=abc"]).0[1], "--token=<redacted>");
-        assert_eq!(
-            r(&["x", "--client-secret=abc"]).0[1],
-            "--client-secret=<redacted>"
-        );
+        assert_eq!(r(&["x", "--client-secret=abc"]).0[1], "--client-secret=<redacted>");
     }
 
     #[test]
@@ -293,25 +279,9 @@ mod tests {
 
     #[test]
     fn references_to_secrets_are_kept() {
-        let (v, changed) = r(&[
-            "app",
-            "--password-file",
-            "/run/secrets/db",
-            "--token-path=/x",
-            "--author",
-            "me",
-        ]);
-        assert_eq!(
-            v,
-            [
-                "app",
-                "--password-file",
-                "/run/secrets/db",
-                "--token-path=/x",
-                "--author",
-                "me"
-            ]
-        );
+        let (v, changed) =
+            r(&["app", "--password-file", "/run/secrets/db", "--token-path=/x", "--author", "me"]);
+        assert_eq!(v, ["app", "--password-file", "/run/secrets/db", "--token-path=/x", "--author", "me"]);
         assert!(!changed);
     }
 
@@ -319,22 +289,13 @@ mod tests {
     fn environment_assignments() {
         assert_eq!(
             r(&["env", "DB_PASSWORD=x", "API_TOKEN=y", "HOME=/root", "app"]).0,
-            [
-                "env",
-                "DB_PASSWORD=<redacted>",
-                "API_TOKEN=<redacted>",
-                "HOME=/root",
-                "app"
-            ]
+            ["env", "DB_PASSWORD=<redacted>", "API_TOKEN=<redacted>", "HOME=/root", "app"]
         );
     }
 
     #[test]
     fn url_credentials() {
-        assert_eq!(
-            r(&["psql", "postgres://app:pw@db:5432/x"]).0[1],
-            "postgres://app:<redacted>@db:5432/x"
-        );
+        assert_eq!(r(&["psql", "postgres://app:pw@db:5432/x"]).0[1], "postgres://app:<redacted>@db:5432/x");
         assert_eq!(
             r(&["x", "--upstream=https://u:p@a/b,https://v:q@c"]).0[1],
             "--upstream=https://u:<redacted>@a/b,https://v:<redacted>@c"
@@ -342,10 +303,7 @@ mod tests {
         // A user without a password is not a secret.
         assert_eq!(
             r(&["git", "clone", "ssh://git@github.com/x"]),
-            (
-                vec!["git".into(), "clone".into(), "ssh://git@github.com/x".into()],
-                false
-            )
+            (vec!["git".into(), "clone".into(), "ssh://git@github.com/x".into()], false)
         );
         assert_eq!(r(&["/opt/x://a:b@c"]).0[0], "/opt/x://a:<redacted>@c");
     }
@@ -362,38 +320,22 @@ mod tests {
 
     #[test]
     fn user_and_password_pairs() {
-        assert_eq!(
-            r(&["curl", "-u", "alice:s3cret", "https://x"]).0[2],
-            "alice:<redacted>"
-        );
-        assert_eq!(
-            r(&["curl", "--user=alice:s3cret"]).0[1],
-            "--user=alice:<redacted>"
-        );
+        assert_eq!(r(&["curl", "-u", "alice:s3cret", "https://x"]).0[2], "alice:<redacted>");
+        assert_eq!(r(&["curl", "--user=alice:s3cret"]).0[1], "--user=alice:<redacted>");
         // A user alone, or -u as a uid, is not a secret.
-        assert_eq!(
-            r(&["ps", "-u", "root"]),
-            (vec!["ps".into(), "-u".into(), "root".into()], false)
-        );
+        assert_eq!(r(&["ps", "-u", "root"]), (vec!["ps".into(), "-u".into(), "root".into()], false));
     }
 
     #[test]
     fn words_inside_shell_strings() {
-        let (v, changed) = r(&[
-            "/bin/sh",
-            "-c",
-            "cd /srv && mysql -uroot -phunter2 db  >/dev/null",
-        ]);
+        let (v, changed) = r(&["/bin/sh", "-c", "cd /srv && mysql -uroot -phunter2 db  >/dev/null"]);
         assert_eq!(v[2], "cd /srv && mysql -uroot -p<redacted> db  >/dev/null");
         assert!(changed);
         assert_eq!(
             r(&["bash", "-c", "curl --password  x https://a"]).0[2],
             "curl --password  <redacted> https://a"
         );
-        assert_eq!(
-            r(&["sh", "-c", "PGPASSWORD=pw psql -h db"]).0[2],
-            "PGPASSWORD=<redacted> psql -h db"
-        );
+        assert_eq!(r(&["sh", "-c", "PGPASSWORD=pw psql -h db"]).0[2], "PGPASSWORD=<redacted> psql -h db");
         assert!(!r(&["sh", "-c", "echo hello world"]).1);
         // A -p in a shell string without a MySQL client stays.
         assert_eq!(r(&["sh", "-c", "ssh -p2222 host"]).0[2], "ssh -p2222 host");

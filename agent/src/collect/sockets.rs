@@ -30,12 +30,9 @@ pub fn listening(root: &HostRoot) -> Scan<ListenSocket> {
     let mut items = Vec::new();
     let mut problems = Problems::default();
     let info = procfs::current_system_info();
-    for (file, protocol) in [
-        ("tcp", Protocol::Tcp),
-        ("tcp6", Protocol::Tcp),
-        ("udp", Protocol::Udp),
-        ("udp6", Protocol::Udp),
-    ] {
+    for (file, protocol) in
+        [("tcp", Protocol::Tcp), ("tcp6", Protocol::Tcp), ("udp", Protocol::Udp), ("udp6", Protocol::Udp)]
+    {
         let path = root.proc.join("net").join(file);
         let f = match File::open(&path) {
             Ok(f) => BufReader::new(f),
@@ -50,23 +47,13 @@ pub fn listening(root: &HostRoot) -> Scan<ListenSocket> {
             Protocol::Tcp => TcpNetEntries::from_buf_read(f, info).map(|t| {
                 t.0.into_iter()
                     .filter(|e| e.state == TcpState::Listen)
-                    .map(|e| ListenSocket {
-                        protocol,
-                        local: e.local_address,
-                        uid: e.uid,
-                        inode: e.inode,
-                    })
+                    .map(|e| ListenSocket { protocol, local: e.local_address, uid: e.uid, inode: e.inode })
                     .collect::<Vec<_>>()
             }),
             Protocol::Udp => UdpNetEntries::from_buf_read(f, info).map(|t| {
                 t.0.into_iter()
                     .filter(|e| e.state == UdpState::Close && e.remote_address.port() == 0)
-                    .map(|e| ListenSocket {
-                        protocol,
-                        local: e.local_address,
-                        uid: e.uid,
-                        inode: e.inode,
-                    })
+                    .map(|e| ListenSocket { protocol, local: e.local_address, uid: e.uid, inode: e.inode })
                     .collect::<Vec<_>>()
             }),
         };
@@ -153,10 +140,7 @@ mod tests {
             "a connected UDP socket does not listen"
         );
         if let Some(l6) = &tcp6 {
-            assert!(
-                find(Protocol::Tcp, l6.local_addr().unwrap()).is_some(),
-                "IPv6 listener"
-            );
+            assert!(find(Protocol::Tcp, l6.local_addr().unwrap()).is_some(), "IPv6 listener");
         }
         let me = std::process::id();
         let wanted: HashSet<u64> = [t.inode, u.inode].into();

@@ -91,10 +91,7 @@ pub fn overlay(
     found.sort_by_key(|(key, _)| keys.iter().position(|k| k.var == key.var));
     for (key, value) in found {
         let parsed = parse(key, &value)?;
-        set(table, key.path, parsed).map_err(|problem| EnvError {
-            var: key.var.to_owned(),
-            problem,
-        })?;
+        set(table, key.path, parsed).map_err(|problem| EnvError { var: key.var.to_owned(), problem })?;
         applied.set.push(key.var);
     }
     applied.unknown.sort();
@@ -102,17 +99,11 @@ pub fn overlay(
 }
 
 fn parse(key: &EnvKey, value: &str) -> Result<toml::Value, EnvError> {
-    let err = |problem: String| EnvError {
-        var: key.var.to_owned(),
-        problem,
-    };
+    let err = |problem: String| EnvError { var: key.var.to_owned(), problem };
     Ok(match key.kind {
         EnvKind::Str => toml::Value::String(value.to_owned()),
         EnvKind::Int => toml::Value::Integer(
-            value
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("{value:?} is not an integer")))?,
+            value.trim().parse().map_err(|_| err(format!("{value:?} is not an integer")))?,
         ),
         EnvKind::List => toml::Value::Array(
             value
@@ -145,9 +136,7 @@ fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(),
     };
     let mut t = table;
     for p in parents {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         t = match entry {
             toml::Value::Table(inner) => inner,
             _ => return Err(format!("the file sets `{p}` to something that is not a table")),
@@ -162,26 +151,10 @@ mod tests {
     use super::*;
 
     const KEYS: &[EnvKey] = &[
-        EnvKey {
-            var: "HOSTWATCH_SERVER",
-            path: &["server"],
-            kind: EnvKind::Str,
-        },
-        EnvKey {
-            var: "HOSTWATCH_TAGS",
-            path: &["tags"],
-            kind: EnvKind::Map,
-        },
-        EnvKey {
-            var: "HOSTWATCH_FILES_PATHS",
-            path: &["files", "paths"],
-            kind: EnvKind::List,
-        },
-        EnvKey {
-            var: "HOSTWATCH_MAX",
-            path: &["max"],
-            kind: EnvKind::Int,
-        },
+        EnvKey { var: "HOSTWATCH_SERVER", path: &["server"], kind: EnvKind::Str },
+        EnvKey { var: "HOSTWATCH_TAGS", path: &["tags"], kind: EnvKind::Map },
+        EnvKey { var: "HOSTWATCH_FILES_PATHS", path: &["files", "paths"], kind: EnvKind::List },
+        EnvKey { var: "HOSTWATCH_MAX", path: &["max"], kind: EnvKind::Int },
     ];
 
     fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -208,27 +181,14 @@ mod tests {
         assert_eq!(t["server"].as_str(), Some("http://env"));
         assert_eq!(t["tags"]["role"].as_str(), Some("web"));
         assert_eq!(t["tags"]["env"].as_str(), Some("prod"));
-        let paths: Vec<_> = t["files"]["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let paths: Vec<_> =
+            t["files"]["paths"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(paths, ["/etc", "/usr/bin"]);
-        assert_eq!(
-            t["files"]["exclude"].as_array().unwrap().len(),
-            1,
-            "the file's sibling key stays"
-        );
+        assert_eq!(t["files"]["exclude"].as_array().unwrap().len(), 1, "the file's sibling key stays");
         assert_eq!(t["max"].as_integer(), Some(42));
         assert_eq!(
             applied.set,
-            [
-                "HOSTWATCH_SERVER",
-                "HOSTWATCH_TAGS",
-                "HOSTWATCH_FILES_PATHS",
-                "HOSTWATCH_MAX"
-            ]
+            ["HOSTWATCH_SERVER", "HOSTWATCH_TAGS", "HOSTWATCH_FILES_PATHS", "HOSTWATCH_MAX"]
         );
         assert!(applied.unknown.is_empty());
     }

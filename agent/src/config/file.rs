@@ -73,10 +73,7 @@ mod tests {
     fn errors_are_located() {
         let e = from_toml::<T>("x.toml", "a = 1\n\nbogus = 2\n").unwrap_err();
         assert_eq!(e.at, Some((3, 1)));
-        assert!(
-            e.to_string().starts_with("x.toml:3:1: unknown field `bogus`"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("x.toml:3:1: unknown field `bogus`"), "{e}");
         let e = from_toml::<T>("x.toml", "a = \"one\"").unwrap_err();
         assert_eq!(e.at, Some((1, 5)));
         let e = from_toml::<T>("x.toml", "a = [").unwrap_err();

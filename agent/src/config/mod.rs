@@ -27,41 +27,13 @@ pub const OTHER_VARS: &[&str] = &["HOSTWATCH_CONFIG", "HOSTWATCH_LOG", "HOSTWATC
 
 /// Every key the environment can set (design, "Configuration contract").
 pub const ENV_KEYS: &[EnvKey] = &[
-    EnvKey {
-        var: "HOSTWATCH_SERVER",
-        path: &["server"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_ENROLL_SECRET",
-        path: &["enroll_secret"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_ENROLL_SECRET_FILE",
-        path: &["enroll_secret_file"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_STATE_DIR",
-        path: &["state_dir"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_INTERVAL",
-        path: &["interval"],
-        kind: EnvKind::Str,
-    },
-    EnvKey {
-        var: "HOSTWATCH_TAGS",
-        path: &["tags"],
-        kind: EnvKind::Map,
-    },
-    EnvKey {
-        var: "HOSTWATCH_HOST_ROOT",
-        path: &["host_root"],
-        kind: EnvKind::Str,
-    },
+    EnvKey { var: "HOSTWATCH_SERVER", path: &["server"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_ENROLL_SECRET", path: &["enroll_secret"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_ENROLL_SECRET_FILE", path: &["enroll_secret_file"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_STATE_DIR", path: &["state_dir"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_INTERVAL", path: &["interval"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_TAGS", path: &["tags"], kind: EnvKind::Map },
+    EnvKey { var: "HOSTWATCH_HOST_ROOT", path: &["host_root"], kind: EnvKind::Str },
 ];
 
 /// The file as written. Every key is optional.
@@ -274,10 +246,8 @@ impl<T: serde::de::DeserializeOwned> Sourced<T> {
         let (file, src) = match path {
             Some(p) => (
                 p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
-                    path: p.to_owned(),
-                    error,
-                })?,
+                std::fs::read_to_string(p)
+                    .map_err(|error| ConfigError::Read { path: p.to_owned(), error })?,
             ),
             None => ("(defaults)".to_owned(), String::new()),
         };
@@ -287,24 +257,13 @@ impl<T: serde::de::DeserializeOwned> Sourced<T> {
         let raw = if applied.set.is_empty() {
             from_file
         } else {
-            toml::Value::Table(table)
-                .try_into::<T>()
-                .map_err(|e| ConfigError::Invalid {
-                    origin: format!("environment ({})", applied.set.join(", ")),
-                    problem: e.message().trim_end().to_owned(),
-                })?
+            toml::Value::Table(table).try_into::<T>().map_err(|e| ConfigError::Invalid {
+                origin: format!("environment ({})", applied.set.join(", ")),
+                problem: e.message().trim_end().to_owned(),
+            })?
         };
-        let known = keys
-            .iter()
-            .map(|k| k.var)
-            .chain(also_known.iter().copied())
-            .collect();
-        Ok(Sourced {
-            raw,
-            file,
-            applied,
-            known,
-        })
+        let known = keys.iter().map(|k| k.var).chain(also_known.iter().copied()).collect();
+        Ok(Sourced { raw, file, applied, known })
     }
 }
 
@@ -325,10 +284,7 @@ impl<T> Sourced<T> {
             .unknown
             .iter()
             .map(|v| {
-                format!(
-                    "unknown environment variable {v} is ignored (known: {})",
-                    self.known.join(", ")
-                )
+                format!("unknown environment variable {v} is ignored (known: {})", self.known.join(", "))
             })
             .collect()
     }
@@ -373,11 +329,7 @@ mod tests {
         ]);
         let l = AgentConfig::load(Some(&f), env).unwrap();
         assert_eq!(l.config.server.unwrap().as_str(), "http://127.0.0.1:9/");
-        assert_eq!(
-            l.config.interval,
-            Duration::from_secs(30),
-            "file value kept where env is silent"
-        );
+        assert_eq!(l.config.interval, Duration::from_secs(30), "file value kept where env is silent");
         assert_eq!(l.config.enroll_secret.unwrap().expose(), "hwe_abc");
         assert_eq!(l.config.tags.get("role").map(String::as_str), Some("web"));
         assert_eq!(l.config.tags.len(), 2);
@@ -395,39 +347,23 @@ mod tests {
 
     #[test]
     fn bad_values_say_where_they_came_from() {
-        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_INTERVAL", "soon")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("HOSTWATCH_INTERVAL") && e.contains("invalid duration \"soon\""),
-            "{e}"
-        );
-        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_SERVER", "ftp://x")]))
-            .unwrap_err()
-            .to_string();
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_INTERVAL", "soon")])).unwrap_err().to_string();
+        assert!(e.contains("HOSTWATCH_INTERVAL") && e.contains("invalid duration \"soon\""), "{e}");
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_SERVER", "ftp://x")])).unwrap_err().to_string();
         assert!(e.starts_with("HOSTWATCH_SERVER: invalid URL"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "agent.toml", "interval = \"0s\"\n");
         let e = AgentConfig::load(Some(&f), vec![]).unwrap_err().to_string();
-        assert!(
-            e.contains("key `interval`") && e.contains("outside 1s..=1h"),
-            "{e}"
-        );
+        assert!(e.contains("key `interval`") && e.contains("outside 1s..=1h"), "{e}");
         let missing = d.path().join("nope");
-        let e = AgentConfig::load(
-            None,
-            vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", missing.to_str().unwrap())]),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", missing.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read") && e.contains("nope"), "{e}");
         let empty = write(d.path(), "empty", "\n");
-        let e = AgentConfig::load(
-            None,
-            vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", empty.to_str().unwrap())]),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", empty.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("HOSTWATCH_ENROLL_SECRET_FILE: ") && e.ends_with("holds no enroll secret"),
             "{e}"
@@ -439,17 +375,13 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("both.toml and HOSTWATCH_ENROLL_SECRET_FILE: both"),
-            "{e}"
-        );
+        assert!(e.contains("both.toml and HOSTWATCH_ENROLL_SECRET_FILE: both"), "{e}");
     }
 
     #[test]
     fn secrets_never_show_in_debug() {
-        let c = AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET", "hwe_topsecret")]))
-            .unwrap()
-            .config;
+        let c =
+            AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET", "hwe_topsecret")])).unwrap().config;
         assert!(!format!("{c:?}").contains("topsecret"));
     }
 }

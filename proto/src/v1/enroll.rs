@@ -58,10 +58,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let r = EnrollResponse {
-            host_id: 7,
-            node_key: "hwn_supersecret".into(),
-        };
+        let r = EnrollResponse { host_id: 7, node_key: "hwn_supersecret".into() };
         let s = format!("{r:?}");
         assert!(!s.contains("supersecret"), "{s}");
         assert!(s.contains("host_id: 7"));

@@ -79,14 +79,11 @@ pub struct UnknownName {
 impl FromStr for FindingKind {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FindingKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "finding kind",
-                name: s.to_owned(),
-                expected: FindingKind::ALL.map(FindingKind::as_str).join(", "),
-            })
+        FindingKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownName {
+            what: "finding kind",
+            name: s.to_owned(),
+            expected: FindingKind::ALL.map(FindingKind::as_str).join(", "),
+        })
     }
 }
 
@@ -108,13 +105,8 @@ pub enum Severity {
 }
 
 impl Severity {
-    pub const ALL: [Severity; 5] = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
+    pub const ALL: [Severity; 5] =
+        [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,14 +122,11 @@ impl Severity {
 impl FromStr for Severity {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Severity::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "severity",
-                name: s.to_owned(),
-                expected: Severity::ALL.map(Severity::as_str).join(", "),
-            })
+        Severity::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownName {
+            what: "severity",
+            name: s.to_owned(),
+            expected: Severity::ALL.map(Severity::as_str).join(", "),
+        })
     }
 }
 
@@ -158,11 +147,8 @@ pub enum FindingStatus {
 }
 
 impl FindingStatus {
-    pub const ALL: [FindingStatus; 3] = [
-        FindingStatus::Open,
-        FindingStatus::Acknowledged,
-        FindingStatus::Resolved,
-    ];
+    pub const ALL: [FindingStatus; 3] =
+        [FindingStatus::Open, FindingStatus::Acknowledged, FindingStatus::Resolved];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -176,14 +162,11 @@ impl FindingStatus {
 impl FromStr for FindingStatus {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FindingStatus::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "finding status",
-                name: s.to_owned(),
-                expected: FindingStatus::ALL.map(FindingStatus::as_str).join(", "),
-            })
+        FindingStatus::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownName {
+            what: "finding status",
+            name: s.to_owned(),
+            expected: FindingStatus::ALL.map(FindingStatus::as_str).join(", "),
+        })
     }
 }
 
@@ -238,10 +221,7 @@ mod tests {
             assert_eq!(s.as_str().parse::<FindingStatus>().unwrap(), s);
         }
         let e = "bogus".parse::<FindingKind>().unwrap_err().to_string();
-        assert!(
-            e.contains("unknown finding kind \"bogus\"") && e.contains("no_baseline"),
-            "{e}"
-        );
+        assert!(e.contains("unknown finding kind \"bogus\"") && e.contains("no_baseline"), "{e}");
     }
 
     #[test]

@@ -54,10 +54,7 @@ impl Validate for Process {
         if total > limits::MAX_CMDLINE_BYTES {
             return Err(ValidationError::new(
                 "cmdline",
-                format!(
-                    "{total} bytes, more than the limit of {}",
-                    limits::MAX_CMDLINE_BYTES
-                ),
+                format!("{total} bytes, more than the limit of {}", limits::MAX_CMDLINE_BYTES),
             ));
         }
         Ok(())

@@ -90,10 +90,7 @@ pub struct Coverage {
 
 impl Coverage {
     pub fn full() -> Self {
-        Coverage {
-            state: CoverageState::Full,
-            why: Vec::new(),
-        }
+        Coverage { state: CoverageState::Full, why: Vec::new() }
     }
 }
 
@@ -157,11 +154,7 @@ impl Validate for AgentStatus {
         if self.interval_secs == 0 || self.interval_secs > limits::MAX_INTERVAL_SECS {
             return Err(ValidationError::new(
                 "interval_secs",
-                format!(
-                    "{} is outside 1..={}",
-                    self.interval_secs,
-                    limits::MAX_INTERVAL_SECS
-                ),
+                format!("{} is outside 1..={}", self.interval_secs, limits::MAX_INTERVAL_SECS),
             ));
         }
         count("coverage.why", &self.coverage.why, limits::MAX_REASONS)?;
@@ -247,10 +240,7 @@ mod tests {
         assert_eq!(json["sent_at"], "2026-11-28T12:00:00.000Z");
         assert_eq!(json["snapshot"]["listeners"][0]["protocol"], "tcp");
         assert_eq!(json["agent"]["coverage"]["state"], "full");
-        assert!(
-            json.get("goodbye").is_none(),
-            "absent optional fields are left out"
-        );
+        assert!(json.get("goodbye").is_none(), "absent optional fields are left out");
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
         r.validate().unwrap();
@@ -262,10 +252,7 @@ mod tests {
         let mut json = serde_json::to_value(sample()).unwrap();
         json["snapshot"]["processes"][0]["cgroup"] = "/system.slice/x".into();
         json["future"] = serde_json::json!({"a": 1});
-        json["snapshot"]["processes"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("user");
+        json["snapshot"]["processes"][0].as_object_mut().unwrap().remove("user");
         json["host"].as_object_mut().unwrap().remove("tags");
         let r: Report = serde_json::from_value(json).unwrap();
         assert!(r.host.tags.is_empty());
@@ -276,10 +263,7 @@ mod tests {
     fn validation_names_the_field() {
         let mut r = sample();
         r.host.hostname = "web\n1".into();
-        assert_eq!(
-            r.validate().unwrap_err().to_string(),
-            "host.hostname: contains a control character"
-        );
+        assert_eq!(r.validate().unwrap_err().to_string(), "host.hostname: contains a control character");
         let mut r = sample();
         r.snapshot.as_mut().unwrap().processes[0].cmdline = vec!["x".repeat(limits::MAX_CMDLINE_BYTES + 1)];
         let e = r.validate().unwrap_err();

@@ -78,10 +78,7 @@ mod tests {
     fn fixed_width_utc_with_millis() {
         let t = datetime!(2026-11-28 17:53:16.123456 +02:00);
         assert_eq!(format(t), "2026-11-28T15:53:16.123Z");
-        assert_eq!(
-            format(datetime!(2026-01-02 03:04:05 UTC)),
-            "2026-01-02T03:04:05.000Z"
-        );
+        assert_eq!(format(datetime!(2026-01-02 03:04:05 UTC)), "2026-01-02T03:04:05.000Z");
     }
 
     #[test]
@@ -95,14 +92,8 @@ mod tests {
     #[test]
     fn instants_that_cannot_be_written_back_are_refused() {
         // Converting these to UTC leaves the representable range: once a panic, now a refusal.
-        assert_eq!(
-            parse("9999-12-31T23:59:59-05:00"),
-            Err(TimestampError::OutOfRange)
-        );
-        assert_eq!(
-            parse("0000-01-01T00:00:00+01:00"),
-            Err(TimestampError::OutOfRange)
-        );
+        assert_eq!(parse("9999-12-31T23:59:59-05:00"), Err(TimestampError::OutOfRange));
+        assert_eq!(parse("0000-01-01T00:00:00+01:00"), Err(TimestampError::OutOfRange));
         assert_eq!(parse("1969-12-31T23:59:59Z"), Err(TimestampError::OutOfRange));
         assert!(parse("9999-12-31T23:59:59Z").is_ok());
         let t = parse("1970-01-01T00:00:00Z").unwrap();

@@ -52,19 +52,12 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(path: impl Into<String>, problem: impl Into<String>) -> Self {
-        ValidationError {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        ValidationError { path: path.into(), problem: problem.into() }
     }
 
     /// Prefixes the path with the enclosing field, for nested messages.
     pub fn within(mut self, outer: &str) -> Self {
-        self.path = if self.path.is_empty() {
-            outer.to_owned()
-        } else {
-            format!("{outer}.{}", self.path)
-        };
+        self.path = if self.path.is_empty() { outer.to_owned() } else { format!("{outer}.{}", self.path) };
         self
     }
 }
@@ -102,10 +95,7 @@ pub(crate) fn nonempty(path: impl fmt::Display, s: &str, max: usize) -> Result<(
 pub(crate) fn name(path: impl fmt::Display, s: &str, max: usize) -> Result<(), ValidationError> {
     text(&path, s, max)?;
     if s.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            path.to_string(),
-            "contains a control character",
-        ));
+        return Err(ValidationError::new(path.to_string(), "contains a control character"));
     }
     Ok(())
 }
@@ -144,10 +134,7 @@ pub fn tags(path: &str, tags: &BTreeMap<String, String>) -> Result<(), Validatio
         nonempty(format_args!("{path}.{k:?}"), k, limits::MAX_TAG_KEY_BYTES)?;
         text(format_args!("{path}.{k:?}"), v, limits::MAX_TAG_VALUE_BYTES)?;
         if k.chars().chain(v.chars()).any(char::is_control) {
-            return Err(ValidationError::new(
-                format!("{path}.{k:?}"),
-                "contains a control character",
-            ));
+            return Err(ValidationError::new(format!("{path}.{k:?}"), "contains a control character"));
         }
     }
     Ok(())
@@ -162,15 +149,9 @@ mod tests {
         assert!(text("a", "abc", 3).is_ok());
         let e = text("a.b", "abcd", 3).unwrap_err();
         assert_eq!(e.to_string(), "a.b: 4 bytes, more than the limit of 3");
-        assert_eq!(
-            text("x", "a\0b", 10).unwrap_err().problem,
-            "contains a NUL character"
-        );
+        assert_eq!(text("x", "a\0b", 10).unwrap_err().problem, "contains a NUL character");
         assert_eq!(nonempty("x", "", 10).unwrap_err().problem, "must not be empty");
-        assert_eq!(
-            name("h", "web\n1", 10).unwrap_err().problem,
-            "contains a control character"
-        );
+        assert_eq!(name("h", "web\n1", 10).unwrap_err().problem, "contains a control character");
         assert!(name("h", "web-1", 10).is_ok());
     }
 
@@ -180,21 +161,14 @@ mod tests {
         t.insert("role".to_owned(), "web".to_owned());
         assert!(tags("tags", &t).is_ok());
         t.insert("bad".to_owned(), "a\nb".to_owned());
-        assert_eq!(
-            tags("tags", &t).unwrap_err().to_string(),
-            "tags.\"bad\": contains a control character"
-        );
-        let many: BTreeMap<_, _> = (0..=limits::MAX_TAGS)
-            .map(|i| (format!("k{i}"), String::new()))
-            .collect();
+        assert_eq!(tags("tags", &t).unwrap_err().to_string(), "tags.\"bad\": contains a control character");
+        let many: BTreeMap<_, _> = (0..=limits::MAX_TAGS).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(tags("tags", &many).unwrap_err().problem.starts_with("65 tags"));
     }
 
     #[test]
     fn within_prefixes_paths() {
-        let e = ValidationError::new("cmdline", "too long")
-            .within("processes[2]")
-            .within("snapshot");
+        let e = ValidationError::new("cmdline", "too long").within("processes[2]").within("snapshot");
         assert_eq!(e.path, "snapshot.processes[2].cmdline");
     }
 }

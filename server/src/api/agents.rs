@@ -25,17 +25,14 @@ pub async fn enroll(
 ) -> Result<Json<proto::EnrollResponse>, ApiError> {
     let body = body.map_err(|r| ApiError::from_body("enrollment", ENROLL_LIMIT, r))?;
     let req: proto::EnrollRequest = decode(&state, "enrollment", &body)?;
-    req.validate()
-        .map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
+    req.validate().map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
     auth::check_enroll_secret(&state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
         .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
     let facts: HostFacts = req.host.into();
     let now = OffsetDateTime::now_utc();
-    let host_id = state
-        .store
-        .enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), now)
-        .await?;
+    let host_id =
+        state.store.enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), now).await?;
     state
         .store
         .audit(
@@ -51,16 +48,10 @@ pub async fn enroll(
     if let Some(dup) = engine::duplicate_identity(&facts.machine_id, &same_machine) {
         tracing::warn!(machine_id = ?facts.machine_id, hosts = ?same_machine, "several hosts enrolled under one machine id");
         for id in &same_machine {
-            state
-                .store
-                .record_findings(*id, std::slice::from_ref(&dup), now)
-                .await?;
+            state.store.record_findings(*id, std::slice::from_ref(&dup), now).await?;
         }
     }
-    Ok(Json(proto::EnrollResponse {
-        host_id,
-        node_key: key.expose().to_owned(),
-    }))
+    Ok(Json(proto::EnrollResponse { host_id, node_key: key.expose().to_owned() }))
 }
 
 pub async fn report(
@@ -69,11 +60,8 @@ pub async fn report(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<proto::ReportResponse>, ApiError> {
     let result = accept(&state, agent, body).await;
-    let counter = if result.is_ok() {
-        &state.counters.reports_accepted
-    } else {
-        &state.counters.reports_rejected
-    };
+    let counter =
+        if result.is_ok() { &state.counters.reports_accepted } else { &state.counters.reports_rejected };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = &result {
         tracing::warn!(host_id = agent.host_id, status = e.status.as_u16(), error = ?e.message, "report refused");
@@ -88,15 +76,9 @@ async fn accept(
 ) -> Result<proto::ReportResponse, ApiError> {
     let body = body.map_err(|r| ApiError::from_body("report", state.settings.max_report_bytes, r))?;
     let report: proto::Report = decode(state, "report", &body)?;
-    report
-        .validate()
-        .map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
+    report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
     let seq = report.seq;
     let record: ReportRecord = report.into();
     ingest::ingest(state, agent.host_id, record).await?;
-    Ok(proto::ReportResponse {
-        host_id: agent.host_id,
-        seq,
-        resync: false,
-    })
+    Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync: false })
 }

@@ -55,23 +55,13 @@ pub async fn apply(
     let current = ingest::current_baselines(&state).await?;
     let mut set = current.set.clone();
     set.insert(parsed.clone());
-    set.check()
-        .map_err(|e| ApiError::bad_request(format!("{file}: {e}")))?;
+    set.check().map_err(|e| ApiError::bad_request(format!("{file}: {e}")))?;
     let now = OffsetDateTime::now_utc();
     let actor = person.actor();
+    state.store.put_baseline(&parsed.name, &req.source, &actor, now).await?;
     state
         .store
-        .put_baseline(&parsed.name, &req.source, &actor, now)
-        .await?;
-    state
-        .store
-        .audit(
-            &actor,
-            "apply_baseline",
-            &format!("baseline:{}", parsed.name),
-            json!({ "file": file }),
-            now,
-        )
+        .audit(&actor, "apply_baseline", &format!("baseline:{}", parsed.name), json!({ "file": file }), now)
         .await?;
     tracing::info!(baseline = %parsed.name, actor = %actor, "baseline applied");
     // Hosts are held to the new rules now, not at their next report.

@@ -41,12 +41,7 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let statuses = parse_statuses(q.status.as_deref()).map_err(ApiError::bad_request)?;
-    let filter = FindingFilter {
-        host_id,
-        kind,
-        statuses,
-        limit: q.limit,
-    };
+    let filter = FindingFilter { host_id, kind, statuses, limit: q.limit };
     let findings = state.store.list_findings(&filter).await?;
     Ok(Json(findings.into_iter().map(Into::into).collect()))
 }
@@ -55,10 +50,9 @@ fn parse_statuses(s: Option<&str>) -> Result<Vec<FindingStatus>, String> {
     match s {
         None | Some("") => Ok(vec![FindingStatus::Open, FindingStatus::Acknowledged]),
         Some("all") => Ok(Vec::new()),
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().parse::<FindingStatus>().map_err(|e| e.to_string()))
-            .collect(),
+        Some(list) => {
+            list.split(',').map(|s| s.trim().parse::<FindingStatus>().map_err(|e| e.to_string())).collect()
+        }
     }
 }
 
@@ -68,19 +62,12 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(
-            parse_statuses(None).unwrap(),
-            vec![FindingStatus::Open, FindingStatus::Acknowledged]
-        );
+        assert_eq!(parse_statuses(None).unwrap(), vec![FindingStatus::Open, FindingStatus::Acknowledged]);
         assert_eq!(parse_statuses(Some("all")).unwrap(), vec![]);
         assert_eq!(
             parse_statuses(Some("resolved, open")).unwrap(),
             vec![FindingStatus::Resolved, FindingStatus::Open]
         );
-        assert!(
-            parse_statuses(Some("closed"))
-                .unwrap_err()
-                .contains("unknown finding status \"closed\"")
-        );
+        assert!(parse_statuses(Some("closed")).unwrap_err().contains("unknown finding status \"closed\""));
     }
 }

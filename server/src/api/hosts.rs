@@ -46,11 +46,7 @@ pub async fn detail(
 ) -> Result<Json<proto::HostDetail>, ApiError> {
     person.require(Role::Reader)?;
     let id = resolve_host(&state, &host).await?;
-    let h = state
-        .store
-        .host(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no host {id}")))?;
+    let h = state.store.host(id).await?.ok_or_else(|| ApiError::not_found(format!("no host {id}")))?;
     let st = state.store.host_state(id).await?;
     let now = OffsetDateTime::now_utc();
     Ok(Json(proto::HostDetail {
@@ -80,10 +76,7 @@ pub async fn resolve_host(state: &AppState, given: &str) -> Result<i64, ApiError
         [id] => Ok(*id),
         many => Err(ApiError::bad_request(format!(
             "hostname {given:?} is ambiguous: hosts {}; give the id",
-            many.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         ))),
     }
 }
@@ -156,21 +149,10 @@ mod tests {
     #[test]
     fn status_follows_the_hosts_own_interval() {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100);
-        assert_eq!(
-            host_status(&host(Some(75), 10), now, None),
-            HostStatus::Online,
-            "25 s < 30 s floor"
-        );
+        assert_eq!(host_status(&host(Some(75), 10), now, None), HostStatus::Online, "25 s < 30 s floor");
         assert_eq!(host_status(&host(Some(65), 10), now, None), HostStatus::Offline);
-        assert_eq!(
-            host_status(&host(Some(0), 60), now, None),
-            HostStatus::Online,
-            "100 s < 3 x 60 s"
-        );
-        assert_eq!(
-            host_status(&host(Some(80), 10), now, Some(Duration::from_secs(10))),
-            HostStatus::Offline
-        );
+        assert_eq!(host_status(&host(Some(0), 60), now, None), HostStatus::Online, "100 s < 3 x 60 s");
+        assert_eq!(host_status(&host(Some(80), 10), now, Some(Duration::from_secs(10))), HostStatus::Offline);
         assert_eq!(host_status(&host(None, 10), now, None), HostStatus::Offline);
         let mut bye = host(Some(99), 10);
         bye.goodbye = Some("stopped".into());

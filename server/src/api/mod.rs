@@ -35,10 +35,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -60,10 +57,7 @@ impl ApiError {
     pub fn from_body(what: &str, limit: usize, r: BytesRejection) -> Self {
         let status = r.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!("{what} body is larger than the limit of {limit} bytes"),
-            )
+            ApiError::new(status, format!("{what} body is larger than the limit of {limit} bytes"))
         } else {
             ApiError::new(status, format!("cannot read the {what} body: {}", r.body_text()))
         }
@@ -88,10 +82,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(proto::ErrorBody { error: self.message })).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -106,10 +97,7 @@ pub fn decode<T: DeserializeOwned>(state: &AppState, what: &str, body: &[u8]) ->
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| ApiError::bad_request(format!("malformed {what}: {e}")))?;
     if !unknown.is_empty() {
-        state
-            .counters
-            .unknown_fields
-            .fetch_add(unknown.len() as u64, Ordering::Relaxed);
+        state.counters.unknown_fields.fetch_add(unknown.len() as u64, Ordering::Relaxed);
         tracing::debug!(fields = ?unknown, "ignored fields this collector does not know");
     }
     Ok(value)
@@ -132,10 +120,7 @@ pub fn all_routes(state: AppState) -> Router {
 
 fn agents(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route(
-            proto::ENROLL_PATH,
-            post(agents::enroll).layer(DefaultBodyLimit::max(agents::ENROLL_LIMIT)),
-        )
+        .route(proto::ENROLL_PATH, post(agents::enroll).layer(DefaultBodyLimit::max(agents::ENROLL_LIMIT)))
         .route(
             proto::REPORT_PATH,
             post(agents::report)
@@ -154,19 +139,13 @@ async fn one_of_few_reports(State(state): State<AppState>, req: Request, next: N
     let permit = tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await;
     match permit {
         Ok(Ok(permit)) => {
-            tracing::debug!(
-                free = state.report_permits.available_permits(),
-                "report takes its turn"
-            );
+            tracing::debug!(free = state.report_permits.available_permits(), "report takes its turn");
             let resp = next.run(req).await;
             drop(permit);
             resp
         }
-        _ => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "collector busy with other reports; retry later",
-        )
-        .into_response(),
+        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector busy with other reports; retry later")
+            .into_response(),
     }
 }
 
@@ -184,10 +163,7 @@ fn people() -> Router<AppState> {
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes
-        .route(proto::HEALTHZ_PATH, get(healthz))
-        .fallback(not_found)
-        .with_state(state)
+    routes.route(proto::HEALTHZ_PATH, get(healthz)).fallback(not_found).with_state(state)
 }
 
 async fn healthz() -> &'static str {

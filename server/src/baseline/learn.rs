@@ -37,10 +37,7 @@ pub fn learn(
     );
     let _ = writeln!(out, "# Review it: whatever ran at that moment is now expected.");
     let _ = writeln!(out, "name = {}", q(name));
-    let sel: Vec<String> = selector
-        .iter()
-        .map(|(k, v)| format!("{} = {}", q(k), q(v)))
-        .collect();
+    let sel: Vec<String> = selector.iter().map(|(k, v)| format!("{} = {}", q(k), q(v))).collect();
     let _ = writeln!(out, "selector = {{ {} }}", sel.join(", "));
 
     // One rule per executable (or per name where the executable is unknown).
@@ -57,11 +54,7 @@ pub fn learn(
     for ((exe, name), (names, users)) in &programs {
         let name = match (name, names.len()) {
             (Some(n), _) => globset::escape(n),
-            (None, 1) => names
-                .iter()
-                .next()
-                .map(|n| globset::escape(n))
-                .unwrap_or_else(|| "*".to_owned()),
+            (None, 1) => names.iter().next().map(|n| globset::escape(n)).unwrap_or_else(|| "*".to_owned()),
             // The same executable under several names (argv[0] tricks, renamed workers).
             _ => "*".to_owned(),
         };
@@ -81,11 +74,7 @@ pub fn learn(
         entry.1.insert(l.process.as_deref());
     }
     for ((protocol, port), (addresses, owners)) in &ports {
-        let _ = writeln!(
-            out,
-            "\n[[listen]]\nprotocol = {}\nport = {port}",
-            q(protocol.as_str())
-        );
+        let _ = writeln!(out, "\n[[listen]]\nprotocol = {}\nport = {port}", q(protocol.as_str()));
         let addresses: Vec<String> = addresses.iter().map(|a| q(a)).collect();
         let _ = writeln!(out, "address = [{}]", addresses.join(", "));
         if let [Some(owner)] = owners.iter().collect::<Vec<_>>().as_slice() {

@@ -84,10 +84,7 @@ impl ProcessRule {
     /// an allowance that cannot be checked is not granted.
     pub fn matches(&self, p: &Process) -> bool {
         self.name.is_match(&p.name)
-            && self
-                .exe
-                .as_ref()
-                .is_none_or(|e| p.exe.as_deref().is_some_and(|x| e.is_match(x)))
+            && self.exe.as_ref().is_none_or(|e| p.exe.as_deref().is_some_and(|x| e.is_match(x)))
             && (self.users.is_empty()
                 || self
                     .users
@@ -127,10 +124,7 @@ impl ListenRule {
         self.protocol == l.protocol
             && self.ports.contains(&l.port)
             && (self.addresses.is_empty() || self.addresses.contains(&l.address))
-            && self
-                .process
-                .as_ref()
-                .is_none_or(|p| l.process.as_deref().is_some_and(|n| p.is_match(n)))
+            && self.process.as_ref().is_none_or(|p| l.process.as_deref().is_some_and(|n| p.is_match(n)))
     }
 
     /// The subject of a missing_listener finding: `tcp/*:443`, `tcp/0.0.0.0:443`, `udp/*:8000-8099`.
@@ -192,9 +186,7 @@ pub struct BaselineSet {
 
 impl BaselineSet {
     pub fn new(baselines: impl IntoIterator<Item = Baseline>) -> Self {
-        BaselineSet {
-            baselines: baselines.into_iter().map(|b| (b.name.clone(), b)).collect(),
-        }
+        BaselineSet { baselines: baselines.into_iter().map(|b| (b.name.clone(), b)).collect() }
     }
 
     pub fn get(&self, name: &str) -> Option<&Baseline> {
@@ -220,11 +212,7 @@ impl BaselineSet {
 
     /// The rules of `name` and of everything it includes, each baseline's rules once.
     pub fn workload(&self, name: &str) -> Result<Workload, SetError> {
-        let mut w = Workload {
-            name: name.to_owned(),
-            processes: Vec::new(),
-            listens: Vec::new(),
-        };
+        let mut w = Workload { name: name.to_owned(), processes: Vec::new(), listens: Vec::new() };
         let mut done = BTreeSet::new();
         let mut path = Vec::new();
         self.collect(name, &mut w, &mut done, &mut path)?;
@@ -281,11 +269,7 @@ mod tests {
         set.check().unwrap();
         let w = set.workload("web").unwrap();
         let names: Vec<_> = w.processes.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["cron", "sshd"],
-            "base's rules once, though included twice"
-        );
+        assert_eq!(names, ["cron", "sshd"], "base's rules once, though included twice");
         assert_eq!(w.listens.len(), 1);
         assert_eq!(w.processes[1].origin.baseline, "base");
     }

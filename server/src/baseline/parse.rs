@@ -99,11 +99,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             file,
             src,
             None,
-            format!(
-                "{} bytes, more than the limit of {}",
-                src.len(),
-                limits::MAX_BASELINE_BYTES
-            ),
+            format!("{} bytes, more than the limit of {}", src.len(), limits::MAX_BASELINE_BYTES),
         ));
     }
     let raw: RawBaseline = from_toml(file, src)?;
@@ -131,10 +127,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
 
     let mut processes = Vec::new();
     for (i, p) in raw.process.into_iter().enumerate() {
-        let origin = RuleOrigin {
-            baseline: name.clone(),
-            index: i + 1,
-        };
+        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
         let name_pat = glob(p.name.get_ref(), false).map_err(|m| err(p.name.span(), m))?;
         let exe = match p.exe {
             Some(e) => {
@@ -156,10 +149,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
                 let span = u.span();
                 let users = u.into_inner().into_vec();
                 if users.is_empty() || users.iter().any(|u| u.is_empty()) {
-                    return Err(err(
-                        span,
-                        "user must name at least one user, and no empty names".to_owned(),
-                    ));
+                    return Err(err(span, "user must name at least one user, and no empty names".to_owned()));
                 }
                 users
             }
@@ -213,10 +203,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
 
     let mut listens = Vec::new();
     for (i, l) in raw.listen.into_iter().enumerate() {
-        let origin = RuleOrigin {
-            baseline: name.clone(),
-            index: i + 1,
-        };
+        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
         let ports = port_range(l.port.get_ref()).map_err(|m| err(l.port.span(), m))?;
         let addresses = match l.address {
             Some(a) => {
@@ -247,14 +234,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         });
     }
 
-    Ok(Baseline {
-        name,
-        description: raw.description,
-        selector,
-        include,
-        processes,
-        listens,
-    })
+    Ok(Baseline { name, description: raw.description, selector, include, processes, listens })
 }
 
 /// Baseline names: 1 to 64 of `a-z A-Z 0-9 . _ -`, starting with a letter or digit.
@@ -262,9 +242,7 @@ fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -285,18 +263,12 @@ fn glob(text: &str, path: bool) -> Result<Pattern, String> {
         .empty_alternates(true)
         .build()
         .map_err(|e| e.to_string())?;
-    Ok(Pattern {
-        text: text.to_owned(),
-        matcher: g.compile_matcher(),
-    })
+    Ok(Pattern { text: text.to_owned(), matcher: g.compile_matcher() })
 }
 
 fn port_range(p: &RawPort) -> Result<std::ops::RangeInclusive<u16>, String> {
     let port = |n: i64| -> Result<u16, String> {
-        u16::try_from(n)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port {n} is outside 1-65535"))
+        u16::try_from(n).ok().filter(|p| *p > 0).ok_or_else(|| format!("port {n} is outside 1-65535"))
     };
     match p {
         RawPort::Number(n) => {
@@ -358,10 +330,7 @@ required = true
         let p = &b.processes[0];
         assert_eq!((p.min, p.max, p.users.len()), (1, None, 2));
         let l = &b.listens[0];
-        assert_eq!(
-            (l.ports.clone(), l.addresses.len(), l.required),
-            (443..=443, 2, true)
-        );
+        assert_eq!((l.ports.clone(), l.addresses.len(), l.required), (443..=443, 2, true));
     }
 
     #[test]
@@ -383,10 +352,7 @@ required = true
         let e = err("name = \"web\"\n[[listen]]\nprotocol = \"sctp\"\nport = 1\n");
         assert!(e.starts_with("web.toml:3:12: unknown variant `sctp`"), "{e}");
         let e = err("name = \"we b\"\n");
-        assert!(
-            e.starts_with("web.toml:1:8:") && e.contains("not a valid baseline name"),
-            "{e}"
-        );
+        assert!(e.starts_with("web.toml:1:8:") && e.contains("not a valid baseline name"), "{e}");
         let e = err("name = \"web\"\n[[process]]\nname = \"x\"\ncount = { min = 3, max = 1 }\n");
         assert!(e.contains("count.min (3) is greater than count.max (1)"), "{e}");
         let e = err("name = \"web\"\n[[process]]\nname = \"x\"\nexe = \"nginx\"\n");
@@ -402,10 +368,7 @@ required = true
     #[test]
     fn ports_and_ranges() {
         assert_eq!(port_range(&RawPort::Number(22)).unwrap(), 22..=22);
-        assert_eq!(
-            port_range(&RawPort::Range("8000-8099".into())).unwrap(),
-            8000..=8099
-        );
+        assert_eq!(port_range(&RawPort::Range("8000-8099".into())).unwrap(), 8000..=8099);
         assert_eq!(port_range(&RawPort::Range("53".into())).unwrap(), 53..=53);
         assert!(port_range(&RawPort::Number(0)).is_err());
         assert!(port_range(&RawPort::Range("a-b".into())).is_err());

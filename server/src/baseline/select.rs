@@ -67,24 +67,14 @@ mod tests {
             "name = \"lib\"\n",
         ]);
         assert_eq!(s.select(&tags(&[("role", "web")])), Selection::One("web".into()));
-        assert_eq!(
-            s.select(&tags(&[("role", "web"), ("env", "prod")])),
-            Selection::One("web-prod".into())
-        );
+        assert_eq!(s.select(&tags(&[("role", "web"), ("env", "prod")])), Selection::One("web-prod".into()));
         assert_eq!(s.select(&tags(&[("role", "db")])), Selection::One("all".into()));
         assert_eq!(
             s.select(&tags(&[("role", "web"), ("region", "eu")])),
             Selection::Ambiguous(vec!["eu".into(), "web".into()])
         );
-        let no_default = set(&[
-            "name = \"web\"\nselector = { role = \"web\" }\n",
-            "name = \"lib\"\n",
-        ]);
+        let no_default = set(&["name = \"web\"\nselector = { role = \"web\" }\n", "name = \"lib\"\n"]);
         assert_eq!(no_default.select(&tags(&[("role", "db")])), Selection::None);
-        assert_eq!(
-            no_default.select(&tags(&[])),
-            Selection::None,
-            "a library selects nothing"
-        );
+        assert_eq!(no_default.select(&tags(&[])), Selection::None, "a library selects nothing");
     }
 }

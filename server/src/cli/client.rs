@@ -37,9 +37,7 @@ impl ApiClient {
     }
 
     fn url(&self, path: &str) -> anyhow::Result<Url> {
-        self.base
-            .join(path)
-            .with_context(|| format!("bad API path {path}"))
+        self.base.join(path).with_context(|| format!("bad API path {path}"))
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {

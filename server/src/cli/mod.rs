@@ -28,12 +28,7 @@ use crate::serve;
 #[command(name = "hostwatch", version, about, propagate_version = true)]
 pub struct Cli {
     /// The collector's URL.
-    #[arg(
-        long,
-        env = "HOSTWATCH_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "HOSTWATCH_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
     server: String,
     /// API token (prefer --token-file or HOSTWATCH_TOKEN_FILE: arguments are visible to other users).
     #[arg(long, env = "HOSTWATCH_TOKEN", hide_env_values = true, global = true)]
@@ -45,13 +40,7 @@ pub struct Cli {
     #[arg(long, short = 'o', value_enum, default_value_t, global = true)]
     output: OutputFormat,
     /// Log format on stderr.
-    #[arg(
-        long,
-        env = "HOSTWATCH_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
+    #[arg(long, env = "HOSTWATCH_LOG_FORMAT", value_enum, default_value_t, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -137,11 +126,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Baseline(BaselineCommand::Lint { files }) = &cli.command {
-        return Ok(if lint(files) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(if lint(files) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     if let Command::Serve(args) = &cli.command {
         return serve_main(args);
@@ -169,26 +154,16 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        "hostwatch collector starting"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "hostwatch collector starting");
     hostwatch_agent::transport::install_tls_provider();
     if args.dev {
         if let Some(c) = &args.config {
             tracing::warn!(config = %c.display(), "--dev does not read a configuration file; ignoring it");
         }
-        let opts = DevOptions {
-            data_dir: args.data_dir.clone(),
-            listen: args.listen,
-            interval: args.interval,
-        };
+        let opts =
+            DevOptions { data_dir: args.data_dir.clone(), listen: args.listen, interval: args.interval };
         let result = rt.block_on(async {
-            dev::run(
-                opts,
-                signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?,
-            )
-            .await
+            dev::run(opts, signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?).await
         });
         return start_result(result);
     }
@@ -205,11 +180,8 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let result = rt.block_on(async {
-        serve::run(
-            loaded.config,
-            signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?,
-        )
-        .await
+        serve::run(loaded.config, signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?)
+            .await
     });
     start_result(result)
 }
@@ -229,18 +201,13 @@ fn start_result(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
 async fn client_command(client: &ApiClient, command: Command, format: OutputFormat) -> anyhow::Result<()> {
     match command {
         Command::Hosts { all } => {
-            let q = if all {
-                vec![("all", "true".to_owned())]
-            } else {
-                vec![]
-            };
+            let q = if all { vec![("all", "true".to_owned())] } else { vec![] };
             let hosts: Vec<proto::Host> = client.get(proto::HOSTS_PATH, &q).await?;
             print(&hosts, format)
         }
         Command::Host { host } => {
-            let d: proto::HostDetail = client
-                .get(&format!("{}/{}", proto::HOSTS_PATH, encode_segment(&host)), &[])
-                .await?;
+            let d: proto::HostDetail =
+                client.get(&format!("{}/{}", proto::HOSTS_PATH, encode_segment(&host)), &[]).await?;
             if format == OutputFormat::Json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
                 return Ok(());
@@ -268,10 +235,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             // Refuse locally what the collector would refuse, with the same message.
             baseline::parse(&file.display().to_string(), &source).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let req = proto::ApplyBaseline {
-                source,
-                file: Some(file.display().to_string()),
-            };
+            let req = proto::ApplyBaseline { source, file: Some(file.display().to_string()) };
             let applied: proto::BaselineSummary = client.post(proto::BASELINES_PATH, &req).await?;
             print(&[applied], format)
         }
@@ -313,13 +277,8 @@ fn lint(files: &[PathBuf]) -> bool {
     }
     for (f, b) in &good {
         let mut set = BaselineSet::default();
-        if let Some(dir) = f.parent().map(|d| {
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            }
-        }) && let Ok(entries) = std::fs::read_dir(dir)
+        if let Some(dir) = f.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+            && let Ok(entries) = std::fs::read_dir(dir)
         {
             for p in entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -348,21 +307,10 @@ fn lint(files: &[PathBuf]) -> bool {
             None => "library".to_owned(),
             Some(s) if s.is_empty() => "selects every host".to_owned(),
             Some(s) => {
-                format!(
-                    "selects {}",
-                    s.iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
+                format!("selects {}", s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
             }
         };
-        println!(
-            "{}: ok (baseline `{}`, {} rules, {what})",
-            f.display(),
-            b.name,
-            b.rule_count()
-        );
+        println!("{}: ok (baseline `{}`, {} rules, {what})", f.display(), b.name, b.rule_count());
     }
     ok
 }

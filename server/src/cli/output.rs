@@ -49,8 +49,7 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
         }
         OutputFormat::Table => {
             let mut t = Table::new();
-            t.load_style(presets::NOTHING)
-                .set_content_arrangement(ContentArrangement::Disabled);
+            t.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
             t.set_header(T::COLUMNS.iter().map(|c| c.to_uppercase().replace('_', " ")));
             for i in items {
                 t.add_row(i.cells(Style::Table));
@@ -99,11 +98,7 @@ fn when(t: Option<OffsetDateTime>, style: Style) -> String {
     match (t, style) {
         (None, _) => String::new(),
         (Some(t), Style::Csv) => proto::timestamp::format(t),
-        (Some(t), Style::Table) => proto::timestamp::format(t)
-            .replace('T', " ")
-            .chars()
-            .take(19)
-            .collect(),
+        (Some(t), Style::Table) => proto::timestamp::format(t).replace('T', " ").chars().take(19).collect(),
     }
 }
 
@@ -115,10 +110,7 @@ fn text(s: &str, style: Style, max: usize) -> String {
 }
 
 fn tags(t: &std::collections::BTreeMap<String, String>) -> String {
-    t.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 impl Tabular for proto::Host {
@@ -192,11 +184,7 @@ impl Tabular for proto::BaselineSummary {
             self.selector.as_ref().map_or_else(
                 || "(library)".to_owned(),
                 |s| {
-                    if s.is_empty() {
-                        "(every host)".to_owned()
-                    } else {
-                        text(&tags(s), style, 40)
-                    }
+                    if s.is_empty() { "(every host)".to_owned() } else { text(&tags(s), style, 40) }
                 },
             ),
             text(&self.include.join(","), style, 40),
@@ -213,11 +201,7 @@ impl Tabular for proto::Process {
         vec![
             self.pid.to_string(),
             self.ppid.to_string(),
-            text(
-                &self.user.clone().unwrap_or_else(|| self.uid.to_string()),
-                style,
-                16,
-            ),
+            text(&self.user.clone().unwrap_or_else(|| self.uid.to_string()), style, 16),
             text(&self.name, style, 20),
             text(
                 &format!(

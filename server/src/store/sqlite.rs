@@ -75,16 +75,12 @@ impl SqliteStore {
         if wal {
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(StoreError::Database(format!(
-                    "cannot switch to WAL mode (got {mode})"
-                )));
+                return Err(StoreError::Database(format!("cannot switch to WAL mode (got {mode})")));
             }
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// Runs `f` in one transaction on the blocking pool.
@@ -95,9 +91,8 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Database("connection lock poisoned".to_owned()))?;
+            let mut guard =
+                conn.lock().map_err(|_| StoreError::Database("connection lock poisoned".to_owned()))?;
             let tx = guard.transaction()?;
             let out = f(&tx)?;
             tx.commit()?;
@@ -110,17 +105,11 @@ impl SqliteStore {
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
+    let current: i64 =
+        conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > known {
-        return Err(StoreError::TooNew {
-            found: current,
-            known,
-        });
+        return Err(StoreError::TooNew { found: current, known });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let tx = conn.transaction()?;
@@ -252,11 +241,7 @@ fn upsert_finding(
                  resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
                 params![o.severity.as_str(), detail, now, id],
             )?;
-            Some(FindingChange::Reopened {
-                id,
-                kind: o.kind,
-                subject: o.subject.clone(),
-            })
+            Some(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() })
         }
         Some((id, _)) => {
             tx.execute(
@@ -272,11 +257,9 @@ fn upsert_finding(
 impl Store for SqliteStore {
     async fn count_api_tokens(&self) -> Result<u64> {
         self.tx(|tx| {
-            Ok(tx.query_row(
-                "SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
+            Ok(tx.query_row("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
         })
         .await
     }
@@ -289,12 +272,8 @@ impl Store for SqliteStore {
         created_by: &str,
         now: OffsetDateTime,
     ) -> Result<i64> {
-        let (name, role, hash, by) = (
-            name.to_owned(),
-            role.to_owned(),
-            hash.to_owned(),
-            created_by.to_owned(),
-        );
+        let (name, role, hash, by) =
+            (name.to_owned(), role.to_owned(), hash.to_owned(), created_by.to_owned());
         self.tx(move |tx| {
             tx.execute(
                 "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -312,13 +291,7 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT id, name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
                     [hash],
-                    |r| {
-                        Ok(TokenRecord {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                            role: r.get(2)?,
-                        })
-                    },
+                    |r| Ok(TokenRecord { id: r.get(0)?, name: r.get(1)?, role: r.get(2)? }),
                 )
                 .optional()?)
         })
@@ -327,11 +300,9 @@ impl Store for SqliteStore {
 
     async fn count_enroll_secrets(&self) -> Result<u64> {
         self.tx(|tx| {
-            Ok(tx.query_row(
-                "SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64)
+            Ok(tx.query_row("SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
         })
         .await
     }
@@ -531,11 +502,8 @@ impl Store for SqliteStore {
         state_kinds: &[FindingKind],
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
-        let (workload, observed, state_kinds) = (
-            workload.map(str::to_owned),
-            observed.to_vec(),
-            state_kinds.to_vec(),
-        );
+        let (workload, observed, state_kinds) =
+            (workload.map(str::to_owned), observed.to_vec(), state_kinds.to_vec());
         self.tx(move |tx| {
             tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![workload, host_id])?;
             let now_s = ts(now);
@@ -596,9 +564,7 @@ impl Store for SqliteStore {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM hosts WHERE machine_id = ?1 AND retired_at IS NULL ORDER BY id",
             )?;
-            Ok(stmt
-                .query_map([machine_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?)
+            Ok(stmt.query_map([machine_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -627,9 +593,7 @@ impl Store for SqliteStore {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM hosts WHERE hostname = ?1 AND retired_at IS NULL ORDER BY id",
             )?;
-            Ok(stmt
-                .query_map([hostname], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?)
+            Ok(stmt.query_map([hostname], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -702,12 +666,7 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             rows.into_iter()
                 .map(|(name, source, at, by)| {
-                    Ok(BaselineRecord {
-                        name,
-                        source,
-                        applied_at: parse_ts(&at)?,
-                        applied_by: by,
-                    })
+                    Ok(BaselineRecord { name, source, applied_at: parse_ts(&at)?, applied_by: by })
                 })
                 .collect()
         })
@@ -716,11 +675,9 @@ impl Store for SqliteStore {
 
     async fn baselines_revision(&self) -> Result<i64> {
         self.tx(|tx| {
-            Ok(tx.query_row(
-                "SELECT value FROM store_meta WHERE key = 'baselines_revision'",
-                [],
-                |r| r.get(0),
-            )?)
+            Ok(tx.query_row("SELECT value FROM store_meta WHERE key = 'baselines_revision'", [], |r| {
+                r.get(0)
+            })?)
         })
         .await
     }
@@ -795,10 +752,7 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.baselines_revision().await.unwrap(), 0);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[tokio::test]
@@ -844,40 +798,21 @@ mod tests {
                 coverage_degraded: true,
                 coverage_why: vec!["x".into()],
             },
-            state: Some(HostState {
-                processes: vec![p.clone()],
-                listeners: vec![l.clone()],
-            }),
+            state: Some(HostState { processes: vec![p.clone()], listeners: vec![l.clone()] }),
             goodbye: None,
         };
         s.record_report(id, &report, at(5)).await.unwrap();
         let state = s.host_state(id).await.unwrap();
-        assert_eq!(
-            state,
-            HostState {
-                processes: vec![p],
-                listeners: vec![l]
-            }
-        );
+        assert_eq!(state, HostState { processes: vec![p], listeners: vec![l] });
         let h = s.host(id).await.unwrap().unwrap();
-        assert_eq!(
-            (h.last_seq, h.last_seen, h.agent.coverage_degraded),
-            (7, Some(at(5)), true)
-        );
+        assert_eq!((h.last_seq, h.last_seen, h.agent.coverage_degraded), (7, Some(at(5)), true));
         assert_eq!(h.facts.tags["role"], "web");
         assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, twin, other]);
         // A heartbeat (no state) keeps the state.
-        let beat = ReportRecord {
-            state: None,
-            seq: 8,
-            ..report
-        };
+        let beat = ReportRecord { state: None, seq: 8, ..report };
         s.record_report(id, &beat, at(6)).await.unwrap();
         assert_eq!(s.host_state(id).await.unwrap().processes.len(), 1);
-        assert!(matches!(
-            s.record_report(999, &beat, at(6)).await,
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(s.record_report(999, &beat, at(6)).await, Err(StoreError::NotFound(_))));
     }
 
     #[tokio::test]
@@ -888,21 +823,10 @@ mod tests {
         let a = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
         let b = obs(FindingKind::UnexpectedProcess, "/tmp/x");
 
-        let ch = s
-            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            ch.iter()
-                .filter(|c| matches!(c, FindingChange::Opened { .. }))
-                .count(),
-            2
-        );
+        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(1)).await.unwrap();
+        assert_eq!(ch.iter().filter(|c| matches!(c, FindingChange::Opened { .. })).count(), 2);
         // Seen again: no change, last_seen moves.
-        let ch = s
-            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(2))
-            .await
-            .unwrap();
+        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(2)).await.unwrap();
         assert!(ch.is_empty());
         let all = s.list_findings(&FindingFilter::default()).await.unwrap();
         assert_eq!(all.len(), 2);
@@ -912,37 +836,19 @@ mod tests {
         );
         let listener_id = all.iter().find(|f| f.subject == a.subject).unwrap().id;
         // Gone: resolved.
-        let ch = s
-            .reconcile_findings(id, Some("web"), std::slice::from_ref(&b), kinds, at(3))
-            .await
-            .unwrap();
+        let ch = s.reconcile_findings(id, Some("web"), std::slice::from_ref(&b), kinds, at(3)).await.unwrap();
         assert_eq!(
             ch,
-            vec![FindingChange::Resolved {
-                id: listener_id,
-                kind: a.kind,
-                subject: a.subject.clone()
-            }]
+            vec![FindingChange::Resolved { id: listener_id, kind: a.kind, subject: a.subject.clone() }]
         );
         // Back: the same finding reopens.
-        let ch = s
-            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(4))
-            .await
-            .unwrap();
+        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(4)).await.unwrap();
         assert_eq!(
             ch,
-            vec![FindingChange::Reopened {
-                id: listener_id,
-                kind: a.kind,
-                subject: a.subject.clone()
-            }]
+            vec![FindingChange::Reopened { id: listener_id, kind: a.kind, subject: a.subject.clone() }]
         );
         let f = s
-            .list_findings(&FindingFilter {
-                host_id: Some(id),
-                kind: Some(a.kind),
-                ..Default::default()
-            })
+            .list_findings(&FindingFilter { host_id: Some(id), kind: Some(a.kind), ..Default::default() })
             .await
             .unwrap();
         assert_eq!(
@@ -952,44 +858,25 @@ mod tests {
         assert_eq!(f[0].hostname, "web-1");
         // Kinds outside the state kinds are never resolved by absence.
         let file = obs(FindingKind::FileChanged, "/etc/passwd");
-        s.reconcile_findings(id, Some("web"), &[file], kinds, at(5))
-            .await
-            .unwrap();
-        s.reconcile_findings(id, Some("web"), &[], kinds, at(6))
-            .await
-            .unwrap();
+        s.reconcile_findings(id, Some("web"), &[file], kinds, at(5)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[], kinds, at(6)).await.unwrap();
         let open = s
-            .list_findings(&FindingFilter {
-                statuses: vec![FindingStatus::Open],
-                ..Default::default()
-            })
+            .list_findings(&FindingFilter { statuses: vec![FindingStatus::Open], ..Default::default() })
             .await
             .unwrap();
-        assert_eq!(
-            open.iter().map(|f| f.subject.as_str()).collect::<Vec<_>>(),
-            ["/etc/passwd"]
-        );
-        assert_eq!(
-            s.host(id).await.unwrap().unwrap().workload.as_deref(),
-            Some("web")
-        );
+        assert_eq!(open.iter().map(|f| f.subject.as_str()).collect::<Vec<_>>(), ["/etc/passwd"]);
+        assert_eq!(s.host(id).await.unwrap().unwrap().workload.as_deref(), Some("web"));
         assert_eq!(s.host(id).await.unwrap().unwrap().open_findings, 1);
     }
 
     #[tokio::test]
     async fn baselines_bump_the_revision_only_on_change() {
         let s = SqliteStore::open_in_memory().unwrap();
-        s.put_baseline("web", "name = \"web\"", "admin", at(0))
-            .await
-            .unwrap();
+        s.put_baseline("web", "name = \"web\"", "admin", at(0)).await.unwrap();
         assert_eq!(s.baselines_revision().await.unwrap(), 1);
-        s.put_baseline("web", "name = \"web\"", "admin", at(1))
-            .await
-            .unwrap();
+        s.put_baseline("web", "name = \"web\"", "admin", at(1)).await.unwrap();
         assert_eq!(s.baselines_revision().await.unwrap(), 1);
-        s.put_baseline("web", "name = \"web\"\n", "admin", at(2))
-            .await
-            .unwrap();
+        s.put_baseline("web", "name = \"web\"\n", "admin", at(2)).await.unwrap();
         assert_eq!(s.baselines_revision().await.unwrap(), 2);
         let b = s.baselines().await.unwrap();
         assert_eq!((b.len(), b[0].applied_at), (1, at(2)));
@@ -999,31 +886,19 @@ mod tests {
     async fn credentials() {
         let s = SqliteStore::open_in_memory().unwrap();
         assert_eq!(s.count_api_tokens().await.unwrap(), 0);
-        let t = s
-            .create_api_token("boot", "admin", "th", "bootstrap", at(0))
-            .await
-            .unwrap();
+        let t = s.create_api_token("boot", "admin", "th", "bootstrap", at(0)).await.unwrap();
         assert_eq!(
             s.find_api_token("th").await.unwrap(),
-            Some(TokenRecord {
-                id: t,
-                name: "boot".into(),
-                role: "admin".into()
-            })
+            Some(TokenRecord { id: t, name: "boot".into(), role: "admin".into() })
         );
         assert_eq!(s.find_api_token("nope").await.unwrap(), None);
-        let e = s
-            .create_enroll_secret("default", "eh", "bootstrap", at(0))
-            .await
-            .unwrap();
+        let e = s.create_enroll_secret("default", "eh", "bootstrap", at(0)).await.unwrap();
         assert_eq!(s.find_enroll_secret("eh").await.unwrap(), Some(e));
         assert!(
             s.create_api_token("x", "root", "th2", "b", at(0)).await.is_err(),
             "roles are checked by the schema"
         );
-        s.audit("admin", "apply_baseline", "web", json!({}), at(1))
-            .await
-            .unwrap();
+        s.audit("admin", "apply_baseline", "web", json!({}), at(1)).await.unwrap();
         assert_eq!(count_rows(&s, "audit_log").await, 1);
     }
 }

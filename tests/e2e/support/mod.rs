@@ -79,10 +79,7 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut()
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(POLL).await;
     }
 }
@@ -106,10 +103,7 @@ impl Collector {
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}",
-                data_dir.display().to_string()
-            ),
+            format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}", data_dir.display().to_string()),
         )
         .expect("write server.toml");
         let mut child = Command::new(bin("hostwatch"))
@@ -127,10 +121,8 @@ impl Collector {
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line
-                    .split("listening on ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
+                if let Some(url) =
+                    line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next())
                 {
                     let _ = tx.send(url.to_owned());
                 }
@@ -145,11 +137,7 @@ impl Collector {
                 lines.lock().expect("log lock").join("\n")
             ),
         };
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port in the collector's URL");
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in the collector's URL");
         let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
             .expect("admin-token written at first start")
             .trim()
@@ -183,29 +171,14 @@ impl Collector {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "hostwatch {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "hostwatch {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "hostwatch {args:?}: bad JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            panic!("hostwatch {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
         })
     }
 
     pub fn findings(&self, host_id: i64, kind: &str, status: &str) -> Vec<proto::Finding> {
-        self.cli_json(&[
-            "findings",
-            "--host",
-            &host_id.to_string(),
-            "--kind",
-            kind,
-            "--status",
-            status,
-        ])
+        self.cli_json(&["findings", "--host", &host_id.to_string(), "--kind", kind, "--status", status])
     }
 
     /// A raw POST, for tests of what the collector refuses.
@@ -269,14 +242,7 @@ pub fn install_tls_provider() {
 /// Starts `python3 -m http.server` on `port` (0: any) on 127.0.0.1 and returns it with its port.
 pub fn python_http_server(port: u16) -> (Guard, u16) {
     let mut child = Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
+        .args(["-u", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -297,8 +263,6 @@ pub fn python_http_server(port: u16) -> (Guard, u16) {
             }
         }
     });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("python3 http.server announced its port");
+    let port = rx.recv_timeout(Duration::from_secs(20)).expect("python3 http.server announced its port");
     (guard, port)
 }
