@@ -43,10 +43,16 @@ fn start_dev(data_dir: &Path) -> Dev {
     collect(child.stderr.take().unwrap(), stderr.clone());
     let process = Guard(child);
     let deadline = std::time::Instant::now() + WAIT;
+    // The whole banner: its last line ends with the command to try.
     let url = loop {
-        if let Some(url) = stdout.lock().unwrap().iter().find_map(|l| {
-            l.strip_prefix("hostwatch dev collector on ").and_then(|r| r.split(',').next()).map(str::to_owned)
-        }) {
+        let lines = stdout.lock().unwrap().clone();
+        if lines.iter().any(|l| l.trim_end().ends_with("-- findings"))
+            && let Some(url) = lines.iter().find_map(|l| {
+                l.strip_prefix("hostwatch dev collector on ")
+                    .and_then(|r| r.split(',').next())
+                    .map(str::to_owned)
+            })
+        {
             break url;
         }
         assert!(
