@@ -33,6 +33,8 @@ pub const FINDINGS_PATH: &str = "/api/v1/findings";
 pub const BASELINES_PATH: &str = "/api/v1/baselines";
 /// `GET`: process liveness, no authentication.
 pub const HEALTHZ_PATH: &str = "/healthz";
+/// `GET`: the collector's counters in Prometheus text format, no authentication.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// Every node key starts with this, so that secret scanners and people can tell what leaked.
 pub const NODE_KEY_PREFIX: &str = "hwn_";

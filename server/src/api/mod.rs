@@ -163,7 +163,48 @@ fn people() -> Router<AppState> {
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes.route(proto::HEALTHZ_PATH, get(healthz)).fallback(not_found).with_state(state)
+    routes
+        .route(proto::HEALTHZ_PATH, get(healthz))
+        .route(proto::METRICS_PATH, get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The counters, in Prometheus text format. Names follow `hostwatch_<thing>_<unit>[_total]`; no
+/// per-host labels.
+async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'static str); 1], String) {
+    let c = &state.counters;
+    let rows: [(&str, &str, &str, u64); 4] = [
+        (
+            "hostwatch_reports_accepted_total",
+            "counter",
+            "Reports accepted from agents.",
+            c.reports_accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_reports_rejected_total",
+            "counter",
+            "Reports of authenticated agents refused (malformed, invalid, too large, or not stored).",
+            c.reports_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_unknown_fields_total",
+            "counter",
+            "Fields of agent messages this collector does not know, ignored.",
+            c.unknown_fields.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_report_turns_free",
+            "gauge",
+            "Reports that could start processing now (of max_concurrent_reports).",
+            state.report_permits.available_permits() as u64,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 async fn healthz() -> &'static str {
