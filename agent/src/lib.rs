@@ -16,15 +16,18 @@
 //! - a snapshot of every process but kernel threads: pid, ppid, name, executable path and whether
 //!   it was deleted, the command line **after redaction** ([`collect::redact`]) and cut to 8 KiB,
 //!   effective uid and user name, start time;
-//! - every listening TCP socket and unconnected UDP socket (IPv4, IPv6): protocol, local address
-//!   and port, creating uid, and the owning process's pid, name and executable;
+//! - every listening TCP socket and unconnected UDP socket (IPv4, IPv6), in every network namespace
+//!   on the host: protocol, local address and port, creating uid, the owning process's pid, name
+//!   and executable, and the namespace's inode where it is not the host's own;
+//! - every established TCP connection and connected UDP socket, the same way, with the remote
+//!   address and port and whether it is inbound (to a local listener) or outbound;
 //! - on a clean stop, one last report without a snapshot saying goodbye.
 //!
 //! Nothing else: no environment variables, no file contents, no network payloads.
 //!
 //! # Layout
 //! [`config`] loads the configuration; [`collect`] reads the host; [`snapshot`] turns what was read
-//! into the wire's types; [`identity`] keeps the node key; [`transport`] talks to the collector;
+//! into the wire's types (its `Observer` keeps the caches that make rescans cheap); [`identity`] keeps the node key; [`transport`] talks to the collector;
 //! [`runner`] ties them together until shutdown.
 
 pub mod backoff;

@@ -14,9 +14,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::collect::HostRoot;
+use crate::collect::sockets::Reader;
 use crate::config::AgentConfig;
 use crate::identity::{Identity, StateDir, StateError};
-use crate::snapshot::{self, Observation};
+use crate::snapshot::{self, Observation, Observer};
 use crate::transport::{CollectorClient, TransportError};
 
 /// Why the agent stopped before it was asked to.
@@ -48,8 +49,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         state_dir = %config.state_dir.display(), host_root = %config.host_root.display(),
         version = env!("CARGO_PKG_VERSION"), "agent starting"
     );
-    let mut agent =
-        Agent { config, client, state, root, started_at: OffsetDateTime::now_utc(), identity: None, seq: 0 };
+    let mut agent = Agent {
+        config,
+        client,
+        state,
+        root,
+        observer: None,
+        started_at: OffsetDateTime::now_utc(),
+        identity: None,
+        seq: 0,
+    };
 
     let mut ticker = tokio::time::interval(agent.config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -103,6 +112,8 @@ struct Agent {
     client: CollectorClient,
     state: StateDir,
     root: HostRoot,
+    /// Taken while a scan runs on the blocking pool; rebuilt if that scan panicked.
+    observer: Option<Observer>,
     started_at: OffsetDateTime,
     identity: Option<Identity>,
     /// Sequence number of the last report the collector accepted under the current identity.
@@ -110,10 +121,19 @@ struct Agent {
 }
 
 impl Agent {
-    async fn observe(&self) -> Option<Observation> {
-        let root = self.root.clone();
-        match tokio::task::spawn_blocking(move || snapshot::observe(&root)).await {
-            Ok(obs) => Some(obs),
+    async fn observe(&mut self) -> Option<Observation> {
+        let mut observer =
+            self.observer.take().unwrap_or_else(|| Observer::new(self.root.clone(), Reader::SockDiag));
+        match tokio::task::spawn_blocking(move || {
+            let obs = observer.observe();
+            (observer, obs)
+        })
+        .await
+        {
+            Ok((observer, obs)) => {
+                self.observer = Some(observer);
+                Some(obs)
+            }
             Err(e) => {
                 error!(error = %e, "host scan failed");
                 None

@@ -235,6 +235,7 @@ mod tests {
             process: process.map(Into::into),
             exe: None,
             uid: 0,
+            netns: None,
         }
     }
 
@@ -289,6 +290,7 @@ address = "127.0.0.1"
                 listener(Protocol::Tcp, "127.0.0.1", 9005, Some("php-fpm8.2")),
                 listener(Protocol::Tcp, "0.0.0.0", 22, Some("sshd")),
             ],
+            ..Default::default()
         };
         assert_eq!(evaluate(&state, &BTreeMap::new(), Target::Workload(&w)), vec![]);
     }
@@ -310,6 +312,7 @@ address = "127.0.0.1"
                 listener(Protocol::Udp, "0.0.0.0", 443, Some("nginx")),
                 listener(Protocol::Tcp, "::", 22, Some("sshd")),
             ],
+            ..Default::default()
         };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(
@@ -341,6 +344,7 @@ address = "127.0.0.1"
         let state = HostState {
             processes: (0..4).map(|i| proc(30 + i, "nginx", Some("/usr/sbin/nginx"), "www-data")).collect(),
             listeners: vec![listener(Protocol::Tcp, "::", 443, Some("nginx"))],
+            ..Default::default()
         };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "/usr/sbin/nginx")]);
@@ -357,7 +361,11 @@ address = "127.0.0.1"
         );
         let mut a = proc(1, "a", None, "alice");
         a.user = None;
-        let state = HostState { processes: vec![a, proc(2, "b", None, "root")], listeners: vec![] };
+        let state = HostState {
+            processes: vec![a, proc(2, "b", None, "root")],
+            listeners: vec![],
+            ..Default::default()
+        };
         let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "b")]);
     }
@@ -389,7 +397,11 @@ address = "127.0.0.1"
 
     #[test]
     fn no_baseline_and_ambiguity() {
-        let state = HostState { processes: vec![proc(1, "x", None, "root")], listeners: vec![] };
+        let state = HostState {
+            processes: vec![proc(1, "x", None, "root")],
+            listeners: vec![],
+            ..Default::default()
+        };
         let tags: BTreeMap<String, String> = [("role".to_owned(), "db".to_owned())].into();
         let obs = evaluate(&state, &tags, Target::NoBaseline);
         assert_eq!(kinds(&obs), vec![(FindingKind::NoBaseline, "workload")]);
@@ -417,6 +429,7 @@ address = "127.0.0.1"
                 listener(Protocol::Tcp, "::", 443, Some("nginx")),
                 listener(Protocol::Udp, "127.0.0.1", 5353, None),
             ],
+            ..Default::default()
         };
         let sel: BTreeMap<String, String> = [("role".to_owned(), "dev".to_owned())].into();
         let text = learn("dev-box", &sel, "box", &state, OffsetDateTime::UNIX_EPOCH);

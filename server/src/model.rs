@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hostwatch_proto::v1 as proto;
-use hostwatch_proto::v1::{FindingKind, FindingStatus, Protocol, Severity};
+use hostwatch_proto::v1::{Direction, FindingKind, FindingStatus, Protocol, Severity};
 use time::OffsetDateTime;
 
 /// A running process on a host.
@@ -53,6 +53,8 @@ pub struct Listener {
     pub process: Option<String>,
     pub exe: Option<String>,
     pub uid: u32,
+    /// Network namespace, where it is not the host's own.
+    pub netns: Option<u64>,
 }
 
 impl Listener {
@@ -62,11 +64,34 @@ impl Listener {
     }
 }
 
+/// An established connection on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub protocol: Protocol,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub direction: Direction,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    pub exe: Option<String>,
+    pub uid: u32,
+    pub netns: Option<u64>,
+}
+
+impl Connection {
+    /// The subject of a finding about this connection: `tcp/10.0.0.5:5432 by /usr/bin/app`.
+    pub fn subject(&self) -> String {
+        let by = self.exe.as_deref().or(self.process.as_deref()).unwrap_or("?");
+        format!("{}/{} by {by}", self.protocol, self.remote)
+    }
+}
+
 /// What a host runs now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostState {
     pub processes: Vec<Process>,
     pub listeners: Vec<Listener>,
+    pub connections: Vec<Connection>,
 }
 
 /// Host facts as the collector keeps them.
@@ -197,6 +222,7 @@ impl From<proto::Listener> for Listener {
             process: l.process,
             exe: l.exe,
             uid: l.uid,
+            netns: l.netns,
         }
     }
 }
@@ -211,6 +237,41 @@ impl From<Listener> for proto::Listener {
             process: l.process,
             exe: l.exe,
             uid: l.uid,
+            netns: l.netns,
+        }
+    }
+}
+
+impl From<proto::Connection> for Connection {
+    fn from(c: proto::Connection) -> Self {
+        Connection {
+            protocol: c.protocol,
+            local: std::net::SocketAddr::new(c.local_address, c.local_port),
+            remote: std::net::SocketAddr::new(c.remote_address, c.remote_port),
+            direction: c.direction,
+            pid: c.pid,
+            process: c.process,
+            exe: c.exe,
+            uid: c.uid,
+            netns: c.netns,
+        }
+    }
+}
+
+impl From<Connection> for proto::Connection {
+    fn from(c: Connection) -> Self {
+        proto::Connection {
+            protocol: c.protocol,
+            local_address: c.local.ip(),
+            local_port: c.local.port(),
+            remote_address: c.remote.ip(),
+            remote_port: c.remote.port(),
+            direction: c.direction,
+            pid: c.pid,
+            process: c.process,
+            exe: c.exe,
+            uid: c.uid,
+            netns: c.netns,
         }
     }
 }
@@ -249,6 +310,7 @@ impl From<proto::Report> for ReportRecord {
             state: r.snapshot.map(|s| HostState {
                 processes: s.processes.into_iter().map(Into::into).collect(),
                 listeners: s.listeners.into_iter().map(Into::into).collect(),
+                connections: s.connections.into_iter().map(Into::into).collect(),
             }),
             goodbye: r.goodbye.map(proto::Goodbye::as_str),
         }

@@ -51,6 +51,7 @@ fn report(seq: u64, machine_id: &str) -> proto::Report {
                 start_time: now,
             }],
             listeners: vec![],
+            connections: vec![],
         }),
         goodbye: None,
     }

@@ -6,5 +6,7 @@
 
 mod bad_input;
 mod dev_mode;
+mod namespaces;
+mod oracle;
 mod skeleton;
 mod support;

@@ -54,6 +54,30 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
     let key = dir.path().join("agent-state/node-key");
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "node key is private");
 
+    // Fleet-wide state: the collector's listener, and a connection this test holds to it.
+    let ports: Vec<proto::Located<proto::Listener>> =
+        collector.cli_json(&["ports", "--host", &host.id.to_string(), "--port", &collector.port.to_string()]);
+    assert!(ports.iter().any(|l| l.item.process.as_deref() == Some("hostwatch")), "{ports:?}");
+    let held = std::net::TcpStream::connect(("127.0.0.1", collector.port)).unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let me = std::process::id();
+    let conn = wait_for("the test's connection to the collector", WAIT, async || {
+        let conns: Vec<proto::Located<proto::Connection>> = collector.cli_json(&[
+            "conns",
+            "--host",
+            &host.id.to_string(),
+            "--port",
+            &collector.port.to_string(),
+        ]);
+        conns.into_iter().find(|c| c.item.local_port == held_port)
+    })
+    .await;
+    assert_eq!((conn.item.pid, conn.item.direction), (Some(me), proto::Direction::Outbound));
+    let mine: Vec<proto::Located<proto::Process>> =
+        collector.cli_json(&["ps", "--host", &host.id.to_string(), "--name", &req_name]);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    drop(held);
+
     // Both requirements are met: nothing missing.
     assert!(collector.findings(host.id, "missing_process", "open").is_empty());
     assert!(collector.findings(host.id, "missing_listener", "open").is_empty());

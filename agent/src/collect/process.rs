@@ -28,6 +28,9 @@ pub struct ProcessRecord {
     /// Effective uid.
     pub uid: u32,
     pub start_time: OffsetDateTime,
+    /// Start time in clock ticks after boot: with the pid, the key of this process (a reused pid
+    /// has another start).
+    pub start_ticks: u64,
 }
 
 /// Reads every process. Processes that exit during the scan are left out, not reported as errors.
@@ -110,6 +113,7 @@ fn read_one(
         cmdline_truncated,
         uid: status.euid,
         start_time: start,
+        start_ticks: stat.starttime,
     }))
 }
 

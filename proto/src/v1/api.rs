@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::{Coverage, Listener, Process};
+use super::{Connection, Coverage, Listener, Process};
 
 /// The body of every error response: one sentence saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +71,17 @@ pub struct HostDetail {
     pub last_seq: u64,
     pub processes: Vec<Process>,
     pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+}
+
+/// An item of a fleet-wide listing (`hostwatch ps|ports|conns`), with the host it is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Located<T> {
+    pub host_id: i64,
+    pub hostname: String,
+    #[serde(flatten)]
+    pub item: T,
 }
 
 /// A stored baseline as `hostwatch baseline list` shows it.

@@ -9,14 +9,14 @@ mod socket;
 pub mod timestamp;
 mod validate;
 
-pub use api::{ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus};
+pub use api::{ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
 pub use process::Process;
 pub use report::{
     AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
 };
-pub use socket::{Listener, Protocol};
+pub use socket::{Connection, Direction, Listener, Protocol};
 pub use validate::{Validate, ValidationError, limits, tags as check_tags};
 
 /// Prefix of every v1 endpoint.
@@ -27,6 +27,12 @@ pub const ENROLL_PATH: &str = "/api/v1/enroll";
 pub const REPORT_PATH: &str = "/api/v1/report";
 /// `GET`: [`Host`] list; `GET {HOSTS_PATH}/{id}`: one [`HostDetail`].
 pub const HOSTS_PATH: &str = "/api/v1/hosts";
+/// `GET`: every host's processes as [`Located`] [`Process`]es; query `host`, `name`, `user`.
+pub const PROCESSES_PATH: &str = "/api/v1/processes";
+/// `GET`: every host's listeners; query `host`, `port`, `protocol`.
+pub const LISTENERS_PATH: &str = "/api/v1/listeners";
+/// `GET`: every host's connections; query `host`, `port` (remote), `direction`.
+pub const CONNECTIONS_PATH: &str = "/api/v1/connections";
 /// `GET`: [`Finding`] list, filtered by the query parameters `host`, `kind` and `status`.
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::timestamp;
 use super::validate::{self, Validate, ValidationError, count, limits, name, nonempty, text};
-use super::{Listener, Process};
+use super::{Connection, Listener, Process};
 
 /// One report: who is sending, in what state the agent is, and (for a full report) a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +110,9 @@ pub struct Snapshot {
     pub processes: Vec<Process>,
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// Established TCP connections and connected UDP sockets.
+    #[serde(default)]
+    pub connections: Vec<Connection>,
 }
 
 /// The collector's answer to a report.
@@ -169,11 +172,15 @@ impl Validate for Snapshot {
     fn validate(&self) -> Result<(), ValidationError> {
         count("processes", &self.processes, limits::MAX_PROCESSES)?;
         count("listeners", &self.listeners, limits::MAX_LISTENERS)?;
+        count("connections", &self.connections, limits::MAX_CONNECTIONS)?;
         for (i, p) in self.processes.iter().enumerate() {
             p.validate().map_err(|e| e.within(&format!("processes[{i}]")))?;
         }
         for (i, l) in self.listeners.iter().enumerate() {
             l.validate().map_err(|e| e.within(&format!("listeners[{i}]")))?;
+        }
+        for (i, c) in self.connections.iter().enumerate() {
+            c.validate().map_err(|e| e.within(&format!("connections[{i}]")))?;
         }
         Ok(())
     }
@@ -227,7 +234,9 @@ mod tests {
                     process: Some("sshd".into()),
                     exe: None,
                     uid: 0,
+                    netns: None,
                 }],
+                connections: vec![],
             }),
             goodbye: None,
         }

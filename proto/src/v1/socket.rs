@@ -60,6 +60,68 @@ pub struct Listener {
     pub exe: Option<String>,
     /// User id that created the socket.
     pub uid: u32,
+    /// Inode of the network namespace the socket lives in; absent where only the agent's own
+    /// namespace was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+/// Which side opened a connection, as far as the host can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// To a local listener on the same port: a peer connected to this host.
+    Inbound,
+    /// Everything else: this host connected to the peer.
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "inbound" => Ok(Direction::Inbound),
+            "outbound" => Ok(Direction::Outbound),
+            other => Err(format!("unknown direction {other:?} (expected inbound or outbound)")),
+        }
+    }
+}
+
+/// An established TCP connection or a connected UDP socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub protocol: Protocol,
+    pub local_address: IpAddr,
+    pub local_port: u16,
+    pub remote_address: IpAddr,
+    pub remote_port: u16,
+    pub direction: Direction,
+    /// Owning process, as for [`Listener`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+impl Validate for Connection {
+    fn validate(&self) -> Result<(), ValidationError> {
+        opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
+        opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
+    }
 }
 
 impl Validate for Listener {

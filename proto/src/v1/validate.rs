@@ -13,6 +13,8 @@ pub mod limits {
     pub const MAX_PROCESSES: usize = 100_000;
     /// Listening sockets in one snapshot.
     pub const MAX_LISTENERS: usize = 100_000;
+    /// Connections in one snapshot.
+    pub const MAX_CONNECTIONS: usize = 200_000;
     /// Arguments kept of one command line.
     pub const MAX_ARGS: usize = 1_024;
     /// Bytes of one command line, all arguments together.

@@ -59,6 +59,7 @@ pub async fn detail(
         last_seq: h.last_seq,
         processes: st.processes.into_iter().map(Into::into).collect(),
         listeners: st.listeners.into_iter().map(Into::into).collect(),
+        connections: st.connections.into_iter().map(Into::into).collect(),
     }))
 }
 

@@ -9,6 +9,7 @@ mod agents;
 mod baselines;
 mod findings;
 mod hosts;
+mod state;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -154,6 +155,9 @@ fn people() -> Router<AppState> {
         .route(proto::HOSTS_PATH, get(hosts::list))
         .route(&format!("{}/{{host}}", proto::HOSTS_PATH), get(hosts::detail))
         .route(proto::FINDINGS_PATH, get(findings::list))
+        .route(proto::PROCESSES_PATH, get(state::processes))
+        .route(proto::LISTENERS_PATH, get(state::listeners))
+        .route(proto::CONNECTIONS_PATH, get(state::connections))
         .route(
             proto::BASELINES_PATH,
             get(baselines::list)

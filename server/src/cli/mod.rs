@@ -70,6 +70,40 @@ enum Command {
         #[arg(long)]
         status: Option<String>,
     },
+    /// Processes across the fleet (or one host).
+    Ps {
+        #[arg(long)]
+        host: Option<String>,
+        /// Exact process name.
+        #[arg(long)]
+        name: Option<String>,
+        /// User name or uid.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Listening sockets across the fleet (or one host).
+    Ports {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// tcp or udp.
+        #[arg(long)]
+        protocol: Option<String>,
+    },
+    /// Established connections across the fleet (or one host).
+    Conns {
+        #[arg(long)]
+        host: Option<String>,
+        /// Remote port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// inbound or outbound.
+        #[arg(long)]
+        direction: Option<String>,
+        #[arg(long)]
+        protocol: Option<String>,
+    },
     /// Manage baselines.
     #[command(subcommand)]
     Baseline(BaselineCommand),
@@ -216,15 +250,35 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             println!();
             print(&d.listeners, format)?;
             println!();
+            print(&d.connections, format)?;
+            println!();
             print(&d.processes, format)
         }
         Command::Findings { host, kind, status } => {
-            let mut q = Vec::new();
-            q.extend(host.map(|h| ("host", h)));
-            q.extend(kind.map(|k| ("kind", k)));
-            q.extend(status.map(|s| ("status", s)));
+            let q = query([("host", host), ("kind", kind), ("status", status)]);
             let findings: Vec<proto::Finding> = client.get(proto::FINDINGS_PATH, &q).await?;
             print(&findings, format)
+        }
+        Command::Ps { host, name, user } => {
+            let q = query([("host", host), ("name", name), ("user", user)]);
+            let rows: Vec<proto::Located<proto::Process>> = client.get(proto::PROCESSES_PATH, &q).await?;
+            print(&rows, format)
+        }
+        Command::Ports { host, port, protocol } => {
+            let q = query([("host", host), ("port", port.map(|p| p.to_string())), ("protocol", protocol)]);
+            let rows: Vec<proto::Located<proto::Listener>> = client.get(proto::LISTENERS_PATH, &q).await?;
+            print(&rows, format)
+        }
+        Command::Conns { host, port, direction, protocol } => {
+            let q = query([
+                ("host", host),
+                ("port", port.map(|p| p.to_string())),
+                ("direction", direction),
+                ("protocol", protocol),
+            ]);
+            let rows: Vec<proto::Located<proto::Connection>> =
+                client.get(proto::CONNECTIONS_PATH, &q).await?;
+            print(&rows, format)
         }
         Command::Baseline(BaselineCommand::List) => {
             let list: Vec<proto::BaselineSummary> = client.get(proto::BASELINES_PATH, &[]).await?;
@@ -241,6 +295,11 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
         }
         Command::Baseline(BaselineCommand::Lint { .. }) | Command::Serve(_) => bail!("not a client command"),
     }
+}
+
+/// Query parameters, leaving out those not given.
+fn query<const N: usize>(params: [(&'static str, Option<String>); N]) -> Vec<(&'static str, String)> {
+    params.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
 }
 
 /// Percent-encodes a path segment (a hostname could hold anything).

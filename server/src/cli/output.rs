@@ -28,8 +28,22 @@ pub enum Style {
 /// A row type of a listing.
 pub trait Tabular {
     /// Column names, as the JSON fields are named.
-    const COLUMNS: &'static [&'static str];
+    fn columns() -> Vec<&'static str>;
     fn cells(&self, style: Style) -> Vec<String>;
+}
+
+/// An item with its host: the host's columns first.
+impl<T: Tabular> Tabular for proto::Located<T> {
+    fn columns() -> Vec<&'static str> {
+        let mut c = vec!["host_id", "hostname"];
+        c.extend(T::columns());
+        c
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        let mut c = vec![self.host_id.to_string(), text(&self.hostname, style, 30)];
+        c.extend(self.item.cells(style));
+        c
+    }
 }
 
 /// Prints `items` to stdout in `format`.
@@ -41,7 +55,7 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
             .and_then(|()| writeln!(out)),
         OutputFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
-            let mut rows = std::iter::once(T::COLUMNS.iter().map(|c| c.to_string()).collect())
+            let mut rows = std::iter::once(T::columns().iter().map(|c| c.to_string()).collect())
                 .chain(items.iter().map(|i| i.cells(Style::Csv)));
             rows.try_for_each(|r: Vec<String>| w.write_record(r))
                 .map_err(std::io::Error::other)
@@ -50,7 +64,7 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
         OutputFormat::Table => {
             let mut t = Table::new();
             t.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
-            t.set_header(T::COLUMNS.iter().map(|c| c.to_uppercase().replace('_', " ")));
+            t.set_header(T::columns().iter().map(|c| c.to_uppercase().replace('_', " ")));
             for i in items {
                 t.add_row(i.cells(Style::Table));
             }
@@ -114,17 +128,19 @@ fn tags(t: &std::collections::BTreeMap<String, String>) -> String {
 }
 
 impl Tabular for proto::Host {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "hostname",
-        "workload",
-        "tags",
-        "status",
-        "coverage",
-        "last_seen",
-        "agent_version",
-        "open_findings",
-    ];
+    fn columns() -> Vec<&'static str> {
+        vec![
+            "id",
+            "hostname",
+            "workload",
+            "tags",
+            "status",
+            "coverage",
+            "last_seen",
+            "agent_version",
+            "open_findings",
+        ]
+    }
     fn cells(&self, style: Style) -> Vec<String> {
         let coverage = match self.coverage.state {
             proto::CoverageState::Full => "full".to_owned(),
@@ -145,19 +161,21 @@ impl Tabular for proto::Host {
 }
 
 impl Tabular for proto::Finding {
-    const COLUMNS: &'static [&'static str] = &[
-        "id",
-        "host_id",
-        "hostname",
-        "kind",
-        "rule",
-        "severity",
-        "subject",
-        "detail",
-        "status",
-        "first_seen",
-        "last_seen",
-    ];
+    fn columns() -> Vec<&'static str> {
+        vec![
+            "id",
+            "host_id",
+            "hostname",
+            "kind",
+            "rule",
+            "severity",
+            "subject",
+            "detail",
+            "status",
+            "first_seen",
+            "last_seen",
+        ]
+    }
     fn cells(&self, style: Style) -> Vec<String> {
         vec![
             self.id.to_string(),
@@ -176,8 +194,9 @@ impl Tabular for proto::Finding {
 }
 
 impl Tabular for proto::BaselineSummary {
-    const COLUMNS: &'static [&'static str] =
-        &["name", "selector", "include", "rules", "applied_at", "applied_by"];
+    fn columns() -> Vec<&'static str> {
+        vec!["name", "selector", "include", "rules", "applied_at", "applied_by"]
+    }
     fn cells(&self, style: Style) -> Vec<String> {
         vec![
             text(&self.name, style, 40),
@@ -196,7 +215,9 @@ impl Tabular for proto::BaselineSummary {
 }
 
 impl Tabular for proto::Process {
-    const COLUMNS: &'static [&'static str] = &["pid", "ppid", "user", "name", "exe", "cmdline"];
+    fn columns() -> Vec<&'static str> {
+        vec!["pid", "ppid", "user", "name", "exe", "cmdline"]
+    }
     fn cells(&self, style: Style) -> Vec<String> {
         vec![
             self.pid.to_string(),
@@ -218,12 +239,31 @@ impl Tabular for proto::Process {
 }
 
 impl Tabular for proto::Listener {
-    const COLUMNS: &'static [&'static str] = &["protocol", "address", "port", "pid", "process", "exe"];
+    fn columns() -> Vec<&'static str> {
+        vec!["protocol", "address", "port", "pid", "process", "exe"]
+    }
     fn cells(&self, style: Style) -> Vec<String> {
         vec![
             self.protocol.as_str().to_owned(),
             self.address.to_string(),
             self.port.to_string(),
+            self.pid.map(|p| p.to_string()).unwrap_or_default(),
+            text(self.process.as_deref().unwrap_or(""), style, 20),
+            text(self.exe.as_deref().unwrap_or(""), style, 50),
+        ]
+    }
+}
+
+impl Tabular for proto::Connection {
+    fn columns() -> Vec<&'static str> {
+        vec!["protocol", "local", "remote", "direction", "pid", "process", "exe"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.protocol.as_str().to_owned(),
+            std::net::SocketAddr::new(self.local_address, self.local_port).to_string(),
+            std::net::SocketAddr::new(self.remote_address, self.remote_port).to_string(),
+            self.direction.as_str().to_owned(),
             self.pid.map(|p| p.to_string()).unwrap_or_default(),
             text(self.process.as_deref().unwrap_or(""), style, 20),
             text(self.exe.as_deref().unwrap_or(""), style, 50),

@@ -12,18 +12,21 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hostwatch_proto::v1::timestamp;
-use hostwatch_proto::v1::{FindingKind, FindingStatus, Protocol, Severity};
+use hostwatch_proto::v1::{Direction, FindingKind, FindingStatus, Protocol, Severity};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{BaselineRecord, FindingFilter, Result, Store, StoreError, TokenRecord};
 use crate::model::{
-    AgentInfo, Finding, FindingChange, Host, HostFacts, HostState, Listener, Observation, Process,
-    ReportRecord,
+    AgentInfo, Connection as Conn, Finding, FindingChange, Host, HostFacts, HostState, Listener, Observation,
+    Process, ReportRecord,
 };
 
 /// Schema migrations, applied in order; each runs once, in a transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_connections.sql")),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -440,11 +443,42 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
                 for l in &state.listeners {
-                    ins.execute(params![host_id, l.protocol.as_str(), l.address.to_string(), l.port, l.pid, l.process, l.exe, l.uid])?;
+                    ins.execute(params![
+                        host_id,
+                        l.protocol.as_str(),
+                        l.address.to_string(),
+                        l.port,
+                        l.pid,
+                        l.process,
+                        l.exe,
+                        l.uid,
+                        l.netns
+                    ])?;
+                }
+                tx.execute("DELETE FROM connections WHERE host_id = ?1", [host_id])?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
+                     direction, pid, process, exe, uid, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                for c in &state.connections {
+                    ins.execute(params![
+                        host_id,
+                        c.protocol.as_str(),
+                        c.local.ip().to_string(),
+                        c.local.port(),
+                        c.remote.ip().to_string(),
+                        c.remote.port(),
+                        c.direction.as_str(),
+                        c.pid,
+                        c.process,
+                        c.exe,
+                        c.uid,
+                        c.netns
+                    ])?;
                 }
             }
             Ok(())
@@ -473,7 +507,8 @@ impl Store for SqliteStore {
                 });
             }
             let mut stmt = tx.prepare_cached(
-                "SELECT protocol, address, port, pid, process, exe, uid FROM listeners WHERE host_id = ?1 ORDER BY protocol, port, address",
+                "SELECT protocol, address, port, pid, process, exe, uid, netns FROM listeners WHERE host_id = ?1 \
+                 ORDER BY protocol, port, address",
             )?;
             let mut rows = stmt.query([host_id])?;
             let mut listeners = Vec::new();
@@ -487,9 +522,34 @@ impl Store for SqliteStore {
                     process: r.get(4)?,
                     exe: r.get(5)?,
                     uid: r.get(6)?,
+                    netns: r.get(7)?,
                 });
             }
-            Ok(HostState { processes, listeners })
+            let mut stmt = tx.prepare_cached(
+                "SELECT protocol, local_address, local_port, remote_address, remote_port, direction, pid, process, exe, \
+                 uid, netns FROM connections WHERE host_id = ?1 ORDER BY protocol, remote_address, remote_port, local_port",
+            )?;
+            let mut rows = stmt.query([host_id])?;
+            let mut connections = Vec::new();
+            while let Some(r) = rows.next()? {
+                let addr = |i: usize, p: usize| -> Result<std::net::SocketAddr> {
+                    let a: String = r.get(i)?;
+                    let ip: std::net::IpAddr = a.parse().map_err(|_| StoreError::Corrupt(format!("connection address {a:?}")))?;
+                    Ok(std::net::SocketAddr::new(ip, r.get(p)?))
+                };
+                connections.push(Conn {
+                    protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+                    local: addr(1, 2)?,
+                    remote: addr(3, 4)?,
+                    direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
+                    pid: r.get(6)?,
+                    process: r.get(7)?,
+                    exe: r.get(8)?,
+                    uid: r.get(9)?,
+                    netns: r.get(10)?,
+                });
+            }
+            Ok(HostState { processes, listeners, connections })
         })
         .await
     }
@@ -788,6 +848,18 @@ mod tests {
             process: Some("nginx".into()),
             exe: None,
             uid: 0,
+            netns: None,
+        };
+        let c = Conn {
+            protocol: Protocol::Tcp,
+            local: "[::ffff:10.0.0.1]:50000".parse().unwrap(),
+            remote: "[::ffff:10.0.0.9]:5432".parse().unwrap(),
+            direction: Direction::Outbound,
+            pid: Some(10),
+            process: Some("app".into()),
+            exe: Some("/usr/bin/app".into()),
+            uid: 33,
+            netns: Some(4026532000),
         };
         let report = ReportRecord {
             seq: 7,
@@ -798,12 +870,16 @@ mod tests {
                 coverage_degraded: true,
                 coverage_why: vec!["x".into()],
             },
-            state: Some(HostState { processes: vec![p.clone()], listeners: vec![l.clone()] }),
+            state: Some(HostState {
+                processes: vec![p.clone()],
+                listeners: vec![l.clone()],
+                connections: vec![c.clone()],
+            }),
             goodbye: None,
         };
         s.record_report(id, &report, at(5)).await.unwrap();
         let state = s.host_state(id).await.unwrap();
-        assert_eq!(state, HostState { processes: vec![p], listeners: vec![l] });
+        assert_eq!(state, HostState { processes: vec![p], listeners: vec![l], connections: vec![c] });
         let h = s.host(id).await.unwrap().unwrap();
         assert_eq!((h.last_seq, h.last_seen, h.agent.coverage_degraded), (7, Some(at(5)), true));
         assert_eq!(h.facts.tags["role"], "web");

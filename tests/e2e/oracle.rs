@@ -1,0 +1,165 @@
+//! The agent against the tools everybody trusts: every process `ps` lists is in the snapshot with
+//! the same ppid, user and executable, and every socket `ss -tuanp` lists is there with the same
+//! owner. Items that appear or vanish while the test runs are left out: `ps` and `ss` run before
+//! and after the snapshot, and only what both runs agree on is compared.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+
+use hostwatch_proto::v1 as proto;
+
+use crate::support::{Guard, bin};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PsRow {
+    pid: u32,
+    ppid: u32,
+    user: String,
+    exe: Option<String>,
+}
+
+fn ps() -> BTreeMap<u32, PsRow> {
+    let out = Command::new("ps").args(["-eo", "pid=,ppid=,user:64=,exe="]).output().expect("run ps");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let pid = f.next()?.parse().ok()?;
+            let ppid = f.next()?.parse().ok()?;
+            let user = f.next()?.to_owned();
+            let exe = f.collect::<Vec<_>>().join(" ");
+            let exe = (exe != "-" && !exe.is_empty()).then(|| exe.trim_end_matches(" (deleted)").to_owned());
+            Some((pid, PsRow { pid, ppid, user, exe }))
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SsRow {
+    protocol: String,
+    state: String,
+    local: (Option<IpAddr>, u16),
+    peer: (Option<IpAddr>, u16),
+    pids: BTreeSet<u32>,
+}
+
+/// `1.2.3.4:80`, `[::1]:80`, `*:68`, `127.0.0.53%lo:53`; `None` for `*` (any address).
+fn parse_endpoint(s: &str) -> Option<(Option<IpAddr>, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = if port == "*" { 0 } else { port.parse().ok()? };
+    let host = host.split('%').next()?.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host == "*" { None } else { Some(host.parse().ok()?) };
+    Some((ip, port))
+}
+
+fn ss() -> BTreeSet<SsRow> {
+    let out = Command::new("ss").args(["-tuanpH"]).output().expect("run ss (iproute2)");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let pids = l
+                .split("pid=")
+                .skip(1)
+                .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .collect();
+            Some(SsRow {
+                protocol: f.first()?.to_string(),
+                state: f.get(1)?.to_string(),
+                local: parse_endpoint(f.get(4)?)?,
+                peer: parse_endpoint(f.get(5)?)?,
+                pids,
+            })
+        })
+        .collect()
+}
+
+fn same_ip(ss: Option<IpAddr>, ours: IpAddr) -> bool {
+    match ss {
+        None => ours.is_unspecified(),
+        Some(ip) => ip.to_canonical() == ours.to_canonical(),
+    }
+}
+
+#[test]
+fn every_process_and_socket_that_ps_and_ss_see() {
+    // Something of each kind this test owns, so that the comparison can never be empty.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let _listener6 = TcpListener::bind("[::1]:0").ok();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let connected_udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    connected_udp.connect(udp.local_addr().unwrap()).unwrap();
+    let child = Guard(Command::new("sleep").arg("60").spawn().unwrap());
+
+    let (ps1, ss1) = (ps(), ss());
+    let out = Command::new(bin("hostwatch-agent")).arg("snapshot").env_clear().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ps2, ss2) = (ps(), ss());
+    let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = report.snapshot.unwrap();
+
+    // Processes: those ps saw the same way twice, but kernel threads (kthreadd and its children).
+    let by_pid: BTreeMap<u32, &proto::Process> = snap.processes.iter().map(|p| (p.pid, p)).collect();
+    let stable: Vec<&PsRow> =
+        ps1.values().filter(|r| ps2.get(&r.pid) == Some(r) && r.pid != 2 && r.ppid != 2).collect();
+    assert!(stable.iter().any(|r| r.pid == child.pid() as u32), "the test's child is among what ps saw");
+    for r in &stable {
+        let p = by_pid.get(&r.pid).unwrap_or_else(|| panic!("ps lists {r:?}, the snapshot does not"));
+        assert_eq!(p.ppid, r.ppid, "ppid of {}", r.pid);
+        let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
+        assert_eq!(user, r.user, "user of {}", r.pid);
+        if let Some(exe) = &r.exe {
+            assert_eq!(p.exe.as_deref(), Some(exe.as_str()), "exe of {}", r.pid);
+        }
+    }
+
+    // Sockets: those ss saw twice, in the states hostwatch reports.
+    let mut mine = 0;
+    for r in ss1.intersection(&ss2) {
+        let protocol = match r.protocol.as_str() {
+            "tcp" => proto::Protocol::Tcp,
+            "udp" => proto::Protocol::Udp,
+            _ => continue,
+        };
+        let owner = match r.state.as_str() {
+            "LISTEN" | "UNCONN" => {
+                let l = snap
+                    .listeners
+                    .iter()
+                    .find(|l| l.protocol == protocol && l.port == r.local.1 && same_ip(r.local.0, l.address))
+                    .unwrap_or_else(|| panic!("ss lists {r:?}, the snapshot has no such listener"));
+                l.pid
+            }
+            "ESTAB" => {
+                let c = snap
+                    .connections
+                    .iter()
+                    .find(|c| {
+                        c.protocol == protocol
+                            && c.local_port == r.local.1
+                            && c.remote_port == r.peer.1
+                            && same_ip(r.local.0, c.local_address)
+                            && same_ip(r.peer.0, c.remote_address)
+                    })
+                    .unwrap_or_else(|| panic!("ss lists {r:?}, the snapshot has no such connection"));
+                c.pid
+            }
+            _ => continue,
+        };
+        if !r.pids.is_empty() {
+            let pid = owner.unwrap_or_else(|| panic!("ss knows the owner of {r:?}, the snapshot does not"));
+            assert!(r.pids.contains(&pid), "owner {pid} of {r:?} is not one ss names");
+        }
+        mine += usize::from(r.pids.contains(&std::process::id()));
+    }
+    assert!(mine >= 4, "the test's own sockets were compared ({mine})");
+    let c = snap.connections.iter().find(|c| c.local_port == client.local_addr().unwrap().port()).unwrap();
+    assert_eq!(c.direction, proto::Direction::Outbound);
+    let s = snap.connections.iter().find(|c| c.local_port == listener.local_addr().unwrap().port()).unwrap();
+    assert_eq!(s.direction, proto::Direction::Inbound);
+}
