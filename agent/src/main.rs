@@ -103,11 +103,14 @@ fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
     let machine_id = obs.host.machine_id.clone().unwrap_or_else(|| "unknown".to_owned());
     let now = time::OffsetDateTime::now_utc();
     let report = hostwatch_proto::v1::Report {
+        session: 0,
         seq: 0,
         sent_at: now,
         host: obs.host_facts(&machine_id, &config.tags),
         agent: snapshot::agent_status(config.interval, now, obs.coverage),
         snapshot: Some(obs.snapshot),
+        delta: None,
+        lost: 0,
         goodbye: None,
     };
     let mut out = std::io::stdout().lock();

@@ -57,6 +57,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         observer: None,
         started_at: OffsetDateTime::now_utc(),
         identity: None,
+        session: new_session(),
         seq: 0,
     };
 
@@ -118,6 +119,13 @@ struct Agent {
     identity: Option<Identity>,
     /// Sequence number of the last report the collector accepted under the current identity.
     seq: u64,
+    /// This run of the agent; sequence numbers count within it.
+    session: u64,
+}
+
+/// A random session number, never 0 (the number of reports from agents that predate sessions).
+fn new_session() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).max(1)
 }
 
 impl Agent {
@@ -196,11 +204,14 @@ impl Agent {
             }
         };
         proto::Report {
+            session: self.session,
             seq: self.seq + 1,
             sent_at: now,
             host,
             agent: self.status(coverage),
             snapshot,
+            delta: None,
+            lost: 0,
             goodbye,
         }
     }

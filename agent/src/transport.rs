@@ -150,6 +150,7 @@ mod tests {
     fn sample_report() -> proto::Report {
         let now = time::OffsetDateTime::now_utc();
         proto::Report {
+            session: 0,
             seq: 1,
             sent_at: now,
             host: proto::HostFacts {
@@ -168,6 +169,8 @@ mod tests {
                 coverage: proto::Coverage::full(),
             },
             snapshot: None,
+            delta: None,
+            lost: 0,
             goodbye: None,
         }
     }

@@ -79,6 +79,25 @@ pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation
     })
 }
 
+/// Reports that never arrived: dropped by the agent when its spool was full (`lost`), or missing
+/// between two sequence numbers (`gap`, as expected and received). One finding per host, kept
+/// open until acknowledged: what was lost cannot be explained after the fact.
+pub fn data_lost(lost: u64, gap: Option<(u64, u64)>) -> Option<Observation> {
+    if lost == 0 && gap.is_none() {
+        return None;
+    }
+    Some(Observation {
+        kind: FindingKind::DataLost,
+        rule: None,
+        severity: default_severity(FindingKind::DataLost),
+        subject: "reports".to_owned(),
+        detail: json!({
+            "dropped_by_agent": lost,
+            "missing_seq": gap.map(|(from, to)| json!({ "from": from, "before": to })),
+        }),
+    })
+}
+
 /// Everything about `state` that `target` does not explain, one observation per (kind, subject).
 pub fn evaluate(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
@@ -382,6 +401,18 @@ address = "127.0.0.1"
                 !r.contains(&FindingKind::UnexpectedProcess) && !r.contains(&FindingKind::MissingListener)
             );
         }
+    }
+
+    #[test]
+    fn lost_reports() {
+        assert!(data_lost(0, None).is_none());
+        let o = data_lost(3, None).unwrap();
+        assert_eq!(
+            (o.kind, o.subject.as_str(), o.detail["dropped_by_agent"].as_u64()),
+            (FindingKind::DataLost, "reports", Some(3))
+        );
+        let o = data_lost(0, Some((5, 9))).unwrap();
+        assert_eq!(o.detail["missing_seq"], json!({"from": 5, "before": 9}));
     }
 
     #[test]

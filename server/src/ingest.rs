@@ -4,28 +4,37 @@
 use std::sync::Arc;
 
 use time::OffsetDateTime;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::baseline::{self, BaselineSet, Selection};
 use crate::engine::{self, Target};
-use crate::model::{FindingChange, Host, HostState, ReportRecord};
+use crate::model::{Applied, Content, FindingChange, Host, HostState, ReportRecord};
 use crate::state::{AppState, LoadedBaselines};
 use crate::store::StoreError;
 
-/// Records one validated report and, if it carried a snapshot, re-explains the host.
-pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<(), StoreError> {
+/// Records one validated report and, if it changed the host's state, explains the host again.
+/// Returns whether the agent must send a snapshot next (its report did not follow the last one
+/// applied).
+pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<bool, StoreError> {
     let _turn = state.lock_host(host_id).await;
     let now = OffsetDateTime::now_utc();
-    state.store.record_report(host_id, &record, now).await?;
-    if let Some(host_state) = &record.state {
+    let lost = record.lost;
+    let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
+    let applied = state.store.apply_report(host_id, &record, now).await?;
+    if let Some(obs) = engine::data_lost(lost, applied.gap()) {
+        warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
+        state.store.record_findings(host_id, &[obs], now).await?;
+    }
+    if matches!(applied, Applied::Applied { .. }) && changes_state {
         let host = state
             .store
             .host(host_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
-        evaluate(state, &host, host_state).await?;
+        let host_state = state.store.host_state(host_id).await?;
+        evaluate(state, &host, &host_state).await?;
     }
-    Ok(())
+    Ok(matches!(applied, Applied::NeedSnapshot { .. }))
 }
 
 /// The baselines of the store's current revision, parsed once per revision.

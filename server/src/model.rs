@@ -118,13 +118,153 @@ pub struct AgentInfo {
 /// One accepted report, reduced to what the store records.
 #[derive(Debug, Clone)]
 pub struct ReportRecord {
+    pub session: u64,
     pub seq: u64,
     pub facts: HostFacts,
     pub agent: AgentInfo,
-    /// The whole state, when the report carried a snapshot.
-    pub state: Option<HostState>,
+    pub content: Content,
+    /// Reports the agent dropped before this one.
+    pub lost: u64,
     /// `shutdown` or `stopped` for a goodbye.
     pub goodbye: Option<&'static str>,
+}
+
+/// What a report says about the host's state.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// The whole state: replaces what is stored.
+    Snapshot(HostState),
+    /// What changed since the report before.
+    Delta(StateDelta),
+    /// Nothing: the agent is alive.
+    Heartbeat,
+}
+
+/// Changes to a host's state, in the order they apply: added, updated, removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDelta {
+    pub processes: ChangeSet<Process, ProcessKey>,
+    pub listeners: ChangeSet<Listener, ListenerKey>,
+    pub connections: ChangeSet<Connection, ConnectionKey>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeSet<T, K> {
+    pub added: Vec<T>,
+    pub updated: Vec<T>,
+    /// Keys of what went, and when.
+    pub removed: Vec<(K, OffsetDateTime)>,
+}
+
+impl<T, K> Default for ChangeSet<T, K> {
+    fn default() -> Self {
+        ChangeSet { added: Vec::new(), updated: Vec::new(), removed: Vec::new() }
+    }
+}
+
+/// A process: pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub start_time: OffsetDateTime,
+}
+
+/// A listener: protocol, address, port, namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub protocol: Protocol,
+    pub address: IpAddr,
+    pub port: u16,
+    pub netns: Option<u64>,
+}
+
+/// A connection: protocol, both ends, namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionKey {
+    pub protocol: Protocol,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub netns: Option<u64>,
+}
+
+impl Process {
+    pub fn key(&self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_time: self.start_time }
+    }
+}
+
+impl Listener {
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey { protocol: self.protocol, address: self.address, port: self.port, netns: self.netns }
+    }
+}
+
+impl Connection {
+    pub fn key(&self) -> ConnectionKey {
+        ConnectionKey { protocol: self.protocol, local: self.local, remote: self.remote, netns: self.netns }
+    }
+}
+
+/// What the store did with a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied in order (or a snapshot, which always applies).
+    Applied {
+        /// A snapshot that came after a gap: the numbers between never arrived.
+        gap: Option<(u64, u64)>,
+    },
+    /// A report already applied, sent again: acknowledged, nothing changed.
+    Replay,
+    /// A delta or heartbeat that does not follow what was applied: not applied; the agent must
+    /// send a snapshot. `gap` is (expected, received) where numbers were skipped.
+    NeedSnapshot { gap: Option<(u64, u64)> },
+}
+
+impl Applied {
+    /// Sequence numbers that were skipped, (expected, received).
+    pub fn gap(self) -> Option<(u64, u64)> {
+        match self {
+            Applied::Applied { gap } | Applied::NeedSnapshot { gap } => gap,
+            Applied::Replay => None,
+        }
+    }
+}
+
+/// A process that started or ended, from the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessEvent {
+    pub id: i64,
+    pub host_id: i64,
+    pub hostname: String,
+    pub at: OffsetDateTime,
+    pub kind: &'static str,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub name: Option<String>,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub start_time: OffsetDateTime,
+}
+
+/// A socket that opened or closed, from the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketEvent {
+    pub id: i64,
+    pub host_id: i64,
+    pub hostname: String,
+    pub at: OffsetDateTime,
+    pub kind: &'static str,
+    pub socket: &'static str,
+    pub protocol: Protocol,
+    pub local: std::net::SocketAddr,
+    pub remote: Option<std::net::SocketAddr>,
+    pub direction: Option<Direction>,
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    pub exe: Option<String>,
+    pub netns: Option<u64>,
 }
 
 /// A host as stored.
@@ -303,17 +443,46 @@ impl From<proto::AgentStatus> for AgentInfo {
 
 impl From<proto::Report> for ReportRecord {
     fn from(r: proto::Report) -> Self {
-        ReportRecord {
-            seq: r.seq,
-            facts: r.host.into(),
-            agent: r.agent.into(),
-            state: r.snapshot.map(|s| HostState {
+        let content = match (r.snapshot, r.delta) {
+            (Some(s), _) => Content::Snapshot(HostState {
                 processes: s.processes.into_iter().map(Into::into).collect(),
                 listeners: s.listeners.into_iter().map(Into::into).collect(),
                 connections: s.connections.into_iter().map(Into::into).collect(),
             }),
+            (None, Some(d)) => Content::Delta(StateDelta {
+                processes: changes(d.processes, |k| ProcessKey { pid: k.pid, start_time: k.start_time }),
+                listeners: changes(d.listeners, |k| ListenerKey {
+                    protocol: k.protocol,
+                    address: k.address,
+                    port: k.port,
+                    netns: k.netns,
+                }),
+                connections: changes(d.connections, |k| ConnectionKey {
+                    protocol: k.protocol,
+                    local: std::net::SocketAddr::new(k.local_address, k.local_port),
+                    remote: std::net::SocketAddr::new(k.remote_address, k.remote_port),
+                    netns: k.netns,
+                }),
+            }),
+            (None, None) => Content::Heartbeat,
+        };
+        ReportRecord {
+            session: r.session,
+            seq: r.seq,
+            facts: r.host.into(),
+            agent: r.agent.into(),
+            content,
+            lost: r.lost,
             goodbye: r.goodbye.map(proto::Goodbye::as_str),
         }
+    }
+}
+
+fn changes<P, T: From<P>, PK, K>(c: proto::Changes<P, PK>, key: impl Fn(PK) -> K) -> ChangeSet<T, K> {
+    ChangeSet {
+        added: c.added.into_iter().map(Into::into).collect(),
+        updated: c.updated.into_iter().map(Into::into).collect(),
+        removed: c.removed.into_iter().map(|r| (key(r.key), r.at)).collect(),
     }
 }
 

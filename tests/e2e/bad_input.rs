@@ -32,6 +32,7 @@ fn status() -> proto::AgentStatus {
 fn report(seq: u64, machine_id: &str) -> proto::Report {
     let now = OffsetDateTime::now_utc();
     proto::Report {
+        session: 1,
         seq,
         sent_at: now,
         host: facts(machine_id),
@@ -53,6 +54,8 @@ fn report(seq: u64, machine_id: &str) -> proto::Report {
             listeners: vec![],
             connections: vec![],
         }),
+        delta: None,
+        lost: 0,
         goodbye: None,
     }
 }

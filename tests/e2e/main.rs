@@ -8,5 +8,6 @@ mod bad_input;
 mod dev_mode;
 mod namespaces;
 mod oracle;
+mod protocol;
 mod skeleton;
 mod support;

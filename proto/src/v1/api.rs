@@ -1,12 +1,13 @@
 //! Objects of the people-facing API (`hostwatch` CLI, scripts, dashboard).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::{Connection, Coverage, Listener, Process};
+use super::{Connection, Coverage, Direction, Listener, Process, Protocol};
 
 /// The body of every error response: one sentence saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,4 +107,62 @@ pub struct ApplyBaseline {
     pub source: String,
     #[serde(default)]
     pub file: Option<String>,
+}
+
+/// A process that started (`exec`) or ended (`exit`), from a host's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    pub id: i64,
+    pub host_id: i64,
+    pub hostname: String,
+    #[serde(with = "timestamp")]
+    pub at: OffsetDateTime,
+    /// `exec` or `exit`.
+    pub kind: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub ppid: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub exe: Option<String>,
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(with = "timestamp")]
+    pub start_time: OffsetDateTime,
+}
+
+/// A listener or connection that opened or closed, from a host's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketEvent {
+    pub id: i64,
+    pub host_id: i64,
+    pub hostname: String,
+    #[serde(with = "timestamp")]
+    pub at: OffsetDateTime,
+    /// `open` or `close`.
+    pub kind: String,
+    /// `listener` or `connection`.
+    pub socket: String,
+    pub protocol: Protocol,
+    pub local_address: IpAddr,
+    pub local_port: u16,
+    #[serde(default)]
+    pub remote_address: Option<IpAddr>,
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub process: Option<String>,
+    #[serde(default)]
+    pub exe: Option<String>,
+    #[serde(default)]
+    pub netns: Option<u64>,
 }

@@ -1,6 +1,7 @@
 //! Version 1 of the wire contract, served under [`API_PREFIX`].
 
 mod api;
+mod delta;
 mod enroll;
 mod finding;
 mod process;
@@ -9,7 +10,11 @@ mod socket;
 pub mod timestamp;
 mod validate;
 
-pub use api::{ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located};
+pub use api::{
+    ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located, ProcessEvent,
+    SocketEvent,
+};
+pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
 pub use process::Process;
@@ -33,6 +38,11 @@ pub const PROCESSES_PATH: &str = "/api/v1/processes";
 pub const LISTENERS_PATH: &str = "/api/v1/listeners";
 /// `GET`: every host's connections; query `host`, `port` (remote), `direction`.
 pub const CONNECTIONS_PATH: &str = "/api/v1/connections";
+/// `GET`: [`ProcessEvent`]s, newest first; query `host`, `since` (a duration back, as `1h`),
+/// `name`, `limit`.
+pub const PROCESS_HISTORY_PATH: &str = "/api/v1/history/processes";
+/// `GET`: [`SocketEvent`]s, newest first; query `host`, `since`, `limit`.
+pub const SOCKET_HISTORY_PATH: &str = "/api/v1/history/sockets";
 /// `GET`: [`Finding`] list, filtered by the query parameters `host`, `kind` and `status`.
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.

@@ -7,20 +7,33 @@ use time::OffsetDateTime;
 
 use super::timestamp;
 use super::validate::{self, Validate, ValidationError, count, limits, name, nonempty, text};
-use super::{Connection, Listener, Process};
+use super::{Connection, Delta, Listener, Process};
 
-/// One report: who is sending, in what state the agent is, and (for a full report) a snapshot.
+/// One report: who is sending, in what state the agent is, and either the whole state (a
+/// snapshot), what changed since the report before (a delta), or neither (a heartbeat).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    /// Increases by one with every report an agent sends under one node key, from 1.
+    /// One run of an agent: random, chosen at start. Sequence numbers count within a session, and
+    /// a session's first report carries a snapshot.
+    #[serde(default)]
+    pub session: u64,
+    /// Increases by one with every report of a session, from 1. The collector applies each once
+    /// and in order: a number it has seen is a replay (acknowledged, not applied again), a number
+    /// beyond the next is a gap (it asks for a snapshot).
     pub seq: u64,
     #[serde(with = "timestamp")]
     pub sent_at: OffsetDateTime,
     pub host: HostFacts,
     pub agent: AgentStatus,
-    /// The whole current state. Absent in a heartbeat or a goodbye.
+    /// The whole current state. Absent in a delta, a heartbeat or a goodbye.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
+    /// What changed since the report before, when this report has no snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+    /// Reports the agent had to drop (its spool was full) since the last report it sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u64,
     /// Present in the last report of an agent that is stopping on purpose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goodbye: Option<Goodbye>,
@@ -126,12 +139,22 @@ pub struct ReportResponse {
     pub resync: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Validate for Report {
     fn validate(&self) -> Result<(), ValidationError> {
         self.host.validate().map_err(|e| e.within("host"))?;
         self.agent.validate().map_err(|e| e.within("agent"))?;
+        if self.snapshot.is_some() && self.delta.is_some() {
+            return Err(ValidationError::new("delta", "a report carries a snapshot or a delta, not both"));
+        }
         if let Some(s) = &self.snapshot {
             s.validate().map_err(|e| e.within("snapshot"))?;
+        }
+        if let Some(d) = &self.delta {
+            d.validate().map_err(|e| e.within("delta"))?;
         }
         Ok(())
     }
@@ -195,6 +218,7 @@ mod tests {
     fn sample() -> Report {
         let t = datetime!(2026-11-28 12:00:00 UTC);
         Report {
+            session: 1,
             seq: 3,
             sent_at: t,
             host: HostFacts {
@@ -238,6 +262,8 @@ mod tests {
                 }],
                 connections: vec![],
             }),
+            delta: None,
+            lost: 0,
             goodbye: None,
         }
     }

@@ -79,6 +79,6 @@ async fn accept(
     report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
     let seq = report.seq;
     let record: ReportRecord = report.into();
-    ingest::ingest(state, agent.host_id, record).await?;
-    Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync: false })
+    let resync = ingest::ingest(state, agent.host_id, record).await?;
+    Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync })
 }

@@ -8,6 +8,7 @@
 mod agents;
 mod baselines;
 mod findings;
+mod history;
 mod hosts;
 mod state;
 
@@ -158,6 +159,8 @@ fn people() -> Router<AppState> {
         .route(proto::PROCESSES_PATH, get(state::processes))
         .route(proto::LISTENERS_PATH, get(state::listeners))
         .route(proto::CONNECTIONS_PATH, get(state::connections))
+        .route(proto::PROCESS_HISTORY_PATH, get(history::processes))
+        .route(proto::SOCKET_HISTORY_PATH, get(history::sockets))
         .route(
             proto::BASELINES_PATH,
             get(baselines::list)

@@ -104,9 +104,43 @@ enum Command {
         #[arg(long)]
         protocol: Option<String>,
     },
+    /// What started and ended: processes (exec, exit) or sockets (open, close), newest first.
+    History {
+        #[command(subcommand)]
+        what: HistoryCommand,
+    },
     /// Manage baselines.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryCommand {
+    /// Processes that started or ended.
+    Processes {
+        #[command(flatten)]
+        window: HistoryArgs,
+        /// Exact process name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Listeners and connections that opened or closed.
+    Sockets {
+        #[command(flatten)]
+        window: HistoryArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[arg(long)]
+    host: Option<String>,
+    /// How far back, as 15m or 24h.
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many rows (default 1000).
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +312,25 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             ]);
             let rows: Vec<proto::Located<proto::Connection>> =
                 client.get(proto::CONNECTIONS_PATH, &q).await?;
+            print(&rows, format)
+        }
+        Command::History { what: HistoryCommand::Processes { window, name } } => {
+            let q = query([
+                ("host", window.host),
+                ("since", window.since),
+                ("name", name),
+                ("limit", window.limit.map(|l| l.to_string())),
+            ]);
+            let rows: Vec<proto::ProcessEvent> = client.get(proto::PROCESS_HISTORY_PATH, &q).await?;
+            print(&rows, format)
+        }
+        Command::History { what: HistoryCommand::Sockets { window } } => {
+            let q = query([
+                ("host", window.host),
+                ("since", window.since),
+                ("limit", window.limit.map(|l| l.to_string())),
+            ]);
+            let rows: Vec<proto::SocketEvent> = client.get(proto::SOCKET_HISTORY_PATH, &q).await?;
             print(&rows, format)
         }
         Command::Baseline(BaselineCommand::List) => {

@@ -271,6 +271,62 @@ impl Tabular for proto::Connection {
     }
 }
 
+impl Tabular for proto::ProcessEvent {
+    fn columns() -> Vec<&'static str> {
+        vec!["at", "host_id", "hostname", "kind", "pid", "ppid", "user", "name", "exe", "cmdline"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            when(Some(self.at), style),
+            self.host_id.to_string(),
+            text(&self.hostname, style, 30),
+            self.kind.clone(),
+            self.pid.to_string(),
+            self.ppid.map(|p| p.to_string()).unwrap_or_default(),
+            text(&self.user.clone().or(self.uid.map(|u| u.to_string())).unwrap_or_default(), style, 16),
+            text(self.name.as_deref().unwrap_or(""), style, 20),
+            text(self.exe.as_deref().unwrap_or(""), style, 50),
+            text(&self.cmdline.join(" "), style, 80),
+        ]
+    }
+}
+
+impl Tabular for proto::SocketEvent {
+    fn columns() -> Vec<&'static str> {
+        vec![
+            "at",
+            "host_id",
+            "hostname",
+            "kind",
+            "socket",
+            "protocol",
+            "local",
+            "remote",
+            "direction",
+            "pid",
+            "process",
+        ]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            when(Some(self.at), style),
+            self.host_id.to_string(),
+            text(&self.hostname, style, 30),
+            self.kind.clone(),
+            self.socket.clone(),
+            self.protocol.as_str().to_owned(),
+            std::net::SocketAddr::new(self.local_address, self.local_port).to_string(),
+            match (self.remote_address, self.remote_port) {
+                (Some(a), Some(p)) => std::net::SocketAddr::new(a, p).to_string(),
+                _ => String::new(),
+            },
+            self.direction.map(|d| d.as_str().to_owned()).unwrap_or_default(),
+            self.pid.map(|p| p.to_string()).unwrap_or_default(),
+            text(self.process.as_deref().unwrap_or(""), style, 20),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use hostwatch_proto::v1::{FindingKind, FindingStatus};
 use time::OffsetDateTime;
 
-use crate::model::{Finding, FindingChange, Host, HostFacts, HostState, Observation, ReportRecord};
+use crate::model::{
+    Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, ProcessEvent, ReportRecord,
+    SocketEvent,
+};
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,17 @@ pub struct FindingFilter {
     pub limit: Option<u32>,
 }
 
+/// Which history to list: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub host_id: Option<i64>,
+    /// Only events at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Processes: only this name.
+    pub name: Option<String>,
+    pub limit: u32,
+}
+
 /// Everything a collector needs from its store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -110,8 +124,12 @@ pub trait Store: Send + Sync + 'static {
         key_hash: &str,
         now: OffsetDateTime,
     ) -> Result<i64>;
-    /// Records a report: facts, agent status, last_seen and seq, and the whole state if it has one.
-    async fn record_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime) -> Result<()>;
+    /// Records a report: host facts, agent status and last_seen always; its content in order of
+    /// the session's sequence numbers: a snapshot replaces the state, a delta that follows the last
+    /// applied report changes it, a replay changes nothing, a delta after a gap or from an unknown
+    /// session is not applied (the agent must send a snapshot). State changes write history.
+    async fn apply_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime)
+    -> Result<Applied>;
 
     // ---- state and findings ----
     async fn host_state(&self, host_id: i64) -> Result<HostState>;
@@ -143,6 +161,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
+    /// Processes that started and ended, newest first.
+    async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>>;
+    /// Listeners and connections that opened and closed, newest first.
+    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>>;
 
     // ---- baselines ----
     /// Stores or replaces a baseline by name and moves the baselines revision.

@@ -12,20 +12,23 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hostwatch_proto::v1::timestamp;
-use hostwatch_proto::v1::{Direction, FindingKind, FindingStatus, Protocol, Severity};
+use hostwatch_proto::v1::{FindingKind, FindingStatus, Severity};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{BaselineRecord, FindingFilter, Result, Store, StoreError, TokenRecord};
+use super::{BaselineRecord, FindingFilter, HistoryFilter, Result, Store, StoreError, TokenRecord};
 use crate::model::{
-    AgentInfo, Connection as Conn, Finding, FindingChange, Host, HostFacts, HostState, Listener, Observation,
-    Process, ReportRecord,
+    AgentInfo, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
+    ProcessEvent, ReportRecord, SocketEvent,
 };
+
+mod state;
 
 /// Schema migrations, applied in order; each runs once, in a transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_connections.sql")),
+    (3, include_str!("migrations/sqlite/0003_history.sql")),
 ];
 
 #[derive(Clone)]
@@ -393,14 +396,43 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime) -> Result<()> {
+    async fn apply_report(
+        &self,
+        host_id: i64,
+        report: &ReportRecord,
+        now: OffsetDateTime,
+    ) -> Result<Applied> {
         let report = report.clone();
         self.tx(move |tx| {
+            let (session, last_seq): (i64, i64) = tx
+                .query_row("SELECT session, last_seq FROM hosts WHERE id = ?1", [host_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
+            let (session, last_seq) = (session as u64, last_seq as u64);
+            let same_session = report.session == session;
+            let outcome = if same_session && report.seq <= last_seq {
+                Applied::Replay
+            } else {
+                let gap = (same_session && report.seq > last_seq + 1).then_some((last_seq + 1, report.seq));
+                match &report.content {
+                    Content::Snapshot(st) => {
+                        // A host's very first state is not news: its processes did not start now.
+                        let first = last_seq == 0 && session == 0;
+                        state::replace(tx, host_id, st, now, !first)?;
+                        Applied::Applied { gap }
+                    }
+                    Content::Delta(_) | Content::Heartbeat if !same_session || gap.is_some() => Applied::NeedSnapshot { gap },
+                    Content::Delta(d) => {
+                        state::apply(tx, host_id, d, true)?;
+                        Applied::Applied { gap: None }
+                    }
+                    Content::Heartbeat => Applied::Applied { gap: None },
+                }
+            };
             let f = &report.facts;
-            let changed = tx.execute(
+            tx.execute(
                 "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
-                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, last_seq = ?12, goodbye = ?13 \
-                 WHERE id = ?14",
+                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12 WHERE id = ?13",
                 params![
                     f.hostname,
                     f.os,
@@ -413,145 +445,23 @@ impl Store for SqliteStore {
                     report.agent.coverage_degraded,
                     to_json(&report.agent.coverage_why),
                     ts(now),
-                    i64::try_from(report.seq).unwrap_or(i64::MAX),
                     report.goodbye,
                     host_id
                 ],
             )?;
-            if changed == 0 {
-                return Err(StoreError::NotFound(format!("host {host_id}")));
+            if let Applied::Applied { .. } = outcome {
+                tx.execute(
+                    "UPDATE hosts SET session = ?1, last_seq = ?2 WHERE id = ?3",
+                    params![report.session as i64, i64::try_from(report.seq).unwrap_or(i64::MAX), host_id],
+                )?;
             }
-            if let Some(state) = &report.state {
-                tx.execute("DELETE FROM processes WHERE host_id = ?1", [host_id])?;
-                tx.execute("DELETE FROM listeners WHERE host_id = ?1", [host_id])?;
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )?;
-                for p in &state.processes {
-                    ins.execute(params![
-                        host_id,
-                        p.pid,
-                        p.ppid,
-                        p.name,
-                        p.exe,
-                        p.exe_deleted,
-                        to_json(&p.cmdline),
-                        p.uid,
-                        p.user,
-                        ts(p.start_time)
-                    ])?;
-                }
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for l in &state.listeners {
-                    ins.execute(params![
-                        host_id,
-                        l.protocol.as_str(),
-                        l.address.to_string(),
-                        l.port,
-                        l.pid,
-                        l.process,
-                        l.exe,
-                        l.uid,
-                        l.netns
-                    ])?;
-                }
-                tx.execute("DELETE FROM connections WHERE host_id = ?1", [host_id])?;
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
-                     direction, pid, process, exe, uid, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )?;
-                for c in &state.connections {
-                    ins.execute(params![
-                        host_id,
-                        c.protocol.as_str(),
-                        c.local.ip().to_string(),
-                        c.local.port(),
-                        c.remote.ip().to_string(),
-                        c.remote.port(),
-                        c.direction.as_str(),
-                        c.pid,
-                        c.process,
-                        c.exe,
-                        c.uid,
-                        c.netns
-                    ])?;
-                }
-            }
-            Ok(())
+            Ok(outcome)
         })
         .await
     }
 
     async fn host_state(&self, host_id: i64) -> Result<HostState> {
-        self.tx(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes WHERE host_id = ?1 ORDER BY pid",
-            )?;
-            let mut rows = stmt.query([host_id])?;
-            let mut processes = Vec::new();
-            while let Some(r) = rows.next()? {
-                processes.push(Process {
-                    pid: r.get(0)?,
-                    ppid: r.get(1)?,
-                    name: r.get(2)?,
-                    exe: r.get(3)?,
-                    exe_deleted: r.get(4)?,
-                    cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
-                    uid: r.get(6)?,
-                    user: r.get(7)?,
-                    start_time: parse_ts(&r.get::<_, String>(8)?)?,
-                });
-            }
-            let mut stmt = tx.prepare_cached(
-                "SELECT protocol, address, port, pid, process, exe, uid, netns FROM listeners WHERE host_id = ?1 \
-                 ORDER BY protocol, port, address",
-            )?;
-            let mut rows = stmt.query([host_id])?;
-            let mut listeners = Vec::new();
-            while let Some(r) = rows.next()? {
-                let address: String = r.get(1)?;
-                listeners.push(Listener {
-                    protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
-                    address: address.parse().map_err(|_| StoreError::Corrupt(format!("listener address {address:?}")))?,
-                    port: r.get(2)?,
-                    pid: r.get(3)?,
-                    process: r.get(4)?,
-                    exe: r.get(5)?,
-                    uid: r.get(6)?,
-                    netns: r.get(7)?,
-                });
-            }
-            let mut stmt = tx.prepare_cached(
-                "SELECT protocol, local_address, local_port, remote_address, remote_port, direction, pid, process, exe, \
-                 uid, netns FROM connections WHERE host_id = ?1 ORDER BY protocol, remote_address, remote_port, local_port",
-            )?;
-            let mut rows = stmt.query([host_id])?;
-            let mut connections = Vec::new();
-            while let Some(r) = rows.next()? {
-                let addr = |i: usize, p: usize| -> Result<std::net::SocketAddr> {
-                    let a: String = r.get(i)?;
-                    let ip: std::net::IpAddr = a.parse().map_err(|_| StoreError::Corrupt(format!("connection address {a:?}")))?;
-                    Ok(std::net::SocketAddr::new(ip, r.get(p)?))
-                };
-                connections.push(Conn {
-                    protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
-                    local: addr(1, 2)?,
-                    remote: addr(3, 4)?,
-                    direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
-                    pid: r.get(6)?,
-                    process: r.get(7)?,
-                    exe: r.get(8)?,
-                    uid: r.get(9)?,
-                    netns: r.get(10)?,
-                });
-            }
-            Ok(HostState { processes, listeners, connections })
-        })
-        .await
+        self.tx(move |tx| state::load(tx, host_id)).await
     }
 
     async fn reconcile_findings(
@@ -696,6 +606,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
+        let f = filter.clone();
+        self.tx(move |tx| state::process_events(tx, &f)).await
+    }
+
+    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>> {
+        let f = filter.clone();
+        self.tx(move |tx| state::socket_events(tx, &f)).await
+    }
+
     async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {
         let (name, source, actor) = (name.to_owned(), source.to_owned(), actor.to_owned());
         self.tx(move |tx| {
@@ -774,7 +694,8 @@ pub(crate) async fn count_rows(store: &SqliteStore, table: &'static str) -> i64 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AgentInfo;
+    use crate::model::{AgentInfo, ChangeSet, Connection as Conn, Listener, Process, StateDelta};
+    use hostwatch_proto::v1::{Direction, Protocol};
     use serde_json::json;
     use std::collections::BTreeMap;
 
@@ -861,8 +782,38 @@ mod tests {
             uid: 33,
             netns: Some(4026532000),
         };
-        let report = ReportRecord {
-            seq: 7,
+        let report = record(
+            1,
+            7,
+            Content::Snapshot(HostState {
+                processes: vec![p.clone()],
+                listeners: vec![l.clone()],
+                connections: vec![c.clone()],
+            }),
+        );
+        assert_eq!(s.apply_report(id, &report, at(5)).await.unwrap(), Applied::Applied { gap: None });
+        let state = s.host_state(id).await.unwrap();
+        assert_eq!(state, HostState { processes: vec![p], listeners: vec![l], connections: vec![c] });
+        let h = s.host(id).await.unwrap().unwrap();
+        assert_eq!((h.last_seq, h.last_seen, h.agent.coverage_degraded), (7, Some(at(5)), true));
+        assert_eq!(h.facts.tags["role"], "web");
+        assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, twin, other]);
+        // A heartbeat keeps the state.
+        s.apply_report(id, &record(1, 8, Content::Heartbeat), at(6)).await.unwrap();
+        assert_eq!(s.host_state(id).await.unwrap().processes.len(), 1);
+        assert!(matches!(s.apply_report(999, &report, at(6)).await, Err(StoreError::NotFound(_))));
+        // The host's first snapshot is not history: its processes did not start just now.
+        let events = s
+            .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    fn record(session: u64, seq: u64, content: Content) -> ReportRecord {
+        ReportRecord {
+            session,
+            seq,
             facts: facts("m1"),
             agent: AgentInfo {
                 version: "0.1.0".into(),
@@ -870,25 +821,152 @@ mod tests {
                 coverage_degraded: true,
                 coverage_why: vec!["x".into()],
             },
-            state: Some(HostState {
-                processes: vec![p.clone()],
-                listeners: vec![l.clone()],
-                connections: vec![c.clone()],
-            }),
+            content,
+            lost: 0,
             goodbye: None,
+        }
+    }
+
+    fn process(pid: u32, name: &str, start: i64) -> Process {
+        Process {
+            pid,
+            ppid: 1,
+            name: name.into(),
+            exe: Some(format!("/usr/bin/{name}")),
+            exe_deleted: false,
+            cmdline: vec![name.into(), "--flag".into()],
+            uid: 0,
+            user: Some("root".into()),
+            start_time: at(start),
+        }
+    }
+
+    fn delta_of(added: Vec<Process>, removed: Vec<(Process, i64)>) -> Content {
+        Content::Delta(StateDelta {
+            processes: ChangeSet {
+                added,
+                updated: vec![],
+                removed: removed.into_iter().map(|(p, t)| (p.key(), at(t))).collect(),
+            },
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_delta_protocol() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let (a, b, c) = (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3));
+        let pids = |st: HostState| st.processes.iter().map(|p| p.pid).collect::<Vec<_>>();
+
+        // A delta before any snapshot of the session is not applied: snapshot first.
+        let early = record(7, 1, delta_of(vec![a.clone()], vec![]));
+        assert_eq!(s.apply_report(id, &early, at(4)).await.unwrap(), Applied::NeedSnapshot { gap: None });
+        assert!(s.host_state(id).await.unwrap().processes.is_empty());
+
+        let snap =
+            record(7, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
+        assert_eq!(s.apply_report(id, &snap, at(5)).await.unwrap(), Applied::Applied { gap: None });
+        // In order: b starts; c starts and ends within the same delta; a ends.
+        let d2 = record(7, 2, delta_of(vec![b.clone(), c.clone()], vec![(c.clone(), 4), (a.clone(), 5)]));
+        assert_eq!(s.apply_report(id, &d2, at(6)).await.unwrap(), Applied::Applied { gap: None });
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
+        // Replayed: acknowledged, nothing changes, nothing is written twice.
+        assert_eq!(s.apply_report(id, &d2, at(7)).await.unwrap(), Applied::Replay);
+        assert_eq!(s.apply_report(id, &snap, at(7)).await.unwrap(), Applied::Replay, "an old snapshot too");
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
+        let events = s
+            .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        let seen: Vec<(&str, u32)> = events.iter().rev().map(|e| (e.kind, e.pid)).collect();
+        assert_eq!(seen, [("exec", 11), ("exec", 12), ("exit", 12), ("exit", 10)], "each once, in order");
+        let short = events.iter().find(|e| e.pid == 12 && e.kind == "exec").unwrap();
+        assert_eq!((short.exe.as_deref(), short.cmdline.len()), (Some("/usr/bin/short"), 2));
+        assert_eq!(
+            events.iter().find(|e| e.pid == 10).unwrap().exe.as_deref(),
+            Some("/usr/bin/a"),
+            "an exit names its program"
+        );
+
+        // A gap: seq 4 after 2. Not applied; the agent must send a snapshot.
+        let d4 = record(7, 4, delta_of(vec![a.clone()], vec![]));
+        assert_eq!(
+            s.apply_report(id, &d4, at(8)).await.unwrap(),
+            Applied::NeedSnapshot { gap: Some((3, 4)) }
+        );
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
+        // The snapshot that follows applies, and its differences become history.
+        let snap5 =
+            record(7, 5, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
+        assert_eq!(s.apply_report(id, &snap5, at(9)).await.unwrap(), Applied::Applied { gap: Some((3, 5)) });
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10]);
+        // Its exec is dated when the process started, its exit when the snapshot showed it gone.
+        let events = s
+            .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        let exec10: Vec<_> = events.iter().filter(|e| (e.kind, e.pid) == ("exec", 10)).collect();
+        assert_eq!(exec10.len(), 1);
+        assert_eq!(exec10[0].at, at(1));
+        assert_eq!(events.iter().find(|e| (e.kind, e.pid) == ("exit", 11)).unwrap().at, at(9));
+        let since = s
+            .process_events(&HistoryFilter {
+                host_id: Some(id),
+                since: Some(at(6)),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(since.iter().map(|e| (e.kind, e.pid)).collect::<Vec<_>>(), [("exit", 11)]);
+
+        // A new session (the agent restarted) starts with a snapshot; its deltas before that wait.
+        let new_delta = record(8, 2, delta_of(vec![], vec![]));
+        assert!(matches!(
+            s.apply_report(id, &new_delta, at(10)).await.unwrap(),
+            Applied::NeedSnapshot { .. }
+        ));
+        let new_snap =
+            record(8, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
+        assert_eq!(s.apply_report(id, &new_snap, at(11)).await.unwrap(), Applied::Applied { gap: None });
+        assert_eq!(s.apply_report(id, &new_delta, at(12)).await.unwrap(), Applied::Applied { gap: None });
+    }
+
+    #[tokio::test]
+    async fn socket_history() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        s.apply_report(id, &record(1, 1, Content::Snapshot(HostState::default())), at(1)).await.unwrap();
+        let l = Listener {
+            protocol: Protocol::Tcp,
+            address: "0.0.0.0".parse().unwrap(),
+            port: 8080,
+            pid: Some(5),
+            process: Some("py".into()),
+            exe: None,
+            uid: 0,
+            netns: None,
         };
-        s.record_report(id, &report, at(5)).await.unwrap();
-        let state = s.host_state(id).await.unwrap();
-        assert_eq!(state, HostState { processes: vec![p], listeners: vec![l], connections: vec![c] });
-        let h = s.host(id).await.unwrap().unwrap();
-        assert_eq!((h.last_seq, h.last_seen, h.agent.coverage_degraded), (7, Some(at(5)), true));
-        assert_eq!(h.facts.tags["role"], "web");
-        assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, twin, other]);
-        // A heartbeat (no state) keeps the state.
-        let beat = ReportRecord { state: None, seq: 8, ..report };
-        s.record_report(id, &beat, at(6)).await.unwrap();
-        assert_eq!(s.host_state(id).await.unwrap().processes.len(), 1);
-        assert!(matches!(s.record_report(999, &beat, at(6)).await, Err(StoreError::NotFound(_))));
+        let d = StateDelta {
+            listeners: ChangeSet { added: vec![l.clone()], ..Default::default() },
+            ..Default::default()
+        };
+        s.apply_report(id, &record(1, 2, Content::Delta(d)), at(2)).await.unwrap();
+        let d = StateDelta {
+            listeners: ChangeSet { removed: vec![(l.key(), at(3))], ..Default::default() },
+            ..Default::default()
+        };
+        s.apply_report(id, &record(1, 3, Content::Delta(d)), at(4)).await.unwrap();
+        let ev = s
+            .socket_events(&HistoryFilter { host_id: Some(id), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        let seen: Vec<(&str, &str, u16)> =
+            ev.iter().rev().map(|e| (e.kind, e.socket, e.local.port())).collect();
+        assert_eq!(seen, [("open", "listener", 8080), ("close", "listener", 8080)]);
+        assert_eq!(ev[0].at, at(3));
+        assert!(s.host_state(id).await.unwrap().listeners.is_empty());
     }
 
     #[tokio::test]

@@ -1,0 +1,118 @@
+//! `GET /api/v1/history/processes|sockets`: what started and ended, newest first.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use hostwatch_proto::v1 as proto;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::ApiError;
+use super::hosts::resolve_host;
+use crate::auth::{Person, Role};
+use crate::model::{ProcessEvent, SocketEvent};
+use crate::state::AppState;
+use crate::store::HistoryFilter;
+
+/// Rows returned when the query does not say; the most it may ask for.
+const DEFAULT_LIMIT: u32 = 1_000;
+const MAX_LIMIT: u32 = 100_000;
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    host: Option<String>,
+    /// How far back, as `90s`, `15m`, `24h`.
+    since: Option<String>,
+    /// Processes: exact name.
+    name: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn filter(
+    state: &AppState,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<HistoryFilter, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let host_id = match &q.host {
+        Some(h) => Some(resolve_host(state, h).await?),
+        None => None,
+    };
+    let since = match &q.since {
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
+            let d = time::Duration::try_from(d)
+                .map_err(|_| ApiError::bad_request(format!("since: {s:?} is too long")))?;
+            Some(OffsetDateTime::now_utc() - d)
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    Ok(HistoryFilter { host_id, since, name: q.name, limit })
+}
+
+pub async fn processes(
+    State(state): State<AppState>,
+    person: Person,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<proto::ProcessEvent>>, ApiError> {
+    person.require(Role::Reader)?;
+    let f = filter(&state, q).await?;
+    Ok(Json(state.store.process_events(&f).await?.into_iter().map(Into::into).collect()))
+}
+
+pub async fn sockets(
+    State(state): State<AppState>,
+    person: Person,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<proto::SocketEvent>>, ApiError> {
+    person.require(Role::Reader)?;
+    let f = filter(&state, q).await?;
+    Ok(Json(state.store.socket_events(&f).await?.into_iter().map(Into::into).collect()))
+}
+
+impl From<ProcessEvent> for proto::ProcessEvent {
+    fn from(e: ProcessEvent) -> Self {
+        proto::ProcessEvent {
+            id: e.id,
+            host_id: e.host_id,
+            hostname: e.hostname,
+            at: e.at,
+            kind: e.kind.to_owned(),
+            pid: e.pid,
+            ppid: e.ppid,
+            name: e.name,
+            exe: e.exe,
+            cmdline: e.cmdline,
+            user: e.user,
+            uid: e.uid,
+            start_time: e.start_time,
+        }
+    }
+}
+
+impl From<SocketEvent> for proto::SocketEvent {
+    fn from(e: SocketEvent) -> Self {
+        proto::SocketEvent {
+            id: e.id,
+            host_id: e.host_id,
+            hostname: e.hostname,
+            at: e.at,
+            kind: e.kind.to_owned(),
+            socket: e.socket.to_owned(),
+            protocol: e.protocol,
+            local_address: e.local.ip(),
+            local_port: e.local.port(),
+            remote_address: e.remote.map(|r| r.ip()),
+            remote_port: e.remote.map(|r| r.port()),
+            direction: e.direction,
+            pid: e.pid,
+            process: e.process,
+            exe: e.exe,
+            netns: e.netns,
+        }
+    }
+}

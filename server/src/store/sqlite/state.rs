@@ -1,0 +1,523 @@
+//! The current-state tables (processes, listeners, connections) and their history
+//! (process_events, socket_events): loading, replacing from a snapshot, applying a delta.
+//!
+//! Invariant: every change to a state table writes its history row in the same transaction, so
+//! the history is exactly the sequence of states the collector held.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use hostwatch_proto::v1::{Direction, Protocol};
+use rusqlite::{Row, Transaction, params};
+use time::OffsetDateTime;
+
+use super::{json, parse_enum, parse_ts, to_json, ts};
+use crate::model::{
+    ChangeSet, Connection, ConnectionKey, HostState, Listener, ListenerKey, Process, ProcessEvent,
+    ProcessKey, SocketEvent, StateDelta,
+};
+use crate::store::{HistoryFilter, Result, StoreError};
+
+pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes WHERE host_id = ?1 ORDER BY pid",
+    )?;
+    let mut rows = stmt.query([host_id])?;
+    let mut processes = Vec::new();
+    while let Some(r) = rows.next()? {
+        processes.push(Process {
+            pid: r.get(0)?,
+            ppid: r.get(1)?,
+            name: r.get(2)?,
+            exe: r.get(3)?,
+            exe_deleted: r.get(4)?,
+            cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
+            uid: r.get(6)?,
+            user: r.get(7)?,
+            start_time: parse_ts(&r.get::<_, String>(8)?)?,
+        });
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT protocol, address, port, pid, process, exe, uid, netns FROM listeners WHERE host_id = ?1 \
+         ORDER BY protocol, port, address",
+    )?;
+    let mut rows = stmt.query([host_id])?;
+    let mut listeners = Vec::new();
+    while let Some(r) = rows.next()? {
+        listeners.push(Listener {
+            protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+            address: ip(r, 1)?,
+            port: r.get(2)?,
+            pid: r.get(3)?,
+            process: r.get(4)?,
+            exe: r.get(5)?,
+            uid: r.get(6)?,
+            netns: r.get(7)?,
+        });
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT protocol, local_address, local_port, remote_address, remote_port, direction, pid, process, exe, \
+         uid, netns FROM connections WHERE host_id = ?1 ORDER BY protocol, remote_address, remote_port, local_port",
+    )?;
+    let mut rows = stmt.query([host_id])?;
+    let mut connections = Vec::new();
+    while let Some(r) = rows.next()? {
+        connections.push(Connection {
+            protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+            local: SocketAddr::new(ip(r, 1)?, r.get(2)?),
+            remote: SocketAddr::new(ip(r, 3)?, r.get(4)?),
+            direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
+            pid: r.get(6)?,
+            process: r.get(7)?,
+            exe: r.get(8)?,
+            uid: r.get(9)?,
+            netns: r.get(10)?,
+        });
+    }
+    Ok(HostState { processes, listeners, connections })
+}
+
+fn ip(r: &Row<'_>, i: usize) -> Result<std::net::IpAddr> {
+    let a: String = r.get(i)?;
+    a.parse().map_err(|_| StoreError::Corrupt(format!("address {a:?}")))
+}
+
+/// Replaces the stored state with `new`, writing history for every difference. `history: false`
+/// for a host's first state, whose processes did not start just now.
+pub(super) fn replace(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    new: &HostState,
+    now: OffsetDateTime,
+    history: bool,
+) -> Result<()> {
+    let old = load(tx, host_id)?;
+    let delta = StateDelta {
+        processes: diff(&old.processes, &new.processes, Process::key, now),
+        listeners: diff(&old.listeners, &new.listeners, Listener::key, now),
+        connections: diff(&old.connections, &new.connections, Connection::key, now),
+    };
+    apply(tx, host_id, &delta, history)
+}
+
+/// What turns `old` into `new`, items matched by `key`; removals dated `now`.
+fn diff<T: Clone + PartialEq, K: Copy + Eq + std::hash::Hash>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+    now: OffsetDateTime,
+) -> ChangeSet<T, K> {
+    let before: HashMap<K, &T> = old.iter().map(|x| (key(x), x)).collect();
+    let after: HashMap<K, &T> = new.iter().map(|x| (key(x), x)).collect();
+    let mut c = ChangeSet::default();
+    for x in new {
+        match before.get(&key(x)) {
+            None => c.added.push(x.clone()),
+            Some(o) if *o != x => c.updated.push(x.clone()),
+            Some(_) => {}
+        }
+    }
+    for x in old {
+        if !after.contains_key(&key(x)) {
+            c.removed.push((key(x), now));
+        }
+    }
+    c
+}
+
+/// Applies a delta: added, then updated, then removed, with history unless `history` is false.
+pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history: bool) -> Result<()> {
+    for p in &d.processes.added {
+        put_process(tx, host_id, p)?;
+        if history {
+            process_event(tx, host_id, "exec", p.key(), Some(p), p.start_time)?;
+        }
+    }
+    for p in &d.processes.updated {
+        let before = get_process(tx, host_id, p.key())?;
+        put_process(tx, host_id, p)?;
+        // The same process running another program: an exec without a new pid.
+        let execed = before.as_ref().is_none_or(|b| b.exe != p.exe || b.cmdline != p.cmdline);
+        if history && execed {
+            process_event(tx, host_id, "exec", p.key(), Some(p), OffsetDateTime::now_utc())?;
+        }
+    }
+    for (k, at) in &d.processes.removed {
+        let gone = get_process(tx, host_id, *k)?;
+        tx.execute(
+            "DELETE FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
+            params![host_id, k.pid, ts(k.start_time)],
+        )?;
+        if history {
+            process_event(tx, host_id, "exit", *k, gone.as_ref(), *at)?;
+        }
+    }
+    for l in d.listeners.added.iter().chain(&d.listeners.updated) {
+        let existed = delete_listener(tx, host_id, l.key())?;
+        put_listener(tx, host_id, l)?;
+        if history && !existed {
+            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), OffsetDateTime::now_utc())?;
+        }
+    }
+    for (k, at) in &d.listeners.removed {
+        let gone = get_listener(tx, host_id, *k)?;
+        delete_listener(tx, host_id, *k)?;
+        if history && let Some(l) = gone {
+            socket_event(tx, host_id, "close", &SocketRow::of_listener(&l), *at)?;
+        }
+    }
+    for c in d.connections.added.iter().chain(&d.connections.updated) {
+        let existed = delete_connection(tx, host_id, c.key())?;
+        put_connection(tx, host_id, c)?;
+        if history && !existed {
+            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), OffsetDateTime::now_utc())?;
+        }
+    }
+    for (k, at) in &d.connections.removed {
+        let gone = get_connection(tx, host_id, *k)?;
+        delete_connection(tx, host_id, *k)?;
+        if history && let Some(c) = gone {
+            socket_event(tx, host_id, "close", &SocketRow::of_connection(&c), *at)?;
+        }
+    }
+    Ok(())
+}
+
+fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![host_id, p.pid, p.ppid, p.name, p.exe, p.exe_deleted, to_json(&p.cmdline), p.uid, p.user, ts(p.start_time)])?;
+    Ok(())
+}
+
+fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Option<Process>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes \
+         WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
+    )?;
+    let mut rows = stmt.query(params![host_id, k.pid, ts(k.start_time)])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(r) => Ok(Some(Process {
+            pid: r.get(0)?,
+            ppid: r.get(1)?,
+            name: r.get(2)?,
+            exe: r.get(3)?,
+            exe_deleted: r.get(4)?,
+            cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
+            uid: r.get(6)?,
+            user: r.get(7)?,
+            start_time: parse_ts(&r.get::<_, String>(8)?)?,
+        })),
+    }
+}
+
+fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        host_id,
+        l.protocol.as_str(),
+        l.address.to_string(),
+        l.port,
+        l.pid,
+        l.process,
+        l.exe,
+        l.uid,
+        l.netns
+    ])?;
+    Ok(())
+}
+
+fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Option<Listener>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT pid, process, exe, uid FROM listeners \
+         WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5 LIMIT 1",
+    )?;
+    let mut rows =
+        stmt.query(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(r) => Ok(Some(Listener {
+            protocol: k.protocol,
+            address: k.address,
+            port: k.port,
+            pid: r.get(0)?,
+            process: r.get(1)?,
+            exe: r.get(2)?,
+            uid: r.get(3)?,
+            netns: k.netns,
+        })),
+    }
+}
+
+/// Deletes a listener; whether there was one.
+fn delete_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM listeners WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5",
+        )?
+        .execute(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
+    Ok(n > 0)
+}
+
+fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
+         direction, pid, process, exe, uid, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        host_id,
+        c.protocol.as_str(),
+        c.local.ip().to_string(),
+        c.local.port(),
+        c.remote.ip().to_string(),
+        c.remote.port(),
+        c.direction.as_str(),
+        c.pid,
+        c.process,
+        c.exe,
+        c.uid,
+        c.netns
+    ])?;
+    Ok(())
+}
+
+fn get_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<Option<Connection>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT direction, pid, process, exe, uid FROM connections WHERE host_id = ?1 AND protocol = ?2 \
+         AND local_address = ?3 AND local_port = ?4 AND remote_address = ?5 AND remote_port = ?6 AND netns IS ?7 LIMIT 1",
+    )?;
+    let mut rows = stmt.query(params![
+        host_id,
+        k.protocol.as_str(),
+        k.local.ip().to_string(),
+        k.local.port(),
+        k.remote.ip().to_string(),
+        k.remote.port(),
+        k.netns
+    ])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(r) => Ok(Some(Connection {
+            protocol: k.protocol,
+            local: k.local,
+            remote: k.remote,
+            direction: parse_enum::<Direction>(&r.get::<_, String>(0)?)?,
+            pid: r.get(1)?,
+            process: r.get(2)?,
+            exe: r.get(3)?,
+            uid: r.get(4)?,
+            netns: k.netns,
+        })),
+    }
+}
+
+fn delete_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM connections WHERE host_id = ?1 AND protocol = ?2 AND local_address = ?3 AND local_port = ?4 \
+             AND remote_address = ?5 AND remote_port = ?6 AND netns IS ?7",
+        )?
+        .execute(params![
+            host_id,
+            k.protocol.as_str(),
+            k.local.ip().to_string(),
+            k.local.port(),
+            k.remote.ip().to_string(),
+            k.remote.port(),
+            k.netns
+        ])?;
+    Ok(n > 0)
+}
+
+fn process_event(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    kind: &str,
+    key: ProcessKey,
+    p: Option<&Process>,
+    at: OffsetDateTime,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, user, uid, start_time) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        host_id,
+        ts(at),
+        kind,
+        key.pid,
+        p.map(|p| p.ppid),
+        p.map(|p| &p.name),
+        p.and_then(|p| p.exe.as_ref()),
+        p.map(|p| to_json(&p.cmdline)),
+        p.and_then(|p| p.user.as_ref()),
+        p.map(|p| p.uid),
+        ts(key.start_time)
+    ])?;
+    Ok(())
+}
+
+/// The columns of a socket event.
+struct SocketRow<'a> {
+    socket: &'static str,
+    protocol: Protocol,
+    local: SocketAddr,
+    remote: Option<SocketAddr>,
+    direction: Option<Direction>,
+    pid: Option<u32>,
+    process: Option<&'a String>,
+    exe: Option<&'a String>,
+    netns: Option<u64>,
+}
+
+impl<'a> SocketRow<'a> {
+    fn of_listener(l: &'a Listener) -> Self {
+        SocketRow {
+            socket: "listener",
+            protocol: l.protocol,
+            local: SocketAddr::new(l.address, l.port),
+            remote: None,
+            direction: None,
+            pid: l.pid,
+            process: l.process.as_ref(),
+            exe: l.exe.as_ref(),
+            netns: l.netns,
+        }
+    }
+
+    fn of_connection(c: &'a Connection) -> Self {
+        SocketRow {
+            socket: "connection",
+            protocol: c.protocol,
+            local: c.local,
+            remote: Some(c.remote),
+            direction: Some(c.direction),
+            pid: c.pid,
+            process: c.process.as_ref(),
+            exe: c.exe.as_ref(),
+            netns: c.netns,
+        }
+    }
+}
+
+fn socket_event(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    kind: &str,
+    s: &SocketRow<'_>,
+    at: OffsetDateTime,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, remote_address, \
+         remote_port, direction, pid, process, exe, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        host_id,
+        ts(at),
+        kind,
+        s.socket,
+        s.protocol.as_str(),
+        s.local.ip().to_string(),
+        s.local.port(),
+        s.remote.map(|r| r.ip().to_string()),
+        s.remote.map(|r| r.port()),
+        s.direction.map(Direction::as_str),
+        s.pid,
+        s.process,
+        s.exe,
+        s.netns
+    ])?;
+    Ok(())
+}
+
+/// The WHERE clause and arguments of a history filter (`e` is the events table, `h` hosts).
+fn history_where(f: &HistoryFilter, name_column: Option<&str>) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(h) = f.host_id {
+        args.push(h.into());
+        sql.push_str(&format!(" AND e.host_id = ?{}", args.len()));
+    }
+    if let Some(since) = f.since {
+        args.push(ts(since).into());
+        sql.push_str(&format!(" AND e.at >= ?{}", args.len()));
+    }
+    if let (Some(name), Some(col)) = (&f.name, name_column) {
+        args.push(name.clone().into());
+        sql.push_str(&format!(" AND e.{col} = ?{}", args.len()));
+    }
+    sql.push_str(&format!(" ORDER BY e.at DESC, e.id DESC LIMIT {}", f.limit.max(1)));
+    (sql, args)
+}
+
+pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
+    let (clause, args) = history_where(f, Some("name"));
+    let mut stmt = tx.prepare(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
+         e.start_time FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(4)?;
+        let cmdline: Option<String> = r.get(9)?;
+        out.push(ProcessEvent {
+            id: r.get(0)?,
+            host_id: r.get(1)?,
+            hostname: r.get(2)?,
+            at: parse_ts(&r.get::<_, String>(3)?)?,
+            kind: if kind == "exec" { "exec" } else { "exit" },
+            pid: r.get(5)?,
+            ppid: r.get(6)?,
+            name: r.get(7)?,
+            exe: r.get(8)?,
+            cmdline: cmdline.map(|c| json(&c, "cmdline")).transpose()?.unwrap_or_default(),
+            user: r.get(10)?,
+            uid: r.get(11)?,
+            start_time: parse_ts(&r.get::<_, String>(12)?)?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<SocketEvent>> {
+    let (clause, args) = history_where(f, None);
+    let mut stmt = tx.prepare(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address, e.local_port, \
+         e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns \
+         FROM socket_events e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(4)?;
+        let socket: String = r.get(5)?;
+        let remote = match r.get::<_, Option<String>>(9)? {
+            Some(_) => Some(SocketAddr::new(ip(r, 9)?, r.get(10)?)),
+            None => None,
+        };
+        out.push(SocketEvent {
+            id: r.get(0)?,
+            host_id: r.get(1)?,
+            hostname: r.get(2)?,
+            at: parse_ts(&r.get::<_, String>(3)?)?,
+            kind: if kind == "open" { "open" } else { "close" },
+            socket: if socket == "listener" { "listener" } else { "connection" },
+            protocol: parse_enum::<Protocol>(&r.get::<_, String>(6)?)?,
+            local: SocketAddr::new(ip(r, 7)?, r.get(8)?),
+            remote,
+            direction: r.get::<_, Option<String>>(11)?.map(|d| parse_enum::<Direction>(&d)).transpose()?,
+            pid: r.get(12)?,
+            process: r.get(13)?,
+            exe: r.get(14)?,
+            netns: r.get(15)?,
+        });
+    }
+    Ok(out)
+}
