@@ -38,6 +38,8 @@ pub mod logging;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;
+pub mod spool;
+pub mod tracker;
 pub mod transport;
 
 pub use config::AgentConfig;

@@ -107,7 +107,7 @@ fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
         seq: 0,
         sent_at: now,
         host: obs.host_facts(&machine_id, &config.tags),
-        agent: snapshot::agent_status(config.interval, now, obs.coverage),
+        agent: snapshot::agent_status(config.interval, now, obs.coverage, None),
         snapshot: Some(obs.snapshot),
         delta: None,
         lost: 0,

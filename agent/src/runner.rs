@@ -1,23 +1,36 @@
-//! The agent's life: enroll, report a full snapshot every interval until told to stop, then say
-//! goodbye.
+//! The agent's life: enroll, then watch the host and report what changes until told to stop, then
+//! say goodbye.
 //!
-//! Architecture invariant: the runtime thread only waits and talks to the collector; every read of
-//! `/proc` happens on a blocking thread, so a slow scan never stalls the shutdown path.
+//! Watching: exec and exit events as they happen (or, where the kernel refuses the connector, a
+//! listing of `/proc` every second); listeners every second; connections every second after an
+//! exec and every interval; everything, re-read, every interval. Reporting: what changed, batched
+//! over at most a second, as a delta; a snapshot at the start of a session, every
+//! `snapshot_every` and whenever the collector asks; a heartbeat when an interval passes without
+//! a report. Every report goes through the spool ([`crate::spool`]), which a separate task drains
+//! to the collector with backoff, so a slow or absent collector never stalls the watching.
+//!
+//! Architecture invariant: the runtime thread only waits, keeps accounts and talks to the
+//! collector; every read of `/proc` happens on a blocking thread or the exec watcher's own.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
-use tokio::time::MissedTickBehavior;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::collect::HostRoot;
-use crate::collect::sockets::Reader;
-use crate::config::AgentConfig;
+use crate::collect::exec::{self, ExecWatcher};
+use crate::collect::sockets::{Reader, Want};
+use crate::config::{AgentConfig, Secret};
 use crate::identity::{Identity, StateDir, StateError};
-use crate::snapshot::{self, Observation, Observer};
+use crate::snapshot::{self, Observer};
+use crate::spool::Spool;
+use crate::tracker::Tracker;
 use crate::transport::{CollectorClient, TransportError};
 
 /// Why the agent stopped before it was asked to.
@@ -35,8 +48,13 @@ pub enum AgentError {
     Client(TransportError),
 }
 
-/// How long the goodbye may take: a stopping agent must not hang a shutdown.
+/// How long the last reports (pending changes, goodbye) may take: a stopping agent must not hang
+/// a shutdown.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Exec events waiting for the runner; a full queue makes the kernel drop events (counted).
+const EVENT_QUEUE: usize = 65_536;
+/// The quick look and the batching of changes.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -44,68 +62,81 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let state = StateDir::open(&config.state_dir)?;
     let client = CollectorClient::new(server.clone()).map_err(AgentError::Client)?;
     let root = HostRoot::new(&config.host_root);
+    let spool = Spool::open(&state.path().join("spool"), config.spool_max_bytes)?;
     info!(
         server = %server, interval = %humantime::format_duration(config.interval),
         state_dir = %config.state_dir.display(), host_root = %config.host_root.display(),
-        version = env!("CARGO_PKG_VERSION"), "agent starting"
+        spooled = spool.len(), version = env!("CARGO_PKG_VERSION"), "agent starting"
     );
+    let (exec_tx, exec_rx) = mpsc::channel(EVENT_QUEUE);
+    let (watcher, exec_why) = match ExecWatcher::start(root.clone(), exec_tx) {
+        Ok(w) => (Some(w), None),
+        Err(why) => {
+            warn!(reason = %why, "exec events unavailable; listing /proc every second instead");
+            (None, Some(why))
+        }
+    };
+    let shared = Arc::new(Shared { spool: Mutex::new(spool), wake: Notify::new() });
+    let (key_tx, key_rx) = watch::channel(None);
+    let (to_runner, from_sender) = mpsc::channel(16);
+    let sender_stop = CancellationToken::new();
+    let sender =
+        tokio::spawn(send_loop(client.clone(), shared.clone(), key_rx, to_runner, sender_stop.clone()));
+
+    let observer = Observer::new(root.clone(), Reader::SockDiag);
     let mut agent = Agent {
+        tracker: Tracker::new(),
+        coverage: proto::Coverage::full(),
+        observer: Some(observer),
         config,
         client,
         state,
         root,
-        observer: None,
+        shared,
+        key_tx,
+        watcher,
+        exec_why,
         started_at: OffsetDateTime::now_utc(),
         identity: None,
         session: new_session(),
         seq: 0,
+        last_report: Instant::now(),
+        last_snapshot: Instant::now(),
     };
-
-    let mut ticker = tokio::time::interval(agent.config.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut enroll_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let Some(obs) = agent.observe().await else {
-            continue;
-        };
-        // Requests in flight are abandoned at shutdown: a collector that accepts and never answers
-        // must not hold up a stopping agent (the goodbye has its own short timeout).
-        if agent.identity.is_none() {
-            let enrolled = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = agent.enroll(&obs) => r,
-            };
-            match enrolled {
-                Ok(()) => enroll_backoff.reset(),
-                Err(EnrollFailure::Fatal(e)) => return Err(e),
-                Err(EnrollFailure::Retry(e)) => {
-                    let wait = enroll_backoff.next_delay();
-                    warn!(error = %e, retry_in = %humantime::format_duration(wait), "enrollment failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            () = agent.send(obs) => {}
-        }
+    let result = agent.watch(shutdown, exec_rx, from_sender).await;
+    if agent.identity.is_some() {
+        agent.goodbye().await;
     }
-    agent.goodbye().await;
+    sender_stop.cancel();
+    let _ = sender.await;
     info!("agent stopped");
-    Ok(())
+    result
 }
 
-enum EnrollFailure {
-    Fatal(AgentError),
-    Retry(TransportError),
+/// The spool and the bell that wakes its sender.
+struct Shared {
+    spool: Mutex<Spool>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What the sender tells the runner.
+#[derive(Debug)]
+enum FromSender {
+    /// The collector wants a snapshot (the spool has been emptied of the deltas it cannot use).
+    Resync,
+    /// The collector no longer knows the node key.
+    Unauthorized,
+}
+
+/// A random session number, never 0 (the number of reports from agents that predate sessions).
+fn new_session() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).max(1)
 }
 
 struct Agent {
@@ -115,137 +146,424 @@ struct Agent {
     root: HostRoot,
     /// Taken while a scan runs on the blocking pool; rebuilt if that scan panicked.
     observer: Option<Observer>,
+    tracker: Tracker,
+    coverage: proto::Coverage,
+    shared: Arc<Shared>,
+    key_tx: watch::Sender<Option<Secret>>,
+    watcher: Option<ExecWatcher>,
+    exec_why: Option<String>,
     started_at: OffsetDateTime,
     identity: Option<Identity>,
-    /// Sequence number of the last report the collector accepted under the current identity.
-    seq: u64,
-    /// This run of the agent; sequence numbers count within it.
+    /// This run of the agent (a new one after enrolling anew); sequence numbers count within it.
     session: u64,
+    /// The last sequence number given to a report.
+    seq: u64,
+    last_report: Instant,
+    last_snapshot: Instant,
 }
 
-/// A random session number, never 0 (the number of reports from agents that predate sessions).
-fn new_session() -> u64 {
-    getrandom::u64().unwrap_or_else(|_| OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).max(1)
+enum Scan {
+    Full,
+    Quick(Want),
 }
 
 impl Agent {
-    async fn observe(&mut self) -> Option<Observation> {
-        let mut observer =
-            self.observer.take().unwrap_or_else(|| Observer::new(self.root.clone(), Reader::SockDiag));
-        match tokio::task::spawn_blocking(move || {
-            let obs = observer.observe();
-            (observer, obs)
-        })
-        .await
-        {
-            Ok((observer, obs)) => {
-                self.observer = Some(observer);
-                Some(obs)
-            }
-            Err(e) => {
-                error!(error = %e, "host scan failed");
-                None
+    /// Enrolls, then watches and reports until `shutdown`.
+    async fn watch(
+        &mut self,
+        shutdown: CancellationToken,
+        mut exec_rx: mpsc::Receiver<exec::Event>,
+        mut from_sender: mpsc::Receiver<FromSender>,
+    ) -> Result<(), AgentError> {
+        if !self.enroll(&shutdown).await? {
+            return Ok(());
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let full_every = self.config.interval.as_secs().max(1);
+        let mut ticks: u64 = 0;
+        let mut connections_due = true;
+        let mut events_open = self.watcher.is_some();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = from_sender.recv() => match msg {
+                    Some(FromSender::Resync) => {
+                        info!("collector asked for a snapshot");
+                        self.tracker.want_snapshot();
+                    }
+                    Some(FromSender::Unauthorized) => {
+                        warn!("collector no longer accepts this node key; enrolling again");
+                        if let Err(e) = self.state.forget() {
+                            error!(error = %e, "cannot remove the stale identity");
+                        }
+                        self.identity = None;
+                        let _ = self.key_tx.send(None);
+                        self.shared.spool().clear();
+                        if !self.enroll(&shutdown).await? {
+                            return Ok(());
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                event = exec_rx.recv(), if events_open => match event {
+                    Some(e) => connections_due |= self.on_event(e, &mut ticks),
+                    None => {
+                        events_open = false;
+                        warn!("exec events stopped; listing /proc every second instead");
+                        self.exec_why = Some("the process connector failed".to_owned());
+                    }
+                },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let scan = if ticks % full_every == 1 || full_every == 1 {
+                        Scan::Full
+                    } else {
+                        Scan::Quick(Want { listen: true, connected: connections_due })
+                    };
+                    connections_due = false;
+                    self.scan(scan).await;
+                    self.report_if_due();
+                }
             }
         }
     }
 
-    fn machine_id(&self, obs: &Observation) -> Result<String, StateError> {
-        match &obs.host.machine_id {
-            Some(id) => Ok(id.clone()),
+    /// Handles an exec watcher event; returns whether connections should be looked at soon.
+    fn on_event(&mut self, e: exec::Event, ticks: &mut u64) -> bool {
+        let Some(observer) = self.observer.as_mut() else { return false };
+        match e {
+            exec::Event::Exec { record: Some(rec), .. } => {
+                let p = observer.note_exec(rec);
+                self.tracker.started(p);
+                true
+            }
+            exec::Event::Exec { pid, at, record: None } => {
+                self.tracker.exec_unread(pid, at);
+                false
+            }
+            exec::Event::Exit { pid, at } => {
+                observer.note_exit(pid);
+                self.tracker.ended(pid, at);
+                false
+            }
+            exec::Event::Lost => {
+                warn!("the kernel dropped process events; rescanning /proc");
+                // The next tick re-reads everything.
+                *ticks = 0;
+                true
+            }
+        }
+    }
+
+    async fn scan(&mut self, scan: Scan) {
+        let mut observer =
+            self.observer.take().unwrap_or_else(|| Observer::new(self.root.clone(), Reader::SockDiag));
+        let result = tokio::task::spawn_blocking(move || {
+            let out = match scan {
+                Scan::Full => Ok(observer.observe()),
+                Scan::Quick(want) => Err(observer.quick(want)),
+            };
+            (observer, out)
+        })
+        .await;
+        match result {
+            Ok((observer, out)) => {
+                self.observer = Some(observer);
+                match out {
+                    Ok(full) => {
+                        self.coverage = full.coverage;
+                        self.tracker.set_processes(full.snapshot.processes);
+                        self.tracker.set_listeners(full.snapshot.listeners);
+                        self.tracker.set_connections(full.snapshot.connections);
+                    }
+                    Err(quick) => {
+                        self.tracker.set_processes(quick.processes);
+                        if let Some(l) = quick.listeners {
+                            self.tracker.set_listeners(l);
+                        }
+                        if let Some(c) = quick.connections {
+                            self.tracker.set_connections(c);
+                        }
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "host scan failed"),
+        }
+    }
+
+    /// Puts a report in the spool if one is due: a snapshot, the changes, or a heartbeat.
+    fn report_if_due(&mut self) {
+        if self.identity.is_none() {
+            return;
+        }
+        if self.last_snapshot.elapsed() >= self.config.snapshot_every {
+            self.tracker.want_periodic_snapshot();
+        }
+        let now = OffsetDateTime::now_utc();
+        if self.tracker.history_before_snapshot() {
+            // What came and went since the last report is only in a delta: send it first.
+            let delta = self.tracker.take_delta(now);
+            let report = self.report(None, Some(delta), None);
+            self.spool_report(&report);
+        }
+        let (snapshot, delta) = if self.tracker.snapshot_due() {
+            self.last_snapshot = Instant::now();
+            (Some(self.tracker.take_snapshot(now)), None)
+        } else if self.tracker.is_dirty() {
+            (None, Some(self.tracker.take_delta(now)))
+        } else if self.last_report.elapsed() >= self.config.interval {
+            (None, None)
+        } else {
+            return;
+        };
+        let report = self.report(snapshot, delta, None);
+        self.spool_report(&report);
+    }
+
+    fn spool_report(&mut self, report: &proto::Report) {
+        debug!(
+            seq = report.seq,
+            snapshot = report.snapshot.is_some(),
+            delta = report.delta.is_some(),
+            "report spooled"
+        );
+        self.shared.spool().push(report);
+        self.last_report = Instant::now();
+        self.shared.wake.notify_one();
+    }
+
+    fn machine_id(&self) -> Result<String, StateError> {
+        match self.observer.as_ref().and_then(|o| o.host().machine_id.clone()) {
+            Some(id) => Ok(id),
             None => self.state.agent_id(),
         }
     }
 
-    fn status(&self, coverage: proto::Coverage) -> proto::AgentStatus {
-        snapshot::agent_status(self.config.interval, self.started_at, coverage)
+    fn host_facts(&self, machine_id: &str) -> proto::HostFacts {
+        let host = match &self.observer {
+            Some(o) => o.host().clone(),
+            None => crate::collect::host::read(&self.root),
+        };
+        snapshot::host_facts(&host, machine_id, &self.config.tags)
     }
 
-    async fn enroll(&mut self, obs: &Observation) -> Result<(), EnrollFailure> {
-        let machine_id = self.machine_id(obs).map_err(|e| EnrollFailure::Fatal(e.into()))?;
-        if let Some(id) =
-            self.state.load(&machine_id, self.client.base()).map_err(|e| EnrollFailure::Fatal(e.into()))?
-        {
-            info!(host_id = id.host_id, "using stored node key");
-            self.identity = Some(id);
-            return Ok(());
+    fn stats(&self) -> proto::AgentStats {
+        let (spool_reports, spool_bytes) = {
+            let s = self.shared.spool();
+            (s.len() as u64, s.bytes())
+        };
+        let counters = self.watcher.as_ref().map(|w| w.counters.clone());
+        let load = |c: &Option<Arc<exec::Counters>>, f: fn(&exec::Counters) -> u64| c.as_deref().map_or(0, f);
+        let usage = crate::collect::own::usage();
+        proto::AgentStats {
+            exec_source: if self.watcher.is_some() && self.exec_why.is_none() {
+                "proc_connector"
+            } else {
+                "polling"
+            }
+            .to_owned(),
+            exec_source_why: self.exec_why.clone(),
+            socket_reader: self
+                .observer
+                .as_ref()
+                .map_or(Reader::SockDiag, Observer::socket_reader)
+                .as_str()
+                .to_owned(),
+            exec_events: load(&counters, |c| c.execs.load(std::sync::atomic::Ordering::Relaxed)),
+            exec_read_misses: load(&counters, |c| {
+                c.exec_read_misses.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            events_lost: load(&counters, |c| c.overruns.load(std::sync::atomic::Ordering::Relaxed)),
+            spool_reports,
+            spool_bytes,
+            rss_bytes: usage.map(|u| u.rss_bytes),
+            cpu_seconds: usage.map(|u| u.cpu_seconds),
         }
-        let secret =
-            self.config.enroll_secret.clone().ok_or(EnrollFailure::Fatal(AgentError::NoEnrollSecret))?;
-        let req = proto::EnrollRequest {
-            enroll_secret: secret.expose().to_owned(),
-            host: obs.host_facts(&machine_id, &self.config.tags),
-            agent: self.status(obs.coverage.clone()),
-        };
-        let resp = self.client.enroll(&req).await.map_err(EnrollFailure::Retry)?;
-        let id = Identity {
-            host_id: resp.host_id,
-            node_key: crate::config::Secret::new(resp.node_key),
-            machine_id,
-        };
-        self.state.save(&id, self.client.base()).map_err(|e| EnrollFailure::Fatal(e.into()))?;
-        info!(host_id = id.host_id, "enrolled");
-        self.identity = Some(id);
-        self.seq = 0;
-        Ok(())
     }
 
     fn report(
-        &self,
-        id: &Identity,
-        obs: Option<Observation>,
+        &mut self,
+        snapshot: Option<proto::Snapshot>,
+        delta: Option<proto::Delta>,
         goodbye: Option<proto::Goodbye>,
     ) -> proto::Report {
-        let now = OffsetDateTime::now_utc();
-        let (host, coverage, snapshot) = match obs {
-            Some(o) => (o.host_facts(&id.machine_id, &self.config.tags), o.coverage, Some(o.snapshot)),
-            None => {
-                let o = crate::collect::host::read(&self.root);
-                (snapshot::host_facts(&o, &id.machine_id, &self.config.tags), proto::Coverage::full(), None)
-            }
-        };
+        self.seq += 1;
+        let machine_id = self.identity.as_ref().map(|i| i.machine_id.clone()).unwrap_or_default();
         proto::Report {
             session: self.session,
-            seq: self.seq + 1,
-            sent_at: now,
-            host,
-            agent: self.status(coverage),
+            seq: self.seq,
+            sent_at: OffsetDateTime::now_utc(),
+            host: self.host_facts(&machine_id),
+            agent: snapshot::agent_status(
+                self.config.interval,
+                self.started_at,
+                self.coverage.clone(),
+                Some(self.stats()),
+            ),
             snapshot,
-            delta: None,
+            delta,
             lost: 0,
             goodbye,
         }
     }
 
-    async fn send(&mut self, obs: Observation) {
-        let Some(id) = self.identity.clone() else { return };
-        let processes = obs.snapshot.processes.len();
-        let listeners = obs.snapshot.listeners.len();
-        let report = self.report(&id, Some(obs), None);
-        match self.client.report(&id.node_key, &report).await {
-            Ok(resp) => {
-                self.seq = report.seq;
-                debug!(seq = resp.seq, processes, listeners, "report accepted");
-            }
-            Err(TransportError::Unauthorized { message, .. }) => {
-                warn!(%message, "collector no longer accepts this node key; enrolling again");
-                if let Err(e) = self.state.forget() {
-                    error!(error = %e, "cannot remove the stale identity");
+    /// Enrolls (or loads the stored identity), retrying with backoff; `false` if shutdown came
+    /// first. A new identity starts a new session with a snapshot.
+    async fn enroll(&mut self, shutdown: &CancellationToken) -> Result<bool, AgentError> {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        loop {
+            let machine_id = self.machine_id()?;
+            let attempt = match self.state.load(&machine_id, self.client.base())? {
+                Some(id) => {
+                    info!(host_id = id.host_id, "using stored node key");
+                    Ok(id)
                 }
-                self.identity = None;
-            }
-            Err(e) => {
-                warn!(error = %e, seq = report.seq, "report not delivered; the next interval sends a fresh snapshot")
+                None => {
+                    let secret = self.config.enroll_secret.clone().ok_or(AgentError::NoEnrollSecret)?;
+                    let req = proto::EnrollRequest {
+                        enroll_secret: secret.expose().to_owned(),
+                        host: self.host_facts(&machine_id),
+                        agent: snapshot::agent_status(
+                            self.config.interval,
+                            self.started_at,
+                            self.coverage.clone(),
+                            None,
+                        ),
+                    };
+                    let sent = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        r = self.client.enroll(&req) => r,
+                    };
+                    match sent {
+                        Ok(resp) => {
+                            let id = Identity {
+                                host_id: resp.host_id,
+                                node_key: Secret::new(resp.node_key),
+                                machine_id,
+                            };
+                            self.state.save(&id, self.client.base())?;
+                            info!(host_id = id.host_id, "enrolled");
+                            // Reports spooled for another identity mean nothing to this one.
+                            self.shared.spool().clear();
+                            Ok(id)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match attempt {
+                Ok(id) => {
+                    let _ = self.key_tx.send(Some(id.node_key.clone()));
+                    self.identity = Some(id);
+                    self.session = new_session();
+                    self.seq = 0;
+                    self.tracker.want_snapshot();
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = %humantime::format_duration(wait), "enrollment failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
         }
     }
 
+    /// Sends what is pending and a goodbye, within [`GOODBYE_TIMEOUT`].
     async fn goodbye(&mut self) {
-        let Some(id) = self.identity.clone() else { return };
-        let report = self.report(&id, None, Some(proto::Goodbye::Stopped));
-        match tokio::time::timeout(GOODBYE_TIMEOUT, self.client.report(&id.node_key, &report)).await {
-            Ok(Ok(_)) => info!("said goodbye to the collector"),
-            Ok(Err(e)) => warn!(error = %e, "goodbye not delivered"),
-            Err(_) => warn!("goodbye timed out"),
+        let now = OffsetDateTime::now_utc();
+        if self.tracker.is_dirty() && !self.tracker.snapshot_due() {
+            let delta = self.tracker.take_delta(now);
+            let report = self.report(None, Some(delta), None);
+            self.spool_report(&report);
+        }
+        let report = self.report(None, None, Some(proto::Goodbye::Stopped));
+        self.spool_report(&report);
+        let deadline = Instant::now() + GOODBYE_TIMEOUT;
+        while !self.shared.spool().is_empty() {
+            if Instant::now() >= deadline {
+                warn!(
+                    waiting = self.shared.spool().len(),
+                    "goodbye not delivered in time; the spool keeps it"
+                );
+                return;
+            }
+            self.shared.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        info!("said goodbye to the collector");
+    }
+}
+
+/// Drains the spool to the collector, in order, with backoff on failure.
+async fn send_loop(
+    client: CollectorClient,
+    shared: Arc<Shared>,
+    mut key: watch::Receiver<Option<Secret>>,
+    to_runner: mpsc::Sender<FromSender>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.wake.notified() => {}
+            _ = key.changed() => {}
+            _ = retry => {}
+        }
+        if retry_at.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        retry_at = None;
+        let Some(node_key) = key.borrow().clone() else { continue };
+        loop {
+            let Some((id, body)) = shared.spool().front() else { break };
+            let sent = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = client.report_bytes(&node_key, body) => r,
+            };
+            match sent {
+                Ok(resp) => {
+                    shared.spool().delivered(id);
+                    backoff.reset();
+                    if resp.resync {
+                        // The deltas behind this one build on state the collector does not have.
+                        shared.spool().clear();
+                        let _ = to_runner.send(FromSender::Resync).await;
+                        break;
+                    }
+                }
+                Err(TransportError::Unauthorized { .. }) => {
+                    let _ = to_runner.send(FromSender::Unauthorized).await;
+                    break;
+                }
+                Err(e) if !e.is_retriable() => {
+                    // A report the collector will never take (a bug, or too large): keeping it
+                    // would block every report behind it.
+                    error!(error = %e, "collector refused a report; dropping it");
+                    let mut s = shared.spool();
+                    s.delivered(id);
+                    s.count_refused();
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = %humantime::format_duration(wait), spooled = shared.spool().len(), "report not delivered; kept in the spool");
+                    retry_at = Some(Instant::now() + wait);
+                    break;
+                }
+            }
         }
     }
 }

@@ -6,15 +6,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
 
-use crate::collect::process::ProcessRecord;
+use crate::collect::Problems;
+use crate::collect::host::HostInfo;
+use crate::collect::process::{Clock, ProcessRecord};
 use crate::collect::sockets::owners::ProcKey;
 use crate::collect::sockets::{self, OwnerCache, Reader, SockState, SocketRecord, SocketSource, Want};
+use crate::collect::users::Users;
 use crate::collect::{self, HostRoot, netns};
 
 /// Everything one pass over the host produced.
 #[derive(Debug, Clone)]
 pub struct Observation {
-    pub host: collect::host::HostInfo,
+    pub host: HostInfo,
     pub snapshot: proto::Snapshot,
     pub coverage: proto::Coverage,
 }
@@ -28,11 +31,7 @@ impl Observation {
 
 /// Host facts for the wire. `machine_id` is passed in because a host without one uses the id the
 /// agent generated and keeps in its state directory.
-pub fn host_facts(
-    host: &collect::host::HostInfo,
-    machine_id: &str,
-    tags: &BTreeMap<String, String>,
-) -> proto::HostFacts {
+pub fn host_facts(host: &HostInfo, machine_id: &str, tags: &BTreeMap<String, String>) -> proto::HostFacts {
     proto::HostFacts {
         hostname: host.hostname.clone(),
         machine_id: machine_id.to_owned(),
@@ -49,27 +48,66 @@ pub fn agent_status(
     interval: std::time::Duration,
     started_at: OffsetDateTime,
     coverage: proto::Coverage,
+    stats: Option<proto::AgentStats>,
 ) -> proto::AgentStatus {
     proto::AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         interval_secs: u32::try_from(interval.as_secs()).unwrap_or(u32::MAX).max(1),
         started_at,
         coverage,
+        stats,
     }
 }
 
-/// Reads the host, keeping what makes the next read cheaper (socket owners, the socket reader
-/// that works here). Blocking: call it on a blocking thread.
+/// Reads the host, keeping what makes the next read cheaper: the processes known (so a quick
+/// scan reads only new ones), their network namespaces, socket owners, the socket reader that works
+/// here. Blocking: call it on a blocking thread.
 #[derive(Debug)]
 pub struct Observer {
     root: HostRoot,
     sockets: SocketSource,
     owners: OwnerCache,
+    clock: Clock,
+    users: Users,
+    users_error: Option<String>,
+    host: HostInfo,
+    /// Every process known now, by pid.
+    procs: BTreeMap<u32, ProcessRecord>,
+    /// Network namespace of each known process.
+    netns: HashMap<u32, u64>,
+}
+
+/// What a quick scan saw: every process (new ones read, gone ones dropped) and the sockets asked for.
+#[derive(Debug)]
+pub struct QuickObservation {
+    pub processes: Vec<proto::Process>,
+    /// Pids that were known and are gone.
+    pub exited: Vec<u32>,
+    pub listeners: Option<Vec<proto::Listener>>,
+    pub connections: Option<Vec<proto::Connection>>,
 }
 
 impl Observer {
     pub fn new(root: HostRoot, reader: Reader) -> Self {
-        Observer { root, sockets: SocketSource::new(reader), owners: OwnerCache::default() }
+        let mut problems = Problems::default();
+        let clock = Clock::read(&root, &mut problems);
+        let (users, users_error) = Users::load(&root.etc.join("passwd"));
+        let host = collect::host::read(&root);
+        Observer {
+            root,
+            sockets: SocketSource::new(reader),
+            owners: OwnerCache::default(),
+            clock,
+            users,
+            users_error,
+            host,
+            procs: BTreeMap::new(),
+            netns: HashMap::new(),
+        }
+    }
+
+    pub fn root(&self) -> &HostRoot {
+        &self.root
     }
 
     /// The socket reader in use (sock_diag, or /proc/net after a refusal).
@@ -77,35 +115,156 @@ impl Observer {
         self.sockets.reader()
     }
 
-    /// Reads the host once: processes, sockets in every network namespace, their owners.
-    pub fn observe(&mut self) -> Observation {
-        let root = &self.root;
-        let taken_at = OffsetDateTime::now_utc();
-        let host = collect::host::read(root);
-        let (users, users_error) = collect::users::Users::load(&root.etc.join("passwd"));
-        let procs = collect::process::scan(root);
-        let pids: Vec<u32> = procs.items.iter().map(|p| p.pid).collect();
-        let namespaces = netns::discover(root, &pids);
-        let socks = self.sockets.read(root, &namespaces, Want::ALL);
-        let mut problems = procs.problems;
-        let wanted: HashSet<u64> = socks.items.iter().map(|s| s.inode).collect();
-        let keys: Vec<ProcKey> = procs.items.iter().map(|p| (p.pid, p.start_ticks)).collect();
-        let (owners, owner_problems) = self.owners.resolve(root, &wanted, &keys);
+    /// The host facts as of the last full scan.
+    pub fn host(&self) -> &HostInfo {
+        &self.host
+    }
 
-        let by_pid: HashMap<u32, &ProcessRecord> = procs.items.iter().map(|p| (p.pid, p)).collect();
+    /// A process as the wire carries it.
+    pub fn to_wire(&self, p: &ProcessRecord) -> proto::Process {
+        proto::Process {
+            pid: p.pid,
+            ppid: p.ppid,
+            user: self.users.name(p.uid).map(str::to_owned),
+            name: p.name.clone(),
+            exe: p.exe.clone(),
+            exe_deleted: p.exe_deleted,
+            cmdline: p.cmdline.clone(),
+            cmdline_truncated: p.cmdline_truncated,
+            uid: p.uid,
+            start_time: p.start_time,
+        }
+    }
+
+    /// Every known process, as the wire carries them.
+    pub fn processes(&self) -> Vec<proto::Process> {
+        self.procs.values().map(|p| self.to_wire(p)).collect()
+    }
+
+    /// A process that exec'd (read at once by the exec watcher).
+    pub fn note_exec(&mut self, rec: ProcessRecord) -> proto::Process {
+        let wire = self.to_wire(&rec);
+        if let Some(ns) = netns::of_pid(&self.root, rec.pid) {
+            self.netns.insert(rec.pid, ns);
+        }
+        self.procs.insert(rec.pid, rec);
+        wire
+    }
+
+    /// A process that exited.
+    pub fn note_exit(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+        self.netns.remove(&pid);
+    }
+
+    /// Reads the host once, everything again: processes, sockets in every network namespace, their
+    /// owners, host facts, users.
+    pub fn observe(&mut self) -> Observation {
+        let taken_at = OffsetDateTime::now_utc();
+        let mut problems = Problems::default();
+        self.clock = Clock::read(&self.root, &mut problems);
+        self.host = collect::host::read(&self.root);
+        (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
+        let procs = collect::process::scan(&self.root);
+        problems.merge(procs.problems);
+        self.procs = procs.items.into_iter().map(|p| (p.pid, p)).collect();
+        self.netns =
+            self.procs.keys().filter_map(|&pid| Some((pid, netns::of_pid(&self.root, pid)?))).collect();
+        let (listeners, connections, socket_problems, unowned) = self.read_sockets(Want::ALL);
+
+        let mut why = Vec::new();
+        if problems.denied > 0 {
+            why.push(format!(
+                "{} process files unreadable for lack of privilege (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
+                problems.denied
+            ));
+        }
+        if unowned > 0 && socket_problems.denied > 0 {
+            why.push(format!(
+                "owner unknown for {unowned} sockets: {} processes' file descriptors unreadable",
+                socket_problems.denied
+            ));
+        }
+        problems.merge(socket_problems);
+        why.extend(problems.failed.iter().take(5).cloned());
+        if let Some(e) = &self.users_error {
+            why.push(format!("user names unknown: {e}"));
+        }
+        let coverage = if why.is_empty() {
+            proto::Coverage::full()
+        } else {
+            proto::Coverage { state: proto::CoverageState::Degraded, why }
+        };
+        let snapshot = proto::Snapshot { taken_at, processes: self.processes(), listeners, connections };
+        Observation { host: self.host.clone(), snapshot, coverage }
+    }
+
+    /// A cheap look: list `/proc`, read only processes not known yet, drop those gone, and read the
+    /// sockets `want` asks for.
+    pub fn quick(&mut self, want: Want) -> QuickObservation {
+        let mut exited = Vec::new();
+        if let Ok(pids) = collect::process::list_pids(&self.root) {
+            let now: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+            exited = self.procs.keys().filter(|p| !now.contains(p)).copied().collect();
+            for pid in &exited {
+                self.note_exit(*pid);
+            }
+            let mut problems = Problems::default();
+            let new: Vec<u32> = pids.into_iter().filter(|p| !self.procs.contains_key(p)).collect();
+            for pid in new {
+                if let Ok(Some(rec)) = collect::process::read_pid(&self.root, pid, self.clock, &mut problems)
+                {
+                    self.note_exec(rec);
+                }
+            }
+        }
+        let (listeners, connections) = if want.listen || want.connected {
+            let (l, c, _, _) = self.read_sockets(want);
+            (want.listen.then_some(l), want.connected.then_some(c))
+        } else {
+            (None, None)
+        };
+        QuickObservation { processes: self.processes(), exited, listeners, connections }
+    }
+
+    /// Sockets with their owners; also the problems met and how many have no known owner.
+    fn read_sockets(
+        &mut self,
+        want: Want,
+    ) -> (Vec<proto::Listener>, Vec<proto::Connection>, Problems, usize) {
+        let root = &self.root;
+        let mut seen_ns: Vec<u64> = Vec::new();
+        let mut namespaces = Vec::new();
+        if let Some(own) = netns::own(root) {
+            namespaces.push(netns::Netns { inode: own, pid: std::process::id(), own: true });
+            seen_ns.push(own);
+        }
+        for (&pid, &ns) in &self.netns {
+            if !seen_ns.contains(&ns) {
+                seen_ns.push(ns);
+                namespaces.push(netns::Netns { inode: ns, pid, own: false });
+            }
+        }
+        let socks = self.sockets.read(root, &namespaces, want);
+        let mut problems = socks.problems;
+        let wanted: HashSet<u64> = socks.items.iter().map(|s| s.inode).collect();
+        let keys: Vec<ProcKey> = self.procs.values().map(|p| (p.pid, p.start_ticks)).collect();
+        let (owners, owner_problems) = self.owners.resolve(root, &wanted, &keys);
+        let owner_denied = owner_problems.denied;
+        problems.merge(owner_problems);
+        problems.denied = owner_denied;
+
+        let procs = &self.procs;
         let owner = |inode: u64| {
             let pid = owners.get(&inode).and_then(|v| v.first().copied());
-            (pid, pid.and_then(|pid| by_pid.get(&pid)))
+            (pid, pid.and_then(|pid| procs.get(&pid)))
         };
         let own_ns = namespaces.iter().find(|n| n.own).map(|n| n.inode);
-        // The agent's own namespace is the host's, unless it runs inside another one; a
-        // namespace is named only where it is not that one.
+        // A namespace is named only where it is not the agent's own (the host's, normally).
         let ns_of = |inode: u64| (Some(inode) != own_ns).then_some(inode);
         let listening: Vec<&SocketRecord> =
             socks.items.iter().filter(|s| s.state == SockState::Listen).collect();
-        let mut listeners = Vec::new();
-        let mut connections = Vec::new();
-        let mut unowned = 0;
+        let (mut listeners, mut connections, mut unowned) = (Vec::new(), Vec::new(), 0);
         for s in &socks.items {
             let (pid, proc) = owner(s.inode);
             unowned += usize::from(pid.is_none());
@@ -139,53 +298,7 @@ impl Observer {
                 }),
             }
         }
-
-        let processes: Vec<proto::Process> = procs
-            .items
-            .into_iter()
-            .map(|p| proto::Process {
-                pid: p.pid,
-                ppid: p.ppid,
-                user: users.name(p.uid).map(str::to_owned),
-                name: p.name,
-                exe: p.exe,
-                exe_deleted: p.exe_deleted,
-                cmdline: p.cmdline,
-                cmdline_truncated: p.cmdline_truncated,
-                uid: p.uid,
-                start_time: p.start_time,
-            })
-            .collect();
-
-        let mut why = Vec::new();
-        if problems.denied > 0 {
-            why.push(format!(
-                "{} process files unreadable for lack of privilege (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
-                problems.denied
-            ));
-        }
-        if unowned > 0 && owner_problems.denied > 0 {
-            why.push(format!(
-                "owner unknown for {unowned} sockets: {} processes' file descriptors unreadable",
-                owner_problems.denied
-            ));
-        }
-        problems.merge(owner_problems);
-        problems.merge(socks.problems);
-        why.extend(problems.failed.iter().take(5).cloned());
-        if let Some(e) = users_error {
-            why.push(format!("user names unknown: {e}"));
-        }
-        let coverage = if why.is_empty() {
-            proto::Coverage::full()
-        } else {
-            proto::Coverage { state: proto::CoverageState::Degraded, why }
-        };
-        Observation {
-            host,
-            snapshot: proto::Snapshot { taken_at, processes, listeners, connections },
-            coverage,
-        }
+        (listeners, connections, problems, unowned)
     }
 }
 

@@ -75,6 +75,15 @@ impl CollectorClient {
         self.post("report", REPORT_PATH, Some(node_key), report).await
     }
 
+    /// Sends a report already encoded (from the spool).
+    pub async fn report_bytes(
+        &self,
+        node_key: &Secret,
+        body: Vec<u8>,
+    ) -> Result<proto::ReportResponse, TransportError> {
+        self.send("report", REPORT_PATH, Some(node_key), body).await
+    }
+
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         what: &'static str,
@@ -82,9 +91,22 @@ impl CollectorClient {
         bearer: Option<&Secret>,
         body: &B,
     ) -> Result<R, TransportError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| TransportError::BadResponse { what, message: e.to_string() })?;
+        self.send(what, path, bearer, body).await
+    }
+
+    async fn send<R: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        bearer: Option<&Secret>,
+        body: Vec<u8>,
+    ) -> Result<R, TransportError> {
         let url =
             self.base.join(path).map_err(|e| TransportError::BadResponse { what, message: e.to_string() })?;
-        let mut req = self.http.post(url.clone()).json(body);
+        let mut req =
+            self.http.post(url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(key) = bearer {
             req = req.bearer_auth(key.expose());
         }
@@ -167,6 +189,7 @@ mod tests {
                 interval_secs: 10,
                 started_at: now,
                 coverage: proto::Coverage::full(),
+                stats: None,
             },
             snapshot: None,
             delta: None,

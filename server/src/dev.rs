@@ -110,14 +110,14 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     banner(addr, data_dir, &boot);
 
-    let agent_config = AgentConfig {
-        server: Some(format!("http://{addr}").parse().context("collector URL")?),
-        enroll_secret: Some(secret),
-        state_dir: agent_state.path().to_owned(),
-        interval: opts.interval,
-        tags: BTreeMap::from([(DEV_TAG.0.to_owned(), DEV_TAG.1.to_owned())]),
-        host_root: PathBuf::from("/"),
-    };
+    // The agent's defaults, then what dev mode sets; no file, no environment.
+    let mut agent_config = AgentConfig::load(None, Vec::new()).context("agent defaults")?.config;
+    agent_config.server = Some(format!("http://{addr}").parse().context("collector URL")?);
+    agent_config.enroll_secret = Some(secret);
+    agent_config.state_dir = agent_state.path().to_owned();
+    agent_config.interval = opts.interval;
+    agent_config.snapshot_every = agent_config.snapshot_every.max(opts.interval);
+    agent_config.tags = BTreeMap::from([(DEV_TAG.0.to_owned(), DEV_TAG.1.to_owned())]);
     let server_stop = CancellationToken::new();
     let mut server = tokio::spawn(serve::serve(state, listeners, server_stop.clone()));
     let agent_stop = shutdown.child_token();

@@ -146,6 +146,8 @@ pub struct StateDelta {
     pub processes: ChangeSet<Process, ProcessKey>,
     pub listeners: ChangeSet<Listener, ListenerKey>,
     pub connections: ChangeSet<Connection, ConnectionKey>,
+    /// Execs the agent saw but could not read: pid and time.
+    pub unread_execs: Vec<(u32, OffsetDateTime)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -463,6 +465,7 @@ impl From<proto::Report> for ReportRecord {
                     remote: std::net::SocketAddr::new(k.remote_address, k.remote_port),
                     netns: k.netns,
                 }),
+                unread_execs: d.unread_execs.into_iter().map(|u| (u.pid, u.at)).collect(),
             }),
             (None, None) => Content::Heartbeat,
         };

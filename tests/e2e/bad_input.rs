@@ -26,6 +26,7 @@ fn status() -> proto::AgentStatus {
         interval_secs: 10,
         started_at: OffsetDateTime::now_utc(),
         coverage: proto::Coverage::full(),
+        stats: None,
     }
 }
 

@@ -7,8 +7,10 @@
 //! Partial results are data: a process that exits mid-scan is simply not there, a file that cannot
 //! be read is an entry in [`Scan::problems`], and the scan returns everything else it saw.
 
+pub mod exec;
 pub mod host;
 pub mod netns;
+pub mod own;
 pub mod process;
 pub mod redact;
 pub mod sockets;
@@ -66,7 +68,7 @@ impl Problems {
 }
 
 /// How a failed read of a process's file is counted.
-pub(crate) enum ReadFailure {
+pub enum ReadFailure {
     /// The process exited while being read: not a problem, it is simply gone.
     Vanished,
     Denied,
@@ -74,7 +76,7 @@ pub(crate) enum ReadFailure {
 }
 
 impl ReadFailure {
-    pub(crate) fn of_io(path: &Path, e: &std::io::Error) -> Self {
+    pub fn of_io(path: &Path, e: &std::io::Error) -> Self {
         match e.kind() {
             std::io::ErrorKind::NotFound => ReadFailure::Vanished,
             std::io::ErrorKind::PermissionDenied => ReadFailure::Denied,
@@ -84,7 +86,7 @@ impl ReadFailure {
         }
     }
 
-    pub(crate) fn of_proc(e: &procfs::ProcError) -> Self {
+    pub fn of_proc(e: &procfs::ProcError) -> Self {
         use procfs::ProcError as E;
         match e {
             E::NotFound(_) | E::Incomplete(_) => ReadFailure::Vanished,
@@ -97,7 +99,7 @@ impl ReadFailure {
         }
     }
 
-    pub(crate) fn record(self, problems: &mut Problems) {
+    pub fn record(self, problems: &mut Problems) {
         match self {
             ReadFailure::Vanished => {}
             ReadFailure::Denied => problems.denied += 1,

@@ -33,17 +33,35 @@ pub struct ProcessRecord {
     pub start_ticks: u64,
 }
 
+/// Turns a process's start (clock ticks after boot) into an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    boot: OffsetDateTime,
+    ticks: u64,
+}
+
+impl Clock {
+    /// The host's clock; a missing boot time is a problem (start times then count from 1970).
+    pub fn read(root: &HostRoot, problems: &mut Problems) -> Clock {
+        let boot = super::host::boot_time(&root.proc);
+        if boot.is_none() {
+            problems.failed.push(format!(
+                "{}: no btime line; start times are unknown",
+                root.proc.join("stat").display()
+            ));
+        }
+        Clock { boot: boot.unwrap_or(OffsetDateTime::UNIX_EPOCH), ticks: procfs::ticks_per_second().max(1) }
+    }
+
+    pub fn instant(&self, start_ticks: u64) -> OffsetDateTime {
+        self.boot + time::Duration::milliseconds((start_ticks.saturating_mul(1000) / self.ticks) as i64)
+    }
+}
+
 /// Reads every process. Processes that exit during the scan are left out, not reported as errors.
 pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     let mut problems = Problems::default();
-    let boot = super::host::boot_time(&root.proc);
-    if boot.is_none() {
-        problems
-            .failed
-            .push(format!("{}: no btime line; start times are unknown", root.proc.join("stat").display()));
-    }
-    let boot = boot.unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let ticks = procfs::ticks_per_second().max(1);
+    let clock = Clock::read(root, &mut problems);
     let iter = match procfs::process::all_processes_with_root(&root.proc) {
         Ok(iter) => iter,
         Err(e) => {
@@ -53,10 +71,7 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     };
     let mut items = Vec::new();
     for p in iter {
-        match p
-            .map_err(|e| ReadFailure::of_proc(&e))
-            .and_then(|p| read_one(root, &p, boot, ticks, &mut problems))
-        {
+        match p.map_err(|e| ReadFailure::of_proc(&e)).and_then(|p| read_one(root, &p, clock, &mut problems)) {
             Ok(Some(rec)) => items.push(rec),
             Ok(None) => {}
             Err(f) => f.record(&mut problems),
@@ -66,12 +81,31 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     Scan { items, problems }
 }
 
+/// Reads one process by pid; `Ok(None)` for a kernel thread, `Err(Vanished)` if it is gone.
+pub fn read_pid(
+    root: &HostRoot,
+    pid: u32,
+    clock: Clock,
+    problems: &mut Problems,
+) -> Result<Option<ProcessRecord>, ReadFailure> {
+    let p = procfs::process::Process::new_with_root(root.proc.join(pid.to_string()))
+        .map_err(|e| ReadFailure::of_proc(&e))?;
+    read_one(root, &p, clock, problems)
+}
+
+/// The pids in `/proc` now: a directory listing, no file read.
+pub fn list_pids(root: &HostRoot) -> std::io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> =
+        std::fs::read_dir(&root.proc)?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 /// One process; `Ok(None)` for a kernel thread.
 fn read_one(
     root: &HostRoot,
     p: &procfs::process::Process,
-    boot: OffsetDateTime,
-    ticks: u64,
+    clock: Clock,
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
     let stat = p.stat().map_err(|e| ReadFailure::of_proc(&e))?;
@@ -102,7 +136,7 @@ fn read_one(
     let mut args = split_cmdline(&raw);
     super::redact::redact(&mut args);
     let (cmdline, cmdline_truncated) = cut_to_limits(args);
-    let start = boot + time::Duration::milliseconds((stat.starttime.saturating_mul(1000) / ticks) as i64);
+    let start = clock.instant(stat.starttime);
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),

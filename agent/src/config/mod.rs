@@ -34,6 +34,8 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_INTERVAL", path: &["interval"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_TAGS", path: &["tags"], kind: EnvKind::Map },
     EnvKey { var: "HOSTWATCH_HOST_ROOT", path: &["host_root"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
 ];
 
 /// The file as written. Every key is optional.
@@ -59,6 +61,14 @@ pub struct RawConfig {
     /// agent runs in a container with the host's file system mounted elsewhere.
     #[serde(default = "default_host_root")]
     host_root: PathBuf,
+    /// Between reports carrying only changes, a full snapshot this often (and whenever the
+    /// collector asks for one).
+    #[serde(default = "default_snapshot_every", deserialize_with = "duration")]
+    snapshot_every: Duration,
+    /// Reports kept on disk while the collector cannot be reached, in bytes; beyond it the oldest
+    /// are dropped (and counted, and reported as lost).
+    #[serde(default = "default_spool_max_bytes")]
+    spool_max_bytes: u64,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -71,6 +81,14 @@ fn default_interval() -> Duration {
 
 fn default_host_root() -> PathBuf {
     PathBuf::from("/")
+}
+
+fn default_snapshot_every() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_spool_max_bytes() -> u64 {
+    64 << 20
 }
 
 /// Reads a duration written as `10s`, `1m30s` or `250ms`.
@@ -111,6 +129,8 @@ pub struct AgentConfig {
     pub interval: Duration,
     pub tags: BTreeMap<String, String>,
     pub host_root: PathBuf,
+    pub snapshot_every: Duration,
+    pub spool_max_bytes: u64,
 }
 
 /// A configuration and what is worth a warning about how it was given.
@@ -192,6 +212,20 @@ impl AgentConfig {
                 format!("{} is outside 1s..=1h", humantime::format_duration(raw.interval)),
             ));
         }
+        if raw.snapshot_every < raw.interval || raw.snapshot_every > Duration::from_secs(7 * 86400) {
+            return Err(invalid(
+                "HOSTWATCH_SNAPSHOT_EVERY",
+                "snapshot_every",
+                format!("{} is outside interval..=7d", humantime::format_duration(raw.snapshot_every)),
+            ));
+        }
+        if raw.spool_max_bytes < (1 << 20) {
+            return Err(invalid(
+                "HOSTWATCH_SPOOL_MAX_BYTES",
+                "spool_max_bytes",
+                format!("{} is below 1 MiB (1048576)", raw.spool_max_bytes),
+            ));
+        }
         hostwatch_proto::v1::check_tags("tags", &raw.tags)
             .map_err(|e| invalid("HOSTWATCH_TAGS", "tags", e.to_string()))?;
 
@@ -204,6 +238,8 @@ impl AgentConfig {
                 interval: raw.interval,
                 tags: raw.tags.clone(),
                 host_root: raw.host_root.clone(),
+                snapshot_every: raw.snapshot_every,
+                spool_max_bytes: raw.spool_max_bytes,
             },
             warnings,
         })
@@ -376,6 +412,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("both.toml and HOSTWATCH_ENROLL_SECRET_FILE: both"), "{e}");
+    }
+
+    #[test]
+    fn every_file_key_has_its_variable() {
+        let c = AgentConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_SNAPSHOT_EVERY", "2h"),
+                ("HOSTWATCH_SPOOL_MAX_BYTES", "2097152"),
+                ("HOSTWATCH_HOST_ROOT", "/host"),
+                ("HOSTWATCH_STATE_DIR", "/s"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = c.config;
+        assert_eq!((c.snapshot_every, c.spool_max_bytes), (Duration::from_secs(7200), 2 << 20));
+        assert_eq!((c.host_root.as_path(), c.state_dir.as_path()), (Path::new("/host"), Path::new("/s")));
+        // And every variable names a key the file accepts.
+        for key in ENV_KEYS {
+            let mut t = toml::Table::new();
+            let value = match key.kind {
+                EnvKind::Int => "2097152",
+                EnvKind::Map => "a=b",
+                _ if key.var.ends_with("SERVER") => "http://x",
+                _ if key.var.ends_with("EVERY") || key.var.ends_with("INTERVAL") => "1h",
+                _ => "/tmp",
+            };
+            env::overlay(&mut t, vars(&[(key.var, value)]), ENV_KEYS, &[]).unwrap();
+            let parsed: Result<RawConfig, _> = toml::Value::Table(t).try_into();
+            assert!(parsed.is_ok(), "{}: {:?}", key.var, parsed.err());
+        }
     }
 
     #[test]

@@ -20,6 +20,18 @@ pub struct Delta {
     pub listeners: Changes<Listener, ListenerKey>,
     #[serde(default)]
     pub connections: Changes<Connection, ConnectionKey>,
+    /// Execs the agent saw but could not read: the process was gone before its `/proc` entry
+    /// could be. Only the pid and the time are known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unread_execs: Vec<UnreadExec>,
+}
+
+/// An exec seen through the process connector whose process ended before it could be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadExec {
+    pub pid: u32,
+    #[serde(with = "timestamp")]
+    pub at: OffsetDateTime,
 }
 
 /// Items that appeared, items whose fields changed (same key), and keys of items that went.
@@ -132,6 +144,7 @@ impl Validate for Delta {
             Ok(())
         }
         each("processes", &self.processes, limits::MAX_PROCESSES)?;
+        count("unread_execs", &self.unread_execs, limits::MAX_PROCESSES)?;
         each("listeners", &self.listeners, limits::MAX_LISTENERS)?;
         each("connections", &self.connections, limits::MAX_CONNECTIONS)
     }

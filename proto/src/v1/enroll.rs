@@ -8,7 +8,7 @@ use super::validate::{Validate, ValidationError, limits, nonempty};
 use super::{AgentStatus, HostFacts};
 
 /// Sent once by an agent that has no node key (or whose machine changed under it).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollRequest {
     /// Shared by the agents of a fleet; only ever stored hashed by the collector.
     pub enroll_secret: String,

@@ -14,12 +14,12 @@ pub use api::{
     ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located, ProcessEvent,
     SocketEvent,
 };
-pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed};
+pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
 pub use process::Process;
 pub use report::{
-    AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
+    AgentStats, AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
 };
 pub use socket::{Connection, Direction, Listener, Protocol};
 pub use validate::{Validate, ValidationError, limits, tags as check_tags};

@@ -11,7 +11,7 @@ use super::{Connection, Delta, Listener, Process};
 
 /// One report: who is sending, in what state the agent is, and either the whole state (a
 /// snapshot), what changed since the report before (a delta), or neither (a heartbeat).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// One run of an agent: random, chosen at start. Sequence numbers count within a session, and
     /// a session's first report carries a snapshot.
@@ -82,7 +82,7 @@ pub struct HostFacts {
 }
 
 /// The agent's own state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub version: String,
     /// Seconds between reports; the collector derives "offline" from it.
@@ -90,6 +90,40 @@ pub struct AgentStatus {
     #[serde(with = "timestamp")]
     pub started_at: OffsetDateTime,
     pub coverage: Coverage,
+    /// How the agent collects and what it costs, for the collector to keep per host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<AgentStats>,
+}
+
+/// The agent's own account of itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// `proc_connector` (exec events) or `polling` (where the connector is refused).
+    pub exec_source: String,
+    /// Why the agent polls, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_source_why: Option<String>,
+    /// `sock_diag` or `proc_net`.
+    pub socket_reader: String,
+    /// Exec events received since the agent started.
+    #[serde(default)]
+    pub exec_events: u64,
+    /// Exec events whose process ended before its `/proc` entry could be read.
+    #[serde(default)]
+    pub exec_read_misses: u64,
+    /// Times the kernel dropped events (buffer overrun); each is followed by a rescan.
+    #[serde(default)]
+    pub events_lost: u64,
+    /// Reports waiting in the spool, and their size.
+    #[serde(default)]
+    pub spool_reports: u64,
+    #[serde(default)]
+    pub spool_bytes: u64,
+    /// The agent's resident memory and CPU time used since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// Whether the agent sees everything it should, and if not, why.
@@ -235,6 +269,7 @@ mod tests {
                 interval_secs: 10,
                 started_at: t,
                 coverage: Coverage::full(),
+                stats: None,
             },
             snapshot: Some(Snapshot {
                 taken_at: t,

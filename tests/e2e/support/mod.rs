@@ -99,11 +99,19 @@ pub struct Collector {
 impl Collector {
     /// Starts a collector whose data lives in `dir/server`; `extra` is appended to server.toml.
     pub fn start(dir: &Path, extra: &str) -> Collector {
+        Self::start_on(dir, extra, 0)
+    }
+
+    /// The same, on a given port (0: any free one): a restarted collector keeps its address.
+    pub fn start_on(dir: &Path, extra: &str, port: u16) -> Collector {
         let data_dir = dir.join("server");
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
-            format!("listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{extra}", data_dir.display().to_string()),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{extra}",
+                data_dir.display().to_string()
+            ),
         )
         .expect("write server.toml");
         let mut child = Command::new(bin("hostwatch"))
@@ -217,6 +225,11 @@ impl Collector {
 /// Starts `hostwatch-agent` against `collector`, configured by environment only (and an empty
 /// config file, so the machine's /etc/hostwatch is never read).
 pub fn start_agent(collector: &Collector, dir: &Path, tags: &str) -> Guard {
+    start_agent_with(collector, dir, tags, &[])
+}
+
+/// The same, with more `HOSTWATCH_*` variables.
+pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&str, &str)]) -> Guard {
     let config = dir.join("agent.toml");
     std::fs::write(&config, "").expect("write agent.toml");
     let child = Command::new(bin("hostwatch-agent"))
@@ -228,11 +241,18 @@ pub fn start_agent(collector: &Collector, dir: &Path, tags: &str) -> Guard {
         .env("HOSTWATCH_STATE_DIR", dir.join("agent-state"))
         .env("HOSTWATCH_INTERVAL", "1s")
         .env("HOSTWATCH_TAGS", tags)
+        .envs(env.iter().copied())
+        .env("HOSTWATCH_LOG", "info,hostwatch_agent=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent log file"))
         .spawn()
         .expect("start hostwatch-agent");
     Guard(child)
+}
+
+/// The log of the agent started in `dir`, for failure messages.
+pub fn agent_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }
 
 pub fn install_tls_provider() {

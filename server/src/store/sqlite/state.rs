@@ -96,6 +96,7 @@ pub(super) fn replace(
         processes: diff(&old.processes, &new.processes, Process::key, now),
         listeners: diff(&old.listeners, &new.listeners, Listener::key, now),
         connections: diff(&old.connections, &new.connections, Connection::key, now),
+        unread_execs: Vec::new(),
     };
     apply(tx, host_id, &delta, history)
 }

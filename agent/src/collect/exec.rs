@@ -1,0 +1,176 @@
+//! Exec and exit events from the netlink process connector, so that a process that lives
+//! milliseconds is still recorded: each exec is read from `/proc` at once, on the thread that
+//! received it.
+//!
+//! Needs CAP_NET_ADMIN in the initial network namespace. Where the kernel refuses, the agent
+//! polls instead (a 1 s listing of `/proc`) and says so in its status. A receive buffer overflow
+//! (ENOBUFS) means events were lost: it is counted and the runner rescans `/proc`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use proc_connector::{Error as ConnectorError, ProcConnector, ProcEvent};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::process::{self, Clock, ProcessRecord};
+use super::{HostRoot, Problems, ReadFailure};
+
+/// What the connector saw.
+#[derive(Debug)]
+pub enum Event {
+    /// A process called execve. `record` is what `/proc` showed right after; `None` if the
+    /// process was already gone (or is a kernel thread).
+    Exec { pid: u32, at: OffsetDateTime, record: Option<ProcessRecord> },
+    /// A process (thread group) ended.
+    Exit { pid: u32, at: OffsetDateTime },
+    /// The kernel dropped events: what happened meanwhile is only in `/proc` now.
+    Lost,
+}
+
+/// Counts of what the watcher saw, shared with the runner for the agent's status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub execs: AtomicU64,
+    /// Execs whose process exited before its `/proc` entry could be read.
+    pub exec_read_misses: AtomicU64,
+    pub overruns: AtomicU64,
+}
+
+/// The receiving thread; stops when dropped.
+#[derive(Debug)]
+pub struct ExecWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<Counters>,
+}
+
+/// Kernel buffer for bursts: 10,000 execs in a second are about 10 MiB of netlink messages.
+const RECV_BUFFER: usize = 16 << 20;
+/// How often the thread looks at the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+impl ExecWatcher {
+    /// Subscribes to the connector and starts the receiving thread; `Err` with the reason where
+    /// the kernel refuses (no CAP_NET_ADMIN, another network namespace, no CONFIG_PROC_EVENTS).
+    pub fn start(root: HostRoot, tx: mpsc::Sender<Event>) -> Result<ExecWatcher, String> {
+        let conn = ProcConnector::new().map_err(|e| format!("process connector refused: {e}"))?;
+        // A larger buffer than rmem_max needs the privilege the connector needs anyway.
+        if nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::RcvBufForce, &RECV_BUFFER).is_err()
+        {
+            let _ = conn.set_recv_buf_size(RECV_BUFFER);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (s, c) = (stop.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name("exec-events".into())
+            .spawn(move || receive(conn, root, tx, s, c))
+            .map_err(|e| format!("cannot start the exec event thread: {e}"))?;
+        Ok(ExecWatcher { stop, thread: Some(thread), counters })
+    }
+}
+
+impl Drop for ExecWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn receive(
+    conn: ProcConnector,
+    root: HostRoot,
+    tx: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) {
+    let mut buf = vec![0u8; 4096];
+    let mut problems = Problems::default();
+    let mut clock = Clock::read(&root, &mut problems);
+    while !stop.load(Ordering::Relaxed) {
+        let event = match conn.recv_timeout(&mut buf, POLL) {
+            Ok(Some(e)) => e,
+            Ok(None) | Err(ConnectorError::Interrupted) => continue,
+            Err(ConnectorError::Overrun) => {
+                counters.overruns.fetch_add(1, Ordering::Relaxed);
+                if tx.blocking_send(Event::Lost).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "process connector failed; falling back to polling");
+                let _ = tx.blocking_send(Event::Lost);
+                return;
+            }
+        };
+        let out = match event {
+            // An exec by any thread replaces the whole thread group's program.
+            ProcEvent::Exec { tgid, .. } => {
+                counters.execs.fetch_add(1, Ordering::Relaxed);
+                let at = OffsetDateTime::now_utc();
+                let record = match process::read_pid(&root, tgid, clock, &mut problems) {
+                    Ok(r) => r,
+                    Err(ReadFailure::Vanished) => {
+                        counters.exec_read_misses.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Err(_) => None,
+                };
+                // A boot time that could not be read at start might be readable now.
+                if !problems.failed.is_empty() {
+                    problems = Problems::default();
+                    clock = Clock::read(&root, &mut problems);
+                }
+                Event::Exec { pid: tgid, at, record }
+            }
+            // A thread's exit is not its process's.
+            ProcEvent::Exit { pid, tgid, .. } if pid == tgid => {
+                Event::Exit { pid: tgid, at: OffsetDateTime::now_utc() }
+            }
+            _ => continue,
+        };
+        // A full channel blocks here: the kernel's buffer then fills, and an overrun (counted,
+        // followed by a rescan) is the honest outcome of a runner that cannot keep up.
+        if tx.blocking_send(out).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_is_seen_and_read_before_the_process_ends() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let watcher = match ExecWatcher::start(HostRoot::default(), tx) {
+            Ok(w) => w,
+            Err(e) => panic!("the process connector must work where the tests run (as root): {e}"),
+        };
+        let mut child = std::process::Command::new("/bin/sleep").arg("0.05").spawn().unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut exec, mut exit) = (None, false);
+        while !(exec.is_some() && exit) {
+            assert!(std::time::Instant::now() < deadline, "no exec/exit event for {pid}");
+            match rx.try_recv() {
+                Ok(Event::Exec { pid: p, record, .. }) if p == pid => exec = record,
+                Ok(Event::Exit { pid: p, .. }) if p == pid => exit = true,
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        child.wait().unwrap();
+        let rec = exec.unwrap();
+        assert_eq!(rec.exe.as_deref(), Some("/usr/bin/sleep"));
+        assert_eq!(rec.cmdline, ["/bin/sleep", "0.05"]);
+        assert!(watcher.counters.execs.load(Ordering::Relaxed) >= 1);
+        drop(watcher);
+    }
+}

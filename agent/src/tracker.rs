@@ -1,0 +1,317 @@
+//! What the collector has been told, and what changed since: the agent side of the delta
+//! protocol.
+//!
+//! The tracker holds two pictures of the host: `current`, as the agent sees it now, and `sent`, as
+//! the reports made so far describe it. A delta is the difference, plus the processes that started
+//! and ended in between (seen only through exec and exit events), so that even a process that
+//! lived milliseconds is in the collector's history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hostwatch_proto::v1::{
+    self as proto, Changes, Connection, ConnectionKey, Delta, Listener, ListenerKey, Process, ProcessKey,
+    Removed,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, Default, Clone)]
+struct Picture {
+    processes: BTreeMap<u32, Process>,
+    listeners: BTreeMap<ListenerKey, Listener>,
+    connections: BTreeMap<ConnectionKey, Connection>,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    current: Picture,
+    sent: Picture,
+    /// Processes that started and ended since the last report, with when they ended.
+    transient: Vec<(Process, OffsetDateTime)>,
+    /// When processes seen to end (by exit events) did so.
+    ended: HashMap<ProcessKey, OffsetDateTime>,
+    /// Execs seen but not read (the process was already gone).
+    unread: Vec<proto::UnreadExec>,
+    /// The next report must be a snapshot (session start, resync, periodic).
+    snapshot_due: bool,
+    /// The collector is in step (a periodic snapshot): what only a delta can carry may go first.
+    in_step: bool,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Tracker { snapshot_due: true, ..Default::default() }
+    }
+
+    /// Makes the next report a snapshot: the collector is not in step (session start, resync),
+    /// so pending history cannot be delivered before it.
+    pub fn want_snapshot(&mut self) {
+        self.snapshot_due = true;
+        self.in_step = false;
+    }
+
+    /// Makes the next report a periodic snapshot, with pending history sent first.
+    pub fn want_periodic_snapshot(&mut self) {
+        if !self.snapshot_due {
+            self.snapshot_due = true;
+            self.in_step = true;
+        }
+    }
+
+    /// Whether a delta with the pending history should precede the snapshot that is due.
+    pub fn history_before_snapshot(&self) -> bool {
+        self.snapshot_due && self.in_step && self.has_history()
+    }
+
+    pub fn snapshot_due(&self) -> bool {
+        self.snapshot_due
+    }
+
+    /// A process started (or exec'd another program under the same pid).
+    pub fn started(&mut self, p: Process) {
+        self.current.processes.insert(p.pid, p);
+    }
+
+    /// An exec whose process was gone before it could be read.
+    pub fn exec_unread(&mut self, pid: u32, at: OffsetDateTime) {
+        self.unread.push(proto::UnreadExec { pid, at });
+    }
+
+    /// Whether there is history (processes that came and went, unread execs) that only a delta
+    /// can carry: send one before a snapshot.
+    pub fn has_history(&self) -> bool {
+        !self.transient.is_empty() || !self.unread.is_empty()
+    }
+
+    /// A process ended at `at`.
+    pub fn ended(&mut self, pid: u32, at: OffsetDateTime) {
+        let Some(p) = self.current.processes.remove(&pid) else { return };
+        match self.sent.processes.get(&pid) {
+            Some(s) if s.start_time == p.start_time => {
+                self.ended.insert(p.key(), at);
+            }
+            // Never reported: it lived between two reports.
+            _ => self.transient.push((p, at)),
+        }
+    }
+
+    /// All processes as a scan saw them.
+    pub fn set_processes(&mut self, processes: Vec<Process>) {
+        self.current.processes = processes.into_iter().map(|p| (p.pid, p)).collect();
+    }
+
+    pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
+        self.current.listeners = keyed(listeners, Listener::key);
+    }
+
+    pub fn set_connections(&mut self, connections: Vec<Connection>) {
+        self.current.connections = keyed(connections, Connection::key);
+    }
+
+    /// Whether anything changed since the last report.
+    pub fn is_dirty(&self) -> bool {
+        self.has_history()
+            || self.current.processes != self.sent.processes
+            || self.current.listeners != self.sent.listeners
+            || self.current.connections != self.sent.connections
+    }
+
+    /// What changed since the last report; the tracker then counts it as sent.
+    pub fn take_delta(&mut self, now: OffsetDateTime) -> Delta {
+        let mut processes = diff_processes(&self.sent.processes, &self.current.processes, &self.ended, now);
+        for (p, at) in self.transient.drain(..) {
+            processes.removed.push(Removed { key: p.key(), at });
+            processes.added.push(p);
+        }
+        let delta = Delta {
+            processes,
+            listeners: diff(&self.sent.listeners, &self.current.listeners, now),
+            connections: diff(&self.sent.connections, &self.current.connections, now),
+            unread_execs: std::mem::take(&mut self.unread),
+        };
+        self.sent = self.current.clone();
+        self.ended.clear();
+        delta
+    }
+
+    /// The whole current state; the tracker then counts it as sent.
+    pub fn take_snapshot(&mut self, taken_at: OffsetDateTime) -> proto::Snapshot {
+        self.snapshot_due = false;
+        self.transient.clear();
+        self.unread.clear();
+        self.ended.clear();
+        self.sent = self.current.clone();
+        proto::Snapshot {
+            taken_at,
+            processes: self.current.processes.values().cloned().collect(),
+            listeners: self.current.listeners.values().cloned().collect(),
+            connections: self.current.connections.values().cloned().collect(),
+        }
+    }
+
+    /// Changes waiting, for logs.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.current.processes.len(), self.current.listeners.len(), self.current.connections.len())
+    }
+}
+
+fn keyed<K: Ord, T>(items: Vec<T>, key: impl Fn(&T) -> K) -> BTreeMap<K, T> {
+    let mut out = BTreeMap::new();
+    for x in items {
+        // Several sockets on one address (SO_REUSEPORT) are one listener: the first (lowest
+        // owner) stands for them.
+        out.entry(key(&x)).or_insert(x);
+    }
+    out
+}
+
+/// Processes by pid: a pid whose start time changed is one process gone and another come.
+fn diff_processes(
+    sent: &BTreeMap<u32, Process>,
+    current: &BTreeMap<u32, Process>,
+    ended: &HashMap<ProcessKey, OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Changes<Process, ProcessKey> {
+    let mut c = Changes::default();
+    for (pid, p) in current {
+        match sent.get(pid) {
+            None => c.added.push(p.clone()),
+            Some(s) if s.start_time != p.start_time => {
+                c.removed.push(Removed { key: s.key(), at: ended.get(&s.key()).copied().unwrap_or(now) });
+                c.added.push(p.clone());
+            }
+            Some(s) if s != p => c.updated.push(p.clone()),
+            Some(_) => {}
+        }
+    }
+    for (pid, s) in sent {
+        if !current.contains_key(pid) {
+            c.removed.push(Removed { key: s.key(), at: ended.get(&s.key()).copied().unwrap_or(now) });
+        }
+    }
+    c
+}
+
+fn diff<K: Ord + Clone, T: Clone + PartialEq>(
+    sent: &BTreeMap<K, T>,
+    current: &BTreeMap<K, T>,
+    now: OffsetDateTime,
+) -> Changes<T, K> {
+    let mut c = Changes::default();
+    for (k, x) in current {
+        match sent.get(k) {
+            None => c.added.push(x.clone()),
+            Some(s) if s != x => c.updated.push(x.clone()),
+            Some(_) => {}
+        }
+    }
+    for k in sent.keys() {
+        if !current.contains_key(k) {
+            c.removed.push(Removed { key: k.clone(), at: now });
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, name: &str, start: i64) -> Process {
+        Process {
+            pid,
+            ppid: 1,
+            name: name.into(),
+            exe: Some(format!("/bin/{name}")),
+            exe_deleted: false,
+            cmdline: vec![name.into()],
+            cmdline_truncated: false,
+            uid: 0,
+            user: None,
+            start_time: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(start),
+        }
+    }
+
+    fn t(s: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000 + s)
+    }
+
+    #[test]
+    fn snapshot_then_deltas() {
+        let mut tr = Tracker::new();
+        assert!(tr.snapshot_due());
+        tr.set_processes(vec![p(1, "init", 0), p(10, "sshd", 1)]);
+        let s = tr.take_snapshot(t(0));
+        assert_eq!((s.processes.len(), tr.snapshot_due(), tr.is_dirty()), (2, false, false));
+
+        // A process started and one ended: added and removed.
+        tr.started(p(20, "nginx", 5));
+        tr.ended(10, t(3));
+        assert!(tr.is_dirty());
+        let d = tr.take_delta(t(4));
+        assert_eq!(d.processes.added.iter().map(|p| p.pid).collect::<Vec<_>>(), [20]);
+        assert_eq!(d.processes.removed.len(), 1);
+        assert_eq!(
+            (d.processes.removed[0].key.pid, d.processes.removed[0].at),
+            (10, t(3)),
+            "the exit event's time"
+        );
+        assert!(!tr.is_dirty());
+        assert!(tr.take_delta(t(5)).processes.is_empty(), "nothing twice");
+    }
+
+    #[test]
+    fn a_process_that_lived_between_two_reports_is_in_the_delta() {
+        let mut tr = Tracker::new();
+        tr.take_snapshot(t(0));
+        tr.started(p(30, "blip", 7));
+        tr.ended(30, t(8));
+        let d = tr.take_delta(t(9));
+        assert_eq!(d.processes.added.iter().map(|p| p.pid).collect::<Vec<_>>(), [30]);
+        assert_eq!(d.processes.removed.iter().map(|r| (r.key.pid, r.at)).collect::<Vec<_>>(), [(30, t(8))]);
+    }
+
+    #[test]
+    fn exec_under_the_same_pid_is_an_update_and_pid_reuse_is_two_processes() {
+        let mut tr = Tracker::new();
+        tr.set_processes(vec![p(40, "sh", 1), p(41, "old", 1)]);
+        tr.take_snapshot(t(0));
+        let mut execd = p(40, "python3", 1);
+        execd.cmdline = vec!["python3".into(), "app.py".into()];
+        tr.started(execd);
+        tr.set_processes(vec![tr_current(&tr, 40), p(41, "new", 9)]);
+        let d = tr.take_delta(t(10));
+        assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["python3"]);
+        assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(d.processes.removed.iter().map(|r| r.key.pid).collect::<Vec<_>>(), [41]);
+    }
+
+    fn tr_current(tr: &Tracker, pid: u32) -> Process {
+        tr.current.processes[&pid].clone()
+    }
+
+    #[test]
+    fn sockets_by_key() {
+        let l = |port| Listener {
+            protocol: proto::Protocol::Tcp,
+            address: "0.0.0.0".parse().unwrap(),
+            port,
+            pid: Some(1),
+            process: None,
+            exe: None,
+            uid: 0,
+            netns: None,
+        };
+        let mut tr = Tracker::new();
+        tr.set_listeners(vec![l(22), l(22), l(80)]);
+        assert_eq!(tr.take_snapshot(t(0)).listeners.len(), 2, "duplicates on one address are one listener");
+        let mut moved = l(80);
+        moved.pid = Some(2);
+        tr.set_listeners(vec![moved, l(443)]);
+        let d = tr.take_delta(t(1));
+        assert_eq!(
+            (d.listeners.added.len(), d.listeners.updated.len(), d.listeners.removed.len()),
+            (1, 1, 1),
+            "443 opened, 80 changed owner, 22 closed"
+        );
+    }
+}
