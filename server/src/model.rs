@@ -113,6 +113,8 @@ pub struct AgentInfo {
     pub interval_secs: u32,
     pub coverage_degraded: bool,
     pub coverage_why: Vec<String>,
+    /// The agent's own account of itself, kept as it came: the collector shows it, never judges it.
+    pub stats: Option<serde_json::Value>,
 }
 
 /// One accepted report, reduced to what the store records.
@@ -439,6 +441,7 @@ impl From<proto::AgentStatus> for AgentInfo {
             interval_secs: a.interval_secs,
             coverage_degraded: a.coverage.state == proto::CoverageState::Degraded,
             coverage_why: a.coverage.why,
+            stats: a.stats.and_then(|s| serde_json::to_value(s).ok()),
         }
     }
 }

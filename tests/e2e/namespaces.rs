@@ -75,3 +75,90 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
     assert!(!snap.listeners.iter().any(|l| l.port == port && l.netns.is_none()));
     server.terminate(Duration::from_secs(10));
 }
+
+/// A namespace joined to the host by a veth pair: the host side has `.1`, the namespace `.2`.
+struct Linked {
+    ns: Netns,
+    host_ip: String,
+    host_if: String,
+}
+
+impl Linked {
+    fn new() -> Linked {
+        let ns = Netns::new();
+        // Names and a subnet of this run's own (unique() counts within the run).
+        let id = unique("v");
+        let n = id.bytes().fold(std::process::id(), |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 250 + 1;
+        let host_if = format!("hw{id}a");
+        let peer = format!("hw{id}b");
+        let host_ip = format!("10.213.{n}.1");
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        run(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer]);
+        let linked = Linked { ns, host_ip: host_ip.clone(), host_if: host_if.clone() };
+        run(&["link", "set", &peer, "netns", &linked.ns.0]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        run(&["netns", "exec", &linked.ns.0, "ip", "addr", "add", &format!("10.213.{n}.2/30"), "dev", &peer]);
+        run(&["netns", "exec", &linked.ns.0, "ip", "link", "set", &peer, "up"]);
+        linked
+    }
+}
+
+impl Drop for Linked {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+    }
+}
+
+/// In a network namespace of its own the kernel refuses the process connector: the agent says it
+/// polls, and still sees what runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_the_process_connector_polls_and_says_so() {
+    use crate::support::{Collector, wait_for};
+    let link = Linked::new();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start_at(dir.path(), "", &format!("{}:0", link.host_ip));
+    std::fs::write(dir.path().join("agent.toml"), "").unwrap();
+    let role = unique("polled");
+    let _agent = Guard(
+        Command::new("ip")
+            .args(["netns", "exec", &link.ns.0])
+            .arg(bin("hostwatch-agent"))
+            .arg("--config")
+            .arg(dir.path().join("agent.toml"))
+            .env_clear()
+            .env("HOSTWATCH_SERVER", &c.url)
+            .env("HOSTWATCH_ENROLL_SECRET_FILE", &c.enroll_secret_file)
+            .env("HOSTWATCH_STATE_DIR", dir.path().join("agent-state"))
+            .env("HOSTWATCH_TAGS", format!("role={role}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    const WAIT: Duration = Duration::from_secs(30);
+    let host: proto::Host = wait_for("the namespaced agent online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+    })
+    .await;
+    let detail: proto::HostDetail = c.cli_json(&["host", &host.id.to_string()]);
+    let stats = detail.agent_stats.expect("agent stats");
+    assert_eq!(stats.exec_source, "polling");
+    assert!(stats.exec_source_why.as_deref().unwrap_or_default().contains("refused"), "{stats:?}");
+
+    // Polling still sees a process that lives a few seconds, within about a second.
+    let name = unique("hwpoll");
+    let exe = dir.path().join(&name);
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let _kid = Guard(Command::new(&exe).arg("5").spawn().unwrap());
+    wait_for("the process seen by polling", WAIT, async || {
+        let rows: Vec<proto::Located<proto::Process>> =
+            c.cli_json(&["ps", "--host", &host.id.to_string(), "--name", &name]);
+        rows.into_iter().next()
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::{Connection, Coverage, Direction, Listener, Process, Protocol};
+use super::{AgentStats, Connection, Coverage, Direction, Listener, Process, Protocol};
 
 /// The body of every error response: one sentence saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,9 @@ pub struct HostDetail {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub connections: Vec<Connection>,
+    /// The agent's own account of itself, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_stats: Option<AgentStats>,
 }
 
 /// An item of a fleet-wide listing (`hostwatch ps|ports|conns`), with the host it is on.

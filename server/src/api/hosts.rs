@@ -60,6 +60,7 @@ pub async fn detail(
         processes: st.processes.into_iter().map(Into::into).collect(),
         listeners: st.listeners.into_iter().map(Into::into).collect(),
         connections: st.connections.into_iter().map(Into::into).collect(),
+        agent_stats: h.agent.stats.clone().and_then(|s| serde_json::from_value(s).ok()),
     }))
 }
 
@@ -136,6 +137,7 @@ mod tests {
                 interval_secs: interval,
                 coverage_degraded: false,
                 coverage_why: vec![],
+                stats: None,
             },
             workload: None,
             enrolled_at: OffsetDateTime::UNIX_EPOCH,

@@ -281,6 +281,27 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 return Ok(());
             }
             print(std::slice::from_ref(&d.host), format)?;
+            if let Some(s) = &d.agent_stats {
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                println!(
+                    "\nagent: execs via {}{} ({} seen, {} unread, {} overruns); sockets via {}; spool {} reports ({:.1} MiB){}",
+                    s.exec_source,
+                    s.exec_source_why
+                        .as_deref()
+                        .map(|w| format!(" ({})", output::safe(w, 120)))
+                        .unwrap_or_default(),
+                    s.exec_events,
+                    s.exec_read_misses,
+                    s.events_lost,
+                    s.socket_reader,
+                    s.spool_reports,
+                    mib(s.spool_bytes),
+                    match (s.rss_bytes, s.cpu_seconds) {
+                        (Some(r), Some(c)) => format!("; rss {:.1} MiB, cpu {c:.1} s", mib(r)),
+                        _ => String::new(),
+                    }
+                );
+            }
             println!();
             print(&d.listeners, format)?;
             println!();

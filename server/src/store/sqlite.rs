@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_connections.sql")),
     (3, include_str!("migrations/sqlite/0003_history.sql")),
+    (4, include_str!("migrations/sqlite/0004_agent_stats.sql")),
 ];
 
 #[derive(Clone)]
@@ -159,7 +160,7 @@ where
 
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, h.agent_version, \
      h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, h.last_seq, h.goodbye, \
-     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open')";
+     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats";
 
 fn host_from_row(r: &Row<'_>) -> Result<Host> {
     Ok(Host {
@@ -178,6 +179,7 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
             interval_secs: r.get(9)?,
             coverage_degraded: r.get(10)?,
             coverage_why: json(&r.get::<_, String>(11)?, "coverage")?,
+            stats: r.get::<_, Option<String>>(19)?.map(|s| json(&s, "agent stats")).transpose()?,
         },
         workload: r.get(12)?,
         enrolled_at: parse_ts(&r.get::<_, String>(13)?)?,
@@ -432,7 +434,8 @@ impl Store for SqliteStore {
             let f = &report.facts;
             tx.execute(
                 "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
-                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12 WHERE id = ?13",
+                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12, \
+                 agent_stats = COALESCE(?14, agent_stats) WHERE id = ?13",
                 params![
                     f.hostname,
                     f.os,
@@ -446,7 +449,8 @@ impl Store for SqliteStore {
                     to_json(&report.agent.coverage_why),
                     ts(now),
                     report.goodbye,
-                    host_id
+                    host_id,
+                    report.agent.stats.as_ref().map(to_json)
                 ],
             )?;
             if let Applied::Applied { .. } = outcome {
@@ -820,6 +824,7 @@ mod tests {
                 interval_secs: 10,
                 coverage_degraded: true,
                 coverage_why: vec!["x".into()],
+                stats: Some(serde_json::json!({"exec_source": "polling"})),
             },
             content,
             lost: 0,

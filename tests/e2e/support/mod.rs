@@ -104,14 +104,16 @@ impl Collector {
 
     /// The same, on a given port (0: any free one): a restarted collector keeps its address.
     pub fn start_on(dir: &Path, extra: &str, port: u16) -> Collector {
+        Self::start_at(dir, extra, &format!("127.0.0.1:{port}"))
+    }
+
+    /// The same, listening on `addr`.
+    pub fn start_at(dir: &Path, extra: &str, addr: &str) -> Collector {
         let data_dir = dir.join("server");
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n{extra}",
-                data_dir.display().to_string()
-            ),
+            format!("listen = {addr:?}\ndata_dir = {:?}\n{extra}", data_dir.display().to_string()),
         )
         .expect("write server.toml");
         let mut child = Command::new(bin("hostwatch"))
