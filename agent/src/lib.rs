@@ -13,7 +13,7 @@
 //! - host facts: hostname, machine-id (or a generated id kept in `state_dir` on hosts without one),
 //!   OS pretty name, kernel release, CPU architecture, boot time, the configured tags;
 //! - agent status: version, interval, start time, coverage (`full`, or `degraded` and why);
-//! - a snapshot of every process but kernel threads: pid, ppid, name, executable path and whether
+//! - a snapshot of every process but kernel threads and zombies: pid, ppid, name, executable path and whether
 //!   it was deleted, the command line **after redaction** ([`collect::redact`]) and cut to 8 KiB,
 //!   effective uid and user name, start time;
 //! - every listening TCP socket and unconnected UDP socket (IPv4, IPv6), in every network namespace

@@ -128,7 +128,7 @@ impl Shared {
 /// What the sender tells the runner.
 #[derive(Debug)]
 enum FromSender {
-    /// The collector wants a snapshot (the spool has been emptied of the deltas it cannot use).
+    /// The collector wants a snapshot.
     Resync,
     /// The collector no longer knows the node key.
     Unauthorized,
@@ -299,7 +299,7 @@ impl Agent {
             return;
         }
         if self.last_snapshot.elapsed() >= self.config.snapshot_every {
-            self.tracker.want_periodic_snapshot();
+            self.tracker.want_snapshot();
         }
         let now = OffsetDateTime::now_utc();
         if self.tracker.history_before_snapshot() {
@@ -536,13 +536,13 @@ async fn send_loop(
             };
             match sent {
                 Ok(resp) => {
+                    debug!(seq = resp.seq, resync = resp.resync, "report delivered");
                     shared.spool().delivered(id);
                     backoff.reset();
                     if resp.resync {
-                        // The deltas behind this one build on state the collector does not have.
-                        shared.spool().clear();
+                        // The collector applied what it could; a snapshot (queued behind the
+                        // reports still spooled, which it will apply too) puts its state right.
                         let _ = to_runner.send(FromSender::Resync).await;
-                        break;
                     }
                 }
                 Err(TransportError::Unauthorized { .. }) => {

@@ -33,8 +33,6 @@ pub struct Tracker {
     unread: Vec<proto::UnreadExec>,
     /// The next report must be a snapshot (session start, resync, periodic).
     snapshot_due: bool,
-    /// The collector is in step (a periodic snapshot): what only a delta can carry may go first.
-    in_step: bool,
 }
 
 impl Tracker {
@@ -42,24 +40,16 @@ impl Tracker {
         Tracker { snapshot_due: true, ..Default::default() }
     }
 
-    /// Makes the next report a snapshot: the collector is not in step (session start, resync),
-    /// so pending history cannot be delivered before it.
+    /// Makes the next report a snapshot.
     pub fn want_snapshot(&mut self) {
         self.snapshot_due = true;
-        self.in_step = false;
     }
 
-    /// Makes the next report a periodic snapshot, with pending history sent first.
-    pub fn want_periodic_snapshot(&mut self) {
-        if !self.snapshot_due {
-            self.snapshot_due = true;
-            self.in_step = true;
-        }
-    }
-
-    /// Whether a delta with the pending history should precede the snapshot that is due.
+    /// Whether a delta with the pending history (what a snapshot cannot carry) should precede
+    /// the snapshot that is due. The collector applies every delta it has not seen, so it never
+    /// refuses one.
     pub fn history_before_snapshot(&self) -> bool {
-        self.snapshot_due && self.in_step && self.has_history()
+        self.snapshot_due && self.has_history()
     }
 
     pub fn snapshot_due(&self) -> bool {

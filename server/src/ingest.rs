@@ -34,7 +34,7 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
         let host_state = state.store.host_state(host_id).await?;
         evaluate(state, &host, &host_state).await?;
     }
-    Ok(matches!(applied, Applied::NeedSnapshot { .. }))
+    Ok(applied.resync())
 }
 
 /// The baselines of the store's current revision, parsed once per revision.

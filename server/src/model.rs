@@ -212,25 +212,27 @@ impl Connection {
 /// What the store did with a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Applied in order (or a snapshot, which always applies).
-    Applied {
-        /// A snapshot that came after a gap: the numbers between never arrived.
-        gap: Option<(u64, u64)>,
-    },
+    /// Applied. `gap` is (first missing, received) where sequence numbers were skipped; `resync`
+    /// where the agent must send a snapshot because its report did not follow the last one
+    /// applied (a delta after a gap, or of a session the collector has no snapshot of) and was
+    /// applied as best it could be.
+    Applied { gap: Option<(u64, u64)>, resync: bool },
     /// A report already applied, sent again: acknowledged, nothing changed.
     Replay,
-    /// A delta or heartbeat that does not follow what was applied: not applied; the agent must
-    /// send a snapshot. `gap` is (expected, received) where numbers were skipped.
-    NeedSnapshot { gap: Option<(u64, u64)> },
 }
 
 impl Applied {
-    /// Sequence numbers that were skipped, (expected, received).
+    /// Sequence numbers that were skipped, (first missing, received).
     pub fn gap(self) -> Option<(u64, u64)> {
         match self {
-            Applied::Applied { gap } | Applied::NeedSnapshot { gap } => gap,
+            Applied::Applied { gap, .. } => gap,
             Applied::Replay => None,
         }
+    }
+
+    /// Whether the agent must send a snapshot next.
+    pub fn resync(self) -> bool {
+        matches!(self, Applied::Applied { resync: true, .. })
     }
 }
 

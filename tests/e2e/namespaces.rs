@@ -88,7 +88,9 @@ impl Linked {
         let ns = Netns::new();
         // Names and a subnet of this run's own (unique() counts within the run).
         let id = unique("v");
-        let n = id.bytes().fold(std::process::id(), |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 250 + 1;
+        let n = id.bytes().fold(std::process::id(), |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 250
+            + 1;
         let host_if = format!("hw{id}a");
         let peer = format!("hw{id}b");
         let host_ip = format!("10.213.{n}.1");

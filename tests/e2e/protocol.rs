@@ -140,22 +140,41 @@ async fn snapshots_deltas_replays_and_gaps() {
     // A heartbeat in order.
     assert!(!agent.send(3, None, None, 0).await.resync);
 
-    // Report 4 never arrives: 5 is not applied, and the collector asks for a snapshot.
+    // Report 4 never arrives: 5 is applied (what it says happened), and the collector asks for
+    // a snapshot, since what report 4 said is missing.
     let resp = agent.send(5, None, Some(delta(vec![], vec![&web])), 0).await;
     assert!(resp.resync);
-    assert_eq!(agent.pids().await, vec![100, 101], "a delta after a gap is not applied");
+    assert_eq!(agent.pids().await, vec![101]);
     let lost: Vec<proto::Finding> =
         c.cli_json(&["findings", "--host", &agent.host_id.to_string(), "--kind", "data_lost"]);
     assert_eq!(lost.len(), 1);
-    assert_eq!(lost[0].detail["missing_seq"]["from"], 4);
-    // The snapshot reproduces the agent's state exactly.
-    assert!(!agent.send(6, Some(vec![worker.clone()]), None, 0).await.resync);
-    assert_eq!(agent.pids().await, vec![101]);
-    assert!(!agent.send(7, None, Some(delta(vec![web.clone()], vec![])), 3).await.resync);
-    assert_eq!(agent.pids().await, vec![100, 101]);
+    let gap = &lost[0].detail["missing_seq"];
+    assert_eq!((gap["from"].as_u64(), gap["before"].as_u64()), (Some(4), Some(5)));
+    // The snapshot reproduces the agent's state exactly (report 4 had started a process).
+    let stray = process(103, "stray");
+    assert!(!agent.send(6, Some(vec![worker.clone(), stray]), None, 0).await.resync);
+    assert_eq!(agent.pids().await, vec![101, 103]);
+    // The agent says it dropped 3 reports (7 to 9): the gap is exactly those.
+    assert!(agent.send(10, None, Some(delta(vec![web.clone()], vec![])), 3).await.resync);
+    assert_eq!(agent.pids().await, vec![100, 101, 103]);
     let lost: Vec<proto::Finding> =
         c.cli_json(&["findings", "--host", &agent.host_id.to_string(), "--kind", "data_lost"]);
     assert_eq!(lost[0].detail["dropped_by_agent"], 3, "the agent's own count of dropped reports");
+    assert_eq!(lost[0].detail["missing_seq"]["from"], 7);
+    assert_eq!(lost[0].detail["missing_seq"]["before"], 10);
+
+    // An exec the agent saw but could not read is history too: pid and time only.
+    let mut d = delta(vec![], vec![]);
+    d.unread_execs.push(proto::UnreadExec { pid: 4444, at: OffsetDateTime::now_utc() });
+    assert!(!agent.send(11, None, Some(d), 0).await.resync);
+    let ev: Vec<proto::ProcessEvent> =
+        c.get(&format!("{}?host={}", proto::PROCESS_HISTORY_PATH, agent.host_id)).await;
+    let unread: Vec<_> = ev.iter().filter(|e| e.pid == 4444).collect();
+    assert_eq!(unread.len(), 1, "{ev:?}");
+    assert_eq!(
+        (unread[0].kind.as_str(), unread[0].name.as_deref(), unread[0].exe.as_deref()),
+        ("exec", None, None)
+    );
 
     // The CLI shows the history.
     let rows: Vec<proto::ProcessEvent> =

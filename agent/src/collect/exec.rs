@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::process::{self, Clock, ProcessRecord};
-use super::{HostRoot, Problems, ReadFailure};
+use super::{HostRoot, Problems};
 
 /// What the connector saw.
 #[derive(Debug)]
@@ -114,14 +114,11 @@ fn receive(
             ProcEvent::Exec { tgid, .. } => {
                 counters.execs.fetch_add(1, Ordering::Relaxed);
                 let at = OffsetDateTime::now_utc();
-                let record = match process::read_pid(&root, tgid, clock, &mut problems) {
-                    Ok(r) => r,
-                    Err(ReadFailure::Vanished) => {
-                        counters.exec_read_misses.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                    Err(_) => None,
-                };
+                // Gone (or a zombie already) before it could be read: the exec is still reported.
+                let record = process::read_pid(&root, tgid, clock, &mut problems).ok().flatten();
+                if record.is_none() {
+                    counters.exec_read_misses.fetch_add(1, Ordering::Relaxed);
+                }
                 // A boot time that could not be read at start might be readable now.
                 if !problems.failed.is_empty() {
                     problems = Problems::default();

@@ -58,7 +58,8 @@ impl Clock {
     }
 }
 
-/// Reads every process. Processes that exit during the scan are left out, not reported as errors.
+/// Reads every process but kernel threads and zombies. Processes that exit during the scan are left
+/// out, not reported as errors.
 pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     let mut problems = Problems::default();
     let clock = Clock::read(root, &mut problems);
@@ -109,7 +110,9 @@ fn read_one(
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
     let stat = p.stat().map_err(|e| ReadFailure::of_proc(&e))?;
-    if stat.flags & PF_KTHREAD != 0 {
+    // Kernel threads run no program; a zombie (or a dying process) has ended and only waits for
+    // its parent to collect it: its exit was seen, and it has no executable or command line.
+    if stat.flags & PF_KTHREAD != 0 || matches!(stat.state, 'Z' | 'X' | 'x') {
         return Ok(None);
     }
     let status = p.status().map_err(|e| ReadFailure::of_proc(&e))?;

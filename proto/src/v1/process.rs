@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 use super::timestamp;
 use super::validate::{Validate, ValidationError, count, limits, nonempty, opt_text, text};
 
-/// One running process. Kernel threads are never reported: they have no executable to explain.
+/// One running process. Kernel threads are never reported (they have no executable to explain),
+/// nor zombies (they have ended and only wait for their parent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,

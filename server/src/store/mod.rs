@@ -124,10 +124,11 @@ pub trait Store: Send + Sync + 'static {
         key_hash: &str,
         now: OffsetDateTime,
     ) -> Result<i64>;
-    /// Records a report: host facts, agent status and last_seen always; its content in order of
-    /// the session's sequence numbers: a snapshot replaces the state, a delta that follows the last
-    /// applied report changes it, a replay changes nothing, a delta after a gap or from an unknown
-    /// session is not applied (the agent must send a snapshot). State changes write history.
+    /// Records a report: host facts, agent status and last_seen always; its content once, by the
+    /// session's sequence numbers: a replay (a number already applied) changes nothing; a snapshot
+    /// replaces the state; a delta changes it, and if it does not follow the last report applied
+    /// (a gap, or a session without a snapshot) the outcome asks for a snapshot. State changes
+    /// write history.
     async fn apply_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime)
     -> Result<Applied>;
 

@@ -416,19 +416,22 @@ impl Store for SqliteStore {
                 Applied::Replay
             } else {
                 let gap = (same_session && report.seq > last_seq + 1).then_some((last_seq + 1, report.seq));
+                let first = last_seq == 0 && session == 0;
                 match &report.content {
                     Content::Snapshot(st) => {
                         // A host's very first state is not news: its processes did not start now.
-                        let first = last_seq == 0 && session == 0;
                         state::replace(tx, host_id, st, now, !first)?;
-                        Applied::Applied { gap }
+                        Applied::Applied { gap, resync: false }
                     }
-                    Content::Delta(_) | Content::Heartbeat if !same_session || gap.is_some() => Applied::NeedSnapshot { gap },
+                    // A delta that does not follow what was applied is applied all the same: what
+                    // it says happened did happen, and its history would be lost otherwise. The
+                    // state it leaves may miss what the skipped reports said, so a snapshot must
+                    // follow.
                     Content::Delta(d) => {
-                        state::apply(tx, host_id, d, true)?;
-                        Applied::Applied { gap: None }
+                        state::apply(tx, host_id, d, !first)?;
+                        Applied::Applied { gap, resync: !same_session || gap.is_some() }
                     }
-                    Content::Heartbeat => Applied::Applied { gap: None },
+                    Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
                 }
             };
             let f = &report.facts;
@@ -795,7 +798,10 @@ mod tests {
                 connections: vec![c.clone()],
             }),
         );
-        assert_eq!(s.apply_report(id, &report, at(5)).await.unwrap(), Applied::Applied { gap: None });
+        assert_eq!(
+            s.apply_report(id, &report, at(5)).await.unwrap(),
+            Applied::Applied { gap: None, resync: false }
+        );
         let state = s.host_state(id).await.unwrap();
         assert_eq!(state, HostState { processes: vec![p], listeners: vec![l], connections: vec![c] });
         let h = s.host(id).await.unwrap().unwrap();
@@ -861,20 +867,17 @@ mod tests {
     async fn the_delta_protocol() {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
-        let (a, b, c) = (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3));
+        let (a, b, c, d) =
+            (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3), process(13, "d", 4));
         let pids = |st: HostState| st.processes.iter().map(|p| p.pid).collect::<Vec<_>>();
-
-        // A delta before any snapshot of the session is not applied: snapshot first.
-        let early = record(7, 1, delta_of(vec![a.clone()], vec![]));
-        assert_eq!(s.apply_report(id, &early, at(4)).await.unwrap(), Applied::NeedSnapshot { gap: None });
-        assert!(s.host_state(id).await.unwrap().processes.is_empty());
+        let ok = Applied::Applied { gap: None, resync: false };
 
         let snap =
             record(7, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
-        assert_eq!(s.apply_report(id, &snap, at(5)).await.unwrap(), Applied::Applied { gap: None });
+        assert_eq!(s.apply_report(id, &snap, at(5)).await.unwrap(), ok);
         // In order: b starts; c starts and ends within the same delta; a ends.
         let d2 = record(7, 2, delta_of(vec![b.clone(), c.clone()], vec![(c.clone(), 4), (a.clone(), 5)]));
-        assert_eq!(s.apply_report(id, &d2, at(6)).await.unwrap(), Applied::Applied { gap: None });
+        assert_eq!(s.apply_report(id, &d2, at(6)).await.unwrap(), ok);
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
         // Replayed: acknowledged, nothing changes, nothing is written twice.
         assert_eq!(s.apply_report(id, &d2, at(7)).await.unwrap(), Applied::Replay);
@@ -894,31 +897,37 @@ mod tests {
             "an exit names its program"
         );
 
-        // A gap: seq 4 after 2. Not applied; the agent must send a snapshot.
-        let d4 = record(7, 4, delta_of(vec![a.clone()], vec![]));
+        // A gap: seq 4 after 2. What it says is applied (its history is real), and the collector
+        // asks for a snapshot, since what report 3 said is missing.
+        let d4 = record(7, 4, delta_of(vec![d.clone()], vec![]));
         assert_eq!(
             s.apply_report(id, &d4, at(8)).await.unwrap(),
-            Applied::NeedSnapshot { gap: Some((3, 4)) }
+            Applied::Applied { gap: Some((3, 4)), resync: true }
         );
-        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
-        // The snapshot that follows applies, and its differences become history.
-        let snap5 =
-            record(7, 5, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
-        assert_eq!(s.apply_report(id, &snap5, at(9)).await.unwrap(), Applied::Applied { gap: Some((3, 5)) });
-        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10]);
-        // Its exec is dated when the process started, its exit when the snapshot showed it gone.
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11, 13]);
+        // The deltas queued behind it follow in order; the snapshot then puts the state right,
+        // and its differences become history.
+        let d5 = record(7, 5, delta_of(vec![], vec![]));
+        assert_eq!(s.apply_report(id, &d5, at(9)).await.unwrap(), ok);
+        let snap6 = record(
+            7,
+            6,
+            Content::Snapshot(HostState { processes: vec![a.clone(), d.clone()], ..Default::default() }),
+        );
+        assert_eq!(s.apply_report(id, &snap6, at(10)).await.unwrap(), ok);
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10, 13]);
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
             .await
             .unwrap();
         let exec10: Vec<_> = events.iter().filter(|e| (e.kind, e.pid) == ("exec", 10)).collect();
-        assert_eq!(exec10.len(), 1);
+        assert_eq!(exec10.len(), 1, "re-seen by the snapshot: exec dated when it started");
         assert_eq!(exec10[0].at, at(1));
-        assert_eq!(events.iter().find(|e| (e.kind, e.pid) == ("exit", 11)).unwrap().at, at(9));
+        assert_eq!(events.iter().find(|e| (e.kind, e.pid) == ("exit", 11)).unwrap().at, at(10));
         let since = s
             .process_events(&HistoryFilter {
                 host_id: Some(id),
-                since: Some(at(6)),
+                since: Some(at(9)),
                 limit: 100,
                 ..Default::default()
             })
@@ -926,16 +935,16 @@ mod tests {
             .unwrap();
         assert_eq!(since.iter().map(|e| (e.kind, e.pid)).collect::<Vec<_>>(), [("exit", 11)]);
 
-        // A new session (the agent restarted) starts with a snapshot; its deltas before that wait.
-        let new_delta = record(8, 2, delta_of(vec![], vec![]));
-        assert!(matches!(
-            s.apply_report(id, &new_delta, at(10)).await.unwrap(),
-            Applied::NeedSnapshot { .. }
-        ));
+        // A new session whose snapshot never came: its delta applies, and a snapshot is asked for.
+        let new_delta = record(8, 2, delta_of(vec![], vec![(d.clone(), 11)]));
+        assert_eq!(
+            s.apply_report(id, &new_delta, at(12)).await.unwrap(),
+            Applied::Applied { gap: None, resync: true }
+        );
+        assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10]);
         let new_snap =
-            record(8, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
-        assert_eq!(s.apply_report(id, &new_snap, at(11)).await.unwrap(), Applied::Applied { gap: None });
-        assert_eq!(s.apply_report(id, &new_delta, at(12)).await.unwrap(), Applied::Applied { gap: None });
+            record(8, 3, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
+        assert_eq!(s.apply_report(id, &new_snap, at(13)).await.unwrap(), ok);
     }
 
     #[tokio::test]

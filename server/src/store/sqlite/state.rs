@@ -143,6 +143,11 @@ pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history:
             process_event(tx, host_id, "exec", p.key(), Some(p), OffsetDateTime::now_utc())?;
         }
     }
+    if history {
+        for &(pid, at) in &d.unread_execs {
+            process_event(tx, host_id, "exec", ProcessKey { pid, start_time: at }, None, at)?;
+        }
+    }
     for (k, at) in &d.processes.removed {
         let gone = get_process(tx, host_id, *k)?;
         tx.execute(
