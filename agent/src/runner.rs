@@ -235,7 +235,7 @@ impl Agent {
         let Some(observer) = self.observer.as_mut() else { return false };
         match e {
             exec::Event::Exec { record: Some(rec), .. } => {
-                let p = observer.note_exec(rec);
+                let p = observer.note_exec(*rec);
                 self.tracker.started(p);
                 true
             }

@@ -2,11 +2,13 @@
 //! collectors read and what the agent sends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
 
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
 
 use crate::collect::Problems;
+use crate::collect::hash::HashCache;
 use crate::collect::host::HostInfo;
 use crate::collect::process::{Clock, ProcessRecord};
 use crate::collect::sockets::owners::ProcKey;
@@ -75,7 +77,16 @@ pub struct Observer {
     procs: BTreeMap<u32, ProcessRecord>,
     /// Network namespace of each known process.
     netns: HashMap<u32, u64>,
+    hashes: HashCache,
+    /// CPU ticks of each process at the last full scan, and when, for CPU percent.
+    cpu_prev: HashMap<ProcKey, (u64, Instant)>,
+    cpu_percent: HashMap<ProcKey, f32>,
 }
+
+/// Executables hashed at most this many bytes a second on average.
+const HASH_RATE: u64 = 50 << 20;
+/// Executables above this size are not hashed.
+const HASH_MAX_SIZE: u64 = 256 << 20;
 
 /// What a quick scan saw: every process (new ones read, gone ones dropped) and the sockets asked for.
 #[derive(Debug)]
@@ -103,6 +114,9 @@ impl Observer {
             host,
             procs: BTreeMap::new(),
             netns: HashMap::new(),
+            hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
+            cpu_prev: HashMap::new(),
+            cpu_percent: HashMap::new(),
         }
     }
 
@@ -133,7 +147,42 @@ impl Observer {
             cmdline_truncated: p.cmdline_truncated,
             uid: p.uid,
             start_time: p.start_time,
+            sha256: p.sha256.clone(),
+            exe_memfd: p.exe_memfd,
+            exe_writable_dir: p.exe_writable_dir,
+            cgroup: p.cgroup.clone(),
+            container_id: p.container_id.clone(),
+            unit: p.unit.clone(),
+            cpu_percent: self.cpu_percent.get(&(p.pid, p.start_ticks)).copied(),
+            rss_bytes: Some(p.rss_bytes),
         }
+    }
+
+    /// Hashes the executables not hashed yet, as the budget allows.
+    fn hash_new(&mut self) {
+        for p in self.procs.values_mut().filter(|p| p.sha256.is_none() && p.exe.is_some()) {
+            p.sha256 = self.hashes.of_pid(&self.root, p.pid);
+        }
+    }
+
+    /// CPU percent of each process since the last full scan.
+    fn measure_cpu(&mut self) {
+        let now = Instant::now();
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        let mut prev = HashMap::with_capacity(self.procs.len());
+        self.cpu_percent.clear();
+        for p in self.procs.values() {
+            let key = (p.pid, p.start_ticks);
+            if let Some((before, at)) = self.cpu_prev.get(&key) {
+                let secs = now.duration_since(*at).as_secs_f64();
+                if secs > 0.0 {
+                    let used = p.cpu_ticks.saturating_sub(*before) as f64 / ticks;
+                    self.cpu_percent.insert(key, (used / secs * 100.0) as f32);
+                }
+            }
+            prev.insert(key, (p.cpu_ticks, now));
+        }
+        self.cpu_prev = prev;
     }
 
     /// Every known process, as the wire carries them.
@@ -167,7 +216,22 @@ impl Observer {
         (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
         let procs = collect::process::scan(&self.root);
         problems.merge(procs.problems);
-        self.procs = procs.items.into_iter().map(|p| (p.pid, p)).collect();
+        // A program's hash stays with its process: re-reading it is no reason to hash again.
+        let mut hashed: HashMap<ProcKey, String> = self
+            .procs
+            .values_mut()
+            .filter_map(|p| Some(((p.pid, p.start_ticks), p.sha256.take()?)))
+            .collect();
+        self.procs = procs
+            .items
+            .into_iter()
+            .map(|mut p| {
+                p.sha256 = hashed.remove(&(p.pid, p.start_ticks));
+                (p.pid, p)
+            })
+            .collect();
+        self.measure_cpu();
+        self.hash_new();
         self.netns =
             self.procs.keys().filter_map(|&pid| Some((pid, netns::of_pid(&self.root, pid)?))).collect();
         let (listeners, connections, socket_problems, unowned) = self.read_sockets(Want::ALL);
@@ -218,6 +282,7 @@ impl Observer {
                 }
             }
         }
+        self.hash_new();
         let (listeners, connections) = if want.listen || want.connected {
             let (l, c, _, _) = self.read_sockets(want);
             (want.listen.then_some(l), want.connected.then_some(c))

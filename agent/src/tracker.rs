@@ -100,7 +100,12 @@ impl Tracker {
     /// Whether anything changed since the last report.
     pub fn is_dirty(&self) -> bool {
         self.has_history()
-            || self.current.processes != self.sent.processes
+            || self.current.processes.len() != self.sent.processes.len()
+            || self
+                .current
+                .processes
+                .iter()
+                .any(|(pid, p)| self.sent.processes.get(pid).is_none_or(|s| !similar(s, p)))
             || self.current.listeners != self.sent.listeners
             || self.current.connections != self.sent.connections
     }
@@ -108,6 +113,12 @@ impl Tracker {
     /// What changed since the last report; the tracker then counts it as sent.
     pub fn take_delta(&mut self, now: OffsetDateTime) -> Delta {
         let mut processes = diff_processes(&self.sent.processes, &self.current.processes, &self.ended, now);
+        // What was sent of each process is what the collector has: a process only "similar" to it
+        // keeps the sent version, so slow drift still adds up to a reported change.
+        self.sent.processes.retain(|pid, _| self.current.processes.contains_key(pid));
+        for p in processes.added.iter().chain(&processes.updated) {
+            self.sent.processes.insert(p.pid, p.clone());
+        }
         for (p, at) in self.transient.drain(..) {
             processes.removed.push(Removed { key: p.key(), at });
             processes.added.push(p);
@@ -118,7 +129,8 @@ impl Tracker {
             connections: diff(&self.sent.connections, &self.current.connections, now),
             unread_execs: std::mem::take(&mut self.unread),
         };
-        self.sent = self.current.clone();
+        self.sent.listeners = self.current.listeners.clone();
+        self.sent.connections = self.current.connections.clone();
         self.ended.clear();
         delta
     }
@@ -169,7 +181,7 @@ fn diff_processes(
                 c.removed.push(Removed { key: s.key(), at: ended.get(&s.key()).copied().unwrap_or(now) });
                 c.added.push(p.clone());
             }
-            Some(s) if s != p => c.updated.push(p.clone()),
+            Some(s) if !similar(s, p) => c.updated.push(p.clone()),
             Some(_) => {}
         }
     }
@@ -179,6 +191,24 @@ fn diff_processes(
         }
     }
     c
+}
+
+/// The same process as far as a report goes: everything equal but CPU within 10 points and memory
+/// within a quarter of what was last sent. Usage moves every scan; reporting every wiggle would
+/// turn a quiet host into a stream of updates.
+fn similar(sent: &Process, now: &Process) -> bool {
+    let cpu_close = match (sent.cpu_percent, now.cpu_percent) {
+        (Some(a), Some(b)) => (a - b).abs() < 10.0,
+        (a, b) => a.is_none() == b.is_none(),
+    };
+    let rss_close = match (sent.rss_bytes, now.rss_bytes) {
+        (Some(a), Some(b)) => a.abs_diff(b) <= a / 4,
+        (a, b) => a.is_none() == b.is_none(),
+    };
+    cpu_close
+        && rss_close
+        && Process { cpu_percent: None, rss_bytes: None, ..sent.clone() }
+            == Process { cpu_percent: None, rss_bytes: None, ..now.clone() }
 }
 
 fn diff<K: Ord + Clone, T: Clone + PartialEq>(
@@ -218,6 +248,7 @@ mod tests {
             uid: 0,
             user: None,
             start_time: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(start),
+            ..Process::new(0, 0, "", 0, OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(start))
         }
     }
 
@@ -273,6 +304,30 @@ mod tests {
         assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["python3"]);
         assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(d.processes.removed.iter().map(|r| r.key.pid).collect::<Vec<_>>(), [41]);
+    }
+
+    #[test]
+    fn usage_changes_are_reported_when_they_add_up() {
+        let mut tr = Tracker::new();
+        let mut busy = p(50, "worker", 1);
+        busy.cpu_percent = Some(5.0);
+        busy.rss_bytes = Some(100 << 20);
+        tr.set_processes(vec![busy.clone()]);
+        tr.take_snapshot(t(0));
+        // Small moves: nothing to report.
+        busy.cpu_percent = Some(9.0);
+        busy.rss_bytes = Some(110 << 20);
+        tr.set_processes(vec![busy.clone()]);
+        assert!(!tr.is_dirty());
+        assert!(tr.take_delta(t(1)).processes.is_empty());
+        // Drift that adds up against what was last sent is reported.
+        busy.rss_bytes = Some(130 << 20);
+        tr.set_processes(vec![busy.clone()]);
+        let d = tr.take_delta(t(2));
+        assert_eq!(d.processes.updated.len(), 1);
+        busy.cpu_percent = Some(95.0);
+        tr.set_processes(vec![busy.clone()]);
+        assert_eq!(tr.take_delta(t(3)).processes.updated[0].cpu_percent, Some(95.0));
     }
 
     fn tr_current(tr: &Tracker, pid: u32) -> Process {

@@ -242,6 +242,14 @@ mod tests {
             uid: if user == "root" { 0 } else { 1000 },
             user: Some(user.into()),
             start_time: OffsetDateTime::UNIX_EPOCH,
+            sha256: None,
+            exe_memfd: false,
+            exe_writable_dir: false,
+            cgroup: None,
+            container_id: None,
+            unit: None,
+            cpu_percent: None,
+            rss_bytes: None,
         }
     }
 

@@ -13,7 +13,7 @@ use hostwatch_proto::v1::{Direction, FindingKind, FindingStatus, Protocol, Sever
 use time::OffsetDateTime;
 
 /// A running process on a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -24,6 +24,14 @@ pub struct Process {
     pub uid: u32,
     pub user: Option<String>,
     pub start_time: OffsetDateTime,
+    pub sha256: Option<String>,
+    pub exe_memfd: bool,
+    pub exe_writable_dir: bool,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub unit: Option<String>,
+    pub cpu_percent: Option<f32>,
+    pub rss_bytes: Option<u64>,
 }
 
 impl Process {
@@ -87,7 +95,7 @@ impl Connection {
 }
 
 /// What a host runs now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostState {
     pub processes: Vec<Process>,
     pub listeners: Vec<Listener>,
@@ -337,6 +345,14 @@ impl From<proto::Process> for Process {
             uid: p.uid,
             user: p.user,
             start_time: p.start_time,
+            sha256: p.sha256,
+            exe_memfd: p.exe_memfd,
+            exe_writable_dir: p.exe_writable_dir,
+            cgroup: p.cgroup,
+            container_id: p.container_id,
+            unit: p.unit,
+            cpu_percent: p.cpu_percent,
+            rss_bytes: p.rss_bytes,
         }
     }
 }
@@ -354,6 +370,14 @@ impl From<Process> for proto::Process {
             uid: p.uid,
             user: p.user,
             start_time: p.start_time,
+            sha256: p.sha256,
+            exe_memfd: p.exe_memfd,
+            exe_writable_dir: p.exe_writable_dir,
+            cgroup: p.cgroup,
+            container_id: p.container_id,
+            unit: p.unit,
+            cpu_percent: p.cpu_percent,
+            rss_bytes: p.rss_bytes,
         }
     }
 }

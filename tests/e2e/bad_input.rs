@@ -51,6 +51,7 @@ fn report(seq: u64, machine_id: &str) -> proto::Report {
                 uid: 0,
                 user: Some("root".into()),
                 start_time: now,
+                ..proto::Process::new(0, 0, "", 0, now)
             }],
             listeners: vec![],
             connections: vec![],
@@ -142,7 +143,7 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     // A newer agent's extra fields are ignored, not refused.
     let mut v = serde_json::to_value(report(2, "machine-bad-input")).unwrap();
     v["from_the_future"] = json!({"x": 1});
-    v["snapshot"]["processes"][0]["cgroup"] = json!("/system.slice/app.service");
+    v["snapshot"]["processes"][0]["selinux_label"] = json!("system_u:system_r:httpd_t:s0");
     let (code, text) = c.post(proto::REPORT_PATH, Some(key), serde_json::to_vec(&v).unwrap()).await;
     assert_eq!(code, 200, "{text}");
     let accepted: proto::ReportResponse = serde_json::from_str(&text).unwrap();

@@ -9,6 +9,7 @@ mod collection;
 mod dev_mode;
 mod namespaces;
 mod oracle;
+mod process_facts;
 mod protocol;
 mod skeleton;
 mod support;

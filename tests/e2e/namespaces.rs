@@ -61,7 +61,12 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
         let snap = report.snapshot.unwrap();
-        if let Some(l) = snap.listeners.iter().find(|l| l.port == port && l.netns.is_some()).cloned() {
+        // The server may still be exec'ing through a launcher (pyenv's shim is bash) when
+        // the process list is read; wait for a snapshot that saw it as python.
+        let found = snap.listeners.iter().find(|l| l.port == port && l.netns.is_some()).cloned();
+        if let Some(l) = found
+            && snap.processes.iter().any(|p| Some(p.pid) == l.pid && p.name.starts_with("python3"))
+        {
             break (l, snap);
         }
         assert!(Instant::now() < deadline, "the namespace's listener never showed");

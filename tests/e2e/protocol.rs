@@ -39,19 +39,13 @@ fn status() -> proto::AgentStatus {
 }
 
 fn process(pid: u32, name: &str) -> proto::Process {
+    let start =
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::seconds(i64::from(pid));
     proto::Process {
-        pid,
-        ppid: 1,
-        name: name.into(),
         exe: Some(format!("/opt/{name}")),
-        exe_deleted: false,
         cmdline: vec![format!("/opt/{name}"), "--serve".into()],
-        cmdline_truncated: false,
-        uid: 0,
         user: Some("root".into()),
-        start_time: OffsetDateTime::UNIX_EPOCH
-            + time::Duration::days(20_000)
-            + time::Duration::seconds(i64::from(pid)),
+        ..proto::Process::new(pid, 1, name, 0, start)
     }
 }
 

@@ -23,7 +23,7 @@ use super::{HostRoot, Problems};
 pub enum Event {
     /// A process called execve. `record` is what `/proc` showed right after; `None` if the
     /// process was already gone (or is a kernel thread).
-    Exec { pid: u32, at: OffsetDateTime, record: Option<ProcessRecord> },
+    Exec { pid: u32, at: OffsetDateTime, record: Option<Box<ProcessRecord>> },
     /// A process (thread group) ended.
     Exit { pid: u32, at: OffsetDateTime },
     /// The kernel dropped events: what happened meanwhile is only in `/proc` now.
@@ -115,7 +115,8 @@ fn receive(
                 counters.execs.fetch_add(1, Ordering::Relaxed);
                 let at = OffsetDateTime::now_utc();
                 // Gone (or a zombie already) before it could be read: the exec is still reported.
-                let record = process::read_pid(&root, tgid, clock, &mut problems).ok().flatten();
+                let record =
+                    process::read_pid(&root, tgid, clock, &mut problems).ok().flatten().map(Box::new);
                 if record.is_none() {
                     counters.exec_read_misses.fetch_add(1, Ordering::Relaxed);
                 }

@@ -8,6 +8,7 @@
 //! be read is an entry in [`Scan::problems`], and the scan returns everything else it saw.
 
 pub mod exec;
+pub mod hash;
 pub mod host;
 pub mod netns;
 pub mod own;

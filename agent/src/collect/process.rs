@@ -31,6 +31,18 @@ pub struct ProcessRecord {
     /// Start time in clock ticks after boot: with the pid, the key of this process (a reused pid
     /// has another start).
     pub start_ticks: u64,
+    /// The executable is a memfd (`/memfd:name`).
+    pub exe_memfd: bool,
+    /// The executable's directory is writable by every user.
+    pub exe_writable_dir: bool,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub unit: Option<String>,
+    /// CPU time used (user and system), in clock ticks, when read.
+    pub cpu_ticks: u64,
+    pub rss_bytes: u64,
+    /// Set by the hash cache once the executable is hashed.
+    pub sha256: Option<String>,
 }
 
 /// Turns a process's start (clock ticks after boot) into an instant.
@@ -140,6 +152,13 @@ fn read_one(
     super::redact::redact(&mut args);
     let (cmdline, cmdline_truncated) = cut_to_limits(args);
     let start = clock.instant(stat.starttime);
+    let dir = root.proc.join(pid.to_string());
+    let (cgroup, container_id, unit) = match std::fs::read_to_string(dir.join("cgroup")) {
+        Ok(text) => cgroup_facts(&text),
+        Err(_) => (None, None, None),
+    };
+    let exe_memfd = exe.as_deref().is_some_and(|e| e.starts_with("/memfd:"));
+    let exe_writable_dir = !exe_memfd && exe.as_deref().is_some_and(|e| writable_by_all(&dir, e));
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
@@ -151,7 +170,70 @@ fn read_one(
         uid: status.euid,
         start_time: start,
         start_ticks: stat.starttime,
+        exe_memfd,
+        exe_writable_dir,
+        cgroup,
+        container_id,
+        unit,
+        cpu_ticks: stat.utime + stat.stime,
+        rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        sha256: None,
     }))
+}
+
+/// Whether the directory of `exe` (a path as the process sees it) is writable by every user,
+/// looked up through the process's own root so that a container's `/tmp` is the container's.
+fn writable_by_all(proc_dir: &Path, exe: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(parent) = Path::new(exe).parent() else { return false };
+    let inside = proc_dir.join("root").join(parent.strip_prefix("/").unwrap_or(parent));
+    std::fs::metadata(inside).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
+}
+
+/// The cgroup path of `/proc/PID/cgroup`, the container id in it (64 hex digits after
+/// `docker-`, `cri-containerd-`, `crio-`, `libpod-` or as a whole component, like `/docker/ID`),
+/// and the systemd unit (the last `.service` or `.scope` component).
+///
+/// On cgroup v1 and hybrid hosts the unified line often says `/` while the process sits deeper in
+/// the per-controller hierarchies (Docker's cgroupfs driver does this), so the path is the first
+/// that is not the root, preferring the unified line, then systemd's, then any controller's.
+pub fn cgroup_facts(text: &str) -> (Option<String>, Option<String>, Option<String>) {
+    let entries: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            Some((controllers, path))
+        })
+        .collect();
+    if entries.is_empty() {
+        return (None, None, None);
+    }
+    let rank = |controllers: &str| match controllers {
+        "" => 0,
+        "name=systemd" => 1,
+        _ => 2,
+    };
+    let path = entries
+        .iter()
+        .filter(|(_, p)| *p != "/" && !p.is_empty())
+        .min_by_key(|(c, _)| rank(c))
+        .map_or("/", |(_, p)| *p);
+    let container = std::iter::once(path).chain(entries.iter().map(|(_, p)| *p)).find_map(container_in);
+    let unit = path.rsplit('/').find(|p| p.ends_with(".service") || p.ends_with(".scope")).map(str::to_owned);
+    (Some(truncate(path, limits::MAX_PATH_BYTES).to_owned()), container, unit)
+}
+
+/// The container id named by a cgroup path, if any component is one.
+fn container_in(path: &str) -> Option<String> {
+    path.split('/').find_map(|part| {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+            .iter()
+            .find_map(|p| part.strip_prefix(p))
+            .unwrap_or(part);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
 }
 
 /// The kernel appends ` (deleted)` to the exe link of a process whose file was removed.
@@ -219,6 +301,58 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroups() {
+        let id = "4f1c2e7d8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d";
+        assert_eq!(
+            cgroup_facts("0::/system.slice/nginx.service\n"),
+            (Some("/system.slice/nginx.service".into()), None, Some("nginx.service".into()))
+        );
+        let (_, c, u) = cgroup_facts(&format!("0::/system.slice/docker-{id}.scope\n"));
+        assert_eq!((c.as_deref(), u), (Some(id), Some(format!("docker-{id}.scope"))));
+        let (_, c, _) = cgroup_facts(&format!("12:memory:/docker/{id}\n11:cpu:/docker/{id}\n"));
+        assert_eq!(c.as_deref(), Some(id));
+        let (_, c, _) =
+            cgroup_facts(&format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"));
+        assert_eq!(c.as_deref(), Some(id));
+        let (p, c, u) = cgroup_facts("0::/user.slice/user-0.slice/session-3.scope\n");
+        assert_eq!(
+            (p.as_deref(), c, u.as_deref()),
+            (Some("/user.slice/user-0.slice/session-3.scope"), None, Some("session-3.scope"))
+        );
+        assert_eq!(cgroup_facts(""), (None, None, None));
+        // Hybrid host, Docker's cgroupfs driver: unified and systemd say root, controllers do not.
+        let (p, c, _) = cgroup_facts(&format!("9:name=systemd:/\n8:pids:/docker/{id}\n0::/\n"));
+        assert_eq!((p, c.as_deref()), (Some(format!("/docker/{id}")), Some(id)));
+        // Unified line wins when it is not the root.
+        let (p, _, u) = cgroup_facts("4:memory:/other\n0::/system.slice/sshd.service\n");
+        assert_eq!((p.as_deref(), u.as_deref()), (Some("/system.slice/sshd.service"), Some("sshd.service")));
+        // Nowhere but the root.
+        assert_eq!(cgroup_facts("1:cpu:/\n0::/\n").0.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn flags_for_memfd_and_world_writable_directories() {
+        // This test's own executable lives in target/, not a world-writable place.
+        let me = scan(&HostRoot::default()).items.into_iter().find(|p| p.pid == std::process::id()).unwrap();
+        assert!(!me.exe_writable_dir && !me.exe_memfd);
+        assert!(me.rss_bytes > 0);
+        let d = tempfile::tempdir().unwrap();
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let exe = shared.join("sleepy");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut kid = std::process::Command::new(&exe).arg("5").spawn().unwrap();
+        let mut problems = Problems::default();
+        let clock = Clock::read(&HostRoot::default(), &mut problems);
+        let rec = read_pid(&HostRoot::default(), kid.id(), clock, &mut problems).ok().flatten().unwrap();
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        assert!(rec.exe_writable_dir, "{rec:?}");
+    }
 
     #[test]
     fn deleted_suffix() {

@@ -12,7 +12,7 @@ use super::{Connection, Listener, Process, Protocol};
 /// What changed since the report before, in each kind of state. Applied in the order added,
 /// updated, removed: a process that started and exited between two reports is in both `added`
 /// and `removed`, so its run is in the collector's history though it was never in a snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
     #[serde(default)]
     pub processes: Changes<Process, ProcessKey>,

@@ -8,7 +8,7 @@ use super::validate::{Validate, ValidationError, count, limits, nonempty, opt_te
 
 /// One running process. Kernel threads are never reported (they have no executable to explain),
 /// nor zombies (they have ended and only wait for their parent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
@@ -35,6 +35,57 @@ pub struct Process {
     pub user: Option<String>,
     #[serde(with = "timestamp")]
     pub start_time: OffsetDateTime,
+    /// SHA-256 of the executable, lowercase hex. Absent until hashed (hashing is rate-limited, so
+    /// a new process may be reported first without it), or where the file is above the size cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The executable is an anonymous memory file (`memfd:`): nothing on disk to inspect.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exe_memfd: bool,
+    /// The executable's directory is writable by every user (as `/tmp`, `/dev/shm`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exe_writable_dir: bool,
+    /// The process's cgroup (v2 path, or the v1 path of the first controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container it runs in (Docker, containerd, CRI-O, Podman id), from the cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The systemd unit it belongs to (`nginx.service`, `session-3.scope`), from the cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Share of one CPU used over the last interval, in percent (can exceed 100 on several CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f32>,
+    /// Resident memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+}
+
+impl Process {
+    /// A process with what every process has; the optional facts empty.
+    pub fn new(pid: u32, ppid: u32, name: impl Into<String>, uid: u32, start_time: OffsetDateTime) -> Self {
+        Process {
+            pid,
+            ppid,
+            name: name.into(),
+            exe: None,
+            exe_deleted: false,
+            cmdline: Vec::new(),
+            cmdline_truncated: false,
+            uid,
+            user: None,
+            start_time,
+            sha256: None,
+            exe_memfd: false,
+            exe_writable_dir: false,
+            cgroup: None,
+            container_id: None,
+            unit: None,
+            cpu_percent: None,
+            rss_bytes: None,
+        }
+    }
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -46,6 +97,14 @@ impl Validate for Process {
         nonempty("name", &self.name, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)?;
         opt_text("user", &self.user, limits::MAX_NAME_BYTES)?;
+        opt_text("cgroup", &self.cgroup, limits::MAX_PATH_BYTES)?;
+        opt_text("container_id", &self.container_id, limits::MAX_NAME_BYTES)?;
+        opt_text("unit", &self.unit, limits::MAX_NAME_BYTES)?;
+        if let Some(h) = &self.sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ValidationError::new("sha256", "not 64 hexadecimal digits"));
+        }
         count("cmdline", &self.cmdline, limits::MAX_ARGS)?;
         let mut total = 0;
         for (i, arg) in self.cmdline.iter().enumerate() {

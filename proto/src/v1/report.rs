@@ -149,7 +149,7 @@ pub enum CoverageState {
 }
 
 /// Everything the agent saw at one instant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     #[serde(with = "timestamp")]
     pub taken_at: OffsetDateTime,
@@ -284,6 +284,7 @@ mod tests {
                     uid: 0,
                     user: Some("root".into()),
                     start_time: t,
+                    ..Process::new(0, 0, "", 0, t)
                 }],
                 listeners: vec![Listener {
                     protocol: Protocol::Tcp,

@@ -216,23 +216,35 @@ impl Tabular for proto::BaselineSummary {
 
 impl Tabular for proto::Process {
     fn columns() -> Vec<&'static str> {
-        vec!["pid", "ppid", "user", "name", "exe", "cmdline"]
+        vec!["pid", "ppid", "user", "name", "cpu%", "rss_mib", "where", "exe", "cmdline"]
     }
     fn cells(&self, style: Style) -> Vec<String> {
+        // Flags that deserve a second look ride on the executable, where the eye already is.
+        let mut exe = self.exe.clone().unwrap_or_else(|| "?".into());
+        for (on, flag) in [
+            (self.exe_deleted, " (deleted)"),
+            (self.exe_memfd, " [memfd]"),
+            (self.exe_writable_dir, " [world-writable dir]"),
+        ] {
+            if on {
+                exe.push_str(flag);
+            }
+        }
+        // A container is the more specific place; a unit otherwise.
+        let place = match (&self.container_id, &self.unit) {
+            (Some(id), _) => format!("container:{}", id.get(..12).unwrap_or(id)),
+            (None, Some(unit)) => unit.clone(),
+            (None, None) => String::new(),
+        };
         vec![
             self.pid.to_string(),
             self.ppid.to_string(),
             text(&self.user.clone().unwrap_or_else(|| self.uid.to_string()), style, 16),
             text(&self.name, style, 20),
-            text(
-                &format!(
-                    "{}{}",
-                    self.exe.as_deref().unwrap_or("?"),
-                    if self.exe_deleted { " (deleted)" } else { "" }
-                ),
-                style,
-                50,
-            ),
+            self.cpu_percent.map(|c| format!("{c:.1}")).unwrap_or_default(),
+            self.rss_bytes.map(|b| format!("{:.1}", b as f64 / (1024.0 * 1024.0))).unwrap_or_default(),
+            text(&place, style, 32),
+            text(&exe, style, 60),
             text(&self.cmdline.join(" "), style, 80),
         ]
     }

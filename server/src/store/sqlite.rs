@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/sqlite/0002_connections.sql")),
     (3, include_str!("migrations/sqlite/0003_history.sql")),
     (4, include_str!("migrations/sqlite/0004_agent_stats.sql")),
+    (5, include_str!("migrations/sqlite/0005_process_facts.sql")),
 ];
 
 #[derive(Clone)]
@@ -767,6 +768,14 @@ mod tests {
             uid: 0,
             user: Some("root".into()),
             start_time: at(-100),
+            sha256: None,
+            exe_memfd: false,
+            exe_writable_dir: false,
+            cgroup: None,
+            container_id: None,
+            unit: None,
+            cpu_percent: None,
+            rss_bytes: None,
         };
         let l = Listener {
             protocol: Protocol::Tcp,
@@ -849,6 +858,14 @@ mod tests {
             uid: 0,
             user: Some("root".into()),
             start_time: at(start),
+            sha256: None,
+            exe_memfd: false,
+            exe_writable_dir: false,
+            cgroup: None,
+            container_id: None,
+            unit: None,
+            cpu_percent: None,
+            rss_bytes: None,
         }
     }
 

@@ -19,23 +19,13 @@ use crate::model::{
 use crate::store::{HistoryFilter, Result, StoreError};
 
 pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes WHERE host_id = ?1 ORDER BY pid",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {PROCESS_COLUMNS} FROM processes WHERE host_id = ?1 ORDER BY pid"
+    ))?;
     let mut rows = stmt.query([host_id])?;
     let mut processes = Vec::new();
     while let Some(r) = rows.next()? {
-        processes.push(Process {
-            pid: r.get(0)?,
-            ppid: r.get(1)?,
-            name: r.get(2)?,
-            exe: r.get(3)?,
-            exe_deleted: r.get(4)?,
-            cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
-            uid: r.get(6)?,
-            user: r.get(7)?,
-            start_time: parse_ts(&r.get::<_, String>(8)?)?,
-        });
+        processes.push(process_from_row(r)?);
     }
     let mut stmt = tx.prepare_cached(
         "SELECT protocol, address, port, pid, process, exe, uid, netns FROM listeners WHERE host_id = ?1 \
@@ -191,33 +181,64 @@ pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history:
 
 fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
+         sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
-    .execute(params![host_id, p.pid, p.ppid, p.name, p.exe, p.exe_deleted, to_json(&p.cmdline), p.uid, p.user, ts(p.start_time)])?;
+    .execute(params![
+        host_id,
+        p.pid,
+        p.ppid,
+        p.name,
+        p.exe,
+        p.exe_deleted,
+        to_json(&p.cmdline),
+        p.uid,
+        p.user,
+        ts(p.start_time),
+        p.sha256,
+        p.exe_memfd,
+        p.exe_writable_dir,
+        p.cgroup,
+        p.container_id,
+        p.unit,
+        p.cpu_percent.map(f64::from),
+        p.rss_bytes
+    ])?;
     Ok(())
 }
 
 fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Option<Process>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time FROM processes \
-         WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {PROCESS_COLUMNS} FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3"
+    ))?;
     let mut rows = stmt.query(params![host_id, k.pid, ts(k.start_time)])?;
-    match rows.next()? {
-        None => Ok(None),
-        Some(r) => Ok(Some(Process {
-            pid: r.get(0)?,
-            ppid: r.get(1)?,
-            name: r.get(2)?,
-            exe: r.get(3)?,
-            exe_deleted: r.get(4)?,
-            cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
-            uid: r.get(6)?,
-            user: r.get(7)?,
-            start_time: parse_ts(&r.get::<_, String>(8)?)?,
-        })),
-    }
+    rows.next()?.map(process_from_row).transpose()
+}
+
+const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
+     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes";
+
+fn process_from_row(r: &Row<'_>) -> Result<Process> {
+    Ok(Process {
+        pid: r.get(0)?,
+        ppid: r.get(1)?,
+        name: r.get(2)?,
+        exe: r.get(3)?,
+        exe_deleted: r.get(4)?,
+        cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
+        uid: r.get(6)?,
+        user: r.get(7)?,
+        start_time: parse_ts(&r.get::<_, String>(8)?)?,
+        sha256: r.get(9)?,
+        exe_memfd: r.get(10)?,
+        exe_writable_dir: r.get(11)?,
+        cgroup: r.get(12)?,
+        container_id: r.get(13)?,
+        unit: r.get(14)?,
+        cpu_percent: r.get::<_, Option<f64>>(15)?.map(|c| c as f32),
+        rss_bytes: r.get(16)?,
+    })
 }
 
 fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener) -> Result<()> {
@@ -350,8 +371,8 @@ fn process_event(
     at: OffsetDateTime,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, user, uid, start_time) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, user, uid, start_time, sha256) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         host_id,
@@ -364,7 +385,8 @@ fn process_event(
         p.map(|p| to_json(&p.cmdline)),
         p.and_then(|p| p.user.as_ref()),
         p.map(|p| p.uid),
-        ts(key.start_time)
+        ts(key.start_time),
+        p.and_then(|p| p.sha256.as_ref())
     ])?;
     Ok(())
 }

@@ -1,0 +1,168 @@
+//! SHA-256 of running executables, read through `/proc/PID/exe` (so a deleted or replaced binary
+//! is hashed as it runs, and a container's binary as the container sees it).
+//!
+//! Cached by (device, inode, size, mtime): a thousand processes of one program cost one hash.
+//! Rate-limited by a byte budget (a token bucket refilled every second) so that a burst of new
+//! programs never turns into a burst of disk reads; a process whose turn has not come is reported
+//! without a hash and gets one on a later scan. Files above the size cap are not hashed.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::HostRoot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// Entries kept at most; beyond, the cache starts afresh (programs still running are hashed again).
+const MAX_ENTRIES: usize = 16_384;
+
+#[derive(Debug)]
+pub struct HashCache {
+    known: HashMap<FileKey, Option<String>>,
+    rate: u64,
+    max_size: u64,
+    tokens: f64,
+    refilled: Instant,
+    /// Bytes hashed since start, for measurements.
+    pub hashed_bytes: u64,
+}
+
+impl HashCache {
+    /// Hashes at most `rate` bytes a second on average, and no file above `max_size` bytes.
+    pub fn new(rate: u64, max_size: u64) -> Self {
+        HashCache {
+            known: HashMap::new(),
+            rate,
+            max_size,
+            tokens: rate as f64,
+            refilled: Instant::now(),
+            hashed_bytes: 0,
+        }
+    }
+
+    /// The hash of `pid`'s executable: from the cache, computed now if the budget allows, or
+    /// `None` (too large, unreadable, or later).
+    pub fn of_pid(&mut self, root: &HostRoot, pid: u32) -> Option<String> {
+        let path = root.proc.join(pid.to_string()).join("exe");
+        let meta = std::fs::metadata(&path).ok()?;
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        };
+        if let Some(known) = self.known.get(&key) {
+            return known.clone();
+        }
+        if key.size > self.max_size {
+            self.known.insert(key, None);
+            return None;
+        }
+        self.refill();
+        // A file may overdraw a full bucket: the debt is paid before the next one is hashed.
+        if self.tokens <= 0.0 {
+            return None;
+        }
+        let hash = hash_file(&path).ok()?;
+        self.tokens -= key.size as f64;
+        self.hashed_bytes += key.size;
+        if self.known.len() >= MAX_ENTRIES {
+            self.known.clear();
+        }
+        self.known.insert(key, Some(hash.clone()));
+        Some(hash)
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.rate as f64);
+    }
+}
+
+/// SHA-256 of a file, lowercase hex.
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn own_executable_hashed_once_and_deleted_ones_too() {
+        let root = HostRoot::default();
+        let mut cache = HashCache::new(1 << 30, 1 << 30);
+        let me = std::process::id();
+        let h = cache.of_pid(&root, me).unwrap();
+        assert_eq!(h, hash_file(&std::env::current_exe().unwrap()).unwrap());
+        let spent = cache.hashed_bytes;
+        assert_eq!(cache.of_pid(&root, me).as_deref(), Some(h.as_str()));
+        assert_eq!(cache.hashed_bytes, spent, "the second time from the cache");
+
+        // A binary deleted while it runs is still hashed through /proc/PID/exe.
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("gone");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut kid = std::process::Command::new(&exe).arg("5").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::remove_file(&exe).unwrap();
+        let h = cache.of_pid(&root, kid.id());
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        assert_eq!(h, Some(hash_file(std::path::Path::new("/bin/sleep")).unwrap()));
+    }
+
+    #[test]
+    fn the_budget_and_the_cap() {
+        let root = HostRoot::default();
+        let me = std::process::id();
+        assert_eq!(HashCache::new(1 << 30, 10).of_pid(&root, me), None, "above the cap");
+        let mut poor = HashCache::new(1, 1 << 30);
+        assert!(poor.of_pid(&root, me).is_some(), "a full bucket may be overdrawn once");
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("other");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut kid = std::process::Command::new(&exe).arg("5").spawn().unwrap();
+        let later = poor.of_pid(&root, kid.id());
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        assert_eq!(later, None, "the debt is paid first");
+    }
+}
