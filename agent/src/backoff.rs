@@ -1,5 +1,7 @@
-//! Exponential backoff with full jitter, so that a fleet whose collector comes back does not
-//! return all at once.
+//! Randomised waits, so that a fleet does not act in step: exponential backoff with full jitter
+//! (a collector that comes back is not hit by every agent at once), and intervals jittered by
+//! ±10% (instances booted together from one AMI drift apart instead of scanning and reporting
+//! in the same second forever).
 
 use std::time::Duration;
 
@@ -29,9 +31,32 @@ impl Backoff {
     }
 }
 
+/// How far an interval may stray either way, as a fraction.
+const INTERVAL_JITTER: f64 = 0.1;
+
+/// `d` stretched or shrunk by a random amount of at most ±10%.
+pub fn jittered(d: Duration) -> Duration {
+    // 53 random bits make a uniform f64 in [0, 1).
+    let unit = getrandom::u64().map_or(0.5, |r| (r >> 11) as f64 / (1u64 << 53) as f64);
+    d.mul_f64(1.0 + INTERVAL_JITTER * (2.0 * unit - 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_stray_by_at_most_a_tenth_and_do_stray() {
+        let d = Duration::from_secs(10);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(
+            draws.iter().all(|j| *j >= Duration::from_secs(9) && *j <= Duration::from_secs(11)),
+            "{draws:?}"
+        );
+        // 200 draws all within 0.2 s of each other would be a generator that does not jitter.
+        let (min, max) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_millis(200), "{min:?}..{max:?}");
+    }
 
     #[test]
     fn grows_to_the_cap_and_resets() {

@@ -6,7 +6,7 @@
 //! exec and every interval; everything, re-read, every interval. Reporting: what changed, batched
 //! over at most a second, as a delta; a snapshot at the start of a session, every
 //! `snapshot_every` and whenever the collector asks; a heartbeat when an interval passes without
-//! a report. Every report goes through the spool ([`crate::spool`]), which a separate task drains
+//! a report. Intervals and `snapshot_every` are jittered by ±10% ([`crate::backoff::jittered`]). Every report goes through the spool ([`crate::spool`]), which a separate task drains
 //! to the collector with backoff, so a slow or absent collector never stalls the watching.
 //!
 //! Architecture invariant: the runtime thread only waits, keeps accounts and talks to the
@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::collect::HostRoot;
 use crate::collect::exec::{self, ExecWatcher};
 use crate::collect::sockets::{Reader, Want};
@@ -69,7 +69,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         spooled = spool.len(), version = env!("CARGO_PKG_VERSION"), "agent starting"
     );
     let (exec_tx, exec_rx) = mpsc::channel(EVENT_QUEUE);
-    let (watcher, exec_why) = match ExecWatcher::start(root.clone(), exec_tx) {
+    let (watcher, exec_why) = match ExecWatcher::start(root.clone(), config.redactor.clone(), exec_tx) {
         Ok(w) => (Some(w), None),
         Err(why) => {
             warn!(reason = %why, "exec events unavailable; listing /proc every second instead");
@@ -83,7 +83,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let sender =
         tokio::spawn(send_loop(client.clone(), shared.clone(), key_rx, to_runner, sender_stop.clone()));
 
-    let observer = Observer::new(root.clone(), Reader::SockDiag);
+    let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone());
+    let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
     let mut agent = Agent {
         tracker: Tracker::new(),
         coverage: proto::Coverage::full(),
@@ -100,8 +101,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         identity: None,
         session: new_session(),
         seq: 0,
-        last_report: Instant::now(),
-        last_snapshot: Instant::now(),
+        heartbeat_at: Instant::now() + backoff::jittered(config_interval),
+        snapshot_at: Instant::now() + backoff::jittered(config_snapshot_every),
     };
     let result = agent.watch(shutdown, exec_rx, from_sender).await;
     if agent.identity.is_some() {
@@ -158,8 +159,11 @@ struct Agent {
     session: u64,
     /// The last sequence number given to a report.
     seq: u64,
-    last_report: Instant,
-    last_snapshot: Instant,
+    /// When a heartbeat is due if nothing else was sent: an interval after the last report,
+    /// jittered so that a fleet's heartbeats spread out.
+    heartbeat_at: Instant,
+    /// When the periodic full snapshot is due, jittered likewise.
+    snapshot_at: Instant,
 }
 
 enum Scan {
@@ -180,8 +184,8 @@ impl Agent {
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let full_every = self.config.interval.as_secs().max(1);
-        let mut ticks: u64 = 0;
+        // The first tick reads everything; then every interval, jittered.
+        let mut next_full = Instant::now();
         let mut connections_due = true;
         let mut events_open = self.watcher.is_some();
         loop {
@@ -208,7 +212,7 @@ impl Agent {
                     None => return Ok(()),
                 },
                 event = exec_rx.recv(), if events_open => match event {
-                    Some(e) => connections_due |= self.on_event(e, &mut ticks),
+                    Some(e) => connections_due |= self.on_event(e, &mut next_full),
                     None => {
                         events_open = false;
                         warn!("exec events stopped; listing /proc every second instead");
@@ -216,8 +220,8 @@ impl Agent {
                     }
                 },
                 _ = tick.tick() => {
-                    ticks += 1;
-                    let scan = if ticks % full_every == 1 || full_every == 1 {
+                    let scan = if Instant::now() >= next_full {
+                        next_full = Instant::now() + backoff::jittered(self.config.interval);
                         Scan::Full
                     } else {
                         Scan::Quick(Want { listen: true, connected: connections_due })
@@ -231,7 +235,7 @@ impl Agent {
     }
 
     /// Handles an exec watcher event; returns whether connections should be looked at soon.
-    fn on_event(&mut self, e: exec::Event, ticks: &mut u64) -> bool {
+    fn on_event(&mut self, e: exec::Event, next_full: &mut Instant) -> bool {
         let Some(observer) = self.observer.as_mut() else { return false };
         match e {
             exec::Event::Exec { record: Some(rec), .. } => {
@@ -251,15 +255,16 @@ impl Agent {
             exec::Event::Lost => {
                 warn!("the kernel dropped process events; rescanning /proc");
                 // The next tick re-reads everything.
-                *ticks = 0;
+                *next_full = Instant::now();
                 true
             }
         }
     }
 
     async fn scan(&mut self, scan: Scan) {
-        let mut observer =
-            self.observer.take().unwrap_or_else(|| Observer::new(self.root.clone(), Reader::SockDiag));
+        let mut observer = self.observer.take().unwrap_or_else(|| {
+            Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
+        });
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {
                 Scan::Full => Ok(observer.observe()),
@@ -298,7 +303,7 @@ impl Agent {
         if self.identity.is_none() {
             return;
         }
-        if self.last_snapshot.elapsed() >= self.config.snapshot_every {
+        if Instant::now() >= self.snapshot_at {
             self.tracker.want_snapshot();
         }
         let now = OffsetDateTime::now_utc();
@@ -309,11 +314,11 @@ impl Agent {
             self.spool_report(&report);
         }
         let (snapshot, delta) = if self.tracker.snapshot_due() {
-            self.last_snapshot = Instant::now();
+            self.snapshot_at = Instant::now() + backoff::jittered(self.config.snapshot_every);
             (Some(self.tracker.take_snapshot(now)), None)
         } else if self.tracker.is_dirty() {
             (None, Some(self.tracker.take_delta(now)))
-        } else if self.last_report.elapsed() >= self.config.interval {
+        } else if Instant::now() >= self.heartbeat_at {
             (None, None)
         } else {
             return;
@@ -330,7 +335,7 @@ impl Agent {
             "report spooled"
         );
         self.shared.spool().push(report);
-        self.last_report = Instant::now();
+        self.heartbeat_at = Instant::now() + backoff::jittered(self.config.interval);
         self.shared.wake.notify_one();
     }
 

@@ -11,6 +11,7 @@ use crate::collect::Problems;
 use crate::collect::hash::HashCache;
 use crate::collect::host::HostInfo;
 use crate::collect::process::{Clock, ProcessRecord};
+use crate::collect::redact::Redactor;
 use crate::collect::sockets::owners::ProcKey;
 use crate::collect::sockets::{self, OwnerCache, Reader, SockState, SocketRecord, SocketSource, Want};
 use crate::collect::users::Users;
@@ -67,6 +68,8 @@ pub fn agent_status(
 #[derive(Debug)]
 pub struct Observer {
     root: HostRoot,
+    /// Applied to every command line as it is read.
+    redactor: Redactor,
     sockets: SocketSource,
     owners: OwnerCache,
     clock: Clock,
@@ -99,13 +102,14 @@ pub struct QuickObservation {
 }
 
 impl Observer {
-    pub fn new(root: HostRoot, reader: Reader) -> Self {
+    pub fn new(root: HostRoot, reader: Reader, redactor: Redactor) -> Self {
         let mut problems = Problems::default();
         let clock = Clock::read(&root, &mut problems);
         let (users, users_error) = Users::load(&root.etc.join("passwd"));
         let host = collect::host::read(&root);
         Observer {
             root,
+            redactor,
             sockets: SocketSource::new(reader),
             owners: OwnerCache::default(),
             clock,
@@ -214,7 +218,7 @@ impl Observer {
         self.clock = Clock::read(&self.root, &mut problems);
         self.host = collect::host::read(&self.root);
         (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
-        let procs = collect::process::scan(&self.root);
+        let procs = collect::process::scan(&self.root, &self.redactor);
         problems.merge(procs.problems);
         // A program's hash stays with its process: re-reading it is no reason to hash again.
         let mut hashed: HashMap<ProcKey, String> = self
@@ -276,7 +280,8 @@ impl Observer {
             let mut problems = Problems::default();
             let new: Vec<u32> = pids.into_iter().filter(|p| !self.procs.contains_key(p)).collect();
             for pid in new {
-                if let Ok(Some(rec)) = collect::process::read_pid(&self.root, pid, self.clock, &mut problems)
+                if let Ok(Some(rec)) =
+                    collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, &mut problems)
                 {
                     self.note_exec(rec);
                 }
@@ -375,7 +380,7 @@ mod tests {
     fn observation_of_this_machine() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let o = Observer::new(HostRoot::default(), Reader::SockDiag).observe();
+        let o = Observer::new(HostRoot::default(), Reader::SockDiag, Redactor::default()).observe();
         let me = std::process::id();
         let listener = o.snapshot.listeners.iter().find(|x| x.port == port).expect("own listener");
         assert_eq!(listener.pid, Some(me));

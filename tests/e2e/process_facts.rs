@@ -139,3 +139,38 @@ async fn hashes_memfd_world_writable_and_containers_reach_the_collector() {
     drop(contained);
     drop(cgroup);
 }
+
+#[test]
+fn command_lines_are_redacted_by_built_in_and_site_rules_before_they_leave() {
+    let marker = unique("hwredact");
+    let secret = format!("{marker}-tok-31337");
+    let _kid = Guard(
+        Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)", &marker, "--password=hunter2", &secret])
+            .spawn()
+            .expect("python3"),
+    );
+    let pattern = format!("{marker}-tok-(\\d+)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let cmdline = loop {
+        let out = Command::new(crate::support::bin("hostwatch-agent"))
+            .arg("snapshot")
+            .env_clear()
+            .env("HOSTWATCH_REDACT_PATTERNS", &pattern)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!text.contains("hunter2") && !text.contains("31337"), "a secret left the agent");
+        let report: proto::Report = serde_json::from_str(&text).unwrap();
+        if let Some(p) = report.snapshot.unwrap().processes.into_iter().find(|p| p.cmdline.contains(&marker))
+        {
+            break p.cmdline;
+        }
+        assert!(std::time::Instant::now() < deadline, "the python process never showed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // (The process may be reached through a launcher, pyenv's shim: compare the end.)
+    let expected = [marker.clone(), "--password=<redacted>".into(), format!("{marker}-tok-<redacted>")];
+    assert!(cmdline.ends_with(&expected), "{cmdline:?}");
+}

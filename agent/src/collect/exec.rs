@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use super::process::{self, Clock, ProcessRecord};
+use super::redact::Redactor;
 use super::{HostRoot, Problems};
 
 /// What the connector saw.
@@ -55,7 +56,7 @@ const POLL: Duration = Duration::from_millis(200);
 impl ExecWatcher {
     /// Subscribes to the connector and starts the receiving thread; `Err` with the reason where
     /// the kernel refuses (no CAP_NET_ADMIN, another network namespace, no CONFIG_PROC_EVENTS).
-    pub fn start(root: HostRoot, tx: mpsc::Sender<Event>) -> Result<ExecWatcher, String> {
+    pub fn start(root: HostRoot, redactor: Redactor, tx: mpsc::Sender<Event>) -> Result<ExecWatcher, String> {
         let conn = ProcConnector::new().map_err(|e| format!("process connector refused: {e}"))?;
         // A larger buffer than rmem_max needs the privilege the connector needs anyway.
         if nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::RcvBufForce, &RECV_BUFFER).is_err()
@@ -67,7 +68,7 @@ impl ExecWatcher {
         let (s, c) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name("exec-events".into())
-            .spawn(move || receive(conn, root, tx, s, c))
+            .spawn(move || receive(conn, root, redactor, tx, s, c))
             .map_err(|e| format!("cannot start the exec event thread: {e}"))?;
         Ok(ExecWatcher { stop, thread: Some(thread), counters })
     }
@@ -85,6 +86,7 @@ impl Drop for ExecWatcher {
 fn receive(
     conn: ProcConnector,
     root: HostRoot,
+    redactor: Redactor,
     tx: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -115,8 +117,10 @@ fn receive(
                 counters.execs.fetch_add(1, Ordering::Relaxed);
                 let at = OffsetDateTime::now_utc();
                 // Gone (or a zombie already) before it could be read: the exec is still reported.
-                let record =
-                    process::read_pid(&root, tgid, clock, &mut problems).ok().flatten().map(Box::new);
+                let record = process::read_pid(&root, &redactor, tgid, clock, &mut problems)
+                    .ok()
+                    .flatten()
+                    .map(Box::new);
                 if record.is_none() {
                     counters.exec_read_misses.fetch_add(1, Ordering::Relaxed);
                 }
@@ -148,7 +152,7 @@ mod tests {
     #[test]
     fn an_exec_is_seen_and_read_before_the_process_ends() {
         let (tx, mut rx) = mpsc::channel(1024);
-        let watcher = match ExecWatcher::start(HostRoot::default(), tx) {
+        let watcher = match ExecWatcher::start(HostRoot::default(), Redactor::default(), tx) {
             Ok(w) => w,
             Err(e) => panic!("the process connector must work where the tests run (as root): {e}"),
         };

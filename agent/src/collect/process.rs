@@ -5,6 +5,7 @@ use std::path::Path;
 use hostwatch_proto::v1::limits;
 use time::OffsetDateTime;
 
+use super::redact::Redactor;
 use super::{HostRoot, Problems, ReadFailure, Scan};
 
 /// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: the task is a kernel thread. This flag,
@@ -72,7 +73,7 @@ impl Clock {
 
 /// Reads every process but kernel threads and zombies. Processes that exit during the scan are left
 /// out, not reported as errors.
-pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
+pub fn scan(root: &HostRoot, redactor: &Redactor) -> Scan<ProcessRecord> {
     let mut problems = Problems::default();
     let clock = Clock::read(root, &mut problems);
     let iter = match procfs::process::all_processes_with_root(&root.proc) {
@@ -84,7 +85,10 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
     };
     let mut items = Vec::new();
     for p in iter {
-        match p.map_err(|e| ReadFailure::of_proc(&e)).and_then(|p| read_one(root, &p, clock, &mut problems)) {
+        match p
+            .map_err(|e| ReadFailure::of_proc(&e))
+            .and_then(|p| read_one(root, redactor, &p, clock, &mut problems))
+        {
             Ok(Some(rec)) => items.push(rec),
             Ok(None) => {}
             Err(f) => f.record(&mut problems),
@@ -97,13 +101,14 @@ pub fn scan(root: &HostRoot) -> Scan<ProcessRecord> {
 /// Reads one process by pid; `Ok(None)` for a kernel thread, `Err(Vanished)` if it is gone.
 pub fn read_pid(
     root: &HostRoot,
+    redactor: &Redactor,
     pid: u32,
     clock: Clock,
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
     let p = procfs::process::Process::new_with_root(root.proc.join(pid.to_string()))
         .map_err(|e| ReadFailure::of_proc(&e))?;
-    read_one(root, &p, clock, problems)
+    read_one(root, redactor, &p, clock, problems)
 }
 
 /// The pids in `/proc` now: a directory listing, no file read.
@@ -117,6 +122,7 @@ pub fn list_pids(root: &HostRoot) -> std::io::Result<Vec<u32>> {
 /// One process; `Ok(None)` for a kernel thread.
 fn read_one(
     root: &HostRoot,
+    redactor: &Redactor,
     p: &procfs::process::Process,
     clock: Clock,
     problems: &mut Problems,
@@ -149,7 +155,7 @@ fn read_one(
         }
     };
     let mut args = split_cmdline(&raw);
-    super::redact::redact(&mut args);
+    redactor.redact(&mut args);
     let (cmdline, cmdline_truncated) = cut_to_limits(args);
     let start = clock.instant(stat.starttime);
     let dir = root.proc.join(pid.to_string());
@@ -335,7 +341,11 @@ mod tests {
     #[test]
     fn flags_for_memfd_and_world_writable_directories() {
         // This test's own executable lives in target/, not a world-writable place.
-        let me = scan(&HostRoot::default()).items.into_iter().find(|p| p.pid == std::process::id()).unwrap();
+        let me = scan(&HostRoot::default(), &Redactor::default())
+            .items
+            .into_iter()
+            .find(|p| p.pid == std::process::id())
+            .unwrap();
         assert!(!me.exe_writable_dir && !me.exe_memfd);
         assert!(me.rss_bytes > 0);
         let d = tempfile::tempdir().unwrap();
@@ -348,7 +358,10 @@ mod tests {
         let mut kid = std::process::Command::new(&exe).arg("5").spawn().unwrap();
         let mut problems = Problems::default();
         let clock = Clock::read(&HostRoot::default(), &mut problems);
-        let rec = read_pid(&HostRoot::default(), kid.id(), clock, &mut problems).ok().flatten().unwrap();
+        let rec = read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, &mut problems)
+            .ok()
+            .flatten()
+            .unwrap();
         kid.kill().unwrap();
         kid.wait().unwrap();
         assert!(rec.exe_writable_dir, "{rec:?}");
@@ -410,7 +423,7 @@ mod tests {
 
     #[test]
     fn scan_sees_this_process_and_no_kernel_threads() {
-        let scan = scan(&HostRoot::default());
+        let scan = scan(&HostRoot::default(), &Redactor::default());
         let me = std::process::id();
         let rec = scan.items.iter().find(|p| p.pid == me).expect("own pid in the scan");
         assert_eq!(rec.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|p| p.to_str()));

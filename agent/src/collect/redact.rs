@@ -16,6 +16,11 @@
 //!
 //! Each argument that holds several words (`sh -c "..."`) is redacted word by word too, so that a
 //! cron line or a shell one-liner gets the same treatment as a command.
+//!
+//! A site adds its own rules as regular expressions (`[redact] patterns`, [`Redactor`]), matched
+//! against each argument after the built-in rules: the capture groups are hidden if the pattern
+//! has any, else the whole match. `regex` runs in linear time, so a pattern cannot be made to
+//! stall the agent by a hostile command line.
 
 /// What replaces a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -53,7 +58,73 @@ const MYSQL_FAMILY: &[&str] = &[
     "mariadb-admin",
 ];
 
-/// Redacts `args` in place; returns whether anything was hidden. Arguments that hold several
+/// The built-in rules and a site's own patterns. Cheap to clone (compiled patterns are shared).
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    patterns: Vec<regex::Regex>,
+}
+
+/// A site pattern that does not compile; `index` counts from 0 in the order given.
+#[derive(Debug, thiserror::Error)]
+#[error("pattern {index} ({pattern:?}) is not a valid regular expression: {error}")]
+pub struct PatternError {
+    pub index: usize,
+    pub pattern: String,
+    error: regex::Error,
+}
+
+impl Redactor {
+    /// The built-in rules plus `patterns`, each compiled now so that a bad one stops start-up.
+    pub fn new(patterns: &[String]) -> Result<Self, PatternError> {
+        let patterns = patterns
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                // regex's own size limit (10 MiB compiled) bounds what a pattern may cost.
+                regex::Regex::new(p).map_err(|error| PatternError { index, pattern: p.clone(), error })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Redactor { patterns })
+    }
+
+    /// Redacts `args` in place with the built-in rules, then the site's patterns; returns whether
+    /// anything was hidden.
+    pub fn redact(&self, args: &mut [String]) -> bool {
+        let mut changed = redact(args);
+        for arg in args.iter_mut() {
+            for re in &self.patterns {
+                changed |= hide_matches(re, arg);
+            }
+        }
+        changed
+    }
+}
+
+/// Hides what `re` matches in `arg`: its capture groups if it has any, else the whole match.
+fn hide_matches(re: &regex::Regex, arg: &mut String) -> bool {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for caps in re.captures_iter(arg) {
+        let groups: Vec<regex::Match<'_>> = caps.iter().skip(1).flatten().collect();
+        if groups.is_empty() {
+            spans.extend(caps.get(0).map(|m| (m.start(), m.end())));
+        } else {
+            // Nested or overlapping groups: the outermost first, the inner ones are inside it.
+            for m in groups {
+                if spans.last().is_none_or(|&(_, end)| m.start() >= end) {
+                    spans.push((m.start(), m.end()));
+                }
+            }
+        }
+    }
+    // An empty match hides nothing; a pattern that matches the empty string is not a secret rule.
+    spans.retain(|(a, b)| a < b);
+    for &(a, b) in spans.iter().rev() {
+        arg.replace_range(a..b, REDACTED);
+    }
+    !spans.is_empty()
+}
+
+/// Redacts `args` in place with the built-in rules; returns whether anything was hidden. Arguments that hold several
 /// words (`sh -c "mysql -phunter2 db"`, a cron line) are redacted word by word as well.
 pub fn redact(args: &mut [String]) -> bool {
     let mut changed = redact_words(args, true);
@@ -346,5 +417,50 @@ mod tests {
         let (v, changed) = r(&["nginx", "-g", "daemon off;"]);
         assert_eq!(v, ["nginx", "-g", "daemon off;"]);
         assert!(!changed);
+    }
+
+    fn site(patterns: &[&str], args: &[&str]) -> (Vec<String>, bool) {
+        let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let changed = Redactor::new(&patterns).unwrap().redact(&mut v);
+        (v, changed)
+    }
+
+    #[test]
+    fn site_patterns_hide_groups_or_whole_matches() {
+        // A capture group: only the group is hidden.
+        assert_eq!(
+            site(&[r"^--vault=(.+)$"], &["app", "--vault=s.abc123", "--port=5"]).0,
+            ["app", "--vault=<redacted>", "--port=5"]
+        );
+        // No group: the whole match, wherever it is in the argument, every time it occurs.
+        assert_eq!(
+            site(
+                &[r"AKIA[0-9A-Z]{16}"],
+                &["sh", "-c", "aws --key AKIAABCDEFGHIJKLMNOP x AKIAABCDEFGHIJKLMNOQ"]
+            )
+            .0,
+            ["sh", "-c", "aws --key <redacted> x <redacted>"]
+        );
+        // Several groups, several patterns; the built-in rules still apply.
+        let (v, changed) = site(
+            &[r"user=(\w+);pass=(\w+)", r"ghp_\w+"],
+            &["job", "user=bob;pass=pw1", "ghp_0123abc", "--password=x"],
+        );
+        assert_eq!(v, ["job", "user=<redacted>;pass=<redacted>", "<redacted>", "--password=<redacted>"]);
+        assert!(changed);
+        // Nothing matched: nothing changed, and a pattern that can match nothing hides nothing.
+        assert_eq!(site(&[r"zzz(\d*)", r"x*"], &["ls", "-l"]), (vec!["ls".into(), "-l".into()], false));
+    }
+
+    #[test]
+    fn a_bad_site_pattern_is_refused_by_position() {
+        let err = Redactor::new(&["ok".into(), "(unclosed".into()]).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.to_string().contains("pattern 1 (\"(unclosed\")"), "{err}");
+        // A pattern too big to compile within regex's size limit is refused, not built.
+        assert!(Redactor::new(&[r"\w{1000}\w{1000}\w{1000}".into()]).is_err());
+        // Real rules are far below it.
+        assert!(Redactor::new(&[r"sk_live_\w{1,64}".into()]).is_ok());
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use self::env::{EnvError, EnvKey, EnvKind};
 use self::file::FileError;
+use crate::collect::redact::Redactor;
 
 /// Where the agent looks for its file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/hostwatch/agent.toml";
@@ -36,6 +37,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_HOST_ROOT", path: &["host_root"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
 ];
 
 /// The file as written. Every key is optional.
@@ -69,6 +71,19 @@ pub struct RawConfig {
     /// are dropped (and counted, and reported as lost).
     #[serde(default = "default_spool_max_bytes")]
     spool_max_bytes: u64,
+    #[serde(default)]
+    redact: RawRedact,
+}
+
+/// `[redact]`: the site's own rules for secrets in command lines, on top of the built-in ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedact {
+    /// Regular expressions matched against each argument; capture groups (or, without any, the
+    /// whole match) are replaced by `<redacted>`. In the environment the list is comma-separated,
+    /// so a pattern with a comma goes in the file.
+    #[serde(default)]
+    patterns: Vec<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -131,6 +146,8 @@ pub struct AgentConfig {
     pub host_root: PathBuf,
     pub snapshot_every: Duration,
     pub spool_max_bytes: u64,
+    /// Built-in redaction plus `[redact] patterns`, compiled.
+    pub redactor: Redactor,
 }
 
 /// A configuration and what is worth a warning about how it was given.
@@ -228,6 +245,8 @@ impl AgentConfig {
         }
         hostwatch_proto::v1::check_tags("tags", &raw.tags)
             .map_err(|e| invalid("HOSTWATCH_TAGS", "tags", e.to_string()))?;
+        let redactor = Redactor::new(&raw.redact.patterns)
+            .map_err(|e| invalid("HOSTWATCH_REDACT_PATTERNS", "redact.patterns", e.to_string()))?;
 
         let warnings = sourced.warnings();
         Ok(Loaded {
@@ -240,6 +259,7 @@ impl AgentConfig {
                 host_root: raw.host_root.clone(),
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
+                redactor,
             },
             warnings,
         })
@@ -371,6 +391,31 @@ mod tests {
         assert_eq!(l.config.tags.len(), 2);
         assert_eq!(l.warnings.len(), 1);
         assert!(l.warnings[0].contains("HOSTWATCH_TYPO"));
+    }
+
+    #[test]
+    fn redaction_patterns_from_the_file_or_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let f =
+            write(d.path(), "agent.toml", "[redact]\npatterns = ['^--vault=(.*)$', 'sk_live_\\w{1,40}']\n");
+        let c = AgentConfig::load(Some(&f), vec![]).unwrap().config;
+        let mut args: Vec<String> = ["app", "--vault=abc", "sk_live_123"].map(String::from).to_vec();
+        assert!(c.redactor.redact(&mut args));
+        assert_eq!(args, ["app", "--vault=<redacted>", "<redacted>"]);
+        // The environment's comma-separated list replaces the file's.
+        let c = AgentConfig::load(Some(&f), vars(&[("HOSTWATCH_REDACT_PATTERNS", "x-(\\d+), y-(\\d+)")]))
+            .unwrap()
+            .config;
+        let mut args: Vec<String> = ["app", "--vault=abc", "x-1", "y-2"].map(String::from).to_vec();
+        c.redactor.redact(&mut args);
+        assert_eq!(args, ["app", "--vault=abc", "x-<redacted>", "y-<redacted>"]);
+        // A broken pattern stops the agent, saying which and where.
+        let bad = write(d.path(), "bad.toml", "[redact]\npatterns = ['ok', 'a(b']\n");
+        let e = AgentConfig::load(Some(&bad), vec![]).unwrap_err().to_string();
+        assert!(e.contains("bad.toml: key `redact.patterns`: pattern 1 (\"a(b\")"), "{e}");
+        let e =
+            AgentConfig::load(None, vars(&[("HOSTWATCH_REDACT_PATTERNS", "[z")])).unwrap_err().to_string();
+        assert!(e.starts_with("HOSTWATCH_REDACT_PATTERNS: pattern 0"), "{e}");
     }
 
     #[test]
