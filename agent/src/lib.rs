@@ -31,6 +31,7 @@
 //! [`runner`] ties them together until shutdown.
 
 pub mod backoff;
+pub mod cloud;
 pub mod collect;
 pub mod config;
 pub mod identity;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hostwatch_agent::AgentError;
 use hostwatch_agent::config::{AgentConfig, DEFAULT_PATH};
 use hostwatch_agent::logging::{self, LogFormat};
-use hostwatch_agent::{collect, signals, snapshot};
+use hostwatch_agent::{cloud, collect, signals, snapshot};
 
 /// The hostwatch host agent: reports processes and listening sockets to a hostwatch collector.
 #[derive(Debug, Parser)]
@@ -99,6 +99,7 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
 
 fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
     let root = collect::HostRoot::new(&config.host_root);
+    let cloud = cloud_facts(config, &root)?;
     let obs =
         snapshot::Observer::new(root, collect::sockets::Reader::SockDiag, config.redactor.clone()).observe();
     let machine_id = obs.host.machine_id.clone().unwrap_or_else(|| "unknown".to_owned());
@@ -107,7 +108,7 @@ fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
         session: 0,
         seq: 0,
         sent_at: now,
-        host: obs.host_facts(&machine_id, &config.tags),
+        host: obs.host_facts(&machine_id, &config.tags, cloud.as_ref()),
         agent: snapshot::agent_status(config.interval, now, obs.coverage, None),
         snapshot: Some(obs.snapshot),
         delta: None,
@@ -123,4 +124,35 @@ fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write the snapshot"),
     }
+}
+
+/// The cloud's word on this instance, waited for as long as the agent waits before its first
+/// report; a failure is a warning, not an error: the snapshot is still worth printing.
+fn cloud_facts(
+    config: &AgentConfig,
+    root: &collect::HostRoot,
+) -> anyhow::Result<Option<hostwatch_proto::v1::CloudFacts>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    // The timer must be made inside the runtime.
+    let detected = rt.block_on(async {
+        tokio::time::timeout(cloud::START_WAIT, cloud::detect(&config.cloud, &root.sys)).await
+    });
+    Ok(match detected {
+        Ok(cloud::Detection::Found(f)) => Some(f),
+        Ok(cloud::Detection::NotCloud) => None,
+        Ok(cloud::Detection::Failed(why)) => {
+            tracing::warn!(problem = %why, "cannot read the cloud's instance metadata");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                waited = %humantime::format_duration(cloud::START_WAIT),
+                "the cloud's metadata service did not answer in time"
+            );
+            None
+        }
+    })
 }

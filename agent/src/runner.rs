@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{self, Backoff};
+use crate::cloud::{self, Detection};
 use crate::collect::HostRoot;
 use crate::collect::exec::{self, ExecWatcher};
 use crate::collect::sockets::{Reader, Want};
@@ -83,6 +84,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let sender =
         tokio::spawn(send_loop(client.clone(), shared.clone(), key_rx, to_runner, sender_stop.clone()));
 
+    // Cloud facts before enrolling, since cloud tags select the workload from the first report;
+    // but never long: off the cloud this is immediate, and a slow service is waited for later.
+    let cloud_stop = CancellationToken::new();
+    let mut cloud = cloud::watch(config.cloud.clone(), root.sys.clone(), cloud_stop.clone());
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::timeout(cloud::START_WAIT, cloud.wait_for(Option::is_some)) => {}
+    }
+    cloud.mark_unchanged();
     let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone());
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
     let mut agent = Agent {
@@ -101,6 +111,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         identity: None,
         session: new_session(),
         seq: 0,
+        cloud,
         heartbeat_at: Instant::now() + backoff::jittered(config_interval),
         snapshot_at: Instant::now() + backoff::jittered(config_snapshot_every),
     };
@@ -109,6 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         agent.goodbye().await;
     }
     sender_stop.cancel();
+    cloud_stop.cancel();
     let _ = sender.await;
     info!("agent stopped");
     result
@@ -164,6 +176,8 @@ struct Agent {
     heartbeat_at: Instant,
     /// When the periodic full snapshot is due, jittered likewise.
     snapshot_at: Instant,
+    /// The latest word from the cloud's metadata service (`None` until the first).
+    cloud: watch::Receiver<Option<Detection>>,
 }
 
 enum Scan {
@@ -188,6 +202,10 @@ impl Agent {
         let mut next_full = Instant::now();
         let mut connections_due = true;
         let mut events_open = self.watcher.is_some();
+        // A clone to be woken by: the select's futures cannot borrow `self`.
+        let mut cloud_news = self.cloud.clone();
+        let mut cloud_open = true;
+        self.on_cloud_change();
         loop {
             tokio::select! {
                 biased;
@@ -210,6 +228,11 @@ impl Agent {
                         }
                     }
                     None => return Ok(()),
+                },
+                news = cloud_news.changed(), if cloud_open => match news {
+                    Ok(()) => self.on_cloud_change(),
+                    // Off the cloud the watcher is done at once: nothing more will come.
+                    Err(_) => cloud_open = false,
                 },
                 event = exec_rx.recv(), if events_open => match event {
                     Some(e) => connections_due |= self.on_event(e, &mut next_full),
@@ -351,7 +374,19 @@ impl Agent {
             Some(o) => o.host().clone(),
             None => crate::collect::host::read(&self.root),
         };
-        snapshot::host_facts(&host, machine_id, &self.config.tags)
+        let cloud = self.cloud.borrow();
+        snapshot::host_facts(&host, machine_id, &self.config.tags, cloud.as_ref().and_then(Detection::facts))
+    }
+
+    /// Says what the cloud told, when it told something new.
+    fn on_cloud_change(&mut self) {
+        let cloud = self.cloud.borrow_and_update();
+        if let Some(f) = cloud.as_ref().and_then(Detection::facts) {
+            let (_, left_out) = cloud::merge_tags(&f.tags, &self.config.tags);
+            if !left_out.is_empty() {
+                warn!(tags = ?left_out, "cloud tags not used as host tags: too long, control characters, or past 64 tags");
+            }
+        }
     }
 
     fn stats(&self) -> proto::AgentStats {
@@ -383,6 +418,7 @@ impl Agent {
             events_lost: load(&counters, |c| c.overruns.load(std::sync::atomic::Ordering::Relaxed)),
             spool_reports,
             spool_bytes,
+            cloud_problem: self.cloud.borrow().as_ref().and_then(Detection::problem).map(str::to_owned),
             rss_bytes: usage.map(|u| u.rss_bytes),
             cpu_seconds: usage.map(|u| u.cpu_seconds),
         }

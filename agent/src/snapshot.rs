@@ -27,14 +27,29 @@ pub struct Observation {
 
 impl Observation {
     /// The host facts of a report from this observation.
-    pub fn host_facts(&self, machine_id: &str, tags: &BTreeMap<String, String>) -> proto::HostFacts {
-        host_facts(&self.host, machine_id, tags)
+    pub fn host_facts(
+        &self,
+        machine_id: &str,
+        tags: &BTreeMap<String, String>,
+        cloud: Option<&proto::CloudFacts>,
+    ) -> proto::HostFacts {
+        host_facts(&self.host, machine_id, tags, cloud)
     }
 }
 
 /// Host facts for the wire. `machine_id` is passed in because a host without one uses the id the
-/// agent generated and keeps in its state directory.
-pub fn host_facts(host: &HostInfo, machine_id: &str, tags: &BTreeMap<String, String>) -> proto::HostFacts {
+/// agent generated and keeps in its state directory. The host's tags are the cloud's with the
+/// configured `tags` over them.
+pub fn host_facts(
+    host: &HostInfo,
+    machine_id: &str,
+    tags: &BTreeMap<String, String>,
+    cloud: Option<&proto::CloudFacts>,
+) -> proto::HostFacts {
+    let tags = match cloud {
+        Some(c) => crate::cloud::merge_tags(&c.tags, tags).0,
+        None => tags.clone(),
+    };
     proto::HostFacts {
         hostname: host.hostname.clone(),
         machine_id: machine_id.to_owned(),
@@ -42,7 +57,8 @@ pub fn host_facts(host: &HostInfo, machine_id: &str, tags: &BTreeMap<String, Str
         kernel: host.kernel.clone(),
         arch: std::env::consts::ARCH.to_owned(),
         boot_time: host.boot_time,
-        tags: tags.clone(),
+        tags,
+        cloud: cloud.cloned(),
     }
 }
 

@@ -183,6 +183,7 @@ mod tests {
                 arch: String::new(),
                 boot_time: None,
                 tags: Default::default(),
+                cloud: None,
             },
             agent: proto::AgentStatus {
                 version: "0".into(),

@@ -27,8 +27,11 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
 ];
 
-/// Variables the `hostwatch` binary reads that are not collector keys (the CLI's and logging).
+/// Variables the `hostwatch` binary reads that are not collector keys (the CLI's, logging, and
+/// the cloud keys that `serve --dev` hands to its in-process agent).
 pub const OTHER_VARS: &[&str] = &[
+    "HOSTWATCH_CLOUD_ENDPOINT",
+    "HOSTWATCH_CLOUD_PROVIDER",
     "HOSTWATCH_CONFIG",
     "HOSTWATCH_LOG",
     "HOSTWATCH_LOG_FORMAT",

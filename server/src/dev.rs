@@ -110,8 +110,12 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     banner(addr, data_dir, &boot);
 
-    // The agent's defaults, then what dev mode sets; no file, no environment.
-    let mut agent_config = AgentConfig::load(None, Vec::new()).context("agent defaults")?.config;
+    // The agent's defaults, then what dev mode sets; no file, and of the environment only where
+    // the cloud's metadata is (or that there is none to ask).
+    let cloud_vars = hostwatch_agent::config::env::process_env()
+        .into_iter()
+        .filter(|(k, _)| k == "HOSTWATCH_CLOUD_PROVIDER" || k == "HOSTWATCH_CLOUD_ENDPOINT");
+    let mut agent_config = AgentConfig::load(None, cloud_vars).context("agent configuration")?.config;
     agent_config.server = Some(format!("http://{addr}").parse().context("collector URL")?);
     agent_config.enroll_secret = Some(secret);
     agent_config.state_dir = agent_state.path().to_owned();

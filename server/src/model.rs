@@ -112,6 +112,8 @@ pub struct HostFacts {
     pub arch: String,
     pub boot_time: Option<OffsetDateTime>,
     pub tags: BTreeMap<String, String>,
+    /// The cloud's word on the instance, as the agent last relayed it.
+    pub cloud: Option<proto::CloudFacts>,
 }
 
 /// Agent status as the collector keeps it.
@@ -456,6 +458,7 @@ impl From<proto::HostFacts> for HostFacts {
             arch: h.arch,
             boot_time: h.boot_time,
             tags: h.tags,
+            cloud: h.cloud,
         }
     }
 }

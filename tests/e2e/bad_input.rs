@@ -17,6 +17,7 @@ fn facts(machine_id: &str) -> proto::HostFacts {
         arch: "x86_64".into(),
         boot_time: None,
         tags: BTreeMap::from([("role".to_owned(), "bad-input".to_owned())]),
+        cloud: None,
     }
 }
 

@@ -34,6 +34,8 @@ fn start_dev(data_dir: &Path) -> Dev {
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--interval", "1s", "--data-dir"])
         .arg(data_dir)
         .env_clear()
+        // Tests never ask a real metadata service, even on a cloud machine.
+        .env("HOSTWATCH_CLOUD_PROVIDER", "none")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

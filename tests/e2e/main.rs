@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod cloud;
 mod collection;
 mod dev_mode;
 mod namespaces;

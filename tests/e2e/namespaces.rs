@@ -57,7 +57,12 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let (listener, snap) = loop {
-        let out = Command::new(bin("hostwatch-agent")).arg("snapshot").env_clear().output().unwrap();
+        let out = Command::new(bin("hostwatch-agent"))
+            .arg("snapshot")
+            .env_clear()
+            .env("HOSTWATCH_CLOUD_PROVIDER", "none")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
         let snap = report.snapshot.unwrap();
@@ -141,6 +146,7 @@ async fn an_agent_without_the_process_connector_polls_and_says_so() {
             .env("HOSTWATCH_ENROLL_SECRET_FILE", &c.enroll_secret_file)
             .env("HOSTWATCH_STATE_DIR", dir.path().join("agent-state"))
             .env("HOSTWATCH_TAGS", format!("role={role}"))
+            .env("HOSTWATCH_CLOUD_PROVIDER", "none")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
             .spawn()

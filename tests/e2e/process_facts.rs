@@ -156,6 +156,7 @@ fn command_lines_are_redacted_by_built_in_and_site_rules_before_they_leave() {
         let out = Command::new(crate::support::bin("hostwatch-agent"))
             .arg("snapshot")
             .env_clear()
+            .env("HOSTWATCH_CLOUD_PROVIDER", "none")
             .env("HOSTWATCH_REDACT_PATTERNS", &pattern)
             .output()
             .unwrap();

@@ -25,6 +25,7 @@ fn facts() -> proto::HostFacts {
         arch: String::new(),
         boot_time: None,
         tags: BTreeMap::new(),
+        cloud: None,
     }
 }
 

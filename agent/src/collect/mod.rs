@@ -19,18 +19,19 @@ pub mod users;
 
 use std::path::{Path, PathBuf};
 
-/// Where the host's `/proc` and `/etc` are, so collectors run against the real machine, a
+/// Where the host's `/proc`, `/etc` and `/sys` are, so collectors run against the real machine, a
 /// container's view of it, or a fixture tree in tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRoot {
     pub proc: PathBuf,
     pub etc: PathBuf,
+    pub sys: PathBuf,
 }
 
 impl HostRoot {
-    /// `/proc` and `/etc` under `root`.
+    /// `/proc`, `/etc` and `/sys` under `root`.
     pub fn new(root: &Path) -> Self {
-        HostRoot { proc: root.join("proc"), etc: root.join("etc") }
+        HostRoot { proc: root.join("proc"), etc: root.join("etc"), sys: root.join("sys") }
     }
 }
 

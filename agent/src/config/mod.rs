@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use self::env::{EnvError, EnvKey, EnvKind};
 use self::file::FileError;
+use crate::cloud::CloudConfig;
 use crate::collect::redact::Redactor;
 
 /// Where the agent looks for its file when `--config` is not given.
@@ -38,6 +39,8 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
+    EnvKey { var: "HOSTWATCH_CLOUD_PROVIDER", path: &["cloud", "provider"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_CLOUD_ENDPOINT", path: &["cloud", "endpoint"], kind: EnvKind::Str },
 ];
 
 /// The file as written. Every key is optional.
@@ -73,6 +76,29 @@ pub struct RawConfig {
     spool_max_bytes: u64,
     #[serde(default)]
     redact: RawRedact,
+    #[serde(default)]
+    cloud: RawCloud,
+}
+
+/// `[cloud]`: where the instance's metadata comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    /// `auto` (the machine's firmware says which cloud, if any), `aws`, `azure` or `none`.
+    #[serde(default = "default_cloud_provider")]
+    provider: String,
+    /// The metadata service's base URL, in place of `http://169.254.169.254`.
+    endpoint: Option<String>,
+}
+
+impl Default for RawCloud {
+    fn default() -> Self {
+        RawCloud { provider: default_cloud_provider(), endpoint: None }
+    }
+}
+
+fn default_cloud_provider() -> String {
+    "auto".to_owned()
 }
 
 /// `[redact]`: the site's own rules for secrets in command lines, on top of the built-in ones.
@@ -148,6 +174,7 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     /// Built-in redaction plus `[redact] patterns`, compiled.
     pub redactor: Redactor,
+    pub cloud: CloudConfig,
 }
 
 /// A configuration and what is worth a warning about how it was given.
@@ -247,6 +274,21 @@ impl AgentConfig {
             .map_err(|e| invalid("HOSTWATCH_TAGS", "tags", e.to_string()))?;
         let redactor = Redactor::new(&raw.redact.patterns)
             .map_err(|e| invalid("HOSTWATCH_REDACT_PATTERNS", "redact.patterns", e.to_string()))?;
+        let cloud = CloudConfig {
+            provider: raw
+                .cloud
+                .provider
+                .parse()
+                .map_err(|p| invalid("HOSTWATCH_CLOUD_PROVIDER", "cloud.provider", p))?,
+            endpoint: raw
+                .cloud
+                .endpoint
+                .as_deref()
+                .map(|s| {
+                    parse_server_url(s).map_err(|p| invalid("HOSTWATCH_CLOUD_ENDPOINT", "cloud.endpoint", p))
+                })
+                .transpose()?,
+        };
 
         let warnings = sourced.warnings();
         Ok(Loaded {
@@ -260,6 +302,7 @@ impl AgentConfig {
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
                 redactor,
+                cloud,
             },
             warnings,
         })
@@ -416,6 +459,30 @@ mod tests {
         let e =
             AgentConfig::load(None, vars(&[("HOSTWATCH_REDACT_PATTERNS", "[z")])).unwrap_err().to_string();
         assert!(e.starts_with("HOSTWATCH_REDACT_PATTERNS: pattern 0"), "{e}");
+    }
+
+    #[test]
+    fn cloud_provider_and_endpoint() {
+        use crate::cloud::ProviderChoice;
+        let c = AgentConfig::load(None, vec![]).unwrap().config;
+        assert_eq!(c.cloud, CloudConfig { provider: ProviderChoice::Auto, endpoint: None });
+        let d = tempfile::tempdir().unwrap();
+        let f = write(
+            d.path(),
+            "agent.toml",
+            "[cloud]\nprovider = \"aws\"\nendpoint = \"http://127.0.0.1:1338\"\n",
+        );
+        let c = AgentConfig::load(Some(&f), vec![]).unwrap().config;
+        assert_eq!(c.cloud.provider, ProviderChoice::Aws);
+        assert_eq!(c.cloud.endpoint.unwrap().as_str(), "http://127.0.0.1:1338/");
+        let c = AgentConfig::load(Some(&f), vars(&[("HOSTWATCH_CLOUD_PROVIDER", "none")])).unwrap().config;
+        assert_eq!(c.cloud.provider, ProviderChoice::None);
+        let e =
+            AgentConfig::load(None, vars(&[("HOSTWATCH_CLOUD_PROVIDER", "gcp")])).unwrap_err().to_string();
+        assert!(e.starts_with("HOSTWATCH_CLOUD_PROVIDER: unknown provider \"gcp\""), "{e}");
+        let bad = write(d.path(), "bad.toml", "[cloud]\nendpoint = \"169.254.169.254\"\n");
+        let e = AgentConfig::load(Some(&bad), vec![]).unwrap_err().to_string();
+        assert!(e.contains("key `cloud.endpoint`: invalid URL"), "{e}");
     }
 
     #[test]

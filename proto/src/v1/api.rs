@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::{AgentStats, Connection, Coverage, Direction, Listener, Process, Protocol};
+use super::{AgentStats, CloudFacts, Connection, Coverage, Direction, Listener, Process, Protocol};
 
 /// The body of every error response: one sentence saying what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,9 @@ pub struct Host {
     pub last_seen: Option<OffsetDateTime>,
     pub agent_version: String,
     pub open_findings: u64,
+    /// The instance as its cloud describes it (account, region, image, instance id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudFacts>,
 }
 
 /// One host with its current state, as `hostwatch host H` shows it.

@@ -1,6 +1,7 @@
 //! Version 1 of the wire contract, served under [`API_PREFIX`].
 
 mod api;
+mod cloud;
 mod delta;
 mod enroll;
 mod finding;
@@ -14,6 +15,7 @@ pub use api::{
     ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located, ProcessEvent,
     SocketEvent,
 };
+pub use cloud::{CloudFacts, CloudProvider};
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::timestamp;
 use super::validate::{self, Validate, ValidationError, count, limits, name, nonempty, text};
-use super::{Connection, Delta, Listener, Process};
+use super::{CloudFacts, Connection, Delta, Listener, Process};
 
 /// One report: who is sending, in what state the agent is, and either the whole state (a
 /// snapshot), what changed since the report before (a delta), or neither (a heartbeat).
@@ -76,9 +76,13 @@ pub struct HostFacts {
     pub arch: String,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "timestamp::option")]
     pub boot_time: Option<OffsetDateTime>,
-    /// Tags from the agent's configuration (and later from the cloud); they select the workload.
+    /// Tags from the agent's configuration over those of the cloud; they select the workload.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// What the cloud's metadata service says about the instance; absent off the cloud, or
+    /// before the agent has heard from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudFacts>,
 }
 
 /// The agent's own state.
@@ -124,6 +128,9 @@ pub struct AgentStats {
     pub rss_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
+    /// Why the cloud's metadata could not be read, where the agent expected a cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_problem: Option<String>,
 }
 
 /// Whether the agent sees everything it should, and if not, why.
@@ -203,7 +210,11 @@ impl Validate for HostFacts {
         name("os", &self.os, limits::MAX_NAME_BYTES)?;
         name("kernel", &self.kernel, limits::MAX_NAME_BYTES)?;
         name("arch", &self.arch, limits::MAX_NAME_BYTES)?;
-        validate::tags("tags", &self.tags)
+        validate::tags("tags", &self.tags)?;
+        if let Some(c) = &self.cloud {
+            c.validate().map_err(|e| e.within("cloud"))?;
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +274,7 @@ mod tests {
                 arch: "x86_64".into(),
                 boot_time: Some(t),
                 tags: [("role".to_owned(), "web".to_owned())].into(),
+                cloud: None,
             },
             agent: AgentStatus {
                 version: "0.1.0".into(),

@@ -112,6 +112,7 @@ fn to_proto(h: &Host, now: OffsetDateTime, offline_after: Option<Duration>) -> p
         last_seen: h.last_seen,
         agent_version: h.agent.version.clone(),
         open_findings: h.open_findings,
+        cloud: h.facts.cloud.clone(),
     }
 }
 
@@ -131,6 +132,7 @@ mod tests {
                 arch: String::new(),
                 boot_time: None,
                 tags: Default::default(),
+                cloud: None,
             },
             agent: AgentInfo {
                 version: "0".into(),

@@ -132,6 +132,7 @@ impl Tabular for proto::Host {
         vec![
             "id",
             "hostname",
+            "instance",
             "workload",
             "tags",
             "status",
@@ -149,6 +150,16 @@ impl Tabular for proto::Host {
         vec![
             self.id.to_string(),
             text(&self.hostname, style, 40),
+            // Provider, instance and region: what a cloud console is searched by.
+            text(
+                &self.cloud.as_ref().map_or_else(String::new, |c| {
+                    format!("{} {} {}", c.provider.as_str(), c.instance_id, c.region.as_deref().unwrap_or(""))
+                        .trim_end()
+                        .to_owned()
+                }),
+                style,
+                48,
+            ),
             text(self.workload.as_deref().unwrap_or("-"), style, 30),
             text(&tags(&self.tags), style, 40),
             self.status.as_str().to_owned(),

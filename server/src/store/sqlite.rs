@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/sqlite/0003_history.sql")),
     (4, include_str!("migrations/sqlite/0004_agent_stats.sql")),
     (5, include_str!("migrations/sqlite/0005_process_facts.sql")),
+    (6, include_str!("migrations/sqlite/0006_cloud.sql")),
 ];
 
 #[derive(Clone)]
@@ -161,7 +162,7 @@ where
 
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, h.agent_version, \
      h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, h.last_seq, h.goodbye, \
-     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats";
+     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats, h.cloud";
 
 fn host_from_row(r: &Row<'_>) -> Result<Host> {
     Ok(Host {
@@ -174,6 +175,7 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
             arch: r.get(5)?,
             boot_time: opt_ts(r.get(6)?)?,
             tags: json(&r.get::<_, String>(7)?, "host tags")?,
+            cloud: r.get::<_, Option<String>>(20)?.map(|s| json(&s, "cloud facts")).transpose()?,
         },
         agent: AgentInfo {
             version: r.get(8)?,
@@ -375,8 +377,8 @@ impl Store for SqliteStore {
             // Always a new host: a claimed machine id is not proof of being that machine, so an
             // enrollment never takes over a host that exists (the engine flags the duplicate).
             tx.execute(
-                "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at, \
+                 cloud, instance_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     facts.hostname,
                     facts.machine_id,
@@ -386,7 +388,9 @@ impl Store for SqliteStore {
                     facts.boot_time.map(ts),
                     to_json(&facts.tags),
                     version,
-                    ts(now)
+                    ts(now),
+                    facts.cloud.as_ref().map(to_json),
+                    facts.cloud.as_ref().map(|c| c.instance_id.clone())
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -439,7 +443,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
                  interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12, \
-                 agent_stats = COALESCE(?14, agent_stats) WHERE id = ?13",
+                 agent_stats = COALESCE(?14, agent_stats), cloud = ?15, instance_id = ?16 WHERE id = ?13",
                 params![
                     f.hostname,
                     f.os,
@@ -454,7 +458,9 @@ impl Store for SqliteStore {
                     ts(now),
                     report.goodbye,
                     host_id,
-                    report.agent.stats.as_ref().map(to_json)
+                    report.agent.stats.as_ref().map(to_json),
+                    f.cloud.as_ref().map(to_json),
+                    f.cloud.as_ref().map(|c| c.instance_id.clone())
                 ],
             )?;
             if let Applied::Applied { .. } = outcome {
@@ -716,6 +722,17 @@ mod tests {
             arch: "x86_64".into(),
             boot_time: None,
             tags: BTreeMap::from([("role".into(), "web".into())]),
+            cloud: Some(hostwatch_proto::v1::CloudFacts {
+                provider: hostwatch_proto::v1::CloudProvider::Aws,
+                instance_id: format!("i-{machine}"),
+                account: Some("123456789012".into()),
+                region: Some("eu-west-1".into()),
+                zone: None,
+                image: Some("ami-0abc".into()),
+                instance_type: None,
+                resource_group: None,
+                tags: BTreeMap::from([("team".into(), "payments".into())]),
+            }),
         }
     }
 
@@ -816,6 +833,7 @@ mod tests {
         let h = s.host(id).await.unwrap().unwrap();
         assert_eq!((h.last_seq, h.last_seen, h.agent.coverage_degraded), (7, Some(at(5)), true));
         assert_eq!(h.facts.tags["role"], "web");
+        assert_eq!(h.facts.cloud, facts("m1").cloud, "cloud facts kept as sent");
         assert_eq!(s.hosts_named("web-1").await.unwrap(), vec![id, twin, other]);
         // A heartbeat keeps the state.
         s.apply_report(id, &record(1, 8, Content::Heartbeat), at(6)).await.unwrap();

@@ -243,6 +243,9 @@ pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&
         .env("HOSTWATCH_STATE_DIR", dir.join("agent-state"))
         .env("HOSTWATCH_INTERVAL", "1s")
         .env("HOSTWATCH_TAGS", tags)
+        // Tests never ask a real metadata service, even on a cloud machine; a test of cloud
+        // facts sets its own double.
+        .env("HOSTWATCH_CLOUD_PROVIDER", "none")
         .envs(env.iter().copied())
         .env("HOSTWATCH_LOG", "info,hostwatch_agent=debug")
         .stdout(Stdio::null())
