@@ -94,16 +94,29 @@ pub struct Observer {
     host: HostInfo,
     /// Every process known now, by pid.
     procs: BTreeMap<u32, ProcessRecord>,
-    /// Network namespace of each known process.
-    netns: HashMap<u32, u64>,
+    /// Pids that are kernel threads or zombies: not processes to report, and not read again
+    /// while they stay listed (a pid cannot be reused before it leaves `/proc`).
+    skip: HashSet<u32>,
+    /// Full scans done, to spread the periodic re-reads of whole records over them.
+    scans: u64,
     hashes: HashCache,
     /// CPU ticks of each process at the last full scan, and when, for CPU percent.
     cpu_prev: HashMap<ProcKey, (u64, Instant)>,
     cpu_percent: HashMap<ProcKey, f32>,
 }
 
-/// Executables hashed at most this many bytes a second on average.
-const HASH_RATE: u64 = 50 << 20;
+/// A process read whole within this long of its start is read whole again at the next full scan.
+const YOUNG: time::Duration = time::Duration::seconds(10);
+/// Every known process is read whole again once in this many full scans (about 5 minutes at
+/// the default interval), in case it changed its command line, cgroup or namespace without an
+/// exec. Spread by pid, so each scan re-reads about one in this many.
+const REREAD_EVERY: u64 = 30;
+
+/// Executables hashed at most this many bytes a second on average (and in one burst): with
+/// SHA-NI about 1.5% of a core while a cold start catches up, then nothing, since a program
+/// is hashed once per (device, inode, size, mtime). A first scan hashes what fits, the
+/// quick scans of the following seconds the rest.
+const HASH_RATE: u64 = 16 << 20;
 /// Executables above this size are not hashed.
 const HASH_MAX_SIZE: u64 = 256 << 20;
 
@@ -133,11 +146,18 @@ impl Observer {
             users_error,
             host,
             procs: BTreeMap::new(),
-            netns: HashMap::new(),
+            skip: HashSet::new(),
+            scans: 0,
             hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
         }
+    }
+
+    /// The same observer, hashing no executable: to measure what hashing costs.
+    pub fn without_hashing(mut self) -> Self {
+        self.hashes = HashCache::new(0, 0);
+        self
     }
 
     pub fn root(&self) -> &HostRoot {
@@ -213,9 +233,7 @@ impl Observer {
     /// A process that exec'd (read at once by the exec watcher).
     pub fn note_exec(&mut self, rec: ProcessRecord) -> proto::Process {
         let wire = self.to_wire(&rec);
-        if let Some(ns) = netns::of_pid(&self.root, rec.pid) {
-            self.netns.insert(rec.pid, ns);
-        }
+        self.skip.remove(&rec.pid);
         self.procs.insert(rec.pid, rec);
         wire
     }
@@ -223,37 +241,27 @@ impl Observer {
     /// A process that exited.
     pub fn note_exit(&mut self, pid: u32) {
         self.procs.remove(&pid);
-        self.netns.remove(&pid);
     }
 
-    /// Reads the host once, everything again: processes, sockets in every network namespace, their
-    /// owners, host facts, users.
+    /// Reads the host once: every process, sockets in every network namespace, their owners,
+    /// host facts, users.
+    ///
+    /// The first scan reads every process whole. Later ones read of a known process only its
+    /// vitals ([`collect::process::read_vitals`]: parent, CPU, memory, name, and whether it is
+    /// still the same process with the same credentials) and read it whole only when it is new,
+    /// changed credentials, was read in its first seconds (programs rename themselves and move
+    /// cgroups early), or its turn for a periodic re-read came ([`REREAD_EVERY`] scans, spread
+    /// by pid). An exec is a new program and is read at once by the exec watcher.
     pub fn observe(&mut self) -> Observation {
         let taken_at = OffsetDateTime::now_utc();
         let mut problems = Problems::default();
         self.clock = Clock::read(&self.root, &mut problems);
         self.host = collect::host::read(&self.root);
         (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
-        let procs = collect::process::scan(&self.root, &self.redactor);
-        problems.merge(procs.problems);
-        // A program's hash stays with its process: re-reading it is no reason to hash again.
-        let mut hashed: HashMap<ProcKey, String> = self
-            .procs
-            .values_mut()
-            .filter_map(|p| Some(((p.pid, p.start_ticks), p.sha256.take()?)))
-            .collect();
-        self.procs = procs
-            .items
-            .into_iter()
-            .map(|mut p| {
-                p.sha256 = hashed.remove(&(p.pid, p.start_ticks));
-                (p.pid, p)
-            })
-            .collect();
+        self.rescan(&mut problems);
+        self.scans += 1;
         self.measure_cpu();
         self.hash_new();
-        self.netns =
-            self.procs.keys().filter_map(|&pid| Some((pid, netns::of_pid(&self.root, pid)?))).collect();
         let (listeners, connections, socket_problems, unowned) = self.read_sockets(Want::ALL);
 
         let mut why = Vec::new();
@@ -283,6 +291,83 @@ impl Observer {
         Observation { host: self.host.clone(), snapshot, coverage }
     }
 
+    /// Every process in `/proc` now, reusing what is known (see [`Observer::observe`]).
+    fn rescan(&mut self, problems: &mut Problems) {
+        let pids = match collect::process::list_pids(&self.root) {
+            Ok(pids) => pids,
+            Err(e) => {
+                problems.failed.push(format!("{}: {e}", self.root.proc.display()));
+                return;
+            }
+        };
+        let listed: HashSet<u32> = pids.iter().copied().collect();
+        self.skip.retain(|p| listed.contains(p));
+        let mut old = std::mem::take(&mut self.procs);
+        for pid in pids {
+            if self.skip.contains(&pid) {
+                continue;
+            }
+            let rec = match old.remove(&pid) {
+                Some(mut rec) if !self.reread_due(&rec) => {
+                    match collect::process::read_vitals(&self.root, pid) {
+                        // Another process under the same pid, or new credentials: read it whole.
+                        Ok(Some(v)) => {
+                            if rec.update(v) {
+                                Some(rec)
+                            } else {
+                                self.reread(rec, problems)
+                            }
+                        }
+                        Ok(None) => {
+                            self.skip.insert(pid);
+                            None
+                        }
+                        Err(f) => {
+                            f.record(problems);
+                            None
+                        }
+                    }
+                }
+                Some(rec) => self.reread(rec, problems),
+                None => self.read_whole(pid, problems),
+            };
+            if let Some(rec) = rec {
+                self.procs.insert(pid, rec);
+            }
+        }
+    }
+
+    /// Reads a known pid whole again. A program's hash stays with its process: a re-read is no
+    /// reason to hash again.
+    fn reread(&mut self, known: ProcessRecord, problems: &mut Problems) -> Option<ProcessRecord> {
+        let mut new = self.read_whole(known.pid, problems)?;
+        if new.start_ticks == known.start_ticks {
+            new.sha256 = known.sha256;
+        }
+        Some(new)
+    }
+
+    /// Whether a known process is to be read whole at this scan.
+    fn reread_due(&self, rec: &ProcessRecord) -> bool {
+        rec.read_at - rec.start_time < YOUNG || (self.scans + u64::from(rec.pid)).is_multiple_of(REREAD_EVERY)
+    }
+
+    /// Reads a process whole; `None` if it is gone, a kernel thread or a zombie (remembered, so
+    /// as not to be read again while listed).
+    fn read_whole(&mut self, pid: u32, problems: &mut Problems) -> Option<ProcessRecord> {
+        match collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, problems) {
+            Ok(Some(rec)) => Some(rec),
+            Ok(None) => {
+                self.skip.insert(pid);
+                None
+            }
+            Err(f) => {
+                f.record(problems);
+                None
+            }
+        }
+    }
+
     /// A cheap look: list `/proc`, read only processes not known yet, drop those gone, and read the
     /// sockets `want` asks for.
     pub fn quick(&mut self, want: Want) -> QuickObservation {
@@ -293,12 +378,12 @@ impl Observer {
             for pid in &exited {
                 self.note_exit(*pid);
             }
+            self.skip.retain(|p| now.contains(p));
             let mut problems = Problems::default();
-            let new: Vec<u32> = pids.into_iter().filter(|p| !self.procs.contains_key(p)).collect();
+            let new: Vec<u32> =
+                pids.into_iter().filter(|p| !self.procs.contains_key(p) && !self.skip.contains(p)).collect();
             for pid in new {
-                if let Ok(Some(rec)) =
-                    collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, &mut problems)
-                {
+                if let Some(rec) = self.read_whole(pid, &mut problems) {
                     self.note_exec(rec);
                 }
             }
@@ -325,10 +410,12 @@ impl Observer {
             namespaces.push(netns::Netns { inode: own, pid: std::process::id(), own: true });
             seen_ns.push(own);
         }
-        for (&pid, &ns) in &self.netns {
-            if !seen_ns.contains(&ns) {
+        for p in self.procs.values() {
+            if let Some(ns) = p.netns
+                && !seen_ns.contains(&ns)
+            {
                 seen_ns.push(ns);
-                namespaces.push(netns::Netns { inode: ns, pid, own: false });
+                namespaces.push(netns::Netns { inode: ns, pid: p.pid, own: false });
             }
         }
         let socks = self.sockets.read(root, &namespaces, want);
@@ -391,6 +478,38 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rescans_follow_processes_that_come_and_go() {
+        let mut o = Observer::new(HostRoot::default(), Reader::SockDiag, Redactor::default());
+        let mut first = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let seen = o.observe();
+        assert!(seen.snapshot.processes.iter().any(|p| p.pid == first.id()));
+        let me = seen.snapshot.processes.iter().find(|p| p.pid == std::process::id()).unwrap().clone();
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let mut second = std::process::Command::new("sleep").arg("31").spawn().unwrap();
+        // Burn some CPU so that the rescan has a change to take in.
+        let spin = Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let seen = o.observe();
+        second.kill().unwrap();
+        second.wait().unwrap();
+        let pids: Vec<u32> = seen.snapshot.processes.iter().map(|p| p.pid).collect();
+        assert!(!pids.contains(&first.id()), "the one that ended is gone");
+        let new = seen.snapshot.processes.iter().find(|p| p.pid == second.id()).expect("the new one");
+        assert_eq!(new.cmdline, ["sleep", "31"]);
+        let again = seen.snapshot.processes.iter().find(|p| p.pid == std::process::id()).unwrap();
+        assert_eq!((again.start_time, &again.cmdline, &again.exe), (me.start_time, &me.cmdline, &me.exe));
+        assert!(again.cpu_percent.is_some(), "a second scan measures CPU");
+        // No pid twice, no kernel thread.
+        let mut sorted = pids.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), pids.len());
+        assert!(seen.snapshot.processes.iter().all(|p| p.pid != 2));
+    }
 
     #[test]
     fn observation_of_this_machine() {

@@ -103,11 +103,7 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

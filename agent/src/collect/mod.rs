@@ -70,6 +70,7 @@ impl Problems {
 }
 
 /// How a failed read of a process's file is counted.
+#[derive(Debug)]
 pub enum ReadFailure {
     /// The process exited while being read: not a problem, it is simply gone.
     Vanished,

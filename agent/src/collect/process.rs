@@ -6,7 +6,7 @@ use hostwatch_proto::v1::limits;
 use time::OffsetDateTime;
 
 use super::redact::Redactor;
-use super::{HostRoot, Problems, ReadFailure, Scan};
+use super::{HostRoot, Problems, ReadFailure};
 
 /// `PF_KTHREAD` in the `flags` field of `/proc/PID/stat`: the task is a kernel thread. This flag,
 /// not a parent pid of 2 or an empty command line, is what the kernel itself goes by.
@@ -44,6 +44,62 @@ pub struct ProcessRecord {
     pub rss_bytes: u64,
     /// Set by the hash cache once the executable is hashed.
     pub sha256: Option<String>,
+    /// Owner of `/proc/PID`: the euid, or root for a process that is not dumpable. A change
+    /// means the process changed its credentials and must be read again.
+    pub dir_uid: u32,
+    /// Inode of its network namespace, if it could be read.
+    pub netns: Option<u64>,
+    /// When this record was read.
+    pub read_at: OffsetDateTime,
+}
+
+/// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` and the owner
+/// of `/proc/PID`, instead of the six reads of a whole record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vitals {
+    pub start_ticks: u64,
+    pub ppid: u32,
+    pub comm: String,
+    pub cpu_ticks: u64,
+    pub rss_bytes: u64,
+    pub dir_uid: u32,
+}
+
+/// The vitals of `pid`; `Ok(None)` for a kernel thread or a zombie, `Err(Vanished)` if it is gone.
+pub fn read_vitals(root: &HostRoot, pid: u32) -> Result<Option<Vitals>, ReadFailure> {
+    use procfs::FromRead;
+    let dir = root.proc.join(pid.to_string());
+    let stat = procfs::process::Stat::from_file(dir.join("stat")).map_err(|e| ReadFailure::of_proc(&e))?;
+    if stat.flags & PF_KTHREAD != 0 || matches!(stat.state, 'Z' | 'X' | 'x') {
+        return Ok(None);
+    }
+    let dir_uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&dir).map_err(|e| ReadFailure::of_io(&dir, &e))?.uid()
+    };
+    Ok(Some(Vitals {
+        start_ticks: stat.starttime,
+        ppid: u32::try_from(stat.ppid).unwrap_or_default(),
+        comm: stat.comm,
+        cpu_ticks: stat.utime + stat.stime,
+        rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        dir_uid,
+    }))
+}
+
+impl ProcessRecord {
+    /// Takes in what a rescan read; `false` if it is another process now (the pid was reused)
+    /// or one whose credentials changed, which must be read whole.
+    pub fn update(&mut self, v: Vitals) -> bool {
+        if v.start_ticks != self.start_ticks || v.dir_uid != self.dir_uid {
+            return false;
+        }
+        self.ppid = v.ppid;
+        self.cpu_ticks = v.cpu_ticks;
+        self.rss_bytes = v.rss_bytes;
+        self.name = process_name(&v.comm, self.exe.as_deref());
+        true
+    }
 }
 
 /// Turns a process's start (clock ticks after boot) into an instant.
@@ -69,33 +125,6 @@ impl Clock {
     pub fn instant(&self, start_ticks: u64) -> OffsetDateTime {
         self.boot + time::Duration::milliseconds((start_ticks.saturating_mul(1000) / self.ticks) as i64)
     }
-}
-
-/// Reads every process but kernel threads and zombies. Processes that exit during the scan are left
-/// out, not reported as errors.
-pub fn scan(root: &HostRoot, redactor: &Redactor) -> Scan<ProcessRecord> {
-    let mut problems = Problems::default();
-    let clock = Clock::read(root, &mut problems);
-    let iter = match procfs::process::all_processes_with_root(&root.proc) {
-        Ok(iter) => iter,
-        Err(e) => {
-            problems.failed.push(format!("{}: {e}", root.proc.display()));
-            return Scan { items: Vec::new(), problems };
-        }
-    };
-    let mut items = Vec::new();
-    for p in iter {
-        match p
-            .map_err(|e| ReadFailure::of_proc(&e))
-            .and_then(|p| read_one(root, redactor, &p, clock, &mut problems))
-        {
-            Ok(Some(rec)) => items.push(rec),
-            Ok(None) => {}
-            Err(f) => f.record(&mut problems),
-        }
-    }
-    items.sort_by_key(|p| p.pid);
-    Scan { items, problems }
 }
 
 /// Reads one process by pid; `Ok(None)` for a kernel thread, `Err(Vanished)` if it is gone.
@@ -165,6 +194,7 @@ fn read_one(
     };
     let exe_memfd = exe.as_deref().is_some_and(|e| e.starts_with("/memfd:"));
     let exe_writable_dir = !exe_memfd && exe.as_deref().is_some_and(|e| writable_by_all(&dir, e));
+    let dir_uid = p.uid().map_err(|e| ReadFailure::of_proc(&e))?;
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
@@ -184,6 +214,9 @@ fn read_one(
         cpu_ticks: stat.utime + stat.stime,
         rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
         sha256: None,
+        dir_uid,
+        netns: super::netns::of_pid(root, pid),
+        read_at: OffsetDateTime::now_utc(),
     }))
 }
 
@@ -308,6 +341,39 @@ pub fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
+    /// Every process on this machine, read whole.
+    fn all() -> Vec<ProcessRecord> {
+        let root = HostRoot::default();
+        let mut problems = Problems::default();
+        let clock = Clock::read(&root, &mut problems);
+        list_pids(&root)
+            .unwrap()
+            .into_iter()
+            .filter_map(|pid| read_pid(&root, &Redactor::default(), pid, clock, &mut problems).ok().flatten())
+            .collect()
+    }
+
+    #[test]
+    fn vitals_tell_a_reused_pid_and_new_credentials_from_the_same_process() {
+        let me = all().into_iter().find(|p| p.pid == std::process::id()).unwrap();
+        let v = read_vitals(&HostRoot::default(), me.pid).unwrap().unwrap();
+        assert_eq!((v.start_ticks, v.ppid, v.dir_uid), (me.start_ticks, me.ppid, me.dir_uid));
+        let mut same = me.clone();
+        assert!(same.update(v.clone()));
+        assert!(same.cpu_ticks >= me.cpu_ticks);
+        let mut reused = me.clone();
+        assert!(!reused.update(Vitals { start_ticks: v.start_ticks + 1, ..v.clone() }));
+        assert_eq!(reused, me, "a refused update changes nothing");
+        let mut setuid = me.clone();
+        assert!(!setuid.update(Vitals { dir_uid: v.dir_uid + 1, ..v }));
+        // Kernel threads are not processes: kthreadd, where this machine shows it.
+        if let Ok(stat) = std::fs::read_to_string("/proc/2/stat")
+            && stat.contains("(kthreadd)")
+        {
+            assert_eq!(read_vitals(&HostRoot::default(), 2).unwrap(), None);
+        }
+    }
+
     #[test]
     fn cgroups() {
         let id = "4f1c2e7d8a9b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d";
@@ -341,11 +407,7 @@ mod tests {
     #[test]
     fn flags_for_memfd_and_world_writable_directories() {
         // This test's own executable lives in target/, not a world-writable place.
-        let me = scan(&HostRoot::default(), &Redactor::default())
-            .items
-            .into_iter()
-            .find(|p| p.pid == std::process::id())
-            .unwrap();
+        let me = all().into_iter().find(|p| p.pid == std::process::id()).unwrap();
         assert!(!me.exe_writable_dir && !me.exe_memfd);
         assert!(me.rss_bytes > 0);
         let d = tempfile::tempdir().unwrap();
@@ -423,14 +485,14 @@ mod tests {
 
     #[test]
     fn scan_sees_this_process_and_no_kernel_threads() {
-        let scan = scan(&HostRoot::default(), &Redactor::default());
+        let scan = all();
         let me = std::process::id();
-        let rec = scan.items.iter().find(|p| p.pid == me).expect("own pid in the scan");
+        let rec = scan.iter().find(|p| p.pid == me).expect("own pid in the scan");
         assert_eq!(rec.exe.as_deref(), std::env::current_exe().ok().as_deref().and_then(|p| p.to_str()));
         assert_eq!(rec.ppid, std::os::unix::process::parent_id());
         assert!(!rec.cmdline.is_empty());
         // kthreadd (pid 2) is the parent of every kernel thread and one itself.
-        assert!(scan.items.iter().all(|p| p.pid != 2 && p.ppid != 2), "kernel threads leaked into the scan");
+        assert!(scan.iter().all(|p| p.pid != 2 && p.ppid != 2), "kernel threads leaked into the scan");
         let now = OffsetDateTime::now_utc();
         assert!(rec.start_time <= now && rec.start_time > now - time::Duration::hours(1));
     }

@@ -6,6 +6,11 @@
 //! and in the order most likely to find it: processes not read yet, then processes that held
 //! sockets (servers accept new connections), then the rest. Every `FULL_EVERY`-th resolve reads
 //! everything again, so sockets passed between processes are not misattributed for long.
+//!
+//! A socket no process holds where the agent can see it (one held by a process of another PID
+//! namespace, a kernel socket, one whose holder just closed it) would otherwise make every
+//! rescan read every descriptor of every process looking for it: once a complete read has not
+//! found it, it is left unowned until the next full read.
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,6 +25,8 @@ const FULL_EVERY: u32 = 30;
 #[derive(Debug, Default)]
 pub struct OwnerCache {
     held: HashMap<ProcKey, Vec<u64>>,
+    /// Sockets a complete read found no holder for.
+    ownerless: HashSet<u64>,
     resolves: u32,
     /// Descriptor directories read by the last resolve, for measurements.
     pub last_reads: usize,
@@ -40,10 +47,17 @@ impl OwnerCache {
         self.resolves += 1;
         if self.resolves % FULL_EVERY == 1 {
             self.held.clear();
+            self.ownerless.clear();
         }
+        self.ownerless.retain(|i| wanted.contains(i));
         let mut known: HashSet<u64> = self.held.values().flatten().copied().collect();
-        let mut missing: HashSet<u64> = wanted.iter().filter(|i| !known.contains(i)).copied().collect();
-        if !missing.is_empty() {
+        // Inode 0 is a socket no descriptor refers to any more (an orphaned connection).
+        let mut missing: HashSet<u64> = wanted
+            .iter()
+            .filter(|i| **i != 0 && !known.contains(i) && !self.ownerless.contains(i))
+            .copied()
+            .collect();
+        if !missing.is_empty() || !self.ownerless.is_empty() {
             let (mut unread, mut servers, mut rest) = (Vec::new(), Vec::new(), Vec::new());
             for k in procs {
                 match self.held.get(k) {
@@ -52,14 +66,19 @@ impl OwnerCache {
                     Some(_) => rest.push(*k),
                 }
             }
-            for k in unread.into_iter().chain(servers).chain(rest) {
-                if missing.is_empty() {
+            // Processes never read may hold what was ownerless (one that started between the
+            // process listing and the socket dump): they are read while anything is unresolved.
+            // The processes read before are read again only for sockets new since.
+            let unread_len = unread.len();
+            for (n, k) in unread.into_iter().chain(servers).chain(rest).enumerate() {
+                if missing.is_empty() && (n >= unread_len || self.ownerless.is_empty()) {
                     break;
                 }
                 match read_fds(root, k.0) {
                     Ok(inodes) => {
                         for i in &inodes {
                             missing.remove(i);
+                            self.ownerless.remove(i);
                             known.insert(*i);
                         }
                         self.held.insert(k, inodes);
@@ -71,6 +90,8 @@ impl OwnerCache {
                 }
                 self.last_reads += 1;
             }
+            // Every process was read: what is still missing has no holder to be found.
+            self.ownerless.extend(missing);
         }
         let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
         for (k, inodes) in &self.held {
@@ -147,5 +168,21 @@ mod tests {
         let (owners, _) = cache.resolve(&root, &wanted, &procs);
         assert_eq!(owners[&inode_of(&b)], vec![me]);
         assert_eq!(cache.last_reads, 1);
+        // A socket no known process holds is looked for once, then not again until a full read.
+        let ghost = u64::MAX - 7;
+        let mut wanted = wanted.clone();
+        wanted.insert(ghost);
+        let (owners, _) = cache.resolve(&root, &wanted, &procs);
+        assert_eq!((owners.contains_key(&ghost), cache.last_reads), (false, 1), "looked for once");
+        let (owners, _) = cache.resolve(&root, &wanted, &procs);
+        assert_eq!((owners.contains_key(&ghost), cache.last_reads), (false, 0), "not again");
+        assert_eq!(owners[&inode_of(&b)], vec![me], "the others still known");
+        // A process not read before is read while a socket is ownerless: it may be the holder.
+        let c = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut cache = OwnerCache::default();
+        let wanted: HashSet<u64> = [inode_of(&c)].into();
+        cache.resolve(&root, &wanted, &[]);
+        let (owners, _) = cache.resolve(&root, &wanted, &procs);
+        assert_eq!((owners[&inode_of(&c)].clone(), cache.last_reads), (vec![me], 1));
     }
 }
