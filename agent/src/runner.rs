@@ -302,12 +302,12 @@ impl Agent {
                 match out {
                     Ok(full) => {
                         self.coverage = full.coverage;
-                        self.tracker.set_processes(full.snapshot.processes);
+                        self.tracker.set_processes(full.snapshot.processes, full.snapshot.taken_at);
                         self.tracker.set_listeners(full.snapshot.listeners);
                         self.tracker.set_connections(full.snapshot.connections);
                     }
                     Err(quick) => {
-                        self.tracker.set_processes(quick.processes);
+                        self.tracker.set_processes(quick.processes, OffsetDateTime::now_utc());
                         if let Some(l) = quick.listeners {
                             self.tracker.set_listeners(l);
                         }

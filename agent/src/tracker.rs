@@ -74,7 +74,13 @@ impl Tracker {
 
     /// A process ended at `at`.
     pub fn ended(&mut self, pid: u32, at: OffsetDateTime) {
-        let Some(p) = self.current.processes.remove(&pid) else { return };
+        let Some(p) = self.current.processes.remove(&pid) else {
+            // A scan already found it gone; its exit is more exact than the scan's time.
+            if let Some((_, when)) = self.transient.iter_mut().rev().find(|(p, _)| p.pid == pid) {
+                *when = (*when).min(at);
+            }
+            return;
+        };
         match self.sent.processes.get(&pid) {
             Some(s) if s.start_time == p.start_time => {
                 self.ended.insert(p.key(), at);
@@ -84,9 +90,19 @@ impl Tracker {
         }
     }
 
-    /// All processes as a scan saw them.
-    pub fn set_processes(&mut self, processes: Vec<Process>) {
-        self.current.processes = processes.into_iter().map(|p| (p.pid, p)).collect();
+    /// All processes as a scan saw them at `seen_at`. A process known only from its exec event,
+    /// never reported, that the scan no longer finds ended before its exit event was handled
+    /// (events queue while a scan runs): it is kept as one that came and went, not forgotten.
+    pub fn set_processes(&mut self, processes: Vec<Process>, seen_at: OffsetDateTime) {
+        let next: BTreeMap<u32, Process> = processes.into_iter().map(|p| (p.pid, p)).collect();
+        for (pid, p) in std::mem::take(&mut self.current.processes) {
+            let gone = next.get(&pid).is_none_or(|n| n.start_time != p.start_time);
+            let never_sent = self.sent.processes.get(&pid).is_none_or(|s| s.start_time != p.start_time);
+            if gone && never_sent {
+                self.transient.push((p, seen_at));
+            }
+        }
+        self.current.processes = next;
     }
 
     pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
@@ -260,7 +276,7 @@ mod tests {
     fn snapshot_then_deltas() {
         let mut tr = Tracker::new();
         assert!(tr.snapshot_due());
-        tr.set_processes(vec![p(1, "init", 0), p(10, "sshd", 1)]);
+        tr.set_processes(vec![p(1, "init", 0), p(10, "sshd", 1)], t(0));
         let s = tr.take_snapshot(t(0));
         assert_eq!((s.processes.len(), tr.snapshot_due(), tr.is_dirty()), (2, false, false));
 
@@ -292,14 +308,32 @@ mod tests {
     }
 
     #[test]
+    fn a_process_a_scan_missed_before_its_exit_was_handled_is_not_forgotten() {
+        let mut tr = Tracker::new();
+        tr.set_processes(vec![p(1, "init", 0)], t(0));
+        tr.take_snapshot(t(0));
+        // Its exec event was handled; it ended; a scan ran before its exit event was handled.
+        tr.started(p(31, "blip", 7));
+        tr.set_processes(vec![p(1, "init", 0)], t(9));
+        tr.ended(31, t(8));
+        let d = tr.take_delta(t(10));
+        assert_eq!(d.processes.added.iter().map(|p| p.pid).collect::<Vec<_>>(), [31]);
+        assert_eq!(d.processes.removed.iter().map(|r| (r.key.pid, r.at)).collect::<Vec<_>>(), [(31, t(8))]);
+        // A process the collector knows is simply removed, once.
+        tr.set_processes(vec![], t(11));
+        let d = tr.take_delta(t(12));
+        assert_eq!((d.processes.added.len(), d.processes.removed.len()), (0, 1));
+    }
+
+    #[test]
     fn exec_under_the_same_pid_is_an_update_and_pid_reuse_is_two_processes() {
         let mut tr = Tracker::new();
-        tr.set_processes(vec![p(40, "sh", 1), p(41, "old", 1)]);
+        tr.set_processes(vec![p(40, "sh", 1), p(41, "old", 1)], t(0));
         tr.take_snapshot(t(0));
         let mut execd = p(40, "python3", 1);
         execd.cmdline = vec!["python3".into(), "app.py".into()];
         tr.started(execd);
-        tr.set_processes(vec![tr_current(&tr, 40), p(41, "new", 9)]);
+        tr.set_processes(vec![tr_current(&tr, 40), p(41, "new", 9)], t(0));
         let d = tr.take_delta(t(10));
         assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["python3"]);
         assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["new"]);
@@ -312,21 +346,21 @@ mod tests {
         let mut busy = p(50, "worker", 1);
         busy.cpu_percent = Some(5.0);
         busy.rss_bytes = Some(100 << 20);
-        tr.set_processes(vec![busy.clone()]);
+        tr.set_processes(vec![busy.clone()], t(0));
         tr.take_snapshot(t(0));
         // Small moves: nothing to report.
         busy.cpu_percent = Some(9.0);
         busy.rss_bytes = Some(110 << 20);
-        tr.set_processes(vec![busy.clone()]);
+        tr.set_processes(vec![busy.clone()], t(0));
         assert!(!tr.is_dirty());
         assert!(tr.take_delta(t(1)).processes.is_empty());
         // Drift that adds up against what was last sent is reported.
         busy.rss_bytes = Some(130 << 20);
-        tr.set_processes(vec![busy.clone()]);
+        tr.set_processes(vec![busy.clone()], t(0));
         let d = tr.take_delta(t(2));
         assert_eq!(d.processes.updated.len(), 1);
         busy.cpu_percent = Some(95.0);
-        tr.set_processes(vec![busy.clone()]);
+        tr.set_processes(vec![busy.clone()], t(0));
         assert_eq!(tr.take_delta(t(3)).processes.updated[0].cpu_percent, Some(95.0));
     }
 

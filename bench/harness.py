@@ -1,0 +1,106 @@
+"""Shared by the benchmark scripts: a collector and an agent from target/release, each in a
+temporary directory, on loopback; the machine's load from hostload.py; CPU and memory of a pid.
+Nothing here reaches outside this machine, and everything started is stopped on exit."""
+import atexit, json, os, re, signal, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.path.join(ROOT, "target", "release")
+HOSTLOAD = os.path.join(os.path.dirname(ROOT), "shared", "tools", "hostload.py")
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_started = []
+
+
+def _stop_all():
+    for p in reversed(_started):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+atexit.register(_stop_all)
+
+
+def binary(name):
+    path = os.path.join(TARGET, name)
+    if not os.path.exists(path):
+        sys.exit(f"{path} missing: run `cargo build --release` first")
+    return path
+
+
+def start(argv, **kw):
+    p = subprocess.Popen(argv, **kw)
+    _started.append(p)
+    return p
+
+
+class Collector:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hw-bench-")
+        data = os.path.join(self.dir, "server")
+        config = os.path.join(self.dir, "server.toml")
+        with open(config, "w") as f:
+            f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n')
+        self.proc = start([binary("hostwatch"), "serve", "--config", config],
+                          env={"HOSTWATCH_LOG": "warn,hostwatch_server=info"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        found = threading.Event()
+        self.url = None
+
+        def read():
+            for line in self.proc.stderr:
+                m = re.search(r"listening on (http://\S+)", line)
+                if m and not self.url:
+                    self.url = m.group(1)
+                    found.set()
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(30):
+            sys.exit("the collector did not start")
+        self.token = open(os.path.join(data, "admin-token")).read().strip()
+        self.secret_file = os.path.join(data, "enroll-secret")
+
+    def cli(self, *args):
+        env = {"HOSTWATCH_SERVER": self.url, "HOSTWATCH_TOKEN": self.token}
+        out = subprocess.run([binary("hostwatch"), *args, "--output", "json"], env=env,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def start_agent(self, tag, **env):
+        state = tempfile.mkdtemp(prefix="hw-bench-agent-")
+        config = os.path.join(state, "agent.toml")
+        open(config, "w").close()
+        base = {"HOSTWATCH_SERVER": self.url, "HOSTWATCH_ENROLL_SECRET_FILE": self.secret_file,
+                "HOSTWATCH_STATE_DIR": state, "HOSTWATCH_TAGS": f"bench={tag}",
+                "HOSTWATCH_CLOUD_PROVIDER": "none", "HOSTWATCH_LOG": "warn"}
+        base.update(env)
+        agent = start([binary("hostwatch-agent"), "--config", config], env=base,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while True:
+            hosts = [h for h in self.cli("hosts") if h["tags"].get("bench") == tag and h["status"] == "online"]
+            if hosts:
+                return agent, hosts[0]["id"]
+            if time.time() > deadline:
+                sys.exit("the agent never came online")
+            time.sleep(0.3)
+
+
+def load(procs, conns, seconds):
+    """hostload.py, ready: N sleeping processes and M established loopback connections."""
+    p = start([sys.executable, HOSTLOAD, "--procs", str(procs), "--conns", str(conns), "--seconds", str(seconds)],
+              stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("ready"):
+        sys.exit(f"hostload.py did not get ready: {line!r}")
+    return p
+
+
+def usage(pid):
+    """CPU seconds used so far and resident bytes now, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    return cpu, int(fields[21]) * PAGE
