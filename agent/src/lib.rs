@@ -8,26 +8,41 @@
 //! - the enroll secret from the configuration;
 //! - host facts and agent status, as in every report (below).
 //!
-//! To `POST /api/v1/report`, every `interval` (default 10 s), with the node key as bearer token:
-//! - `seq`, `sent_at`;
+//! To `POST /api/v1/report`, with the node key as bearer token: a report whenever something changed
+//! (batched over at most a second), else a heartbeat every `interval` (default 10 s). Each carries:
+//! - `session` (random per run), `seq`, `sent_at`, and `lost`: how many reports the spool had to
+//!   drop while the collector could not be reached;
 //! - host facts: hostname, machine-id (or a generated id kept in `state_dir` on hosts without one),
-//!   OS pretty name, kernel release, CPU architecture, boot time, the configured tags;
-//! - agent status: version, interval, start time, coverage (`full`, or `degraded` and why);
-//! - a snapshot of every process but kernel threads and zombies: pid, ppid, name, executable path and whether
-//!   it was deleted, the command line **after redaction** ([`collect::redact`]) and cut to 8 KiB,
-//!   effective uid and user name, start time;
-//! - every listening TCP socket and unconnected UDP socket (IPv4, IPv6), in every network namespace
-//!   on the host: protocol, local address and port, creating uid, the owning process's pid, name
-//!   and executable, and the namespace's inode where it is not the host's own;
-//! - every established TCP connection and connected UDP socket, the same way, with the remote
-//!   address and port and whether it is inbound (to a local listener) or outbound;
-//! - on a clean stop, one last report without a snapshot saying goodbye.
+//!   OS pretty name, kernel release, CPU architecture, boot time, tags (the cloud's, under the
+//!   configured ones), and on a cloud instance what its metadata service says: provider,
+//!   instance id, account or subscription, region, zone, image, instance type, resource group, tags;
+//! - agent status: version, interval, start time, coverage (`full`, or `degraded` and why), and its
+//!   own account: exec source (`proc_connector` or `polling`, and why), socket reader, exec events
+//!   seen, read too late, and lost, spool size, its RSS and CPU time, and a cloud metadata problem;
+//! - then either a snapshot (at the start of a session, every `snapshot_every`, and when the
+//!   collector asks) or a delta (what was added, updated and removed since the last report, with
+//!   when it was seen gone) of:
+//!   - every process but kernel threads and zombies: pid, ppid, name, executable path and whether
+//!     it was deleted, is a memfd or sits in a world-writable directory, the executable's SHA-256,
+//!     the command line **after redaction** ([`collect::redact`]) and cut to 8 KiB, effective uid
+//!     and user name, start time, cgroup with container id and systemd unit, CPU percent, RSS;
+//!   - every listening TCP socket and unconnected UDP socket (IPv4, IPv6), in every network
+//!     namespace on the host: protocol, local address and port, creating uid, the owning process's
+//!     pid, name and executable, and the namespace's inode where it is not the host's own;
+//!   - every established TCP connection and connected UDP socket, the same way, with the remote
+//!     address and port and whether it is inbound (to a local listener) or outbound;
+//!   - in a delta, also processes that started and ended between two reports, and execs whose
+//!     process was gone before it could be read (pid and time only);
+//! - on a clean stop, one last report without state saying goodbye.
 //!
-//! Nothing else: no environment variables, no file contents, no network payloads.
+//! Nothing else: no environment variables, no file contents, no network payloads. From the
+//! cloud's metadata service the agent reads the instance identity and tags, never credentials.
 //!
 //! # Layout
 //! [`config`] loads the configuration; [`collect`] reads the host; [`snapshot`] turns what was read
-//! into the wire's types (its `Observer` keeps the caches that make rescans cheap); [`identity`] keeps the node key; [`transport`] talks to the collector;
+//! into the wire's types (its `Observer` keeps the caches that make rescans cheap); [`tracker`]
+//! turns changes into deltas; [`spool`] keeps reports until the collector has them; [`cloud`]
+//! reads instance facts; [`identity`] keeps the node key; [`transport`] talks to the collector;
 //! [`runner`] ties them together until shutdown.
 
 pub mod backoff;

@@ -156,27 +156,32 @@ fn read_one(
     clock: Clock,
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
+    let pid = u32::try_from(p.pid).unwrap_or_default();
+    // What goes first when a process ends, read first: a process that lives a millisecond is
+    // still caught with its program and arguments.
+    let exe_link = p.exe();
+    let cmdline_path = root.proc.join(pid.to_string()).join("cmdline");
+    let raw = std::fs::read(&cmdline_path);
     let stat = p.stat().map_err(|e| ReadFailure::of_proc(&e))?;
-    // Kernel threads run no program; a zombie (or a dying process) has ended and only waits for
-    // its parent to collect it: its exit was seen, and it has no executable or command line.
-    if stat.flags & PF_KTHREAD != 0 || matches!(stat.state, 'Z' | 'X' | 'x') {
+    // Kernel threads run no program. A zombie (or a dying process) has ended and only waits for
+    // its parent to collect it: its exit was seen, and unless it was caught just before it
+    // ended, nothing of its program is left to read.
+    let ended = matches!(stat.state, 'Z' | 'X' | 'x');
+    if stat.flags & PF_KTHREAD != 0 || (ended && exe_link.is_err()) {
         return Ok(None);
     }
     let status = p.status().map_err(|e| ReadFailure::of_proc(&e))?;
-    let (exe, exe_deleted) = match p.exe() {
+    let (exe, exe_deleted) = match exe_link {
         Ok(path) => {
             let (path, deleted) = strip_deleted(&path.to_string_lossy());
             (Some(path), deleted)
         }
-        // Zombies and processes that just exited have no exe link: not a coverage problem.
         Err(e) => {
             ReadFailure::of_proc(&e).record(problems);
             (None, false)
         }
     };
-    let pid = u32::try_from(stat.pid).unwrap_or_default();
-    let cmdline_path = root.proc.join(pid.to_string()).join("cmdline");
-    let raw = match std::fs::read(&cmdline_path) {
+    let raw = match raw {
         Ok(raw) => raw,
         Err(e) => {
             ReadFailure::of_io(&cmdline_path, &e).record(problems);
