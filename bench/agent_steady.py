@@ -23,12 +23,13 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--load", action="store_true")
     ap.add_argument("--interval", type=float, default=10, help="the agent's default")
+    ap.add_argument("--agent-env", action="append", default=[], help="K=V for the agent, for experiments")
     a = ap.parse_args()
     window = a.minutes * 60
     if a.load:
         harness.load(1000, 5000, int(window + 120))
     c = harness.Collector()
-    agent, host = c.start_agent("steady")
+    agent, host = c.start_agent("steady", **dict(kv.split("=", 1) for kv in a.agent_env))
     time.sleep(30)
     cpu0, _ = harness.usage(agent.pid)
     t0 = time.monotonic()

@@ -1,6 +1,6 @@
 //! CPU cost of reading the host, side by side with the tools people use for it.
 //!
-//! Run under load (see `bench/agent_scan.sh`, which starts `hostload.py` first):
+//! Run under load with `python3 bench/agent_scan.py`, which starts `hostload.py` first, or alone:
 //! `cargo bench -p hostwatch-agent --bench scan -- [ROUNDS]`. Each round measures, by getrusage:
 //! - peers, as child processes: `ps -eo pid,ppid,user,lstart,args`, `ss -tuanp`, `ss -tuan`;
 //! - the agent's cold full scan (a new `Observer`: processes with exe, cmdline, cgroup, sockets

@@ -182,7 +182,8 @@ struct Agent {
 
 enum Scan {
     Full,
-    Quick(Want),
+    /// Sockets as asked; `/proc` listed when `true` (no process events to go by).
+    Quick(Want, bool),
 }
 
 impl Agent {
@@ -247,7 +248,7 @@ impl Agent {
                         next_full = Instant::now() + backoff::jittered(self.config.interval);
                         Scan::Full
                     } else {
-                        Scan::Quick(Want { listen: true, connected: connections_due })
+                        Scan::Quick(Want { listen: true, connected: connections_due }, !events_open || self.exec_why.is_some())
                     };
                     connections_due = false;
                     self.scan(scan).await;
@@ -257,14 +258,16 @@ impl Agent {
         }
     }
 
-    /// Handles an exec watcher event; returns whether connections should be looked at soon.
+    /// Handles an exec watcher event; returns whether connections must be read at the next quick
+    /// look whatever happens (events were lost). A process that exec'd is watched for new
+    /// connections by the quick looks themselves.
     fn on_event(&mut self, e: exec::Event, next_full: &mut Instant) -> bool {
         let Some(observer) = self.observer.as_mut() else { return false };
         match e {
             exec::Event::Exec { record: Some(rec), .. } => {
                 let p = observer.note_exec(*rec);
                 self.tracker.started(p);
-                true
+                false
             }
             exec::Event::Exec { pid, at, record: None } => {
                 self.tracker.exec_unread(pid, at);
@@ -273,6 +276,10 @@ impl Agent {
             exec::Event::Exit { pid, at } => {
                 observer.note_exit(pid);
                 self.tracker.ended(pid, at);
+                false
+            }
+            exec::Event::Fork { pid } => {
+                observer.note_fork(pid);
                 false
             }
             exec::Event::Lost => {
@@ -291,7 +298,7 @@ impl Agent {
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {
                 Scan::Full => Ok(observer.observe()),
-                Scan::Quick(want) => Err(observer.quick(want)),
+                Scan::Quick(want, list) => Err(observer.quick(want, list)),
             };
             (observer, out)
         })
@@ -307,7 +314,13 @@ impl Agent {
                         self.tracker.set_connections(full.snapshot.connections);
                     }
                     Err(quick) => {
-                        self.tracker.set_processes(quick.processes, OffsetDateTime::now_utc());
+                        let now = OffsetDateTime::now_utc();
+                        for p in quick.started {
+                            self.tracker.started(p);
+                        }
+                        for pid in quick.gone {
+                            self.tracker.ended(pid, now);
+                        }
                         if let Some(l) = quick.listeners {
                             self.tracker.set_listeners(l);
                         }
@@ -351,10 +364,14 @@ impl Agent {
     }
 
     fn spool_report(&mut self, report: &proto::Report) {
+        fn count<T, K>(c: &proto::Changes<T, K>) -> [usize; 3] {
+            [c.added.len(), c.updated.len(), c.removed.len()]
+        }
         debug!(
             seq = report.seq,
-            snapshot = report.snapshot.is_some(),
-            delta = report.delta.is_some(),
+            snapshot = report.snapshot.as_ref().map(|s| s.processes.len()),
+            delta_processes = ?report.delta.as_ref().map(|d| count(&d.processes)),
+            delta_connections = ?report.delta.as_ref().map(|d| count(&d.connections)),
             "report spooled"
         );
         self.shared.spool().push(report);
@@ -594,9 +611,7 @@ async fn send_loop(
                     // A report the collector will never take (a bug, or too large): keeping it
                     // would block every report behind it.
                     error!(error = %e, "collector refused a report; dropping it");
-                    let mut s = shared.spool();
-                    s.delivered(id);
-                    s.count_refused();
+                    shared.spool().refused(id);
                 }
                 Err(e) => {
                     let wait = backoff.next_delay();

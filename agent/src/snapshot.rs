@@ -99,11 +99,23 @@ pub struct Observer {
     skip: HashSet<u32>,
     /// Full scans done, to spread the periodic re-reads of whole records over them.
     scans: u64,
+    /// Processes that started in the last [`WATCH_NEW`]: a quick look checks whether they opened
+    /// sockets, and reads connections only if one did.
+    recent: Vec<(ProcKey, Instant)>,
+    /// Pids announced by fork events since the last quick look.
+    forked: Vec<u32>,
     hashes: HashCache,
     /// CPU ticks of each process at the last full scan, and when, for CPU percent.
     cpu_prev: HashMap<ProcKey, (u64, Instant)>,
     cpu_percent: HashMap<ProcKey, f32>,
 }
+
+/// How long after it started a process is watched for new connections by the quick looks
+/// (which the design wants seen within two seconds of an exec).
+const WATCH_NEW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// More forks than this between two quick looks (a fork storm): list `/proc` instead.
+const MAX_FORKS: usize = 50_000;
 
 /// A process read whole within this long of its start is read whole again at the next full scan.
 const YOUNG: time::Duration = time::Duration::seconds(10);
@@ -120,12 +132,12 @@ const HASH_RATE: u64 = 16 << 20;
 /// Executables above this size are not hashed.
 const HASH_MAX_SIZE: u64 = 256 << 20;
 
-/// What a quick scan saw: every process (new ones read, gone ones dropped) and the sockets asked for.
+/// What a quick look found: processes new since the last look, those gone (only when `/proc` was
+/// listed; otherwise exit events say so), and the sockets asked for.
 #[derive(Debug)]
 pub struct QuickObservation {
-    pub processes: Vec<proto::Process>,
-    /// Pids that were known and are gone.
-    pub exited: Vec<u32>,
+    pub started: Vec<proto::Process>,
+    pub gone: Vec<u32>,
     pub listeners: Option<Vec<proto::Listener>>,
     pub connections: Option<Vec<proto::Connection>>,
 }
@@ -148,6 +160,8 @@ impl Observer {
             procs: BTreeMap::new(),
             skip: HashSet::new(),
             scans: 0,
+            recent: Vec::new(),
+            forked: Vec::new(),
             hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
@@ -193,7 +207,7 @@ impl Observer {
             cgroup: p.cgroup.clone(),
             container_id: p.container_id.clone(),
             unit: p.unit.clone(),
-            cpu_percent: self.cpu_percent.get(&(p.pid, p.start_ticks)).copied(),
+            cpu_percent: self.cpu_percent.get(&(p.pid, p.start_ticks)).copied().or_else(|| lifetime_cpu(p)),
             rss_bytes: Some(p.rss_bytes),
         }
     }
@@ -205,7 +219,8 @@ impl Observer {
         }
     }
 
-    /// CPU percent of each process since the last full scan.
+    /// CPU percent of each process since the last full scan (a process first seen since then has
+    /// its lifetime average, as `ps` shows it, until a second scan measures it).
     fn measure_cpu(&mut self) {
         let now = Instant::now();
         let ticks = procfs::ticks_per_second().max(1) as f64;
@@ -230,12 +245,23 @@ impl Observer {
         self.procs.values().map(|p| self.to_wire(p)).collect()
     }
 
-    /// A process that exec'd (read at once by the exec watcher).
-    pub fn note_exec(&mut self, rec: ProcessRecord) -> proto::Process {
+    /// A process that exec'd (read at once by the exec watcher), with its executable's hash if
+    /// the cache has it or the budget allows: a hash that came a scan later would cost an update
+    /// of the whole process on the wire.
+    pub fn note_exec(&mut self, mut rec: ProcessRecord) -> proto::Process {
+        if rec.sha256.is_none() && rec.exe.is_some() {
+            rec.sha256 = self.hashes.of_pid(&self.root, rec.pid);
+        }
         let wire = self.to_wire(&rec);
         self.skip.remove(&rec.pid);
+        self.recent.push(((rec.pid, rec.start_ticks), Instant::now()));
         self.procs.insert(rec.pid, rec);
         wire
+    }
+
+    /// A new process announced by a fork event, to be looked at by the next quick look.
+    pub fn note_fork(&mut self, pid: u32) {
+        self.forked.push(pid);
     }
 
     /// A process that exited.
@@ -309,23 +335,12 @@ impl Observer {
             }
             let rec = match old.remove(&pid) {
                 Some(mut rec) if !self.reread_due(&rec) => {
-                    match collect::process::read_vitals(&self.root, pid) {
+                    let vitals = collect::process::read_vitals(&self.root, pid);
+                    match self.settle(pid, vitals, problems) {
+                        Some(v) if rec.update(&v) => Some(rec),
                         // Another process under the same pid, or new credentials: read it whole.
-                        Ok(Some(v)) => {
-                            if rec.update(v) {
-                                Some(rec)
-                            } else {
-                                self.reread(rec, problems)
-                            }
-                        }
-                        Ok(None) => {
-                            self.skip.insert(pid);
-                            None
-                        }
-                        Err(f) => {
-                            f.record(problems);
-                            None
-                        }
+                        Some(_) => self.reread(rec, problems),
+                        None => None,
                     }
                 }
                 Some(rec) => self.reread(rec, problems),
@@ -355,8 +370,20 @@ impl Observer {
     /// Reads a process whole; `None` if it is gone, a kernel thread or a zombie (remembered, so
     /// as not to be read again while listed).
     fn read_whole(&mut self, pid: u32, problems: &mut Problems) -> Option<ProcessRecord> {
-        match collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, problems) {
-            Ok(Some(rec)) => Some(rec),
+        let read = collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, problems);
+        self.settle(pid, read, problems)
+    }
+
+    /// What a read of `pid` came to: a kernel thread or zombie is remembered as one, a failure
+    /// is counted.
+    fn settle<T>(
+        &mut self,
+        pid: u32,
+        read: Result<Option<T>, collect::ReadFailure>,
+        problems: &mut Problems,
+    ) -> Option<T> {
+        match read {
+            Ok(Some(x)) => Some(x),
             Ok(None) => {
                 self.skip.insert(pid);
                 None
@@ -368,34 +395,61 @@ impl Observer {
         }
     }
 
-    /// A cheap look: list `/proc`, read only processes not known yet, drop those gone, and read the
-    /// sockets `want` asks for.
-    pub fn quick(&mut self, want: Want) -> QuickObservation {
-        let mut exited = Vec::new();
-        if let Ok(pids) = collect::process::list_pids(&self.root) {
-            let now: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
-            exited = self.procs.keys().filter(|p| !now.contains(p)).copied().collect();
-            for pid in &exited {
-                self.note_exit(*pid);
-            }
-            self.skip.retain(|p| now.contains(p));
-            let mut problems = Problems::default();
-            let new: Vec<u32> =
-                pids.into_iter().filter(|p| !self.procs.contains_key(p) && !self.skip.contains(p)).collect();
-            for pid in new {
-                if let Some(rec) = self.read_whole(pid, &mut problems) {
-                    self.note_exec(rec);
+    /// A cheap look between full scans: new processes, and the sockets `want` asks for.
+    ///
+    /// With exec, fork and exit events (the runner passes them in), new processes are those forks
+    /// that did not exec (an exec is read as it happens) and nothing is listed; without them
+    /// (`list`), `/proc` is listed, new pids are read and those gone are dropped.
+    ///
+    /// Connections are read when `want` asks, or when a process that started in the last two
+    /// seconds holds a socket it did not hold before: a dump of every connection costs as much as
+    /// a host has connections, a look at a new process's descriptors almost nothing.
+    pub fn quick(&mut self, mut want: Want, list: bool) -> QuickObservation {
+        let mut problems = Problems::default();
+        let (mut started, mut gone) = (Vec::new(), Vec::new());
+        let candidates: Vec<u32> = if list || self.forked.len() > MAX_FORKS {
+            self.forked.clear();
+            match collect::process::list_pids(&self.root) {
+                Ok(pids) => {
+                    let now: HashSet<u32> = pids.iter().copied().collect();
+                    gone = self.procs.keys().filter(|p| !now.contains(p)).copied().collect();
+                    for pid in &gone {
+                        self.note_exit(*pid);
+                    }
+                    self.skip.retain(|p| now.contains(p));
+                    pids
                 }
+                Err(_) => Vec::new(),
+            }
+        } else {
+            // Forks announced since the last look that are still there and did not exec: children
+            // that go on running their parent's program (workers, sessions).
+            std::mem::take(&mut self.forked)
+        };
+        for pid in candidates {
+            if !self.procs.contains_key(&pid)
+                && !self.skip.contains(&pid)
+                && let Some(rec) = self.read_whole(pid, &mut problems)
+            {
+                started.push(self.note_exec(rec));
             }
         }
         self.hash_new();
+        let now = Instant::now();
+        self.recent.retain(|(key, since)| {
+            now.duration_since(*since) <= WATCH_NEW
+                && self.procs.get(&key.0).is_some_and(|p| p.start_ticks == key.1)
+        });
+        for (key, _) in &self.recent {
+            want.connected |= self.owners.look_at(&self.root, *key);
+        }
         let (listeners, connections) = if want.listen || want.connected {
             let (l, c, _, _) = self.read_sockets(want);
             (want.listen.then_some(l), want.connected.then_some(c))
         } else {
             (None, None)
         };
-        QuickObservation { processes: self.processes(), exited, listeners, connections }
+        QuickObservation { started, gone, listeners, connections }
     }
 
     /// Sockets with their owners; also the problems met and how many have no known owner.
@@ -429,7 +483,7 @@ impl Observer {
 
         let procs = &self.procs;
         let owner = |inode: u64| {
-            let pid = owners.get(&inode).and_then(|v| v.first().copied());
+            let pid = owners.get(&inode).copied();
             (pid, pid.and_then(|pid| procs.get(&pid)))
         };
         let own_ns = namespaces.iter().find(|n| n.own).map(|n| n.inode);
@@ -473,6 +527,13 @@ impl Observer {
         }
         (listeners, connections, problems, unowned)
     }
+}
+
+/// CPU percent over the process's whole life, as `ps` computes it.
+fn lifetime_cpu(p: &ProcessRecord) -> Option<f32> {
+    let ticks = procfs::ticks_per_second().max(1) as f64;
+    let alive = (p.read_at - p.start_time).as_seconds_f64().max(1.0 / ticks);
+    Some((p.cpu_ticks as f64 / ticks / alive * 100.0) as f32)
 }
 
 #[cfg(test)]

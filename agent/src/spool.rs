@@ -3,9 +3,11 @@
 //!
 //! One file per report in `STATE_DIR/spool/`, named by a counter so that order survives restarts.
 //! The spool is bounded in bytes (default 64 MiB): a report that does not fit pushes out the
-//! oldest, and the number pushed out is kept in `spool/lost` until a report saying so reaches the
-//! collector (which files data_lost). A report that cannot be written (a full disk) counts as
-//! lost the same way. Nothing is dropped without being counted.
+//! oldest. A report that cannot be written (a full disk, or larger than the whole spool) and one
+//! the collector refused for good are lost the same way. Nothing is dropped without being
+//! counted: the places of lost reports in the spool's order are kept in `spool/lost` (ranges of
+//! ids, one `from-to` a line), and each report sent says how many were lost *before it*, so the
+//! count matches the gap in sequence numbers the collector sees (which files data_lost).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -28,7 +30,8 @@ pub struct Spool {
     items: VecDeque<Item>,
     total: u64,
     next_id: u64,
-    lost: u64,
+    /// Ids of reports lost and not yet reported as such: sorted, disjoint, inclusive ranges.
+    lost: Vec<(u64, u64)>,
 }
 
 const LOST: &str = "lost";
@@ -49,9 +52,9 @@ impl Spool {
             items.push(Item { id, size });
         }
         items.sort_by_key(|i| i.id);
-        let lost = fs::read_to_string(dir.join(LOST)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let lost = read_lost(&dir.join(LOST));
         let total = items.iter().map(|i| i.size).sum();
-        let next_id = items.last().map_or(1, |i| i.id + 1);
+        let next_id = items.last().map(|i| i.id).max(lost.last().map(|r| r.1)).map_or(1, |id| id + 1);
         Ok(Spool { dir: dir.to_owned(), max_bytes, items: items.into(), total, next_id, lost })
     }
 
@@ -60,71 +63,93 @@ impl Spool {
     }
 
     /// Appends a report, pushing out the oldest where the bound requires. Returns how many reports
-    /// were dropped to make room (or this one, if it could not be written).
+    /// were lost (pushed out to make room, or this one if it could not be written).
     pub fn push(&mut self, report: &proto::Report) -> u64 {
+        // Every report takes its place in the order, written or not.
+        let id = self.next_id;
+        self.next_id += 1;
         let bytes = match serde_json::to_vec(report) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode a report; it is lost");
-                self.count_lost(1);
+                tracing::error!(seq = report.seq, error = %e, "cannot encode a report; it is lost");
+                self.lose(&[id]);
                 return 1;
             }
         };
         let size = bytes.len() as u64;
-        let mut dropped = 0;
         if size > self.max_bytes {
-            tracing::error!(size, max = self.max_bytes, "a report larger than the whole spool is lost");
-            self.count_lost(1);
+            tracing::error!(
+                seq = report.seq,
+                size,
+                max = self.max_bytes,
+                "a report larger than the whole spool is lost"
+            );
+            self.lose(&[id]);
             return 1;
         }
+        let mut lost = Vec::new();
         while self.total + size > self.max_bytes {
             let Some(old) = self.items.pop_front() else { break };
             let _ = fs::remove_file(self.path(old.id));
             self.total -= old.size;
-            dropped += 1;
+            lost.push(old.id);
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        if !lost.is_empty() {
+            tracing::warn!(dropped = lost.len(), "spool full: oldest reports dropped");
+        }
         match write_private(&self.path(id), &bytes) {
             Ok(()) => {
                 self.items.push_back(Item { id, size });
                 self.total += size;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot spool a report (disk full?); it is lost");
-                dropped += 1;
+                tracing::error!(seq = report.seq, error = %e, "cannot spool a report (disk full?); it is lost");
+                lost.push(id);
             }
         }
-        if dropped > 0 {
-            tracing::warn!(dropped, "spool full: oldest reports dropped");
-            self.count_lost(dropped);
-        }
-        dropped
+        self.lose(&lost);
+        lost.len() as u64
     }
 
-    /// The oldest report, with the count of reports lost so far written into it.
+    /// The oldest report, with the count of reports lost before it written into it.
     pub fn front(&self) -> Option<(u64, Vec<u8>)> {
         let item = self.items.front()?;
         let bytes = fs::read(self.path(item.id)).ok()?;
-        if self.lost == 0 {
+        let lost = self.lost_before(item.id);
+        if lost == 0 {
             return Some((item.id, bytes));
         }
         let mut v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        v["lost"] = self.lost.into();
+        v["lost"] = lost.into();
         Some((item.id, serde_json::to_vec(&v).ok()?))
     }
 
-    /// The collector has report `id` (and with it the count of lost reports it carried).
+    /// The collector has report `id`, and with it the count of lost reports before it.
     pub fn delivered(&mut self, id: u64) {
+        self.remove(id);
+        let before = self.lost.len();
+        self.lost.retain_mut(|r| {
+            r.0 = r.0.max(id + 1);
+            r.0 <= r.1
+        });
+        if self.lost.len() != before || self.lost.is_empty() {
+            self.save_lost();
+        }
+    }
+
+    /// The collector will never take report `id` (it refused it for good): dropped and lost. The
+    /// count it carried did not arrive either, and rides on the next report.
+    pub fn refused(&mut self, id: u64) {
+        self.remove(id);
+        self.lose(&[id]);
+    }
+
+    fn remove(&mut self, id: u64) {
         if let Some(pos) = self.items.iter().position(|i| i.id == id) {
             if let Some(item) = self.items.remove(pos) {
                 self.total -= item.size;
             }
             let _ = fs::remove_file(self.path(id));
-        }
-        if self.lost > 0 {
-            self.lost = 0;
-            let _ = fs::remove_file(self.dir.join(LOST));
         }
     }
 
@@ -136,14 +161,41 @@ impl Spool {
         self.total = 0;
     }
 
-    /// A report the collector refused for good was dropped: it is lost like one pushed out.
-    pub fn count_refused(&mut self) {
-        self.count_lost(1);
+    fn lose(&mut self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.lost.extend(ids.iter().map(|&id| (id, id)));
+        self.lost.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.lost.len());
+        for r in self.lost.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.0 <= last.1 + 1 => last.1 = last.1.max(r.1),
+                _ => merged.push(r),
+            }
+        }
+        self.lost = merged;
+        self.save_lost();
     }
 
-    fn count_lost(&mut self, n: u64) {
-        self.lost += n;
-        let _ = write_private(&self.dir.join(LOST), self.lost.to_string().as_bytes());
+    fn lost_before(&self, id: u64) -> u64 {
+        self.lost.iter().filter(|r| r.0 < id).map(|r| r.1.min(id - 1) - r.0 + 1).sum()
+    }
+
+    fn save_lost(&self) {
+        let path = self.dir.join(LOST);
+        let result = if self.lost.is_empty() {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        } else {
+            let text: String = self.lost.iter().map(|(from, to)| format!("{from}-{to}\n")).collect();
+            write_private(&path, text.as_bytes()).map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "cannot record which reports were lost");
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -160,8 +212,26 @@ impl Spool {
 
     /// Reports dropped and not yet reported as such.
     pub fn lost(&self) -> u64 {
-        self.lost
+        self.lost.iter().map(|r| r.1 - r.0 + 1).sum()
     }
+}
+
+/// The lost ranges an earlier run left; a line that does not parse is said and skipped (the count
+/// is then short, never invented).
+fn read_lost(path: &Path) -> Vec<(u64, u64)> {
+    let Ok(text) = fs::read_to_string(path) else { return Vec::new() };
+    let mut ranges = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let range = line.trim().split_once('-').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        match range {
+            Some((from, to)) if from <= to => ranges.push((from, to)),
+            _ => {
+                tracing::error!(path = %path.display(), line = n + 1, text = line, "not a range of lost reports; skipped")
+            }
+        }
+    }
+    ranges.sort_unstable();
+    ranges
 }
 
 #[cfg(test)]
@@ -250,5 +320,68 @@ mod tests {
         let mut tiny = Spool::open(&d.path().join("tiny"), 10).unwrap();
         assert_eq!(tiny.push(&report(1, 10)), 1);
         assert_eq!(tiny.lost(), 1);
+    }
+
+    /// Drains the spool as the sender does: (seq, lost) of each report in order.
+    fn drain(s: &mut Spool) -> Vec<(u64, u64)> {
+        let mut seen = Vec::new();
+        while let Some((id, bytes)) = s.front() {
+            let r: proto::Report = serde_json::from_slice(&bytes).unwrap();
+            seen.push((r.seq, r.lost));
+            s.delivered(id);
+        }
+        seen
+    }
+
+    #[test]
+    fn each_report_counts_only_the_losses_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let one = serde_json::to_vec(&report(1, 500)).unwrap().len() as u64;
+        let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
+        s.push(&report(1, 500));
+        s.push(&report(2, 500));
+        // Larger than the whole spool: lost after 1 and 2, which stay.
+        assert_eq!(s.push(&report(3, 5000)), 1);
+        s.push(&report(4, 500));
+        // Pushes out 1: lost before 2.
+        assert_eq!(s.push(&report(5, 500)), 1);
+        assert_eq!(s.lost(), 2);
+        // Survives a restart, ranges and all.
+        drop(s);
+        let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
+        // The collector sees 2 (1 lost before it), 4 (3 lost before it), 5: each gap matches.
+        assert_eq!(drain(&mut s), [(2, 1), (4, 1), (5, 0)]);
+        assert_eq!(s.lost(), 0);
+        assert!(!d.path().join(LOST).exists(), "nothing left to report");
+        // Ids go on after the last lost one, even with the spool empty.
+        s.push(&report(6, 5000));
+        drop(s);
+        let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
+        s.push(&report(7, 500));
+        assert_eq!(drain(&mut s), [(7, 1)]);
+    }
+
+    #[test]
+    fn a_refused_report_is_lost_and_its_count_rides_on_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let one = serde_json::to_vec(&report(1, 500)).unwrap().len() as u64;
+        let mut s = Spool::open(d.path(), one * 2 + 10).unwrap();
+        for seq in 1..=3 {
+            s.push(&report(seq, 500));
+        }
+        let (id, bytes) = s.front().unwrap();
+        assert_eq!(serde_json::from_slice::<proto::Report>(&bytes).unwrap().lost, 1);
+        s.refused(id);
+        assert_eq!(drain(&mut s), [(3, 2)]);
+    }
+
+    #[test]
+    fn a_damaged_lost_file_is_read_as_far_as_it_goes() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(LOST), "1-2\nnonsense\n9-3\n").unwrap();
+        let mut s = Spool::open(d.path(), 1 << 20).unwrap();
+        assert_eq!(s.lost(), 2);
+        s.push(&report(1, 10));
+        assert_eq!(drain(&mut s), [(1, 2)]);
     }
 }

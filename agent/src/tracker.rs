@@ -33,6 +33,17 @@ pub struct Tracker {
     unread: Vec<proto::UnreadExec>,
     /// The next report must be a snapshot (session start, resync, periodic).
     snapshot_due: bool,
+    /// Whether `current` differs from `sent`, part by part, worked out when a part is set rather
+    /// than every time a report may be due (a host with 10,000 connections would otherwise
+    /// compare them every second).
+    changed: Changed,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Changed {
+    processes: bool,
+    listeners: bool,
+    connections: bool,
 }
 
 impl Tracker {
@@ -59,6 +70,7 @@ impl Tracker {
     /// A process started (or exec'd another program under the same pid).
     pub fn started(&mut self, p: Process) {
         self.current.processes.insert(p.pid, p);
+        self.changed.processes = true;
     }
 
     /// An exec whose process was gone before it could be read.
@@ -81,6 +93,7 @@ impl Tracker {
             }
             return;
         };
+        self.changed.processes = true;
         match self.sent.processes.get(&pid) {
             Some(s) if s.start_time == p.start_time => {
                 self.ended.insert(p.key(), at);
@@ -103,27 +116,28 @@ impl Tracker {
             }
         }
         self.current.processes = next;
-    }
-
-    pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
-        self.current.listeners = keyed(listeners, Listener::key);
-    }
-
-    pub fn set_connections(&mut self, connections: Vec<Connection>) {
-        self.current.connections = keyed(connections, Connection::key);
-    }
-
-    /// Whether anything changed since the last report.
-    pub fn is_dirty(&self) -> bool {
-        self.has_history()
-            || self.current.processes.len() != self.sent.processes.len()
+        self.changed.processes = self.current.processes.len() != self.sent.processes.len()
             || self
                 .current
                 .processes
                 .iter()
-                .any(|(pid, p)| self.sent.processes.get(pid).is_none_or(|s| !similar(s, p)))
-            || self.current.listeners != self.sent.listeners
-            || self.current.connections != self.sent.connections
+                .any(|(pid, p)| self.sent.processes.get(pid).is_none_or(|s| !similar(s, p)));
+    }
+
+    pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
+        self.current.listeners = keyed(listeners, Listener::key);
+        self.changed.listeners = self.current.listeners != self.sent.listeners;
+    }
+
+    pub fn set_connections(&mut self, connections: Vec<Connection>) {
+        self.current.connections = keyed(connections, Connection::key);
+        self.changed.connections = self.current.connections != self.sent.connections;
+    }
+
+    /// Whether anything changed since the last report.
+    pub fn is_dirty(&self) -> bool {
+        let c = self.changed;
+        self.has_history() || c.processes || c.listeners || c.connections
     }
 
     /// What changed since the last report; the tracker then counts it as sent.
@@ -139,15 +153,19 @@ impl Tracker {
             processes.removed.push(Removed { key: p.key(), at });
             processes.added.push(p);
         }
-        let delta = Delta {
-            processes,
-            listeners: diff(&self.sent.listeners, &self.current.listeners, now),
-            connections: diff(&self.sent.connections, &self.current.connections, now),
-            unread_execs: std::mem::take(&mut self.unread),
-        };
-        self.sent.listeners = self.current.listeners.clone();
-        self.sent.connections = self.current.connections.clone();
+        // Sockets are compared and copied only where they changed: most deltas are about processes.
+        let mut delta =
+            Delta { processes, unread_execs: std::mem::take(&mut self.unread), ..Delta::default() };
+        if self.changed.listeners {
+            delta.listeners = diff(&self.sent.listeners, &self.current.listeners, now);
+            self.sent.listeners = self.current.listeners.clone();
+        }
+        if self.changed.connections {
+            delta.connections = diff(&self.sent.connections, &self.current.connections, now);
+            self.sent.connections = self.current.connections.clone();
+        }
         self.ended.clear();
+        self.changed = Changed::default();
         delta
     }
 
@@ -158,6 +176,7 @@ impl Tracker {
         self.unread.clear();
         self.ended.clear();
         self.sent = self.current.clone();
+        self.changed = Changed::default();
         proto::Snapshot {
             taken_at,
             processes: self.current.processes.values().cloned().collect(),

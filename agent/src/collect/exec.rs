@@ -27,6 +27,9 @@ pub enum Event {
     Exec { pid: u32, at: OffsetDateTime, record: Option<Box<ProcessRecord>> },
     /// A process (thread group) ended.
     Exit { pid: u32, at: OffsetDateTime },
+    /// A new process (not a thread): the same program as its parent until it execs, which most
+    /// do at once, so it is read only if it is still there, unchanged, a moment later.
+    Fork { pid: u32 },
     /// The kernel dropped events: what happened meanwhile is only in `/proc` now.
     Lost,
 }
@@ -52,6 +55,12 @@ pub struct ExecWatcher {
 const RECV_BUFFER: usize = 16 << 20;
 /// How often the thread looks at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
+/// The receiving thread's nice value. The agent as a whole runs at low priority (the unit's
+/// `Nice=10`), but this thread must win the CPU within milliseconds of an exec or a short-lived
+/// process is gone before it is read; it only reads a few `/proc` files per exec. auditd boosts
+/// itself the same way and by the same amount (`priority_boost = 4`). Allowed by the unit's
+/// `LimitNICE=-4` without CAP_SYS_NICE.
+const BOOST: i32 = -4;
 
 impl ExecWatcher {
     /// Subscribes to the connector and starts the receiving thread; `Err` with the reason where
@@ -91,6 +100,16 @@ fn receive(
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 ) {
+    // Linux nice values are per thread: this raises the receiver only.
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), BOOST) {
+        Ok(()) => tracing::debug!(nice = BOOST, "exec event thread priority raised"),
+        Err(e) => tracing::info!(
+            nice = BOOST,
+            error = %e,
+            "cannot raise the exec event thread's priority (needs LimitNICE or CAP_SYS_NICE); \
+             on a busy host more short-lived processes may end before they are read"
+        ),
+    }
     let mut buf = vec![0u8; 4096];
     let mut problems = Problems::default();
     let mut clock = Clock::read(&root, &mut problems);
@@ -134,6 +153,10 @@ fn receive(
             // A thread's exit is not its process's.
             ProcEvent::Exit { pid, tgid, .. } if pid == tgid => {
                 Event::Exit { pid: tgid, at: OffsetDateTime::now_utc() }
+            }
+            // A new thread is not a new process.
+            ProcEvent::Fork { child_pid, child_tgid, .. } if child_pid == child_tgid => {
+                Event::Fork { pid: child_tgid }
             }
             _ => continue,
         };

@@ -90,7 +90,7 @@ pub fn read_vitals(root: &HostRoot, pid: u32) -> Result<Option<Vitals>, ReadFail
 impl ProcessRecord {
     /// Takes in what a rescan read; `false` if it is another process now (the pid was reused)
     /// or one whose credentials changed, which must be read whole.
-    pub fn update(&mut self, v: Vitals) -> bool {
+    pub fn update(&mut self, v: &Vitals) -> bool {
         if v.start_ticks != self.start_ticks || v.dir_uid != self.dir_uid {
             return false;
         }
@@ -364,13 +364,13 @@ mod tests {
         let v = read_vitals(&HostRoot::default(), me.pid).unwrap().unwrap();
         assert_eq!((v.start_ticks, v.ppid, v.dir_uid), (me.start_ticks, me.ppid, me.dir_uid));
         let mut same = me.clone();
-        assert!(same.update(v.clone()));
+        assert!(same.update(&v));
         assert!(same.cpu_ticks >= me.cpu_ticks);
         let mut reused = me.clone();
-        assert!(!reused.update(Vitals { start_ticks: v.start_ticks + 1, ..v.clone() }));
+        assert!(!reused.update(&Vitals { start_ticks: v.start_ticks + 1, ..v.clone() }));
         assert_eq!(reused, me, "a refused update changes nothing");
         let mut setuid = me.clone();
-        assert!(!setuid.update(Vitals { dir_uid: v.dir_uid + 1, ..v }));
+        assert!(!setuid.update(&Vitals { dir_uid: v.dir_uid + 1, ..v }));
         // Kernel threads are not processes: kthreadd, where this machine shows it.
         if let Ok(stat) = std::fs::read_to_string("/proc/2/stat")
             && stat.contains("(kthreadd)")
