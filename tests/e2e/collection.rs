@@ -232,3 +232,34 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
     })
     .await;
 }
+
+/// A process that forks and goes on running its parent's program (a worker, a session) never
+/// execs: the fork event alone must bring it to the collector, long before the next full scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_child_that_never_execs_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let role = unique("forks");
+    // No full scan within the test's wait: only the fork event can find the child.
+    let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "600s")]);
+    let host = online_host(&c, &role).await;
+    let name = unique("hwfork");
+    let exe = dir.path().join(&name);
+    std::fs::copy("/bin/sh", &exe).unwrap();
+    // The subshell is a fork of the copy that runs `sleep` as its own child and then `:`, so it
+    // never execs; it ends by itself within a minute whatever happens to the test.
+    let parent = Guard(Command::new(&exe).args(["-c", "(sleep 60; :) & wait"]).spawn().unwrap());
+
+    let child = wait_for("the forked subshell in ps", WAIT, async || {
+        let rows: Vec<proto::Located<proto::Process>> =
+            c.cli_json(&["ps", "--host", &host.id.to_string(), "--name", &name]);
+        rows.into_iter().map(|r| r.item).find(|p| p.ppid == parent.0.id())
+    })
+    .await;
+    assert_eq!(child.exe.as_deref(), exe.to_str());
+    assert_eq!(child.cmdline, [exe.to_str().unwrap(), "-c", "(sleep 60; :) & wait"]);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
