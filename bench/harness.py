@@ -69,14 +69,19 @@ class Collector:
         return json.loads(out.stdout)
 
     def start_agent(self, tag, **env):
+        """The agent with the environment its systemd unit gives it, and `env` over that."""
         state = tempfile.mkdtemp(prefix="hw-bench-agent-")
         config = os.path.join(state, "agent.toml")
         open(config, "w").close()
         base = {"HOSTWATCH_SERVER": self.url, "HOSTWATCH_ENROLL_SECRET_FILE": self.secret_file,
                 "HOSTWATCH_STATE_DIR": state, "HOSTWATCH_TAGS": f"bench={tag}",
                 "HOSTWATCH_CLOUD_PROVIDER": "none", "HOSTWATCH_LOG": "warn"}
+        base.update(unit_environment())
         base.update(env)
-        agent = start([binary("hostwatch-agent"), "--config", config], env=base,
+        # HW_AGENT_WRAP runs the agent under a profiler, e.g. "heaptrack -o /tmp/agent" (its CPU
+        # and memory figures are then the wrapper's).
+        wrap = os.environ.get("HW_AGENT_WRAP", "").split()
+        agent = start([*wrap, binary("hostwatch-agent"), "--config", config], env={**os.environ, **base} if wrap else base,
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while True:
@@ -86,6 +91,17 @@ class Collector:
             if time.time() > deadline:
                 sys.exit("the agent never came online")
             time.sleep(0.3)
+
+
+def unit_environment():
+    """The Environment= settings of the agent's systemd unit, so the agent runs as installed."""
+    unit = os.path.join(ROOT, "packaging", "systemd", "hostwatch-agent.service")
+    env = {}
+    for line in open(unit):
+        if line.startswith("Environment="):
+            k, v = line.strip().split("=", 2)[1:]
+            env[k] = v
+    return env
 
 
 def load(procs, conns, seconds):

@@ -170,6 +170,15 @@ fn hex(bytes: &[u8]) -> String {
 /// Writes a file mode 0600 through a temporary file and a rename, so that a crash leaves the old
 /// content or the new, never half of one. Shared with the collector for its bootstrap secrets.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_private_with(path, |f| f.write_all(data))
+}
+
+/// [`write_private`] with the content written by `write`, for content too large to build in
+/// memory first.
+pub fn write_private_with(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let err = |action, source| StateError { action, path: path.to_owned(), source };
     let _ = fs::remove_file(&tmp);
@@ -179,7 +188,10 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| err("create", e))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| err("write", e))?;
+    if let Err(e) = write(&mut f).and_then(|()| f.sync_all()) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err("write", e));
+    }
     fs::rename(&tmp, path).map_err(|e| err("replace", e))
 }
 

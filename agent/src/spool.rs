@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use hostwatch_proto::v1 as proto;
 
-use crate::identity::{StateError, write_private};
+use std::io::{BufWriter, Seek, Write};
+
+use crate::identity::{StateError, write_private, write_private_with};
 
 #[derive(Debug)]
 struct Item {
@@ -44,6 +46,11 @@ impl Spool {
         let mut items: Vec<Item> = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| err("read", e))?.flatten() {
             let name = entry.file_name();
+            // What a crash left half-written never made it into the spool.
+            if name.to_str().is_some_and(|n| n.ends_with(".tmp")) {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok())
             else {
                 continue;
@@ -68,15 +75,22 @@ impl Spool {
         // Every report takes its place in the order, written or not.
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = match serde_json::to_vec(report) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(seq = report.seq, error = %e, "cannot encode a report; it is lost");
-                self.lose(&[id]);
-                return 1;
-            }
-        };
-        let size = bytes.len() as u64;
+        let path = self.path(id);
+        // Streamed to disk: a snapshot of a busy host is megabytes, never held whole in memory
+        // (the file may briefly overstep the bound until the oldest are pushed out).
+        let mut size = 0;
+        let written = write_private_with(&path, |f| {
+            let mut w = BufWriter::new(f);
+            serde_json::to_writer(&mut w, report).map_err(std::io::Error::other)?;
+            w.flush()?;
+            size = w.get_mut().stream_position()?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::error!(seq = report.seq, error = %e, "cannot spool a report (disk full?); it is lost");
+            self.lose(&[id]);
+            return 1;
+        }
         if size > self.max_bytes {
             tracing::error!(
                 seq = report.seq,
@@ -84,6 +98,7 @@ impl Spool {
                 max = self.max_bytes,
                 "a report larger than the whole spool is lost"
             );
+            let _ = fs::remove_file(&path);
             self.lose(&[id]);
             return 1;
         }
@@ -97,16 +112,8 @@ impl Spool {
         if !lost.is_empty() {
             tracing::warn!(dropped = lost.len(), "spool full: oldest reports dropped");
         }
-        match write_private(&self.path(id), &bytes) {
-            Ok(()) => {
-                self.items.push_back(Item { id, size });
-                self.total += size;
-            }
-            Err(e) => {
-                tracing::error!(seq = report.seq, error = %e, "cannot spool a report (disk full?); it is lost");
-                lost.push(id);
-            }
-        }
+        self.items.push_back(Item { id, size });
+        self.total += size;
         self.lose(&lost);
         lost.len() as u64
     }
@@ -284,8 +291,10 @@ mod tests {
         assert_eq!(seq_of(&bytes), 1);
         s.delivered(id);
         drop(s);
+        fs::write(d.path().join("00000000000000000009.tmp"), "{\"half").unwrap();
         let mut s = Spool::open(d.path(), 1 << 20).unwrap();
         assert_eq!(s.len(), 2);
+        assert!(!d.path().join("00000000000000000009.tmp").exists(), "a half-written report is cleaned up");
         s.push(&report(4, 10));
         let mut seen = Vec::new();
         while let Some((id, bytes)) = s.front() {

@@ -2,11 +2,14 @@
 //! protocol.
 //!
 //! The tracker holds two pictures of the host: `current`, as the agent sees it now, and `sent`, as
-//! the reports made so far describe it. A delta is the difference, plus the processes that started
+//! the reports made so far describe it. Of sockets, `sent` keeps only a fingerprint of each (a
+//! host with 10,000 connections would otherwise hold them twice); a 64-bit hash that collides
+//! would hide one update of one socket until it changes again. A delta is the difference, plus the processes that started
 //! and ended in between (seen only through exec and exit events), so that even a process that
 //! lived milliseconds is in the collector's history.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use hostwatch_proto::v1::{
     self as proto, Changes, Connection, ConnectionKey, Delta, Listener, ListenerKey, Process, ProcessKey,
@@ -21,10 +24,19 @@ struct Picture {
     connections: BTreeMap<ConnectionKey, Connection>,
 }
 
+/// What the collector has: processes whole (a similar process keeps the version sent), sockets as
+/// fingerprints.
+#[derive(Debug, Default)]
+struct Sent {
+    processes: BTreeMap<u32, Process>,
+    listeners: BTreeMap<ListenerKey, u64>,
+    connections: BTreeMap<ConnectionKey, u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     current: Picture,
-    sent: Picture,
+    sent: Sent,
     /// Processes that started and ended since the last report, with when they ended.
     transient: Vec<(Process, OffsetDateTime)>,
     /// When processes seen to end (by exit events) did so.
@@ -125,13 +137,13 @@ impl Tracker {
     }
 
     pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
-        self.current.listeners = keyed(listeners, Listener::key);
-        self.changed.listeners = self.current.listeners != self.sent.listeners;
+        keyed(&mut self.current.listeners, listeners, Listener::key);
+        self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners);
     }
 
     pub fn set_connections(&mut self, connections: Vec<Connection>) {
-        self.current.connections = keyed(connections, Connection::key);
-        self.changed.connections = self.current.connections != self.sent.connections;
+        keyed(&mut self.current.connections, connections, Connection::key);
+        self.changed.connections = differ(&self.sent.connections, &self.current.connections);
     }
 
     /// Whether anything changed since the last report.
@@ -158,11 +170,11 @@ impl Tracker {
             Delta { processes, unread_execs: std::mem::take(&mut self.unread), ..Delta::default() };
         if self.changed.listeners {
             delta.listeners = diff(&self.sent.listeners, &self.current.listeners, now);
-            self.sent.listeners = self.current.listeners.clone();
+            self.sent.listeners = fingerprints(&self.current.listeners);
         }
         if self.changed.connections {
             delta.connections = diff(&self.sent.connections, &self.current.connections, now);
-            self.sent.connections = self.current.connections.clone();
+            self.sent.connections = fingerprints(&self.current.connections);
         }
         self.ended.clear();
         self.changed = Changed::default();
@@ -175,7 +187,11 @@ impl Tracker {
         self.transient.clear();
         self.unread.clear();
         self.ended.clear();
-        self.sent = self.current.clone();
+        self.sent = Sent {
+            processes: self.current.processes.clone(),
+            listeners: fingerprints(&self.current.listeners),
+            connections: fingerprints(&self.current.connections),
+        };
         self.changed = Changed::default();
         proto::Snapshot {
             taken_at,
@@ -191,14 +207,29 @@ impl Tracker {
     }
 }
 
-fn keyed<K: Ord, T>(items: Vec<T>, key: impl Fn(&T) -> K) -> BTreeMap<K, T> {
-    let mut out = BTreeMap::new();
+/// Replaces `out` with `items` by key; the old map goes first, so that two never coexist.
+fn keyed<K: Ord, T>(out: &mut BTreeMap<K, T>, items: Vec<T>, key: impl Fn(&T) -> K) {
+    out.clear();
     for x in items {
         // Several sockets on one address (SO_REUSEPORT) are one listener: the first (lowest
         // owner) stands for them.
         out.entry(key(&x)).or_insert(x);
     }
-    out
+}
+
+/// A hash of everything a report says of `x`.
+fn fingerprint<T: Hash>(x: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
+}
+
+fn fingerprints<K: Ord + Clone, T: Hash>(current: &BTreeMap<K, T>) -> BTreeMap<K, u64> {
+    current.iter().map(|(k, x)| (k.clone(), fingerprint(x))).collect()
+}
+
+fn differ<K: Ord, T: Hash>(sent: &BTreeMap<K, u64>, current: &BTreeMap<K, T>) -> bool {
+    sent.len() != current.len() || current.iter().any(|(k, x)| sent.get(k) != Some(&fingerprint(x)))
 }
 
 /// Processes by pid: a pid whose start time changed is one process gone and another come.
@@ -246,8 +277,8 @@ fn similar(sent: &Process, now: &Process) -> bool {
             == Process { cpu_percent: None, rss_bytes: None, ..now.clone() }
 }
 
-fn diff<K: Ord + Clone, T: Clone + PartialEq>(
-    sent: &BTreeMap<K, T>,
+fn diff<K: Ord + Clone, T: Clone + Hash>(
+    sent: &BTreeMap<K, u64>,
     current: &BTreeMap<K, T>,
     now: OffsetDateTime,
 ) -> Changes<T, K> {
@@ -255,7 +286,7 @@ fn diff<K: Ord + Clone, T: Clone + PartialEq>(
     for (k, x) in current {
         match sent.get(k) {
             None => c.added.push(x.clone()),
-            Some(s) if s != x => c.updated.push(x.clone()),
+            Some(s) if *s != fingerprint(x) => c.updated.push(x.clone()),
             Some(_) => {}
         }
     }

@@ -42,7 +42,7 @@ impl std::str::FromStr for Protocol {
 }
 
 /// A socket that accepts: TCP in LISTEN state, or UDP bound and not connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Listener {
     pub protocol: Protocol,
     /// Local address: `0.0.0.0` and `::` mean every address.
@@ -97,7 +97,7 @@ impl std::str::FromStr for Direction {
 }
 
 /// An established TCP connection or a connected UDP socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Connection {
     pub protocol: Protocol,
     pub local_address: IpAddr,
