@@ -12,13 +12,15 @@ _started = []
 
 
 def _stop_all():
+    # Each was started in a session of its own: the signal reaches what it started too (the agent
+    # under a profiler, hostload's children).
     for p in reversed(_started):
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+            os.killpg(p.pid, signal.SIGTERM)
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
 
 
 atexit.register(_stop_all)
@@ -32,7 +34,7 @@ def binary(name):
 
 
 def start(argv, **kw):
-    p = subprocess.Popen(argv, **kw)
+    p = subprocess.Popen(argv, start_new_session=True, **kw)
     _started.append(p)
     return p
 

@@ -10,8 +10,8 @@
 //!
 //! To `POST /api/v1/report`, with the node key as bearer token: a report whenever something changed
 //! (batched over at most a second), else a heartbeat every `interval` (default 10 s). Each carries:
-//! - `session` (random per run), `seq`, `sent_at`, and `lost`: how many reports the spool had to
-//!   drop while the collector could not be reached;
+//! - `session` (random per run), `seq`, `sent_at`, and `lost`: how many reports before this one
+//!   the spool had to drop (full, or a disk that refused the write) and were never sent;
 //! - host facts: hostname, machine-id (or a generated id kept in `state_dir` on hosts without one),
 //!   OS pretty name, kernel release, CPU architecture, boot time, tags (the cloud's, under the
 //!   configured ones), and on a cloud instance what its metadata service says: provider,

@@ -84,6 +84,8 @@ pub fn agent_status(
 #[derive(Debug)]
 pub struct Observer {
     root: HostRoot,
+    /// The agent's own network namespace, read at each full scan (it never moves by itself).
+    own_netns: Option<u64>,
     /// Applied to every command line as it is read.
     redactor: Redactor,
     sockets: SocketSource,
@@ -149,6 +151,7 @@ impl Observer {
         let (users, users_error) = Users::load(&root.etc.join("passwd"));
         let host = collect::host::read(&root);
         Observer {
+            own_netns: netns::own(&root),
             root,
             redactor,
             sockets: SocketSource::new(reader),
@@ -283,6 +286,7 @@ impl Observer {
         let mut problems = Problems::default();
         self.clock = Clock::read(&self.root, &mut problems);
         self.host = collect::host::read(&self.root);
+        self.own_netns = netns::own(&self.root);
         (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
         self.rescan(&mut problems);
         self.scans += 1;
@@ -460,7 +464,7 @@ impl Observer {
         let root = &self.root;
         let mut seen_ns: Vec<u64> = Vec::new();
         let mut namespaces = Vec::new();
-        if let Some(own) = netns::own(root) {
+        if let Some(own) = self.own_netns {
             namespaces.push(netns::Netns { inode: own, pid: std::process::id(), own: true });
             seen_ns.push(own);
         }

@@ -248,32 +248,8 @@ mod tests {
 
     fn report(seq: u64, pad: usize) -> proto::Report {
         let now = OffsetDateTime::now_utc();
-        proto::Report {
-            session: 9,
-            seq,
-            sent_at: now,
-            host: proto::HostFacts {
-                hostname: "x".repeat(pad.max(1)),
-                machine_id: "m".into(),
-                os: String::new(),
-                kernel: String::new(),
-                arch: String::new(),
-                boot_time: None,
-                tags: Default::default(),
-                cloud: None,
-            },
-            agent: proto::AgentStatus {
-                version: "0".into(),
-                interval_secs: 10,
-                started_at: now,
-                coverage: proto::Coverage::full(),
-                stats: None,
-            },
-            snapshot: None,
-            delta: None,
-            lost: 0,
-            goodbye: None,
-        }
+        let host = proto::HostFacts::new("x".repeat(pad.max(1)), "m");
+        proto::Report::heartbeat(9, seq, now, host, proto::AgentStatus::new("0", 10, now))
     }
 
     fn seq_of(bytes: &[u8]) -> u64 {

@@ -171,31 +171,12 @@ mod tests {
 
     fn sample_report() -> proto::Report {
         let now = time::OffsetDateTime::now_utc();
-        proto::Report {
-            session: 0,
-            seq: 1,
-            sent_at: now,
-            host: proto::HostFacts {
-                hostname: "h".into(),
-                machine_id: "m".into(),
-                os: String::new(),
-                kernel: String::new(),
-                arch: String::new(),
-                boot_time: None,
-                tags: Default::default(),
-                cloud: None,
-            },
-            agent: proto::AgentStatus {
-                version: "0".into(),
-                interval_secs: 10,
-                started_at: now,
-                coverage: proto::Coverage::full(),
-                stats: None,
-            },
-            snapshot: None,
-            delta: None,
-            lost: 0,
-            goodbye: None,
-        }
+        proto::Report::heartbeat(
+            0,
+            1,
+            now,
+            proto::HostFacts::new("h", "m"),
+            proto::AgentStatus::new("0", 10, now),
+        )
     }
 }

@@ -10,25 +10,13 @@ use crate::support::Collector;
 
 fn facts(machine_id: &str) -> proto::HostFacts {
     proto::HostFacts {
-        hostname: "bad-input-host".into(),
-        machine_id: machine_id.into(),
-        os: "test".into(),
-        kernel: "test".into(),
-        arch: "x86_64".into(),
-        boot_time: None,
         tags: BTreeMap::from([("role".to_owned(), "bad-input".to_owned())]),
-        cloud: None,
+        ..proto::HostFacts::new("bad-input-host", machine_id)
     }
 }
 
 fn status() -> proto::AgentStatus {
-    proto::AgentStatus {
-        version: "0.0.1".into(),
-        interval_secs: 10,
-        started_at: OffsetDateTime::now_utc(),
-        coverage: proto::Coverage::full(),
-        stats: None,
-    }
+    proto::AgentStatus::new("0.0.1", 10, OffsetDateTime::now_utc())
 }
 
 fn report(seq: u64, machine_id: &str) -> proto::Report {

@@ -2,8 +2,6 @@
 //! collector; a replayed report changes nothing; a gap makes the collector ask for a snapshot;
 //! reports the agent dropped become a data_lost finding.
 
-use std::collections::BTreeMap;
-
 use hostwatch_proto::v1::{self as proto, Changes, Delta, ProcessKey, Removed};
 use time::OffsetDateTime;
 
@@ -17,26 +15,11 @@ struct Agent<'a> {
 }
 
 fn facts() -> proto::HostFacts {
-    proto::HostFacts {
-        hostname: "protocol-host".into(),
-        machine_id: "m-protocol".into(),
-        os: String::new(),
-        kernel: String::new(),
-        arch: String::new(),
-        boot_time: None,
-        tags: BTreeMap::new(),
-        cloud: None,
-    }
+    proto::HostFacts::new("protocol-host", "m-protocol")
 }
 
 fn status() -> proto::AgentStatus {
-    proto::AgentStatus {
-        version: "0.0.1".into(),
-        interval_secs: 10,
-        started_at: OffsetDateTime::now_utc(),
-        coverage: proto::Coverage::full(),
-        stats: None,
-    }
+    proto::AgentStatus::new("0.0.1", 10, OffsetDateTime::now_utc())
 }
 
 fn process(pid: u32, name: &str) -> proto::Process {

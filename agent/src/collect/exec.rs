@@ -53,8 +53,9 @@ pub struct ExecWatcher {
 
 /// Kernel buffer for bursts: 10,000 execs in a second are about 10 MiB of netlink messages.
 const RECV_BUFFER: usize = 16 << 20;
-/// How often the thread looks at the stop flag.
-const POLL: Duration = Duration::from_millis(200);
+/// How often the thread looks at the stop flag: at most this long to stop, and as many idle
+/// wake-ups a second (they were a tenth of an idle agent's CPU at 200 ms).
+const POLL: Duration = Duration::from_secs(1);
 /// The receiving thread's nice value. The agent as a whole runs at low priority (the unit's
 /// `Nice=10`), but this thread must win the CPU within milliseconds of an exec or a short-lived
 /// process is gone before it is read; it only reads a few `/proc` files per exec. auditd boosts

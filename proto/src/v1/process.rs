@@ -54,7 +54,8 @@ pub struct Process {
     /// The systemd unit it belongs to (`nginx.service`, `session-3.scope`), from the cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
-    /// Share of one CPU used over the last interval, in percent (can exceed 100 on several CPUs).
+    /// Share of one CPU used over the last interval, in percent (can exceed 100 on several CPUs);
+    /// for a process first seen since the last full scan, its lifetime average (as `ps` shows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f32>,
     /// Resident memory.

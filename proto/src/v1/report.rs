@@ -31,7 +31,8 @@ pub struct Report {
     /// What changed since the report before, when this report has no snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<Delta>,
-    /// Reports the agent had to drop (its spool was full) since the last report it sent.
+    /// Reports the agent had to drop (spool full, a write refused, refused by the collector) between
+    /// the last report it delivered and this one: the gap in `seq` the collector sees, exactly.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u64,
     /// Present in the last report of an agent that is stopping on purpose.
@@ -48,6 +49,19 @@ pub enum Goodbye {
     Shutdown,
     /// The agent alone is being stopped.
     Stopped,
+}
+
+impl Report {
+    /// A heartbeat: no snapshot, no delta, nothing lost; the rest is set field by field.
+    pub fn heartbeat(
+        session: u64,
+        seq: u64,
+        sent_at: OffsetDateTime,
+        host: HostFacts,
+        agent: AgentStatus,
+    ) -> Self {
+        Report { session, seq, sent_at, host, agent, snapshot: None, delta: None, lost: 0, goodbye: None }
+    }
 }
 
 impl Goodbye {
@@ -83,6 +97,22 @@ pub struct HostFacts {
     /// before the agent has heard from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudFacts>,
+}
+
+impl HostFacts {
+    /// The identity alone; the other facts empty, to be set where they are known.
+    pub fn new(hostname: impl Into<String>, machine_id: impl Into<String>) -> Self {
+        HostFacts {
+            hostname: hostname.into(),
+            machine_id: machine_id.into(),
+            os: String::new(),
+            kernel: String::new(),
+            arch: String::new(),
+            boot_time: None,
+            tags: BTreeMap::new(),
+            cloud: None,
+        }
+    }
 }
 
 /// The agent's own state.
@@ -140,6 +170,19 @@ pub struct Coverage {
     /// Human-readable reasons, empty when the coverage is full.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub why: Vec<String>,
+}
+
+impl AgentStatus {
+    /// Full coverage and no statistics, until the agent has them.
+    pub fn new(version: impl Into<String>, interval_secs: u32, started_at: OffsetDateTime) -> Self {
+        AgentStatus {
+            version: version.into(),
+            interval_secs,
+            started_at,
+            coverage: Coverage::full(),
+            stats: None,
+        }
+    }
 }
 
 impl Coverage {

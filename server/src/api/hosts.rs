@@ -124,16 +124,7 @@ mod tests {
     fn host(last_seen: Option<i64>, interval: u32) -> Host {
         Host {
             id: 1,
-            facts: HostFacts {
-                hostname: "h".into(),
-                machine_id: "m".into(),
-                os: String::new(),
-                kernel: String::new(),
-                arch: String::new(),
-                boot_time: None,
-                tags: Default::default(),
-                cloud: None,
-            },
+            facts: HostFacts::from(proto::HostFacts::new("h", "m")),
             agent: AgentInfo {
                 version: "0".into(),
                 interval_secs: interval,
