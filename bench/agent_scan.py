@@ -4,7 +4,7 @@ processes and 5,000 established loopback connections (10,000 sockets).
 
 Usage: python3 bench/agent_scan.py [--rounds 9] [--no-load]
 """
-import argparse, os, subprocess, sys
+import argparse, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
@@ -20,6 +20,9 @@ def main():
                    check=True)
     if not a.no_load:
         harness.load(1000, 5000, 900)
+        # The agent reads a process whole again while it is younger than 10 s (programs rename
+        # themselves and change cgroups early): a steady state starts once the load is older.
+        time.sleep(15)
     subprocess.run(["cargo", "bench", "-p", "hostwatch-agent", "--bench", "scan", "--", str(a.rounds)],
                    cwd=harness.ROOT, check=True)
 

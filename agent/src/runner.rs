@@ -181,7 +181,9 @@ struct Agent {
 }
 
 enum Scan {
-    Full,
+    /// Everything; `credential_events`: uid and gid changes come as events, so the rescan need
+    /// not check each process's owner.
+    Full { credential_events: bool },
     /// Sockets as asked; `/proc` listed when `true` (no process events to go by).
     Quick(Want, bool),
 }
@@ -203,6 +205,8 @@ impl Agent {
         let mut next_full = Instant::now();
         let mut connections_due = true;
         let mut events_open = self.watcher.is_some();
+        // Events were lost since the last full scan: it must check every process itself.
+        let mut events_lost = false;
         // A clone to be woken by: the select's futures cannot borrow `self`.
         let mut cloud_news = self.cloud.clone();
         let mut cloud_open = true;
@@ -236,7 +240,11 @@ impl Agent {
                     Err(_) => cloud_open = false,
                 },
                 event = exec_rx.recv(), if events_open => match event {
-                    Some(e) => connections_due |= self.on_event(e, &mut next_full),
+                    Some(e) => {
+                        let lost = self.on_event(e, &mut next_full);
+                        connections_due |= lost;
+                        events_lost |= lost;
+                    }
                     None => {
                         events_open = false;
                         warn!("exec events stopped; listing /proc every second instead");
@@ -246,7 +254,9 @@ impl Agent {
                 _ = tick.tick() => {
                     let scan = if Instant::now() >= next_full {
                         next_full = Instant::now() + backoff::jittered(self.config.interval);
-                        Scan::Full
+                        let trusted = events_open && self.exec_why.is_none() && !events_lost;
+                        events_lost = false;
+                        Scan::Full { credential_events: trusted }
                     } else {
                         Scan::Quick(Want { listen: true, connected: connections_due }, !events_open || self.exec_why.is_some())
                     };
@@ -282,6 +292,10 @@ impl Agent {
                 observer.note_fork(pid);
                 false
             }
+            exec::Event::Credentials { pid } => {
+                observer.note_credentials(pid);
+                false
+            }
             exec::Event::Lost => {
                 warn!("the kernel dropped process events; rescanning /proc");
                 // The next tick re-reads everything.
@@ -297,7 +311,10 @@ impl Agent {
         });
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {
-                Scan::Full => Ok(observer.observe()),
+                Scan::Full { credential_events } => {
+                    observer.set_credential_events(credential_events);
+                    Ok(observer.observe())
+                }
                 Scan::Quick(want, list) => Err(observer.quick(want, list)),
             };
             (observer, out)

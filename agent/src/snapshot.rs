@@ -86,6 +86,11 @@ pub struct Observer {
     root: HostRoot,
     /// The agent's own network namespace, read at each full scan (it never moves by itself).
     own_netns: Option<u64>,
+    /// Whether uid and gid changes arrive as events (the process connector runs and lost nothing
+    /// since the last full scan): rescans then need not stat each `/proc/PID` for its owner.
+    credential_events: bool,
+    /// Processes whose credentials changed (by event), to be read whole by the next quick look.
+    recredentialed: Vec<u32>,
     /// Applied to every command line as it is read.
     redactor: Redactor,
     sockets: SocketSource,
@@ -138,6 +143,7 @@ const HASH_MAX_SIZE: u64 = 256 << 20;
 /// listed; otherwise exit events say so), and the sockets asked for.
 #[derive(Debug)]
 pub struct QuickObservation {
+    /// Processes new since the last look, or read again because their credentials changed.
     pub started: Vec<proto::Process>,
     pub gone: Vec<u32>,
     pub listeners: Option<Vec<proto::Listener>>,
@@ -152,6 +158,8 @@ impl Observer {
         let host = collect::host::read(&root);
         Observer {
             own_netns: netns::own(&root),
+            credential_events: false,
+            recredentialed: Vec::new(),
             root,
             redactor,
             sockets: SocketSource::new(reader),
@@ -267,6 +275,19 @@ impl Observer {
         self.forked.push(pid);
     }
 
+    /// A process whose uid or gid changed (setuid, a privilege drop or gain): read whole at the
+    /// next quick look.
+    pub fn note_credentials(&mut self, pid: u32) {
+        if !self.recredentialed.contains(&pid) && self.recredentialed.len() < MAX_FORKS {
+            self.recredentialed.push(pid);
+        }
+    }
+
+    /// See [`Observer::credential_events`]; set by the runner before each full scan.
+    pub fn set_credential_events(&mut self, on: bool) {
+        self.credential_events = on;
+    }
+
     /// A process that exited.
     pub fn note_exit(&mut self, pid: u32) {
         self.procs.remove(&pid);
@@ -339,7 +360,7 @@ impl Observer {
             }
             let rec = match old.remove(&pid) {
                 Some(mut rec) if !self.reread_due(&rec) => {
-                    let vitals = collect::process::read_vitals(&self.root, pid);
+                    let vitals = collect::process::read_vitals(&self.root, pid, !self.credential_events);
                     match self.settle(pid, vitals, problems) {
                         Some(v) if rec.update(&v) => Some(rec),
                         // Another process under the same pid, or new credentials: read it whole.
@@ -434,6 +455,14 @@ impl Observer {
             if !self.procs.contains_key(&pid)
                 && !self.skip.contains(&pid)
                 && let Some(rec) = self.read_whole(pid, &mut problems)
+            {
+                started.push(self.note_exec(rec));
+            }
+        }
+        // Read again, whole: new credentials may come with new rights over new files.
+        for pid in std::mem::take(&mut self.recredentialed) {
+            if let Some(known) = self.procs.remove(&pid)
+                && let Some(rec) = self.reread(known, &mut problems)
             {
                 started.push(self.note_exec(rec));
             }

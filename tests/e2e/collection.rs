@@ -263,3 +263,32 @@ async fn a_forked_child_that_never_execs_is_reported() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// A process that changes its credentials (here it drops root; an exploit would gain it) is
+/// read again at once from the connector's uid event, not at the next full scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_uid_is_reported_from_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let role = unique("setuid");
+    // No full scan within the test's wait: only the uid event can tell.
+    let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "600s")]);
+    let host = online_host(&c, &role).await;
+    let script =
+        "import os, sys, time\nsys.stdin.readline()\nos.setgid(65534)\nos.setuid(65534)\ntime.sleep(60)\n";
+    let mut kid = Guard(Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap());
+    let pid = kid.0.id();
+    let find = async |uid: u32| {
+        wait_for(&format!("pid {pid} with uid {uid}"), WAIT, async || {
+            let rows: Vec<proto::Located<proto::Process>> =
+                c.cli_json(&["ps", "--host", &host.id.to_string()]);
+            rows.into_iter().map(|r| r.item).find(|p| p.pid == pid && p.uid == uid)
+        })
+        .await
+    };
+    find(0).await;
+    use std::io::Write;
+    kid.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let dropped = find(65534).await;
+    assert_eq!(dropped.cmdline[1..], ["-c", script], "the same process, read again");
+}

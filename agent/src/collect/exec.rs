@@ -30,6 +30,8 @@ pub enum Event {
     /// A new process (not a thread): the same program as its parent until it execs, which most
     /// do at once, so it is read only if it is still there, unchanged, a moment later.
     Fork { pid: u32 },
+    /// A process's real or effective uid or gid changed (any of its threads).
+    Credentials { pid: u32 },
     /// The kernel dropped events: what happened meanwhile is only in `/proc` now.
     Lost,
 }
@@ -159,6 +161,7 @@ fn receive(
             ProcEvent::Fork { child_pid, child_tgid, .. } if child_pid == child_tgid => {
                 Event::Fork { pid: child_tgid }
             }
+            ProcEvent::Uid { tgid, .. } | ProcEvent::Gid { tgid, .. } => Event::Credentials { pid: tgid },
             _ => continue,
         };
         // A full channel blocks here: the kernel's buffer then fills, and an overrun (counted,

@@ -53,8 +53,9 @@ pub struct ProcessRecord {
     pub read_at: OffsetDateTime,
 }
 
-/// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` and the owner
-/// of `/proc/PID`, instead of the six reads of a whole record.
+/// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` (and the owner
+/// of `/proc/PID` where credential changes do not come as events), instead of the six reads of a
+/// whole record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vitals {
     pub start_ticks: u64,
@@ -62,20 +63,25 @@ pub struct Vitals {
     pub comm: String,
     pub cpu_ticks: u64,
     pub rss_bytes: u64,
-    pub dir_uid: u32,
+    /// The owner of `/proc/PID`, which follows the process's credentials; `None` when not asked
+    /// for (credential changes then come as events).
+    pub dir_uid: Option<u32>,
 }
 
 /// The vitals of `pid`; `Ok(None)` for a kernel thread or a zombie, `Err(Vanished)` if it is gone.
-pub fn read_vitals(root: &HostRoot, pid: u32) -> Result<Option<Vitals>, ReadFailure> {
+/// `owner`: also stat `/proc/PID` to notice changed credentials.
+pub fn read_vitals(root: &HostRoot, pid: u32, owner: bool) -> Result<Option<Vitals>, ReadFailure> {
     use procfs::FromRead;
     let dir = root.proc.join(pid.to_string());
     let stat = procfs::process::Stat::from_file(dir.join("stat")).map_err(|e| ReadFailure::of_proc(&e))?;
     if stat.flags & PF_KTHREAD != 0 || matches!(stat.state, 'Z' | 'X' | 'x') {
         return Ok(None);
     }
-    let dir_uid = {
+    let dir_uid = if owner {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&dir).map_err(|e| ReadFailure::of_io(&dir, &e))?.uid()
+        Some(std::fs::metadata(&dir).map_err(|e| ReadFailure::of_io(&dir, &e))?.uid())
+    } else {
+        None
     };
     Ok(Some(Vitals {
         start_ticks: stat.starttime,
@@ -91,7 +97,7 @@ impl ProcessRecord {
     /// Takes in what a rescan read; `false` if it is another process now (the pid was reused)
     /// or one whose credentials changed, which must be read whole.
     pub fn update(&mut self, v: &Vitals) -> bool {
-        if v.start_ticks != self.start_ticks || v.dir_uid != self.dir_uid {
+        if v.start_ticks != self.start_ticks || v.dir_uid.is_some_and(|u| u != self.dir_uid) {
             return false;
         }
         self.ppid = v.ppid;
@@ -361,8 +367,8 @@ mod tests {
     #[test]
     fn vitals_tell_a_reused_pid_and_new_credentials_from_the_same_process() {
         let me = all().into_iter().find(|p| p.pid == std::process::id()).unwrap();
-        let v = read_vitals(&HostRoot::default(), me.pid).unwrap().unwrap();
-        assert_eq!((v.start_ticks, v.ppid, v.dir_uid), (me.start_ticks, me.ppid, me.dir_uid));
+        let v = read_vitals(&HostRoot::default(), me.pid, true).unwrap().unwrap();
+        assert_eq!((v.start_ticks, v.ppid, v.dir_uid), (me.start_ticks, me.ppid, Some(me.dir_uid)));
         let mut same = me.clone();
         assert!(same.update(&v));
         assert!(same.cpu_ticks >= me.cpu_ticks);
@@ -370,12 +376,15 @@ mod tests {
         assert!(!reused.update(&Vitals { start_ticks: v.start_ticks + 1, ..v.clone() }));
         assert_eq!(reused, me, "a refused update changes nothing");
         let mut setuid = me.clone();
-        assert!(!setuid.update(&Vitals { dir_uid: v.dir_uid + 1, ..v }));
+        assert!(!setuid.update(&Vitals { dir_uid: Some(me.dir_uid + 1), ..v.clone() }));
+        // Without the owner (credential changes come as events), the same process updates.
+        let mut trusted = me.clone();
+        assert!(trusted.update(&Vitals { dir_uid: None, ..v }));
         // Kernel threads are not processes: kthreadd, where this machine shows it.
         if let Ok(stat) = std::fs::read_to_string("/proc/2/stat")
             && stat.contains("(kthreadd)")
         {
-            assert_eq!(read_vitals(&HostRoot::default(), 2).unwrap(), None);
+            assert_eq!(read_vitals(&HostRoot::default(), 2, true).unwrap(), None);
         }
     }
 
