@@ -232,24 +232,12 @@ mod tests {
     use time::OffsetDateTime;
 
     fn proc(pid: u32, name: &str, exe: Option<&str>, user: &str) -> Process {
+        let uid = if user == "root" { 0 } else { 1000 };
         Process {
-            pid,
-            ppid: 1,
-            name: name.into(),
             exe: exe.map(Into::into),
-            exe_deleted: false,
             cmdline: vec![name.into()],
-            uid: if user == "root" { 0 } else { 1000 },
             user: Some(user.into()),
-            start_time: OffsetDateTime::UNIX_EPOCH,
-            sha256: None,
-            exe_memfd: false,
-            exe_writable_dir: false,
-            cgroup: None,
-            container_id: None,
-            unit: None,
-            cpu_percent: None,
-            rss_bytes: None,
+            ..Process::from(hostwatch_proto::v1::Process::new(pid, 1, name, uid, OffsetDateTime::UNIX_EPOCH))
         }
     }
 

@@ -776,23 +776,10 @@ mod tests {
         assert_ne!(other, id);
 
         let p = Process {
-            pid: 10,
-            ppid: 1,
-            name: "nginx".into(),
             exe: Some("/usr/sbin/nginx".into()),
-            exe_deleted: false,
             cmdline: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
-            uid: 0,
             user: Some("root".into()),
-            start_time: at(-100),
-            sha256: None,
-            exe_memfd: false,
-            exe_writable_dir: false,
-            cgroup: None,
-            container_id: None,
-            unit: None,
-            cpu_percent: None,
-            rss_bytes: None,
+            ..Process::from(hostwatch_proto::v1::Process::new(10, 1, "nginx", 0, at(-100)))
         };
         let l = Listener {
             protocol: Protocol::Tcp,
@@ -867,23 +854,10 @@ mod tests {
 
     fn process(pid: u32, name: &str, start: i64) -> Process {
         Process {
-            pid,
-            ppid: 1,
-            name: name.into(),
             exe: Some(format!("/usr/bin/{name}")),
-            exe_deleted: false,
             cmdline: vec![name.into(), "--flag".into()],
-            uid: 0,
             user: Some("root".into()),
-            start_time: at(start),
-            sha256: None,
-            exe_memfd: false,
-            exe_writable_dir: false,
-            cgroup: None,
-            container_id: None,
-            unit: None,
-            cpu_percent: None,
-            rss_bytes: None,
+            ..Process::from(hostwatch_proto::v1::Process::new(pid, 1, name, 0, at(start)))
         }
     }
 
