@@ -134,12 +134,16 @@ impl Spool {
     /// The collector has report `id`, and with it the count of lost reports before it.
     pub fn delivered(&mut self, id: u64) {
         self.remove(id);
-        let before = self.lost.len();
+        // The file is rewritten only when a range was reported, not at every delivery.
+        let mut changed = false;
         self.lost.retain_mut(|r| {
-            r.0 = r.0.max(id + 1);
+            if r.0 <= id {
+                changed = true;
+                r.0 = id + 1;
+            }
             r.0 <= r.1
         });
-        if self.lost.len() != before || self.lost.is_empty() {
+        if changed {
             self.save_lost();
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, agent_log, bin, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Guard, agent_log, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -40,15 +40,8 @@ impl Imds {
 
 /// `hostwatch-agent snapshot` with `env`: the report and what the agent logged.
 fn snapshot(env: &[(&str, &str)]) -> (proto::Report, String) {
-    let out = Command::new(bin("hostwatch-agent"))
-        .arg("snapshot")
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+    let (report, _, stderr) = crate::support::agent_snapshot(env);
+    (report, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

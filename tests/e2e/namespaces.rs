@@ -57,14 +57,7 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let (listener, snap) = loop {
-        let out = Command::new(bin("hostwatch-agent"))
-            .arg("snapshot")
-            .env_clear()
-            .env("HOSTWATCH_CLOUD_PROVIDER", "none")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
+        let (report, _, _) = crate::support::agent_snapshot(&[("HOSTWATCH_CLOUD_PROVIDER", "none")]);
         let snap = report.snapshot.unwrap();
         // The server may still be exec'ing through a launcher (pyenv's shim is bash) when
         // the process list is read; wait for a snapshot that saw it as python.

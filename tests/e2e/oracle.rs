@@ -9,7 +9,7 @@ use std::process::Command;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Guard, bin};
+use crate::support::Guard;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct PsRow {
@@ -101,15 +101,8 @@ fn every_process_and_socket_that_ps_and_ss_see() {
     let child = Guard(Command::new("sleep").arg("60").spawn().unwrap());
 
     let (ps1, ss1) = (ps(), ss());
-    let out = Command::new(bin("hostwatch-agent"))
-        .arg("snapshot")
-        .env_clear()
-        .env("HOSTWATCH_CLOUD_PROVIDER", "none")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (report, _, _) = crate::support::agent_snapshot(&[("HOSTWATCH_CLOUD_PROVIDER", "none")]);
     let (ps2, ss2) = (ps(), ss());
-    let report: proto::Report = serde_json::from_slice(&out.stdout).unwrap();
     let snap = report.snapshot.unwrap();
 
     // Processes: those ps saw the same way twice, but kernel threads (kthreadd and its children).

@@ -153,17 +153,11 @@ fn command_lines_are_redacted_by_built_in_and_site_rules_before_they_leave() {
     let pattern = format!("{marker}-tok-(\\d+)");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let cmdline = loop {
-        let out = Command::new(crate::support::bin("hostwatch-agent"))
-            .arg("snapshot")
-            .env_clear()
-            .env("HOSTWATCH_CLOUD_PROVIDER", "none")
-            .env("HOSTWATCH_REDACT_PATTERNS", &pattern)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (report, text, _) = crate::support::agent_snapshot(&[
+            ("HOSTWATCH_CLOUD_PROVIDER", "none"),
+            ("HOSTWATCH_REDACT_PATTERNS", &pattern),
+        ]);
         assert!(!text.contains("hunter2") && !text.contains("31337"), "a secret left the agent");
-        let report: proto::Report = serde_json::from_str(&text).unwrap();
         if let Some(p) = report.snapshot.unwrap().processes.into_iter().find(|p| p.cmdline.contains(&marker))
         {
             break p.cmdline;

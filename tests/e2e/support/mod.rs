@@ -256,6 +256,21 @@ pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&
 }
 
 /// The log of the agent started in `dir`, for failure messages.
+/// `hostwatch-agent snapshot` in an empty environment but `env`: the report, and its stdout and
+/// stderr as text.
+pub fn agent_snapshot(env: &[(&str, &str)]) -> (proto::Report, String, String) {
+    let out = Command::new(bin("hostwatch-agent"))
+        .arg("snapshot")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (serde_json::from_str(&stdout).unwrap(), stdout, stderr)
+}
+
 pub fn agent_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }
