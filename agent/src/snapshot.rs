@@ -112,6 +112,8 @@ pub struct Observer {
     /// Pids announced by fork events since the last quick look.
     forked: Vec<u32>,
     hashes: HashCache,
+    /// Processes whose executable waits for the hashing budget.
+    unhashed: Vec<u32>,
     /// CPU ticks of each process at the last full scan, and when, for CPU percent.
     cpu_prev: HashMap<ProcKey, (u64, Instant)>,
     cpu_percent: HashMap<ProcKey, f32>,
@@ -174,6 +176,7 @@ impl Observer {
             recent: Vec::new(),
             forked: Vec::new(),
             hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
+            unhashed: Vec::new(),
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
         }
@@ -223,10 +226,28 @@ impl Observer {
         }
     }
 
-    /// Hashes the executables not hashed yet, as the budget allows.
-    fn hash_new(&mut self) {
-        for p in self.procs.values_mut().filter(|p| p.sha256.is_none() && p.exe.is_some()) {
-            p.sha256 = self.hashes.of_pid(&self.root, p.pid);
+    /// Hashes the executables not hashed yet, as the budget allows: every process without a
+    /// hash at a full scan (`all`), else those the budget left for later.
+    fn hash_new(&mut self, all: bool) {
+        if all {
+            self.unhashed = self
+                .procs
+                .values()
+                .filter(|p| p.sha256.is_none() && p.exe.is_some())
+                .map(|p| p.pid)
+                .collect();
+        }
+        for pid in std::mem::take(&mut self.unhashed) {
+            if let Some(p) = self.procs.get_mut(&pid)
+                && p.sha256.is_none()
+                && p.exe.is_some()
+            {
+                p.sha256 = self.hashes.of_pid(&self.root, pid);
+                // Too large or unreadable is tried again at the next full scan, not every second.
+                if p.sha256.is_none() && self.hashes.starved() {
+                    self.unhashed.push(pid);
+                }
+            }
         }
     }
 
@@ -262,6 +283,9 @@ impl Observer {
     pub fn note_exec(&mut self, mut rec: ProcessRecord) -> proto::Process {
         if rec.sha256.is_none() && rec.exe.is_some() {
             rec.sha256 = self.hashes.of_pid(&self.root, rec.pid);
+            if rec.sha256.is_none() && self.hashes.starved() {
+                self.unhashed.push(rec.pid);
+            }
         }
         let wire = self.to_wire(&rec);
         self.skip.remove(&rec.pid);
@@ -312,7 +336,7 @@ impl Observer {
         self.rescan(&mut problems);
         self.scans += 1;
         self.measure_cpu();
-        self.hash_new();
+        self.hash_new(true);
         let (listeners, connections, socket_problems, unowned) = self.read_sockets(Want::ALL);
 
         let mut why = Vec::new();
@@ -467,7 +491,7 @@ impl Observer {
                 started.push(self.note_exec(rec));
             }
         }
-        self.hash_new();
+        self.hash_new(false);
         let now = Instant::now();
         self.recent.retain(|(key, since)| {
             now.duration_since(*since) <= WATCH_NEW
@@ -507,7 +531,7 @@ impl Observer {
         }
         let socks = self.sockets.read(root, &namespaces, want);
         let mut problems = socks.problems;
-        let wanted: HashSet<u64> = socks.items.iter().map(|s| s.inode).collect();
+        let wanted: foldhash::HashSet<u64> = socks.items.iter().map(|s| s.inode).collect();
         let keys: Vec<ProcKey> = self.procs.values().map(|p| (p.pid, p.start_ticks)).collect();
         let (owners, owner_problems) = self.owners.resolve(root, &wanted, &keys);
         let owner_denied = owner_problems.denied;

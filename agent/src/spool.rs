@@ -3,8 +3,9 @@
 //!
 //! One file per report in `STATE_DIR/spool/`, named by a counter so that order survives restarts.
 //! The spool is bounded in bytes (default 64 MiB): a report that does not fit pushes out the
-//! oldest. A report that cannot be written (a full disk, or larger than the whole spool) and one
-//! the collector refused for good are lost the same way. Nothing is dropped without being
+//! oldest; one larger than the whole bound is kept alone (so that a host whose snapshot outgrew a
+//! small bound still reports, with the collector up). A report that cannot be written (a full
+//! disk) and one the collector refused for good are lost the same way. Nothing is dropped without being
 //! counted: the places of lost reports in the spool's order are kept in `spool/lost` (ranges of
 //! ids, one `from-to` a line), and each report sent says how many were lost *before it*, so the
 //! count matches the gap in sequence numbers the collector sees (which files data_lost).
@@ -92,15 +93,14 @@ impl Spool {
             return 1;
         }
         if size > self.max_bytes {
-            tracing::error!(
+            // Dropping it would lose every snapshot of a host whose snapshot outgrew the bound,
+            // even with the collector up: it is kept, alone, the bound overstepped by one report.
+            tracing::warn!(
                 seq = report.seq,
                 size,
                 max = self.max_bytes,
-                "a report larger than the whole spool is lost"
+                "a report larger than the whole spool is kept alone in it; raise spool_max_bytes"
             );
-            let _ = fs::remove_file(&path);
-            self.lose(&[id]);
-            return 1;
         }
         let mut lost = Vec::new();
         while self.total + size > self.max_bytes {
@@ -305,10 +305,12 @@ mod tests {
         assert_eq!(s.lost(), 0, "reported once");
         let (_, bytes) = s.front().unwrap();
         assert_eq!(serde_json::from_slice::<proto::Report>(&bytes).unwrap().lost, 0);
-        // A report bigger than the whole spool is lost, and counted.
+        // A report bigger than the whole spool is kept alone, until the next pushes it out.
         let mut tiny = Spool::open(&d.path().join("tiny"), 10).unwrap();
-        assert_eq!(tiny.push(&report(1, 10)), 1);
-        assert_eq!(tiny.lost(), 1);
+        assert_eq!(tiny.push(&report(1, 10)), 0);
+        assert_eq!((tiny.len(), tiny.lost()), (1, 0));
+        assert_eq!(tiny.push(&report(2, 10)), 1);
+        assert_eq!(drain(&mut tiny), [(2, 1)]);
     }
 
     /// Drains the spool as the sender does: (seq, lost) of each report in order.
@@ -329,17 +331,18 @@ mod tests {
         let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
         s.push(&report(1, 500));
         s.push(&report(2, 500));
-        // Larger than the whole spool: lost after 1 and 2, which stay.
-        assert_eq!(s.push(&report(3, 5000)), 1);
-        s.push(&report(4, 500));
-        // Pushes out 1: lost before 2.
-        assert_eq!(s.push(&report(5, 500)), 1);
-        assert_eq!(s.lost(), 2);
+        // Larger than the whole spool: kept alone, 1 and 2 pushed out.
+        assert_eq!(s.push(&report(3, 5000)), 2);
+        assert_eq!(s.len(), 1);
+        // 4 pushes 3 out; 5 fits beside 4.
+        assert_eq!(s.push(&report(4, 500)), 1);
+        assert_eq!(s.push(&report(5, 500)), 0);
+        assert_eq!(s.lost(), 3);
         // Survives a restart, ranges and all.
         drop(s);
         let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
-        // The collector sees 2 (1 lost before it), 4 (3 lost before it), 5: each gap matches.
-        assert_eq!(drain(&mut s), [(2, 1), (4, 1), (5, 0)]);
+        // The collector sees 4 (1 to 3 lost before it), 5: each gap matches.
+        assert_eq!(drain(&mut s), [(4, 3), (5, 0)]);
         assert_eq!(s.lost(), 0);
         assert!(!d.path().join(LOST).exists(), "nothing left to report");
         // Ids go on after the last lost one, even with the spool empty.

@@ -137,13 +137,18 @@ impl Tracker {
     }
 
     pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
-        keyed(&mut self.current.listeners, listeners, Listener::key);
-        self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners);
+        if keyed(&mut self.current.listeners, listeners, Listener::key) {
+            self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners);
+        }
     }
 
+    /// A steady host hands in the same 10,000 connections every scan: they are compared with
+    /// what is held (no map rebuilt, nothing hashed) and compared with what was sent only when
+    /// they moved.
     pub fn set_connections(&mut self, connections: Vec<Connection>) {
-        keyed(&mut self.current.connections, connections, Connection::key);
-        self.changed.connections = differ(&self.sent.connections, &self.current.connections);
+        if keyed(&mut self.current.connections, connections, Connection::key) {
+            self.changed.connections = differ(&self.sent.connections, &self.current.connections);
+        }
     }
 
     /// Whether anything changed since the last report.
@@ -207,14 +212,20 @@ impl Tracker {
     }
 }
 
-/// Replaces `out` with `items` by key; the old map goes first, so that two never coexist.
-fn keyed<K: Ord, T>(out: &mut BTreeMap<K, T>, items: Vec<T>, key: impl Fn(&T) -> K) {
-    out.clear();
-    for x in items {
-        // Several sockets on one address (SO_REUSEPORT) are one listener: the first (lowest
-        // owner) stands for them.
-        out.entry(key(&x)).or_insert(x);
+/// Replaces `out` with `items` by key; `false` when they are what `out` holds already. The old
+/// map goes before the new one is built, so that two never coexist.
+fn keyed<K: Ord, T: PartialEq>(out: &mut BTreeMap<K, T>, mut items: Vec<T>, key: impl Fn(&T) -> K) -> bool {
+    // Stable: of several sockets on one address (SO_REUSEPORT, one listener), the first (lowest
+    // owner) stands for them. Scans list sockets in nearly this order, so sorting is cheap.
+    items.sort_by_key(&key);
+    items.dedup_by(|later, first| key(later) == key(first));
+    if items.len() == out.len() && items.iter().zip(out.values()).all(|(new, held)| new == held) {
+        return false;
     }
+    out.clear();
+    // Sorted and without duplicates: `collect` builds the tree in bulk, not by one search per item.
+    *out = items.into_iter().map(|x| (key(&x), x)).collect();
+    true
 }
 
 /// A hash of everything a report says of `x`.
@@ -442,5 +453,36 @@ mod tests {
             (1, 1, 1),
             "443 opened, 80 changed owner, 22 closed"
         );
+    }
+
+    #[test]
+    fn the_same_connections_in_another_order_are_no_change() {
+        let c = |port, process: &str| Connection {
+            protocol: proto::Protocol::Tcp,
+            local_address: "10.0.0.1".parse().unwrap(),
+            local_port: port,
+            remote_address: "10.0.0.9".parse().unwrap(),
+            remote_port: 443,
+            direction: proto::Direction::Outbound,
+            pid: Some(7),
+            process: Some(process.into()),
+            exe: None,
+            uid: 0,
+            netns: None,
+        };
+        let mut tr = Tracker::new();
+        tr.set_connections(vec![c(5000, "curl"), c(4000, "curl"), c(6000, "curl")]);
+        assert_eq!(tr.take_snapshot(t(0)).connections.len(), 3);
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "curl"), c(4000, "curl")]);
+        assert!(!tr.is_dirty(), "reordered, not changed");
+        // Held as they are now, not as first set: a change after an unchanged scan still shows.
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")]);
+        assert!(tr.is_dirty());
+        let d = tr.take_delta(t(1));
+        assert_eq!(d.connections.updated.iter().map(|x| x.local_port).collect::<Vec<_>>(), [5000]);
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")]);
+        assert!(!tr.is_dirty(), "what was sent is held");
+        tr.set_connections(vec![c(6000, "curl")]);
+        assert_eq!(tr.take_delta(t(2)).connections.removed.len(), 2);
     }
 }

@@ -83,6 +83,11 @@ impl HashCache {
         Some(hash)
     }
 
+    /// Whether the budget is spent: a `None` from [`HashCache::of_pid`] may then mean "later".
+    pub fn starved(&self) -> bool {
+        self.tokens <= 0.0
+    }
+
     fn refill(&mut self) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();

@@ -130,10 +130,32 @@ impl SocketSource {
                 Err(e) => problems.failed.push(format!("sockets of netns {}: {e}", ns.inode)),
             }
         }
-        items
-            .sort_by_key(|s| (s.netns, s.protocol, s.state, s.local.port(), s.local.ip(), s.remote, s.inode));
+        // In the order of the wire's socket keys (protocol, local end, remote end), which makes
+        // sorting them again by key cheap; a socket seen twice (the same namespace read through
+        // two processes) is adjacent to itself.
+        items.sort_unstable_by_key(|s| {
+            (
+                s.protocol,
+                s.state,
+                ip_order(s.local),
+                s.local.port(),
+                ip_order(s.remote),
+                s.remote.port(),
+                s.netns,
+                s.inode,
+            )
+        });
         items.dedup_by_key(|s| (s.netns, s.inode, s.local, s.remote));
         Scan { items, problems }
+    }
+}
+
+/// An address as integers that sort as `IpAddr` does (IPv4 before IPv6, then by octets), and
+/// compare faster: a host's 10,000 sockets are sorted at every scan.
+fn ip_order(a: SocketAddr) -> (bool, u128) {
+    match a {
+        SocketAddr::V4(v4) => (false, u128::from(v4.ip().to_bits())),
+        SocketAddr::V6(v6) => (true, v6.ip().to_bits()),
     }
 }
 
