@@ -33,24 +33,34 @@
 //!     address and port and whether it is inbound (to a local listener) or outbound;
 //!   - in a delta, also processes that started and ended between two reports, and execs whose
 //!     process was gone before it could be read (pid and time only);
+//!   - in a delta, changes to watched files (`[files]`): the path (and the old path of a rename),
+//!     created, modified, deleted, metadata or renamed, how it was found (live, at start after
+//!     downtime, by a rescan, or since an image's bake), and the state before and after: type,
+//!     mode, uid, gid, size, mtime, inode, the content's SHA-256 and a link's target;
+//! - in the agent status, file watching: entries in the manifest, missing watched paths, the
+//!   last scan's time;
 //! - on a clean stop, one last report without state saying goodbye.
 //!
-//! Nothing else: no environment variables, no file contents, no network payloads. From the
-//! cloud's metadata service the agent reads the instance identity and tags, never credentials.
+//! Nothing else: no environment variables, no file contents (a hash of them only), no network
+//! payloads. From the cloud's metadata service the agent reads the instance identity and tags,
+//! never credentials.
 //!
 //! # Layout
 //! [`config`] loads the configuration; [`collect`] reads the host; [`snapshot`] turns what was read
 //! into the wire's types (its `Observer` keeps the caches that make rescans cheap); [`tracker`]
 //! turns changes into deltas; [`spool`] keeps reports until the collector has them; [`cloud`]
-//! reads instance facts; [`identity`] keeps the node key; [`transport`] talks to the collector;
-//! [`runner`] ties them together until shutdown.
+//! reads instance facts; [`files`] keeps the manifest of watched files and finds their changes;
+//! [`identity`] keeps the node key; [`transport`] talks to the collector; [`runner`] ties them
+//! together until shutdown.
 
 pub mod backoff;
 pub mod cloud;
 pub mod collect;
 pub mod config;
+pub mod files;
 pub mod identity;
 pub mod logging;
+pub mod ratelimit;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;

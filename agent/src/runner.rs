@@ -56,6 +56,8 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 const EVENT_QUEUE: usize = 65_536;
 /// The quick look and the batching of changes.
 const TICK: Duration = Duration::from_secs(1);
+/// Batches of file changes waiting for the runner; when full, the file monitor waits.
+const FILE_BATCHES: usize = 16;
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -114,8 +116,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         cloud,
         heartbeat_at: Instant::now() + backoff::jittered(config_interval),
         snapshot_at: Instant::now() + backoff::jittered(config_snapshot_every),
+        files: None,
+        files_why: None,
     };
     let result = agent.watch(shutdown, exec_rx, from_sender).await;
+    if let Some(files) = &agent.files {
+        files.stop();
+    }
     if agent.identity.is_some() {
         agent.goodbye().await;
     }
@@ -178,6 +185,10 @@ struct Agent {
     snapshot_at: Instant,
     /// The latest word from the cloud's metadata service (`None` until the first).
     cloud: watch::Receiver<Option<Detection>>,
+    /// File integrity, started once the agent knows its machine id (after enrolling).
+    files: Option<crate::files::Monitor>,
+    /// Why files are not watched, where they should be.
+    files_why: Option<String>,
 }
 
 enum Scan {
@@ -199,6 +210,8 @@ impl Agent {
         if !self.enroll(&shutdown).await? {
             return Ok(());
         }
+        let (files_tx, mut files_rx) = mpsc::channel(FILE_BATCHES);
+        let mut files_open = self.start_files(files_tx);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick reads everything; then every interval, jittered.
@@ -233,6 +246,17 @@ impl Agent {
                         }
                     }
                     None => return Ok(()),
+                },
+                batch = files_rx.recv(), if files_open => match batch {
+                    // Reported with the next tick's report: changes are batched over a second.
+                    Some(changes) => self.tracker.files_changed(changes),
+                    None => {
+                        files_open = false;
+                        if !shutdown.is_cancelled() {
+                            error!("the file monitor stopped; file changes are no longer seen");
+                            self.files_why = Some("the file monitor stopped".to_owned());
+                        }
+                    }
                 },
                 news = cloud_news.changed(), if cloud_open => match news {
                     Ok(()) => self.on_cloud_change(),
@@ -423,6 +447,39 @@ impl Agent {
         }
     }
 
+    /// Starts the file monitor if any path is watched; whether it runs.
+    fn start_files(&mut self, tx: mpsc::Sender<Vec<proto::FileChange>>) -> bool {
+        if self.files.is_some() || !self.config.files.enabled() {
+            return false;
+        }
+        let machine_id = self.identity.as_ref().map(|i| i.machine_id.clone()).unwrap_or_default();
+        match crate::files::Monitor::start(self.config.files.clone(), self.state.path(), machine_id, tx) {
+            Ok(m) => {
+                self.files = Some(m);
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start the file monitor");
+                self.files_why = Some(format!("file monitor not started: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The coverage of the last scan, with what file watching lacks.
+    fn coverage(&self) -> proto::Coverage {
+        let mut c = self.coverage.clone();
+        let files =
+            self.files_why.clone().or_else(|| self.files.as_ref().and_then(crate::files::Monitor::problem));
+        if let Some(why) = files {
+            c.state = proto::CoverageState::Degraded;
+            if c.why.len() < proto::limits::MAX_REASONS {
+                c.why.push(why);
+            }
+        }
+        c
+    }
+
     fn stats(&self) -> proto::AgentStats {
         let (spool_reports, spool_bytes) = {
             let s = self.shared.spool();
@@ -455,6 +512,7 @@ impl Agent {
             cloud_problem: self.cloud.borrow().as_ref().and_then(Detection::problem).map(str::to_owned),
             rss_bytes: usage.map(|u| u.rss_bytes),
             cpu_seconds: usage.map(|u| u.cpu_seconds),
+            files: self.files.as_ref().map(crate::files::Monitor::stats),
         }
     }
 
@@ -474,7 +532,7 @@ impl Agent {
             agent: snapshot::agent_status(
                 self.config.interval,
                 self.started_at,
-                self.coverage.clone(),
+                self.coverage(),
                 Some(self.stats()),
             ),
             snapshot,

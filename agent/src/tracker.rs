@@ -43,6 +43,9 @@ pub struct Tracker {
     ended: HashMap<ProcessKey, OffsetDateTime>,
     /// Execs seen but not read (the process was already gone).
     unread: Vec<proto::UnreadExec>,
+    /// File changes not reported yet, oldest first. Not part of any snapshot: each goes out once,
+    /// in a delta.
+    files: std::collections::VecDeque<proto::FileChange>,
     /// The next report must be a snapshot (session start, resync, periodic).
     snapshot_due: bool,
     /// Whether `current` differs from `sent`, part by part, worked out when a part is set rather
@@ -93,7 +96,12 @@ impl Tracker {
     /// Whether there is history (processes that came and went, unread execs) that only a delta
     /// can carry: send one before a snapshot.
     pub fn has_history(&self) -> bool {
-        !self.transient.is_empty() || !self.unread.is_empty()
+        !self.transient.is_empty() || !self.unread.is_empty() || !self.files.is_empty()
+    }
+
+    /// Changes to watched files, to go out with the next delta.
+    pub fn files_changed(&mut self, changes: Vec<proto::FileChange>) {
+        self.files.extend(changes);
     }
 
     /// A process ended at `at`.
@@ -171,8 +179,15 @@ impl Tracker {
             processes.added.push(p);
         }
         // Sockets are compared and copied only where they changed: most deltas are about processes.
-        let mut delta =
-            Delta { processes, unread_execs: std::mem::take(&mut self.unread), ..Delta::default() };
+        // At most a report's worth of file changes; the rest go with the next (the tracker stays
+        // dirty while any wait).
+        let n = self.files.len().min(proto::limits::MAX_FILE_CHANGES);
+        let mut delta = Delta {
+            processes,
+            unread_execs: std::mem::take(&mut self.unread),
+            files: self.files.drain(..n).collect(),
+            ..Delta::default()
+        };
         if self.changed.listeners {
             delta.listeners = diff(&self.sent.listeners, &self.current.listeners, now);
             self.sent.listeners = fingerprints(&self.current.listeners);

@@ -98,6 +98,48 @@ pub fn data_lost(lost: u64, gap: Option<(u64, u64)>) -> Option<Observation> {
     })
 }
 
+/// The changes to watched files that `target` does not allow, one observation each (a path
+/// changed twice in one report is one observation, the later change). Without a workload nothing
+/// is allowed: watched paths default to deny. A change whose new content is what a package
+/// installed is kept, at severity info.
+pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target<'_>) -> Vec<Observation> {
+    let mut out: Vec<Observation> = Vec::new();
+    for c in changes {
+        let allowed = match target {
+            Target::Workload(w) => w.allows_file_change(&c.path),
+            Target::NoBaseline | Target::Ambiguous(_) => false,
+        };
+        if allowed {
+            continue;
+        }
+        let by_package = c.package.as_ref().is_some_and(|p| p.matches);
+        let severity = if by_package { Severity::Info } else { default_severity(FindingKind::FileChanged) };
+        let hash = |s: &Option<hostwatch_proto::v1::FileState>| s.as_ref().and_then(|s| s.sha256.clone());
+        let o = Observation {
+            kind: FindingKind::FileChanged,
+            rule: None,
+            severity,
+            subject: c.path.clone(),
+            detail: json!({
+                "change": c.change.as_str(),
+                "origin": c.origin.as_str(),
+                "at": hostwatch_proto::v1::timestamp::format(c.at),
+                "from_path": c.from_path,
+                "old_sha256": hash(&c.old),
+                "new_sha256": hash(&c.new),
+                "old": c.old,
+                "new": c.new,
+                "package": c.package,
+            }),
+        };
+        match out.iter_mut().find(|x| x.subject == o.subject) {
+            Some(x) => *x = o,
+            None => out.push(o),
+        }
+    }
+    out
+}
+
 /// Everything about `state` that `target` does not explain, one observation per (kind, subject).
 pub fn evaluate(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
     let mut out = Observations::default();

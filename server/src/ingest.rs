@@ -32,7 +32,11 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
         let host_state = state.store.host_state(host_id).await?;
-        evaluate(state, &host, &host_state).await?;
+        let files = match &record.content {
+            Content::Delta(d) => d.files.as_slice(),
+            _ => &[],
+        };
+        evaluate(state, &host, &host_state, files).await?;
     }
     Ok(applied.resync())
 }
@@ -63,11 +67,14 @@ pub async fn current_baselines(state: &AppState) -> Result<Arc<LoadedBaselines>,
     Ok(loaded)
 }
 
-/// Explains one host's state against its workload and reconciles its findings.
+/// Explains one host's state against its workload and reconciles its findings; files a finding
+/// for each change in `files` the workload does not allow (kept until acknowledged, not
+/// reconciled: a change cannot be undone by the next report).
 pub async fn evaluate(
     state: &AppState,
     host: &Host,
     host_state: &HostState,
+    files: &[hostwatch_proto::v1::FileChange],
 ) -> Result<Vec<FindingChange>, StoreError> {
     let mut baselines = current_baselines(state).await?;
     let mut selection = baselines.set.select(&host.facts.tags);
@@ -95,16 +102,15 @@ pub async fn evaluate(
         },
     };
     let observed = engine::evaluate(host_state, &host.facts.tags, target);
-    let changes = state
+    let now = OffsetDateTime::now_utc();
+    let mut changes = state
         .store
-        .reconcile_findings(
-            host.id,
-            workload_name,
-            &observed,
-            engine::resolvable(target),
-            OffsetDateTime::now_utc(),
-        )
+        .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), now)
         .await?;
+    let file_findings = engine::explain_files(files, target);
+    if !file_findings.is_empty() {
+        changes.extend(state.store.record_findings(host.id, &file_findings, now).await?);
+    }
     for c in &changes {
         let (what, id, kind, subject) = match c {
             FindingChange::Opened { id, kind, subject } => ("finding opened", id, kind, subject),
@@ -138,5 +144,5 @@ async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError> {
         return Ok(());
     };
     let st = state.store.host_state(host_id).await?;
-    evaluate(state, &host, &st).await.map(|_| ())
+    evaluate(state, &host, &st, &[]).await.map(|_| ())
 }

@@ -160,6 +160,8 @@ pub struct StateDelta {
     pub connections: ChangeSet<Connection, ConnectionKey>,
     /// Execs the agent saw but could not read: pid and time.
     pub unread_execs: Vec<(u32, OffsetDateTime)>,
+    /// Changes to watched files, as the agent sent them.
+    pub files: Vec<proto::FileChange>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -498,6 +500,7 @@ impl From<proto::Report> for ReportRecord {
                     netns: k.netns,
                 }),
                 unread_execs: d.unread_execs.into_iter().map(|u| (u.pid, u.at)).collect(),
+                files: d.files,
             }),
             (None, None) => Content::Heartbeat,
         };

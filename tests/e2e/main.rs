@@ -8,6 +8,7 @@ mod bad_input;
 mod cloud;
 mod collection;
 mod dev_mode;
+mod files;
 mod namespaces;
 mod oracle;
 mod process_facts;

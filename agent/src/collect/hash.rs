@@ -6,14 +6,13 @@
 //! programs never turns into a burst of disk reads; a process whose turn has not come is reported
 //! without a hash and gets one on a later scan. Files above the size cap are not hashed.
 
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::time::Instant;
-
-use sha2::{Digest, Sha256};
 
 use super::HostRoot;
+use crate::ratelimit::TokenBucket;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileKey {
@@ -29,10 +28,8 @@ const MAX_ENTRIES: usize = 16_384;
 #[derive(Debug)]
 pub struct HashCache {
     known: HashMap<FileKey, Option<String>>,
-    rate: u64,
     max_size: u64,
-    tokens: f64,
-    refilled: Instant,
+    budget: TokenBucket,
     /// Bytes hashed since start, for measurements.
     pub hashed_bytes: u64,
 }
@@ -40,12 +37,11 @@ pub struct HashCache {
 impl HashCache {
     /// Hashes at most `rate` bytes a second on average, and no file above `max_size` bytes.
     pub fn new(rate: u64, max_size: u64) -> Self {
+        // A rate of 0 hashes nothing here (unlike the bucket's "no limit"): see `without_hashing`.
         HashCache {
             known: HashMap::new(),
-            rate,
-            max_size,
-            tokens: rate as f64,
-            refilled: Instant::now(),
+            max_size: if rate == 0 { 0 } else { max_size },
+            budget: TokenBucket::new(rate),
             hashed_bytes: 0,
         }
     }
@@ -68,13 +64,11 @@ impl HashCache {
             self.known.insert(key, None);
             return None;
         }
-        self.refill();
         // A file may overdraw a full bucket: the debt is paid before the next one is hashed.
-        if self.tokens <= 0.0 {
+        if !self.budget.try_take(key.size) {
             return None;
         }
         let hash = hash_file(&path).ok()?;
-        self.tokens -= key.size as f64;
         self.hashed_bytes += key.size;
         if self.known.len() >= MAX_ENTRIES {
             self.known.clear();
@@ -85,14 +79,7 @@ impl HashCache {
 
     /// Whether the budget is spent: a `None` from [`HashCache::of_pid`] may then mean "later".
     pub fn starved(&self) -> bool {
-        self.tokens <= 0.0
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.rate as f64);
+        self.budget.starved()
     }
 }
 

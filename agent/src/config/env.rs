@@ -13,6 +13,8 @@ pub enum EnvKind {
     Str,
     /// An integer.
     Int,
+    /// `true` or `false` (also `1`/`0`, `yes`/`no`).
+    Bool,
     /// `a,b,c`: a list of strings; empty items are dropped.
     List,
     /// `k=v,k=v`: a table of strings.
@@ -105,6 +107,11 @@ fn parse(key: &EnvKey, value: &str) -> Result<toml::Value, EnvError> {
         EnvKind::Int => toml::Value::Integer(
             value.trim().parse().map_err(|_| err(format!("{value:?} is not an integer")))?,
         ),
+        EnvKind::Bool => toml::Value::Boolean(match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(err(format!("{value:?} is not true or false"))),
+        }),
         EnvKind::List => toml::Value::Array(
             value
                 .split(',')

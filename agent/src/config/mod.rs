@@ -40,6 +40,14 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
     EnvKey { var: "HOSTWATCH_CLOUD_PROVIDER", path: &["cloud", "provider"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_FILES_PATHS", path: &["files", "paths"], kind: EnvKind::List },
+    EnvKey { var: "HOSTWATCH_FILES_EXCLUDE", path: &["files", "exclude"], kind: EnvKind::List },
+    EnvKey { var: "HOSTWATCH_FILES_DEFAULTS", path: &["files", "defaults"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_FILES_HASH_RATE", path: &["files", "hash_rate"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_FILES_HASH_MAX_SIZE", path: &["files", "hash_max_size"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_FILES_RESCAN_EVERY", path: &["files", "rescan_every"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_FILES_REHASH_EVERY", path: &["files", "rehash_every"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_FILES_DPKG_DIR", path: &["files", "dpkg_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_CLOUD_ENDPOINT", path: &["cloud", "endpoint"], kind: EnvKind::Str },
 ];
 
@@ -78,6 +86,79 @@ pub struct RawConfig {
     redact: RawRedact,
     #[serde(default)]
     cloud: RawCloud,
+    #[serde(default)]
+    files: RawFiles,
+}
+
+/// `[files]`: file integrity monitoring.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    /// Watch the built-in set of paths attackers use to persist (`/etc`, `/usr/bin`, cron, ssh
+    /// keys, ...; see the configuration reference). `false` watches `paths` alone.
+    #[serde(default = "yes")]
+    defaults: bool,
+    /// More paths to watch (files or directories, watched recursively).
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+    /// Globs of paths not to watch (`/etc/mtab`, `/var/log/**`).
+    #[serde(default)]
+    exclude: Vec<String>,
+    /// Bytes a second read for hashing, at most; 0 lifts the cap.
+    #[serde(default = "default_hash_rate")]
+    hash_rate: u64,
+    /// Regular files above this many bytes are compared by metadata only (said so in reports).
+    #[serde(default = "default_hash_max_size")]
+    hash_max_size: u64,
+    /// A scan of every watched path this often, trusting unchanged metadata (inode, size, mtime,
+    /// ctime).
+    #[serde(default = "default_rescan_every", deserialize_with = "duration")]
+    rescan_every: Duration,
+    /// A scan that hashes every file again, whatever its metadata says, this often.
+    #[serde(default = "default_rehash_every", deserialize_with = "duration")]
+    rehash_every: Duration,
+    /// dpkg's database, for telling package-made changes from others.
+    #[serde(default = "default_dpkg_dir")]
+    dpkg_dir: PathBuf,
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles {
+            defaults: true,
+            paths: Vec::new(),
+            exclude: Vec::new(),
+            hash_rate: default_hash_rate(),
+            hash_max_size: default_hash_max_size(),
+            rescan_every: default_rescan_every(),
+            rehash_every: default_rehash_every(),
+            dpkg_dir: default_dpkg_dir(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_hash_rate() -> u64 {
+    50 << 20
+}
+
+fn default_hash_max_size() -> u64 {
+    128 << 20
+}
+
+fn default_rescan_every() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_rehash_every() -> Duration {
+    Duration::from_secs(7 * 86400)
+}
+
+fn default_dpkg_dir() -> PathBuf {
+    PathBuf::from("/var/lib/dpkg")
 }
 
 /// `[cloud]`: where the instance's metadata comes from.
@@ -175,6 +256,7 @@ pub struct AgentConfig {
     /// Built-in redaction plus `[redact] patterns`, compiled.
     pub redactor: Redactor,
     pub cloud: CloudConfig,
+    pub files: crate::files::FilesConfig,
 }
 
 /// A configuration and what is worth a warning about how it was given.
@@ -290,6 +372,21 @@ impl AgentConfig {
                 .transpose()?,
         };
 
+        let files = crate::files::FilesConfig::new(
+            raw.files.defaults,
+            &raw.files.paths,
+            &raw.files.exclude,
+            crate::files::Budget {
+                hash_rate: raw.files.hash_rate,
+                hash_max_size: raw.files.hash_max_size,
+                rescan_every: raw.files.rescan_every,
+                rehash_every: raw.files.rehash_every,
+            },
+            raw.files.dpkg_dir.clone(),
+        )
+        .map_err(|(var, key, problem)| invalid(var, key, problem))?
+        .under(&raw.host_root);
+
         let warnings = sourced.warnings();
         Ok(Loaded {
             config: AgentConfig {
@@ -303,6 +400,7 @@ impl AgentConfig {
                 spool_max_bytes: raw.spool_max_bytes,
                 redactor,
                 cloud,
+                files,
             },
             warnings,
         })
@@ -548,6 +646,7 @@ mod tests {
             let value = match key.kind {
                 EnvKind::Int => "2097152",
                 EnvKind::Map => "a=b",
+                EnvKind::Bool => "true",
                 _ if key.var.ends_with("SERVER") => "http://x",
                 _ if key.var.ends_with("EVERY") || key.var.ends_with("INTERVAL") => "1h",
                 _ => "/tmp",
@@ -555,6 +654,38 @@ mod tests {
             env::overlay(&mut t, vars(&[(key.var, value)]), ENV_KEYS, &[]).unwrap();
             let parsed: Result<RawConfig, _> = toml::Value::Table(t).try_into();
             assert!(parsed.is_ok(), "{}: {:?}", key.var, parsed.err());
+        }
+    }
+
+    #[test]
+    fn files_keys_are_checked() {
+        let c = AgentConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_FILES_PATHS", "/srv/app,/opt/x/"),
+                ("HOSTWATCH_FILES_DEFAULTS", "no"),
+                ("HOSTWATCH_FILES_EXCLUDE", "/srv/app/cache/**"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.files.paths, [PathBuf::from("/opt/x"), PathBuf::from("/srv/app")]);
+        assert!(!c.files.homes && c.files.excluded(Path::new("/srv/app/cache/a/b")));
+        assert!(!c.files.excluded(Path::new("/srv/app/index.html")));
+        let defaults = AgentConfig::load(None, vars(&[])).unwrap().config.files;
+        assert!(defaults.paths.contains(&PathBuf::from("/etc")) && defaults.homes);
+        for (var, value, says) in [
+            ("HOSTWATCH_FILES_PATHS", "srv/app", "HOSTWATCH_FILES_PATHS: srv/app is not an absolute path"),
+            ("HOSTWATCH_FILES_EXCLUDE", "/a/[", "HOSTWATCH_FILES_EXCLUDE: invalid glob \"/a/[\""),
+            (
+                "HOSTWATCH_FILES_DEFAULTS",
+                "perhaps",
+                "HOSTWATCH_FILES_DEFAULTS: \"perhaps\" is not true or false",
+            ),
+            ("HOSTWATCH_FILES_RESCAN_EVERY", "5s", "HOSTWATCH_FILES_RESCAN_EVERY: must be at least 1m"),
+        ] {
+            let e = AgentConfig::load(None, vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.contains(says), "{var}={value}: {e}");
         }
     }
 

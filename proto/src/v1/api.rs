@@ -82,6 +82,16 @@ pub struct HostDetail {
     pub agent_stats: Option<AgentStats>,
 }
 
+/// A change to a watched file, as `hostwatch files` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEvent {
+    pub id: i64,
+    pub host_id: i64,
+    pub hostname: String,
+    #[serde(flatten)]
+    pub change: super::FileChange,
+}
+
 /// An item of a fleet-wide listing (`hostwatch ps|ports|conns`), with the host it is on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Located<T> {

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::timestamp;
 use super::validate::{Validate, ValidationError, count, limits};
-use super::{Connection, Listener, Process, Protocol};
+use super::{Connection, FileChange, Listener, Process, Protocol};
 
 /// What changed since the report before, in each kind of state. Applied in the order added,
 /// updated, removed: a process that started and exited between two reports is in both `added`
@@ -24,6 +24,10 @@ pub struct Delta {
     /// could be. Only the pid and the time are known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unread_execs: Vec<UnreadExec>,
+    /// Changes to watched files since the report before, in the order seen. Files are not part
+    /// of a snapshot (the agent's manifest holds them); a change is reported once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileChange>,
 }
 
 /// An exec seen through the process connector whose process ended before it could be read.
@@ -146,7 +150,12 @@ impl Validate for Delta {
         each("processes", &self.processes, limits::MAX_PROCESSES)?;
         count("unread_execs", &self.unread_execs, limits::MAX_PROCESSES)?;
         each("listeners", &self.listeners, limits::MAX_LISTENERS)?;
-        each("connections", &self.connections, limits::MAX_CONNECTIONS)
+        each("connections", &self.connections, limits::MAX_CONNECTIONS)?;
+        count("files", &self.files, limits::MAX_FILE_CHANGES)?;
+        for (i, c) in self.files.iter().enumerate() {
+            c.validate().map_err(|e| e.within(&format!("files[{i}]")))?;
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@ mod api;
 mod cloud;
 mod delta;
 mod enroll;
+mod file;
 mod finding;
 mod process;
 mod report;
@@ -12,12 +13,13 @@ pub mod timestamp;
 mod validate;
 
 pub use api::{
-    ApplyBaseline, BaselineSummary, ErrorBody, Host, HostDetail, HostStatus, Located, ProcessEvent,
-    SocketEvent,
+    ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, Host, HostDetail, HostStatus, Located,
+    ProcessEvent, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
+pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
 pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
 pub use process::Process;
 pub use report::{
@@ -45,6 +47,9 @@ pub const CONNECTIONS_PATH: &str = "/api/v1/connections";
 pub const PROCESS_HISTORY_PATH: &str = "/api/v1/history/processes";
 /// `GET`: [`SocketEvent`]s, newest first; query `host`, `since`, `limit`.
 pub const SOCKET_HISTORY_PATH: &str = "/api/v1/history/sockets";
+/// `GET`: [`FileEvent`]s, newest first; query `host`, `since`, `path` (a glob: `*` matches any
+/// characters, `/` too), `limit`.
+pub const FILES_PATH: &str = "/api/v1/files";
 /// `GET`: [`Finding`] list, filtered by the query parameters `host`, `kind` and `status`.
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.

@@ -161,6 +161,9 @@ pub struct AgentStats {
     /// Why the cloud's metadata could not be read, where the agent expected a cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_problem: Option<String>,
+    /// File watching: the manifest's size, watches, overflows, missing paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<super::FileStats>,
 }
 
 /// Whether the agent sees everything it should, and if not, why.

@@ -38,6 +38,8 @@ pub mod limits {
     /// Seconds between an agent's reports, at most: the collector derives "offline" from the
     /// interval a host claims, so a host must not be able to claim that it need never report.
     pub const MAX_INTERVAL_SECS: u32 = 3_600;
+    /// File changes in one report (an agent sends more in several).
+    pub const MAX_FILE_CHANGES: usize = 10_000;
     /// Bytes of a baseline source file.
     pub const MAX_BASELINE_BYTES: usize = 1 << 20;
 }

@@ -1,4 +1,5 @@
-//! `GET /api/v1/history/processes|sockets`: what started and ended, newest first.
+//! `GET /api/v1/history/processes|sockets`: what started and ended, newest first; `GET
+//! /api/v1/files`: what changed in watched files, newest first.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -25,6 +26,8 @@ pub struct HistoryQuery {
     since: Option<String>,
     /// Processes: exact name.
     name: Option<String>,
+    /// Files: a glob over paths.
+    path: Option<String>,
     limit: Option<u32>,
 }
 
@@ -51,7 +54,12 @@ async fn filter(
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
     }
-    Ok(HistoryFilter { host_id, since, name: q.name, limit })
+    if let Some(p) = &q.path
+        && (p.is_empty() || p.len() > proto::limits::MAX_PATH_BYTES)
+    {
+        return Err(ApiError::bad_request(format!("path: 1 to {} bytes", proto::limits::MAX_PATH_BYTES)));
+    }
+    Ok(HistoryFilter { host_id, since, name: q.name, path: q.path, limit })
 }
 
 pub async fn processes(
@@ -72,6 +80,16 @@ pub async fn sockets(
     person.require(Role::Reader)?;
     let f = filter(&state, q).await?;
     Ok(Json(state.store.socket_events(&f).await?.into_iter().map(Into::into).collect()))
+}
+
+pub async fn files(
+    State(state): State<AppState>,
+    person: Person,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<proto::FileEvent>>, ApiError> {
+    person.require(Role::Reader)?;
+    let f = filter(&state, q).await?;
+    Ok(Json(state.store.file_events(&f).await?))
 }
 
 impl From<ProcessEvent> for proto::ProcessEvent {

@@ -161,6 +161,7 @@ fn people() -> Router<AppState> {
         .route(proto::CONNECTIONS_PATH, get(state::connections))
         .route(proto::PROCESS_HISTORY_PATH, get(history::processes))
         .route(proto::SOCKET_HISTORY_PATH, get(history::sockets))
+        .route(proto::FILES_PATH, get(history::files))
         .route(
             proto::BASELINES_PATH,
             get(baselines::list)

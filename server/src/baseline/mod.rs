@@ -103,6 +103,17 @@ impl ProcessRule {
     }
 }
 
+/// `[[file]]`: changes to watched paths the workload makes on purpose (`allow`), or that must
+/// stay findings whatever another rule allows (`deny`). A change no rule allows is a finding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRule {
+    /// Glob over paths: `*` within one directory, `**` across them.
+    pub path: Pattern,
+    pub allow: bool,
+    pub reason: Option<String>,
+    pub origin: RuleOrigin,
+}
+
 /// `[[listen]]`: sockets the workload is expected to listen on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenRule {
@@ -152,12 +163,13 @@ pub struct Baseline {
     pub include: Vec<String>,
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
+    pub files: Vec<FileRule>,
 }
 
 impl Baseline {
     /// Rules of its own, not counting included ones.
     pub fn rule_count(&self) -> usize {
-        self.processes.len() + self.listens.len()
+        self.processes.len() + self.listens.len() + self.files.len()
     }
 }
 
@@ -167,6 +179,21 @@ pub struct Workload {
     pub name: String,
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
+    pub files: Vec<FileRule>,
+}
+
+impl Workload {
+    /// Whether a change at `path` is expected: some `allow` rule matches and no `deny` rule does.
+    pub fn allows_file_change(&self, path: &str) -> bool {
+        let mut allowed = false;
+        for r in self.files.iter().filter(|r| r.path.is_match(path)) {
+            if !r.allow {
+                return false;
+            }
+            allowed = true;
+        }
+        allowed
+    }
 }
 
 /// Why a set of baselines does not hold together.
@@ -212,7 +239,8 @@ impl BaselineSet {
 
     /// The rules of `name` and of everything it includes, each baseline's rules once.
     pub fn workload(&self, name: &str) -> Result<Workload, SetError> {
-        let mut w = Workload { name: name.to_owned(), processes: Vec::new(), listens: Vec::new() };
+        let mut w =
+            Workload { name: name.to_owned(), processes: Vec::new(), listens: Vec::new(), files: Vec::new() };
         let mut done = BTreeSet::new();
         let mut path = Vec::new();
         self.collect(name, &mut w, &mut done, &mut path)?;
@@ -241,6 +269,7 @@ impl BaselineSet {
         path.push(name.to_owned());
         w.processes.extend(b.processes.iter().cloned());
         w.listens.extend(b.listens.iter().cloned());
+        w.files.extend(b.files.iter().cloned());
         for inc in &b.include {
             self.collect(inc, w, done, path)?;
         }

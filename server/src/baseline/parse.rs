@@ -9,7 +9,7 @@ use hostwatch_proto::v1::{Protocol, check_tags, limits};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Baseline, ListenRule, Pattern, ProcessRule, RuleOrigin};
+use super::{Baseline, FileRule, ListenRule, Pattern, ProcessRule, RuleOrigin};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,17 @@ struct RawBaseline {
     process: Vec<RawProcess>,
     #[serde(default)]
     listen: Vec<RawListen>,
+    #[serde(default)]
+    file: Vec<RawFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Spanned<String>,
+    change: Spanned<String>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,7 +245,31 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         });
     }
 
-    Ok(Baseline { name, description: raw.description, selector, include, processes, listens })
+    let mut files = Vec::new();
+    for (i, f) in raw.file.into_iter().enumerate() {
+        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
+        let text = f.path.get_ref();
+        if !(text.starts_with('/') || text.starts_with('*')) {
+            return Err(err(
+                f.path.span(),
+                format!("path {text:?} must be absolute (or a glob starting with / or *)"),
+            ));
+        }
+        let path = glob(text, true).map_err(|m| err(f.path.span(), m))?;
+        let allow = match f.change.get_ref().as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                return Err(err(
+                    f.change.span(),
+                    format!("change must be \"allow\" or \"deny\", not {other:?}"),
+                ));
+            }
+        };
+        files.push(FileRule { path, allow, reason: f.reason, origin });
+    }
+
+    Ok(Baseline { name, description: raw.description, selector, include, processes, listens, files })
 }
 
 /// Baseline names: 1 to 64 of `a-z A-Z 0-9 . _ -`, starting with a letter or digit.

@@ -104,6 +104,14 @@ enum Command {
         #[arg(long)]
         protocol: Option<String>,
     },
+    /// Changes to watched files, newest first.
+    Files {
+        #[command(flatten)]
+        window: HistoryArgs,
+        /// Paths matching this glob (`*` matches any characters, `/` too): /etc/*, */authorized_keys.
+        #[arg(long)]
+        path: Option<String>,
+    },
     /// What started and ended: processes (exec, exit) or sockets (open, close), newest first.
     History {
         #[command(subcommand)]
@@ -343,6 +351,16 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 ("limit", window.limit.map(|l| l.to_string())),
             ]);
             let rows: Vec<proto::ProcessEvent> = client.get(proto::PROCESS_HISTORY_PATH, &q).await?;
+            print(&rows, format)
+        }
+        Command::Files { window, path } => {
+            let q = query([
+                ("host", window.host),
+                ("since", window.since),
+                ("path", path),
+                ("limit", window.limit.map(|l| l.to_string())),
+            ]);
+            let rows: Vec<proto::FileEvent> = client.get(proto::FILES_PATH, &q).await?;
             print(&rows, format)
         }
         Command::History { what: HistoryCommand::Sockets { window } } => {

@@ -314,6 +314,49 @@ impl Tabular for proto::ProcessEvent {
     }
 }
 
+impl Tabular for proto::FileEvent {
+    fn columns() -> Vec<&'static str> {
+        vec![
+            "at",
+            "host_id",
+            "hostname",
+            "change",
+            "origin",
+            "path",
+            "from",
+            "old_sha256",
+            "new_sha256",
+            "package",
+        ]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        let c = &self.change;
+        let hash = |s: &Option<proto::FileState>| {
+            s.as_ref().map(|s| match (&s.sha256, s.metadata_only) {
+                (Some(h), _) => h[..h.len().min(16)].to_owned(),
+                (None, true) => "(too large)".to_owned(),
+                (None, false) => s.kind.as_str().to_owned(),
+            })
+        };
+        let package = c.package.as_ref().map(|p| {
+            let v = p.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+            format!("{}{v}{}", p.name, if p.matches { "" } else { " (differs)" })
+        });
+        vec![
+            when(Some(c.at), style),
+            self.host_id.to_string(),
+            text(&self.hostname, style, 30),
+            c.change.as_str().to_owned(),
+            c.origin.as_str().to_owned(),
+            text(&c.path, style, 60),
+            text(c.from_path.as_deref().unwrap_or(""), style, 60),
+            hash(&c.old).unwrap_or_default(),
+            hash(&c.new).unwrap_or_default(),
+            text(package.as_deref().unwrap_or(""), style, 40),
+        ]
+    }
+}
+
 impl Tabular for proto::SocketEvent {
     fn columns() -> Vec<&'static str> {
         vec![

@@ -82,6 +82,8 @@ pub struct HistoryFilter {
     pub since: Option<OffsetDateTime>,
     /// Processes: only this name.
     pub name: Option<String>,
+    /// Files: only paths matching this glob (`*` matches any characters, `/` too).
+    pub path: Option<String>,
     pub limit: u32,
 }
 
@@ -166,6 +168,8 @@ pub trait Store: Send + Sync + 'static {
     async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>>;
     /// Listeners and connections that opened and closed, newest first.
     async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>>;
+    /// Changes to watched files, newest first.
+    async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>>;
 
     // ---- baselines ----
     /// Stores or replaces a baseline by name and moves the baselines revision.

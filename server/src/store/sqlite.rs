@@ -22,6 +22,7 @@ use crate::model::{
     ProcessEvent, ReportRecord, SocketEvent,
 };
 
+mod files;
 mod state;
 
 /// Schema migrations, applied in order; each runs once, in a transaction.
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/sqlite/0004_agent_stats.sql")),
     (5, include_str!("migrations/sqlite/0005_process_facts.sql")),
     (6, include_str!("migrations/sqlite/0006_cloud.sql")),
+    (7, include_str!("migrations/sqlite/0007_files.sql")),
 ];
 
 #[derive(Clone)]
@@ -246,7 +248,12 @@ fn upsert_finding(
                 subject: o.subject.clone(),
             })
         }
-        Some((id, status)) if status == FindingStatus::Resolved.as_str() => {
+        // A file changed again reopens its finding, even an acknowledged one: the change that
+        // was acknowledged is not this one.
+        Some((id, status))
+            if status == FindingStatus::Resolved.as_str()
+                || (o.kind == FindingKind::FileChanged && status == FindingStatus::Acknowledged.as_str()) =>
+        {
             tx.execute(
                 "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
                  resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
@@ -628,6 +635,11 @@ impl Store for SqliteStore {
     async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>> {
         let f = filter.clone();
         self.tx(move |tx| state::socket_events(tx, &f)).await
+    }
+
+    async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>> {
+        let f = filter.clone();
+        self.tx(move |tx| files::events(tx, &f)).await
     }
 
     async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {

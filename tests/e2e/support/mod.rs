@@ -246,6 +246,9 @@ pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&
         // Tests never ask a real metadata service, even on a cloud machine; a test of cloud
         // facts sets its own double.
         .env("HOSTWATCH_CLOUD_PROVIDER", "none")
+        // The machine's /etc and /usr are not the tests' business; a test of files names its
+        // own paths.
+        .env("HOSTWATCH_FILES_DEFAULTS", "false")
         .envs(env.iter().copied())
         .env("HOSTWATCH_LOG", "info,hostwatch_agent=debug")
         .stdout(Stdio::null())
@@ -255,7 +258,6 @@ pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&
     Guard(child)
 }
 
-/// The log of the agent started in `dir`, for failure messages.
 /// `hostwatch-agent snapshot` in an empty environment but `env`: the report, and its stdout and
 /// stderr as text.
 pub fn agent_snapshot(env: &[(&str, &str)]) -> (proto::Report, String, String) {
@@ -271,6 +273,7 @@ pub fn agent_snapshot(env: &[(&str, &str)]) -> (proto::Report, String, String) {
     (serde_json::from_str(&stdout).unwrap(), stdout, stderr)
 }
 
+/// The log of the agent started in `dir`, for failure messages.
 pub fn agent_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }

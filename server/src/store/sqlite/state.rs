@@ -87,6 +87,7 @@ pub(super) fn replace(
         listeners: diff(&old.listeners, &new.listeners, Listener::key, now),
         connections: diff(&old.connections, &new.connections, Connection::key, now),
         unread_execs: Vec::new(),
+        files: Vec::new(),
     };
     apply(tx, host_id, &delta, history)
 }
@@ -118,6 +119,8 @@ fn diff<T: Clone + PartialEq, K: Copy + Eq + std::hash::Hash>(
 
 /// Applies a delta: added, then updated, then removed, with history unless `history` is false.
 pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history: bool) -> Result<()> {
+    // File changes are news even in a host's first report: they happened on the host.
+    super::files::record(tx, host_id, &d.files)?;
     for p in &d.processes.added {
         put_process(tx, host_id, p)?;
         if history {
@@ -465,7 +468,12 @@ fn socket_event(
 }
 
 /// The WHERE clause and arguments of a history filter (`e` is the events table, `h` hosts).
-fn history_where(f: &HistoryFilter, name_column: Option<&str>) -> (String, Vec<rusqlite::types::Value>) {
+/// The WHERE, ORDER and LIMIT of a history query over the table aliased `e`.
+pub(super) fn history_where(
+    f: &HistoryFilter,
+    name_column: Option<&str>,
+    path_column: Option<&str>,
+) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = String::from(" WHERE 1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(h) = f.host_id {
@@ -480,12 +488,16 @@ fn history_where(f: &HistoryFilter, name_column: Option<&str>) -> (String, Vec<r
         args.push(name.clone().into());
         sql.push_str(&format!(" AND e.{col} = ?{}", args.len()));
     }
+    if let (Some(path), Some(col)) = (&f.path, path_column) {
+        args.push(path.clone().into());
+        sql.push_str(&format!(" AND e.{col} GLOB ?{}", args.len()));
+    }
     sql.push_str(&format!(" ORDER BY e.at DESC, e.id DESC LIMIT {}", f.limit.max(1)));
     (sql, args)
 }
 
 pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
-    let (clause, args) = history_where(f, Some("name"));
+    let (clause, args) = history_where(f, Some("name"), None);
     let mut stmt = tx.prepare(&format!(
         "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
          e.start_time FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
@@ -515,7 +527,7 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
 }
 
 pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<SocketEvent>> {
-    let (clause, args) = history_where(f, None);
+    let (clause, args) = history_where(f, None, None);
     let mut stmt = tx.prepare(&format!(
         "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address, e.local_port, \
          e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns \

@@ -1,0 +1,89 @@
+//! Watched files: the history of changes (`file_changes`) and the latest state of each path
+//! that changed (`files`).
+//!
+//! Invariant: both are written in the transaction that applies the report carrying the changes,
+//! so a replayed report (not applied again) adds nothing.
+
+use hostwatch_proto::v1 as proto;
+use rusqlite::{Transaction, params};
+
+use super::state::history_where;
+use super::{to_json, ts};
+use crate::store::{HistoryFilter, Result, StoreError};
+
+/// Records `changes` in the order the agent saw them.
+pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileChange]) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO file_changes (host_id, at, path, change, origin, from_path, old_sha256, new_sha256, \
+         package, package_version, package_matches, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO files (host_id, path, kind, mode, uid, gid, size, mtime, sha256, target, changed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (host_id, path) DO UPDATE SET kind = excluded.kind, mode = excluded.mode, uid = excluded.uid, \
+         gid = excluded.gid, size = excluded.size, mtime = excluded.mtime, sha256 = excluded.sha256, \
+         target = excluded.target, changed_at = excluded.changed_at",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM files WHERE host_id = ?1 AND path = ?2")?;
+    for c in changes {
+        let package = c.package.as_ref();
+        insert.execute(params![
+            host_id,
+            ts(c.at),
+            c.path,
+            c.change.as_str(),
+            c.origin.as_str(),
+            c.from_path,
+            c.old.as_ref().and_then(|s| s.sha256.as_deref()),
+            c.new.as_ref().and_then(|s| s.sha256.as_deref()),
+            package.map(|p| p.name.as_str()),
+            package.and_then(|p| p.version.as_deref()),
+            package.map(|p| p.matches),
+            to_json(c),
+        ])?;
+        if let Some(from) = &c.from_path {
+            delete.execute(params![host_id, from])?;
+        }
+        match &c.new {
+            Some(s) => {
+                put.execute(params![
+                    host_id,
+                    c.path,
+                    s.kind.as_str(),
+                    s.mode,
+                    s.uid,
+                    s.gid,
+                    i64::try_from(s.size).unwrap_or(i64::MAX),
+                    ts(s.mtime),
+                    s.sha256,
+                    s.target,
+                    ts(c.at),
+                ])?;
+            }
+            None => {
+                delete.execute(params![host_id, c.path])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Changes newest first, as `hostwatch files` lists them.
+pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<proto::FileEvent>> {
+    let (clause, args) = history_where(f, None, Some("path"));
+    let mut stmt = tx.prepare(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.detail FROM file_changes e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (id, detail): (i64, String) = (r.get(0)?, r.get(3)?);
+        let change: proto::FileChange = serde_json::from_str(&detail)
+            .map_err(|e| StoreError::Corrupt(format!("file change {id}: {e}")))?;
+        out.push(proto::FileEvent { id, host_id: r.get(1)?, hostname: r.get(2)?, change });
+    }
+    Ok(out)
+}
