@@ -104,6 +104,7 @@ pub fn data_lost(lost: u64, gap: Option<(u64, u64)>) -> Option<Observation> {
 /// installed is kept, at severity info.
 pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target<'_>) -> Vec<Observation> {
     let mut out: Vec<Observation> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for c in changes {
         let allowed = match target {
             Target::Workload(w) => w.allows_file_change(&c.path),
@@ -132,9 +133,12 @@ pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target
                 "package": c.package,
             }),
         };
-        match out.iter_mut().find(|x| x.subject == o.subject) {
-            Some(x) => *x = o,
-            None => out.push(o),
+        match at.get(c.path.as_str()) {
+            Some(&i) => out[i] = o,
+            None => {
+                at.insert(&c.path, out.len());
+                out.push(o);
+            }
         }
     }
     out

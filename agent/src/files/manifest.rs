@@ -217,6 +217,18 @@ impl Manifest {
         Ok(Some(Manifest { entries, machine_id: header.machine_id, scanned_at: header.scanned_at }))
     }
 
+    /// Removes and returns the entries at `path` and below (contiguous in path order).
+    pub fn take_under(&mut self, path: &Path) -> Manifest {
+        let keys: Vec<PathBuf> = self
+            .entries
+            .range(path.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let entries = keys.into_iter().filter_map(|k| self.entries.remove_entry(&k)).collect();
+        Manifest { entries, ..Manifest::default() }
+    }
+
     /// Writes the manifest to `path` (mode 0600), replacing what was there at once.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         write_private_with(path, |f| {

@@ -13,7 +13,9 @@
 
 pub mod manifest;
 pub mod scan;
+pub mod watch;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,78 @@ pub const BATCH: usize = 1_000;
 
 /// The manifest's file in the state directory.
 pub const MANIFEST_FILE: &str = "files.manifest";
+
+/// A path is looked at once no event came for it this long (an editor's write, rename and chmod
+/// are one change) ...
+const QUIET: Duration = Duration::from_millis(200);
+/// ... or this long after its first event, however busy it stays.
+const HOLD_MAX: Duration = Duration::from_secs(1);
+/// The longest the monitor sleeps between checks of its stop switch.
+const WAIT_MAX: Duration = Duration::from_secs(1);
+/// While live changes keep coming, the manifest is saved at most this often.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Paths with events, waiting for their events to settle: (first event, last event, where a
+/// rename brought it from).
+#[derive(Debug, Default)]
+struct Pending {
+    paths: HashMap<PathBuf, (Instant, Instant, Option<PathBuf>)>,
+}
+
+impl Pending {
+    /// A path had an event; `from`: it was moved there from `from`. A move's settling looks at
+    /// both ends, so what is pending at or below its source is taken into it (the moved
+    /// directory's own `IN_MOVE_SELF`, events inside it still under its old name).
+    fn touch(&mut self, path: PathBuf, from: Option<PathBuf>) {
+        match &from {
+            Some(f) => self.paths.retain(|p, _| !p.starts_with(f)),
+            None if self.paths.values().any(|(_, _, f)| f.as_ref().is_some_and(|f| path.starts_with(f))) => {
+                return;
+            }
+            None => {}
+        }
+        let now = Instant::now();
+        let e = self.paths.entry(path).or_insert((now, now, None));
+        e.1 = now;
+        if from.is_some() {
+            e.2 = from;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// When the next path is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.paths.values().map(|(first, last, _)| (*last + QUIET).min(*first + HOLD_MAX)).min()
+    }
+
+    /// The paths due now, parents before children (a directory settled first takes in what came
+    /// below it).
+    fn take_due(&mut self, now: Instant) -> Vec<(PathBuf, Option<PathBuf>)> {
+        let due: Vec<PathBuf> = self
+            .paths
+            .iter()
+            .filter(|(_, (first, last, _))| now >= *last + QUIET || now >= *first + HOLD_MAX)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut out: Vec<(PathBuf, Option<PathBuf>)> = due
+            .into_iter()
+            .filter_map(|p| self.paths.remove_entry(&p).map(|(p, (_, _, from))| (p, from)))
+            .collect();
+        out.sort();
+        // A path below one settled now is settled with it.
+        let mut kept: Vec<(PathBuf, Option<PathBuf>)> = Vec::with_capacity(out.len());
+        for (p, from) in out {
+            if from.is_none() && kept.last().is_some_and(|(k, _)| p.starts_with(k)) {
+                continue;
+            }
+            kept.push((p, from));
+        }
+        kept
+    }
+}
 
 /// How much the monitor may read, and how often it scans.
 #[derive(Debug, Clone)]
@@ -192,6 +266,8 @@ impl FilesConfig {
 pub struct Monitor {
     stats: Arc<Mutex<proto::FileStats>>,
     problem: Arc<Mutex<Option<String>>>,
+    /// What inotify cannot cover (unavailable, or directories beyond the watch budget).
+    inotify_problem: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -206,6 +282,7 @@ impl Monitor {
         let monitor = Monitor {
             stats: Arc::default(),
             problem: Arc::default(),
+            inotify_problem: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let m = monitor.clone();
@@ -223,7 +300,11 @@ impl Monitor {
 
     /// Why coverage of files is incomplete, if it is.
     pub fn problem(&self) -> Option<String> {
-        lock(&self.problem).clone()
+        let problems: Vec<String> = [lock(&self.problem).clone(), lock(&self.inotify_problem).clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     pub fn stop(&self) {
@@ -239,7 +320,10 @@ impl Monitor {
     ) {
         lower_priority();
         let stop = || self.stop.load(Ordering::Relaxed) || tx.is_closed();
-        let (mut manifest, mut origin) = match Manifest::load(path) {
+        let send = |changes: Vec<proto::FileChange>| {
+            changes.chunks(BATCH).all(|b| tx.blocking_send(b.to_vec()).is_ok())
+        };
+        let (loaded, mut origin) = match Manifest::load(path) {
             Ok(Some(m)) if m.machine_id != machine_id => {
                 tracing::info!(made_on = %m.machine_id, "the file manifest was made on another machine (an image): changes since are reported as `bake`");
                 (Some(m), proto::ChangeOrigin::Bake)
@@ -253,59 +337,247 @@ impl Monitor {
                 (None, proto::ChangeOrigin::Downtime)
             }
         };
+        let mut initial = loaded.is_none();
+        let mut manifest = loaded.unwrap_or_default();
         let mut budget = TokenBucket::new(config.budget.hash_rate);
+        let limit = watch::max_user_watches(&config.real(Path::new("/proc")));
+        // A quarter of the user's watches is left to the other programs that run as root.
+        let watch_budget = limit.map_or(8192, |l| usize::try_from(l / 4 * 3).unwrap_or(usize::MAX));
+        let mut watcher = match watch::Watcher::new(watch_budget) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "inotify unavailable: file changes are found by the periodic scan only");
+                *lock(&self.inotify_problem) =
+                    Some(format!("inotify unavailable ({e}): files checked every rescan_every only"));
+                None
+            }
+        };
+        lock(&self.stats).watch_limit = limit.unwrap_or(0);
+        tracing::info!(paths = %config.describe(), known = manifest.entries.len(), watch_limit = ?limit, "file monitor starting");
         let mut rehashed = Instant::now();
-        tracing::info!(paths = %config.describe(), known = manifest.as_ref().map(|m| m.entries.len()), "file monitor starting");
+        let mut next_scan = Instant::now();
+        let mut pending = Pending::default();
+        let mut missing: Vec<PathBuf> = Vec::new();
+        let mut unsaved = false;
+        let mut saved_at = Instant::now();
         loop {
-            let rehash = manifest.is_some() && rehashed.elapsed() >= config.budget.rehash_every;
-            let started = Instant::now();
-            let Some(mut outcome) = scan::scan(config, manifest.as_ref(), rehash, &mut budget, &stop) else {
+            if stop() {
                 return;
-            };
-            if rehash {
-                rehashed = Instant::now();
             }
-            let now = OffsetDateTime::now_utc();
-            let changes = manifest
-                .as_ref()
-                .map(|old| scan::changes(old, &outcome.manifest, origin, now))
-                .unwrap_or_default();
-            tracing::info!(
-                entries = outcome.manifest.entries.len(), changes = changes.len(), hashed_mib = outcome.hashed_bytes >> 20,
-                took = ?started.elapsed(), origin = ?origin, initial = manifest.is_none(), "file scan done"
-            );
-            for batch in changes.chunks(BATCH) {
-                if tx.blocking_send(batch.to_vec()).is_err() {
+            if Instant::now() >= next_scan {
+                let rehash = !initial && rehashed.elapsed() >= config.budget.rehash_every;
+                if let Some(w) = watcher.as_mut() {
+                    w.recount();
+                }
+                let started = Instant::now();
+                let old = (!initial).then_some(&manifest);
+                let mut on_dir = |p: &Path, real: &Path| {
+                    if let Some(w) = watcher.as_mut() {
+                        w.watch(p, real);
+                    }
+                };
+                let Some(mut outcome) =
+                    scan::scan_roots(config, &config.roots(), old, rehash, &mut budget, &stop, &mut on_dir)
+                else {
+                    return;
+                };
+                if rehash {
+                    rehashed = Instant::now();
+                }
+                let changes = if initial {
+                    Vec::new()
+                } else {
+                    scan::changes(&manifest, &outcome.manifest, origin, OffsetDateTime::now_utc())
+                };
+                tracing::info!(
+                    entries = outcome.manifest.entries.len(), changes = changes.len(), hashed_mib = outcome.hashed_bytes >> 20,
+                    took = ?started.elapsed(), origin = origin.as_str(), initial, "file scan done"
+                );
+                if !send(changes) {
                     return;
                 }
+                outcome.manifest.machine_id = machine_id.to_owned();
+                manifest = std::mem::take(&mut outcome.manifest);
+                unsaved = true;
+                missing.clone_from(&outcome.missing);
+                self.watch_missing(config, watcher.as_mut(), &missing);
+                self.record(&outcome, &manifest, watcher.as_ref());
+                initial = false;
+                origin = proto::ChangeOrigin::Rescan;
+                next_scan = Instant::now() + config.budget.rescan_every;
             }
-            outcome.manifest.machine_id = machine_id.to_owned();
-            if let Err(e) = outcome.manifest.save(path) {
-                tracing::error!(error = %e, "cannot save the file manifest; changes may be reported again after a restart");
+            if unsaved && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
+                if let Err(e) = manifest.save(path) {
+                    tracing::error!(error = %e, "cannot save the file manifest; changes may be reported again after a restart");
+                }
+                unsaved = false;
+                saved_at = Instant::now();
             }
-            self.record(&outcome);
-            manifest = Some(outcome.manifest);
-            origin = proto::ChangeOrigin::Rescan;
-            let next = Instant::now() + config.budget.rescan_every;
-            while Instant::now() < next {
-                if stop() {
+            let until_due = pending.next_due().map(|d| d.saturating_duration_since(Instant::now()));
+            let until_scan = next_scan.saturating_duration_since(Instant::now());
+            let wait = until_due.unwrap_or(WAIT_MAX).min(WAIT_MAX).min(until_scan);
+            let mut noted = watch::Noted::default();
+            match watcher.as_mut() {
+                Some(w) => {
+                    let wait = if w.moves_pending() { wait.min(QUIET) } else { wait };
+                    let ready = match w.wait(wait) {
+                        Ok(ready) => ready,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot wait for inotify events");
+                            std::thread::sleep(WAIT_MAX);
+                            false
+                        }
+                    };
+                    if (ready || w.moves_pending())
+                        && let Err(e) = w.read(&mut noted)
+                    {
+                        tracing::error!(error = %e, "cannot read inotify events; rescanning");
+                        noted.overflow = true;
+                    }
+                }
+                None => std::thread::sleep(wait),
+            }
+            if noted.overflow {
+                // Events were lost: only a scan can tell what changed. What was pending is in it.
+                tracing::warn!("inotify queue overflow: events lost; rescanning the watched paths");
+                lock(&self.stats).overflows += 1;
+                pending = Pending::default();
+                next_scan = Instant::now();
+                continue;
+            }
+            if noted.appeared {
+                // Watched deeper first, then checked: what appears after the watch is an event,
+                // what appeared before is found by the check.
+                self.watch_missing(config, watcher.as_mut(), &missing);
+                let appeared: Vec<PathBuf> =
+                    missing.iter().filter(|m| config.real(m).exists()).cloned().collect();
+                missing.retain(|m| !appeared.contains(m));
+                for root in appeared {
+                    pending.touch(root, None);
+                }
+                lock(&self.stats).missing = missing.iter().map(|p| p.display().to_string()).collect();
+            }
+            for p in noted.paths {
+                if !config.excluded(&p) {
+                    pending.touch(p, None);
+                }
+            }
+            for (from, to) in noted.renames {
+                match (config.excluded(&from), config.excluded(&to)) {
+                    (false, false) => pending.touch(to, Some(from)),
+                    (false, true) => pending.touch(from, None),
+                    (true, false) => pending.touch(to, None),
+                    (true, true) => {}
+                }
+            }
+            let due = pending.take_due(Instant::now());
+            if due.is_empty() {
+                continue;
+            }
+            let mut changes = Vec::new();
+            for (p, from) in due {
+                changes.extend(self.settle(
+                    config,
+                    &mut manifest,
+                    &p,
+                    from.as_deref(),
+                    &mut budget,
+                    watcher.as_mut(),
+                    &stop,
+                ));
+                // A watched root deleted: watched for again, from its nearest ancestor.
+                if config.paths.contains(&p) && !missing.contains(&p) && !config.real(&p).exists() {
+                    missing.push(p);
+                    self.watch_missing(config, watcher.as_mut(), &missing);
+                    lock(&self.stats).missing = missing.iter().map(|p| p.display().to_string()).collect();
+                }
+            }
+            lock(&self.stats).entries = manifest.entries.len() as u64;
+            if !changes.is_empty() {
+                tracing::debug!(changes = changes.len(), "live file changes");
+                if !send(changes) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                unsaved = true;
             }
         }
     }
 
-    fn record(&self, outcome: &scan::ScanOutcome) {
+    /// Looks again at `path` (and `from`, where it was moved from) and below: the changes since
+    /// the manifest, which is brought up to date.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        config: &FilesConfig,
+        manifest: &mut Manifest,
+        path: &Path,
+        from: Option<&Path>,
+        budget: &mut TokenBucket,
+        mut watcher: Option<&mut watch::Watcher>,
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<proto::FileChange> {
+        let mut old = manifest.take_under(path);
+        if let Some(f) = from {
+            old.entries.append(&mut manifest.take_under(f).entries);
+        }
+        let mut on_dir = |p: &Path, real: &Path| {
+            if let Some(w) = watcher.as_deref_mut() {
+                w.watch(p, real);
+            }
+        };
+        // Both ends of a move: its source may hold something new by now.
+        let roots: Vec<PathBuf> = std::iter::once(path).chain(from).map(Path::to_path_buf).collect();
+        let Some(new) = scan::scan_roots(config, &roots, Some(&old), false, budget, stop, &mut on_dir) else {
+            // Stopping: what was taken out goes back, unreported.
+            manifest.entries.append(&mut old.entries);
+            return Vec::new();
+        };
+        if let Some(w) = watcher {
+            // Directories gone (or moved away: taken up again under their new path above).
+            for (p, e) in &old.entries {
+                if e.kind == proto::FileKind::Dir && !new.manifest.entries.contains_key(p) {
+                    w.forget_under(p);
+                }
+            }
+        }
+        let changes =
+            scan::changes(&old, &new.manifest, proto::ChangeOrigin::Live, OffsetDateTime::now_utc());
+        let mut entries = new.manifest.entries;
+        manifest.entries.append(&mut entries);
+        changes
+    }
+
+    /// Watches the nearest existing ancestor of each missing path, to take it up when it appears.
+    fn watch_missing(&self, config: &FilesConfig, watcher: Option<&mut watch::Watcher>, missing: &[PathBuf]) {
+        let Some(w) = watcher else { return };
+        for m in missing {
+            if let Some(ancestor) = m.ancestors().skip(1).find(|a| config.real(a).is_dir()) {
+                w.watch_ancestor(ancestor, &config.real(ancestor));
+            }
+        }
+    }
+
+    fn record(&self, outcome: &scan::ScanOutcome, manifest: &Manifest, watcher: Option<&watch::Watcher>) {
         let mut s = lock(&self.stats);
-        s.entries = outcome.manifest.entries.len() as u64;
+        s.entries = manifest.entries.len() as u64;
+        s.watches = watcher.map_or(0, |w| w.watches() as u64);
+        s.unwatched_dirs = watcher.map_or(0, |w| w.unwatched);
         s.missing = outcome
             .missing
             .iter()
             .take(proto::limits::MAX_REASONS)
             .map(|p| p.display().to_string())
             .collect();
-        s.last_scan = outcome.manifest.scanned_at;
+        s.last_scan = manifest.scanned_at;
+        drop(s);
+        if let Some(w) = watcher {
+            *lock(&self.inotify_problem) = (w.unwatched > 0).then(|| {
+                format!(
+                    "{} watched directories beyond the inotify watch budget (fs.inotify.max_user_watches): checked every rescan_every only",
+                    w.unwatched
+                )
+            });
+        }
         let mut problem = lock(&self.problem);
         if outcome.unreadable > 0 {
             *problem = Some(format!(

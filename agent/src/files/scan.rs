@@ -41,9 +41,24 @@ pub fn scan(
     budget: &mut TokenBucket,
     stop: &dyn Fn() -> bool,
 ) -> Option<ScanOutcome> {
+    scan_roots(config, &config.roots(), old, rehash, budget, stop, &mut |_, _| {})
+}
+
+/// Scans `roots` (host paths) and everything below them. `on_dir` is called with each
+/// directory's host path and real path before it is listed: a watch added there sees every
+/// change the listing might miss.
+pub fn scan_roots(
+    config: &FilesConfig,
+    roots: &[PathBuf],
+    old: Option<&Manifest>,
+    rehash: bool,
+    budget: &mut TokenBucket,
+    stop: &dyn Fn() -> bool,
+    on_dir: &mut dyn FnMut(&Path, &Path),
+) -> Option<ScanOutcome> {
     let mut out = ScanOutcome::default();
     let mut hasher = Hasher { budget, max_size: config.budget.hash_max_size, buf: vec![0u8; 256 << 10] };
-    for root in config.roots() {
+    for root in roots.iter().cloned() {
         match std::fs::symlink_metadata(config.real(&root)) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -77,17 +92,20 @@ pub fn scan(
             };
             let mut entry = Entry::of(&meta);
             match entry.kind {
-                proto::FileKind::Dir => match std::fs::read_dir(&real) {
-                    Ok(dir) => {
-                        for child in dir.flatten() {
-                            let p = path.join(child.file_name());
-                            if !config.excluded(&p) {
-                                stack.push(p);
+                proto::FileKind::Dir => {
+                    on_dir(&path, &real);
+                    match std::fs::read_dir(&real) {
+                        Ok(dir) => {
+                            for child in dir.flatten() {
+                                let p = path.join(child.file_name());
+                                if !config.excluded(&p) {
+                                    stack.push(p);
+                                }
                             }
                         }
+                        Err(e) => out.note_problem(&path, &e),
                     }
-                    Err(e) => out.note_problem(&path, &e),
-                },
+                }
                 proto::FileKind::Symlink => {
                     entry.target = std::fs::read_link(&real)
                         .ok()
