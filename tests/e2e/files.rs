@@ -338,3 +338,118 @@ async fn a_watched_path_that_does_not_exist_is_reported_and_taken_up_when_it_app
     assert!(ev.iter().any(|e| e.change.path == key && e.change.origin == proto::ChangeOrigin::Live));
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
+
+/// A package built here with `dpkg-deb`: `opt/hwtest/bin/tool` holding `content`.
+fn build_deb(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
+    let pkg = dir.join(format!("pkg-{version}"));
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("opt/hwtest/bin")).unwrap();
+    write(
+        &pkg.join("DEBIAN/control"),
+        &format!(
+            "Package: hwtest\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: hostwatch test package\n"
+        ),
+    );
+    write(&pkg.join("opt/hwtest/bin/tool"), content);
+    let deb = dir.join(format!("hwtest_{version}.deb"));
+    let out = std::process::Command::new("dpkg-deb")
+        .arg("--root-owner-group")
+        .arg("--build")
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb (is dpkg installed?)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    deb
+}
+
+/// `dpkg --root=ROOT` with `args`: a database and a file system of the test's own.
+fn dpkg(root: &Path, args: &[&str]) {
+    let out = std::process::Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(args)
+        .output()
+        .expect("dpkg");
+    assert!(out.status.success(), "dpkg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let root = dir.path().join("root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "opt"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    write(&root.join("var/lib/dpkg/status"), "");
+    let v1 = build_deb(dir.path(), "1.0-1", "#!/bin/sh\necho one\n");
+    let v2 = build_deb(dir.path(), "2.0-1", "#!/bin/sh\necho two\n");
+    let role = unique("fimpkg");
+    let manifest = dir.path().join("agent-state").join("files.manifest");
+    let env = [
+        ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string()),
+        ("HOSTWATCH_FILES_DPKG_DIR", root.join("var/lib/dpkg").display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
+    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
+    let host = wait_for("the host online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))
+    })
+    .await;
+    let tool = root.join("opt/hwtest/bin/tool").display().to_string();
+    let package_of = |ev: &[proto::FileEvent], change: &str| {
+        // Newest first: the latest such change.
+        ev.iter()
+            .find(|e| e.change.path == tool && e.change.change.as_str() == change)
+            .and_then(|e| e.change.package.clone())
+    };
+
+    // Installed: created, by hwtest 1.0-1, as recorded.
+    dpkg(&root, &["-i", v1.to_str().unwrap()]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "created")]).await;
+    assert_eq!(
+        package_of(&ev, "created"),
+        Some(proto::PackageMatch { name: "hwtest".into(), version: Some("1.0-1".into()), matches: true }),
+        "{}",
+        agent_log(dir.path())
+    );
+    // A package-made change is kept at severity info, not raised.
+    let f = c
+        .findings(host.id, "file_changed", "open")
+        .into_iter()
+        .find(|f| f.subject == tool)
+        .expect("a finding");
+    assert_eq!(f.severity, proto::Severity::Info);
+
+    // Upgraded: modified, by hwtest 2.0-1.
+    dpkg(&root, &["-i", v2.to_str().unwrap()]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "modified")]).await;
+    assert_eq!(
+        package_of(&ev, "modified").map(|p| (p.version, p.matches)),
+        Some((Some("2.0-1".into()), true))
+    );
+
+    // Edited by hand: still hwtest's file, but not what it installed; a finding of full severity.
+    let before = file_events(&c, host.id).len();
+    write(&root.join("opt/hwtest/bin/tool"), "#!/bin/sh\necho pwned\n");
+    let ev = wait_for("the hand edit", WAIT, async || {
+        let ev = file_events(&c, host.id);
+        (ev.len() > before).then_some(ev)
+    })
+    .await;
+    assert_eq!(package_of(&ev, "modified").map(|p| (p.name, p.matches)), Some(("hwtest".into(), false)));
+    let f = c
+        .findings(host.id, "file_changed", "open")
+        .into_iter()
+        .find(|f| f.subject == tool)
+        .expect("a finding");
+    assert_eq!(f.severity, proto::Severity::High);
+
+    // Removed: deleted, by its package.
+    dpkg(&root, &["-r", "hwtest"]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "deleted")]).await;
+    assert_eq!(package_of(&ev, "deleted").map(|p| (p.name, p.matches)), Some(("hwtest".into(), true)));
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}

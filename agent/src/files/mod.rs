@@ -12,6 +12,7 @@
 //! the runner, so a change is reported before it can be forgotten.
 
 pub mod manifest;
+pub mod package;
 pub mod scan;
 pub mod watch;
 
@@ -61,8 +62,40 @@ const QUIET: Duration = Duration::from_millis(200);
 const HOLD_MAX: Duration = Duration::from_secs(1);
 /// The longest the monitor sleeps between checks of its stop switch.
 const WAIT_MAX: Duration = Duration::from_secs(1);
+/// Changes are held at most this long while dpkg holds its lock, to be put down to its package.
+const DPKG_WAIT: Duration = Duration::from_secs(120);
 /// While live changes keep coming, the manifest is saved at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Changes on their way to the runner, held while dpkg is at work so that they can be put down to
+/// their package once its database records them.
+struct Outbox {
+    packages: package::Packages,
+    held: Vec<proto::FileChange>,
+    /// When the oldest held change came.
+    since: Instant,
+}
+
+impl Outbox {
+    /// Hands `changes` (and what was held) to `send`, annotated, unless dpkg is at work and has
+    /// not been waited for [`DPKG_WAIT`] yet; `false` if the runner is gone.
+    fn deliver(
+        &mut self,
+        config: &FilesConfig,
+        changes: Vec<proto::FileChange>,
+        send: &dyn Fn(Vec<proto::FileChange>) -> bool,
+    ) -> bool {
+        if self.held.is_empty() {
+            self.since = Instant::now();
+        }
+        self.held.extend(changes);
+        if self.held.is_empty() || (self.packages.busy() && self.since.elapsed() < DPKG_WAIT) {
+            return true;
+        }
+        self.packages.annotate(&mut self.held, &|p| config.real(p), &|p| config.covers(p));
+        send(std::mem::take(&mut self.held))
+    }
+}
 
 /// Paths with events, waiting for their events to settle: (first event, last event, where a
 /// rename brought it from).
@@ -216,6 +249,15 @@ impl FilesConfig {
         self
     }
 
+    /// Whether `path` (a host path) is under a watched root and not excluded.
+    pub fn covers(&self, path: &Path) -> bool {
+        let home_ssh = || {
+            let mut c = path.components().skip(1);
+            matches!((c.next(), c.next(), c.next()), (Some(h), Some(_), Some(s)) if h.as_os_str() == "home" && s.as_os_str() == ".ssh")
+        };
+        (self.paths.iter().any(|r| path.starts_with(r)) || (self.homes && home_ssh())) && !self.excluded(path)
+    }
+
     /// Whether anything is watched at all.
     pub fn enabled(&self) -> bool {
         !self.paths.is_empty() || self.homes
@@ -323,6 +365,13 @@ impl Monitor {
         let send = |changes: Vec<proto::FileChange>| {
             changes.chunks(BATCH).all(|b| tx.blocking_send(b.to_vec()).is_ok())
         };
+        let mut outbox = Outbox {
+            packages: package::Packages::new(config.real(&config.dpkg_dir), &config.host_root),
+            held: Vec::new(),
+            since: Instant::now(),
+        };
+        let deliver =
+            |outbox: &mut Outbox, changes: Vec<proto::FileChange>| outbox.deliver(config, changes, &send);
         let (loaded, mut origin) = match Manifest::load(path) {
             Ok(Some(m)) if m.machine_id != machine_id => {
                 tracing::info!(made_on = %m.machine_id, "the file manifest was made on another machine (an image): changes since are reported as `bake`");
@@ -393,7 +442,7 @@ impl Monitor {
                     entries = outcome.manifest.entries.len(), changes = changes.len(), hashed_mib = outcome.hashed_bytes >> 20,
                     took = ?started.elapsed(), origin = origin.as_str(), initial, "file scan done"
                 );
-                if !send(changes) {
+                if !deliver(&mut outbox, changes) {
                     return;
                 }
                 outcome.manifest.machine_id = machine_id.to_owned();
@@ -406,7 +455,9 @@ impl Monitor {
                 origin = proto::ChangeOrigin::Rescan;
                 next_scan = Instant::now() + config.budget.rescan_every;
             }
-            if unsaved && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
+            // Never while changes are held: the manifest on disk must not know of a change the
+            // runner has not been handed.
+            if unsaved && outbox.held.is_empty() && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
                 if let Err(e) = manifest.save(path) {
                     tracing::error!(error = %e, "cannot save the file manifest; changes may be reported again after a restart");
                 }
@@ -470,6 +521,10 @@ impl Monitor {
                     (true, true) => {}
                 }
             }
+            // Changes held for dpkg go out once it is done (or has taken too long).
+            if !deliver(&mut outbox, Vec::new()) {
+                return;
+            }
             let due = pending.take_due(Instant::now());
             if due.is_empty() {
                 continue;
@@ -495,7 +550,7 @@ impl Monitor {
             lock(&self.stats).entries = manifest.entries.len() as u64;
             if !changes.is_empty() {
                 tracing::debug!(changes = changes.len(), "live file changes");
-                if !send(changes) {
+                if !deliver(&mut outbox, changes) {
                     return;
                 }
                 unsaved = true;
