@@ -453,3 +453,130 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
     assert_eq!(package_of(&ev, "deleted").map(|p| (p.name, p.matches)), Some(("hwtest".into(), true)));
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
+
+/// `aide` with a configuration of the test's own over `tree`: the attributes the agent compares
+/// (content by SHA-256, size, mode, owner, group, mtime, file type, link target; of a directory
+/// its mode, owner, group and type only, as the agent takes a directory's mtime as its entries').
+fn aide(dir: &Path, tree: &Path, args: &[&str]) -> std::process::Output {
+    let conf = dir.join("aide.conf");
+    let t = tree.display();
+    write(
+        &conf,
+        &format!(
+            "database_in=file:{d}/aide.db\ndatabase_out=file:{d}/aide.db.new\ngzip_dbout=no\n\
+             report_format=json\nreport_url=stdout\n\
+             FileRule = p+u+g+s+m+sha256+ftype+l\nDirRule = p+u+g+ftype\n\
+             {t} f,l FileRule\n{t} d DirRule\n",
+            d = dir.display()
+        ),
+    );
+    std::process::Command::new("aide")
+        .arg("-c")
+        .arg(&conf)
+        .args(args)
+        .output()
+        .expect("aide (Debian's aide package; .ci/run installs it)")
+}
+
+type Sets = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
+/// What the agent reported, in aide's terms: added, removed, changed paths (a rename is the old
+/// path removed and the new one added).
+fn as_aide_sees(events: &[proto::FileEvent]) -> Sets {
+    let (mut added, mut removed, mut changed) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    // Oldest first, so that a later change of a path decides.
+    for e in events.iter().rev() {
+        let c = &e.change;
+        match c.change {
+            proto::FileChangeKind::Created => {
+                removed.remove(&c.path);
+                added.insert(c.path.clone());
+            }
+            proto::FileChangeKind::Deleted => {
+                if !added.remove(&c.path) {
+                    removed.insert(c.path.clone());
+                }
+                changed.remove(&c.path);
+            }
+            proto::FileChangeKind::Renamed => {
+                let from = c.from_path.clone().unwrap();
+                if !added.remove(&from) {
+                    removed.insert(from.clone());
+                }
+                changed.remove(&from);
+                added.insert(c.path.clone());
+            }
+            proto::FileChangeKind::Modified | proto::FileChangeKind::Metadata => {
+                if !added.contains(&c.path) {
+                    changed.insert(c.path.clone());
+                }
+            }
+        }
+    }
+    (added, removed, changed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_change_is_what_aide_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let tree = dir.path().join("oracle");
+    make_tree(&tree);
+    write(&tree.join("etc/shadow"), "root:*:19000:0:99999:7:::\n");
+    std::fs::set_permissions(tree.join("etc/shadow"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    write(&tree.join("etc/conf"), "a=1\n");
+    std::fs::create_dir_all(tree.join("d1/sub")).unwrap();
+    write(&tree.join("d1/sub/x"), "x\n");
+    let init = aide(dir.path(), &tree, &["--init"]);
+    assert!(init.status.success(), "aide --init: {}", String::from_utf8_lossy(&init.stderr));
+    std::fs::rename(dir.path().join("aide.db.new"), dir.path().join("aide.db")).unwrap();
+    let (mut agent, host) = watching(&c, dir.path(), tree.to_str().unwrap()).await;
+
+    // Every kind of change, each on its own path.
+    write(&tree.join("etc/new"), "created\n");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(tree.join("etc/passwd"))
+        .map(|mut f| {
+            use std::io::Write;
+            f.write_all(b"mallory:x:0:0::/:/bin/sh\n")
+        })
+        .unwrap()
+        .unwrap();
+    std::fs::OpenOptions::new().write(true).truncate(true).open(tree.join("etc/hosts")).unwrap();
+    std::fs::set_permissions(tree.join("etc/shadow"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(tree.join("etc/conf"), Some(12345), Some(12345)).unwrap();
+    std::fs::remove_file(tree.join("etc/motd")).unwrap();
+    write(&tree.join("bin/.tool.new"), "#!/bin/sh\nreplaced\n");
+    std::fs::rename(tree.join("bin/.tool.new"), tree.join("bin/tool")).unwrap();
+    std::fs::remove_file(tree.join("bin/link")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", tree.join("bin/link")).unwrap();
+    std::fs::rename(tree.join("d1"), tree.join("d2")).unwrap();
+    let old = std::fs::File::options().write(true).open(tree.join("bin/old-name")).unwrap();
+    old.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+    drop(old);
+
+    let check = aide(dir.path(), &tree, &["--check"]);
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("aide --check: {e}: {}", String::from_utf8_lossy(&check.stderr)));
+    let keys = |k: &str| -> BTreeSet<String> {
+        report[k].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    };
+    let expected: Sets = (keys("added"), keys("removed"), keys("changed"));
+    // Aide saw each kind (the test changed what it meant to).
+    assert_eq!((expected.0.len(), expected.1.len(), expected.2.len()), (4, 4, 7), "{expected:?}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = as_aide_sees(&file_events(&c, host.id));
+        if got == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent: {got:?}\naide: {expected:?}\n{}",
+            agent_log(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}
