@@ -580,3 +580,35 @@ async fn every_kind_of_change_is_what_aide_finds() {
     }
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directories_beyond_the_watch_budget_degrade_coverage_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let tree = dir.path().join("many");
+    for d in ["a", "b", "c/d"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let role = unique("fimbudget");
+    let manifest = dir.path().join("agent-state").join("files.manifest");
+    let env = [("HOSTWATCH_FILES_PATHS", tree.to_str().unwrap()), ("HOSTWATCH_FILES_MAX_WATCHES", "2")];
+    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
+    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
+    let (host, files) = wait_for("the budget in the heartbeat", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        let h = hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))?;
+        let d: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, h.id)).await;
+        let f = d.agent_stats.and_then(|s| s.files).filter(|f| f.last_scan.is_some())?;
+        Some((d.host, f))
+    })
+    .await;
+    // Five directories (the root, a, b, c, c/d), two watches.
+    assert_eq!((files.watches, files.unwatched_dirs), (2, 3), "{files:?}");
+    assert_eq!(host.coverage.state, proto::CoverageState::Degraded);
+    assert!(
+        host.coverage.why.iter().any(|w| w.contains("3 watched directories beyond the inotify watch budget")),
+        "{:?}",
+        host.coverage.why
+    );
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}

@@ -48,6 +48,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_FILES_RESCAN_EVERY", path: &["files", "rescan_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_REHASH_EVERY", path: &["files", "rehash_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_DPKG_DIR", path: &["files", "dpkg_dir"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_FILES_MAX_WATCHES", path: &["files", "max_watches"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_CLOUD_ENDPOINT", path: &["cloud", "endpoint"], kind: EnvKind::Str },
 ];
 
@@ -120,6 +121,9 @@ struct RawFiles {
     /// dpkg's database, for telling package-made changes from others.
     #[serde(default = "default_dpkg_dir")]
     dpkg_dir: PathBuf,
+    /// Inotify watches (one per directory) at most; 0: three quarters of the kernel's limit.
+    #[serde(default)]
+    max_watches: u64,
 }
 
 impl Default for RawFiles {
@@ -133,6 +137,7 @@ impl Default for RawFiles {
             rescan_every: default_rescan_every(),
             rehash_every: default_rehash_every(),
             dpkg_dir: default_dpkg_dir(),
+            max_watches: 0,
         }
     }
 }
@@ -381,6 +386,7 @@ impl AgentConfig {
                 hash_max_size: raw.files.hash_max_size,
                 rescan_every: raw.files.rescan_every,
                 rehash_every: raw.files.rehash_every,
+                max_watches: raw.files.max_watches,
             },
             raw.files.dpkg_dir.clone(),
         )

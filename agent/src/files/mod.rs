@@ -167,6 +167,8 @@ pub struct Budget {
     pub hash_max_size: u64,
     pub rescan_every: Duration,
     pub rehash_every: Duration,
+    /// Inotify watches the monitor may hold; 0: three quarters of `fs.inotify.max_user_watches`.
+    pub max_watches: u64,
 }
 
 /// `[files]`, checked.
@@ -391,7 +393,13 @@ impl Monitor {
         let mut budget = TokenBucket::new(config.budget.hash_rate);
         let limit = watch::max_user_watches(&config.real(Path::new("/proc")));
         // A quarter of the user's watches is left to the other programs that run as root.
-        let watch_budget = limit.map_or(8192, |l| usize::try_from(l / 4 * 3).unwrap_or(usize::MAX));
+        let kernel_budget = limit.map_or(8192, |l| l / 4 * 3);
+        let wanted = if config.budget.max_watches == 0 {
+            kernel_budget
+        } else {
+            config.budget.max_watches.min(kernel_budget)
+        };
+        let watch_budget = usize::try_from(wanted).unwrap_or(usize::MAX);
         let mut watcher = match watch::Watcher::new(watch_budget) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -628,7 +636,7 @@ impl Monitor {
         if let Some(w) = watcher {
             *lock(&self.inotify_problem) = (w.unwatched > 0).then(|| {
                 format!(
-                    "{} watched directories beyond the inotify watch budget (fs.inotify.max_user_watches): checked every rescan_every only",
+                    "{} watched directories beyond the inotify watch budget (files.max_watches, fs.inotify.max_user_watches): checked every rescan_every only",
                     w.unwatched
                 )
             });

@@ -277,6 +277,7 @@ mod tests {
             hash_max_size: max,
             rescan_every: Duration::from_secs(3600),
             rehash_every: Duration::from_secs(86400),
+            max_watches: 0,
         };
         let paths: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
         let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
