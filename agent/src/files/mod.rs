@@ -577,7 +577,7 @@ impl Monitor {
         from: Option<&Path>,
         budget: &mut TokenBucket,
         mut watcher: Option<&mut watch::Watcher>,
-        stop: &dyn Fn() -> bool,
+        stop: scan::Stop<'_>,
     ) -> Vec<proto::FileChange> {
         let mut old = manifest.take_under(path);
         if let Some(f) = from {

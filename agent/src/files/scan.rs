@@ -32,6 +32,15 @@ pub struct ScanOutcome {
     pub hashed_bytes: u64,
 }
 
+/// Files hashed at once: reads in flight keep a disk (or a network volume) busy while the walk
+/// goes on; on a cold cache this, not the CPU, bounds a scan.
+const HASH_THREADS: usize = 4;
+/// Files waiting for a hashing thread, at most (the walk waits beyond): bounds memory.
+const HASH_QUEUE: usize = 1024;
+
+/// What stops a scan; shared with the hashing threads.
+pub type Stop<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// Scans every watched path. `old` lends the hashes of files whose metadata did not change,
 /// unless `rehash`. `stop` is checked between files: a scan cut short returns `None`.
 pub fn scan(
@@ -39,25 +48,75 @@ pub fn scan(
     old: Option<&Manifest>,
     rehash: bool,
     budget: &mut TokenBucket,
-    stop: &dyn Fn() -> bool,
+    stop: Stop<'_>,
 ) -> Option<ScanOutcome> {
     scan_roots(config, &config.roots(), old, rehash, budget, stop, &mut |_, _| {})
 }
 
+/// A file for a hashing thread: its host path and where it is read.
+type Job = (PathBuf, PathBuf);
+/// What a hashing thread found: the entry from the open file and the bytes read.
+type Hashed = (PathBuf, std::io::Result<(Entry, u64)>);
+
 /// Scans `roots` (host paths) and everything below them. `on_dir` is called with each
 /// directory's host path and real path before it is listed: a watch added there sees every
 /// change the listing might miss.
+///
+/// This thread walks and stats; files to hash go to [`HASH_THREADS`] threads through a bounded
+/// queue, and their results come back to this thread, which alone writes the manifest.
 pub fn scan_roots(
     config: &FilesConfig,
     roots: &[PathBuf],
     old: Option<&Manifest>,
     rehash: bool,
     budget: &mut TokenBucket,
-    stop: &dyn Fn() -> bool,
+    stop: Stop<'_>,
     on_dir: &mut dyn FnMut(&Path, &Path),
 ) -> Option<ScanOutcome> {
-    let mut out = ScanOutcome::default();
-    let mut hasher = Hasher { budget, max_size: config.budget.hash_max_size, buf: vec![0u8; 256 << 10] };
+    let max_size = config.budget.hash_max_size;
+    let budget = std::sync::Mutex::new(budget);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(HASH_QUEUE);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Hashed>();
+    std::thread::scope(|s| {
+        for i in 0..HASH_THREADS {
+            let done_tx = done_tx.clone();
+            let (job_rx, budget) = (&job_rx, &budget);
+            let spawned = std::thread::Builder::new()
+                .name(format!("files-hash-{i}"))
+                .spawn_scoped(s, move || hash_worker(job_rx, &done_tx, budget, max_size, stop));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a hashing thread");
+            }
+        }
+        drop(done_tx);
+        let mut out = ScanOutcome::default();
+        let walked = walk(config, roots, old, rehash, stop, on_dir, &mut out, &job_tx, &done_rx, max_size);
+        drop(job_tx);
+        for done in done_rx.iter() {
+            out.take_hashed(done);
+        }
+        walked.then(|| {
+            out.manifest.scanned_at = Some(OffsetDateTime::now_utc());
+            out
+        })
+    })
+}
+
+/// The walk itself; `false` if stopped.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    config: &FilesConfig,
+    roots: &[PathBuf],
+    old: Option<&Manifest>,
+    rehash: bool,
+    stop: Stop<'_>,
+    on_dir: &mut dyn FnMut(&Path, &Path),
+    out: &mut ScanOutcome,
+    jobs: &std::sync::mpsc::SyncSender<Job>,
+    done: &std::sync::mpsc::Receiver<Hashed>,
+    max_size: u64,
+) -> bool {
     for root in roots.iter().cloned() {
         match std::fs::symlink_metadata(config.real(&root)) {
             Ok(_) => {}
@@ -75,7 +134,11 @@ pub fn scan_roots(
         let mut stack = vec![root];
         while let Some(path) = stack.pop() {
             if stop() {
-                return None;
+                return false;
+            }
+            // What the hashing threads finished, taken in as the walk goes (memory stays flat).
+            while let Ok(d) = done.try_recv() {
+                out.take_hashed(d);
             }
             if out.manifest.entries.contains_key(&path) {
                 continue; // two roots overlap
@@ -122,11 +185,12 @@ pub fn scan_roots(
                             entry.hash = k.hash;
                             entry.metadata_only = k.metadata_only;
                         }
-                        _ => match hasher.hash(&real, &mut entry) {
-                            Ok(n) => out.hashed_bytes += n,
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                            Err(e) => out.note_problem(&path, &e),
-                        },
+                        _ if entry.size > max_size => entry.metadata_only = true,
+                        _ => {
+                            if jobs.send((path.clone(), real)).is_err() {
+                                return false;
+                            }
+                        }
                     }
                 }
                 proto::FileKind::Other => {}
@@ -134,8 +198,7 @@ pub fn scan_roots(
             out.manifest.entries.insert(path, entry);
         }
     }
-    out.manifest.scanned_at = Some(OffsetDateTime::now_utc());
-    Some(out)
+    true
 }
 
 impl ScanOutcome {
@@ -145,60 +208,97 @@ impl ScanOutcome {
             self.problems.push(format!("{}: {e}", path.display()));
         }
     }
-}
 
-/// Reads files for their hash within the byte budget.
-struct Hasher<'a> {
-    budget: &'a mut TokenBucket,
-    max_size: u64,
-    buf: Vec<u8>,
-}
-
-impl Hasher<'_> {
-    /// Hashes the regular file at `path` into `entry`, whose metadata is taken again from the
-    /// open file (what was hashed is what is recorded; a change during the read moves its ctime,
-    /// which the next scan sees). Returns the bytes read.
-    fn hash(&mut self, path: &Path, entry: &mut Entry) -> std::io::Result<u64> {
-        if entry.size > self.max_size {
-            entry.metadata_only = true;
-            return Ok(0);
-        }
-        // O_NOFOLLOW: a file swapped for a link since the stat is not followed. O_NOATIME: a scan
-        // leaves access times as they were (allowed to the owner and to root).
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_NONBLOCK)
-            .open(path)
-            .or_else(|_| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(path)
-            })?;
-        let meta = f.metadata()?;
-        if !meta.file_type().is_file() {
-            *entry = Entry::of(&meta);
-            return Ok(0);
-        }
-        *entry = Entry::of(&meta);
-        if entry.size > self.max_size {
-            entry.metadata_only = true;
-            return Ok(0);
-        }
-        let mut h = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let n = f.read(&mut self.buf)?;
-            if n == 0 {
-                break;
+    /// Takes in a hashing thread's result: the entry as the open file had it, with its hash.
+    fn take_hashed(&mut self, (path, result): Hashed) {
+        match result {
+            Ok((entry, n)) => {
+                self.hashed_bytes += n;
+                self.manifest.entries.insert(path, entry);
             }
-            self.budget.take(n as u64);
-            h.update(&self.buf[..n]);
-            total += n as u64;
+            // Gone between the stat and the open: not there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.manifest.entries.remove(&path);
+            }
+            // Recorded without a hash, and said so.
+            Err(e) => self.note_problem(&path, &e),
         }
-        entry.hash = Some(h.finalize().into());
-        Ok(total)
     }
+}
+
+/// A hashing thread: takes files from `jobs` until the walk is done, hashes each within the
+/// shared budget, and hands back what it found.
+fn hash_worker(
+    jobs: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>,
+    done: &std::sync::mpsc::Sender<Hashed>,
+    budget: &std::sync::Mutex<&mut TokenBucket>,
+    max_size: u64,
+    stop: Stop<'_>,
+) {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((path, real)) = job else { return };
+        if stop() {
+            continue; // drain, so the walk never waits on a full queue
+        }
+        let result = hash_file(&real, max_size, &mut buf, &|n| {
+            if let Ok(mut b) = budget.lock() {
+                b.take(n);
+            }
+        });
+        if done.send((path, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Hashes the regular file at `path`: its entry taken from the open file (what was hashed is
+/// what is recorded; a change during the read moves its ctime, which the next scan sees), and the
+/// bytes read. `take` is told of every read, for the budget.
+fn hash_file(
+    path: &Path,
+    max_size: u64,
+    buf: &mut [u8],
+    take: &dyn Fn(u64),
+) -> std::io::Result<(Entry, u64)> {
+    // O_NOFOLLOW: a file swapped for a link since the stat is not followed. O_NOATIME: a scan
+    // leaves access times as they were (allowed to the owner and to root).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME | libc::O_NONBLOCK)
+        .open(path)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path)
+        })?;
+    let meta = f.metadata()?;
+    let mut entry = Entry::of(&meta);
+    if !meta.file_type().is_file() {
+        return Ok((entry, 0));
+    }
+    if entry.size > max_size {
+        entry.metadata_only = true;
+        return Ok((entry, 0));
+    }
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        take(n as u64);
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    entry.hash = Some(h.finalize().into());
+    Ok((entry, total))
 }
 
 /// The changes from `old` to `new`, each once, renames paired: a path gone and another come with
