@@ -599,7 +599,7 @@ impl Monitor {
             // Directories gone (or moved away: taken up again under their new path above).
             for (p, e) in &old.entries {
                 if e.kind == proto::FileKind::Dir && !new.manifest.entries.contains_key(p) {
-                    w.forget_under(p);
+                    w.forget_under(p.as_path());
                 }
             }
         }

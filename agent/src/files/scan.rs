@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::FilesConfig;
-use super::manifest::{Entry, Manifest, compare};
+use super::manifest::{Entry, Manifest, PathKey, compare, key};
 use crate::ratelimit::TokenBucket;
 
 /// What a scan came to.
@@ -140,7 +140,7 @@ fn walk(
             while let Ok(d) = done.try_recv() {
                 out.take_hashed(d);
             }
-            if out.manifest.entries.contains_key(&path) {
+            if out.manifest.contains(&path) {
                 continue; // two roots overlap
             }
             let real = config.real(&path);
@@ -175,7 +175,7 @@ fn walk(
                         .map(|t| t.into_os_string().into_encoded_bytes().into_boxed_slice());
                 }
                 proto::FileKind::File => {
-                    let known = old.and_then(|m| m.entries.get(&path));
+                    let known = old.and_then(|m| m.get(&path));
                     match known {
                         Some(k)
                             if !rehash
@@ -195,7 +195,7 @@ fn walk(
                 }
                 proto::FileKind::Other => {}
             }
-            out.manifest.entries.insert(path, entry);
+            out.manifest.entries.insert(path.into(), entry);
         }
     }
     true
@@ -214,11 +214,11 @@ impl ScanOutcome {
         match result {
             Ok((entry, n)) => {
                 self.hashed_bytes += n;
-                self.manifest.entries.insert(path, entry);
+                self.manifest.entries.insert(path.into(), entry);
             }
             // Gone between the stat and the open: not there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.manifest.entries.remove(&path);
+                self.manifest.entries.remove(key(&path));
             }
             // Recorded without a hash, and said so.
             Err(e) => self.note_problem(&path, &e),
@@ -311,13 +311,13 @@ pub fn changes(
 ) -> Vec<proto::FileChange> {
     use proto::FileChangeKind as K;
     let mut out = Vec::new();
-    let mut gone: HashMap<(u64, u64), &Path> = HashMap::new();
+    let mut gone: HashMap<(u64, u64), &PathKey> = HashMap::new();
     for (path, o) in &old.entries {
         if !new.entries.contains_key(path) {
             gone.insert((o.dev, o.inode), path);
         }
     }
-    let mut renamed_from: HashSet<&Path> = HashSet::new();
+    let mut renamed_from: HashSet<&PathKey> = HashSet::new();
     for (path, n) in &new.entries {
         let o = old.entries.get(path);
         let Some(kind) = compare(o, Some(n)) else { continue };
@@ -329,14 +329,22 @@ pub fn changes(
             && before.target == n.target
         {
             renamed_from.insert(from);
-            out.push(change(path, K::Renamed, origin, at, Some(before), Some(n), Some(from)));
+            out.push(change(
+                path.as_path(),
+                K::Renamed,
+                origin,
+                at,
+                Some(before),
+                Some(n),
+                Some(from.as_path()),
+            ));
             continue;
         }
-        out.push(change(path, kind, origin, at, o, Some(n), None));
+        out.push(change(path.as_path(), kind, origin, at, o, Some(n), None));
     }
     for (path, o) in &old.entries {
-        if !new.entries.contains_key(path) && !renamed_from.contains(path.as_path()) {
-            out.push(change(path, K::Deleted, origin, at, Some(o), None, None));
+        if !new.entries.contains_key(path) && !renamed_from.contains(path) {
+            out.push(change(path.as_path(), K::Deleted, origin, at, Some(o), None, None));
         }
     }
     out
@@ -401,21 +409,22 @@ mod tests {
         let c = config(&[&root, &missing], &[&format!("{}/sub/cache", root.display())], 1024);
         let out = run(&c, None, false);
         assert_eq!(out.missing, [missing]);
-        let e = &out.manifest.entries;
-        let a = &e[&root.join("sub/a")];
+        let m = &out.manifest;
+        let e = |p: &str| m.get(&root.join(p)).unwrap_or_else(|| panic!("{p} not in the manifest"));
+        let a = e("sub/a");
         assert_eq!(
             a.hash.map(hex::encode).as_deref(),
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
-        assert!(e[&root.join("big")].metadata_only && e[&root.join("big")].hash.is_none(), "above the cap");
-        assert_eq!(e[&root.join("l")].target.as_deref(), Some(&b"/nowhere"[..]));
-        assert!(!e.contains_key(&root.join("sub/cache")) && !e.contains_key(&root.join("sub/cache/x")));
-        assert_eq!(e[&root].kind, proto::FileKind::Dir);
+        assert!(e("big").metadata_only && e("big").hash.is_none(), "above the cap");
+        assert_eq!(e("l").target.as_deref(), Some(&b"/nowhere"[..]));
+        assert!(!m.contains(&root.join("sub/cache")) && !m.contains(&root.join("sub/cache/x")));
+        assert_eq!(m.get(&root).map(|x| x.kind), Some(proto::FileKind::Dir));
         assert_eq!(out.hashed_bytes, 3);
 
         // A routine rescan trusts unchanged metadata and reads nothing; a full one reads again.
         let again = run(&c, Some(&out.manifest), false);
-        assert_eq!((again.hashed_bytes, again.manifest.entries.len()), (0, e.len()));
+        assert_eq!((again.hashed_bytes, again.manifest.entries.len()), (0, m.entries.len()));
         assert_eq!(run(&c, Some(&out.manifest), true).hashed_bytes, 3);
     }
 
