@@ -43,15 +43,7 @@ async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
     let role = unique("fim");
     let tags = format!("role={role}");
     let env = [("HOSTWATCH_FILES_PATHS", tree.to_str().unwrap())];
-    let manifest = dir.path().join("agent-state").join("files.manifest");
-
-    let mut agent = start_agent_with(&c, dir.path(), &tags, &env);
-    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
-    let host = wait_for("the host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
     assert!(agent.terminate(Duration::from_secs(10)).success());
     // Building the manifest reports nothing (as `aide --init`).
     assert_eq!(file_events(&c, host.id), vec![], "{}", agent_log(dir.path()));
@@ -168,14 +160,7 @@ change = "allow"
     let out = c.cli(&["baseline", "apply", baseline.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let env = [("HOSTWATCH_FILES_PATHS", tree.to_str().unwrap())];
-    let manifest = dir.path().join("agent-state").join("files.manifest");
-    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
-    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
-    let host = wait_for("the host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))
-    })
-    .await;
+    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
     assert!(agent.terminate(Duration::from_secs(10)).success());
     write(&tree.join("www/index.html"), "v2\n");
     write(&tree.join("www/.htaccess"), "allow from all\n");
@@ -200,13 +185,25 @@ change = "allow"
 /// Starts an agent watching `paths` (a comma-separated list) and waits until its first manifest
 /// is written; returns it and its host.
 async fn watching(c: &Collector, dir: &Path, paths: &str) -> (crate::support::Guard, proto::Host) {
-    let role = unique("fimlive");
+    agent_ready(c, dir, &unique("fimlive"), &[("HOSTWATCH_FILES_PATHS", paths)]).await
+}
+
+/// Starts an agent tagged `role=ROLE` with `env`, and waits until its manifest is written and its
+/// host is online.
+async fn agent_ready(
+    c: &Collector,
+    dir: &Path,
+    role: &str,
+    env: &[(&str, &str)],
+) -> (crate::support::Guard, proto::Host) {
     let manifest = dir.join("agent-state").join("files.manifest");
-    let agent = start_agent_with(c, dir, &format!("role={role}"), &[("HOSTWATCH_FILES_PATHS", paths)]);
+    let agent = start_agent_with(c, dir, &format!("role={role}"), env);
     wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
     let host = wait_for("the host online", WAIT, async || {
         let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+        hosts.into_iter().find(|h| {
+            h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
+        })
     })
     .await;
     (agent, host)
@@ -385,19 +382,12 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
     let v1 = build_deb(dir.path(), "1.0-1", "#!/bin/sh\necho one\n");
     let v2 = build_deb(dir.path(), "2.0-1", "#!/bin/sh\necho two\n");
     let role = unique("fimpkg");
-    let manifest = dir.path().join("agent-state").join("files.manifest");
     let env = [
         ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string()),
         ("HOSTWATCH_FILES_DPKG_DIR", root.join("var/lib/dpkg").display().to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
-    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
-    let host = wait_for("the host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))
-    })
-    .await;
+    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
     let tool = root.join("opt/hwtest/bin/tool").display().to_string();
     let package_of = |ev: &[proto::FileEvent], change: &str| {
         // Newest first: the latest such change.
@@ -589,14 +579,9 @@ async fn directories_beyond_the_watch_budget_degrade_coverage_and_say_so() {
     for d in ["a", "b", "c/d"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
-    let role = unique("fimbudget");
-    let manifest = dir.path().join("agent-state").join("files.manifest");
     let env = [("HOSTWATCH_FILES_PATHS", tree.to_str().unwrap()), ("HOSTWATCH_FILES_MAX_WATCHES", "2")];
-    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
-    wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
+    let (mut agent, h) = agent_ready(&c, dir.path(), &unique("fimbudget"), &env).await;
     let (host, files) = wait_for("the budget in the heartbeat", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        let h = hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))?;
         let d: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, h.id)).await;
         let f = d.agent_stats.and_then(|s| s.files).filter(|f| f.last_scan.is_some())?;
         Some((d.host, f))

@@ -86,16 +86,29 @@ impl HashCache {
 /// SHA-256 of a file, lowercase hex.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 128 * 1024];
+    let (digest, _) = digest_reader::<Sha256>(&mut f, &mut vec![0u8; 128 * 1024], |_| {})?;
+    Ok(hex::encode(digest))
+}
+
+/// The digest `D` of everything `r` yields, read through `buf`, and the bytes read; `on_read` is
+/// told of each read (for a byte budget). The one read loop of every hash the agent takes.
+pub fn digest_reader<D: Digest>(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    mut on_read: impl FnMut(u64),
+) -> std::io::Result<(sha2::digest::Output<D>, u64)> {
+    let mut hasher = D::new();
+    let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(buf)?;
         if n == 0 {
             break;
         }
+        on_read(n as u64);
         hasher.update(&buf[..n]);
+        total += n as u64;
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok((hasher.finalize(), total))
 }
 
 #[cfg(test)]

@@ -10,12 +10,11 @@
 //! (a setuid bit added) is never taken as the package's.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use hostwatch_proto::v1 as proto;
-use md5::{Digest, Md5};
+use md5::Md5;
 
 /// Owners of watched paths, by path: the package's index in `packages` and the recorded MD5.
 type Owners = HashMap<PathBuf, (usize, [u8; 16])>;
@@ -163,16 +162,8 @@ fn read_status(path: &Path) -> HashMap<String, String> {
 
 fn md5_of(path: &Path) -> std::io::Result<[u8; 16]> {
     let mut f = std::fs::File::open(path)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
+    let (digest, _) = crate::collect::hash::digest_reader::<Md5>(&mut f, &mut vec![0u8; 64 << 10], |_| {})?;
+    Ok(digest.into())
 }
 
 #[cfg(test)]

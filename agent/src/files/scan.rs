@@ -7,12 +7,11 @@
 //! followed. Reads go through the byte budget ([`crate::ratelimit`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use hostwatch_proto::v1 as proto;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::FilesConfig;
@@ -286,18 +285,8 @@ fn hash_file(
         entry.metadata_only = true;
         return Ok((entry, 0));
     }
-    let mut h = Sha256::new();
-    let mut total = 0u64;
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        take(n as u64);
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    entry.hash = Some(h.finalize().into());
+    let (digest, total) = crate::collect::hash::digest_reader::<Sha256>(&mut f, buf, take)?;
+    entry.hash = Some(digest.into());
     Ok((entry, total))
 }
 
