@@ -16,6 +16,12 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Sets a file's mtime back, its content unchanged (a timestamp forged after tampering).
+fn set_mtime_back(path: &Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
+}
+
 /// A small tree of every kind of entry.
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("etc/cron.d")).unwrap();
@@ -57,9 +63,7 @@ async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
     std::fs::remove_file(tree.join("bin/link")).unwrap();
     std::os::unix::fs::symlink("/tmp/evil", tree.join("bin/link")).unwrap();
     std::fs::OpenOptions::new().write(true).truncate(true).open(tree.join("etc/hosts")).unwrap();
-    let stamp = std::fs::File::options().write(true).open(tree.join("etc/stamp")).unwrap();
-    stamp.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
-    drop(stamp);
+    set_mtime_back(&tree.join("etc/stamp"));
 
     let mut agent = start_agent_with(&c, dir.path(), &tags, &env);
     let path = |p: &str| tree.join(p).display().to_string();
@@ -272,9 +276,7 @@ async fn live_changes_are_reported_as_they_happen_one_change_each() {
     // A symlink retargeted, and a file whose mtime alone is set back.
     std::fs::remove_file(tree.join("sbin/link")).unwrap();
     std::os::unix::fs::symlink("/tmp/elsewhere", tree.join("sbin/link")).unwrap();
-    let stamp = std::fs::File::options().write(true).open(tree.join("etc/stamp")).unwrap();
-    stamp.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
-    drop(stamp);
+    set_mtime_back(&tree.join("etc/stamp"));
     until_reported(&c, host.id, &[(p("sbin/link"), "modified"), (p("etc/stamp"), "metadata")]).await;
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
@@ -542,9 +544,7 @@ async fn every_kind_of_change_is_what_aide_finds() {
     std::fs::remove_file(tree.join("bin/link")).unwrap();
     std::os::unix::fs::symlink("/elsewhere", tree.join("bin/link")).unwrap();
     std::fs::rename(tree.join("d1"), tree.join("d2")).unwrap();
-    let old = std::fs::File::options().write(true).open(tree.join("bin/old-name")).unwrap();
-    old.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).unwrap();
-    drop(old);
+    set_mtime_back(&tree.join("bin/old-name"));
 
     let check = aide(dir.path(), &tree, &["--check"]);
     let report: serde_json::Value = serde_json::from_slice(&check.stdout)
