@@ -114,7 +114,15 @@ pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target
             continue;
         }
         let by_package = c.package.as_ref().is_some_and(|p| p.matches);
-        let severity = if by_package { Severity::Info } else { default_severity(FindingKind::FileChanged) };
+        let package_allowed = match target {
+            Target::Workload(w) => w.package_changes,
+            Target::NoBaseline | Target::Ambiguous(_) => true,
+        };
+        let severity = if by_package && package_allowed {
+            Severity::Info
+        } else {
+            default_severity(FindingKind::FileChanged)
+        };
         let hash = |s: &Option<hostwatch_proto::v1::FileState>| s.as_ref().and_then(|s| s.sha256.clone());
         let o = Observation {
             kind: FindingKind::FileChanged,
@@ -524,6 +532,64 @@ address = "127.0.0.1"
         assert_eq!(
             kinds(&evaluate(&moved, &sel, Target::Workload(&w))),
             vec![(FindingKind::UnexpectedListener, "udp/0.0.0.0:5353")]
+        );
+    }
+
+    #[test]
+    fn file_changes_by_rule_and_by_package() {
+        use hostwatch_proto::v1 as p;
+        let change = |path: &str, package: Option<bool>| p::FileChange {
+            path: path.into(),
+            change: p::FileChangeKind::Modified,
+            origin: p::ChangeOrigin::Live,
+            at: OffsetDateTime::UNIX_EPOCH,
+            old: None,
+            new: None,
+            from_path: None,
+            package: package.map(|matches| p::PackageMatch { name: "pkg".into(), version: None, matches }),
+        };
+        let base = r#"
+name = "base"
+package_changes = "deny"
+[[file]]
+path = "/srv/**"
+change = "allow"
+[[file]]
+path = "/srv/secret"
+change = "deny"
+"#;
+        let app = "name = \"app\"\nselector = {}\ninclude = [\"base\"]\n";
+        let strict = workload(&[base, app], "app");
+        assert!(!strict.package_changes, "inherited from the included baseline");
+        let changes = [
+            change("/srv/site/index.html", None),
+            change("/srv/secret", None),
+            change("/usr/bin/ls", Some(true)),
+            change("/usr/bin/cat", Some(false)),
+            change("/srv/secret", None),
+        ];
+        let sev =
+            |obs: &[Observation]| obs.iter().map(|o| (o.subject.clone(), o.severity)).collect::<Vec<_>>();
+        // Allowed by a rule: nothing; denied: a finding, once however often it changed; a
+        // package-made change is high where the workload denies package changes.
+        assert_eq!(
+            sev(&explain_files(&changes, Target::Workload(&strict))),
+            [
+                ("/srv/secret".to_owned(), Severity::High),
+                ("/usr/bin/ls".to_owned(), Severity::High),
+                ("/usr/bin/cat".to_owned(), Severity::High)
+            ]
+        );
+        let lenient = workload(&[&base.replace("\"deny\"\n[[file]]", "\"allow\"\n[[file]]"), app], "app");
+        assert!(lenient.package_changes);
+        let obs = explain_files(&changes, Target::Workload(&lenient));
+        assert_eq!(obs.iter().find(|o| o.subject == "/usr/bin/ls").map(|o| o.severity), Some(Severity::Info));
+        // Without a workload every change is a finding; package-made ones at info.
+        let none = explain_files(&changes, Target::NoBaseline);
+        assert_eq!(none.len(), 4);
+        assert_eq!(
+            none.iter().find(|o| o.subject == "/usr/bin/ls").map(|o| o.severity),
+            Some(Severity::Info)
         );
     }
 }

@@ -164,6 +164,9 @@ pub struct Baseline {
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
+    /// `package_changes`: whether a change a package made is allowed (kept as info); `None`
+    /// leaves it to the baselines included, then to the default (allowed).
+    pub package_changes: Option<bool>,
 }
 
 impl Baseline {
@@ -180,6 +183,9 @@ pub struct Workload {
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
+    /// Whether package-made changes are allowed (kept as info): the workload's own baseline
+    /// decides, else the first included one that says, else yes.
+    pub package_changes: bool,
 }
 
 impl Workload {
@@ -239,11 +245,18 @@ impl BaselineSet {
 
     /// The rules of `name` and of everything it includes, each baseline's rules once.
     pub fn workload(&self, name: &str) -> Result<Workload, SetError> {
-        let mut w =
-            Workload { name: name.to_owned(), processes: Vec::new(), listens: Vec::new(), files: Vec::new() };
+        let mut w = Workload {
+            name: name.to_owned(),
+            processes: Vec::new(),
+            listens: Vec::new(),
+            files: Vec::new(),
+            package_changes: true,
+        };
         let mut done = BTreeSet::new();
         let mut path = Vec::new();
-        self.collect(name, &mut w, &mut done, &mut path)?;
+        let mut package_changes = None;
+        self.collect(name, &mut w, &mut done, &mut path, &mut package_changes)?;
+        w.package_changes = package_changes.unwrap_or(true);
         Ok(w)
     }
 
@@ -253,6 +266,7 @@ impl BaselineSet {
         w: &mut Workload,
         done: &mut BTreeSet<String>,
         path: &mut Vec<String>,
+        package_changes: &mut Option<bool>,
     ) -> Result<(), SetError> {
         if path.iter().any(|p| p == name) {
             let mut cycle = path.clone();
@@ -270,8 +284,12 @@ impl BaselineSet {
         w.processes.extend(b.processes.iter().cloned());
         w.listens.extend(b.listens.iter().cloned());
         w.files.extend(b.files.iter().cloned());
+        // The workload's own baseline first, then its includes depth first: the first that says.
+        if package_changes.is_none() {
+            *package_changes = b.package_changes;
+        }
         for inc in &b.include {
-            self.collect(inc, w, done, path)?;
+            self.collect(inc, w, done, path, package_changes)?;
         }
         path.pop();
         Ok(())

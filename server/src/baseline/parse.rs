@@ -29,6 +29,10 @@ struct RawBaseline {
     listen: Vec<RawListen>,
     #[serde(default)]
     file: Vec<RawFile>,
+    /// `allow` (the default: a change whose content a package installed is kept as an info
+    /// finding) or `deny` (it is a finding like any other).
+    #[serde(default)]
+    package_changes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,7 +273,30 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         files.push(FileRule { path, allow, reason: f.reason, origin });
     }
 
-    Ok(Baseline { name, description: raw.description, selector, include, processes, listens, files })
+    let package_changes = match raw.package_changes {
+        Some(p) => match p.get_ref().as_str() {
+            "allow" => Some(true),
+            "deny" => Some(false),
+            other => {
+                return Err(err(
+                    p.span(),
+                    format!("package_changes must be \"allow\" or \"deny\", not {other:?}"),
+                ));
+            }
+        },
+        None => None,
+    };
+
+    Ok(Baseline {
+        name,
+        description: raw.description,
+        selector,
+        include,
+        processes,
+        listens,
+        files,
+        package_changes,
+    })
 }
 
 /// Baseline names: 1 to 64 of `a-z A-Z 0-9 . _ -`, starting with a letter or digit.
