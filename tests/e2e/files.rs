@@ -97,6 +97,21 @@ async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
     let tool = events.iter().find(|e| e.change.path == path("bin/tool")).unwrap();
     assert_eq!(tool.change.new.as_ref().unwrap().mode, 0o4755);
 
+    // The collector's current view of those paths: latest states, the deleted and moved-away gone.
+    let current: Vec<proto::FileRecord> = c.cli_json(&["files", "--current", "--host", &host.id.to_string()]);
+    let now: BTreeSet<&str> = current.iter().map(|r| r.path.as_str()).collect();
+    assert!(
+        now.contains(path("etc/passwd").as_str()) && now.contains(path("bin/new-name").as_str()),
+        "{now:?}"
+    );
+    assert!(
+        !now.contains(path("etc/motd").as_str()) && !now.contains(path("bin/old-name").as_str()),
+        "{now:?}"
+    );
+    let passwd_now = current.iter().find(|r| r.path == path("etc/passwd")).unwrap();
+    assert_eq!(passwd_now.state.sha256, new.sha256);
+    assert_eq!(current.iter().find(|r| r.path == path("bin/tool")).map(|r| r.state.mode), Some(0o4755));
+
     // Each is a finding (no baseline allows anything), subject the path.
     let findings = c.findings(host.id, "file_changed", "open");
     let subjects: BTreeSet<&str> = findings.iter().map(|f| f.subject.as_str()).collect();

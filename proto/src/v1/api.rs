@@ -92,6 +92,20 @@ pub struct FileEvent {
     pub change: super::FileChange,
 }
 
+/// A watched file as its host last reported it (`hostwatch files --current`): the paths that
+/// changed since the host first reported, each in its latest state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub host_id: i64,
+    pub hostname: String,
+    pub path: String,
+    #[serde(flatten)]
+    pub state: super::FileState,
+    /// When the change that left it so was seen.
+    #[serde(with = "timestamp")]
+    pub changed_at: OffsetDateTime,
+}
+
 /// An item of a fleet-wide listing (`hostwatch ps|ports|conns`), with the host it is on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Located<T> {

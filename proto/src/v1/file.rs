@@ -138,6 +138,16 @@ impl FileKind {
     }
 }
 
+impl std::str::FromStr for FileKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [FileKind::File, FileKind::Dir, FileKind::Symlink, FileKind::Other]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown file kind {s:?}"))
+    }
+}
+
 impl FileChangeKind {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@ pub mod timestamp;
 mod validate;
 
 pub use api::{
-    ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, Host, HostDetail, HostStatus, Located,
+    ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, FileRecord, Host, HostDetail, HostStatus, Located,
     ProcessEvent, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
@@ -50,6 +50,9 @@ pub const SOCKET_HISTORY_PATH: &str = "/api/v1/history/sockets";
 /// `GET`: [`FileEvent`]s, newest first; query `host`, `since`, `path` (a glob: `*` matches any
 /// characters, `/` too), `limit`.
 pub const FILES_PATH: &str = "/api/v1/files";
+/// `GET`: [`FileRecord`]s, the latest state of each changed path, most recently changed first;
+/// query as [`FILES_PATH`] (`since` on when it changed).
+pub const CURRENT_FILES_PATH: &str = "/api/v1/files/current";
 /// `GET`: [`Finding`] list, filtered by the query parameters `host`, `kind` and `status`.
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.

@@ -92,6 +92,16 @@ pub async fn files(
     Ok(Json(state.store.file_events(&f).await?))
 }
 
+pub async fn current_files(
+    State(state): State<AppState>,
+    person: Person,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<proto::FileRecord>>, ApiError> {
+    person.require(Role::Reader)?;
+    let f = filter(&state, q).await?;
+    Ok(Json(state.store.current_files(&f).await?))
+}
+
 impl From<ProcessEvent> for proto::ProcessEvent {
     fn from(e: ProcessEvent) -> Self {
         proto::ProcessEvent {

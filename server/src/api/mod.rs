@@ -162,6 +162,7 @@ fn people() -> Router<AppState> {
         .route(proto::PROCESS_HISTORY_PATH, get(history::processes))
         .route(proto::SOCKET_HISTORY_PATH, get(history::sockets))
         .route(proto::FILES_PATH, get(history::files))
+        .route(proto::CURRENT_FILES_PATH, get(history::current_files))
         .route(
             proto::BASELINES_PATH,
             get(baselines::list)

@@ -111,6 +111,9 @@ enum Command {
         /// Paths matching this glob (`*` matches any characters, `/` too): /etc/*, */authorized_keys.
         #[arg(long)]
         path: Option<String>,
+        /// The latest state of each changed path instead of the changes.
+        #[arg(long)]
+        current: bool,
     },
     /// What started and ended: processes (exec, exit) or sockets (open, close), newest first.
     History {
@@ -353,15 +356,20 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let rows: Vec<proto::ProcessEvent> = client.get(proto::PROCESS_HISTORY_PATH, &q).await?;
             print(&rows, format)
         }
-        Command::Files { window, path } => {
+        Command::Files { window, path, current } => {
             let q = query([
                 ("host", window.host),
                 ("since", window.since),
                 ("path", path),
                 ("limit", window.limit.map(|l| l.to_string())),
             ]);
-            let rows: Vec<proto::FileEvent> = client.get(proto::FILES_PATH, &q).await?;
-            print(&rows, format)
+            if current {
+                let rows: Vec<proto::FileRecord> = client.get(proto::CURRENT_FILES_PATH, &q).await?;
+                print(&rows, format)
+            } else {
+                let rows: Vec<proto::FileEvent> = client.get(proto::FILES_PATH, &q).await?;
+                print(&rows, format)
+            }
         }
         Command::History { what: HistoryCommand::Sockets { window } } => {
             let q = query([

@@ -357,6 +357,44 @@ impl Tabular for proto::FileEvent {
     }
 }
 
+impl Tabular for proto::FileRecord {
+    fn columns() -> Vec<&'static str> {
+        vec![
+            "changed_at",
+            "host_id",
+            "hostname",
+            "path",
+            "kind",
+            "mode",
+            "uid",
+            "gid",
+            "size",
+            "sha256",
+            "target",
+        ]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        let s = &self.state;
+        vec![
+            when(Some(self.changed_at), style),
+            self.host_id.to_string(),
+            text(&self.hostname, style, 30),
+            text(&self.path, style, 60),
+            s.kind.as_str().to_owned(),
+            format!("{:04o}", s.mode),
+            s.uid.to_string(),
+            s.gid.to_string(),
+            s.size.to_string(),
+            match (&s.sha256, s.metadata_only) {
+                (Some(h), _) => h[..h.len().min(16)].to_owned(),
+                (None, true) => "(too large)".to_owned(),
+                (None, false) => String::new(),
+            },
+            text(s.target.as_deref().unwrap_or(""), style, 40),
+        ]
+    }
+}
+
 impl Tabular for proto::SocketEvent {
     fn columns() -> Vec<&'static str> {
         vec![

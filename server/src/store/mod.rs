@@ -170,6 +170,9 @@ pub trait Store: Send + Sync + 'static {
     async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>>;
     /// Changes to watched files, newest first.
     async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>>;
+    /// The latest state of each changed watched path, most recently changed first (`since` on
+    /// when it changed).
+    async fn current_files(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileRecord>>;
 
     // ---- baselines ----
     /// Stores or replaces a baseline by name and moves the baselines revision.

@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/sqlite/0005_process_facts.sql")),
     (6, include_str!("migrations/sqlite/0006_cloud.sql")),
     (7, include_str!("migrations/sqlite/0007_files.sql")),
+    (8, include_str!("migrations/sqlite/0008_files_metadata_only.sql")),
 ];
 
 #[derive(Clone)]
@@ -640,6 +641,11 @@ impl Store for SqliteStore {
     async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>> {
         let f = filter.clone();
         self.tx(move |tx| files::events(tx, &f)).await
+    }
+
+    async fn current_files(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileRecord>> {
+        let f = filter.clone();
+        self.tx(move |tx| files::current(tx, &f)).await
     }
 
     async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {

@@ -8,7 +8,7 @@ use hostwatch_proto::v1 as proto;
 use rusqlite::{Transaction, params};
 
 use super::state::history_where;
-use super::{to_json, ts};
+use super::{parse_enum, parse_ts, to_json, ts};
 use crate::store::{HistoryFilter, Result, StoreError};
 
 /// Records `changes` in the order the agent saw them.
@@ -21,11 +21,12 @@ pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileC
          package, package_version, package_matches, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     let mut put = tx.prepare_cached(
-        "INSERT INTO files (host_id, path, kind, mode, uid, gid, size, mtime, sha256, target, changed_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+        "INSERT INTO files (host_id, path, kind, mode, uid, gid, size, mtime, sha256, target, changed_at, metadata_only, inode) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (host_id, path) DO UPDATE SET kind = excluded.kind, mode = excluded.mode, uid = excluded.uid, \
          gid = excluded.gid, size = excluded.size, mtime = excluded.mtime, sha256 = excluded.sha256, \
-         target = excluded.target, changed_at = excluded.changed_at",
+         target = excluded.target, changed_at = excluded.changed_at, metadata_only = excluded.metadata_only, \
+         inode = excluded.inode",
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM files WHERE host_id = ?1 AND path = ?2")?;
     for c in changes {
@@ -61,6 +62,8 @@ pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileC
                     s.sha256,
                     s.target,
                     ts(c.at),
+                    s.metadata_only,
+                    i64::try_from(s.inode).unwrap_or(i64::MAX),
                 ])?;
             }
             None => {
@@ -84,6 +87,40 @@ pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<prot
         let change: proto::FileChange = serde_json::from_str(&detail)
             .map_err(|e| StoreError::Corrupt(format!("file change {id}: {e}")))?;
         out.push(proto::FileEvent { id, host_id: r.get(1)?, hostname: r.get(2)?, change });
+    }
+    Ok(out)
+}
+
+/// The latest state of each changed path, most recently changed first.
+pub(super) fn current(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<proto::FileRecord>> {
+    let (clause, args) = history_where(f, None, Some("path"));
+    // As a history table (alias `e`, time `at`, key `id`), so that the filters are the same.
+    let mut stmt = tx.prepare(&format!(
+        "SELECT e.host_id, h.hostname, e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.sha256, e.target, \
+         e.metadata_only, e.at, e.inode FROM (SELECT *, changed_at AS at, rowid AS id FROM files) e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let size: i64 = r.get(7)?;
+        out.push(proto::FileRecord {
+            host_id: r.get(0)?,
+            hostname: r.get(1)?,
+            path: r.get(2)?,
+            state: proto::FileState {
+                kind: parse_enum(&r.get::<_, String>(3)?)?,
+                mode: r.get(4)?,
+                uid: r.get(5)?,
+                gid: r.get(6)?,
+                size: u64::try_from(size).unwrap_or_default(),
+                mtime: parse_ts(&r.get::<_, String>(8)?)?,
+                inode: u64::try_from(r.get::<_, i64>(13)?).unwrap_or_default(),
+                sha256: r.get(9)?,
+                metadata_only: r.get(11)?,
+                target: r.get(10)?,
+            },
+            changed_at: parse_ts(&r.get::<_, String>(12)?)?,
+        });
     }
     Ok(out)
 }
