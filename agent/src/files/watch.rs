@@ -232,10 +232,14 @@ impl Watcher {
             return;
         }
         if mask.contains(EventMask::IGNORED) {
-            if let Some(p) = self.dirs.remove(&wd)
-                && self.by_path.get(&p) == Some(&wd)
-            {
-                self.by_path.remove(&p);
+            // A watch the kernel dropped (the directory deleted, its file system unmounted): the
+            // directory is looked at again, which finds it gone or watches it anew and reports
+            // what changed meanwhile. A watch this watcher removed itself is no longer mapped.
+            if let Some(p) = self.dirs.remove(&wd) {
+                if self.by_path.get(&p) == Some(&wd) {
+                    self.by_path.remove(&p);
+                }
+                noted.paths.push(p);
             }
             self.ancestors.remove(&wd);
             return;
@@ -294,6 +298,19 @@ mod tests {
         std::fs::write(root.join("b/x"), "x").unwrap();
         let noted = settle(&mut w);
         assert!(noted.paths.contains(&root.join("b/x")), "{noted:?}");
+        // A watch dropped by the kernel (the directory deleted) makes the directory a path to
+        // look at; one this watcher forgot itself does not.
+        std::fs::create_dir(root.join("gone")).unwrap();
+        assert!(w.watch(&root.join("gone"), &root.join("gone")));
+        std::fs::remove_dir(root.join("gone")).unwrap();
+        let noted = settle(&mut w);
+        assert!(
+            noted.paths.iter().filter(|p| **p == root.join("gone")).count() >= 2,
+            "DELETE_SELF and IGNORED: {noted:?}"
+        );
+        w.forget_under(&root.join("b"));
+        let noted = settle(&mut w);
+        assert!(!noted.paths.contains(&root.join("b")), "{noted:?}");
         // The budget: no watch beyond it.
         let mut small = Watcher::new(1).unwrap();
         assert!(small.watch(&root, &root));
