@@ -612,3 +612,30 @@ async fn directories_beyond_the_watch_budget_degrade_coverage_and_say_so() {
     );
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_manifest_is_rebuilt_and_the_coverage_says_where_it_was_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let tree = dir.path().join("t");
+    make_tree(&tree);
+    let role = unique("fimdamaged");
+    let env = [("HOSTWATCH_FILES_PATHS", tree.to_str().unwrap())];
+    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let manifest = dir.path().join("agent-state").join("files.manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[3] = "{\"p\": \"/half";
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let mut agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
+    let why = wait_for("the damage in the coverage", WAIT, async || {
+        let h: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, host.id)).await;
+        h.host.coverage.why.into_iter().find(|w| w.contains("file manifest rebuilt"))
+    })
+    .await;
+    assert!(why.contains("files.manifest:4:"), "{why}");
+    // Rebuilt, not compared: nothing is reported as changed.
+    assert_eq!(file_events(&c, host.id), vec![]);
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}

@@ -458,7 +458,7 @@ impl Monitor {
                 unsaved = true;
                 missing.clone_from(&outcome.missing);
                 self.watch_missing(config, watcher.as_mut(), &missing);
-                self.record(&outcome, &manifest, watcher.as_ref());
+                self.record(&outcome, &manifest, watcher.as_ref(), initial);
                 initial = false;
                 origin = proto::ChangeOrigin::Rescan;
                 next_scan = Instant::now() + config.budget.rescan_every;
@@ -620,7 +620,15 @@ impl Monitor {
         }
     }
 
-    fn record(&self, outcome: &scan::ScanOutcome, manifest: &Manifest, watcher: Option<&watch::Watcher>) {
+    /// Keeps what the heartbeat says of the last whole scan. A rebuilt manifest is said until the
+    /// first scan that compares with the rebuilt one (`initial` is the scan that built it).
+    fn record(
+        &self,
+        outcome: &scan::ScanOutcome,
+        manifest: &Manifest,
+        watcher: Option<&watch::Watcher>,
+        initial: bool,
+    ) {
         let mut s = lock(&self.stats);
         s.entries = manifest.entries.len() as u64;
         s.watches = watcher.map_or(0, |w| w.watches() as u64);
@@ -648,7 +656,7 @@ impl Monitor {
                 outcome.unreadable,
                 outcome.problems.first().map_or("", String::as_str)
             ));
-        } else if problem.as_deref().is_some_and(|p| !p.starts_with("file manifest rebuilt")) {
+        } else if !initial || problem.as_deref().is_some_and(|p| !p.starts_with("file manifest rebuilt")) {
             *problem = None;
         }
     }
