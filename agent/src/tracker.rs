@@ -181,7 +181,7 @@ impl Tracker {
         // Sockets are compared and copied only where they changed: most deltas are about processes.
         // At most a report's worth of file changes; the rest go with the next (the tracker stays
         // dirty while any wait).
-        let n = self.files.len().min(proto::limits::MAX_FILE_CHANGES);
+        let n = file_batch(&self.files);
         let mut delta = Delta {
             processes,
             unread_execs: std::mem::take(&mut self.unread),
@@ -225,6 +225,33 @@ impl Tracker {
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.current.processes.len(), self.current.listeners.len(), self.current.connections.len())
     }
+}
+
+/// Bytes of file changes one report carries at most, roughly: well under the collector's
+/// default body limit (8 MiB) whatever the paths' lengths.
+const FILE_BYTES_PER_REPORT: usize = 2 << 20;
+
+/// How many of the waiting file changes go into the next report: at least one, at most the wire's
+/// count limit, and about [`FILE_BYTES_PER_REPORT`] of JSON.
+fn file_batch(files: &std::collections::VecDeque<proto::FileChange>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for c in files.iter().take(proto::limits::MAX_FILE_CHANGES) {
+        // About 400 bytes of fields and hashes, and the texts of arbitrary length.
+        let target =
+            |s: &Option<proto::FileState>| s.as_ref().and_then(|s| s.target.as_ref()).map_or(0, String::len);
+        let size = 400
+            + c.path.len()
+            + c.from_path.as_ref().map_or(0, String::len)
+            + target(&c.old)
+            + target(&c.new);
+        if n > 0 && bytes + size > FILE_BYTES_PER_REPORT {
+            break;
+        }
+        bytes += size;
+        n += 1;
+    }
+    n
 }
 
 /// Replaces `out` with `items` by key; `false` when they are what `out` holds already. The old
@@ -468,6 +495,40 @@ mod tests {
             (1, 1, 1),
             "443 opened, 80 changed owner, 22 closed"
         );
+    }
+
+    #[test]
+    fn file_changes_go_out_once_in_reports_of_bounded_size() {
+        let change = |i: usize, len: usize| proto::FileChange {
+            path: format!("/{i}/{}", "x".repeat(len)),
+            change: proto::FileChangeKind::Created,
+            origin: proto::ChangeOrigin::Live,
+            at: t(0),
+            old: None,
+            new: None,
+            from_path: None,
+            package: None,
+        };
+        let mut tr = Tracker::new();
+        tr.take_snapshot(t(0));
+        // Short paths and long ones: every change goes out once, in order, in reports within the
+        // wire's count limit and a few MiB.
+        for (n, len) in [(proto::limits::MAX_FILE_CHANGES + 5, 10), (1_000, 4_000)] {
+            tr.files_changed((0..n).map(|i| change(i, len)).collect());
+            let mut seen = Vec::new();
+            let mut reports = 0;
+            while tr.is_dirty() {
+                let d = tr.take_delta(t(3));
+                let json = serde_json::to_vec(&d).unwrap().len();
+                assert!(json < 4 << 20, "{json} bytes");
+                assert!(!d.files.is_empty() && d.files.len() <= proto::limits::MAX_FILE_CHANGES);
+                seen.extend(d.files.into_iter().map(|c| c.path));
+                reports += 1;
+            }
+            assert_eq!(seen.len(), n);
+            assert!(seen.iter().enumerate().all(|(i, p)| p.starts_with(&format!("/{i}/"))));
+            assert!(reports * 50 <= n, "{reports} reports for {n} changes: batched, not one each");
+        }
     }
 
     #[test]
