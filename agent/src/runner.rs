@@ -126,6 +126,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if agent.identity.is_some() {
         agent.goodbye().await;
     }
+    if let Some(files) = agent.files.clone() {
+        // A scan in progress stops between two files; the last save is quick.
+        let _ = tokio::task::spawn_blocking(move || files.wait_stopped(Duration::from_secs(2))).await;
+    }
     sender_stop.cancel();
     cloud_stop.cancel();
     let _ = sender.await;
@@ -416,6 +420,11 @@ impl Agent {
             "report spooled"
         );
         self.shared.spool().push(report);
+        if let (Some(files), Some(d)) = (&self.files, &report.delta)
+            && !d.files.is_empty()
+        {
+            files.spooled(d.files.len());
+        }
         self.heartbeat_at = Instant::now() + backoff::jittered(self.config.interval);
         self.shared.wake.notify_one();
     }

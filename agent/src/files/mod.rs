@@ -8,8 +8,8 @@
 //! (origin `rescan`), re-hashing everything every `rehash_every`. It runs at low CPU and I/O
 //! priority, its reads bounded by `hash_rate`.
 //!
-//! Invariant: the manifest on disk is replaced only after the changes it absorbs were handed to
-//! the runner, so a change is reported before it can be forgotten.
+//! Invariant: the manifest on disk is replaced only after the changes it absorbs are in the
+//! spool (the runner counts them back), so a crash in between finds them again at the next start.
 
 pub mod manifest;
 pub mod package;
@@ -312,6 +312,11 @@ pub struct Monitor {
     problem: Arc<Mutex<Option<String>>>,
     /// What inotify cannot cover (unavailable, or directories beyond the watch budget).
     inotify_problem: Arc<Mutex<Option<String>>>,
+    /// File changes the runner has put in spooled reports: the manifest on disk is replaced only
+    /// once every change handed over is spooled, so no change is forgotten by a crash between.
+    spooled: Arc<std::sync::atomic::AtomicU64>,
+    /// Closed when the monitor thread ends.
+    finished: Arc<Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -328,12 +333,17 @@ impl Monitor {
             problem: Arc::default(),
             inotify_problem: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            spooled: Arc::default(),
+            finished: Arc::default(),
         };
         let m = monitor.clone();
         let path = state_dir.join(MANIFEST_FILE);
-        std::thread::Builder::new()
-            .name("files".to_owned())
-            .spawn(move || m.run(&config, &path, &machine_id, &tx))?;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        *lock(&monitor.finished) = Some(done_rx);
+        std::thread::Builder::new().name("files".to_owned()).spawn(move || {
+            m.run(&config, &path, &machine_id, &tx);
+            drop(done_tx);
+        })?;
         Ok(monitor)
     }
 
@@ -351,8 +361,21 @@ impl Monitor {
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
+    /// The runner spooled `n` more file changes.
+    pub fn spooled(&self, n: usize) {
+        self.spooled.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits (blocking) up to `timeout` for the monitor thread to end after [`Monitor::stop`],
+    /// so that its last save of the manifest is not cut short by the process ending.
+    pub fn wait_stopped(&self, timeout: Duration) {
+        if let Some(rx) = lock(&self.finished).take() {
+            let _ = rx.recv_timeout(timeout);
+        }
     }
 
     fn run(
@@ -364,8 +387,13 @@ impl Monitor {
     ) {
         lower_priority();
         let stop = || self.stop.load(Ordering::Relaxed) || tx.is_closed();
+        // Changes handed to the runner, to be matched by what it reports spooled.
+        let handed = std::sync::atomic::AtomicU64::new(0);
         let send = |changes: Vec<proto::FileChange>| {
-            changes.chunks(BATCH).all(|b| tx.blocking_send(b.to_vec()).is_ok())
+            changes.chunks(BATCH).all(|b| {
+                handed.fetch_add(b.len() as u64, Ordering::Relaxed);
+                tx.blocking_send(b.to_vec()).is_ok()
+            })
         };
         let mut outbox = Outbox {
             packages: package::Packages::new(config.real(&config.dpkg_dir), &config.host_root),
@@ -419,6 +447,16 @@ impl Monitor {
         let mut saved_at = Instant::now();
         loop {
             if stop() {
+                // What is spooled is safe: the manifest may know of it (a change not yet handed
+                // over, or not yet spooled, is found again at the next start).
+                let all_spooled = self.spooled.load(Ordering::Relaxed) >= handed.load(Ordering::Relaxed);
+                if unsaved
+                    && all_spooled
+                    && outbox.held.is_empty()
+                    && let Err(e) = manifest.save(path)
+                {
+                    tracing::error!(error = %e, "cannot save the file manifest at stop");
+                }
                 return;
             }
             if Instant::now() >= next_scan {
@@ -463,9 +501,14 @@ impl Monitor {
                 origin = proto::ChangeOrigin::Rescan;
                 next_scan = Instant::now() + config.budget.rescan_every;
             }
-            // Never while changes are held: the manifest on disk must not know of a change the
-            // runner has not been handed.
-            if unsaved && outbox.held.is_empty() && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
+            // Never while changes are held or not yet spooled: the manifest on disk must not know
+            // of a change that is not safe in the spool.
+            let all_spooled = self.spooled.load(Ordering::Relaxed) >= handed.load(Ordering::Relaxed);
+            if unsaved
+                && all_spooled
+                && outbox.held.is_empty()
+                && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY)
+            {
                 if let Err(e) = manifest.save(path) {
                     tracing::error!(error = %e, "cannot save the file manifest; changes may be reported again after a restart");
                 }
