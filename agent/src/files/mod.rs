@@ -442,17 +442,18 @@ impl Monitor {
         let mut rehashed = Instant::now();
         let mut next_scan = Instant::now();
         let mut pending = Pending::default();
+        // The manifest on disk may know only of changes safe in the spool: none held for dpkg, and
+        // every one handed over spooled (what is not is found again at the next start).
+        let may_save = |outbox: &Outbox| {
+            outbox.held.is_empty() && self.spooled.load(Ordering::Relaxed) >= handed.load(Ordering::Relaxed)
+        };
         let mut missing: Vec<PathBuf> = Vec::new();
         let mut unsaved = false;
         let mut saved_at = Instant::now();
         loop {
             if stop() {
-                // What is spooled is safe: the manifest may know of it (a change not yet handed
-                // over, or not yet spooled, is found again at the next start).
-                let all_spooled = self.spooled.load(Ordering::Relaxed) >= handed.load(Ordering::Relaxed);
                 if unsaved
-                    && all_spooled
-                    && outbox.held.is_empty()
+                    && may_save(&outbox)
                     && let Err(e) = manifest.save(path)
                 {
                     tracing::error!(error = %e, "cannot save the file manifest at stop");
@@ -501,14 +502,7 @@ impl Monitor {
                 origin = proto::ChangeOrigin::Rescan;
                 next_scan = Instant::now() + config.budget.rescan_every;
             }
-            // Never while changes are held or not yet spooled: the manifest on disk must not know
-            // of a change that is not safe in the spool.
-            let all_spooled = self.spooled.load(Ordering::Relaxed) >= handed.load(Ordering::Relaxed);
-            if unsaved
-                && all_spooled
-                && outbox.held.is_empty()
-                && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY)
-            {
+            if unsaved && may_save(&outbox) && (pending.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
                 if let Err(e) = manifest.save(path) {
                     tracing::error!(error = %e, "cannot save the file manifest; changes may be reported again after a restart");
                 }
@@ -557,7 +551,7 @@ impl Monitor {
                 for root in appeared {
                     pending.touch(root, None);
                 }
-                lock(&self.stats).missing = missing.iter().map(|p| p.display().to_string()).collect();
+                self.set_missing(&missing);
             }
             for p in noted.paths {
                 if !config.excluded(&p) {
@@ -595,7 +589,7 @@ impl Monitor {
                 if config.paths.contains(&p) && !missing.contains(&p) && !config.real(&p).exists() {
                     missing.push(p);
                     self.watch_missing(config, watcher.as_mut(), &missing);
-                    lock(&self.stats).missing = missing.iter().map(|p| p.display().to_string()).collect();
+                    self.set_missing(&missing);
                 }
             }
             lock(&self.stats).entries = manifest.entries.len() as u64;
@@ -663,6 +657,13 @@ impl Monitor {
         }
     }
 
+    /// The configured paths that do not exist, as the heartbeat lists them (within the wire's
+    /// limit on their number).
+    fn set_missing(&self, missing: &[PathBuf]) {
+        lock(&self.stats).missing =
+            missing.iter().take(proto::limits::MAX_REASONS).map(|p| p.display().to_string()).collect();
+    }
+
     /// Keeps what the heartbeat says of the last whole scan. A rebuilt manifest is said until the
     /// first scan that compares with the rebuilt one (`initial` is the scan that built it).
     fn record(
@@ -676,14 +677,9 @@ impl Monitor {
         s.entries = manifest.entries.len() as u64;
         s.watches = watcher.map_or(0, |w| w.watches() as u64);
         s.unwatched_dirs = watcher.map_or(0, |w| w.unwatched);
-        s.missing = outcome
-            .missing
-            .iter()
-            .take(proto::limits::MAX_REASONS)
-            .map(|p| p.display().to_string())
-            .collect();
         s.last_scan = manifest.scanned_at;
         drop(s);
+        self.set_missing(&outcome.missing);
         if let Some(w) = watcher {
             *lock(&self.inotify_problem) = (w.unwatched > 0).then(|| {
                 format!(
