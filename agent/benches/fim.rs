@@ -68,7 +68,7 @@ fn main() {
         wall.as_secs_f64(),
         secs(u.user_time()) + secs(u.system_time()),
         u.max_rss(),
-        outcome.manifest.entries.len(),
+        outcome.manifest.len(),
         outcome.hashed_bytes,
         changes,
         outcome.unreadable

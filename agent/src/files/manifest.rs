@@ -3,11 +3,16 @@
 //! event queue overflow, is found by comparing a scan with it (as `aide --check` compares with
 //! its database).
 //!
+//! In memory it is built for 100,000s of paths: their bytes (and links' targets) back to back in
+//! one arena, and a vector of fixed-size slots sorted by path that point into it; no allocation
+//! per path and no tree nodes half full. Lookups are binary searches; everything below a
+//! directory `d` is contiguous from `d/`. Invariant: `slots` is sorted by path bytes, each path
+//! once. A scan builds one through [`Builder`] (in the order it finds paths) and sorts once.
+//!
 //! On disk: a header line, then one JSON object a line, sorted by path. A path that is not UTF-8
 //! is written in hex (`x`), so that every path is kept exactly. Written to a temporary file and
 //! renamed: a crash leaves the old manifest or the new one, never half of one.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -22,8 +27,9 @@ use crate::identity::{StateError, write_private_with};
 /// Version of the file format; another version is not read (the agent builds a new manifest).
 const FORMAT: u32 = 1;
 
-/// One path as last seen. Times in nanoseconds since the epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One path as last seen, without its path or a link's target (which the manifest keeps in its
+/// arena). Times in nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub kind: proto::FileKind,
     pub mode: u32,
@@ -38,12 +44,10 @@ pub struct Entry {
     /// (`metadata_only`), and for one not hashed yet.
     pub hash: Option<[u8; 32]>,
     pub metadata_only: bool,
-    /// A symlink's target.
-    pub target: Option<Box<[u8]>>,
 }
 
 impl Entry {
-    /// The entry of `meta` (from `symlink_metadata`), without hash or target.
+    /// The entry of `meta` (from `symlink_metadata`), without hash.
     pub fn of(meta: &std::fs::Metadata) -> Entry {
         let ft = meta.file_type();
         let kind = if ft.is_file() {
@@ -67,7 +71,6 @@ impl Entry {
             inode: meta.ino(),
             hash: None,
             metadata_only: false,
-            target: None,
         }
     }
 
@@ -81,21 +84,36 @@ impl Entry {
             && self.mtime_ns == other.mtime_ns
             && self.ctime_ns == other.ctime_ns
     }
+}
+
+/// An entry as a manifest lends it: with its path and, for a link, its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item<'a> {
+    pub path: &'a [u8],
+    pub entry: &'a Entry,
+    pub target: Option<&'a [u8]>,
+}
+
+impl Item<'_> {
+    pub fn path(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(self.path))
+    }
 
     /// The wire's view of this entry.
     pub fn to_wire(&self) -> proto::FileState {
+        let e = self.entry;
         proto::FileState {
-            kind: self.kind,
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            size: self.size,
-            mtime: OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.mtime_ns))
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            mtime: OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.mtime_ns))
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-            inode: self.inode,
-            sha256: self.hash.map(hex::encode),
-            metadata_only: self.metadata_only,
-            target: self.target.as_deref().map(|t| String::from_utf8_lossy(t).into_owned()),
+            inode: e.inode,
+            sha256: e.hash.map(hex::encode),
+            metadata_only: e.metadata_only,
+            target: self.target.map(|t| String::from_utf8_lossy(t).into_owned()),
         }
     }
 }
@@ -104,15 +122,16 @@ impl Entry {
 /// is a modification; mode, owner, group or mtime alone is a metadata change. ctime, link
 /// count, and a directory's size and mtime say nothing of their own: a directory's mtime moves
 /// when an entry comes or goes, and that entry is reported itself.
-pub fn compare(old: Option<&Entry>, new: Option<&Entry>) -> Option<proto::FileChangeKind> {
+pub fn compare(old: Option<Item<'_>>, new: Option<Item<'_>>) -> Option<proto::FileChangeKind> {
     use proto::FileChangeKind as K;
     match (old, new) {
         (None, None) => None,
         (None, Some(_)) => Some(K::Created),
         (Some(_), None) => Some(K::Deleted),
-        (Some(o), Some(n)) => {
+        (Some(oi), Some(ni)) => {
+            let (o, n) = (oi.entry, ni.entry);
             let content = o.kind != n.kind
-                || o.target != n.target
+                || oi.target != ni.target
                 || (o.kind == proto::FileKind::File
                     && (o.size != n.size
                         || o.hash != n.hash
@@ -130,55 +149,274 @@ pub fn compare(old: Option<&Entry>, new: Option<&Entry>) -> Option<proto::FileCh
     }
 }
 
-/// A path as a manifest key: ordered by its bytes, which compare far faster than `Path`'s
-/// component-wise order (a rescan of 130,000 paths looks each up twice), in a boxed slice (16
-/// bytes, not a `PathBuf`'s 24). Everything below a directory `d` is contiguous from `d/`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PathKey(Box<[u8]>);
-
-impl PathKey {
-    pub fn as_path(&self) -> &Path {
-        Path::new(std::ffi::OsStr::from_bytes(&self.0))
-    }
-}
-
-impl From<PathBuf> for PathKey {
-    fn from(p: PathBuf) -> Self {
-        PathKey(std::os::unix::ffi::OsStringExt::into_vec(p.into_os_string()).into_boxed_slice())
-    }
-}
-
-impl From<&Path> for PathKey {
-    fn from(p: &Path) -> Self {
-        PathKey(key(p).into())
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for PathKey {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PathKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.as_path().fmt(f)
-    }
-}
-
-/// How a manifest looks a path up.
+/// How a manifest looks a path up: by its bytes, which compare far faster than `Path`'s
+/// component-wise order (a rescan of 130,000 paths looks each up twice).
 pub fn key(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-/// Every watched path, by path.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One entry: where its path (and then its target) lie in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    entry: Entry,
+    at: usize,
+    path_len: u32,
+    target_len: u32,
+}
+
+/// Every watched path, sorted by path.
+#[derive(Clone, Default)]
 pub struct Manifest {
-    pub entries: BTreeMap<PathKey, Entry>,
+    /// Paths and targets, back to back; bytes no slot points to any more are `garbage`.
+    bytes: Vec<u8>,
+    slots: Vec<Slot>,
+    garbage: usize,
     /// The machine the manifest was made on: another one means it came with an image.
     pub machine_id: String,
     /// When it was last brought up to date by a whole scan.
     pub scanned_at: Option<OffsetDateTime>,
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.machine_id == other.machine_id
+            && self.scanned_at == other.scanned_at
+            && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Manifest {}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("entries", &self.slots.len())
+            .field("machine_id", &self.machine_id)
+            .field("scanned_at", &self.scanned_at)
+            .finish()
+    }
+}
+
+impl Manifest {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn path_of(&self, s: &Slot) -> &[u8] {
+        &self.bytes[s.at..s.at + s.path_len as usize]
+    }
+
+    fn item<'a>(&'a self, s: &'a Slot) -> Item<'a> {
+        let path_end = s.at + s.path_len as usize;
+        let target = (s.target_len > 0).then(|| &self.bytes[path_end..path_end + s.target_len as usize]);
+        Item { path: &self.bytes[s.at..path_end], entry: &s.entry, target }
+    }
+
+    /// Every entry, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = Item<'_>> + '_ {
+        self.slots.iter().map(|s| self.item(s))
+    }
+
+    /// Where `key` is, or where it would go.
+    fn find(&self, key: &[u8]) -> Result<usize, usize> {
+        self.slots.binary_search_by(|s| self.path_of(s).cmp(key))
+    }
+
+    pub fn get(&self, path: &Path) -> Option<Item<'_>> {
+        self.get_key(key(path))
+    }
+
+    pub fn get_key(&self, key: &[u8]) -> Option<Item<'_>> {
+        self.find(key).ok().map(|i| self.item(&self.slots[i]))
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.find(key(path)).is_ok()
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// A slot for `path` and `target`, their bytes added to the arena; `None` if a length does
+    /// not fit (no path or link target the kernel gives is near 4 GiB).
+    fn slot(&mut self, path: &[u8], entry: Entry, target: Option<&[u8]>) -> Option<Slot> {
+        let target = target.unwrap_or_default();
+        let path_len = u32::try_from(path.len()).ok()?;
+        let target_len = u32::try_from(target.len()).ok()?;
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(path);
+        self.bytes.extend_from_slice(target);
+        Some(Slot { entry, at, path_len, target_len })
+    }
+
+    /// Adds or replaces the entry at `path`, in order.
+    pub fn insert(&mut self, path: &[u8], entry: Entry, target: Option<&[u8]>) {
+        let Some(slot) = self.slot(path, entry, target) else { return };
+        match self.find(path) {
+            Ok(i) => {
+                self.garbage += (self.slots[i].path_len + self.slots[i].target_len) as usize;
+                self.slots[i] = slot;
+            }
+            Err(i) => self.slots.insert(i, slot),
+        }
+    }
+
+    /// Removes and returns the entries at `path` and below (contiguous from `path/`).
+    pub fn take_under(&mut self, path: &Path) -> Manifest {
+        let exact = key(path);
+        let mut from = exact.to_vec();
+        if from.last() != Some(&b'/') {
+            from.push(b'/');
+        }
+        // Everything from `path/` up to `path0` ('0' follows '/'); the path itself comes before
+        // `path/`, maybe with siblings such as `path-x` between.
+        let mut until = from.clone();
+        if let Some(last) = until.last_mut() {
+            *last = b'0';
+        }
+        let lo = self.slots.partition_point(|s| self.path_of(s) < &from[..]);
+        let hi = self.slots.partition_point(|s| self.path_of(s) < &until[..]);
+        let exact_at = self.find(exact).ok().filter(|&i| i < lo);
+        let mut taken = Manifest::default();
+        for i in exact_at.into_iter().chain(lo..hi) {
+            taken.push_slot_of(self, i);
+        }
+        self.forget(lo..hi);
+        if let Some(i) = exact_at {
+            self.forget(i..i + 1);
+        }
+        self.compact_if_wasteful();
+        taken
+    }
+
+    /// Copies slot `i` of `other` here, at the end (the caller keeps the order).
+    fn push_slot_of(&mut self, other: &Manifest, i: usize) {
+        let s = other.slots[i];
+        let it = other.item(&s);
+        if let Some(slot) = self.slot(it.path, s.entry, it.target) {
+            self.slots.push(slot);
+        }
+    }
+
+    fn forget(&mut self, range: std::ops::Range<usize>) {
+        for s in self.slots.drain(range) {
+            self.garbage += (s.path_len + s.target_len) as usize;
+        }
+    }
+
+    /// Rewrites the arena once more than half of it is garbage: memory stays within twice what
+    /// the entries need, at a cost spread over the removals that made the garbage.
+    fn compact_if_wasteful(&mut self) {
+        if self.garbage < 64 << 10 || self.garbage * 2 < self.bytes.len() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(self.bytes.len() - self.garbage);
+        for s in &mut self.slots {
+            let len = (s.path_len + s.target_len) as usize;
+            let at = bytes.len();
+            bytes.extend_from_slice(&self.bytes[s.at..s.at + len]);
+            s.at = at;
+        }
+        self.bytes = bytes;
+        self.garbage = 0;
+    }
+
+    /// Takes in every entry of `other`; where both hold a path, `other`'s wins.
+    pub fn merge(&mut self, other: Manifest) {
+        if other.slots.len() <= 8 {
+            // A live change or two: in place.
+            for it in other.iter() {
+                self.insert(it.path, *it.entry, it.target);
+            }
+            return;
+        }
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.garbage += other.garbage;
+        let mine = std::mem::take(&mut self.slots);
+        let mut merged = Vec::with_capacity(mine.len() + other.slots.len());
+        let theirs = other.slots.iter().map(|s| Slot { at: s.at + base, ..*s });
+        let (mut a, mut b) = (mine.into_iter().peekable(), theirs.peekable());
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(x), Some(y)) => match self.path_of(x).cmp(self.path_of(y)) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => {
+                        self.garbage += (x.path_len + x.target_len) as usize;
+                        a.next();
+                        false
+                    }
+                },
+            };
+            let next = if take_a { a.next() } else { b.next() };
+            merged.extend(next);
+        }
+        self.slots = merged;
+        self.compact_if_wasteful();
+    }
+}
+
+/// A manifest being built by a scan: entries in the order found, looked up by the index
+/// [`Builder::push`] gave, sorted once in [`Builder::build`].
+#[derive(Default)]
+pub struct Builder {
+    m: Manifest,
+    removed: Vec<usize>,
+}
+
+impl Builder {
+    /// Adds an entry; its index, or `None` if it cannot be kept (see [`Manifest::slot`]).
+    pub fn push(&mut self, path: &[u8], entry: Entry, target: Option<&[u8]>) -> Option<usize> {
+        let slot = self.m.slot(path, entry, target)?;
+        self.m.slots.push(slot);
+        Some(self.m.slots.len() - 1)
+    }
+
+    pub fn path(&self, i: usize) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(self.m.path_of(&self.m.slots[i])))
+    }
+
+    pub fn set(&mut self, i: usize, entry: Entry) {
+        self.m.slots[i].entry = entry;
+    }
+
+    /// Drops the entry at `i` (indexes stay valid until `build`).
+    pub fn remove(&mut self, i: usize) {
+        self.removed.push(i);
+    }
+
+    /// The manifest, sorted; of a path pushed twice (roots that overlap), the later entry.
+    pub fn build(self) -> Manifest {
+        let Builder { mut m, mut removed } = self;
+        removed.sort_unstable();
+        removed.dedup();
+        for &i in removed.iter().rev() {
+            let s = m.slots.swap_remove(i);
+            m.garbage += (s.path_len + s.target_len) as usize;
+        }
+        let Manifest { bytes, slots, garbage, .. } = &mut m;
+        let path = |s: &Slot| &bytes[s.at..s.at + s.path_len as usize];
+        // In place; by arena offset within a path, which is the order pushed: the later first.
+        slots.sort_unstable_by(|a, b| path(a).cmp(path(b)).then(b.at.cmp(&a.at)));
+        slots.dedup_by(|dup, kept| {
+            let same = path(dup) == path(kept);
+            if same {
+                *garbage += (dup.path_len + dup.target_len) as usize;
+            }
+            same
+        });
+        m.compact_if_wasteful();
+        m
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,50 +480,30 @@ impl Manifest {
         if header.format != FORMAT {
             return Err(damaged(1, format!("format {} is not {FORMAT}", header.format)));
         }
-        let mut entries = BTreeMap::new();
+        let mut m =
+            Manifest { machine_id: header.machine_id, scanned_at: header.scanned_at, ..Manifest::default() };
         for (n, line) in lines.enumerate() {
             let line = line.map_err(io)?;
             let l: Line = serde_json::from_str(&line).map_err(|e| damaged(n + 2, e.to_string()))?;
-            let (path, entry) = l.into_entry().map_err(|p| damaged(n + 2, p))?;
-            entries.insert(PathKey::from(path), entry);
+            let (path, entry, target) = l.into_entry().map_err(|p| damaged(n + 2, p))?;
+            // Written in order, so read in order: each path after the one before.
+            if let Some(last) = m.slots.last()
+                && m.path_of(last) >= &path[..]
+            {
+                return Err(damaged(n + 2, "not in path order (or a path twice)".to_owned()));
+            }
+            match m.slot(&path, entry, target.as_deref()) {
+                Some(slot) => m.slots.push(slot),
+                None => return Err(damaged(n + 2, "path or link target too long".to_owned())),
+            }
         }
-        if entries.len() as u64 != header.entries {
+        if m.slots.len() as u64 != header.entries {
             return Err(damaged(
                 1,
-                format!("the header counts {} entries, the file holds {}", header.entries, entries.len()),
+                format!("the header counts {} entries, the file holds {}", header.entries, m.slots.len()),
             ));
         }
-        Ok(Some(Manifest { entries, machine_id: header.machine_id, scanned_at: header.scanned_at }))
-    }
-
-    /// Removes and returns the entries at `path` and below (contiguous from `path/`).
-    pub fn take_under(&mut self, path: &Path) -> Manifest {
-        let mut taken = BTreeMap::new();
-        if let Some((k, v)) = self.entries.remove_entry(key(path)) {
-            taken.insert(k, v);
-        }
-        let mut from = key(path).to_vec();
-        if from.last() != Some(&b'/') {
-            from.push(b'/');
-        }
-        // Everything from `path/` up to `path0` ('0' follows '/').
-        let mut below = self.entries.split_off(&from[..]);
-        let mut until = from;
-        if let Some(last) = until.last_mut() {
-            *last = b'0';
-        }
-        let mut after = below.split_off(&until[..]);
-        self.entries.append(&mut after);
-        taken.append(&mut below);
-        Manifest { entries: taken, ..Manifest::default() }
-    }
-
-    pub fn get(&self, path: &Path) -> Option<&Entry> {
-        self.entries.get(key(path))
-    }
-
-    pub fn contains(&self, path: &Path) -> bool {
-        self.entries.contains_key(key(path))
+        Ok(Some(m))
     }
 
     /// Writes the manifest to `path` (mode 0600), replacing what was there at once.
@@ -296,12 +514,12 @@ impl Manifest {
                 format: FORMAT,
                 machine_id: self.machine_id.clone(),
                 scanned_at: self.scanned_at,
-                entries: self.entries.len() as u64,
+                entries: self.slots.len() as u64,
             };
             serde_json::to_writer(&mut w, &header).map_err(std::io::Error::other)?;
             w.write_all(b"\n")?;
-            for (p, e) in &self.entries {
-                serde_json::to_writer(&mut w, &Line::of(p.as_path(), e)).map_err(std::io::Error::other)?;
+            for item in self.iter() {
+                serde_json::to_writer(&mut w, &Line::of(item)).map_err(std::io::Error::other)?;
                 w.write_all(b"\n")?;
             }
             w.flush()
@@ -309,12 +527,16 @@ impl Manifest {
     }
 }
 
+/// A line read back: path, entry, link target.
+type Parsed = (Vec<u8>, Entry, Option<Vec<u8>>);
+
 impl Line {
-    fn of(path: &Path, e: &Entry) -> Line {
-        let (p, x) = match path.to_str() {
-            Some(s) => (Some(s.to_owned()), None),
-            None => (None, Some(hex::encode(path.as_os_str().as_bytes()))),
+    fn of(item: Item<'_>) -> Line {
+        let (p, x) = match std::str::from_utf8(item.path) {
+            Ok(s) => (Some(s.to_owned()), None),
+            Err(_) => (None, Some(hex::encode(item.path))),
         };
+        let e = item.entry;
         Line {
             p,
             x,
@@ -329,17 +551,15 @@ impl Line {
             i: e.inode,
             h: e.hash.map(hex::encode),
             mo: e.metadata_only,
-            l: e.target.as_deref().map(hex::encode),
+            l: item.target.map(hex::encode),
         }
     }
 
-    fn into_entry(self) -> Result<(PathBuf, Entry), String> {
+    /// The path, the entry and a link's target of one line.
+    fn into_entry(self) -> Result<Parsed, String> {
         let path = match (self.p, self.x) {
-            (Some(p), None) => PathBuf::from(p),
-            (None, Some(x)) => {
-                let bytes = hex::decode(&x).map_err(|e| format!("path {x:?}: {e}"))?;
-                PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes))
-            }
+            (Some(p), None) => p.into_bytes(),
+            (None, Some(x)) => hex::decode(&x).map_err(|e| format!("path {x:?}: {e}"))?,
             _ => return Err("an entry needs exactly one of p and x".to_owned()),
         };
         let hash = match self.h {
@@ -351,9 +571,7 @@ impl Line {
             None => None,
         };
         let target = match self.l {
-            Some(l) => {
-                Some(hex::decode(&l).map_err(|e| format!("link target {l:?}: {e}"))?.into_boxed_slice())
-            }
+            Some(l) => Some(hex::decode(&l).map_err(|e| format!("link target {l:?}: {e}"))?),
             None => None,
         };
         Ok((
@@ -370,8 +588,8 @@ impl Line {
                 inode: self.i,
                 hash,
                 metadata_only: self.mo,
-                target,
             },
+            target,
         ))
     }
 }
@@ -394,60 +612,117 @@ mod tests {
             inode: 7,
             hash: Some([hash; 32]),
             metadata_only: false,
-            target: None,
         }
+    }
+
+    fn it(e: &Entry) -> Option<Item<'_>> {
+        Some(Item { path: b"/p", entry: e, target: None })
     }
 
     #[test]
     fn what_each_difference_is() {
         let a = file(10, 1);
-        assert_eq!(compare(None, Some(&a)), Some(K::Created));
-        assert_eq!(compare(Some(&a), None), Some(K::Deleted));
-        assert_eq!(compare(Some(&a), Some(&a)), None);
-        assert_eq!(compare(Some(&a), Some(&file(10, 2))), Some(K::Modified), "same size, other content");
-        let chmod = Entry { mode: 0o4755, ..a.clone() };
-        assert_eq!(compare(Some(&a), Some(&chmod)), Some(K::Metadata));
-        let touched = Entry { mtime_ns: 5, ctime_ns: 9, ..a.clone() };
-        assert_eq!(compare(Some(&a), Some(&touched)), Some(K::Metadata), "mtime alone");
-        let ctime_only = Entry { ctime_ns: 9, ..a.clone() };
-        assert_eq!(compare(Some(&a), Some(&ctime_only)), None, "a new link count moves ctime only");
-        let link = |t: &[u8]| Entry {
-            kind: proto::FileKind::Symlink,
-            hash: None,
-            target: Some(t.into()),
-            ..a.clone()
-        };
-        assert_eq!(compare(Some(&link(b"/a")), Some(&link(b"/b"))), Some(K::Modified), "retargeted");
-        let dir = Entry { kind: proto::FileKind::Dir, hash: None, size: 0, ..a.clone() };
-        let dir_touched = Entry { mtime_ns: 9, ..dir.clone() };
+        let cmp = |x: &Entry, y: &Entry| compare(it(x), it(y));
+        assert_eq!(compare(None, it(&a)), Some(K::Created));
+        assert_eq!(compare(it(&a), None), Some(K::Deleted));
+        assert_eq!(cmp(&a, &a), None);
+        assert_eq!(cmp(&a, &file(10, 2)), Some(K::Modified), "same size, other content");
+        assert_eq!(cmp(&a, &Entry { mode: 0o4755, ..a }), Some(K::Metadata));
+        assert_eq!(cmp(&a, &Entry { mtime_ns: 5, ctime_ns: 9, ..a }), Some(K::Metadata), "mtime alone");
+        assert_eq!(cmp(&a, &Entry { ctime_ns: 9, ..a }), None, "a new link count moves ctime only");
+        let link = Entry { kind: proto::FileKind::Symlink, hash: None, ..a };
+        let to = |t: &'static [u8]| Some(Item { path: b"/l", entry: &link, target: Some(t) });
+        assert_eq!(compare(to(b"/a"), to(b"/b")), Some(K::Modified), "retargeted");
+        assert_eq!(compare(to(b"/a"), to(b"/a")), None);
+        let dir = Entry { kind: proto::FileKind::Dir, hash: None, size: 0, ..a };
         assert_eq!(
-            compare(Some(&dir), Some(&dir_touched)),
+            cmp(&dir, &Entry { mtime_ns: 9, ..dir }),
             None,
             "an entry came or went; it speaks for itself"
         );
-        let dir_chowned = Entry { uid: 1000, ..dir.clone() };
-        assert_eq!(compare(Some(&dir), Some(&dir_chowned)), Some(K::Metadata));
-        let big = Entry { hash: None, metadata_only: true, ..a.clone() };
-        let big_touched = Entry { mtime_ns: 2_000, ..big.clone() };
+        assert_eq!(cmp(&dir, &Entry { uid: 1000, ..dir }), Some(K::Metadata));
+        let big = Entry { hash: None, metadata_only: true, ..a };
         assert_eq!(
-            compare(Some(&big), Some(&big_touched)),
+            cmp(&big, &Entry { mtime_ns: 2_000, ..big }),
             Some(K::Modified),
             "unhashed: mtime stands for content"
         );
     }
 
+    fn names(m: &Manifest) -> Vec<String> {
+        m.iter().map(|i| i.path().display().to_string()).collect()
+    }
+
+    fn of(paths: &[&str]) -> Manifest {
+        let mut m = Manifest::default();
+        for (n, p) in paths.iter().enumerate() {
+            m.insert(p.as_bytes(), file(n as u64, 1), None);
+        }
+        m
+    }
+
     #[test]
     fn take_under_takes_a_directory_and_what_is_below_it_only() {
-        let mut m = Manifest::default();
-        for p in ["/a", "/a-b", "/a.c", "/a/x", "/a/y/z", "/a0", "/ab", "/b"] {
-            m.entries.insert(PathBuf::from(p).into(), file(1, 1));
-        }
+        let mut m = of(&["/b", "/a/y/z", "/a", "/a-b", "/a.c", "/a/x", "/a0", "/ab"]);
+        assert_eq!(names(&m), ["/a", "/a-b", "/a.c", "/a/x", "/a/y/z", "/a0", "/ab", "/b"], "in order");
         let taken = m.take_under(Path::new("/a"));
-        let names =
-            |m: &Manifest| m.entries.keys().map(|k| k.as_path().display().to_string()).collect::<Vec<_>>();
         assert_eq!(names(&taken), ["/a", "/a/x", "/a/y/z"]);
         assert_eq!(names(&m), ["/a-b", "/a.c", "/a0", "/ab", "/b"]);
+        assert_eq!(taken.get(Path::new("/a/x")).map(|i| i.entry.size), Some(5), "entries go with paths");
+        assert!(m.get(Path::new("/a/x")).is_none() && m.contains(Path::new("/a0")));
         assert_eq!(names(&m.take_under(Path::new("/"))).len(), 5, "the root takes everything");
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn merges_small_and_large_keep_order_and_the_newer_entry() {
+        for extra in [3usize, 40] {
+            let mut m = of(&["/a", "/c", "/e"]);
+            let mut other = Manifest::default();
+            for i in 0..extra {
+                other.insert(format!("/d/{i:03}").as_bytes(), file(100, 2), Some(b"t"));
+            }
+            other.insert(b"/c", file(7, 3), None);
+            m.merge(other);
+            let n = names(&m);
+            assert_eq!(n.len(), 3 + extra, "{n:?}");
+            assert!(n.windows(2).all(|w| w[0] < w[1]), "sorted and unique: {n:?}");
+            let c = m.get(Path::new("/c")).unwrap();
+            assert_eq!((c.entry.size, c.target), (7, None), "the merged-in entry wins");
+            assert_eq!(m.get(Path::new("/d/001")).unwrap().target, Some(&b"t"[..]));
+        }
+    }
+
+    #[test]
+    fn removals_are_compacted_away() {
+        let mut m = Manifest::default();
+        for i in 0..5_000 {
+            m.insert(format!("/tree/{i:05}/a-fairly-long-name-for-a-file").as_bytes(), file(1, 1), None);
+        }
+        let full = m.bytes.len();
+        for i in 0..4_000 {
+            assert_eq!(m.take_under(Path::new(&format!("/tree/{i:05}"))).len(), 1);
+        }
+        assert_eq!(m.len(), 1_000);
+        assert!(m.bytes.len() <= full / 2, "{} of {full} bytes kept", m.bytes.len());
+        let first = m.iter().next().unwrap();
+        assert_eq!(first.path(), Path::new("/tree/04000/a-fairly-long-name-for-a-file"));
+    }
+
+    #[test]
+    fn a_builder_sorts_drops_what_was_removed_and_keeps_the_later_duplicate() {
+        let mut b = Builder::default();
+        let z = b.push(b"/z", file(1, 1), None).unwrap();
+        let gone = b.push(b"/gone", file(2, 1), None).unwrap();
+        b.push(b"/a", file(3, 1), Some(b"/target")).unwrap();
+        b.push(b"/z", file(4, 1), None).unwrap();
+        assert_eq!(b.path(gone), Path::new("/gone"));
+        b.set(z, file(5, 1));
+        b.remove(gone);
+        let m = b.build();
+        assert_eq!(names(&m), ["/a", "/z"]);
+        assert_eq!(m.get(Path::new("/z")).unwrap().entry.size, 4, "the later push");
+        assert_eq!(m.get(Path::new("/a")).unwrap().target, Some(&b"/target"[..]));
     }
 
     #[test]
@@ -458,17 +733,9 @@ mod tests {
             scanned_at: Some(OffsetDateTime::UNIX_EPOCH),
             ..Default::default()
         };
-        m.entries.insert(PathBuf::from("/etc/passwd").into(), file(10, 3));
-        let odd = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-            b"/etc/\xff\nodd".to_vec(),
-        ));
-        let link = Entry {
-            kind: proto::FileKind::Symlink,
-            hash: None,
-            target: Some(b"/x\xfe".to_vec().into()),
-            ..file(3, 0)
-        };
-        m.entries.insert(odd.clone().into(), link);
+        m.insert(b"/etc/passwd", file(10, 3), None);
+        let link = Entry { kind: proto::FileKind::Symlink, hash: None, ..file(3, 0) };
+        m.insert(b"/etc/\xff\nodd", link, Some(b"/x\xfe"));
         let path = d.path().join("files.manifest");
         m.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), Some(m.clone()));
@@ -483,5 +750,9 @@ mod tests {
         std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
         let e = Manifest::load(&path).unwrap_err().to_string();
         assert!(e.contains("counts 2 entries, the file holds 1"), "{e}");
+        // And one out of order.
+        std::fs::write(&path, format!("{}\n{}\n{}\n", lines[0], lines[2], lines[1])).unwrap();
+        let e = Manifest::load(&path).unwrap_err().to_string();
+        assert!(e.contains("files.manifest:3: not in path order"), "{e}");
     }
 }

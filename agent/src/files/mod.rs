@@ -438,7 +438,7 @@ impl Monitor {
             }
         };
         lock(&self.stats).watch_limit = limit.unwrap_or(0);
-        tracing::info!(paths = %config.describe(), known = manifest.entries.len(), watch_limit = ?limit, "file monitor starting");
+        tracing::info!(paths = %config.describe(), known = manifest.len(), watch_limit = ?limit, "file monitor starting");
         let mut rehashed = Instant::now();
         let mut next_scan = Instant::now();
         let mut pending = Pending::default();
@@ -486,7 +486,7 @@ impl Monitor {
                     scan::changes(&manifest, &outcome.manifest, origin, OffsetDateTime::now_utc())
                 };
                 tracing::info!(
-                    entries = outcome.manifest.entries.len(), changes = changes.len(), hashed_mib = outcome.hashed_bytes >> 20,
+                    entries = outcome.manifest.len(), changes = changes.len(), hashed_mib = outcome.hashed_bytes >> 20,
                     took = ?started.elapsed(), origin = origin.as_str(), initial, "file scan done"
                 );
                 if !deliver(&mut outbox, changes) {
@@ -592,7 +592,7 @@ impl Monitor {
                     self.set_missing(&missing);
                 }
             }
-            lock(&self.stats).entries = manifest.entries.len() as u64;
+            lock(&self.stats).entries = manifest.len() as u64;
             if !changes.is_empty() {
                 tracing::debug!(changes = changes.len(), "live file changes");
                 if !deliver(&mut outbox, changes) {
@@ -618,7 +618,7 @@ impl Monitor {
     ) -> Vec<proto::FileChange> {
         let mut old = manifest.take_under(path);
         if let Some(f) = from {
-            old.entries.append(&mut manifest.take_under(f).entries);
+            old.merge(manifest.take_under(f));
         }
         let mut on_dir = |p: &Path, real: &Path| {
             if let Some(w) = watcher.as_deref_mut() {
@@ -629,21 +629,20 @@ impl Monitor {
         let roots: Vec<PathBuf> = std::iter::once(path).chain(from).map(Path::to_path_buf).collect();
         let Some(new) = scan::scan_roots(config, &roots, Some(&old), false, budget, stop, &mut on_dir) else {
             // Stopping: what was taken out goes back, unreported.
-            manifest.entries.append(&mut old.entries);
+            manifest.merge(old);
             return Vec::new();
         };
         if let Some(w) = watcher {
             // Directories gone (or moved away: taken up again under their new path above).
-            for (p, e) in &old.entries {
-                if e.kind == proto::FileKind::Dir && !new.manifest.entries.contains_key(p) {
-                    w.forget_under(p.as_path());
+            for o in old.iter() {
+                if o.entry.kind == proto::FileKind::Dir && !new.manifest.contains_key(o.path) {
+                    w.forget_under(o.path());
                 }
             }
         }
         let changes =
             scan::changes(&old, &new.manifest, proto::ChangeOrigin::Live, OffsetDateTime::now_utc());
-        let mut entries = new.manifest.entries;
-        manifest.entries.append(&mut entries);
+        manifest.merge(new.manifest);
         changes
     }
 
@@ -674,7 +673,7 @@ impl Monitor {
         initial: bool,
     ) {
         let mut s = lock(&self.stats);
-        s.entries = manifest.entries.len() as u64;
+        s.entries = manifest.len() as u64;
         s.watches = watcher.map_or(0, |w| w.watches() as u64);
         s.unwatched_dirs = watcher.map_or(0, |w| w.unwatched);
         s.last_scan = manifest.scanned_at;

@@ -15,7 +15,7 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::FilesConfig;
-use super::manifest::{Entry, Manifest, PathKey, compare, key};
+use super::manifest::{Builder, Entry, Item, Manifest, compare, key};
 use crate::ratelimit::TokenBucket;
 
 /// What a scan came to.
@@ -52,10 +52,10 @@ pub fn scan(
     scan_roots(config, &config.roots(), old, rehash, budget, stop, &mut |_, _| {})
 }
 
-/// A file for a hashing thread: its host path and where it is read.
-type Job = (PathBuf, PathBuf);
+/// A file for a hashing thread: its index in the manifest being built, and where it is read.
+type Job = (usize, PathBuf);
 /// What a hashing thread found: the entry from the open file and the bytes read.
-type Hashed = (PathBuf, std::io::Result<(Entry, u64)>);
+type Hashed = (usize, std::io::Result<(Entry, u64)>);
 
 /// Scans `roots` (host paths) and everything below them. `on_dir` is called with each
 /// directory's host path and real path before it is listed: a watch added there sees every
@@ -89,15 +89,17 @@ pub fn scan_roots(
             }
         }
         drop(done_tx);
-        let mut out = ScanOutcome::default();
+        let mut out = Walk::default();
         let walked = walk(config, roots, old, rehash, stop, on_dir, &mut out, &job_tx, &done_rx, max_size);
         drop(job_tx);
         for done in done_rx.iter() {
             out.take_hashed(done);
         }
         walked.then(|| {
-            out.manifest.scanned_at = Some(OffsetDateTime::now_utc());
-            out
+            let mut manifest = out.built.build();
+            manifest.scanned_at = Some(OffsetDateTime::now_utc());
+            let Walk { outcome, .. } = out;
+            ScanOutcome { manifest, ..outcome }
         })
     })
 }
@@ -111,20 +113,22 @@ fn walk(
     rehash: bool,
     stop: Stop<'_>,
     on_dir: &mut dyn FnMut(&Path, &Path),
-    out: &mut ScanOutcome,
+    out: &mut Walk,
     jobs: &std::sync::mpsc::SyncSender<Job>,
     done: &std::sync::mpsc::Receiver<Hashed>,
     max_size: u64,
 ) -> bool {
+    // A root inside another is walked once, as itself.
+    let is_root: HashSet<&Path> = roots.iter().map(PathBuf::as_path).collect();
     for root in roots.iter().cloned() {
         match std::fs::symlink_metadata(config.real(&root)) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                out.missing.push(root);
+                out.outcome.missing.push(root);
                 continue;
             }
             Err(e) => {
-                out.note_problem(&root, &e);
+                out.outcome.note_problem(&root, &e);
                 continue;
             }
         }
@@ -139,20 +143,19 @@ fn walk(
             while let Ok(d) = done.try_recv() {
                 out.take_hashed(d);
             }
-            if out.manifest.contains(&path) {
-                continue; // two roots overlap
-            }
             let real = config.real(&path);
             let meta = match std::fs::symlink_metadata(&real) {
                 Ok(m) => m,
                 // Gone between listing and stat: it is simply not there.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    out.note_problem(&path, &e);
+                    out.outcome.note_problem(&path, &e);
                     continue;
                 }
             };
             let mut entry = Entry::of(&meta);
+            let mut target = None;
+            let mut hash_at = None;
             match entry.kind {
                 proto::FileKind::Dir => {
                     on_dir(&path, &real);
@@ -160,41 +163,43 @@ fn walk(
                         Ok(dir) => {
                             for child in dir.flatten() {
                                 let p = path.join(child.file_name());
-                                if !config.excluded(&p) {
+                                if !config.excluded(&p) && !is_root.contains(p.as_path()) {
                                     stack.push(p);
                                 }
                             }
                         }
-                        Err(e) => out.note_problem(&path, &e),
+                        Err(e) => out.outcome.note_problem(&path, &e),
                     }
                 }
                 proto::FileKind::Symlink => {
-                    entry.target = std::fs::read_link(&real)
-                        .ok()
-                        .map(|t| t.into_os_string().into_encoded_bytes().into_boxed_slice());
+                    target = std::fs::read_link(&real).ok().map(|t| t.into_os_string().into_encoded_bytes());
                 }
                 proto::FileKind::File => {
                     let known = old.and_then(|m| m.get(&path));
                     match known {
                         Some(k)
                             if !rehash
-                                && k.same_content_metadata(&entry)
-                                && (k.hash.is_some() || k.metadata_only) =>
+                                && k.entry.same_content_metadata(&entry)
+                                && (k.entry.hash.is_some() || k.entry.metadata_only) =>
                         {
-                            entry.hash = k.hash;
-                            entry.metadata_only = k.metadata_only;
+                            entry.hash = k.entry.hash;
+                            entry.metadata_only = k.entry.metadata_only;
                         }
                         _ if entry.size > max_size => entry.metadata_only = true,
-                        _ => {
-                            if jobs.send((path.clone(), real)).is_err() {
-                                return false;
-                            }
-                        }
+                        _ => hash_at = Some(real),
                     }
                 }
                 proto::FileKind::Other => {}
             }
-            out.manifest.entries.insert(path.into(), entry);
+            let Some(i) = out.built.push(key(&path), entry, target.as_deref()) else {
+                out.outcome.note_problem(&path, &std::io::Error::other("path too long to keep"));
+                continue;
+            };
+            if let Some(real) = hash_at
+                && jobs.send((i, real)).is_err()
+            {
+                return false;
+            }
         }
     }
     true
@@ -207,20 +212,30 @@ impl ScanOutcome {
             self.problems.push(format!("{}: {e}", path.display()));
         }
     }
+}
 
+/// A scan under way: the manifest being built, and the rest of what it will come to.
+#[derive(Default)]
+struct Walk {
+    built: Builder,
+    outcome: ScanOutcome,
+}
+
+impl Walk {
     /// Takes in a hashing thread's result: the entry as the open file had it, with its hash.
-    fn take_hashed(&mut self, (path, result): Hashed) {
+    fn take_hashed(&mut self, (i, result): Hashed) {
         match result {
             Ok((entry, n)) => {
-                self.hashed_bytes += n;
-                self.manifest.entries.insert(path.into(), entry);
+                self.outcome.hashed_bytes += n;
+                self.built.set(i, entry);
             }
             // Gone between the stat and the open: not there.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.manifest.entries.remove(key(&path));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.built.remove(i),
             // Recorded without a hash, and said so.
-            Err(e) => self.note_problem(&path, &e),
+            Err(e) => {
+                let path = self.built.path(i).to_owned();
+                self.outcome.note_problem(&path, &e);
+            }
         }
     }
 }
@@ -300,62 +315,53 @@ pub fn changes(
 ) -> Vec<proto::FileChange> {
     use proto::FileChangeKind as K;
     let mut out = Vec::new();
-    let mut gone: HashMap<(u64, u64), &PathKey> = HashMap::new();
-    for (path, o) in &old.entries {
-        if !new.entries.contains_key(path) {
-            gone.insert((o.dev, o.inode), path);
+    let mut gone: HashMap<(u64, u64), Item<'_>> = HashMap::new();
+    for o in old.iter() {
+        if !new.contains_key(o.path) {
+            gone.insert((o.entry.dev, o.entry.inode), o);
         }
     }
-    let mut renamed_from: HashSet<&PathKey> = HashSet::new();
-    for (path, n) in &new.entries {
-        let o = old.entries.get(path);
+    let mut renamed_from: HashSet<&[u8]> = HashSet::new();
+    for n in new.iter() {
+        let o = old.get_key(n.path);
         let Some(kind) = compare(o, Some(n)) else { continue };
         if kind == K::Created
-            && let Some(from) = gone.get(&(n.dev, n.inode))
-            && let Some(before) = old.entries.get(*from)
-            && before.kind == n.kind
-            && before.hash == n.hash
+            && let Some(before) = gone.get(&(n.entry.dev, n.entry.inode))
+            && before.entry.kind == n.entry.kind
+            && before.entry.hash == n.entry.hash
             && before.target == n.target
         {
-            renamed_from.insert(from);
-            out.push(change(
-                path.as_path(),
-                K::Renamed,
-                origin,
-                at,
-                Some(before),
-                Some(n),
-                Some(from.as_path()),
-            ));
+            renamed_from.insert(before.path);
+            out.push(change(K::Renamed, origin, at, Some(*before), Some(n), Some(before.path())));
             continue;
         }
-        out.push(change(path.as_path(), kind, origin, at, o, Some(n), None));
+        out.push(change(kind, origin, at, o, Some(n), None));
     }
-    for (path, o) in &old.entries {
-        if !new.entries.contains_key(path) && !renamed_from.contains(path) {
-            out.push(change(path.as_path(), K::Deleted, origin, at, Some(o), None, None));
+    for o in old.iter() {
+        if !new.contains_key(o.path) && !renamed_from.contains(o.path) {
+            out.push(change(K::Deleted, origin, at, Some(o), None, None));
         }
     }
     out
 }
 
-/// One change, for the wire.
-pub fn change(
-    path: &Path,
+/// One change, for the wire; its path is `new`'s, or `old`'s where there is no new.
+fn change(
     kind: proto::FileChangeKind,
     origin: proto::ChangeOrigin,
     at: OffsetDateTime,
-    old: Option<&Entry>,
-    new: Option<&Entry>,
+    old: Option<Item<'_>>,
+    new: Option<Item<'_>>,
     from: Option<&Path>,
 ) -> proto::FileChange {
+    let path = new.or(old).map(|i| i.path().to_string_lossy().into_owned()).unwrap_or_default();
     proto::FileChange {
-        path: path.to_string_lossy().into_owned(),
+        path,
         change: kind,
         origin,
         at,
-        old: old.map(Entry::to_wire),
-        new: new.map(Entry::to_wire),
+        old: old.map(|i| i.to_wire()),
+        new: new.map(|i| i.to_wire()),
         from_path: from.map(|f| f.to_string_lossy().into_owned()),
         package: None,
     }
@@ -402,18 +408,18 @@ mod tests {
         let e = |p: &str| m.get(&root.join(p)).unwrap_or_else(|| panic!("{p} not in the manifest"));
         let a = e("sub/a");
         assert_eq!(
-            a.hash.map(hex::encode).as_deref(),
+            a.entry.hash.map(hex::encode).as_deref(),
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
-        assert!(e("big").metadata_only && e("big").hash.is_none(), "above the cap");
-        assert_eq!(e("l").target.as_deref(), Some(&b"/nowhere"[..]));
+        assert!(e("big").entry.metadata_only && e("big").entry.hash.is_none(), "above the cap");
+        assert_eq!(e("l").target, Some(&b"/nowhere"[..]));
         assert!(!m.contains(&root.join("sub/cache")) && !m.contains(&root.join("sub/cache/x")));
-        assert_eq!(m.get(&root).map(|x| x.kind), Some(proto::FileKind::Dir));
+        assert_eq!(m.get(&root).map(|x| x.entry.kind), Some(proto::FileKind::Dir));
         assert_eq!(out.hashed_bytes, 3);
 
         // A routine rescan trusts unchanged metadata and reads nothing; a full one reads again.
         let again = run(&c, Some(&out.manifest), false);
-        assert_eq!((again.hashed_bytes, again.manifest.entries.len()), (0, m.entries.len()));
+        assert_eq!((again.hashed_bytes, again.manifest.len()), (0, m.len()));
         assert_eq!(run(&c, Some(&out.manifest), true).hashed_bytes, 3);
     }
 
