@@ -518,6 +518,7 @@ impl Agent {
             events_lost: load(&counters, |c| c.overruns.load(std::sync::atomic::Ordering::Relaxed)),
             spool_reports,
             spool_bytes,
+            pid: Some(std::process::id()),
             cloud_problem: self.cloud.borrow().as_ref().and_then(Detection::problem).map(str::to_owned),
             rss_bytes: usage.map(|u| u.rss_bytes),
             cpu_seconds: usage.map(|u| u.cpu_seconds),

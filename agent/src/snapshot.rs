@@ -223,6 +223,8 @@ impl Observer {
             unit: p.unit.clone(),
             cpu_percent: self.cpu_percent.get(&(p.pid, p.start_ticks)).copied().or_else(|| lifetime_cpu(p)),
             rss_bytes: Some(p.rss_bytes),
+            exe_replaced: p.exe_replaced,
+            stdio_socket: p.stdio_socket.clone(),
         }
     }
 

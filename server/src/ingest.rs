@@ -101,13 +101,21 @@ pub async fn evaluate(
             }
         },
     };
-    let observed = engine::evaluate(host_state, &host.facts.tags, target);
     let now = OffsetDateTime::now_utc();
+    let agent_pid = host
+        .agent
+        .stats
+        .as_ref()
+        .and_then(|s| s.get("pid"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok());
+    let cx = engine::Context { tags: &host.facts.tags, now, agent_pid };
+    let observed = engine::evaluate(host_state, target, cx);
     let mut changes = state
         .store
         .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), now)
         .await?;
-    let file_findings = engine::explain_files(files, target);
+    let file_findings = engine::explain_files(files, target, now);
     if !file_findings.is_empty() {
         changes.extend(state.store.record_findings(host.id, &file_findings, now).await?);
     }

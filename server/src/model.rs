@@ -32,6 +32,11 @@ pub struct Process {
     pub unit: Option<String>,
     pub cpu_percent: Option<f32>,
     pub rss_bytes: Option<u64>,
+    pub exe_replaced: bool,
+    pub stdio_socket: Option<String>,
+    /// Since when the process has used more than the high-CPU rule's threshold without a break
+    /// (kept by the store across reports; `None` while it is below).
+    pub cpu_high_since: Option<OffsetDateTime>,
 }
 
 impl Process {
@@ -87,10 +92,22 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// The subject of a finding about this connection: `tcp/10.0.0.5:5432 by /usr/bin/app`.
+    /// The subject of a finding about this connection: `tcp/10.0.0.5:5432 by /usr/bin/app` out,
+    /// `tcp/10.0.0.5 to :22 by /usr/sbin/sshd` in (a client's port is new every time; the
+    /// service's port is what stays).
     pub fn subject(&self) -> String {
         let by = self.exe.as_deref().or(self.process.as_deref()).unwrap_or("?");
-        format!("{}/{} by {by}", self.protocol, self.remote)
+        match self.direction {
+            Direction::Outbound => format!("{}/{} by {by}", self.protocol, self.remote),
+            Direction::Inbound => {
+                format!(
+                    "{}/{} to :{} by {by}",
+                    self.protocol,
+                    self.remote.ip().to_canonical(),
+                    self.local.port()
+                )
+            }
+        }
     }
 }
 
@@ -357,6 +374,9 @@ impl From<proto::Process> for Process {
             unit: p.unit,
             cpu_percent: p.cpu_percent,
             rss_bytes: p.rss_bytes,
+            exe_replaced: p.exe_replaced,
+            stdio_socket: p.stdio_socket,
+            cpu_high_since: None,
         }
     }
 }
@@ -382,6 +402,8 @@ impl From<Process> for proto::Process {
             unit: p.unit,
             cpu_percent: p.cpu_percent,
             rss_bytes: p.rss_bytes,
+            exe_replaced: p.exe_replaced,
+            stdio_socket: p.stdio_socket,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hostwatch_proto::v1::limits;
+use hostwatch_proto::v1::{is_interactive, limits};
 use time::OffsetDateTime;
 
 use super::redact::Redactor;
@@ -51,6 +51,11 @@ pub struct ProcessRecord {
     pub netns: Option<u64>,
     /// When this record was read.
     pub read_at: OffsetDateTime,
+    /// The deleted executable's path holds a new root-owned file, changed after the process
+    /// started: what a package upgrade leaves behind a running service.
+    pub exe_replaced: bool,
+    /// A network socket on a shell's standard input or output (`tcp 10.0.0.9:4444`).
+    pub stdio_socket: Option<String>,
 }
 
 /// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` (and the owner
@@ -261,10 +266,15 @@ fn read_one(
     let exe_memfd = exe.as_deref().is_some_and(|e| e.starts_with("/memfd:"));
     let exe_writable_dir = !exe_memfd && exe.as_deref().is_some_and(|e| writable_by_all(&dir, e));
     let dir_uid = p.uid().map_err(|e| ReadFailure::of_proc(&e))?;
+    let name = process_name(&stat.comm, exe.as_deref());
+    let exe_replaced = exe_deleted && !exe_memfd && exe.as_deref().is_some_and(|e| replaced(&dir, e, start));
+    let interactive = is_interactive(&name)
+        || exe.as_deref().and_then(|e| e.rsplit('/').next()).is_some_and(is_interactive);
+    let stdio_socket = if interactive { stdio_socket(root, &dir, pid) } else { None };
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
-        name: process_name(&stat.comm, exe.as_deref()),
+        name,
         exe,
         exe_deleted,
         cmdline,
@@ -283,7 +293,47 @@ fn read_one(
         dir_uid,
         netns: super::netns::of_pid(root, pid),
         read_at: OffsetDateTime::now_utc(),
+        exe_replaced,
+        stdio_socket,
     }))
+}
+
+/// Whether the path of a deleted executable (as the process sees it) now holds a regular file
+/// owned by root, not writable by others, changed after the process started: an upgraded
+/// package's new binary behind a service still running the old one.
+fn replaced(proc_dir: &Path, exe: &str, started: OffsetDateTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let inside = proc_dir.join("root").join(exe.strip_prefix('/').unwrap_or(exe));
+    let Ok(m) = std::fs::symlink_metadata(inside) else { return false };
+    let changed = OffsetDateTime::from_unix_timestamp(m.ctime()).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    m.is_file()
+        && m.uid() == 0
+        && m.mode() & 0o022 == 0
+        && changed >= started
+        && !writable_by_all(proc_dir, exe)
+}
+
+/// The network socket on standard input or output of process `pid`, as `tcp 10.0.0.9:4444`
+/// (protocol and peer), looked up in the tables of its own network namespace. A Unix socket (a
+/// service's output to the journal) is none.
+fn stdio_socket(root: &HostRoot, proc_dir: &Path, pid: u32) -> Option<String> {
+    use super::sockets::{Want, procnet};
+    let inodes: Vec<u64> = ["0", "1"]
+        .iter()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(proc_dir.join("fd").join(fd)).ok()?;
+            link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let ns = super::netns::Netns { inode: 0, pid, own: false };
+    let sockets = procnet::read(root, &ns, Want::ALL).ok()?;
+    sockets
+        .iter()
+        .find(|s| inodes.contains(&s.inode))
+        .map(|s| format!("{} {}", s.protocol.as_str(), s.remote))
 }
 
 /// Whether the directory of `exe` (a path as the process sees it) is writable by every user,

@@ -129,6 +129,9 @@ pub struct BaselineSummary {
     #[serde(with = "timestamp")]
     pub applied_at: OffsetDateTime,
     pub applied_by: String,
+    /// What lint warns of in it (`FILE:LINE:COLUMN: warning: ...`), on apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Body of `POST /api/v1/baselines`: the TOML source, and the file it came from for messages.

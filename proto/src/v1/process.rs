@@ -61,6 +61,14 @@ pub struct Process {
     /// Resident memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
+    /// The deleted executable's path now holds the file its package installed: a service still
+    /// running the old binary after an upgrade, not one whose file was removed from under it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exe_replaced: bool,
+    /// For a shell or interpreter whose standard input or output is a network socket: that
+    /// socket, as `tcp 10.0.0.9:4444` (protocol and peer). A reverse shell looks like this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio_socket: Option<String>,
 }
 
 impl Process {
@@ -85,8 +93,24 @@ impl Process {
             unit: None,
             cpu_percent: None,
             rss_bytes: None,
+            exe_replaced: false,
+            stdio_socket: None,
         }
     }
+}
+
+/// Programs that give whoever holds their standard input a command line: shells, interpreters,
+/// and the tools that wire a socket to one. The agent reports `stdio_socket` for these only; the
+/// collector's reverse-shell rule reads it.
+pub const INTERACTIVE: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox", "python", "perl",
+    "ruby", "php", "node", "lua", "nc", "ncat", "netcat", "socat", "telnet", "awk", "gawk",
+];
+
+/// Whether a process name or an executable's file name is one of [`INTERACTIVE`], version
+/// suffixes aside (`python3.11` is python).
+pub fn is_interactive(name: &str) -> bool {
+    INTERACTIVE.contains(&name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'))
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -101,6 +125,7 @@ impl Validate for Process {
         opt_text("cgroup", &self.cgroup, limits::MAX_PATH_BYTES)?;
         opt_text("container_id", &self.container_id, limits::MAX_NAME_BYTES)?;
         opt_text("unit", &self.unit, limits::MAX_NAME_BYTES)?;
+        opt_text("stdio_socket", &self.stdio_socket, limits::MAX_NAME_BYTES)?;
         if let Some(h) = &self.sha256
             && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
         {

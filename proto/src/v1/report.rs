@@ -164,6 +164,9 @@ pub struct AgentStats {
     /// File watching: the manifest's size, watches, overflows, missing paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<super::FileStats>,
+    /// The agent's own process id: its connections to the collector explain themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Whether the agent sees everything it should, and if not, why.

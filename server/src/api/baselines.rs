@@ -37,6 +37,7 @@ pub async fn list(
             rules,
             applied_at: r.applied_at,
             applied_by: r.applied_by,
+            warnings: Vec::new(),
         });
     }
     Ok(Json(out))
@@ -74,5 +75,6 @@ pub async fn apply(
         rules: parsed.rule_count() as u64,
         applied_at: now,
         applied_by: actor,
+        warnings: baseline::warnings(&parsed, file, now),
     }))
 }

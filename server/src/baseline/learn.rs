@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use hostwatch_proto::v1::Protocol;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hostwatch_proto::v1::{Direction, Protocol};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use time::OffsetDateTime;
 
 use crate::model::HostState;
@@ -13,6 +16,8 @@ use crate::model::HostState;
 type Programs<'a> = BTreeMap<(Option<&'a str>, Option<&'a str>), (BTreeSet<&'a str>, BTreeSet<String>)>;
 /// Per (protocol, port): the addresses bound and the owning process names.
 type Ports<'a> = BTreeMap<(Protocol, u16), (BTreeSet<String>, BTreeSet<Option<&'a str>>)>;
+/// Per (process, protocol, remote port): the peers connected to.
+type Outbound<'a> = BTreeMap<(Option<&'a str>, Protocol, u16), BTreeSet<IpAddr>>;
 
 /// A TOML string literal.
 fn q(s: &str) -> String {
@@ -80,6 +85,59 @@ pub fn learn(
         if let [Some(owner)] = owners.iter().collect::<Vec<_>>().as_slice() {
             let _ = writeln!(out, "process = {}", q(&globset::escape(owner)));
         }
+    }
+
+    // One rule per (program, protocol, service port) this host connected out to; the peers
+    // listed, or the one network that holds them all where there are many (a fleet of replicas,
+    // an object store).
+    let mut outbound: Outbound = BTreeMap::new();
+    for c in state.connections.iter().filter(|c| c.direction == Direction::Outbound) {
+        let peers = outbound.entry((c.process.as_deref(), c.protocol, c.remote.port())).or_default();
+        peers.insert(c.remote.ip().to_canonical());
+    }
+    for ((process, protocol, port), peers) in &outbound {
+        let _ = writeln!(out, "\n[[connect]]\nprotocol = {}\nport = {port}", q(protocol.as_str()));
+        let remotes: Vec<String> = generalise(peers).iter().map(|n| q(&n.to_string())).collect();
+        let _ = writeln!(out, "remote = [{}]", remotes.join(", "));
+        if let Some(p) = process {
+            let _ = writeln!(out, "process = {}", q(&globset::escape(p)));
+        }
+        let _ = writeln!(out, "direction = \"outbound\"");
+    }
+    out
+}
+
+/// More peers than this for one program and port are written as the network that holds them.
+const MAX_LISTED_PEERS: usize = 8;
+
+/// Peers as a reviewer would write them: each address, or where there are many, per address
+/// family the smallest network that holds them all.
+fn generalise(peers: &BTreeSet<IpAddr>) -> Vec<IpNet> {
+    if peers.len() <= MAX_LISTED_PEERS {
+        return peers.iter().map(|ip| IpNet::from(*ip)).collect();
+    }
+    let mut out = Vec::new();
+    let v4: Vec<u32> = peers
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(a) => Some(u32::from(*a)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (v4.first(), v4.last()) {
+        let len = (first ^ last).leading_zeros() as u8;
+        out.extend(Ipv4Net::new(Ipv4Addr::from(*first), len).ok().map(|n| IpNet::V4(n.trunc())));
+    }
+    let v6: Vec<u128> = peers
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(a) => Some(u128::from(*a)),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (v6.first(), v6.last()) {
+        let len = (first ^ last).leading_zeros() as u8;
+        out.extend(Ipv6Net::new(Ipv6Addr::from(*first), len).ok().map(|n| IpNet::V6(n.trunc())));
     }
     out
 }

@@ -17,9 +17,12 @@ use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use globset::GlobMatcher;
-use hostwatch_proto::v1::Protocol;
+use hostwatch_agent::config::file::FileError;
+use hostwatch_proto::v1::{Direction, FindingKind, Protocol, Severity};
+use ipnet::IpNet;
+use time::OffsetDateTime;
 
-use crate::model::{Listener, Process};
+use crate::model::{Connection, Listener, Process};
 
 pub use parse::parse;
 pub use select::Selection;
@@ -58,6 +61,23 @@ pub struct RuleOrigin {
     pub baseline: String,
     /// 1-based position among the baseline's rules of its kind.
     pub index: usize,
+    /// 1-based line in the baseline's source.
+    pub line: usize,
+}
+
+/// `until`: when an allowance ends; after it, what it explained is a finding again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Until {
+    pub time: OffsetDateTime,
+    /// As written.
+    pub text: String,
+    /// Line and column in the source, for lint.
+    pub at: (usize, usize),
+}
+
+/// Whether a rule with `until` still applies at `now`.
+pub fn active(until: &Option<Until>, now: OffsetDateTime) -> bool {
+    until.as_ref().is_none_or(|u| now < u.time)
 }
 
 /// `[[process]]`: processes the workload is expected to run.
@@ -71,18 +91,24 @@ pub struct ProcessRule {
     pub users: Vec<String>,
     /// Allowed SHA-256 of the executable, lowercase hex; empty allows any.
     pub sha256: Vec<String>,
+    /// Glob over the command line (arguments joined by spaces).
+    pub cmdline: Option<Pattern>,
+    /// Glob over the parent process's name.
+    pub parent: Option<Pattern>,
     /// At least this many matching processes must run (0: not required).
     pub min: u32,
     /// At most this many may run.
     pub max: Option<u32>,
     pub reason: Option<String>,
+    pub until: Option<Until>,
     pub origin: RuleOrigin,
 }
 
 impl ProcessRule {
-    /// Whether the rule explains `p`. A rule with hashes explains nothing whose hash is unknown:
-    /// an allowance that cannot be checked is not granted.
-    pub fn matches(&self, p: &Process) -> bool {
+    /// Whether the rule explains `p`, whose parent is named `parent` (where it is known). A rule
+    /// with hashes explains nothing whose hash is unknown, and a rule with a parent nothing whose
+    /// parent is unknown: an allowance that cannot be checked is not granted.
+    pub fn matches(&self, p: &Process, parent: Option<&str>) -> bool {
         self.name.is_match(&p.name)
             && self.exe.as_ref().is_none_or(|e| p.exe.as_deref().is_some_and(|x| e.is_match(x)))
             && (self.users.is_empty()
@@ -90,7 +116,10 @@ impl ProcessRule {
                     .users
                     .iter()
                     .any(|u| p.user.as_deref() == Some(u.as_str()) || *u == p.uid.to_string()))
-            && self.sha256.is_empty()
+            && (self.sha256.is_empty()
+                || p.sha256.as_deref().is_some_and(|h| self.sha256.iter().any(|x| x.eq_ignore_ascii_case(h))))
+            && self.cmdline.as_ref().is_none_or(|c| c.is_match(&p.cmdline_string()))
+            && self.parent.as_ref().is_none_or(|pp| parent.is_some_and(|n| pp.is_match(n)))
     }
 
     /// The subject of a finding about this rule: the executable where the rule names one, else
@@ -111,7 +140,53 @@ pub struct FileRule {
     pub path: Pattern,
     pub allow: bool,
     pub reason: Option<String>,
+    pub until: Option<Until>,
     pub origin: RuleOrigin,
+}
+
+/// `[[connect]]`: connections the workload is expected to make (or, `inbound`, to take).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectRule {
+    /// `None`: TCP and UDP.
+    pub protocol: Option<Protocol>,
+    /// Networks the peer may be in (an address is a network of one).
+    pub remotes: Vec<IpNet>,
+    /// The service's port: the peer's for an outbound connection, this host's for an inbound
+    /// one. `None`: any.
+    pub ports: Option<RangeInclusive<u16>>,
+    /// Glob over the owning process's name.
+    pub process: Option<Pattern>,
+    /// `None`: either way.
+    pub direction: Option<Direction>,
+    pub reason: Option<String>,
+    pub until: Option<Until>,
+    pub origin: RuleOrigin,
+}
+
+impl ConnectRule {
+    /// Whether the rule explains `c`. An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`)
+    /// is its IPv4 address.
+    pub fn matches(&self, c: &Connection) -> bool {
+        let remote = c.remote.ip().to_canonical();
+        let port = match c.direction {
+            Direction::Inbound => c.local.port(),
+            Direction::Outbound => c.remote.port(),
+        };
+        self.protocol.is_none_or(|p| p == c.protocol)
+            && self.direction.is_none_or(|d| d == c.direction)
+            && self.remotes.iter().any(|n| n.contains(&remote))
+            && self.ports.as_ref().is_none_or(|r| r.contains(&port))
+            && self.process.as_ref().is_none_or(|p| c.process.as_deref().is_some_and(|n| p.is_match(n)))
+    }
+}
+
+/// `[[builtin]]`: a built-in rule turned off for the workload (with a reason) or re-graded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltinSetting {
+    pub rule: String,
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub reason: Option<String>,
 }
 
 /// `[[listen]]`: sockets the workload is expected to listen on.
@@ -126,6 +201,7 @@ pub struct ListenRule {
     /// A matching listener must exist.
     pub required: bool,
     pub reason: Option<String>,
+    pub until: Option<Until>,
     pub origin: RuleOrigin,
 }
 
@@ -164,16 +240,44 @@ pub struct Baseline {
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
+    pub connects: Vec<ConnectRule>,
+    pub builtins: Vec<BuiltinSetting>,
+    /// `[severity]`: a kind's severity for this workload.
+    pub severity: BTreeMap<FindingKind, Severity>,
     /// `package_changes`: whether a change a package made is allowed (kept as info); `None`
     /// leaves it to the baselines included, then to the default (allowed).
     pub package_changes: Option<bool>,
+    /// What lint warns of: rules that explain too much, or can never match as written.
+    pub warnings: Vec<FileError>,
 }
 
 impl Baseline {
     /// Rules of its own, not counting included ones.
     pub fn rule_count(&self) -> usize {
-        self.processes.len() + self.listens.len() + self.files.len()
+        self.processes.len() + self.listens.len() + self.files.len() + self.connects.len()
     }
+
+    /// Every `until` of its rules, with what kind of rule carries it.
+    pub fn untils(&self) -> impl Iterator<Item = (&'static str, &Until)> {
+        let p = self.processes.iter().filter_map(|r| r.until.as_ref().map(|u| ("process", u)));
+        let l = self.listens.iter().filter_map(|r| r.until.as_ref().map(|u| ("listen", u)));
+        let f = self.files.iter().filter_map(|r| r.until.as_ref().map(|u| ("file", u)));
+        let c = self.connects.iter().filter_map(|r| r.until.as_ref().map(|u| ("connect", u)));
+        p.chain(l).chain(f).chain(c)
+    }
+}
+
+/// What lint warns of in `b` (read from `file`) at `now`: rules that explain too much or cannot
+/// mean what they say, and allowances whose `until` has passed.
+pub fn warnings(b: &Baseline, file: &str, now: OffsetDateTime) -> Vec<String> {
+    let mut out: Vec<String> = b.warnings.iter().map(ToString::to_string).collect();
+    for (kind, u) in b.untils().filter(|(_, u)| u.time <= now) {
+        out.push(format!(
+            "{file}:{}:{}: warning: this [[{kind}]] rule expired (until {}): what it explained is a finding again",
+            u.at.0, u.at.1, u.text
+        ));
+    }
+    out
 }
 
 /// A baseline with everything it includes: the rules a host of the workload is held to.
@@ -183,16 +287,36 @@ pub struct Workload {
     pub processes: Vec<ProcessRule>,
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
+    pub connects: Vec<ConnectRule>,
+    /// Built-in rules' settings, by rule: the workload's own baseline first, then its includes.
+    pub builtins: BTreeMap<String, BuiltinSetting>,
+    /// Severity per kind: the workload's own baseline first, then its includes.
+    pub severity: BTreeMap<FindingKind, Severity>,
     /// Whether package-made changes are allowed (kept as info): the workload's own baseline
     /// decides, else the first included one that says, else yes.
     pub package_changes: bool,
 }
 
 impl Workload {
-    /// Whether a change at `path` is expected: some `allow` rule matches and no `deny` rule does.
-    pub fn allows_file_change(&self, path: &str) -> bool {
+    /// An empty workload named `name`.
+    fn named(name: &str) -> Workload {
+        Workload {
+            name: name.to_owned(),
+            processes: Vec::new(),
+            listens: Vec::new(),
+            files: Vec::new(),
+            connects: Vec::new(),
+            builtins: BTreeMap::new(),
+            severity: BTreeMap::new(),
+            package_changes: true,
+        }
+    }
+
+    /// Whether a change at `path` is expected at `now`: some `allow` rule matches and no `deny`
+    /// rule does.
+    pub fn allows_file_change(&self, path: &str, now: OffsetDateTime) -> bool {
         let mut allowed = false;
-        for r in self.files.iter().filter(|r| r.path.is_match(path)) {
+        for r in self.files.iter().filter(|r| active(&r.until, now) && r.path.is_match(path)) {
             if !r.allow {
                 return false;
             }
@@ -245,13 +369,7 @@ impl BaselineSet {
 
     /// The rules of `name` and of everything it includes, each baseline's rules once.
     pub fn workload(&self, name: &str) -> Result<Workload, SetError> {
-        let mut w = Workload {
-            name: name.to_owned(),
-            processes: Vec::new(),
-            listens: Vec::new(),
-            files: Vec::new(),
-            package_changes: true,
-        };
+        let mut w = Workload::named(name);
         let mut done = BTreeSet::new();
         let mut path = Vec::new();
         let mut package_changes = None;
@@ -284,6 +402,13 @@ impl BaselineSet {
         w.processes.extend(b.processes.iter().cloned());
         w.listens.extend(b.listens.iter().cloned());
         w.files.extend(b.files.iter().cloned());
+        w.connects.extend(b.connects.iter().cloned());
+        for s in &b.builtins {
+            w.builtins.entry(s.rule.clone()).or_insert_with(|| s.clone());
+        }
+        for (k, v) in &b.severity {
+            w.severity.entry(*k).or_insert(*v);
+        }
         // The workload's own baseline first, then its includes depth first: the first that says.
         if package_changes.is_none() {
             *package_changes = b.package_changes;

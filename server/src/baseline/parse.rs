@@ -9,7 +9,14 @@ use hostwatch_proto::v1::{Protocol, check_tags, limits};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Baseline, FileRule, ListenRule, Pattern, ProcessRule, RuleOrigin};
+use hostwatch_agent::config::file::line_column;
+use hostwatch_proto::v1::{Direction, FindingKind, Severity};
+use ipnet::IpNet;
+use time::OffsetDateTime;
+
+use super::{
+    Baseline, BuiltinSetting, ConnectRule, FileRule, ListenRule, Pattern, ProcessRule, RuleOrigin, Until,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +36,14 @@ struct RawBaseline {
     listen: Vec<RawListen>,
     #[serde(default)]
     file: Vec<RawFile>,
+    #[serde(default)]
+    connect: Vec<RawConnect>,
+    /// Built-in rules turned off or re-graded for this workload.
+    #[serde(default)]
+    builtin: Vec<RawBuiltin>,
+    /// Severity per finding kind, for this workload.
+    #[serde(default)]
+    severity: BTreeMap<Spanned<String>, Spanned<String>>,
     /// `allow` (the default: a change whose content a package installed is kept as an info
     /// finding) or `deny` (it is a finding like any other).
     #[serde(default)]
@@ -42,6 +57,50 @@ struct RawFile {
     change: Spanned<String>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    until: Option<Spanned<RawDate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnect {
+    remote: Spanned<OneOrMany>,
+    #[serde(default)]
+    port: Option<Spanned<RawPort>>,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+    #[serde(default)]
+    process: Option<Spanned<String>>,
+    #[serde(default)]
+    direction: Option<Spanned<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    until: Option<Spanned<RawDate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuiltin {
+    rule: Spanned<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    severity: Option<Spanned<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `until`: a TOML date or date-time (`until = 2026-12-31`), or the same as a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a date such as 2026-12-31 or a date-time such as 2026-12-31T18:00:00Z")]
+enum RawDate {
+    Toml(toml::value::Datetime),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,8 +115,16 @@ struct RawProcess {
     sha256: Vec<Spanned<String>>,
     #[serde(default)]
     count: Option<Spanned<RawCount>>,
+    /// Glob over the command line, its arguments joined by spaces.
+    #[serde(default)]
+    cmdline: Option<Spanned<String>>,
+    /// Glob over the parent process's name.
+    #[serde(default)]
+    parent: Option<Spanned<String>>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    until: Option<Spanned<RawDate>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +149,8 @@ struct RawListen {
     required: bool,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    until: Option<Spanned<RawDate>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,9 +209,25 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         include.push(inc.into_inner());
     }
 
+    let origin = |i: usize, span: std::ops::Range<usize>| RuleOrigin {
+        baseline: name.clone(),
+        index: i + 1,
+        line: line_column(src, span.start).0,
+    };
+    let until = |u: Option<Spanned<RawDate>>| -> Result<Option<Until>, FileError> {
+        let Some(u) = u else { return Ok(None) };
+        let at = line_column(src, u.span().start);
+        let (text, time) = until_time(u.get_ref()).map_err(|m| err(u.span(), m))?;
+        Ok(Some(Until { time, text, at }))
+    };
+    let mut warnings = Vec::new();
+    let mut warn = |span: std::ops::Range<usize>, msg: String| {
+        warnings.push(FileError::at(file, src, Some(span), format!("warning: {msg}")))
+    };
+
     let mut processes = Vec::new();
     for (i, p) in raw.process.into_iter().enumerate() {
-        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
+        let origin = origin(i, p.name.span());
         let name_pat = glob(p.name.get_ref(), false).map_err(|m| err(p.name.span(), m))?;
         let exe = match p.exe {
             Some(e) => {
@@ -170,7 +255,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             }
             None => Vec::new(),
         };
-        let mut sha256 = Vec::new();
+        let mut sha256: Vec<String> = Vec::new();
         for h in p.sha256 {
             let v = h.get_ref().to_ascii_lowercase();
             if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -179,7 +264,28 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
                     format!("{:?} is not a SHA-256 (64 hexadecimal digits)", h.get_ref()),
                 ));
             }
+            if sha256.contains(&v) {
+                warn(h.span(), format!("sha256 {v} is listed twice"));
+                continue;
+            }
             sha256.push(v);
+        }
+        let cmdline = match p.cmdline {
+            Some(c) => Some(glob(c.get_ref(), false).map_err(|m| err(c.span(), m))?),
+            None => None,
+        };
+        let parent = match p.parent {
+            Some(c) => Some(glob(c.get_ref(), false).map_err(|m| err(c.span(), m))?),
+            None => None,
+        };
+        if p.name.get_ref().trim_matches('*').is_empty()
+            && exe.is_none()
+            && users.is_empty()
+            && sha256.is_empty()
+            && cmdline.is_none()
+            && parent.is_none()
+        {
+            warn(p.name.span(), "this rule explains every process: a miner too".to_owned());
         }
         let (min, max) = match p.count {
             Some(c) => {
@@ -209,16 +315,19 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             exe,
             users,
             sha256,
+            cmdline,
+            parent,
             min,
             max,
             reason: p.reason,
+            until: until(p.until)?,
             origin,
         });
     }
 
     let mut listens = Vec::new();
     for (i, l) in raw.listen.into_iter().enumerate() {
-        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
+        let origin = origin(i, l.port.span());
         let ports = port_range(l.port.get_ref()).map_err(|m| err(l.port.span(), m))?;
         let addresses = match l.address {
             Some(a) => {
@@ -245,13 +354,14 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             process,
             required: l.required,
             reason: l.reason,
+            until: until(l.until)?,
             origin,
         });
     }
 
     let mut files = Vec::new();
     for (i, f) in raw.file.into_iter().enumerate() {
-        let origin = RuleOrigin { baseline: name.clone(), index: i + 1 };
+        let origin = origin(i, f.path.span());
         let text = f.path.get_ref();
         if !(text.starts_with('/') || text.starts_with('*')) {
             return Err(err(
@@ -270,7 +380,87 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
                 ));
             }
         };
-        files.push(FileRule { path, allow, reason: f.reason, origin });
+        files.push(FileRule { path, allow, reason: f.reason, until: until(f.until)?, origin });
+    }
+
+    let mut connects = Vec::new();
+    for (i, c) in raw.connect.into_iter().enumerate() {
+        let origin = origin(i, c.remote.span());
+        let span = c.remote.span();
+        let mut remotes = Vec::new();
+        for r in c.remote.into_inner().into_vec() {
+            let net = parse_net(&r).map_err(|m| err(span.clone(), m))?;
+            if net.trunc() != net {
+                warn(span.clone(), format!("{r} has host bits set: it means {}", net.trunc()));
+            }
+            remotes.push(net.trunc());
+        }
+        if remotes.is_empty() {
+            return Err(err(span, "remote must name at least one address or network".to_owned()));
+        }
+        let ports = match c.port {
+            Some(p) => Some(port_range(p.get_ref()).map_err(|m| err(p.span(), m))?),
+            None => None,
+        };
+        let process = match c.process {
+            Some(p) => Some(glob(p.get_ref(), false).map_err(|m| err(p.span(), m))?),
+            None => None,
+        };
+        let direction = match c.direction {
+            Some(d) => Some(match d.get_ref().as_str() {
+                "inbound" => Direction::Inbound,
+                "outbound" => Direction::Outbound,
+                other => {
+                    return Err(err(
+                        d.span(),
+                        format!("direction must be \"inbound\" or \"outbound\", not {other:?}"),
+                    ));
+                }
+            }),
+            None => None,
+        };
+        if remotes.iter().any(|n| n.prefix_len() == 0) && ports.is_none() && process.is_none() {
+            warn(span, "this rule explains every connection: to a mining pool too".to_owned());
+        }
+        connects.push(ConnectRule {
+            protocol: c.protocol,
+            remotes,
+            ports,
+            process,
+            direction,
+            reason: c.reason,
+            until: until(c.until)?,
+            origin,
+        });
+    }
+
+    let mut builtins = Vec::new();
+    for b in raw.builtin {
+        let rule = b.rule.get_ref();
+        if crate::engine::builtin::rule_named(rule).is_none() {
+            return Err(err(
+                b.rule.span(),
+                format!(
+                    "{rule:?} is not a built-in rule (one of: {})",
+                    crate::engine::builtin::RULES.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if !b.enabled && b.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(err(b.rule.span(), format!("turning off the built-in rule {rule:?} needs a reason")));
+        }
+        let severity = match b.severity {
+            Some(s) => Some(s.get_ref().parse::<Severity>().map_err(|e| err(s.span(), e.to_string()))?),
+            None => None,
+        };
+        builtins.push(BuiltinSetting { rule: rule.clone(), enabled: b.enabled, severity, reason: b.reason });
+    }
+
+    let mut severity = BTreeMap::new();
+    for (k, v) in raw.severity {
+        let kind = k.get_ref().parse::<FindingKind>().map_err(|e| err(k.span(), e.to_string()))?;
+        let sev = v.get_ref().parse::<Severity>().map_err(|e| err(v.span(), e.to_string()))?;
+        severity.insert(kind, sev);
     }
 
     let package_changes = match raw.package_changes {
@@ -295,8 +485,37 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         processes,
         listens,
         files,
+        connects,
+        builtins,
+        severity,
         package_changes,
+        warnings,
     })
+}
+
+/// An address (a network of one) or a CIDR network.
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    s.parse::<IpNet>().map_err(|_| format!("{s:?} is not an IP address or a network such as 10.0.0.0/8"))
+}
+
+/// When an `until` ends: after the day it names (UTC), or at the instant of a date-time.
+fn until_time(d: &RawDate) -> Result<(String, OffsetDateTime), String> {
+    let text = match d {
+        RawDate::Toml(t) => t.to_string(),
+        RawDate::Text(s) => s.trim().to_owned(),
+    };
+    let bad = || format!("until {text:?} is not a date (2026-12-31) or a date-time (2026-12-31T18:00:00Z)");
+    if let Ok(t) = OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339) {
+        return Ok((text, t));
+    }
+    let date = time::Date::parse(&text, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| bad())?;
+    let end = date.next_day().ok_or_else(bad)?.midnight().assume_utc();
+    Ok((text, end))
 }
 
 /// Baseline names: 1 to 64 of `a-z A-Z 0-9 . _ -`, starting with a letter or digit.
@@ -446,5 +665,102 @@ required = true
         assert!(!n.is_literal() && glob("nginx", false).unwrap().is_literal());
         let alt = glob("/{usr/,}lib/systemd/systemd", true).unwrap();
         assert!(alt.is_match("/lib/systemd/systemd") && alt.is_match("/usr/lib/systemd/systemd"));
+    }
+
+    #[test]
+    fn connect_builtin_severity_and_until() {
+        let b = parse(
+            "w.toml",
+            r#"
+name = "w"
+selector = {}
+[severity]
+unexpected_connection = "critical"
+[[process]]
+name = "app"
+cmdline = "app --serve *"
+parent = "systemd"
+until = 2030-01-01
+[[connect]]
+remote = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
+port = "5432-5433"
+protocol = "tcp"
+process = "app"
+direction = "outbound"
+reason = "the database"
+until = "2030-01-01T12:00:00Z"
+[[builtin]]
+rule = "high-cpu"
+enabled = false
+reason = "video encoding runs hot"
+[[builtin]]
+rule = "exe-replaced"
+severity = "medium"
+"#,
+        )
+        .unwrap();
+        assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+        assert_eq!(b.severity[&FindingKind::UnexpectedConnection], Severity::Critical);
+        let p = &b.processes[0];
+        assert_eq!(
+            p.until.as_ref().map(|u| u.time),
+            Some(time::macros::datetime!(2030-01-02 0:00 UTC)),
+            "after that day"
+        );
+        assert!(p.cmdline.as_ref().unwrap().is_match("app --serve 0.0.0.0:80") && p.parent.is_some());
+        let c = &b.connects[0];
+        assert_eq!(c.remotes.len(), 3);
+        assert_eq!(
+            (c.ports.clone(), c.direction, c.protocol),
+            (Some(5432..=5433), Some(Direction::Outbound), Some(Protocol::Tcp))
+        );
+        assert_eq!(
+            c.until.as_ref().map(|u| (u.at, u.time)),
+            Some(((18, 9), time::macros::datetime!(2030-01-01 12:00 UTC)))
+        );
+        assert_eq!(c.origin.line, 12);
+        assert_eq!(b.builtins.len(), 2);
+        assert!(!b.builtins[0].enabled && b.builtins[1].severity == Some(Severity::Medium));
+    }
+
+    #[test]
+    fn connect_and_builtin_errors_are_located() {
+        let e = err("name = \"w\"\n[[connect]]\nremote = \"10.0.0.0/33\"\n");
+        assert!(e.starts_with("web.toml:3:10:") && e.contains("not an IP address or a network"), "{e}");
+        let e = err("name = \"w\"\n[[connect]]\nremote = []\n");
+        assert!(e.contains("at least one address"), "{e}");
+        let e = err("name = \"w\"\n[[connect]]\nremote = \"10.0.0.1\"\ndirection = \"sideways\"\n");
+        assert!(e.starts_with("web.toml:4:13:") && e.contains("\"inbound\" or \"outbound\""), "{e}");
+        let e = err("name = \"w\"\n[[builtin]]\nrule = \"nope\"\n");
+        assert!(
+            e.starts_with("web.toml:3:8:") && e.contains("not a built-in rule (one of: exe-deleted"),
+            "{e}"
+        );
+        let e = err("name = \"w\"\n[[builtin]]\nrule = \"miner\"\nenabled = false\n");
+        assert!(e.contains("needs a reason"), "{e}");
+        let e = err("name = \"w\"\n[severity]\nunexpected_thing = \"high\"\n");
+        assert!(e.starts_with("web.toml:3:1:"), "{e}");
+        let e = err("name = \"w\"\n[severity]\nunexpected_process = \"urgent\"\n");
+        assert!(e.starts_with("web.toml:3:22:"), "{e}");
+        let e = err("name = \"w\"\n[[file]]\npath = \"/etc/x\"\nchange = \"allow\"\nuntil = \"next week\"\n");
+        assert!(e.starts_with("web.toml:5:9:") && e.contains("is not a date"), "{e}");
+    }
+
+    #[test]
+    fn lint_warns_of_rules_that_explain_too_much_or_cannot_mean_what_they_say() {
+        let b = parse(
+            "w.toml",
+            "name = \"w\"\n[[process]]\nname = \"*\"\n[[process]]\nname = \"x\"\nsha256 = [\"aa\", \"AA\"]\n[[connect]]\nremote = \"0.0.0.0/0\"\n[[connect]]\nremote = \"10.1.2.3/8\"\nport = 443\n"
+                .replace("\"aa\", \"AA\"", &format!("\"{}\", \"{}\"", "aa".repeat(32), "AA".repeat(32)))
+                .as_str(),
+        )
+        .unwrap();
+        let w: Vec<String> = b.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[0].starts_with("w.toml:3:8: warning: this rule explains every process"), "{w:?}");
+        assert!(w[1].starts_with("w.toml:6:") && w[1].contains("listed twice"), "{w:?}");
+        assert!(w[2].starts_with("w.toml:8:10: warning: this rule explains every connection"), "{w:?}");
+        assert!(w[3].contains("10.1.2.3/8 has host bits set: it means 10.0.0.0/8"), "{w:?}");
+        assert_eq!(b.connects[1].remotes[0].to_string(), "10.0.0.0/8");
     }
 }

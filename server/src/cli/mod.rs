@@ -391,6 +391,9 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             baseline::parse(&file.display().to_string(), &source).map_err(|e| anyhow::anyhow!("{e}"))?;
             let req = proto::ApplyBaseline { source, file: Some(file.display().to_string()) };
             let applied: proto::BaselineSummary = client.post(proto::BASELINES_PATH, &req).await?;
+            for w in &applied.warnings {
+                eprintln!("{w}");
+            }
             print(&[applied], format)
         }
         Command::Baseline(BaselineCommand::Lint { .. }) | Command::Serve(_) => bail!("not a client command"),
@@ -427,7 +430,12 @@ fn lint(files: &[PathBuf]) -> bool {
             .map_err(|e| format!("{name}: cannot read: {e}"))
             .and_then(|src| baseline::parse(&name, &src).map_err(|e| e.to_string()))
         {
-            Ok(b) => good.push((f.clone(), b)),
+            Ok(b) => {
+                for w in baseline::warnings(&b, &name, time::OffsetDateTime::now_utc()) {
+                    eprintln!("{w}");
+                }
+                good.push((f.clone(), b))
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ok = false;

@@ -1,16 +1,20 @@
 //! The engine: explains a host's state against its workload and returns what it cannot explain.
 //!
 //! Architecture invariant: only the server decides what is a finding, and within the server only
-//! this module does. It is a pure function of state, tags and rules (no store, no clock, no I/O),
-//! so every decision it makes can be tested by value.
+//! this module does. It is a pure function of state, tags, rules and the time it is told (no
+//! store, no clock of its own, no I/O), so every decision it makes can be tested by value.
+//! [`builtin`] holds the rules that run on every host whatever its baseline.
 
-use std::collections::BTreeMap;
+pub mod builtin;
 
-use hostwatch_proto::v1::{FindingKind, Severity};
+use std::collections::{BTreeMap, HashMap};
+
+use hostwatch_proto::v1::{Direction, FindingKind, Severity};
 use serde_json::json;
+use time::OffsetDateTime;
 
-use crate::baseline::Workload;
-use crate::model::{HostState, Listener, Observation, Process};
+use crate::baseline::{Workload, active};
+use crate::model::{Connection, HostState, Listener, Observation, Process};
 
 /// What a host is held to.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +54,16 @@ pub const STATE_KINDS: &[FindingKind] = &[
     FindingKind::MissingProcess,
     FindingKind::UnexpectedListener,
     FindingKind::MissingListener,
+    FindingKind::UnexpectedConnection,
+    FindingKind::SuspiciousProcess,
     FindingKind::NoBaseline,
     FindingKind::AmbiguousWorkload,
 ];
 
-/// The kinds about the workload itself.
-const WORKLOAD_KINDS: &[FindingKind] = &[FindingKind::NoBaseline, FindingKind::AmbiguousWorkload];
+/// The kinds about the workload itself, and those of the built-in rules, which run whatever the
+/// workload.
+const WORKLOAD_KINDS: &[FindingKind] =
+    &[FindingKind::NoBaseline, FindingKind::AmbiguousWorkload, FindingKind::SuspiciousProcess];
 
 /// Which findings an evaluation against `target` may resolve by not observing them. Without a
 /// single workload nothing was explained, so the findings about items stay as they are: a miner
@@ -102,31 +110,37 @@ pub fn data_lost(lost: u64, gap: Option<(u64, u64)>) -> Option<Observation> {
 /// changed twice in one report is one observation, the later change). Without a workload nothing
 /// is allowed: watched paths default to deny. A change whose new content is what a package
 /// installed is kept, at severity info.
-pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target<'_>) -> Vec<Observation> {
+///
+/// The built-in file rules (persistence paths, new setuid files) come first: a baseline's `allow`
+/// does not cover them; only turning the rule off for the workload does.
+pub fn explain_files(
+    changes: &[hostwatch_proto::v1::FileChange],
+    target: Target<'_>,
+    now: OffsetDateTime,
+) -> Vec<Observation> {
+    let workload = target.workload();
     let mut out: Vec<Observation> = Vec::new();
-    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for c in changes {
+        let rule = builtin::file_rule(c).and_then(|r| enabled(workload, r));
         let allowed = match target {
-            Target::Workload(w) => w.allows_file_change(&c.path),
+            Target::Workload(w) => w.allows_file_change(&c.path, now),
             Target::NoBaseline | Target::Ambiguous(_) => false,
         };
-        if allowed {
+        if allowed && rule.is_none() {
             continue;
         }
         let by_package = c.package.as_ref().is_some_and(|p| p.matches);
-        let package_allowed = match target {
-            Target::Workload(w) => w.package_changes,
-            Target::NoBaseline | Target::Ambiguous(_) => true,
-        };
-        let severity = if by_package && package_allowed {
-            Severity::Info
-        } else {
-            default_severity(FindingKind::FileChanged)
+        let package_allowed = workload.is_none_or(|w| w.package_changes);
+        let severity = match rule {
+            Some((_, severity)) => severity,
+            None if by_package && package_allowed => Severity::Info,
+            None => severity_of(workload, FindingKind::FileChanged),
         };
         let hash = |s: &Option<hostwatch_proto::v1::FileState>| s.as_ref().and_then(|s| s.sha256.clone());
         let o = Observation {
             kind: FindingKind::FileChanged,
-            rule: None,
+            rule: rule.map(|(r, _)| r.name.to_owned()),
             severity,
             subject: c.path.clone(),
             detail: json!({
@@ -139,6 +153,7 @@ pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target
                 "old": c.old,
                 "new": c.new,
                 "package": c.package,
+                "why": rule.map(|(r, _)| r.what),
             }),
         };
         match at.get(c.path.as_str()) {
@@ -152,30 +167,83 @@ pub fn explain_files(changes: &[hostwatch_proto::v1::FileChange], target: Target
     out
 }
 
-/// Everything about `state` that `target` does not explain, one observation per (kind, subject).
-pub fn evaluate(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
+impl<'a> Target<'a> {
+    fn workload(self) -> Option<&'a Workload> {
+        match self {
+            Target::Workload(w) => Some(w),
+            Target::NoBaseline | Target::Ambiguous(_) => None,
+        }
+    }
+}
+
+/// The severity of `kind` for `workload`: its `[severity]`, else the default.
+fn severity_of(workload: Option<&Workload>, kind: FindingKind) -> Severity {
+    workload.and_then(|w| w.severity.get(&kind).copied()).unwrap_or_else(|| default_severity(kind))
+}
+
+/// A built-in rule and its severity, unless the workload turned it off.
+fn enabled(workload: Option<&Workload>, name: &str) -> Option<(&'static builtin::Rule, Severity)> {
+    let rule = builtin::rule_named(name)?;
+    let setting = workload.and_then(|w| w.builtins.get(name));
+    if setting.is_some_and(|s| !s.enabled) {
+        return None;
+    }
+    Some((rule, setting.and_then(|s| s.severity).unwrap_or(rule.severity)))
+}
+
+/// What the evaluation of one host needs besides its state and rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub tags: &'a BTreeMap<String, String>,
+    pub now: OffsetDateTime,
+    /// The host's hostwatch agent: its connection to the collector explains itself.
+    pub agent_pid: Option<u32>,
+}
+
+/// Everything about `state` that `target` does not explain, and everything a built-in rule
+/// finds, one observation per (kind, subject).
+pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
+    let workload = target.workload();
     match target {
         Target::NoBaseline => {
-            out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": tags }))
+            out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": cx.tags }))
         }
         Target::Ambiguous(names) => out.add(
             FindingKind::AmbiguousWorkload,
             names.join(", "),
-            json!({ "baselines": names, "tags": tags }),
+            json!({ "baselines": names, "tags": cx.tags }),
         ),
         Target::Workload(w) => {
-            explain_processes(state, w, &mut out);
-            explain_listeners(state, w, &mut out);
+            explain_processes(state, w, cx.now, &mut out);
+            explain_listeners(state, w, cx.now, &mut out);
+            explain_connections(state, w, cx, &mut out);
         }
     }
-    out.0.into_values().collect()
+    builtin_rules(state, workload, cx.now, &mut out);
+    let mut obs: Vec<Observation> = out.0.into_values().collect();
+    for o in obs.iter_mut().filter(|o| o.rule.is_none()) {
+        o.severity = severity_of(workload, o.kind);
+    }
+    obs
 }
 
-fn explain_processes(state: &HostState, w: &Workload, out: &mut Observations) {
+/// The names of the parents of `state`'s processes, by pid.
+fn parents(state: &HostState) -> HashMap<u32, &str> {
+    state.processes.iter().map(|p| (p.pid, p.name.as_str())).collect()
+}
+
+/// Whether an active rule of `w` explains `p`.
+fn process_explained(w: &Workload, p: &Process, names: &HashMap<u32, &str>, now: OffsetDateTime) -> bool {
+    let parent = names.get(&p.ppid).copied();
+    w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
+}
+
+fn explain_processes(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
+    let names = parents(state);
     let mut unexplained: BTreeMap<&str, Vec<&Process>> = BTreeMap::new();
     for p in &state.processes {
-        if !w.processes.iter().any(|r| r.matches(p)) {
+        if !process_explained(w, p, &names, now) {
             unexplained.entry(p.subject()).or_default().push(p);
         }
     }
@@ -197,11 +265,12 @@ fn explain_processes(state: &HostState, w: &Workload, out: &mut Observations) {
             }),
         );
     }
-    for rule in &w.processes {
+    for rule in w.processes.iter().filter(|r| active(&r.until, now)) {
         if rule.min == 0 && rule.max.is_none() {
             continue;
         }
-        let matching: Vec<&Process> = state.processes.iter().filter(|p| rule.matches(p)).collect();
+        let matching: Vec<&Process> =
+            state.processes.iter().filter(|p| rule.matches(p, names.get(&p.ppid).copied())).collect();
         let rule_detail = json!({
             "baseline": rule.origin.baseline,
             "name": rule.name.as_str(),
@@ -220,10 +289,10 @@ fn explain_processes(state: &HostState, w: &Workload, out: &mut Observations) {
     }
 }
 
-fn explain_listeners(state: &HostState, w: &Workload, out: &mut Observations) {
+fn explain_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
     let mut unexplained: BTreeMap<String, Vec<&Listener>> = BTreeMap::new();
     for l in &state.listeners {
-        if !w.listens.iter().any(|r| r.matches(l)) {
+        if !w.listens.iter().any(|r| active(&r.until, now) && r.matches(l)) {
             unexplained.entry(l.subject()).or_default().push(l);
         }
     }
@@ -244,7 +313,7 @@ fn explain_listeners(state: &HostState, w: &Workload, out: &mut Observations) {
             }),
         );
     }
-    for rule in w.listens.iter().filter(|r| r.required) {
+    for rule in w.listens.iter().filter(|r| r.required && active(&r.until, now)) {
         if !state.listeners.iter().any(|l| rule.matches(l)) {
             out.add(
                 FindingKind::MissingListener,
@@ -261,11 +330,143 @@ fn explain_listeners(state: &HostState, w: &Workload, out: &mut Observations) {
     }
 }
 
+/// Outbound connections no `[[connect]]` rule explains; inbound ones are explained by the
+/// listener they came to (when a `[[listen]]` rule explains it) or by a `[[connect]]` rule. The
+/// agent's own connections (to its collector, to the cloud's metadata service) explain themselves.
+fn explain_connections(state: &HostState, w: &Workload, cx: Context<'_>, out: &mut Observations) {
+    let mut unexplained: BTreeMap<String, Vec<&Connection>> = BTreeMap::new();
+    for c in &state.connections {
+        if c.pid.is_some() && c.pid == cx.agent_pid {
+            continue;
+        }
+        if w.connects.iter().any(|r| active(&r.until, cx.now) && r.matches(c)) {
+            continue;
+        }
+        if c.direction == Direction::Inbound && inbound_explained(state, w, c, cx.now) {
+            continue;
+        }
+        unexplained.entry(c.subject()).or_default().push(c);
+    }
+    for (subject, cs) in unexplained {
+        let c = cs[0];
+        out.add(
+            FindingKind::UnexpectedConnection,
+            subject,
+            json!({
+                "protocol": c.protocol.as_str(),
+                "direction": c.direction.as_str(),
+                "local": c.local.to_string(),
+                "remote": c.remote.to_string(),
+                "pid": c.pid,
+                "process": c.process,
+                "exe": c.exe,
+                "uid": c.uid,
+                "connections": cs.len(),
+            }),
+        );
+    }
+}
+
+/// Whether an inbound connection came to a listener the workload explains.
+fn inbound_explained(state: &HostState, w: &Workload, c: &Connection, now: OffsetDateTime) -> bool {
+    state.listeners.iter().any(|l| {
+        l.protocol == c.protocol
+            && l.port == c.local.port()
+            && (l.address.is_unspecified() || l.address.to_canonical() == c.local.ip().to_canonical())
+            && w.listens.iter().any(|r| active(&r.until, now) && r.matches(l))
+    })
+}
+
+/// The built-in rules over processes and connections, whatever the workload (`None`: none).
+fn builtin_rules(
+    state: &HostState,
+    workload: Option<&Workload>,
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
+    let names = parents(state);
+    for p in &state.processes {
+        let explained = workload.is_some_and(|w| process_explained(w, p, &names, now));
+        for name in builtin::process_rules(p, explained, now) {
+            let Some((rule, severity)) = enabled(workload, name) else { continue };
+            out.add_rule(
+                rule,
+                severity,
+                p.subject().to_owned(),
+                json!({
+                    "name": p.name,
+                    "exe": p.exe,
+                    "exe_deleted": p.exe_deleted,
+                    "user": p.user_or_uid(),
+                    "pid": p.pid,
+                    "ppid": p.ppid,
+                    "cmdline": p.cmdline_string(),
+                    "sha256": p.sha256,
+                    "cpu_percent": p.cpu_percent,
+                    "stdio_socket": p.stdio_socket,
+                }),
+            );
+        }
+    }
+    for c in state.connections.iter().filter(|c| builtin::pool_port(c)) {
+        // A reviewed `[[connect]]` rule naming the port explains it.
+        let allowed = workload.is_some_and(|w| {
+            w.connects.iter().any(|r| r.ports.is_some() && active(&r.until, now) && r.matches(c))
+        });
+        let Some((rule, severity)) = enabled(workload, builtin::MINING_POOL_PORT) else { continue };
+        if allowed {
+            continue;
+        }
+        out.add_rule(
+            rule,
+            severity,
+            c.subject(),
+            json!({
+                "protocol": c.protocol.as_str(),
+                "remote": c.remote.to_string(),
+                "local": c.local.to_string(),
+                "pid": c.pid,
+                "process": c.process,
+                "exe": c.exe,
+            }),
+        );
+    }
+}
+
 /// Observations keyed by (kind, subject): the first one for a key wins, as a finding is one per key.
 #[derive(Default)]
 struct Observations(BTreeMap<(FindingKind, String), Observation>);
 
 impl Observations {
+    /// A built-in rule's observation. Several rules on one subject are one finding: the most
+    /// severe rule names it, and `detail.rules` lists them all.
+    fn add_rule(
+        &mut self,
+        rule: &builtin::Rule,
+        severity: Severity,
+        subject: String,
+        mut detail: serde_json::Value,
+    ) {
+        let key = (rule.kind, subject.clone());
+        if let Some(o) = self.0.get_mut(&key) {
+            if let Some(rules) = o.detail.get_mut("rules").and_then(|r| r.as_array_mut())
+                && !rules.iter().any(|r| r["rule"] == rule.name)
+            {
+                rules.push(json!({ "rule": rule.name, "why": rule.what }));
+            }
+            if severity > o.severity {
+                o.severity = severity;
+                o.rule = Some(rule.name.to_owned());
+            }
+            return;
+        }
+        detail["rules"] = json!([{ "rule": rule.name, "why": rule.what }]);
+        self.0.insert(
+            key,
+            Observation { kind: rule.kind, rule: Some(rule.name.to_owned()), severity, subject, detail },
+        );
+    }
+
     fn add(&mut self, kind: FindingKind, subject: String, detail: serde_json::Value) {
         self.0.entry((kind, subject.clone())).or_insert_with(|| Observation {
             kind,
@@ -312,6 +513,10 @@ mod tests {
         let set = BaselineSet::new(srcs.iter().map(|s| parse("t.toml", s).unwrap()));
         set.check().unwrap();
         set.workload(name).unwrap()
+    }
+
+    fn ev(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
+        evaluate(state, target, Context { tags, now: OffsetDateTime::UNIX_EPOCH, agent_pid: None })
     }
 
     fn kinds(obs: &[Observation]) -> Vec<(FindingKind, &str)> {
@@ -361,7 +566,7 @@ address = "127.0.0.1"
             ],
             ..Default::default()
         };
-        assert_eq!(evaluate(&state, &BTreeMap::new(), Target::Workload(&w)), vec![]);
+        assert_eq!(ev(&state, &BTreeMap::new(), Target::Workload(&w)), vec![]);
     }
 
     #[test]
@@ -383,7 +588,7 @@ address = "127.0.0.1"
             ],
             ..Default::default()
         };
-        let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
+        let obs = ev(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(
             kinds(&obs),
             vec![
@@ -394,8 +599,23 @@ address = "127.0.0.1"
                 (FindingKind::UnexpectedListener, "tcp/0.0.0.0:9005"),
                 (FindingKind::UnexpectedListener, "udp/0.0.0.0:443"),
                 (FindingKind::MissingListener, "tcp/*:443"),
+                // Built-in rules, whatever the baseline: both run from /tmp, one is a miner.
+                (FindingKind::SuspiciousProcess, "/tmp/sshd"),
+                (FindingKind::SuspiciousProcess, "/tmp/xmrig"),
             ]
         );
+        let miner = obs
+            .iter()
+            .find(|o| o.kind == FindingKind::SuspiciousProcess && o.subject == "/tmp/xmrig")
+            .unwrap();
+        assert_eq!(
+            (miner.rule.as_deref(), miner.severity),
+            (Some("miner"), Severity::Critical),
+            "the worst rule names it"
+        );
+        let rules: Vec<&str> =
+            miner.detail["rules"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+        assert_eq!(rules, ["exe-in-temp", "miner"]);
         let xmrig = obs.iter().find(|o| o.subject == "/tmp/xmrig").unwrap();
         assert_eq!(xmrig.detail["count"], 2);
         assert_eq!(xmrig.detail["pids"], json!([20, 21]));
@@ -415,7 +635,7 @@ address = "127.0.0.1"
             listeners: vec![listener(Protocol::Tcp, "::", 443, Some("nginx"))],
             ..Default::default()
         };
-        let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
+        let obs = ev(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "/usr/sbin/nginx")]);
         assert_eq!((obs[0].detail["found"].as_u64(), obs[0].detail["max"].as_u64()), (Some(4), Some(3)));
     }
@@ -435,7 +655,7 @@ address = "127.0.0.1"
             listeners: vec![],
             ..Default::default()
         };
-        let obs = evaluate(&state, &BTreeMap::new(), Target::Workload(&w));
+        let obs = ev(&state, &BTreeMap::new(), Target::Workload(&w));
         assert_eq!(kinds(&obs), vec![(FindingKind::UnexpectedProcess, "b")]);
     }
 
@@ -484,11 +704,11 @@ address = "127.0.0.1"
             ..Default::default()
         };
         let tags: BTreeMap<String, String> = [("role".to_owned(), "db".to_owned())].into();
-        let obs = evaluate(&state, &tags, Target::NoBaseline);
+        let obs = ev(&state, &tags, Target::NoBaseline);
         assert_eq!(kinds(&obs), vec![(FindingKind::NoBaseline, "workload")]);
         assert_eq!(obs[0].detail["tags"]["role"], "db");
         let names = vec!["a".to_owned(), "b".to_owned()];
-        let obs = evaluate(&state, &tags, Target::Ambiguous(&names));
+        let obs = ev(&state, &tags, Target::Ambiguous(&names));
         assert_eq!(kinds(&obs), vec![(FindingKind::AmbiguousWorkload, "a, b")]);
     }
 
@@ -510,7 +730,16 @@ address = "127.0.0.1"
                 listener(Protocol::Tcp, "::", 443, Some("nginx")),
                 listener(Protocol::Udp, "127.0.0.1", 5353, None),
             ],
-            ..Default::default()
+            connections: (1..=12)
+                .map(|i| {
+                    conn(Direction::Outbound, "10.0.0.2:40000", &format!("10.0.{i}.9:6379"), 3, "worker")
+                })
+                .chain([
+                    conn(Direction::Outbound, "10.0.0.2:40001", "192.0.2.1:443", 4, "python3"),
+                    conn(Direction::Outbound, "[fd00::2]:40002", "[fd00::5]:443", 4, "python3"),
+                    conn(Direction::Inbound, "10.0.0.2:443", "203.0.113.7:50000", 1, "nginx"),
+                ])
+                .collect(),
         };
         let sel: BTreeMap<String, String> = [("role".to_owned(), "dev".to_owned())].into();
         let text = learn("dev-box", &sel, "box", &state, OffsetDateTime::UNIX_EPOCH);
@@ -518,19 +747,31 @@ address = "127.0.0.1"
         assert_eq!(b.selector.as_ref().unwrap()["role"], "dev");
         let set = BaselineSet::new([b]);
         let w = set.workload("dev-box").unwrap();
-        assert_eq!(evaluate(&state, &sel, Target::Workload(&w)), vec![], "{text}");
+        assert_eq!(ev(&state, &sel, Target::Workload(&w)), vec![], "{text}");
         // Something new is exactly one finding.
         let mut more = state.clone();
         more.listeners.push(listener(Protocol::Tcp, "0.0.0.0", 8000, Some("python3")));
         assert_eq!(
-            kinds(&evaluate(&more, &sel, Target::Workload(&w))),
+            kinds(&ev(&more, &sel, Target::Workload(&w))),
             vec![(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000")]
+        );
+        // Twelve peers are learned as the network that holds them; a peer elsewhere is new.
+        assert!(text.contains("remote = [\"10.0.0.0/20\"]"), "{text}");
+        let mut out = state.clone();
+        out.connections.push(conn(Direction::Outbound, "10.0.0.2:40003", "10.9.0.1:6379", 3, "worker"));
+        out.connections.push(conn(Direction::Outbound, "10.0.0.2:40004", "192.0.2.1:8443", 4, "python3"));
+        assert_eq!(
+            kinds(&ev(&out, &sel, Target::Workload(&w))),
+            vec![
+                (FindingKind::UnexpectedConnection, "tcp/10.9.0.1:6379 by /usr/bin/worker"),
+                (FindingKind::UnexpectedConnection, "tcp/192.0.2.1:8443 by /usr/bin/python3"),
+            ]
         );
         // Bound to another address is not the same listener.
         let mut moved = state.clone();
         moved.listeners[2].address = "0.0.0.0".parse().unwrap();
         assert_eq!(
-            kinds(&evaluate(&moved, &sel, Target::Workload(&w))),
+            kinds(&ev(&moved, &sel, Target::Workload(&w))),
             vec![(FindingKind::UnexpectedListener, "udp/0.0.0.0:5353")]
         );
     }
@@ -573,7 +814,7 @@ change = "deny"
         // Allowed by a rule: nothing; denied: a finding, once however often it changed; a
         // package-made change is high where the workload denies package changes.
         assert_eq!(
-            sev(&explain_files(&changes, Target::Workload(&strict))),
+            sev(&explain_files(&changes, Target::Workload(&strict), OffsetDateTime::UNIX_EPOCH)),
             [
                 ("/srv/secret".to_owned(), Severity::High),
                 ("/usr/bin/ls".to_owned(), Severity::High),
@@ -582,14 +823,260 @@ change = "deny"
         );
         let lenient = workload(&[&base.replace("\"deny\"\n[[file]]", "\"allow\"\n[[file]]"), app], "app");
         assert!(lenient.package_changes);
-        let obs = explain_files(&changes, Target::Workload(&lenient));
+        let obs = explain_files(&changes, Target::Workload(&lenient), OffsetDateTime::UNIX_EPOCH);
         assert_eq!(obs.iter().find(|o| o.subject == "/usr/bin/ls").map(|o| o.severity), Some(Severity::Info));
         // Without a workload every change is a finding; package-made ones at info.
-        let none = explain_files(&changes, Target::NoBaseline);
+        let none = explain_files(&changes, Target::NoBaseline, OffsetDateTime::UNIX_EPOCH);
         assert_eq!(none.len(), 4);
         assert_eq!(
             none.iter().find(|o| o.subject == "/usr/bin/ls").map(|o| o.severity),
             Some(Severity::Info)
+        );
+    }
+
+    fn conn(dir: Direction, local: &str, remote: &str, pid: u32, process: &str) -> Connection {
+        Connection {
+            protocol: Protocol::Tcp,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            direction: dir,
+            pid: Some(pid),
+            process: Some(process.into()),
+            exe: Some(format!("/usr/bin/{process}")),
+            uid: 0,
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn connections_by_rule_listener_and_agent() {
+        let w = workload(
+            &[r#"
+name = "app"
+selector = {}
+[[listen]]
+protocol = "tcp"
+port = 8080
+[[connect]]
+remote = "10.0.0.0/8"
+port = 5432
+process = "app"
+direction = "outbound"
+reason = "the database"
+"#],
+            "app",
+        );
+        let state = HostState {
+            listeners: vec![listener(Protocol::Tcp, "0.0.0.0", 8080, Some("app"))],
+            connections: vec![
+                conn(Direction::Outbound, "10.1.1.1:40000", "10.2.3.4:5432", 5, "app"),
+                // IPv4 through an IPv6 socket is the same peer.
+                conn(Direction::Outbound, "[::ffff:10.1.1.1]:40001", "[::ffff:10.2.3.5]:5432", 5, "app"),
+                // A client of an explained listener.
+                conn(Direction::Inbound, "10.1.1.1:8080", "203.0.113.9:51234", 5, "app"),
+                // The agent's own report.
+                conn(Direction::Outbound, "127.0.0.1:40002", "127.0.0.1:8443", 77, "hostwatch-agent"),
+                // Right peer, wrong port; right port, wrong peer; wrong program.
+                conn(Direction::Outbound, "10.1.1.1:40003", "10.2.3.4:22", 5, "app"),
+                conn(Direction::Outbound, "10.1.1.1:40004", "192.0.2.1:5432", 5, "app"),
+                conn(Direction::Outbound, "10.1.1.1:40005", "10.2.3.4:5432", 6, "curl"),
+                // A client of a listener nobody explains.
+                conn(Direction::Inbound, "10.1.1.1:9999", "198.51.100.7:50000", 8, "nc"),
+            ],
+            ..Default::default()
+        };
+        let tags = BTreeMap::new();
+        let obs = evaluate(
+            &state,
+            Target::Workload(&w),
+            Context { tags: &tags, now: OffsetDateTime::UNIX_EPOCH, agent_pid: Some(77) },
+        );
+        let conns: Vec<&str> = obs
+            .iter()
+            .filter(|o| o.kind == FindingKind::UnexpectedConnection)
+            .map(|o| o.subject.as_str())
+            .collect();
+        assert_eq!(
+            conns,
+            [
+                "tcp/10.2.3.4:22 by /usr/bin/app",
+                "tcp/10.2.3.4:5432 by /usr/bin/curl",
+                "tcp/192.0.2.1:5432 by /usr/bin/app",
+                "tcp/198.51.100.7 to :9999 by /usr/bin/nc",
+            ]
+        );
+        // Without the agent's pid its connection is like any other.
+        let obs = ev(&state, &tags, Target::Workload(&w));
+        assert!(obs.iter().any(|o| o.subject == "tcp/127.0.0.1:8443 by /usr/bin/hostwatch-agent"));
+    }
+
+    #[test]
+    fn until_cmdline_parent_and_hashes() {
+        let hash = "ab".repeat(32);
+        let w = workload(
+            &[&format!(
+                r#"
+name = "w"
+selector = {{}}
+[[process]]
+name = "worker"
+cmdline = "worker --queue *"
+parent = "supervisord"
+[[process]]
+name = "tool"
+sha256 = ["{}"]
+[[process]]
+name = "supervisord"
+[[process]]
+name = "migrate"
+until = 2024-06-30
+reason = "the schema migration this week"
+"#,
+                hash.to_uppercase()
+            )],
+            "w",
+        );
+        let mut sup = proc(1, "supervisord", None, "root");
+        sup.pid = 100;
+        let mut good = proc(2, "worker", None, "app");
+        (good.ppid, good.cmdline) = (100, vec!["worker".into(), "--queue".into(), "mail".into()]);
+        let mut orphan = good.clone();
+        (orphan.pid, orphan.ppid) = (3, 1);
+        let mut args = good.clone();
+        (args.pid, args.cmdline) = (4, vec!["worker".into(), "--evil".into()]);
+        let mut tool = proc(5, "tool", None, "root");
+        tool.sha256 = Some(hash.clone());
+        let mut other_tool = proc(6, "tool", None, "root");
+        other_tool.sha256 = Some("cd".repeat(32));
+        let migrate = proc(7, "migrate", None, "root");
+        let state = HostState {
+            processes: vec![sup, good, orphan, args, tool, other_tool, migrate],
+            ..Default::default()
+        };
+        let tags = BTreeMap::new();
+        let at =
+            |date: time::Date| Context { tags: &tags, now: date.midnight().assume_utc(), agent_pid: None };
+        let pids = |obs: &[Observation]| {
+            let mut v: Vec<u64> = obs
+                .iter()
+                .flat_map(|o| o.detail["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let june = evaluate(&state, Target::Workload(&w), at(time::macros::date!(2024 - 06 - 30)));
+        assert_eq!(
+            pids(&june),
+            [3, 4, 6],
+            "wrong parent, wrong arguments, wrong hash; migrate allowed that day"
+        );
+        let july = evaluate(&state, Target::Workload(&w), at(time::macros::date!(2024 - 07 - 01)));
+        assert_eq!(pids(&july), [3, 4, 6, 7], "the allowance ended with its day");
+    }
+
+    #[test]
+    fn builtins_turned_off_regraded_and_kinds_regraded() {
+        let hot = |pid: u32| {
+            let mut p = proc(pid, "enc", Some("/opt/enc/enc"), "root");
+            p.cpu_high_since = Some(OffsetDateTime::UNIX_EPOCH);
+            p
+        };
+        let mut temp = proc(2, "x", Some("/tmp/x"), "root");
+        temp.cpu_high_since = None;
+        let state = HostState { processes: vec![hot(1), temp], ..Default::default() };
+        let tags = BTreeMap::new();
+        let later = Context {
+            tags: &tags,
+            now: OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1),
+            agent_pid: None,
+        };
+        let w = workload(
+            &[r#"
+name = "w"
+selector = {}
+[severity]
+unexpected_process = "low"
+[[builtin]]
+rule = "high-cpu"
+enabled = false
+reason = "the encoder runs hot by design"
+[[builtin]]
+rule = "exe-in-temp"
+severity = "critical"
+"#],
+            "w",
+        );
+        let obs = evaluate(&state, Target::Workload(&w), later);
+        let find = |kind, subject: &str| obs.iter().find(|o| o.kind == kind && o.subject == subject);
+        assert!(find(FindingKind::SuspiciousProcess, "/opt/enc/enc").is_none(), "high-cpu is off here");
+        assert_eq!(
+            find(FindingKind::SuspiciousProcess, "/tmp/x").map(|o| o.severity),
+            Some(Severity::Critical)
+        );
+        assert_eq!(
+            find(FindingKind::UnexpectedProcess, "/opt/enc/enc").map(|o| o.severity),
+            Some(Severity::Low)
+        );
+        // Without a baseline every built-in rule runs at its own severity.
+        let obs = evaluate(&state, Target::NoBaseline, later);
+        let hot = obs.iter().find(|o| o.subject == "/opt/enc/enc").unwrap();
+        assert_eq!((hot.rule.as_deref(), hot.severity), (Some("high-cpu"), Severity::Medium));
+    }
+
+    #[test]
+    fn pool_ports_unless_a_rule_names_the_port_and_persistence_whatever_allows_it() {
+        let state = HostState {
+            connections: vec![
+                conn(Direction::Outbound, "10.1.1.1:40000", "203.0.113.5:3333", 5, "svc"),
+                conn(Direction::Outbound, "10.1.1.1:40001", "10.0.0.8:4444", 6, "relay"),
+            ],
+            ..Default::default()
+        };
+        let w = workload(
+            &[r#"
+name = "w"
+selector = {}
+[[connect]]
+remote = "0.0.0.0/0"
+process = "svc"
+[[connect]]
+remote = "10.0.0.8"
+port = 4444
+process = "relay"
+reason = "the relay's upstream really is on 4444"
+[[file]]
+path = "/etc/**"
+change = "allow"
+"#],
+            "w",
+        );
+        let tags = BTreeMap::new();
+        let obs = ev(&state, &tags, Target::Workload(&w));
+        assert_eq!(
+            kinds(&obs),
+            [(FindingKind::SuspiciousProcess, "tcp/203.0.113.5:3333 by /usr/bin/svc")],
+            "a rule without a port does not vouch for a pool port"
+        );
+        use hostwatch_proto::v1 as p;
+        let change = |path: &str| p::FileChange {
+            path: path.into(),
+            change: p::FileChangeKind::Modified,
+            origin: p::ChangeOrigin::Live,
+            at: OffsetDateTime::UNIX_EPOCH,
+            old: None,
+            new: None,
+            from_path: None,
+            package: None,
+        };
+        let obs = explain_files(
+            &[change("/etc/cron.d/backup"), change("/etc/motd")],
+            Target::Workload(&w),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(obs.len(), 1, "{obs:?}");
+        assert_eq!(
+            (obs[0].subject.as_str(), obs[0].rule.as_deref()),
+            ("/etc/cron.d/backup", Some("persistence"))
         );
     }
 }

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/sqlite/0006_cloud.sql")),
     (7, include_str!("migrations/sqlite/0007_files.sql")),
     (8, include_str!("migrations/sqlite/0008_files_metadata_only.sql")),
+    (9, include_str!("migrations/sqlite/0009_process_rules.sql")),
 ];
 
 #[derive(Clone)]

@@ -182,11 +182,17 @@ pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history:
     Ok(())
 }
 
+/// Stores a process; `cpu_high_since` is kept from the row it replaces while the process stays
+/// above the high-CPU threshold, set to now when it crosses it, cleared when it falls below.
 fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
+    let hot = p.cpu_percent.is_some_and(|c| c >= crate::engine::builtin::HIGH_CPU_PERCENT);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
-         sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
+         stdio_socket, cpu_high_since) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+         CASE WHEN ?21 THEN COALESCE((SELECT cpu_high_since FROM processes \
+           WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END)",
     )?
     .execute(params![
         host_id,
@@ -206,7 +212,11 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
         p.container_id,
         p.unit,
         p.cpu_percent.map(f64::from),
-        p.rss_bytes
+        p.rss_bytes,
+        p.exe_replaced,
+        p.stdio_socket,
+        hot,
+        ts(OffsetDateTime::now_utc()),
     ])?;
     Ok(())
 }
@@ -220,7 +230,7 @@ fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Opti
 }
 
 const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
-     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes";
+     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since";
 
 fn process_from_row(r: &Row<'_>) -> Result<Process> {
     Ok(Process {
@@ -241,6 +251,9 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
         unit: r.get(14)?,
         cpu_percent: r.get::<_, Option<f64>>(15)?.map(|c| c as f32),
         rss_bytes: r.get(16)?,
+        exe_replaced: r.get(17)?,
+        stdio_socket: r.get(18)?,
+        cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
     })
 }
 
