@@ -388,7 +388,8 @@ impl Observer {
                 Some(mut rec) if !self.reread_due(&rec) => {
                     let vitals = collect::process::read_vitals(&self.root, pid, !self.credential_events);
                     match self.settle(pid, vitals, problems) {
-                        Some(v) if rec.update(&v) => Some(rec),
+                        // Its file deleted (or replaced by an upgrade) since: read it whole.
+                        Some(v) if rec.update(&v) && !self.exe_gone(&rec) => Some(rec),
                         // Another process under the same pid, or new credentials: read it whole.
                         Some(_) => self.reread(rec, problems),
                         None => None,
@@ -401,6 +402,12 @@ impl Observer {
                 self.procs.insert(pid, rec);
             }
         }
+    }
+
+    /// Whether a known process's executable was deleted since it was read: one readlink, so a
+    /// binary removed from under a running process is seen at the next scan, not at its re-read.
+    fn exe_gone(&self, rec: &ProcessRecord) -> bool {
+        rec.exe.is_some() && !rec.exe_deleted && collect::process::exe_deleted(&self.root, rec.pid)
     }
 
     /// Reads a known pid whole again. A program's hash stays with its process: a re-read is no

@@ -209,7 +209,7 @@ async fn watching(c: &Collector, dir: &Path, paths: &str) -> (crate::support::Gu
 
 /// Starts an agent tagged `role=ROLE` with `env`, and waits until its manifest is written and its
 /// host is online.
-async fn agent_ready(
+pub(crate) async fn agent_ready(
     c: &Collector,
     dir: &Path,
     role: &str,

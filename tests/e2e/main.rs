@@ -13,5 +13,6 @@ mod namespaces;
 mod oracle;
 mod process_facts;
 mod protocol;
+mod rules;
 mod skeleton;
 mod support;

@@ -433,13 +433,13 @@ fn builtin_rules(
     }
 }
 
-/// Observations keyed by (kind, subject): the first one for a key wins, as a finding is one per key.
+/// Observations keyed by (kind, rule, subject), as findings are: the first one for a key wins.
 #[derive(Default)]
-struct Observations(BTreeMap<(FindingKind, String), Observation>);
+struct Observations(BTreeMap<(FindingKind, &'static str, String), Observation>);
 
 impl Observations {
-    /// A built-in rule's observation. Several rules on one subject are one finding: the most
-    /// severe rule names it, and `detail.rules` lists them all.
+    /// A built-in rule's observation: one finding per rule, so each is triaged (and turned off)
+    /// on its own.
     fn add_rule(
         &mut self,
         rule: &builtin::Rule,
@@ -447,28 +447,18 @@ impl Observations {
         subject: String,
         mut detail: serde_json::Value,
     ) {
-        let key = (rule.kind, subject.clone());
-        if let Some(o) = self.0.get_mut(&key) {
-            if let Some(rules) = o.detail.get_mut("rules").and_then(|r| r.as_array_mut())
-                && !rules.iter().any(|r| r["rule"] == rule.name)
-            {
-                rules.push(json!({ "rule": rule.name, "why": rule.what }));
-            }
-            if severity > o.severity {
-                o.severity = severity;
-                o.rule = Some(rule.name.to_owned());
-            }
-            return;
-        }
-        detail["rules"] = json!([{ "rule": rule.name, "why": rule.what }]);
-        self.0.insert(
-            key,
-            Observation { kind: rule.kind, rule: Some(rule.name.to_owned()), severity, subject, detail },
-        );
+        detail["why"] = json!(rule.what);
+        self.0.entry((rule.kind, rule.name, subject.clone())).or_insert_with(|| Observation {
+            kind: rule.kind,
+            rule: Some(rule.name.to_owned()),
+            severity,
+            subject,
+            detail,
+        });
     }
 
     fn add(&mut self, kind: FindingKind, subject: String, detail: serde_json::Value) {
-        self.0.entry((kind, subject.clone())).or_insert_with(|| Observation {
+        self.0.entry((kind, "", subject.clone())).or_insert_with(|| Observation {
             kind,
             rule: None,
             severity: default_severity(kind),
@@ -602,20 +592,19 @@ address = "127.0.0.1"
                 // Built-in rules, whatever the baseline: both run from /tmp, one is a miner.
                 (FindingKind::SuspiciousProcess, "/tmp/sshd"),
                 (FindingKind::SuspiciousProcess, "/tmp/xmrig"),
+                (FindingKind::SuspiciousProcess, "/tmp/xmrig"),
             ]
         );
-        let miner = obs
+        let rules: Vec<(&str, Severity)> = obs
             .iter()
-            .find(|o| o.kind == FindingKind::SuspiciousProcess && o.subject == "/tmp/xmrig")
-            .unwrap();
+            .filter(|o| o.kind == FindingKind::SuspiciousProcess && o.subject == "/tmp/xmrig")
+            .map(|o| (o.rule.as_deref().unwrap(), o.severity))
+            .collect();
         assert_eq!(
-            (miner.rule.as_deref(), miner.severity),
-            (Some("miner"), Severity::Critical),
-            "the worst rule names it"
+            rules,
+            [("exe-in-temp", Severity::High), ("miner", Severity::Critical)],
+            "a finding per rule"
         );
-        let rules: Vec<&str> =
-            miner.detail["rules"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
-        assert_eq!(rules, ["exe-in-temp", "miner"]);
         let xmrig = obs.iter().find(|o| o.subject == "/tmp/xmrig").unwrap();
         assert_eq!(xmrig.detail["count"], 2);
         assert_eq!(xmrig.detail["pids"], json!([20, 21]));
