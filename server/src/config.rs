@@ -23,6 +23,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_DATA_DIR", path: &["data_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_BASELINES_DIR", path: &["baselines_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_OFFLINE_AFTER", path: &["offline_after"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_RETIRE_AFTER", path: &["retire_after"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_MAX_REPORT_BYTES", path: &["max_report_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
 ];
@@ -62,6 +63,10 @@ struct RawServerConfig {
     /// A host is offline after this much silence; default: 3 of its own intervals, at least 30s.
     #[serde(default, deserialize_with = "opt_duration")]
     offline_after: Option<Duration>,
+    /// A host silent (or stopped) this long is retired: hidden from default listings, its
+    /// findings closed.
+    #[serde(default = "default_retire_after", deserialize_with = "hostwatch_agent::config::duration")]
+    retire_after: Duration,
     /// Largest report body accepted, in bytes.
     #[serde(default = "default_max_report_bytes")]
     max_report_bytes: u64,
@@ -69,6 +74,10 @@ struct RawServerConfig {
     /// `max_report_bytes` it bounds the memory agents can make the collector use.
     #[serde(default = "default_max_concurrent_reports")]
     max_concurrent_reports: u32,
+}
+
+fn default_retire_after() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_listen() -> String {
@@ -102,6 +111,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub baselines_dir: Option<PathBuf>,
     pub offline_after: Option<Duration>,
+    pub retire_after: Duration,
     pub max_report_bytes: usize,
     pub max_concurrent_reports: usize,
 }
@@ -169,6 +179,9 @@ impl ServerConfig {
                 "must be at least 10s".to_owned(),
             ));
         }
+        if raw.retire_after < Duration::from_secs(10) {
+            return Err(invalid("HOSTWATCH_RETIRE_AFTER", "retire_after", "must be at least 10s".to_owned()));
+        }
         if raw.max_report_bytes < 4096 || raw.max_report_bytes > (1 << 30) {
             return Err(invalid(
                 "HOSTWATCH_MAX_REPORT_BYTES",
@@ -192,6 +205,7 @@ impl ServerConfig {
                 data_dir: raw.data_dir.clone(),
                 baselines_dir: raw.baselines_dir.clone(),
                 offline_after: raw.offline_after,
+                retire_after: raw.retire_after,
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
                 max_concurrent_reports: raw.max_concurrent_reports as usize,
             },
@@ -208,6 +222,7 @@ impl ServerConfig {
             data_dir: data_dir.to_owned(),
             baselines_dir: Some(data_dir.join("baselines")),
             offline_after: None,
+            retire_after: default_retire_after(),
             max_report_bytes: default_max_report_bytes() as usize,
             max_concurrent_reports: default_max_concurrent_reports() as usize,
         }

@@ -21,6 +21,8 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
     let lost = record.lost;
     let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
     let applied = state.store.apply_report(host_id, &record, now).await?;
+    // Reporting again: no longer offline.
+    state.store.resolve_kind(host_id, hostwatch_proto::v1::FindingKind::AgentOffline, now).await?;
     if let Some(obs) = engine::data_lost(lost, applied.gap()) {
         warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
         state.store.record_findings(host_id, &[obs], now).await?;
@@ -146,7 +148,7 @@ pub async fn reevaluate_all(state: &AppState) {
 
 /// Re-explains one host from its stored state, in its turn: a report being recorded meanwhile is
 /// either wholly before (and seen here) or wholly after (and explained again itself).
-async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError> {
+pub async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError> {
     let _turn = state.lock_host(host_id).await;
     let Some(host) = state.store.host(host_id).await? else {
         return Ok(());

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod engine;
+pub mod housekeeping;
 pub mod ingest;
 pub mod model;
 pub mod secrets;

@@ -317,6 +317,31 @@ pub struct Host {
     pub open_findings: u64,
 }
 
+impl Host {
+    /// Whether a host reports: silence beyond `offline_after` (default 3 of its intervals, at least
+    /// 30 s) is offline, unless it said goodbye.
+    pub fn status(
+        &self,
+        now: OffsetDateTime,
+        offline_after: Option<std::time::Duration>,
+    ) -> proto::HostStatus {
+        if self.retired_at.is_some() {
+            return proto::HostStatus::Retired;
+        }
+        if self.goodbye.is_some() {
+            return proto::HostStatus::Stopped;
+        }
+        let limit = offline_after.unwrap_or_else(|| {
+            (std::time::Duration::from_secs(u64::from(self.agent.interval_secs)) * 3)
+                .max(std::time::Duration::from_secs(30))
+        });
+        match self.last_seen {
+            Some(seen) if now - seen <= limit => proto::HostStatus::Online,
+            _ => proto::HostStatus::Offline,
+        }
+    }
+}
+
 /// Something the engine could not explain, before it becomes (or refreshes) a finding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {

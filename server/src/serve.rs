@@ -24,6 +24,7 @@ use crate::api;
 use crate::baseline::{self, BaselineSet};
 use crate::config::ServerConfig;
 use crate::dev::DevLearner;
+use crate::housekeeping;
 use crate::ingest;
 use crate::secrets;
 use crate::state::{AppState, Settings};
@@ -57,6 +58,7 @@ pub async fn open(
         max_report_bytes: config.max_report_bytes,
         max_concurrent_reports: config.max_concurrent_reports,
         offline_after: config.offline_after,
+        retire_after: config.retire_after,
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {
@@ -207,6 +209,7 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
 /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
 pub async fn serve(state: AppState, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     let agents_addr = listeners.agents.local_addr()?;
+    let chores = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     match listeners.api {
         None => {
             info!("listening on http://{agents_addr} (agents and API)");
@@ -229,6 +232,10 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: Cancellation
                 people.await.context("API listener failed")
             })?;
         }
+    }
+    shutdown.cancel();
+    if let Err(e) = chores.await {
+        warn!(error = %e, "housekeeping ended abnormally");
     }
     info!("collector stopped");
     Ok(())

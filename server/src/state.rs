@@ -39,6 +39,8 @@ pub struct Settings {
     pub max_concurrent_reports: usize,
     /// Fixed silence after which a host is offline; `None`: 3 of its intervals, at least 30 s.
     pub offline_after: Option<Duration>,
+    /// Silence after which a host is retired.
+    pub retire_after: Duration,
 }
 
 /// Baselines parsed from one revision of the store.

@@ -9,6 +9,7 @@ mod cloud;
 mod collection;
 mod dev_mode;
 mod files;
+mod lifecycle;
 mod namespaces;
 mod oracle;
 mod process_facts;

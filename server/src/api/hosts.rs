@@ -83,31 +83,13 @@ pub async fn resolve_host(state: &AppState, given: &str) -> Result<i64, ApiError
     }
 }
 
-/// Whether a host reports: silence beyond `offline_after` (default 3 of its intervals, at least
-/// 30 s) is offline, unless it said goodbye.
-pub fn host_status(h: &Host, now: OffsetDateTime, offline_after: Option<Duration>) -> HostStatus {
-    if h.retired_at.is_some() {
-        return HostStatus::Retired;
-    }
-    if h.goodbye.is_some() {
-        return HostStatus::Stopped;
-    }
-    let limit = offline_after.unwrap_or_else(|| {
-        (Duration::from_secs(u64::from(h.agent.interval_secs)) * 3).max(Duration::from_secs(30))
-    });
-    match h.last_seen {
-        Some(seen) if now - seen <= limit => HostStatus::Online,
-        _ => HostStatus::Offline,
-    }
-}
-
 fn to_proto(h: &Host, now: OffsetDateTime, offline_after: Option<Duration>) -> proto::Host {
     proto::Host {
         id: h.id,
         hostname: h.facts.hostname.clone(),
         workload: h.workload.clone(),
         tags: h.facts.tags.clone(),
-        status: host_status(h, now, offline_after),
+        status: h.status(now, offline_after),
         coverage: h.agent.coverage(),
         last_seen: h.last_seen,
         agent_version: h.agent.version.clone(),
@@ -145,13 +127,16 @@ mod tests {
     #[test]
     fn status_follows_the_hosts_own_interval() {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(100);
-        assert_eq!(host_status(&host(Some(75), 10), now, None), HostStatus::Online, "25 s < 30 s floor");
-        assert_eq!(host_status(&host(Some(65), 10), now, None), HostStatus::Offline);
-        assert_eq!(host_status(&host(Some(0), 60), now, None), HostStatus::Online, "100 s < 3 x 60 s");
-        assert_eq!(host_status(&host(Some(80), 10), now, Some(Duration::from_secs(10))), HostStatus::Offline);
-        assert_eq!(host_status(&host(None, 10), now, None), HostStatus::Offline);
+        assert_eq!(Host::status(&host(Some(75), 10), now, None), HostStatus::Online, "25 s < 30 s floor");
+        assert_eq!(Host::status(&host(Some(65), 10), now, None), HostStatus::Offline);
+        assert_eq!(Host::status(&host(Some(0), 60), now, None), HostStatus::Online, "100 s < 3 x 60 s");
+        assert_eq!(
+            Host::status(&host(Some(80), 10), now, Some(Duration::from_secs(10))),
+            HostStatus::Offline
+        );
+        assert_eq!(Host::status(&host(None, 10), now, None), HostStatus::Offline);
         let mut bye = host(Some(99), 10);
         bye.goodbye = Some("stopped".into());
-        assert_eq!(host_status(&bye, now, None), HostStatus::Stopped);
+        assert_eq!(Host::status(&bye, now, None), HostStatus::Stopped);
     }
 }

@@ -26,8 +26,6 @@ use std::sync::atomic::Ordering;
 use crate::state::AppState;
 use crate::store::StoreError;
 
-pub use hosts::host_status;
-
 /// An error response.
 #[derive(Debug)]
 pub struct ApiError {

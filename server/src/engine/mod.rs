@@ -87,6 +87,25 @@ pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation
     })
 }
 
+/// A host that stopped reporting: after a goodbye (`last_words` = `stopped` or `shutdown`) it
+/// is low, an agent that went silent is high (killed, crashed, or cut off).
+pub fn agent_offline(last_words: Option<&str>, last_seen: Option<OffsetDateTime>) -> Observation {
+    Observation {
+        kind: FindingKind::AgentOffline,
+        rule: None,
+        severity: if last_words.is_some() {
+            Severity::Low
+        } else {
+            default_severity(FindingKind::AgentOffline)
+        },
+        subject: "agent".to_owned(),
+        detail: json!({
+            "last_words": last_words.unwrap_or("none"),
+            "last_seen": last_seen.map(hostwatch_proto::v1::timestamp::format),
+        }),
+    }
+}
+
 /// Reports that never arrived: dropped by the agent when its spool was full (`lost`), or missing
 /// between two sequence numbers (`gap`, as expected and received). One finding per host, kept
 /// open until acknowledged: what was lost cannot be explained after the fact.

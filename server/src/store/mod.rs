@@ -148,6 +148,20 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>>;
 
+    /// Resolves the open or acknowledged findings of `kind` on a host (an agent back online).
+    async fn resolve_kind(
+        &self,
+        host_id: i64,
+        kind: FindingKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>>;
+    /// Retires a host: hidden from default listings, its open and acknowledged findings resolved,
+    /// its node keys refused from then on.
+    async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>>;
+    /// Hosts running a process that has been above the high-CPU threshold since `before` or
+    /// earlier.
+    async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>>;
+
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;
     async fn host(&self, id: i64) -> Result<Option<Host>>;

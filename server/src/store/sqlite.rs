@@ -219,6 +219,33 @@ fn finding_from_row(r: &Row<'_>) -> Result<Finding> {
     })
 }
 
+/// Resolves a host's open and acknowledged findings (of `kind`, or all).
+fn resolve_where(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    kind: Option<FindingKind>,
+    now: &str,
+) -> Result<Vec<FindingChange>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, kind, subject FROM findings WHERE host_id = ?1 AND status IN ('open', 'acknowledged') \
+         AND (?2 IS NULL OR kind = ?2)",
+    )?;
+    let open: Vec<(i64, String, String)> = stmt
+        .query_map(params![host_id, kind.map(FindingKind::as_str)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut changes = Vec::new();
+    for (id, kind, subject) in open {
+        tx.execute(
+            "UPDATE findings SET status = 'resolved', resolved_at = ?1 WHERE id = ?2",
+            params![now, id],
+        )?;
+        changes.push(FindingChange::Resolved { id, kind: parse_enum(&kind)?, subject });
+    }
+    Ok(changes)
+}
+
 /// Opens a finding for an observation, refreshes it if open or acknowledged, or reopens it if
 /// resolved; returns the change alert sinks would hear of.
 fn upsert_finding(
@@ -576,6 +603,38 @@ impl Store for SqliteStore {
                 changes.extend(upsert_finding(tx, host_id, o, &now)?);
             }
             Ok(changes)
+        })
+        .await
+    }
+
+    async fn resolve_kind(
+        &self,
+        host_id: i64,
+        kind: FindingKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>> {
+        self.tx(move |tx| resolve_where(tx, host_id, Some(kind), &ts(now))).await
+    }
+
+    async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>> {
+        self.tx(move |tx| {
+            let now = ts(now);
+            tx.execute(
+                "UPDATE hosts SET retired_at = ?1 WHERE id = ?2 AND retired_at IS NULL",
+                params![now, host_id],
+            )?;
+            resolve_where(tx, host_id, None, &now)
+        })
+        .await
+    }
+
+    async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>> {
+        self.tx(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT DISTINCT p.host_id FROM processes p JOIN hosts h ON h.id = p.host_id \
+                 WHERE p.cpu_high_since IS NOT NULL AND p.cpu_high_since <= ?1 AND h.retired_at IS NULL ORDER BY p.host_id",
+            )?;
+            Ok(stmt.query_map([ts(before)], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -1009,6 +1068,61 @@ mod tests {
         assert_eq!(seen, [("open", "listener", 8080), ("close", "listener", 8080)]);
         assert_eq!(ev[0].at, at(3));
         assert!(s.host_state(id).await.unwrap().listeners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_hot_process_keeps_since_when_until_it_cools() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let with_cpu = |cpu: f32| Process { cpu_percent: Some(cpu), ..process(10, "enc", 1) };
+        let since = |s: HostState| s.processes[0].cpu_high_since;
+        let snap = |seq, cpu| {
+            record(
+                7,
+                seq,
+                Content::Snapshot(HostState { processes: vec![with_cpu(cpu)], ..Default::default() }),
+            )
+        };
+        s.apply_report(id, &snap(1, 20.0), at(1)).await.unwrap();
+        assert_eq!(since(s.host_state(id).await.unwrap()), None);
+        let before = OffsetDateTime::now_utc();
+        s.apply_report(id, &snap(2, 99.0), at(2)).await.unwrap();
+        let first = since(s.host_state(id).await.unwrap()).expect("hot since now");
+        assert!(first >= before - time::Duration::seconds(1));
+        // Still hot, other figure: the same since.
+        s.apply_report(id, &snap(3, 95.0), at(3)).await.unwrap();
+        assert_eq!(since(s.host_state(id).await.unwrap()), Some(first));
+        assert_eq!(s.hosts_running_hot(first).await.unwrap(), vec![id]);
+        assert!(
+            s.hosts_running_hot(first - time::Duration::seconds(1)).await.unwrap().is_empty(),
+            "not hot that long"
+        );
+        // Cooled: cleared.
+        s.apply_report(id, &snap(4, 10.0), at(4)).await.unwrap();
+        assert_eq!(since(s.host_state(id).await.unwrap()), None);
+        assert!(s.hosts_running_hot(OffsetDateTime::now_utc()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn retiring_a_host_closes_its_findings_and_resolving_a_kind_only_that_kind() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let off = obs(FindingKind::AgentOffline, "agent");
+        let file = obs(FindingKind::FileChanged, "/etc/passwd");
+        s.record_findings(id, &[off.clone(), file.clone()], at(1)).await.unwrap();
+        let ch = s.resolve_kind(id, FindingKind::AgentOffline, at(2)).await.unwrap();
+        assert!(
+            matches!(ch.as_slice(), [FindingChange::Resolved { kind: FindingKind::AgentOffline, .. }]),
+            "{ch:?}"
+        );
+        let ch = s.retire_host(id, at(3)).await.unwrap();
+        assert!(
+            matches!(ch.as_slice(), [FindingChange::Resolved { kind: FindingKind::FileChanged, .. }]),
+            "{ch:?}"
+        );
+        assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
+        assert!(s.retire_host(id, at(4)).await.unwrap().is_empty(), "once");
+        assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
     }
 
     #[tokio::test]

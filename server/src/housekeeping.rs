@@ -1,0 +1,96 @@
+//! What the collector does on its own clock rather than on a report: hosts gone silent become
+//! agent_offline findings (resolved when they report again), hosts silent beyond `retire_after`
+//! are retired, processes that have run hot long enough and allowances whose `until` has passed
+//! are explained again.
+//!
+//! Invariant: every chore is idempotent over the store, so several collectors on one store may
+//! all run it; none keeps state that another collector would need.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::engine;
+use crate::ingest;
+use crate::model::FindingChange;
+use crate::state::AppState;
+use hostwatch_proto::v1::{FindingKind, HostStatus};
+
+/// How often the chores run: often enough that an offline host is seen within a fraction of
+/// `offline_after`, and an expired allowance within a minute.
+fn period(state: &AppState) -> Duration {
+    match state.settings.offline_after {
+        Some(d) => (d / 3).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        None => Duration::from_secs(15),
+    }
+}
+
+/// Runs the chores until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let every = period(&state);
+    // Allowances that ended while no collector ran are caught at the first round.
+    let mut last = OffsetDateTime::UNIX_EPOCH;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = OffsetDateTime::now_utc();
+        if let Err(e) = round(&state, last, now).await {
+            error!(error = %e, "housekeeping round failed; trying again next round");
+            continue;
+        }
+        last = now;
+    }
+}
+
+/// One round of chores at `now`; `last` is when the previous one ran.
+pub async fn round(
+    state: &AppState,
+    last: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<(), crate::store::StoreError> {
+    let hosts = state.store.list_hosts().await?;
+    for h in hosts.iter().filter(|h| h.retired_at.is_none()) {
+        let silent_since = h.last_seen.unwrap_or(h.enrolled_at);
+        if now - silent_since >= state.settings.retire_after {
+            let _turn = state.lock_host(h.id).await;
+            let changes = state.store.retire_host(h.id, now).await?;
+            info!(host_id = h.id, hostname = ?h.facts.hostname, resolved = changes.len(), "host retired after {:?} of silence", state.settings.retire_after);
+            continue;
+        }
+        match h.status(now, state.settings.offline_after) {
+            HostStatus::Offline | HostStatus::Stopped => {
+                let obs = engine::agent_offline(h.goodbye.as_deref(), h.last_seen);
+                let changes = state.store.record_findings(h.id, &[obs], now).await?;
+                log(h.id, &changes);
+            }
+            HostStatus::Online | HostStatus::Retired => {}
+        }
+    }
+    // Processes hot for long enough: the high-CPU rule needs a look without a report.
+    let hot_since = now - engine::builtin::HIGH_CPU_FOR;
+    for id in state.store.hosts_running_hot(hot_since).await? {
+        ingest::reevaluate(state, id).await?;
+    }
+    // An allowance that ended since the last round: every host is held to the rest.
+    let baselines = ingest::current_baselines(state).await?;
+    let expired = baselines.set.iter().flat_map(|b| b.untils()).any(|(_, u)| last < u.time && u.time <= now);
+    if expired {
+        warn!("an allowance's `until` has passed; explaining every host again");
+        ingest::reevaluate_all(state).await;
+    }
+    Ok(())
+}
+
+fn log(host_id: i64, changes: &[FindingChange]) {
+    for c in changes {
+        if let FindingChange::Opened { id, kind, .. } | FindingChange::Reopened { id, kind, .. } = c
+            && *kind == FindingKind::AgentOffline
+        {
+            warn!(host_id, finding = id, "host stopped reporting");
+        }
+    }
+}
