@@ -9,6 +9,8 @@ use hostwatch_agent::config::env::{EnvKey, EnvKind};
 use hostwatch_agent::config::{ConfigError, Sourced};
 use serde::{Deserialize, Deserializer};
 
+use crate::alerts::{SinkConfig, Target};
+
 /// Where `hostwatch serve` looks for its file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/hostwatch/server.toml";
 
@@ -74,6 +76,36 @@ struct RawServerConfig {
     /// `max_report_bytes` it bounds the memory agents can make the collector use.
     #[serde(default = "default_max_concurrent_reports")]
     max_concurrent_reports: u32,
+    /// Alert sinks; arrays of tables are for files only.
+    #[serde(default)]
+    alerts: Vec<RawAlert>,
+}
+
+/// One `[[alerts]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    /// `file`, `stdout` or `webhook`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Unique among the sinks; default `TYPE-N` (N counts from 1 in the file's order).
+    #[serde(default)]
+    name: Option<String>,
+    /// `file`: where the JSON lines go.
+    #[serde(default)]
+    path: Option<PathBuf>,
+    /// `webhook`: where events are POSTed (http or https).
+    #[serde(default)]
+    url: Option<String>,
+    /// `webhook`: `json` (default) or `slack` (`{"text": ...}`).
+    #[serde(default)]
+    format: Option<String>,
+    /// Findings below this severity are not sent (default `info`: all).
+    #[serde(default)]
+    min_severity: Option<String>,
+    /// Also send resolutions.
+    #[serde(default)]
+    resolved: bool,
 }
 
 fn default_retire_after() -> Duration {
@@ -114,6 +146,7 @@ pub struct ServerConfig {
     pub retire_after: Duration,
     pub max_report_bytes: usize,
     pub max_concurrent_reports: usize,
+    pub alerts: Vec<SinkConfig>,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -196,6 +229,48 @@ impl ServerConfig {
                 format!("{} is outside 1..=1024", raw.max_concurrent_reports),
             ));
         }
+        let mut alerts: Vec<SinkConfig> = Vec::new();
+        for (i, a) in raw.alerts.iter().enumerate() {
+            let key = |field: &str| format!("alerts[{i}].{field}");
+            let bad = |field: &str, problem: String| invalid("", &key(field), problem);
+            let target = match a.kind.as_str() {
+                "file" => match &a.path {
+                    Some(p) if p.is_absolute() => Target::File(p.clone()),
+                    Some(p) => return Err(bad("path", format!("{} is not an absolute path", p.display()))),
+                    None => return Err(bad("path", "a file sink needs a path".to_owned())),
+                },
+                "stdout" => Target::Stdout,
+                "webhook" => {
+                    let url =
+                        a.url.as_deref().ok_or_else(|| bad("url", "a webhook needs a url".to_owned()))?;
+                    let url = reqwest::Url::parse(url)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                        .ok_or_else(|| bad("url", "not an http:// or https:// URL".to_owned()))?;
+                    let slack = match a.format.as_deref() {
+                        None | Some("json") => false,
+                        Some("slack") => true,
+                        Some(other) => return Err(bad("format", format!("{other:?} is not json or slack"))),
+                    };
+                    Target::Webhook { url, slack }
+                }
+                other => return Err(bad("type", format!("{other:?} is not file, stdout or webhook"))),
+            };
+            if a.format.is_some() && !matches!(target, Target::Webhook { .. }) {
+                return Err(bad("format", "only a webhook has a format".to_owned()));
+            }
+            let min_severity = match &a.min_severity {
+                Some(s) => s
+                    .parse::<hostwatch_proto::v1::Severity>()
+                    .map_err(|e| bad("min_severity", e.to_string()))?,
+                None => hostwatch_proto::v1::Severity::Info,
+            };
+            let name = a.name.clone().unwrap_or_else(|| format!("{}-{}", a.kind, i + 1));
+            if name.is_empty() || alerts.iter().any(|s| s.name == name) {
+                return Err(bad("name", format!("{name:?} is empty or names another sink too")));
+            }
+            alerts.push(SinkConfig { name, target, min_severity, resolved: a.resolved });
+        }
         let warnings = sourced.warnings();
         Ok(Loaded {
             config: ServerConfig {
@@ -208,6 +283,7 @@ impl ServerConfig {
                 retire_after: raw.retire_after,
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
                 max_concurrent_reports: raw.max_concurrent_reports as usize,
+                alerts,
             },
             warnings,
         })
@@ -225,6 +301,7 @@ impl ServerConfig {
             retire_after: default_retire_after(),
             max_report_bytes: default_max_report_bytes() as usize,
             max_concurrent_reports: default_max_concurrent_reports() as usize,
+            alerts: Vec::new(),
         }
     }
 }

@@ -18,6 +18,9 @@ use crate::model::FindingChange;
 use crate::state::AppState;
 use hostwatch_proto::v1::{FindingKind, HostStatus};
 
+/// Alert events kept for sinks that have not delivered them, at most.
+const MAX_OUTBOX: u64 = 100_000;
+
 /// How often the chores run: often enough that an offline host is seen within a fraction of
 /// `offline_after`, and an expired allowance within a minute.
 fn period(state: &AppState) -> Duration {
@@ -74,6 +77,11 @@ pub async fn round(
     let hot_since = now - engine::builtin::HIGH_CPU_FOR;
     for id in state.store.hosts_running_hot(hot_since).await? {
         ingest::reevaluate(state, id).await?;
+    }
+    // The alert outbox: what every sink has, gone; beyond the bound, the oldest, said.
+    let (_, dropped) = state.store.prune_alert_events(MAX_OUTBOX).await?;
+    if dropped > 0 {
+        error!(dropped, "alert outbox full (a sink down too long?): the oldest events were dropped");
     }
     // An allowance that ended since the last round: every host is held to the rest.
     let baselines = ingest::current_baselines(state).await?;

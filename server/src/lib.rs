@@ -5,6 +5,7 @@
 //! explain becomes a finding. [`auth`] is the one place credentials are checked. [`serve`] starts
 //! the collector, [`dev`] its one-command local mode, [`cli`] the command line.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod baseline;

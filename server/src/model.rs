@@ -367,6 +367,42 @@ pub struct Finding {
     pub first_seen: OffsetDateTime,
     pub last_seen: OffsetDateTime,
     pub resolved_at: Option<OffsetDateTime>,
+    /// A silence was in force when it last opened: recorded, not sent to alert sinks.
+    pub silenced: bool,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<OffsetDateTime>,
+    pub ack_note: Option<String>,
+}
+
+/// What a silence covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SilenceScope {
+    Host(i64),
+    /// Every host whose tags hold these.
+    Selector(BTreeMap<String, String>),
+}
+
+/// A maintenance window: findings opened within it are recorded, marked silenced, and not sent
+/// to alert sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Silence {
+    pub id: i64,
+    pub scope: SilenceScope,
+    pub starts_at: OffsetDateTime,
+    pub ends_at: OffsetDateTime,
+    pub reason: String,
+    pub created_by: String,
+}
+
+/// An entry of the alert outbox: what happened to a finding, and the finding as it is now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertEvent {
+    pub id: i64,
+    /// `opened`, `reopened` or `resolved`.
+    pub event: String,
+    pub silenced: bool,
+    pub at: OffsetDateTime,
+    pub finding: Finding,
 }
 
 /// How a reconciliation changed a finding; alert sinks hear of `Opened` and `Reopened`.
@@ -375,6 +411,16 @@ pub enum FindingChange {
     Opened { id: i64, kind: FindingKind, subject: String },
     Reopened { id: i64, kind: FindingKind, subject: String },
     Resolved { id: i64, kind: FindingKind, subject: String },
+}
+
+impl FindingChange {
+    pub fn id(&self) -> i64 {
+        match self {
+            FindingChange::Opened { id, .. }
+            | FindingChange::Reopened { id, .. }
+            | FindingChange::Resolved { id, .. } => *id,
+        }
+    }
 }
 
 // ---- conversions at the wire's edge ----
@@ -599,6 +645,28 @@ impl From<Finding> for proto::Finding {
             first_seen: f.first_seen,
             last_seen: f.last_seen,
             resolved_at: f.resolved_at,
+            silenced: f.silenced,
+            acked_by: f.acked_by,
+            acked_at: f.acked_at,
+            ack_note: f.ack_note,
+        }
+    }
+}
+
+impl From<Silence> for proto::Silence {
+    fn from(s: Silence) -> Self {
+        let (host_id, selector) = match s.scope {
+            SilenceScope::Host(h) => (Some(h), None),
+            SilenceScope::Selector(sel) => (None, Some(sel)),
+        };
+        proto::Silence {
+            id: s.id,
+            host_id,
+            selector,
+            starts_at: s.starts_at,
+            ends_at: s.ends_at,
+            reason: s.reason,
+            created_by: s.created_by,
         }
     }
 }

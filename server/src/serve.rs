@@ -245,5 +245,10 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: Cancellation
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (state, _boot) = open(&config, None).await?;
     let listeners = bind(&config).await?;
-    serve(state, listeners, shutdown).await
+    let sinks = tokio::spawn(crate::alerts::run(state.clone(), config.alerts.clone(), shutdown.clone()));
+    let served = serve(state, listeners, shutdown).await;
+    if let Err(e) = sinks.await {
+        warn!(error = %e, "alert sinks ended abnormally");
+    }
+    served
 }

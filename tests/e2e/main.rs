@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod bad_input;
 mod cloud;
 mod collection;

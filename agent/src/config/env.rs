@@ -120,21 +120,24 @@ fn parse(key: &EnvKey, value: &str) -> Result<toml::Value, EnvError> {
                 .map(|s| toml::Value::String(s.to_owned()))
                 .collect(),
         ),
-        EnvKind::Map => {
-            let mut t = toml::Table::new();
-            for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (k, v) = item
-                    .split_once('=')
-                    .ok_or_else(|| err(format!("{item:?} has no '=' (expected k=v,k=v)")))?;
-                let k = k.trim();
-                if k.is_empty() {
-                    return Err(err(format!("{item:?} has an empty key (expected k=v,k=v)")));
-                }
-                t.insert(k.to_owned(), toml::Value::String(v.trim().to_owned()));
-            }
-            toml::Value::Table(t)
-        }
+        EnvKind::Map => toml::Value::Table(
+            pairs(value).map_err(err)?.into_iter().map(|(k, v)| (k, toml::Value::String(v))).collect(),
+        ),
     })
+}
+
+/// `k=v,k=v` as a map (blank items skipped, keys and values trimmed).
+pub fn pairs(value: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("{item:?} has no '=' (expected k=v,k=v)"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{item:?} has an empty key (expected k=v,k=v)"));
+        }
+        out.insert(k.to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
 }
 
 fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {

@@ -202,6 +202,53 @@ pub struct Finding {
     pub last_seen: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "timestamp::option")]
     pub resolved_at: Option<OffsetDateTime>,
+    /// A silence was in force when it last opened: recorded, not sent to alert sinks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silenced: bool,
+    /// Who acknowledged it, when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "timestamp::option")]
+    pub acked_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_note: Option<String>,
+}
+
+/// Body of `POST /api/v1/findings/{id}/ack`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A maintenance window over one host or the hosts a selector picks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(with = "timestamp")]
+    pub starts_at: OffsetDateTime,
+    #[serde(with = "timestamp")]
+    pub ends_at: OffsetDateTime,
+    pub reason: String,
+    pub created_by: String,
+}
+
+/// Body of `POST /api/v1/silences`: exactly one of `host` (an id or a hostname) and `selector`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSilence {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    /// How long from now, in seconds.
+    pub seconds: u64,
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub use cloud::{CloudFacts, CloudProvider};
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
-pub use finding::{Finding, FindingKind, FindingStatus, Severity, UnknownName};
+pub use finding::{Ack, CreateSilence, Finding, FindingKind, FindingStatus, Severity, Silence, UnknownName};
 pub use process::{INTERACTIVE, Process, is_interactive};
 pub use report::{
     AgentStats, AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
@@ -57,6 +57,8 @@ pub const CURRENT_FILES_PATH: &str = "/api/v1/files/current";
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.
 pub const BASELINES_PATH: &str = "/api/v1/baselines";
+/// `GET` the silences in force or to come; `POST` a new one (analyst).
+pub const SILENCES_PATH: &str = "/api/v1/silences";
 /// `GET`: process liveness, no authentication.
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// `GET`: the collector's counters in Prometheus text format, no authentication.

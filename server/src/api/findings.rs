@@ -1,16 +1,117 @@
-//! `GET /api/v1/findings?host=H&kind=K&status=S`.
+//! `GET /api/v1/findings?host=H&kind=K&status=S`, `POST /api/v1/findings/{id}/ack`, and the
+//! silences: `GET` and `POST /api/v1/silences`.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use hostwatch_proto::v1::{self as proto, FindingKind, FindingStatus};
 use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
 
-use super::ApiError;
 use super::hosts::resolve_host;
+use super::{ApiError, decode};
 use crate::auth::{Person, Role};
+use crate::model::{Silence, SilenceScope};
 use crate::state::AppState;
 use crate::store::FindingFilter;
+
+/// Longest note and reason kept.
+const MAX_NOTE_BYTES: usize = 4096;
+/// Longest silence: a maintenance window, not a way to mute a host for good.
+const MAX_SILENCE_SECS: u64 = 30 * 24 * 3600;
+
+/// Acknowledges a finding (analyst): it stays until its item goes (a state finding) or, for a
+/// file change, until the path changes again.
+pub async fn ack(
+    State(state): State<AppState>,
+    person: Person,
+    Path(id): Path<i64>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<proto::Finding>, ApiError> {
+    person.require(Role::Analyst)?;
+    let body = body.map_err(|r| ApiError::from_body("acknowledgement", MAX_NOTE_BYTES * 2, r))?;
+    let req: proto::Ack =
+        if body.is_empty() { proto::Ack::default() } else { decode(&state, "acknowledgement", &body)? };
+    let note = req.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
+        return Err(ApiError::bad_request(format!("note longer than {MAX_NOTE_BYTES} bytes")));
+    }
+    let now = OffsetDateTime::now_utc();
+    let actor = person.actor();
+    let f = state
+        .store
+        .acknowledge(id, &actor, note, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no finding with id {id}")))?;
+    if f.status == FindingStatus::Resolved {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            format!("finding {id} is resolved: there is nothing to acknowledge"),
+        ));
+    }
+    state.store.audit(&actor, "acknowledge", &format!("finding:{id}"), json!({ "note": note }), now).await?;
+    tracing::info!(finding = id, actor = %actor, "finding acknowledged");
+    Ok(Json(f.into()))
+}
+
+/// The silences in force or to come.
+pub async fn silences(
+    State(state): State<AppState>,
+    person: Person,
+) -> Result<Json<Vec<proto::Silence>>, ApiError> {
+    person.require(Role::Reader)?;
+    let list = state.store.silences(Some(OffsetDateTime::now_utc())).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// Creates a silence (analyst) from now for `seconds`.
+pub async fn silence(
+    State(state): State<AppState>,
+    person: Person,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<proto::Silence>, ApiError> {
+    person.require(Role::Analyst)?;
+    let body = body.map_err(|r| ApiError::from_body("silence", MAX_NOTE_BYTES * 4, r))?;
+    let req: proto::CreateSilence = decode(&state, "silence", &body)?;
+    let scope = match (&req.host, req.selector) {
+        (Some(h), None) => SilenceScope::Host(resolve_host(&state, h).await?),
+        (None, Some(sel)) if !sel.is_empty() => {
+            proto::check_tags("selector", &sel).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            SilenceScope::Selector(sel)
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of host and a non-empty selector")),
+    };
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.len() > MAX_NOTE_BYTES {
+        return Err(ApiError::bad_request(format!("a silence needs a reason (1 to {MAX_NOTE_BYTES} bytes)")));
+    }
+    if req.seconds == 0 || req.seconds > MAX_SILENCE_SECS {
+        return Err(ApiError::bad_request(format!(
+            "a silence lasts 1 s to {} days",
+            MAX_SILENCE_SECS / 86400
+        )));
+    }
+    let now = OffsetDateTime::now_utc();
+    let actor = person.actor();
+    let mut s = Silence {
+        id: 0,
+        scope,
+        starts_at: now,
+        ends_at: now + time::Duration::seconds(i64::try_from(req.seconds).unwrap_or(i64::MAX)),
+        reason: reason.to_owned(),
+        created_by: actor.clone(),
+    };
+    s.id = state.store.create_silence(&s).await?;
+    let out: proto::Silence = s.into();
+    state
+        .store
+        .audit(&actor, "create_silence", &format!("silence:{}", out.id), json!({ "silence": out }), now)
+        .await?;
+    tracing::info!(silence = out.id, actor = %actor, until = %hostwatch_proto::v1::timestamp::format(out.ends_at), "silence created");
+    Ok(Json(out))
+}
 
 #[derive(Debug, Deserialize)]
 pub struct FindingsQuery {

@@ -154,6 +154,8 @@ fn people() -> Router<AppState> {
         .route(proto::HOSTS_PATH, get(hosts::list))
         .route(&format!("{}/{{host}}", proto::HOSTS_PATH), get(hosts::detail))
         .route(proto::FINDINGS_PATH, get(findings::list))
+        .route(&format!("{}/{{id}}/ack", proto::FINDINGS_PATH), post(findings::ack))
+        .route(proto::SILENCES_PATH, get(findings::silences).post(findings::silence))
         .route(proto::PROCESSES_PATH, get(state::processes))
         .route(proto::LISTENERS_PATH, get(state::listeners))
         .route(proto::CONNECTIONS_PATH, get(state::connections))

@@ -123,6 +123,37 @@ enum Command {
     /// Manage baselines.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// Acknowledge a finding (analyst): a state finding stays acknowledged while its item
+    /// persists; a file change until the path changes again.
+    Ack {
+        id: i64,
+        /// Why it is fine, for whoever looks next.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Maintenance windows: findings are still recorded, marked silenced, and not alerted.
+    #[command(subcommand)]
+    Silence(SilenceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SilenceCommand {
+    /// Silence one host, or every host a selector picks, from now (analyst).
+    Create {
+        /// A host id or hostname.
+        #[arg(long, conflicts_with = "selector", required_unless_present = "selector")]
+        host: Option<String>,
+        /// Host tags, as k=v[,k=v].
+        #[arg(long)]
+        selector: Option<String>,
+        /// How long, as 30m or 2h.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The silences in force or to come.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +350,25 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             print(&d.connections, format)?;
             println!();
             print(&d.processes, format)
+        }
+        Command::Ack { id, note } => {
+            let f: proto::Finding =
+                client.post(&format!("{}/{id}/ack", proto::FINDINGS_PATH), &proto::Ack { note }).await?;
+            print(&[f], format)
+        }
+        Command::Silence(SilenceCommand::Create { host, selector, duration, reason }) => {
+            let selector = selector
+                .as_deref()
+                .map(hostwatch_agent::config::env::pairs)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--selector: {e}"))?;
+            let req = proto::CreateSilence { host, selector, seconds: duration.as_secs().max(1), reason };
+            let s: proto::Silence = client.post(proto::SILENCES_PATH, &req).await?;
+            print(&[s], format)
+        }
+        Command::Silence(SilenceCommand::List) => {
+            let list: Vec<proto::Silence> = client.get(proto::SILENCES_PATH, &[]).await?;
+            print(&list, format)
         }
         Command::Findings { host, kind, status } => {
             let q = query([("host", host), ("kind", kind), ("status", status)]);

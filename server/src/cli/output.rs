@@ -171,6 +171,27 @@ impl Tabular for proto::Host {
     }
 }
 
+impl Tabular for proto::Silence {
+    fn columns() -> Vec<&'static str> {
+        vec!["id", "host_id", "selector", "starts_at", "ends_at", "reason", "created_by"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        let selector = self
+            .selector
+            .as_ref()
+            .map(|s| s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+        vec![
+            self.id.to_string(),
+            self.host_id.map(|h| h.to_string()).unwrap_or_default(),
+            text(selector.as_deref().unwrap_or(""), style, 40),
+            when(Some(self.starts_at), style),
+            when(Some(self.ends_at), style),
+            text(&self.reason, style, 60),
+            text(&self.created_by, style, 30),
+        ]
+    }
+}
+
 impl Tabular for proto::Finding {
     fn columns() -> Vec<&'static str> {
         vec![

@@ -15,8 +15,8 @@ use hostwatch_proto::v1::{FindingKind, FindingStatus};
 use time::OffsetDateTime;
 
 use crate::model::{
-    Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, ProcessEvent, ReportRecord,
-    SocketEvent,
+    AlertEvent, Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, ProcessEvent,
+    ReportRecord, Silence, SocketEvent,
 };
 
 /// Why the store could not do what was asked.
@@ -161,6 +161,36 @@ pub trait Store: Send + Sync + 'static {
     /// Hosts running a process that has been above the high-CPU threshold since `before` or
     /// earlier.
     async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>>;
+
+    // ---- triage and alerts ----
+    /// Acknowledges an open (or acknowledged) finding with a note; the finding as it now is,
+    /// `None` if there is none with that id. A resolved finding is returned as it is.
+    async fn acknowledge(
+        &self,
+        id: i64,
+        actor: &str,
+        note: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Finding>>;
+    async fn create_silence(&self, silence: &Silence) -> Result<i64>;
+    /// Silences ending after `after` (every one, if `None`), newest first.
+    async fn silences(&self, after: Option<OffsetDateTime>) -> Result<Vec<Silence>>;
+    /// Takes or renews `holder`'s lease on sink `sink`'s place in the alert outbox until
+    /// `until`; the last event delivered, or `None` while another collector holds it. A new
+    /// sink starts at the end of the outbox.
+    async fn lease_alert_cursor(
+        &self,
+        sink: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<i64>>;
+    /// Records that `sink` delivered everything up to `last_id`, if `holder` still holds it.
+    async fn advance_alert_cursor(&self, sink: &str, holder: &str, last_id: i64) -> Result<bool>;
+    /// Outbox events after `after`, oldest first, at most `limit`.
+    async fn alert_events(&self, after: i64, limit: u32) -> Result<Vec<AlertEvent>>;
+    /// Deletes what every sink has delivered, then the oldest beyond `max`; (delivered, dropped).
+    async fn prune_alert_events(&self, max: u64) -> Result<(u64, u64)>;
 
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;

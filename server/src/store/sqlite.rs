@@ -18,12 +18,13 @@ use time::OffsetDateTime;
 
 use super::{BaselineRecord, FindingFilter, HistoryFilter, Result, Store, StoreError, TokenRecord};
 use crate::model::{
-    AgentInfo, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
-    ProcessEvent, ReportRecord, SocketEvent,
+    AgentInfo, AlertEvent, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
+    ProcessEvent, ReportRecord, Silence, SocketEvent,
 };
 
 mod files;
 mod state;
+mod triage;
 
 /// Schema migrations, applied in order; each runs once, in a transaction.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -36,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/sqlite/0007_files.sql")),
     (8, include_str!("migrations/sqlite/0008_files_metadata_only.sql")),
     (9, include_str!("migrations/sqlite/0009_process_rules.sql")),
+    (10, include_str!("migrations/sqlite/0010_triage_and_alerts.sql")),
 ];
 
 #[derive(Clone)]
@@ -199,23 +201,32 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
 }
 
 const FINDING_COLUMNS: &str = "f.id, f.host_id, h.hostname, f.kind, f.rule, f.severity, f.subject, f.detail, f.status, \
-     f.first_seen, f.last_seen, f.resolved_at";
+     f.first_seen, f.last_seen, f.resolved_at, f.silenced_by, f.acked_by, f.acked_at, f.ack_note";
 
 fn finding_from_row(r: &Row<'_>) -> Result<Finding> {
-    let rule: String = r.get(4)?;
+    finding_from_row_at(r, 0)
+}
+
+/// A finding from [`FINDING_COLUMNS`] starting at column `at`.
+fn finding_from_row_at(r: &Row<'_>, at: usize) -> Result<Finding> {
+    let rule: String = r.get(at + 4)?;
     Ok(Finding {
-        id: r.get(0)?,
-        host_id: r.get(1)?,
-        hostname: r.get(2)?,
-        kind: parse_enum::<FindingKind>(&r.get::<_, String>(3)?)?,
+        id: r.get(at)?,
+        host_id: r.get(at + 1)?,
+        hostname: r.get(at + 2)?,
+        kind: parse_enum::<FindingKind>(&r.get::<_, String>(at + 3)?)?,
         rule: (!rule.is_empty()).then_some(rule),
-        severity: parse_enum::<Severity>(&r.get::<_, String>(5)?)?,
-        subject: r.get(6)?,
-        detail: json(&r.get::<_, String>(7)?, "finding detail")?,
-        status: parse_enum::<FindingStatus>(&r.get::<_, String>(8)?)?,
-        first_seen: parse_ts(&r.get::<_, String>(9)?)?,
-        last_seen: parse_ts(&r.get::<_, String>(10)?)?,
-        resolved_at: opt_ts(r.get(11)?)?,
+        severity: parse_enum::<Severity>(&r.get::<_, String>(at + 5)?)?,
+        subject: r.get(at + 6)?,
+        detail: json(&r.get::<_, String>(at + 7)?, "finding detail")?,
+        status: parse_enum::<FindingStatus>(&r.get::<_, String>(at + 8)?)?,
+        first_seen: parse_ts(&r.get::<_, String>(at + 9)?)?,
+        last_seen: parse_ts(&r.get::<_, String>(at + 10)?)?,
+        resolved_at: opt_ts(r.get(at + 11)?)?,
+        silenced: r.get::<_, Option<i64>>(at + 12)?.is_some(),
+        acked_by: r.get(at + 13)?,
+        acked_at: opt_ts(r.get(at + 14)?)?,
+        ack_note: r.get(at + 15)?,
     })
 }
 
@@ -237,13 +248,24 @@ fn resolve_where(
         .collect::<rusqlite::Result<_>>()?;
     let mut changes = Vec::new();
     for (id, kind, subject) in open {
-        tx.execute(
-            "UPDATE findings SET status = 'resolved', resolved_at = ?1 WHERE id = ?2",
-            params![now, id],
-        )?;
-        changes.push(FindingChange::Resolved { id, kind: parse_enum(&kind)?, subject });
+        changes.push(resolve(tx, host_id, id, &kind, subject, now)?);
     }
     Ok(changes)
+}
+
+/// Resolves one finding and puts the resolution in the outbox.
+fn resolve(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    id: i64,
+    kind: &str,
+    subject: String,
+    now: &str,
+) -> Result<FindingChange> {
+    tx.execute("UPDATE findings SET status = 'resolved', resolved_at = ?1 WHERE id = ?2", params![now, id])?;
+    let silenced = triage::active_silence(tx, host_id, now)?.is_some();
+    triage::alert_event(tx, id, "resolved", silenced, now)?;
+    Ok(FindingChange::Resolved { id, kind: parse_enum(kind)?, subject })
 }
 
 /// Opens a finding for an observation, refreshes it if open or acknowledged, or reopens it if
@@ -266,16 +288,15 @@ fn upsert_finding(
     let detail = to_json(&o.detail);
     Ok(match existing {
         None => {
+            let silence = triage::active_silence(tx, host_id, now)?;
             tx.execute(
-                "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, opened_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7)",
-                params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now],
+                "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, \
+                 opened_at, silenced_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7, ?8)",
+                params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now, silence],
             )?;
-            Some(FindingChange::Opened {
-                id: tx.last_insert_rowid(),
-                kind: o.kind,
-                subject: o.subject.clone(),
-            })
+            let id = tx.last_insert_rowid();
+            triage::alert_event(tx, id, "opened", silence.is_some(), now)?;
+            Some(FindingChange::Opened { id, kind: o.kind, subject: o.subject.clone() })
         }
         // A file changed again reopens its finding, even an acknowledged one: the change that
         // was acknowledged is not this one.
@@ -283,11 +304,14 @@ fn upsert_finding(
             if status == FindingStatus::Resolved.as_str()
                 || (o.kind == FindingKind::FileChanged && status == FindingStatus::Acknowledged.as_str()) =>
         {
+            let silence = triage::active_silence(tx, host_id, now)?;
             tx.execute(
                 "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
-                 resolved_at = NULL, times_opened = times_opened + 1 WHERE id = ?4",
-                params![o.severity.as_str(), detail, now, id],
+                 resolved_at = NULL, times_opened = times_opened + 1, silenced_by = ?5, acked_by = NULL, \
+                 acked_at = NULL, ack_note = NULL WHERE id = ?4",
+                params![o.severity.as_str(), detail, now, id, silence],
             )?;
+            triage::alert_event(tx, id, "reopened", silence.is_some(), now)?;
             Some(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() })
         }
         Some((id, _)) => {
@@ -543,9 +567,8 @@ impl Store for SqliteStore {
             let gone = open.into_iter().filter(|(_, kind, rule, subject)| {
                 kinds.contains(kind.as_str()) && !seen.contains(&(kind.clone(), rule.clone(), subject.clone()))
             });
-            for (id, kind, _, subject) in gone {
-                tx.execute("UPDATE findings SET status = 'resolved', resolved_at = ?1 WHERE id = ?2", params![now_s, id])?;
-                changes.push(FindingChange::Resolved { id, kind: parse_enum(&kind)?, subject });
+                        for (id, kind, _, subject) in gone {
+                changes.push(resolve(tx, host_id, id, &kind, subject, &now_s)?);
             }
             Ok(changes)
         })
@@ -637,6 +660,50 @@ impl Store for SqliteStore {
             Ok(stmt.query_map([ts(before)], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
+    }
+
+    async fn acknowledge(
+        &self,
+        id: i64,
+        actor: &str,
+        note: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Finding>> {
+        let (actor, note) = (actor.to_owned(), note.map(str::to_owned));
+        self.tx(move |tx| triage::acknowledge(tx, id, &actor, note.as_deref(), now)).await
+    }
+
+    async fn create_silence(&self, silence: &Silence) -> Result<i64> {
+        let silence = silence.clone();
+        self.tx(move |tx| triage::create_silence(tx, &silence)).await
+    }
+
+    async fn silences(&self, after: Option<OffsetDateTime>) -> Result<Vec<Silence>> {
+        self.tx(move |tx| triage::silences(tx, after)).await
+    }
+
+    async fn lease_alert_cursor(
+        &self,
+        sink: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<i64>> {
+        let (sink, holder) = (sink.to_owned(), holder.to_owned());
+        self.tx(move |tx| triage::lease_cursor(tx, &sink, &holder, now, until)).await
+    }
+
+    async fn advance_alert_cursor(&self, sink: &str, holder: &str, last_id: i64) -> Result<bool> {
+        let (sink, holder) = (sink.to_owned(), holder.to_owned());
+        self.tx(move |tx| triage::advance_cursor(tx, &sink, &holder, last_id)).await
+    }
+
+    async fn alert_events(&self, after: i64, limit: u32) -> Result<Vec<AlertEvent>> {
+        self.tx(move |tx| triage::events_after(tx, after, limit)).await
+    }
+
+    async fn prune_alert_events(&self, max: u64) -> Result<(u64, u64)> {
+        self.tx(move |tx| triage::prune_events(tx, max)).await
     }
 
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
@@ -1123,6 +1190,55 @@ mod tests {
         assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
         assert!(s.retire_host(id, at(4)).await.unwrap().is_empty(), "once");
         assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
+    }
+
+    #[tokio::test]
+    async fn the_outbox_leases_silences_and_pruning() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let a = obs(FindingKind::SuspiciousProcess, "/tmp/x");
+        // A sink first seen starts at the end: nothing before it.
+        s.record_findings(id, std::slice::from_ref(&a), at(1)).await.unwrap();
+        assert_eq!(s.lease_alert_cursor("hook", "c1", at(2), at(60)).await.unwrap(), Some(1));
+        assert_eq!(s.lease_alert_cursor("hook", "c2", at(3), at(60)).await.unwrap(), None, "c1 holds it");
+        s.resolve_kind(id, FindingKind::SuspiciousProcess, at(4)).await.unwrap();
+        s.record_findings(id, std::slice::from_ref(&a), at(5)).await.unwrap();
+        let ev = s.alert_events(1, 10).await.unwrap();
+        let seen: Vec<(&str, bool)> = ev.iter().map(|e| (e.event.as_str(), e.silenced)).collect();
+        assert_eq!(seen, [("resolved", false), ("reopened", false)]);
+        assert!(!s.advance_alert_cursor("hook", "c2", ev[1].id).await.unwrap(), "only the holder moves it");
+        assert!(s.advance_alert_cursor("hook", "c1", ev[1].id).await.unwrap());
+        // Expired lease: another collector takes over where the first stopped.
+        assert_eq!(s.lease_alert_cursor("hook", "c2", at(61), at(120)).await.unwrap(), Some(ev[1].id));
+        // A silence by selector: what happens within it is marked.
+        let sil = Silence {
+            id: 0,
+            scope: crate::model::SilenceScope::Selector([("role".to_owned(), "web".to_owned())].into()),
+            starts_at: at(100),
+            ends_at: at(200),
+            reason: "patching".into(),
+            created_by: "t".into(),
+        };
+        s.create_silence(&sil).await.unwrap();
+        assert_eq!(s.silences(Some(at(150))).await.unwrap().len(), 1);
+        assert!(s.silences(Some(at(200))).await.unwrap().is_empty(), "ended");
+        s.resolve_kind(id, FindingKind::SuspiciousProcess, at(150)).await.unwrap();
+        let f = s.record_findings(id, std::slice::from_ref(&a), at(151)).await.unwrap();
+        assert!(matches!(f.as_slice(), [FindingChange::Reopened { .. }]));
+        let ev = s.alert_events(ev[1].id, 10).await.unwrap();
+        assert!(ev.iter().all(|e| e.silenced) && ev.len() == 2, "{ev:?}");
+        assert!(ev[1].finding.silenced);
+        // Pruning: what every cursor passed goes; then the bound.
+        let (delivered, dropped) = s.prune_alert_events(1).await.unwrap();
+        assert_eq!((delivered, dropped), (3, 1), "three delivered, one of the two left dropped");
+        assert_eq!(s.alert_events(0, 10).await.unwrap().len(), 1);
+        // Acknowledged with a note, and refused for a finding that is not there.
+        let acked = s.acknowledge(f[0].id(), "alice", Some("known"), at(160)).await.unwrap().unwrap();
+        assert_eq!(
+            (acked.status, acked.acked_by.as_deref(), acked.ack_note.as_deref()),
+            (FindingStatus::Acknowledged, Some("alice"), Some("known"))
+        );
+        assert!(s.acknowledge(9999, "alice", None, at(160)).await.unwrap().is_none());
     }
 
     #[tokio::test]

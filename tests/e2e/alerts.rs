@@ -1,0 +1,217 @@
+//! Alert sinks, silences and acknowledgement: a webhook receiver on loopback hears of each new
+//! finding exactly once, and again after it reopens; while the receiver is down nothing is lost;
+//! a finding that opens during a silence is recorded, marked silenced, and not sent; a file sink
+//! with `resolved = true` has every event as a JSON line.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hostwatch_proto::v1 as proto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A webhook receiver: keeps each JSON body POSTed to it; answers 503 while `down`.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    down: Arc<AtomicBool>,
+    refused: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (got, down, refused) =
+            (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(0)));
+        let (g, d, r) = (got.clone(), down.clone(), refused.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let (g, d, r) = (g.clone(), d.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Headers, then as many body bytes as Content-Length says.
+                    let body = loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break buf[end + 4..end + 4 + len].to_vec();
+                        }
+                    };
+                    let status = if d.load(Ordering::SeqCst) {
+                        *r.lock().unwrap() += 1;
+                        "503 Service Unavailable"
+                    } else {
+                        g.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        "200 OK"
+                    };
+                    let _ = sock
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        Receiver { port, got, down, refused }
+    }
+
+    /// The events received about `subject`: (event, finding id).
+    fn about(&self, subject: &str) -> Vec<(String, i64)> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p["finding"]["subject"] == subject)
+            .map(|p| {
+                (p["event"].as_str().unwrap_or_default().to_owned(), p["finding"]["id"].as_i64().unwrap_or(0))
+            })
+            .collect()
+    }
+}
+
+/// A copy of `/bin/sleep` run from `path` (a built-in rule's finding whatever the baseline).
+fn run_from(path: &std::path::Path) -> Guard {
+    Guard(std::process::Command::new(path).arg("600").spawn().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Receiver::start().await;
+    let jsonl = dir.path().join("alerts.jsonl");
+    let c = Collector::start(
+        dir.path(),
+        &format!(
+            "[[alerts]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook/secret-part\"\n\n\
+             [[alerts]]\ntype = \"file\"\npath = {:?}\nresolved = true\n",
+            hook.port,
+            jsonl.display().to_string()
+        ),
+    );
+    // Everything the machine runs is explained (other tests run beside this one): the findings
+    // here are the built-in rule's.
+    let role = unique("alerts");
+    let baseline = dir.path().join("all.toml");
+    std::fs::write(
+        &baseline,
+        format!(
+            "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
+             [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\
+             [[connect]]\nremote = [\"0.0.0.0/0\", \"::/0\"]\n"
+        ),
+    )
+    .unwrap();
+    let _: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", baseline.to_str().unwrap()]);
+    let _agent = start_agent(&c, dir.path(), &format!("role={role}"));
+    let host: proto::Host = wait_for("host online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+    })
+    .await;
+
+    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
+    let exe = shm.path().join(unique("alerted"));
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let subject = exe.to_str().unwrap().to_owned();
+    let open =
+        || c.findings(host.id, "suspicious_process", "open").into_iter().find(|f| f.subject == subject);
+
+    // Opens: heard once, and not again while it stays open (the agent keeps reporting).
+    let mut p = run_from(&exe);
+
+    wait_for("the opening delivered", WAIT, async || (!hook.about(&subject).is_empty()).then_some(())).await;
+    let id = open().expect("open finding").id;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(hook.about(&subject), [("opened".to_owned(), id)], "once while open");
+
+    // Resolves (the webhook does not ask for resolutions), then reopens while the receiver is
+    // down: delivered once it is back.
+    p.terminate(Duration::from_secs(5));
+    wait_for("resolved", WAIT, async || {
+        c.findings(host.id, "suspicious_process", "resolved").into_iter().find(|f| f.id == id)
+    })
+    .await;
+    hook.down.store(true, Ordering::SeqCst);
+    let mut p = run_from(&exe);
+    wait_for("reopened", WAIT, async || open()).await;
+    wait_for("the receiver refusing retries", WAIT, async || {
+        (*hook.refused.lock().unwrap() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(hook.about(&subject).len(), 1, "nothing got through while down");
+    hook.down.store(false, Ordering::SeqCst);
+    wait_for("the reopening delivered after the outage", WAIT, async || {
+        (hook.about(&subject).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(hook.about(&subject)[1], ("reopened".to_owned(), id));
+
+    // A silence: the finding resolves and reopens within it, recorded and marked, not sent.
+    let s: Vec<proto::Silence> = c.cli_json(&[
+        "silence",
+        "create",
+        "--host",
+        &host.id.to_string(),
+        "--for",
+        "10m",
+        "--reason",
+        "patching",
+    ]);
+    assert_eq!((s[0].host_id, s[0].reason.as_str()), (Some(host.id), "patching"));
+    let listed: Vec<proto::Silence> = c.cli_json(&["silence", "list"]);
+    assert!(listed.iter().any(|x| x.id == s[0].id));
+    p.terminate(Duration::from_secs(5));
+    wait_for("resolved again", WAIT, async || {
+        c.findings(host.id, "suspicious_process", "resolved").into_iter().find(|f| f.id == id)
+    })
+    .await;
+    let _p = run_from(&exe);
+    let silenced = wait_for("reopened in the silence", WAIT, async || open()).await;
+    assert!(silenced.silenced, "marked silenced: {silenced:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(hook.about(&subject).len(), 2, "a silenced reopening is not sent");
+
+    // Acknowledged with a note.
+    let acked: Vec<proto::Finding> = c.cli_json(&["ack", &id.to_string(), "--note", "our own test binary"]);
+    assert_eq!(
+        (acked[0].status, acked[0].ack_note.as_deref(), acked[0].acked_by.is_some()),
+        (proto::FindingStatus::Acknowledged, Some("our own test binary"), true)
+    );
+    let missing = c.cli(&["ack", "999999"]);
+    assert!(
+        !missing.status.success()
+            && String::from_utf8_lossy(&missing.stderr).contains("no finding with id 999999")
+    );
+
+    // The file sink asked for everything, resolutions too: opened, resolved, reopened; what
+    // happened within the silence (a resolution, a reopening) went to no sink.
+    let lines = std::fs::read_to_string(&jsonl).unwrap();
+    let events: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["finding"]["subject"] == subject.as_str())
+        .map(|v| v["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["opened", "resolved", "reopened"], "{lines}");
+    // The webhook's secret path is never logged.
+    assert!(!c.log().contains("secret-part"), "the hook's path leaked into the log");
+}
