@@ -68,7 +68,8 @@ impl DevLearner {
         let name = format!("dev-{slug}");
         let selector = BTreeMap::from([(DEV_TAG.0.to_owned(), DEV_TAG.1.to_owned())]);
         let now = OffsetDateTime::now_utc();
-        let text = learn::learn(&name, &selector, &host.facts.hostname, host_state, now);
+        let seen = [learn::Seen { hostname: host.facts.hostname.clone(), state: host_state.clone() }];
+        let text = learn::learn(&name, &selector, &seen, "as it ran at its first report", now);
         let path = self.dir.join(format!("{name}.toml"));
         if let Err(e) = std::fs::write(&path, &text) {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the learned baseline; it is in the store all the same");

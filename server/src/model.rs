@@ -119,6 +119,53 @@ pub struct HostState {
     pub connections: Vec<Connection>,
 }
 
+impl HostState {
+    /// Adds what `history` saw start or open that is not running now: the items of a window, for
+    /// learning.
+    pub fn add_history(&mut self, processes: &[ProcessEvent], sockets: &[SocketEvent]) {
+        for e in processes.iter().filter(|e| e.kind == "exec") {
+            let Some(name) = &e.name else { continue };
+            let mut p = Process::from(proto::Process::new(
+                e.pid,
+                e.ppid.unwrap_or(0),
+                name.clone(),
+                e.uid.unwrap_or(0),
+                e.start_time,
+            ));
+            p.exe.clone_from(&e.exe);
+            p.user.clone_from(&e.user);
+            p.cmdline.clone_from(&e.cmdline);
+            self.processes.push(p);
+        }
+        for e in sockets.iter().filter(|e| e.kind == "open") {
+            match (e.socket, e.remote) {
+                ("listener", _) => self.listeners.push(Listener {
+                    protocol: e.protocol,
+                    address: e.local.ip(),
+                    port: e.local.port(),
+                    pid: e.pid,
+                    process: e.process.clone(),
+                    exe: e.exe.clone(),
+                    uid: 0,
+                    netns: e.netns,
+                }),
+                ("connection", Some(remote)) => self.connections.push(Connection {
+                    protocol: e.protocol,
+                    local: e.local,
+                    remote,
+                    direction: e.direction.unwrap_or(Direction::Outbound),
+                    pid: e.pid,
+                    process: e.process.clone(),
+                    exe: e.exe.clone(),
+                    uid: 0,
+                    netns: e.netns,
+                }),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Host facts as the collector keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostFacts {

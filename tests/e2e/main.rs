@@ -10,6 +10,7 @@ mod cloud;
 mod collection;
 mod dev_mode;
 mod files;
+mod learn;
 mod lifecycle;
 mod namespaces;
 mod oracle;

@@ -134,6 +134,16 @@ pub struct BaselineSummary {
     pub warnings: Vec<String>,
 }
 
+/// Answer of `GET /api/v1/baselines/learn`: a baseline learned from hosts, for review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedBaseline {
+    pub name: String,
+    /// The hostnames it was learned from.
+    pub hosts: Vec<String>,
+    /// The TOML file.
+    pub source: String,
+}
+
 /// Body of `POST /api/v1/baselines`: the TOML source, and the file it came from for messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyBaseline {

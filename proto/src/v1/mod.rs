@@ -13,8 +13,8 @@ pub mod timestamp;
 mod validate;
 
 pub use api::{
-    ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, FileRecord, Host, HostDetail, HostStatus, Located,
-    ProcessEvent, SocketEvent,
+    ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, FileRecord, Host, HostDetail, HostStatus,
+    LearnedBaseline, Located, ProcessEvent, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
@@ -57,6 +57,8 @@ pub const CURRENT_FILES_PATH: &str = "/api/v1/files/current";
 pub const FINDINGS_PATH: &str = "/api/v1/findings";
 /// `GET`: [`BaselineSummary`] list; `POST` an [`ApplyBaseline`] (admin) to store or replace one.
 pub const BASELINES_PATH: &str = "/api/v1/baselines";
+/// `GET ?host=H|selector=k=v[,k=v]&since=DUR&name=N`: a baseline learned from what hosts ran.
+pub const LEARN_PATH: &str = "/api/v1/baselines/learn";
 /// `GET` the silences in force or to come; `POST` a new one (analyst).
 pub const SILENCES_PATH: &str = "/api/v1/silences";
 /// `GET`: process liveness, no authentication.

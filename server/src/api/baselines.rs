@@ -78,3 +78,98 @@ pub async fn apply(
         warnings: baseline::warnings(&parsed, file, now),
     }))
 }
+
+#[derive(Debug, serde::Deserialize)]
+pub struct LearnQuery {
+    /// One host, by id or hostname: the baseline selects its tags.
+    host: Option<String>,
+    /// Every host whose tags hold these (`k=v,k=v`): the baseline selects them.
+    selector: Option<String>,
+    /// Also what the hosts ran in this window before now (`24h`); default: only what runs now.
+    since: Option<String>,
+    /// The baseline's name; default `learned-` and the hostname or the selector's values.
+    name: Option<String>,
+}
+
+/// Events read from each host's history, at most, when learning over a window.
+const LEARN_HISTORY: u32 = 200_000;
+
+/// Learns a baseline from what the hosts run now (and, with `since`, ran in that window).
+pub async fn learn(
+    State(state): State<AppState>,
+    person: Person,
+    query: Result<axum::extract::Query<LearnQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<proto::LearnedBaseline>, ApiError> {
+    person.require(Role::Reader)?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (hosts, selector, default_name) = match (&q.host, &q.selector) {
+        (Some(h), None) => {
+            let id = super::hosts::resolve_host(&state, h).await?;
+            let host =
+                state.store.host(id).await?.ok_or_else(|| ApiError::not_found(format!("no host {h}")))?;
+            if host.facts.tags.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "host {h} has no tags for a baseline to select; learn with --selector instead"
+                )));
+            }
+            let name = format!("learned-{}", host.facts.hostname);
+            (vec![host.clone()], host.facts.tags, name)
+        }
+        (None, Some(sel)) => {
+            let sel = hostwatch_agent::config::env::pairs(sel)
+                .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?;
+            if sel.is_empty() {
+                return Err(ApiError::bad_request("selector: give at least one k=v"));
+            }
+            let hosts: Vec<_> = state
+                .store
+                .list_hosts()
+                .await?
+                .into_iter()
+                .filter(|h| h.retired_at.is_none() && sel.iter().all(|(k, v)| h.facts.tags.get(k) == Some(v)))
+                .collect();
+            if hosts.is_empty() {
+                return Err(ApiError::not_found("no host's tags hold that selector"));
+            }
+            let name = format!("learned-{}", sel.values().cloned().collect::<Vec<_>>().join("-"));
+            (hosts, sel, name)
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of host and selector")),
+    };
+    let now = OffsetDateTime::now_utc();
+    let since = match &q.since {
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
+            Some(
+                now - time::Duration::try_from(d)
+                    .map_err(|_| ApiError::bad_request(format!("since: {s:?} is too long")))?,
+            )
+        }
+        None => None,
+    };
+    let mut seen = Vec::new();
+    for h in &hosts {
+        let mut st = state.store.host_state(h.id).await?;
+        if let Some(since) = since {
+            let f = crate::store::HistoryFilter {
+                host_id: Some(h.id),
+                since: Some(since),
+                limit: LEARN_HISTORY,
+                ..Default::default()
+            };
+            st.add_history(&state.store.process_events(&f).await?, &state.store.socket_events(&f).await?);
+        }
+        seen.push(baseline::learn::Seen { hostname: h.facts.hostname.clone(), state: st });
+    }
+    let name = q.name.unwrap_or(default_name);
+    let window = match &q.since {
+        Some(s) => format!("over the {s} before then"),
+        None => "as they ran then".to_owned(),
+    };
+    let source = baseline::learn::learn(&name, &selector, &seen, &window, now);
+    // What is handed out must be what `baseline apply` takes.
+    baseline::parse(&name, &source)
+        .map_err(|e| ApiError::bad_request(format!("cannot learn a baseline named {name:?}: {e}")))?;
+    Ok(Json(proto::LearnedBaseline { name, hosts: seen.into_iter().map(|s| s.hostname).collect(), source }))
+}

@@ -156,6 +156,7 @@ fn people() -> Router<AppState> {
         .route(proto::FINDINGS_PATH, get(findings::list))
         .route(&format!("{}/{{id}}/ack", proto::FINDINGS_PATH), post(findings::ack))
         .route(proto::SILENCES_PATH, get(findings::silences).post(findings::silence))
+        .route(proto::LEARN_PATH, get(baselines::learn))
         .route(proto::PROCESSES_PATH, get(state::processes))
         .route(proto::LISTENERS_PATH, get(state::listeners))
         .route(proto::CONNECTIONS_PATH, get(state::connections))

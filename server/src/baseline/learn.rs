@@ -1,9 +1,13 @@
-//! Learning a baseline from what a host runs: a TOML file that explains all of its current state,
-//! generalised as a reviewer would write it (one rule per program, no pids).
+//! Learning a baseline from what hosts ran: a TOML file that explains all of it, generalised as
+//! a reviewer would write it (one rule per program rather than per process, no pids, no
+//! ephemeral ports, many peers as the network that holds them), each rule with a comment saying
+//! on how many of the hosts it was seen.
+//!
+//! Invariant: the learned baseline, applied to the hosts it was learned from, explains every
+//! process, listener and connection they were seen with (the tests check it by evaluation).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hostwatch_proto::v1::{Direction, Protocol};
@@ -12,58 +16,81 @@ use time::OffsetDateTime;
 
 use crate::model::HostState;
 
-/// Per program: the names it ran under and the users it ran as.
-type Programs<'a> = BTreeMap<(Option<&'a str>, Option<&'a str>), (BTreeSet<&'a str>, BTreeSet<String>)>;
-/// Per (protocol, port): the addresses bound and the owning process names.
-type Ports<'a> = BTreeMap<(Protocol, u16), (BTreeSet<String>, BTreeSet<Option<&'a str>>)>;
-/// Per (process, protocol, remote port): the peers connected to.
-type Outbound<'a> = BTreeMap<(Option<&'a str>, Protocol, u16), BTreeSet<IpAddr>>;
+/// What one host was seen with: its current state and what its history adds within the window.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub hostname: String,
+    pub state: HostState,
+}
+
+/// The hosts each rule was seen on, by index.
+type Hosts = BTreeSet<usize>;
+/// Per program (executable, or name where none): the names it ran under, its users, its hosts.
+type Programs<'a> =
+    BTreeMap<(Option<&'a str>, Option<&'a str>), (BTreeSet<&'a str>, BTreeSet<String>, Hosts)>;
+/// Per (protocol, port): the addresses bound, the owning process names, the hosts.
+type Ports<'a> = BTreeMap<(Protocol, u16), (BTreeSet<IpAddr>, BTreeSet<Option<&'a str>>, Hosts)>;
+/// Per (process, protocol, remote port): the peers connected to, the hosts.
+type Outbound<'a> = BTreeMap<(Option<&'a str>, Protocol, u16), (BTreeSet<IpAddr>, Hosts)>;
 
 /// A TOML string literal.
 fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// Writes a baseline named `name`, selecting `selector`, that explains every process and listener
-/// of `state`. Nothing in it is required: a learned baseline describes, a reviewer decides what
-/// must run.
+/// Writes a baseline named `name`, selecting `selector`, that explains everything `hosts` were
+/// seen with; `window` says over what time, for the header. Nothing in it is required: a
+/// learned baseline describes, a reviewer decides what must run.
 pub fn learn(
     name: &str,
     selector: &BTreeMap<String, String>,
-    hostname: &str,
-    state: &HostState,
+    hosts: &[Seen],
+    window: &str,
     now: OffsetDateTime,
 ) -> String {
     let mut out = String::new();
+    let names: Vec<&str> = hosts.iter().map(|h| h.hostname.as_str()).take(5).collect();
+    let more = hosts.len().saturating_sub(names.len());
     let _ = writeln!(
         out,
-        "# Learned by hostwatch from {hostname} at {}: everything it ran then.",
-        hostwatch_proto::v1::timestamp::format(now)
+        "# Learned by hostwatch at {} from {} host{} ({}{}), {window}.",
+        hostwatch_proto::v1::timestamp::format(now),
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() }
     );
-    let _ = writeln!(out, "# Review it: whatever ran at that moment is now expected.");
+    let _ =
+        writeln!(out, "# Review it: whatever ran then is now expected. Add `reason` to each rule you keep.");
     let _ = writeln!(out, "name = {}", q(name));
     let sel: Vec<String> = selector.iter().map(|(k, v)| format!("{} = {}", q(k), q(v))).collect();
     let _ = writeln!(out, "selector = {{ {} }}", sel.join(", "));
+    let seen = |h: &Hosts| {
+        format!("# seen on {} of {} host{}", h.len(), hosts.len(), if hosts.len() == 1 { "" } else { "s" })
+    };
 
     // One rule per executable (or per name where the executable is unknown).
     let mut programs: Programs = BTreeMap::new();
-    for p in &state.processes {
-        let key = match &p.exe {
-            Some(exe) => (Some(exe.as_str()), None),
-            None => (None, Some(p.name.as_str())),
-        };
-        let entry = programs.entry(key).or_default();
-        entry.0.insert(p.name.as_str());
-        entry.1.insert(p.user_or_uid());
+    for (i, h) in hosts.iter().enumerate() {
+        for p in &h.state.processes {
+            let key = match &p.exe {
+                Some(exe) => (Some(exe.as_str()), None),
+                None => (None, Some(p.name.as_str())),
+            };
+            let entry = programs.entry(key).or_default();
+            entry.0.insert(p.name.as_str());
+            entry.1.insert(p.user_or_uid());
+            entry.2.insert(i);
+        }
     }
-    for ((exe, name), (names, users)) in &programs {
+    for ((exe, name), (names, users, on)) in &programs {
         let name = match (name, names.len()) {
             (Some(n), _) => globset::escape(n),
             (None, 1) => names.iter().next().map(|n| globset::escape(n)).unwrap_or_else(|| "*".to_owned()),
             // The same executable under several names (argv[0] tricks, renamed workers).
             _ => "*".to_owned(),
         };
-        let _ = writeln!(out, "\n[[process]]\nname = {}", q(&name));
+        let _ = writeln!(out, "\n{}\n[[process]]\nname = {}", seen(on), q(&name));
         if let Some(exe) = exe {
             let _ = writeln!(out, "exe = {}", q(&globset::escape(exe)));
         }
@@ -73,30 +100,37 @@ pub fn learn(
 
     // One rule per (protocol, port), with the addresses and owner seen.
     let mut ports: Ports = BTreeMap::new();
-    for l in &state.listeners {
-        let entry = ports.entry((l.protocol, l.port)).or_default();
-        entry.0.insert(l.address.to_string());
-        entry.1.insert(l.process.as_deref());
+    for (i, h) in hosts.iter().enumerate() {
+        for l in &h.state.listeners {
+            let entry = ports.entry((l.protocol, l.port)).or_default();
+            entry.0.insert(l.address);
+            entry.1.insert(l.process.as_deref());
+            entry.2.insert(i);
+        }
     }
-    for ((protocol, port), (addresses, owners)) in &ports {
-        let _ = writeln!(out, "\n[[listen]]\nprotocol = {}\nport = {port}", q(protocol.as_str()));
-        let addresses: Vec<String> = addresses.iter().map(|a| q(a)).collect();
+    for ((protocol, port), (addresses, owners, on)) in &ports {
+        let _ =
+            writeln!(out, "\n{}\n[[listen]]\nprotocol = {}\nport = {port}", seen(on), q(protocol.as_str()));
+        let addresses: Vec<String> = addresses.iter().map(|a| q(&a.to_string())).collect();
         let _ = writeln!(out, "address = [{}]", addresses.join(", "));
         if let [Some(owner)] = owners.iter().collect::<Vec<_>>().as_slice() {
             let _ = writeln!(out, "process = {}", q(&globset::escape(owner)));
         }
     }
 
-    // One rule per (program, protocol, service port) this host connected out to; the peers
-    // listed, or the one network that holds them all where there are many (a fleet of replicas,
-    // an object store).
+    // One rule per (program, protocol, service port) connected out to. Inbound connections are
+    // explained by the listeners above.
     let mut outbound: Outbound = BTreeMap::new();
-    for c in state.connections.iter().filter(|c| c.direction == Direction::Outbound) {
-        let peers = outbound.entry((c.process.as_deref(), c.protocol, c.remote.port())).or_default();
-        peers.insert(c.remote.ip().to_canonical());
+    for (i, h) in hosts.iter().enumerate() {
+        for c in h.state.connections.iter().filter(|c| c.direction == Direction::Outbound) {
+            let entry = outbound.entry((c.process.as_deref(), c.protocol, c.remote.port())).or_default();
+            entry.0.insert(c.remote.ip().to_canonical());
+            entry.1.insert(i);
+        }
     }
-    for ((process, protocol, port), peers) in &outbound {
-        let _ = writeln!(out, "\n[[connect]]\nprotocol = {}\nport = {port}", q(protocol.as_str()));
+    for ((process, protocol, port), (peers, on)) in &outbound {
+        let _ =
+            writeln!(out, "\n{}\n[[connect]]\nprotocol = {}\nport = {port}", seen(on), q(protocol.as_str()));
         let remotes: Vec<String> = generalise(peers).iter().map(|n| q(&n.to_string())).collect();
         let _ = writeln!(out, "remote = [{}]", remotes.join(", "));
         if let Some(p) = process {
@@ -110,14 +144,23 @@ pub fn learn(
 /// More peers than this for one program and port are written as the network that holds them.
 const MAX_LISTED_PEERS: usize = 8;
 
-/// Peers as a reviewer would write them: each address, or where there are many, per address
-/// family the smallest network that holds them all.
+/// Peers as a reviewer would write them: this host's loopback as a whole (its services move
+/// ports and addresses within it), the rest each by address, or, where there are many, per
+/// address family the smallest network that holds them all.
 fn generalise(peers: &BTreeSet<IpAddr>) -> Vec<IpNet> {
-    if peers.len() <= MAX_LISTED_PEERS {
-        return peers.iter().map(|ip| IpNet::from(*ip)).collect();
+    let mut out: Vec<IpNet> = Vec::new();
+    if peers.iter().any(|ip| matches!(ip, IpAddr::V4(a) if a.is_loopback())) {
+        out.extend(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).ok().map(IpNet::V4));
     }
-    let mut out = Vec::new();
-    let v4: Vec<u32> = peers
+    if peers.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+        out.push(IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    }
+    let others: Vec<&IpAddr> = peers.iter().filter(|ip| !ip.is_loopback()).collect();
+    if others.len() <= MAX_LISTED_PEERS {
+        out.extend(others.iter().map(|ip| IpNet::from(**ip)));
+        return out;
+    }
+    let v4: Vec<u32> = others
         .iter()
         .filter_map(|ip| match ip {
             IpAddr::V4(a) => Some(u32::from(*a)),
@@ -128,7 +171,7 @@ fn generalise(peers: &BTreeSet<IpAddr>) -> Vec<IpNet> {
         let len = (first ^ last).leading_zeros() as u8;
         out.extend(Ipv4Net::new(Ipv4Addr::from(*first), len).ok().map(|n| IpNet::V4(n.trunc())));
     }
-    let v6: Vec<u128> = peers
+    let v6: Vec<u128> = others
         .iter()
         .filter_map(|ip| match ip {
             IpAddr::V6(a) => Some(u128::from(*a)),

@@ -210,6 +210,22 @@ enum BaselineCommand {
     Apply { file: PathBuf },
     /// List the collector's baselines.
     List,
+    /// Print (TOML on stdout) a baseline that explains what the hosts run, learned by the
+    /// collector: review it, then `baseline apply` it.
+    Learn {
+        /// One host (id or hostname): the baseline selects its tags.
+        #[arg(long, conflicts_with = "selector", required_unless_present = "selector")]
+        host: Option<String>,
+        /// Every host whose tags hold these, as k=v[,k=v].
+        #[arg(long)]
+        selector: Option<String>,
+        /// Also what they ran in this window, as 24h or 7d; default: what runs now.
+        #[arg(long)]
+        since: Option<String>,
+        /// The baseline's name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Check baseline files without a collector: syntax, rules, and includes among the files of
     /// their directories.
     Lint {
@@ -445,6 +461,15 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 eprintln!("{w}");
             }
             print(&[applied], format)
+        }
+        Command::Baseline(BaselineCommand::Learn { host, selector, since, name }) => {
+            let q = query([("host", host), ("selector", selector), ("since", since), ("name", name)]);
+            let learned: proto::LearnedBaseline = client.get(proto::LEARN_PATH, &q).await?;
+            // Hostnames come from agents: quoted, so none can write to the terminal.
+            let hosts: Vec<String> = learned.hosts.iter().map(|h| format!("{h:?}")).collect();
+            eprintln!("learned {:?} from {} host(s): {}", learned.name, hosts.len(), hosts.join(", "));
+            print!("{}", learned.source);
+            Ok(())
         }
         Command::Baseline(BaselineCommand::Lint { .. }) | Command::Serve(_) => bail!("not a client command"),
     }

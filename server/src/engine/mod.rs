@@ -750,7 +750,8 @@ address = "127.0.0.1"
                 .collect(),
         };
         let sel: BTreeMap<String, String> = [("role".to_owned(), "dev".to_owned())].into();
-        let text = learn("dev-box", &sel, "box", &state, OffsetDateTime::UNIX_EPOCH);
+        let seen = [crate::baseline::learn::Seen { hostname: "box".into(), state: state.clone() }];
+        let text = learn("dev-box", &sel, &seen, "now", OffsetDateTime::UNIX_EPOCH);
         let b = parse("learned.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(b.selector.as_ref().unwrap()["role"], "dev");
         let set = BaselineSet::new([b]);
@@ -1086,5 +1087,40 @@ change = "allow"
             (obs[0].subject.as_str(), obs[0].rule.as_deref()),
             ("/etc/cron.d/backup", Some("persistence"))
         );
+    }
+
+    #[test]
+    fn a_baseline_learned_from_several_hosts_explains_each_and_counts_them() {
+        use crate::baseline::learn::Seen;
+        let host = |n: u32, extra: Option<Process>| {
+            let mut processes = vec![proc(1, "nginx", Some("/usr/sbin/nginx"), "root")];
+            processes.extend(extra);
+            Seen {
+                hostname: format!("web-{n}"),
+                state: HostState {
+                    processes,
+                    listeners: vec![listener(Protocol::Tcp, "0.0.0.0", 443, Some("nginx"))],
+                    connections: vec![conn(
+                        Direction::Outbound,
+                        "10.0.0.2:40000",
+                        &format!("10.0.9.{n}:5432"),
+                        1,
+                        "nginx",
+                    )],
+                },
+            }
+        };
+        let hosts =
+            [host(1, None), host(2, Some(proc(7, "cron", Some("/usr/sbin/cron"), "root"))), host(3, None)];
+        let sel: BTreeMap<String, String> = [("role".to_owned(), "web".to_owned())].into();
+        let text = learn("web", &sel, &hosts, "over the 24h before then", OffsetDateTime::UNIX_EPOCH);
+        assert!(text.contains("# seen on 3 of 3 hosts\n[[process]]\nname = \"nginx\""), "{text}");
+        assert!(text.contains("# seen on 1 of 3 hosts\n[[process]]\nname = \"cron\""), "{text}");
+        assert!(text.contains("from 3 hosts (web-1, web-2, web-3), over the 24h before then"), "{text}");
+        let b = parse("learned.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let w = BaselineSet::new([b]).workload("web").unwrap();
+        for h in &hosts {
+            assert_eq!(ev(&h.state, &sel, Target::Workload(&w)), vec![], "{}: {text}", h.hostname);
+        }
     }
 }

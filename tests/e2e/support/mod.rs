@@ -84,6 +84,51 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut()
     }
 }
 
+/// Tests share this machine: every collector holds a shared turn for its life; a test that needs
+/// the machine to itself (nothing else starting processes or sockets, as learning a baseline
+/// from it and expecting zero findings does) takes the whole of it. A shared turn waits only
+/// for a test that is alone; the one that wants to be alone waits for every shared turn to end
+/// (at worst until the other tests are done). No test waits on itself, so none deadlocks.
+static MACHINE: (Mutex<(usize, bool)>, std::sync::Condvar) =
+    (Mutex::new((0, false)), std::sync::Condvar::new());
+
+/// A test's turn on the machine, given back when dropped.
+struct Turn {
+    alone: bool,
+}
+
+impl Turn {
+    fn take(alone: bool) -> Turn {
+        let (lock, cv) = &MACHINE;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if alone {
+            while s.0 > 0 || s.1 {
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.1 = true;
+        } else {
+            while s.1 {
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.0 += 1;
+        }
+        Turn { alone }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let (lock, cv) = &MACHINE;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.alone {
+            s.1 = false;
+        } else {
+            s.0 -= 1;
+        }
+        cv.notify_all();
+    }
+}
+
 /// A collector started from `hostwatch serve --config`, on a free loopback port.
 pub struct Collector {
     pub process: Guard,
@@ -94,9 +139,18 @@ pub struct Collector {
     pub enroll_secret_file: PathBuf,
     pub stderr: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    // Dropped last: the collector and what the test started are gone first.
+    _turn: Turn,
 }
 
 impl Collector {
+    /// Starts a collector, once no other test's collector runs, and keeps every other test from
+    /// starting one until it is dropped.
+    pub fn start_alone(dir: &Path, extra: &str) -> Collector {
+        let turn = Turn::take(true);
+        Self::start_with(dir, extra, "127.0.0.1:0", turn)
+    }
+
     /// Starts a collector whose data lives in `dir/server`; `extra` is appended to server.toml.
     pub fn start(dir: &Path, extra: &str) -> Collector {
         Self::start_on(dir, extra, 0)
@@ -109,6 +163,11 @@ impl Collector {
 
     /// The same, listening on `addr`.
     pub fn start_at(dir: &Path, extra: &str, addr: &str) -> Collector {
+        let turn = Turn::take(false);
+        Self::start_with(dir, extra, addr, turn)
+    }
+
+    fn start_with(dir: &Path, extra: &str, addr: &str, turn: Turn) -> Collector {
         let data_dir = dir.join("server");
         let config = dir.join("server.toml");
         std::fs::write(
@@ -162,6 +221,7 @@ impl Collector {
             admin_token,
             stderr: lines,
             http: reqwest::Client::new(),
+            _turn: turn,
         }
     }
 
