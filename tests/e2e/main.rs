@@ -19,3 +19,4 @@ mod protocol;
 mod rules;
 mod skeleton;
 mod support;
+mod workloads;
