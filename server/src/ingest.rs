@@ -112,7 +112,14 @@ pub async fn evaluate(
         .and_then(serde_json::Value::as_u64)
         .and_then(|p| u32::try_from(p).ok());
     let cx = engine::Context { tags: &host.facts.tags, now, agent_pid };
-    let observed = engine::evaluate(host_state, target, cx);
+    let mut observed = engine::evaluate(host_state, target, cx);
+    if let Target::Workload(w) = target
+        && w.peers.enabled
+    {
+        let counts = state.peer_counts(&w.name).await?;
+        let rare = engine::outliers(host_state, w, &counts, &observed);
+        observed.extend(rare);
+    }
     let mut changes = state
         .store
         .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), now)

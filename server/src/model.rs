@@ -5,7 +5,7 @@
 //! version. The vocabulary enums (protocol, finding kind, severity, status) are the contract's own
 //! stable names and are shared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use hostwatch_proto::v1 as proto;
@@ -163,6 +163,28 @@ impl HostState {
                 _ => {}
             }
         }
+    }
+}
+
+/// How many hosts of one workload have each item: what tells an outlier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Hosts in the workload (not retired).
+    pub hosts: u64,
+    /// By process subject (executable, else name).
+    pub processes: HashMap<String, u64>,
+    /// By (protocol, port).
+    pub listeners: HashMap<(Protocol, u16), u64>,
+    /// Outbound, by [`Connection::peer_key`].
+    pub connections: HashMap<String, u64>,
+}
+
+impl Connection {
+    /// What an outbound connection is across peers: its program and the service's protocol and
+    /// port, `tcp/*:5432 by /usr/bin/app` (each peer talks to its own replicas).
+    pub fn peer_key(&self) -> String {
+        let by = self.exe.as_deref().or(self.process.as_deref()).unwrap_or("?");
+        format!("{}/*:{} by {by}", self.protocol, self.remote.port())
     }
 }
 

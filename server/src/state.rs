@@ -9,6 +9,10 @@ use std::collections::HashMap;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
 use crate::baseline::BaselineSet;
+use crate::model::PeerCounts;
+
+/// How long peer counts are reused.
+pub const PEER_COUNTS_TTL: Duration = Duration::from_secs(60);
 use crate::dev::DevLearner;
 use crate::store::Store;
 
@@ -27,6 +31,10 @@ pub struct Inner {
     pub counters: Counters,
     /// Reports being read and processed; the bound on the memory agents can make us use.
     pub report_permits: Arc<Semaphore>,
+    /// Per workload, how many hosts have each item, and when that was counted: outliers are
+    /// judged against counts at most [`PEER_COUNTS_TTL`] old (a fleet's makeup moves slowly;
+    /// counting it for every report would cost the whole fleet each time).
+    peers: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<PeerCounts>)>>,
     /// One lock per host: recording a report and explaining it, or re-explaining after a baseline
     /// change, run one at a time per host, so an older view never overwrites a newer verdict.
     /// (Several collectors on one store will need the store's own row lock for this.)
@@ -70,7 +78,23 @@ impl AppState {
             counters: Counters::default(),
             report_permits,
             host_locks: std::sync::Mutex::new(HashMap::new()),
+            peers: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The peer counts of `workload`, from the cache while fresh.
+    pub async fn peer_counts(&self, workload: &str) -> Result<Arc<PeerCounts>, crate::store::StoreError> {
+        let cached = {
+            let cache = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache.get(workload).filter(|(at, _)| at.elapsed() < PEER_COUNTS_TTL).map(|(_, c)| c.clone())
+        };
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let counts = Arc::new(self.store.peer_counts(workload).await?);
+        let mut cache = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.insert(workload.to_owned(), (std::time::Instant::now(), counts.clone()));
+        Ok(counts)
     }
 
     /// Waits for this host's turn (see `host_locks`).

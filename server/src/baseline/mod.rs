@@ -180,6 +180,19 @@ impl ConnectRule {
     }
 }
 
+/// `[peers]`: in a workload of at least `min_hosts` hosts, an item found on fewer than
+/// `rare_below_percent` of them is an outlier finding (unless another finding covers it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerSettings {
+    pub enabled: bool,
+    pub min_hosts: u32,
+    pub rare_below_percent: f64,
+}
+
+impl PeerSettings {
+    pub const DEFAULT: PeerSettings = PeerSettings { enabled: true, min_hosts: 10, rare_below_percent: 5.0 };
+}
+
 /// `[[builtin]]`: a built-in rule turned off for the workload (with a reason) or re-graded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltinSetting {
@@ -244,6 +257,8 @@ pub struct Baseline {
     pub builtins: Vec<BuiltinSetting>,
     /// `[severity]`: a kind's severity for this workload.
     pub severity: BTreeMap<FindingKind, Severity>,
+    /// `[peers]`: when a rare item is an outlier; `None` leaves it to the includes, then the default.
+    pub peers: Option<PeerSettings>,
     /// `package_changes`: whether a change a package made is allowed (kept as info); `None`
     /// leaves it to the baselines included, then to the default (allowed).
     pub package_changes: Option<bool>,
@@ -292,6 +307,8 @@ pub struct Workload {
     pub builtins: BTreeMap<String, BuiltinSetting>,
     /// Severity per kind: the workload's own baseline first, then its includes.
     pub severity: BTreeMap<FindingKind, Severity>,
+    /// The workload's own `[peers]`, else the first included one's, else the default.
+    pub peers: PeerSettings,
     /// Whether package-made changes are allowed (kept as info): the workload's own baseline
     /// decides, else the first included one that says, else yes.
     pub package_changes: bool,
@@ -308,6 +325,7 @@ impl Workload {
             connects: Vec::new(),
             builtins: BTreeMap::new(),
             severity: BTreeMap::new(),
+            peers: PeerSettings::DEFAULT,
             package_changes: true,
         }
     }
@@ -375,7 +393,17 @@ impl BaselineSet {
         let mut package_changes = None;
         self.collect(name, &mut w, &mut done, &mut path, &mut package_changes)?;
         w.package_changes = package_changes.unwrap_or(true);
+        // The same order as package_changes: own first, then includes depth first.
+        w.peers = self.peers_of(name, &mut BTreeSet::new()).unwrap_or(PeerSettings::DEFAULT);
         Ok(w)
+    }
+
+    fn peers_of(&self, name: &str, seen: &mut BTreeSet<String>) -> Option<PeerSettings> {
+        if !seen.insert(name.to_owned()) {
+            return None;
+        }
+        let b = self.baselines.get(name)?;
+        b.peers.or_else(|| b.include.iter().find_map(|i| self.peers_of(i, seen)))
     }
 
     fn collect(

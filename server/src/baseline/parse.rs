@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use super::{
-    Baseline, BuiltinSetting, ConnectRule, FileRule, ListenRule, Pattern, ProcessRule, RuleOrigin, Until,
+    Baseline, BuiltinSetting, ConnectRule, FileRule, ListenRule, Pattern, PeerSettings, ProcessRule,
+    RuleOrigin, Until,
 };
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +45,9 @@ struct RawBaseline {
     /// Severity per finding kind, for this workload.
     #[serde(default)]
     severity: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// When an item rare among the workload's hosts is an outlier.
+    #[serde(default)]
+    peers: Option<Spanned<RawPeers>>,
     /// `allow` (the default: a change whose content a package installed is kept as an info
     /// finding) or `deny` (it is a finding like any other).
     #[serde(default)]
@@ -93,6 +97,17 @@ struct RawBuiltin {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeers {
+    #[serde(default)]
+    min_hosts: Option<u32>,
+    #[serde(default)]
+    rare_below_percent: Option<f64>,
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 /// `until`: a TOML date or date-time (`until = 2026-12-31`), or the same as a string.
@@ -456,6 +471,25 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         builtins.push(BuiltinSetting { rule: rule.clone(), enabled: b.enabled, severity, reason: b.reason });
     }
 
+    let peers = match raw.peers {
+        Some(p) => {
+            let span = p.span();
+            let p = p.into_inner();
+            if p.min_hosts.is_some_and(|n| n < 2) {
+                return Err(err(span, "peers.min_hosts must be at least 2".to_owned()));
+            }
+            if p.rare_below_percent.is_some_and(|r| !(r > 0.0 && r < 100.0)) {
+                return Err(err(span, "peers.rare_below_percent must be above 0 and below 100".to_owned()));
+            }
+            Some(PeerSettings {
+                enabled: p.enabled.unwrap_or(true),
+                min_hosts: p.min_hosts.unwrap_or(PeerSettings::DEFAULT.min_hosts),
+                rare_below_percent: p.rare_below_percent.unwrap_or(PeerSettings::DEFAULT.rare_below_percent),
+            })
+        }
+        None => None,
+    };
+
     let mut severity = BTreeMap::new();
     for (k, v) in raw.severity {
         let kind = k.get_ref().parse::<FindingKind>().map_err(|e| err(k.span(), e.to_string()))?;
@@ -488,6 +522,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         connects,
         builtins,
         severity,
+        peers,
         package_changes,
         warnings,
     })

@@ -14,7 +14,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::baseline::{Workload, active};
-use crate::model::{Connection, HostState, Listener, Observation, Process};
+use crate::model::{Connection, HostState, Listener, Observation, PeerCounts, Process};
 
 /// What a host is held to.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,7 @@ pub const STATE_KINDS: &[FindingKind] = &[
     FindingKind::MissingListener,
     FindingKind::UnexpectedConnection,
     FindingKind::SuspiciousProcess,
+    FindingKind::Outlier,
     FindingKind::NoBaseline,
     FindingKind::AmbiguousWorkload,
 ];
@@ -245,6 +246,59 @@ pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<O
         o.severity = severity_of(workload, o.kind);
     }
     obs
+}
+
+/// Items of `state` rare among the workload's peers (`counts`, which include this host): an
+/// outlier finding each, unless an observation of this evaluation (`covered`) is already about
+/// the item. Nothing in a workload smaller than `[peers] min_hosts`.
+pub fn outliers(
+    state: &HostState,
+    w: &Workload,
+    counts: &PeerCounts,
+    covered: &[Observation],
+) -> Vec<Observation> {
+    let p = w.peers;
+    if !p.enabled || counts.hosts < u64::from(p.min_hosts) {
+        return Vec::new();
+    }
+    let rare = |n: u64| (n as f64) * 100.0 < p.rare_below_percent * counts.hosts as f64;
+    let taken: std::collections::HashSet<&str> = covered.iter().map(|o| o.subject.as_str()).collect();
+    let mut out = Observations::default();
+    let mut add = |what: &str, subject: String, n: u64| {
+        out.add(
+            FindingKind::Outlier,
+            subject,
+            json!({
+                "item": what,
+                "peers_with_it": n,
+                "peers": counts.hosts,
+                "percent": (n as f64) * 100.0 / counts.hosts as f64,
+                "rare_below_percent": p.rare_below_percent,
+            }),
+        )
+    };
+    for proc_ in &state.processes {
+        let s = proc_.subject();
+        let n = counts.processes.get(s).copied().unwrap_or(1);
+        if rare(n) && !taken.contains(s) {
+            add("process", s.to_owned(), n);
+        }
+    }
+    for l in &state.listeners {
+        let n = counts.listeners.get(&(l.protocol, l.port)).copied().unwrap_or(1);
+        let s = l.subject();
+        if rare(n) && !taken.contains(s.as_str()) {
+            add("listener", s, n);
+        }
+    }
+    for c in state.connections.iter().filter(|c| c.direction == Direction::Outbound) {
+        let key = c.peer_key();
+        let n = counts.connections.get(&key).copied().unwrap_or(1);
+        if rare(n) && !taken.contains(c.subject().as_str()) {
+            add("connection", key, n);
+        }
+    }
+    out.0.into_values().collect()
 }
 
 /// The names of the parents of `state`'s processes, by pid.
@@ -1122,5 +1176,56 @@ change = "allow"
         for h in &hosts {
             assert_eq!(ev(&h.state, &sel, Target::Workload(&w)), vec![], "{}: {text}", h.hostname);
         }
+    }
+
+    #[test]
+    fn rare_items_among_peers_are_outliers_unless_another_finding_covers_them() {
+        let w = workload(
+            &[
+                "name = \"fleet\"\nselector = {}\n[[process]]\nname = \"*\"\n[[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[connect]]\nremote = \"0.0.0.0/0\"\nport = \"1-65535\"\n",
+            ],
+            "fleet",
+        );
+        let state = HostState {
+            processes: vec![
+                proc(1, "nginx", Some("/usr/sbin/nginx"), "root"),
+                proc(2, "odd", Some("/opt/odd/odd"), "root"),
+                proc(3, "x", Some("/tmp/x"), "root"),
+            ],
+            listeners: vec![
+                listener(Protocol::Tcp, "0.0.0.0", 443, Some("nginx")),
+                listener(Protocol::Tcp, "0.0.0.0", 6667, Some("odd")),
+            ],
+            connections: vec![conn(Direction::Outbound, "10.0.0.2:40000", "10.9.9.9:5432", 1, "nginx")],
+        };
+        let mut counts = PeerCounts { hosts: 40, ..Default::default() };
+        counts.processes.insert("/usr/sbin/nginx".into(), 40);
+        counts.processes.insert("/opt/odd/odd".into(), 1);
+        counts.processes.insert("/tmp/x".into(), 1);
+        counts.listeners.insert((Protocol::Tcp, 443), 40);
+        counts.listeners.insert((Protocol::Tcp, 6667), 1);
+        counts.connections.insert("tcp/*:5432 by /usr/bin/nginx".into(), 2);
+        let tags = BTreeMap::new();
+        let covered = ev(&state, &tags, Target::Workload(&w));
+        let got = outliers(&state, &w, &counts, &covered);
+        assert_eq!(
+            kinds(&got),
+            [(FindingKind::Outlier, "/opt/odd/odd"), (FindingKind::Outlier, "tcp/0.0.0.0:6667")],
+            "/tmp/x has its own finding (exe-in-temp); the connection is on 2 of 40 hosts, 5%: not fewer"
+        );
+        let mut one = counts.clone();
+        one.connections.insert("tcp/*:5432 by /usr/bin/nginx".into(), 1);
+        assert!(
+            kinds(&outliers(&state, &w, &one, &covered))
+                .contains(&(FindingKind::Outlier, "tcp/*:5432 by /usr/bin/nginx"))
+        );
+        assert_eq!(got[0].detail["peers_with_it"], 1);
+        assert_eq!(got[0].severity, Severity::Low);
+        // 2 of 40 is not rare; 1 of 40 is.
+        assert!(!got.iter().any(|o| o.subject.contains("nginx") && o.detail["item"] == "process"));
+        // A small workload has no peers to speak of.
+        assert!(outliers(&state, &w, &PeerCounts { hosts: 9, ..counts.clone() }, &covered).is_empty());
+        let off = workload(&["name = \"f\"\nselector = {}\n[peers]\nenabled = false\n"], "f");
+        assert!(outliers(&state, &off, &counts, &[]).is_empty());
     }
 }

@@ -15,8 +15,8 @@ use hostwatch_proto::v1::{FindingKind, FindingStatus};
 use time::OffsetDateTime;
 
 use crate::model::{
-    AlertEvent, Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, ProcessEvent,
-    ReportRecord, Silence, SocketEvent,
+    AlertEvent, Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, PeerCounts,
+    ProcessEvent, ReportRecord, Silence, SocketEvent,
 };
 
 /// Why the store could not do what was asked.
@@ -161,6 +161,9 @@ pub trait Store: Send + Sync + 'static {
     /// Hosts running a process that has been above the high-CPU threshold since `before` or
     /// earlier.
     async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>>;
+
+    /// How many hosts of `workload` have each process, listener and outbound connection.
+    async fn peer_counts(&self, workload: &str) -> Result<PeerCounts>;
 
     // ---- triage and alerts ----
     /// Acknowledges an open (or acknowledged) finding with a note; the finding as it now is,

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::{BaselineRecord, FindingFilter, HistoryFilter, Result, Store, StoreError, TokenRecord};
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
-    ProcessEvent, ReportRecord, Silence, SocketEvent,
+    PeerCounts, ProcessEvent, ReportRecord, Silence, SocketEvent,
 };
 
 mod files;
@@ -706,6 +706,11 @@ impl Store for SqliteStore {
         self.tx(move |tx| triage::prune_events(tx, max)).await
     }
 
+    async fn peer_counts(&self, workload: &str) -> Result<PeerCounts> {
+        let workload = workload.to_owned();
+        self.tx(move |tx| state::peer_counts(tx, &workload)).await
+    }
+
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
         let hostname = hostname.to_owned();
         self.tx(move |tx| {
@@ -1190,6 +1195,34 @@ mod tests {
         assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
         assert!(s.retire_host(id, at(4)).await.unwrap().is_empty(), "once");
         assert_eq!(s.host(id).await.unwrap().unwrap().retired_at, Some(at(3)));
+    }
+
+    #[tokio::test]
+    async fn peer_counts_count_hosts_of_a_workload_per_item() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let id = s.enroll_host(&facts(&format!("m{n}")), "0.1.0", &format!("h{n}"), at(0)).await.unwrap();
+            // Two processes of one program on the first host count once.
+            let mut procs = vec![process(10, "nginx", 1)];
+            if n == 0 {
+                procs.push(process(11, "nginx", 2));
+                procs.push(process(12, "odd", 3));
+            }
+            let snap = record(7, 1, Content::Snapshot(HostState { processes: procs, ..Default::default() }));
+            s.apply_report(id, &snap, at(1)).await.unwrap();
+            s.reconcile_findings(id, Some(if n < 2 { "web" } else { "db" }), &[], &[], at(2)).await.unwrap();
+            ids.push(id);
+        }
+        let c = s.peer_counts("web").await.unwrap();
+        assert_eq!(c.hosts, 2);
+        assert_eq!(
+            (c.processes.get("/usr/bin/nginx"), c.processes.get("/usr/bin/odd")),
+            (Some(&2), Some(&1))
+        );
+        s.retire_host(ids[1], at(3)).await.unwrap();
+        let c = s.peer_counts("web").await.unwrap();
+        assert_eq!((c.hosts, c.processes.get("/usr/bin/nginx")), (1, Some(&1)), "a retired host is no peer");
     }
 
     #[tokio::test]

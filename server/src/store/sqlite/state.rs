@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 
 use super::{json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
-    ChangeSet, Connection, ConnectionKey, HostState, Listener, ListenerKey, Process, ProcessEvent,
-    ProcessKey, SocketEvent, StateDelta,
+    ChangeSet, Connection, ConnectionKey, HostState, Listener, ListenerKey, PeerCounts, Process,
+    ProcessEvent, ProcessKey, SocketEvent, StateDelta,
 };
 use crate::store::{HistoryFilter, Result, StoreError};
 
@@ -573,4 +573,44 @@ pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<V
         });
     }
     Ok(out)
+}
+
+/// How many hosts of `workload` (not retired) have each item.
+pub(super) fn peer_counts(tx: &Transaction<'_>, workload: &str) -> Result<PeerCounts> {
+    let mut c = PeerCounts {
+        hosts: tx.query_row(
+            "SELECT COUNT(*) FROM hosts WHERE workload = ?1 AND retired_at IS NULL",
+            [workload],
+            |r| r.get(0),
+        )?,
+        ..PeerCounts::default()
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT COALESCE(p.exe, p.name), COUNT(DISTINCT p.host_id) FROM processes p JOIN hosts h ON h.id = p.host_id \
+         WHERE h.workload = ?1 AND h.retired_at IS NULL GROUP BY 1",
+    )?;
+    for row in stmt.query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+        let (k, n) = row?;
+        c.processes.insert(k, n);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT l.protocol, l.port, COUNT(DISTINCT l.host_id) FROM listeners l JOIN hosts h ON h.id = l.host_id \
+         WHERE h.workload = ?1 AND h.retired_at IS NULL GROUP BY 1, 2",
+    )?;
+    for row in stmt
+        .query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?, r.get::<_, u64>(2)?)))?
+    {
+        let (proto, port, n) = row?;
+        c.listeners.insert((parse_enum(&proto)?, port), n);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT c.protocol || '/*:' || c.remote_port || ' by ' || COALESCE(c.exe, c.process, '?'), COUNT(DISTINCT c.host_id) \
+         FROM connections c JOIN hosts h ON h.id = c.host_id \
+         WHERE h.workload = ?1 AND h.retired_at IS NULL AND c.direction = 'outbound' GROUP BY 1",
+    )?;
+    for row in stmt.query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+        let (k, n) = row?;
+        c.connections.insert(k, n);
+    }
+    Ok(c)
 }
