@@ -255,6 +255,15 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
                         ),
                     ));
                 }
+                if e.get_ref().ends_with('/') {
+                    warn(
+                        e.span(),
+                        format!(
+                            "exe {:?} ends with '/': no executable's path does, so it never matches",
+                            e.get_ref()
+                        ),
+                    );
+                }
                 Some(glob(e.get_ref(), true).map_err(|m| err(e.span(), m))?)
             }
             None => None,
@@ -383,6 +392,14 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
                 f.path.span(),
                 format!("path {text:?} must be absolute (or a glob starting with / or *)"),
             ));
+        }
+        if text.ends_with('/') {
+            warn(
+                f.path.span(),
+                format!(
+                    "path {text:?} ends with '/': no file's path does, so it never matches (write {text}** for what is below)"
+                ),
+            );
         }
         let path = glob(text, true).map_err(|m| err(f.path.span(), m))?;
         let allow = match f.change.get_ref().as_str() {
@@ -797,5 +814,9 @@ severity = "medium"
         assert!(w[2].starts_with("w.toml:8:10: warning: this rule explains every connection"), "{w:?}");
         assert!(w[3].contains("10.1.2.3/8 has host bits set: it means 10.0.0.0/8"), "{w:?}");
         assert_eq!(b.connects[1].remotes[0].to_string(), "10.0.0.0/8");
+        let b = parse("w.toml", "name = \"w\"\n[[process]]\nname = \"x\"\nexe = \"/opt/app/\"\n[[file]]\npath = \"/srv/www/\"\nchange = \"allow\"\n").unwrap();
+        let w: Vec<String> = b.warnings.iter().map(ToString::to_string).collect();
+        assert!(w.len() == 2 && w.iter().all(|m| m.contains("never matches")), "{w:?}");
+        assert!(w[0].starts_with("w.toml:4:7:") && w[1].starts_with("w.toml:6:8:"), "{w:?}");
     }
 }
