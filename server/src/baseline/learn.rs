@@ -160,27 +160,27 @@ fn generalise(peers: &BTreeSet<IpAddr>) -> Vec<IpNet> {
         out.extend(others.iter().map(|ip| IpNet::from(**ip)));
         return out;
     }
-    let v4: Vec<u32> = others
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(a) => Some(u32::from(*a)),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    if let (Some(first), Some(last)) = (v4.first(), v4.last()) {
-        let len = (first ^ last).leading_zeros() as u8;
-        out.extend(Ipv4Net::new(Ipv4Addr::from(*first), len).ok().map(|n| IpNet::V4(n.trunc())));
-    }
-    let v6: Vec<u128> = others
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V6(a) => Some(u128::from(*a)),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
-    if let (Some(first), Some(last)) = (v6.first(), v6.last()) {
-        let len = (first ^ last).leading_zeros() as u8;
-        out.extend(Ipv6Net::new(Ipv6Addr::from(*first), len).ok().map(|n| IpNet::V6(n.trunc())));
+    // `others` is sorted, IPv4 before IPv6: each family's first and last bound it.
+    for v4 in [true, false] {
+        let family: Vec<&&IpAddr> = others.iter().filter(|ip| ip.is_ipv4() == v4).collect();
+        if let (Some(first), Some(last)) = (family.first(), family.last()) {
+            out.extend(covering(***first, ***last));
+        }
     }
     out
+}
+
+/// The smallest network that holds both `a` and `b` (of one family).
+fn covering(a: IpAddr, b: IpAddr) -> Option<IpNet> {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let len = (u32::from(a) ^ u32::from(b)).leading_zeros() as u8;
+            Ipv4Net::new(a, len).ok().map(|n| IpNet::V4(n.trunc()))
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let len = (u128::from(a) ^ u128::from(b)).leading_zeros() as u8;
+            Ipv6Net::new(a, len).ok().map(|n| IpNet::V6(n.trunc()))
+        }
+        _ => None,
+    }
 }
