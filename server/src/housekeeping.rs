@@ -57,29 +57,21 @@ pub async fn round(
 ) -> Result<(), crate::store::StoreError> {
     let hosts = state.store.list_hosts().await?;
     for h in hosts.iter().filter(|h| h.retired_at.is_none()) {
-        let silent_since = h.last_seen.unwrap_or(h.enrolled_at);
-        if now - silent_since >= state.settings.retire_after {
-            let _turn = state.lock_host(h.id).await;
-            let changes = state.store.retire_host(h.id, now).await?;
-            info!(host_id = h.id, hostname = ?h.facts.hostname, resolved = changes.len(), "host retired after {:?} of silence", state.settings.retire_after);
-            continue;
-        }
-        match h.status(now, state.settings.offline_after) {
-            HostStatus::Offline | HostStatus::Stopped => {
-                let obs = engine::agent_offline(h.goodbye.as_deref(), h.last_seen);
-                let changes = state.store.record_findings(h.id, &[obs], now).await?;
-                log(h.id, &changes);
-            }
-            HostStatus::Online | HostStatus::Retired => {}
+        // One host's trouble is logged; the others' chores go on.
+        if let Err(e) = host_chores(state, h.id, now).await {
+            error!(host_id = h.id, error = %e, "housekeeping of a host failed");
         }
     }
-    // Processes hot for long enough: the high-CPU rule needs a look without a report.
-    let hot_since = now - engine::builtin::HIGH_CPU_FOR;
-    for id in state.store.hosts_running_hot(hot_since).await? {
-        ingest::reevaluate(state, id).await?;
+    // Processes that have just been hot for long enough: the high-CPU rule needs a look
+    // without a report. Each host once, when its process crosses the mark.
+    let (from, to) = (last - engine::builtin::HIGH_CPU_FOR, now - engine::builtin::HIGH_CPU_FOR);
+    for id in state.store.hosts_running_hot(from, to).await? {
+        if let Err(e) = ingest::reevaluate(state, id).await {
+            error!(host_id = id, error = %e, "re-evaluation of a hot host failed");
+        }
     }
     // The alert outbox: what every sink has, gone; beyond the bound, the oldest, said.
-    let (_, dropped) = state.store.prune_alert_events(MAX_OUTBOX).await?;
+    let (_, dropped) = state.store.prune_alert_events(MAX_OUTBOX, now).await?;
     if dropped > 0 {
         error!(dropped, "alert outbox full (a sink down too long?): the oldest events were dropped");
     }
@@ -89,6 +81,31 @@ pub async fn round(
     if expired {
         warn!("an allowance's `until` has passed; explaining every host again");
         ingest::reevaluate_all(state).await;
+    }
+    Ok(())
+}
+
+/// Retirement or offline for one host, in its turn and from its row as it is then: a report
+/// that came in since the listing is not undone.
+async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(), crate::store::StoreError> {
+    let _turn = state.lock_host(id).await;
+    let Some(h) = state.store.host(id).await? else { return Ok(()) };
+    if h.retired_at.is_some() {
+        return Ok(());
+    }
+    let silent_since = h.last_seen.unwrap_or(h.enrolled_at);
+    if now - silent_since >= state.settings.retire_after {
+        let changes = state.store.retire_host(h.id, now).await?;
+        info!(host_id = h.id, hostname = ?h.facts.hostname, resolved = changes.len(), "host retired after {:?} of silence", state.settings.retire_after);
+        return Ok(());
+    }
+    match h.status(now, state.settings.offline_after) {
+        HostStatus::Offline | HostStatus::Stopped => {
+            let obs = engine::agent_offline(h.goodbye.as_deref(), h.last_seen);
+            let changes = state.store.record_findings(h.id, &[obs], now).await?;
+            log(h.id, &changes);
+        }
+        HostStatus::Online | HostStatus::Retired => {}
     }
     Ok(())
 }

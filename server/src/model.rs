@@ -467,7 +467,7 @@ pub struct Silence {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertEvent {
     pub id: i64,
-    /// `opened`, `reopened` or `resolved`.
+    /// `opened`, `reopened`, `escalated` or `resolved`.
     pub event: String,
     pub silenced: bool,
     pub at: OffsetDateTime,

@@ -25,8 +25,8 @@ use crate::state::AppState;
 
 pub use sink::Payload;
 
-/// One configured sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configured sink. Its `Debug` never shows a webhook's URL (see [`Target::describe`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct SinkConfig {
     /// Unique among the sinks: its cursor in the store is kept under this name.
     pub name: String,
@@ -37,8 +37,19 @@ pub struct SinkConfig {
     pub resolved: bool,
 }
 
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("target", &self.target.describe())
+            .field("min_severity", &self.min_severity)
+            .field("resolved", &self.resolved)
+            .finish()
+    }
+}
+
 /// Where a sink delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// JSON lines appended to a file (created mode 0640).
     File(PathBuf),
@@ -54,9 +65,11 @@ const BATCH: u32 = 100;
 const LEASE: Duration = Duration::from_secs(60);
 /// How often an idle sink looks at the outbox.
 const POLL: Duration = Duration::from_secs(1);
-/// Backoff between failed deliveries: doubled from the first, capped, with full jitter.
+/// Backoff between failed deliveries: doubled from the first, capped, with full jitter. The
+/// cap, plus a request's timeout, stays within the lease renewed before each wait, so no other
+/// collector takes the sink over while this one retries.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_CAP: Duration = Duration::from_secs(60);
+const RETRY_CAP: Duration = Duration::from_secs(15);
 
 /// Runs every sink until `shutdown`.
 pub async fn run(state: AppState, sinks: Vec<SinkConfig>, shutdown: CancellationToken) {
@@ -107,7 +120,7 @@ async fn deliver(state: AppState, sink: SinkConfig, holder: String, shutdown: Ca
             }
         }
     };
-    loop {
+    'lease: loop {
         if shutdown.is_cancelled() {
             return;
         }
@@ -159,17 +172,23 @@ async fn deliver(state: AppState, sink: SinkConfig, holder: String, shutdown: Ca
                         }
                         Err(sink::SendError::Failed(why)) => {
                             warn!(sink = %sink.name, finding = e.finding.id, why = %why, retry_in = ?wait, "alert not delivered; retrying");
-                            if !pause(jitter(wait)).await {
-                                return;
-                            }
-                            wait = (wait * 2).min(RETRY_CAP);
-                            // Keep the cursor ours while the receiver is down.
+                            // Keep the cursor ours while the receiver is down; if it is not ours
+                            // any more (or cannot be told), start over from the cursor, this
+                            // event not delivered.
                             let now = OffsetDateTime::now_utc();
                             match state.store.lease_alert_cursor(&sink.name, &holder, now, now + LEASE).await
                             {
                                 Ok(Some(_)) => {}
-                                _ => break,
+                                Ok(None) => continue 'lease,
+                                Err(err) => {
+                                    error!(sink = %sink.name, error = %err, "cannot renew the alert cursor's lease");
+                                    continue 'lease;
+                                }
                             }
+                            if !pause(jitter(wait)).await {
+                                return;
+                            }
+                            wait = (wait * 2).min(RETRY_CAP);
                         }
                     }
                 }

@@ -14,7 +14,7 @@ use crate::model::AlertEvent;
 /// What a sink receives: one JSON object per event.
 #[derive(Debug, Clone, Serialize)]
 pub struct Payload {
-    /// `opened`, `reopened` or `resolved`.
+    /// `opened`, `reopened`, `escalated` or `resolved`.
     pub event: String,
     #[serde(with = "proto::timestamp")]
     pub at: OffsetDateTime,
@@ -29,7 +29,8 @@ impl Payload {
         Payload { event: e.event.clone(), at: e.at, event_id: e.id, finding: e.finding.clone().into() }
     }
 
-    /// One line for a chat channel.
+    /// One line for a chat channel. Hostnames and subjects come from agents: `&`, `<` and `>`
+    /// are escaped as Slack asks, so none can mention a channel or plant a link.
     fn text(&self) -> String {
         let f = &self.finding;
         let rule = f.rule.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -39,8 +40,8 @@ impl Payload {
             f.kind,
             self.event,
             rule,
-            f.hostname,
-            f.subject,
+            slack_escape(&f.hostname),
+            slack_escape(&f.subject),
             f.id
         )
     }
@@ -131,5 +132,48 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+/// Text as Slack's message formatting takes it literally.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_escapes_what_agents_wrote() {
+        let finding = crate::model::Finding {
+            id: 7,
+            host_id: 1,
+            hostname: "web-1".into(),
+            kind: proto::FindingKind::UnexpectedProcess,
+            rule: None,
+            severity: proto::Severity::High,
+            subject: "/tmp/<!channel> & <https://evil|Approve>".into(),
+            detail: serde_json::json!({}),
+            status: proto::FindingStatus::Open,
+            first_seen: OffsetDateTime::UNIX_EPOCH,
+            last_seen: OffsetDateTime::UNIX_EPOCH,
+            resolved_at: None,
+            silenced: false,
+            acked_by: None,
+            acked_at: None,
+            ack_note: None,
+        };
+        let e = AlertEvent {
+            id: 3,
+            event: "opened".into(),
+            silenced: false,
+            at: OffsetDateTime::UNIX_EPOCH,
+            finding,
+        };
+        assert_eq!(
+            Payload::of(&e).text(),
+            "[HIGH] unexpected_process opened on web-1: /tmp/&lt;!channel&gt; &amp; &lt;https://evil|Approve&gt; (finding 7)"
+        );
     }
 }

@@ -92,7 +92,9 @@ pub struct LearnQuery {
 }
 
 /// Events read from each host's history, at most, when learning over a window.
-const LEARN_HISTORY: u32 = 200_000;
+const LEARN_HISTORY: u32 = 20_000;
+/// Hosts learned from, at most (an even sample of a larger selection).
+const MAX_LEARN_HOSTS: usize = 100;
 
 /// Learns a baseline from what the hosts run now (and, with `since`, ran in that window).
 pub async fn learn(
@@ -131,6 +133,10 @@ pub async fn learn(
             if hosts.is_empty() {
                 return Err(ApiError::not_found("no host's tags hold that selector"));
             }
+            // A large fleet is learned from an even sample: what most of it runs is in any
+            // sample, and the work stays bounded whatever the fleet.
+            let step = hosts.len().div_ceil(MAX_LEARN_HOSTS);
+            let hosts: Vec<_> = hosts.into_iter().step_by(step).collect();
             let name = format!("learned-{}", sel.values().cloned().collect::<Vec<_>>().join("-"));
             (hosts, sel, name)
         }
@@ -141,9 +147,10 @@ pub async fn learn(
         Some(s) => {
             let d = humantime::parse_duration(s)
                 .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
+            let d = time::Duration::try_from(d).ok();
             Some(
-                now - time::Duration::try_from(d)
-                    .map_err(|_| ApiError::bad_request(format!("since: {s:?} is too long")))?,
+                d.and_then(|d| now.checked_sub(d))
+                    .ok_or_else(|| ApiError::bad_request(format!("since: {s:?} is too long")))?,
             )
         }
         None => None,

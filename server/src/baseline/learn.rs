@@ -33,6 +33,12 @@ type Ports<'a> = BTreeMap<(Protocol, u16), (BTreeSet<IpAddr>, BTreeSet<Option<&'
 /// Per (process, protocol, remote port): the peers connected to, the hosts.
 type Outbound<'a> = BTreeMap<(Option<&'a str>, Protocol, u16), (BTreeSet<IpAddr>, Hosts)>;
 
+/// A glob that matches `s` and nothing else: glob syntax escaped, and backslashes too (baseline
+/// globs take a backslash as an escape).
+fn lit(s: &str) -> String {
+    globset::escape(&s.replace('\\', "\\\\"))
+}
+
 /// A TOML string literal.
 fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
@@ -85,14 +91,14 @@ pub fn learn(
     }
     for ((exe, name), (names, users, on)) in &programs {
         let name = match (name, names.len()) {
-            (Some(n), _) => globset::escape(n),
-            (None, 1) => names.iter().next().map(|n| globset::escape(n)).unwrap_or_else(|| "*".to_owned()),
+            (Some(n), _) => lit(n),
+            (None, 1) => names.iter().next().map(|n| lit(n)).unwrap_or_else(|| "*".to_owned()),
             // The same executable under several names (argv[0] tricks, renamed workers).
             _ => "*".to_owned(),
         };
         let _ = writeln!(out, "\n{}\n[[process]]\nname = {}", seen(on), q(&name));
         if let Some(exe) = exe {
-            let _ = writeln!(out, "exe = {}", q(&globset::escape(exe)));
+            let _ = writeln!(out, "exe = {}", q(&lit(exe)));
         }
         let users: Vec<String> = users.iter().map(|u| q(u)).collect();
         let _ = writeln!(out, "user = [{}]", users.join(", "));
@@ -114,7 +120,7 @@ pub fn learn(
         let addresses: Vec<String> = addresses.iter().map(|a| q(&a.to_string())).collect();
         let _ = writeln!(out, "address = [{}]", addresses.join(", "));
         if let [Some(owner)] = owners.iter().collect::<Vec<_>>().as_slice() {
-            let _ = writeln!(out, "process = {}", q(&globset::escape(owner)));
+            let _ = writeln!(out, "process = {}", q(&lit(owner)));
         }
     }
 
@@ -129,12 +135,18 @@ pub fn learn(
         }
     }
     for ((process, protocol, port), (peers, on)) in &outbound {
+        if crate::engine::builtin::POOL_PORTS.contains(port) {
+            let _ = writeln!(
+                out,
+                "\n# CAUTION: {port} is a port mining pools use; keeping this rule also keeps the mining-pool-port rule quiet for it."
+            );
+        }
         let _ =
             writeln!(out, "\n{}\n[[connect]]\nprotocol = {}\nport = {port}", seen(on), q(protocol.as_str()));
         let remotes: Vec<String> = generalise(peers).iter().map(|n| q(&n.to_string())).collect();
         let _ = writeln!(out, "remote = [{}]", remotes.join(", "));
         if let Some(p) = process {
-            let _ = writeln!(out, "process = {}", q(&globset::escape(p)));
+            let _ = writeln!(out, "process = {}", q(&lit(p)));
         }
         let _ = writeln!(out, "direction = \"outbound\"");
     }

@@ -140,7 +140,9 @@ pub fn explain_files(
 ) -> Vec<Observation> {
     let workload = target.workload();
     let mut out: Vec<Observation> = Vec::new();
-    let mut at: HashMap<&str, usize> = HashMap::new();
+    // One observation per (path, rule), as findings are keyed: a chmod to setuid then an edit
+    // in one report is the setuid finding and the edit's, not the edit's alone.
+    let mut at: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for c in changes {
         let rule = builtin::file_rule(c).and_then(|r| enabled(workload, r));
         let allowed = match target {
@@ -176,10 +178,11 @@ pub fn explain_files(
                 "why": rule.map(|(r, _)| r.what),
             }),
         };
-        match at.get(c.path.as_str()) {
+        let key = (c.path.as_str(), rule.map(|(r, _)| r.name));
+        match at.get(&key) {
             Some(&i) => out[i] = o,
             None => {
-                at.insert(&c.path, out.len());
+                at.insert(key, out.len());
                 out.push(o);
             }
         }
@@ -264,6 +267,7 @@ pub fn outliers(
     let rare = |n: u64| (n as f64) * 100.0 < p.rare_below_percent * counts.hosts as f64;
     let taken: std::collections::HashSet<&str> = covered.iter().map(|o| o.subject.as_str()).collect();
     let mut out = Observations::default();
+    let severity = severity_of(Some(w), FindingKind::Outlier);
     let mut add = |what: &str, subject: String, n: u64| {
         out.add(
             FindingKind::Outlier,
@@ -298,7 +302,11 @@ pub fn outliers(
             add("connection", key, n);
         }
     }
-    out.0.into_values().collect()
+    let mut obs: Vec<Observation> = out.0.into_values().collect();
+    for o in &mut obs {
+        o.severity = severity;
+    }
+    obs
 }
 
 /// The names of the parents of `state`'s processes, by pid.
@@ -776,7 +784,7 @@ address = "127.0.0.1"
 
     #[test]
     fn a_learned_baseline_explains_what_it_learned_from() {
-        let mut odd = proc(5, "we*ird [name]", Some("/opt/a b/we*ird"), "root");
+        let mut odd = proc(5, "we*i\\rd [name]\\", Some("/opt/a b/we*i\\rd\\"), "root");
         odd.user = None;
         let state = HostState {
             processes: vec![

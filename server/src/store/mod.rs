@@ -158,9 +158,9 @@ pub trait Store: Send + Sync + 'static {
     /// Retires a host: hidden from default listings, its open and acknowledged findings resolved,
     /// its node keys refused from then on.
     async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>>;
-    /// Hosts running a process that has been above the high-CPU threshold since `before` or
-    /// earlier.
-    async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>>;
+    /// Hosts running a process that has been above the high-CPU threshold since a time in
+    /// `(from, to]`.
+    async fn hosts_running_hot(&self, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<i64>>;
 
     /// How many hosts of `workload` have each process, listener and outbound connection.
     async fn peer_counts(&self, workload: &str) -> Result<PeerCounts>;
@@ -193,7 +193,7 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox events after `after`, oldest first, at most `limit`.
     async fn alert_events(&self, after: i64, limit: u32) -> Result<Vec<AlertEvent>>;
     /// Deletes what every sink has delivered, then the oldest beyond `max`; (delivered, dropped).
-    async fn prune_alert_events(&self, max: u64) -> Result<(u64, u64)>;
+    async fn prune_alert_events(&self, max: u64, now: OffsetDateTime) -> Result<(u64, u64)>;
 
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;

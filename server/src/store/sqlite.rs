@@ -268,6 +268,11 @@ fn resolve(
     Ok(FindingChange::Resolved { id, kind: parse_enum(kind)?, subject })
 }
 
+/// Kinds whose findings are events rather than state: nothing resolves them, and a new
+/// occurrence reopens an acknowledged one.
+const EVENT_KINDS: &[FindingKind] =
+    &[FindingKind::FileChanged, FindingKind::DataLost, FindingKind::DuplicateIdentity];
+
 /// Opens a finding for an observation, refreshes it if open or acknowledged, or reopens it if
 /// resolved; returns the change alert sinks would hear of.
 fn upsert_finding(
@@ -278,11 +283,11 @@ fn upsert_finding(
 ) -> Result<Option<FindingChange>> {
     let rule = o.rule.clone().unwrap_or_default();
     let kind = o.kind.as_str();
-    let existing: Option<(i64, String)> = tx
+    let existing: Option<(i64, String, String)> = tx
         .query_row(
-            "SELECT id, status FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
+            "SELECT id, status, severity FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
             params![host_id, kind, rule, o.subject],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
     let detail = to_json(&o.detail);
@@ -298,11 +303,11 @@ fn upsert_finding(
             triage::alert_event(tx, id, "opened", silence.is_some(), now)?;
             Some(FindingChange::Opened { id, kind: o.kind, subject: o.subject.clone() })
         }
-        // A file changed again reopens its finding, even an acknowledged one: the change that
-        // was acknowledged is not this one.
-        Some((id, status))
+        // An event that happens again (a file changed, reports lost, an identity shared) reopens
+        // its finding, even an acknowledged one: what was acknowledged is not this one.
+        Some((id, status, _))
             if status == FindingStatus::Resolved.as_str()
-                || (o.kind == FindingKind::FileChanged && status == FindingStatus::Acknowledged.as_str()) =>
+                || (EVENT_KINDS.contains(&o.kind) && status == FindingStatus::Acknowledged.as_str()) =>
         {
             let silence = triage::active_silence(tx, host_id, now)?;
             tx.execute(
@@ -314,11 +319,17 @@ fn upsert_finding(
             triage::alert_event(tx, id, "reopened", silence.is_some(), now)?;
             Some(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() })
         }
-        Some((id, _)) => {
+        Some((id, status, severity)) => {
             tx.execute(
                 "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3 WHERE id = ?4",
                 params![o.severity.as_str(), detail, now, id],
             )?;
+            // Worse than when it opened (a package's change, then a hand's): sinks that left it
+            // out for its severity hear of it now.
+            if status == FindingStatus::Open.as_str() && o.severity > parse_enum::<Severity>(&severity)? {
+                let silenced = triage::active_silence(tx, host_id, now)?.is_some();
+                triage::alert_event(tx, id, "escalated", silenced, now)?;
+            }
             None
         }
     })
@@ -651,13 +662,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn hosts_running_hot(&self, before: OffsetDateTime) -> Result<Vec<i64>> {
+    async fn hosts_running_hot(&self, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<i64>> {
         self.tx(move |tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT DISTINCT p.host_id FROM processes p JOIN hosts h ON h.id = p.host_id \
-                 WHERE p.cpu_high_since IS NOT NULL AND p.cpu_high_since <= ?1 AND h.retired_at IS NULL ORDER BY p.host_id",
+                 WHERE p.cpu_high_since > ?1 AND p.cpu_high_since <= ?2 AND h.retired_at IS NULL ORDER BY p.host_id",
             )?;
-            Ok(stmt.query_map([ts(before)], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
+            Ok(stmt.query_map([ts(from), ts(to)], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -702,8 +713,8 @@ impl Store for SqliteStore {
         self.tx(move |tx| triage::events_after(tx, after, limit)).await
     }
 
-    async fn prune_alert_events(&self, max: u64) -> Result<(u64, u64)> {
-        self.tx(move |tx| triage::prune_events(tx, max)).await
+    async fn prune_alert_events(&self, max: u64, now: OffsetDateTime) -> Result<(u64, u64)> {
+        self.tx(move |tx| triage::prune_events(tx, max, now)).await
     }
 
     async fn peer_counts(&self, workload: &str) -> Result<PeerCounts> {
@@ -1164,15 +1175,25 @@ mod tests {
         // Still hot, other figure: the same since.
         s.apply_report(id, &snap(3, 95.0), at(3)).await.unwrap();
         assert_eq!(since(s.host_state(id).await.unwrap()), Some(first));
-        assert_eq!(s.hosts_running_hot(first).await.unwrap(), vec![id]);
+        let second = time::Duration::seconds(1);
+        assert_eq!(s.hosts_running_hot(first - second, first).await.unwrap(), vec![id]);
         assert!(
-            s.hosts_running_hot(first - time::Duration::seconds(1)).await.unwrap().is_empty(),
+            s.hosts_running_hot(first - second * 2, first - second).await.unwrap().is_empty(),
             "not hot that long"
+        );
+        assert!(
+            s.hosts_running_hot(first, first + second).await.unwrap().is_empty(),
+            "crossed the mark before"
         );
         // Cooled: cleared.
         s.apply_report(id, &snap(4, 10.0), at(4)).await.unwrap();
         assert_eq!(since(s.host_state(id).await.unwrap()), None);
-        assert!(s.hosts_running_hot(OffsetDateTime::now_utc()).await.unwrap().is_empty());
+        assert!(
+            s.hosts_running_hot(OffsetDateTime::UNIX_EPOCH, OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -1262,9 +1283,17 @@ mod tests {
         assert!(ev.iter().all(|e| e.silenced) && ev.len() == 2, "{ev:?}");
         assert!(ev[1].finding.silenced);
         // Pruning: what every cursor passed goes; then the bound.
-        let (delivered, dropped) = s.prune_alert_events(1).await.unwrap();
+        let (delivered, dropped) = s.prune_alert_events(1, at(170)).await.unwrap();
         assert_eq!((delivered, dropped), (3, 1), "three delivered, one of the two left dropped");
-        assert_eq!(s.alert_events(0, 10).await.unwrap().len(), 1);
+        let left = s.alert_events(0, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        // Emptied, the outbox never gives an id again: a cursor past it skips nothing.
+        s.advance_alert_cursor("hook", "c2", left[0].id).await.unwrap();
+        s.prune_alert_events(100, at(171)).await.unwrap();
+        assert!(s.alert_events(0, 10).await.unwrap().is_empty());
+        s.record_findings(id, &[obs(FindingKind::DataLost, "reports")], at(300)).await.unwrap();
+        let next = s.alert_events(left[0].id, 10).await.unwrap();
+        assert_eq!(next.len(), 1, "the new event is after the cursor: {next:?}");
         // Acknowledged with a note, and refused for a finding that is not there.
         let acked = s.acknowledge(f[0].id(), "alice", Some("known"), at(160)).await.unwrap().unwrap();
         assert_eq!(
@@ -1272,6 +1301,27 @@ mod tests {
             (FindingStatus::Acknowledged, Some("alice"), Some("known"))
         );
         assert!(s.acknowledge(9999, "alice", None, at(160)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn worse_findings_escalate_and_events_reopen_acknowledged_ones() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let info = Observation { severity: Severity::Info, ..obs(FindingKind::FileChanged, "/etc/nginx/x") };
+        s.record_findings(id, std::slice::from_ref(&info), at(1)).await.unwrap();
+        let high = Observation { severity: Severity::High, ..info.clone() };
+        assert!(
+            s.record_findings(id, std::slice::from_ref(&high), at(2)).await.unwrap().is_empty(),
+            "still open"
+        );
+        let ev: Vec<String> = s.alert_events(0, 10).await.unwrap().into_iter().map(|e| e.event).collect();
+        assert_eq!(ev, ["opened", "escalated"], "sinks that left out the info hear of the high one");
+        // Lost reports again after an acknowledgement: open again.
+        let lost = obs(FindingKind::DataLost, "reports");
+        let f = s.record_findings(id, std::slice::from_ref(&lost), at(3)).await.unwrap();
+        s.acknowledge(f[0].id(), "alice", None, at(4)).await.unwrap();
+        let again = s.record_findings(id, &[lost], at(5)).await.unwrap();
+        assert!(matches!(again.as_slice(), [FindingChange::Reopened { .. }]), "{again:?}");
     }
 
     #[tokio::test]

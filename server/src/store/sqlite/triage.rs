@@ -179,11 +179,15 @@ pub(super) fn acknowledge(
 /// Deletes the outbox events every sink has delivered (all of them, where there is no sink: a
 /// new sink starts at the end), then the oldest beyond `max` (a sink down for that long loses
 /// them, counted). Returns (delivered, dropped).
-pub(super) fn prune_events(tx: &Transaction<'_>, max: u64) -> Result<(u64, u64)> {
+///
+/// A cursor not leased for a day (a sink renamed or removed from every collector's
+/// configuration) holds nothing back.
+pub(super) fn prune_events(tx: &Transaction<'_>, max: u64, now: OffsetDateTime) -> Result<(u64, u64)> {
+    let stale = ts(now - time::Duration::days(1));
     let delivered = tx.execute(
-        "DELETE FROM alert_events WHERE id <= COALESCE((SELECT MIN(last_id) FROM alert_cursors), \
-         (SELECT MAX(id) FROM alert_events))",
-        [],
+        "DELETE FROM alert_events WHERE id <= COALESCE((SELECT MIN(last_id) FROM alert_cursors \
+         WHERE lease_until IS NOT NULL AND lease_until > ?1), (SELECT MAX(id) FROM alert_events))",
+        [stale],
     )? as u64;
     let count: u64 = tx.query_row("SELECT COUNT(*) FROM alert_events", [], |r| r.get(0))?;
     let dropped = if count > max {

@@ -17,12 +17,13 @@ CREATE TABLE silences (
 );
 CREATE INDEX silences_ends ON silences (ends_at);
 
--- The alert outbox: every opening, reopening and resolution, written in the transaction that
--- made it, read by each sink from its cursor. A sink down loses nothing; a restart neither.
+-- The alert outbox: every opening, reopening, escalation and resolution, written in the
+-- transaction that made it, read by each sink from its cursor. A sink down loses nothing; a
+-- restart neither. AUTOINCREMENT: ids are never reused after pruning, so a cursor never skips.
 CREATE TABLE alert_events (
-    id         INTEGER PRIMARY KEY,
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     finding_id INTEGER NOT NULL REFERENCES findings (id),
-    event      TEXT NOT NULL CHECK (event IN ('opened', 'reopened', 'resolved')),
+    event      TEXT NOT NULL CHECK (event IN ('opened', 'reopened', 'escalated', 'resolved')),
     silenced   INTEGER NOT NULL DEFAULT 0,
     at         TEXT NOT NULL
 );
