@@ -323,6 +323,46 @@ mod tests {
     }
 
     #[test]
+    fn alert_sinks_and_what_is_wrong_with_them() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("server.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            ServerConfig::load(Some(&f), vec![])
+        };
+        let c = load(
+            "[[alerts]]\ntype = \"webhook\"\nurl = \"https://hooks.example.com/T0/B0/secret\"\nformat = \"slack\"\nmin_severity = \"high\"\n\
+             [[alerts]]\ntype = \"file\"\npath = \"/var/log/hw.jsonl\"\nresolved = true\n[[alerts]]\ntype = \"stdout\"\nname = \"console\"\n",
+        )
+        .unwrap()
+        .config;
+        let names: Vec<&str> = c.alerts.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["webhook-1", "file-2", "console"]);
+        assert!(matches!(&c.alerts[0].target, Target::Webhook { slack: true, .. }));
+        assert_eq!(
+            (c.alerts[0].min_severity, c.alerts[1].resolved),
+            (hostwatch_proto::v1::Severity::High, true)
+        );
+        assert!(!format!("{:?}", c.alerts).contains("secret"), "a hook's secret path stays out of Debug");
+        for (text, says) in [
+            ("[[alerts]]\ntype = \"pager\"\n", "alerts[0].type"),
+            ("[[alerts]]\ntype = \"webhook\"\n", "a webhook needs a url"),
+            ("[[alerts]]\ntype = \"webhook\"\nurl = \"ftp://x/y\"\n", "not an http:// or https:// URL"),
+            ("[[alerts]]\ntype = \"file\"\npath = \"rel.jsonl\"\n", "not an absolute path"),
+            ("[[alerts]]\ntype = \"stdout\"\nformat = \"slack\"\n", "only a webhook has a format"),
+            ("[[alerts]]\ntype = \"stdout\"\nmin_severity = \"urgent\"\n", "alerts[0].min_severity"),
+            (
+                "[[alerts]]\ntype = \"stdout\"\nname = \"a\"\n[[alerts]]\ntype = \"stdout\"\nname = \"a\"\n",
+                "names another sink too",
+            ),
+            ("[[alerts]]\ntype = \"stdout\"\nurl_typo = 1\n", "unknown field `url_typo`"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn file_and_environment() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("server.toml");

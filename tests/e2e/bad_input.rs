@@ -319,3 +319,68 @@ async fn reports_take_turns() {
     let (code, text) = fast.await;
     assert_eq!(code, 200, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_triage_requests_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let token = Some(c.admin_token.as_str());
+    let silence = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let cases = [
+        (serde_json::json!({}), 400, "malformed silence"),
+        (
+            serde_json::json!({"host": "1", "selector": {"a": "b"}, "seconds": 60, "reason": "x"}),
+            400,
+            "exactly one of host",
+        ),
+        (serde_json::json!({"selector": {}, "seconds": 60, "reason": "x"}), 400, "exactly one of host"),
+        (
+            serde_json::json!({"selector": {"role": "web"}, "seconds": 60, "reason": "  "}),
+            400,
+            "needs a reason",
+        ),
+        (
+            serde_json::json!({"selector": {"role": "web"}, "seconds": 0, "reason": "x"}),
+            400,
+            "1 s to 30 days",
+        ),
+        (
+            serde_json::json!({"selector": {"role": "web"}, "seconds": 99_999_999u64, "reason": "x"}),
+            400,
+            "1 s to 30 days",
+        ),
+        (serde_json::json!({"host": "no-such-host", "seconds": 60, "reason": "x"}), 404, "no-such-host"),
+    ];
+    for (body, want, says) in cases {
+        let (code, text) = c.post(proto::SILENCES_PATH, token, silence(body.clone())).await;
+        assert_eq!(code, want, "{body}: {text}");
+        assert!(error_of(&text).contains(says), "{body}: {text}");
+    }
+    let ack = |id: &str| format!("{}/{id}/ack", proto::FINDINGS_PATH);
+    let (code, text) = c.post(&ack("999"), token, br#"{"note": "fine"}"#.to_vec()).await;
+    assert_eq!((code, error_of(&text).contains("no finding with id 999")), (404, true), "{text}");
+    let (code, text) = c
+        .post(&ack("999"), token, serde_json::to_vec(&serde_json::json!({"note": "x".repeat(5000)})).unwrap())
+        .await;
+    assert_eq!((code, error_of(&text).contains("note longer than 4096 bytes")), (400, true), "{text}");
+    // A person's request with a field misspelt is refused, not half taken.
+    let (code, text) = c.post(&ack("999"), token, br#"{"nopte": "x"}"#.to_vec()).await;
+    assert_eq!((code, error_of(&text).contains("unknown field `nopte`")), (400, true), "{text}");
+    let (code, _) = c.post(&ack("abc"), token, Vec::new()).await;
+    assert_eq!(code, 400);
+    let (code, _) = c.post(&ack("1"), None, Vec::new()).await;
+    assert_eq!(code, 401, "no token, no acknowledgement");
+
+    // Learning: what is wrong with the request, said.
+    for (args, says) in [
+        (vec!["--selector", "role=nobody-has-this"], "no host's tags hold that selector"),
+        (vec!["--selector", "=x"], "empty key"),
+        (vec!["--host", "1", "--since", "100000years"], "too long"),
+    ] {
+        let mut all = vec!["baseline", "learn"];
+        all.extend(args.iter().copied());
+        let out = c.cli(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -104,6 +104,20 @@ pub async fn learn(
 ) -> Result<Json<proto::LearnedBaseline>, ApiError> {
     person.require(Role::Reader)?;
     let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // The request first, then the fleet.
+    let now = OffsetDateTime::now_utc();
+    let since = match &q.since {
+        Some(s) => {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
+            let d = time::Duration::try_from(d).ok();
+            Some(
+                d.and_then(|d| now.checked_sub(d))
+                    .ok_or_else(|| ApiError::bad_request(format!("since: {s:?} is too long")))?,
+            )
+        }
+        None => None,
+    };
     let (hosts, selector, default_name) = match (&q.host, &q.selector) {
         (Some(h), None) => {
             let id = super::hosts::resolve_host(&state, h).await?;
@@ -141,19 +155,6 @@ pub async fn learn(
             (hosts, sel, name)
         }
         _ => return Err(ApiError::bad_request("give exactly one of host and selector")),
-    };
-    let now = OffsetDateTime::now_utc();
-    let since = match &q.since {
-        Some(s) => {
-            let d = humantime::parse_duration(s)
-                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
-            let d = time::Duration::try_from(d).ok();
-            Some(
-                d.and_then(|d| now.checked_sub(d))
-                    .ok_or_else(|| ApiError::bad_request(format!("since: {s:?} is too long")))?,
-            )
-        }
-        None => None,
     };
     let mut seen = Vec::new();
     for h in &hosts {
