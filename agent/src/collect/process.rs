@@ -318,12 +318,17 @@ fn replaced(proc_dir: &Path, exe: &str, started: OffsetDateTime) -> bool {
 /// service's output to the journal) is none.
 fn stdio_socket(root: &HostRoot, proc_dir: &Path, pid: u32) -> Option<String> {
     use super::sockets::{Want, procnet};
-    let inodes: Vec<u64> = ["0", "1"]
+    let links: Vec<Option<std::path::PathBuf>> =
+        ["0", "1"].iter().map(|fd| std::fs::read_link(proc_dir.join("fd").join(fd)).ok()).collect();
+    // A service's shell reads nothing and writes to the journal's (Unix) socket: not worth
+    // reading the namespace's socket tables for, on every such exec.
+    if links[0].as_deref() == Some(Path::new("/dev/null")) {
+        return None;
+    }
+    let inodes: Vec<u64> = links
         .iter()
-        .filter_map(|fd| {
-            let link = std::fs::read_link(proc_dir.join("fd").join(fd)).ok()?;
-            link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
+        .flatten()
+        .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
         .collect();
     if inodes.is_empty() {
         return None;
@@ -583,6 +588,42 @@ mod tests {
         kid.kill().unwrap();
         kid.wait().unwrap();
         assert!(rec.exe_writable_dir, "{rec:?}");
+    }
+
+    #[test]
+    fn a_shell_on_a_tcp_socket_is_told_from_a_service_writing_to_a_unix_socket() {
+        use std::os::fd::OwnedFd;
+        use std::process::{Command, Stdio};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        let read = |stdin: Stdio, stdout: Stdio| {
+            let mut kid = Command::new("bash")
+                .args(["-c", "sleep 5; true"])
+                .stdin(stdin)
+                .stdout(stdout)
+                .spawn()
+                .unwrap();
+            let mut problems = Problems::default();
+            let clock = Clock::read(&HostRoot::default(), &mut problems);
+            let rec = read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, &mut problems);
+            kid.kill().unwrap();
+            kid.wait().unwrap();
+            rec.unwrap().unwrap().stdio_socket
+        };
+        let out = stream.try_clone().unwrap();
+        assert_eq!(
+            read(Stdio::from(OwnedFd::from(stream)), Stdio::from(OwnedFd::from(out))),
+            Some(format!("tcp {}", listener.local_addr().unwrap()))
+        );
+        let (journal, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(read(Stdio::null(), Stdio::from(OwnedFd::from(journal))), None, "a service's shell");
+        let (unix_in, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            read(Stdio::from(OwnedFd::from(unix_in)), Stdio::null()),
+            None,
+            "a Unix socket is no network"
+        );
     }
 
     #[test]
