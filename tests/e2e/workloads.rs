@@ -45,14 +45,14 @@ async fn a_tie_is_ambiguous_and_an_allowance_ends_with_its_until() {
     assert_eq!(tie.subject, names.join(", "));
     assert!(host.workload.is_none(), "no silent pick: {:?}", host.workload);
 
-        // A program allowed for 40 s from now, in a baseline that selects with both keys (time for
+    // A program allowed for 40 s from now, in a baseline that selects with both keys (time for
     // the tie to be settled and looked at on a slow machine, before the allowance ends).
     let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
     let exe = run.path().join(unique("migrate"));
     std::fs::copy("/bin/sleep", &exe).unwrap();
     let _p = Guard(Command::new(&exe).arg("600").spawn().unwrap());
     let exe = exe.display().to_string();
-        let until = OffsetDateTime::now_utc() + time::Duration::seconds(40);
+    let until = OffsetDateTime::now_utc() + time::Duration::seconds(40);
     let until_text = hostwatch_proto::v1::timestamp::format(until);
     let file_body = format!(
         "selector = {{ role = \"{role}\", team = \"{team}\" }}\n[[process]]\nname = \"*\"\nexe = \"{exe}\"\nuntil = \"{until_text}\"\nreason = \"this week's migration\"\n"
@@ -65,7 +65,7 @@ async fn a_tie_is_ambiguous_and_an_allowance_ends_with_its_until() {
     let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
     assert_eq!(hosts.iter().find(|h| h.id == host.id).and_then(|h| h.workload.clone()), Some(both.clone()));
     let about = || c.findings(host.id, "unexpected_process", "open").into_iter().find(|f| f.subject == exe);
-        assert!(about().is_none(), "allowed until {until_text}");
+    assert!(about().is_none(), "allowed until {until_text}");
     assert!(OffsetDateTime::now_utc() < until, "the allowance ended before it could be looked at");
 
     // Past its until: a finding, from the collector's own clock.
