@@ -399,12 +399,15 @@ fn container_in(path: &str) -> Option<String> {
 /// Whether the executable of `pid` has been deleted (its link says so); `false` if unreadable.
 pub fn exe_deleted(root: &HostRoot, pid: u32) -> bool {
     std::fs::read_link(root.proc.join(pid.to_string()).join("exe"))
-        .is_ok_and(|l| l.as_os_str().as_encoded_bytes().ends_with(b" (deleted)"))
+        .is_ok_and(|l| l.as_os_str().as_encoded_bytes().ends_with(DELETED.as_bytes()))
 }
+
+/// What the kernel appends to the exe link of a process whose file was removed.
+const DELETED: &str = " (deleted)";
 
 /// The kernel appends ` (deleted)` to the exe link of a process whose file was removed.
 pub fn strip_deleted(link: &str) -> (String, bool) {
-    match link.strip_suffix(" (deleted)") {
+    match link.strip_suffix(DELETED) {
         Some(path) => (path.to_owned(), true),
         None => (link.to_owned(), false),
     }

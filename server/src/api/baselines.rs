@@ -106,18 +106,7 @@ pub async fn learn(
     let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     // The request first, then the fleet.
     let now = OffsetDateTime::now_utc();
-    let since = match &q.since {
-        Some(s) => {
-            let d = humantime::parse_duration(s)
-                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
-            let d = time::Duration::try_from(d).ok();
-            Some(
-                d.and_then(|d| now.checked_sub(d))
-                    .ok_or_else(|| ApiError::bad_request(format!("since: {s:?} is too long")))?,
-            )
-        }
-        None => None,
-    };
+    let since = q.since.as_deref().map(|s| super::history::since(s, now)).transpose()?;
     let (hosts, selector, default_name) = match (&q.host, &q.selector) {
         (Some(h), None) => {
             let id = super::hosts::resolve_host(&state, h).await?;

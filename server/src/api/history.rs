@@ -31,6 +31,16 @@ pub struct HistoryQuery {
     limit: Option<u32>,
 }
 
+/// The instant `s` (`15m`, `24h`) before `now`; a window reaching before time can tell is refused.
+pub(super) fn since(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_sub(d))
+        .ok_or_else(|| ApiError::bad_request(format!("since: {s:?} is too long")))
+}
+
 async fn filter(
     state: &AppState,
     q: Result<Query<HistoryQuery>, QueryRejection>,
@@ -40,16 +50,7 @@ async fn filter(
         Some(h) => Some(resolve_host(state, h).await?),
         None => None,
     };
-    let since = match &q.since {
-        Some(s) => {
-            let d = humantime::parse_duration(s)
-                .map_err(|e| ApiError::bad_request(format!("since: {s:?}: {e} (write 15m, 24h)")))?;
-            let d = time::Duration::try_from(d)
-                .map_err(|_| ApiError::bad_request(format!("since: {s:?} is too long")))?;
-            Some(OffsetDateTime::now_utc() - d)
-        }
-        None => None,
-    };
+    let since = q.since.as_deref().map(|s| since(s, OffsetDateTime::now_utc())).transpose()?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));

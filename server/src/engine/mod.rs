@@ -145,10 +145,7 @@ pub fn explain_files(
     let mut at: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for c in changes {
         let rule = builtin::file_rule(c).and_then(|r| enabled(workload, r));
-        let allowed = match target {
-            Target::Workload(w) => w.allows_file_change(&c.path, now),
-            Target::NoBaseline | Target::Ambiguous(_) => false,
-        };
+        let allowed = workload.is_some_and(|w| w.allows_file_change(&c.path, now));
         if allowed && rule.is_none() {
             continue;
         }
@@ -228,6 +225,14 @@ pub struct Context<'a> {
 pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
     let workload = target.workload();
+    // Parents' names and which processes the workload explains: worked out once, read by the
+    // baseline's rules and the built-in ones alike.
+    let names = parents(state);
+    let explained: Vec<bool> = state
+        .processes
+        .iter()
+        .map(|p| workload.is_some_and(|w| process_explained(w, p, &names, cx.now)))
+        .collect();
     match target {
         Target::NoBaseline => {
             out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": cx.tags }))
@@ -238,12 +243,12 @@ pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<O
             json!({ "baselines": names, "tags": cx.tags }),
         ),
         Target::Workload(w) => {
-            explain_processes(state, w, cx.now, &mut out);
+            explain_processes(state, w, &names, &explained, cx.now, &mut out);
             explain_listeners(state, w, cx.now, &mut out);
             explain_connections(state, w, cx, &mut out);
         }
     }
-    builtin_rules(state, workload, cx.now, &mut out);
+    builtin_rules(state, workload, &explained, cx.now, &mut out);
     let mut obs: Vec<Observation> = out.0.into_values().collect();
     for o in obs.iter_mut().filter(|o| o.rule.is_none()) {
         o.severity = severity_of(workload, o.kind);
@@ -320,13 +325,18 @@ fn process_explained(w: &Workload, p: &Process, names: &HashMap<u32, &str>, now:
     w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
 }
 
-fn explain_processes(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
-    let names = parents(state);
+/// `explained[i]`: whether `w` explains `state.processes[i]`; `names`: parents' names by pid.
+fn explain_processes(
+    state: &HostState,
+    w: &Workload,
+    names: &HashMap<u32, &str>,
+    explained: &[bool],
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
     let mut unexplained: BTreeMap<&str, Vec<&Process>> = BTreeMap::new();
-    for p in &state.processes {
-        if !process_explained(w, p, &names, now) {
-            unexplained.entry(p.subject()).or_default().push(p);
-        }
+    for (p, _) in state.processes.iter().zip(explained).filter(|(_, e)| !**e) {
+        unexplained.entry(p.subject()).or_default().push(p);
     }
     for (subject, procs) in unexplained {
         let first = procs[0];
@@ -458,17 +468,17 @@ fn inbound_explained(state: &HostState, w: &Workload, c: &Connection, now: Offse
     })
 }
 
-/// The built-in rules over processes and connections, whatever the workload (`None`: none).
+/// The built-in rules over processes and connections, whatever the workload (`None`: none);
+/// `explained[i]`: whether the workload explains `state.processes[i]`.
 fn builtin_rules(
     state: &HostState,
     workload: Option<&Workload>,
+    explained: &[bool],
     now: OffsetDateTime,
     out: &mut Observations,
 ) {
-    let names = parents(state);
-    for p in &state.processes {
-        let explained = workload.is_some_and(|w| process_explained(w, p, &names, now));
-        for name in builtin::process_rules(p, explained, now) {
+    for (p, explained) in state.processes.iter().zip(explained) {
+        for name in builtin::process_rules(p, *explained, now) {
             let Some((rule, severity)) = enabled(workload, name) else { continue };
             out.add_rule(
                 rule,
