@@ -673,9 +673,12 @@ async fn send_loop(
         let Some(node_key) = key.borrow().clone() else { continue };
         loop {
             let Some((id, body)) = shared.spool().front() else { break };
+            // What is spooled behind this report already happened: the collector judges what
+            // those reports end as gone before it could see it.
+            let backlog = shared.spool().len().saturating_sub(1);
             let sent = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = client.report_bytes(&node_key, body) => r,
+                r = client.report_bytes(&node_key, body, backlog) => r,
             };
             match sent {
                 Ok(resp) => {

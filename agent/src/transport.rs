@@ -75,13 +75,22 @@ impl CollectorClient {
         self.post("report", REPORT_PATH, Some(node_key), report).await
     }
 
-    /// Sends a report already encoded (from the spool).
+    /// Sends a report already encoded (from the spool), saying how many are spooled behind it
+    /// ([`proto::BACKLOG_HEADER`]).
     pub async fn report_bytes(
         &self,
         node_key: &Secret,
         body: Vec<u8>,
+        backlog: usize,
     ) -> Result<proto::ReportResponse, TransportError> {
-        self.send("report", REPORT_PATH, Some(node_key), body).await
+        self.send(
+            "report",
+            REPORT_PATH,
+            Some(node_key),
+            body,
+            &[(proto::BACKLOG_HEADER, backlog.to_string())],
+        )
+        .await
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -93,7 +102,7 @@ impl CollectorClient {
     ) -> Result<R, TransportError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| TransportError::BadResponse { what, message: e.to_string() })?;
-        self.send(what, path, bearer, body).await
+        self.send(what, path, bearer, body, &[]).await
     }
 
     async fn send<R: serde::de::DeserializeOwned>(
@@ -102,6 +111,7 @@ impl CollectorClient {
         path: &str,
         bearer: Option<&Secret>,
         body: Vec<u8>,
+        headers: &[(&str, String)],
     ) -> Result<R, TransportError> {
         let url =
             self.base.join(path).map_err(|e| TransportError::BadResponse { what, message: e.to_string() })?;
@@ -109,6 +119,9 @@ impl CollectorClient {
             self.http.post(url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(key) = bearer {
             req = req.bearer_auth(key.expose());
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         let resp = req
             .send()

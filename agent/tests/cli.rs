@@ -74,7 +74,12 @@ fn snapshot_prints_what_would_be_sent() {
         .expect("the test's listener");
     assert_eq!(l.pid, Some(me), "the listener's owner is this test process");
     let p = snap.processes.iter().find(|p| p.pid == me).expect("this test process");
-    let child = snap.processes.iter().find(|p| p.ppid == me).expect("the agent, child of this test");
+    // Other tests of this binary start children of this process too: the agent by its name.
+    let child = snap
+        .processes
+        .iter()
+        .find(|p| p.ppid == me && p.name == "hostwatch-agent")
+        .expect("the agent, child of this test");
     assert_eq!(child.exe.as_deref(), Some(env!("CARGO_BIN_EXE_hostwatch-agent")));
     assert_eq!(p.exe.as_deref(), std::env::current_exe().unwrap().to_str());
     use proto::Validate;

@@ -28,6 +28,11 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_RETIRE_AFTER", path: &["retire_after"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_MAX_REPORT_BYTES", path: &["max_report_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
+    EnvKey {
+        var: "HOSTWATCH_FINDINGS_MAX_NEW_PER_HOST_PER_MINUTE",
+        path: &["findings", "max_new_per_host_per_minute"],
+        kind: EnvKind::Int,
+    },
 ];
 
 /// Variables the `hostwatch` binary reads that are not collector keys (the CLI's, logging, and
@@ -79,6 +84,30 @@ struct RawServerConfig {
     /// Alert sinks; arrays of tables are for files only.
     #[serde(default)]
     alerts: Vec<RawAlert>,
+    /// How findings are filed.
+    #[serde(default)]
+    findings: RawFindings,
+}
+
+/// `[findings]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFindings {
+    /// New findings of medium severity or less that one host may open in a minute; beyond it they
+    /// are counted in one `findings_held_back` finding (built-in rules' findings and high or
+    /// critical ones are never held back).
+    #[serde(default = "default_max_new_per_host_per_minute")]
+    max_new_per_host_per_minute: u32,
+}
+
+impl Default for RawFindings {
+    fn default() -> Self {
+        RawFindings { max_new_per_host_per_minute: default_max_new_per_host_per_minute() }
+    }
+}
+
+fn default_max_new_per_host_per_minute() -> u32 {
+    100
 }
 
 /// One `[[alerts]]` table as written.
@@ -147,6 +176,8 @@ pub struct ServerConfig {
     pub max_report_bytes: usize,
     pub max_concurrent_reports: usize,
     pub alerts: Vec<SinkConfig>,
+    /// `[findings] max_new_per_host_per_minute`.
+    pub max_new_findings_per_minute: u32,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -229,6 +260,14 @@ impl ServerConfig {
                 format!("{} is outside 1..=1024", raw.max_concurrent_reports),
             ));
         }
+        let max_new = raw.findings.max_new_per_host_per_minute;
+        if !(1..=1_000_000).contains(&max_new) {
+            return Err(invalid(
+                "HOSTWATCH_FINDINGS_MAX_NEW_PER_HOST_PER_MINUTE",
+                "findings.max_new_per_host_per_minute",
+                format!("{max_new} is outside 1..=1000000"),
+            ));
+        }
         let mut alerts: Vec<SinkConfig> = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let key = |field: &str| format!("alerts[{i}].{field}");
@@ -284,6 +323,7 @@ impl ServerConfig {
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
                 max_concurrent_reports: raw.max_concurrent_reports as usize,
                 alerts,
+                max_new_findings_per_minute: max_new,
             },
             warnings,
         })
@@ -302,6 +342,7 @@ impl ServerConfig {
             max_report_bytes: default_max_report_bytes() as usize,
             max_concurrent_reports: default_max_concurrent_reports() as usize,
             alerts: Vec::new(),
+            max_new_findings_per_minute: default_max_new_per_host_per_minute(),
         }
     }
 }

@@ -102,7 +102,10 @@ async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(
     match h.status(now, state.settings.offline_after) {
         HostStatus::Offline | HostStatus::Stopped => {
             let obs = engine::agent_offline(h.goodbye.as_deref(), h.last_seen);
-            let changes = state.store.record_findings(h.id, &[obs], now).await?;
+            let changes = state
+                .store
+                .record_findings(h.id, &[obs], state.settings.max_new_findings_per_minute, now)
+                .await?;
             log(h.id, &changes);
         }
         HostStatus::Online | HostStatus::Retired => {}

@@ -8,24 +8,25 @@ use tracing::{error, info, warn};
 
 use crate::baseline::{self, BaselineSet, Selection};
 use crate::engine::{self, Target};
-use crate::model::{Applied, Content, FindingChange, Host, HostState, ReportRecord};
+use crate::model::{Applied, Content, FindingChange, Host, HostState, Recorded, ReportRecord};
 use crate::state::{AppState, LoadedBaselines};
 use crate::store::StoreError;
 
-/// Records one validated report and, if it changed the host's state, explains the host again.
-/// Returns whether the agent must send a snapshot next (its report did not follow the last one
-/// applied).
+/// Records one validated report and, if it changed the host's state, explains the host again and
+/// judges every start the report recorded, whether or not its item still exists. Returns whether
+/// the agent must send a snapshot next (its report did not follow the last one applied).
 pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<bool, StoreError> {
     let _turn = state.lock_host(host_id).await;
     let now = OffsetDateTime::now_utc();
     let lost = record.lost;
     let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
-    let applied = state.store.apply_report(host_id, &record, now).await?;
+    let (applied, recorded) = state.store.apply_report(host_id, &record, now).await?;
+    let limit = state.settings.max_new_findings_per_minute;
     // Reporting again: no longer offline.
     state.store.resolve_kind(host_id, hostwatch_proto::v1::FindingKind::AgentOffline, now).await?;
     if let Some(obs) = engine::data_lost(lost, applied.gap()) {
         warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
-        state.store.record_findings(host_id, &[obs], now).await?;
+        state.store.record_findings(host_id, &[obs], limit, now).await?;
     }
     if matches!(applied, Applied::Applied { .. }) && changes_state {
         let host = state
@@ -38,7 +39,7 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
             Content::Delta(d) => d.files.as_slice(),
             _ => &[],
         };
-        evaluate(state, &host, &host_state, files).await?;
+        evaluate(state, &host, &host_state, files, &recorded).await?;
     }
     Ok(applied.resync())
 }
@@ -69,14 +70,15 @@ pub async fn current_baselines(state: &AppState) -> Result<Arc<LoadedBaselines>,
     Ok(loaded)
 }
 
-/// Explains one host's state against its workload and reconciles its findings; files a finding
-/// for each change in `files` the workload does not allow (kept until acknowledged, not
-/// reconciled: a change cannot be undone by the next report).
+/// Explains one host's state against its workload, judges the starts a report `recorded`, and
+/// reconciles its findings; files a finding for each change in `files` the workload does not
+/// allow (kept until acknowledged, not reconciled: a change cannot be undone by the next report).
 pub async fn evaluate(
     state: &AppState,
     host: &Host,
     host_state: &HostState,
     files: &[hostwatch_proto::v1::FileChange],
+    recorded: &Recorded,
 ) -> Result<Vec<FindingChange>, StoreError> {
     let mut baselines = current_baselines(state).await?;
     let mut selection = baselines.set.select(&host.facts.tags);
@@ -112,7 +114,10 @@ pub async fn evaluate(
         .and_then(serde_json::Value::as_u64)
         .and_then(|p| u32::try_from(p).ok());
     let cx = engine::Context { tags: &host.facts.tags, now, agent_pid };
-    let mut observed = engine::evaluate(host_state, target, cx);
+    let mut observed = engine::merge(
+        engine::evaluate(host_state, target, cx),
+        engine::judge(&recorded.started, host_state, target, cx),
+    );
     if let Target::Workload(w) = target
         && w.peers.enabled
     {
@@ -120,13 +125,14 @@ pub async fn evaluate(
         let rare = engine::outliers(host_state, w, &counts, &observed);
         observed.extend(rare);
     }
+    let limit = state.settings.max_new_findings_per_minute;
     let mut changes = state
         .store
-        .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), now)
+        .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), limit, now)
         .await?;
     let file_findings = engine::explain_files(files, target, now);
     if !file_findings.is_empty() {
-        changes.extend(state.store.record_findings(host.id, &file_findings, now).await?);
+        changes.extend(state.store.record_findings(host.id, &file_findings, limit, now).await?);
     }
     for c in &changes {
         let (what, id, kind, subject) = match c {
@@ -161,5 +167,5 @@ pub async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError
         return Ok(());
     };
     let st = state.store.host_state(host_id).await?;
-    evaluate(state, &host, &st, &[]).await.map(|_| ())
+    evaluate(state, &host, &st, &[], &Recorded::default()).await.map(|_| ())
 }

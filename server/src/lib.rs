@@ -2,7 +2,8 @@
 //!
 //! Agents report to [`api`]; [`ingest`] records what they report through the [`store`] and has the
 //! [`engine`] explain it against the host's workload from [`baseline`]; whatever the engine cannot
-//! explain becomes a finding. [`auth`] is the one place credentials are checked. [`serve`] starts
+//! explain becomes a finding, whose life (open, refreshed, reopened, held back, resolved)
+//! [`findings`] decides. [`auth`] is the one place credentials are checked. [`serve`] starts
 //! the collector, [`dev`] its one-command local mode, [`cli`] the command line.
 
 pub mod alerts;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod engine;
+pub mod findings;
 pub mod housekeeping;
 pub mod ingest;
 pub mod model;

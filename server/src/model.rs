@@ -225,6 +225,9 @@ pub struct ReportRecord {
     pub lost: u64,
     /// `shutdown` or `stopped` for a goodbye.
     pub goodbye: Option<&'static str>,
+    /// Reports the agent had spooled behind this one when it sent it (`hostwatch-backlog`): the
+    /// sequence numbers up to `seq + backlog` were written before this one was judged.
+    pub backlog: u64,
 }
 
 /// What a report says about the host's state.
@@ -419,6 +422,62 @@ pub struct Observation {
     pub severity: Severity,
     pub subject: String,
     pub detail: serde_json::Value,
+    /// How many new occurrences of the item this observation stands for: starts judged as events
+    /// (an exec, a socket opened, a file changed, a burst held back), counted once each; 0 when
+    /// it only says that an item already known is still there.
+    pub occurrences: u64,
+    /// Some occurrence was gone before it was judged: the finding then resolves only by
+    /// acknowledgement.
+    pub transient: bool,
+}
+
+impl Observation {
+    /// One occurrence of an event: a change, a loss, an identity shared.
+    pub fn event(
+        kind: FindingKind,
+        rule: Option<String>,
+        severity: Severity,
+        subject: String,
+        detail: serde_json::Value,
+    ) -> Observation {
+        Observation { kind, rule, severity, subject, detail, occurrences: 1, transient: false }
+    }
+
+    /// The key findings are deduplicated by, besides the host: (kind, rule, subject).
+    pub fn key(&self) -> (FindingKind, &str, &str) {
+        (self.kind, self.rule.as_deref().unwrap_or_default(), &self.subject)
+    }
+}
+
+/// An item whose start the store recorded in a host's history (an exec, a listener or a
+/// connection opened): what the engine judges as it happens, whether or not it still exists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Process(Process),
+    Listener(Listener),
+    Connection(Connection),
+}
+
+/// One start recorded from a report, for judgement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub item: Item,
+    /// When the item began, as well as is known (a process's start, a socket's report); `None`
+    /// for a socket judged again, whose opening is in the history.
+    pub at: Option<OffsetDateTime>,
+    /// When it ended, if it was already gone once the report was applied: it was never alive for
+    /// the collector to see, so it is judged as transient.
+    pub ended: Option<OffsetDateTime>,
+    /// Whether this start is new: `false` for an item judged before whose end, recorded now,
+    /// turned out to have come before that judgement (it was delivered late from the spool);
+    /// it is judged again only to mark its finding transient, not counted again.
+    pub new: bool,
+}
+
+/// What applying a report recorded, besides the state: every start, to be judged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    pub started: Vec<Started>,
 }
 
 /// A finding as stored.
@@ -433,6 +492,8 @@ pub struct Finding {
     pub subject: String,
     pub detail: serde_json::Value,
     pub status: FindingStatus,
+    pub occurrences: u64,
+    pub transient: bool,
     pub first_seen: OffsetDateTime,
     pub last_seen: OffsetDateTime,
     pub resolved_at: Option<OffsetDateTime>,
@@ -673,6 +734,7 @@ impl From<proto::Report> for ReportRecord {
             agent: r.agent.into(),
             content,
             lost: r.lost,
+            backlog: 0,
             goodbye: r.goodbye.map(proto::Goodbye::as_str),
         }
     }
@@ -711,6 +773,8 @@ impl From<Finding> for proto::Finding {
             subject: f.subject,
             detail: f.detail,
             status: f.status,
+            occurrences: f.occurrences,
+            transient: f.transient,
             first_seen: f.first_seen,
             last_seen: f.last_seen,
             resolved_at: f.resolved_at,

@@ -59,6 +59,7 @@ pub async fn open(
         max_concurrent_reports: config.max_concurrent_reports,
         offline_after: config.offline_after,
         retire_after: config.retire_after,
+        max_new_findings_per_minute: config.max_new_findings_per_minute,
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {

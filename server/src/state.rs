@@ -49,6 +49,8 @@ pub struct Settings {
     pub offline_after: Option<Duration>,
     /// Silence after which a host is retired.
     pub retire_after: Duration,
+    /// `[findings] max_new_per_host_per_minute`: the budget [`crate::findings`] holds each host to.
+    pub max_new_findings_per_minute: u32,
 }
 
 /// Baselines parsed from one revision of the store.

@@ -123,6 +123,15 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(code, 413, "{text}");
     assert!(error_of(&text).contains("larger than the limit of 65536 bytes"), "{text}");
 
+    // A backlog that is no number of reports: 400, naming the header.
+    for backlog in ["-1", "many", "99999999999", ""] {
+        let (code, text) = c
+            .post_with(proto::REPORT_PATH, Some(key), &[(proto::BACKLOG_HEADER, backlog)], body.clone())
+            .await;
+        assert_eq!(code, 400, "{backlog:?}: {text}");
+        assert!(error_of(&text).starts_with("header hostwatch-backlog: not a number"), "{text}");
+    }
+
     // Nothing of all that was stored.
     let after: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, e.host_id)).await;
     assert_eq!((after.last_seq, after.processes.len()), (1, 1));
@@ -138,7 +147,8 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     let accepted: proto::ReportResponse = serde_json::from_str(&text).unwrap();
     assert_eq!(accepted.seq, 2);
 
-    // The counters saw all of it: 2 accepted; malformed, mistyped, invalid, oversized refused.
+    // The counters saw all of it: 2 accepted; malformed, mistyped, invalid, oversized and the
+    // four bad backlogs refused.
     let metrics =
         reqwest::get(format!("{}{}", c.url, proto::METRICS_PATH)).await.unwrap().text().await.unwrap();
     let value = |name: &str| -> u64 {
@@ -149,7 +159,7 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
     };
     assert_eq!(value("hostwatch_reports_accepted_total"), 2);
-    assert_eq!(value("hostwatch_reports_rejected_total"), 4);
+    assert_eq!(value("hostwatch_reports_rejected_total"), 8);
     assert_eq!(value("hostwatch_unknown_fields_total"), 2);
 }
 

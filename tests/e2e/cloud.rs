@@ -109,6 +109,7 @@ fn azure_identity_and_tags_and_ec2_without_tags() {
 
 #[test]
 fn a_refused_token_and_a_hop_limit_are_said_plainly() {
+    let _turn = crate::support::Turn::shared();
     let refused = Imds::start("aws", "refuse-token", 0.0, "i-x", &[]);
     let (report, log) =
         snapshot(&[("HOSTWATCH_CLOUD_PROVIDER", "aws"), ("HOSTWATCH_CLOUD_ENDPOINT", &refused.url)]);

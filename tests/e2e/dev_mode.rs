@@ -86,6 +86,7 @@ fn line_with<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_watches_this_machine_and_shows_drift() {
+    let _turn = crate::support::Turn::shared();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut dev = start_dev(&data);

@@ -36,10 +36,22 @@ fn open_baseline_findings(c: &Collector, host: i64) -> Vec<(String, String)> {
     db(c, &sql).into_iter().map(|mut r| (r.remove(0), r.remove(0))).collect()
 }
 
+/// The interpreter `python3` runs, resolved once before learning: a launcher in front of it
+/// (pyenv's shim is a bash script run through `/usr/bin/env`) starts programs of its own at every
+/// call, and one caught after learning would be something new on the host.
+fn real_python() -> &'static str {
+    static REAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REAL.get_or_init(|| {
+        let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+        assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
 /// Rows of a read-only query on the collector's SQLite file (python3's sqlite3 module).
 fn db(c: &Collector, sql: &str) -> Vec<Vec<String>> {
     let path = c.data_dir.join("hostwatch.db");
-    let out = Command::new("python3")
+    let out = Command::new(real_python())
         .args([
             "-c",
             "import json, sqlite3, sys\n\
@@ -68,6 +80,7 @@ async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
     // Outside the temporary directories, so no built-in rule is about them.
     let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
     let role = unique("learn");
+    real_python();
     let _agent = start_agent(&c, dir.path(), &format!("role={role},team=e2e"));
     let host: proto::Host = wait_for("host online", WAIT, async || {
         let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);

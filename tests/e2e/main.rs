@@ -9,6 +9,7 @@ mod bad_input;
 mod cloud;
 mod collection;
 mod dev_mode;
+mod events;
 mod files;
 mod learn;
 mod lifecycle;

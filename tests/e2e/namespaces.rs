@@ -34,6 +34,7 @@ impl Drop for Netns {
 
 #[test]
 fn listeners_inside_another_namespace_are_reported_with_it() {
+    let _turn = crate::support::Turn::shared();
     let ns = Netns::new();
     // A listener on a port this test picks, inside the namespace only.
     let port = 20000 + (std::process::id() % 20000) as u16;

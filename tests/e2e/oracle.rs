@@ -90,6 +90,7 @@ fn same_ip(ss: Option<IpAddr>, ours: IpAddr) -> bool {
 
 #[test]
 fn every_process_and_socket_that_ps_and_ss_see() {
+    let _turn = crate::support::Turn::shared();
     // Something of each kind this test owns, so that the comparison can never be empty.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();

@@ -142,6 +142,7 @@ async fn hashes_memfd_world_writable_and_containers_reach_the_collector() {
 
 #[test]
 fn command_lines_are_redacted_by_built_in_and_site_rules_before_they_leave() {
+    let _turn = crate::support::Turn::shared();
     let marker = unique("hwredact");
     let secret = format!("{marker}-tok-31337");
     let _kid = Guard(

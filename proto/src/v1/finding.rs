@@ -27,10 +27,11 @@ pub enum FindingKind {
     DuplicateIdentity,
     AgentOffline,
     DataLost,
+    FindingsHeldBack,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 14] = [
+    pub const ALL: [FindingKind; 15] = [
         FindingKind::UnexpectedProcess,
         FindingKind::MissingProcess,
         FindingKind::UnexpectedListener,
@@ -45,6 +46,7 @@ impl FindingKind {
         FindingKind::DuplicateIdentity,
         FindingKind::AgentOffline,
         FindingKind::DataLost,
+        FindingKind::FindingsHeldBack,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +65,7 @@ impl FindingKind {
             FindingKind::DuplicateIdentity => "duplicate_identity",
             FindingKind::AgentOffline => "agent_offline",
             FindingKind::DataLost => "data_lost",
+            FindingKind::FindingsHeldBack => "findings_held_back",
         }
     }
 }
@@ -196,6 +199,16 @@ pub struct Finding {
     #[serde(default)]
     pub detail: serde_json::Value,
     pub status: FindingStatus,
+    /// How many times its item was seen to start (an exec, a socket opened, a file changed):
+    /// 10,000 runs of one program are one finding with 10,000 occurrences. Absent from older
+    /// collectors: one.
+    #[serde(default = "one")]
+    pub occurrences: u64,
+    /// Some occurrence was gone before the collector judged it (a program that ran for
+    /// milliseconds, a listener that opened and closed while the collector was down): such a
+    /// finding resolves only by acknowledgement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
     #[serde(with = "timestamp")]
     pub first_seen: OffsetDateTime,
     #[serde(with = "timestamp")]
@@ -212,6 +225,10 @@ pub struct Finding {
     pub acked_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_note: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// Body of `POST /api/v1/findings/{id}/ack`.

@@ -66,6 +66,14 @@ pub const HEALTHZ_PATH: &str = "/healthz";
 /// `GET`: the collector's counters in Prometheus text format, no authentication.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Header of `POST` [`REPORT_PATH`]: how many reports the agent had spooled behind this one when
+/// it sent it (a decimal number; absent: none). A report sent from a backlog describes the past:
+/// an item it starts that one of the next `backlog` reports ends was gone before the collector
+/// could judge it alive, and is judged transient.
+pub const BACKLOG_HEADER: &str = "hostwatch-backlog";
+/// The largest [`BACKLOG_HEADER`] a collector accepts: more reports than any spool holds.
+pub const MAX_BACKLOG: u64 = 10_000_000;
+
 /// Every node key starts with this, so that secret scanners and people can tell what leaked.
 pub const NODE_KEY_PREFIX: &str = "hwn_";
 /// Every API token starts with this.

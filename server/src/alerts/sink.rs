@@ -147,6 +147,8 @@ mod tests {
     #[test]
     fn slack_text_escapes_what_agents_wrote() {
         let finding = crate::model::Finding {
+            occurrences: 1,
+            transient: false,
             id: 7,
             host_id: 1,
             hostname: "web-1".into(),

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use hostwatch_proto::v1::{self as proto, NODE_KEY_PREFIX, Validate};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -15,6 +16,25 @@ use crate::auth::{self, Agent};
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
 use crate::{engine, ingest, secrets};
+
+/// The agent's [`proto::BACKLOG_HEADER`]: absent is none; anything but a decimal number up to
+/// [`proto::MAX_BACKLOG`] is refused, named.
+fn backlog(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let Some(value) = headers.get(proto::BACKLOG_HEADER) else { return Ok(0) };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n <= proto::MAX_BACKLOG)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "header {}: not a number of reports from 0 to {}",
+                proto::BACKLOG_HEADER,
+                proto::MAX_BACKLOG
+            ))
+        })
+}
 
 /// Largest enrollment body: host facts and a secret.
 pub const ENROLL_LIMIT: usize = 64 << 10;
@@ -48,7 +68,15 @@ pub async fn enroll(
     if let Some(dup) = engine::duplicate_identity(&facts.machine_id, &same_machine) {
         tracing::warn!(machine_id = ?facts.machine_id, hosts = ?same_machine, "several hosts enrolled under one machine id");
         for id in &same_machine {
-            state.store.record_findings(*id, std::slice::from_ref(&dup), now).await?;
+            state
+                .store
+                .record_findings(
+                    *id,
+                    std::slice::from_ref(&dup),
+                    state.settings.max_new_findings_per_minute,
+                    now,
+                )
+                .await?;
         }
     }
     Ok(Json(proto::EnrollResponse { host_id, node_key: key.expose().to_owned() }))
@@ -57,9 +85,10 @@ pub async fn enroll(
 pub async fn report(
     State(state): State<AppState>,
     agent: Agent,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<proto::ReportResponse>, ApiError> {
-    let result = accept(&state, agent, body).await;
+    let result = accept(&state, agent, &headers, body).await;
     let counter =
         if result.is_ok() { &state.counters.reports_accepted } else { &state.counters.reports_rejected };
     counter.fetch_add(1, Ordering::Relaxed);
@@ -72,13 +101,15 @@ pub async fn report(
 async fn accept(
     state: &AppState,
     agent: Agent,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<proto::ReportResponse, ApiError> {
+    let backlog = backlog(headers)?;
     let body = body.map_err(|r| ApiError::from_body("report", state.settings.max_report_bytes, r))?;
     let report: proto::Report = decode(state, "report", &body)?;
     report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
     let seq = report.seq;
-    let record: ReportRecord = report.into();
+    let record = ReportRecord { backlog, ..ReportRecord::from(report) };
     let resync = ingest::ingest(state, agent.host_id, record).await?;
     Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync })
 }

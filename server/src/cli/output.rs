@@ -204,6 +204,8 @@ impl Tabular for proto::Finding {
             "subject",
             "detail",
             "status",
+            "occurrences",
+            "transient",
             "first_seen",
             "last_seen",
         ]
@@ -219,6 +221,8 @@ impl Tabular for proto::Finding {
             text(&self.subject, style, 60),
             text(&self.detail.to_string(), style, 60),
             self.status.as_str().to_owned(),
+            self.occurrences.to_string(),
+            self.transient.to_string(),
             when(Some(self.first_seen), style),
             when(Some(self.last_seen), style),
         ]

@@ -14,7 +14,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::baseline::{Workload, active};
-use crate::model::{Connection, HostState, Listener, Observation, PeerCounts, Process};
+use crate::model::{Connection, HostState, Item, Listener, Observation, PeerCounts, Process, Started};
 
 /// What a host is held to.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +38,9 @@ pub fn default_severity(kind: FindingKind) -> Severity {
         FindingKind::UnexpectedProcess | FindingKind::MissingProcess | FindingKind::MissingListener => {
             Severity::Medium
         }
-        FindingKind::AmbiguousWorkload | FindingKind::DataLost => Severity::Medium,
+        FindingKind::AmbiguousWorkload | FindingKind::DataLost | FindingKind::FindingsHeldBack => {
+            Severity::Medium
+        }
         FindingKind::AgentOffline
         | FindingKind::FileChanged
         | FindingKind::UnauthenticatedService
@@ -79,12 +81,14 @@ pub fn resolvable(target: Target<'_>) -> &'static [FindingKind] {
 /// Two or more hosts enrolled under one machine id: an image baked with an identity and booted
 /// twice, or a machine posing as another. Filed on each of `hosts` (all of them, in id order).
 pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation> {
-    (hosts.len() > 1).then(|| Observation {
-        kind: FindingKind::DuplicateIdentity,
-        rule: None,
-        severity: default_severity(FindingKind::DuplicateIdentity),
-        subject: format!("machine-id {machine_id}"),
-        detail: json!({ "machine_id": machine_id, "hosts": hosts }),
+    (hosts.len() > 1).then(|| {
+        Observation::event(
+            FindingKind::DuplicateIdentity,
+            None,
+            default_severity(FindingKind::DuplicateIdentity),
+            format!("machine-id {machine_id}"),
+            json!({ "machine_id": machine_id, "hosts": hosts }),
+        )
     })
 }
 
@@ -104,6 +108,9 @@ pub fn agent_offline(last_words: Option<&str>, last_seen: Option<OffsetDateTime>
             "last_words": last_words.unwrap_or("none"),
             "last_seen": last_seen.map(hostwatch_proto::v1::timestamp::format),
         }),
+        // A state of the host, filed again at every housekeeping round: no new occurrence.
+        occurrences: 0,
+        transient: false,
     }
 }
 
@@ -114,16 +121,16 @@ pub fn data_lost(lost: u64, gap: Option<(u64, u64)>) -> Option<Observation> {
     if lost == 0 && gap.is_none() {
         return None;
     }
-    Some(Observation {
-        kind: FindingKind::DataLost,
-        rule: None,
-        severity: default_severity(FindingKind::DataLost),
-        subject: "reports".to_owned(),
-        detail: json!({
+    Some(Observation::event(
+        FindingKind::DataLost,
+        None,
+        default_severity(FindingKind::DataLost),
+        "reports".to_owned(),
+        json!({
             "dropped_by_agent": lost,
             "missing_seq": gap.map(|(from, to)| json!({ "from": from, "before": to })),
         }),
-    })
+    ))
 }
 
 /// The changes to watched files that `target` does not allow, one observation each (a path
@@ -157,12 +164,12 @@ pub fn explain_files(
             None => severity_of(workload, FindingKind::FileChanged),
         };
         let hash = |s: &Option<hostwatch_proto::v1::FileState>| s.as_ref().and_then(|s| s.sha256.clone());
-        let o = Observation {
-            kind: FindingKind::FileChanged,
-            rule: rule.map(|(r, _)| r.name.to_owned()),
+        let mut o = Observation::event(
+            FindingKind::FileChanged,
+            rule.map(|(r, _)| r.name.to_owned()),
             severity,
-            subject: c.path.clone(),
-            detail: json!({
+            c.path.clone(),
+            json!({
                 "change": c.change.as_str(),
                 "origin": c.origin.as_str(),
                 "at": hostwatch_proto::v1::timestamp::format(c.at),
@@ -174,10 +181,13 @@ pub fn explain_files(
                 "package": c.package,
                 "why": rule.map(|(r, _)| r.what),
             }),
-        };
+        );
         let key = (c.path.as_str(), rule.map(|(r, _)| r.name));
         match at.get(&key) {
-            Some(&i) => out[i] = o,
+            Some(&i) => {
+                o.occurrences += out[i].occurrences;
+                out[i] = o;
+            }
             None => {
                 at.insert(key, out.len());
                 out.push(o);
@@ -221,18 +231,11 @@ pub struct Context<'a> {
 }
 
 /// Everything about `state` that `target` does not explain, and everything a built-in rule
-/// finds, one observation per (kind, subject).
+/// finds, one observation per (kind, subject). These say what is there: no new occurrence.
 pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
     let workload = target.workload();
-    // Parents' names and which processes the workload explains: worked out once, read by the
-    // baseline's rules and the built-in ones alike.
-    let names = parents(state);
-    let explained: Vec<bool> = state
-        .processes
-        .iter()
-        .map(|p| workload.is_some_and(|w| process_explained(w, p, &names, cx.now)))
-        .collect();
+    let lineage = Lineage::of(state.processes.iter());
     match target {
         Target::NoBaseline => {
             out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": cx.tags }))
@@ -243,17 +246,100 @@ pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<O
             json!({ "baselines": names, "tags": cx.tags }),
         ),
         Target::Workload(w) => {
-            explain_processes(state, w, &names, &explained, cx.now, &mut out);
-            explain_listeners(state, w, cx.now, &mut out);
-            explain_connections(state, w, cx, &mut out);
+            process_counts(state, w, &lineage, cx.now, &mut out);
+            missing_listeners(state, w, cx.now, &mut out);
         }
     }
-    builtin_rules(state, workload, &explained, cx.now, &mut out);
-    let mut obs: Vec<Observation> = out.0.into_values().collect();
-    for o in obs.iter_mut().filter(|o| o.rule.is_none()) {
-        o.severity = severity_of(workload, o.kind);
+    judge_items(state, &lineage, &state.listeners, workload, cx, &mut out);
+    out.finish(workload)
+}
+
+/// Judges every start a report recorded (`started`, see [`Started`]), whether or not its item
+/// still exists, against `target` and the built-in rules: one observation per finding key, with
+/// the number of new starts it stands for and whether any was gone before it was judged.
+/// `state` is the host's state after the report: it names the parents and the listeners that
+/// explain inbound connections.
+pub fn judge(
+    started: &[Started],
+    state: &HostState,
+    target: Target<'_>,
+    cx: Context<'_>,
+) -> Vec<Observation> {
+    let workload = target.workload();
+    // Parents may be gone too (`curl | sh`): the report's own starts name them as well.
+    let lineage = Lineage::of(state.processes.iter().chain(started.iter().filter_map(|s| match &s.item {
+        Item::Process(p) => Some(p),
+        _ => None,
+    })));
+    let mut merged: BTreeMap<(FindingKind, String, String), Observation> = BTreeMap::new();
+    for s in started {
+        let mut one = HostState::default();
+        match &s.item {
+            Item::Process(p) => one.processes.push(p.clone()),
+            Item::Listener(l) => one.listeners.push(l.clone()),
+            Item::Connection(c) => one.connections.push(c.clone()),
+        }
+        let mut out = Observations::default();
+        judge_items(&one, &lineage, &state.listeners, workload, cx, &mut out);
+        let at = |t: Option<OffsetDateTime>| t.map(hostwatch_proto::v1::timestamp::format);
+        for mut o in out.finish(workload) {
+            o.occurrences = u64::from(s.new);
+            o.transient = s.ended.is_some();
+            let (began, ended) = match s.item {
+                Item::Process(_) => ("started_at", "exited_at"),
+                Item::Listener(_) | Item::Connection(_) => ("opened_at", "closed_at"),
+            };
+            o.detail[began] = json!(at(s.at));
+            o.detail[ended] = json!(at(s.ended));
+            o.detail["transient"] = json!(o.transient);
+            let key = (o.kind, o.rule.clone().unwrap_or_default(), o.subject.clone());
+            match merged.get_mut(&key) {
+                Some(m) => {
+                    let (occurrences, transient) =
+                        (m.occurrences + o.occurrences, m.transient || o.transient);
+                    // The detail of the latest start; the finding counts them all.
+                    *m = Observation { occurrences, transient, ..o };
+                }
+                None => {
+                    merged.insert(key, o);
+                }
+            }
+        }
     }
-    obs
+    merged.into_values().collect()
+}
+
+/// Merges the judgement of a report's starts (`events`, from [`judge`]) into the evaluation of
+/// the state after it (`state`, from [`evaluate`]): one observation per key, counting the starts,
+/// transient if any was, with the event's detail over the state's (which keeps how many are
+/// running and their pids).
+pub fn merge(mut state: Vec<Observation>, events: Vec<Observation>) -> Vec<Observation> {
+    let at: HashMap<(FindingKind, String, String), usize> = state
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ((o.kind, o.rule.clone().unwrap_or_default(), o.subject.clone()), i))
+        .collect();
+    for e in events {
+        let key = (e.kind, e.rule.clone().unwrap_or_default(), e.subject.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                let s = &mut state[i];
+                if let (Some(into), Some(from)) = (s.detail.as_object_mut(), e.detail.as_object()) {
+                    into.extend(
+                        from.iter()
+                            .filter(|(k, _)| {
+                                !matches!(k.as_str(), "count" | "pids" | "sockets" | "connections")
+                            })
+                            .map(|(k, v)| (k.clone(), v.clone())),
+                    );
+                }
+                s.occurrences += e.occurrences;
+                s.transient |= e.transient;
+            }
+            None => state.push(e),
+        }
+    }
+    state
 }
 
 /// Items of `state` rare among the workload's peers (`counts`, which include this host): an
@@ -314,54 +400,121 @@ pub fn outliers(
     obs
 }
 
-/// The names of the parents of `state`'s processes, by pid.
-fn parents(state: &HostState) -> HashMap<u32, &str> {
-    state.processes.iter().map(|p| (p.pid, p.name.as_str())).collect()
+/// The processes a host is known to run or have run, by pid: parents' names for the rules that
+/// name a parent, and the parent chain a finding about a process shows.
+struct Lineage<'a>(HashMap<u32, &'a Process>);
+
+/// Ancestors listed in a finding's detail at most.
+const MAX_PARENTS: usize = 12;
+
+impl<'a> Lineage<'a> {
+    /// Later processes win a pid: the state's own come first.
+    fn of(procs: impl Iterator<Item = &'a Process>) -> Lineage<'a> {
+        let mut map = HashMap::new();
+        for p in procs {
+            map.entry(p.pid).or_insert(p);
+        }
+        Lineage(map)
+    }
+
+    fn parent_name(&self, p: &Process) -> Option<&'a str> {
+        self.0.get(&p.ppid).map(|q| q.name.as_str())
+    }
+
+    /// `p`'s parent, its parent's parent, and so on, as far as they are known (a loop or an
+    /// unknown pid ends it).
+    fn parents(&self, p: &Process) -> serde_json::Value {
+        let mut out = Vec::new();
+        let mut pid = p.ppid;
+        while pid != 0 && out.len() < MAX_PARENTS {
+            let Some(q) = self.0.get(&pid) else {
+                out.push(json!({ "pid": pid }));
+                break;
+            };
+            out.push(json!({ "pid": q.pid, "name": q.name, "exe": q.exe, "cmdline": q.cmdline_string() }));
+            if q.ppid == pid || q.ppid == p.pid {
+                break;
+            }
+            pid = q.ppid;
+        }
+        json!(out)
+    }
 }
 
 /// Whether an active rule of `w` explains `p`.
-fn process_explained(w: &Workload, p: &Process, names: &HashMap<u32, &str>, now: OffsetDateTime) -> bool {
-    let parent = names.get(&p.ppid).copied();
+fn process_explained(w: &Workload, p: &Process, lineage: &Lineage<'_>, now: OffsetDateTime) -> bool {
+    let parent = lineage.parent_name(p);
     w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
 }
 
-/// `explained[i]`: whether `w` explains `state.processes[i]`; `names`: parents' names by pid.
-fn explain_processes(
-    state: &HostState,
-    w: &Workload,
-    names: &HashMap<u32, &str>,
-    explained: &[bool],
-    now: OffsetDateTime,
+/// The items of `items` the workload does not explain, and what the built-in rules find in them.
+/// `lineage` names parents; `listeners` are the host's, which explain inbound connections.
+fn judge_items(
+    items: &HostState,
+    lineage: &Lineage<'_>,
+    listeners: &[Listener],
+    workload: Option<&Workload>,
+    cx: Context<'_>,
     out: &mut Observations,
 ) {
+    // Which processes the workload explains: worked out once, read by the baseline's rules and
+    // the built-in ones alike.
+    let explained: Vec<bool> = items
+        .processes
+        .iter()
+        .map(|p| workload.is_some_and(|w| process_explained(w, p, lineage, cx.now)))
+        .collect();
+    if let Some(w) = workload {
+        explain_processes(items, lineage, &explained, out);
+        explain_listeners(items, w, cx.now, out);
+        explain_connections(items, listeners, w, cx, out);
+    }
+    builtin_rules(items, lineage, workload, &explained, cx.now, out);
+}
+
+/// The fields of a process that a finding about it shows.
+fn process_detail(p: &Process, lineage: &Lineage<'_>) -> serde_json::Value {
+    json!({
+        "name": p.name,
+        "exe": p.exe,
+        "exe_deleted": p.exe_deleted,
+        "user": p.user_or_uid(),
+        "pid": p.pid,
+        "ppid": p.ppid,
+        "parents": lineage.parents(p),
+        "cmdline": p.cmdline_string(),
+        "sha256": p.sha256,
+    })
+}
+
+/// `explained[i]`: whether the workload explains `state.processes[i]`.
+fn explain_processes(state: &HostState, lineage: &Lineage<'_>, explained: &[bool], out: &mut Observations) {
     let mut unexplained: BTreeMap<&str, Vec<&Process>> = BTreeMap::new();
     for (p, _) in state.processes.iter().zip(explained).filter(|(_, e)| !**e) {
         unexplained.entry(p.subject()).or_default().push(p);
     }
     for (subject, procs) in unexplained {
-        let first = procs[0];
-        out.add(
-            FindingKind::UnexpectedProcess,
-            subject.to_owned(),
-            json!({
-                "name": first.name,
-                "exe": first.exe,
-                "exe_deleted": first.exe_deleted,
-                "user": first.user_or_uid(),
-                "pid": first.pid,
-                "ppid": first.ppid,
-                "cmdline": first.cmdline_string(),
-                "count": procs.len(),
-                "pids": procs.iter().take(MAX_PIDS).map(|p| p.pid).collect::<Vec<_>>(),
-            }),
-        );
+        let mut detail = process_detail(procs[0], lineage);
+        detail["count"] = json!(procs.len());
+        detail["pids"] = json!(procs.iter().take(MAX_PIDS).map(|p| p.pid).collect::<Vec<_>>());
+        out.add(FindingKind::UnexpectedProcess, subject.to_owned(), detail);
     }
+}
+
+/// Rules with a count: too few matching processes (a required one missing) or too many.
+fn process_counts(
+    state: &HostState,
+    w: &Workload,
+    lineage: &Lineage<'_>,
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
     for rule in w.processes.iter().filter(|r| active(&r.until, now)) {
         if rule.min == 0 && rule.max.is_none() {
             continue;
         }
         let matching: Vec<&Process> =
-            state.processes.iter().filter(|p| rule.matches(p, names.get(&p.ppid).copied())).collect();
+            state.processes.iter().filter(|p| rule.matches(p, lineage.parent_name(p))).collect();
         let rule_detail = json!({
             "baseline": rule.origin.baseline,
             "name": rule.name.as_str(),
@@ -404,6 +557,10 @@ fn explain_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: 
             }),
         );
     }
+}
+
+/// Required listeners none of the state's listeners matches.
+fn missing_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
     for rule in w.listens.iter().filter(|r| r.required && active(&r.until, now)) {
         if !state.listeners.iter().any(|l| rule.matches(l)) {
             out.add(
@@ -422,9 +579,16 @@ fn explain_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: 
 }
 
 /// Outbound connections no `[[connect]]` rule explains; inbound ones are explained by the
-/// listener they came to (when a `[[listen]]` rule explains it) or by a `[[connect]]` rule. The
-/// agent's own connections (to its collector, to the cloud's metadata service) explain themselves.
-fn explain_connections(state: &HostState, w: &Workload, cx: Context<'_>, out: &mut Observations) {
+/// listener they came to (one of `listeners` that a `[[listen]]` rule explains) or by a
+/// `[[connect]]` rule. The agent's own connections (to its collector, to the cloud's metadata
+/// service) explain themselves.
+fn explain_connections(
+    state: &HostState,
+    listeners: &[Listener],
+    w: &Workload,
+    cx: Context<'_>,
+    out: &mut Observations,
+) {
     let mut unexplained: BTreeMap<String, Vec<&Connection>> = BTreeMap::new();
     for c in &state.connections {
         if c.pid.is_some() && c.pid == cx.agent_pid {
@@ -433,7 +597,7 @@ fn explain_connections(state: &HostState, w: &Workload, cx: Context<'_>, out: &m
         if w.connects.iter().any(|r| active(&r.until, cx.now) && r.matches(c)) {
             continue;
         }
-        if c.direction == Direction::Inbound && inbound_explained(state, w, c, cx.now) {
+        if c.direction == Direction::Inbound && inbound_explained(listeners, w, c, cx.now) {
             continue;
         }
         unexplained.entry(c.subject()).or_default().push(c);
@@ -458,9 +622,9 @@ fn explain_connections(state: &HostState, w: &Workload, cx: Context<'_>, out: &m
     }
 }
 
-/// Whether an inbound connection came to a listener the workload explains.
-fn inbound_explained(state: &HostState, w: &Workload, c: &Connection, now: OffsetDateTime) -> bool {
-    state.listeners.iter().any(|l| {
+/// Whether an inbound connection came to one of `listeners` that the workload explains.
+fn inbound_explained(listeners: &[Listener], w: &Workload, c: &Connection, now: OffsetDateTime) -> bool {
+    listeners.iter().any(|l| {
         l.protocol == c.protocol
             && l.port == c.local.port()
             && (l.address.is_unspecified() || l.address.to_canonical() == c.local.ip().to_canonical())
@@ -472,6 +636,7 @@ fn inbound_explained(state: &HostState, w: &Workload, c: &Connection, now: Offse
 /// `explained[i]`: whether the workload explains `state.processes[i]`.
 fn builtin_rules(
     state: &HostState,
+    lineage: &Lineage<'_>,
     workload: Option<&Workload>,
     explained: &[bool],
     now: OffsetDateTime,
@@ -480,23 +645,10 @@ fn builtin_rules(
     for (p, explained) in state.processes.iter().zip(explained) {
         for name in builtin::process_rules(p, *explained, now) {
             let Some((rule, severity)) = enabled(workload, name) else { continue };
-            out.add_rule(
-                rule,
-                severity,
-                p.subject().to_owned(),
-                json!({
-                    "name": p.name,
-                    "exe": p.exe,
-                    "exe_deleted": p.exe_deleted,
-                    "user": p.user_or_uid(),
-                    "pid": p.pid,
-                    "ppid": p.ppid,
-                    "cmdline": p.cmdline_string(),
-                    "sha256": p.sha256,
-                    "cpu_percent": p.cpu_percent,
-                    "stdio_socket": p.stdio_socket,
-                }),
-            );
+            let mut detail = process_detail(p, lineage);
+            detail["cpu_percent"] = json!(p.cpu_percent);
+            detail["stdio_socket"] = json!(p.stdio_socket);
+            out.add_rule(rule, severity, p.subject().to_owned(), detail);
         }
     }
     for c in state.connections.iter().filter(|c| builtin::pool_port(c)) {
@@ -545,6 +697,8 @@ impl Observations {
             severity,
             subject,
             detail,
+            occurrences: 0,
+            transient: false,
         });
     }
 
@@ -555,7 +709,18 @@ impl Observations {
             severity: default_severity(kind),
             subject,
             detail,
+            occurrences: 0,
+            transient: false,
         });
+    }
+
+    /// The observations, the kinds no rule files graded by the workload's `[severity]`.
+    fn finish(self, workload: Option<&Workload>) -> Vec<Observation> {
+        let mut obs: Vec<Observation> = self.0.into_values().collect();
+        for o in obs.iter_mut().filter(|o| o.rule.is_none()) {
+            o.severity = severity_of(workload, o.kind);
+        }
+        obs
     }
 }
 
@@ -927,6 +1092,76 @@ change = "deny"
             uid: 0,
             netns: None,
         }
+    }
+
+    #[test]
+    fn every_start_is_judged_whether_or_not_it_still_exists() {
+        use crate::model::{Item, Started};
+        let w = workload(
+            &[
+                "name = \"w\"\nselector = {}\n[[process]]\nname = \"bash\"\n[[listen]]\nprotocol = \"tcp\"\nport = 22\n",
+            ],
+            "w",
+        );
+        let mut shell = proc(100, "bash", Some("/usr/bin/bash"), "root");
+        shell.ppid = 1;
+        let mut init = proc(1, "systemd", Some("/usr/lib/systemd/systemd"), "root");
+        init.ppid = 0;
+        // `curl | sh`: the sh is gone too, and still names its parent.
+        let mut sh = proc(200, "sh", Some("/usr/bin/sh"), "root");
+        sh.ppid = 100;
+        let mut dropper = proc(201, "x", Some("/tmp/x"), "root");
+        dropper.ppid = 200;
+        let state = HostState { processes: vec![init, shell], ..Default::default() };
+        let t = |s: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
+        let gone = |p: &Process, end: i64| Started {
+            item: Item::Process(p.clone()),
+            at: Some(t(0)),
+            ended: Some(t(end)),
+            new: true,
+        };
+        let listener = Started {
+            item: Item::Listener(listener(Protocol::Tcp, "0.0.0.0", 8000, Some("python3"))),
+            at: Some(t(0)),
+            ended: Some(t(1)),
+            new: true,
+        };
+        let events = [gone(&sh, 1), gone(&dropper, 1), gone(&dropper, 2), listener];
+        let tags = BTreeMap::new();
+        let cx = Context { tags: &tags, now: t(3), agent_pid: None };
+        let obs = judge(&events, &state, Target::Workload(&w), cx);
+        let find = |kind, rule: Option<&str>, subject: &str| {
+            obs.iter()
+                .find(|o| o.kind == kind && o.rule.as_deref() == rule && o.subject == subject)
+                .unwrap_or_else(|| panic!("{kind} {rule:?} {subject} in {obs:#?}"))
+        };
+        let x = find(FindingKind::UnexpectedProcess, None, "/tmp/x");
+        assert_eq!((x.occurrences, x.transient), (2, true), "two runs, one observation");
+        let parents: Vec<u64> =
+            x.detail["parents"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+        assert_eq!(parents, [200, 100, 1], "its parent chain, the gone sh included");
+        assert_eq!(x.detail["exited_at"], "1970-01-01T00:00:02.000Z");
+        assert_eq!(x.detail["transient"], true);
+        let temp = find(FindingKind::SuspiciousProcess, Some("exe-in-temp"), "/tmp/x");
+        assert_eq!((temp.occurrences, temp.severity), (2, Severity::High));
+        assert_eq!(find(FindingKind::UnexpectedProcess, None, "/usr/bin/sh").occurrences, 1);
+        let l = find(FindingKind::UnexpectedListener, None, "tcp/0.0.0.0:8000");
+        assert_eq!((l.transient, l.detail["closed_at"].as_str()), (true, Some("1970-01-01T00:00:01.000Z")));
+        assert_eq!(obs.len(), 4, "the explained shell's parent is no finding: {obs:#?}");
+        // A start already judged, re-judged to mark it transient, counts no occurrence; merged
+        // with the state's observation of the same program it keeps the state's count.
+        let again = judge(&[Started { new: false, ..gone(&dropper, 2) }], &state, Target::Workload(&w), cx);
+        assert!(again.iter().all(|o| o.occurrences == 0 && o.transient));
+        let running = HostState { processes: vec![dropper.clone()], ..Default::default() };
+        let merged = merge(evaluate(&running, Target::Workload(&w), cx), obs.clone());
+        let x = merged
+            .iter()
+            .find(|o| o.kind == FindingKind::UnexpectedProcess && o.subject == "/tmp/x")
+            .unwrap();
+        assert_eq!((x.occurrences, x.transient, x.detail["count"].as_u64()), (2, true, Some(1)));
+        // Without a baseline only the built-in rules judge.
+        let none = judge(&events, &state, Target::NoBaseline, cx);
+        assert_eq!(kinds(&none), [(FindingKind::SuspiciousProcess, "/tmp/x")]);
     }
 
     #[test]

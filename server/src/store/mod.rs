@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::model::{
     AlertEvent, Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, PeerCounts,
-    ProcessEvent, ReportRecord, Silence, SocketEvent,
+    ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
 /// Why the store could not do what was asked.
@@ -130,21 +130,29 @@ pub trait Store: Send + Sync + 'static {
     /// session's sequence numbers: a replay (a number already applied) changes nothing; a snapshot
     /// replaces the state; a delta changes it, and if it does not follow the last report applied
     /// (a gap, or a session without a snapshot) the outcome asks for a snapshot. State changes
-    /// write history.
-    async fn apply_report(&self, host_id: i64, report: &ReportRecord, now: OffsetDateTime)
-    -> Result<Applied>;
+    /// write history, and every start written to the history (an exec, a socket opened) is
+    /// returned, for the engine to judge once.
+    async fn apply_report(
+        &self,
+        host_id: i64,
+        report: &ReportRecord,
+        now: OffsetDateTime,
+    ) -> Result<(Applied, Recorded)>;
 
     // ---- state and findings ----
     async fn host_state(&self, host_id: i64) -> Result<HostState>;
-    /// Applies the engine's verdict for one host: opens or refreshes a finding for every
-    /// observation, reopens resolved ones, resolves open or acknowledged findings of `state_kinds`
-    /// that are no longer observed, and records the host's workload.
+    /// Applies the engine's verdict for one host, as [`crate::findings`] decides: opens, refreshes
+    /// or reopens a finding for every observation (at most `limit` new ones of medium severity or
+    /// less a minute, the rest counted in `findings_held_back`), resolves open or acknowledged
+    /// findings of `state_kinds` that are no longer observed (never a transient one), and records
+    /// the host's workload.
     async fn reconcile_findings(
         &self,
         host_id: i64,
         workload: Option<&str>,
         observed: &[Observation],
         state_kinds: &[FindingKind],
+        limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>>;
 
@@ -200,12 +208,14 @@ pub trait Store: Send + Sync + 'static {
     async fn host(&self, id: i64) -> Result<Option<Host>>;
     /// Ids of non-retired hosts enrolled with this machine id.
     async fn hosts_with_machine_id(&self, machine_id: &str) -> Result<Vec<i64>>;
-    /// Opens, refreshes or reopens findings for `observed` without resolving anything: for
-    /// findings filed outside a host's state evaluation (such as at enrollment).
+    /// Opens, refreshes or reopens findings for `observed` without resolving anything, within the
+    /// same budget as [`Store::reconcile_findings`]: for findings filed outside a host's state
+    /// evaluation (such as at enrollment).
     async fn record_findings(
         &self,
         host_id: i64,
         observed: &[Observation],
+        limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>>;
     /// Ids of non-retired hosts with this hostname.

@@ -17,9 +17,10 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{BaselineRecord, FindingFilter, HistoryFilter, Result, Store, StoreError, TokenRecord};
+use crate::findings;
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
-    PeerCounts, ProcessEvent, ReportRecord, Silence, SocketEvent,
+    PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
 mod files;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/sqlite/0008_files_metadata_only.sql")),
     (9, include_str!("migrations/sqlite/0009_process_rules.sql")),
     (10, include_str!("migrations/sqlite/0010_triage_and_alerts.sql")),
+    (11, include_str!("migrations/sqlite/0011_occurrences.sql")),
 ];
 
 #[derive(Clone)]
@@ -201,7 +203,8 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
 }
 
 const FINDING_COLUMNS: &str = "f.id, f.host_id, h.hostname, f.kind, f.rule, f.severity, f.subject, f.detail, f.status, \
-     f.first_seen, f.last_seen, f.resolved_at, f.silenced_by, f.acked_by, f.acked_at, f.ack_note";
+     f.first_seen, f.last_seen, f.resolved_at, f.silenced_by, f.acked_by, f.acked_at, f.ack_note, f.occurrences, \
+     f.transient";
 
 fn finding_from_row(r: &Row<'_>) -> Result<Finding> {
     finding_from_row_at(r, 0)
@@ -227,6 +230,8 @@ fn finding_from_row_at(r: &Row<'_>, at: usize) -> Result<Finding> {
         acked_by: r.get(at + 13)?,
         acked_at: opt_ts(r.get(at + 14)?)?,
         ack_note: r.get(at + 15)?,
+        occurrences: r.get::<_, i64>(at + 16)?.try_into().unwrap_or_default(),
+        transient: r.get(at + 17)?,
     })
 }
 
@@ -268,69 +273,140 @@ fn resolve(
     Ok(FindingChange::Resolved { id, kind: parse_enum(kind)?, subject })
 }
 
-/// Kinds whose findings are events rather than state: nothing resolves them, and a new
-/// occurrence reopens an acknowledged one.
-const EVENT_KINDS: &[FindingKind] =
-    &[FindingKind::FileChanged, FindingKind::DataLost, FindingKind::DuplicateIdentity];
+/// Applies the engine's observations of one host (one transaction's worth): each opens,
+/// refreshes or reopens its finding as [`findings::step`] decides, within the host's budget of
+/// new findings (`limit` a minute); what the budget holds back is counted in the host's
+/// `findings_held_back` finding. Returns the changes and the keys of every finding observed.
+fn apply_observations(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    observed: &[Observation],
+    limit: u32,
+    now: OffsetDateTime,
+) -> Result<(Vec<FindingChange>, FindingKeys)> {
+    let now_s = ts(now);
+    let used: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM findings WHERE host_id = ?1 AND opened_at > ?2 AND rule = '' \
+         AND severity IN ('info', 'low', 'medium') AND kind <> 'findings_held_back'",
+        params![host_id, ts(now - findings::BUDGET_WINDOW)],
+        |r| r.get(0),
+    )?;
+    let mut budget = findings::Budget::new(limit, u32::try_from(used).unwrap_or(u32::MAX));
+    let mut changes = Vec::new();
+    let mut seen = HashSet::new();
+    let mut held = 0u64;
+    for o in observed {
+        let (kind, rule, subject) = o.key();
+        seen.insert((kind.as_str().to_owned(), rule.to_owned(), subject.to_owned()));
+        match upsert_finding(tx, host_id, o, &mut budget, &now_s)? {
+            Upsert::Changed(c) => changes.extend(c),
+            Upsert::HeldBack => held += o.occurrences,
+        }
+    }
+    if held > 0 {
+        let count = findings::held_back(held, budget, host_id, now);
+        if let Upsert::Changed(c) = upsert_finding(tx, host_id, &count, &mut budget, &now_s)? {
+            changes.extend(c);
+        }
+    }
+    Ok((changes, seen))
+}
 
-/// Opens a finding for an observation, refreshes it if open or acknowledged, or reopens it if
-/// resolved; returns the change alert sinks would hear of.
+/// Keys of findings as stored: (kind, rule or empty, subject).
+type FindingKeys = HashSet<(String, String, String)>;
+
+/// What [`upsert_finding`] did.
+enum Upsert {
+    /// Opened, reopened or refreshed: the change alert sinks hear of, if any.
+    Changed(Option<FindingChange>),
+    /// Past the host's budget: nothing written.
+    HeldBack,
+}
+
+/// Opens a finding for an observation, refreshes it, or reopens it, as [`findings::step`] decides.
 fn upsert_finding(
     tx: &Transaction<'_>,
     host_id: i64,
     o: &Observation,
+    budget: &mut findings::Budget,
     now: &str,
-) -> Result<Option<FindingChange>> {
-    let rule = o.rule.clone().unwrap_or_default();
-    let kind = o.kind.as_str();
-    let existing: Option<(i64, String, String)> = tx
-        .query_row(
-            "SELECT id, status, severity FROM findings WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
-            params![host_id, kind, rule, o.subject],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+) -> Result<Upsert> {
+    let (kind, rule, subject) = o.key();
+    let kind = kind.as_str();
+    let existing: Option<(i64, String, String, bool)> = tx
+        .prepare_cached(
+            "SELECT id, status, severity, transient FROM findings \
+             WHERE host_id = ?1 AND kind = ?2 AND rule = ?3 AND subject = ?4",
+        )?
+        .query_row(params![host_id, kind, rule, subject], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
+    let existing = match existing {
+        None => None,
+        Some((id, status, severity, transient)) => Some((
+            id,
+            findings::Existing {
+                status: parse_enum::<FindingStatus>(&status)?,
+                severity: parse_enum::<Severity>(&severity)?,
+                transient,
+            },
+        )),
+    };
     let detail = to_json(&o.detail);
-    Ok(match existing {
-        None => {
+    // An observation stands for at least the one occurrence that made its finding.
+    let new_occurrences = i64::try_from(o.occurrences).unwrap_or(i64::MAX);
+    Ok(match (findings::step(existing.as_ref().map(|e| &e.1), o, budget), existing) {
+        (findings::Step::HoldBack, _) => Upsert::HeldBack,
+        (findings::Step::Open, _) => {
             let silence = triage::active_silence(tx, host_id, now)?;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, last_seen, \
-                 opened_at, silenced_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7, ?8)",
-                params![host_id, kind, rule, o.severity.as_str(), o.subject, detail, now, silence],
-            )?;
+                 opened_at, silenced_by, occurrences, transient) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?7, ?7, ?8, MAX(?9, 1), ?10)",
+            )?
+            .execute(params![
+                host_id,
+                kind,
+                rule,
+                o.severity.as_str(),
+                subject,
+                detail,
+                now,
+                silence,
+                new_occurrences,
+                o.transient
+            ])?;
             let id = tx.last_insert_rowid();
             triage::alert_event(tx, id, "opened", silence.is_some(), now)?;
-            Some(FindingChange::Opened { id, kind: o.kind, subject: o.subject.clone() })
+            Upsert::Changed(Some(FindingChange::Opened { id, kind: o.kind, subject: o.subject.clone() }))
         }
-        // An event that happens again (a file changed, reports lost, an identity shared) reopens
-        // its finding, even an acknowledged one: what was acknowledged is not this one.
-        Some((id, status, _))
-            if status == FindingStatus::Resolved.as_str()
-                || (EVENT_KINDS.contains(&o.kind) && status == FindingStatus::Acknowledged.as_str()) =>
-        {
+        (findings::Step::Reopen, Some((id, _))) => {
             let silence = triage::active_silence(tx, host_id, now)?;
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE findings SET status = 'open', severity = ?1, detail = ?2, last_seen = ?3, opened_at = ?3, \
                  resolved_at = NULL, times_opened = times_opened + 1, silenced_by = ?5, acked_by = NULL, \
-                 acked_at = NULL, ack_note = NULL WHERE id = ?4",
-                params![o.severity.as_str(), detail, now, id, silence],
-            )?;
+                 acked_at = NULL, ack_note = NULL, occurrences = occurrences + ?6, transient = transient OR ?7 \
+                 WHERE id = ?4",
+            )?
+            .execute(params![o.severity.as_str(), detail, now, id, silence, new_occurrences, o.transient])?;
             triage::alert_event(tx, id, "reopened", silence.is_some(), now)?;
-            Some(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() })
+            Upsert::Changed(Some(FindingChange::Reopened { id, kind: o.kind, subject: o.subject.clone() }))
         }
-        Some((id, status, severity)) => {
-            tx.execute(
-                "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3 WHERE id = ?4",
-                params![o.severity.as_str(), detail, now, id],
-            )?;
-            // Worse than when it opened (a package's change, then a hand's): sinks that left it
-            // out for its severity hear of it now.
-            if status == FindingStatus::Open.as_str() && o.severity > parse_enum::<Severity>(&severity)? {
+        (findings::Step::Refresh { escalated }, Some((id, _))) => {
+            tx.prepare_cached(
+                "UPDATE findings SET severity = ?1, detail = ?2, last_seen = ?3, occurrences = occurrences + ?5, \
+                 transient = transient OR ?6 WHERE id = ?4",
+            )?
+            .execute(params![o.severity.as_str(), detail, now, id, new_occurrences, o.transient])?;
+            if escalated {
                 let silenced = triage::active_silence(tx, host_id, now)?.is_some();
                 triage::alert_event(tx, id, "escalated", silenced, now)?;
             }
-            None
+            Upsert::Changed(None)
+        }
+        (findings::Step::Reopen | findings::Step::Refresh { .. }, None) => {
+            return Err(StoreError::Database("a finding to update that does not exist".to_owned()));
         }
     })
 }
@@ -479,7 +555,7 @@ impl Store for SqliteStore {
         host_id: i64,
         report: &ReportRecord,
         now: OffsetDateTime,
-    ) -> Result<Applied> {
+    ) -> Result<(Applied, Recorded)> {
         let report = report.clone();
         self.tx(move |tx| {
             let (session, last_seq): (i64, i64) = tx
@@ -488,6 +564,11 @@ impl Store for SqliteStore {
                 .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
             let (session, last_seq) = (session as u64, last_seq as u64);
             let same_session = report.session == session;
+            if !same_session {
+                state::new_session(tx, host_id)?;
+            }
+            let judging = state::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
+            let mut recorded = Recorded::default();
             let outcome = if same_session && report.seq <= last_seq {
                 Applied::Replay
             } else {
@@ -496,7 +577,7 @@ impl Store for SqliteStore {
                 match &report.content {
                     Content::Snapshot(st) => {
                         // A host's very first state is not news: its processes did not start now.
-                        state::replace(tx, host_id, st, now, !first)?;
+                        recorded = state::replace(tx, host_id, st, now, !first, judging)?;
                         Applied::Applied { gap, resync: false }
                     }
                     // A delta that does not follow what was applied is applied all the same: what
@@ -504,7 +585,7 @@ impl Store for SqliteStore {
                     // state it leaves may miss what the skipped reports said, so a snapshot must
                     // follow.
                     Content::Delta(d) => {
-                        state::apply(tx, host_id, d, !first)?;
+                        recorded = state::apply(tx, host_id, d, !first, judging)?;
                         Applied::Applied { gap, resync: !same_session || gap.is_some() }
                     }
                     Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
@@ -540,7 +621,7 @@ impl Store for SqliteStore {
                     params![report.session as i64, i64::try_from(report.seq).unwrap_or(i64::MAX), host_id],
                 )?;
             }
-            Ok(outcome)
+            Ok((outcome, recorded))
         })
         .await
     }
@@ -555,31 +636,29 @@ impl Store for SqliteStore {
         workload: Option<&str>,
         observed: &[Observation],
         state_kinds: &[FindingKind],
+        limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
         let (workload, observed, state_kinds) =
             (workload.map(str::to_owned), observed.to_vec(), state_kinds.to_vec());
         self.tx(move |tx| {
             tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![workload, host_id])?;
-            let now_s = ts(now);
-            let mut changes = Vec::new();
-            let mut seen: HashSet<(String, String, String)> = HashSet::new();
-            for o in &observed {
-                seen.insert((o.kind.as_str().to_owned(), o.rule.clone().unwrap_or_default(), o.subject.clone()));
-                changes.extend(upsert_finding(tx, host_id, o, &now_s)?);
-            }
-            let kinds: HashSet<&str> = state_kinds.iter().map(|k| k.as_str()).collect();
+            let (mut changes, seen) = apply_observations(tx, host_id, &observed, limit, now)?;
             let mut stmt = tx.prepare_cached(
-                "SELECT id, kind, rule, subject FROM findings WHERE host_id = ?1 AND status IN ('open', 'acknowledged')",
+                "SELECT id, kind, rule, subject, transient FROM findings \
+                 WHERE host_id = ?1 AND status IN ('open', 'acknowledged')",
             )?;
-            let open: Vec<(i64, String, String, String)> = stmt
-                .query_map([host_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            let open: Vec<(i64, String, String, String, bool)> = stmt
+                .query_map([host_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let gone = open.into_iter().filter(|(_, kind, rule, subject)| {
-                kinds.contains(kind.as_str()) && !seen.contains(&(kind.clone(), rule.clone(), subject.clone()))
-            });
-                        for (id, kind, _, subject) in gone {
-                changes.push(resolve(tx, host_id, id, &kind, subject, &now_s)?);
+            let now_s = ts(now);
+            for (id, kind, rule, subject, transient) in open {
+                let k = parse_enum::<FindingKind>(&kind)?;
+                if findings::resolves_by_absence(k, transient, &state_kinds)
+                    && !seen.contains(&(kind.clone(), rule, subject.clone()))
+                {
+                    changes.push(resolve(tx, host_id, id, &kind, subject, &now_s)?);
+                }
             }
             Ok(changes)
         })
@@ -627,18 +706,11 @@ impl Store for SqliteStore {
         &self,
         host_id: i64,
         observed: &[Observation],
+        limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
         let observed = observed.to_vec();
-        self.tx(move |tx| {
-            let now = ts(now);
-            let mut changes = Vec::new();
-            for o in &observed {
-                changes.extend(upsert_finding(tx, host_id, o, &now)?);
-            }
-            Ok(changes)
-        })
-        .await
+        self.tx(move |tx| Ok(apply_observations(tx, host_id, &observed, limit, now)?.0)).await
     }
 
     async fn resolve_kind(
@@ -897,8 +969,13 @@ mod tests {
         }
     }
 
+    /// The default budget of new findings: no test here comes near it but the one about it.
+    const LIMIT: u32 = 100;
+
     fn obs(kind: FindingKind, subject: &str) -> Observation {
         Observation {
+            occurrences: 1,
+            transient: false,
             kind,
             rule: None,
             severity: Severity::High,
@@ -973,7 +1050,7 @@ mod tests {
             }),
         );
         assert_eq!(
-            s.apply_report(id, &report, at(5)).await.unwrap(),
+            s.apply_report(id, &report, at(5)).await.unwrap().0,
             Applied::Applied { gap: None, resync: false }
         );
         let state = s.host_state(id).await.unwrap();
@@ -1010,6 +1087,7 @@ mod tests {
             content,
             lost: 0,
             goodbye: None,
+            backlog: 0,
         }
     }
 
@@ -1044,14 +1122,14 @@ mod tests {
 
         let snap =
             record(7, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
-        assert_eq!(s.apply_report(id, &snap, at(5)).await.unwrap(), ok);
+        assert_eq!(s.apply_report(id, &snap, at(5)).await.unwrap().0, ok);
         // In order: b starts; c starts and ends within the same delta; a ends.
         let d2 = record(7, 2, delta_of(vec![b.clone(), c.clone()], vec![(c.clone(), 4), (a.clone(), 5)]));
-        assert_eq!(s.apply_report(id, &d2, at(6)).await.unwrap(), ok);
+        assert_eq!(s.apply_report(id, &d2, at(6)).await.unwrap().0, ok);
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
         // Replayed: acknowledged, nothing changes, nothing is written twice.
-        assert_eq!(s.apply_report(id, &d2, at(7)).await.unwrap(), Applied::Replay);
-        assert_eq!(s.apply_report(id, &snap, at(7)).await.unwrap(), Applied::Replay, "an old snapshot too");
+        assert_eq!(s.apply_report(id, &d2, at(7)).await.unwrap().0, Applied::Replay);
+        assert_eq!(s.apply_report(id, &snap, at(7)).await.unwrap().0, Applied::Replay, "an old snapshot too");
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
@@ -1071,20 +1149,20 @@ mod tests {
         // asks for a snapshot, since what report 3 said is missing.
         let d4 = record(7, 4, delta_of(vec![d.clone()], vec![]));
         assert_eq!(
-            s.apply_report(id, &d4, at(8)).await.unwrap(),
+            s.apply_report(id, &d4, at(8)).await.unwrap().0,
             Applied::Applied { gap: Some((3, 4)), resync: true }
         );
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11, 13]);
         // The deltas queued behind it follow in order; the snapshot then puts the state right,
         // and its differences become history.
         let d5 = record(7, 5, delta_of(vec![], vec![]));
-        assert_eq!(s.apply_report(id, &d5, at(9)).await.unwrap(), ok);
+        assert_eq!(s.apply_report(id, &d5, at(9)).await.unwrap().0, ok);
         let snap6 = record(
             7,
             6,
             Content::Snapshot(HostState { processes: vec![a.clone(), d.clone()], ..Default::default() }),
         );
-        assert_eq!(s.apply_report(id, &snap6, at(10)).await.unwrap(), ok);
+        assert_eq!(s.apply_report(id, &snap6, at(10)).await.unwrap().0, ok);
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10, 13]);
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
@@ -1108,13 +1186,85 @@ mod tests {
         // A new session whose snapshot never came: its delta applies, and a snapshot is asked for.
         let new_delta = record(8, 2, delta_of(vec![], vec![(d.clone(), 11)]));
         assert_eq!(
-            s.apply_report(id, &new_delta, at(12)).await.unwrap(),
+            s.apply_report(id, &new_delta, at(12)).await.unwrap().0,
             Applied::Applied { gap: None, resync: true }
         );
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![10]);
         let new_snap =
             record(8, 3, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
-        assert_eq!(s.apply_report(id, &new_snap, at(13)).await.unwrap(), ok);
+        assert_eq!(s.apply_report(id, &new_snap, at(13)).await.unwrap().0, ok);
+    }
+
+    #[tokio::test]
+    async fn every_start_is_returned_once_and_late_ends_come_back() {
+        use crate::model::{Item, Started};
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let (a, b, c) = (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3));
+        let first =
+            record(1, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
+        let (_, rec) = s.apply_report(id, &first, at(5)).await.unwrap();
+        assert!(rec.started.is_empty(), "a host's first state is not news");
+        let d2 = record(1, 2, delta_of(vec![b.clone(), c.clone()], vec![(c.clone(), 4)]));
+        let (_, rec) = s.apply_report(id, &d2, at(6)).await.unwrap();
+        let got: Vec<(u32, Option<OffsetDateTime>, bool)> = rec
+            .started
+            .iter()
+            .map(|s| match &s.item {
+                Item::Process(p) => (p.pid, s.ended, s.new),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [(11, None, true), (12, Some(at(4)), true)], "c ended in the same report");
+        assert!(
+            s.apply_report(id, &d2, at(7)).await.unwrap().1.started.is_empty(),
+            "a replay starts nothing"
+        );
+
+        // Sent from a backlog of 2: the listener it starts, ended two reports later, was gone
+        // before it was judged.
+        let l = Listener {
+            protocol: Protocol::Tcp,
+            address: "0.0.0.0".parse().unwrap(),
+            port: 8080,
+            pid: Some(11),
+            process: Some("b".into()),
+            exe: None,
+            uid: 0,
+            netns: None,
+        };
+        let opens = |l: &Listener| {
+            Content::Delta(StateDelta {
+                listeners: ChangeSet { added: vec![l.clone()], ..Default::default() },
+                ..Default::default()
+            })
+        };
+        let closes = |l: &Listener, t: i64| {
+            Content::Delta(StateDelta {
+                listeners: ChangeSet { removed: vec![(l.key(), at(t))], ..Default::default() },
+                ..Default::default()
+            })
+        };
+        let late = ReportRecord { backlog: 2, ..record(1, 3, opens(&l)) };
+        let (_, rec) = s.apply_report(id, &late, at(20)).await.unwrap();
+        assert!(matches!(rec.started.as_slice(), [Started { ended: None, new: true, .. }]));
+        let nothing = record(1, 4, Content::Delta(StateDelta::default()));
+        s.apply_report(id, &ReportRecord { backlog: 1, ..nothing }, at(20)).await.unwrap();
+        let (_, rec) = s.apply_report(id, &record(1, 5, closes(&l, 12)), at(21)).await.unwrap();
+        assert!(
+            matches!(rec.started.as_slice(), [Started { item: Item::Listener(x), ended: Some(e), new: false, .. }] if *x == l && *e == at(12)),
+            "{rec:?}"
+        );
+        // Live: opened in one report, closed in a later one, was seen alive: nothing comes back.
+        let m = Listener { port: 9090, ..l.clone() };
+        s.apply_report(id, &record(1, 6, opens(&m)), at(30)).await.unwrap();
+        let (_, rec) = s.apply_report(id, &record(1, 7, closes(&m, 31)), at(31)).await.unwrap();
+        assert!(rec.started.is_empty(), "{rec:?}");
+        // A new session's numbers start again: an old judgement means nothing to them.
+        s.apply_report(id, &ReportRecord { backlog: 50, ..record(1, 8, opens(&m)) }, at(40)).await.unwrap();
+        let snap = record(2, 1, Content::Snapshot(HostState::default()));
+        let (_, rec) = s.apply_report(id, &snap, at(41)).await.unwrap();
+        assert!(rec.started.is_empty(), "{rec:?}");
     }
 
     #[tokio::test]
@@ -1202,7 +1352,7 @@ mod tests {
         let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
         let off = obs(FindingKind::AgentOffline, "agent");
         let file = obs(FindingKind::FileChanged, "/etc/passwd");
-        s.record_findings(id, &[off.clone(), file.clone()], at(1)).await.unwrap();
+        s.record_findings(id, &[off.clone(), file.clone()], LIMIT, at(1)).await.unwrap();
         let ch = s.resolve_kind(id, FindingKind::AgentOffline, at(2)).await.unwrap();
         assert!(
             matches!(ch.as_slice(), [FindingChange::Resolved { kind: FindingKind::AgentOffline, .. }]),
@@ -1232,7 +1382,9 @@ mod tests {
             }
             let snap = record(7, 1, Content::Snapshot(HostState { processes: procs, ..Default::default() }));
             s.apply_report(id, &snap, at(1)).await.unwrap();
-            s.reconcile_findings(id, Some(if n < 2 { "web" } else { "db" }), &[], &[], at(2)).await.unwrap();
+            s.reconcile_findings(id, Some(if n < 2 { "web" } else { "db" }), &[], &[], LIMIT, at(2))
+                .await
+                .unwrap();
             ids.push(id);
         }
         let c = s.peer_counts("web").await.unwrap();
@@ -1252,11 +1404,11 @@ mod tests {
         let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
         let a = obs(FindingKind::SuspiciousProcess, "/tmp/x");
         // A sink first seen starts at the end: nothing before it.
-        s.record_findings(id, std::slice::from_ref(&a), at(1)).await.unwrap();
+        s.record_findings(id, std::slice::from_ref(&a), LIMIT, at(1)).await.unwrap();
         assert_eq!(s.lease_alert_cursor("hook", "c1", at(2), at(60)).await.unwrap(), Some(1));
         assert_eq!(s.lease_alert_cursor("hook", "c2", at(3), at(60)).await.unwrap(), None, "c1 holds it");
         s.resolve_kind(id, FindingKind::SuspiciousProcess, at(4)).await.unwrap();
-        s.record_findings(id, std::slice::from_ref(&a), at(5)).await.unwrap();
+        s.record_findings(id, std::slice::from_ref(&a), LIMIT, at(5)).await.unwrap();
         let ev = s.alert_events(1, 10).await.unwrap();
         let seen: Vec<(&str, bool)> = ev.iter().map(|e| (e.event.as_str(), e.silenced)).collect();
         assert_eq!(seen, [("resolved", false), ("reopened", false)]);
@@ -1277,7 +1429,7 @@ mod tests {
         assert_eq!(s.silences(Some(at(150))).await.unwrap().len(), 1);
         assert!(s.silences(Some(at(200))).await.unwrap().is_empty(), "ended");
         s.resolve_kind(id, FindingKind::SuspiciousProcess, at(150)).await.unwrap();
-        let f = s.record_findings(id, std::slice::from_ref(&a), at(151)).await.unwrap();
+        let f = s.record_findings(id, std::slice::from_ref(&a), LIMIT, at(151)).await.unwrap();
         assert!(matches!(f.as_slice(), [FindingChange::Reopened { .. }]));
         let ev = s.alert_events(ev[1].id, 10).await.unwrap();
         assert!(ev.iter().all(|e| e.silenced) && ev.len() == 2, "{ev:?}");
@@ -1291,7 +1443,7 @@ mod tests {
         s.advance_alert_cursor("hook", "c2", left[0].id).await.unwrap();
         s.prune_alert_events(100, at(171)).await.unwrap();
         assert!(s.alert_events(0, 10).await.unwrap().is_empty());
-        s.record_findings(id, &[obs(FindingKind::DataLost, "reports")], at(300)).await.unwrap();
+        s.record_findings(id, &[obs(FindingKind::DataLost, "reports")], LIMIT, at(300)).await.unwrap();
         let next = s.alert_events(left[0].id, 10).await.unwrap();
         assert_eq!(next.len(), 1, "the new event is after the cursor: {next:?}");
         // Acknowledged with a note, and refused for a finding that is not there.
@@ -1308,19 +1460,19 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
         let info = Observation { severity: Severity::Info, ..obs(FindingKind::FileChanged, "/etc/nginx/x") };
-        s.record_findings(id, std::slice::from_ref(&info), at(1)).await.unwrap();
+        s.record_findings(id, std::slice::from_ref(&info), LIMIT, at(1)).await.unwrap();
         let high = Observation { severity: Severity::High, ..info.clone() };
         assert!(
-            s.record_findings(id, std::slice::from_ref(&high), at(2)).await.unwrap().is_empty(),
+            s.record_findings(id, std::slice::from_ref(&high), LIMIT, at(2)).await.unwrap().is_empty(),
             "still open"
         );
         let ev: Vec<String> = s.alert_events(0, 10).await.unwrap().into_iter().map(|e| e.event).collect();
         assert_eq!(ev, ["opened", "escalated"], "sinks that left out the info hear of the high one");
         // Lost reports again after an acknowledgement: open again.
         let lost = obs(FindingKind::DataLost, "reports");
-        let f = s.record_findings(id, std::slice::from_ref(&lost), at(3)).await.unwrap();
+        let f = s.record_findings(id, std::slice::from_ref(&lost), LIMIT, at(3)).await.unwrap();
         s.acknowledge(f[0].id(), "alice", None, at(4)).await.unwrap();
-        let again = s.record_findings(id, &[lost], at(5)).await.unwrap();
+        let again = s.record_findings(id, &[lost], LIMIT, at(5)).await.unwrap();
         assert!(matches!(again.as_slice(), [FindingChange::Reopened { .. }]), "{again:?}");
     }
 
@@ -1332,10 +1484,16 @@ mod tests {
         let a = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
         let b = obs(FindingKind::UnexpectedProcess, "/tmp/x");
 
-        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(1)).await.unwrap();
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, LIMIT, at(1))
+            .await
+            .unwrap();
         assert_eq!(ch.iter().filter(|c| matches!(c, FindingChange::Opened { .. })).count(), 2);
         // Seen again: no change, last_seen moves.
-        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(2)).await.unwrap();
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, LIMIT, at(2))
+            .await
+            .unwrap();
         assert!(ch.is_empty());
         let all = s.list_findings(&FindingFilter::default()).await.unwrap();
         assert_eq!(all.len(), 2);
@@ -1345,13 +1503,19 @@ mod tests {
         );
         let listener_id = all.iter().find(|f| f.subject == a.subject).unwrap().id;
         // Gone: resolved.
-        let ch = s.reconcile_findings(id, Some("web"), std::slice::from_ref(&b), kinds, at(3)).await.unwrap();
+        let ch = s
+            .reconcile_findings(id, Some("web"), std::slice::from_ref(&b), kinds, LIMIT, at(3))
+            .await
+            .unwrap();
         assert_eq!(
             ch,
             vec![FindingChange::Resolved { id: listener_id, kind: a.kind, subject: a.subject.clone() }]
         );
         // Back: the same finding reopens.
-        let ch = s.reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, at(4)).await.unwrap();
+        let ch = s
+            .reconcile_findings(id, Some("web"), &[a.clone(), b.clone()], kinds, LIMIT, at(4))
+            .await
+            .unwrap();
         assert_eq!(
             ch,
             vec![FindingChange::Reopened { id: listener_id, kind: a.kind, subject: a.subject.clone() }]
@@ -1367,8 +1531,8 @@ mod tests {
         assert_eq!(f[0].hostname, "web-1");
         // Kinds outside the state kinds are never resolved by absence.
         let file = obs(FindingKind::FileChanged, "/etc/passwd");
-        s.reconcile_findings(id, Some("web"), &[file], kinds, at(5)).await.unwrap();
-        s.reconcile_findings(id, Some("web"), &[], kinds, at(6)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[file], kinds, LIMIT, at(5)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[], kinds, LIMIT, at(6)).await.unwrap();
         let open = s
             .list_findings(&FindingFilter { statuses: vec![FindingStatus::Open], ..Default::default() })
             .await
@@ -1376,6 +1540,85 @@ mod tests {
         assert_eq!(open.iter().map(|f| f.subject.as_str()).collect::<Vec<_>>(), ["/etc/passwd"]);
         assert_eq!(s.host(id).await.unwrap().unwrap().workload.as_deref(), Some("web"));
         assert_eq!(s.host(id).await.unwrap().unwrap().open_findings, 1);
+    }
+
+    #[tokio::test]
+    async fn transient_findings_count_occurrences_and_resolve_only_by_acknowledgement() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let kinds = crate::engine::STATE_KINDS;
+        let run = |n: u64, transient: bool| Observation {
+            occurrences: n,
+            transient,
+            ..obs(FindingKind::UnexpectedProcess, "/usr/local/lib/x")
+        };
+        let find = async || {
+            let f =
+                s.list_findings(&FindingFilter { host_id: Some(id), ..Default::default() }).await.unwrap();
+            assert_eq!(f.len(), 1, "{f:?}");
+            f.into_iter().next().unwrap()
+        };
+        // A thousand short runs in two reports: one finding.
+        s.reconcile_findings(id, Some("web"), &[run(600, true)], kinds, LIMIT, at(1)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[run(400, true)], kinds, LIMIT, at(2)).await.unwrap();
+        let f = find().await;
+        assert_eq!((f.occurrences, f.transient, f.status), (1000, true, FindingStatus::Open));
+        // The program now runs long, then stops: the finding does not resolve by itself.
+        s.reconcile_findings(id, Some("web"), &[run(1, false)], kinds, LIMIT, at(3)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[run(0, false)], kinds, LIMIT, at(4)).await.unwrap();
+        let ch = s.reconcile_findings(id, Some("web"), &[], kinds, LIMIT, at(5)).await.unwrap();
+        assert!(ch.is_empty(), "{ch:?}");
+        let f = find().await;
+        assert_eq!((f.occurrences, f.status, f.last_seen), (1001, FindingStatus::Open, at(4)));
+        // Acknowledged, it stays so while nothing new runs ...
+        s.acknowledge(f.id, "alice", Some("a build"), at(6)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &[], kinds, LIMIT, at(7)).await.unwrap();
+        assert_eq!(find().await.status, FindingStatus::Acknowledged);
+        // ... and reopens when the program runs again.
+        let ch = s.reconcile_findings(id, Some("web"), &[run(1, true)], kinds, LIMIT, at(8)).await.unwrap();
+        assert!(matches!(ch.as_slice(), [FindingChange::Reopened { .. }]), "{ch:?}");
+        let f = find().await;
+        assert_eq!((f.occurrences, f.status, f.acked_by), (1002, FindingStatus::Open, None));
+        // A persistent-only finding still resolves by itself.
+        let l = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
+        s.reconcile_findings(id, Some("web"), std::slice::from_ref(&l), kinds, LIMIT, at(9)).await.unwrap();
+        let ch = s.reconcile_findings(id, Some("web"), &[], kinds, LIMIT, at(10)).await.unwrap();
+        assert!(matches!(ch.as_slice(), [FindingChange::Resolved { subject, .. }] if *subject == l.subject));
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_held_back_past_the_budget_and_counted_exactly() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let kinds = crate::engine::STATE_KINDS;
+        let program = |i: usize| Observation {
+            occurrences: 1,
+            transient: true,
+            severity: Severity::Medium,
+            ..obs(FindingKind::UnexpectedProcess, &format!("/opt/build/step-{i}"))
+        };
+        let mut burst: Vec<Observation> = (0..30).map(program).collect();
+        // A built-in rule's finding in the middle, and a high one: never held back.
+        burst.insert(
+            15,
+            Observation { rule: Some("exe-in-temp".into()), severity: Severity::High, ..program(1000) },
+        );
+        burst.insert(
+            20,
+            Observation { transient: true, ..obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:9") },
+        );
+        s.reconcile_findings(id, Some("web"), &burst[..20], kinds, 10, at(1)).await.unwrap();
+        s.reconcile_findings(id, Some("web"), &burst[20..], kinds, 10, at(2)).await.unwrap();
+        let all = s.list_findings(&FindingFilter { host_id: Some(id), ..Default::default() }).await.unwrap();
+        let count = |k: FindingKind| all.iter().filter(|f| f.kind == k).count();
+        assert_eq!(count(FindingKind::UnexpectedProcess), 11, "10 within the budget, and the rule's");
+        assert_eq!(count(FindingKind::UnexpectedListener), 1);
+        let held = all.iter().find(|f| f.kind == FindingKind::FindingsHeldBack).expect("held-back finding");
+        assert_eq!(held.occurrences, 20, "30 new processes, 10 opened");
+        assert_eq!(held.detail["limit_per_minute"], 10);
+        // A minute later the budget is back; findings already open refresh whatever the budget.
+        let ch = s.reconcile_findings(id, Some("web"), &[program(500)], kinds, 10, at(70)).await.unwrap();
+        assert!(matches!(ch.as_slice(), [FindingChange::Opened { .. }]), "{ch:?}");
     }
 
     #[tokio::test]

@@ -93,11 +93,18 @@ static MACHINE: (Mutex<(usize, bool)>, std::sync::Condvar) =
     (Mutex::new((0, false)), std::sync::Condvar::new());
 
 /// A test's turn on the machine, given back when dropped.
-struct Turn {
+pub struct Turn {
     alone: bool,
 }
 
 impl Turn {
+    /// A shared turn, for a test that starts processes or sockets without a collector of its
+    /// own: whatever it starts is news to every host watching this machine, so it waits for a test
+    /// that has the machine to itself.
+    pub fn shared() -> Turn {
+        Turn::take(false)
+    }
+
     fn take(alone: bool) -> Turn {
         let (lock, cv) = &MACHINE;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,11 +260,25 @@ impl Collector {
 
     /// A raw POST, for tests of what the collector refuses.
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: Vec<u8>) -> (u16, String) {
+        self.post_with(path, bearer, &[], body).await
+    }
+
+    /// The same, with more headers.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String) {
         let mut req = self
             .http
             .post(format!("{}{path}", self.url))
             .header("content-type", "application/json")
             .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }

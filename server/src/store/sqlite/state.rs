@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use hostwatch_proto::v1::{Direction, Protocol};
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
-    ChangeSet, Connection, ConnectionKey, HostState, Listener, ListenerKey, PeerCounts, Process,
-    ProcessEvent, ProcessKey, SocketEvent, StateDelta,
+    ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerCounts, Process,
+    ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta,
 };
 use crate::store::{HistoryFilter, Result, StoreError};
 
@@ -80,7 +80,8 @@ pub(super) fn replace(
     new: &HostState,
     now: OffsetDateTime,
     history: bool,
-) -> Result<()> {
+    judging: Judging,
+) -> Result<Recorded> {
     let old = load(tx, host_id)?;
     let delta = StateDelta {
         processes: diff(&old.processes, &new.processes, Process::key, now),
@@ -89,7 +90,39 @@ pub(super) fn replace(
         unread_execs: Vec::new(),
         files: Vec::new(),
     };
-    apply(tx, host_id, &delta, history)
+    apply(tx, host_id, &delta, history, judging)
+}
+
+/// Where the report being applied stands in its agent's sequence: its own number, and the last
+/// number the agent had written when it sent it (its number plus its backlog). Every item a report
+/// starts is stored with `through`; a later report of the same session numbered up to that ends
+/// an item that was gone before the collector judged it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Judging {
+    pub seq: u64,
+    pub through: u64,
+}
+
+impl Judging {
+    fn through(self) -> i64 {
+        i64::try_from(self.through).unwrap_or(i64::MAX)
+    }
+
+    /// Whether an item judged with `through` (0: before any of this session) ends in this report
+    /// as one that was already gone when it was judged.
+    fn late(self, through: i64) -> bool {
+        through > 0 && i64::try_from(self.seq).unwrap_or(i64::MAX) <= through
+    }
+}
+
+/// A new session numbers its reports from 1 again: what the old one's numbers said of each item
+/// means nothing to it.
+pub(super) fn new_session(tx: &Transaction<'_>, host_id: i64) -> Result<()> {
+    for table in ["processes", "listeners", "connections"] {
+        tx.prepare_cached(&format!("UPDATE {table} SET judged_through = 0 WHERE host_id = ?1"))?
+            .execute([host_id])?;
+    }
+    Ok(())
 }
 
 /// What turns `old` into `new`, items matched by `key`; removals dated `now`.
@@ -118,22 +151,39 @@ fn diff<T: Clone + PartialEq, K: Copy + Eq + std::hash::Hash>(
 }
 
 /// Applies a delta: added, then updated, then removed, with history unless `history` is false.
-pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history: bool) -> Result<()> {
+/// Returns every start it wrote to the history (an exec, a socket opened), each marked with its
+/// end if the same delta removed it: exactly the history's starts, so each is judged once. Items
+/// started by an earlier report that this one ends although they were gone when that report was
+/// judged (see [`Judging`]) come back too, as not new: their findings are transient.
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    d: &StateDelta,
+    history: bool,
+    judging: Judging,
+) -> Result<Recorded> {
     // File changes are news even in a host's first report: they happened on the host.
     super::files::record(tx, host_id, &d.files)?;
+    let through = judging.through();
+    let mut started = Vec::new();
+    let mut start =
+        |item: Item, at: OffsetDateTime| started.push(Started { item, at: Some(at), ended: None, new: true });
     for p in &d.processes.added {
-        put_process(tx, host_id, p)?;
+        put_process(tx, host_id, p, Some(through))?;
         if history {
             process_event(tx, host_id, "exec", p.key(), Some(p), p.start_time)?;
+            start(Item::Process(p.clone()), p.start_time);
         }
     }
     for p in &d.processes.updated {
         let before = get_process(tx, host_id, p.key())?;
-        put_process(tx, host_id, p)?;
         // The same process running another program: an exec without a new pid.
         let execed = before.as_ref().is_none_or(|b| b.exe != p.exe || b.cmdline != p.cmdline);
+        put_process(tx, host_id, p, execed.then_some(through))?;
         if history && execed {
-            process_event(tx, host_id, "exec", p.key(), Some(p), OffsetDateTime::now_utc())?;
+            let now = OffsetDateTime::now_utc();
+            process_event(tx, host_id, "exec", p.key(), Some(p), now)?;
+            start(Item::Process(p.clone()), now);
         }
     }
     if history {
@@ -141,8 +191,25 @@ pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history:
             process_event(tx, host_id, "exec", ProcessKey { pid, start_time: at }, None, at)?;
         }
     }
+    let mut vanished = Vec::new();
     for (k, at) in &d.processes.removed {
         let gone = get_process(tx, host_id, *k)?;
+        let judged: Option<i64> = tx
+            .prepare_cached(
+                "SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
+            )?
+            .query_row(params![host_id, k.pid, ts(k.start_time)], |r| r.get(0))
+            .optional()?;
+        if let Some(p) = &gone
+            && judged.is_some_and(|j| judging.late(j))
+        {
+            vanished.push(Started {
+                item: Item::Process(p.clone()),
+                at: Some(p.start_time),
+                ended: Some(*at),
+                new: false,
+            });
+        }
         tx.execute(
             "DELETE FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
             params![host_id, k.pid, ts(k.start_time)],
@@ -152,47 +219,100 @@ pub(super) fn apply(tx: &Transaction<'_>, host_id: i64, d: &StateDelta, history:
         }
     }
     for l in d.listeners.added.iter().chain(&d.listeners.updated) {
-        let existed = delete_listener(tx, host_id, l.key())?;
-        put_listener(tx, host_id, l)?;
-        if history && !existed {
-            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), OffsetDateTime::now_utc())?;
+        let prior = get_listener(tx, host_id, l.key())?.map(|(_, judged)| judged);
+        delete_listener(tx, host_id, l.key())?;
+        put_listener(tx, host_id, l, prior.unwrap_or(through))?;
+        if history && prior.is_none() {
+            let now = OffsetDateTime::now_utc();
+            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), now)?;
+            start(Item::Listener(l.clone()), now);
         }
     }
     for (k, at) in &d.listeners.removed {
         let gone = get_listener(tx, host_id, *k)?;
         delete_listener(tx, host_id, *k)?;
-        if history && let Some(l) = gone {
-            socket_event(tx, host_id, "close", &SocketRow::of_listener(&l), *at)?;
+        if let Some((l, judged)) = gone {
+            if history {
+                socket_event(tx, host_id, "close", &SocketRow::of_listener(&l), *at)?;
+            }
+            if judging.late(judged) {
+                vanished.push(Started { item: Item::Listener(l), at: None, ended: Some(*at), new: false });
+            }
         }
     }
     for c in d.connections.added.iter().chain(&d.connections.updated) {
-        let existed = delete_connection(tx, host_id, c.key())?;
-        put_connection(tx, host_id, c)?;
-        if history && !existed {
-            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), OffsetDateTime::now_utc())?;
+        let prior = get_connection(tx, host_id, c.key())?.map(|(_, judged)| judged);
+        delete_connection(tx, host_id, c.key())?;
+        put_connection(tx, host_id, c, prior.unwrap_or(through))?;
+        if history && prior.is_none() {
+            let now = OffsetDateTime::now_utc();
+            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), now)?;
+            start(Item::Connection(c.clone()), now);
         }
     }
     for (k, at) in &d.connections.removed {
         let gone = get_connection(tx, host_id, *k)?;
         delete_connection(tx, host_id, *k)?;
-        if history && let Some(c) = gone {
-            socket_event(tx, host_id, "close", &SocketRow::of_connection(&c), *at)?;
+        if let Some((c, judged)) = gone {
+            if history {
+                socket_event(tx, host_id, "close", &SocketRow::of_connection(&c), *at)?;
+            }
+            if judging.late(judged) {
+                vanished.push(Started { item: Item::Connection(c), at: None, ended: Some(*at), new: false });
+            }
         }
     }
-    Ok(())
+    // What the same delta removed was gone before the collector could see it alive.
+    let ended: HashMap<ItemKey, OffsetDateTime> = d
+        .processes
+        .removed
+        .iter()
+        .map(|(k, at)| (ItemKey::Process(*k), *at))
+        .chain(d.listeners.removed.iter().map(|(k, at)| (ItemKey::Listener(*k), *at)))
+        .chain(d.connections.removed.iter().map(|(k, at)| (ItemKey::Connection(*k), *at)))
+        .collect();
+    if !ended.is_empty() {
+        for s in &mut started {
+            s.ended = ended.get(&ItemKey::of(&s.item)).copied();
+        }
+    }
+    // Those this very report started are judged as gone already, once.
+    let here: std::collections::HashSet<ItemKey> = started.iter().map(|s| ItemKey::of(&s.item)).collect();
+    started.extend(vanished.into_iter().filter(|v| !here.contains(&ItemKey::of(&v.item))));
+    Ok(Recorded { started })
+}
+
+/// The key of an item of any kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ItemKey {
+    Process(ProcessKey),
+    Listener(ListenerKey),
+    Connection(ConnectionKey),
+}
+
+impl ItemKey {
+    fn of(item: &Item) -> ItemKey {
+        match item {
+            Item::Process(p) => ItemKey::Process(p.key()),
+            Item::Listener(l) => ItemKey::Listener(l.key()),
+            Item::Connection(c) => ItemKey::Connection(c.key()),
+        }
+    }
 }
 
 /// Stores a process; `cpu_high_since` is kept from the row it replaces while the process stays
 /// above the high-CPU threshold, set to now when it crosses it, cleared when it falls below.
-fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
+/// `judged_through`: set for a process that starts (see [`Judging`]); `None` keeps the stored one.
+fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: Option<i64>) -> Result<()> {
     let hot = p.cpu_percent.is_some_and(|c| c >= crate::engine::builtin::HIGH_CPU_PERCENT);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
-         stdio_socket, cpu_high_since) \
+         stdio_socket, cpu_high_since, judged_through) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
          CASE WHEN ?21 THEN COALESCE((SELECT cpu_high_since FROM processes \
-           WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END)",
+           WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END, \
+         COALESCE(?23, (SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), 0))",
     )?
     .execute(params![
         host_id,
@@ -217,6 +337,7 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process) -> Result<()> {
         p.stdio_socket,
         hot,
         ts(OffsetDateTime::now_utc()),
+        judged_through,
     ])?;
     Ok(())
 }
@@ -257,10 +378,10 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
     })
 }
 
-fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener) -> Result<()> {
+fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener, judged_through: i64) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         host_id,
@@ -271,47 +392,52 @@ fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener) -> Result<()> 
         l.process,
         l.exe,
         l.uid,
-        l.netns
+        l.netns,
+        judged_through
     ])?;
     Ok(())
 }
 
-fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Option<Listener>> {
+/// A listener and its `judged_through`.
+fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Option<(Listener, i64)>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT pid, process, exe, uid FROM listeners \
+        "SELECT pid, process, exe, uid, judged_through FROM listeners \
          WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5 LIMIT 1",
     )?;
     let mut rows =
         stmt.query(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
     match rows.next()? {
         None => Ok(None),
-        Some(r) => Ok(Some(Listener {
-            protocol: k.protocol,
-            address: k.address,
-            port: k.port,
-            pid: r.get(0)?,
-            process: r.get(1)?,
-            exe: r.get(2)?,
-            uid: r.get(3)?,
-            netns: k.netns,
-        })),
+        Some(r) => Ok(Some((
+            Listener {
+                protocol: k.protocol,
+                address: k.address,
+                port: k.port,
+                pid: r.get(0)?,
+                process: r.get(1)?,
+                exe: r.get(2)?,
+                uid: r.get(3)?,
+                netns: k.netns,
+            },
+            r.get(4)?,
+        ))),
     }
 }
 
-/// Deletes a listener; whether there was one.
-fn delete_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<bool> {
-    let n = tx
+fn delete_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<()> {
+    tx
         .prepare_cached(
             "DELETE FROM listeners WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5",
         )?
         .execute(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
-    Ok(n > 0)
+    Ok(())
 }
 
-fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection) -> Result<()> {
+fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection, judged_through: i64) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
-         direction, pid, process, exe, uid, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         direction, pid, process, exe, uid, netns, judged_through) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         host_id,
@@ -325,14 +451,16 @@ fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection) -> Result<
         c.process,
         c.exe,
         c.uid,
-        c.netns
+        c.netns,
+        judged_through
     ])?;
     Ok(())
 }
 
-fn get_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<Option<Connection>> {
+/// A connection and its `judged_through`.
+fn get_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<Option<(Connection, i64)>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT direction, pid, process, exe, uid FROM connections WHERE host_id = ?1 AND protocol = ?2 \
+        "SELECT direction, pid, process, exe, uid, judged_through FROM connections WHERE host_id = ?1 AND protocol = ?2 \
          AND local_address = ?3 AND local_port = ?4 AND remote_address = ?5 AND remote_port = ?6 AND netns IS ?7 LIMIT 1",
     )?;
     let mut rows = stmt.query(params![
@@ -346,22 +474,25 @@ fn get_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Resul
     ])?;
     match rows.next()? {
         None => Ok(None),
-        Some(r) => Ok(Some(Connection {
-            protocol: k.protocol,
-            local: k.local,
-            remote: k.remote,
-            direction: parse_enum::<Direction>(&r.get::<_, String>(0)?)?,
-            pid: r.get(1)?,
-            process: r.get(2)?,
-            exe: r.get(3)?,
-            uid: r.get(4)?,
-            netns: k.netns,
-        })),
+        Some(r) => Ok(Some((
+            Connection {
+                protocol: k.protocol,
+                local: k.local,
+                remote: k.remote,
+                direction: parse_enum::<Direction>(&r.get::<_, String>(0)?)?,
+                pid: r.get(1)?,
+                process: r.get(2)?,
+                exe: r.get(3)?,
+                uid: r.get(4)?,
+                netns: k.netns,
+            },
+            r.get(5)?,
+        ))),
     }
 }
 
-fn delete_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<bool> {
-    let n = tx
+fn delete_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Result<()> {
+    tx
         .prepare_cached(
             "DELETE FROM connections WHERE host_id = ?1 AND protocol = ?2 AND local_address = ?3 AND local_port = ?4 \
              AND remote_address = ?5 AND remote_port = ?6 AND netns IS ?7",
@@ -375,7 +506,7 @@ fn delete_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Re
             k.remote.port(),
             k.netns
         ])?;
-    Ok(n > 0)
+    Ok(())
 }
 
 fn process_event(

@@ -1,0 +1,207 @@
+//! The life of a finding: what an observation does to the finding it is about (open, refresh,
+//! reopen, or hold back), which findings an evaluation may resolve by no longer observing their
+//! item, and the per-host budget of new findings.
+//!
+//! Architecture invariant: the engine decides what is unexplained, this module decides what that
+//! does to findings, and the store only applies these decisions, inside the transaction that reads
+//! the facts they need (the finding as stored, the host's openings in the last minute). Pure
+//! functions, so every rule of the lifecycle is tested by value and every store backend applies
+//! the same ones.
+
+use hostwatch_proto::v1::{FindingKind, FindingStatus, Severity};
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+use crate::model::Observation;
+
+/// Kinds whose findings are events rather than state: nothing resolves them by absence, and a new
+/// occurrence reopens an acknowledged one (what was acknowledged is not this one).
+pub const EVENT_KINDS: &[FindingKind] = &[
+    FindingKind::FileChanged,
+    FindingKind::DataLost,
+    FindingKind::DuplicateIdentity,
+    FindingKind::FindingsHeldBack,
+];
+
+/// A finding as stored, as far as its lifecycle goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub status: FindingStatus,
+    pub severity: Severity,
+    pub transient: bool,
+}
+
+/// What an observation does to its finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// No finding yet: open one.
+    Open,
+    /// Resolved, or acknowledged and happening again: open it again.
+    Reopen,
+    /// Open or acknowledged and still there: refresh it. `escalated`: open, and worse than it
+    /// was, so sinks that left it out for its severity hear of it now.
+    Refresh { escalated: bool },
+    /// Would open (or reopen), but the host is past its budget of new findings this minute:
+    /// counted in its `findings_held_back` finding instead.
+    HoldBack,
+}
+
+/// The per-host budget of new findings: `[findings] max_new_per_host_per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// New findings that may open per host in [`BUDGET_WINDOW`].
+    pub limit: u32,
+    /// Those that opened in the window before this evaluation, and during it.
+    pub used: u32,
+}
+
+/// The window the budget counts openings over.
+pub const BUDGET_WINDOW: Duration = Duration::minutes(1);
+
+impl Budget {
+    pub fn new(limit: u32, used: u32) -> Budget {
+        Budget { limit, used }
+    }
+}
+
+/// Whether an opening of `o`'s finding counts against the budget, and may be held back: only
+/// findings of medium severity or less that no built-in rule files. A built-in rule's finding and
+/// anything high or critical always opens: 100 junk execs must not hide the payload.
+pub fn holdable(o: &Observation) -> bool {
+    o.rule.is_none() && o.severity <= Severity::Medium && o.kind != FindingKind::FindingsHeldBack
+}
+
+/// What observation `o` does to its finding (`existing`, if there is one), spending `budget`
+/// when it opens a holdable finding.
+pub fn step(existing: Option<&Existing>, o: &Observation, budget: &mut Budget) -> Step {
+    let step = match existing {
+        None => Step::Open,
+        Some(e) if e.status == FindingStatus::Resolved => Step::Reopen,
+        // An acknowledged finding stays acknowledged while its item persists; a new occurrence
+        // of an event, or of an item once gone before it was judged, is not what was
+        // acknowledged.
+        Some(e)
+            if e.status == FindingStatus::Acknowledged
+                && o.occurrences > 0
+                && (EVENT_KINDS.contains(&o.kind) || e.transient || o.transient) =>
+        {
+            Step::Reopen
+        }
+        Some(e) => Step::Refresh { escalated: e.status == FindingStatus::Open && o.severity > e.severity },
+    };
+    if matches!(step, Step::Open | Step::Reopen) && holdable(o) {
+        if budget.used >= budget.limit {
+            return Step::HoldBack;
+        }
+        budget.used += 1;
+    }
+    step
+}
+
+/// Whether an open or acknowledged finding of `kind` resolves when an evaluation that may resolve
+/// `state_kinds` no longer observes its item. A finding any of whose occurrences was transient
+/// resolves only by acknowledgement: its item being gone proves nothing.
+pub fn resolves_by_absence(kind: FindingKind, transient: bool, state_kinds: &[FindingKind]) -> bool {
+    state_kinds.contains(&kind) && !transient
+}
+
+/// The finding that counts what was held back on a host: one per host, an event (it reopens on the
+/// next burst after an acknowledgement); each held-back occurrence is one occurrence of it.
+pub fn held_back(count: u64, budget: Budget, host_id: i64, now: OffsetDateTime) -> Observation {
+    Observation {
+        kind: FindingKind::FindingsHeldBack,
+        rule: None,
+        severity: crate::engine::default_severity(FindingKind::FindingsHeldBack),
+        subject: "new findings".to_owned(),
+        detail: json!({
+            "held_back": count,
+            "limit_per_minute": budget.limit,
+            "at": hostwatch_proto::v1::timestamp::format(now),
+            "why": "more new findings of medium severity or less than the per-minute limit; built-in rules and high or critical findings are never held back",
+            "history": format!("hostwatch history processes --host {host_id} --since 10m; hostwatch history sockets --host {host_id} --since 10m"),
+        }),
+        occurrences: count,
+        transient: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(kind: FindingKind, severity: Severity, occurrences: u64, transient: bool) -> Observation {
+        Observation {
+            kind,
+            rule: None,
+            severity,
+            subject: "/usr/bin/x".into(),
+            detail: json!({}),
+            occurrences,
+            transient,
+        }
+    }
+
+    fn existing(status: FindingStatus, transient: bool) -> Existing {
+        Existing { status, severity: Severity::Medium, transient }
+    }
+
+    #[test]
+    fn the_lifecycle() {
+        use FindingStatus::{Acknowledged, Open, Resolved};
+        let mut b = Budget::new(100, 0);
+        let process = |occ, tr| obs(FindingKind::UnexpectedProcess, Severity::Medium, occ, tr);
+        assert_eq!(step(None, &process(0, false), &mut b), Step::Open);
+        assert_eq!(step(Some(&existing(Resolved, false)), &process(0, false), &mut b), Step::Reopen);
+        assert_eq!(
+            step(Some(&existing(Open, false)), &process(1, false), &mut b),
+            Step::Refresh { escalated: false }
+        );
+        // Acknowledged and persisting: stays acknowledged, even when another instance starts.
+        assert_eq!(
+            step(Some(&existing(Acknowledged, false)), &process(1, false), &mut b),
+            Step::Refresh { escalated: false }
+        );
+        // Acknowledged, but it was (or now is) transient: a new run is news.
+        assert_eq!(step(Some(&existing(Acknowledged, true)), &process(1, false), &mut b), Step::Reopen);
+        assert_eq!(step(Some(&existing(Acknowledged, false)), &process(1, true), &mut b), Step::Reopen);
+        // ... but only a new run: the same run seen still there is not.
+        assert_eq!(
+            step(Some(&existing(Acknowledged, true)), &process(0, false), &mut b),
+            Step::Refresh { escalated: false }
+        );
+        // Events reopen acknowledged findings.
+        let file = obs(FindingKind::FileChanged, Severity::High, 1, false);
+        assert_eq!(step(Some(&existing(Acknowledged, false)), &file, &mut b), Step::Reopen);
+        // Worse than when it opened.
+        assert_eq!(step(Some(&existing(Open, false)), &file, &mut b), Step::Refresh { escalated: true });
+        assert_eq!(b.used, 4, "openings of holdable findings count; the file change is high");
+        // Transient findings never resolve by absence; state ones of the kinds asked do.
+        let kinds = [FindingKind::UnexpectedProcess];
+        assert!(resolves_by_absence(FindingKind::UnexpectedProcess, false, &kinds));
+        assert!(!resolves_by_absence(FindingKind::UnexpectedProcess, true, &kinds));
+        assert!(!resolves_by_absence(FindingKind::FileChanged, false, &kinds));
+    }
+
+    #[test]
+    fn the_budget_holds_back_only_what_may_wait() {
+        let mut b = Budget::new(2, 1);
+        let medium = obs(FindingKind::UnexpectedProcess, Severity::Medium, 1, true);
+        assert_eq!(step(None, &medium, &mut b), Step::Open);
+        assert_eq!(step(None, &medium, &mut b), Step::HoldBack);
+        assert_eq!(step(Some(&existing(FindingStatus::Resolved, false)), &medium, &mut b), Step::HoldBack);
+        // Refreshing what is open costs nothing and is never held back.
+        assert_eq!(
+            step(Some(&existing(FindingStatus::Open, true)), &medium, &mut b),
+            Step::Refresh { escalated: false }
+        );
+        // High findings and built-in rules' findings always open.
+        let high = obs(FindingKind::UnexpectedListener, Severity::High, 1, false);
+        assert_eq!(step(None, &high, &mut b), Step::Open);
+        let rule = Observation { rule: Some("exe-in-temp".into()), ..medium.clone() };
+        assert_eq!(step(None, &rule, &mut b), Step::Open);
+        let count = held_back(7, b, 3, OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(step(None, &count, &mut b), Step::Open, "the count itself is never held back");
+        assert_eq!((count.occurrences, count.detail["held_back"].as_u64()), (7, Some(7)));
+        assert_eq!(b.used, 2);
+    }
+}

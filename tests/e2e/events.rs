@@ -1,0 +1,308 @@
+//! Every event judged, not only what is alive at a report: a program that lives 20 ms is a
+//! finding with its parent chain, 1,000 runs of one are one finding with 1,000 occurrences, a
+//! finding first seen transient resolves only by acknowledgement, and a burst of 5,000 distinct
+//! programs is bounded without hiding a built-in rule's finding in the middle of it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hostwatch_proto::v1 as proto;
+
+use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The machine is shared with the other tests' programs, which this test's host sees too and its
+/// baseline does not name: the budget of new findings is the burst test's business, not this one's.
+const NO_BUDGET: &str = "[findings]\nmax_new_per_host_per_minute = 1000000\n";
+
+/// Applies a baseline under a role unique to the test that names no process but those of `rules`
+/// (so every other program is unexpected), starts an agent under that role, and waits until its
+/// host is online with it.
+async fn host_with_workload(c: &Collector, dir: &Path, rules: &str) -> (Guard, proto::Host) {
+    let role = unique("ev");
+    let baseline = dir.join("empty.toml");
+    std::fs::write(
+        &baseline,
+        format!(
+            "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[listen]]\nprotocol = \"tcp\"\nport = {}\n{rules}",
+            c.port
+        ),
+    )
+    .unwrap();
+    let applied: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", baseline.to_str().unwrap()]);
+    assert_eq!(applied[0].name, role);
+    let agent = start_agent(c, dir, &format!("role={role}"));
+    let host = wait_for("the host online with its workload", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| {
+            h.tags.get("role") == Some(&role)
+                && h.status == proto::HostStatus::Online
+                && h.workload.as_deref() == Some(role.as_str())
+        })
+    })
+    .await;
+    (agent, host)
+}
+
+/// A copy of `/bin/sleep` named `name` in `dir`.
+fn sleep_copy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy("/bin/sleep", &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs `script` with `sh -c` to its end.
+fn sh(script: &str) -> u32 {
+    let mut child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success(), "sh -c {script:?}");
+    pid
+}
+
+/// The finding of `kind` (and `rule`) about `subject` in any status once `until` holds for it.
+async fn finding_where(
+    c: &Collector,
+    host: i64,
+    kind: &str,
+    rule: Option<&str>,
+    subject: &str,
+    what: &str,
+    until: impl Fn(&proto::Finding) -> bool,
+) -> proto::Finding {
+    wait_for(&format!("{kind} {rule:?} on {subject}: {what}"), WAIT, async || {
+        c.findings(host, kind, "all")
+            .into_iter()
+            .find(|f| f.subject == subject && f.rule.as_deref() == rule && until(f))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_of_20ms_is_a_finding_with_its_parents_and_a_thousand_runs_are_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
+    let h = host.id;
+
+    // Outside the temporary directories: unexpected, nothing more.
+    let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
+    let short = sleep_copy(run.path(), &unique("hwshort"));
+    let sh_pid = sh(&format!("{} 0.02; true", short.display()));
+    let subject = short.to_str().unwrap();
+    let f = finding_where(&c, h, "unexpected_process", None, subject, "transient", |f| f.transient).await;
+    assert_eq!(
+        (f.status, f.occurrences, f.severity),
+        (proto::FindingStatus::Open, 1, proto::Severity::Medium)
+    );
+    assert_eq!(f.detail["transient"], true, "{}", f.detail);
+    assert!(f.detail["exited_at"].is_string() && f.detail["started_at"].is_string(), "{}", f.detail);
+    assert_eq!(f.detail["cmdline"], format!("{subject} 0.02"));
+    // Its parent chain: the shell that ran it (gone too), then this test.
+    let parents = f.detail["parents"].as_array().unwrap_or_else(|| panic!("parents in {}", f.detail));
+    assert_eq!(parents[0]["pid"].as_u64(), Some(u64::from(sh_pid)), "{}", f.detail);
+    assert_eq!(parents[0]["name"], "sh", "{}", f.detail);
+    assert_eq!(parents[1]["pid"].as_u64(), Some(u64::from(std::process::id())), "{}", f.detail);
+    assert!(
+        c.findings(h, "suspicious_process", "all").iter().all(|f| f.subject != subject),
+        "nothing built-in about a program outside the temporary directories"
+    );
+
+    // From /tmp: exe-in-temp as well; and 1,000 runs are one finding each, counted.
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(tmp.path().starts_with("/tmp"), "the test's temporary directory is under /tmp");
+    let in_tmp = sleep_copy(tmp.path(), &unique("hwtmp"));
+    let subject = in_tmp.to_str().unwrap();
+    sh(&format!("{subject} 0.02"));
+    let temp =
+        finding_where(&c, h, "suspicious_process", Some("exe-in-temp"), subject, "once", |_| true).await;
+    assert_eq!((temp.severity, temp.transient), (proto::Severity::High, true));
+    finding_where(&c, h, "unexpected_process", None, subject, "once", |_| true).await;
+    // 999 more, ten at a time, each living 20 ms (read whole before it ends, as the collection
+    // tests check).
+    sh(&format!(
+        "i=0; while [ $i -lt 111 ]; do for j in 1 2 3 4 5 6 7 8 9; do {subject} 0.02 & done; wait; i=$((i+1)); done"
+    ));
+    let all = finding_where(&c, h, "unexpected_process", None, subject, "1,000 occurrences", |f| {
+        f.occurrences >= 1000
+    })
+    .await;
+    assert_eq!(all.occurrences, 1000);
+    let temp =
+        finding_where(&c, h, "suspicious_process", Some("exe-in-temp"), subject, "1,000 occurrences", |f| {
+            f.occurrences >= 1000
+        })
+        .await;
+    assert_eq!(temp.occurrences, 1000);
+    let ours: Vec<proto::Finding> = c.cli_json(&["findings", "--host", &h.to_string(), "--status", "all"]);
+    assert_eq!(ours.iter().filter(|f| f.subject == subject).count(), 2, "one finding per kind and rule");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finding_first_seen_transient_resolves_only_by_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
+    let h = host.id;
+    let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
+    let prog = sleep_copy(run.path(), &unique("hwonce"));
+    let subject = prog.to_str().unwrap();
+
+    sh(&format!("{subject} 0.02"));
+    let first = finding_where(&c, h, "unexpected_process", None, subject, "transient", |f| f.transient).await;
+    // The same program, now running long, then stopped.
+    let mut long = Guard(Command::new(&prog).arg("600").spawn().unwrap());
+    let pid = long.pid();
+    finding_where(&c, h, "unexpected_process", None, subject, "a second occurrence", |f| f.occurrences == 2)
+        .await;
+    long.terminate(Duration::from_secs(10));
+    // Its exit is recorded (a positive marker that the collector has judged the state without
+    // it) ...
+    wait_for("the long run's exit in the history", WAIT, async || {
+        let ev: Vec<proto::ProcessEvent> =
+            c.cli_json(&["history", "processes", "--host", &h.to_string(), "--since", "10m"]);
+        ev.into_iter().find(|e| e.pid == pid as u32 && e.kind == "exit")
+    })
+    .await;
+    // ... and the finding is still open: one finding, not resolved by the program's absence.
+    let all = c.findings(h, "unexpected_process", "all");
+    let f: Vec<&proto::Finding> = all.iter().filter(|f| f.subject == subject).collect();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].id, f[0].status, f[0].transient), (first.id, proto::FindingStatus::Open, true));
+
+    // Acknowledged: closed. The next run reopens it.
+    let acked: Vec<proto::Finding> =
+        c.cli_json(&["ack", &first.id.to_string(), "--note", "the test's program"]);
+    assert_eq!(acked[0].status, proto::FindingStatus::Acknowledged);
+    sh(&format!("{subject} 0.02"));
+    let again = finding_where(&c, h, "unexpected_process", None, subject, "reopened", |f| {
+        f.status == proto::FindingStatus::Open
+    })
+    .await;
+    assert_eq!((again.id, again.occurrences), (first.id, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alone: 5,000 new programs would be news to every other test's host as well.
+    let c = Collector::start_alone(dir.path(), "[findings]\nmax_new_per_host_per_minute = 50\n");
+    // The payload is named: only the built-in rule speaks of it.
+    let (_agent, host) = host_with_workload(&c, dir.path(), "[[process]]\nname = \"payload*\"\n").await;
+    let h = host.id;
+    // Whatever else this host runs (the shell that runs the burst too) opens first: the burst
+    // starts once nothing new is opening, after at least the shell's finding.
+    sh("sleep 0.05; true");
+    let opened = |c: &Collector| c.findings(h, "unexpected_process", "all").len();
+    wait_for("the shell's finding", WAIT, async || {
+        let all = c.findings(h, "unexpected_process", "all");
+        all.iter().any(|f| f.detail["name"] == "sh" || f.subject.ends_with("/dash")).then_some(())
+    })
+    .await;
+    let mut before = opened(&c);
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = opened(&c);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    // 5,000 distinct programs: hard links to one copy of sleep, each under its own name, outside
+    // the temporary directories (so no built-in rule fires on them).
+    let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
+    let one = sleep_copy(run.path(), "step-0");
+    for i in 1..5000 {
+        std::fs::hard_link(&one, run.path().join(format!("step-{i}"))).unwrap();
+    }
+    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
+    let payload = sleep_copy(shm.path(), &unique("payload"));
+    let started = std::time::Instant::now();
+    let d = run.path().display();
+    sh(&format!(
+        "i=0; while [ $i -lt 2500 ]; do {d}/step-$i 0.1 & i=$((i+1)); [ $((i % 50)) -eq 0 ] && wait; done; wait; \
+         {payload} 0.1; \
+         while [ $i -lt 5000 ]; do {d}/step-$i 0.1 & i=$((i+1)); [ $((i % 50)) -eq 0 ] && wait; done; wait",
+        payload = payload.display()
+    ));
+    // The collector answers while it judges the burst.
+    let health = reqwest::get(format!("{}/healthz", c.url)).await.unwrap();
+    assert!(health.status().is_success());
+    // The built-in rule's finding, in the middle of the burst, is never held back.
+    let p = payload.to_str().unwrap();
+    finding_where(&c, h, "suspicious_process", Some("exe-in-temp"), p, "opened", |_| true).await;
+    // Every one of the 5,000 is either a finding or counted as held back, exactly.
+    let steps = |fs: &[proto::Finding]| {
+        fs.iter().filter(|f| f.subject.starts_with(&format!("{d}/step-"))).count() as u64
+    };
+    let (opened, held) = wait_for("all 5,000 accounted for", Duration::from_secs(60), async || {
+        let opened = steps(&c.findings(h, "unexpected_process", "all"));
+        let held = c.findings(h, "findings_held_back", "all").first().map_or(0, |f| f.occurrences);
+        (opened + held >= 5000).then_some((opened, held))
+    })
+    .await;
+    let minutes = started.elapsed().as_secs() / 60 + 1;
+    assert_eq!(opened + held, 5000, "{opened} opened, {held} held back");
+    assert!(
+        opened <= 50 * (minutes + 1),
+        "{opened} opened in about {minutes} minute(s), 50 allowed a minute"
+    );
+    assert!(held >= 5000 - 50 * (minutes + 1), "{held} held back");
+    let count = &c.findings(h, "findings_held_back", "all")[0];
+    assert_eq!((count.status, count.subject.as_str()), (proto::FindingStatus::Open, "new findings"));
+    assert!(count.detail["history"].as_str().unwrap_or_default().contains("hostwatch history processes"));
+}
+
+/// Spooled reports (files in the agent's spool) that mention `needle`.
+fn spooled_with(state: &Path, needle: &str) -> usize {
+    std::fs::read_dir(state.join("spool"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json")))
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Collector::start(dir.path(), NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
+    let h = host.id;
+    let port = c.port;
+    c.process.terminate(Duration::from_secs(15));
+
+    // Opened and closed with the agent watching: both in its spool before the collector returns.
+    let (mut python, lport) = crate::support::python_http_server(0);
+    let needle = format!("\"port\":{lport}");
+    let state = dir.path().join("agent-state");
+    wait_for("the listener's opening spooled", WAIT, async || {
+        (spooled_with(&state, &needle) >= 1).then_some(())
+    })
+    .await;
+    python.terminate(Duration::from_secs(10));
+    wait_for("its closing spooled", WAIT, async || (spooled_with(&state, &needle) >= 2).then_some(())).await;
+
+    // Back, on the same address, with the same store.
+    let back = Collector::start_on(dir.path(), NO_BUDGET, port);
+    let subject = format!("tcp/127.0.0.1:{lport}");
+    let f =
+        finding_where(&back, h, "unexpected_listener", None, &subject, "transient", |f| f.transient).await;
+    assert_eq!((f.status, f.occurrences), (proto::FindingStatus::Open, 1), "{f:?}");
+    assert!(f.detail["closed_at"].is_string(), "{}", f.detail);
+    // Once the backlog is delivered: still one finding, open, counted once.
+    wait_for("the spool drained", WAIT, async || (spooled_with(&state, &needle) == 0).then_some(())).await;
+    let all: Vec<proto::Finding> =
+        back.findings(h, "unexpected_listener", "all").into_iter().filter(|f| f.subject == subject).collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        (all[0].id, all[0].status, all[0].occurrences, all[0].transient),
+        (f.id, proto::FindingStatus::Open, 1, true)
+    );
+    drop(c);
+}
