@@ -95,7 +95,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         _ = tokio::time::timeout(cloud::START_WAIT, cloud.wait_for(Option::is_some)) => {}
     }
     cloud.mark_unchanged();
-    let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone());
+    let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone())
+        .with_stdio_rescan(config.stdio_rescan);
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
     let mut agent = Agent {
         tracker: Tracker::new(),
@@ -336,6 +337,7 @@ impl Agent {
     async fn scan(&mut self, scan: Scan) {
         let mut observer = self.observer.take().unwrap_or_else(|| {
             Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
+                .with_stdio_rescan(self.config.stdio_rescan)
         });
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {

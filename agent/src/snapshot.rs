@@ -117,6 +117,9 @@ pub struct Observer {
     /// CPU ticks of each process at the last full scan, and when, for CPU percent.
     cpu_prev: HashMap<ProcKey, (u64, Instant)>,
     cpu_percent: HashMap<ProcKey, f32>,
+    /// Look again at shells' and interpreters' standard streams at every full scan
+    /// (`stdio_rescan`).
+    stdio_rescan: bool,
 }
 
 /// How long after it started a process is watched for new connections by the quick looks
@@ -182,7 +185,14 @@ impl Observer {
             unhashed: Vec::new(),
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
+            stdio_rescan: true,
         }
+    }
+
+    /// The same observer, looking again (or not) at shells' standard streams at every full scan.
+    pub fn with_stdio_rescan(mut self, on: bool) -> Self {
+        self.stdio_rescan = on;
+        self
     }
 
     /// The same observer, hashing no executable: to measure what hashing costs.
@@ -392,7 +402,13 @@ impl Observer {
                     let vitals = collect::process::read_vitals(&self.root, pid, !self.credential_events);
                     match self.settle(pid, vitals, problems) {
                         // Its file deleted (or replaced by an upgrade) since: read it whole.
-                        Some(v) if rec.update(&v) && !self.exe_gone(&rec) => Some(rec),
+                        Some(v) if rec.update(&v) && !self.exe_gone(&rec) => {
+                            // A shell whose input became a socket since it started.
+                            if self.stdio_rescan {
+                                collect::process::stdio_changed(&self.root, &mut rec);
+                            }
+                            Some(rec)
+                        }
                         // Another process under the same pid, or new credentials: read it whole.
                         Some(_) => self.reread(rec, problems),
                         None => None,

@@ -306,3 +306,46 @@ async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it
     );
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_that_later_reads_from_a_socket_is_a_reverse_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
+    let h = host.id;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let go = dir.path().join("go");
+    // A shell started with nothing on its standard input; once told, it connects its own standard
+    // input to a TCP socket (bash's /dev/tcp: no new program), then waits in a child.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.2; done; exec 0<>/dev/tcp/127.0.0.1/{port}; sleep 600; true",
+        go = go.display()
+    );
+    let shell =
+        Guard(Command::new("bash").args(["-c", &script]).stdin(std::process::Stdio::null()).spawn().unwrap());
+    let pid = shell.pid() as u32;
+    // Past its first 10 s, when a new process is read whole at every scan anyway: only the
+    // late look at its standard streams can see what it does now.
+    let seen = wait_for("the shell reported", WAIT, async || {
+        let ps: Vec<proto::Located<proto::Process>> = c.cli_json(&["ps", "--host", &h.to_string()]);
+        ps.into_iter().find(|p| p.item.pid == pid)
+    })
+    .await;
+    assert!(seen.item.stdio_socket.is_none());
+    let young = time::OffsetDateTime::now_utc() - seen.item.start_time;
+    tokio::time::sleep(Duration::from_secs_f64((12.0 - young.as_seconds_f64()).max(0.0))).await;
+    std::fs::write(&go, "").unwrap();
+    let (_peer, _) = listener.accept().unwrap();
+    // Within a few of the agent's 1 s intervals. (Every known process is also read whole once in
+    // 30 scans: a bound of 30 s would let a missing look pass; 6 s lets it pass one time in five.)
+    let f = wait_for("a reverse-shell finding", Duration::from_secs(6), async || {
+        c.findings(h, "suspicious_process", "open")
+            .into_iter()
+            .find(|f| f.rule.as_deref() == Some("reverse-shell") && f.detail["pid"] == pid)
+    })
+    .await;
+    assert_eq!(f.severity, proto::Severity::Critical);
+    assert_eq!(f.detail["stdio_socket"], format!("tcp 127.0.0.1:{port}"));
+    assert!(!f.transient, "the shell is still there");
+}

@@ -56,6 +56,11 @@ pub struct ProcessRecord {
     pub exe_replaced: bool,
     /// A network socket on a shell's standard input or output (`tcp 10.0.0.9:4444`).
     pub stdio_socket: Option<String>,
+    /// A shell or interpreter ([`is_interactive`]): its standard streams are looked at again at
+    /// every full scan ([`stdio_changed`]).
+    pub interactive: bool,
+    /// The socket inodes on its standard input and output when last looked at (0: not a socket).
+    pub stdio_inodes: [u64; 2],
 }
 
 /// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` (and the owner
@@ -270,7 +275,8 @@ fn read_one(
     let exe_replaced = exe_deleted && !exe_memfd && exe.as_deref().is_some_and(|e| replaced(&dir, e, start));
     let interactive = is_interactive(&name)
         || exe.as_deref().and_then(|e| e.rsplit('/').next()).is_some_and(is_interactive);
-    let stdio_socket = if interactive { stdio_socket(root, &dir, pid) } else { None };
+    let stdio_inodes = if interactive { stdio_inodes(&dir) } else { [0; 2] };
+    let stdio_socket = stdio_socket(root, stdio_inodes, pid);
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
@@ -295,7 +301,28 @@ fn read_one(
         read_at: OffsetDateTime::now_utc(),
         exe_replaced,
         stdio_socket,
+        interactive,
+        stdio_inodes,
     }))
+}
+
+/// Looks again at the standard input and output of a shell or interpreter read earlier: a shell
+/// that later reads from a socket (`exec 0<&3`, a dup2 in an exploit) is a reverse shell though it
+/// ran no new program. Two readlinks; the socket tables are read only when what they point at
+/// changed. Returns whether `rec` changed.
+pub fn stdio_changed(root: &HostRoot, rec: &mut ProcessRecord) -> bool {
+    if !rec.interactive {
+        return false;
+    }
+    let inodes = stdio_inodes(&root.proc.join(rec.pid.to_string()));
+    if inodes == rec.stdio_inodes {
+        return false;
+    }
+    rec.stdio_inodes = inodes;
+    let socket = stdio_socket(root, inodes, rec.pid);
+    let changed = socket != rec.stdio_socket;
+    rec.stdio_socket = socket;
+    changed
 }
 
 /// Whether the path of a deleted executable (as the process sees it) now holds a regular file
@@ -313,24 +340,24 @@ fn replaced(proc_dir: &Path, exe: &str, started: OffsetDateTime) -> bool {
         && !writable_by_all(proc_dir, exe)
 }
 
-/// The network socket on standard input or output of process `pid`, as `tcp 10.0.0.9:4444`
-/// (protocol and peer), looked up in the tables of its own network namespace. A Unix socket (a
-/// service's output to the journal) is none.
-fn stdio_socket(root: &HostRoot, proc_dir: &Path, pid: u32) -> Option<String> {
+/// The socket inodes on standard input and output of the process at `proc_dir` (0 for a
+/// stream that is no socket, or unreadable).
+fn stdio_inodes(proc_dir: &Path) -> [u64; 2] {
+    ["0", "1"].map(|fd| {
+        std::fs::read_link(proc_dir.join("fd").join(fd))
+            .ok()
+            .and_then(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// The network socket among `inodes` (a process's standard input and output) of process `pid`,
+/// as `tcp 10.0.0.9:4444` (protocol and peer), looked up in the tables of its own network
+/// namespace. A Unix socket (a service's output to the journal) is none; without a socket the
+/// tables are not read.
+fn stdio_socket(root: &HostRoot, inodes: [u64; 2], pid: u32) -> Option<String> {
     use super::sockets::{Want, procnet};
-    let links: Vec<Option<std::path::PathBuf>> =
-        ["0", "1"].iter().map(|fd| std::fs::read_link(proc_dir.join("fd").join(fd)).ok()).collect();
-    // A service's shell reads nothing and writes to the journal's (Unix) socket: not worth
-    // reading the namespace's socket tables for, on every such exec.
-    if links[0].as_deref() == Some(Path::new("/dev/null")) {
-        return None;
-    }
-    let inodes: Vec<u64> = links
-        .iter()
-        .flatten()
-        .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
-        .collect();
-    if inodes.is_empty() {
+    if inodes == [0; 2] {
         return None;
     }
     let ns = super::netns::Netns { inode: 0, pid, own: false };

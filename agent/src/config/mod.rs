@@ -38,6 +38,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_HOST_ROOT", path: &["host_root"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_STDIO_RESCAN", path: &["stdio_rescan"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
     EnvKey { var: "HOSTWATCH_CLOUD_PROVIDER", path: &["cloud", "provider"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_PATHS", path: &["files", "paths"], kind: EnvKind::List },
@@ -83,6 +84,11 @@ pub struct RawConfig {
     /// are dropped (and counted, and reported as lost).
     #[serde(default = "default_spool_max_bytes")]
     spool_max_bytes: u64,
+    /// Look again at the standard input and output of every shell and interpreter at each full
+    /// scan (two readlinks each), so one that starts reading from a network socket after it
+    /// started is a reverse-shell finding within an interval. Off only to measure its cost.
+    #[serde(default = "yes")]
+    stdio_rescan: bool,
     #[serde(default)]
     redact: RawRedact,
     #[serde(default)]
@@ -258,6 +264,7 @@ pub struct AgentConfig {
     pub host_root: PathBuf,
     pub snapshot_every: Duration,
     pub spool_max_bytes: u64,
+    pub stdio_rescan: bool,
     /// Built-in redaction plus `[redact] patterns`, compiled.
     pub redactor: Redactor,
     pub cloud: CloudConfig,
@@ -404,6 +411,7 @@ impl AgentConfig {
                 host_root: raw.host_root.clone(),
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
+                stdio_rescan: raw.stdio_rescan,
                 redactor,
                 cloud,
                 files,
