@@ -96,7 +96,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     cloud.mark_unchanged();
     let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone())
-        .with_stdio_rescan(config.stdio_rescan);
+        .with_stdio_rescan(config.stdio_rescan)
+        .hiding_own_process(config.hide_own_process);
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
     let mut agent = Agent {
         tracker: Tracker::new(),
@@ -338,6 +339,7 @@ impl Agent {
         let mut observer = self.observer.take().unwrap_or_else(|| {
             Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
                 .with_stdio_rescan(self.config.stdio_rescan)
+                .hiding_own_process(self.config.hide_own_process)
         });
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {

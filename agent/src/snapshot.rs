@@ -120,6 +120,9 @@ pub struct Observer {
     /// Look again at shells' and interpreters' standard streams at every full scan
     /// (`stdio_rescan`).
     stdio_rescan: bool,
+    /// A process never reported: the agent's own, where it runs inside the collector
+    /// (`serve --dev`), which is no program on the host to explain.
+    hidden: Option<u32>,
 }
 
 /// How long after it started a process is watched for new connections by the quick looks
@@ -186,7 +189,14 @@ impl Observer {
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
             stdio_rescan: true,
+            hidden: None,
         }
+    }
+
+    /// The same observer, never reporting the process it runs in.
+    pub fn hiding_own_process(mut self, hide: bool) -> Self {
+        self.hidden = hide.then(std::process::id);
+        self
     }
 
     /// The same observer, looking again (or not) at shells' standard streams at every full scan.
@@ -394,7 +404,7 @@ impl Observer {
         self.skip.retain(|p| listed.contains(p));
         let mut old = std::mem::take(&mut self.procs);
         for pid in pids {
-            if self.skip.contains(&pid) {
+            if self.skip.contains(&pid) || Some(pid) == self.hidden {
                 continue;
             }
             let rec = match old.remove(&pid) {
@@ -510,6 +520,7 @@ impl Observer {
         for pid in candidates {
             if !self.procs.contains_key(&pid)
                 && !self.skip.contains(&pid)
+                && Some(pid) != self.hidden
                 && let Some(rec) = self.read_whole(pid, &mut problems)
             {
                 started.push(self.note_exec(rec));

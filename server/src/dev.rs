@@ -123,6 +123,9 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     agent_config.interval = opts.interval;
     agent_config.snapshot_every = agent_config.snapshot_every.max(opts.interval);
     agent_config.tags = BTreeMap::from([(DEV_TAG.0.to_owned(), DEV_TAG.1.to_owned())]);
+    // The collector is no program on this machine for itself to explain (built under /tmp it
+    // would be exe-in-temp).
+    agent_config.hide_own_process = true;
     let server_stop = CancellationToken::new();
     let mut server = tokio::spawn(serve::serve(state, listeners, server_stop.clone()));
     let agent_stop = shutdown.child_token();

@@ -128,6 +128,12 @@ async fn dev_mode_watches_this_machine_and_shows_drift() {
         cli_json(&dev, &token_file, &["findings", "--kind", "no_baseline", "--status", "all"]);
     assert!(no_baseline.is_empty(), "the baseline was learned before the first evaluation");
 
+    // The collector never reports its own process.
+    let own = dev.process.pid() as u32;
+    let ps: Vec<proto::Located<proto::Process>> = cli_json(&dev, &token_file, &["ps"]);
+    assert!(ps.iter().any(|p| p.item.pid == std::process::id()), "this test is among the processes");
+    assert!(ps.iter().all(|p| p.item.pid != own), "the dev collector reported itself");
+
     // Something new on this machine is a finding.
     let (_python, port) = python_http_server(0);
     let subject = format!("tcp/127.0.0.1:{port}");

@@ -265,6 +265,9 @@ pub struct AgentConfig {
     pub snapshot_every: Duration,
     pub spool_max_bytes: u64,
     pub stdio_rescan: bool,
+    /// Never report the agent's own process: set by `hostwatch serve --dev`, whose agent runs
+    /// inside the collector, never by a file or the environment.
+    pub hide_own_process: bool,
     /// Built-in redaction plus `[redact] patterns`, compiled.
     pub redactor: Redactor,
     pub cloud: CloudConfig,
@@ -412,6 +415,7 @@ impl AgentConfig {
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
                 stdio_rescan: raw.stdio_rescan,
+                hide_own_process: false,
                 redactor,
                 cloud,
                 files,
