@@ -40,12 +40,13 @@ def start(argv, **kw):
 
 
 class Collector:
-    def __init__(self):
+    def __init__(self, extra=""):
+        """A collector; `extra` is appended to its server.toml."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
         data = os.path.join(self.dir, "server")
         config = os.path.join(self.dir, "server.toml")
         with open(config, "w") as f:
-            f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n')
+            f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{extra}')
         self.proc = start([binary("hostwatch"), "serve", "--config", config],
                           env={"HOSTWATCH_LOG": "warn,hostwatch_server=info"},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -100,8 +100,9 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
 fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
     let root = collect::HostRoot::new(&config.host_root);
     let cloud = cloud_facts(config, &root)?;
-    let obs =
-        snapshot::Observer::new(root, collect::sockets::Reader::SockDiag, config.redactor.clone()).observe();
+    let obs = snapshot::Observer::new(root, collect::sockets::Reader::SockDiag, config.redactor.clone())
+        .with_dpkg(config.files.real(&config.files.dpkg_dir), config.files.host_root.clone())
+        .observe();
     let machine_id = obs.host.machine_id.clone().unwrap_or_else(|| "unknown".to_owned());
     let now = time::OffsetDateTime::now_utc();
     let report = hostwatch_proto::v1::Report {

@@ -123,7 +123,15 @@ pub struct Observer {
     /// A process never reported: the agent's own, where it runs inside the collector
     /// (`serve --dev`), which is no program on the host to explain.
     hidden: Option<u32>,
+    /// dpkg's database (as the agent reads it), asked what stands at a replaced executable's path.
+    dpkg_dir: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Its answers, by path, while neither the database's `status` nor the file changes.
+    replacements: HashMap<String, (Replaced, proto::ExeReplacement)>,
 }
+
+/// What a package-database answer about a path holds for: dpkg's `status` and the file's
+/// modification times.
+type Replaced = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
 
 /// How long after it started a process is watched for new connections by the quick looks
 /// (which the design wants seen within two seconds of an exec).
@@ -190,7 +198,40 @@ impl Observer {
             cpu_percent: HashMap::new(),
             stdio_rescan: true,
             hidden: None,
+            dpkg_dir: None,
+            replacements: HashMap::new(),
         }
+    }
+
+    /// The same observer, asking dpkg's database at `dir` (as the agent reads it; the host's
+    /// root as the agent sees it is `host_root`) what replaced a running executable.
+    pub fn with_dpkg(mut self, dir: std::path::PathBuf, host_root: std::path::PathBuf) -> Self {
+        self.dpkg_dir = Some((dir, host_root));
+        self
+    }
+
+    /// Says what stands at the path of `rec`'s replaced executable: the file its package installed
+    /// (an upgrade) or something else (someone's), from the package database.
+    fn judge_replacement(&mut self, rec: &mut ProcessRecord) {
+        let (Some((dir, host_root)), Some(exe), true) = (&self.dpkg_dir, &rec.exe, rec.exe_replaced) else {
+            return;
+        };
+        let real = collect::process::exe_inside(&self.root.proc.join(rec.pid.to_string()), exe);
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let at = (mtime(&dir.join("status")), mtime(&real));
+        if let Some((when, known)) = self.replacements.get(exe)
+            && *when == at
+        {
+            rec.exe_replacement = Some(known.clone());
+            return;
+        }
+        let judged =
+            proto::ExeReplacement { package: crate::files::package::owner_of(dir, host_root, exe, &real) };
+        if self.replacements.len() > 1024 {
+            self.replacements.clear();
+        }
+        self.replacements.insert(exe.clone(), (at, judged.clone()));
+        rec.exe_replacement = Some(judged);
     }
 
     /// The same observer, never reporting the process it runs in.
@@ -247,6 +288,7 @@ impl Observer {
             cpu_percent: self.cpu_percent.get(&(p.pid, p.start_ticks)).copied().or_else(|| lifetime_cpu(p)),
             rss_bytes: Some(p.rss_bytes),
             exe_replaced: p.exe_replaced,
+            exe_replacement: p.exe_replacement.clone(),
             stdio_socket: p.stdio_socket.clone(),
         }
     }
@@ -462,7 +504,9 @@ impl Observer {
     /// as not to be read again while listed).
     fn read_whole(&mut self, pid: u32, problems: &mut Problems) -> Option<ProcessRecord> {
         let read = collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, problems);
-        self.settle(pid, read, problems)
+        let mut rec = self.settle(pid, read, problems)?;
+        self.judge_replacement(&mut rec);
+        Some(rec)
     }
 
     /// What a read of `pid` came to: a kernel thread or zombie is remembered as one, a failure

@@ -33,6 +33,7 @@ pub struct Process {
     pub cpu_percent: Option<f32>,
     pub rss_bytes: Option<u64>,
     pub exe_replaced: bool,
+    pub exe_replacement: Option<proto::ExeReplacement>,
     pub stdio_socket: Option<String>,
     /// Since when the process has used more than the high-CPU rule's threshold without a break
     /// (kept by the store across reports; `None` while it is below).
@@ -576,6 +577,7 @@ impl From<proto::Process> for Process {
             cpu_percent: p.cpu_percent,
             rss_bytes: p.rss_bytes,
             exe_replaced: p.exe_replaced,
+            exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
             cpu_high_since: None,
         }
@@ -604,6 +606,7 @@ impl From<Process> for proto::Process {
             cpu_percent: p.cpu_percent,
             rss_bytes: p.rss_bytes,
             exe_replaced: p.exe_replaced,
+            exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
         }
     }

@@ -349,3 +349,84 @@ async fn a_shell_that_later_reads_from_a_socket_is_a_reverse_shell() {
     assert_eq!(f.detail["stdio_socket"], format!("tcp 127.0.0.1:{port}"));
     assert!(!f.transient, "the shell is still there");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_executable_is_an_upgrade_only_when_its_package_installed_the_new_file() {
+    use crate::support::{build_deb, dpkg, start_agent_with};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), NO_BUDGET);
+    // A root of the test's own, with its own dpkg database, outside the temporary directories.
+    let root = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
+    let r = root.path();
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "opt"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    let sleep = std::fs::read("/bin/sleep").unwrap();
+    let mut sleep2 = sleep.clone();
+    sleep2.extend_from_slice(b"\0version 2");
+    let d = dir.path();
+    dpkg(r, &["-i", build_deb(d, "hwup", "1.0", &[("opt/hwup/bin/up", &sleep, 0o755)]).to_str().unwrap()]);
+    dpkg(
+        r,
+        &["-i", build_deb(d, "hwkeep", "1.0", &[("opt/hwkeep/bin/keep", &sleep, 0o755)]).to_str().unwrap()],
+    );
+    let loose = r.join("opt/loose");
+    std::fs::write(&loose, &sleep).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let role = unique("pkg");
+    let dpkg_dir = r.join("var/lib/dpkg").display().to_string();
+    let _agent = start_agent_with(&c, d, &format!("role={role}"), &[("HOSTWATCH_FILES_DPKG_DIR", &dpkg_dir)]);
+    let host = wait_for("the host online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+    })
+    .await;
+    let h = host.id;
+    let (up, keep) = (r.join("opt/hwup/bin/up"), r.join("opt/hwkeep/bin/keep"));
+    let running: Vec<Guard> =
+        [&up, &keep, &loose].iter().map(|p| Guard(Command::new(p).arg("600").spawn().unwrap())).collect();
+    wait_for("the three programs reported", WAIT, async || {
+        let ps: Vec<proto::Located<proto::Process>> = c.cli_json(&["ps", "--host", &h.to_string()]);
+        running.iter().all(|g| ps.iter().any(|p| p.item.pid == g.pid() as u32)).then_some(())
+    })
+    .await;
+
+    // An upgrade: the package installs a new file at the running program's path.
+    dpkg(r, &["-i", build_deb(d, "hwup", "2.0", &[("opt/hwup/bin/up", &sleep2, 0o755)]).to_str().unwrap()]);
+    // By hand: a new file over a package's program, and over a program no package owns.
+    for path in [&keep, &loose] {
+        let new = path.with_extension("new");
+        std::fs::write(&new, &sleep2).unwrap();
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&new, path).unwrap();
+    }
+    let rule_on = async |path: &PathBuf, rule: &str| {
+        finding_where(&c, h, "suspicious_process", Some(rule), path.to_str().unwrap(), "open", |f| {
+            f.status == proto::FindingStatus::Open
+        })
+        .await
+    };
+    let upgraded = rule_on(&up, "exe-replaced").await;
+    assert_eq!(upgraded.severity, proto::Severity::Info);
+    assert_eq!(upgraded.detail["exe_replacement"]["package"]["name"], "hwup", "{}", upgraded.detail);
+    assert_eq!(upgraded.detail["exe_replacement"]["package"]["version"], "2.0", "{}", upgraded.detail);
+    let tampered = rule_on(&keep, "exe-tampered").await;
+    assert_eq!(tampered.severity, proto::Severity::Critical);
+    assert_eq!(tampered.detail["exe_replacement"]["package"]["name"], "hwkeep", "{}", tampered.detail);
+    assert_eq!(tampered.detail["exe_replacement"]["package"]["matches"], false, "{}", tampered.detail);
+    let unowned = rule_on(&loose, "exe-tampered").await;
+    assert!(unowned.detail["exe_replacement"]["package"].is_null(), "{}", unowned.detail);
+    // Each is one rule's finding: the upgrade is not tampering, nor the other way round.
+    let all = c.findings(h, "suspicious_process", "all");
+    let rules_on = |p: &PathBuf| {
+        let mut r: Vec<String> =
+            all.iter().filter(|f| f.subject == p.to_str().unwrap()).filter_map(|f| f.rule.clone()).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(rules_on(&up), ["exe-replaced"]);
+    assert_eq!(rules_on(&keep), ["exe-tampered"]);
+    drop(running);
+}

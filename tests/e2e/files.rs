@@ -355,37 +355,10 @@ async fn a_watched_path_that_does_not_exist_is_reported_and_taken_up_when_it_app
 
 /// A package built here with `dpkg-deb`: `opt/hwtest/bin/tool` holding `content`.
 fn build_deb(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
-    let pkg = dir.join(format!("pkg-{version}"));
-    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(pkg.join("opt/hwtest/bin")).unwrap();
-    write(
-        &pkg.join("DEBIAN/control"),
-        &format!(
-            "Package: hwtest\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: hostwatch test package\n"
-        ),
-    );
-    write(&pkg.join("opt/hwtest/bin/tool"), content);
-    let deb = dir.join(format!("hwtest_{version}.deb"));
-    let out = std::process::Command::new("dpkg-deb")
-        .arg("--root-owner-group")
-        .arg("--build")
-        .arg(&pkg)
-        .arg(&deb)
-        .output()
-        .expect("dpkg-deb (is dpkg installed?)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    deb
+    crate::support::build_deb(dir, "hwtest", version, &[("opt/hwtest/bin/tool", content.as_bytes(), 0o644)])
 }
 
-/// `dpkg --root=ROOT` with `args`: a database and a file system of the test's own.
-fn dpkg(root: &Path, args: &[&str]) {
-    let out = std::process::Command::new("dpkg")
-        .arg(format!("--root={}", root.display()))
-        .args(args)
-        .output()
-        .expect("dpkg");
-    assert!(out.status.success(), "dpkg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use crate::support::dpkg;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {

@@ -54,6 +54,9 @@ pub struct ProcessRecord {
     /// The deleted executable's path holds a new root-owned file, changed after the process
     /// started: what a package upgrade leaves behind a running service.
     pub exe_replaced: bool,
+    /// For a replaced executable, what the package database says of the file now at its path;
+    /// set by the observer, which keeps the package database's answers.
+    pub exe_replacement: Option<hostwatch_proto::v1::ExeReplacement>,
     /// A network socket on a shell's standard input or output (`tcp 10.0.0.9:4444`).
     pub stdio_socket: Option<String>,
     /// A shell or interpreter ([`is_interactive`]): its standard streams are looked at again at
@@ -272,7 +275,7 @@ fn read_one(
     let exe_writable_dir = !exe_memfd && exe.as_deref().is_some_and(|e| writable_by_all(&dir, e));
     let dir_uid = p.uid().map_err(|e| ReadFailure::of_proc(&e))?;
     let name = process_name(&stat.comm, exe.as_deref());
-    let exe_replaced = exe_deleted && !exe_memfd && exe.as_deref().is_some_and(|e| replaced(&dir, e, start));
+    let exe_replaced = exe_deleted && !exe_memfd && exe.as_deref().is_some_and(|e| replaced(&dir, e));
     let interactive = is_interactive(&name)
         || exe.as_deref().and_then(|e| e.rsplit('/').next()).is_some_and(is_interactive);
     let stdio_inodes = if interactive { stdio_inodes(&dir) } else { [0; 2] };
@@ -300,6 +303,7 @@ fn read_one(
         netns: super::netns::of_pid(root, pid),
         read_at: OffsetDateTime::now_utc(),
         exe_replaced,
+        exe_replacement: None,
         stdio_socket,
         interactive,
         stdio_inodes,
@@ -325,19 +329,17 @@ pub fn stdio_changed(root: &HostRoot, rec: &mut ProcessRecord) -> bool {
     changed
 }
 
-/// Whether the path of a deleted executable (as the process sees it) now holds a regular file
-/// owned by root, not writable by others, changed after the process started: an upgraded
-/// package's new binary behind a service still running the old one.
-fn replaced(proc_dir: &Path, exe: &str, started: OffsetDateTime) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let inside = proc_dir.join("root").join(exe.strip_prefix('/').unwrap_or(exe));
-    let Ok(m) = std::fs::symlink_metadata(inside) else { return false };
-    let changed = OffsetDateTime::from_unix_timestamp(m.ctime()).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    m.is_file()
-        && m.uid() == 0
-        && m.mode() & 0o022 == 0
-        && changed >= started
-        && !writable_by_all(proc_dir, exe)
+/// Whether the path of a deleted executable (as the process sees it) holds a regular file again:
+/// replaced, by an upgrade or by someone; the package database says which
+/// ([`crate::snapshot::Observer`] asks it).
+fn replaced(proc_dir: &Path, exe: &str) -> bool {
+    std::fs::symlink_metadata(exe_inside(proc_dir, exe)).is_ok_and(|m| m.is_file())
+}
+
+/// Where the agent reads the path `exe` as the process at `proc_dir` sees it (its own root, so a
+/// container's file is the container's).
+pub fn exe_inside(proc_dir: &Path, exe: &str) -> std::path::PathBuf {
+    proc_dir.join("root").join(exe.strip_prefix('/').unwrap_or(exe))
 }
 
 /// The socket inodes on standard input and output of the process at `proc_dir` (0 for a

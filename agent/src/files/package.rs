@@ -143,6 +143,31 @@ impl Packages {
     }
 }
 
+/// Which installed package records `path` (a host path) in dpkg's database at `dpkg_dir` (as the
+/// agent reads it, under `host_root`), and whether the file at `real` (where the agent reads that
+/// path) has the content it installed. Reads every `info/*.md5sums`: for a rare question (a
+/// running executable replaced on disk), not for every file.
+pub fn owner_of(dpkg_dir: &Path, host_root: &Path, path: &str, real: &Path) -> Option<proto::PackageMatch> {
+    let packages = Packages::new(dpkg_dir.to_owned(), host_root);
+    let rel = Path::new(path).strip_prefix(&packages.root).ok()?.to_str()?.to_owned();
+    let needle = format!("  {rel}");
+    for entry in std::fs::read_dir(dpkg_dir.join("info")).ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pkg) = name.to_str().and_then(|n| n.strip_suffix(".md5sums")) else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let Some(md5) = text.lines().find_map(|l| l.strip_suffix(needle.as_str())) else { continue };
+        let mut digest = [0u8; 16];
+        let recorded = hex::decode_to_slice(md5, &mut digest).is_ok();
+        let bare = pkg.split(':').next().unwrap_or(pkg);
+        return Some(proto::PackageMatch {
+            name: bare.to_owned(),
+            version: read_status(&dpkg_dir.join("status")).remove(bare),
+            matches: recorded && md5_of(real).is_ok_and(|m| m == digest),
+        });
+    }
+    None
+}
+
 /// Installed packages' versions from dpkg's `status`.
 fn read_status(path: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();

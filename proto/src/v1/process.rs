@@ -61,10 +61,14 @@ pub struct Process {
     /// Resident memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
-    /// The deleted executable's path now holds the file its package installed: a service still
-    /// running the old binary after an upgrade, not one whose file was removed from under it.
+    /// The deleted executable's path holds a file again: replaced, by an upgrade or by someone.
+    /// [`Process::exe_replacement`] says which (older agents sent this alone, for a root-owned
+    /// file changed after the process started).
     #[serde(default, skip_serializing_if = "is_false")]
     pub exe_replaced: bool,
+    /// For a replaced executable: what the package database says of the file now at its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_replacement: Option<ExeReplacement>,
     /// For a shell or interpreter whose standard input or output is a network socket: that
     /// socket, as `tcp 10.0.0.9:4444` (protocol and peer). A reverse shell looks like this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,9 +98,19 @@ impl Process {
             cpu_percent: None,
             rss_bytes: None,
             exe_replaced: false,
+            exe_replacement: None,
             stdio_socket: None,
         }
     }
+}
+
+/// What stands at the path of a running process's deleted executable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExeReplacement {
+    /// The installed package that records the path, and whether the file now there is what it
+    /// installed (an upgrade); absent where no package owns the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<super::PackageMatch>,
 }
 
 /// Programs that give whoever holds their standard input a command line: shells, interpreters,
@@ -126,6 +140,10 @@ impl Validate for Process {
         opt_text("container_id", &self.container_id, limits::MAX_NAME_BYTES)?;
         opt_text("unit", &self.unit, limits::MAX_NAME_BYTES)?;
         opt_text("stdio_socket", &self.stdio_socket, limits::MAX_NAME_BYTES)?;
+        if let Some(p) = self.exe_replacement.as_ref().and_then(|r| r.package.as_ref()) {
+            nonempty("exe_replacement.package.name", &p.name, limits::MAX_NAME_BYTES)?;
+            opt_text("exe_replacement.package.version", &p.version, limits::MAX_NAME_BYTES)?;
+        }
         if let Some(h) = &self.sha256
             && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
         {

@@ -34,8 +34,14 @@ pub const RULES: &[Rule] = &[
     rule(
         EXE_REPLACED,
         SuspiciousProcess,
-        Severity::Low,
-        "it still runs an executable its package has since replaced (restart it after the upgrade)",
+        Severity::Info,
+        "it still runs an executable its package has since upgraded: the file now at its path is what the package installed (restart it)",
+    ),
+    rule(
+        EXE_TAMPERED,
+        SuspiciousProcess,
+        Severity::Critical,
+        "its executable was replaced by a file its package did not install, or at a path no package owns",
     ),
     rule(EXE_IN_TEMP, SuspiciousProcess, Severity::High, "it runs from /tmp, /var/tmp or /dev/shm"),
     rule(EXE_MEMFD, SuspiciousProcess, Severity::Critical, "it runs from memory (a memfd), with no file"),
@@ -70,6 +76,7 @@ pub const RULES: &[Rule] = &[
 
 pub const EXE_DELETED: &str = "exe-deleted";
 pub const EXE_REPLACED: &str = "exe-replaced";
+pub const EXE_TAMPERED: &str = "exe-tampered";
 pub const EXE_IN_TEMP: &str = "exe-in-temp";
 pub const EXE_MEMFD: &str = "exe-memfd";
 pub const FAKE_KERNEL_THREAD: &str = "fake-kernel-thread";
@@ -201,7 +208,14 @@ pub fn process_rules(p: &Process, explained: bool, now: OffsetDateTime) -> Vec<&
     if p.exe_memfd {
         out.push(EXE_MEMFD);
     } else if p.exe_deleted {
-        out.push(if p.exe_replaced { EXE_REPLACED } else { EXE_DELETED });
+        out.push(match (&p.exe_replacement, p.exe_replaced) {
+            // The package database says an upgrade: the file now there is what was installed.
+            (Some(r), _) if r.package.as_ref().is_some_and(|m| m.matches) => EXE_REPLACED,
+            (Some(_), _) => EXE_TAMPERED,
+            // An agent that does not ask the package database (older ones): its own guess.
+            (None, true) => EXE_REPLACED,
+            (None, false) => EXE_DELETED,
+        });
     }
     if exe.is_some_and(|e| TEMP_DIRS.iter().any(|d| e.starts_with(d))) {
         out.push(EXE_IN_TEMP);
@@ -295,7 +309,14 @@ mod tests {
         deleted.exe_deleted = true;
         assert_eq!(rules(&deleted), [EXE_DELETED]);
         deleted.exe_replaced = true;
-        assert_eq!(rules(&deleted), [EXE_REPLACED]);
+        assert_eq!(rules(&deleted), [EXE_REPLACED], "an older agent's guess");
+        let package = |matches| p::PackageMatch { name: "app".into(), version: None, matches };
+        deleted.exe_replacement = Some(p::ExeReplacement { package: Some(package(true)) });
+        assert_eq!(rules(&deleted), [EXE_REPLACED], "the upgrade the package installed");
+        deleted.exe_replacement = Some(p::ExeReplacement { package: Some(package(false)) });
+        assert_eq!(rules(&deleted), [EXE_TAMPERED], "not what the package installed");
+        deleted.exe_replacement = Some(p::ExeReplacement { package: None });
+        assert_eq!(rules(&deleted), [EXE_TAMPERED], "a path no package owns");
         let mut memfd = proc("x", Some("/memfd:x"), &["x"]);
         (memfd.exe_memfd, memfd.exe_deleted) = (true, true);
         assert_eq!(rules(&memfd), [EXE_MEMFD]);

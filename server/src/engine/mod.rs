@@ -648,6 +648,7 @@ fn builtin_rules(
             let mut detail = process_detail(p, lineage);
             detail["cpu_percent"] = json!(p.cpu_percent);
             detail["stdio_socket"] = json!(p.stdio_socket);
+            detail["exe_replacement"] = json!(p.exe_replacement);
             out.add_rule(rule, severity, p.subject().to_owned(), detail);
         }
     }

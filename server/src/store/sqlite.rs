@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/sqlite/0009_process_rules.sql")),
     (10, include_str!("migrations/sqlite/0010_triage_and_alerts.sql")),
     (11, include_str!("migrations/sqlite/0011_occurrences.sql")),
+    (12, include_str!("migrations/sqlite/0012_exe_replacement.sql")),
 ];
 
 #[derive(Clone)]

@@ -363,6 +363,44 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A package `name` at `version` built here with `dpkg-deb`, holding `files` (path in the
+/// package, content, mode).
+pub fn build_deb(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let pkg = dir.join(format!("pkg-{name}-{version}"));
+    std::fs::create_dir_all(pkg.join("DEBIAN")).expect("package tree");
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: hostwatch test package\n"
+        ),
+    )
+    .expect("control file");
+    for (path, content, mode) in files {
+        let at = pkg.join(path);
+        std::fs::create_dir_all(at.parent().expect("a file in a directory")).expect("package directory");
+        std::fs::write(&at, content).expect("package file");
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode)).expect("package file mode");
+    }
+    let deb = dir.join(format!("{name}_{version}.deb"));
+    let out = Command::new("dpkg-deb")
+        .arg("--root-owner-group")
+        .arg("--build")
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb (is dpkg installed?)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    deb
+}
+
+/// `dpkg --root=ROOT` with `args`: a database and a file system of the test's own.
+pub fn dpkg(root: &Path, args: &[&str]) {
+    let out =
+        Command::new("dpkg").arg(format!("--root={}", root.display())).args(args).output().expect("dpkg");
+    assert!(out.status.success(), "dpkg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Starts `python3 -m http.server` on `port` (0: any) on 127.0.0.1 and returns it with its port.
 pub fn python_http_server(port: u16) -> (Guard, u16) {
     let mut child = Command::new("python3")

@@ -308,11 +308,12 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
-         stdio_socket, cpu_high_since, judged_through) \
+         stdio_socket, cpu_high_since, judged_through, exe_replacement) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
          CASE WHEN ?21 THEN COALESCE((SELECT cpu_high_since FROM processes \
            WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END, \
-         COALESCE(?23, (SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), 0))",
+         COALESCE(?23, (SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), 0), \
+         ?24)",
     )?
     .execute(params![
         host_id,
@@ -338,6 +339,7 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
         hot,
         ts(OffsetDateTime::now_utc()),
         judged_through,
+        p.exe_replacement.as_ref().map(to_json),
     ])?;
     Ok(())
 }
@@ -351,7 +353,7 @@ fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Opti
 }
 
 const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
-     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since";
+     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement";
 
 fn process_from_row(r: &Row<'_>) -> Result<Process> {
     Ok(Process {
@@ -375,6 +377,7 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
         exe_replaced: r.get(17)?,
         stdio_socket: r.get(18)?,
         cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
+        exe_replacement: r.get::<_, Option<String>>(20)?.map(|j| json(&j, "exe_replacement")).transpose()?,
     })
 }
 
