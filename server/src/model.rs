@@ -448,6 +448,12 @@ impl Observation {
     pub fn key(&self) -> (FindingKind, &str, &str) {
         (self.kind, self.rule.as_deref().unwrap_or_default(), &self.subject)
     }
+
+    /// The same key, owned: to index observations that are moved or changed meanwhile.
+    pub fn owned_key(&self) -> (FindingKind, String, String) {
+        let (kind, rule, subject) = self.key();
+        (kind, rule.to_owned(), subject.to_owned())
+    }
 }
 
 /// An item whose start the store recorded in a host's history (an exec, a listener or a

@@ -292,7 +292,7 @@ pub fn judge(
             o.detail[began] = json!(at(s.at));
             o.detail[ended] = json!(at(s.ended));
             o.detail["transient"] = json!(o.transient);
-            let key = (o.kind, o.rule.clone().unwrap_or_default(), o.subject.clone());
+            let key = o.owned_key();
             match merged.get_mut(&key) {
                 Some(m) => {
                     let (occurrences, transient) =
@@ -314,14 +314,10 @@ pub fn judge(
 /// transient if any was, with the event's detail over the state's (which keeps how many are
 /// running and their pids).
 pub fn merge(mut state: Vec<Observation>, events: Vec<Observation>) -> Vec<Observation> {
-    let at: HashMap<(FindingKind, String, String), usize> = state
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ((o.kind, o.rule.clone().unwrap_or_default(), o.subject.clone()), i))
-        .collect();
+    let at: HashMap<(FindingKind, String, String), usize> =
+        state.iter().enumerate().map(|(i, o)| (o.owned_key(), i)).collect();
     for e in events {
-        let key = (e.kind, e.rule.clone().unwrap_or_default(), e.subject.clone());
-        match at.get(&key) {
+        match at.get(&e.owned_key()) {
             Some(&i) => {
                 let s = &mut state[i];
                 if let (Some(into), Some(from)) = (s.detail.as_object_mut(), e.detail.as_object()) {
