@@ -31,6 +31,47 @@ impl Backoff {
     }
 }
 
+/// How soon the agent tries again while nothing answers at the collector's address.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The wait before the next delivery, chosen by how the last one failed.
+///
+/// Two failures call for opposite answers. A collector that answered and failed (503 busy,
+/// 500, 429) is alive and loaded: agents back off exponentially with full jitter, so that it
+/// is not hit by the whole fleet at once. A collector that accepted no connection at all
+/// (refused, connect timeout) is down: a retry costs it nothing (the kernel's RST, or a SYN to
+/// a host that is not there), so the agent tries again within [`PROBE_EVERY`], and what it
+/// spooled meanwhile reaches the collector within about a second of its return. Should the
+/// fleet's backlogs then arrive together, the collector answers the excess `503 busy`, and
+/// those agents fall back to the exponential wait.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    loaded: Backoff,
+}
+
+impl Retry {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Retry { loaded: Backoff::new(base, cap) }
+    }
+
+    /// After a failure: `absent` is true when no connection was accepted.
+    pub fn after_failure(&mut self, absent: bool) -> Duration {
+        if absent {
+            // Uniform in [PROBE_EVERY / 2, PROBE_EVERY]: soon, but not in step across a fleet.
+            let half = PROBE_EVERY / 2;
+            let r = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
+            half + Duration::from_millis(r)
+        } else {
+            self.loaded.next_delay()
+        }
+    }
+
+    /// After a delivery: the next failure starts from the shortest wait again.
+    pub fn reset(&mut self) {
+        self.loaded.reset();
+    }
+}
+
 /// How far an interval may stray either way, as a fraction.
 const INTERVAL_JITTER: f64 = 0.1;
 
@@ -56,6 +97,24 @@ mod tests {
         // 200 draws all within 0.2 s of each other would be a generator that does not jitter.
         let (min, max) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
         assert!(*max - *min > Duration::from_millis(200), "{min:?}..{max:?}");
+    }
+
+    #[test]
+    fn a_collector_that_is_not_there_is_probed_every_second_however_long_it_is_away() {
+        let mut r = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
+        // Answered failures first: the wait grows towards the cap.
+        let loaded: Vec<_> = (0..12).map(|_| r.after_failure(false)).collect();
+        assert!(loaded[6..].iter().any(|d| *d > Duration::from_secs(5)), "{loaded:?}");
+        // Then nothing answers: every wait is within a second, however many came before.
+        let absent: Vec<_> = (0..200).map(|_| r.after_failure(true)).collect();
+        assert!(absent.iter().all(|d| *d >= PROBE_EVERY / 2 && *d <= PROBE_EVERY), "{absent:?}");
+        // Not in step: 200 draws within 50 ms of each other would be a generator that does not jitter.
+        let (min, max) = (absent.iter().min().unwrap(), absent.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_millis(50), "{min:?}..{max:?}");
+        // The exponential wait was not reset by the probes; a delivery resets it.
+        assert!((0..20).map(|_| r.after_failure(false)).any(|d| d > Duration::from_secs(5)));
+        r.reset();
+        assert!(r.after_failure(false) <= Duration::from_secs(1));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::{self, Backoff};
+use crate::backoff::{self, Backoff, Retry};
 use crate::cloud::{self, Detection};
 use crate::collect::HostRoot;
 use crate::collect::exec::{self, ExecWatcher};
@@ -652,7 +652,49 @@ impl Agent {
     }
 }
 
-/// Drains the spool to the collector, in order, with backoff on failure.
+/// What the log says of deliveries that fail: the first failure and then one line a minute,
+/// since a collector that is away is tried every second ([`Retry`]).
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<Instant>,
+    said_at: Option<Instant>,
+    failures: u64,
+}
+
+impl Outage {
+    const SAY_EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, e: &TransportError, retry_in: Duration, spooled: usize) {
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        self.failures += 1;
+        if self.said_at.is_none_or(|t| now.duration_since(t) >= Self::SAY_EVERY) {
+            self.said_at = Some(now);
+            let down_for = self.since.map_or(Duration::ZERO, |t| now.duration_since(t));
+            warn!(
+                error = %e,
+                retry_in = %humantime::format_duration(retry_in),
+                failures = self.failures,
+                down_for = %humantime::format_duration(Duration::from_secs(down_for.as_secs())),
+                spooled,
+                "report not delivered; kept in the spool"
+            );
+        } else {
+            debug!(error = %e, retry_in = ?retry_in, spooled, "report not delivered; kept in the spool");
+        }
+    }
+
+    fn over(&mut self, spooled: usize) {
+        if let Some(since) = self.since.take() {
+            let down_for = Duration::from_secs(since.elapsed().as_secs());
+            info!(down_for = %humantime::format_duration(down_for), failures = self.failures, spooled, "collector reachable again; delivering the spool");
+        }
+        self.said_at = None;
+        self.failures = 0;
+    }
+}
+
+/// Drains the spool to the collector, in order, retrying as [`Retry`] decides.
 async fn send_loop(
     client: CollectorClient,
     shared: Arc<Shared>,
@@ -660,8 +702,9 @@ async fn send_loop(
     to_runner: mpsc::Sender<FromSender>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut retries = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut retry_at: Option<Instant> = None;
+    let mut outage = Outage::default();
     loop {
         let retry = async {
             match retry_at {
@@ -693,7 +736,8 @@ async fn send_loop(
                 Ok(resp) => {
                     debug!(seq = resp.seq, resync = resp.resync, "report delivered");
                     shared.spool().delivered(id);
-                    backoff.reset();
+                    retries.reset();
+                    outage.over(shared.spool().len());
                     if resp.resync {
                         // The collector applied what it could; a snapshot (queued behind the
                         // reports still spooled, which it will apply too) puts its state right.
@@ -711,8 +755,8 @@ async fn send_loop(
                     shared.spool().refused(id);
                 }
                 Err(e) => {
-                    let wait = backoff.next_delay();
-                    warn!(error = %e, retry_in = %humantime::format_duration(wait), spooled = shared.spool().len(), "report not delivered; kept in the spool");
+                    let wait = retries.after_failure(e.is_absent());
+                    outage.failed(&e, wait, shared.spool().len());
                     retry_at = Some(Instant::now() + wait);
                     break;
                 }

@@ -33,6 +33,12 @@ impl TransportError {
             TransportError::Unauthorized { .. } => false,
         }
     }
+
+    /// Whether nothing accepted the connection (refused, connect timeout, no route): the
+    /// collector is not there, as opposed to there and failing.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, TransportError::Unreachable { source, .. } if source.is_connect())
+    }
 }
 
 /// A client for one collector.
@@ -180,6 +186,21 @@ mod tests {
         let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
         assert!(matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(), "{e}");
+        assert!(e.is_absent(), "nothing accepted the connection: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_accepts_and_hangs_up_is_there_not_absent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hang_up = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            drop(conn);
+        });
+        let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
+        let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
+        hang_up.await.unwrap();
+        assert!(e.is_retriable() && !e.is_absent(), "{e:?}");
     }
 
     fn sample_report() -> proto::Report {

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
@@ -268,6 +268,9 @@ fn spooled_with(state: &Path, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// How long the collector stays away in the outage test.
+const OUTAGE: Duration = Duration::from_secs(25);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it_returns() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,6 +279,7 @@ async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it
     let h = host.id;
     let port = c.port;
     c.process.terminate(Duration::from_secs(15));
+    let down = Instant::now();
 
     // Opened and closed with the agent watching: both in its spool before the collector returns.
     let (mut python, lport) = crate::support::python_http_server(0);
@@ -288,11 +292,19 @@ async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it
     python.terminate(Duration::from_secs(10));
     wait_for("its closing spooled", WAIT, async || (spooled_with(&state, &needle) >= 2).then_some(())).await;
 
+    // Away long enough that an agent backing off exponentially would wait 16 s or more for its
+    // next try: only one that probes an absent collector every second meets the deadline below.
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+
     // Back, on the same address, with the same store.
     let back = Collector::start_on(dir.path(), NO_BUDGET, port);
+    let returned = Instant::now();
     let subject = format!("tcp/127.0.0.1:{lport}");
     let f =
         finding_where(&back, h, "unexpected_listener", None, &subject, "transient", |f| f.transient).await;
+    // The target is 2 s from the return; the bound leaves a busy machine some room.
+    let after = returned.elapsed();
+    assert!(after < Duration::from_secs(4), "the finding came {after:?} after the collector returned");
     assert_eq!((f.status, f.occurrences), (proto::FindingStatus::Open, 1), "{f:?}");
     assert!(f.detail["closed_at"].is_string(), "{}", f.detail);
     // Once the backlog is delivered: still one finding, open, counted once.
