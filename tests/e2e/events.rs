@@ -220,7 +220,7 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     }
     let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
     let payload = sleep_copy(shm.path(), &unique("payload"));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let d = run.path().display();
     sh(&format!(
         "i=0; while [ $i -lt 2500 ]; do {d}/step-$i 0.1 & i=$((i+1)); [ $((i % 50)) -eq 0 ] && wait; done; wait; \
