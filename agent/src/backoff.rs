@@ -54,8 +54,15 @@ impl Retry {
         Retry { loaded: Backoff::new(base, cap) }
     }
 
-    /// After a failure: `absent` is true when no connection was accepted.
-    pub fn after_failure(&mut self, absent: bool) -> Duration {
+    /// After a failure: `absent` is true when no connection was accepted; `asked` is the
+    /// collector's `Retry-After`, which it gets (plus up to a quarter more, so that the hosts it
+    /// turned away together do not come back together), whatever the backoff says.
+    pub fn after_failure(&mut self, absent: bool, asked: Option<Duration>) -> Duration {
+        if let Some(asked) = asked {
+            let spread = asked.as_millis() as u64 / 4;
+            let r = getrandom::u64().unwrap_or(0) % (spread + 1);
+            return asked + Duration::from_millis(r);
+        }
         if absent {
             // Uniform in [PROBE_EVERY / 2, PROBE_EVERY]: soon, but not in step across a fleet.
             let half = PROBE_EVERY / 2;
@@ -103,18 +110,24 @@ mod tests {
     fn a_collector_that_is_not_there_is_probed_every_second_however_long_it_is_away() {
         let mut r = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
         // Answered failures first: the wait grows towards the cap.
-        let loaded: Vec<_> = (0..12).map(|_| r.after_failure(false)).collect();
+        let loaded: Vec<_> = (0..12).map(|_| r.after_failure(false, None)).collect();
         assert!(loaded[6..].iter().any(|d| *d > Duration::from_secs(5)), "{loaded:?}");
         // Then nothing answers: every wait is within a second, however many came before.
-        let absent: Vec<_> = (0..200).map(|_| r.after_failure(true)).collect();
+        let absent: Vec<_> = (0..200).map(|_| r.after_failure(true, None)).collect();
         assert!(absent.iter().all(|d| *d >= PROBE_EVERY / 2 && *d <= PROBE_EVERY), "{absent:?}");
         // Not in step: 200 draws within 50 ms of each other would be a generator that does not jitter.
         let (min, max) = (absent.iter().min().unwrap(), absent.iter().max().unwrap());
         assert!(*max - *min > Duration::from_millis(50), "{min:?}..{max:?}");
         // The exponential wait was not reset by the probes; a delivery resets it.
-        assert!((0..20).map(|_| r.after_failure(false)).any(|d| d > Duration::from_secs(5)));
+        assert!((0..20).map(|_| r.after_failure(false, None)).any(|d| d > Duration::from_secs(5)));
         r.reset();
-        assert!(r.after_failure(false) <= Duration::from_secs(1));
+        assert!(r.after_failure(false, None) <= Duration::from_secs(1));
+        // The collector's word wins, spread over a quarter more.
+        let asked: Vec<_> = (0..100).map(|_| r.after_failure(false, Some(Duration::from_secs(8)))).collect();
+        assert!(
+            asked.iter().all(|d| *d >= Duration::from_secs(8) && *d <= Duration::from_secs(10)),
+            "{asked:?}"
+        );
     }
 
     #[test]

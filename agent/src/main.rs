@@ -46,7 +46,7 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let _log = logging::init(cli.log_format);
     let loaded = match load_config(cli.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -68,7 +68,11 @@ fn main() -> ExitCode {
             // Missing settings are configuration: restarting (systemd) cannot help.
             let config = matches!(
                 e.downcast_ref::<AgentError>(),
-                Some(AgentError::NoServer | AgentError::NoEnrollSecret)
+                Some(
+                    AgentError::NoServer
+                        | AgentError::NoEnrollSecret
+                        | AgentError::Client(hostwatch_agent::transport::TransportError::Tls { .. })
+                )
             );
             ExitCode::from(if config { EXIT_CONFIG } else { 1 })
         }

@@ -63,7 +63,7 @@ const FILE_BATCHES: usize = 16;
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let server = config.server.clone().ok_or(AgentError::NoServer)?;
     let state = StateDir::open(&config.state_dir)?;
-    let client = CollectorClient::new(server.clone()).map_err(AgentError::Client)?;
+    let client = CollectorClient::new(server.clone(), &config.tls).map_err(AgentError::Client)?;
     let root = HostRoot::new(&config.host_root);
     let spool = Spool::open(&state.path().join("spool"), config.spool_max_bytes)?;
     info!(
@@ -755,7 +755,7 @@ async fn send_loop(
                     shared.spool().refused(id);
                 }
                 Err(e) => {
-                    let wait = retries.after_failure(e.is_absent());
+                    let wait = retries.after_failure(e.is_absent(), e.retry_after());
                     outage.failed(&e, wait, shared.spool().len());
                     retry_at = Some(Instant::now() + wait);
                     break;

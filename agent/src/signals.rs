@@ -2,7 +2,8 @@
 
 /// A token cancelled by the first SIGTERM or SIGINT. The handlers are installed before this
 /// returns, so a signal that arrives at once is not lost to the default action (which would kill
-/// the process without its goodbye).
+/// the process without its goodbye). A second signal ends the process at once: whatever the
+/// orderly stop waits for, an operator who asks twice gets the process gone.
 pub fn cancel_on_signal() -> std::io::Result<tokio_util::sync::CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -16,6 +17,12 @@ pub fn cancel_on_signal() -> std::io::Result<tokio_util::sync::CancellationToken
         };
         tracing::info!(signal = name, "stopping");
         t.cancel();
+        let again = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(signal = again, "second signal; exiting now");
+        std::process::exit(1);
     });
     Ok(token)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use hostwatch_proto::v1::{self as proto, ENROLL_PATH, REPORT_PATH};
 use reqwest::{StatusCode, Url};
 
-use crate::config::Secret;
+use crate::config::{ClientTls, Secret};
 
 /// Why a request to the collector did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -15,11 +15,13 @@ pub enum TransportError {
     #[error("collector refused the credential ({status}): {message}")]
     Unauthorized { status: u16, message: String },
     #[error("collector rejected the {what} ({status}): {message}")]
-    Rejected { what: &'static str, status: u16, message: String },
+    Rejected { what: &'static str, status: u16, message: String, retry_after: Option<Duration> },
     #[error("collector failed ({status}): {message}")]
-    Server { status: u16, message: String },
+    Server { status: u16, message: String, retry_after: Option<Duration> },
     #[error("collector sent an unreadable answer to the {what}: {message}")]
     BadResponse { what: &'static str, message: String },
+    #[error("TLS file {path}: {message}")]
+    Tls { path: String, message: String },
 }
 
 impl TransportError {
@@ -30,7 +32,17 @@ impl TransportError {
             | TransportError::Server { .. }
             | TransportError::BadResponse { .. } => true,
             TransportError::Rejected { status, .. } => *status == 429 || *status == 408,
-            TransportError::Unauthorized { .. } => false,
+            TransportError::Unauthorized { .. } | TransportError::Tls { .. } => false,
+        }
+    }
+
+    /// When the collector asked to be tried again (`Retry-After`, in seconds, at most an hour).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TransportError::Rejected { retry_after, .. } | TransportError::Server { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
         }
     }
 
@@ -54,12 +66,41 @@ pub fn install_tls_provider() {
 }
 
 impl CollectorClient {
-    pub fn new(base: Url) -> Result<Self, TransportError> {
+    /// A client that verifies the collector's certificate and name (against `tls.ca_cert` alone
+    /// when given, else the system's roots) and presents `tls.client` for mutual TLS.
+    pub fn new(base: Url, tls: &ClientTls) -> Result<Self, TransportError> {
         install_tls_provider();
-        let http = reqwest::Client::builder()
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| TransportError::Tls { path: p.display().to_string(), message: e.to_string() })
+        };
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hostwatch-agent/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        if let Some(ca) = &tls.ca_cert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
+                TransportError::Tls { path: ca.display().to_string(), message: e.to_string() }
+            })?;
+            if certs.is_empty() {
+                return Err(TransportError::Tls {
+                    path: ca.display().to_string(),
+                    message: "holds no PEM certificate".to_owned(),
+                });
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &tls.client {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| TransportError::Tls {
+                path: format!("{} and {}", cert.display(), key.display()),
+                message: e.to_string(),
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
             .build()
             .map_err(|source| TransportError::Unreachable { url: base.to_string(), source })?;
         Ok(CollectorClient { http, base })
@@ -89,14 +130,15 @@ impl CollectorClient {
         body: Vec<u8>,
         backlog: usize,
     ) -> Result<proto::ReportResponse, TransportError> {
-        self.send(
-            "report",
-            REPORT_PATH,
-            Some(node_key),
-            body,
-            &[(proto::BACKLOG_HEADER, backlog.to_string())],
-        )
-        .await
+        let mut headers = vec![(proto::BACKLOG_HEADER, backlog.to_string())];
+        let body = match compress(&body) {
+            Some(gz) => {
+                headers.push(("content-encoding", "gzip".to_owned()));
+                gz
+            }
+            None => body,
+        };
+        self.send("report", REPORT_PATH, Some(node_key), body, &headers).await
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -134,6 +176,12 @@ impl CollectorClient {
             .await
             .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
         let bytes = resp
             .bytes()
             .await
@@ -148,10 +196,26 @@ impl CollectorClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 TransportError::Unauthorized { status: code, message }
             }
-            s if s.is_server_error() => TransportError::Server { status: code, message },
-            _ => TransportError::Rejected { what, status: code, message },
+            s if s.is_server_error() => TransportError::Server { status: code, message, retry_after },
+            _ => TransportError::Rejected { what, status: code, message, retry_after },
         })
     }
+}
+
+/// Reports larger than this go gzip-compressed: a snapshot of JSON shrinks about tenfold, and
+/// the collector refuses what inflates past its limit, so compression costs it no risk.
+pub const COMPRESS_ABOVE: usize = 32 << 10;
+
+/// `body` gzip-compressed when it is worth it.
+fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    if body.len() <= COMPRESS_ABOVE {
+        return None;
+    }
+    let mut gz =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::fast());
+    gz.write_all(body).ok()?;
+    gz.finish().ok()
 }
 
 /// The collector's `{"error": ...}` message, or the start of whatever else it sent.
@@ -173,17 +237,31 @@ mod tests {
     fn error_messages() {
         assert_eq!(error_message(br#"{"error":"bad node key"}"#), "bad node key");
         assert_eq!(error_message(b"  plain text\n"), "plain text");
-        assert!(TransportError::Server { status: 503, message: String::new() }.is_retriable());
-        assert!(
-            !TransportError::Rejected { what: "report", status: 400, message: String::new() }.is_retriable()
-        );
+        let busy = TransportError::Server { status: 503, message: String::new(), retry_after: None };
+        assert!(busy.is_retriable() && !busy.is_absent());
+        let bad = TransportError::Rejected {
+            what: "report",
+            status: 400,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(!bad.is_retriable());
+        let small = b"{}".to_vec();
+        assert!(compress(&small).is_none());
+        let big = serde_json::to_vec(&vec!["/usr/bin/some-long-command --with arguments"; 2000]).unwrap();
+        let gz = compress(&big).unwrap();
+        assert!(gz.len() * 10 < big.len(), "{} of {}", gz.len(), big.len());
     }
 
     #[tokio::test]
     async fn unreachable_collector_is_retriable() {
         // A port from a listener that is closed again: nothing accepts there.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
+        let c = CollectorClient::new(
+            Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            &ClientTls::default(),
+        )
+        .unwrap();
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
         assert!(matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(), "{e}");
         assert!(e.is_absent(), "nothing accepted the connection: {e:?}");
@@ -197,7 +275,11 @@ mod tests {
             let (conn, _) = listener.accept().await.unwrap();
             drop(conn);
         });
-        let c = CollectorClient::new(Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()).unwrap();
+        let c = CollectorClient::new(
+            Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            &ClientTls::default(),
+        )
+        .unwrap();
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
         hang_up.await.unwrap();
         assert!(e.is_retriable() && !e.is_absent(), "{e:?}");

@@ -10,6 +10,9 @@ use hostwatch_agent::config::{ConfigError, Sourced};
 use serde::{Deserialize, Deserializer};
 
 use crate::alerts::{SinkConfig, Target};
+use crate::listen::ConnLimits;
+use crate::state::Limits;
+use crate::tls::TlsFiles;
 
 /// Where `hostwatch serve` looks for its file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/hostwatch/server.toml";
@@ -28,6 +31,40 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_RETIRE_AFTER", path: &["retire_after"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_MAX_REPORT_BYTES", path: &["max_report_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_TLS_CERT", path: &["tls", "cert"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_TLS_KEY", path: &["tls", "key"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_TLS_CLIENT_CA", path: &["tls", "client_ca"], kind: EnvKind::Str },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_MAX_CONNECTIONS",
+        path: &["limits", "max_connections"],
+        kind: EnvKind::Int,
+    },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_HEADER_TIMEOUT",
+        path: &["limits", "header_timeout"],
+        kind: EnvKind::Str,
+    },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_MAX_HEADER_BYTES",
+        path: &["limits", "max_header_bytes"],
+        kind: EnvKind::Int,
+    },
+    EnvKey { var: "HOSTWATCH_LIMITS_BODY_TIMEOUT", path: &["limits", "body_timeout"], kind: EnvKind::Str },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT",
+        path: &["limits", "max_body_bytes_in_flight"],
+        kind: EnvKind::Int,
+    },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_REPORTS_PER_HOST_PER_MINUTE",
+        path: &["limits", "reports_per_host_per_minute"],
+        kind: EnvKind::Int,
+    },
+    EnvKey {
+        var: "HOSTWATCH_LIMITS_ENROLLMENTS_PER_ADDRESS_PER_MINUTE",
+        path: &["limits", "enrollments_per_address_per_minute"],
+        kind: EnvKind::Int,
+    },
     EnvKey {
         var: "HOSTWATCH_FINDINGS_MAX_NEW_PER_HOST_PER_MINUTE",
         path: &["findings", "max_new_per_host_per_minute"],
@@ -38,6 +75,8 @@ pub const ENV_KEYS: &[EnvKey] = &[
 /// Variables the `hostwatch` binary reads that are not collector keys (the CLI's, logging, and
 /// the cloud keys that `serve --dev` hands to its in-process agent).
 pub const OTHER_VARS: &[&str] = &[
+    "HOSTWATCH_ALLOW_INSECURE_HTTP",
+    "HOSTWATCH_CA_CERT",
     "HOSTWATCH_CLOUD_ENDPOINT",
     "HOSTWATCH_CLOUD_PROVIDER",
     "HOSTWATCH_CONFIG",
@@ -87,6 +126,39 @@ struct RawServerConfig {
     /// How findings are filed.
     #[serde(default)]
     findings: RawFindings,
+    /// HTTPS instead of HTTP.
+    #[serde(default)]
+    tls: RawTls,
+    /// What one caller may take of the collector.
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[tls]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// The certificate chain, leaf first (PEM).
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    key: Option<PathBuf>,
+    /// Mutual TLS: agents must present a certificate from this CA (PEM); needs `api_listen`.
+    client_ca: Option<PathBuf>,
+}
+
+/// `[limits]` as written; every key defaults to [`ConnLimits::default`] or [`Limits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u32>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    header_timeout: Option<Duration>,
+    max_header_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    body_timeout: Option<Duration>,
+    max_body_bytes_in_flight: Option<u64>,
+    reports_per_host_per_minute: Option<u32>,
+    enrollments_per_address_per_minute: Option<u32>,
 }
 
 /// `[findings]` as written.
@@ -178,6 +250,12 @@ pub struct ServerConfig {
     pub alerts: Vec<SinkConfig>,
     /// `[findings] max_new_per_host_per_minute`.
     pub max_new_findings_per_minute: u32,
+    /// `[tls]`; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// `[limits]`: the listeners' terms.
+    pub conn_limits: ConnLimits,
+    /// `[limits]`: bodies and rates.
+    pub limits: Limits,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -268,6 +346,42 @@ impl ServerConfig {
                 format!("{max_new} is outside 1..=1000000"),
             ));
         }
+        let tls = match (&raw.tls.cert, &raw.tls.key) {
+            (None, None) if raw.tls.client_ca.is_some() => {
+                return Err(invalid(
+                    "HOSTWATCH_TLS_CLIENT_CA",
+                    "tls.client_ca",
+                    "mutual TLS needs tls.cert and tls.key too".to_owned(),
+                ));
+            }
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: raw.tls.client_ca.clone() })
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "HOSTWATCH_TLS_KEY",
+                    "tls.key",
+                    "tls.cert is set; its key is needed too".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "HOSTWATCH_TLS_CERT",
+                    "tls.cert",
+                    "tls.key is set; its certificate is needed too".to_owned(),
+                ));
+            }
+        };
+        if tls.as_ref().is_some_and(|t| t.client_ca.is_some()) && api_listen.is_none() {
+            return Err(invalid(
+                "HOSTWATCH_TLS_CLIENT_CA",
+                "tls.client_ca",
+                "mutual TLS is for agents only: set api_listen to a separate address for people and tools"
+                    .to_owned(),
+            ));
+        }
+        let (conn_limits, limits) = limits(raw, &invalid)?;
         let mut alerts: Vec<SinkConfig> = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let key = |field: &str| format!("alerts[{i}].{field}");
@@ -324,6 +438,9 @@ impl ServerConfig {
                 max_concurrent_reports: raw.max_concurrent_reports as usize,
                 alerts,
                 max_new_findings_per_minute: max_new,
+                tls,
+                conn_limits,
+                limits,
             },
             warnings,
         })
@@ -343,8 +460,88 @@ impl ServerConfig {
             max_concurrent_reports: default_max_concurrent_reports() as usize,
             alerts: Vec::new(),
             max_new_findings_per_minute: default_max_new_per_host_per_minute(),
+            tls: None,
+            conn_limits: ConnLimits::default(),
+            limits: Limits::default(),
         }
     }
+}
+
+/// `[limits]`, each key checked against its range.
+fn limits(
+    raw: &RawServerConfig,
+    invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+) -> Result<(ConnLimits, Limits), ConfigError> {
+    let r = &raw.limits;
+    let (mut conn, mut lim) = (ConnLimits::default(), Limits::default());
+    fn within<T: PartialOrd + std::fmt::Debug>(
+        invalid: &dyn Fn(&str, &str, String) -> ConfigError,
+        var: &str,
+        key: &str,
+        v: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(var, key, format!("{v:?} is outside {:?}..={:?}", range.start(), range.end())))
+        }
+    }
+    if let Some(v) = r.max_connections {
+        conn.max_connections =
+            within(invalid, "HOSTWATCH_LIMITS_MAX_CONNECTIONS", "limits.max_connections", v, 1..=1_000_000)?
+                as usize;
+    }
+    let secs = |d: Duration| d.as_secs_f64();
+    if let Some(d) = r.header_timeout {
+        within(invalid, "HOSTWATCH_LIMITS_HEADER_TIMEOUT", "limits.header_timeout", secs(d), 1.0..=300.0)?;
+        conn.header_timeout = d;
+    }
+    if let Some(v) = r.max_header_bytes {
+        conn.max_header_bytes = within(
+            invalid,
+            "HOSTWATCH_LIMITS_MAX_HEADER_BYTES",
+            "limits.max_header_bytes",
+            v,
+            8192..=(1 << 20),
+        )? as usize;
+    }
+    if let Some(d) = r.body_timeout {
+        within(invalid, "HOSTWATCH_LIMITS_BODY_TIMEOUT", "limits.body_timeout", secs(d), 1.0..=3600.0)?;
+        lim.body_timeout = d;
+    }
+    let max_report = raw.max_report_bytes;
+    let budget =
+        r.max_body_bytes_in_flight.unwrap_or((lim.max_body_bytes_in_flight as u64).max(max_report * 2));
+    if !(max_report..=(64 << 30)).contains(&budget) {
+        return Err(invalid(
+            "HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT",
+            "limits.max_body_bytes_in_flight",
+            format!(
+                "{budget} is outside {max_report}..=68719476736 (at least max_report_bytes, or no report could be read)"
+            ),
+        ));
+    }
+    lim.max_body_bytes_in_flight = budget as usize;
+    if let Some(v) = r.reports_per_host_per_minute {
+        lim.reports_per_host_per_minute = within(
+            invalid,
+            "HOSTWATCH_LIMITS_REPORTS_PER_HOST_PER_MINUTE",
+            "limits.reports_per_host_per_minute",
+            v,
+            1..=600_000,
+        )?;
+    }
+    if let Some(v) = r.enrollments_per_address_per_minute {
+        lim.enrollments_per_address_per_minute = within(
+            invalid,
+            "HOSTWATCH_LIMITS_ENROLLMENTS_PER_ADDRESS_PER_MINUTE",
+            "limits.enrollments_per_address_per_minute",
+            v,
+            1..=100_000,
+        )?;
+    }
+    Ok((conn, lim))
 }
 
 #[cfg(test)]
@@ -467,6 +664,53 @@ mod tests {
         let f = d.path().join("server.toml");
         std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"x\"\n").unwrap();
         let e = ServerConfig::load(Some(&f), vec![]).unwrap_err().to_string();
-        assert!(e.contains("server.toml:2:2: unknown field `tls`"), "{e}");
+        assert!(e.ends_with("key `tls.key`: tls.cert is set; its key is needed too"), "{e}");
+        // Mutual TLS is for agents: people need their own listener.
+        let e = ServerConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_TLS_CERT", "/c"),
+                ("HOSTWATCH_TLS_KEY", "/k"),
+                ("HOSTWATCH_TLS_CLIENT_CA", "/ca"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("HOSTWATCH_TLS_CLIENT_CA: ") && e.contains("set api_listen"), "{e}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_LIMITS_MAX_HEADER_BYTES", "100")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("HOSTWATCH_LIMITS_MAX_HEADER_BYTES: ") && e.contains("outside 8192..=1048576"),
+            "{e}"
+        );
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_LIMITS_BODY_TIMEOUT", "0s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOSTWATCH_LIMITS_BODY_TIMEOUT: "), "{e}");
+        let e = ServerConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_MAX_REPORT_BYTES", "1048576"),
+                ("HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT", "4096"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least max_report_bytes"), "{e}");
+        let ok = ServerConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_LIMITS_MAX_CONNECTIONS", "100"),
+                ("HOSTWATCH_LIMITS_HEADER_TIMEOUT", "5s"),
+                ("HOSTWATCH_LIMITS_REPORTS_PER_HOST_PER_MINUTE", "60"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(ok.conn_limits.max_connections, 100);
+        assert_eq!(ok.conn_limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(ok.limits.reports_per_host_per_minute, 60);
+        assert_eq!(ok.limits.max_body_bytes_in_flight, 128 << 20);
     }
 }

@@ -6,6 +6,7 @@
 //! [`findings`] decides. [`auth`] is the one place credentials are checked. [`serve`] starts
 //! the collector, [`dev`] its one-command local mode, [`cli`] the command line.
 
+pub mod admission;
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -17,8 +18,10 @@ pub mod engine;
 pub mod findings;
 pub mod housekeeping;
 pub mod ingest;
+pub mod listen;
 pub mod model;
 pub mod secrets;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod tls;

@@ -17,6 +17,7 @@ use hostwatch_proto::v1::{API_TOKEN_PREFIX, ENROLL_SECRET_PREFIX};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,10 +27,12 @@ use crate::config::ServerConfig;
 use crate::dev::DevLearner;
 use crate::housekeeping;
 use crate::ingest;
+use crate::listen::{self, ConnLimits, Serving};
 use crate::secrets;
 use crate::state::{AppState, Settings};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::tls::{Tls, TlsFiles};
 
 /// File in the data directory holding the first admin token, mode 0600.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -60,6 +63,7 @@ pub async fn open(
         offline_after: config.offline_after,
         retire_after: config.retire_after,
         max_new_findings_per_minute: config.max_new_findings_per_minute,
+        limits: config.limits.clone(),
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {
@@ -187,14 +191,33 @@ pub async fn apply_baselines_dir(state: &AppState, dir: &Path) -> anyhow::Result
     Ok(parsed.len())
 }
 
-/// The collector's listeners: agents, and people if they have their own.
+/// The collector's listeners: agents, and people if they have their own; with their TLS.
 pub struct Listeners {
     pub agents: TcpListener,
     pub api: Option<TcpListener>,
+    /// The agents' listener's TLS (with client certificates under mutual TLS).
+    pub agents_tls: Option<Tls>,
+    /// The API listener's TLS: the same certificate, never client certificates.
+    pub api_tls: Option<Tls>,
+    pub limits: ConnLimits,
 }
 
-/// Binds the configured addresses and logs each bound one.
+/// Loads the TLS files (a problem with them stops the start) and binds the configured addresses.
 pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
+    let (agents_tls, api_tls) = match &config.tls {
+        None => (None, None),
+        Some(files) => {
+            let load = |f: TlsFiles| {
+                Tls::load(f).map_err(|e| anyhow::Error::new(ConfigProblem(format!("[tls] {e}"))))
+            };
+            let agents = load(files.clone())?;
+            let api = match config.api_listen {
+                Some(_) => Some(load(TlsFiles { client_ca: None, ..files.clone() })?),
+                None => None,
+            };
+            (Some(agents), api)
+        }
+    };
     let agents = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -204,34 +227,56 @@ pub async fn bind(config: &ServerConfig) -> anyhow::Result<Listeners> {
         }
         None => None,
     };
-    Ok(Listeners { agents, api })
+    Ok(Listeners { agents, api, agents_tls, api_tls, limits: config.conn_limits.clone() })
 }
 
-/// Serves until `shutdown` is cancelled, then finishes the requests in flight.
+/// Serves until `shutdown` is cancelled, then drains the requests in flight (for a bounded time).
 pub async fn serve(state: AppState, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
     let agents_addr = listeners.agents.local_addr()?;
     let chores = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
+    let slots = Arc::new(Semaphore::new(listeners.limits.max_connections.max(1)));
+    let serving = |routes, tls: Option<Tls>| {
+        if let Some(t) = &tls {
+            tokio::spawn(t.clone().follow(shutdown.clone()));
+        }
+        Serving {
+            routes,
+            tls,
+            limits: listeners.limits.clone(),
+            slots: slots.clone(),
+            counters: state.conns.clone(),
+        }
+    };
+    let scheme = |tls: &Option<Tls>| match tls {
+        None => "http",
+        Some(t) if t.mutual() => "https (client certificates required)",
+        Some(_) => "https",
+    };
+    let url = |tls: &Option<Tls>, addr| format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     match listeners.api {
         None => {
-            info!("listening on http://{agents_addr} (agents and API)");
-            let stop = shutdown.clone();
-            axum::serve(listeners.agents, api::all_routes(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("agent and API listener failed")?;
+            info!(
+                "listening on {} (agents and API; {})",
+                url(&listeners.agents_tls, agents_addr),
+                scheme(&listeners.agents_tls)
+            );
+            let agents = serving(api::all_routes(state.clone()), listeners.agents_tls);
+            listen::run(listeners.agents, agents, shutdown.clone()).await;
         }
         Some(api_listener) => {
             let api_addr = api_listener.local_addr()?;
-            info!("listening on http://{agents_addr} (agents)");
-            info!("listening on http://{api_addr} (API)");
-            let (s1, s2) = (shutdown.clone(), shutdown.clone());
-            let agents = axum::serve(listeners.agents, api::agent_routes(state.clone()))
-                .with_graceful_shutdown(async move { s1.cancelled().await });
-            let people = axum::serve(api_listener, api::people_routes(state))
-                .with_graceful_shutdown(async move { s2.cancelled().await });
-            tokio::try_join!(async { agents.await.context("agent listener failed") }, async {
-                people.await.context("API listener failed")
-            })?;
+            info!(
+                "listening on {} (agents; {})",
+                url(&listeners.agents_tls, agents_addr),
+                scheme(&listeners.agents_tls)
+            );
+            info!("listening on {} (API; {})", url(&listeners.api_tls, api_addr), scheme(&listeners.api_tls));
+            let agents = serving(api::agent_routes(state.clone()), listeners.agents_tls);
+            let people = serving(api::people_routes(state.clone()), listeners.api_tls);
+            tokio::join!(
+                listen::run(listeners.agents, agents, shutdown.clone()),
+                listen::run(api_listener, people, shutdown.clone())
+            );
         }
     }
     shutdown.cancel();

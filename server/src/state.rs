@@ -8,7 +8,10 @@ use std::collections::HashMap;
 
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
+use crate::admission::Admission;
+use crate::api::body::Budget;
 use crate::baseline::BaselineSet;
+use crate::listen::ConnCounters;
 use crate::model::PeerCounts;
 
 /// How long peer counts are reused.
@@ -29,8 +32,14 @@ pub struct Inner {
     /// In `serve --dev` only: learns a baseline for this machine when none selects it.
     pub learner: Option<DevLearner>,
     pub counters: Counters,
-    /// Reports being read and processed; the bound on the memory agents can make us use.
+    /// Reports being processed (decoded, recorded, judged), taken once a body is read whole.
     pub report_permits: Arc<Semaphore>,
+    /// The deadline and byte budget of every body being read ([`crate::api::body`]).
+    pub bodies: Budget,
+    /// One report in flight per host, and the rates of reports and enrollments.
+    pub admission: Admission,
+    /// What the listeners turned away ([`crate::listen`]).
+    pub conns: Arc<ConnCounters>,
     /// Per workload, how many hosts have each item, and when that was counted: outliers are
     /// judged against counts at most [`PEER_COUNTS_TTL`] old (a fleet's makeup moves slowly;
     /// counting it for every report would cost the whole fleet each time).
@@ -51,6 +60,33 @@ pub struct Settings {
     pub retire_after: Duration,
     /// `[findings] max_new_per_host_per_minute`: the budget [`crate::findings`] holds each host to.
     pub max_new_findings_per_minute: u32,
+    /// `[limits]`: what one caller may take of the collector.
+    pub limits: Limits,
+}
+
+/// `[limits]` in server.toml, as far as request handling goes (the listeners' own terms are
+/// [`crate::listen::ConnLimits`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time to receive a whole request body.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once, across all requests.
+    pub max_body_bytes_in_flight: usize,
+    /// Reports one host may send in a minute (bursts of a sixth of it).
+    pub reports_per_host_per_minute: u32,
+    /// Enrollments from one source address (an IPv6 /64) in a minute.
+    pub enrollments_per_address_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_timeout: Duration::from_secs(30),
+            max_body_bytes_in_flight: 128 << 20,
+            reports_per_host_per_minute: 1200,
+            enrollments_per_address_per_minute: 60,
+        }
+    }
 }
 
 /// Baselines parsed from one revision of the store.
@@ -67,11 +103,22 @@ pub struct Counters {
     pub reports_rejected: AtomicU64,
     /// Fields of agent messages this version does not know (newer agents), ignored.
     pub unknown_fields: AtomicU64,
+    /// Reports answered 429: another of the same host's was in flight, or over its rate.
+    pub reports_throttled: AtomicU64,
+    /// Reports answered 503: no processing turn within the wait.
+    pub reports_busy: AtomicU64,
+    /// Enrollments answered 429: over the source address's rate.
+    pub enrollments_throttled: AtomicU64,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, settings: Settings, learner: Option<DevLearner>) -> Self {
         let report_permits = Arc::new(Semaphore::new(settings.max_concurrent_reports.max(1)));
+        let bodies = Budget::new(settings.limits.body_timeout, settings.limits.max_body_bytes_in_flight);
+        let admission = Admission::new(
+            settings.limits.reports_per_host_per_minute,
+            settings.limits.enrollments_per_address_per_minute,
+        );
         AppState(Arc::new(Inner {
             store,
             settings,
@@ -79,6 +126,9 @@ impl AppState {
             learner,
             counters: Counters::default(),
             report_permits,
+            bodies,
+            admission,
+            conns: Arc::default(),
             host_locks: std::sync::Mutex::new(HashMap::new()),
             peers: std::sync::Mutex::new(HashMap::new()),
         }))

@@ -19,7 +19,7 @@ fn status() -> proto::AgentStatus {
     proto::AgentStatus::new("0.0.1", 10, OffsetDateTime::now_utc())
 }
 
-fn report(seq: u64, machine_id: &str) -> proto::Report {
+pub(crate) fn report(seq: u64, machine_id: &str) -> proto::Report {
     let now = OffsetDateTime::now_utc();
     proto::Report {
         session: 1,
@@ -51,7 +51,7 @@ fn report(seq: u64, machine_id: &str) -> proto::Report {
     }
 }
 
-async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
+pub(crate) async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
     let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
     let req = proto::EnrollRequest { enroll_secret: secret, host: facts(machine_id), agent: status() };
     let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
@@ -64,7 +64,7 @@ async fn apply(c: &Collector, source: &str, file: &str) -> (u16, String) {
     c.post(proto::BASELINES_PATH, Some(&c.admin_token), serde_json::to_vec(&req).unwrap()).await
 }
 
-fn error_of(body: &str) -> String {
+pub(crate) fn error_of(body: &str) -> String {
     serde_json::from_str::<proto::ErrorBody>(body)
         .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"))
         .error
@@ -282,52 +282,6 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
         log.lines().all(|l| !l.starts_with("2026-01-01T00:00:00Z")),
         "a forged line reached the log:\n{log}"
     );
-}
-
-/// Reports beyond `max_concurrent_reports` wait for a turn instead of all being held in memory.
-#[tokio::test]
-async fn reports_take_turns() {
-    use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let c = Collector::start(dir.path(), "max_concurrent_reports = 1\n");
-    let e = enroll(&c, "m-turns").await;
-    let body = serde_json::to_vec(&report(1, "m-turns")).unwrap();
-
-    let turns = |log: &str| log.matches("report takes its turn").count();
-    let before = turns(&c.log());
-    // A slow sender: headers and half of the body, then nothing for now. It holds the only turn.
-    let addr = c.url.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        proto::REPORT_PATH,
-        e.node_key,
-        body.len()
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    let (first, rest) = body.split_at(body.len() / 2);
-    slow.write_all(first).await.unwrap();
-    slow.flush().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while turns(&c.log()) == before {
-        assert!(std::time::Instant::now() < deadline, "the slow report never took its turn:\n{}", c.log());
-        tokio::time::sleep(crate::support::POLL).await;
-    }
-
-    let fast =
-        c.post(proto::REPORT_PATH, Some(&e.node_key), serde_json::to_vec(&report(2, "m-turns")).unwrap());
-    tokio::pin!(fast);
-    // While the slow one holds the turn, the second cannot be answered, however fast the machine.
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(500), &mut fast).await.is_err(),
-        "a second report was processed while the first held the only turn"
-    );
-    slow.write_all(rest).await.unwrap();
-    let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut slow, &mut answer).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let (code, text) = fast.await;
-    assert_eq!(code, 200, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

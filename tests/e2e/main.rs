@@ -11,6 +11,7 @@ mod collection;
 mod dev_mode;
 mod events;
 mod files;
+mod ingest;
 mod learn;
 mod lifecycle;
 mod namespaces;

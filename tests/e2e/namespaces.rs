@@ -137,6 +137,8 @@ async fn an_agent_without_the_process_connector_polls_and_says_so() {
             .arg(dir.path().join("agent.toml"))
             .env_clear()
             .env("HOSTWATCH_SERVER", &c.url)
+            // Plain http over the namespace's own link, which no other machine can see.
+            .env("HOSTWATCH_ALLOW_INSECURE_HTTP", "true")
             .env("HOSTWATCH_ENROLL_SECRET_FILE", &c.enroll_secret_file)
             .env("HOSTWATCH_STATE_DIR", dir.path().join("agent-state"))
             .env("HOSTWATCH_TAGS", format!("role={role}"))

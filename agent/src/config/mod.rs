@@ -30,6 +30,10 @@ pub const OTHER_VARS: &[&str] = &["HOSTWATCH_CONFIG", "HOSTWATCH_LOG", "HOSTWATC
 /// Every key the environment can set (design, "Configuration contract").
 pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_SERVER", path: &["server"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_CA_CERT", path: &["ca_cert"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_CLIENT_CERT", path: &["client_cert"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_CLIENT_KEY", path: &["client_key"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_ALLOW_INSECURE_HTTP", path: &["allow_insecure_http"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_ENROLL_SECRET", path: &["enroll_secret"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_ENROLL_SECRET_FILE", path: &["enroll_secret_file"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_STATE_DIR", path: &["state_dir"], kind: EnvKind::Str },
@@ -59,6 +63,15 @@ pub const ENV_KEYS: &[EnvKey] = &[
 pub struct RawConfig {
     /// URL of the collector (`https://collector.example:8080`). Required to run, not to `snapshot`.
     server: Option<String>,
+    /// The collector's certificate must chain to this CA (PEM), instead of the system's roots.
+    ca_cert: Option<PathBuf>,
+    /// Mutual TLS: this agent's certificate chain (PEM) and its key (PEM).
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    /// Send over plain `http://` to a collector that is not on this machine (the enroll secret and
+    /// node key cross the network in clear). Logged at every start.
+    #[serde(default)]
+    allow_insecure_http: bool,
     /// The fleet's enroll secret. Prefer `enroll_secret_file`, which can be kept mode 0600.
     enroll_secret: Option<String>,
     /// A file holding the enroll secret (surrounding whitespace is ignored).
@@ -257,6 +270,8 @@ impl fmt::Debug for Secret {
 pub struct AgentConfig {
     /// The collector; `None` is fine for a local `snapshot`.
     pub server: Option<Url>,
+    /// How the collector is trusted and how this agent proves itself over TLS.
+    pub tls: ClientTls,
     pub enroll_secret: Option<Secret>,
     pub state_dir: PathBuf,
     pub interval: Duration,
@@ -272,6 +287,26 @@ pub struct AgentConfig {
     pub redactor: Redactor,
     pub cloud: CloudConfig,
     pub files: crate::files::FilesConfig,
+}
+
+/// The agent's TLS settings. The collector's name is always verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Trust only this CA (PEM bundle) for the collector; `None`: the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Mutual TLS: certificate chain and key, both PEM.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Whether `url` names this machine: `localhost` or a loopback address.
+pub fn is_loopback(url: &Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 /// A configuration and what is worth a warning about how it was given.
@@ -311,6 +346,56 @@ impl AgentConfig {
             .as_deref()
             .map(|s| parse_server_url(s).map_err(|p| invalid("HOSTWATCH_SERVER", "server", p)))
             .transpose()?;
+        let mut insecure = None;
+        if let Some(url) = &server
+            && url.scheme() == "http"
+            && !is_loopback(url)
+        {
+            if !raw.allow_insecure_http {
+                return Err(invalid(
+                    "HOSTWATCH_SERVER",
+                    "server",
+                    format!(
+                        "{url} is plain http to another machine: the enroll secret and node key would cross the network in clear; use https://, or set allow_insecure_http = true (HOSTWATCH_ALLOW_INSECURE_HTTP) on a network you trust"
+                    ),
+                ));
+            }
+            insecure = Some(format!(
+                "allow_insecure_http: reporting to {url} over plain http; the enroll secret and node key cross the network in clear"
+            ));
+        }
+        let tls = ClientTls {
+            ca_cert: raw.ca_cert.clone(),
+            client: match (&raw.client_cert, &raw.client_key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "HOSTWATCH_CLIENT_KEY",
+                        "client_key",
+                        "client_cert is set; its key is needed too".to_owned(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "HOSTWATCH_CLIENT_CERT",
+                        "client_cert",
+                        "client_key is set; its certificate is needed too".to_owned(),
+                    ));
+                }
+            },
+        };
+        for path in tls.ca_cert.iter().chain(tls.client.iter().flat_map(|(c, k)| [c, k])) {
+            let (var, key) = if Some(path) == tls.ca_cert.as_ref() {
+                ("HOSTWATCH_CA_CERT", "ca_cert")
+            } else if tls.client.as_ref().is_some_and(|(c, _)| c == path) {
+                ("HOSTWATCH_CLIENT_CERT", "client_cert")
+            } else {
+                ("HOSTWATCH_CLIENT_KEY", "client_key")
+            };
+            std::fs::File::open(path)
+                .map_err(|e| invalid(var, key, format!("cannot read {}: {e}", path.display())))?;
+        }
         let enroll_secret = match (&raw.enroll_secret, &raw.enroll_secret_file) {
             (Some(_), Some(_)) => {
                 let from_env: Vec<&str> = ["HOSTWATCH_ENROLL_SECRET", "HOSTWATCH_ENROLL_SECRET_FILE"]
@@ -403,10 +488,12 @@ impl AgentConfig {
         .map_err(|(var, key, problem)| invalid(var, key, problem))?
         .under(&raw.host_root);
 
-        let warnings = sourced.warnings();
+        let mut warnings = sourced.warnings();
+        warnings.extend(insecure);
         Ok(Loaded {
             config: AgentConfig {
                 server,
+                tls,
                 enroll_secret,
                 state_dir: raw.state_dir.clone(),
                 interval: raw.interval,
@@ -640,6 +727,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("both.toml and HOSTWATCH_ENROLL_SECRET_FILE: both"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_this_machine_unless_allowed_and_said() {
+        for url in
+            ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9", "https://collector.example"]
+        {
+            let l = AgentConfig::load(None, vars(&[("HOSTWATCH_SERVER", url)])).unwrap();
+            assert!(l.warnings.is_empty(), "{url}: {:?}", l.warnings);
+        }
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_SERVER", "http://10.0.0.5:8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("HOSTWATCH_SERVER: http://10.0.0.5:8080/ is plain http to another machine"),
+            "{e}"
+        );
+        assert!(e.contains("allow_insecure_http"), "{e}");
+        let l = AgentConfig::load(
+            None,
+            vars(&[("HOSTWATCH_SERVER", "http://10.0.0.5:8080"), ("HOSTWATCH_ALLOW_INSECURE_HTTP", "true")]),
+        )
+        .unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("in clear"), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_must_be_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = write(d.path(), "ca.pem", "x");
+        let c = AgentConfig::load(None, vars(&[("HOSTWATCH_CA_CERT", ca.to_str().unwrap())])).unwrap().config;
+        assert_eq!(c.tls.ca_cert.as_deref(), Some(ca.as_path()));
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_CLIENT_CERT", ca.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its key is needed too"), "{e}");
+        let missing = d.path().join("nope.pem");
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_CA_CERT", missing.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("HOSTWATCH_CA_CERT: cannot read") && e.contains("nope.pem"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{Validate, ValidationError, count, limits};
+use super::validate::{Validate, ValidationError, count, limits, opt_stored};
 use super::{Connection, FileChange, Listener, Process, Protocol};
 
 /// What changed since the report before, in each kind of state. Applied in the order added,
@@ -133,9 +133,31 @@ impl Connection {
     }
 }
 
+impl Validate for ProcessKey {
+    fn validate(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+impl Validate for ListenerKey {
+    fn validate(&self) -> Result<(), ValidationError> {
+        opt_stored("netns", self.netns)
+    }
+}
+
+impl Validate for ConnectionKey {
+    fn validate(&self) -> Result<(), ValidationError> {
+        opt_stored("netns", self.netns)
+    }
+}
+
 impl Validate for Delta {
     fn validate(&self) -> Result<(), ValidationError> {
-        fn each<T: Validate, K>(path: &str, c: &Changes<T, K>, max: usize) -> Result<(), ValidationError> {
+        fn each<T: Validate, K: Validate>(
+            path: &str,
+            c: &Changes<T, K>,
+            max: usize,
+        ) -> Result<(), ValidationError> {
             count(&format!("{path}.added"), &c.added, max)?;
             count(&format!("{path}.updated"), &c.updated, max)?;
             count(&format!("{path}.removed"), &c.removed, max)?;
@@ -144,6 +166,9 @@ impl Validate for Delta {
             }
             for (i, x) in c.updated.iter().enumerate() {
                 x.validate().map_err(|e| e.within(&format!("{path}.updated[{i}]")))?;
+            }
+            for (i, x) in c.removed.iter().enumerate() {
+                x.key.validate().map_err(|e| e.within(&format!("{path}.removed[{i}]")))?;
             }
             Ok(())
         }

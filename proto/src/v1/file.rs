@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{Validate, ValidationError, limits, opt_text, text};
+use super::validate::{Validate, ValidationError, limits, opt_text, stored, text};
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -173,6 +173,8 @@ impl ChangeOrigin {
 
 impl Validate for FileState {
     fn validate(&self) -> Result<(), ValidationError> {
+        stored("size", self.size)?;
+        stored("inode", self.inode)?;
         if let Some(h) = &self.sha256
             && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
         {
@@ -223,6 +225,15 @@ fn has(yes: bool) -> &'static str {
 
 impl Validate for FileStats {
     fn validate(&self) -> Result<(), ValidationError> {
+        for (field, n) in [
+            ("entries", self.entries),
+            ("watches", self.watches),
+            ("watch_limit", self.watch_limit),
+            ("unwatched_dirs", self.unwatched_dirs),
+            ("overflows", self.overflows),
+        ] {
+            stored(field, n)?;
+        }
         super::validate::count("missing", &self.missing, limits::MAX_REASONS)?;
         for (i, m) in self.missing.iter().enumerate() {
             text(format_args!("missing[{i}]"), m, limits::MAX_PATH_BYTES)?;

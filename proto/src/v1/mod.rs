@@ -26,7 +26,7 @@ pub use report::{
     AgentStats, AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
 };
 pub use socket::{Connection, Direction, Listener, Protocol};
-pub use validate::{Validate, ValidationError, limits, tags as check_tags};
+pub use validate::{Validate, ValidationError, invisible, limits, tags as check_tags};
 
 /// Prefix of every v1 endpoint.
 pub const API_PREFIX: &str = "/api/v1";

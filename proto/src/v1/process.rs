@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{Validate, ValidationError, count, limits, nonempty, opt_text, text};
+use super::validate::{Validate, ValidationError, count, limits, nonempty, opt_stored, opt_text, text};
 
 /// One running process. Kernel threads are never reported (they have no executable to explain),
 /// nor zombies (they have ended and only wait for their parent).
@@ -140,6 +140,7 @@ impl Validate for Process {
         opt_text("container_id", &self.container_id, limits::MAX_NAME_BYTES)?;
         opt_text("unit", &self.unit, limits::MAX_NAME_BYTES)?;
         opt_text("stdio_socket", &self.stdio_socket, limits::MAX_NAME_BYTES)?;
+        opt_stored("rss_bytes", self.rss_bytes)?;
         if let Some(p) = self.exe_replacement.as_ref().and_then(|r| r.package.as_ref()) {
             nonempty("exe_replacement.package.name", &p.name, limits::MAX_NAME_BYTES)?;
             opt_text("exe_replacement.package.version", &p.version, limits::MAX_NAME_BYTES)?;

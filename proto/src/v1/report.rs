@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{self, Validate, ValidationError, count, limits, name, nonempty, text};
+use super::validate::{
+    self, Validate, ValidationError, count, limits, name, nonempty, opt_stored, stored, text,
+};
 use super::{CloudFacts, Connection, Delta, Listener, Process};
 
 /// One report: who is sending, in what state the agent is, and either the whole state (a
@@ -235,6 +237,8 @@ fn is_zero(n: &u64) -> bool {
 
 impl Validate for Report {
     fn validate(&self) -> Result<(), ValidationError> {
+        stored("seq", self.seq)?;
+        stored("lost", self.lost)?;
         self.host.validate().map_err(|e| e.within("host"))?;
         self.agent.validate().map_err(|e| e.within("agent"))?;
         if self.snapshot.is_some() && self.delta.is_some() {
@@ -280,6 +284,43 @@ impl Validate for AgentStatus {
         count("coverage.why", &self.coverage.why, limits::MAX_REASONS)?;
         for (i, why) in self.coverage.why.iter().enumerate() {
             text(format_args!("coverage.why[{i}]"), why, limits::MAX_NAME_BYTES * 4)?;
+        }
+        if let Some(s) = &self.stats {
+            s.validate().map_err(|e| e.within("stats"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for AgentStats {
+    /// The sources' names without control characters, free text bounded (outputs escape it),
+    /// numbers the store can keep.
+    fn validate(&self) -> Result<(), ValidationError> {
+        name("exec_source", &self.exec_source, limits::MAX_NAME_BYTES)?;
+        name("socket_reader", &self.socket_reader, limits::MAX_NAME_BYTES)?;
+        if let Some(why) = &self.exec_source_why {
+            text("exec_source_why", why, limits::MAX_NAME_BYTES * 4)?;
+        }
+        if let Some(p) = &self.cloud_problem {
+            text("cloud_problem", p, limits::MAX_NAME_BYTES * 4)?;
+        }
+        for (field, n) in [
+            ("exec_events", self.exec_events),
+            ("exec_read_misses", self.exec_read_misses),
+            ("events_lost", self.events_lost),
+            ("spool_reports", self.spool_reports),
+            ("spool_bytes", self.spool_bytes),
+        ] {
+            stored(field, n)?;
+        }
+        opt_stored("rss_bytes", self.rss_bytes)?;
+        if let Some(c) = self.cpu_seconds
+            && !(c.is_finite() && c >= 0.0)
+        {
+            return Err(ValidationError::new("cpu_seconds", format!("{c} is not a number of seconds")));
+        }
+        if let Some(f) = &self.files {
+            f.validate().map_err(|e| e.within("files"))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::{Validate, ValidationError, limits, opt_text};
+use super::validate::{Validate, ValidationError, limits, opt_stored, opt_text};
 
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -119,6 +119,7 @@ pub struct Connection {
 
 impl Validate for Connection {
     fn validate(&self) -> Result<(), ValidationError> {
+        opt_stored("netns", self.netns)?;
         opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
     }
@@ -126,6 +127,7 @@ impl Validate for Connection {
 
 impl Validate for Listener {
     fn validate(&self) -> Result<(), ValidationError> {
+        opt_stored("netns", self.netns)?;
         opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
     }

@@ -94,12 +94,26 @@ pub(crate) fn nonempty(path: impl fmt::Display, s: &str, max: usize) -> Result<(
     text(path, s, max)
 }
 
-/// Like [`text`], and no control characters: for names that are shown and logged as they are
-/// (a hostname with a newline in it could forge a log line).
+/// Invisible characters that reorder or hide text (bidirectional marks, overrides and isolates,
+/// zero-width characters): a name with them could show as another. With the control characters
+/// (C0, DEL, C1), what every output escapes.
+pub fn invisible(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Like [`text`], and no control or invisible characters: for names that are shown and logged
+/// as they are (a hostname with a newline in it could forge a log line; one with U+202E shows
+/// reversed).
 pub(crate) fn name(path: impl fmt::Display, s: &str, max: usize) -> Result<(), ValidationError> {
     text(&path, s, max)?;
     if s.chars().any(char::is_control) {
         return Err(ValidationError::new(path.to_string(), "contains a control character"));
+    }
+    if s.chars().any(invisible) {
+        return Err(ValidationError::new(
+            path.to_string(),
+            "contains an invisible or bidirectional formatting character",
+        ));
     }
     Ok(())
 }
@@ -113,6 +127,22 @@ pub(crate) fn opt_text(
         Some(s) => text(path, s, max),
         None => Ok(()),
     }
+}
+
+/// The largest number a store keeps (a signed 64-bit integer, in SQLite and PostgreSQL alike).
+pub const MAX_STORED: u64 = i64::MAX as u64;
+
+/// Checks that a number fits the store: a larger one is refused here, named, rather than
+/// failing the store's write and losing the report.
+pub(crate) fn stored(path: impl fmt::Display, n: u64) -> Result<(), ValidationError> {
+    if n > MAX_STORED {
+        return Err(ValidationError::new(path.to_string(), format!("{n} is larger than {MAX_STORED}")));
+    }
+    Ok(())
+}
+
+pub(crate) fn opt_stored(path: impl fmt::Display, n: Option<u64>) -> Result<(), ValidationError> {
+    n.map_or(Ok(()), |n| stored(path, n))
 }
 
 pub(crate) fn count<T>(path: &str, items: &[T], max: usize) -> Result<(), ValidationError> {
@@ -140,6 +170,12 @@ pub fn tags(path: &str, tags: &BTreeMap<String, String>) -> Result<(), Validatio
         if k.chars().chain(v.chars()).any(char::is_control) {
             return Err(ValidationError::new(format!("{path}.{k:?}"), "contains a control character"));
         }
+        if k.chars().chain(v.chars()).any(invisible) {
+            return Err(ValidationError::new(
+                format!("{path}.{k:?}"),
+                "contains an invisible or bidirectional formatting character",
+            ));
+        }
     }
     Ok(())
 }
@@ -157,6 +193,9 @@ mod tests {
         assert_eq!(nonempty("x", "", 10).unwrap_err().problem, "must not be empty");
         assert_eq!(name("h", "web\n1", 10).unwrap_err().problem, "contains a control character");
         assert!(name("h", "web-1", 10).is_ok());
+        // C1 controls are control characters; a bidi override is refused as well.
+        assert_eq!(name("h", "web\u{9b}1", 10).unwrap_err().problem, "contains a control character");
+        assert!(name("h", "web\u{202e}1", 10).unwrap_err().problem.contains("bidirectional"));
     }
 
     #[test]

@@ -2,16 +2,19 @@
 
 use std::sync::atomic::Ordering;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use hostwatch_proto::v1::{self as proto, NODE_KEY_PREFIX, Validate};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ApiError, decode};
+use super::{ApiError, decode, read_body};
+use crate::admission::Refusal;
 use crate::auth::{self, Agent};
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
@@ -39,12 +42,25 @@ fn backlog(headers: &HeaderMap) -> Result<u64, ApiError> {
 /// Largest enrollment body: host facts and a secret.
 pub const ENROLL_LIMIT: usize = 64 << 10;
 
+/// How long a read report may wait for a processing turn before the agent is told to come back.
+const REPORT_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
 pub async fn enroll(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<proto::EnrollResponse>, ApiError> {
-    let body = body.map_err(|r| ApiError::from_body("enrollment", ENROLL_LIMIT, r))?;
-    let req: proto::EnrollRequest = decode(&state, "enrollment", &body)?;
+    if let Err(refusal) = state.admission.enrollment(peer.ip()) {
+        state.counters.enrollments_throttled.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, "enrollment refused: too many from this address");
+        return Err(ApiError::too_many(
+            "too many enrollments from this address; retry later",
+            refusal.retry_after(),
+        ));
+    }
+    let body = read_body(&state, &headers, body, "enrollment", ENROLL_LIMIT).await?;
+    let req: proto::EnrollRequest = decode(&state, "enrollment", &body.bytes)?;
     req.validate().map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
     auth::check_enroll_secret(&state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
@@ -82,12 +98,27 @@ pub async fn enroll(
     Ok(Json(proto::EnrollResponse { host_id, node_key: key.expose().to_owned() }))
 }
 
+/// A report: admitted (one per host at a time, within its rate) before its body is read, given a
+/// processing turn only once the body is read whole, so that a slow sender holds no turn.
 pub async fn report(
     State(state): State<AppState>,
     agent: Agent,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<proto::ReportResponse>, ApiError> {
+    let _in_flight = match state.admission.report(agent.host_id) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            state.counters.reports_throttled.fetch_add(1, Ordering::Relaxed);
+            let why = match refusal {
+                Refusal::Busy => "another report of this host is being received or processed",
+                Refusal::Rate(_) => "this host sends reports faster than its rate",
+            };
+            tracing::warn!(host_id = agent.host_id, why, "report refused");
+            return Err(ApiError::too_many(format!("{why}; retry later"), refusal.retry_after()));
+        }
+    };
+    tracing::debug!(host_id = agent.host_id, "report admitted; reading its body");
     let result = accept(&state, agent, &headers, body).await;
     let counter =
         if result.is_ok() { &state.counters.reports_accepted } else { &state.counters.reports_rejected };
@@ -102,11 +133,26 @@ async fn accept(
     state: &AppState,
     agent: Agent,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<proto::ReportResponse, ApiError> {
     let backlog = backlog(headers)?;
-    let body = body.map_err(|r| ApiError::from_body("report", state.settings.max_report_bytes, r))?;
-    let report: proto::Report = decode(state, "report", &body)?;
+    let body = read_body(state, headers, body, "report", state.settings.max_report_bytes).await?;
+    let _turn =
+        match tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                state.counters.reports_busy.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError {
+                    retry_after: Some(Duration::from_secs(5)),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "collector busy with other reports; retry later",
+                    )
+                });
+            }
+        };
+    let report: proto::Report = decode(state, "report", &body.bytes)?;
+    drop(body);
     report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
     let seq = report.seq;
     let record = ReportRecord { backlog, ..ReportRecord::from(report) };

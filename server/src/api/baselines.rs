@@ -1,14 +1,14 @@
 //! `GET /api/v1/baselines` and `POST /api/v1/baselines` (apply).
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use hostwatch_proto::v1::{self as proto, limits};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ApiError, decode};
+use super::{ApiError, decode, read_body};
 use crate::auth::{Person, Role};
 use crate::baseline;
 use crate::ingest;
@@ -46,11 +46,12 @@ pub async fn list(
 pub async fn apply(
     State(state): State<AppState>,
     person: Person,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<proto::BaselineSummary>, ApiError> {
     person.require(Role::Admin)?;
-    let body = body.map_err(|r| ApiError::from_body("baseline", limits::MAX_BASELINE_BYTES * 2, r))?;
-    let req: proto::ApplyBaseline = decode(&state, "baseline request", &body)?;
+    let body = read_body(&state, &headers, body, "baseline", limits::MAX_BASELINE_BYTES * 2).await?;
+    let req: proto::ApplyBaseline = decode(&state, "baseline request", &body.bytes)?;
     let file = req.file.as_deref().unwrap_or("(request)");
     let parsed = baseline::parse(file, &req.source).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let current = ingest::current_baselines(&state).await?;

@@ -2,16 +2,17 @@
 //! silences: `GET` and `POST /api/v1/silences`.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use hostwatch_proto::v1::{self as proto, FindingKind, FindingStatus};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::hosts::resolve_host;
-use super::{ApiError, decode};
+use super::{ApiError, decode, read_body};
 use crate::auth::{Person, Role};
 use crate::model::{Silence, SilenceScope};
 use crate::state::AppState;
@@ -28,12 +29,16 @@ pub async fn ack(
     State(state): State<AppState>,
     person: Person,
     Path(id): Path<i64>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<proto::Finding>, ApiError> {
     person.require(Role::Analyst)?;
-    let body = body.map_err(|r| ApiError::from_body("acknowledgement", MAX_NOTE_BYTES * 2, r))?;
-    let req: proto::Ack =
-        if body.is_empty() { proto::Ack::default() } else { decode(&state, "acknowledgement", &body)? };
+    let body = read_body(&state, &headers, body, "acknowledgement", MAX_NOTE_BYTES * 2).await?;
+    let req: proto::Ack = if body.bytes.is_empty() {
+        proto::Ack::default()
+    } else {
+        decode(&state, "acknowledgement", &body.bytes)?
+    };
     let note = req.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
     if note.is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
         return Err(ApiError::bad_request(format!("note longer than {MAX_NOTE_BYTES} bytes")));
@@ -70,11 +75,12 @@ pub async fn silences(
 pub async fn silence(
     State(state): State<AppState>,
     person: Person,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<proto::Silence>, ApiError> {
     person.require(Role::Analyst)?;
-    let body = body.map_err(|r| ApiError::from_body("silence", MAX_NOTE_BYTES * 4, r))?;
-    let req: proto::CreateSilence = decode(&state, "silence", &body)?;
+    let body = read_body(&state, &headers, body, "silence", MAX_NOTE_BYTES * 4).await?;
+    let req: proto::CreateSilence = decode(&state, "silence", &body.bytes)?;
     let scope = match (&req.host, req.selector) {
         (Some(h), None) => SilenceScope::Host(resolve_host(&state, h).await?),
         (None, Some(sel)) if !sel.is_empty() => {

@@ -7,19 +7,19 @@
 
 mod agents;
 mod baselines;
+pub mod body;
 mod findings;
 mod history;
 mod hosts;
 mod state;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hostwatch_proto::v1::{self as proto, limits};
+use hostwatch_proto::v1 as proto;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::Ordering;
 
@@ -31,11 +31,17 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1): when the caller may try again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), retry_after: None }
+    }
+    /// `429 Too Many Requests`, to be tried again after `after`.
+    pub fn too_many(m: impl Into<String>, after: std::time::Duration) -> Self {
+        ApiError { retry_after: Some(after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, m) }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -51,16 +57,6 @@ impl ApiError {
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, m)
-    }
-
-    /// A body the extractor refused: too large (413) or unreadable.
-    pub fn from_body(what: &str, limit: usize, r: BytesRejection) -> Self {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, format!("{what} body is larger than the limit of {limit} bytes"))
-        } else {
-            ApiError::new(status, format!("cannot read the {what} body: {}", r.body_text()))
-        }
     }
 }
 
@@ -84,8 +80,23 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
         resp
     }
+}
+
+/// Reads a request body under the collector's deadline and byte budget ([`body::read`]).
+pub async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+    limit: usize,
+) -> Result<body::Held, ApiError> {
+    body::read(&state.bodies, headers, body, what, limit).await
 }
 
 /// Decodes a JSON body, counting (not refusing) fields this version does not know, so that newer
@@ -105,7 +116,7 @@ pub fn decode<T: DeserializeOwned>(state: &AppState, what: &str, body: &[u8]) ->
 
 /// Routes for agents: enroll, report and health.
 pub fn agent_routes(state: AppState) -> Router {
-    finish(agents(&state), state)
+    finish(agents(), state)
 }
 
 /// Routes for people and tools, and health.
@@ -115,38 +126,13 @@ pub fn people_routes(state: AppState) -> Router {
 
 /// Both sets of routes on one listener.
 pub fn all_routes(state: AppState) -> Router {
-    finish(agents(&state).merge(people()), state)
+    finish(agents().merge(people()), state)
 }
 
-fn agents(state: &AppState) -> Router<AppState> {
+fn agents() -> Router<AppState> {
     Router::new()
-        .route(proto::ENROLL_PATH, post(agents::enroll).layer(DefaultBodyLimit::max(agents::ENROLL_LIMIT)))
-        .route(
-            proto::REPORT_PATH,
-            post(agents::report)
-                .layer(DefaultBodyLimit::max(state.settings.max_report_bytes))
-                .layer(middleware::from_fn_with_state(state.clone(), one_of_few_reports)),
-        )
-}
-
-/// How long a report may wait for its turn before the agent is told to come back later.
-const REPORT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Lets at most `max_concurrent_reports` reports be read and processed at once: the permit is
-/// taken before the body is read, so that many agents (or one hostile host on many connections)
-/// cannot make the collector hold more than that many bodies in memory.
-async fn one_of_few_reports(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let permit = tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await;
-    match permit {
-        Ok(Ok(permit)) => {
-            tracing::debug!(free = state.report_permits.available_permits(), "report takes its turn");
-            let resp = next.run(req).await;
-            drop(permit);
-            resp
-        }
-        _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "collector busy with other reports; retry later")
-            .into_response(),
-    }
+        .route(proto::ENROLL_PATH, post(agents::enroll))
+        .route(proto::REPORT_PATH, post(agents::report))
 }
 
 fn people() -> Router<AppState> {
@@ -164,12 +150,7 @@ fn people() -> Router<AppState> {
         .route(proto::SOCKET_HISTORY_PATH, get(history::sockets))
         .route(proto::FILES_PATH, get(history::files))
         .route(proto::CURRENT_FILES_PATH, get(history::current_files))
-        .route(
-            proto::BASELINES_PATH,
-            get(baselines::list)
-                .post(baselines::apply)
-                .layer(DefaultBodyLimit::max(limits::MAX_BASELINE_BYTES * 2)),
-        )
+        .route(proto::BASELINES_PATH, get(baselines::list).post(baselines::apply))
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
@@ -184,7 +165,8 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 /// per-host labels.
 async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'static str); 1], String) {
     let c = &state.counters;
-    let rows: [(&str, &str, &str, u64); 4] = [
+    let conns = &state.conns;
+    let rows: &[(&str, &str, &str, u64)] = &[
         (
             "hostwatch_reports_accepted_total",
             "counter",
@@ -204,6 +186,48 @@ async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'stat
             c.unknown_fields.load(Ordering::Relaxed),
         ),
         (
+            "hostwatch_reports_throttled_total",
+            "counter",
+            "Reports answered 429: another of the same host's in flight, or over the host's rate.",
+            c.reports_throttled.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_reports_busy_total",
+            "counter",
+            "Reports answered 503: read, but no processing turn within 10 s.",
+            c.reports_busy.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_enrollments_throttled_total",
+            "counter",
+            "Enrollments answered 429: over the source address's rate.",
+            c.enrollments_throttled.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_connections_refused_total",
+            "counter",
+            "Connections closed on accept because [limits] max_connections were open.",
+            conns.refused_over_cap.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed or did not finish in time.",
+            conns.handshakes_failed.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_connections_ended_by_error_total",
+            "counter",
+            "Connections ended by an error: a request head too large or too slow, a broken stream.",
+            conns.ended_by_error.load(Ordering::Relaxed),
+        ),
+        (
+            "hostwatch_body_budget_free_bytes",
+            "gauge",
+            "Bytes of the budget for request bodies held at once ([limits] max_body_bytes_in_flight) free now.",
+            state.bodies.free() as u64,
+        ),
+        (
             "hostwatch_report_turns_free",
             "gauge",
             "Reports that could start processing now (of max_concurrent_reports).",
@@ -211,7 +235,7 @@ async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'stat
         ),
     ];
     let mut out = String::new();
-    for (name, kind, help, value) in rows {
+    for &(name, kind, help, value) in rows {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

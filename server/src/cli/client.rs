@@ -14,15 +14,37 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(server: &str, token: Option<Secret>) -> anyhow::Result<Self> {
+    /// A client for `server`. A token goes over plain `http://` only to this machine, unless
+    /// `allow_insecure_http`; over https the collector's certificate and name are verified (against
+    /// `ca_cert` alone when given).
+    pub fn new(
+        server: &str,
+        token: Option<Secret>,
+        ca_cert: Option<&std::path::Path>,
+        allow_insecure_http: bool,
+    ) -> anyhow::Result<Self> {
         let base = hostwatch_agent::config::parse_server_url(server).map_err(|e| anyhow!("--server: {e}"))?;
+        if base.scheme() == "http" && !hostwatch_agent::config::is_loopback(&base) && !allow_insecure_http {
+            bail!(
+                "--server {base}: plain http to another machine would send the API token in clear; use https://, or pass --allow-insecure-http (HOSTWATCH_ALLOW_INSECURE_HTTP) on a network you trust"
+            );
+        }
         hostwatch_agent::transport::install_tls_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hostwatch-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .context("cannot set up the HTTP client")?;
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(ca) = ca_cert {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("--ca-cert: cannot read {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert: {} is not PEM certificates", ca.display()))?;
+            if certs.is_empty() {
+                bail!("--ca-cert: {} holds no certificate", ca.display());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().context("cannot set up the HTTP client")?;
         Ok(ApiClient { http, base, token })
     }
 

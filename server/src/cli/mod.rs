@@ -36,6 +36,12 @@ pub struct Cli {
     /// A file holding the API token.
     #[arg(long, env = "HOSTWATCH_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// Trust only the CA certificates in this PEM file for the collector (default: the system's roots).
+    #[arg(long, env = "HOSTWATCH_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Send the token over plain http:// to another machine (it crosses the network in clear).
+    #[arg(long, env = "HOSTWATCH_ALLOW_INSECURE_HTTP", global = true)]
+    allow_insecure_http: bool,
     /// Output format of listings.
     #[arg(long, short = 'o', value_enum, default_value_t, global = true)]
     output: OutputFormat,
@@ -240,7 +246,7 @@ const EXIT_CONFIG: u8 = 78;
 /// The `hostwatch` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let _log = logging::init(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -266,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         (None, None) => None,
     };
-    let client = ApiClient::new(&cli.server, token)?;
+    let client = ApiClient::new(&cli.server, token, cli.ca_cert.as_deref(), cli.allow_insecure_http)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,7 +341,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let d: proto::HostDetail =
                 client.get(&format!("{}/{}", proto::HOSTS_PATH, encode_segment(&host)), &[]).await?;
             if format == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                println!("{}", output::json(&d)?);
                 return Ok(());
             }
             print(std::slice::from_ref(&d.host), format)?;
@@ -343,7 +349,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
                 println!(
                     "\nagent: execs via {}{} ({} seen, {} unread, {} overruns); sockets via {}; spool {} reports ({:.1} MiB){}",
-                    s.exec_source,
+                    output::safe(&s.exec_source, 40),
                     s.exec_source_why
                         .as_deref()
                         .map(|w| format!(" ({})", output::safe(w, 120)))
@@ -351,7 +357,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                     s.exec_events,
                     s.exec_read_misses,
                     s.events_lost,
-                    s.socket_reader,
+                    output::safe(&s.socket_reader, 40),
                     s.spool_reports,
                     mib(s.spool_bytes),
                     match (s.rss_bytes, s.cpu_seconds) {

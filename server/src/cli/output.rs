@@ -50,9 +50,7 @@ impl<T: Tabular> Tabular for proto::Located<T> {
 pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let written = match format {
-        OutputFormat::Json => serde_json::to_writer_pretty(&mut out, items)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out)),
+        OutputFormat::Json => json(items).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}")),
         OutputFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
             let mut rows = std::iter::once(T::columns().iter().map(|c| c.to_string()).collect())
@@ -84,10 +82,21 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
     }
 }
 
-/// Invisible characters that reorder or hide text (bidirectional overrides and isolates,
-/// zero-width characters): a process named with them could show as something else.
-fn invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+/// `value` as pretty JSON with every character a terminal could act on escaped: serde_json
+/// escapes C0 controls only, so DEL, C1 controls (U+009B is a CSI on many terminals) and
+/// invisible characters are written as `\uXXXX` too. They can only occur inside strings (JSON's
+/// own syntax is ASCII), where the escape means the same character.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let raw = serde_json::to_string_pretty(value)?;
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if (c.is_control() && u32::from(c) >= 0x7f) || proto::invisible(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// A string as a terminal may show it: control and invisible characters escaped, and cut to
@@ -99,7 +108,7 @@ pub fn safe(s: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || invisible(c) {
+        if c.is_control() || proto::invisible(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -465,5 +474,17 @@ mod tests {
         assert_eq!(safe("evil\x1b[2Jname\n", 100), "evil\\u{1b}[2Jname\\n");
         assert_eq!(safe("abcdef", 3), "abc…");
         assert_eq!(safe("sshd\u{202E}gpj.exe", 100), "sshd\\u{202e}gpj.exe");
+        assert_eq!(safe("a\u{9b}2Jb\u{7f}", 100), "a\\u{9b}2Jb\\u{7f}");
+    }
+
+    #[test]
+    fn json_output_escapes_what_a_terminal_would_act_on_and_means_the_same() {
+        let names = vec!["csi\u{9b}2J", "bidi\u{202e}exe.sh", "esc\u{1b}]52;c;x\u{7}", "plain ünïcode"];
+        let j = json(&names).unwrap();
+        assert!(!j.chars().any(|c| proto::invisible(c) || (c.is_control() && c != '\n')), "{j:?}");
+        assert!(j.contains("csi\\u009b2J") && j.contains("bidi\\u202eexe.sh"), "{j}");
+        assert!(j.contains("plain ünïcode"), "ordinary text stays as it is: {j}");
+        let back: Vec<String> = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, names);
     }
 }

@@ -592,6 +592,13 @@ impl Store for SqliteStore {
                     Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
                 }
             };
+            if matches!(outcome, Applied::Replay) {
+                // Sent before and applied then: it changes nothing now, facts included (a replay
+                // must not put back a hostname or tags the host has since changed). It does show
+                // the host alive.
+                tx.execute("UPDATE hosts SET last_seen = ?1 WHERE id = ?2", params![ts(now), host_id])?;
+                return Ok((outcome, recorded));
+            }
             let f = &report.facts;
             tx.execute(
                 "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
@@ -1132,6 +1139,14 @@ mod tests {
         assert_eq!(s.apply_report(id, &d2, at(7)).await.unwrap().0, Applied::Replay);
         assert_eq!(s.apply_report(id, &snap, at(7)).await.unwrap().0, Applied::Replay, "an old snapshot too");
         assert_eq!(pids(s.host_state(id).await.unwrap()), vec![11]);
+        // A replay's facts change nothing either: no hostname or tags put back, or forged.
+        let mut forged = d2.clone();
+        forged.facts.hostname = "forged".into();
+        forged.facts.tags.insert("role".into(), "db".into());
+        assert_eq!(s.apply_report(id, &forged, at(7)).await.unwrap().0, Applied::Replay);
+        let host = s.host(id).await.unwrap().unwrap();
+        assert_ne!(host.facts.hostname, "forged");
+        assert_ne!(host.facts.tags.get("role").map(String::as_str), Some("db"), "{:?}", host.facts.tags);
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
             .await
