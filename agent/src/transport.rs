@@ -10,7 +10,7 @@ use crate::config::{ClientTls, Secret};
 /// Why a request to the collector did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("collector at {url} unreachable: {source}")]
+    #[error("collector at {url} unreachable: {}", chain(.source))]
     Unreachable { url: String, source: reqwest::Error },
     #[error("collector refused the credential ({status}): {message}")]
     Unauthorized { status: u16, message: String },
@@ -202,6 +202,22 @@ impl CollectorClient {
     }
 }
 
+/// An error with its causes, `: `-separated: reqwest's own message ("error sending request")
+/// hides what an operator needs (a refused connection, an unknown certificate issuer).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Reports larger than this go gzip-compressed: a snapshot of JSON shrinks about tenfold, and
 /// the collector refuses what inflates past its limit, so compression costs it no risk.
 pub const COMPRESS_ABOVE: usize = 32 << 10;
@@ -265,6 +281,8 @@ mod tests {
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
         assert!(matches!(e, TransportError::Unreachable { .. }) && e.is_retriable(), "{e}");
         assert!(e.is_absent(), "nothing accepted the connection: {e:?}");
+        // The message carries the cause an operator needs, not only reqwest's summary.
+        assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
     }
 
     #[tokio::test]

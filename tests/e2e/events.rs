@@ -221,6 +221,7 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
     let payload = sleep_copy(shm.path(), &unique("payload"));
     let started = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc();
     let d = run.path().display();
     sh(&format!(
         "i=0; while [ $i -lt 2500 ]; do {d}/step-$i 0.1 & i=$((i+1)); [ $((i % 50)) -eq 0 ] && wait; done; wait; \
@@ -245,7 +246,19 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     })
     .await;
     let minutes = started.elapsed().as_secs() / 60 + 1;
-    assert_eq!(opened + held, 5000, "{opened} opened, {held} held back");
+    // Exact, but for one documented case: an item held back while it still runs opens once a
+    // later minute's budget allows, so it is counted in both. Only a finding first seen after the
+    // burst's first minute can be such a late open.
+    let late = c
+        .findings(h, "unexpected_process", "all")
+        .iter()
+        .filter(|f| f.subject.starts_with(&format!("{d}/step-")))
+        .filter(|f| f.first_seen > started_at + Duration::from_secs(60))
+        .count() as u64;
+    assert!(
+        opened + held >= 5000 && opened + held <= 5000 + late,
+        "{opened} opened ({late} after the first minute), {held} held back"
+    );
     assert!(
         opened <= 50 * (minutes + 1),
         "{opened} opened in about {minutes} minute(s), 50 allowed a minute"

@@ -21,4 +21,5 @@ mod protocol;
 mod rules;
 mod skeleton;
 mod support;
+mod tls;
 mod workloads;
