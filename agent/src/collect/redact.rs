@@ -13,6 +13,15 @@
 //! 3. credentials in URLs (`postgres://user:secret@db/x`): the password part;
 //! 4. MySQL-family clients' `-psecret`;
 //! 5. `-u user:password` and `--user user:password` (curl, wget): the password.
+//! 6. Other database and remote clients' password options: `redis-cli -a`, `mongo`/`mongosh -p`,
+//!    `sshpass -p`.
+//! 7. HTTP headers that carry credentials, in any spelling (`-H "Authorization: Bearer x"`,
+//!    `--header=X-Api-Key: x`, `Cookie: ...`, any header whose name says secret): the value
+//!    (the scheme word, `Bearer`, is kept).
+//! 8. Credentials recognised by their documented shape wherever they appear: hostwatch's own
+//!    keys (`hwn_`, `hwt_`, `hwe_`), AWS access key ids, GitHub, GitLab, Slack, Stripe, Google
+//!    and npm tokens, JSON Web Tokens, and the body of a PEM private key.
+//! 9. URL query parameters whose name says secret (`?access_token=x`).
 //!
 //! Each argument that holds several words (`sh -c "..."`) is redacted word by word too, so that a
 //! cron line or a shell one-liner gets the same treatment as a command.
@@ -57,6 +66,17 @@ const MYSQL_FAMILY: &[&str] = &[
     "mariadb-dump",
     "mariadb-admin",
 ];
+
+/// Clients whose short option takes a password, and that option (rule 6). MySQL's `-p`, whose
+/// value is joined, is rule 4.
+const PASSWORD_FLAGS: &[(&str, &str)] =
+    &[("redis-cli", "-a"), ("keydb-cli", "-a"), ("mongo", "-p"), ("mongosh", "-p"), ("sshpass", "-p")];
+
+/// The password option of the client `word` names, if it is one of [`PASSWORD_FLAGS`].
+fn password_flag(word: &str) -> Option<&'static str> {
+    let name = word.rsplit('/').next().unwrap_or(word);
+    PASSWORD_FLAGS.iter().find(|(p, _)| *p == name).map(|(_, f)| *f)
+}
 
 /// The built-in rules and a site's own patterns. Cheap to clone (compiled patterns are shared).
 #[derive(Debug, Clone, Default)]
@@ -133,7 +153,70 @@ pub fn redact(args: &mut [String]) -> bool {
             changed |= redact_inner_words(arg);
         }
     }
+    for arg in args.iter_mut() {
+        for re in shapes() {
+            changed |= hide_matches(re, arg);
+        }
+        changed |= redact_query_secrets(arg);
+    }
     changed
+}
+
+/// Credentials known by their shape (rule 8) and header values (rule 7), compiled once. Each
+/// hides its first capture group, or the whole match where it has none.
+fn shapes() -> &'static [regex::Regex] {
+    static SHAPES: std::sync::OnceLock<Vec<regex::Regex>> = std::sync::OnceLock::new();
+    SHAPES.get_or_init(|| {
+        [
+            // Headers: a credential header by name, or any header whose name says secret; the
+            // scheme word stays, the credential goes.
+            r#"(?i)\b(?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token|digest|negotiate|aws4-hmac-sha256)\s+)?([^\s"']+)"#,
+            r#"(?i)(?:^|[\s"'=])(?:cookie|set-cookie|x-[a-z0-9-]*(?:key|token|secret|auth|session)[a-z0-9-]*|[a-z0-9-]*(?:api-?key|token|secret|password|passwd)[a-z0-9-]*)\s*:\s+([^\s"']+)"#,
+            // Documented token shapes.
+            r"\bhw[nte]_[0-9a-fA-F]{16,}",
+            r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b",
+            r"\bgh[pousr]_[A-Za-z0-9]{20,}",
+            r"\bgithub_pat_[A-Za-z0-9_]{20,}",
+            r"\bglpat-[A-Za-z0-9_-]{20,}",
+            r"\bxox[abeprs]-[A-Za-z0-9-]{10,}",
+            r"\bxapp-[A-Za-z0-9-]{10,}",
+            r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,}",
+            r"\bAIza[0-9A-Za-z_-]{35}",
+            r"\bnpm_[A-Za-z0-9]{36}",
+            r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+            // A PEM private key passed inline: its body.
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----([\s\S]*?)(?:-----END [A-Z ]*PRIVATE KEY-----|\z)",
+        ]
+        .iter()
+        .filter_map(|p| regex::Regex::new(p).ok())
+        .collect()
+    })
+}
+
+/// Hides the values of URL query parameters whose name says secret (`?access_token=x&a=1`).
+fn redact_query_secrets(arg: &mut String) -> bool {
+    let mut spans = Vec::new();
+    let bytes = arg.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != b'?' && b != b'&' {
+            continue;
+        }
+        let rest = &arg[i + 1..];
+        let Some(eq) = rest.find('=') else { continue };
+        let name = &rest[..eq];
+        if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c)) {
+            continue;
+        }
+        let start = i + 1 + eq + 1;
+        let end = arg[start..].find(['&', '#', ' ', '"', '\'']).map_or(arg.len(), |e| start + e);
+        if start < end && is_secret_name(name) && &arg[start..end] != REDACTED {
+            spans.push((start, end));
+        }
+    }
+    for &(a, b) in spans.iter().rev() {
+        arg.replace_range(a..b, REDACTED);
+    }
+    !spans.is_empty()
 }
 
 /// What the next word is, after an option that takes a secret as its next argument.
@@ -151,6 +234,7 @@ enum Next {
 fn redact_words(words: &mut [String], program_first: bool) -> bool {
     let mut changed = false;
     let mut mysql = false;
+    let mut flag = None;
     let mut next = Next::Plain;
     for (i, word) in words.iter_mut().enumerate() {
         match std::mem::replace(&mut next, Next::Plain) {
@@ -164,6 +248,21 @@ fn redact_words(words: &mut [String], program_first: bool) -> bool {
         }
         if is_mysql(word) && (i == 0 || !program_first) {
             mysql = true;
+        }
+        if i == 0 || !program_first {
+            flag = password_flag(word).or(flag);
+        }
+        if let Some(f) = flag
+            && word.starts_with(f)
+            && !word.starts_with("--")
+        {
+            if word.len() == f.len() {
+                next = Next::Secret;
+            } else {
+                *word = format!("{f}{REDACTED}");
+                changed = true;
+            }
+            continue;
         }
         if i == 0 && program_first {
             changed |= redact_url_credentials(word);
@@ -410,6 +509,78 @@ mod tests {
         assert!(!r(&["sh", "-c", "echo hello world"]).1);
         // A -p in a shell string without a MySQL client stays.
         assert_eq!(r(&["sh", "-c", "ssh -p2222 host"]).0[2], "ssh -p2222 host");
+    }
+
+    #[test]
+    fn credential_headers_in_any_spelling() {
+        let key = "hwt_0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            r(&["curl", "-H", &format!("Authorization: Bearer {key}"), "https://c/api"]).0[2],
+            "Authorization: Bearer <redacted>"
+        );
+        assert_eq!(
+            r(&["curl", "--header=authorization:Basic dXNlcjpwdw==", "x"]).0[1],
+            "--header=authorization:Basic <redacted>"
+        );
+        assert_eq!(r(&["curl", "-H", "X-Api-Key: abc123", "x"]).0[2], "X-Api-Key: <redacted>");
+        assert_eq!(r(&["curl", "-H", "Cookie: session=s3cr3t"]).0[2], "Cookie: <redacted>");
+        assert_eq!(r(&["curl", "-H", "X-Vault-Token: hvs.abc"]).0[2], "X-Vault-Token: <redacted>");
+        assert_eq!(r(&["curl", "-H", "Private-Token: glx"]).0[2], "Private-Token: <redacted>");
+        assert_eq!(
+            r(&["sh", "-c", "curl -s -H 'Authorization: Bearer opaque-42' https://x | sh"]).0[2],
+            "curl -s -H 'Authorization: Bearer <redacted>' https://x | sh"
+        );
+        // Not headers: a volume mount, an ordinary header.
+        assert!(!r(&["docker", "run", "-v", "/run/secrets:/run/secrets", "img"]).1);
+        assert!(!r(&["curl", "-H", "Accept: application/json"]).1);
+    }
+
+    #[test]
+    fn credentials_known_by_their_shape() {
+        let cases = [
+            ("hwn_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "<redacted>"),
+            ("hwe_00ff00ff00ff00ff00ff", "<redacted>"),
+            ("key=AKIAIOSFODNN7EXAMPLE", "key=<redacted>"),
+            ("ghp_0123456789abcdefghijABCDEFGHIJ012345", "<redacted>"),
+            ("github_pat_11ABCDEFG0123456789_abcdefghijklmnop", "<redacted>"),
+            ("glpat-abcdefghij0123456789", "<redacted>"),
+            ("xoxb-123456789012-abcdefghijkl", "<redacted>"),
+            ("sk_live_0123456789abcdef", "<redacted>"),
+            ("AIzaSyA0123456789abcdefghijklmnopqrstuv", "<redacted>"),
+            ("npm_0123456789abcdefghijklmnopqrstuvwxyz", "<redacted>"),
+            ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl", "<redacted>"),
+        ];
+        for (arg, want) in cases {
+            let (v, changed) = r(&["app", arg]);
+            assert_eq!((v[1].as_str(), changed), (want, true), "{arg}");
+        }
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            r(&["app", "--key", pem]).0[2],
+            "-----BEGIN PRIVATE KEY-----<redacted>-----END PRIVATE KEY-----"
+        );
+        // Look-alikes that are not credentials stay.
+        assert!(!r(&["app", "hwt_short", "AKIA", "eyJ-not-a-jwt", "sk_other"]).1);
+    }
+
+    #[test]
+    fn secret_query_parameters() {
+        assert_eq!(
+            r(&["curl", "https://api/x?access_token=abc&page=2#top"]).0[1],
+            "https://api/x?access_token=<redacted>&page=2#top"
+        );
+        assert_eq!(r(&["wget", "https://h/?a=1&api_key=k1"]).0[1], "https://h/?a=1&api_key=<redacted>");
+        assert!(!r(&["curl", "https://h/?q=password+reset"]).1);
+    }
+
+    #[test]
+    fn other_clients_password_options() {
+        assert_eq!(r(&["redis-cli", "-h", "db", "-a", "pw", "ping"]).0[4], "<redacted>");
+        assert_eq!(r(&["/usr/bin/mongosh", "-u", "admin", "-p", "pw"]).0[4], "<redacted>");
+        assert_eq!(r(&["sshpass", "-ps3cret", "ssh", "host"]).0[1], "-p<redacted>");
+        assert_eq!(r(&["sh", "-c", "redis-cli -a pw info"]).0[2], "redis-cli -a <redacted> info");
+        // Elsewhere these letters mean something else.
+        assert!(!r(&["ls", "-a", "/"]).1);
     }
 
     #[test]

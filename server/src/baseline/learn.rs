@@ -39,9 +39,24 @@ fn lit(s: &str) -> String {
     globset::escape(&s.replace('\\', "\\\\"))
 }
 
-/// A TOML string literal.
+/// A TOML basic string. Agents name what is learned, so every control or invisible character
+/// (C0, DEL, C1, bidirectional and zero-width) is written as `\uXXXX`: the reviewer reading the
+/// file sees exactly what it matches, and nothing in it can reorder, hide or drive a terminal.
 fn q(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || hostwatch_proto::v1::invisible(c) => {
+                out.push_str(&format!("\\u{:04X}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Writes a baseline named `name`, selecting `selector`, that explains everything `hosts` were
@@ -194,5 +209,31 @@ fn covering(a: IpAddr, b: IpAddr) -> Option<IpNet> {
             Ipv6Net::new(a, len).ok().map(|n| IpNet::V6(n.trunc()))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_strings_show_every_hidden_character_and_mean_the_same() {
+        for s in [
+            "/usr/bin/app",
+            "/tmp/\u{202e}gpj.sh",
+            "csi\u{9b}2J",
+            "tab\tnl\n",
+            "q\"b\\s",
+            "zw\u{200b}j",
+            "del\u{7f}",
+        ] {
+            let written = q(s);
+            assert!(
+                !written.chars().any(|c| c.is_control() || hostwatch_proto::v1::invisible(c)),
+                "{written:?}"
+            );
+            let parsed: toml::Table = toml::from_str(&format!("k = {written}")).expect("valid TOML");
+            assert_eq!(parsed["k"].as_str(), Some(s), "{written}");
+        }
     }
 }
