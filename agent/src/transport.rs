@@ -79,16 +79,7 @@ impl CollectorClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         if let Some(ca) = &tls.ca_cert {
-            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| {
-                TransportError::Tls { path: ca.display().to_string(), message: e.to_string() }
-            })?;
-            if certs.is_empty() {
-                return Err(TransportError::Tls {
-                    path: ca.display().to_string(),
-                    message: "holds no PEM certificate".to_owned(),
-                });
-            }
-            builder = builder.tls_certs_only(certs);
+            builder = builder.tls_certs_only(ca_certificates(ca)?);
         }
         if let Some((cert, key)) = &tls.client {
             let mut pem = read(cert)?;
@@ -200,6 +191,18 @@ impl CollectorClient {
             _ => TransportError::Rejected { what, status: code, message, retry_after },
         })
     }
+}
+
+/// The certificates of a PEM bundle, to trust alone (`ca_cert`, the CLI's `--ca-cert`); a file
+/// without any is refused.
+pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TransportError> {
+    let tls_error = |message: String| TransportError::Tls { path: path.display().to_string(), message };
+    let pem = std::fs::read(path).map_err(|e| tls_error(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| tls_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(tls_error("holds no PEM certificate".to_owned()));
+    }
+    Ok(certs)
 }
 
 /// An error with its causes, `: `-separated: reqwest's own message ("error sending request")

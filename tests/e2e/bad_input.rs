@@ -149,18 +149,9 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
 
     // The counters saw all of it: 2 accepted; malformed, mistyped, invalid, oversized and the
     // four bad backlogs refused.
-    let metrics =
-        reqwest::get(format!("{}{}", c.url, proto::METRICS_PATH)).await.unwrap().text().await.unwrap();
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
-    };
-    assert_eq!(value("hostwatch_reports_accepted_total"), 2);
-    assert_eq!(value("hostwatch_reports_rejected_total"), 8);
-    assert_eq!(value("hostwatch_unknown_fields_total"), 2);
+    assert_eq!(c.metric("hostwatch_reports_accepted_total").await, 2);
+    assert_eq!(c.metric("hostwatch_reports_rejected_total").await, 8);
+    assert_eq!(c.metric("hostwatch_unknown_fields_total").await, 2);
 }
 
 #[tokio::test]

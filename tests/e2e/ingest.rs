@@ -39,14 +39,6 @@ async fn answer(conn: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-async fn metric(c: &Collector, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}{}", c.url, proto::METRICS_PATH)).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-}
-
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -101,7 +93,7 @@ async fn a_slow_sender_holds_no_turn_and_a_host_sends_one_report_at_a_time() {
     // And the host may report again.
     let (code, text) = c.post(proto::REPORT_PATH, Some(&a.node_key), body).await;
     assert_eq!(code, 200, "{text}");
-    assert!(metric(&c, "hostwatch_reports_throttled_total").await >= 1);
+    assert!(c.metric("hostwatch_reports_throttled_total").await >= 1);
 }
 
 /// The attack of the issue: four connections with one node key send their bodies at a byte a
@@ -220,7 +212,7 @@ async fn a_flood_of_unfinished_heads_is_cut_off_and_bounded_in_memory() {
     let grew = peak.saturating_sub(idle);
     eprintln!("collector RSS idle {idle} KiB, peak during the flood {peak} KiB (+{grew} KiB)");
     assert!(grew < 64 << 10, "the collector grew by {grew} KiB");
-    assert!(metric(&c, "hostwatch_connections_ended_by_error_total").await >= 300);
+    assert!(c.metric("hostwatch_connections_ended_by_error_total").await >= 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +239,7 @@ async fn connections_past_the_cap_are_closed_at_once_and_the_cap_frees() {
         }
     });
     health.await;
-    assert!(metric(&c, "hostwatch_connections_refused_total").await >= 1);
+    assert!(c.metric("hostwatch_connections_refused_total").await >= 1);
     drop(held);
 }
 

@@ -385,16 +385,15 @@ impl AgentConfig {
                 }
             },
         };
-        for path in tls.ca_cert.iter().chain(tls.client.iter().flat_map(|(c, k)| [c, k])) {
-            let (var, key) = if Some(path) == tls.ca_cert.as_ref() {
-                ("HOSTWATCH_CA_CERT", "ca_cert")
-            } else if tls.client.as_ref().is_some_and(|(c, _)| c == path) {
-                ("HOSTWATCH_CLIENT_CERT", "client_cert")
-            } else {
-                ("HOSTWATCH_CLIENT_KEY", "client_key")
-            };
-            std::fs::File::open(path)
-                .map_err(|e| invalid(var, key, format!("cannot read {}: {e}", path.display())))?;
+        for (var, key, path) in [
+            ("HOSTWATCH_CA_CERT", "ca_cert", &raw.ca_cert),
+            ("HOSTWATCH_CLIENT_CERT", "client_cert", &raw.client_cert),
+            ("HOSTWATCH_CLIENT_KEY", "client_key", &raw.client_key),
+        ] {
+            if let Some(path) = path {
+                std::fs::File::open(path)
+                    .map_err(|e| invalid(var, key, format!("cannot read {}: {e}", path.display())))?;
+            }
         }
         let enroll_secret = match (&raw.enroll_secret, &raw.enroll_secret_file) {
             (Some(_), Some(_)) => {

@@ -127,10 +127,9 @@ pub async fn read(
     if !gzip {
         return Ok(Held { bytes: Bytes::from(buf), _budget: held });
     }
-    let inflated_limit = limit;
     let what_owned = what.to_owned();
     // Inflating is CPU work of up to `limit` bytes: off the async workers.
-    let inflated = tokio::task::spawn_blocking(move || inflate(&buf, inflated_limit, &what_owned))
+    let inflated = tokio::task::spawn_blocking(move || inflate(&buf, limit, &what_owned))
         .await
         .map_err(|e| ApiError::internal(format!("inflating the body failed: {e}")))??;
     held.push(budget.take(inflated.len(), deadline, what).await?);

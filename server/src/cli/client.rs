@@ -35,13 +35,8 @@ impl ApiClient {
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60));
         if let Some(ca) = ca_cert {
-            let pem =
-                std::fs::read(ca).with_context(|| format!("--ca-cert: cannot read {}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("--ca-cert: {} is not PEM certificates", ca.display()))?;
-            if certs.is_empty() {
-                bail!("--ca-cert: {} holds no certificate", ca.display());
-            }
+            let certs =
+                hostwatch_agent::transport::ca_certificates(ca).map_err(|e| anyhow!("--ca-cert: {e}"))?;
             builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().context("cannot set up the HTTP client")?;

@@ -309,6 +309,20 @@ impl Collector {
         resp.json().await.expect("JSON body")
     }
 
+    /// The value of one counter or gauge in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}{}", self.url, proto::METRICS_PATH))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    }
+
     pub fn log(&self) -> String {
         self.stderr.lock().expect("log lock").join("\n")
     }
