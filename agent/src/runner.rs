@@ -305,9 +305,9 @@ impl Agent {
     fn on_event(&mut self, e: exec::Event, next_full: &mut Instant) -> bool {
         let Some(observer) = self.observer.as_mut() else { return false };
         match e {
-            exec::Event::Exec { record: Some(rec), .. } => {
+            exec::Event::Exec { record: Some(rec), at, .. } => {
                 let p = observer.note_exec(*rec);
-                self.tracker.started(p);
+                self.tracker.started(p, at);
                 false
             }
             exec::Event::Exec { pid, at, record: None } => {
@@ -370,7 +370,7 @@ impl Agent {
                     Err(quick) => {
                         let now = OffsetDateTime::now_utc();
                         for p in quick.started {
-                            self.tracker.started(p);
+                            self.tracker.seen(p);
                         }
                         for pid in quick.gone {
                             self.tracker.ended(pid, now);

@@ -43,6 +43,16 @@ pub struct Tracker {
     ended: HashMap<ProcessKey, OffsetDateTime>,
     /// Execs seen but not read (the process was already gone).
     unread: Vec<proto::UnreadExec>,
+    /// Programs replaced by a later exec of their process before any report showed them.
+    passed: Vec<proto::PassedExec>,
+    /// When each process that exec'd while the agent watched did so (the last time): a program
+    /// known only from a scan (a fork child still running its parent's program) was not exec'd
+    /// and is not passed on as if it had been.
+    exec_at: HashMap<ProcessKey, OffsetDateTime>,
+    /// Processes the collector knows under an earlier program that exec'd and then ended before
+    /// a report: the last program goes out as an update ahead of the removal, or its run would
+    /// be in no report.
+    updated_then_ended: Vec<Process>,
     /// File changes not reported yet, oldest first. Not part of any snapshot: each goes out once,
     /// in a delta.
     files: std::collections::VecDeque<proto::FileChange>,
@@ -82,8 +92,29 @@ impl Tracker {
         self.snapshot_due
     }
 
-    /// A process started (or exec'd another program under the same pid).
-    pub fn started(&mut self, p: Process) {
+    /// A process exec'd at `at`: a new program under a new or the same pid. A program it replaces
+    /// that no report showed is kept, to go out as a passed exec.
+    pub fn started(&mut self, p: Process, at: OffsetDateTime) {
+        if let Some(old) = self.current.processes.get(&p.pid)
+            && old.start_time == p.start_time
+            && !same_program(old, &p)
+            && let Some(&since) = self.exec_at.get(&old.key())
+            && !self
+                .sent
+                .processes
+                .get(&p.pid)
+                .is_some_and(|s| s.start_time == old.start_time && same_program(s, old))
+        {
+            self.passed.push(proto::PassedExec { process: old.clone(), at: since, until: at });
+        }
+        self.exec_at.insert(p.key(), at);
+        self.current.processes.insert(p.pid, p);
+        self.changed.processes = true;
+    }
+
+    /// A process a quick look found (a fork child, or anything while exec events are not
+    /// available): not known to have exec'd.
+    pub fn seen(&mut self, p: Process) {
         self.current.processes.insert(p.pid, p);
         self.changed.processes = true;
     }
@@ -96,7 +127,11 @@ impl Tracker {
     /// Whether there is history (processes that came and went, unread execs) that only a delta
     /// can carry: send one before a snapshot.
     pub fn has_history(&self) -> bool {
-        !self.transient.is_empty() || !self.unread.is_empty() || !self.files.is_empty()
+        !self.transient.is_empty()
+            || !self.unread.is_empty()
+            || !self.passed.is_empty()
+            || !self.updated_then_ended.is_empty()
+            || !self.files.is_empty()
     }
 
     /// Changes to watched files, to go out with the next delta.
@@ -116,6 +151,9 @@ impl Tracker {
         self.changed.processes = true;
         match self.sent.processes.get(&pid) {
             Some(s) if s.start_time == p.start_time => {
+                if !same_program(s, &p) {
+                    self.updated_then_ended.push(p.clone());
+                }
                 self.ended.insert(p.key(), at);
             }
             // Never reported: it lived between two reports.
@@ -178,6 +216,9 @@ impl Tracker {
             processes.removed.push(Removed { key: p.key(), at });
             processes.added.push(p);
         }
+        // Removed by the diff (gone from `current`), updated first.
+        processes.updated.append(&mut self.updated_then_ended);
+        self.forget_ended_execs();
         // Sockets are compared and copied only where they changed: most deltas are about processes.
         // At most a report's worth of file changes; the rest go with the next (the tracker stays
         // dirty while any wait).
@@ -185,6 +226,7 @@ impl Tracker {
         let mut delta = Delta {
             processes,
             unread_execs: std::mem::take(&mut self.unread),
+            passed_execs: std::mem::take(&mut self.passed),
             files: self.files.drain(..n).collect(),
             ..Delta::default()
         };
@@ -206,7 +248,10 @@ impl Tracker {
         self.snapshot_due = false;
         self.transient.clear();
         self.unread.clear();
+        self.passed.clear();
+        self.updated_then_ended.clear();
         self.ended.clear();
+        self.forget_ended_execs();
         self.sent = Sent {
             processes: self.current.processes.clone(),
             listeners: fingerprints(&self.current.listeners),
@@ -219,6 +264,12 @@ impl Tracker {
             listeners: self.current.listeners.values().cloned().collect(),
             connections: self.current.connections.values().cloned().collect(),
         }
+    }
+
+    /// Exec times are kept only for processes still running.
+    fn forget_ended_execs(&mut self) {
+        let current = &self.current.processes;
+        self.exec_at.retain(|k, _| current.get(&k.pid).is_some_and(|p| p.start_time == k.start_time));
     }
 
     /// Changes waiting, for logs.
@@ -312,6 +363,12 @@ fn diff_processes(
     c
 }
 
+/// The same program: an exec that changes neither the executable nor the arguments is not told
+/// apart (as the collector tells an exec under a known pid).
+fn same_program(a: &Process, b: &Process) -> bool {
+    a.exe == b.exe && a.cmdline == b.cmdline
+}
+
 /// The same process as far as a report goes: everything equal but CPU within 10 points and memory
 /// within a quarter of what was last sent. Usage moves every scan; reporting every wiggle would
 /// turn a quiet host into a stream of updates.
@@ -384,7 +441,7 @@ mod tests {
         assert_eq!((s.processes.len(), tr.snapshot_due(), tr.is_dirty()), (2, false, false));
 
         // A process started and one ended: added and removed.
-        tr.started(p(20, "nginx", 5));
+        tr.started(p(20, "nginx", 5), t(2));
         tr.ended(10, t(3));
         assert!(tr.is_dirty());
         let d = tr.take_delta(t(4));
@@ -403,7 +460,7 @@ mod tests {
     fn a_process_that_lived_between_two_reports_is_in_the_delta() {
         let mut tr = Tracker::new();
         tr.take_snapshot(t(0));
-        tr.started(p(30, "blip", 7));
+        tr.started(p(30, "blip", 7), t(7));
         tr.ended(30, t(8));
         let d = tr.take_delta(t(9));
         assert_eq!(d.processes.added.iter().map(|p| p.pid).collect::<Vec<_>>(), [30]);
@@ -416,7 +473,7 @@ mod tests {
         tr.set_processes(vec![p(1, "init", 0)], t(0));
         tr.take_snapshot(t(0));
         // Its exec event was handled; it ended; a scan ran before its exit event was handled.
-        tr.started(p(31, "blip", 7));
+        tr.started(p(31, "blip", 7), t(7));
         tr.set_processes(vec![p(1, "init", 0)], t(9));
         tr.ended(31, t(8));
         let d = tr.take_delta(t(10));
@@ -435,12 +492,79 @@ mod tests {
         tr.take_snapshot(t(0));
         let mut execd = p(40, "python3", 1);
         execd.cmdline = vec!["python3".into(), "app.py".into()];
-        tr.started(execd);
+        tr.started(execd, t(5));
         tr.set_processes(vec![tr_current(&tr, 40), p(41, "new", 9)], t(0));
         let d = tr.take_delta(t(10));
         assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["python3"]);
         assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(d.processes.removed.iter().map(|r| r.key.pid).collect::<Vec<_>>(), [41]);
+    }
+
+    /// `p(pid, name, start)` running another program: same pid and start time.
+    fn execs(p: &Process, name: &str) -> Process {
+        Process {
+            name: name.into(),
+            exe: Some(format!("/tmp/{name}")),
+            cmdline: vec![name.into()],
+            ..p.clone()
+        }
+    }
+
+    #[test]
+    fn a_program_replaced_by_an_exec_before_any_report_is_a_passed_exec() {
+        let mut tr = Tracker::new();
+        tr.take_snapshot(t(0));
+        // A dropper that execs its payload, which execs a third program, all within one report.
+        let first = p(60, "dropper", 1);
+        tr.started(execs(&first, "dropper"), t(1));
+        tr.started(execs(&first, "payload"), t(2));
+        tr.started(execs(&first, "miner"), t(3));
+        let d = tr.take_delta(t(4));
+        let passed: Vec<_> =
+            d.passed_execs.iter().map(|x| (x.process.name.as_str(), x.at, x.until)).collect();
+        assert_eq!(passed, [("dropper", t(1), t(2)), ("payload", t(2), t(3))]);
+        assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["miner"]);
+        // The same again later: the reported program is not passed on a second time.
+        tr.started(execs(&first, "sleep"), t(5));
+        let d = tr.take_delta(t(6));
+        assert!(d.passed_execs.is_empty(), "{:?}", d.passed_execs);
+        assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["sleep"]);
+    }
+
+    #[test]
+    fn a_fork_child_read_by_a_scan_is_not_an_exec() {
+        let mut tr = Tracker::new();
+        tr.take_snapshot(t(0));
+        // A scan found the child still running its parent's program; then it exec'd.
+        let child = p(61, "sh", 1);
+        tr.set_processes(vec![child.clone()], t(1));
+        tr.started(execs(&child, "job"), t(2));
+        let d = tr.take_delta(t(3));
+        assert!(d.passed_execs.is_empty(), "{:?}", d.passed_execs);
+        assert_eq!(d.processes.added.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["job"]);
+    }
+
+    #[test]
+    fn a_reported_process_that_execs_and_ends_before_the_next_report_is_updated_then_removed() {
+        let mut tr = Tracker::new();
+        // The collector knows the fork child as `sh`; it execs a 20 ms program, which ends.
+        let child = p(62, "sh", 1);
+        tr.set_processes(vec![child.clone()], t(0));
+        tr.take_snapshot(t(0));
+        tr.started(execs(&child, "blip"), t(1));
+        tr.ended(62, t(2));
+        let d = tr.take_delta(t(3));
+        assert_eq!(d.processes.updated.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["blip"]);
+        assert_eq!(d.processes.removed.iter().map(|r| (r.key.pid, r.at)).collect::<Vec<_>>(), [(62, t(2))]);
+        assert!(d.processes.added.is_empty() && d.passed_execs.is_empty());
+        // A reported process that simply ends is only removed.
+        let plain = p(63, "worker", 1);
+        tr.set_processes(vec![plain], t(4));
+        tr.take_delta(t(4));
+        tr.ended(63, t(5));
+        let d = tr.take_delta(t(6));
+        assert!(d.processes.updated.is_empty());
+        assert_eq!(d.processes.removed.len(), 1);
     }
 
     #[test]

@@ -237,7 +237,7 @@ pub enum Content {
     /// The whole state: replaces what is stored.
     Snapshot(HostState),
     /// What changed since the report before.
-    Delta(StateDelta),
+    Delta(Box<StateDelta>),
     /// Nothing: the agent is alive.
     Heartbeat,
 }
@@ -250,8 +250,18 @@ pub struct StateDelta {
     pub connections: ChangeSet<Connection, ConnectionKey>,
     /// Execs the agent saw but could not read: pid and time.
     pub unread_execs: Vec<(u32, OffsetDateTime)>,
+    /// Programs processes ran and left by a later exec before any report showed them.
+    pub passed_execs: Vec<PassedExec>,
     /// Changes to watched files, as the agent sent them.
     pub files: Vec<proto::FileChange>,
+}
+
+/// A program a process ran from `at` until its next exec at `until`: history, not state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassedExec {
+    pub process: Process,
+    pub at: OffsetDateTime,
+    pub until: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -717,7 +727,7 @@ impl From<proto::Report> for ReportRecord {
                 listeners: s.listeners.into_iter().map(Into::into).collect(),
                 connections: s.connections.into_iter().map(Into::into).collect(),
             }),
-            (None, Some(d)) => Content::Delta(StateDelta {
+            (None, Some(d)) => Content::Delta(Box::new(StateDelta {
                 processes: changes(d.processes, |k| ProcessKey { pid: k.pid, start_time: k.start_time }),
                 listeners: changes(d.listeners, |k| ListenerKey {
                     protocol: k.protocol,
@@ -732,8 +742,13 @@ impl From<proto::Report> for ReportRecord {
                     netns: k.netns,
                 }),
                 unread_execs: d.unread_execs.into_iter().map(|u| (u.pid, u.at)).collect(),
+                passed_execs: d
+                    .passed_execs
+                    .into_iter()
+                    .map(|x| PassedExec { process: x.process.into(), at: x.at, until: x.until })
+                    .collect(),
                 files: d.files,
-            }),
+            })),
             (None, None) => Content::Heartbeat,
         };
         ReportRecord {

@@ -24,6 +24,12 @@ pub struct Delta {
     /// could be. Only the pid and the time are known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unread_execs: Vec<UnreadExec>,
+    /// Programs a process ran and left by a later exec under the same pid before any report
+    /// showed them (a dropper that execs its payload, `sh -c 'exec …'`), oldest first. The
+    /// process's state (`processes`) has only its last program; these are history, each judged
+    /// as gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_execs: Vec<PassedExec>,
     /// Changes to watched files since the report before, in the order seen. Files are not part
     /// of a snapshot (the agent's manifest holds them); a change is reported once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -36,6 +42,17 @@ pub struct UnreadExec {
     pub pid: u32,
     #[serde(with = "timestamp")]
     pub at: OffsetDateTime,
+}
+
+/// A program that a process ran from `at` (its exec) until `until` (the next exec of the same
+/// process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassedExec {
+    pub process: Process,
+    #[serde(with = "timestamp")]
+    pub at: OffsetDateTime,
+    #[serde(with = "timestamp")]
+    pub until: OffsetDateTime,
 }
 
 /// Items that appeared, items whose fields changed (same key), and keys of items that went.
@@ -174,6 +191,10 @@ impl Validate for Delta {
         }
         each("processes", &self.processes, limits::MAX_PROCESSES)?;
         count("unread_execs", &self.unread_execs, limits::MAX_PROCESSES)?;
+        count("passed_execs", &self.passed_execs, limits::MAX_PROCESSES)?;
+        for (i, x) in self.passed_execs.iter().enumerate() {
+            x.process.validate().map_err(|e| e.within(&format!("passed_execs[{i}]")))?;
+        }
         each("listeners", &self.listeners, limits::MAX_LISTENERS)?;
         each("connections", &self.connections, limits::MAX_CONNECTIONS)?;
         count("files", &self.files, limits::MAX_FILE_CHANGES)?;

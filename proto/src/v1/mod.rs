@@ -17,7 +17,7 @@ pub use api::{
     LearnedBaseline, Located, ProcessEvent, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
-pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, ProcessKey, Removed, UnreadExec};
+pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, PassedExec, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
 pub use finding::{Ack, CreateSilence, Finding, FindingKind, FindingStatus, Severity, Silence, UnknownName};

@@ -586,7 +586,7 @@ impl Store for SqliteStore {
                     // state it leaves may miss what the skipped reports said, so a snapshot must
                     // follow.
                     Content::Delta(d) => {
-                        recorded = state::apply(tx, host_id, d, !first, judging)?;
+                        recorded = state::apply(tx, host_id, d, now, !first, judging)?;
                         Applied::Applied { gap, resync: !same_session || gap.is_some() }
                     }
                     Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
@@ -948,6 +948,11 @@ pub(crate) async fn count_rows(store: &SqliteStore, table: &'static str) -> i64 
 
 #[cfg(test)]
 mod tests {
+    /// A delta as a report's content.
+    fn delta_content(d: StateDelta) -> Content {
+        Content::Delta(Box::new(d))
+    }
+
     use super::*;
     use crate::model::{AgentInfo, ChangeSet, Connection as Conn, Listener, Process, StateDelta};
     use hostwatch_proto::v1::{Direction, Protocol};
@@ -1109,7 +1114,7 @@ mod tests {
     }
 
     fn delta_of(added: Vec<Process>, removed: Vec<(Process, i64)>) -> Content {
-        Content::Delta(StateDelta {
+        delta_content(StateDelta {
             processes: ChangeSet {
                 added,
                 updated: vec![],
@@ -1250,13 +1255,13 @@ mod tests {
             netns: None,
         };
         let opens = |l: &Listener| {
-            Content::Delta(StateDelta {
+            delta_content(StateDelta {
                 listeners: ChangeSet { added: vec![l.clone()], ..Default::default() },
                 ..Default::default()
             })
         };
         let closes = |l: &Listener, t: i64| {
-            Content::Delta(StateDelta {
+            delta_content(StateDelta {
                 listeners: ChangeSet { removed: vec![(l.key(), at(t))], ..Default::default() },
                 ..Default::default()
             })
@@ -1264,7 +1269,7 @@ mod tests {
         let late = ReportRecord { backlog: 2, ..record(1, 3, opens(&l)) };
         let (_, rec) = s.apply_report(id, &late, at(20)).await.unwrap();
         assert!(matches!(rec.started.as_slice(), [Started { ended: None, new: true, .. }]));
-        let nothing = record(1, 4, Content::Delta(StateDelta::default()));
+        let nothing = record(1, 4, delta_content(StateDelta::default()));
         s.apply_report(id, &ReportRecord { backlog: 1, ..nothing }, at(20)).await.unwrap();
         let (_, rec) = s.apply_report(id, &record(1, 5, closes(&l, 12)), at(21)).await.unwrap();
         assert!(
@@ -1281,6 +1286,72 @@ mod tests {
         let snap = record(2, 1, Content::Snapshot(HostState::default()));
         let (_, rec) = s.apply_report(id, &snap, at(41)).await.unwrap();
         assert!(rec.started.is_empty(), "{rec:?}");
+    }
+
+    #[tokio::test]
+    async fn programs_left_by_a_later_exec_are_history_and_judged_gone_never_state() {
+        use crate::model::{Item, PassedExec, Started};
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let sh = process(20, "sh", 1);
+        let first =
+            record(1, 1, Content::Snapshot(HostState { processes: vec![sh.clone()], ..Default::default() }));
+        s.apply_report(id, &first, at(2)).await.unwrap();
+        // pid 20 ran a dropper (exec at 3), which exec'd its payload (at 4); the payload is what
+        // the state holds.
+        let program =
+            |name: &str| Process { name: name.into(), exe: Some(format!("/tmp/{name}")), ..sh.clone() };
+        let d = StateDelta {
+            processes: ChangeSet { updated: vec![program("payload")], ..Default::default() },
+            passed_execs: vec![PassedExec { process: program("dropper"), at: at(3), until: at(4) }],
+            ..Default::default()
+        };
+        let (_, rec) = s.apply_report(id, &record(1, 2, delta_content(d)), at(5)).await.unwrap();
+        let got: Vec<(&str, Option<OffsetDateTime>, Option<OffsetDateTime>)> = rec
+            .started
+            .iter()
+            .map(|s: &Started| match &s.item {
+                Item::Process(p) => (p.name.as_str(), s.at, s.ended),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [("payload", Some(at(5)), None), ("dropper", Some(at(3)), Some(at(4)))]);
+        let state = s.host_state(id).await.unwrap();
+        assert_eq!(state.processes.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["payload"]);
+        let filter = HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() };
+        let execs: Vec<(Option<String>, OffsetDateTime)> = s
+            .process_events(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "exec")
+            .map(|e| (e.name, e.at))
+            .collect();
+        assert!(execs.contains(&(Some("dropper".into()), at(3))), "{execs:?}");
+
+        // A known process that exec'd and ended between two reports: its exec is dated no later
+        // than its end, not when the report arrived.
+        let d = StateDelta {
+            processes: ChangeSet {
+                updated: vec![program("blip")],
+                removed: vec![(sh.key(), at(6))],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, rec) = s.apply_report(id, &record(1, 3, delta_content(d)), at(9)).await.unwrap();
+        assert!(
+            matches!(rec.started.as_slice(), [Started { ended: Some(e), new: true, .. }] if *e == at(6)),
+            "{rec:?}"
+        );
+        let blip = s
+            .process_events(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.kind == "exec" && e.name.as_deref() == Some("blip"))
+            .unwrap();
+        assert_eq!(blip.at, at(6));
     }
 
     #[tokio::test]
@@ -1302,12 +1373,12 @@ mod tests {
             listeners: ChangeSet { added: vec![l.clone()], ..Default::default() },
             ..Default::default()
         };
-        s.apply_report(id, &record(1, 2, Content::Delta(d)), at(2)).await.unwrap();
+        s.apply_report(id, &record(1, 2, delta_content(d)), at(2)).await.unwrap();
         let d = StateDelta {
             listeners: ChangeSet { removed: vec![(l.key(), at(3))], ..Default::default() },
             ..Default::default()
         };
-        s.apply_report(id, &record(1, 3, Content::Delta(d)), at(4)).await.unwrap();
+        s.apply_report(id, &record(1, 3, delta_content(d)), at(4)).await.unwrap();
         let ev = s
             .socket_events(&HistoryFilter { host_id: Some(id), limit: 10, ..Default::default() })
             .await

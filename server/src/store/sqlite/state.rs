@@ -88,9 +88,10 @@ pub(super) fn replace(
         listeners: diff(&old.listeners, &new.listeners, Listener::key, now),
         connections: diff(&old.connections, &new.connections, Connection::key, now),
         unread_execs: Vec::new(),
+        passed_execs: Vec::new(),
         files: Vec::new(),
     };
-    apply(tx, host_id, &delta, history, judging)
+    apply(tx, host_id, &delta, now, history, judging)
 }
 
 /// Where the report being applied stands in its agent's sequence: its own number, and the last
@@ -159,6 +160,7 @@ pub(super) fn apply(
     tx: &Transaction<'_>,
     host_id: i64,
     d: &StateDelta,
+    now: OffsetDateTime,
     history: bool,
     judging: Judging,
 ) -> Result<Recorded> {
@@ -175,15 +177,18 @@ pub(super) fn apply(
             start(Item::Process(p.clone()), p.start_time);
         }
     }
+    let ends: HashMap<ProcessKey, OffsetDateTime> = d.processes.removed.iter().copied().collect();
     for p in &d.processes.updated {
         let before = get_process(tx, host_id, p.key())?;
         // The same process running another program: an exec without a new pid.
         let execed = before.as_ref().is_none_or(|b| b.exe != p.exe || b.cmdline != p.cmdline);
         put_process(tx, host_id, p, execed.then_some(through))?;
         if history && execed {
-            let now = OffsetDateTime::now_utc();
-            process_event(tx, host_id, "exec", p.key(), Some(p), now)?;
-            start(Item::Process(p.clone()), now);
+            // No exec time on the wire for an update: when it arrived, or before the process's
+            // end if the same delta ends it (a program that ran and ended between two reports).
+            let at = ends.get(&p.key()).map_or(now, |end| now.min(*end));
+            process_event(tx, host_id, "exec", p.key(), Some(p), at)?;
+            start(Item::Process(p.clone()), at);
         }
     }
     if history {
@@ -223,7 +228,6 @@ pub(super) fn apply(
         delete_listener(tx, host_id, l.key())?;
         put_listener(tx, host_id, l, prior.unwrap_or(through))?;
         if history && prior.is_none() {
-            let now = OffsetDateTime::now_utc();
             socket_event(tx, host_id, "open", &SocketRow::of_listener(l), now)?;
             start(Item::Listener(l.clone()), now);
         }
@@ -245,7 +249,6 @@ pub(super) fn apply(
         delete_connection(tx, host_id, c.key())?;
         put_connection(tx, host_id, c, prior.unwrap_or(through))?;
         if history && prior.is_none() {
-            let now = OffsetDateTime::now_utc();
             socket_event(tx, host_id, "open", &SocketRow::of_connection(c), now)?;
             start(Item::Connection(c.clone()), now);
         }
@@ -279,6 +282,19 @@ pub(super) fn apply(
     // Those this very report started are judged as gone already, once.
     let here: std::collections::HashSet<ItemKey> = started.iter().map(|s| ItemKey::of(&s.item)).collect();
     started.extend(vanished.into_iter().filter(|v| !here.contains(&ItemKey::of(&v.item))));
+    // Programs left by a later exec: in the history, and judged as gone; never state (the
+    // process's record is its last program).
+    if history {
+        for x in &d.passed_execs {
+            process_event(tx, host_id, "exec", x.process.key(), Some(&x.process), x.at)?;
+            started.push(Started {
+                item: Item::Process(x.process.clone()),
+                at: Some(x.at),
+                ended: Some(x.until),
+                new: true,
+            });
+        }
+    }
     Ok(Recorded { started })
 }
 
