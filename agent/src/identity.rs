@@ -34,12 +34,16 @@ pub struct Identity {
     pub host_id: i64,
     pub node_key: Secret,
     pub machine_id: String,
+    /// The cloud instance it was issued on, where the agent knew it.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct IdentityFile {
     host_id: i64,
     machine_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance_id: Option<String>,
     server: String,
 }
 
@@ -52,6 +56,7 @@ pub struct StateDir {
 const NODE_KEY: &str = "node-key";
 const IDENTITY: &str = "identity.json";
 const AGENT_ID: &str = "agent-id";
+const SPOOL: &str = "spool";
 
 impl StateDir {
     /// Opens the directory, creating it mode 0700 if needed, and making an existing one that
@@ -71,8 +76,14 @@ impl StateDir {
         &self.path
     }
 
-    /// The stored identity, if it belongs to this machine and this collector.
-    pub fn load(&self, machine_id: &str, server: &Url) -> Result<Option<Identity>, StateError> {
+    /// The stored identity, if it belongs to this machine (its machine id, and its cloud instance
+    /// where both are known) and this collector.
+    pub fn load(
+        &self,
+        machine_id: &str,
+        instance_id: Option<&str>,
+        server: &Url,
+    ) -> Result<Option<Identity>, StateError> {
         let id_path = self.path.join(IDENTITY);
         let text = match fs::read_to_string(&id_path) {
             Ok(t) => t,
@@ -95,6 +106,17 @@ impl StateDir {
             );
             return Ok(None);
         }
+        // An image baked with a key and a fixed machine id, booted as another instance.
+        if let (Some(stored), Some(current)) = (file.instance_id.as_deref(), instance_id)
+            && stored != current
+        {
+            tracing::warn!(
+                stored,
+                current,
+                "this instance is not the one the node key was issued to (an image with a baked identity?); enrolling again"
+            );
+            return Ok(None);
+        }
         if file.server != server.as_str() {
             tracing::info!(stored = %file.server, configured = %server, "collector URL changed; trying the stored node key");
         }
@@ -110,7 +132,12 @@ impl StateDir {
         if key.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Identity { host_id: file.host_id, node_key: Secret::new(key), machine_id: file.machine_id }))
+        Ok(Some(Identity {
+            host_id: file.host_id,
+            node_key: Secret::new(key),
+            machine_id: file.machine_id,
+            instance_id: file.instance_id,
+        }))
     }
 
     /// Stores an identity: the key first (mode 0600), then the file that makes it valid.
@@ -119,6 +146,7 @@ impl StateDir {
         let file = IdentityFile {
             host_id: id.host_id,
             machine_id: id.machine_id.clone(),
+            instance_id: id.instance_id.clone(),
             server: server.to_string(),
         };
         let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
@@ -127,7 +155,37 @@ impl StateDir {
 
     /// Drops the identity (the collector no longer knows the key).
     pub fn forget(&self) -> Result<(), StateError> {
-        for name in [IDENTITY, NODE_KEY] {
+        self.remove(&[IDENTITY, NODE_KEY])
+    }
+
+    /// For an image bake (`hostwatch-agent reset-identity`): everything that makes this agent
+    /// this host (identity, node key, generated machine id) and the reports spooled under it go;
+    /// the file manifest stays, so the image's files are the baseline of every instance. Returns
+    /// what was removed.
+    pub fn reset(&self) -> Result<Vec<PathBuf>, StateError> {
+        let mut removed = Vec::new();
+        for name in [IDENTITY, NODE_KEY, AGENT_ID] {
+            if self.path.join(name).exists() {
+                removed.push(self.path.join(name));
+            }
+        }
+        self.remove(&[IDENTITY, NODE_KEY, AGENT_ID])?;
+        let spool = self.path.join(SPOOL);
+        match fs::remove_dir_all(&spool) {
+            Ok(()) => removed.push(spool),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError { action: "remove", path: spool, source }),
+        }
+        Ok(removed)
+    }
+
+    /// Where reports wait to be sent.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.path.join(SPOOL)
+    }
+
+    fn remove(&self, names: &[&str]) -> Result<(), StateError> {
+        for name in names {
             let p = self.path.join(name);
             match fs::remove_file(&p) {
                 Ok(()) => {}
@@ -224,20 +282,50 @@ mod tests {
         let dir = StateDir::open(&d.path().join("state")).unwrap();
         assert_eq!(fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
         let server = url("http://127.0.0.1:1/");
-        assert!(dir.load("m1", &server).unwrap().is_none());
-        let id = Identity { host_id: 3, node_key: Secret::new("hwn_k"), machine_id: "m1".into() };
+        assert!(dir.load("m1", None, &server).unwrap().is_none());
+        let id = Identity {
+            host_id: 3,
+            node_key: Secret::new("hwn_k"),
+            machine_id: "m1".into(),
+            instance_id: Some("i-1".into()),
+        };
         dir.save(&id, &server).unwrap();
         let key_mode = fs::metadata(dir.path().join(NODE_KEY)).unwrap().permissions().mode() & 0o777;
         assert_eq!(key_mode, 0o600);
-        let back = dir.load("m1", &server).unwrap().unwrap();
+        let back = dir.load("m1", Some("i-1"), &server).unwrap().unwrap();
         assert_eq!((back.host_id, back.node_key.expose()), (3, "hwn_k"));
-        assert!(dir.load("m2", &server).unwrap().is_none(), "another machine must enroll again");
+        assert!(dir.load("m2", Some("i-1"), &server).unwrap().is_none(), "another machine must enroll again");
         assert!(
-            dir.load("m1", &url("http://other:1/")).unwrap().is_some(),
+            dir.load("m1", Some("i-2"), &server).unwrap().is_none(),
+            "the same machine id on another instance (a baked image) must enroll again"
+        );
+        assert!(dir.load("m1", None, &server).unwrap().is_some(), "no cloud now: the machine id decides");
+        assert!(
+            dir.load("m1", Some("i-1"), &url("http://other:1/")).unwrap().is_some(),
             "another URL keeps the key until the collector refuses it"
         );
         dir.forget().unwrap();
-        assert!(dir.load("m1", &server).unwrap().is_none());
+        assert!(dir.load("m1", Some("i-1"), &server).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reset_for_an_image_keeps_the_file_manifest_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(d.path()).unwrap();
+        let server = url("http://127.0.0.1:1/");
+        let id =
+            Identity { host_id: 1, node_key: Secret::new("k"), machine_id: "m".into(), instance_id: None };
+        dir.save(&id, &server).unwrap();
+        dir.agent_id().unwrap();
+        fs::create_dir_all(dir.spool_dir()).unwrap();
+        fs::write(dir.spool_dir().join("00000000000000000001.json"), "{}").unwrap();
+        fs::write(d.path().join("files.manifest"), "kept").unwrap();
+        let removed = dir.reset().unwrap();
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        assert!(dir.load("m", None, &server).unwrap().is_none());
+        assert!(!d.path().join(AGENT_ID).exists() && !dir.spool_dir().exists());
+        assert_eq!(fs::read_to_string(d.path().join("files.manifest")).unwrap(), "kept");
+        assert!(dir.reset().unwrap().is_empty(), "a second reset finds nothing");
     }
 
     #[test]
@@ -245,11 +333,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir = StateDir::open(d.path()).unwrap();
         let server = url("http://127.0.0.1:1/");
-        dir.save(&Identity { host_id: 1, node_key: Secret::new("k"), machine_id: "m".into() }, &server)
-            .unwrap();
+        let id =
+            Identity { host_id: 1, node_key: Secret::new("k"), machine_id: "m".into(), instance_id: None };
+        dir.save(&id, &server).unwrap();
         let key = d.path().join(NODE_KEY);
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(dir.load("m", &server).unwrap().is_some());
+        assert!(dir.load("m", None, &server).unwrap().is_some());
         assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     }
 

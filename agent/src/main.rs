@@ -34,6 +34,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Json)]
         output: Output,
     },
+    /// Before baking an image: remove this agent's identity (node key, host id, generated
+    /// machine id) and its spooled reports, keeping the file manifest, so that every instance
+    /// booted from the image enrolls as itself. Run with the agent stopped.
+    ResetIdentity,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(loaded.config),
         Command::Snapshot { output: Output::Json } => print_snapshot(&loaded.config),
+        Command::ResetIdentity => reset_identity(&loaded.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +104,18 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
         let shutdown = signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?;
         hostwatch_agent::run(config, shutdown).await.context("agent failed")
     })
+}
+
+fn reset_identity(config: &AgentConfig) -> anyhow::Result<()> {
+    let state = hostwatch_agent::identity::StateDir::open(&config.state_dir)?;
+    let removed = state.reset()?;
+    if removed.is_empty() {
+        println!("no identity in {}: nothing to reset", config.state_dir.display());
+    }
+    for p in &removed {
+        println!("removed {}", p.display());
+    }
+    Ok(())
 }
 
 fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {

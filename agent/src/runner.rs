@@ -65,7 +65,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let state = StateDir::open(&config.state_dir)?;
     let client = CollectorClient::new(server.clone(), &config.tls).map_err(AgentError::Client)?;
     let root = HostRoot::new(&config.host_root);
-    let spool = Spool::open(&state.path().join("spool"), config.spool_max_bytes)?;
+    let spool = Spool::open(&state.spool_dir(), config.spool_max_bytes)?;
     info!(
         server = %server, interval = %humantime::format_duration(config.interval),
         state_dir = %config.state_dir.display(), host_root = %config.host_root.display(),
@@ -445,6 +445,11 @@ impl Agent {
         }
     }
 
+    /// The cloud instance this agent runs on, as the metadata service said (none off a cloud).
+    fn instance_id(&self) -> Option<String> {
+        self.cloud.borrow().as_ref().and_then(Detection::facts).map(|f| f.instance_id.clone())
+    }
+
     fn host_facts(&self, machine_id: &str) -> proto::HostFacts {
         let host = match &self.observer {
             Some(o) => o.host().clone(),
@@ -567,7 +572,8 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
         loop {
             let machine_id = self.machine_id()?;
-            let attempt = match self.state.load(&machine_id, self.client.base())? {
+            let instance_id = self.instance_id();
+            let attempt = match self.state.load(&machine_id, instance_id.as_deref(), self.client.base())? {
                 Some(id) => {
                     info!(host_id = id.host_id, "using stored node key");
                     Ok(id)
@@ -594,6 +600,7 @@ impl Agent {
                                 host_id: resp.host_id,
                                 node_key: Secret::new(resp.node_key),
                                 machine_id,
+                                instance_id,
                             };
                             self.state.save(&id, self.client.base())?;
                             info!(host_id = id.host_id, "enrolled");

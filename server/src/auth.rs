@@ -8,11 +8,13 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use hostwatch_proto::v1::{API_TOKEN_PREFIX, NODE_KEY_PREFIX};
+use hostwatch_proto::v1::{API_TOKEN_PREFIX, CredentialState, NODE_KEY_PREFIX};
+use time::OffsetDateTime;
 
 use crate::api::ApiError;
 use crate::secrets;
 use crate::state::AppState;
+use crate::store::SecretRecord;
 
 /// A person's or tool's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,7 +102,18 @@ impl FromRequestParts<AppState> for Person {
             .store
             .find_api_token(&secrets::hash(token))
             .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API token"))?;
+            .ok_or_else(|| ApiError::unauthorized("unknown API token"))?;
+        // The caller holds this very token: saying why it no longer works tells them nothing new.
+        let now = OffsetDateTime::now_utc();
+        match CredentialState::at(now, rec.expires_at, rec.revoked_at) {
+            CredentialState::Active => {}
+            CredentialState::Revoked => {
+                return Err(ApiError::unauthorized(format!("API token `{}` was revoked", rec.name)));
+            }
+            CredentialState::Expired => {
+                return Err(ApiError::unauthorized(format!("API token `{}` has expired", rec.name)));
+            }
+        }
         let role = Role::parse(&rec.role)
             .ok_or_else(|| ApiError::internal(format!("token {} has an unknown role", rec.id)))?;
         Ok(Person { token_id: rec.id, name: rec.name, role })
@@ -121,11 +134,21 @@ impl FromRequestParts<AppState> for Agent {
     }
 }
 
-/// Checks an enroll secret; returns its id.
-pub async fn check_enroll_secret(state: &AppState, secret: &str) -> Result<i64, ApiError> {
-    state
+/// Checks an enroll secret: it must exist, be unrevoked and unexpired. Returns it, for the tags
+/// it assigns.
+pub async fn check_enroll_secret(state: &AppState, secret: &str) -> Result<SecretRecord, ApiError> {
+    let rec = state
         .store
         .find_enroll_secret(&secrets::hash(secret))
         .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked enroll secret"))
+        .ok_or_else(|| ApiError::unauthorized("unknown enroll secret"))?;
+    match CredentialState::at(OffsetDateTime::now_utc(), rec.expires_at, rec.revoked_at) {
+        CredentialState::Active => Ok(rec),
+        CredentialState::Revoked => {
+            Err(ApiError::unauthorized(format!("enroll secret `{}` was revoked", rec.name)))
+        }
+        CredentialState::Expired => {
+            Err(ApiError::unauthorized(format!("enroll secret `{}` has expired", rec.name)))
+        }
+    }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use crate::alerts::{SinkConfig, Target};
 use crate::listen::ConnLimits;
 use crate::state::Limits;
+use crate::tags::TagPolicy;
 use crate::tls::TlsFiles;
 
 /// Where `hostwatch serve` looks for its file when `--config` is not given.
@@ -132,6 +133,19 @@ struct RawServerConfig {
     /// What one caller may take of the collector.
     #[serde(default)]
     limits: RawLimits,
+    /// How far hosts' own word on their tags is trusted.
+    #[serde(default)]
+    tags: RawTags,
+}
+
+/// `[tags]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTags {
+    /// Keys whose values follow what agents report after they enrolled (`["*"]`: every key).
+    /// Other keys keep the value reported at enrollment; an enroll secret's tags beat both.
+    #[serde(default)]
+    from_agents: TagPolicy,
 }
 
 /// `[tls]` as written.
@@ -256,6 +270,8 @@ pub struct ServerConfig {
     pub conn_limits: ConnLimits,
     /// `[limits]`: bodies and rates.
     pub limits: Limits,
+    /// `[tags] from_agents`.
+    pub tag_policy: TagPolicy,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -441,6 +457,7 @@ impl ServerConfig {
                 tls,
                 conn_limits,
                 limits,
+                tag_policy: raw.tags.from_agents.clone(),
             },
             warnings,
         })
@@ -463,6 +480,8 @@ impl ServerConfig {
             tls: None,
             conn_limits: ConnLimits::default(),
             limits: Limits::default(),
+            // The only agent is the collector's own, on this machine.
+            tag_policy: TagPolicy::trust_agents(),
         }
     }
 }

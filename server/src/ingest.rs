@@ -11,19 +11,42 @@ use crate::engine::{self, Target};
 use crate::model::{Applied, Content, FindingChange, Host, HostState, Recorded, ReportRecord};
 use crate::state::{AppState, LoadedBaselines};
 use crate::store::StoreError;
+use crate::tags;
 
 /// Records one validated report and, if it changed the host's state, explains the host again and
 /// judges every start the report recorded, whether or not its item still exists. Returns whether
 /// the agent must send a snapshot next (its report did not follow the last one applied).
-pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<bool, StoreError> {
+pub async fn ingest(state: &AppState, host_id: i64, mut record: ReportRecord) -> Result<bool, StoreError> {
     let _turn = state.lock_host(host_id).await;
     let now = OffsetDateTime::now_utc();
+    // The tags the host is judged by, from what it reports only as far as `[tags]` allows.
+    if let Some(t) = state.store.host_tags(host_id).await? {
+        let reported = &record.facts.reported_tags;
+        let judged = tags::after_report(&state.settings.tag_policy, &t.held, reported, &t.assigned);
+        let ignored = tags::overridden(&judged, reported);
+        if !ignored.is_empty() && t.reported != *reported {
+            warn!(host_id, ignored = ?ignored, judged_by = ?judged, "host reports tags it is not judged by (see [tags] from_agents and its enroll secret's tags)");
+        }
+        record.facts.tags = judged;
+    }
     let lost = record.lost;
     let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
     let (applied, recorded) = state.store.apply_report(host_id, &record, now).await?;
     let limit = state.settings.max_new_findings_per_minute;
     // Reporting again: no longer offline.
     state.store.resolve_kind(host_id, hostwatch_proto::v1::FindingKind::AgentOffline, now).await?;
+    if let Some(sessions) = recorded.sessions_alternate {
+        warn!(host_id, sessions = ?sessions, "two agents report under one node key");
+        state
+            .store
+            .record_findings(
+                host_id,
+                &[engine::shared_node_key(host_id, sessions)],
+                state.settings.max_new_findings_per_minute,
+                now,
+            )
+            .await?;
+    }
     if let Some(obs) = engine::data_lost(lost, applied.gap()) {
         warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
         state.store.record_findings(host_id, &[obs], limit, now).await?;

@@ -24,4 +24,5 @@ pub mod secrets;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod tags;
 pub mod tls;

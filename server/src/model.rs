@@ -198,7 +198,10 @@ pub struct HostFacts {
     pub kernel: String,
     pub arch: String,
     pub boot_time: Option<OffsetDateTime>,
+    /// The tags the host is judged by ([`crate::tags`] decides them).
     pub tags: BTreeMap<String, String>,
+    /// The tags as the host last reported them (its configuration and its cloud's instance tags).
+    pub reported_tags: BTreeMap<String, String>,
     /// The cloud's word on the instance, as the agent last relayed it.
     pub cloud: Option<proto::CloudFacts>,
 }
@@ -495,6 +498,9 @@ pub struct Started {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Recorded {
     pub started: Vec<Started>,
+    /// (the newer session, the earlier one that reported again): two agents share the host's
+    /// node key.
+    pub sessions_alternate: Option<(u64, u64)>,
 }
 
 /// A finding as stored.
@@ -701,6 +707,7 @@ impl From<proto::HostFacts> for HostFacts {
             kernel: h.kernel,
             arch: h.arch,
             boot_time: h.boot_time,
+            reported_tags: h.tags.clone(),
             tags: h.tags,
             cloud: h.cloud,
         }

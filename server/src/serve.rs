@@ -14,7 +14,6 @@ use anyhow::Context;
 use hostwatch_agent::config::Secret;
 use hostwatch_agent::identity::write_private;
 use hostwatch_proto::v1::{API_TOKEN_PREFIX, ENROLL_SECRET_PREFIX};
-use serde_json::json;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -30,8 +29,8 @@ use crate::ingest;
 use crate::listen::{self, ConnLimits, Serving};
 use crate::secrets;
 use crate::state::{AppState, Settings};
-use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{NewCredential, Store};
 use crate::tls::{Tls, TlsFiles};
 
 /// File in the data directory holding the first admin token, mode 0600.
@@ -64,6 +63,7 @@ pub async fn open(
         retire_after: config.retire_after,
         max_new_findings_per_minute: config.max_new_findings_per_minute,
         limits: config.limits.clone(),
+        tag_policy: config.tag_policy.clone(),
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {
@@ -97,20 +97,17 @@ async fn bootstrap(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Bootstr
     let mut boot = Bootstrap::default();
     if store.count_api_tokens().await? == 0 {
         let token = secrets::generate(API_TOKEN_PREFIX).context("cannot generate a token")?;
-        let id = store
-            .create_api_token("bootstrap-admin", "admin", &secrets::hash(token.expose()), "bootstrap", now)
-            .await?;
+        let hash = secrets::hash(token.expose());
+        let new = NewCredential {
+            name: "bootstrap-admin",
+            hash: &hash,
+            created_by: "bootstrap",
+            expires_at: None,
+            now,
+        };
+        store.create_api_token(&new, "admin").await?;
         let path = data_dir.join(ADMIN_TOKEN_FILE);
         write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
-        store
-            .audit(
-                "bootstrap",
-                "create_token",
-                &format!("token:{id}"),
-                json!({ "role": "admin", "file": path }),
-                now,
-            )
-            .await?;
         info!(file = %path.display(), "created the first admin token (mode 0600)");
         boot.admin_token = Some((token, path));
     }
@@ -130,18 +127,11 @@ pub async fn create_enroll_secret(
 ) -> anyhow::Result<(Secret, PathBuf)> {
     let now = OffsetDateTime::now_utc();
     let secret = secrets::generate(ENROLL_SECRET_PREFIX).context("cannot generate an enroll secret")?;
-    let id = store.create_enroll_secret(name, &secrets::hash(secret.expose()), "bootstrap", now).await?;
+    let hash = secrets::hash(secret.expose());
+    let new = NewCredential { name, hash: &hash, created_by: "bootstrap", expires_at: None, now };
+    store.create_enroll_secret(&new, &Default::default()).await?;
     let path = data_dir.join(ENROLL_SECRET_FILE);
     write_private(&path, format!("{}\n", secret.expose()).as_bytes())?;
-    store
-        .audit(
-            "bootstrap",
-            "create_enroll_secret",
-            &format!("secret:{id}"),
-            json!({ "name": name, "file": path }),
-            now,
-        )
-        .await?;
     Ok((secret, path))
 }
 

@@ -62,6 +62,8 @@ pub struct Settings {
     pub max_new_findings_per_minute: u32,
     /// `[limits]`: what one caller may take of the collector.
     pub limits: Limits,
+    /// `[tags] from_agents`: which tags follow what hosts report ([`crate::tags`]).
+    pub tag_policy: crate::tags::TagPolicy,
 }
 
 /// `[limits]` in server.toml, as far as request handling goes (the listeners' own terms are

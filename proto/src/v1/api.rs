@@ -80,6 +80,10 @@ pub struct HostDetail {
     /// The agent's own account of itself, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_stats: Option<AgentStats>,
+    /// The tags as the host last reported them, where they differ from `tags` (what it is judged
+    /// by): the collector holds tags a host may not choose.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reported_tags: BTreeMap<String, String>,
 }
 
 /// A change to a watched file, as `hostwatch files` lists them.

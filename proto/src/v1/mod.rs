@@ -2,6 +2,7 @@
 
 mod api;
 mod cloud;
+mod credentials;
 mod delta;
 mod enroll;
 mod file;
@@ -17,6 +18,10 @@ pub use api::{
     LearnedBaseline, Located, ProcessEvent, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
+pub use credentials::{
+    AuditEntry, CreateSecret, CreateToken, CreatedSecret, CreatedToken, CredentialState, HostRevoked,
+    MAX_EXPIRES_SECS, SecretInfo, TokenInfo,
+};
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, PassedExec, ProcessKey, Removed, UnreadExec};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
@@ -35,6 +40,8 @@ pub const ENROLL_PATH: &str = "/api/v1/enroll";
 /// `POST` with the node key as bearer token: a [`Report`] in, a [`ReportResponse`] out.
 pub const REPORT_PATH: &str = "/api/v1/report";
 /// `GET`: [`Host`] list; `GET {HOSTS_PATH}/{id}`: one [`HostDetail`].
+/// `POST {HOSTS_PATH}/{host}/revoke` (admin): the host's node keys stop working at once
+/// ([`HostRevoked`]).
 pub const HOSTS_PATH: &str = "/api/v1/hosts";
 /// `GET`: every host's processes as [`Located`] [`Process`]es; query `host`, `name`, `user`.
 pub const PROCESSES_PATH: &str = "/api/v1/processes";
@@ -61,6 +68,14 @@ pub const BASELINES_PATH: &str = "/api/v1/baselines";
 pub const LEARN_PATH: &str = "/api/v1/baselines/learn";
 /// `GET` the silences in force or to come; `POST` a new one (analyst).
 pub const SILENCES_PATH: &str = "/api/v1/silences";
+/// `GET`: API tokens ([`TokenInfo`]); `POST`: create one ([`CreateToken`] in, [`CreatedToken`]
+/// out). `POST {TOKENS_PATH}/{id}/revoke` revokes one. Admin only.
+pub const TOKENS_PATH: &str = "/api/v1/tokens";
+/// `GET`: enroll secrets ([`SecretInfo`]); `POST`: create one ([`CreateSecret`] in,
+/// [`CreatedSecret`] out). `POST {SECRETS_PATH}/{id}/revoke` revokes one. Admin only.
+pub const SECRETS_PATH: &str = "/api/v1/secrets";
+/// `GET`: the audit trail, newest first ([`AuditEntry`]; `?since=24h&limit=N`). Admin only.
+pub const AUDIT_PATH: &str = "/api/v1/audit";
 /// `GET`: process liveness, no authentication.
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// `GET`: the collector's counters in Prometheus text format, no authentication.

@@ -18,7 +18,7 @@ use crate::admission::Refusal;
 use crate::auth::{self, Agent};
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
-use crate::{engine, ingest, secrets};
+use crate::{engine, ingest, secrets, tags};
 
 /// The agent's [`proto::BACKLOG_HEADER`]: absent is none; anything but a decimal number up to
 /// [`proto::MAX_BACKLOG`] is refused, named.
@@ -62,25 +62,29 @@ pub async fn enroll(
     let body = read_body(&state, &headers, body, "enrollment", ENROLL_LIMIT).await?;
     let req: proto::EnrollRequest = decode(&state, "enrollment", &body.bytes)?;
     req.validate().map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
-    auth::check_enroll_secret(&state, &req.enroll_secret).await?;
+    let secret = auth::check_enroll_secret(&state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
         .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
-    let facts: HostFacts = req.host.into();
+    let mut facts: HostFacts = req.host.into();
+    facts.tags = tags::at_enrollment(&facts.reported_tags, &secret.tags);
     let now = OffsetDateTime::now_utc();
-    let host_id =
-        state.store.enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), now).await?;
+    let host_id = state
+        .store
+        .enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), secret.id, now)
+        .await?;
     state
         .store
         .audit(
             &format!("agent:{}", facts.hostname),
             "enroll",
             &format!("host:{host_id}"),
-            json!({ "machine_id": facts.machine_id }),
+            json!({ "machine_id": facts.machine_id, "secret": secret.id, "tags": facts.tags }),
             now,
         )
         .await?;
     tracing::info!(host_id, hostname = ?facts.hostname, "host enrolled");
-    let same_machine = state.store.hosts_with_machine_id(&facts.machine_id).await?;
+    let instance = facts.cloud.as_ref().map(|c| c.instance_id.as_str());
+    let same_machine = state.store.hosts_with_machine_id(&facts.machine_id, instance).await?;
     if let Some(dup) = engine::duplicate_identity(&facts.machine_id, &same_machine) {
         tracing::warn!(machine_id = ?facts.machine_id, hosts = ?same_machine, "several hosts enrolled under one machine id");
         for id in &same_machine {

@@ -61,6 +61,11 @@ pub async fn detail(
         listeners: st.listeners.into_iter().map(Into::into).collect(),
         connections: st.connections.into_iter().map(Into::into).collect(),
         agent_stats: h.agent.stats.clone().and_then(|s| serde_json::from_value(s).ok()),
+        reported_tags: if h.facts.reported_tags == h.facts.tags {
+            Default::default()
+        } else {
+            h.facts.reported_tags.clone()
+        },
     }))
 }
 

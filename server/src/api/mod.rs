@@ -8,6 +8,7 @@
 mod agents;
 mod baselines;
 pub mod body;
+mod credentials;
 mod findings;
 mod history;
 mod hosts;
@@ -151,6 +152,12 @@ fn people() -> Router<AppState> {
         .route(proto::FILES_PATH, get(history::files))
         .route(proto::CURRENT_FILES_PATH, get(history::current_files))
         .route(proto::BASELINES_PATH, get(baselines::list).post(baselines::apply))
+        .route(proto::TOKENS_PATH, get(credentials::list_tokens).post(credentials::create_token))
+        .route(&format!("{}/{{id}}/revoke", proto::TOKENS_PATH), post(credentials::revoke_token))
+        .route(proto::SECRETS_PATH, get(credentials::list_secrets).post(credentials::create_secret))
+        .route(&format!("{}/{{id}}/revoke", proto::SECRETS_PATH), post(credentials::revoke_secret))
+        .route(&format!("{}/{{host}}/revoke", proto::HOSTS_PATH), post(credentials::revoke_host))
+        .route(proto::AUDIT_PATH, get(credentials::audit))
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {

@@ -62,8 +62,15 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show one host (by id or hostname) with its processes and listeners.
-    Host { host: String },
+    /// Show one host (by id or hostname) with its processes and listeners; `host revoke H`
+    /// revokes its node keys. A host named `show` or `revoke`: `host show NAME`, or its id.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Host {
+        #[arg(required = true)]
+        host: Option<String>,
+        #[command(subcommand)]
+        action: Option<HostCommand>,
+    },
     /// List findings (default: open and acknowledged).
     Findings {
         /// A host id or hostname.
@@ -140,6 +147,71 @@ enum Command {
     /// Maintenance windows: findings are still recorded, marked silenced, and not alerted.
     #[command(subcommand)]
     Silence(SilenceCommand),
+    /// API tokens for people and tools (admin): each shown once, at creation; stored hashed.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enroll secrets agents enroll with (admin): each shown once, at creation; stored hashed.
+    /// Several may be active at once, for rotation.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Who created or revoked a credential, enrolled a host, acknowledged, applied a baseline,
+    /// and when (admin); newest first.
+    Audit {
+        /// How far back, as 24h or 30d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (default 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Show the host (for a host whose name is a subcommand's).
+    Show { host: String },
+    /// Revoke the host's node keys at once (admin): its agent is refused from its next report and
+    /// enrolls again, as a new host, only with an enroll secret that works.
+    Revoke { host: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it on stdout (the one time it is shown).
+    Create {
+        /// Who or what holds it.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["reader", "analyst", "admin"])]
+        role: String,
+        /// Stops working after this long, as 90d or 12h; default: until revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Every token: id, name, role, state (active, expired, revoked), times. Never the token.
+    List,
+    /// Stop a token working, at once.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Create an enroll secret; prints it on stdout (the one time it is shown).
+    Create {
+        /// What it is for.
+        #[arg(long, default_value = "enroll")]
+        name: String,
+        /// Tags every host it enrolls carries whatever the host reports, as k=v[,k=v].
+        #[arg(long)]
+        tags: Option<String>,
+        /// Stops enrolling after this long, as 7d; default: until revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Every enroll secret: id, name, tags, state, hosts enrolled, times. Never the secret.
+    List,
+    /// Stop a secret enrolling hosts, at once (hosts it enrolled keep their node keys).
+    Revoke { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +312,27 @@ enum BaselineCommand {
     },
 }
 
+/// A credential just created: JSON whole, or else the value alone on stdout (for a file or a
+/// secret store) and what it is on stderr.
+fn shown_once<T: serde::Serialize>(
+    created: &T,
+    value: &str,
+    name: &str,
+    id: i64,
+    expires_at: Option<time::OffsetDateTime>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        println!("{}", output::json(created)?);
+        return Ok(());
+    }
+    println!("{value}");
+    let until = expires_at
+        .map_or_else(|| "until revoked".to_owned(), |t| format!("until {}", proto::timestamp::format(t)));
+    eprintln!("created {id} ({}), valid {until}; it is shown this once", output::safe(name, 80));
+    Ok(())
+}
+
 /// Exit code for a configuration the collector refuses (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
@@ -337,7 +430,30 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let hosts: Vec<proto::Host> = client.get(proto::HOSTS_PATH, &q).await?;
             print(&hosts, format)
         }
-        Command::Host { host } => {
+        Command::Host { action: Some(HostCommand::Revoke { host }), .. } => {
+            let r: proto::HostRevoked = client
+                .post(
+                    &format!("{}/{}/revoke", proto::HOSTS_PATH, encode_segment(&host)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if format == OutputFormat::Json {
+                println!("{}", output::json(&r)?);
+            } else {
+                println!(
+                    "host {} ({}): {} node key(s) revoked",
+                    r.host_id,
+                    output::safe(&r.hostname, 80),
+                    r.keys_revoked
+                );
+            }
+            Ok(())
+        }
+        Command::Host { host, action } => {
+            let host = match action {
+                Some(HostCommand::Show { host }) => host,
+                _ => host.context("name a host")?,
+            };
             let d: proto::HostDetail =
                 client.get(&format!("{}/{}", proto::HOSTS_PATH, encode_segment(&host)), &[]).await?;
             if format == OutputFormat::Json {
@@ -345,6 +461,14 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 return Ok(());
             }
             print(std::slice::from_ref(&d.host), format)?;
+            if !d.reported_tags.is_empty() {
+                let tags: Vec<String> = d
+                    .reported_tags
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", output::safe(k, 60), output::safe(v, 100)))
+                    .collect();
+                println!("\nreported tags (not all judged by; see [tags] from_agents): {}", tags.join(","));
+            }
             if let Some(s) = &d.agent_stats {
                 let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
                 println!(
@@ -387,6 +511,60 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let req = proto::CreateSilence { host, selector, seconds: duration.as_secs().max(1), reason };
             let s: proto::Silence = client.post(proto::SILENCES_PATH, &req).await?;
             print(&[s], format)
+        }
+        Command::Token(TokenCommand::Create { name, role, expires }) => {
+            let req = proto::CreateToken { name, role, expires_in_secs: expires.map(|d| d.as_secs().max(1)) };
+            let created: proto::CreatedToken = client.post(proto::TOKENS_PATH, &req).await?;
+            shown_once(
+                &created,
+                &created.token,
+                &created.info.name,
+                created.info.id,
+                created.info.expires_at,
+                format,
+            )
+        }
+        Command::Token(TokenCommand::List) => {
+            let list: Vec<proto::TokenInfo> = client.get(proto::TOKENS_PATH, &[]).await?;
+            print(&list, format)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let t: proto::TokenInfo =
+                client.post(&format!("{}/{id}/revoke", proto::TOKENS_PATH), &serde_json::json!({})).await?;
+            print(&[t], format)
+        }
+        Command::Secret(SecretCommand::Create { name, tags, expires }) => {
+            let tags = tags
+                .as_deref()
+                .map(hostwatch_agent::config::env::pairs)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--tags: {e}"))?
+                .unwrap_or_default();
+            let req =
+                proto::CreateSecret { name, tags, expires_in_secs: expires.map(|d| d.as_secs().max(1)) };
+            let created: proto::CreatedSecret = client.post(proto::SECRETS_PATH, &req).await?;
+            shown_once(
+                &created,
+                &created.secret,
+                &created.info.name,
+                created.info.id,
+                created.info.expires_at,
+                format,
+            )
+        }
+        Command::Secret(SecretCommand::List) => {
+            let list: Vec<proto::SecretInfo> = client.get(proto::SECRETS_PATH, &[]).await?;
+            print(&list, format)
+        }
+        Command::Secret(SecretCommand::Revoke { id }) => {
+            let s: proto::SecretInfo =
+                client.post(&format!("{}/{id}/revoke", proto::SECRETS_PATH), &serde_json::json!({})).await?;
+            print(&[s], format)
+        }
+        Command::Audit { since, limit } => {
+            let q = query([("since", since), ("limit", limit.map(|l| l.to_string()))]);
+            let rows: Vec<proto::AuditEntry> = client.get(proto::AUDIT_PATH, &q).await?;
+            print(&rows, format)
         }
         Command::Silence(SilenceCommand::List) => {
             let list: Vec<proto::Silence> = client.get(proto::SILENCES_PATH, &[]).await?;

@@ -180,6 +180,60 @@ impl Tabular for proto::Host {
     }
 }
 
+impl Tabular for proto::TokenInfo {
+    fn columns() -> Vec<&'static str> {
+        vec!["id", "name", "role", "state", "created_at", "created_by", "expires_at", "revoked_at"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            text(&self.name, style, 40),
+            self.role.clone(),
+            self.state.as_str().to_owned(),
+            when(Some(self.created_at), style),
+            text(&self.created_by, style, 30),
+            when(self.expires_at, style),
+            when(self.revoked_at, style),
+        ]
+    }
+}
+
+impl Tabular for proto::SecretInfo {
+    fn columns() -> Vec<&'static str> {
+        vec!["id", "name", "tags", "state", "hosts", "created_at", "created_by", "expires_at", "revoked_at"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            text(&self.name, style, 40),
+            text(&tags(&self.tags), style, 50),
+            self.state.as_str().to_owned(),
+            self.hosts.to_string(),
+            when(Some(self.created_at), style),
+            text(&self.created_by, style, 30),
+            when(self.expires_at, style),
+            when(self.revoked_at, style),
+        ]
+    }
+}
+
+impl Tabular for proto::AuditEntry {
+    fn columns() -> Vec<&'static str> {
+        vec!["id", "at", "actor", "action", "target", "detail"]
+    }
+    fn cells(&self, style: Style) -> Vec<String> {
+        // Details hold what agents and people wrote (hostnames, notes): escaped like any text.
+        vec![
+            self.id.to_string(),
+            when(Some(self.at), style),
+            text(&self.actor, style, 40),
+            self.action.clone(),
+            text(&self.target, style, 30),
+            text(&self.detail.to_string(), style, 100),
+        ]
+    }
+}
+
 impl Tabular for proto::Silence {
     fn columns() -> Vec<&'static str> {
         vec!["id", "host_id", "selector", "starts_at", "ends_at", "reason", "created_by"]

@@ -92,6 +92,22 @@ pub fn duplicate_identity(machine_id: &str, hosts: &[i64]) -> Option<Observation
     })
 }
 
+/// One node key reported from two machines at once (a cloned disk: same state directory, same
+/// key): two agent sessions take turns, which one agent never does.
+pub fn shared_node_key(host_id: i64, sessions: (u64, u64)) -> Observation {
+    Observation::event(
+        FindingKind::DuplicateIdentity,
+        None,
+        default_severity(FindingKind::DuplicateIdentity),
+        "node key".to_owned(),
+        json!({
+            "host_id": host_id,
+            "sessions": [sessions.0, sessions.1],
+            "why": "reports of two agent sessions alternate under this host's node key: two machines use it (a cloned disk?). Revoke it (hostwatch host revoke) and reset the clones' identity (hostwatch-agent reset-identity).",
+        }),
+    )
+}
+
 /// A host that stopped reporting: after a goodbye (`last_words` = `stopped` or `shutdown`) it
 /// is low, an agent that went silent is high (killed, crashed, or cut off).
 pub fn agent_offline(last_words: Option<&str>, last_seen: Option<OffsetDateTime>) -> Observation {

@@ -10,8 +10,10 @@
 
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
-use hostwatch_proto::v1::{FindingKind, FindingStatus};
+use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus};
 use time::OffsetDateTime;
 
 use crate::model::{
@@ -47,12 +49,53 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// An API token as the store knows it.
+/// An API token as the store knows it (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     pub id: i64,
     pub name: String,
     pub role: String,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// An enroll secret as the store knows it (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub id: i64,
+    pub name: String,
+    /// Assigned to every host it enrolls.
+    pub tags: BTreeMap<String, String>,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Hosts it enrolled.
+    pub hosts: u64,
+}
+
+/// A host's tags three ways (see [`crate::tags`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTags {
+    /// What it is judged by.
+    pub held: BTreeMap<String, String>,
+    /// What its last report said.
+    pub reported: BTreeMap<String, String>,
+    /// What the enroll secret that enrolled it assigns.
+    pub assigned: BTreeMap<String, String>,
+}
+
+/// A credential to create: its stored form and who asked. Its creation is audited in the same
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct NewCredential<'a> {
+    pub name: &'a str,
+    pub hash: &'a str,
+    pub created_by: &'a str,
+    pub expires_at: Option<OffsetDateTime>,
+    pub now: OffsetDateTime,
 }
 
 /// A stored baseline's source.
@@ -90,30 +133,47 @@ pub struct HistoryFilter {
 /// Everything a collector needs from its store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    // ---- credentials (only `auth` and bootstrap call these) ----
+    // ---- credentials (only `auth`, bootstrap and the admin's API call these) ----
+    /// Tokens not revoked (expired ones included: they are still there to be renewed).
     async fn count_api_tokens(&self) -> Result<u64>;
-    async fn create_api_token(
-        &self,
-        name: &str,
-        role: &str,
-        hash: &str,
-        created_by: &str,
-        now: OffsetDateTime,
-    ) -> Result<i64>;
-    /// A token that exists and is not revoked.
+    /// Creates a token with `role`, audited as `create_token`.
+    async fn create_api_token(&self, new: &NewCredential<'_>, role: &str) -> Result<TokenRecord>;
+    /// The token with this hash, whatever its state (`auth` says why one no longer works).
     async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    async fn api_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Revokes a token, audited as `revoke_token` by `actor`; `None` if there is no such token.
+    /// Revoking a revoked token changes nothing and is not audited again.
+    async fn revoke_api_token(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>>;
     async fn count_enroll_secrets(&self) -> Result<u64>;
+    /// Creates an enroll secret that assigns `tags`, audited as `create_secret`.
     async fn create_enroll_secret(
         &self,
-        name: &str,
-        hash: &str,
-        created_by: &str,
+        new: &NewCredential<'_>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<SecretRecord>;
+    /// The enroll secret with this hash, whatever its state.
+    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>>;
+    async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>>;
+    /// Revokes an enroll secret (hosts it enrolled keep their node keys), audited as
+    /// `revoke_secret`; `None` if there is no such secret.
+    async fn revoke_enroll_secret(
+        &self,
+        id: i64,
+        actor: &str,
         now: OffsetDateTime,
-    ) -> Result<i64>;
-    /// The id of an enroll secret that exists and is not revoked.
-    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<i64>>;
+    ) -> Result<Option<SecretRecord>>;
     /// The host of a node key that exists and is not revoked, unless the host is retired.
     async fn find_node_key(&self, hash: &str) -> Result<Option<i64>>;
+    /// Revokes every node key of a host at once, audited as `revoke_host`; how many worked until
+    /// now, `None` if there is no such host.
+    async fn revoke_host_keys(&self, host_id: i64, actor: &str, now: OffsetDateTime) -> Result<Option<u64>>;
+    /// A host's tags: held, last reported, and assigned by its enroll secret.
+    async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>>;
 
     // ---- agents ----
     /// Enrolls a new host with its first node key. Never reuses a host: the machine id an agent
@@ -124,6 +184,7 @@ pub trait Store: Send + Sync + 'static {
         facts: &HostFacts,
         agent_version: &str,
         key_hash: &str,
+        enroll_secret: i64,
         now: OffsetDateTime,
     ) -> Result<i64>;
     /// Records a report: host facts, agent status and last_seen always; its content once, by the
@@ -206,8 +267,11 @@ pub trait Store: Send + Sync + 'static {
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;
     async fn host(&self, id: i64) -> Result<Option<Host>>;
-    /// Ids of non-retired hosts enrolled with this machine id.
-    async fn hosts_with_machine_id(&self, machine_id: &str) -> Result<Vec<i64>>;
+    /// Ids of non-retired hosts with this machine id and cloud instance id (none: off a cloud)
+    /// that still have a working node key (a host whose keys were revoked and that enrolled
+    /// again is not two hosts at once; instances of one image with a baked machine id differ by
+    /// instance id).
+    async fn hosts_with_machine_id(&self, machine_id: &str, instance_id: Option<&str>) -> Result<Vec<i64>>;
     /// Opens, refreshes or reopens findings for `observed` without resolving anything, within the
     /// same budget as [`Store::reconcile_findings`]: for findings filed outside a host's state
     /// evaluation (such as at enrollment).
@@ -246,4 +310,6 @@ pub trait Store: Send + Sync + 'static {
         detail: serde_json::Value,
         now: OffsetDateTime,
     ) -> Result<()>;
+    /// The audit trail, newest first: entries at or after `since`, at most `limit`.
+    async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>>;
 }

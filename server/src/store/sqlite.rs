@@ -4,7 +4,7 @@
 //! anyway, and a collector on SQLite serves one machine's worth of fleet. Each trait method runs as
 //! one transaction on that connection.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -12,17 +12,21 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hostwatch_proto::v1::timestamp;
-use hostwatch_proto::v1::{FindingKind, FindingStatus, Severity};
+use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus, Severity};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{BaselineRecord, FindingFilter, HistoryFilter, Result, Store, StoreError, TokenRecord};
+use super::{
+    BaselineRecord, FindingFilter, HistoryFilter, HostTags, NewCredential, Result, SecretRecord, Store,
+    StoreError, TokenRecord,
+};
 use crate::findings;
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
     PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
+mod credentials;
 mod files;
 mod state;
 mod triage;
@@ -41,6 +45,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/sqlite/0010_triage_and_alerts.sql")),
     (11, include_str!("migrations/sqlite/0011_occurrences.sql")),
     (12, include_str!("migrations/sqlite/0012_exe_replacement.sql")),
+    (13, include_str!("migrations/sqlite/0013_credentials.sql")),
+    (14, include_str!("migrations/sqlite/0014_sessions.sql")),
 ];
 
 #[derive(Clone)]
@@ -171,7 +177,8 @@ where
 
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, h.agent_version, \
      h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, h.last_seq, h.goodbye, \
-     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats, h.cloud";
+     h.retired_at, (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats, h.cloud, \
+     h.reported_tags";
 
 fn host_from_row(r: &Row<'_>) -> Result<Host> {
     Ok(Host {
@@ -184,6 +191,7 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
             arch: r.get(5)?,
             boot_time: opt_ts(r.get(6)?)?,
             tags: json(&r.get::<_, String>(7)?, "host tags")?,
+            reported_tags: json(&r.get::<_, String>(21)?, "host reported tags")?,
             cloud: r.get::<_, Option<String>>(20)?.map(|s| json(&s, "cloud facts")).transpose()?,
         },
         agent: AgentInfo {
@@ -423,38 +431,34 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_api_token(
-        &self,
-        name: &str,
-        role: &str,
-        hash: &str,
-        created_by: &str,
-        now: OffsetDateTime,
-    ) -> Result<i64> {
-        let (name, role, hash, by) =
-            (name.to_owned(), role.to_owned(), hash.to_owned(), created_by.to_owned());
+    async fn create_api_token(&self, new: &NewCredential<'_>, role: &str) -> Result<TokenRecord> {
+        let (name, hash, by, role) =
+            (new.name.to_owned(), new.hash.to_owned(), new.created_by.to_owned(), role.to_owned());
+        let (expires_at, now) = (new.expires_at, new.now);
         self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, role, hash, ts(now), by],
-            )?;
-            Ok(tx.last_insert_rowid())
+            let new = NewCredential { name: &name, hash: &hash, created_by: &by, expires_at, now };
+            credentials::create_token(tx, &new, &role)
         })
         .await
     }
 
     async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_owned();
-        self.tx(move |tx| {
-            Ok(tx
-                .query_row(
-                    "SELECT id, name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
-                    [hash],
-                    |r| Ok(TokenRecord { id: r.get(0)?, name: r.get(1)?, role: r.get(2)? }),
-                )
-                .optional()?)
-        })
-        .await
+        self.tx(move |tx| credentials::find_token(tx, &hash)).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.tx(credentials::tokens).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>> {
+        let actor = actor.to_owned();
+        self.tx(move |tx| credentials::revoke_token(tx, id, &actor, now)).await
     }
 
     async fn count_enroll_secrets(&self) -> Result<u64> {
@@ -468,34 +472,45 @@ impl Store for SqliteStore {
 
     async fn create_enroll_secret(
         &self,
-        name: &str,
-        hash: &str,
-        created_by: &str,
-        now: OffsetDateTime,
-    ) -> Result<i64> {
-        let (name, hash, by) = (name.to_owned(), hash.to_owned(), created_by.to_owned());
+        new: &NewCredential<'_>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<SecretRecord> {
+        let (name, hash, by, tags) =
+            (new.name.to_owned(), new.hash.to_owned(), new.created_by.to_owned(), tags.clone());
+        let (expires_at, now) = (new.expires_at, new.now);
         self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO enroll_secrets (name, secret_hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4)",
-                params![name, hash, ts(now), by],
-            )?;
-            Ok(tx.last_insert_rowid())
+            let new = NewCredential { name: &name, hash: &hash, created_by: &by, expires_at, now };
+            credentials::create_secret(tx, &new, &tags)
         })
         .await
     }
 
-    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<i64>> {
+    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>> {
         let hash = hash.to_owned();
-        self.tx(move |tx| {
-            Ok(tx
-                .query_row(
-                    "SELECT id FROM enroll_secrets WHERE secret_hash = ?1 AND revoked_at IS NULL",
-                    [hash],
-                    |r| r.get(0),
-                )
-                .optional()?)
-        })
-        .await
+        self.tx(move |tx| credentials::find_secret(tx, &hash)).await
+    }
+
+    async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>> {
+        self.tx(credentials::secrets).await
+    }
+
+    async fn revoke_enroll_secret(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<SecretRecord>> {
+        let actor = actor.to_owned();
+        self.tx(move |tx| credentials::revoke_secret(tx, id, &actor, now)).await
+    }
+
+    async fn revoke_host_keys(&self, host_id: i64, actor: &str, now: OffsetDateTime) -> Result<Option<u64>> {
+        let actor = actor.to_owned();
+        self.tx(move |tx| credentials::revoke_host_keys(tx, host_id, &actor, now)).await
+    }
+
+    async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>> {
+        self.tx(move |tx| credentials::host_tags(tx, host_id)).await
     }
 
     async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
@@ -518,6 +533,7 @@ impl Store for SqliteStore {
         facts: &HostFacts,
         agent_version: &str,
         key_hash: &str,
+        enroll_secret: i64,
         now: OffsetDateTime,
     ) -> Result<i64> {
         let (facts, version, hash) = (facts.clone(), agent_version.to_owned(), key_hash.to_owned());
@@ -526,7 +542,8 @@ impl Store for SqliteStore {
             // enrollment never takes over a host that exists (the engine flags the duplicate).
             tx.execute(
                 "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at, \
-                 cloud, instance_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 cloud, instance_id, reported_tags, enroll_secret_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     facts.hostname,
                     facts.machine_id,
@@ -538,7 +555,9 @@ impl Store for SqliteStore {
                     version,
                     ts(now),
                     facts.cloud.as_ref().map(to_json),
-                    facts.cloud.as_ref().map(|c| c.instance_id.clone())
+                    facts.cloud.as_ref().map(|c| c.instance_id.clone()),
+                    to_json(&facts.reported_tags),
+                    enroll_secret
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -559,12 +578,17 @@ impl Store for SqliteStore {
     ) -> Result<(Applied, Recorded)> {
         let report = report.clone();
         self.tx(move |tx| {
-            let (session, last_seq): (i64, i64) = tx
-                .query_row("SELECT session, last_seq FROM hosts WHERE id = ?1", [host_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let (session, last_seq, prior): (i64, i64, Option<i64>) = tx
+                .query_row("SELECT session, last_seq, prior_session FROM hosts WHERE id = ?1", [host_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
             let (session, last_seq) = (session as u64, last_seq as u64);
             let same_session = report.session == session;
+            // An agent starts a new random session each run and never goes back to one: an earlier
+            // session reporting again after a newer began is a second agent with the same key.
+            let came_back = !same_session && prior.is_some_and(|p| p as u64 == report.session);
             if !same_session {
                 state::new_session(tx, host_id)?;
             }
@@ -603,7 +627,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
                  interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12, \
-                 agent_stats = COALESCE(?14, agent_stats), cloud = ?15, instance_id = ?16 WHERE id = ?13",
+                 agent_stats = COALESCE(?14, agent_stats), cloud = ?15, instance_id = ?16, reported_tags = ?17 WHERE id = ?13",
                 params![
                     f.hostname,
                     f.os,
@@ -620,15 +644,23 @@ impl Store for SqliteStore {
                     host_id,
                     report.agent.stats.as_ref().map(to_json),
                     f.cloud.as_ref().map(to_json),
-                    f.cloud.as_ref().map(|c| c.instance_id.clone())
+                    f.cloud.as_ref().map(|c| c.instance_id.clone()),
+                    to_json(&f.reported_tags)
                 ],
             )?;
             if let Applied::Applied { .. } = outcome {
                 tx.execute(
-                    "UPDATE hosts SET session = ?1, last_seq = ?2 WHERE id = ?3",
-                    params![report.session as i64, i64::try_from(report.seq).unwrap_or(i64::MAX), host_id],
+                    "UPDATE hosts SET session = ?1, last_seq = ?2, \
+                     prior_session = CASE WHEN ?4 THEN session ELSE prior_session END WHERE id = ?3",
+                    params![
+                        report.session as i64,
+                        i64::try_from(report.seq).unwrap_or(i64::MAX),
+                        host_id,
+                        !same_session && session != 0
+                    ],
                 )?;
             }
+            recorded.sessions_alternate = came_back.then_some((session, report.session));
             Ok((outcome, recorded))
         })
         .await
@@ -699,13 +731,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn hosts_with_machine_id(&self, machine_id: &str) -> Result<Vec<i64>> {
-        let machine_id = machine_id.to_owned();
+    async fn hosts_with_machine_id(&self, machine_id: &str, instance_id: Option<&str>) -> Result<Vec<i64>> {
+        let (machine_id, instance_id) = (machine_id.to_owned(), instance_id.map(str::to_owned));
         self.tx(move |tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT id FROM hosts WHERE machine_id = ?1 AND retired_at IS NULL ORDER BY id",
+                "SELECT id FROM hosts h WHERE machine_id = ?1 AND instance_id IS ?2 AND retired_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM node_keys k WHERE k.host_id = h.id AND k.revoked_at IS NULL) ORDER BY id",
             )?;
-            Ok(stmt.query_map([machine_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
+            Ok(stmt.query_map(params![machine_id, instance_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -926,14 +959,11 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<()> {
         let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
-        self.tx(move |tx| {
-            tx.execute(
-                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![ts(now), actor, action, target, to_json(&detail)],
-            )?;
-            Ok(())
-        })
-        .await
+        self.tx(move |tx| credentials::audit(tx, &actor, &action, &target, &detail, now)).await
+    }
+
+    async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.tx(move |tx| credentials::audit_entries(tx, since, limit)).await
     }
 }
 
@@ -959,6 +989,14 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
+    /// Enrolls a host under an enroll secret of its own.
+    async fn enroll(s: &SqliteStore, facts: &HostFacts, key: &str, now: OffsetDateTime) -> Result<i64> {
+        let hash = format!("secret-{key}");
+        let new = NewCredential { name: "test", hash: &hash, created_by: "test", expires_at: None, now };
+        let secret = s.create_enroll_secret(&new, &BTreeMap::new()).await?;
+        s.enroll_host(facts, "0.1.0", key, secret.id, now).await
+    }
+
     fn facts(machine: &str) -> HostFacts {
         HostFacts {
             hostname: "web-1".into(),
@@ -968,6 +1006,7 @@ mod tests {
             arch: "x86_64".into(),
             boot_time: None,
             tags: BTreeMap::from([("role".into(), "web".into())]),
+            reported_tags: BTreeMap::from([("role".into(), "web".into())]),
             cloud: Some(hostwatch_proto::v1::CloudFacts {
                 provider: hostwatch_proto::v1::CloudProvider::Aws,
                 instance_id: format!("i-{machine}"),
@@ -1015,15 +1054,15 @@ mod tests {
     #[tokio::test]
     async fn enroll_report_and_state() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         assert_eq!(s.find_node_key("h1").await.unwrap(), Some(id));
         // Enrolling again under the same machine id is a second host; the first keeps its key.
-        let twin = s.enroll_host(&facts("m1"), "0.1.0", "h2", at(1)).await.unwrap();
+        let twin = enroll(&s, &facts("m1"), "h2", at(1)).await.unwrap();
         assert_ne!(twin, id);
         assert_eq!(s.find_node_key("h1").await.unwrap(), Some(id));
         assert_eq!(s.find_node_key("h2").await.unwrap(), Some(twin));
-        assert_eq!(s.hosts_with_machine_id("m1").await.unwrap(), vec![id, twin]);
-        let other = s.enroll_host(&facts("m2"), "0.1.0", "h3", at(1)).await.unwrap();
+        assert_eq!(s.hosts_with_machine_id("m1", Some("i-m1")).await.unwrap(), vec![id, twin]);
+        let other = enroll(&s, &facts("m2"), "h3", at(1)).await.unwrap();
         assert_ne!(other, id);
 
         let p = Process {
@@ -1127,7 +1166,7 @@ mod tests {
     #[tokio::test]
     async fn the_delta_protocol() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let (a, b, c, d) =
             (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3), process(13, "d", 4));
         let pids = |st: HostState| st.processes.iter().map(|p| p.pid).collect::<Vec<_>>();
@@ -1220,7 +1259,7 @@ mod tests {
     async fn every_start_is_returned_once_and_late_ends_come_back() {
         use crate::model::{Item, Started};
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let (a, b, c) = (process(10, "a", 1), process(11, "b", 2), process(12, "short", 3));
         let first =
             record(1, 1, Content::Snapshot(HostState { processes: vec![a.clone()], ..Default::default() }));
@@ -1292,7 +1331,7 @@ mod tests {
     async fn programs_left_by_a_later_exec_are_history_and_judged_gone_never_state() {
         use crate::model::{Item, PassedExec, Started};
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let sh = process(20, "sh", 1);
         let first =
             record(1, 1, Content::Snapshot(HostState { processes: vec![sh.clone()], ..Default::default() }));
@@ -1355,9 +1394,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_earlier_session_reporting_again_is_two_agents_and_a_restart_is_not() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
+        let snap = |session, seq| record(session, seq, delta_content(StateDelta::default()));
+        let alternate = |r: (Applied, Recorded)| r.1.sessions_alternate;
+        // One agent, restarted twice: each session new, none returns.
+        for (session, seq) in [(1, 1), (1, 2), (2, 1), (3, 1), (3, 2)] {
+            assert_eq!(alternate(s.apply_report(id, &snap(session, seq), at(1)).await.unwrap()), None);
+        }
+        // A clone of the agent of session 3 runs as session 4 beside it: 3 comes back.
+        assert_eq!(alternate(s.apply_report(id, &snap(4, 1), at(2)).await.unwrap()), None);
+        assert_eq!(alternate(s.apply_report(id, &snap(3, 3), at(3)).await.unwrap()), Some((4, 3)));
+        assert_eq!(alternate(s.apply_report(id, &snap(4, 2), at(4)).await.unwrap()), Some((3, 4)));
+        // A replay is not a session coming back.
+        assert_eq!(alternate(s.apply_report(id, &snap(4, 2), at(5)).await.unwrap()), None);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_found_by_hash_revoked_once_and_audited_in_their_transaction() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let new = |name: &'static str, hash: &'static str| NewCredential {
+            name,
+            hash,
+            created_by: "token:root#1",
+            expires_at: Some(at(100)),
+            now: at(1),
+        };
+        let t = s.create_api_token(&new("ci", "hash-ci"), "reader").await.unwrap();
+        assert_eq!(s.find_api_token("hash-ci").await.unwrap().map(|t| t.expires_at), Some(Some(at(100))));
+        assert_eq!(s.find_api_token("nope").await.unwrap(), None);
+        let revoked = s.revoke_api_token(t.id, "token:root#1", at(2)).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(at(2)));
+        let again = s.revoke_api_token(t.id, "token:root#1", at(3)).await.unwrap().unwrap();
+        assert_eq!(again.revoked_at, Some(at(2)), "revoked once, when it was");
+        assert_eq!(s.revoke_api_token(999, "token:root#1", at(3)).await.unwrap(), None);
+        let tags = BTreeMap::from([("role".to_owned(), "web".to_owned())]);
+        let sec = s.create_enroll_secret(&new("web", "hash-web"), &tags).await.unwrap();
+        let host = s.enroll_host(&facts("m1"), "0.1.0", "key-1", sec.id, at(4)).await.unwrap();
+        let found = s.find_enroll_secret("hash-web").await.unwrap().unwrap();
+        assert_eq!((found.tags, found.hosts), (tags.clone(), 1));
+        assert_eq!(s.host_tags(host).await.unwrap().unwrap().assigned, tags);
+        assert_eq!(s.revoke_host_keys(host, "token:root#1", at(5)).await.unwrap(), Some(1));
+        assert_eq!(s.find_node_key("key-1").await.unwrap(), None);
+        assert_eq!(s.revoke_host_keys(404, "token:root#1", at(5)).await.unwrap(), None);
+        let trail: Vec<(String, String)> =
+            s.audit_entries(None, 100).await.unwrap().into_iter().map(|e| (e.action, e.target)).collect();
+        assert_eq!(
+            trail,
+            [
+                ("revoke_host".to_owned(), format!("host:{host}")),
+                ("revoke_token".to_owned(), format!("token:{}", t.id)),
+                ("create_secret".to_owned(), format!("secret:{}", sec.id)),
+                ("create_token".to_owned(), format!("token:{}", t.id)),
+            ],
+            "newest first, one entry per change"
+        );
+        assert_eq!(s.audit_entries(Some(at(5)), 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn socket_history() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         s.apply_report(id, &record(1, 1, Content::Snapshot(HostState::default())), at(1)).await.unwrap();
         let l = Listener {
             protocol: Protocol::Tcp,
@@ -1393,7 +1492,7 @@ mod tests {
     #[tokio::test]
     async fn a_hot_process_keeps_since_when_until_it_cools() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let with_cpu = |cpu: f32| Process { cpu_percent: Some(cpu), ..process(10, "enc", 1) };
         let since = |s: HostState| s.processes[0].cpu_high_since;
         let snap = |seq, cpu| {
@@ -1436,7 +1535,7 @@ mod tests {
     #[tokio::test]
     async fn retiring_a_host_closes_its_findings_and_resolving_a_kind_only_that_kind() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let off = obs(FindingKind::AgentOffline, "agent");
         let file = obs(FindingKind::FileChanged, "/etc/passwd");
         s.record_findings(id, &[off.clone(), file.clone()], LIMIT, at(1)).await.unwrap();
@@ -1460,7 +1559,7 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let mut ids = Vec::new();
         for n in 0..3 {
-            let id = s.enroll_host(&facts(&format!("m{n}")), "0.1.0", &format!("h{n}"), at(0)).await.unwrap();
+            let id = enroll(&s, &facts(&format!("m{n}")), &format!("h{n}"), at(0)).await.unwrap();
             // Two processes of one program on the first host count once.
             let mut procs = vec![process(10, "nginx", 1)];
             if n == 0 {
@@ -1488,7 +1587,7 @@ mod tests {
     #[tokio::test]
     async fn the_outbox_leases_silences_and_pruning() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let a = obs(FindingKind::SuspiciousProcess, "/tmp/x");
         // A sink first seen starts at the end: nothing before it.
         s.record_findings(id, std::slice::from_ref(&a), LIMIT, at(1)).await.unwrap();
@@ -1545,7 +1644,7 @@ mod tests {
     #[tokio::test]
     async fn worse_findings_escalate_and_events_reopen_acknowledged_ones() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let info = Observation { severity: Severity::Info, ..obs(FindingKind::FileChanged, "/etc/nginx/x") };
         s.record_findings(id, std::slice::from_ref(&info), LIMIT, at(1)).await.unwrap();
         let high = Observation { severity: Severity::High, ..info.clone() };
@@ -1566,7 +1665,7 @@ mod tests {
     #[tokio::test]
     async fn finding_lifecycle() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let kinds = crate::engine::STATE_KINDS;
         let a = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
         let b = obs(FindingKind::UnexpectedProcess, "/tmp/x");
@@ -1632,7 +1731,7 @@ mod tests {
     #[tokio::test]
     async fn transient_findings_count_occurrences_and_resolve_only_by_acknowledgement() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let kinds = crate::engine::STATE_KINDS;
         let run = |n: u64, transient: bool| Observation {
             occurrences: n,
@@ -1676,7 +1775,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_is_held_back_past_the_budget_and_counted_exactly() {
         let s = SqliteStore::open_in_memory().unwrap();
-        let id = s.enroll_host(&facts("m1"), "0.1.0", "h1", at(0)).await.unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
         let kinds = crate::engine::STATE_KINDS;
         let program = |i: usize| Observation {
             occurrences: 1,
@@ -1725,19 +1824,18 @@ mod tests {
     async fn credentials() {
         let s = SqliteStore::open_in_memory().unwrap();
         assert_eq!(s.count_api_tokens().await.unwrap(), 0);
-        let t = s.create_api_token("boot", "admin", "th", "bootstrap", at(0)).await.unwrap();
-        assert_eq!(
-            s.find_api_token("th").await.unwrap(),
-            Some(TokenRecord { id: t, name: "boot".into(), role: "admin".into() })
-        );
+        let new =
+            |name, hash| NewCredential { name, hash, created_by: "bootstrap", expires_at: None, now: at(0) };
+        let t = s.create_api_token(&new("boot", "th"), "admin").await.unwrap();
+        assert_eq!(s.find_api_token("th").await.unwrap(), Some(t));
         assert_eq!(s.find_api_token("nope").await.unwrap(), None);
-        let e = s.create_enroll_secret("default", "eh", "bootstrap", at(0)).await.unwrap();
+        let e = s.create_enroll_secret(&new("default", "eh"), &BTreeMap::new()).await.unwrap();
         assert_eq!(s.find_enroll_secret("eh").await.unwrap(), Some(e));
         assert!(
-            s.create_api_token("x", "root", "th2", "b", at(0)).await.is_err(),
+            s.create_api_token(&new("x", "th2"), "root").await.is_err(),
             "roles are checked by the schema"
         );
         s.audit("admin", "apply_baseline", "web", json!({}), at(1)).await.unwrap();
-        assert_eq!(count_rows(&s, "audit_log").await, 1);
+        assert_eq!(count_rows(&s, "audit_log").await, 3, "the two creations and the baseline");
     }
 }

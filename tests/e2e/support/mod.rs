@@ -252,6 +252,17 @@ impl Collector {
         cmd.output().expect("run hostwatch")
     }
 
+    /// Runs the CLI against this collector with another token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("hostwatch"))
+            .args(args)
+            .env_clear()
+            .env("HOSTWATCH_SERVER", &self.url)
+            .env("HOSTWATCH_TOKEN", token)
+            .output()
+            .expect("run hostwatch")
+    }
+
     /// Runs the CLI with `--output json` and parses stdout; panics with stderr on failure.
     pub fn cli_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
         let mut all = args.to_vec();
@@ -326,6 +337,30 @@ impl Collector {
     pub fn log(&self) -> String {
         self.stderr.lock().expect("log lock").join("\n")
     }
+}
+
+impl Drop for Collector {
+    /// Whatever a test did to it, a collector's log holds no credential: over the whole suite,
+    /// every collector's log is checked as it stops.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(leak) = credential_in(&self.log()) {
+            panic!("the collector's log holds a credential: {}…", &leak[..12]);
+        }
+    }
+}
+
+/// The first API token, enroll secret or node key (prefix and 64 hex digits) in `text`.
+pub fn credential_in(text: &str) -> Option<&str> {
+    ["hwt_", "hwe_", "hwn_"].iter().find_map(|prefix| {
+        text.match_indices(prefix).find_map(|(at, _)| {
+            let rest = &text[at + prefix.len()..];
+            let hex = rest.bytes().take_while(u8::is_ascii_hexdigit).count();
+            (hex >= 64).then(|| &text[at..at + prefix.len() + hex])
+        })
+    })
 }
 
 /// Starts `hostwatch-agent` against `collector`, configured by environment only (and an empty

@@ -295,7 +295,7 @@ pub(super) fn apply(
             });
         }
     }
-    Ok(Recorded { started })
+    Ok(Recorded { started, sessions_alternate: None })
 }
 
 /// The key of an item of any kind.
