@@ -5,8 +5,9 @@
 //! explains what it runs. A host's tags are therefore, key by key:
 //! 1. what the enroll secret that enrolled it assigns (`hostwatch secret create --tags`), always;
 //! 2. else, for keys the collector's `[tags] from_agents` lists, what its latest report says;
-//! 3. else, what it reported when it enrolled, kept (first use): a later report can neither
-//!    change nor add such a key.
+//! 3. else, the first value it reported for the key, kept (first use): a later report can add
+//!    a key the host did not have (its cloud's tags may come after it enrolled, from a slow
+//!    metadata service), never change or drop one.
 //!
 //! What a host reports is kept beside (`reported_tags`) and shown where it differs.
 
@@ -74,7 +75,7 @@ pub fn after_report(policy: &TagPolicy, held: &Tags, reported: &Tags, assigned: 
         }
     }
     for (k, v) in reported {
-        if !assigned.contains_key(k) && policy.follows(k) {
+        if !assigned.contains_key(k) && (policy.follows(k) || !held.contains_key(k)) {
             out.insert(k.clone(), v.clone());
         }
     }
@@ -106,13 +107,20 @@ mod tests {
     }
 
     #[test]
-    fn by_default_a_host_cannot_change_or_add_a_tag_after_enrolling() {
+    fn by_default_a_host_cannot_change_or_drop_a_tag_it_had_only_add_one() {
         let policy = TagPolicy::default();
         let held = tags(&[("role", "web"), ("team", "x")]);
         let reported = tags(&[("role", "db"), ("env", "prod")]);
         let t = after_report(&policy, &held, &reported, &Tags::new());
-        assert_eq!(t, held, "neither moved nor added");
-        assert_eq!(overridden(&t, &reported), [("env", "prod"), ("role", "db")]);
+        assert_eq!(
+            t,
+            tags(&[("env", "prod"), ("role", "web"), ("team", "x")]),
+            "role kept, team kept, env added"
+        );
+        assert_eq!(overridden(&t, &reported), [("role", "db")]);
+        // Once added, held like the rest.
+        let later = after_report(&policy, &t, &tags(&[("env", "dev")]), &Tags::new());
+        assert_eq!(later.get("env").map(String::as_str), Some("prod"));
     }
 
     #[test]
