@@ -163,7 +163,7 @@ fn cloud_facts(
         tokio::time::timeout(cloud::START_WAIT, cloud::detect(&config.cloud, &root.sys)).await
     });
     Ok(match detected {
-        Ok(cloud::Detection::Found(f)) => Some(f),
+        Ok(cloud::Detection::Found(i)) => Some(i.facts),
         Ok(cloud::Detection::NotCloud) => None,
         Ok(cloud::Detection::Failed(why)) => {
             tracing::warn!(problem = %why, "cannot read the cloud's instance metadata");

@@ -589,6 +589,12 @@ impl Agent {
                             self.coverage.clone(),
                             None,
                         ),
+                        instance_identity: self
+                            .cloud
+                            .borrow()
+                            .as_ref()
+                            .and_then(Detection::identity)
+                            .cloned(),
                     };
                     let sent = tokio::select! {
                         _ = shutdown.cancelled() => return Ok(false),

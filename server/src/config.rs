@@ -10,6 +10,7 @@ use hostwatch_agent::config::{ConfigError, Sourced};
 use serde::{Deserialize, Deserializer};
 
 use crate::alerts::{SinkConfig, Target};
+use crate::cloud_identity::AwsIdentity;
 use crate::listen::ConnLimits;
 use crate::state::Limits;
 use crate::tags::TagPolicy;
@@ -65,6 +66,11 @@ pub const ENV_KEYS: &[EnvKey] = &[
         var: "HOSTWATCH_LIMITS_ENROLLMENTS_PER_ADDRESS_PER_MINUTE",
         path: &["limits", "enrollments_per_address_per_minute"],
         kind: EnvKind::Int,
+    },
+    EnvKey {
+        var: "HOSTWATCH_CLOUD_AWS_IDENTITY_CERTIFICATES",
+        path: &["cloud", "aws_identity_certificates"],
+        kind: EnvKind::Str,
     },
     EnvKey {
         var: "HOSTWATCH_FINDINGS_MAX_NEW_PER_HOST_PER_MINUTE",
@@ -136,6 +142,18 @@ struct RawServerConfig {
     /// How far hosts' own word on their tags is trusted.
     #[serde(default)]
     tags: RawTags,
+    /// What the collector checks of hosts' cloud claims.
+    #[serde(default)]
+    cloud: RawCloud,
+}
+
+/// `[cloud]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    /// AWS's public certificates for the instance identity document's signature (PEM, one per
+    /// region): enrollments claiming an EC2 instance must prove it.
+    aws_identity_certificates: Option<PathBuf>,
 }
 
 /// `[tags]` as written.
@@ -272,6 +290,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// `[tags] from_agents`.
     pub tag_policy: TagPolicy,
+    /// `[cloud] aws_identity_certificates`, loaded.
+    pub aws_identity: Option<AwsIdentity>,
 }
 
 /// A configuration and the warnings worth logging about it.
@@ -398,6 +418,12 @@ impl ServerConfig {
             ));
         }
         let (conn_limits, limits) = limits(raw, &invalid)?;
+        let aws_identity = match &raw.cloud.aws_identity_certificates {
+            Some(path) => Some(AwsIdentity::load(path).map_err(|e| {
+                invalid("HOSTWATCH_CLOUD_AWS_IDENTITY_CERTIFICATES", "cloud.aws_identity_certificates", e)
+            })?),
+            None => None,
+        };
         let mut alerts: Vec<SinkConfig> = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let key = |field: &str| format!("alerts[{i}].{field}");
@@ -458,6 +484,7 @@ impl ServerConfig {
                 conn_limits,
                 limits,
                 tag_policy: raw.tags.from_agents.clone(),
+                aws_identity,
             },
             warnings,
         })
@@ -482,6 +509,7 @@ impl ServerConfig {
             limits: Limits::default(),
             // The only agent is the collector's own, on this machine.
             tag_policy: TagPolicy::trust_agents(),
+            aws_identity: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod baseline;
 pub mod cli;
+pub mod cloud_identity;
 pub mod config;
 pub mod dev;
 pub mod engine;

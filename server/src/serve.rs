@@ -64,6 +64,7 @@ pub async fn open(
         max_new_findings_per_minute: config.max_new_findings_per_minute,
         limits: config.limits.clone(),
         tag_policy: config.tag_policy.clone(),
+        aws_identity: config.aws_identity.clone(),
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {

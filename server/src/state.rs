@@ -64,6 +64,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `[tags] from_agents`: which tags follow what hosts report ([`crate::tags`]).
     pub tag_policy: crate::tags::TagPolicy,
+    /// `[cloud] aws_identity_certificates`: EC2 claims must be proven ([`crate::cloud_identity`]).
+    pub aws_identity: Option<crate::cloud_identity::AwsIdentity>,
 }
 
 /// `[limits]` in server.toml, as far as request handling goes (the listeners' own terms are

@@ -53,7 +53,12 @@ pub(crate) fn report(seq: u64, machine_id: &str) -> proto::Report {
 
 pub(crate) async fn enroll(c: &Collector, machine_id: &str) -> proto::EnrollResponse {
     let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
-    let req = proto::EnrollRequest { enroll_secret: secret, host: facts(machine_id), agent: status() };
+    let req = proto::EnrollRequest {
+        enroll_secret: secret,
+        host: facts(machine_id),
+        agent: status(),
+        instance_identity: None,
+    };
     let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
@@ -160,7 +165,12 @@ async fn bad_credentials_and_baselines_are_refused() {
     let c = Collector::start(dir.path(), "");
 
     // A wrong enroll secret enrolls nobody.
-    let req = proto::EnrollRequest { enroll_secret: "hwe_wrong".into(), host: facts("m-x"), agent: status() };
+    let req = proto::EnrollRequest {
+        enroll_secret: "hwe_wrong".into(),
+        host: facts("m-x"),
+        agent: status(),
+        instance_identity: None,
+    };
     let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
     assert_eq!((code, error_of(&body).as_str()), (401, "unknown enroll secret"));
     let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
@@ -212,6 +222,7 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
             enroll_secret: secret.into(),
             host: facts("m-t"),
             agent: status(),
+            instance_identity: None,
         })
         .unwrap();
         req["agent"]["started_at"] = json!("9999-12-31T23:59:59-05:00");

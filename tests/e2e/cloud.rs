@@ -2,7 +2,8 @@
 //! (`support/imds.py`): identity, tags becoming host tags, and failures said plainly without
 //! holding the agent back. Nothing here asks a real metadata address.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,9 +21,24 @@ struct Imds {
 
 impl Imds {
     fn start(cloud: &str, behaviour: &str, delay: f64, instance_id: &str, tags: &[(&str, &str)]) -> Imds {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/imds.py");
+        Self::start_signed(cloud, behaviour, delay, instance_id, tags, None)
+    }
+
+    /// The same, signing the identity document with `key` (EC2).
+    fn start_signed(
+        cloud: &str,
+        behaviour: &str,
+        delay: f64,
+        instance_id: &str,
+        tags: &[(&str, &str)],
+        key: Option<&Path>,
+    ) -> Imds {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/imds.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script).args(["--cloud", cloud, "--behaviour", behaviour, "--instance-id", instance_id]);
+        if let Some(k) = key {
+            cmd.arg("--sign-key").arg(k);
+        }
         cmd.args(["--delay", &delay.to_string()]);
         for (k, v) in tags {
             cmd.args(["--tag", &format!("{k}={v}")]);
@@ -157,4 +173,148 @@ async fn a_slow_metadata_service_does_not_hold_the_agent_back() {
     let enrolled = log.find("enrolled").unwrap_or_else(|| panic!("no enrollment in:\n{log}"));
     let found = log.find("cloud instance").unwrap_or_else(|| panic!("no cloud facts in:\n{log}"));
     assert!(enrolled < found, "the agent waited for the slow service:\n{log}");
+}
+
+/// A self-signed RSA certificate and its key, made with openssl, standing for AWS's.
+fn rsa_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pem")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (the tests make their certificates with it)");
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    (key, cert)
+}
+
+/// `data` signed with `key` (RSA-SHA256), base64, as EC2 serves signatures.
+fn sign(key: &Path, data: &str) -> String {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl dgst -sha256 -sign '{}' | openssl base64 -A", key.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The double's identity document and signature, fetched as the agent does (IMDSv2).
+async fn identity_of(imds: &Imds) -> proto::InstanceIdentity {
+    let http = reqwest::Client::new();
+    let token = http
+        .put(format!("{}/latest/api/token", imds.url))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let get = async |path: &str| {
+        http.get(format!("{}/latest/dynamic/instance-identity/{path}", imds.url))
+            .header("X-aws-ec2-metadata-token", &token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    proto::InstanceIdentity { document: get("document").await, signature: get("signature").await }
+}
+
+fn ec2(instance_id: &str) -> proto::CloudFacts {
+    proto::CloudFacts {
+        provider: proto::CloudProvider::Aws,
+        instance_id: instance_id.to_owned(),
+        account: Some("123456789012".into()),
+        region: Some("eu-west-1".into()),
+        zone: None,
+        image: None,
+        instance_type: None,
+        resource_group: None,
+        tags: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_aws_certificates_only_a_proven_instance_enrolls_and_its_key_stays_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (aws_key, aws_cert) = rsa_certificate(dir.path(), "aws-test");
+    let (other_key, _) = rsa_certificate(dir.path(), "not-aws");
+    let instance = unique("i-0proven");
+    let role = unique("proven");
+    let imds = Imds::start_signed("aws", "ok", 0.0, &instance, &[("role", &role)], Some(&aws_key));
+    let c = Collector::start(
+        dir.path(),
+        &format!("[cloud]\naws_identity_certificates = {:?}\n", aws_cert.display().to_string()),
+    );
+
+    // The agent proves its instance and enrolls.
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "",
+        &[("HOSTWATCH_CLOUD_PROVIDER", "aws"), ("HOSTWATCH_CLOUD_ENDPOINT", &imds.url)],
+    );
+    let host = wait_for("the proven instance enrolled", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role))
+    })
+    .await;
+    assert_eq!(host.cloud.map(|c| c.instance_id), Some(instance.clone()));
+
+    // By hand: every way of claiming an instance without proving it is refused, saying why.
+    let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
+    let real = identity_of(&imds).await;
+    let enroll = async |cloud: Option<proto::CloudFacts>, identity: Option<proto::InstanceIdentity>| {
+        let req = proto::EnrollRequest {
+            enroll_secret: secret.clone(),
+            host: proto::HostFacts { cloud, ..proto::HostFacts::new("claimant", unique("m-claim")) },
+            agent: proto::AgentStatus::new("0.0.1", 10, time::OffsetDateTime::now_utc()),
+            instance_identity: identity,
+        };
+        c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await
+    };
+    let refused = |(code, body): (u16, String), says: &str| {
+        assert_eq!(code, 403, "{body}");
+        assert!(crate::bad_input::error_of(&body).contains(says), "{says:?} not in {body}");
+    };
+    refused(enroll(Some(ec2("i-0victim")), Some(real.clone())).await, "claims instance \"i-0victim\"");
+    refused(enroll(Some(ec2(&instance)), None).await, "without a signed instance identity document");
+    let forged = proto::InstanceIdentity { signature: sign(&other_key, &real.document), ..real.clone() };
+    refused(enroll(Some(ec2(&instance)), Some(forged)).await, "does not verify");
+    let edited =
+        proto::InstanceIdentity { document: real.document.replace(&instance, "i-0victim"), ..real.clone() };
+    refused(enroll(Some(ec2("i-0victim")), Some(edited)).await, "does not verify");
+    let (code, body) = enroll(
+        Some(ec2(&instance)),
+        Some(proto::InstanceIdentity { signature: "%%".into(), ..real.clone() }),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    // A host that claims no instance is not an EC2 claim: it enrolls.
+    let (code, body) = enroll(None, None).await;
+    assert_eq!(code, 200, "{body}");
+
+    // A proven key cannot move: a report claiming another instance is refused.
+    let (code, body) = enroll(Some(ec2(&instance)), Some(real.clone())).await;
+    assert_eq!(code, 200, "{body}");
+    let key = serde_json::from_str::<proto::EnrollResponse>(&body).unwrap().node_key;
+    let mut report = crate::bad_input::report(1, "m-proven-report");
+    report.host.cloud = Some(ec2("i-0victim"));
+    let (code, body) = c.post(proto::REPORT_PATH, Some(&key), serde_json::to_vec(&report).unwrap()).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("issued to EC2 instance"), "{body}");
+    report.host.cloud = Some(ec2(&instance));
+    let (code, body) = c.post(proto::REPORT_PATH, Some(&key), serde_json::to_vec(&report).unwrap()).await;
+    assert_eq!(code, 200, "{body}");
 }

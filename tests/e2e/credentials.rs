@@ -221,6 +221,7 @@ async fn every_route_refuses_every_credential_below_it() {
         enroll_secret: std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned(),
         host: proto::HostFacts::new("route-table", "machine-route-table"),
         agent: proto::AgentStatus::new("0.0.1", 10, time::OffsetDateTime::now_utc()),
+        instance_identity: None,
     };
     let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&enroll).unwrap()).await;
     assert_eq!(code, 200, "{body}");

@@ -357,6 +357,7 @@ async fn enroll_and_report(url: &str, dir: &std::path::Path, machine: &str) {
         enroll_secret: secret,
         host: proto::HostFacts::new("log-test", machine),
         agent: proto::AgentStatus::new("0.0.1", 10, time::OffsetDateTime::now_utc()),
+        instance_identity: None,
     };
     let resp = http
         .post(format!("{url}{}", proto::ENROLL_PATH))

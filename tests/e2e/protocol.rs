@@ -96,7 +96,12 @@ async fn snapshots_deltas_replays_and_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
     let secret = std::fs::read_to_string(&c.enroll_secret_file).unwrap().trim().to_owned();
-    let req = proto::EnrollRequest { enroll_secret: secret, host: facts(), agent: status() };
+    let req = proto::EnrollRequest {
+        enroll_secret: secret,
+        host: facts(),
+        agent: status(),
+        instance_identity: None,
+    };
     let (code, body) = c.post(proto::ENROLL_PATH, None, serde_json::to_vec(&req).unwrap()).await;
     assert_eq!(code, 200, "{body}");
     let e: proto::EnrollResponse = serde_json::from_str(&body).unwrap();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use hostwatch_proto::v1::{CloudFacts, CloudProvider, limits};
+use hostwatch_proto::v1::{CloudFacts, CloudProvider, InstanceIdentity, limits};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
@@ -13,6 +13,8 @@ use super::{MAX_BODY, describe, read_body};
 const TOKEN_TTL_SECS: &str = "60";
 const TOKEN_PATH: &str = "latest/api/token";
 const IDENTITY_PATH: &str = "latest/dynamic/instance-identity/document";
+/// The document's RSA-SHA256 signature under AWS's regional certificate, base64.
+const SIGNATURE_PATH: &str = "latest/dynamic/instance-identity/signature";
 const TAGS_PATH: &str = "latest/meta-data/tags/instance";
 
 /// The fields of the identity document the agent keeps.
@@ -31,8 +33,12 @@ fn url(base: &Url, path: &str) -> Result<Url, String> {
     base.join(path).map_err(|e| format!("bad metadata URL {base}{path}: {e}"))
 }
 
-/// Reads the instance's facts; `Err` says what failed in an operator's words.
-pub async fn fetch(http: &reqwest::Client, base: &Url) -> Result<CloudFacts, String> {
+/// Reads the instance's facts and its signed identity document; `Err` says what failed in an
+/// operator's words.
+pub async fn fetch(
+    http: &reqwest::Client,
+    base: &Url,
+) -> Result<(CloudFacts, Option<InstanceIdentity>), String> {
     let token_url = url(base, TOKEN_PATH)?;
     let resp = http
         .put(token_url.clone())
@@ -78,8 +84,20 @@ pub async fn fetch(http: &reqwest::Client, base: &Url) -> Result<CloudFacts, Str
     let body = get(http, &doc_url, &token).await?.ok_or_else(|| format!("GET {doc_url}: not found"))?;
     let doc: IdentityDocument = serde_json::from_slice(&body)
         .map_err(|e| format!("GET {doc_url}: not an instance identity document: {e}"))?;
+    // Kept as served: the signature is over these very bytes.
+    let document =
+        String::from_utf8(body).map_err(|_| format!("GET {doc_url}: the document is not UTF-8"))?;
+    let sig_url = url(base, SIGNATURE_PATH)?;
+    let identity = match get(http, &sig_url, &token).await? {
+        Some(sig) => Some(InstanceIdentity {
+            document,
+            signature: String::from_utf8(sig)
+                .map_err(|_| format!("GET {sig_url}: the signature is not text"))?,
+        }),
+        None => None,
+    };
     let tags = tags(http, base, &token).await?;
-    Ok(CloudFacts {
+    let facts = CloudFacts {
         provider: CloudProvider::Aws,
         instance_id: doc.instance_id,
         account: doc.account_id,
@@ -89,7 +107,8 @@ pub async fn fetch(http: &reqwest::Client, base: &Url) -> Result<CloudFacts, Str
         instance_type: doc.instance_type,
         resource_group: None,
         tags,
-    })
+    };
+    Ok((facts, identity))
 }
 
 /// `GET` with the token; `Ok(None)` on 404.

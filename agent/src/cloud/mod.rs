@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use hostwatch_proto::v1::{self as proto, CloudFacts, CloudProvider, limits};
+use hostwatch_proto::v1::{self as proto, CloudFacts, CloudProvider, InstanceIdentity, limits};
 use reqwest::Url;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -82,15 +82,32 @@ impl Default for CloudConfig {
 pub enum Detection {
     /// Not on a cloud (or told so): nothing to ask, ever.
     NotCloud,
-    Found(CloudFacts),
+    Found(Box<Instance>),
     /// A cloud was expected and its service did not tell: why, to show and retry.
     Failed(String),
+}
+
+/// What the metadata service said of this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub facts: CloudFacts,
+    /// On EC2, the signed identity document the facts came from (`None` where the service serves
+    /// no signature).
+    pub identity: Option<InstanceIdentity>,
 }
 
 impl Detection {
     pub fn facts(&self) -> Option<&CloudFacts> {
         match self {
-            Detection::Found(f) => Some(f),
+            Detection::Found(i) => Some(&i.facts),
+            _ => None,
+        }
+    }
+
+    /// EC2's signed identity document, for enrollment.
+    pub fn identity(&self) -> Option<&InstanceIdentity> {
+        match self {
+            Detection::Found(i) => i.identity.as_ref(),
             _ => None,
         }
     }
@@ -170,10 +187,10 @@ pub async fn detect(config: &CloudConfig, sys: &Path) -> Detection {
     for provider in which {
         let got = match provider {
             CloudProvider::Aws => aws::fetch(&http, &base).await,
-            CloudProvider::Azure => azure::fetch(&http, &base).await,
+            CloudProvider::Azure => azure::fetch(&http, &base).await.map(|f| (f, None)),
         };
         match got {
-            Ok(facts) => return Detection::Found(facts),
+            Ok((facts, identity)) => return Detection::Found(Box::new(Instance { facts, identity })),
             Err(why) => problems.push(format!("{}: {why}", provider.as_str())),
         }
     }
@@ -220,7 +237,7 @@ pub fn watch(
             };
             let wait = match &found {
                 Detection::NotCloud => None,
-                Detection::Found(_) => {
+                Detection::Found(..) => {
                     retry = FIRST_RETRY;
                     Some(REFRESH)
                 }
@@ -232,10 +249,15 @@ pub fn watch(
                 }
             };
             let changed = tx.borrow().as_ref() != Some(&found);
-            if changed && let Detection::Found(f) = &found {
+            if changed && let Some(f) = found.facts() {
                 info!(provider = f.provider.as_str(), instance_id = %f.instance_id, tags = f.tags.len(), "cloud instance");
             }
+            // A service that answered once and fails now (a hiccup) does not take the instance's
+            // facts away: the last ones found stand until the next answer.
             tx.send_if_modified(|old| {
+                if matches!(found, Detection::Failed(_)) && matches!(old, Some(Detection::Found(..))) {
+                    return false;
+                }
                 let changed = old.as_ref() != Some(&found);
                 *old = Some(found);
                 changed

@@ -14,7 +14,22 @@ pub struct EnrollRequest {
     pub enroll_secret: String,
     pub host: HostFacts,
     pub agent: AgentStatus,
+    /// On EC2: the instance identity document and its signature, as the metadata service gave
+    /// them, for a collector that checks them against AWS's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_identity: Option<InstanceIdentity>,
 }
+
+/// EC2's signed instance identity document: `document` as served (JSON text), `signature` the
+/// base64 RSA-SHA256 signature of it (`/latest/dynamic/instance-identity/signature`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceIdentity {
+    pub document: String,
+    pub signature: String,
+}
+
+/// Largest identity document or signature accepted: AWS's are about 500 and 350 bytes.
+pub const MAX_IDENTITY_BYTES: usize = 16 << 10;
 
 /// The collector's answer: the host's id and the key it signs its reports with.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +63,10 @@ impl Validate for EnrollRequest {
     fn validate(&self) -> Result<(), ValidationError> {
         nonempty("enroll_secret", &self.enroll_secret, limits::MAX_SECRET_BYTES)?;
         self.host.validate().map_err(|e| e.within("host"))?;
+        if let Some(i) = &self.instance_identity {
+            nonempty("instance_identity.document", &i.document, MAX_IDENTITY_BYTES)?;
+            nonempty("instance_identity.signature", &i.signature, MAX_IDENTITY_BYTES)?;
+        }
         self.agent.validate().map_err(|e| e.within("agent"))
     }
 }

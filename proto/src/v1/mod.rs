@@ -23,7 +23,7 @@ pub use credentials::{
     MAX_EXPIRES_SECS, SecretInfo, TokenInfo,
 };
 pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, PassedExec, ProcessKey, Removed, UnreadExec};
-pub use enroll::{EnrollRequest, EnrollResponse};
+pub use enroll::{EnrollRequest, EnrollResponse, InstanceIdentity};
 pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
 pub use finding::{Ack, CreateSilence, Finding, FindingKind, FindingStatus, Severity, Silence, UnknownName};
 pub use process::{ExeReplacement, INTERACTIVE, Process, is_interactive};

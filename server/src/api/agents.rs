@@ -18,6 +18,7 @@ use crate::admission::Refusal;
 use crate::auth::{self, Agent};
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
+use crate::store::Enrollment;
 use crate::{engine, ingest, secrets, tags};
 
 /// The agent's [`proto::BACKLOG_HEADER`]: absent is none; anything but a decimal number up to
@@ -65,12 +66,28 @@ pub async fn enroll(
     let secret = auth::check_enroll_secret(&state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
         .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
+    // Where EC2 claims must be proven, an unproven one enrolls nothing.
+    let verified = match &state.settings.aws_identity {
+        Some(aws) => aws.verify(req.host.cloud.as_ref(), req.instance_identity.as_ref()).map_err(|e| {
+            tracing::warn!(%peer, hostname = ?req.host.hostname, problem = %e, "enrollment refused: instance identity");
+            ApiError::forbidden(format!("instance identity: {e}"))
+        })?,
+        None => None,
+    };
     let mut facts: HostFacts = req.host.into();
     facts.tags = tags::at_enrollment(&facts.reported_tags, &secret.tags);
     let now = OffsetDateTime::now_utc();
+    let key_hash = secrets::hash(key.expose());
     let host_id = state
         .store
-        .enroll_host(&facts, &req.agent.version, &secrets::hash(key.expose()), secret.id, now)
+        .enroll_host(&Enrollment {
+            facts: &facts,
+            agent_version: &req.agent.version,
+            key_hash: &key_hash,
+            enroll_secret: secret.id,
+            verified_instance: verified.as_deref(),
+            now,
+        })
         .await?;
     state
         .store
@@ -158,6 +175,20 @@ async fn accept(
     let report: proto::Report = decode(state, "report", &body.bytes)?;
     drop(body);
     report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
+    if state.settings.aws_identity.is_some()
+        && let Some(proven) = state.store.verified_instance(agent.host_id).await?
+    {
+        // The key was issued to the instance that proved itself: another instance's facts under
+        // it are someone posing. 403 makes a real agent enroll again, proving where it is now.
+        // (No claim at all, as while the metadata service is unreachable, poses as nobody.)
+        if let Some(claimed) = report.host.cloud.as_ref().map(|c| c.instance_id.as_str())
+            && claimed != proven
+        {
+            return Err(ApiError::forbidden(format!(
+                "this node key was issued to EC2 instance {proven:?}; the report claims {claimed:?}"
+            )));
+        }
+    }
     let seq = report.seq;
     let record = ReportRecord { backlog, ..ReportRecord::from(report) };
     let resync = ingest::ingest(state, agent.host_id, record).await?;

@@ -87,6 +87,19 @@ pub struct HostTags {
     pub assigned: BTreeMap<String, String>,
 }
 
+/// A host to enroll, with its first node key.
+#[derive(Debug, Clone)]
+pub struct Enrollment<'a> {
+    pub facts: &'a HostFacts,
+    pub agent_version: &'a str,
+    pub key_hash: &'a str,
+    /// The enroll secret it enrolled with.
+    pub enroll_secret: i64,
+    /// The EC2 instance its signed identity document proved, where the collector checks them.
+    pub verified_instance: Option<&'a str>,
+    pub now: OffsetDateTime,
+}
+
 /// A credential to create: its stored form and who asked. Its creation is audited in the same
 /// transaction.
 #[derive(Debug, Clone)]
@@ -179,14 +192,9 @@ pub trait Store: Send + Sync + 'static {
     /// Enrolls a new host with its first node key. Never reuses a host: the machine id an agent
     /// claims is not proof, so a second enrollment under one machine id is a second host (which the
     /// engine flags as `duplicate_identity`), never a takeover of the first.
-    async fn enroll_host(
-        &self,
-        facts: &HostFacts,
-        agent_version: &str,
-        key_hash: &str,
-        enroll_secret: i64,
-        now: OffsetDateTime,
-    ) -> Result<i64>;
+    async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64>;
+    /// The EC2 instance id a host proved at enrollment, if it did.
+    async fn verified_instance(&self, host_id: i64) -> Result<Option<String>>;
     /// Records a report: host facts, agent status and last_seen always; its content once, by the
     /// session's sequence numbers: a replay (a number already applied) changes nothing; a snapshot
     /// replaces the state; a delta changes it, and if it does not follow the last report applied

@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{
-    BaselineRecord, FindingFilter, HistoryFilter, HostTags, NewCredential, Result, SecretRecord, Store,
-    StoreError, TokenRecord,
+    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, Result, SecretRecord,
+    Store, StoreError, TokenRecord,
 };
 use crate::findings;
 use crate::model::{
@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/sqlite/0012_exe_replacement.sql")),
     (13, include_str!("migrations/sqlite/0013_credentials.sql")),
     (14, include_str!("migrations/sqlite/0014_sessions.sql")),
+    (15, include_str!("migrations/sqlite/0015_verified_instance.sql")),
 ];
 
 #[derive(Clone)]
@@ -528,22 +529,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn enroll_host(
-        &self,
-        facts: &HostFacts,
-        agent_version: &str,
-        key_hash: &str,
-        enroll_secret: i64,
-        now: OffsetDateTime,
-    ) -> Result<i64> {
-        let (facts, version, hash) = (facts.clone(), agent_version.to_owned(), key_hash.to_owned());
+    async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64> {
+        let (facts, version, hash) = (e.facts.clone(), e.agent_version.to_owned(), e.key_hash.to_owned());
+        let (enroll_secret, verified, now) = (e.enroll_secret, e.verified_instance.map(str::to_owned), e.now);
         self.tx(move |tx| {
             // Always a new host: a claimed machine id is not proof of being that machine, so an
             // enrollment never takes over a host that exists (the engine flags the duplicate).
             tx.execute(
                 "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, enrolled_at, \
-                 cloud, instance_id, reported_tags, enroll_secret_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 cloud, instance_id, reported_tags, enroll_secret_id, verified_instance_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     facts.hostname,
                     facts.machine_id,
@@ -557,7 +552,8 @@ impl Store for SqliteStore {
                     facts.cloud.as_ref().map(to_json),
                     facts.cloud.as_ref().map(|c| c.instance_id.clone()),
                     to_json(&facts.reported_tags),
-                    enroll_secret
+                    enroll_secret,
+                    verified
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -566,6 +562,16 @@ impl Store for SqliteStore {
                 params![hash, id, ts(now)],
             )?;
             Ok(id)
+        })
+        .await
+    }
+
+    async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
+        self.tx(move |tx| {
+            Ok(tx
+                .query_row("SELECT verified_instance_id FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))
+                .optional()?
+                .flatten())
         })
         .await
     }
@@ -994,7 +1000,15 @@ mod tests {
         let hash = format!("secret-{key}");
         let new = NewCredential { name: "test", hash: &hash, created_by: "test", expires_at: None, now };
         let secret = s.create_enroll_secret(&new, &BTreeMap::new()).await?;
-        s.enroll_host(facts, "0.1.0", key, secret.id, now).await
+        s.enroll_host(&Enrollment {
+            facts,
+            agent_version: "0.1.0",
+            key_hash: key,
+            enroll_secret: secret.id,
+            verified_instance: None,
+            now,
+        })
+        .await
     }
 
     fn facts(machine: &str) -> HostFacts {
@@ -1431,7 +1445,17 @@ mod tests {
         assert_eq!(s.revoke_api_token(999, "token:root#1", at(3)).await.unwrap(), None);
         let tags = BTreeMap::from([("role".to_owned(), "web".to_owned())]);
         let sec = s.create_enroll_secret(&new("web", "hash-web"), &tags).await.unwrap();
-        let host = s.enroll_host(&facts("m1"), "0.1.0", "key-1", sec.id, at(4)).await.unwrap();
+        let f = facts("m1");
+        let e = Enrollment {
+            facts: &f,
+            agent_version: "0.1.0",
+            key_hash: "key-1",
+            enroll_secret: sec.id,
+            verified_instance: Some("i-m1"),
+            now: at(4),
+        };
+        let host = s.enroll_host(&e).await.unwrap();
+        assert_eq!(s.verified_instance(host).await.unwrap().as_deref(), Some("i-m1"));
         let found = s.find_enroll_secret("hash-web").await.unwrap().unwrap();
         assert_eq!((found.tags, found.hosts), (tags.clone(), 1));
         assert_eq!(s.host_tags(host).await.unwrap().unwrap().assigned, tags);

@@ -9,8 +9,13 @@ only with `Metadata: true` and an api-version. Behaviours for tests:
   refuse-token   (aws) the token PUT is refused with 403
   hang-token     (aws) the token PUT is never answered (what a hop limit of 1 looks like)
   slow           every answer comes after --delay seconds
+With --sign-key KEY.pem (aws), the identity document's signature is served as EC2 serves it
+(/latest/dynamic/instance-identity/signature: base64 of the RSA-SHA256 signature), made with
+openssl and that key.
 Prints the port it listens on, then serves until killed.
 """
+import base64
+import subprocess
 import argparse
 import json
 import secrets
@@ -25,7 +30,16 @@ p.add_argument("--behaviour", default="ok", choices=["ok", "no-tags", "refuse-to
 p.add_argument("--delay", type=float, default=0.0)
 p.add_argument("--instance-id", required=True)
 p.add_argument("--tag", action="append", default=[], help="key=value")
+p.add_argument("--sign-key", help="PEM RSA key that signs the identity document")
 args = p.parse_args()
+DOC = json.dumps({"accountId": "123456789012", "architecture": "x86_64", "availabilityZone": "eu-west-1b",
+                  "imageId": "ami-0abcdef1234567890", "instanceId": args.instance_id,
+                  "instanceType": "t3.small", "region": "eu-west-1", "version": "2017-09-30"}, indent=2)
+SIGNATURE = None
+if args.sign_key:
+    raw = subprocess.run(["openssl", "dgst", "-sha256", "-sign", args.sign_key], input=DOC.encode(),
+                         capture_output=True, check=True).stdout
+    SIGNATURE = base64.encodebytes(raw).decode()
 TAGS = dict(t.split("=", 1) for t in args.tag)
 TOKENS = set()
 
@@ -87,10 +101,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("X-aws-ec2-metadata-token") not in TOKENS:
             return self.reply(401, "Unauthorized")
         if url.path == "/latest/dynamic/instance-identity/document":
-            doc = {"accountId": "123456789012", "architecture": "x86_64", "availabilityZone": "eu-west-1b",
-                   "imageId": "ami-0abcdef1234567890", "instanceId": args.instance_id,
-                   "instanceType": "t3.small", "region": "eu-west-1", "version": "2017-09-30"}
-            return self.reply(200, json.dumps(doc), "application/json")
+            return self.reply(200, DOC, "application/json")
+        if url.path == "/latest/dynamic/instance-identity/signature" and SIGNATURE:
+            return self.reply(200, SIGNATURE)
         if url.path.rstrip("/") == "/latest/meta-data/tags/instance":
             if args.behaviour == "no-tags":
                 return self.reply(404, "Not Found")
