@@ -55,7 +55,7 @@ class Collector:
 
         def read():
             for line in self.proc.stderr:
-                m = re.search(r"listening on (http://\S+)", line)
+                m = re.search(r"listening on (https?://\S+)", line)
                 if m and not self.url:
                     self.url = m.group(1)
                     found.set()
