@@ -28,6 +28,9 @@ import harness
 
 AGENTS = 20
 INTERVAL = 2.0
+# The socket-level attacks come from an address of their own, as an attacker's machine would: on
+# one loopback address their churn would use up the ephemeral ports the agents connect from.
+ATTACKER = ("127.0.0.2", 0)
 
 
 def http(method, url, body=None, token=None, headers=None, timeout=10):
@@ -86,7 +89,7 @@ def slow_body(c, stop, keys):
     def one(key):
         while not stop.is_set():
             try:
-                s = socket.create_connection((host, port), timeout=5)
+                s = socket.create_connection((host, port), timeout=5, source_address=ATTACKER)
                 s.sendall((f"POST /api/v1/report HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
                            "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n").encode())
                 while not stop.is_set():
@@ -112,7 +115,7 @@ def flood(c, stop, n, payload):
         while not stop.is_set():
             while len(socks) < n and not stop.is_set():
                 try:
-                    s = socket.create_connection((host, port), timeout=2)
+                    s = socket.create_connection((host, port), timeout=2, source_address=ATTACKER)
                     s.setblocking(False)
                     socks.append([s, 0])
                 except OSError:
@@ -231,11 +234,20 @@ def phase(c, name, seconds, ids, pid, start_attack=None):
 
 
 def seqs(c, ids):
+    """Every host's last sequence number; asked again (for up to 60 s) while the collector is
+    still shedding an attack's connections."""
     out = {}
-    for i in ids:
-        code, body = http("GET", f"{c.url}/api/v1/hosts/{i}", token=c.token)
-        if code == 200:
-            out[i] = json.loads(body)["last_seq"]
+    deadline = time.time() + 60
+    while len(out) < len(ids):
+        for i in ids:
+            if i not in out:
+                code, body = http("GET", f"{c.url}/api/v1/hosts/{i}", token=c.token)
+                if code == 200:
+                    out[i] = json.loads(body)["last_seq"]
+        if len(out) < len(ids):
+            if time.time() > deadline:
+                sys.exit(f"the collector did not answer for hosts {sorted(set(ids) - set(out))} within 60 s")
+            time.sleep(0.5)
     return out
 
 

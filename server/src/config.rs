@@ -42,6 +42,11 @@ pub const ENV_KEYS: &[EnvKey] = &[
         kind: EnvKind::Int,
     },
     EnvKey {
+        var: "HOSTWATCH_LIMITS_MAX_CONNECTIONS_PER_ADDRESS",
+        path: &["limits", "max_connections_per_address"],
+        kind: EnvKind::Int,
+    },
+    EnvKey {
         var: "HOSTWATCH_LIMITS_HEADER_TIMEOUT",
         path: &["limits", "header_timeout"],
         kind: EnvKind::Str,
@@ -183,6 +188,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_connections: Option<u32>,
+    max_connections_per_address: Option<u32>,
     #[serde(default, deserialize_with = "opt_duration")]
     header_timeout: Option<Duration>,
     max_header_bytes: Option<u64>,
@@ -538,6 +544,15 @@ fn limits(
         conn.max_connections =
             within(invalid, "HOSTWATCH_LIMITS_MAX_CONNECTIONS", "limits.max_connections", v, 1..=1_000_000)?
                 as usize;
+    }
+    if let Some(v) = r.max_connections_per_address {
+        conn.max_connections_per_address = within(
+            invalid,
+            "HOSTWATCH_LIMITS_MAX_CONNECTIONS_PER_ADDRESS",
+            "limits.max_connections_per_address",
+            v,
+            1..=1_000_000,
+        )? as usize;
     }
     let secs = |d: Duration| d.as_secs_f64();
     if let Some(d) = r.header_timeout {

@@ -36,6 +36,9 @@ use crate::tls::Tls;
 pub struct ConnLimits {
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections open at once from one source address (an IPv6 /64): one address cannot hold
+    /// every slot the agents of the fleet need.
+    pub max_connections_per_address: usize,
     /// Time to send a request's head, and the longest a keep-alive connection may sit idle.
     pub header_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; at least 8192.
@@ -50,6 +53,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
             max_connections: 4096,
+            max_connections_per_address: 512,
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 16 << 10,
             handshake_timeout: Duration::from_secs(10),
@@ -63,6 +67,8 @@ impl Default for ConnLimits {
 pub struct ConnCounters {
     /// Connections closed at once because `max_connections` were open.
     pub refused_over_cap: AtomicU64,
+    /// Connections closed at once because their address had `max_connections_per_address` open.
+    pub refused_per_address: AtomicU64,
     /// TLS handshakes that failed or did not finish in time.
     pub handshakes_failed: AtomicU64,
     /// Connections ended by an error: a head too large or too slow, a broken stream.
@@ -77,7 +83,50 @@ pub struct Serving {
     pub limits: ConnLimits,
     /// Shared by all listeners of the collector: the cap is on the process, not per port.
     pub slots: Arc<Semaphore>,
+    /// Connections open per source address, shared like `slots`.
+    pub per_address: Arc<PerAddress>,
     pub counters: Arc<ConnCounters>,
+}
+
+/// Open connections by source address (IPv6 by /64, as [`crate::admission::address_key`]).
+#[derive(Debug, Default)]
+pub struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its address until dropped.
+pub struct AddressSlot {
+    table: Arc<PerAddress>,
+    key: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// Counts a connection from `ip`, unless `max` are open from its address already.
+    pub fn take(table: &Arc<PerAddress>, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let key = crate::admission::address_key(ip);
+        let mut open = table.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { table: table.clone(), key })
+    }
+
+    /// Addresses with a connection open (the table holds no others).
+    pub fn addresses(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Accepts and serves until `shutdown`, then drains for at most `drain_timeout`.
@@ -95,6 +144,14 @@ pub async fn run(listener: TcpListener, serving: Serving, shutdown: Cancellation
                     continue;
                 }
             },
+        };
+        let Some(from_address) =
+            PerAddress::take(&serving.per_address, peer.ip(), serving.limits.max_connections_per_address)
+        else {
+            serving.counters.refused_per_address.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, max = serving.limits.max_connections_per_address, "connection refused: too many open from this address");
+            drop(tcp);
+            continue;
         };
         let Ok(slot) = serving.slots.clone().try_acquire_owned() else {
             serving.counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +181,7 @@ pub async fn run(listener: TcpListener, serving: Serving, shutdown: Cancellation
                 }
             }
             drop(slot);
+            drop(from_address);
         });
     }
     tracker.close();

@@ -226,6 +226,7 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: Cancellation
     let agents_addr = listeners.agents.local_addr()?;
     let chores = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     let slots = Arc::new(Semaphore::new(listeners.limits.max_connections.max(1)));
+    let per_address = Arc::new(listen::PerAddress::default());
     let serving = |routes, tls: Option<Tls>| {
         if let Some(t) = &tls {
             tokio::spawn(t.clone().follow(shutdown.clone()));
@@ -235,6 +236,7 @@ pub async fn serve(state: AppState, listeners: Listeners, shutdown: Cancellation
             tls,
             limits: listeners.limits.clone(),
             slots: slots.clone(),
+            per_address: per_address.clone(),
             counters: state.conns.clone(),
         }
     };

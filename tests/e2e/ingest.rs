@@ -243,6 +243,36 @@ async fn connections_past_the_cap_are_closed_at_once_and_the_cap_frees() {
     drop(held);
 }
 
+/// One address cannot take every slot: past its share, its connections are closed at once while
+/// another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(
+        dir.path(),
+        "[limits]\nmax_connections_per_address = 10\nheader_timeout = \"20s\"\n",
+    );
+    let address: std::net::SocketAddr = addr(&c).parse().unwrap();
+    let from = |ip: [u8; 4]| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        s.connect(address).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(from([127, 0, 0, 2]).await);
+    }
+    let mut eleventh = from([127, 0, 0, 2]).await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), eleventh.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the eleventh from 127.0.0.2 was not closed: {n:?}");
+    // Another address (the CLI's, 127.0.0.1) is served meanwhile.
+    let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+    assert!(hosts.iter().all(|h| h.id > 0));
+    assert!(c.metric("hostwatch_connections_refused_per_address_total").await >= 1);
+    drop(held);
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).unwrap();

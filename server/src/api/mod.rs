@@ -217,6 +217,12 @@ async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'stat
             conns.refused_over_cap.load(Ordering::Relaxed),
         ),
         (
+            "hostwatch_connections_refused_per_address_total",
+            "counter",
+            "Connections closed on accept because their address had [limits] max_connections_per_address open.",
+            conns.refused_per_address.load(Ordering::Relaxed),
+        ),
+        (
             "hostwatch_tls_handshakes_failed_total",
             "counter",
             "TLS handshakes that failed or did not finish in time.",

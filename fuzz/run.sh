@@ -1,0 +1,20 @@
+#!/bin/sh
+# Runs every fuzz target for SECONDS each (default 60), from seeds of real inputs: a snapshot of
+# this machine, the shipped baselines, the example agent configuration. Needs the nightly
+# toolchain; installs cargo-fuzz if it is missing. A crash stops the run and leaves its input in
+# fuzz/artifacts/TARGET/.
+set -eu
+cd "$(dirname "$0")"
+seconds="${1:-60}"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+mkdir -p corpus/report corpus/enroll corpus/baseline corpus/agent_config
+if [ -x ../target/release/hostwatch-agent ]; then
+  HOSTWATCH_CLOUD_PROVIDER=none ../target/release/hostwatch-agent snapshot > corpus/report/snapshot.json || true
+fi
+cp ../packaging/baselines/*.toml corpus/baseline/
+cp ../packaging/config/agent.toml corpus/agent_config/
+printf '{"enroll_secret":"hwe_x","host":{"hostname":"h","machine_id":"m","os":"","kernel":"","arch":""},"agent":{"version":"0.1.0","interval_secs":10,"started_at":"2026-01-01T00:00:00Z","coverage":{"state":"full"}}}' > corpus/enroll/seed.json
+for target in report enroll baseline agent_config; do
+  echo "== $target, ${seconds}s"
+  cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=262144 2>&1 | tail -n 4
+done
