@@ -56,6 +56,9 @@ impl Budget {
     }
 }
 
+/// How much an inflating buffer grows by, at least (it grows by half its size when larger).
+const INFLATE_STEP: usize = 256 << 10;
+
 /// A body read whole, holding its share of the budget until dropped.
 #[derive(Debug)]
 pub struct Held {
@@ -128,21 +131,44 @@ pub async fn read(
         return Ok(Held { bytes: Bytes::from(buf), _budget: held });
     }
     let what_owned = what.to_owned();
-    // Inflating is CPU work of up to `limit` bytes: off the async workers.
+    // The inflated body may reach `limit` (a bomb does): its share is taken before inflating,
+    // what it did not need given back after. Inflating is CPU work: off the async workers.
+    let mut reserved = budget.take(limit + 1, deadline, what).await?;
     let inflated = tokio::task::spawn_blocking(move || inflate(&buf, limit, &what_owned))
         .await
         .map_err(|e| ApiError::internal(format!("inflating the body failed: {e}")))??;
-    held.push(budget.take(inflated.len(), deadline, what).await?);
+    let unused = u32::try_from(limit + 1 - inflated.len()).unwrap_or(0);
+    drop(reserved.split(unused as usize));
+    held.push(reserved);
     Ok(Held { bytes: Bytes::from(inflated), _budget: held })
 }
 
-/// Inflates a gzip body, refusing it as soon as it passes `limit` bytes.
+/// Inflates a gzip body, refusing it as soon as it passes `limit` bytes. The buffer grows by at
+/// most [`INFLATE_STEP`] at a time and never past `limit + 1`, so a bomb costs `limit` bytes, not
+/// the next power of two above it.
 fn inflate(compressed: &[u8], limit: usize, what: &str) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::bad_request(format!("the {what} body is not valid gzip: {e}")))?;
+    let mut out: Vec<u8> = Vec::new();
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
+    loop {
+        if out.len() == out.capacity() {
+            let room = (limit + 1 - out.len()).min(INFLATE_STEP.max(out.len() / 2));
+            if room == 0 {
+                break;
+            }
+            out.reserve_exact(room);
+        }
+        let start = out.len();
+        let spare = out.capacity() - start;
+        out.resize(start + spare, 0);
+        match decoder.read(&mut out[start..]) {
+            Ok(0) => {
+                out.truncate(start);
+                break;
+            }
+            Ok(n) => out.truncate(start + n),
+            Err(e) => return Err(ApiError::bad_request(format!("the {what} body is not valid gzip: {e}"))),
+        }
+    }
     if out.len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -374,7 +374,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Large buffers (report bodies, inflated gzip, decoded snapshots) go back to the system when
+/// freed. By default glibc raises its mmap threshold to the size of each large block freed (up
+/// to 32 MiB), after which such blocks come from per-thread arenas that keep them: a burst of
+/// large bodies left the collector at its peak for good (+150 MiB after a minute of gzip bombs
+/// against +30 MiB of bodies actually held; BENCHMARKS.md, "20 agents while each attack runs").
+/// A fixed threshold of 1 MiB maps every larger block on its own.
+#[cfg(target_env = "gnu")]
+fn return_large_blocks() {
+    // SAFETY: mallopt only sets a parameter of the allocator; it is called before the runtime
+    // starts any thread, and M_MMAP_THRESHOLD with 1 MiB is within glibc's documented range.
+    #[allow(unsafe_code)]
+    let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    if set != 1 {
+        tracing::warn!("cannot set the allocator's mmap threshold; large freed buffers may stay resident");
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn return_large_blocks() {}
+
 fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    return_large_blocks();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -349,7 +349,32 @@ impl Drop for Collector {
         if let Some(leak) = credential_in(&self.log()) {
             panic!("the collector's log holds a credential: {}…", &leak[..12]);
         }
+        // The agents of the test write their logs beside the collector's directory (and are
+        // stopped before it, being started after it).
+        if let Some(dir) = self.data_dir.parent() {
+            for log in agent_logs(dir, 3) {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(leak) = credential_in(&text) {
+                    panic!("{} holds a credential: {}…", log.display(), &leak[..12]);
+                }
+            }
+        }
     }
+}
+
+/// Every `agent.log` under `dir`, `depth` levels down at most.
+fn agent_logs(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.file_name().is_some_and(|n| n == "agent.log") {
+            out.push(path);
+        } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(agent_logs(&path, depth - 1));
+        }
+    }
+    out
 }
 
 /// The first API token, enroll secret or node key (prefix and 64 hex digits) in `text`.
