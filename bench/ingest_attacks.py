@@ -225,6 +225,7 @@ def phase(c, name, seconds, ids, pid, start_attack=None):
         "throttled": d("hostwatch_reports_throttled_total"),
         "busy": d("hostwatch_reports_busy_total"),
         "conns_refused": d("hostwatch_connections_refused_total"),
+        "per_address_refused": d("hostwatch_connections_refused_per_address_total"),
         "enroll_throttled": d("hostwatch_enrollments_throttled_total"),
         "stale_max": max(stale_max.values()),
         "stale_mean_of_max": statistics.mean(stale_max.values()),
@@ -291,11 +292,11 @@ def main():
     due = AGENTS * a.seconds / INTERVAL
     base = idle["rss_median"]
     print(f"\n{AGENTS} agents every {INTERVAL:g} s, {a.seconds} s per phase; reports due per phase about {due:.0f}")
-    print(f"{'phase':13} {'agents sent':>11} {'of due':>7} {'throttled':>9} {'busy':>5} {'conns refused':>13} "
+    print(f"{'phase':13} {'agents sent':>11} {'of due':>7} {'throttled':>9} {'busy':>5} {'conns refused':>13} {'per address':>11} "
           f"{'enroll 429':>10} {'stale max s':>11} {'stale mean s':>12} {'RSS max MiB':>11} {'over idle MiB':>13}")
     for r in results:
         print(f"{r['phase']:13} {r['agents_accepted']:>11.0f} {r['agents_accepted'] / due:>7.2f} {r['throttled']:>9.0f} "
-              f"{r['busy']:>5.0f} {r['conns_refused']:>13.0f} {r['enroll_throttled']:>10.0f} {r['stale_max']:>11.1f} {r['stale_mean_of_max']:>12.1f} "
+              f"{r['busy']:>5.0f} {r['conns_refused']:>13.0f} {r['per_address_refused']:>11.0f} {r['enroll_throttled']:>10.0f} {r['stale_max']:>11.1f} {r['stale_mean_of_max']:>12.1f} "
               f"{r['rss_max'] / 2**20:>11.1f} {(r['rss_max'] - base) / 2**20:>13.1f}")
     print(f"data_lost findings on the 20 agents' hosts: {lost}")
 

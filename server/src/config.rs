@@ -574,13 +574,15 @@ fn limits(
     }
     let max_report = raw.max_report_bytes;
     let budget =
-        r.max_body_bytes_in_flight.unwrap_or((lim.max_body_bytes_in_flight as u64).max(max_report * 2));
-    if !(max_report..=(64 << 30)).contains(&budget) {
+        r.max_body_bytes_in_flight.unwrap_or((lim.max_body_bytes_in_flight as u64).max(max_report * 2 + 1));
+    // A gzip report holds its compressed bytes and the worst case of its inflation at once.
+    let least = max_report * 2 + 1;
+    if !(least..=(64 << 30)).contains(&budget) {
         return Err(invalid(
             "HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT",
             "limits.max_body_bytes_in_flight",
             format!(
-                "{budget} is outside {max_report}..=68719476736 (at least max_report_bytes, or no report could be read)"
+                "{budget} is outside {least}..=68719476736 (more than twice max_report_bytes, or a large gzip report could never be read)"
             ),
         ));
     }
@@ -754,12 +756,12 @@ mod tests {
             None,
             vars(&[
                 ("HOSTWATCH_MAX_REPORT_BYTES", "1048576"),
-                ("HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT", "4096"),
+                ("HOSTWATCH_LIMITS_MAX_BODY_BYTES_IN_FLIGHT", "2097152"),
             ]),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("at least max_report_bytes"), "{e}");
+        assert!(e.contains("more than twice max_report_bytes"), "{e}");
         let ok = ServerConfig::load(
             None,
             vars(&[
