@@ -45,15 +45,24 @@ fn token(r: &Row<'_>) -> Result<TokenRecord> {
     })
 }
 
-fn token_where(tx: &Transaction<'_>, clause: &str, arg: &dyn rusqlite::ToSql) -> Result<Vec<TokenRecord>> {
-    let mut stmt =
-        tx.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE {clause} ORDER BY id"))?;
+/// Every row `sql` selects with `arg`, each read by `read`.
+fn rows<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    arg: &dyn rusqlite::ToSql,
+    read: fn(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql)?;
     let mut rows = stmt.query([arg])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(token(r)?);
+        out.push(read(r)?);
     }
     Ok(out)
+}
+
+fn token_where(tx: &Transaction<'_>, clause: &str, arg: &dyn rusqlite::ToSql) -> Result<Vec<TokenRecord>> {
+    rows(tx, &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE {clause} ORDER BY id"), arg, token)
 }
 
 pub(super) fn create_token(tx: &Transaction<'_>, new: &NewCredential<'_>, role: &str) -> Result<TokenRecord> {
@@ -131,15 +140,12 @@ fn secret(r: &Row<'_>) -> Result<SecretRecord> {
 }
 
 fn secret_where(tx: &Transaction<'_>, clause: &str, arg: &dyn rusqlite::ToSql) -> Result<Vec<SecretRecord>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE {clause} ORDER BY s.id"
-    ))?;
-    let mut rows = stmt.query([arg])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(secret(r)?);
-    }
-    Ok(out)
+    rows(
+        tx,
+        &format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE {clause} ORDER BY s.id"),
+        arg,
+        secret,
+    )
 }
 
 pub(super) fn create_secret(
