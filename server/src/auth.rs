@@ -103,17 +103,7 @@ impl FromRequestParts<AppState> for Person {
             .find_api_token(&secrets::hash(token))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown API token"))?;
-        // The caller holds this very token: saying why it no longer works tells them nothing new.
-        let now = OffsetDateTime::now_utc();
-        match CredentialState::at(now, rec.expires_at, rec.revoked_at) {
-            CredentialState::Active => {}
-            CredentialState::Revoked => {
-                return Err(ApiError::unauthorized(format!("API token `{}` was revoked", rec.name)));
-            }
-            CredentialState::Expired => {
-                return Err(ApiError::unauthorized(format!("API token `{}` has expired", rec.name)));
-            }
-        }
+        usable("API token", &rec.name, rec.expires_at, rec.revoked_at)?;
         let role = Role::parse(&rec.role)
             .ok_or_else(|| ApiError::internal(format!("token {} has an unknown role", rec.id)))?;
         Ok(Person { token_id: rec.id, name: rec.name, role })
@@ -142,13 +132,21 @@ pub async fn check_enroll_secret(state: &AppState, secret: &str) -> Result<Secre
         .find_enroll_secret(&secrets::hash(secret))
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown enroll secret"))?;
-    match CredentialState::at(OffsetDateTime::now_utc(), rec.expires_at, rec.revoked_at) {
-        CredentialState::Active => Ok(rec),
-        CredentialState::Revoked => {
-            Err(ApiError::unauthorized(format!("enroll secret `{}` was revoked", rec.name)))
-        }
-        CredentialState::Expired => {
-            Err(ApiError::unauthorized(format!("enroll secret `{}` has expired", rec.name)))
-        }
+    usable("enroll secret", &rec.name, rec.expires_at, rec.revoked_at)?;
+    Ok(rec)
+}
+
+/// Refuses (401) a credential that is revoked or expired, naming it: the caller holds this very
+/// credential, so saying why it no longer works tells them nothing new.
+fn usable(
+    kind: &str,
+    name: &str,
+    expires_at: Option<OffsetDateTime>,
+    revoked_at: Option<OffsetDateTime>,
+) -> Result<(), ApiError> {
+    match CredentialState::at(OffsetDateTime::now_utc(), expires_at, revoked_at) {
+        CredentialState::Active => Ok(()),
+        CredentialState::Revoked => Err(ApiError::unauthorized(format!("{kind} `{name}` was revoked"))),
+        CredentialState::Expired => Err(ApiError::unauthorized(format!("{kind} `{name}` has expired"))),
     }
 }

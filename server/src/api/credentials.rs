@@ -19,6 +19,7 @@ use crate::auth::{Person, Role};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{NewCredential, SecretRecord, TokenRecord};
+use hostwatch_agent::config::Secret;
 
 /// Largest body of a create request: a name, tags and an expiry.
 const CREATE_LIMIT: usize = 64 << 10;
@@ -50,8 +51,25 @@ fn secret_info(s: SecretRecord, now: OffsetDateTime) -> proto::SecretInfo {
     }
 }
 
-fn expires_at(now: OffsetDateTime, secs: Option<u64>) -> Option<OffsetDateTime> {
-    secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)))
+/// A fresh credential of the kind `prefix` names: its value, shown once, and the hash the store
+/// keeps in its place.
+fn generate(prefix: &str) -> Result<(Secret, String), ApiError> {
+    let value = secrets::generate(prefix)
+        .map_err(|e| ApiError::internal(format!("cannot generate a {prefix}... credential: {e}")))?;
+    let hash = secrets::hash(value.expose());
+    Ok((value, hash))
+}
+
+fn new_credential<'a>(
+    name: &'a str,
+    hash: &'a str,
+    actor: &'a str,
+    expires_in_secs: Option<u64>,
+    now: OffsetDateTime,
+) -> NewCredential<'a> {
+    let expires_at =
+        expires_in_secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX)));
+    NewCredential { name, hash, created_by: actor, expires_at, now }
 }
 
 pub async fn list_tokens(
@@ -76,18 +94,10 @@ pub async fn create_token(
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::bad_request(format!("role {:?} is not reader, analyst or admin", req.role))
     })?;
-    let token = secrets::generate(API_TOKEN_PREFIX)
-        .map_err(|e| ApiError::internal(format!("cannot generate a token: {e}")))?;
     let now = OffsetDateTime::now_utc();
-    let hash = secrets::hash(token.expose());
     let actor = person.actor();
-    let new = NewCredential {
-        name: &req.name,
-        hash: &hash,
-        created_by: &actor,
-        expires_at: expires_at(now, req.expires_in_secs),
-        now,
-    };
+    let (token, hash) = generate(API_TOKEN_PREFIX)?;
+    let new = new_credential(&req.name, &hash, &actor, req.expires_in_secs, now);
     let rec = state.store.create_api_token(&new, role.as_str()).await?;
     tracing::info!(token_id = rec.id, name = ?rec.name, role = role.as_str(), by = %actor, "API token created");
     Ok(Json(proto::CreatedToken { info: token_info(rec, now), token: token.expose().to_owned() }))
@@ -144,18 +154,10 @@ pub async fn create_secret(
     let body = read_body(&state, &headers, body, "secret request", CREATE_LIMIT).await?;
     let req: proto::CreateSecret = decode(&state, "secret request", &body.bytes)?;
     req.validate().map_err(|e| ApiError::bad_request(format!("invalid secret request: {e}")))?;
-    let secret = secrets::generate(ENROLL_SECRET_PREFIX)
-        .map_err(|e| ApiError::internal(format!("cannot generate an enroll secret: {e}")))?;
     let now = OffsetDateTime::now_utc();
-    let hash = secrets::hash(secret.expose());
     let actor = person.actor();
-    let new = NewCredential {
-        name: &req.name,
-        hash: &hash,
-        created_by: &actor,
-        expires_at: expires_at(now, req.expires_in_secs),
-        now,
-    };
+    let (secret, hash) = generate(ENROLL_SECRET_PREFIX)?;
+    let new = new_credential(&req.name, &hash, &actor, req.expires_in_secs, now);
     let rec = state.store.create_enroll_secret(&new, &req.tags).await?;
     tracing::info!(secret_id = rec.id, name = ?rec.name, tags = ?rec.tags, by = %actor, "enroll secret created");
     Ok(Json(proto::CreatedSecret { info: secret_info(rec, now), secret: secret.expose().to_owned() }))
