@@ -53,7 +53,8 @@ pub struct StateDir {
     path: PathBuf,
 }
 
-const NODE_KEY: &str = "node-key";
+/// The node key's file in the state directory.
+pub const NODE_KEY: &str = "node-key";
 const IDENTITY: &str = "identity.json";
 const AGENT_ID: &str = "agent-id";
 const SPOOL: &str = "spool";

@@ -38,6 +38,16 @@ enum Command {
     /// machine id) and its spooled reports, keeping the file manifest, so that every instance
     /// booted from the image enrolls as itself. Run with the agent stopped.
     ResetIdentity,
+    /// Whether the agent is configured to run, for systemd's ExecCondition: exit 0 when the
+    /// configuration loads, names a collector, and the agent can enroll (an enroll secret, or a
+    /// node key already in state_dir); 1 when no collector is named yet (an image built with
+    /// the package installed: the unit is skipped, not failed); 255 when the configuration is
+    /// broken (the unit fails and the reason is in the journal).
+    Check,
+    /// Last in an image build, after `reset-identity`: record every watched file (hashed) as the
+    /// image's golden manifest. An instance booted from the image reports each file that differs
+    /// from it as file_changed with origin `bake`, once, at its first start.
+    Bake,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,15 +57,20 @@ enum Output {
 
 /// Exit code for a configuration the agent refuses (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
+/// `check`: no collector named yet. ExecCondition skips the unit for 1 to 254.
+const CHECK_NOT_CONFIGURED: u8 = 1;
+/// `check`: the configuration cannot work. ExecCondition fails the unit for 255.
+const CHECK_BROKEN: u8 = 255;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log = logging::init(cli.log_format);
+    let checking = matches!(cli.command, Some(Command::Check));
     let loaded = match load_config(cli.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hostwatch-agent: {e:#}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(if checking { CHECK_BROKEN } else { EXIT_CONFIG });
         }
     };
     for w in &loaded.warnings {
@@ -65,6 +80,8 @@ fn main() -> ExitCode {
         Command::Run => run(loaded.config),
         Command::Snapshot { output: Output::Json } => print_snapshot(&loaded.config),
         Command::ResetIdentity => reset_identity(&loaded.config),
+        Command::Check => return check(&loaded.config),
+        Command::Bake => bake(&loaded.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +121,47 @@ fn run(config: AgentConfig) -> anyhow::Result<()> {
         let shutdown = signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?;
         hostwatch_agent::run(config, shutdown).await.context("agent failed")
     })
+}
+
+fn check(config: &AgentConfig) -> ExitCode {
+    let Some(server) = &config.server else {
+        println!(
+            "not configured: no collector named (set `server` or HOSTWATCH_SERVER); the agent is not started"
+        );
+        return ExitCode::from(CHECK_NOT_CONFIGURED);
+    };
+    if let Err(e) = hostwatch_agent::transport::CollectorClient::new(server.clone(), &config.tls) {
+        eprintln!("hostwatch-agent: {e}");
+        return ExitCode::from(CHECK_BROKEN);
+    }
+    let enrolled = config.state_dir.join(hostwatch_agent::identity::NODE_KEY).exists();
+    if config.enroll_secret.is_none() && !enrolled {
+        eprintln!("hostwatch-agent: {}", AgentError::NoEnrollSecret);
+        return ExitCode::from(CHECK_BROKEN);
+    }
+    println!("ready: reports to {server}");
+    ExitCode::SUCCESS
+}
+
+fn bake(config: &AgentConfig) -> anyhow::Result<()> {
+    let state = hostwatch_agent::identity::StateDir::open(&config.state_dir)?;
+    let root = collect::HostRoot::new(&config.host_root);
+    let machine_id = collect::host::read(&root).machine_id.unwrap_or_default();
+    let baked = hostwatch_agent::files::bake::bake(&config.files, state.path(), &machine_id)?;
+    println!(
+        "golden manifest: {} paths, {} MiB hashed in {:.1} s, written to {}",
+        baked.entries,
+        baked.hashed_bytes >> 20,
+        baked.took.as_secs_f64(),
+        baked.manifest_path.display()
+    );
+    for m in &baked.missing {
+        println!("not present (recorded as absent): {}", m.display());
+    }
+    if baked.unreadable > 0 {
+        println!("unreadable: {} paths (their content is not in the manifest)", baked.unreadable);
+    }
+    Ok(())
 }
 
 fn reset_identity(config: &AgentConfig) -> anyhow::Result<()> {

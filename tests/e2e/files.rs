@@ -23,7 +23,7 @@ fn set_mtime_back(path: &Path) {
 }
 
 /// A small tree of every kind of entry.
-fn make_tree(root: &Path) {
+pub(crate) fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("etc/cron.d")).unwrap();
     std::fs::create_dir_all(root.join("bin")).unwrap();
     write(&root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n");

@@ -20,6 +20,7 @@ mod namespaces;
 mod oracle;
 mod process_facts;
 mod protocol;
+mod rollout;
 mod rules;
 mod skeleton;
 mod support;

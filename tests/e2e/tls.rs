@@ -16,13 +16,13 @@ use crate::support::{Collector, agent_log, start_agent_with, unique, wait_for};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A test CA that signs server and client certificates into files.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: PathBuf,
+    pub(crate) pem: PathBuf,
 }
 
 impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
+    pub(crate) fn new(dir: &Path, name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, format!("hostwatch test CA {name}"));

@@ -171,16 +171,22 @@ pub struct Manifest {
     bytes: Vec<u8>,
     slots: Vec<Slot>,
     garbage: usize,
-    /// The machine the manifest was made on: another one means it came with an image.
+    /// The machine the manifest was made on.
     pub machine_id: String,
     /// When it was last brought up to date by a whole scan.
     pub scanned_at: Option<OffsetDateTime>,
+    /// The golden manifest of an image, recorded by `hostwatch-agent bake`: the first scan on an
+    /// instance booted from it rehashes every file and reports what differs as `bake`, then
+    /// saves the manifest unmarked. Only this mark says "image": a manifest from another
+    /// machine without it is a cloned disk, not a bake.
+    pub baked: bool,
 }
 
 impl PartialEq for Manifest {
     fn eq(&self, other: &Self) -> bool {
         self.machine_id == other.machine_id
             && self.scanned_at == other.scanned_at
+            && self.baked == other.baked
             && self.iter().eq(other.iter())
     }
 }
@@ -193,6 +199,7 @@ impl std::fmt::Debug for Manifest {
             .field("entries", &self.slots.len())
             .field("machine_id", &self.machine_id)
             .field("scanned_at", &self.scanned_at)
+            .field("baked", &self.baked)
             .finish()
     }
 }
@@ -426,6 +433,8 @@ struct Header {
     #[serde(default, with = "hostwatch_proto::v1::timestamp::option")]
     scanned_at: Option<OffsetDateTime>,
     entries: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    baked: bool,
 }
 
 /// One entry on disk; short names, since a manifest holds 100,000 of them.
@@ -480,8 +489,12 @@ impl Manifest {
         if header.format != FORMAT {
             return Err(damaged(1, format!("format {} is not {FORMAT}", header.format)));
         }
-        let mut m =
-            Manifest { machine_id: header.machine_id, scanned_at: header.scanned_at, ..Manifest::default() };
+        let mut m = Manifest {
+            machine_id: header.machine_id,
+            scanned_at: header.scanned_at,
+            baked: header.baked,
+            ..Manifest::default()
+        };
         for (n, line) in lines.enumerate() {
             let line = line.map_err(io)?;
             let l: Line = serde_json::from_str(&line).map_err(|e| damaged(n + 2, e.to_string()))?;
@@ -515,6 +528,7 @@ impl Manifest {
                 machine_id: self.machine_id.clone(),
                 scanned_at: self.scanned_at,
                 entries: self.slots.len() as u64,
+                baked: self.baked,
             };
             serde_json::to_writer(&mut w, &header).map_err(std::io::Error::other)?;
             w.write_all(b"\n")?;
@@ -740,6 +754,11 @@ mod tests {
         m.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), Some(m.clone()));
         assert_eq!(Manifest::load(&d.path().join("none")).unwrap(), None);
+        // An image's mark survives the trip; an instance's manifest does not carry the key.
+        let baked = Manifest { baked: true, ..m.clone() };
+        baked.save(&d.path().join("golden")).unwrap();
+        assert!(Manifest::load(&d.path().join("golden")).unwrap().unwrap().baked);
+        assert!(!std::fs::read_to_string(&path).unwrap().lines().next().unwrap().contains("baked"));
         // A damaged file says where.
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"k\":\"file\"", "\"k\":\"nonsense\"", 1)).unwrap();

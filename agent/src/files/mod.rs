@@ -11,6 +11,7 @@
 //! Invariant: the manifest on disk is replaced only after the changes it absorbs are in the
 //! spool (the runner counts them back), so a crash in between finds them again at the next start.
 
+pub mod bake;
 pub mod manifest;
 pub mod package;
 pub mod scan;
@@ -403,9 +404,13 @@ impl Monitor {
         let deliver =
             |outbox: &mut Outbox, changes: Vec<proto::FileChange>| outbox.deliver(config, changes, &send);
         let (loaded, mut origin) = match Manifest::load(path) {
-            Ok(Some(m)) if m.machine_id != machine_id => {
-                tracing::info!(made_on = %m.machine_id, "the file manifest was made on another machine (an image): changes since are reported as `bake`");
+            Ok(Some(m)) if m.baked => {
+                tracing::info!(baked_at = ?m.scanned_at, "the file manifest is the image's golden manifest: every file is hashed again, and what differs is reported as `bake`");
                 (Some(m), proto::ChangeOrigin::Bake)
+            }
+            Ok(Some(m)) if m.machine_id != machine_id && !m.machine_id.is_empty() => {
+                tracing::warn!(made_on = %m.machine_id, "the file manifest was made on another machine and is not an image's (a cloned disk?): changes since are reported as `downtime`");
+                (Some(m), proto::ChangeOrigin::Downtime)
             }
             Ok(Some(m)) => (Some(m), proto::ChangeOrigin::Downtime),
             Ok(None) => (None, proto::ChangeOrigin::Downtime),
@@ -461,7 +466,10 @@ impl Monitor {
                 return;
             }
             if Instant::now() >= next_scan {
-                let rehash = !initial && rehashed.elapsed() >= config.budget.rehash_every;
+                // A golden manifest is checked by content: an image can be changed offline
+                // with its metadata kept.
+                let rehash = origin == proto::ChangeOrigin::Bake
+                    || !initial && rehashed.elapsed() >= config.budget.rehash_every;
                 if let Some(w) = watcher.as_mut() {
                     w.recount();
                 }

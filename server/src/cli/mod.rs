@@ -280,6 +280,9 @@ struct ServeArgs {
     /// Report interval of --dev's agent.
     #[arg(long, requires = "dev", default_value = "10s", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Check the configuration and exit: 0 when it loads, 78 (naming what is wrong) when not.
+    #[arg(long, conflicts_with = "dev")]
+    check: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,7 +403,9 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "hostwatch collector starting");
+    if !args.check {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "hostwatch collector starting");
+    }
     hostwatch_agent::transport::install_tls_provider();
     if args.dev {
         if let Some(c) = &args.config {
@@ -424,6 +429,13 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if args.check {
+        match path {
+            Some(p) => println!("{}: configuration OK", p.display()),
+            None => println!("no configuration file: the defaults and HOSTWATCH_* variables are OK"),
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let result = rt.block_on(async {
         serve::run(loaded.config, signals::cancel_on_signal().context("cannot watch for SIGTERM and SIGINT")?)

@@ -468,6 +468,8 @@ pub fn build_deb(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u
     let deb = dir.join(format!("{name}_{version}.deb"));
     let out = Command::new("dpkg-deb")
         .arg("--root-owner-group")
+        // Uncompressed: a package holding a debug binary takes seconds to compress.
+        .arg("-Znone")
         .arg("--build")
         .arg(&pkg)
         .arg(&deb)

@@ -1,0 +1,4 @@
+# hostwatch-server %preun ($1: 0 on erase, 1 on upgrade).
+if [ "$1" -eq 0 ]; then
+  systemctl disable --now hostwatch.service >/dev/null 2>&1 || :
+fi
