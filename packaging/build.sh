@@ -4,9 +4,8 @@
 # (cargo-generate-rpm) from those same binaries, into target/packages/. Checks that no binary
 # needs a newer glibc than it promises.
 #
-# Needs: cargo-zigbuild and ziglang (`pip install cargo-zigbuild ziglang`), cargo-deb and
-# cargo-generate-rpm (`cargo install --locked cargo-deb cargo-generate-rpm`); installs what is
-# missing. With HOSTWATCH_NATIVE=1 the binaries are built for this machine's glibc instead (no
+# Needs cargo-zigbuild and ziglang (from PyPI, into a virtual environment under target/),
+# cargo-deb and cargo-generate-rpm (`cargo install --locked`); installs what is missing. With HOSTWATCH_NATIVE=1 the binaries are built for this machine's glibc instead (no
 # zig), and the glibc check is skipped.
 #
 #   packaging/build.sh [--deb-revision N]
@@ -26,19 +25,27 @@ glibc=2.28
 out=target/packages
 say() { echo "packaging: $*"; }
 
+# Pinned, so that a package built today and one built next year come from the same tools.
 need_cargo() {
-  cargo "$1" --version >/dev/null 2>&1 || { say "installing $2"; cargo install --locked "$2"; }
+  cargo "$1" --version 2>/dev/null | grep -q "$3" || { say "installing $2 $3"; cargo install --locked "$2@$3"; }
 }
-need_cargo deb cargo-deb
-need_cargo generate-rpm cargo-generate-rpm
+need_cargo deb cargo-deb 3.8.0
+need_cargo generate-rpm cargo-generate-rpm 0.21.1
 
 if [ "${HOSTWATCH_NATIVE:-0}" = 1 ]; then
   say "release binaries for this machine ($triple, native glibc)"
   cargo build --release --locked --target "$triple" -p hostwatch-agent -p hostwatch-server
 else
+  # zig and cargo-zigbuild from PyPI, in a virtual environment of their own under target/
+  # (whatever the machine's Python allows to be installed system-wide).
   if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >/dev/null 2>&1; then
-    say "installing cargo-zigbuild and ziglang from PyPI"
-    python3 -m pip install --quiet cargo-zigbuild ziglang
+    venv=target/packaging-tools
+    if [ ! -x "$venv/bin/cargo-zigbuild" ]; then
+      say "installing cargo-zigbuild and ziglang from PyPI into $venv"
+      python3 -m venv "$venv" || { echo "packaging: python3 -m venv failed (on Debian: apt install python3-venv)" >&2; exit 1; }
+      "$venv/bin/pip" install --quiet cargo-zigbuild==0.24.1 ziglang==0.17.1
+    fi
+    PATH="$(pwd)/$venv/bin:$PATH"
   fi
   say "portable release binaries ($triple, glibc $glibc) with cargo-zigbuild"
   cargo zigbuild --release --locked --target "$triple.$glibc" -p hostwatch-agent -p hostwatch-server
@@ -67,7 +74,8 @@ version="$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json
 for crate in agent server; do
   cargo deb --no-build --no-strip --target "$triple" -p "hostwatch-$crate" \
     --deb-revision "$revision" --output "$out/"
-  cargo generate-rpm --target "$triple" -p "$crate" --output "$out/"
+  # gzip, not zstd: the payload RHEL 8's rpm reads without question.
+  cargo generate-rpm --target "$triple" -p "$crate" --payload-compress gzip --output "$out/"
 done
 say "version $version:"
 for f in "$out"/*; do

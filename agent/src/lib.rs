@@ -57,6 +57,7 @@ pub mod backoff;
 pub mod cloud;
 pub mod collect;
 pub mod config;
+pub mod doctor;
 pub mod files;
 pub mod identity;
 pub mod logging;

@@ -48,6 +48,11 @@ enum Command {
     /// image's golden manifest. An instance booted from the image reports each file that differs
     /// from it as file_changed with origin `bake`, once, at its first start.
     Bake,
+    /// Can this agent do its job here? Checks the configuration, the collector (reachable, TLS
+    /// verified), enrollment, privileges, the exec and socket sources, inotify limits and the
+    /// cloud's metadata, each with a verdict and the fix. Changes nothing. Exits 0 when nothing
+    /// failed (warnings allowed), 1 otherwise.
+    Doctor,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,6 +73,11 @@ fn main() -> ExitCode {
     let checking = matches!(cli.command, Some(Command::Check));
     let loaded = match load_config(cli.config.as_deref()) {
         Ok(l) => l,
+        Err(e) if matches!(cli.command, Some(Command::Doctor)) => {
+            println!("FAIL  configuration  {e:#}");
+            println!("      fix: correct the configuration file or the HOSTWATCH_* variable named above");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("hostwatch-agent: {e:#}");
             return ExitCode::from(if checking { CHECK_BROKEN } else { EXIT_CONFIG });
@@ -82,6 +92,7 @@ fn main() -> ExitCode {
         Command::ResetIdentity => reset_identity(&loaded.config),
         Command::Check => return check(&loaded.config),
         Command::Bake => bake(&loaded.config),
+        Command::Doctor => return doctor(&loaded.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +154,39 @@ fn check(config: &AgentConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn doctor(config: &AgentConfig) -> ExitCode {
+    use hostwatch_agent::doctor::{self, Verdict};
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hostwatch-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut checks = vec![doctor::Check {
+        name: "configuration",
+        verdict: Verdict::Ok,
+        detail: "loads".to_owned(),
+        fix: None,
+    }];
+    checks.extend(rt.block_on(doctor::run(config)));
+    for c in &checks {
+        println!("{:<5} {:<14} {}", c.verdict.as_str(), c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("      fix: {fix}");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    let warned = checks.iter().filter(|c| c.verdict == Verdict::Warn).count();
+    if failed == 0 {
+        println!("the agent can do its job here ({warned} warning(s))");
+        ExitCode::SUCCESS
+    } else {
+        println!("the agent cannot do its job here: {failed} check(s) failed");
+        ExitCode::FAILURE
+    }
+}
+
 fn bake(config: &AgentConfig) -> anyhow::Result<()> {
     let state = hostwatch_agent::identity::StateDir::open(&config.state_dir)?;
     let root = collect::HostRoot::new(&config.host_root);
@@ -180,7 +224,7 @@ fn print_snapshot(config: &AgentConfig) -> anyhow::Result<()> {
     let root = collect::HostRoot::new(&config.host_root);
     let cloud = cloud_facts(config, &root)?;
     let obs = snapshot::Observer::new(root, collect::sockets::Reader::SockDiag, config.redactor.clone())
-        .with_dpkg(config.files.real(&config.files.dpkg_dir), config.files.host_root.clone())
+        .with_packages(config.files.databases())
         .observe();
     let machine_id = obs.host.machine_id.clone().unwrap_or_else(|| "unknown".to_owned());
     let now = time::OffsetDateTime::now_utc();

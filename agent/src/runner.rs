@@ -98,7 +98,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone())
         .with_stdio_rescan(config.stdio_rescan)
         .hiding_own_process(config.hide_own_process)
-        .with_dpkg(config.files.real(&config.files.dpkg_dir), config.files.host_root.clone());
+        .with_packages(config.files.databases());
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
     let mut agent = Agent {
         tracker: Tracker::new(),
@@ -341,10 +341,7 @@ impl Agent {
             Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
                 .with_stdio_rescan(self.config.stdio_rescan)
                 .hiding_own_process(self.config.hide_own_process)
-                .with_dpkg(
-                    self.config.files.real(&self.config.files.dpkg_dir),
-                    self.config.files.host_root.clone(),
-                )
+                .with_packages(self.config.files.databases())
         });
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {

@@ -123,13 +123,13 @@ pub struct Observer {
     /// A process never reported: the agent's own, where it runs inside the collector
     /// (`serve --dev`), which is no program on the host to explain.
     hidden: Option<u32>,
-    /// dpkg's database (as the agent reads it), asked what stands at a replaced executable's path.
-    dpkg_dir: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The package databases, asked what stands at a replaced executable's path.
+    packages: Option<crate::files::package::Databases>,
     /// Its answers, by path, while neither the database's `status` nor the file changes.
     replacements: HashMap<String, (Replaced, proto::ExeReplacement)>,
 }
 
-/// What a package-database answer about a path holds for: dpkg's `status` and the file's
+/// What a package-database answer about a path holds for: the databases' and the file's
 /// modification times.
 type Replaced = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
 
@@ -198,35 +198,33 @@ impl Observer {
             cpu_percent: HashMap::new(),
             stdio_rescan: true,
             hidden: None,
-            dpkg_dir: None,
+            packages: None,
             replacements: HashMap::new(),
         }
     }
 
-    /// The same observer, asking dpkg's database at `dir` (as the agent reads it; the host's
-    /// root as the agent sees it is `host_root`) what replaced a running executable.
-    pub fn with_dpkg(mut self, dir: std::path::PathBuf, host_root: std::path::PathBuf) -> Self {
-        self.dpkg_dir = Some((dir, host_root));
+    /// The same observer, asking the package databases what replaced a running executable.
+    pub fn with_packages(mut self, databases: crate::files::package::Databases) -> Self {
+        self.packages = Some(databases);
         self
     }
 
     /// Says what stands at the path of `rec`'s replaced executable: the file its package installed
     /// (an upgrade) or something else (someone's), from the package database.
     fn judge_replacement(&mut self, rec: &mut ProcessRecord) {
-        let (Some((dir, host_root)), Some(exe), true) = (&self.dpkg_dir, &rec.exe, rec.exe_replaced) else {
+        let (Some(dbs), Some(exe), true) = (&self.packages, &rec.exe, rec.exe_replaced) else {
             return;
         };
         let real = collect::process::exe_inside(&self.root.proc.join(rec.pid.to_string()), exe);
         let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let at = (mtime(&dir.join("status")), mtime(&real));
+        let at = (dbs.stamp(), mtime(&real));
         if let Some((when, known)) = self.replacements.get(exe)
             && *when == at
         {
             rec.exe_replacement = Some(known.clone());
             return;
         }
-        let judged =
-            proto::ExeReplacement { package: crate::files::package::owner_of(dir, host_root, exe, &real) };
+        let judged = proto::ExeReplacement { package: dbs.owner_of(exe, &real) };
         if self.replacements.len() > 1024 {
             self.replacements.clear();
         }

@@ -101,6 +101,30 @@ impl CollectorClient {
         &self.base
     }
 
+    /// `GET /healthz`: the collector is there and, over https, its certificate and name verified.
+    pub async fn health(&self) -> Result<(), TransportError> {
+        let url = self
+            .base
+            .join(proto::HEALTHZ_PATH)
+            .map_err(|e| TransportError::BadResponse { what: "health check", message: e.to_string() })?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(TransportError::Server {
+            status: status.as_u16(),
+            message: error_message(&bytes),
+            retry_after: None,
+        })
+    }
+
     pub async fn enroll(&self, req: &proto::EnrollRequest) -> Result<proto::EnrollResponse, TransportError> {
         self.post("enrollment", ENROLL_PATH, None, req).await
     }

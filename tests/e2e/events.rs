@@ -433,34 +433,90 @@ async fn a_shell_that_later_reads_from_a_socket_is_a_reverse_shell() {
     assert!(!f.transient, "the shell is still there");
 }
 
+/// A package manager with a database under a root of the test's own.
+#[derive(Debug, Clone, Copy)]
+enum Manager {
+    Dpkg,
+    Rpm,
+}
+
+impl Manager {
+    fn init(self, r: &Path) {
+        std::fs::create_dir_all(r.join("opt")).unwrap();
+        match self {
+            Manager::Dpkg => {
+                for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+                    std::fs::create_dir_all(r.join(d)).unwrap();
+                }
+                std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+            }
+            Manager::Rpm => crate::support::rpm(r, &["--initdb"]),
+        }
+    }
+
+    /// Builds package `name` at `version` holding `path` (executable) and installs or upgrades it.
+    fn install(self, r: &Path, d: &Path, name: &str, version: &str, path: &str, content: &[u8]) {
+        let files: &[(&str, &[u8], u32)] = &[(path, content, 0o755)];
+        match self {
+            Manager::Dpkg => {
+                let deb = crate::support::build_deb(d, name, version, files);
+                crate::support::dpkg(r, &["-i", deb.to_str().unwrap()]);
+            }
+            Manager::Rpm => {
+                let rpm = crate::support::build_rpm(d, name, version, files);
+                crate::support::rpm(r, &["-U", "--nodeps", rpm.to_str().unwrap()]);
+            }
+        }
+    }
+
+    /// The version the database records for `version`.
+    fn recorded(self, version: &str) -> String {
+        match self {
+            Manager::Dpkg => version.to_owned(),
+            Manager::Rpm => format!("{version}-1"),
+        }
+    }
+
+    /// The agent's setting that points it at the database.
+    fn setting(self, r: &Path) -> (&'static str, String) {
+        match self {
+            Manager::Dpkg => ("HOSTWATCH_FILES_DPKG_DIR", r.join("var/lib/dpkg").display().to_string()),
+            Manager::Rpm => ("HOSTWATCH_FILES_RPM_DIR", r.join("var/lib/rpm").display().to_string()),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_executable_is_an_upgrade_only_when_its_package_installed_the_new_file() {
-    use crate::support::{build_deb, dpkg, start_agent_with};
+    replaced_executables_are_judged_by_their_package(Manager::Dpkg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_executable_is_judged_by_its_rpm_package_too() {
+    replaced_executables_are_judged_by_their_package(Manager::Rpm).await;
+}
+
+async fn replaced_executables_are_judged_by_their_package(m: Manager) {
+    use crate::support::start_agent_with;
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), NO_BUDGET);
-    // A root of the test's own, with its own dpkg database, outside the temporary directories.
+    // A root of the test's own, with its own package database, outside the temporary directories.
     let root = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
     let r = root.path();
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "opt"] {
-        std::fs::create_dir_all(r.join(d)).unwrap();
-    }
-    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    m.init(r);
     let sleep = std::fs::read("/bin/sleep").unwrap();
     let mut sleep2 = sleep.clone();
     sleep2.extend_from_slice(b"\0version 2");
     let d = dir.path();
-    dpkg(r, &["-i", build_deb(d, "hwup", "1.0", &[("opt/hwup/bin/up", &sleep, 0o755)]).to_str().unwrap()]);
-    dpkg(
-        r,
-        &["-i", build_deb(d, "hwkeep", "1.0", &[("opt/hwkeep/bin/keep", &sleep, 0o755)]).to_str().unwrap()],
-    );
+    m.install(r, d, "hwup", "1.0", "opt/hwup/bin/up", &sleep);
+    m.install(r, d, "hwkeep", "1.0", "opt/hwkeep/bin/keep", &sleep);
     let loose = r.join("opt/loose");
     std::fs::write(&loose, &sleep).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let role = unique("pkg");
-    let dpkg_dir = r.join("var/lib/dpkg").display().to_string();
-    let _agent = start_agent_with(&c, d, &format!("role={role}"), &[("HOSTWATCH_FILES_DPKG_DIR", &dpkg_dir)]);
+    let (var, db) = m.setting(r);
+    let _agent = start_agent_with(&c, d, &format!("role={role}"), &[(var, &db)]);
     let host = wait_for("the host online", WAIT, async || {
         let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
         hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
@@ -477,7 +533,7 @@ async fn a_replaced_executable_is_an_upgrade_only_when_its_package_installed_the
     .await;
 
     // An upgrade: the package installs a new file at the running program's path.
-    dpkg(r, &["-i", build_deb(d, "hwup", "2.0", &[("opt/hwup/bin/up", &sleep2, 0o755)]).to_str().unwrap()]);
+    m.install(r, d, "hwup", "2.0", "opt/hwup/bin/up", &sleep2);
     // By hand: a new file over a package's program, and over a program no package owns.
     for path in [&keep, &loose] {
         let new = path.with_extension("new");
@@ -494,7 +550,12 @@ async fn a_replaced_executable_is_an_upgrade_only_when_its_package_installed_the
     let upgraded = rule_on(&up, "exe-replaced").await;
     assert_eq!(upgraded.severity, proto::Severity::Info);
     assert_eq!(upgraded.detail["exe_replacement"]["package"]["name"], "hwup", "{}", upgraded.detail);
-    assert_eq!(upgraded.detail["exe_replacement"]["package"]["version"], "2.0", "{}", upgraded.detail);
+    assert_eq!(
+        upgraded.detail["exe_replacement"]["package"]["version"],
+        m.recorded("2.0").as_str(),
+        "{}",
+        upgraded.detail
+    );
     let tampered = rule_on(&keep, "exe-tampered").await;
     assert_eq!(tampered.severity, proto::Severity::Critical);
     assert_eq!(tampered.detail["exe_replacement"]["package"]["name"], "hwkeep", "{}", tampered.detail);

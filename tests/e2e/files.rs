@@ -434,6 +434,80 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
 
+/// A package built here with `rpmbuild`: `/opt/hwtest/bin/tool` holding `content`.
+fn build_rpm(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
+    crate::support::build_rpm(dir, "hwtest", version, &[("opt/hwtest/bin/tool", content.as_bytes(), 0o644)])
+}
+
+use crate::support::rpm;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_an_rpm_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("opt")).unwrap();
+    rpm(&root, &["--initdb"]);
+    let v1 = build_rpm(dir.path(), "1.0", "#!/bin/sh\necho one\n");
+    let v2 = build_rpm(dir.path(), "2.0", "#!/bin/sh\necho two\n");
+    let role = unique("fimrpm");
+    let env = [
+        ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string()),
+        ("HOSTWATCH_FILES_DPKG_DIR", dir.path().join("no-dpkg").display().to_string()),
+        ("HOSTWATCH_FILES_RPM_DIR", root.join("var/lib/rpm").display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
+    let tool = root.join("opt/hwtest/bin/tool").display().to_string();
+    let package_of = |ev: &[proto::FileEvent], change: &str| {
+        ev.iter()
+            .find(|e| e.change.path == tool && e.change.change.as_str() == change)
+            .and_then(|e| e.change.package.clone())
+    };
+
+    // Installed: created, by hwtest 1.0-1, as recorded (rpm's SHA-256 against the agent's).
+    rpm(&root, &["-i", "--nodeps", v1.to_str().unwrap()]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "created")]).await;
+    assert_eq!(
+        package_of(&ev, "created"),
+        Some(proto::PackageMatch { name: "hwtest".into(), version: Some("1.0-1".into()), matches: true }),
+        "{}",
+        agent_log(dir.path())
+    );
+
+    // Upgraded: modified, by hwtest 2.0-1.
+    rpm(&root, &["-U", "--nodeps", v2.to_str().unwrap()]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "modified")]).await;
+    assert_eq!(
+        package_of(&ev, "modified").map(|p| (p.version, p.matches)),
+        Some((Some("2.0-1".into()), true)),
+        "{}",
+        agent_log(dir.path())
+    );
+
+    // Edited by hand: hwtest's file, not what it installed; a finding of full severity.
+    let before = file_events(&c, host.id).len();
+    write(&root.join("opt/hwtest/bin/tool"), "#!/bin/sh\necho pwned\n");
+    let ev = wait_for("the hand edit", WAIT, async || {
+        let ev = file_events(&c, host.id);
+        (ev.len() > before).then_some(ev)
+    })
+    .await;
+    assert_eq!(package_of(&ev, "modified").map(|p| (p.name, p.matches)), Some(("hwtest".into(), false)));
+    let f = c
+        .findings(host.id, "file_changed", "open")
+        .into_iter()
+        .find(|f| f.subject == tool)
+        .expect("a finding");
+    assert_eq!(f.severity, proto::Severity::High);
+
+    // Erased: deleted, by its package.
+    rpm(&root, &["-e", "--nodeps", "hwtest"]);
+    let ev = until_reported(&c, host.id, &[(tool.clone(), "deleted")]).await;
+    assert_eq!(package_of(&ev, "deleted").map(|p| (p.name, p.matches)), Some(("hwtest".into(), true)));
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+}
+
 /// `aide` with a configuration of the test's own over `tree`: the attributes the agent compares
 /// (content by SHA-256, size, mode, owner, group, mtime, file type, link target; of a directory
 /// its mode, owner, group and type only, as the agent takes a directory's mtime as its entries').

@@ -10,6 +10,7 @@ mod cloud;
 mod collection;
 mod credentials;
 mod dev_mode;
+mod doctor;
 mod events;
 mod files;
 mod identity;

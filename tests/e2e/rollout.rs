@@ -378,3 +378,31 @@ fn install_sh_refuses_what_it_cannot_trust_and_says_why() {
     let out = install_sh(&dir.path().join("none"), &[("HOSTWATCH_PACKAGE", pkg)]);
     assert!(text(&out).contains("HOSTWATCH_SERVER is not set"), "{}", text(&out));
 }
+
+#[test]
+fn the_shipped_configurations_load_as_they_are() {
+    let _turn = Turn::shared();
+    // The agent's: loads, names no collector yet (the package installs it so).
+    let agent_conf = repo().join("packaging/config/agent.toml");
+    let out = agent(&["--config", agent_conf.to_str().unwrap(), "check"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // The collector's.
+    let server_conf = repo().join("packaging/config/server.toml");
+    let out = Command::new(bin("hostwatch"))
+        .args(["serve", "--check", "--config", server_conf.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success() && text(&out).contains("configuration OK"), "{}", text(&out));
+    // And a broken one is refused with where.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("server.toml");
+    std::fs::write(&broken, "listen = \"127.0.0.1:8080\"\nlisten_typo = 1\n").unwrap();
+    let out = Command::new(bin("hostwatch"))
+        .args(["serve", "--check", "--config", broken.to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("server.toml:2"), "{}", text(&out));
+}

@@ -36,7 +36,7 @@ impl Ca {
 
     /// A certificate for `names` (DNS names or IP addresses) and its key, written to
     /// `stem.pem` and `stem.key`; returns the certificate's DER, to recognise it when served.
-    fn issue(
+    pub(crate) fn issue(
         &self,
         dir: &Path,
         stem: &str,

@@ -65,6 +65,12 @@ const POLL: Duration = Duration::from_secs(1);
 /// `LimitNICE=-4` without CAP_SYS_NICE.
 const BOOST: i32 = -4;
 
+/// Whether the kernel lets this process subscribe to the connector (for `doctor`); the reason
+/// where it does not.
+pub fn probe() -> Result<(), String> {
+    ProcConnector::new().map(drop).map_err(|e| format!("process connector refused: {e}"))
+}
+
 impl ExecWatcher {
     /// Subscribes to the connector and starts the receiving thread; `Err` with the reason where
     /// the kernel refuses (no CAP_NET_ADMIN, another network namespace, no CONFIG_PROC_EVENTS).

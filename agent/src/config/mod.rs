@@ -53,6 +53,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_FILES_RESCAN_EVERY", path: &["files", "rescan_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_REHASH_EVERY", path: &["files", "rehash_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_DPKG_DIR", path: &["files", "dpkg_dir"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_FILES_RPM_DIR", path: &["files", "rpm_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_MAX_WATCHES", path: &["files", "max_watches"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_CLOUD_ENDPOINT", path: &["cloud", "endpoint"], kind: EnvKind::Str },
 ];
@@ -140,6 +141,9 @@ struct RawFiles {
     /// dpkg's database, for telling package-made changes from others.
     #[serde(default = "default_dpkg_dir")]
     dpkg_dir: PathBuf,
+    /// rpm's database (`rpmdb.sqlite` in it), for the same on rpm-based hosts.
+    #[serde(default = "default_rpm_dir")]
+    rpm_dir: PathBuf,
     /// Inotify watches (one per directory) at most; 0: three quarters of the kernel's limit.
     #[serde(default)]
     max_watches: u64,
@@ -156,6 +160,7 @@ impl Default for RawFiles {
             rescan_every: default_rescan_every(),
             rehash_every: default_rehash_every(),
             dpkg_dir: default_dpkg_dir(),
+            rpm_dir: default_rpm_dir(),
             max_watches: 0,
         }
     }
@@ -183,6 +188,10 @@ fn default_rehash_every() -> Duration {
 
 fn default_dpkg_dir() -> PathBuf {
     PathBuf::from("/var/lib/dpkg")
+}
+
+fn default_rpm_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rpm")
 }
 
 /// `[cloud]`: where the instance's metadata comes from.
@@ -485,6 +494,7 @@ impl AgentConfig {
             raw.files.dpkg_dir.clone(),
         )
         .map_err(|(var, key, problem)| invalid(var, key, problem))?
+        .with_rpm_dir(raw.files.rpm_dir.clone())
         .under(&raw.host_root);
 
         let mut warnings = sourced.warnings();

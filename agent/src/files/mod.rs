@@ -14,6 +14,7 @@
 pub mod bake;
 pub mod manifest;
 pub mod package;
+pub mod rpmdb;
 pub mod scan;
 pub mod watch;
 
@@ -183,6 +184,8 @@ pub struct FilesConfig {
     pub exclude_patterns: Vec<String>,
     pub budget: Budget,
     pub dpkg_dir: PathBuf,
+    /// rpm's database directory.
+    pub rpm_dir: PathBuf,
     /// The host's root as the agent sees it (`/`, or where a container mounted it).
     pub host_root: PathBuf,
 }
@@ -242,8 +245,24 @@ impl FilesConfig {
             exclude_patterns: exclude.to_vec(),
             budget,
             dpkg_dir,
+            rpm_dir: PathBuf::from("/var/lib/rpm"),
             host_root: PathBuf::from("/"),
         })
+    }
+
+    /// The package databases, as the agent reads them.
+    pub fn databases(&self) -> package::Databases {
+        package::Databases {
+            dpkg_dir: self.real(&self.dpkg_dir),
+            rpm_dir: self.real(&self.rpm_dir),
+            host_root: self.host_root.clone(),
+        }
+    }
+
+    /// The same, with rpm's database at `dir` (as the host sees it).
+    pub fn with_rpm_dir(mut self, dir: PathBuf) -> Self {
+        self.rpm_dir = dir;
+        self
     }
 
     /// The same paths, read under `host_root` (an agent in a container with the host mounted).
@@ -397,7 +416,11 @@ impl Monitor {
             })
         };
         let mut outbox = Outbox {
-            packages: package::Packages::new(config.real(&config.dpkg_dir), &config.host_root),
+            packages: package::Packages::new(
+                config.real(&config.dpkg_dir),
+                config.real(&config.rpm_dir),
+                &config.host_root,
+            ),
             held: Vec::new(),
             since: Instant::now(),
         };

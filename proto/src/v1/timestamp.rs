@@ -1,9 +1,11 @@
 //! Timestamps on the wire: RFC 3339 in UTC with millisecond precision (`2026-11-28T17:53:16.123Z`).
 //!
 //! One fixed width means the strings sort as the instants do, which the stores rely on. Parsing
-//! accepts any RFC 3339 offset and precision, converts to UTC, and refuses instants outside the
-//! years 1970 to 9999: nothing a host reports is older, and a peer must not be able to send a time
-//! that cannot be written back (or that panics when converted).
+//! accepts any RFC 3339 offset and precision, converts to UTC, keeps milliseconds (so that what
+//! is parsed is exactly what is written back: a process's start time read from a report must
+//! equal the one read from the store), and refuses instants outside the years 1970 to 9999:
+//! nothing a host reports is older, and a peer must not be able to send a time that cannot be
+//! written back (or that panics when converted).
 
 use serde::{Deserialize, Deserializer, Serializer};
 use time::format_description::well_known::Rfc3339;
@@ -30,12 +32,15 @@ pub enum TimestampError {
     OutOfRange,
 }
 
-/// Parses any RFC 3339 timestamp into UTC.
+/// Parses any RFC 3339 timestamp into UTC, to the millisecond (finer digits are dropped).
 pub fn parse(s: &str) -> Result<OffsetDateTime, TimestampError> {
     let t = OffsetDateTime::parse(s, &Rfc3339)?;
-    t.checked_to_offset(UtcOffset::UTC)
+    let u = t
+        .checked_to_offset(UtcOffset::UTC)
         .filter(|u| (1970..=9999).contains(&u.year()))
-        .ok_or(TimestampError::OutOfRange)
+        .ok_or(TimestampError::OutOfRange)?;
+    // Always in range: the same millisecond, its finer digits zero.
+    Ok(u.replace_millisecond(u.millisecond()).unwrap_or(u))
 }
 
 /// `#[serde(with = "timestamp")]` for an `OffsetDateTime` field.
@@ -73,6 +78,16 @@ pub mod option {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn parsing_keeps_what_is_written_back() {
+        // Found by the report fuzz target: finer digits parsed, dropped when written, so a
+        // report did not decode to what it encodes.
+        let fine = parse("2026-12-04T01:15:51.416666666Z").unwrap();
+        assert_eq!(fine, parse("2026-12-04T01:15:51.416Z").unwrap());
+        assert_eq!(parse(&format(fine)).unwrap(), fine);
+        assert_eq!(format(parse("2026-12-04T03:15:51.9999+02:00").unwrap()), "2026-12-04T01:15:51.999Z");
+    }
 
     #[test]
     fn fixed_width_utc_with_millis() {

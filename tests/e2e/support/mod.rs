@@ -479,6 +479,60 @@ pub fn build_deb(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u
     deb
 }
 
+/// A package `name` at `version` (release 1) built here with `rpmbuild`, holding `files` (path in
+/// the package, content, mode), exactly as given: no stripping or other post-processing.
+pub fn build_rpm(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
+    let top = dir.join(format!("rpmbuild-{name}-{version}"));
+    let sources = top.join("content");
+    std::fs::create_dir_all(&sources).expect("rpmbuild tree");
+    let mut install = String::new();
+    let mut listed = String::new();
+    for (i, (path, content, mode)) in files.iter().enumerate() {
+        let src = sources.join(i.to_string());
+        std::fs::write(&src, content).expect("package file");
+        install.push_str(&format!("install -D -m {mode:o} {} %{{buildroot}}/{path}\n", src.display()));
+        listed.push_str(&format!("/{path}\n"));
+    }
+    let spec = top.join(format!("{name}.spec"));
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: {version}\nRelease: 1\nSummary: hostwatch test package\nLicense: none\n\
+             %description\nhostwatch test package\n%install\n{install}%files\n{listed}"
+        ),
+    )
+    .expect("spec file");
+    let out = Command::new("rpmbuild")
+        .args(["--quiet", "--define"])
+        .arg(format!("_topdir {}", top.display()))
+        .args(["--define", "__os_install_post %{nil}", "--define", "debug_package %{nil}"])
+        .args(["--define", "_build_id_links none", "-bb"])
+        .arg(&spec)
+        .output()
+        .expect("rpmbuild (is rpm installed?)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rpms = top.join("RPMS");
+    let found = std::fs::read_dir(&rpms)
+        .expect("rpmbuild's RPMS")
+        .flatten()
+        .flat_map(|arch| std::fs::read_dir(arch.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "rpm"));
+    found.expect("the built package")
+}
+
+/// `rpm --root=ROOT` with its database in ROOT/var/lib/rpm (Debian's rpm keeps its own in the
+/// home directory otherwise): a database of the test's own.
+pub fn rpm(root: &Path, args: &[&str]) {
+    let out = Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .args(["--dbpath", "/var/lib/rpm"])
+        .args(args)
+        .output()
+        .expect("rpm");
+    assert!(out.status.success(), "rpm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `dpkg --root=ROOT` with `args`: a database and a file system of the test's own.
 pub fn dpkg(root: &Path, args: &[&str]) {
     let out =
