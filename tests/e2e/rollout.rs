@@ -406,3 +406,82 @@ fn the_shipped_configurations_load_as_they_are() {
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(text(&out).contains("server.toml:2"), "{}", text(&out));
 }
+
+/// Serves `dir` over https on loopback with `cert` and `key` (python3's http.server in TLS).
+fn https_server(dir: &Path, cert: &Path, key: &Path) -> (crate::support::Guard, u16) {
+    use std::io::BufRead;
+    let script = "import http.server, ssl, sys, os\n\
+                  os.chdir(sys.argv[1])\n\
+                  srv = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+                  ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+                  ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+                  srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
+                  print(srv.server_address[1], flush=True)\n\
+                  srv.serve_forever()\n";
+    let mut child = Command::new("python3")
+        .args(["-u", "-c", script])
+        .arg(dir)
+        .arg(cert)
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = crate::support::Guard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    (guard, line.trim().parse().expect("the server's port"))
+}
+
+#[test]
+fn install_sh_downloads_over_https_and_installs_only_what_matches_its_sha256() {
+    let _turn = Turn::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let deb = agent_package(&www);
+    let sum = sha256(&deb);
+    let ca = crate::tls::Ca::new(dir.path(), "downloads");
+    let (cert, key, _) =
+        ca.issue(dir.path(), "www", &["localhost"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (_server, port) = https_server(&www, &cert, &key);
+    let url = format!("https://localhost:{port}/{}", deb.file_name().unwrap().to_str().unwrap());
+    // curl trusts the test's CA for this download (as a fleet's own CA would be in its roots).
+    let ca_bundle = ca.pem.display().to_string();
+    let base = [
+        ("CURL_CA_BUNDLE", ca_bundle.as_str()),
+        ("HOSTWATCH_SERVER", "https://collector.example.internal:8443"),
+        ("HOSTWATCH_ENROLL_SECRET", "hwe_abc"),
+        ("HOSTWATCH_PACKAGE", url.as_str()),
+    ];
+
+    // The right digest: downloaded, unpacked, configured.
+    let root = dir.path().join("root");
+    let out = install_sh(&root, &[&base[..], &[("HOSTWATCH_PACKAGE_SHA256", sum.as_str())]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("downloading"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.join("usr/bin/hostwatch-agent")).unwrap(),
+        std::fs::read(bin("hostwatch-agent")).unwrap()
+    );
+    assert!(root.join("etc/hostwatch/agent.toml").exists());
+
+    // A package that is not the one named by its digest (a tampered mirror): nothing installed.
+    let root = dir.path().join("tampered");
+    let wrong = sum.chars().rev().collect::<String>();
+    let out = install_sh(&root, &[&base[..], &[("HOSTWATCH_PACKAGE_SHA256", wrong.as_str())]].concat());
+    assert!(!out.status.success() && text(&out).contains("not the expected"), "{}", text(&out));
+    assert!(!root.join("usr/bin/hostwatch-agent").exists() && !root.join("etc/hostwatch").exists());
+
+    // A URL that answers 404: said, nothing installed.
+    let missing = format!("https://localhost:{port}/nothing-here.deb");
+    let root = dir.path().join("missing");
+    let out = install_sh(
+        &root,
+        &[&base[..3], &[("HOSTWATCH_PACKAGE", missing.as_str()), ("HOSTWATCH_PACKAGE_SHA256", sum.as_str())]]
+            .concat(),
+    );
+    assert!(!out.status.success() && text(&out).contains("cannot download"), "{}", text(&out));
+    assert!(!root.join("usr/bin/hostwatch-agent").exists());
+}
