@@ -7,9 +7,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
-use rcgen::ExtendedKeyUsagePurpose;
 
-use crate::support::{Collector, bin, start_agent_with, unique, wait_for};
+use crate::support::{bin, start_agent_with, unique, wait_for};
 use crate::tls::Ca;
 
 /// `doctor` in an empty environment but `env`, through `setpriv` with `pre` when given.
@@ -50,14 +49,7 @@ fn assert_verdict(out: &Output, check: &str, expected: &str, says: &str) {
 async fn doctor_passes_a_healthy_agent_and_names_each_broken_part_with_its_fix() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-    let ca = Ca::new(&pki, "fleet");
-    let (cert, key, _) =
-        ca.issue(&pki, "server", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
-    let c = Collector::start(
-        dir.path(),
-        &format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string()),
-    );
+    let (c, ca, _) = crate::tls::tls_collector(dir.path());
     let url = c.url.replace("127.0.0.1", "localhost");
     let ca_path = ca.pem.display().to_string();
     let secret = c.enroll_secret_file.display().to_string();

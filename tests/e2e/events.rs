@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, Manager, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -431,59 +431,6 @@ async fn a_shell_that_later_reads_from_a_socket_is_a_reverse_shell() {
     assert_eq!(f.severity, proto::Severity::Critical);
     assert_eq!(f.detail["stdio_socket"], format!("tcp 127.0.0.1:{port}"));
     assert!(!f.transient, "the shell is still there");
-}
-
-/// A package manager with a database under a root of the test's own.
-#[derive(Debug, Clone, Copy)]
-enum Manager {
-    Dpkg,
-    Rpm,
-}
-
-impl Manager {
-    fn init(self, r: &Path) {
-        std::fs::create_dir_all(r.join("opt")).unwrap();
-        match self {
-            Manager::Dpkg => {
-                for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-                    std::fs::create_dir_all(r.join(d)).unwrap();
-                }
-                std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
-            }
-            Manager::Rpm => crate::support::rpm(r, &["--initdb"]),
-        }
-    }
-
-    /// Builds package `name` at `version` holding `path` (executable) and installs or upgrades it.
-    fn install(self, r: &Path, d: &Path, name: &str, version: &str, path: &str, content: &[u8]) {
-        let files: &[(&str, &[u8], u32)] = &[(path, content, 0o755)];
-        match self {
-            Manager::Dpkg => {
-                let deb = crate::support::build_deb(d, name, version, files);
-                crate::support::dpkg(r, &["-i", deb.to_str().unwrap()]);
-            }
-            Manager::Rpm => {
-                let rpm = crate::support::build_rpm(d, name, version, files);
-                crate::support::rpm(r, &["-U", "--nodeps", rpm.to_str().unwrap()]);
-            }
-        }
-    }
-
-    /// The version the database records for `version`.
-    fn recorded(self, version: &str) -> String {
-        match self {
-            Manager::Dpkg => version.to_owned(),
-            Manager::Rpm => format!("{version}-1"),
-        }
-    }
-
-    /// The agent's setting that points it at the database.
-    fn setting(self, r: &Path) -> (&'static str, String) {
-        match self {
-            Manager::Dpkg => ("HOSTWATCH_FILES_DPKG_DIR", r.join("var/lib/dpkg").display().to_string()),
-            Manager::Rpm => ("HOSTWATCH_FILES_RPM_DIR", r.join("var/lib/rpm").display().to_string()),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, agent_log, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Manager, agent_log, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -353,29 +353,27 @@ async fn a_watched_path_that_does_not_exist_is_reported_and_taken_up_when_it_app
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
 
-/// A package built here with `dpkg-deb`: `opt/hwtest/bin/tool` holding `content`.
-fn build_deb(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
-    crate::support::build_deb(dir, "hwtest", version, &[("opt/hwtest/bin/tool", content.as_bytes(), 0o644)])
-}
-
-use crate::support::dpkg;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
+    package_changes_are_put_down_to_their_package(Manager::Dpkg).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_an_rpm_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
+    package_changes_are_put_down_to_their_package(Manager::Rpm).await;
+}
+
+/// Install, upgrade, a hand edit, removal, with `m`'s database under a root of the test's own:
+/// each change carries the package (by the digest the database records: dpkg's MD5, rpm's
+/// SHA-256), and the hand edit is told apart.
+async fn package_changes_are_put_down_to_their_package(m: Manager) {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
     let root = dir.path().join("root");
-    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "opt"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    write(&root.join("var/lib/dpkg/status"), "");
-    let v1 = build_deb(dir.path(), "1.0-1", "#!/bin/sh\necho one\n");
-    let v2 = build_deb(dir.path(), "2.0-1", "#!/bin/sh\necho two\n");
+    m.init(&root);
     let role = unique("fimpkg");
-    let env = [
-        ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string()),
-        ("HOSTWATCH_FILES_DPKG_DIR", root.join("var/lib/dpkg").display().to_string()),
-    ];
+    let (var, db) = m.setting(&root);
+    let env = [(var, db), ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
     let tool = root.join("opt/hwtest/bin/tool").display().to_string();
@@ -385,13 +383,14 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
             .find(|e| e.change.path == tool && e.change.change.as_str() == change)
             .and_then(|e| e.change.package.clone())
     };
+    let d = dir.path();
 
-    // Installed: created, by hwtest 1.0-1, as recorded.
-    dpkg(&root, &["-i", v1.to_str().unwrap()]);
+    // Installed: created, by hwtest 1.0, as recorded.
+    m.install(&root, d, "hwtest", "1.0", "opt/hwtest/bin/tool", b"#!/bin/sh\necho one\n");
     let ev = until_reported(&c, host.id, &[(tool.clone(), "created")]).await;
     assert_eq!(
         package_of(&ev, "created"),
-        Some(proto::PackageMatch { name: "hwtest".into(), version: Some("1.0-1".into()), matches: true }),
+        Some(proto::PackageMatch { name: "hwtest".into(), version: Some(m.recorded("1.0")), matches: true }),
         "{}",
         agent_log(dir.path())
     );
@@ -403,12 +402,12 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
         .expect("a finding");
     assert_eq!(f.severity, proto::Severity::Info);
 
-    // Upgraded: modified, by hwtest 2.0-1.
-    dpkg(&root, &["-i", v2.to_str().unwrap()]);
+    // Upgraded: modified, by hwtest 2.0.
+    m.install(&root, d, "hwtest", "2.0", "opt/hwtest/bin/tool", b"#!/bin/sh\necho two\n");
     let ev = until_reported(&c, host.id, &[(tool.clone(), "modified")]).await;
     assert_eq!(
         package_of(&ev, "modified").map(|p| (p.version, p.matches)),
-        Some((Some("2.0-1".into()), true))
+        Some((Some(m.recorded("2.0")), true))
     );
 
     // Edited by hand: still hwtest's file, but not what it installed; a finding of full severity.
@@ -428,81 +427,7 @@ async fn changes_a_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
     assert_eq!(f.severity, proto::Severity::High);
 
     // Removed: deleted, by its package.
-    dpkg(&root, &["-r", "hwtest"]);
-    let ev = until_reported(&c, host.id, &[(tool.clone(), "deleted")]).await;
-    assert_eq!(package_of(&ev, "deleted").map(|p| (p.name, p.matches)), Some(("hwtest".into(), true)));
-    assert!(agent.terminate(Duration::from_secs(10)).success());
-}
-
-/// A package built here with `rpmbuild`: `/opt/hwtest/bin/tool` holding `content`.
-fn build_rpm(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
-    crate::support::build_rpm(dir, "hwtest", version, &[("opt/hwtest/bin/tool", content.as_bytes(), 0o644)])
-}
-
-use crate::support::rpm;
-
-#[tokio::test(flavor = "multi_thread")]
-async fn changes_an_rpm_package_made_carry_its_name_and_a_hand_edit_is_told_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = Collector::start(dir.path(), "");
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("opt")).unwrap();
-    rpm(&root, &["--initdb"]);
-    let v1 = build_rpm(dir.path(), "1.0", "#!/bin/sh\necho one\n");
-    let v2 = build_rpm(dir.path(), "2.0", "#!/bin/sh\necho two\n");
-    let role = unique("fimrpm");
-    let env = [
-        ("HOSTWATCH_FILES_PATHS", root.join("opt").display().to_string()),
-        ("HOSTWATCH_FILES_DPKG_DIR", dir.path().join("no-dpkg").display().to_string()),
-        ("HOSTWATCH_FILES_RPM_DIR", root.join("var/lib/rpm").display().to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (mut agent, host) = agent_ready(&c, dir.path(), &role, &env).await;
-    let tool = root.join("opt/hwtest/bin/tool").display().to_string();
-    let package_of = |ev: &[proto::FileEvent], change: &str| {
-        ev.iter()
-            .find(|e| e.change.path == tool && e.change.change.as_str() == change)
-            .and_then(|e| e.change.package.clone())
-    };
-
-    // Installed: created, by hwtest 1.0-1, as recorded (rpm's SHA-256 against the agent's).
-    rpm(&root, &["-i", "--nodeps", v1.to_str().unwrap()]);
-    let ev = until_reported(&c, host.id, &[(tool.clone(), "created")]).await;
-    assert_eq!(
-        package_of(&ev, "created"),
-        Some(proto::PackageMatch { name: "hwtest".into(), version: Some("1.0-1".into()), matches: true }),
-        "{}",
-        agent_log(dir.path())
-    );
-
-    // Upgraded: modified, by hwtest 2.0-1.
-    rpm(&root, &["-U", "--nodeps", v2.to_str().unwrap()]);
-    let ev = until_reported(&c, host.id, &[(tool.clone(), "modified")]).await;
-    assert_eq!(
-        package_of(&ev, "modified").map(|p| (p.version, p.matches)),
-        Some((Some("2.0-1".into()), true)),
-        "{}",
-        agent_log(dir.path())
-    );
-
-    // Edited by hand: hwtest's file, not what it installed; a finding of full severity.
-    let before = file_events(&c, host.id).len();
-    write(&root.join("opt/hwtest/bin/tool"), "#!/bin/sh\necho pwned\n");
-    let ev = wait_for("the hand edit", WAIT, async || {
-        let ev = file_events(&c, host.id);
-        (ev.len() > before).then_some(ev)
-    })
-    .await;
-    assert_eq!(package_of(&ev, "modified").map(|p| (p.name, p.matches)), Some(("hwtest".into(), false)));
-    let f = c
-        .findings(host.id, "file_changed", "open")
-        .into_iter()
-        .find(|f| f.subject == tool)
-        .expect("a finding");
-    assert_eq!(f.severity, proto::Severity::High);
-
-    // Erased: deleted, by its package.
-    rpm(&root, &["-e", "--nodeps", "hwtest"]);
+    m.remove(&root, "hwtest");
     let ev = until_reported(&c, host.id, &[(tool.clone(), "deleted")]).await;
     assert_eq!(package_of(&ev, "deleted").map(|p| (p.name, p.matches)), Some(("hwtest".into(), true)));
     assert!(agent.terminate(Duration::from_secs(10)).success());

@@ -78,18 +78,26 @@ async fn served(http: &reqwest::Client, url: &str) -> Vec<u8> {
     info.peer_certificate().expect("a peer certificate").to_vec()
 }
 
+/// A collector serving HTTPS with a certificate for localhost and 127.0.0.1 from a new CA in
+/// `dir/pki`: the collector, the CA, and the served certificate's DER.
+pub(crate) fn tls_collector(dir: &Path) -> (Collector, Ca, Vec<u8>) {
+    let pki = dir.join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let ca = Ca::new(&pki, "fleet");
+    let (cert, key, der) =
+        ca.issue(&pki, "server", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let c = Collector::start(
+        dir,
+        &format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string()),
+    );
+    (c, ca, der)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_report_over_verified_tls_and_a_rotated_certificate_is_served_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).unwrap();
-    let ca = Ca::new(&pki, "fleet");
-    let (cert, key, first) =
-        ca.issue(&pki, "server", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
-    let c = Collector::start(
-        dir.path(),
-        &format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.display().to_string(), key.display().to_string()),
-    );
+    let (c, ca, first) = tls_collector(dir.path());
     assert!(c.url.starts_with("https://127.0.0.1:"), "{}", c.url);
     let http = client(&ca.pem);
     assert_eq!(served(&http, &c.url).await, first);

@@ -567,3 +567,64 @@ pub fn python_http_server(port: u16) -> (Guard, u16) {
     let port = rx.recv_timeout(Duration::from_secs(20)).expect("python3 http.server announced its port");
     (guard, port)
 }
+
+/// A package manager with a database under a root of the test's own.
+#[derive(Debug, Clone, Copy)]
+pub enum Manager {
+    Dpkg,
+    Rpm,
+}
+
+impl Manager {
+    pub fn init(self, r: &Path) {
+        std::fs::create_dir_all(r.join("opt")).unwrap();
+        match self {
+            Manager::Dpkg => {
+                for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+                    std::fs::create_dir_all(r.join(d)).unwrap();
+                }
+                std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+            }
+            Manager::Rpm => rpm(r, &["--initdb"]),
+        }
+    }
+
+    /// Builds package `name` at `version` holding `path` (executable) and installs or upgrades it.
+    pub fn install(self, r: &Path, d: &Path, name: &str, version: &str, path: &str, content: &[u8]) {
+        let files: &[(&str, &[u8], u32)] = &[(path, content, 0o755)];
+        match self {
+            Manager::Dpkg => {
+                let deb = build_deb(d, name, version, files);
+                dpkg(r, &["-i", deb.to_str().unwrap()]);
+            }
+            Manager::Rpm => {
+                let package = build_rpm(d, name, version, files);
+                rpm(r, &["-U", "--nodeps", package.to_str().unwrap()]);
+            }
+        }
+    }
+
+    /// Removes package `name`.
+    pub fn remove(self, r: &Path, name: &str) {
+        match self {
+            Manager::Dpkg => dpkg(r, &["-r", name]),
+            Manager::Rpm => rpm(r, &["-e", "--nodeps", name]),
+        }
+    }
+
+    /// The version the database records for `version`.
+    pub fn recorded(self, version: &str) -> String {
+        match self {
+            Manager::Dpkg => version.to_owned(),
+            Manager::Rpm => format!("{version}-1"),
+        }
+    }
+
+    /// The agent's setting that points it at the database.
+    pub fn setting(self, r: &Path) -> (&'static str, String) {
+        match self {
+            Manager::Dpkg => ("HOSTWATCH_FILES_DPKG_DIR", r.join("var/lib/dpkg").display().to_string()),
+            Manager::Rpm => ("HOSTWATCH_FILES_RPM_DIR", r.join("var/lib/rpm").display().to_string()),
+        }
+    }
+}
