@@ -288,6 +288,41 @@ impl Observer {
             exe_replaced: p.exe_replaced,
             exe_replacement: p.exe_replacement.clone(),
             stdio_socket: p.stdio_socket.clone(),
+            login_uid: p.login_uid,
+            session_id: p.session_id,
+            ancestry: p.ancestry.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The ancestry of a process whose parent is `ppid`: the parent (from the processes known
+    /// now, else from `gone`, those that ended since the last look) and the parent's own
+    /// ancestry, cut to [`proto::limits::MAX_ANCESTRY`]. PID 1 and what is above it are left out.
+    fn lineage(&self, ppid: u32, gone: Option<&BTreeMap<u32, ProcessRecord>>) -> Vec<proto::Ancestor> {
+        let Some(parent) = self.procs.get(&ppid).or_else(|| gone.and_then(|g| g.get(&ppid))) else {
+            return Vec::new();
+        };
+        if parent.pid <= 1 {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(4);
+        out.push(proto::Ancestor { pid: parent.pid, name: parent.name.clone(), exe: parent.exe.clone() });
+        let above = parent.ancestry.iter().flatten().take(proto::limits::MAX_ANCESTRY - 1);
+        out.extend(above.cloned());
+        out
+    }
+
+    /// Gives every known process without an ancestry one, parents before children (a parent
+    /// starts first), so each takes its parent's as it stands now.
+    fn assign_ancestry(&mut self, gone: Option<&BTreeMap<u32, ProcessRecord>>) {
+        let mut todo: Vec<(u64, u32)> =
+            self.procs.values().filter(|p| p.ancestry.is_none()).map(|p| (p.start_ticks, p.pid)).collect();
+        todo.sort_unstable();
+        for (_, pid) in todo {
+            let Some(ppid) = self.procs.get(&pid).map(|p| p.ppid) else { continue };
+            let lineage = self.lineage(ppid, gone);
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.ancestry = Some(lineage);
+            }
         }
     }
 
@@ -351,6 +386,15 @@ impl Observer {
             if rec.sha256.is_none() && self.hashes.starved() {
                 self.unhashed.push(rec.pid);
             }
+        }
+        if rec.ancestry.is_none() {
+            // The same process before its exec keeps its lineage; a new one takes its parent's.
+            rec.ancestry = match self.procs.get(&rec.pid) {
+                Some(known) if known.start_ticks == rec.start_ticks && known.ancestry.is_some() => {
+                    known.ancestry.clone()
+                }
+                _ => Some(self.lineage(rec.ppid, None)),
+            };
         }
         let wire = self.to_wire(&rec);
         self.skip.remove(&rec.pid);
@@ -471,6 +515,8 @@ impl Observer {
                 self.procs.insert(pid, rec);
             }
         }
+        // What is left of `old` has ended since the last scan: still a parent to name.
+        self.assign_ancestry(Some(&old));
     }
 
     /// Whether a known process's executable was deleted since it was read: one readlink, every
@@ -489,6 +535,7 @@ impl Observer {
         let mut new = self.read_whole(known.pid, problems)?;
         if new.start_ticks == known.start_ticks {
             new.sha256 = known.sha256;
+            new.ancestry = known.ancestry;
         }
         Some(new)
     }

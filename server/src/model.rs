@@ -35,6 +35,11 @@ pub struct Process {
     pub exe_replaced: bool,
     pub exe_replacement: Option<proto::ExeReplacement>,
     pub stdio_socket: Option<String>,
+    /// The audit login uid and session id: set for what a login session started.
+    pub login_uid: Option<u32>,
+    pub session_id: Option<u32>,
+    /// Its ancestors as the agent saw them when it started, parent first.
+    pub ancestry: Vec<proto::Ancestor>,
     /// Since when the process has used more than the high-CPU rule's threshold without a break
     /// (kept by the store across reports; `None` while it is below).
     pub cpu_high_since: Option<OffsetDateTime>,
@@ -367,6 +372,9 @@ pub struct ProcessEvent {
     pub user: Option<String>,
     pub uid: Option<u32>,
     pub start_time: OffsetDateTime,
+    pub login_uid: Option<u32>,
+    pub session_id: Option<u32>,
+    pub ancestry: Vec<proto::Ancestor>,
 }
 
 /// A socket that opened or closed, from the history.
@@ -473,7 +481,7 @@ impl Observation {
 /// connection opened): what the engine judges as it happens, whether or not it still exists.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    Process(Process),
+    Process(Box<Process>),
     Listener(Listener),
     Connection(Connection),
 }
@@ -601,6 +609,9 @@ impl From<proto::Process> for Process {
             exe_replaced: p.exe_replaced,
             exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
+            login_uid: p.login_uid,
+            session_id: p.session_id,
+            ancestry: p.ancestry,
             cpu_high_since: None,
         }
     }
@@ -630,6 +641,9 @@ impl From<Process> for proto::Process {
             exe_replaced: p.exe_replaced,
             exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
+            login_uid: p.login_uid,
+            session_id: p.session_id,
+            ancestry: p.ancestry,
         }
     }
 }

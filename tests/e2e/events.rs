@@ -521,3 +521,77 @@ async fn replaced_executables_are_judged_by_their_package(m: Manager) {
     assert_eq!(rules_on(&keep), ["exe-tampered"]);
     drop(running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_names_its_login_and_a_parent_that_has_exited_since() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
+    let h = host.id;
+    let prog = sleep_copy(dir.path(), &unique("hw-lineage"));
+    let pidfile = dir.path().join("child.pid");
+    // A login of uid 4321 (root may set a fresh process's login uid once) whose shell starts the
+    // program in the background, then waits for its input to end.
+    let script = format!(
+        "echo 4321 > /proc/self/loginuid && {} 600 & echo $! > {}; read _",
+        prog.display(),
+        pidfile.display()
+    );
+    let mut shell =
+        Command::new("sh").args(["-c", &script]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let sh_pid = shell.id();
+    let child: u32 = wait_for("the child's pid", WAIT, async || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .await;
+    let kill_child = KillOnDrop(child);
+    let ps = |c: &Collector| -> Vec<proto::Located<proto::Process>> {
+        c.cli_json(&["ps", "--host", &h.to_string()])
+    };
+    let seen = wait_for("the program with its ancestry", WAIT, async || {
+        ps(&c).into_iter().map(|l| l.item).find(|p| p.pid == child && !p.ancestry.is_empty())
+    })
+    .await;
+    assert_eq!((seen.ancestry[0].pid, seen.ancestry[0].name.as_str()), (sh_pid, "sh"), "{:?}", seen.ancestry);
+    assert_eq!(seen.login_uid, Some(4321));
+    assert!(seen.session_id.is_some());
+
+    // The shell ends; the program is adopted by init, and its lineage is still what it was.
+    shell.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(shell.wait().unwrap().success());
+    let adopted = wait_for("the program re-parented", WAIT, async || {
+        ps(&c).into_iter().map(|l| l.item).find(|p| p.pid == child && p.ppid != sh_pid)
+    })
+    .await;
+    assert_eq!(adopted.ancestry, seen.ancestry, "the chain is the one at its start");
+
+    // What a person sees: the finding's parents and the history name the gone shell.
+    let subject = prog.display().to_string();
+    let f = finding_where(&c, h, "unexpected_process", None, &subject, "open", |_| true).await;
+    assert_eq!(f.detail["parents"][0]["name"], "sh", "{}", f.detail);
+    assert_eq!(f.detail["parents"][0]["pid"], sh_pid, "{}", f.detail);
+    assert_eq!(f.detail["login_uid"], 4321, "{}", f.detail);
+    let history: Vec<proto::ProcessEvent> =
+        c.cli_json(&["history", "processes", "--host", &h.to_string(), "--since", "1h"]);
+    let exec = history.iter().find(|e| e.pid == child && e.kind == "exec").expect("the program's exec");
+    assert_eq!(exec.ancestry.first().map(|a| a.pid), Some(sh_pid));
+    assert_eq!(exec.login_uid, Some(4321));
+    let name = prog.file_name().unwrap().to_str().unwrap();
+    let table = c.cli(&["history", "processes", "--host", &h.to_string(), "--since", "1h", "--name", name]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().any(|l| l.contains(&child.to_string()) && l.contains("> sh")), "{table}");
+    drop(kill_child);
+}
+
+/// Kills `pid` when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

@@ -64,6 +64,12 @@ pub struct ProcessRecord {
     pub interactive: bool,
     /// The socket inodes on its standard input and output when last looked at (0: not a socket).
     pub stdio_inodes: [u64; 2],
+    /// The audit login uid and session id, where set.
+    pub login_uid: Option<u32>,
+    pub session_id: Option<u32>,
+    /// Its ancestors as they were when first seen; `None` until the observer, which knows the
+    /// other processes, sets them.
+    pub ancestry: Option<Vec<hostwatch_proto::v1::Ancestor>>,
 }
 
 /// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` (and the owner
@@ -280,6 +286,7 @@ fn read_one(
         || exe.as_deref().and_then(|e| e.rsplit('/').next()).is_some_and(is_interactive);
     let stdio_inodes = if interactive { stdio_inodes(&dir) } else { [0; 2] };
     let stdio_socket = stdio_socket(root, stdio_inodes, pid);
+    let (login_uid, session_id) = (audit_id(&dir, "loginuid"), audit_id(&dir, "sessionid"));
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
@@ -307,7 +314,16 @@ fn read_one(
         stdio_socket,
         interactive,
         stdio_inodes,
+        login_uid,
+        session_id,
+        ancestry: None,
     }))
+}
+
+/// `/proc/PID/loginuid` or `sessionid`: `None` where unset (`4294967295`, what no login started)
+/// or where the kernel keeps no audit ids.
+fn audit_id(proc_dir: &Path, file: &str) -> Option<u32> {
+    std::fs::read_to_string(proc_dir.join(file)).ok()?.trim().parse().ok().filter(|&id| id != u32::MAX)
 }
 
 /// Looks again at the standard input and output of a shell or interpreter read earlier: a shell

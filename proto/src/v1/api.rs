@@ -181,6 +181,15 @@ pub struct ProcessEvent {
     pub uid: Option<u32>,
     #[serde(with = "timestamp")]
     pub start_time: OffsetDateTime,
+    /// The audit login uid and session id, for what a login session started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u32>,
+    /// Its ancestors when it started, parent first (`sshd`, `bash` for a command typed in an ssh
+    /// session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<super::Ancestor>,
 }
 
 /// A listener or connection that opened or closed, from a host's history.

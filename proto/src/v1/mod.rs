@@ -26,7 +26,7 @@ pub use delta::{Changes, ConnectionKey, Delta, ListenerKey, PassedExec, ProcessK
 pub use enroll::{EnrollRequest, EnrollResponse, InstanceIdentity};
 pub use file::{ChangeOrigin, FileChange, FileChangeKind, FileKind, FileState, FileStats, PackageMatch};
 pub use finding::{Ack, CreateSilence, Finding, FindingKind, FindingStatus, Severity, Silence, UnknownName};
-pub use process::{ExeReplacement, INTERACTIVE, Process, is_interactive};
+pub use process::{Ancestor, ExeReplacement, INTERACTIVE, Process, is_interactive};
 pub use report::{
     AgentStats, AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
 };

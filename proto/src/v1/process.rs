@@ -73,6 +73,28 @@ pub struct Process {
     /// socket, as `tcp 10.0.0.9:4444` (protocol and peer). A reverse shell looks like this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio_socket: Option<String>,
+    /// The audit login uid (`/proc/PID/loginuid`): who logged in to start the session this
+    /// process belongs to, kept across `su` and `sudo`. Absent for what no login started
+    /// (services, their children) and where the kernel keeps no audit ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    /// The audit session id (`/proc/PID/sessionid`): a login session's processes share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<u32>,
+    /// Its ancestors, parent first, up to (not including) PID 1, as they were when the agent first
+    /// saw this process: a parent that has exited since is still named. At most
+    /// [`limits::MAX_ANCESTRY`]; empty where the parent was never seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
+}
+
+/// One ancestor of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
 }
 
 impl Process {
@@ -100,6 +122,9 @@ impl Process {
             exe_replaced: false,
             exe_replacement: None,
             stdio_socket: None,
+            login_uid: None,
+            session_id: None,
+            ancestry: Vec::new(),
         }
     }
 }
@@ -149,6 +174,11 @@ impl Validate for Process {
             && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(ValidationError::new("sha256", "not 64 hexadecimal digits"));
+        }
+        count("ancestry", &self.ancestry, limits::MAX_ANCESTRY)?;
+        for (i, a) in self.ancestry.iter().enumerate() {
+            nonempty(format_args!("ancestry[{i}].name"), &a.name, limits::MAX_NAME_BYTES)?;
+            opt_text(format_args!("ancestry[{i}].exe"), &a.exe, limits::MAX_PATH_BYTES)?;
         }
         count("cmdline", &self.cmdline, limits::MAX_ARGS)?;
         let mut total = 0;

@@ -17,6 +17,8 @@ pub mod limits {
     pub const MAX_CONNECTIONS: usize = 200_000;
     /// Arguments kept of one command line.
     pub const MAX_ARGS: usize = 1_024;
+    /// Ancestors of one process.
+    pub const MAX_ANCESTRY: usize = 16;
     /// Bytes of one command line, all arguments together.
     pub const MAX_CMDLINE_BYTES: usize = 8_192;
     /// Bytes of a file path (PATH_MAX).

@@ -119,6 +119,9 @@ impl From<ProcessEvent> for proto::ProcessEvent {
             user: e.user,
             uid: e.uid,
             start_time: e.start_time,
+            login_uid: e.login_uid,
+            session_id: e.session_id,
+            ancestry: e.ancestry,
         }
     }
 }

@@ -384,9 +384,14 @@ impl Tabular for proto::Connection {
 
 impl Tabular for proto::ProcessEvent {
     fn columns() -> Vec<&'static str> {
-        vec!["at", "host_id", "hostname", "kind", "pid", "ppid", "user", "name", "exe", "cmdline"]
+        vec!["at", "host_id", "hostname", "kind", "pid", "ppid", "lineage", "user", "name", "exe", "cmdline"]
     }
     fn cells(&self, style: Style) -> Vec<String> {
+        // Who started it, top first, the nearest four: `sshd > bash`, `… > nginx > sh`.
+        let mut lineage: Vec<&str> = self.ancestry.iter().take(4).rev().map(|a| a.name.as_str()).collect();
+        if self.ancestry.len() > 4 {
+            lineage.insert(0, "…");
+        }
         vec![
             when(Some(self.at), style),
             self.host_id.to_string(),
@@ -394,6 +399,7 @@ impl Tabular for proto::ProcessEvent {
             self.kind.clone(),
             self.pid.to_string(),
             self.ppid.map(|p| p.to_string()).unwrap_or_default(),
+            text(&lineage.join(" > "), style, 60),
             text(&self.user.clone().or(self.uid.map(|u| u.to_string())).unwrap_or_default(), style, 16),
             text(self.name.as_deref().unwrap_or(""), style, 20),
             text(self.exe.as_deref().unwrap_or(""), style, 50),

@@ -284,14 +284,14 @@ pub fn judge(
     let workload = target.workload();
     // Parents may be gone too (`curl | sh`): the report's own starts name them as well.
     let lineage = Lineage::of(state.processes.iter().chain(started.iter().filter_map(|s| match &s.item {
-        Item::Process(p) => Some(p),
+        Item::Process(p) => Some(&**p),
         _ => None,
     })));
     let mut merged: BTreeMap<(FindingKind, String, String), Observation> = BTreeMap::new();
     for s in started {
         let mut one = HostState::default();
         match &s.item {
-            Item::Process(p) => one.processes.push(p.clone()),
+            Item::Process(p) => one.processes.push((**p).clone()),
             Item::Listener(l) => one.listeners.push(l.clone()),
             Item::Connection(c) => one.connections.push(c.clone()),
         }
@@ -433,9 +433,18 @@ impl<'a> Lineage<'a> {
         self.0.get(&p.ppid).map(|q| q.name.as_str())
     }
 
-    /// `p`'s parent, its parent's parent, and so on, as far as they are known (a loop or an
-    /// unknown pid ends it).
+    /// `p`'s parent, its parent's parent, and so on: the ancestry the agent recorded when `p`
+    /// started (which names parents that have exited since), else as far as the host's known
+    /// processes tell (a loop or an unknown pid ends it).
     fn parents(&self, p: &Process) -> serde_json::Value {
+        if !p.ancestry.is_empty() {
+            let chain = p.ancestry.iter().take(MAX_PARENTS).map(|a| {
+                // The command line, where the ancestor is still known as that same program.
+                let cmdline = self.0.get(&a.pid).filter(|q| q.name == a.name).map(|q| q.cmdline_string());
+                json!({ "pid": a.pid, "name": a.name, "exe": a.exe, "cmdline": cmdline })
+            });
+            return json!(chain.collect::<Vec<_>>());
+        }
         let mut out = Vec::new();
         let mut pid = p.ppid;
         while pid != 0 && out.len() < MAX_PARENTS {
@@ -494,6 +503,8 @@ fn process_detail(p: &Process, lineage: &Lineage<'_>) -> serde_json::Value {
         "pid": p.pid,
         "ppid": p.ppid,
         "parents": lineage.parents(p),
+        "login_uid": p.login_uid,
+        "session_id": p.session_id,
         "cmdline": p.cmdline_string(),
         "sha256": p.sha256,
     })
@@ -1128,7 +1139,7 @@ change = "deny"
         let state = HostState { processes: vec![init, shell], ..Default::default() };
         let t = |s: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
         let gone = |p: &Process, end: i64| Started {
-            item: Item::Process(p.clone()),
+            item: Item::Process(Box::new(p.clone())),
             at: Some(t(0)),
             ended: Some(t(end)),
             new: true,

@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/sqlite/0013_credentials.sql")),
     (14, include_str!("migrations/sqlite/0014_sessions.sql")),
     (15, include_str!("migrations/sqlite/0015_verified_instance.sql")),
+    (16, include_str!("migrations/sqlite/0016_lineage.sql")),
 ];
 
 #[derive(Clone)]

@@ -174,7 +174,7 @@ pub(super) fn apply(
         put_process(tx, host_id, p, Some(through))?;
         if history {
             process_event(tx, host_id, "exec", p.key(), Some(p), p.start_time)?;
-            start(Item::Process(p.clone()), p.start_time);
+            start(Item::Process(Box::new(p.clone())), p.start_time);
         }
     }
     let ends: HashMap<ProcessKey, OffsetDateTime> = d.processes.removed.iter().copied().collect();
@@ -188,7 +188,7 @@ pub(super) fn apply(
             // end if the same delta ends it (a program that ran and ended between two reports).
             let at = ends.get(&p.key()).map_or(now, |end| now.min(*end));
             process_event(tx, host_id, "exec", p.key(), Some(p), at)?;
-            start(Item::Process(p.clone()), at);
+            start(Item::Process(Box::new(p.clone())), at);
         }
     }
     if history {
@@ -209,7 +209,7 @@ pub(super) fn apply(
             && judged.is_some_and(|j| judging.late(j))
         {
             vanished.push(Started {
-                item: Item::Process(p.clone()),
+                item: Item::Process(Box::new(p.clone())),
                 at: Some(p.start_time),
                 ended: Some(*at),
                 new: false,
@@ -288,7 +288,7 @@ pub(super) fn apply(
         for x in &d.passed_execs {
             process_event(tx, host_id, "exec", x.process.key(), Some(&x.process), x.at)?;
             started.push(Started {
-                item: Item::Process(x.process.clone()),
+                item: Item::Process(Box::new(x.process.clone())),
                 at: Some(x.at),
                 ended: Some(x.until),
                 new: true,
@@ -324,12 +324,12 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
-         stdio_socket, cpu_high_since, judged_through, exe_replacement) \
+         stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
          CASE WHEN ?21 THEN COALESCE((SELECT cpu_high_since FROM processes \
            WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END, \
          COALESCE(?23, (SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), 0), \
-         ?24)",
+         ?24, ?25, ?26, ?27)",
     )?
     .execute(params![
         host_id,
@@ -356,6 +356,9 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
         ts(OffsetDateTime::now_utc()),
         judged_through,
         p.exe_replacement.as_ref().map(to_json),
+        p.login_uid,
+        p.session_id,
+        (!p.ancestry.is_empty()).then(|| to_json(&p.ancestry)),
     ])?;
     Ok(())
 }
@@ -369,7 +372,7 @@ fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Opti
 }
 
 const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
-     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement";
+     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement, login_uid, session_id, ancestry";
 
 fn process_from_row(r: &Row<'_>) -> Result<Process> {
     Ok(Process {
@@ -394,6 +397,13 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
         stdio_socket: r.get(18)?,
         cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
         exe_replacement: r.get::<_, Option<String>>(20)?.map(|j| json(&j, "exe_replacement")).transpose()?,
+        login_uid: r.get(21)?,
+        session_id: r.get(22)?,
+        ancestry: r
+            .get::<_, Option<String>>(23)?
+            .map(|j| json(&j, "ancestry"))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -537,8 +547,8 @@ fn process_event(
     at: OffsetDateTime,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, user, uid, start_time, sha256) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, user, uid, start_time, sha256, \
+         login_uid, session_id, ancestry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         host_id,
@@ -552,7 +562,10 @@ fn process_event(
         p.and_then(|p| p.user.as_ref()),
         p.map(|p| p.uid),
         ts(key.start_time),
-        p.and_then(|p| p.sha256.as_ref())
+        p.and_then(|p| p.sha256.as_ref()),
+        p.and_then(|p| p.login_uid),
+        p.and_then(|p| p.session_id),
+        p.filter(|p| !p.ancestry.is_empty()).map(|p| to_json(&p.ancestry)),
     ])?;
     Ok(())
 }
@@ -663,7 +676,7 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
     let (clause, args) = history_where(f, Some("name"), None);
     let mut stmt = tx.prepare(&format!(
         "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
-         e.start_time FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
+         e.start_time, e.login_uid, e.session_id, e.ancestry FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
@@ -684,6 +697,13 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
             user: r.get(10)?,
             uid: r.get(11)?,
             start_time: parse_ts(&r.get::<_, String>(12)?)?,
+            login_uid: r.get(13)?,
+            session_id: r.get(14)?,
+            ancestry: r
+                .get::<_, Option<String>>(15)?
+                .map(|j| json(&j, "ancestry"))
+                .transpose()?
+                .unwrap_or_default(),
         });
     }
     Ok(out)
