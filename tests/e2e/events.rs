@@ -4,13 +4,14 @@
 //! programs is bounded without hiding a built-in rule's finding in the middle of it.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, Manager, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, Manager, spawn_copy, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -594,4 +595,143 @@ impl Drop for KillOnDrop {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// A copy of `/bin/dash` at `dir/name`: a shell under a name (or a path) of the test's own.
+fn dash_copy(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::copy("/bin/dash", &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ancestor_rules_match_at_any_depth_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collector::start(d, NO_BUDGET);
+    let (lvl1, lvl4) = (unique("hw-lvl1"), unique("hw-lvl4"));
+    let (p1, p4, p5) = (
+        sleep_copy(d, &unique("hw-anc1")),
+        sleep_copy(d, &unique("hw-anc4")),
+        sleep_copy(d, &unique("hw-anc5")),
+    );
+    let rule = |p: &Path, ancestor: &str| {
+        format!("[[process]]\nname = \"*\"\nexe = {:?}\nancestor = \"{ancestor}\"\n", p.display().to_string())
+    };
+    let rules =
+        [rule(&p1, &format!("{lvl1}*")), rule(&p4, &format!("*/{lvl4}")), rule(&p5, "no-such-ancestor*")]
+            .concat();
+    let (_agent, host) = host_with_workload(&c, d, &rules).await;
+    let h = host.id;
+
+    // Depth 1: the program's parent is the shell named lvl1 (matched by name).
+    let shell1 = dash_copy(d, &lvl1);
+    let group = |cmd: &mut Command| Group(spawn_copy(cmd.process_group(0)));
+    let _run1 = group(Command::new(&shell1).args(["-c", &format!("{} 600; true", p1.display())]));
+    // Depth 4: three wrappers between the program and the shell named lvl4 (matched by exe).
+    let wrap = d.join("wrap.sh");
+    std::fs::write(&wrap, "#!/bin/sh\n\"$@\"; true\n").unwrap();
+    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shell4 = dash_copy(d, &lvl4);
+    let w = wrap.display().to_string();
+    let _run4 = group(Command::new(&shell4).args([w.as_str(), &w, &w, &w, p4.to_str().unwrap(), "600"]));
+    let ps = |c: &Collector| -> Vec<proto::Process> {
+        c.cli_json::<Vec<proto::Located<proto::Process>>>(&["ps", "--host", &h.to_string()])
+            .into_iter()
+            .map(|l| l.item)
+            .collect()
+    };
+    let p4_seen = wait_for("the depth-4 program with its ancestry", WAIT, async || {
+        ps(&c).into_iter().find(|p| p.exe.as_deref() == p4.to_str() && p.ancestry.len() >= 4)
+    })
+    .await;
+    assert_eq!(p4_seen.ancestry[3].exe.as_deref(), shell4.to_str(), "{:?}", p4_seen.ancestry);
+    // The positive marker: a program whose rule's ancestor matches nothing is a finding, and
+    // was judged after the two others.
+    let _run5 = group(Command::new(&shell1).args(["-c", &format!("{} 600; true", p5.display())]));
+    let subject5 = p5.display().to_string();
+    finding_where(&c, h, "unexpected_process", None, &subject5, "open", |_| true).await;
+    let findings = c.findings(h, "unexpected_process", "all");
+    for p in [&p1, &p4] {
+        assert!(
+            findings.iter().all(|f| f.subject != p.to_str().unwrap()),
+            "{} is explained by its ancestor rule",
+            p.display()
+        );
+    }
+}
+
+/// A process started in a group of its own, the whole group killed when dropped: a shell and
+/// what it started go together.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_under_a_listening_service_is_critical_and_under_a_quiet_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Alone: every process this test starts descends from the test binary, which holds the
+    // listeners other tests open (webhook receivers, oracles). On a host without systemd units
+    // nothing bounds the walk up, so the quiet service's shell would rightly count as theirs.
+    let c = Collector::start_alone(d, NO_BUDGET);
+    let (_agent, host) = host_with_workload(&c, d, "").await;
+    let h = host.id;
+    // Two shells named sh at paths of the test's own, so their findings are told apart.
+    let (loud_sh, quiet_sh) = (dash_copy(&d.join("loud"), "sh"), dash_copy(&d.join("quiet"), "sh"));
+    let (loud_prog, quiet_prog) = (sleep_copy(d, &unique("hw-loud")), sleep_copy(d, &unique("hw-quiet")));
+    // A service (python3) that listens and runs a shell, as a web application might.
+    let service = |listen: bool, shell: &Path, prog: &Path| {
+        let script = format!(
+            "import socket, subprocess\n\
+             s = socket.socket()\n\
+             if {}:\n    s.bind(('127.0.0.1', 0)); s.listen()\n\
+             subprocess.run([{:?}, '-c', '{} 600; true'])\n",
+            if listen { "True" } else { "False" },
+            shell.display().to_string(),
+            prog.display()
+        );
+        Group(Command::new("python3").args(["-c", &script]).process_group(0).spawn().unwrap())
+    };
+    let loud = service(true, &loud_sh, &loud_prog);
+    let quiet = service(false, &quiet_sh, &quiet_prog);
+
+    let f = finding_where(
+        &c,
+        h,
+        "suspicious_process",
+        Some("service-spawned-shell"),
+        loud_sh.to_str().unwrap(),
+        "open",
+        |_| true,
+    )
+    .await;
+    assert_eq!(f.severity, proto::Severity::Critical);
+    assert_eq!(f.detail["service"]["pid"], loud.0.id(), "{}", f.detail);
+    assert_eq!(f.detail["service"]["name"], "python3", "{}", f.detail);
+    assert_eq!(f.detail["parents"][0]["pid"], loud.0.id(), "{}", f.detail);
+
+    // The quiet service's shell: judged (its program is an unexpected_process, the positive
+    // marker), never a service-spawned-shell.
+    finding_where(&c, h, "unexpected_process", None, quiet_prog.to_str().unwrap(), "open", |_| true).await;
+    let quiet_shell = quiet_sh.to_str().unwrap();
+    finding_where(&c, h, "unexpected_process", None, quiet_shell, "open", |_| true).await;
+    let wrong: Vec<proto::Finding> = c
+        .findings(h, "suspicious_process", "all")
+        .into_iter()
+        .filter(|f| f.subject == quiet_shell && f.rule.as_deref() == Some("service-spawned-shell"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "a shell under a service that listens on nothing is no service-spawned-shell: {wrong:?}"
+    );
+    drop((loud, quiet));
 }

@@ -18,7 +18,7 @@ use std::ops::RangeInclusive;
 
 use globset::GlobMatcher;
 use hostwatch_agent::config::file::FileError;
-use hostwatch_proto::v1::{Direction, FindingKind, Protocol, Severity};
+use hostwatch_proto::v1::{Ancestor, Direction, FindingKind, Protocol, Severity};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
@@ -95,6 +95,8 @@ pub struct ProcessRule {
     pub cmdline: Option<Pattern>,
     /// Glob over the parent process's name.
     pub parent: Option<Pattern>,
+    /// Glob over any ancestor's name or executable (`nginx`, `/usr/sbin/sshd`).
+    pub ancestor: Option<Pattern>,
     /// At least this many matching processes must run (0: not required).
     pub min: u32,
     /// At most this many may run.
@@ -120,6 +122,7 @@ impl ProcessRule {
                 || p.sha256.as_deref().is_some_and(|h| self.sha256.iter().any(|x| x.eq_ignore_ascii_case(h))))
             && self.cmdline.as_ref().is_none_or(|c| c.is_match(&p.cmdline_string()))
             && self.parent.as_ref().is_none_or(|pp| parent.is_some_and(|n| pp.is_match(n)))
+            && self.ancestor.as_ref().is_none_or(|a| ancestor_matches(a, Some(&p.ancestry)))
     }
 
     /// The subject of a finding about this rule: the executable where the rule names one, else
@@ -130,6 +133,16 @@ impl ProcessRule {
             None => self.name.as_str(),
         }
     }
+}
+
+/// Whether any of `ancestry` (parent first) has a name or executable `pattern` matches. Unknown
+/// ancestry matches nothing: an allowance that cannot be checked is not granted.
+fn ancestor_matches(pattern: &Pattern, ancestry: Option<&[Ancestor]>) -> bool {
+    ancestry.is_some_and(|chain| {
+        chain
+            .iter()
+            .any(|a| pattern.is_match(&a.name) || a.exe.as_deref().is_some_and(|e| pattern.is_match(e)))
+    })
 }
 
 /// `[[file]]`: changes to watched paths the workload makes on purpose (`allow`), or that must
@@ -156,6 +169,8 @@ pub struct ConnectRule {
     pub ports: Option<RangeInclusive<u16>>,
     /// Glob over the owning process's name.
     pub process: Option<Pattern>,
+    /// Glob over any of the owning process's ancestors' names or executables.
+    pub ancestor: Option<Pattern>,
     /// `None`: either way.
     pub direction: Option<Direction>,
     pub reason: Option<String>,
@@ -166,7 +181,7 @@ pub struct ConnectRule {
 impl ConnectRule {
     /// Whether the rule explains `c`. An IPv4 peer seen through an IPv6 socket (`::ffff:a.b.c.d`)
     /// is its IPv4 address.
-    pub fn matches(&self, c: &Connection) -> bool {
+    pub fn matches(&self, c: &Connection, ancestry: Option<&[Ancestor]>) -> bool {
         let remote = c.remote.ip().to_canonical();
         let port = match c.direction {
             Direction::Inbound => c.local.port(),
@@ -177,6 +192,7 @@ impl ConnectRule {
             && self.remotes.iter().any(|n| n.contains(&remote))
             && self.ports.as_ref().is_none_or(|r| r.contains(&port))
             && self.process.as_ref().is_none_or(|p| c.process.as_deref().is_some_and(|n| p.is_match(n)))
+            && self.ancestor.as_ref().is_none_or(|a| ancestor_matches(a, ancestry))
     }
 }
 
@@ -211,6 +227,8 @@ pub struct ListenRule {
     pub addresses: Vec<IpAddr>,
     /// Glob over the owning process's name.
     pub process: Option<Pattern>,
+    /// Glob over any of the owning process's ancestors' names or executables.
+    pub ancestor: Option<Pattern>,
     /// A matching listener must exist.
     pub required: bool,
     pub reason: Option<String>,
@@ -219,12 +237,13 @@ pub struct ListenRule {
 }
 
 impl ListenRule {
-    /// Whether the rule explains `l`.
-    pub fn matches(&self, l: &Listener) -> bool {
+    /// Whether the rule explains `l`, whose owner descends from `ancestry` (where known).
+    pub fn matches(&self, l: &Listener, ancestry: Option<&[Ancestor]>) -> bool {
         self.protocol == l.protocol
             && self.ports.contains(&l.port)
             && (self.addresses.is_empty() || self.addresses.contains(&l.address))
             && self.process.as_ref().is_none_or(|p| l.process.as_deref().is_some_and(|n| p.is_match(n)))
+            && self.ancestor.as_ref().is_none_or(|a| ancestor_matches(a, ancestry))
     }
 
     /// The subject of a missing_listener finding: `tcp/*:443`, `tcp/0.0.0.0:443`, `udp/*:8000-8099`.

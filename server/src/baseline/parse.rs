@@ -76,6 +76,8 @@ struct RawConnect {
     #[serde(default)]
     process: Option<Spanned<String>>,
     #[serde(default)]
+    ancestor: Option<Spanned<String>>,
+    #[serde(default)]
     direction: Option<Spanned<String>>,
     #[serde(default)]
     reason: Option<String>,
@@ -136,6 +138,9 @@ struct RawProcess {
     /// Glob over the parent process's name.
     #[serde(default)]
     parent: Option<Spanned<String>>,
+    /// Glob over any ancestor's name or executable.
+    #[serde(default)]
+    ancestor: Option<Spanned<String>>,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -160,6 +165,8 @@ struct RawListen {
     address: Option<Spanned<OneOrMany>>,
     #[serde(default)]
     process: Option<Spanned<String>>,
+    #[serde(default)]
+    ancestor: Option<Spanned<String>>,
     #[serde(default)]
     required: bool,
     #[serde(default)]
@@ -203,6 +210,11 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
     }
     let raw: RawBaseline = from_toml(file, src)?;
     let err = |span: std::ops::Range<usize>, msg: String| FileError::at(file, src, Some(span), msg);
+    // An optional glob over names (`*` crosses `/`), refused with where it stands.
+    let name_glob = |v: Option<Spanned<String>>| match v {
+        Some(g) => glob(g.get_ref(), false).map(Some).map_err(|m| err(g.span(), m)),
+        None => Ok(None),
+    };
 
     let name = raw.name.get_ref().clone();
     check_name(&name).map_err(|m| err(raw.name.span(), m))?;
@@ -294,20 +306,16 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             }
             sha256.push(v);
         }
-        let cmdline = match p.cmdline {
-            Some(c) => Some(glob(c.get_ref(), false).map_err(|m| err(c.span(), m))?),
-            None => None,
-        };
-        let parent = match p.parent {
-            Some(c) => Some(glob(c.get_ref(), false).map_err(|m| err(c.span(), m))?),
-            None => None,
-        };
+        let cmdline = name_glob(p.cmdline)?;
+        let parent = name_glob(p.parent)?;
+        let ancestor = name_glob(p.ancestor)?;
         if p.name.get_ref().trim_matches('*').is_empty()
             && exe.is_none()
             && users.is_empty()
             && sha256.is_empty()
             && cmdline.is_none()
             && parent.is_none()
+            && ancestor.is_none()
         {
             warn(p.name.span(), "this rule explains every process: a miner too".to_owned());
         }
@@ -341,6 +349,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             sha256,
             cmdline,
             parent,
+            ancestor,
             min,
             max,
             reason: p.reason,
@@ -367,15 +376,14 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             }
             None => Vec::new(),
         };
-        let process = match l.process {
-            Some(p) => Some(glob(p.get_ref(), false).map_err(|m| err(p.span(), m))?),
-            None => None,
-        };
+        let process = name_glob(l.process)?;
+        let ancestor = name_glob(l.ancestor)?;
         listens.push(ListenRule {
             protocol: l.protocol,
             ports,
             addresses,
             process,
+            ancestor,
             required: l.required,
             reason: l.reason,
             until: until(l.until)?,
@@ -434,10 +442,8 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             Some(p) => Some(port_range(p.get_ref()).map_err(|m| err(p.span(), m))?),
             None => None,
         };
-        let process = match c.process {
-            Some(p) => Some(glob(p.get_ref(), false).map_err(|m| err(p.span(), m))?),
-            None => None,
-        };
+        let process = name_glob(c.process)?;
+        let ancestor = name_glob(c.ancestor)?;
         let direction = match c.direction {
             Some(d) => Some(match d.get_ref().as_str() {
                 "inbound" => Direction::Inbound,
@@ -451,7 +457,11 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             }),
             None => None,
         };
-        if remotes.iter().any(|n| n.prefix_len() == 0) && ports.is_none() && process.is_none() {
+        if remotes.iter().any(|n| n.prefix_len() == 0)
+            && ports.is_none()
+            && process.is_none()
+            && ancestor.is_none()
+        {
             warn(span, "this rule explains every connection: to a mining pool too".to_owned());
         }
         connects.push(ConnectRule {
@@ -459,6 +469,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             remotes,
             ports,
             process,
+            ancestor,
             direction,
             reason: c.reason,
             until: until(c.until)?,

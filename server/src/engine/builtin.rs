@@ -66,6 +66,12 @@ pub const RULES: &[Rule] = &[
         "a shell or interpreter whose standard input or output is a network socket",
     ),
     rule(
+        SERVICE_SPAWNED_SHELL,
+        SuspiciousProcess,
+        Severity::Critical,
+        "a shell or interpreter started, within one service's unit or container, under a process that listens on a socket, and belonging to no login session: a web server's or a database's shell",
+    ),
+    rule(
         PERSISTENCE,
         FileChanged,
         Severity::High,
@@ -75,6 +81,7 @@ pub const RULES: &[Rule] = &[
 ];
 
 pub const EXE_DELETED: &str = "exe-deleted";
+pub const SERVICE_SPAWNED_SHELL: &str = "service-spawned-shell";
 pub const EXE_REPLACED: &str = "exe-replaced";
 pub const EXE_TAMPERED: &str = "exe-tampered";
 pub const EXE_IN_TEMP: &str = "exe-in-temp";
@@ -202,6 +209,37 @@ fn kernel_thread_name(name: &str) -> bool {
 }
 
 /// The process-level rules `p` trips, given whether the workload's baseline explains it.
+/// `service-spawned-shell`: the ancestor of `p` (a shell or interpreter no login session
+/// started) that listens on a socket, looking up from its parent while the ancestors stay in
+/// `p`'s systemd unit and container, below PID 1. `known` gives the host's processes by pid (an
+/// ancestor known under another program is not the same process); `listens` says whether a pid
+/// holds a listening socket. `None`: not such a shell.
+pub fn listening_ancestor<'a>(
+    p: &Process,
+    known: impl Fn(u32) -> Option<&'a Process>,
+    listens: impl Fn(u32) -> bool,
+) -> Option<&'a Process> {
+    let interactive =
+        is_interactive(&p.name) || p.exe.as_deref().is_some_and(|e| is_interactive(file_name(e)));
+    if !interactive || p.login_uid.is_some() {
+        return None;
+    }
+    for a in &p.ancestry {
+        if a.pid <= 1 {
+            break;
+        }
+        // An ancestor gone since, or its pid taken by another program: nothing to check there.
+        let Some(q) = known(a.pid).filter(|q| q.name == a.name) else { continue };
+        if q.unit != p.unit || q.container_id != p.container_id {
+            break;
+        }
+        if listens(q.pid) {
+            return Some(q);
+        }
+    }
+    None
+}
+
 pub fn process_rules(p: &Process, explained: bool, now: OffsetDateTime) -> Vec<&'static str> {
     let mut out = Vec::new();
     let exe = p.exe.as_deref();
@@ -278,6 +316,44 @@ mod tests {
             cmdline: cmdline.iter().map(|s| s.to_string()).collect(),
             ..Process::from(p::Process::new(10, 1, name, 0, OffsetDateTime::UNIX_EPOCH))
         }
+    }
+
+    #[test]
+    fn a_shell_is_a_services_only_below_a_listener_in_its_own_unit_and_outside_any_login() {
+        let with = |pid: u32, name: &str, unit: &str| Process {
+            pid,
+            unit: Some(unit.to_owned()),
+            ..Process::from(p::Process::new(pid, 1, name, 0, OffsetDateTime::UNIX_EPOCH))
+        };
+        let nginx = with(100, "nginx", "nginx.service");
+        let worker = with(101, "nginx", "nginx.service");
+        let sshd = with(200, "sshd", "ssh.service");
+        let known = [nginx.clone(), worker.clone(), sshd.clone()];
+        let find = |pid: u32| known.iter().find(|q| q.pid == pid);
+        let anc = |q: &Process| p::Ancestor { pid: q.pid, name: q.name.clone(), exe: None };
+        let mut sh = with(300, "sh", "nginx.service");
+        sh.ancestry = vec![anc(&worker), anc(&nginx)];
+        // The master (two up) listens: found, through the worker.
+        let got = listening_ancestor(&sh, find, |pid| pid == 100);
+        assert_eq!(got.map(|q| q.pid), Some(100));
+        // Nothing listens: not a service's shell.
+        assert!(listening_ancestor(&sh, find, |_| false).is_none());
+        // A login session's shell: not, whatever its ancestors hold.
+        let mut login = sh.clone();
+        login.login_uid = Some(1000);
+        assert!(listening_ancestor(&login, find, |pid| pid == 100).is_none());
+        // Past the unit's edge (a listener in another unit): not.
+        let mut other = with(301, "bash", "session-3.scope");
+        other.ancestry = vec![anc(&sshd)];
+        assert!(listening_ancestor(&other, find, |pid| pid == 200).is_none());
+        // Not a shell: not.
+        let mut curl = with(302, "curl", "nginx.service");
+        curl.ancestry = sh.ancestry.clone();
+        assert!(listening_ancestor(&curl, find, |pid| pid == 100).is_none());
+        // A pid now running another program is not the ancestor it was.
+        let mut reused = sh.clone();
+        reused.ancestry = vec![p::Ancestor { pid: 100, name: "php".into(), exe: None }];
+        assert!(listening_ancestor(&reused, find, |pid| pid == 100).is_none());
     }
 
     #[test]

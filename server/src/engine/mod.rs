@@ -7,7 +7,7 @@
 
 pub mod builtin;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hostwatch_proto::v1::{Direction, FindingKind, Severity};
 use serde_json::json;
@@ -263,7 +263,7 @@ pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<O
         ),
         Target::Workload(w) => {
             process_counts(state, w, &lineage, cx.now, &mut out);
-            missing_listeners(state, w, cx.now, &mut out);
+            missing_listeners(state, w, &lineage, cx.now, &mut out);
         }
     }
     judge_items(state, &lineage, &state.listeners, workload, cx, &mut out);
@@ -368,7 +368,7 @@ pub fn outliers(
         return Vec::new();
     }
     let rare = |n: u64| (n as f64) * 100.0 < p.rare_below_percent * counts.hosts as f64;
-    let taken: std::collections::HashSet<&str> = covered.iter().map(|o| o.subject.as_str()).collect();
+    let taken: HashSet<&str> = covered.iter().map(|o| o.subject.as_str()).collect();
     let mut out = Observations::default();
     let severity = severity_of(Some(w), FindingKind::Outlier);
     let mut add = |what: &str, subject: String, n: u64| {
@@ -433,6 +433,11 @@ impl<'a> Lineage<'a> {
         self.0.get(&p.ppid).map(|q| q.name.as_str())
     }
 
+    /// The ancestry of the process `pid` (a socket's owner), where it is known.
+    fn ancestry_of(&self, pid: Option<u32>) -> Option<&'a [hostwatch_proto::v1::Ancestor]> {
+        pid.and_then(|pid| self.0.get(&pid)).map(|p| p.ancestry.as_slice())
+    }
+
     /// `p`'s parent, its parent's parent, and so on: the ancestry the agent recorded when `p`
     /// started (which names parents that have exited since), else as far as the host's known
     /// processes tell (a loop or an unknown pid ends it).
@@ -487,10 +492,10 @@ fn judge_items(
         .collect();
     if let Some(w) = workload {
         explain_processes(items, lineage, &explained, out);
-        explain_listeners(items, w, cx.now, out);
-        explain_connections(items, listeners, w, cx, out);
+        explain_listeners(items, w, lineage, cx.now, out);
+        explain_connections(items, listeners, w, lineage, cx, out);
     }
-    builtin_rules(items, lineage, workload, &explained, cx.now, out);
+    builtin_rules(items, lineage, listeners, workload, &explained, cx.now, out);
 }
 
 /// The fields of a process that a finding about it shows.
@@ -556,10 +561,17 @@ fn process_counts(
     }
 }
 
-fn explain_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
+fn explain_listeners(
+    state: &HostState,
+    w: &Workload,
+    lineage: &Lineage<'_>,
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
     let mut unexplained: BTreeMap<String, Vec<&Listener>> = BTreeMap::new();
     for l in &state.listeners {
-        if !w.listens.iter().any(|r| active(&r.until, now) && r.matches(l)) {
+        let owner = lineage.ancestry_of(l.pid);
+        if !w.listens.iter().any(|r| active(&r.until, now) && r.matches(l, owner)) {
             unexplained.entry(l.subject()).or_default().push(l);
         }
     }
@@ -583,9 +595,15 @@ fn explain_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: 
 }
 
 /// Required listeners none of the state's listeners matches.
-fn missing_listeners(state: &HostState, w: &Workload, now: OffsetDateTime, out: &mut Observations) {
+fn missing_listeners(
+    state: &HostState,
+    w: &Workload,
+    lineage: &Lineage<'_>,
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
     for rule in w.listens.iter().filter(|r| r.required && active(&r.until, now)) {
-        if !state.listeners.iter().any(|l| rule.matches(l)) {
+        if !state.listeners.iter().any(|l| rule.matches(l, lineage.ancestry_of(l.pid))) {
             out.add(
                 FindingKind::MissingListener,
                 rule.subject(),
@@ -609,6 +627,7 @@ fn explain_connections(
     state: &HostState,
     listeners: &[Listener],
     w: &Workload,
+    lineage: &Lineage<'_>,
     cx: Context<'_>,
     out: &mut Observations,
 ) {
@@ -617,10 +636,10 @@ fn explain_connections(
         if c.pid.is_some() && c.pid == cx.agent_pid {
             continue;
         }
-        if w.connects.iter().any(|r| active(&r.until, cx.now) && r.matches(c)) {
+        if w.connects.iter().any(|r| active(&r.until, cx.now) && r.matches(c, lineage.ancestry_of(c.pid))) {
             continue;
         }
-        if c.direction == Direction::Inbound && inbound_explained(listeners, w, c, cx.now) {
+        if c.direction == Direction::Inbound && inbound_explained(listeners, w, lineage, c, cx.now) {
             continue;
         }
         unexplained.entry(c.subject()).or_default().push(c);
@@ -646,12 +665,18 @@ fn explain_connections(
 }
 
 /// Whether an inbound connection came to one of `listeners` that the workload explains.
-fn inbound_explained(listeners: &[Listener], w: &Workload, c: &Connection, now: OffsetDateTime) -> bool {
+fn inbound_explained(
+    listeners: &[Listener],
+    w: &Workload,
+    lineage: &Lineage<'_>,
+    c: &Connection,
+    now: OffsetDateTime,
+) -> bool {
     listeners.iter().any(|l| {
         l.protocol == c.protocol
             && l.port == c.local.port()
             && (l.address.is_unspecified() || l.address.to_canonical() == c.local.ip().to_canonical())
-            && w.listens.iter().any(|r| active(&r.until, now) && r.matches(l))
+            && w.listens.iter().any(|r| active(&r.until, now) && r.matches(l, lineage.ancestry_of(l.pid)))
     })
 }
 
@@ -660,11 +685,24 @@ fn inbound_explained(listeners: &[Listener], w: &Workload, c: &Connection, now: 
 fn builtin_rules(
     state: &HostState,
     lineage: &Lineage<'_>,
+    listeners: &[Listener],
     workload: Option<&Workload>,
     explained: &[bool],
     now: OffsetDateTime,
     out: &mut Observations,
 ) {
+    let listening: HashSet<u32> = listeners.iter().filter_map(|l| l.pid).collect();
+    for p in &state.processes {
+        let known = |pid: u32| lineage.0.get(&pid).copied();
+        let Some(service) = builtin::listening_ancestor(p, known, |pid| listening.contains(&pid)) else {
+            continue;
+        };
+        let Some((rule, severity)) = enabled(workload, builtin::SERVICE_SPAWNED_SHELL) else { continue };
+        let mut detail = process_detail(p, lineage);
+        detail["service"] =
+            json!({ "pid": service.pid, "name": service.name, "exe": service.exe, "unit": service.unit });
+        out.add_rule(rule, severity, p.subject().to_owned(), detail);
+    }
     for (p, explained) in state.processes.iter().zip(explained) {
         for name in builtin::process_rules(p, *explained, now) {
             let Some((rule, severity)) = enabled(workload, name) else { continue };
@@ -678,7 +716,9 @@ fn builtin_rules(
     for c in state.connections.iter().filter(|c| builtin::pool_port(c)) {
         // A reviewed `[[connect]]` rule naming the port explains it.
         let allowed = workload.is_some_and(|w| {
-            w.connects.iter().any(|r| r.ports.is_some() && active(&r.until, now) && r.matches(c))
+            w.connects.iter().any(|r| {
+                r.ports.is_some() && active(&r.until, now) && r.matches(c, lineage.ancestry_of(c.pid))
+            })
         });
         let Some((rule, severity)) = enabled(workload, builtin::MINING_POOL_PORT) else { continue };
         if allowed {

@@ -628,3 +628,19 @@ impl Manager {
         }
     }
 }
+
+/// Spawns a program the test has just copied. Another test's thread may fork while the copy's
+/// file is open for writing; the child holds that descriptor until it execs, and an exec of the
+/// copy meanwhile fails with ETXTBSY ("text file busy"). That window is microseconds: waiting
+/// it out (as Go's os/exec does) is the fix, not a retry of something that failed.
+pub fn spawn_copy(cmd: &mut Command) -> Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => return other.expect("spawn the copied program"),
+        }
+    }
+    cmd.spawn().expect("spawn the copied program (still busy after 1 s)")
+}
