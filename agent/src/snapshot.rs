@@ -173,7 +173,9 @@ impl Observer {
     pub fn new(root: HostRoot, reader: Reader, redactor: Redactor) -> Self {
         let mut problems = Problems::default();
         let clock = Clock::read(&root, &mut problems);
-        let (users, users_error) = Users::load(&root.etc.join("passwd"));
+        // NSS answers for this machine, so only where the agent sees the host's own root.
+        let (users, users_error) =
+            Users::load(&root.etc.join("passwd"), root.etc == std::path::Path::new("/etc"));
         let host = collect::host::read(&root);
         Observer {
             own_netns: netns::own(&root),
@@ -269,7 +271,7 @@ impl Observer {
         proto::Process {
             pid: p.pid,
             ppid: p.ppid,
-            user: self.users.name(p.uid).map(str::to_owned),
+            user: self.users.name(p.uid),
             name: p.name.clone(),
             exe: p.exe.clone(),
             exe_deleted: p.exe_deleted,
@@ -441,7 +443,7 @@ impl Observer {
         self.clock = Clock::read(&self.root, &mut problems);
         self.host = collect::host::read(&self.root);
         self.own_netns = netns::own(&self.root);
-        (self.users, self.users_error) = Users::load(&self.root.etc.join("passwd"));
+        self.users_error = self.users.reload(&self.root.etc.join("passwd"));
         self.rescan(&mut problems);
         self.scans += 1;
         self.measure_cpu();
