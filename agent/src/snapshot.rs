@@ -291,6 +291,7 @@ impl Observer {
             exe_replacement: p.exe_replacement.clone(),
             stdio_socket: p.stdio_socket.clone(),
             login_uid: p.login_uid,
+            login_user: p.login_uid.and_then(|u| self.users.name(u)),
             session_id: p.session_id,
             ancestry: p.ancestry.clone().unwrap_or_default(),
         }

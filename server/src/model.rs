@@ -37,6 +37,7 @@ pub struct Process {
     pub stdio_socket: Option<String>,
     /// The audit login uid and session id: set for what a login session started.
     pub login_uid: Option<u32>,
+    pub login_user: Option<String>,
     pub session_id: Option<u32>,
     /// Its ancestors as the agent saw them when it started, parent first.
     pub ancestry: Vec<proto::Ancestor>,
@@ -610,6 +611,7 @@ impl From<proto::Process> for Process {
             exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
             login_uid: p.login_uid,
+            login_user: p.login_user,
             session_id: p.session_id,
             ancestry: p.ancestry,
             cpu_high_since: None,
@@ -642,6 +644,7 @@ impl From<Process> for proto::Process {
             exe_replacement: p.exe_replacement,
             stdio_socket: p.stdio_socket,
             login_uid: p.login_uid,
+            login_user: p.login_user,
             session_id: p.session_id,
             ancestry: p.ancestry,
         }

@@ -735,3 +735,52 @@ async fn a_shell_under_a_listening_service_is_critical_and_under_a_quiet_one_is_
     );
     drop((loud, quiet));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_rule_explains_what_its_users_logins_run_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collector::start(d, NO_BUDGET);
+    // root by name (its login uid's name on this host), 4321 by number (no name here).
+    let rules = "[[session]]\nuser = [\"root\", \"4321\"]\nreason = \"admins work here\"\n";
+    let (_agent, host) = host_with_workload(&c, d, rules).await;
+    let h = host.id;
+    let login = |uid: u32, prog: &Path| {
+        let script = format!("echo {uid} > /proc/self/loginuid && exec {} 600", prog.display());
+        Group(spawn_copy(Command::new("sh").args(["-c", &script]).process_group(0)))
+    };
+    let (as_root, as_4321, as_other) = (
+        sleep_copy(d, &unique("hw-sess-r")),
+        sleep_copy(d, &unique("hw-sess-a")),
+        sleep_copy(d, &unique("hw-sess-o")),
+    );
+    let _root = login(0, &as_root);
+    let _admin = login(4321, &as_4321);
+    let ps = |c: &Collector| -> Vec<proto::Process> {
+        c.cli_json::<Vec<proto::Located<proto::Process>>>(&["ps", "--host", &h.to_string()])
+            .into_iter()
+            .map(|l| l.item)
+            .collect()
+    };
+    let seen = wait_for("both allowed sessions' programs", WAIT, async || {
+        let ps = ps(&c);
+        let r = ps.iter().find(|p| p.exe.as_deref() == as_root.to_str())?.clone();
+        let a = ps.iter().find(|p| p.exe.as_deref() == as_4321.to_str())?.clone();
+        Some((r, a))
+    })
+    .await;
+    assert_eq!((seen.0.login_uid, seen.0.login_user.as_deref()), (Some(0), Some("root")));
+    assert_eq!((seen.1.login_uid, seen.1.login_user.as_deref()), (Some(4321), None));
+    // The positive marker: a login of a user no rule names runs a program, a finding, judged
+    // after the two others.
+    let _other = login(4322, &as_other);
+    finding_where(&c, h, "unexpected_process", None, as_other.to_str().unwrap(), "open", |_| true).await;
+    let findings = c.findings(h, "unexpected_process", "all");
+    for p in [&as_root, &as_4321] {
+        assert!(
+            findings.iter().all(|f| f.subject != p.to_str().unwrap()),
+            "{} runs in an allowed session",
+            p.display()
+        );
+    }
+}

@@ -78,6 +78,9 @@ pub struct Process {
     /// (services, their children) and where the kernel keeps no audit ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_uid: Option<u32>,
+    /// The login uid's name, where the host's user database names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_user: Option<String>,
     /// The audit session id (`/proc/PID/sessionid`): a login session's processes share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<u32>,
@@ -123,6 +126,7 @@ impl Process {
             exe_replacement: None,
             stdio_socket: None,
             login_uid: None,
+            login_user: None,
             session_id: None,
             ancestry: Vec::new(),
         }
@@ -165,6 +169,7 @@ impl Validate for Process {
         opt_text("container_id", &self.container_id, limits::MAX_NAME_BYTES)?;
         opt_text("unit", &self.unit, limits::MAX_NAME_BYTES)?;
         opt_text("stdio_socket", &self.stdio_socket, limits::MAX_NAME_BYTES)?;
+        opt_text("login_user", &self.login_user, limits::MAX_NAME_BYTES)?;
         opt_stored("rss_bytes", self.rss_bytes)?;
         if let Some(p) = self.exe_replacement.as_ref().and_then(|r| r.package.as_ref()) {
             nonempty("exe_replacement.package.name", &p.name, limits::MAX_NAME_BYTES)?;

@@ -145,6 +145,25 @@ fn ancestor_matches(pattern: &Pattern, ancestry: Option<&[Ancestor]>) -> bool {
     })
 }
 
+/// `[[session]]`: interactive login sessions the workload expects, by who logged in (the audit
+/// login uid's name, or the uid written as a number). What such a session runs is explained as
+/// that session's, whatever the program; a process no login started is never explained by one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRule {
+    pub users: Vec<String>,
+    pub reason: Option<String>,
+    pub until: Option<Until>,
+    pub origin: RuleOrigin,
+}
+
+impl SessionRule {
+    /// Whether `p` belongs to a login session of one of the rule's users.
+    pub fn allows(&self, p: &Process) -> bool {
+        let Some(uid) = p.login_uid else { return false };
+        self.users.iter().any(|u| p.login_user.as_deref() == Some(u.as_str()) || *u == uid.to_string())
+    }
+}
+
 /// `[[file]]`: changes to watched paths the workload makes on purpose (`allow`), or that must
 /// stay findings whatever another rule allows (`deny`). A change no rule allows is a finding.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,6 +292,7 @@ pub struct Baseline {
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
     pub connects: Vec<ConnectRule>,
+    pub sessions: Vec<SessionRule>,
     pub builtins: Vec<BuiltinSetting>,
     /// `[severity]`: a kind's severity for this workload.
     pub severity: BTreeMap<FindingKind, Severity>,
@@ -288,7 +308,11 @@ pub struct Baseline {
 impl Baseline {
     /// Rules of its own, not counting included ones.
     pub fn rule_count(&self) -> usize {
-        self.processes.len() + self.listens.len() + self.files.len() + self.connects.len()
+        self.processes.len()
+            + self.listens.len()
+            + self.files.len()
+            + self.connects.len()
+            + self.sessions.len()
     }
 
     /// Every `until` of its rules, with what kind of rule carries it.
@@ -322,6 +346,7 @@ pub struct Workload {
     pub listens: Vec<ListenRule>,
     pub files: Vec<FileRule>,
     pub connects: Vec<ConnectRule>,
+    pub sessions: Vec<SessionRule>,
     /// Built-in rules' settings, by rule: the workload's own baseline first, then its includes.
     pub builtins: BTreeMap<String, BuiltinSetting>,
     /// Severity per kind: the workload's own baseline first, then its includes.
@@ -342,6 +367,7 @@ impl Workload {
             listens: Vec::new(),
             files: Vec::new(),
             connects: Vec::new(),
+            sessions: Vec::new(),
             builtins: BTreeMap::new(),
             severity: BTreeMap::new(),
             peers: PeerSettings::DEFAULT,
@@ -450,6 +476,7 @@ impl BaselineSet {
         w.listens.extend(b.listens.iter().cloned());
         w.files.extend(b.files.iter().cloned());
         w.connects.extend(b.connects.iter().cloned());
+        w.sessions.extend(b.sessions.iter().cloned());
         for s in &b.builtins {
             w.builtins.entry(s.rule.clone()).or_insert_with(|| s.clone());
         }

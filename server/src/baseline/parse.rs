@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use super::{
     Baseline, BuiltinSetting, ConnectRule, FileRule, ListenRule, Pattern, PeerSettings, ProcessRule,
-    RuleOrigin, Until,
+    RuleOrigin, SessionRule, Until,
 };
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,9 @@ struct RawBaseline {
     file: Vec<RawFile>,
     #[serde(default)]
     connect: Vec<RawConnect>,
+    /// Interactive login sessions the workload expects, by who logged in.
+    #[serde(default)]
+    session: Vec<RawSession>,
     /// Built-in rules turned off or re-graded for this workload.
     #[serde(default)]
     builtin: Vec<RawBuiltin>,
@@ -59,6 +62,16 @@ struct RawBaseline {
 struct RawFile {
     path: Spanned<String>,
     change: Spanned<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    until: Option<Spanned<RawDate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    user: Spanned<OneOrMany>,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -477,6 +490,17 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         });
     }
 
+    let mut sessions = Vec::new();
+    for (i, s) in raw.session.into_iter().enumerate() {
+        let span = s.user.span();
+        let origin = origin(i, span.clone());
+        let users = s.user.into_inner().into_vec();
+        if users.is_empty() || users.iter().any(|u| u.is_empty()) {
+            return Err(err(span, "user must name at least one user, and no empty names".to_owned()));
+        }
+        sessions.push(SessionRule { users, reason: s.reason, until: until(s.until)?, origin });
+    }
+
     let mut builtins = Vec::new();
     for b in raw.builtin {
         let rule = b.rule.get_ref();
@@ -548,6 +572,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         listens,
         files,
         connects,
+        sessions,
         builtins,
         severity,
         peers,
@@ -807,6 +832,10 @@ severity = "medium"
         assert!(e.starts_with("web.toml:3:22:"), "{e}");
         let e = err("name = \"w\"\n[[file]]\npath = \"/etc/x\"\nchange = \"allow\"\nuntil = \"next week\"\n");
         assert!(e.starts_with("web.toml:5:9:") && e.contains("is not a date"), "{e}");
+        let e = err("name = \"w\"\n[[session]]\nuser = []\n");
+        assert!(e.starts_with("web.toml:3:8:") && e.contains("at least one user"), "{e}");
+        let e = err("name = \"w\"\n[[session]]\nuser = \"alice\"\nshell = \"bash\"\n");
+        assert!(e.starts_with("web.toml:4:1:") && e.contains("unknown field `shell`"), "{e}");
     }
 
     #[test]

@@ -470,7 +470,8 @@ impl<'a> Lineage<'a> {
 /// Whether an active rule of `w` explains `p`.
 fn process_explained(w: &Workload, p: &Process, lineage: &Lineage<'_>, now: OffsetDateTime) -> bool {
     let parent = lineage.parent_name(p);
-    w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
+    w.sessions.iter().any(|r| active(&r.until, now) && r.allows(p))
+        || w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
 }
 
 /// The items of `items` the workload does not explain, and what the built-in rules find in them.

@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("migrations/sqlite/0014_sessions.sql")),
     (15, include_str!("migrations/sqlite/0015_verified_instance.sql")),
     (16, include_str!("migrations/sqlite/0016_lineage.sql")),
+    (17, include_str!("migrations/sqlite/0017_login_user.sql")),
 ];
 
 #[derive(Clone)]

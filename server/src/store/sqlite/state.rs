@@ -324,12 +324,12 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
-         stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry) \
+         stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry, login_user) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
          CASE WHEN ?21 THEN COALESCE((SELECT cpu_high_since FROM processes \
            WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), ?22) END, \
          COALESCE(?23, (SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?10), 0), \
-         ?24, ?25, ?26, ?27)",
+         ?24, ?25, ?26, ?27, ?28)",
     )?
     .execute(params![
         host_id,
@@ -359,6 +359,7 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
         p.login_uid,
         p.session_id,
         (!p.ancestry.is_empty()).then(|| to_json(&p.ancestry)),
+        p.login_user,
     ])?;
     Ok(())
 }
@@ -372,7 +373,7 @@ fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Opti
 }
 
 const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
-     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement, login_uid, session_id, ancestry";
+     exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement, login_uid, session_id, ancestry, login_user";
 
 fn process_from_row(r: &Row<'_>) -> Result<Process> {
     Ok(Process {
@@ -398,6 +399,7 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
         cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
         exe_replacement: r.get::<_, Option<String>>(20)?.map(|j| json(&j, "exe_replacement")).transpose()?,
         login_uid: r.get(21)?,
+        login_user: r.get(24)?,
         session_id: r.get(22)?,
         ancestry: r
             .get::<_, Option<String>>(23)?
