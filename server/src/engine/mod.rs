@@ -433,9 +433,14 @@ impl<'a> Lineage<'a> {
         self.0.get(&p.ppid).map(|q| q.name.as_str())
     }
 
+    /// The process known under `pid`.
+    fn process(&self, pid: u32) -> Option<&'a Process> {
+        self.0.get(&pid).copied()
+    }
+
     /// The ancestry of the process `pid` (a socket's owner), where it is known.
     fn ancestry_of(&self, pid: Option<u32>) -> Option<&'a [hostwatch_proto::v1::Ancestor]> {
-        pid.and_then(|pid| self.0.get(&pid)).map(|p| p.ancestry.as_slice())
+        pid.and_then(|pid| self.process(pid)).map(|p| p.ancestry.as_slice())
     }
 
     /// `p`'s parent, its parent's parent, and so on: the ancestry the agent recorded when `p`
@@ -445,7 +450,7 @@ impl<'a> Lineage<'a> {
         if !p.ancestry.is_empty() {
             let chain = p.ancestry.iter().take(MAX_PARENTS).map(|a| {
                 // The command line, where the ancestor is still known as that same program.
-                let cmdline = self.0.get(&a.pid).filter(|q| q.name == a.name).map(|q| q.cmdline_string());
+                let cmdline = self.process(a.pid).filter(|q| q.name == a.name).map(|q| q.cmdline_string());
                 json!({ "pid": a.pid, "name": a.name, "exe": a.exe, "cmdline": cmdline })
             });
             return json!(chain.collect::<Vec<_>>());
@@ -692,19 +697,18 @@ fn builtin_rules(
     now: OffsetDateTime,
     out: &mut Observations,
 ) {
-    let listening: HashSet<u32> = listeners.iter().filter_map(|l| l.pid).collect();
-    for p in &state.processes {
-        let known = |pid: u32| lineage.0.get(&pid).copied();
-        let Some(service) = builtin::listening_ancestor(p, known, |pid| listening.contains(&pid)) else {
-            continue;
-        };
-        let Some((rule, severity)) = enabled(workload, builtin::SERVICE_SPAWNED_SHELL) else { continue };
-        let mut detail = process_detail(p, lineage);
-        detail["service"] =
-            json!({ "pid": service.pid, "name": service.name, "exe": service.exe, "unit": service.unit });
-        out.add_rule(rule, severity, p.subject().to_owned(), detail);
-    }
+    // Asked only for shells no login started, of their few ancestors: a scan of the host's
+    // listeners then costs less than building a set for every judged start.
+    let listens = |pid: u32| listeners.iter().any(|l| l.pid == Some(pid));
     for (p, explained) in state.processes.iter().zip(explained) {
+        if let Some(service) = builtin::listening_ancestor(p, |pid| lineage.process(pid), listens)
+            && let Some((rule, severity)) = enabled(workload, builtin::SERVICE_SPAWNED_SHELL)
+        {
+            let mut detail = process_detail(p, lineage);
+            detail["service"] =
+                json!({ "pid": service.pid, "name": service.name, "exe": service.exe, "unit": service.unit });
+            out.add_rule(rule, severity, p.subject().to_owned(), detail);
+        }
         for name in builtin::process_rules(p, *explained, now) {
             let Some((rule, severity)) = enabled(workload, name) else { continue };
             let mut detail = process_detail(p, lineage);
