@@ -167,6 +167,11 @@ fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
+/// A nullable JSON column.
+fn opt_json<T: serde::de::DeserializeOwned>(s: Option<String>, what: &str) -> Result<Option<T>> {
+    s.as_deref().map(|s| json(s, what)).transpose()
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
@@ -195,14 +200,14 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
             boot_time: opt_ts(r.get(6)?)?,
             tags: json(&r.get::<_, String>(7)?, "host tags")?,
             reported_tags: json(&r.get::<_, String>(21)?, "host reported tags")?,
-            cloud: r.get::<_, Option<String>>(20)?.map(|s| json(&s, "cloud facts")).transpose()?,
+            cloud: opt_json(r.get(20)?, "cloud facts")?,
         },
         agent: AgentInfo {
             version: r.get(8)?,
             interval_secs: r.get(9)?,
             coverage_degraded: r.get(10)?,
             coverage_why: json(&r.get::<_, String>(11)?, "coverage")?,
-            stats: r.get::<_, Option<String>>(19)?.map(|s| json(&s, "agent stats")).transpose()?,
+            stats: opt_json(r.get(19)?, "agent stats")?,
         },
         workload: r.get(12)?,
         enrolled_at: parse_ts(&r.get::<_, String>(13)?)?,

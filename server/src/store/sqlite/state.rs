@@ -11,7 +11,7 @@ use hostwatch_proto::v1::{Direction, Protocol};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{json, parse_enum, parse_ts, to_json, ts};
+use super::{json, opt_json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
     ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerCounts, Process,
     ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta,
@@ -358,10 +358,15 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
         p.exe_replacement.as_ref().map(to_json),
         p.login_uid,
         p.session_id,
-        (!p.ancestry.is_empty()).then(|| to_json(&p.ancestry)),
+        ancestry_json(&p.ancestry),
         p.login_user,
     ])?;
     Ok(())
+}
+
+/// The ancestry column: NULL where the agent recorded no ancestors.
+fn ancestry_json(ancestry: &[hostwatch_proto::v1::Ancestor]) -> Option<String> {
+    (!ancestry.is_empty()).then(|| to_json(&ancestry))
 }
 
 fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Option<Process>> {
@@ -397,15 +402,11 @@ fn process_from_row(r: &Row<'_>) -> Result<Process> {
         exe_replaced: r.get(17)?,
         stdio_socket: r.get(18)?,
         cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
-        exe_replacement: r.get::<_, Option<String>>(20)?.map(|j| json(&j, "exe_replacement")).transpose()?,
+        exe_replacement: opt_json(r.get(20)?, "exe_replacement")?,
         login_uid: r.get(21)?,
         login_user: r.get(24)?,
         session_id: r.get(22)?,
-        ancestry: r
-            .get::<_, Option<String>>(23)?
-            .map(|j| json(&j, "ancestry"))
-            .transpose()?
-            .unwrap_or_default(),
+        ancestry: opt_json(r.get(23)?, "ancestry")?.unwrap_or_default(),
     })
 }
 
@@ -567,7 +568,7 @@ fn process_event(
         p.and_then(|p| p.sha256.as_ref()),
         p.and_then(|p| p.login_uid),
         p.and_then(|p| p.session_id),
-        p.filter(|p| !p.ancestry.is_empty()).map(|p| to_json(&p.ancestry)),
+        p.and_then(|p| ancestry_json(&p.ancestry)),
     ])?;
     Ok(())
 }
@@ -695,17 +696,13 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
             ppid: r.get(6)?,
             name: r.get(7)?,
             exe: r.get(8)?,
-            cmdline: cmdline.map(|c| json(&c, "cmdline")).transpose()?.unwrap_or_default(),
+            cmdline: opt_json(cmdline, "cmdline")?.unwrap_or_default(),
             user: r.get(10)?,
             uid: r.get(11)?,
             start_time: parse_ts(&r.get::<_, String>(12)?)?,
             login_uid: r.get(13)?,
             session_id: r.get(14)?,
-            ancestry: r
-                .get::<_, Option<String>>(15)?
-                .map(|j| json(&j, "ancestry"))
-                .transpose()?
-                .unwrap_or_default(),
+            ancestry: opt_json(r.get(15)?, "ancestry")?.unwrap_or_default(),
         });
     }
     Ok(out)
