@@ -416,11 +416,7 @@ impl Monitor {
             })
         };
         let mut outbox = Outbox {
-            packages: package::Packages::new(
-                config.real(&config.dpkg_dir),
-                config.real(&config.rpm_dir),
-                &config.host_root,
-            ),
+            packages: package::Packages::new(&config.databases()),
             held: Vec::new(),
             since: Instant::now(),
         };

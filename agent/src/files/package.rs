@@ -221,13 +221,10 @@ pub struct Packages {
 }
 
 impl Packages {
-    /// dpkg's and rpm's databases at `dpkg_dir` and `rpm_dir` as the agent reads them (under
-    /// `host_root`); paths are reported as the host sees them. A database that is not there is
-    /// simply never found to own anything.
-    pub fn new(dpkg_dir: PathBuf, rpm_dir: PathBuf, host_root: &Path) -> Packages {
-        Packages {
-            dbs: vec![Db::new(Kind::Dpkg, dpkg_dir, host_root), Db::new(Kind::Rpm, rpm_dir, host_root)],
-        }
+    /// The host's dpkg and rpm databases; paths are reported as the host sees them. A database
+    /// that is not there is simply never found to own anything.
+    pub fn new(at: &Databases) -> Packages {
+        Packages { dbs: at.dbs().collect() }
     }
 
     /// Whether a package manager is at work.
@@ -304,11 +301,14 @@ impl Databases {
 
     /// When either database last changed: an answer stands while this does not move.
     pub fn stamp(&self) -> Option<SystemTime> {
-        [Kind::Dpkg, Kind::Rpm]
+        self.dbs().filter_map(|db| db.stamp()).max()
+    }
+
+    /// Both databases, nothing read of them yet.
+    fn dbs(&self) -> impl Iterator<Item = Db> + '_ {
+        [(Kind::Dpkg, &self.dpkg_dir), (Kind::Rpm, &self.rpm_dir)]
             .into_iter()
-            .zip([&self.dpkg_dir, &self.rpm_dir])
-            .filter_map(|(kind, dir)| Db::new(kind, dir.clone(), &self.host_root).stamp())
-            .max()
+            .map(|(kind, dir)| Db::new(kind, dir.clone(), &self.host_root))
     }
 }
 
