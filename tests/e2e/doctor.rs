@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{bin, start_agent_with, unique, wait_for};
+use crate::support::{bin, start_agent_with, text, unique, wait_for};
 use crate::tls::Ca;
 
 /// `doctor` in an empty environment but `env`, through `setpriv` with `pre` when given.
@@ -23,10 +23,6 @@ fn doctor(env: &[(&str, &str)], pre: &[&str]) -> Output {
     };
     cmd.arg("doctor").env_clear().env("HOSTWATCH_CLOUD_PROVIDER", "none").envs(env.iter().copied());
     cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The verdict doctor printed for `check`.

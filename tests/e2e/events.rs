@@ -547,11 +547,8 @@ async fn a_process_names_its_login_and_a_parent_that_has_exited_since() {
     })
     .await;
     let kill_child = KillOnDrop(child);
-    let ps = |c: &Collector| -> Vec<proto::Located<proto::Process>> {
-        c.cli_json(&["ps", "--host", &h.to_string()])
-    };
     let seen = wait_for("the program with its ancestry", WAIT, async || {
-        ps(&c).into_iter().map(|l| l.item).find(|p| p.pid == child && !p.ancestry.is_empty())
+        processes_of(&c, h).into_iter().find(|p| p.pid == child && !p.ancestry.is_empty())
     })
     .await;
     assert_eq!((seen.ancestry[0].pid, seen.ancestry[0].name.as_str()), (sh_pid, "sh"), "{:?}", seen.ancestry);
@@ -562,7 +559,7 @@ async fn a_process_names_its_login_and_a_parent_that_has_exited_since() {
     shell.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(shell.wait().unwrap().success());
     let adopted = wait_for("the program re-parented", WAIT, async || {
-        ps(&c).into_iter().map(|l| l.item).find(|p| p.pid == child && p.ppid != sh_pid)
+        processes_of(&c, h).into_iter().find(|p| p.pid == child && p.ppid != sh_pid)
     })
     .await;
     assert_eq!(adopted.ancestry, seen.ancestry, "the chain is the one at its start");
@@ -595,6 +592,14 @@ impl Drop for KillOnDrop {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// The processes the collector holds for host `h` now.
+fn processes_of(c: &Collector, h: i64) -> Vec<proto::Process> {
+    c.cli_json::<Vec<proto::Located<proto::Process>>>(&["ps", "--host", &h.to_string()])
+        .into_iter()
+        .map(|l| l.item)
+        .collect()
 }
 
 /// A copy of `/bin/dash` at `dir/name`: a shell under a name (or a path) of the test's own.
@@ -637,14 +642,8 @@ async fn ancestor_rules_match_at_any_depth_and_nothing_else() {
     let shell4 = dash_copy(d, &lvl4);
     let w = wrap.display().to_string();
     let _run4 = group(Command::new(&shell4).args([w.as_str(), &w, &w, &w, p4.to_str().unwrap(), "600"]));
-    let ps = |c: &Collector| -> Vec<proto::Process> {
-        c.cli_json::<Vec<proto::Located<proto::Process>>>(&["ps", "--host", &h.to_string()])
-            .into_iter()
-            .map(|l| l.item)
-            .collect()
-    };
     let p4_seen = wait_for("the depth-4 program with its ancestry", WAIT, async || {
-        ps(&c).into_iter().find(|p| p.exe.as_deref() == p4.to_str() && p.ancestry.len() >= 4)
+        processes_of(&c, h).into_iter().find(|p| p.exe.as_deref() == p4.to_str() && p.ancestry.len() >= 4)
     })
     .await;
     assert_eq!(p4_seen.ancestry[3].exe.as_deref(), shell4.to_str(), "{:?}", p4_seen.ancestry);
@@ -756,14 +755,8 @@ async fn a_session_rule_explains_what_its_users_logins_run_and_nothing_else() {
     );
     let _root = login(0, &as_root);
     let _admin = login(4321, &as_4321);
-    let ps = |c: &Collector| -> Vec<proto::Process> {
-        c.cli_json::<Vec<proto::Located<proto::Process>>>(&["ps", "--host", &h.to_string()])
-            .into_iter()
-            .map(|l| l.item)
-            .collect()
-    };
     let seen = wait_for("both allowed sessions' programs", WAIT, async || {
-        let ps = ps(&c);
+        let ps = processes_of(&c, h);
         let r = ps.iter().find(|p| p.exe.as_deref() == as_root.to_str())?.clone();
         let a = ps.iter().find(|p| p.exe.as_deref() == as_4321.to_str())?.clone();
         Some((r, a))

@@ -11,16 +11,12 @@ use std::time::Duration;
 use hostwatch_proto::v1 as proto;
 
 use crate::files::{agent_ready, make_tree};
-use crate::support::{Collector, Turn, agent_log, bin, build_deb, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Turn, agent_log, bin, build_deb, start_agent_with, text, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn agent(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("hostwatch-agent")).args(args).env_clear().envs(env.iter().copied()).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn bake_events(c: &Collector, host: i64) -> Vec<proto::FileEvent> {

@@ -644,3 +644,8 @@ pub fn spawn_copy(cmd: &mut Command) -> Child {
     }
     cmd.spawn().expect("spawn the copied program (still busy after 1 s)")
 }
+
+/// A finished command's standard output, then its standard error, as text.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
