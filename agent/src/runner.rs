@@ -72,13 +72,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         spooled = spool.len(), version = env!("CARGO_PKG_VERSION"), "agent starting"
     );
     let (exec_tx, exec_rx) = mpsc::channel(EVENT_QUEUE);
-    let (watcher, exec_why) = match ExecWatcher::start(root.clone(), config.redactor.clone(), exec_tx) {
-        Ok(w) => (Some(w), None),
-        Err(why) => {
-            warn!(reason = %why, "exec events unavailable; listing /proc every second instead");
-            (None, Some(why))
-        }
-    };
+    let (watcher, exec_why) =
+        match ExecWatcher::start(root.clone(), config.redactor.clone(), config.lineage, exec_tx) {
+            Ok(w) => (Some(w), None),
+            Err(why) => {
+                warn!(reason = %why, "exec events unavailable; listing /proc every second instead");
+                (None, Some(why))
+            }
+        };
     let shared = Arc::new(Shared { spool: Mutex::new(spool), wake: Notify::new() });
     let (key_tx, key_rx) = watch::channel(None);
     let (to_runner, from_sender) = mpsc::channel(16);
@@ -97,6 +98,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     cloud.mark_unchanged();
     let observer = Observer::new(root.clone(), Reader::SockDiag, config.redactor.clone())
         .with_stdio_rescan(config.stdio_rescan)
+        .with_lineage(config.lineage)
         .hiding_own_process(config.hide_own_process)
         .with_packages(config.files.databases());
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
@@ -340,6 +342,7 @@ impl Agent {
         let mut observer = self.observer.take().unwrap_or_else(|| {
             Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
                 .with_stdio_rescan(self.config.stdio_rescan)
+                .with_lineage(self.config.lineage)
                 .hiding_own_process(self.config.hide_own_process)
                 .with_packages(self.config.files.databases())
         });

@@ -120,6 +120,8 @@ pub struct Observer {
     /// Look again at shells' and interpreters' standard streams at every full scan
     /// (`stdio_rescan`).
     stdio_rescan: bool,
+    /// Read each process's audit login ids and keep its ancestry (`lineage`).
+    lineage: bool,
     /// A process never reported: the agent's own, where it runs inside the collector
     /// (`serve --dev`), which is no program on the host to explain.
     hidden: Option<u32>,
@@ -199,6 +201,7 @@ impl Observer {
             cpu_prev: HashMap::new(),
             cpu_percent: HashMap::new(),
             stdio_rescan: true,
+            lineage: true,
             hidden: None,
             packages: None,
             replacements: HashMap::new(),
@@ -243,6 +246,12 @@ impl Observer {
     /// The same observer, looking again (or not) at shells' standard streams at every full scan.
     pub fn with_stdio_rescan(mut self, on: bool) -> Self {
         self.stdio_rescan = on;
+        self
+    }
+
+    /// The same observer, with (or without) lineage: login ids and ancestry.
+    pub fn with_lineage(mut self, on: bool) -> Self {
+        self.lineage = on;
         self
     }
 
@@ -301,6 +310,9 @@ impl Observer {
     /// now, else from `gone`, those that ended since the last look) and the parent's own
     /// ancestry, cut to [`proto::limits::MAX_ANCESTRY`]. PID 1 and what is above it are left out.
     fn lineage(&self, ppid: u32, gone: Option<&BTreeMap<u32, ProcessRecord>>) -> Vec<proto::Ancestor> {
+        if !self.lineage {
+            return Vec::new();
+        }
         let Some(parent) = self.procs.get(&ppid).or_else(|| gone.and_then(|g| g.get(&ppid))) else {
             return Vec::new();
         };
@@ -551,7 +563,8 @@ impl Observer {
     /// Reads a process whole; `None` if it is gone, a kernel thread or a zombie (remembered, so
     /// as not to be read again while listed).
     fn read_whole(&mut self, pid: u32, problems: &mut Problems) -> Option<ProcessRecord> {
-        let read = collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, problems);
+        let read =
+            collect::process::read_pid(&self.root, &self.redactor, pid, self.clock, self.lineage, problems);
         let mut rec = self.settle(pid, read, problems)?;
         self.judge_replacement(&mut rec);
         Some(rec)

@@ -21,6 +21,7 @@ pub const EVENT_KINDS: &[FindingKind] = &[
     FindingKind::DataLost,
     FindingKind::DuplicateIdentity,
     FindingKind::FindingsHeldBack,
+    FindingKind::UnexpectedSession,
 ];
 
 /// A finding as stored, as far as its lifecycle goes.
@@ -96,6 +97,25 @@ pub fn step(existing: Option<&Existing>, o: &Observation, budget: &mut Budget) -
         budget.used += 1;
     }
     step
+}
+
+/// The detail a finding keeps when observation `o` refreshes or reopens it (`stored`: its detail
+/// until now): `o`'s, except for kinds that accumulate (a session's list of what ran grows).
+pub fn detail_after(stored: Option<&serde_json::Value>, o: &Observation) -> serde_json::Value {
+    match stored {
+        Some(old) if accumulates(o.kind) => {
+            let mut d = old.clone();
+            crate::engine::session::combine(&mut d, &o.detail);
+            d
+        }
+        _ => o.detail.clone(),
+    }
+}
+
+/// Whether a finding of `kind` keeps its stored detail, laid under each new one
+/// ([`detail_after`]): the store reads it back only for these.
+pub fn accumulates(kind: FindingKind) -> bool {
+    crate::engine::session::accumulates(kind)
 }
 
 /// Whether an open or acknowledged finding of `kind` resolves when an evaluation that may resolve

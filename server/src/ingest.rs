@@ -153,6 +153,10 @@ pub async fn evaluate(
         .store
         .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), limit, now)
         .await?;
+    let explained = engine::sessions_explained(&recorded.started, host_state, target, now);
+    if !explained.is_empty() {
+        state.store.explain_execs(host.id, &explained).await?;
+    }
     let file_findings = engine::explain_files(files, target, now);
     if !file_findings.is_empty() {
         changes.extend(state.store.record_findings(host.id, &file_findings, limit, now).await?);

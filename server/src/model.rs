@@ -376,6 +376,17 @@ pub struct ProcessEvent {
     pub login_uid: Option<u32>,
     pub session_id: Option<u32>,
     pub ancestry: Vec<proto::Ancestor>,
+    /// Why it needed no finding, where the engine said (`interactive session of alice`).
+    pub explained: Option<String>,
+}
+
+/// An exec the engine explained in a way the history shows: `why` for the process `pid`
+/// that started at `start_time`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecExplained {
+    pub pid: u32,
+    pub start_time: OffsetDateTime,
+    pub why: String,
 }
 
 /// A socket that opened or closed, from the history.

@@ -23,6 +23,7 @@ mod process_facts;
 mod protocol;
 mod rollout;
 mod rules;
+mod sessions;
 mod skeleton;
 mod support;
 mod tls;

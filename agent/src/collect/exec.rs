@@ -74,7 +74,13 @@ pub fn probe() -> Result<(), String> {
 impl ExecWatcher {
     /// Subscribes to the connector and starts the receiving thread; `Err` with the reason where
     /// the kernel refuses (no CAP_NET_ADMIN, another network namespace, no CONFIG_PROC_EVENTS).
-    pub fn start(root: HostRoot, redactor: Redactor, tx: mpsc::Sender<Event>) -> Result<ExecWatcher, String> {
+    /// `lineage`: read each process's audit login ids (see [`process::read_pid`]).
+    pub fn start(
+        root: HostRoot,
+        redactor: Redactor,
+        lineage: bool,
+        tx: mpsc::Sender<Event>,
+    ) -> Result<ExecWatcher, String> {
         let conn = ProcConnector::new().map_err(|e| format!("process connector refused: {e}"))?;
         // A larger buffer than rmem_max needs the privilege the connector needs anyway.
         if nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::RcvBufForce, &RECV_BUFFER).is_err()
@@ -86,7 +92,7 @@ impl ExecWatcher {
         let (s, c) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name("exec-events".into())
-            .spawn(move || receive(conn, root, redactor, tx, s, c))
+            .spawn(move || receive(conn, root, redactor, lineage, tx, s, c))
             .map_err(|e| format!("cannot start the exec event thread: {e}"))?;
         Ok(ExecWatcher { stop, thread: Some(thread), counters })
     }
@@ -105,6 +111,7 @@ fn receive(
     conn: ProcConnector,
     root: HostRoot,
     redactor: Redactor,
+    lineage: bool,
     tx: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -145,7 +152,7 @@ fn receive(
                 counters.execs.fetch_add(1, Ordering::Relaxed);
                 let at = OffsetDateTime::now_utc();
                 // Gone (or a zombie already) before it could be read: the exec is still reported.
-                let record = process::read_pid(&root, &redactor, tgid, clock, &mut problems)
+                let record = process::read_pid(&root, &redactor, tgid, clock, lineage, &mut problems)
                     .ok()
                     .flatten()
                     .map(Box::new);
@@ -185,7 +192,7 @@ mod tests {
     #[test]
     fn an_exec_is_seen_and_read_before_the_process_ends() {
         let (tx, mut rx) = mpsc::channel(1024);
-        let watcher = match ExecWatcher::start(HostRoot::default(), Redactor::default(), tx) {
+        let watcher = match ExecWatcher::start(HostRoot::default(), Redactor::default(), true, tx) {
             Ok(w) => w,
             Err(e) => panic!("the process connector must work where the tests run (as root): {e}"),
         };

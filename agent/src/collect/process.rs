@@ -208,16 +208,18 @@ impl Clock {
 }
 
 /// Reads one process by pid; `Ok(None)` for a kernel thread, `Err(Vanished)` if it is gone.
+/// `lineage`: read the audit login uid and session id (off only to measure what lineage costs).
 pub fn read_pid(
     root: &HostRoot,
     redactor: &Redactor,
     pid: u32,
     clock: Clock,
+    lineage: bool,
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
     let p = procfs::process::Process::new_with_root(root.proc.join(pid.to_string()))
         .map_err(|e| ReadFailure::of_proc(&e))?;
-    read_one(root, redactor, &p, clock, problems)
+    read_one(root, redactor, &p, clock, lineage, problems)
 }
 
 /// The pids in `/proc` now: a directory listing, no file read.
@@ -234,6 +236,7 @@ fn read_one(
     redactor: &Redactor,
     p: &procfs::process::Process,
     clock: Clock,
+    lineage: bool,
     problems: &mut Problems,
 ) -> Result<Option<ProcessRecord>, ReadFailure> {
     let pid = u32::try_from(p.pid).unwrap_or_default();
@@ -286,7 +289,8 @@ fn read_one(
         || exe.as_deref().and_then(|e| e.rsplit('/').next()).is_some_and(is_interactive);
     let stdio_inodes = if interactive { stdio_inodes(&dir) } else { [0; 2] };
     let stdio_socket = stdio_socket(root, stdio_inodes, pid);
-    let (login_uid, session_id) = (audit_id(&dir, "loginuid"), audit_id(&dir, "sessionid"));
+    let (login_uid, session_id) =
+        if lineage { (audit_id(&dir, "loginuid"), audit_id(&dir, "sessionid")) } else { (None, None) };
     Ok(Some(ProcessRecord {
         pid,
         ppid: u32::try_from(stat.ppid).unwrap_or_default(),
@@ -555,7 +559,9 @@ mod tests {
         list_pids(&root)
             .unwrap()
             .into_iter()
-            .filter_map(|pid| read_pid(&root, &Redactor::default(), pid, clock, &mut problems).ok().flatten())
+            .filter_map(|pid| {
+                read_pid(&root, &Redactor::default(), pid, clock, true, &mut problems).ok().flatten()
+            })
             .collect()
     }
 
@@ -629,7 +635,7 @@ mod tests {
         let mut kid = std::process::Command::new(&exe).arg("5").spawn().unwrap();
         let mut problems = Problems::default();
         let clock = Clock::read(&HostRoot::default(), &mut problems);
-        let rec = read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, &mut problems)
+        let rec = read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, true, &mut problems)
             .ok()
             .flatten()
             .unwrap();
@@ -654,7 +660,8 @@ mod tests {
                 .unwrap();
             let mut problems = Problems::default();
             let clock = Clock::read(&HostRoot::default(), &mut problems);
-            let rec = read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, &mut problems);
+            let rec =
+                read_pid(&HostRoot::default(), &Redactor::default(), kid.id(), clock, true, &mut problems);
             kid.kill().unwrap();
             kid.wait().unwrap();
             rec.unwrap().unwrap().stdio_socket

@@ -43,6 +43,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_STDIO_RESCAN", path: &["stdio_rescan"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_LINEAGE", path: &["lineage"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
     EnvKey { var: "HOSTWATCH_CLOUD_PROVIDER", path: &["cloud", "provider"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_PATHS", path: &["files", "paths"], kind: EnvKind::List },
@@ -103,6 +104,11 @@ pub struct RawConfig {
     /// started is a reverse-shell finding within an interval. Off only to measure its cost.
     #[serde(default = "yes")]
     stdio_rescan: bool,
+    /// Read each process's audit login uid and session id and keep its ancestry, which the
+    /// collector's session and ancestor rules and service-spawned-shell need. Off only to measure
+    /// its cost.
+    #[serde(default = "yes")]
+    lineage: bool,
     #[serde(default)]
     redact: RawRedact,
     #[serde(default)]
@@ -289,6 +295,7 @@ pub struct AgentConfig {
     pub snapshot_every: Duration,
     pub spool_max_bytes: u64,
     pub stdio_rescan: bool,
+    pub lineage: bool,
     /// Never report the agent's own process: set by `hostwatch serve --dev`, whose agent runs
     /// inside the collector, never by a file or the environment.
     pub hide_own_process: bool,
@@ -511,6 +518,7 @@ impl AgentConfig {
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
                 stdio_rescan: raw.stdio_rescan,
+                lineage: raw.lineage,
                 hide_own_process: false,
                 redactor,
                 cloud,

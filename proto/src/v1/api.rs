@@ -190,6 +190,10 @@ pub struct ProcessEvent {
     /// session).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestry: Vec<super::Ancestor>,
+    /// Why the exec needed no finding, where the collector records it: `interactive session of
+    /// alice` for a command of a login session a `[[session]]` rule allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained: Option<String>,
 }
 
 /// A listener or connection that opened or closed, from a host's history.

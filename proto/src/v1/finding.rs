@@ -28,10 +28,11 @@ pub enum FindingKind {
     AgentOffline,
     DataLost,
     FindingsHeldBack,
+    UnexpectedSession,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 15] = [
+    pub const ALL: [FindingKind; 16] = [
         FindingKind::UnexpectedProcess,
         FindingKind::MissingProcess,
         FindingKind::UnexpectedListener,
@@ -47,6 +48,7 @@ impl FindingKind {
         FindingKind::AgentOffline,
         FindingKind::DataLost,
         FindingKind::FindingsHeldBack,
+        FindingKind::UnexpectedSession,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +68,7 @@ impl FindingKind {
             FindingKind::AgentOffline => "agent_offline",
             FindingKind::DataLost => "data_lost",
             FindingKind::FindingsHeldBack => "findings_held_back",
+            FindingKind::UnexpectedSession => "unexpected_session",
         }
     }
 }

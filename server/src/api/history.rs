@@ -122,6 +122,7 @@ impl From<ProcessEvent> for proto::ProcessEvent {
             login_uid: e.login_uid,
             session_id: e.session_id,
             ancestry: e.ancestry,
+            explained: e.explained,
         }
     }
 }

@@ -90,10 +90,39 @@ pub fn learn(
         format!("# seen on {} of {} host{}", h.len(), hosts.len(), if hosts.len() == 1 { "" } else { "s" })
     };
 
+    // One session rule per user seen logged in; what their logins ran is theirs, not a program
+    // rule each (an admin's `vi` and `curl` are no part of the workload).
+    let mut names: BTreeMap<u32, &str> = BTreeMap::new();
+    for p in hosts.iter().flat_map(|h| &h.state.processes) {
+        if let (Some(uid), Some(name)) = (p.login_uid, &p.login_user) {
+            names.entry(uid).or_insert(name);
+        }
+    }
+    let mut logins: BTreeMap<String, (BTreeSet<IpAddr>, Hosts)> = BTreeMap::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let peers = crate::engine::session::Peers::of(h.state.connections.iter());
+        for p in &h.state.processes {
+            let Some((uid, _)) = crate::engine::session::login(p) else { continue };
+            // History names no user: the name the current state gives the uid, else the uid.
+            let user =
+                p.login_user.as_deref().or(names.get(&uid).copied()).map_or(uid.to_string(), str::to_owned);
+            let entry = logins.entry(user).or_default();
+            entry.0.extend(peers.of_login(p));
+            entry.1.insert(i);
+        }
+    }
+    for (user, (from, on)) in &logins {
+        let _ = writeln!(out, "\n{}\n[[session]]\nuser = [{}]", seen(on), q(user));
+        if !from.is_empty() {
+            let from: Vec<String> = from.iter().take(MAX_LISTED_PEERS).map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(out, "# logins came from: to allow only those, from = [{}]", from.join(", "));
+        }
+    }
+
     // One rule per executable (or per name where the executable is unknown).
     let mut programs: Programs = BTreeMap::new();
     for (i, h) in hosts.iter().enumerate() {
-        for p in &h.state.processes {
+        for p in h.state.processes.iter().filter(|p| crate::engine::session::login(p).is_none()) {
             let key = match &p.exe {
                 Some(exe) => (Some(exe.as_str()), None),
                 None => (None, Some(p.name.as_str())),

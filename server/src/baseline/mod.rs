@@ -146,21 +146,29 @@ fn ancestor_matches(pattern: &Pattern, ancestry: Option<&[Ancestor]>) -> bool {
 }
 
 /// `[[session]]`: interactive login sessions the workload expects, by who logged in (the audit
-/// login uid's name, or the uid written as a number). What such a session runs is explained as
-/// that session's, whatever the program; a process no login started is never explained by one.
+/// login uid's name, or the uid written as a number) and, with `from`, where from (the peer of
+/// the session's sshd connection). What such a session runs is explained as that session's,
+/// whatever the program; a process no login started is never explained by one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionRule {
     pub users: Vec<String>,
+    /// Networks the login must come from; empty: anywhere, or where it came from is not known.
+    pub from: Vec<IpNet>,
     pub reason: Option<String>,
     pub until: Option<Until>,
     pub origin: RuleOrigin,
 }
 
 impl SessionRule {
-    /// Whether `p` belongs to a login session of one of the rule's users.
-    pub fn allows(&self, p: &Process) -> bool {
-        let Some(uid) = p.login_uid else { return false };
-        self.users.iter().any(|u| p.login_user.as_deref() == Some(u.as_str()) || *u == uid.to_string())
+    /// Whether `p` belongs to a login session of one of the rule's users, from one of its
+    /// networks where it names any (`peer`: where the session came from, if known; a rule with
+    /// `from` allows no session whose origin is unknown).
+    pub fn allows(&self, p: &Process, peer: Option<IpAddr>) -> bool {
+        let (Some(uid), Some(_)) = (p.login_uid, p.session_id) else { return false };
+        let from_ok = self.from.is_empty()
+            || peer.is_some_and(|a| self.from.iter().any(|n| n.contains(&a.to_canonical())));
+        from_ok
+            && self.users.iter().any(|u| p.login_user.as_deref() == Some(u.as_str()) || *u == uid.to_string())
     }
 }
 
@@ -373,6 +381,12 @@ impl Workload {
             peers: PeerSettings::DEFAULT,
             package_changes: true,
         }
+    }
+
+    /// Whether an active `[[session]]` rule allows the login session `p` belongs to, which came
+    /// from `peer` where known.
+    pub fn allows_session(&self, p: &Process, peer: Option<IpAddr>, now: OffsetDateTime) -> bool {
+        self.sessions.iter().any(|r| active(&r.until, now) && r.allows(p, peer))
     }
 
     /// Whether a change at `path` is expected at `now`: some `allow` rule matches and no `deny`

@@ -72,6 +72,9 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawSession {
     user: Spanned<OneOrMany>,
+    /// Networks the login may come from (its sshd's peer); none: from anywhere.
+    #[serde(default)]
+    from: Option<Spanned<OneOrMany>>,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
@@ -498,7 +501,24 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         if users.is_empty() || users.iter().any(|u| u.is_empty()) {
             return Err(err(span, "user must name at least one user, and no empty names".to_owned()));
         }
-        sessions.push(SessionRule { users, reason: s.reason, until: until(s.until)?, origin });
+        let mut from = Vec::new();
+        if let Some(f) = s.from {
+            let span = f.span();
+            for r in f.into_inner().into_vec() {
+                let net = parse_net(&r).map_err(|m| err(span.clone(), m))?;
+                if net.trunc() != net {
+                    warn(span.clone(), format!("{r} has host bits set: it means {}", net.trunc()));
+                }
+                from.push(net.trunc());
+            }
+            if from.is_empty() {
+                return Err(err(
+                    span,
+                    "from must name at least one address or network (leave it out for anywhere)".to_owned(),
+                ));
+            }
+        }
+        sessions.push(SessionRule { users, from, reason: s.reason, until: until(s.until)?, origin });
     }
 
     let mut builtins = Vec::new();

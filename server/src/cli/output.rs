@@ -384,7 +384,20 @@ impl Tabular for proto::Connection {
 
 impl Tabular for proto::ProcessEvent {
     fn columns() -> Vec<&'static str> {
-        vec!["at", "host_id", "hostname", "kind", "pid", "ppid", "lineage", "user", "name", "exe", "cmdline"]
+        vec![
+            "at",
+            "host_id",
+            "hostname",
+            "kind",
+            "pid",
+            "ppid",
+            "lineage",
+            "user",
+            "name",
+            "exe",
+            "cmdline",
+            "explained",
+        ]
     }
     fn cells(&self, style: Style) -> Vec<String> {
         // Who started it, top first, the nearest four: `sshd > bash`, `… > nginx > sh`.
@@ -404,6 +417,7 @@ impl Tabular for proto::ProcessEvent {
             text(self.name.as_deref().unwrap_or(""), style, 20),
             text(self.exe.as_deref().unwrap_or(""), style, 50),
             text(&self.cmdline.join(" "), style, 80),
+            text(self.explained.as_deref().unwrap_or(""), style, 40),
         ]
     }
 }

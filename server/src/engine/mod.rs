@@ -6,6 +6,7 @@
 //! [`builtin`] holds the rules that run on every host whatever its baseline.
 
 pub mod builtin;
+pub mod session;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -44,7 +45,8 @@ pub fn default_severity(kind: FindingKind) -> Severity {
         FindingKind::AgentOffline
         | FindingKind::FileChanged
         | FindingKind::UnauthenticatedService
-        | FindingKind::DuplicateIdentity => Severity::High,
+        | FindingKind::DuplicateIdentity
+        | FindingKind::UnexpectedSession => Severity::High,
         FindingKind::NoBaseline | FindingKind::Outlier => Severity::Low,
     }
 }
@@ -251,7 +253,7 @@ pub struct Context<'a> {
 pub fn evaluate(state: &HostState, target: Target<'_>, cx: Context<'_>) -> Vec<Observation> {
     let mut out = Observations::default();
     let workload = target.workload();
-    let lineage = Lineage::of(state.processes.iter());
+    let lineage = Lineage::of(state.processes.iter(), &state.connections);
     match target {
         Target::NoBaseline => {
             out.add(FindingKind::NoBaseline, "workload".to_owned(), json!({ "tags": cx.tags }))
@@ -283,10 +285,13 @@ pub fn judge(
 ) -> Vec<Observation> {
     let workload = target.workload();
     // Parents may be gone too (`curl | sh`): the report's own starts name them as well.
-    let lineage = Lineage::of(state.processes.iter().chain(started.iter().filter_map(|s| match &s.item {
-        Item::Process(p) => Some(&**p),
-        _ => None,
-    })));
+    let lineage = Lineage::of(
+        state.processes.iter().chain(started.iter().filter_map(|s| match &s.item {
+            Item::Process(p) => Some(&**p),
+            _ => None,
+        })),
+        &state.connections,
+    );
     let mut merged: BTreeMap<(FindingKind, String, String), Observation> = BTreeMap::new();
     for s in started {
         let mut one = HostState::default();
@@ -305,11 +310,23 @@ pub fn judge(
                 Item::Process(_) => ("started_at", "exited_at"),
                 Item::Listener(_) | Item::Connection(_) => ("opened_at", "closed_at"),
             };
-            o.detail[began] = json!(at(s.at));
-            o.detail[ended] = json!(at(s.ended));
-            o.detail["transient"] = json!(o.transient);
+            if o.kind == FindingKind::UnexpectedSession {
+                // The session's one command, whose entry has its start: when it ended, if it had.
+                if let Some(entry) = o.detail["ran"].get_mut(0) {
+                    entry[ended] = json!(at(s.ended));
+                }
+            } else {
+                o.detail[began] = json!(at(s.at));
+                o.detail[ended] = json!(at(s.ended));
+                o.detail["transient"] = json!(o.transient);
+            }
             let key = o.owned_key();
             match merged.get_mut(&key) {
+                Some(m) if session::accumulates(o.kind) => {
+                    m.occurrences += o.occurrences;
+                    m.transient |= o.transient;
+                    session::combine(&mut m.detail, &o.detail);
+                }
                 Some(m) => {
                     let (occurrences, transient) =
                         (m.occurrences + o.occurrences, m.transient || o.transient);
@@ -325,6 +342,39 @@ pub fn judge(
     merged.into_values().collect()
 }
 
+/// The starts among `started` that a `[[session]]` rule of `target` explains, as the history
+/// shows them: `interactive session of USER`. Nothing is looked up unless a start belongs to a
+/// login and the workload has session rules.
+pub fn sessions_explained(
+    started: &[Started],
+    state: &HostState,
+    target: Target<'_>,
+    now: OffsetDateTime,
+) -> Vec<crate::model::ExecExplained> {
+    let Some(w) = target.workload().filter(|w| !w.sessions.is_empty()) else { return Vec::new() };
+    let logins: Vec<&Process> = started
+        .iter()
+        .filter(|s| s.new)
+        .filter_map(|s| match &s.item {
+            Item::Process(p) if session::login(p).is_some() => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    if logins.is_empty() {
+        return Vec::new();
+    }
+    let peers = session::Peers::of(state.connections.iter());
+    logins
+        .into_iter()
+        .filter(|p| w.allows_session(p, peers.of_login(p), now))
+        .map(|p| crate::model::ExecExplained {
+            pid: p.pid,
+            start_time: p.start_time,
+            why: format!("interactive session of {}", session::user(p)),
+        })
+        .collect()
+}
+
 /// Merges the judgement of a report's starts (`events`, from [`judge`]) into the evaluation of
 /// the state after it (`state`, from [`evaluate`]): one observation per key, counting the starts,
 /// transient if any was, with the event's detail over the state's (which keeps how many are
@@ -334,6 +384,12 @@ pub fn merge(mut state: Vec<Observation>, events: Vec<Observation>) -> Vec<Obser
         state.iter().enumerate().map(|(i, o)| (o.owned_key(), i)).collect();
     for e in events {
         match at.get(&e.owned_key()) {
+            Some(&i) if session::accumulates(e.kind) => {
+                let s = &mut state[i];
+                session::combine(&mut s.detail, &e.detail);
+                s.occurrences += e.occurrences;
+                s.transient |= e.transient;
+            }
             Some(&i) => {
                 let s = &mut state[i];
                 if let (Some(into), Some(from)) = (s.detail.as_object_mut(), e.detail.as_object()) {
@@ -384,7 +440,8 @@ pub fn outliers(
             }),
         )
     };
-    for proc_ in &state.processes {
+    // A login's commands are judged as its session: rare or not, they are not filed one by one.
+    for proc_ in state.processes.iter().filter(|p| session::login(p).is_none()) {
         let s = proc_.subject();
         let n = counts.processes.get(s).copied().unwrap_or(1);
         if rare(n) && !taken.contains(s) {
@@ -413,29 +470,48 @@ pub fn outliers(
 }
 
 /// The processes a host is known to run or have run, by pid: parents' names for the rules that
-/// name a parent, and the parent chain a finding about a process shows.
-struct Lineage<'a>(HashMap<u32, &'a Process>);
+/// name a parent, and the parent chain a finding about a process shows; and where its logins
+/// came from.
+struct Lineage<'a> {
+    procs: HashMap<u32, &'a Process>,
+    peers: session::Peers,
+}
 
 /// Ancestors listed in a finding's detail at most.
 const MAX_PARENTS: usize = 12;
 
 impl<'a> Lineage<'a> {
-    /// Later processes win a pid: the state's own come first.
-    fn of(procs: impl Iterator<Item = &'a Process>) -> Lineage<'a> {
+    /// Later processes win a pid: the state's own come first. `connections` are the host's,
+    /// whose sshd's clients say where logins came from.
+    fn of(procs: impl Iterator<Item = &'a Process>, connections: &[Connection]) -> Lineage<'a> {
         let mut map = HashMap::new();
         for p in procs {
             map.entry(p.pid).or_insert(p);
         }
-        Lineage(map)
+        Lineage { procs: map, peers: session::Peers::of(connections.iter()) }
     }
 
     fn parent_name(&self, p: &Process) -> Option<&'a str> {
-        self.0.get(&p.ppid).map(|q| q.name.as_str())
+        self.procs.get(&p.ppid).map(|q| q.name.as_str())
     }
 
     /// The process known under `pid`.
     fn process(&self, pid: u32) -> Option<&'a Process> {
-        self.0.get(&pid).copied()
+        self.procs.get(&pid).copied()
+    }
+
+    /// What the login `p` belongs to came through: its nearest ancestor known to be outside
+    /// the session (the sshd, cron or login that opened it), else the top of its chain.
+    fn login_via(&self, p: &'a Process) -> Option<&'a hostwatch_proto::v1::Ancestor> {
+        let outside = |a: &&hostwatch_proto::v1::Ancestor| {
+            self.process(a.pid).is_some_and(|q| q.name == a.name && q.session_id != p.session_id)
+        };
+        p.ancestry.iter().find(outside).or(p.ancestry.last())
+    }
+
+    /// Where the login `p` belongs to came from, where known.
+    fn login_peer(&self, p: &Process) -> Option<std::net::IpAddr> {
+        self.peers.of_login(p)
     }
 
     /// The ancestry of the process `pid` (a socket's owner), where it is known.
@@ -458,7 +534,7 @@ impl<'a> Lineage<'a> {
         let mut out = Vec::new();
         let mut pid = p.ppid;
         while pid != 0 && out.len() < MAX_PARENTS {
-            let Some(q) = self.0.get(&pid) else {
+            let Some(q) = self.procs.get(&pid) else {
                 out.push(json!({ "pid": pid }));
                 break;
             };
@@ -475,7 +551,7 @@ impl<'a> Lineage<'a> {
 /// Whether an active rule of `w` explains `p`.
 fn process_explained(w: &Workload, p: &Process, lineage: &Lineage<'_>, now: OffsetDateTime) -> bool {
     let parent = lineage.parent_name(p);
-    w.sessions.iter().any(|r| active(&r.until, now) && r.allows(p))
+    (!w.sessions.is_empty() && session::login(p).is_some() && w.allows_session(p, lineage.login_peer(p), now))
         || w.processes.iter().any(|r| active(&r.until, now) && r.matches(p, parent))
 }
 
@@ -522,10 +598,25 @@ fn process_detail(p: &Process, lineage: &Lineage<'_>) -> serde_json::Value {
 }
 
 /// `explained[i]`: whether the workload explains `state.processes[i]`.
+/// What a login session runs that nothing explains is that session's: one `unexpected_session`
+/// finding per session, listing the commands, rather than one finding per program.
 fn explain_processes(state: &HostState, lineage: &Lineage<'_>, explained: &[bool], out: &mut Observations) {
     let mut unexplained: BTreeMap<&str, Vec<&Process>> = BTreeMap::new();
+    let mut sessions: BTreeMap<String, Vec<&Process>> = BTreeMap::new();
     for (p, _) in state.processes.iter().zip(explained).filter(|(_, e)| !**e) {
-        unexplained.entry(p.subject()).or_default().push(p);
+        match session::subject(p) {
+            Some(s) => sessions.entry(s).or_default().push(p),
+            None => unexplained.entry(p.subject()).or_default().push(p),
+        }
+    }
+    for (subject, procs) in sessions {
+        let ran = procs
+            .iter()
+            .map(|p| session::ran(p, Some(&hostwatch_proto::v1::timestamp::format(p.start_time))))
+            .collect();
+        let from = procs.iter().find_map(|p| lineage.login_peer(p));
+        let via = lineage.login_via(procs[0]);
+        out.add(FindingKind::UnexpectedSession, subject, session::detail(procs[0], from, via, ran));
     }
     for (subject, procs) in unexplained {
         let mut detail = process_detail(procs[0], lineage);
@@ -1549,5 +1640,132 @@ change = "allow"
         assert!(outliers(&state, &w, &PeerCounts { hosts: 9, ..counts.clone() }, &covered).is_empty());
         let off = workload(&["name = \"f\"\nselector = {}\n[peers]\nenabled = false\n"], "f");
         assert!(outliers(&state, &off, &counts, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_logins_unexplained_commands_are_one_session_finding_unless_a_session_rule_allows_it() {
+        use crate::model::{Item, Started};
+        let ancestor =
+            |pid: u32, name: &str| hostwatch_proto::v1::Ancestor { pid, name: name.into(), exe: None };
+        let in_session = |pid: u32, name: &str| {
+            let mut p = proc(pid, name, Some(&format!("/usr/bin/{name}")), "root");
+            (p.login_uid, p.login_user, p.session_id) = (Some(1000), Some("alice".into()), Some(7));
+            p.ancestry = vec![ancestor(90, "bash"), ancestor(80, "sshd"), ancestor(70, "sshd")];
+            p
+        };
+        let (curl, vi) = (in_session(101, "curl"), in_session(102, "vi"));
+        // A daemon's program is its own finding, as before.
+        let daemon = proc(103, "miner", Some("/usr/sbin/miner"), "root");
+        let ssh_in = |remote: &str| Connection {
+            protocol: Protocol::Tcp,
+            local: "10.0.0.1:22".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            direction: Direction::Inbound,
+            pid: Some(80),
+            process: Some("sshd".into()),
+            exe: Some("/usr/sbin/sshd".into()),
+            uid: 0,
+            netns: None,
+        };
+        let state = |remote: &str| HostState {
+            processes: vec![curl.clone(), vi.clone(), daemon.clone()],
+            connections: vec![ssh_in(remote)],
+            listeners: vec![listener(Protocol::Tcp, "0.0.0.0", 22, Some("sshd"))],
+        };
+        let tags = BTreeMap::new();
+        let cx = Context { tags: &tags, now: OffsetDateTime::UNIX_EPOCH, agent_pid: None };
+        let rule = |extra: &str| {
+            let sshd = "[[listen]]\nprotocol = \"tcp\"\nport = 22\n";
+            workload(&[&format!("name = \"w\"\nselector = {{}}\n{sshd}{extra}")], "w")
+        };
+
+        // No session rule: the login is one finding naming who, from where, and what ran.
+        let w = rule("");
+        let obs = evaluate(&state("192.0.2.7:50123"), Target::Workload(&w), cx);
+        let mut k = kinds(&obs);
+        k.sort();
+        assert_eq!(
+            k,
+            [
+                (FindingKind::UnexpectedProcess, "/usr/sbin/miner"),
+                (FindingKind::UnexpectedSession, "session 7 of alice")
+            ]
+        );
+        let s = obs.iter().find(|o| o.kind == FindingKind::UnexpectedSession).unwrap();
+        assert_eq!(s.severity, Severity::High);
+        assert_eq!(
+            (s.detail["from"].as_str(), s.detail["via"]["pid"].as_u64()),
+            (Some("192.0.2.7"), Some(70))
+        );
+        let ran: Vec<&str> =
+            s.detail["ran"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(ran, ["curl", "vi"]);
+
+        // A rule for the user explains the whole session; one for another user does not.
+        let allowed = rule("[[session]]\nuser = [\"alice\"]\n");
+        let obs = evaluate(&state("192.0.2.7:50123"), Target::Workload(&allowed), cx);
+        assert_eq!(kinds(&obs), [(FindingKind::UnexpectedProcess, "/usr/sbin/miner")]);
+        let other = rule("[[session]]\nuser = [\"bob\", \"1001\"]\n");
+        let obs = evaluate(&state("192.0.2.7:50123"), Target::Workload(&other), cx);
+        assert!(obs.iter().any(|o| o.kind == FindingKind::UnexpectedSession), "{obs:#?}");
+        // By uid as well as by name.
+        let by_uid = rule("[[session]]\nuser = [\"1000\"]\n");
+        let obs = evaluate(&state("192.0.2.7:50123"), Target::Workload(&by_uid), cx);
+        assert!(obs.iter().all(|o| o.kind != FindingKind::UnexpectedSession), "{obs:#?}");
+
+        // `from`: the login's sshd peer must be in it; an unknown peer is not.
+        let bastion = rule("[[session]]\nuser = [\"alice\"]\nfrom = [\"10.9.0.0/16\"]\n");
+        let judged = |st: &HostState| evaluate(st, Target::Workload(&bastion), cx);
+        assert!(judged(&state("10.9.3.4:40000")).iter().all(|o| o.kind != FindingKind::UnexpectedSession));
+        let outside = judged(&state("192.0.2.7:50123"));
+        let s = outside.iter().find(|o| o.kind == FindingKind::UnexpectedSession).expect("from elsewhere");
+        assert_eq!(s.detail["from"], "192.0.2.7");
+        let unknown = HostState { connections: Vec::new(), ..state("10.9.3.4:40000") };
+        assert!(judged(&unknown).iter().any(|o| o.kind == FindingKind::UnexpectedSession));
+
+        // Judged as starts: one observation for the session, each start one occurrence, the
+        // gone one with its end; merged with the state's, each command listed once.
+        let t = |s: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
+        let started = |p: &Process, ended: Option<i64>| Started {
+            item: Item::Process(Box::new(p.clone())),
+            at: Some(t(0)),
+            ended: ended.map(t),
+            new: true,
+        };
+        let id = in_session(104, "id");
+        let st = state("192.0.2.7:50123");
+        let events = judge(&[started(&curl, None), started(&id, Some(1))], &st, Target::Workload(&w), cx);
+        let s = events.iter().find(|o| o.kind == FindingKind::UnexpectedSession).expect("the session");
+        assert_eq!((s.occurrences, s.transient), (2, true));
+        assert_eq!(events.iter().filter(|o| o.kind == FindingKind::UnexpectedSession).count(), 1);
+        let merged = merge(evaluate(&st, Target::Workload(&w), cx), events);
+        let s = merged.iter().find(|o| o.kind == FindingKind::UnexpectedSession).unwrap();
+        let ran: Vec<&str> =
+            s.detail["ran"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(ran, ["curl", "vi", "id"], "by start, then pid: {}", s.detail);
+        let gone = s.detail["ran"].as_array().unwrap().iter().find(|r| r["name"] == "id").unwrap();
+        assert_eq!(gone["exited_at"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(s.occurrences, 2);
+
+        // Learnt: a session rule for the user (where from, as a hint), no rule per command, and
+        // it explains the session it was learnt from.
+        let mut history_only = in_session(105, "top");
+        (history_only.login_user, history_only.login_uid) = (None, Some(1001));
+        let mut seen = state("192.0.2.7:50123");
+        seen.processes.push(history_only);
+        let sel = BTreeMap::new();
+        let text = learn(
+            "l",
+            &sel,
+            &[crate::baseline::learn::Seen { hostname: "b".into(), state: seen.clone() }],
+            "now",
+            t(0),
+        );
+        assert!(text.contains("[[session]]\nuser = [\"alice\"]\n# logins came from: to allow only those, from = [\"192.0.2.7\"]"), "{text}");
+        assert!(text.contains("[[session]]\nuser = [\"1001\"]"), "{text}");
+        assert!(!text.contains("/usr/bin/curl"), "a login's command is no program rule: {text}");
+        let set = BaselineSet::new([parse("l.toml", &text).unwrap()]);
+        let learnt = set.workload("l").unwrap();
+        assert_eq!(ev(&seen, &sel, Target::Workload(&learnt)), vec![], "{text}");
     }
 }

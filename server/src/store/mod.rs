@@ -17,8 +17,8 @@ use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus};
 use time::OffsetDateTime;
 
 use crate::model::{
-    AlertEvent, Applied, Finding, FindingChange, Host, HostFacts, HostState, Observation, PeerCounts,
-    ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
+    AlertEvent, Applied, ExecExplained, Finding, FindingChange, Host, HostFacts, HostState, Observation,
+    PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
 /// Why the store could not do what was asked.
@@ -293,6 +293,9 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
+    /// Records why each of `explained` (execs of host `host_id` in its history) needed no finding.
+    /// An exec the history does not hold (yet) is left alone.
+    async fn explain_execs(&self, host_id: i64, explained: &[ExecExplained]) -> Result<()>;
     /// Processes that started and ended, newest first.
     async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>>;
     /// Listeners and connections that opened and closed, newest first.

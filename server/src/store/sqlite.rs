@@ -22,8 +22,8 @@ use super::{
 };
 use crate::findings;
 use crate::model::{
-    AgentInfo, AlertEvent, Applied, Content, Finding, FindingChange, Host, HostFacts, HostState, Observation,
-    PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
+    AgentInfo, AlertEvent, Applied, Content, ExecExplained, Finding, FindingChange, Host, HostFacts,
+    HostState, Observation, PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
 mod credentials;
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("migrations/sqlite/0015_verified_instance.sql")),
     (16, include_str!("migrations/sqlite/0016_lineage.sql")),
     (17, include_str!("migrations/sqlite/0017_login_user.sql")),
+    (18, include_str!("migrations/sqlite/0018_explained_execs.sql")),
 ];
 
 #[derive(Clone)]
@@ -370,7 +371,15 @@ fn upsert_finding(
             },
         )),
     };
-    let detail = to_json(&o.detail);
+    let stored = match &existing {
+        Some((id, _)) if findings::accumulates(o.kind) => tx
+            .prepare_cached("SELECT detail FROM findings WHERE id = ?1")?
+            .query_row([id], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()),
+        _ => None,
+    };
+    let detail = to_json(&findings::detail_after(stored.as_ref(), o));
     // An observation stands for at least the one occurrence that made its finding.
     let new_occurrences = i64::try_from(o.occurrences).unwrap_or(i64::MAX);
     Ok(match (findings::step(existing.as_ref().map(|e| &e.1), o, budget), existing) {
@@ -893,6 +902,24 @@ impl Store for SqliteStore {
                 out.push(finding_from_row(r)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn explain_execs(&self, host_id: i64, explained: &[ExecExplained]) -> Result<()> {
+        let explained = explained.to_vec();
+        self.tx(move |tx| {
+            // The exec's row was written by the report that judged it, at about its start: the
+            // (host, at) index finds it among the host's last minutes.
+            let mut stmt = tx.prepare_cached(
+                "UPDATE process_events SET explained = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
+                 AND start_time = ?5 AND kind = 'exec'",
+            )?;
+            for e in &explained {
+                let since = e.start_time - time::Duration::minutes(10);
+                stmt.execute(params![e.why, host_id, ts(since), e.pid, ts(e.start_time)])?;
+            }
+            Ok(())
         })
         .await
     }

@@ -111,6 +111,7 @@ impl Turn {
     }
 
     fn take(alone: bool) -> Turn {
+        outside_login();
         let (lock, cv) = &MACHINE;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
         if alone {
@@ -125,6 +126,24 @@ impl Turn {
             s.0 += 1;
         }
         Turn { alone }
+    }
+}
+
+/// What a test starts must belong to no login session, or the collector judges it as that
+/// session's rather than one program at a time: a test run from an ssh shell leaves the session
+/// for its thread (root may, unless the kernel holds login uids immutable).
+fn outside_login() {
+    const UNSET: &str = "4294967295";
+    let path = "/proc/thread-self/loginuid";
+    let Ok(uid) = std::fs::read_to_string(path) else { return };
+    if uid.trim() == UNSET {
+        return;
+    }
+    if let Err(e) = std::fs::write(path, UNSET) {
+        panic!(
+            "the tests run inside a login session (login uid {}) and cannot leave it ({e}): what they start would be judged as that session's. Run them outside a login: `systemd-run --pty --wait --same-dir cargo test ...`, or as CI does.",
+            uid.trim()
+        );
     }
 }
 

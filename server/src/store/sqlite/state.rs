@@ -679,7 +679,8 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
     let (clause, args) = history_where(f, Some("name"), None);
     let mut stmt = tx.prepare(&format!(
         "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
-         e.start_time, e.login_uid, e.session_id, e.ancestry FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
+         e.start_time, e.login_uid, e.session_id, e.ancestry, e.explained \
+         FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
@@ -703,6 +704,7 @@ pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<
             login_uid: r.get(13)?,
             session_id: r.get(14)?,
             ancestry: opt_json(r.get(15)?, "ancestry")?.unwrap_or_default(),
+            explained: r.get(16)?,
         });
     }
     Ok(out)
