@@ -6,6 +6,11 @@
 (an exec is reported within a second whatever the interval).
 
 Usage: cargo build --release && python3 bench/exec_judgement.py [--samples 120] [--events 5000]
+       [--ancestor-rules N]
+With --ancestor-rules, the baseline holds N process rules that match every program by name and
+exe but name an ancestor none has (`ancestor = "no-such-ancestor-I*"`): each judged exec walks
+its ancestry (name and exe of each ancestor) once per rule and is still unexplained, the worst
+case of what ancestor rules cost.
 Prints every sample's latency, then the summary. The collector's budget of new findings is lifted
 (`[findings] max_new_per_host_per_minute`): this measures judging, not holding back.
 """
@@ -44,12 +49,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=120)
     ap.add_argument("--events", type=int, default=5000)
+    ap.add_argument("--ancestor-rules", type=int, default=0)
     a = ap.parse_args()
     c = harness.Collector("[findings]\nmax_new_per_host_per_minute = 1000000\n")
     tag = "judge"
     baseline = os.path.join(c.dir, "judge.toml")
     with open(baseline, "w") as f:
         f.write(f'name = "judge"\nselector = {{ bench = "{tag}" }}\n')
+        for i in range(a.ancestor_rules):
+            f.write(f'[[process]]\nname = "*"\nexe = "/*"\nancestor = "no-such-ancestor-{i}*"\n')
     c.cli("baseline", "apply", baseline)
     _agent, host = c.start_agent(tag)
     time.sleep(5)  # what the host already runs opens first
@@ -97,6 +105,7 @@ def main():
             results.append((kind, n, cpu1 - cpu0, time.monotonic() - t0))
         print(f"exec -> finding over {len(lat)} samples: p50 {statistics.median(lat):.3f} s, p99 {q[98]:.3f} s, "
               f"min {min(lat):.3f} s, max {max(lat):.3f} s")
+        print(f"ancestor rules: {a.ancestor_rules}")
         for kind, n, cpu, wall in results:
             print(f"collector CPU, {kind}: {n} execs judged in {wall:.1f} s, {cpu:.2f} s CPU, "
                   f"{cpu / n * 1000 * 1000:.1f} ms per 1,000 (receiving, decoding, recording and judging)")

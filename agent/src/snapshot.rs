@@ -2,6 +2,7 @@
 //! collectors read and what the agent sends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hostwatch_proto::v1 as proto;
@@ -122,6 +123,8 @@ pub struct Observer {
     stdio_rescan: bool,
     /// Read each process's audit login ids and keep its ancestry (`lineage`).
     lineage: bool,
+    /// The ancestry of a process whose parent is unknown or PID 1: one empty list for all.
+    no_lineage: Arc<[proto::Ancestor]>,
     /// A process never reported: the agent's own, where it runs inside the collector
     /// (`serve --dev`), which is no program on the host to explain.
     hidden: Option<u32>,
@@ -202,6 +205,7 @@ impl Observer {
             cpu_percent: HashMap::new(),
             stdio_rescan: true,
             lineage: true,
+            no_lineage: Arc::from(Vec::new()),
             hidden: None,
             packages: None,
             replacements: HashMap::new(),
@@ -302,28 +306,33 @@ impl Observer {
             login_uid: p.login_uid,
             login_user: p.login_uid.and_then(|u| self.users.name(u)),
             session_id: p.session_id,
-            ancestry: p.ancestry.clone().unwrap_or_default(),
+            ancestry: p.ancestry.clone().unwrap_or_else(|| self.no_lineage.clone()),
         }
     }
 
     /// The ancestry of a process whose parent is `ppid`: the parent (from the processes known
     /// now, else from `gone`, those that ended since the last look) and the parent's own
     /// ancestry, cut to [`proto::limits::MAX_ANCESTRY`]. PID 1 and what is above it are left out.
-    fn lineage(&self, ppid: u32, gone: Option<&BTreeMap<u32, ProcessRecord>>) -> Vec<proto::Ancestor> {
+    /// Siblings share the one list their parent made (`child_lineage`): what the agent, its
+    /// tracker and the report hold of it are clones of one `Arc`.
+    fn lineage(&self, ppid: u32, gone: Option<&BTreeMap<u32, ProcessRecord>>) -> Arc<[proto::Ancestor]> {
         if !self.lineage {
-            return Vec::new();
+            return self.no_lineage.clone();
         }
         let Some(parent) = self.procs.get(&ppid).or_else(|| gone.and_then(|g| g.get(&ppid))) else {
-            return Vec::new();
+            return self.no_lineage.clone();
         };
         if parent.pid <= 1 {
-            return Vec::new();
+            return self.no_lineage.clone();
         }
-        let mut out = Vec::with_capacity(4);
-        out.push(proto::Ancestor { pid: parent.pid, name: parent.name.clone(), exe: parent.exe.clone() });
-        let above = parent.ancestry.iter().flatten().take(proto::limits::MAX_ANCESTRY - 1);
-        out.extend(above.cloned());
-        out
+        let made = parent.child_lineage.get_or_init(|| {
+            let mut out = Vec::with_capacity(4);
+            out.push(proto::Ancestor { pid: parent.pid, name: parent.name.clone(), exe: parent.exe.clone() });
+            let above = parent.ancestry.as_deref().unwrap_or_default();
+            out.extend(above.iter().take(proto::limits::MAX_ANCESTRY - 1).cloned());
+            out.into()
+        });
+        made.clone()
     }
 
     /// Gives every known process without an ancestry one, parents before children (a parent

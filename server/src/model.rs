@@ -624,7 +624,7 @@ impl From<proto::Process> for Process {
             login_uid: p.login_uid,
             login_user: p.login_user,
             session_id: p.session_id,
-            ancestry: p.ancestry,
+            ancestry: p.ancestry.to_vec(),
             cpu_high_since: None,
         }
     }
@@ -657,7 +657,7 @@ impl From<Process> for proto::Process {
             login_uid: p.login_uid,
             login_user: p.login_user,
             session_id: p.session_id,
-            ancestry: p.ancestry,
+            ancestry: p.ancestry.into(),
         }
     }
 }

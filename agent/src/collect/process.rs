@@ -1,6 +1,8 @@
 //! Processes from `/proc`: every thread group leader but kernel threads.
 
+use std::cell::OnceCell;
 use std::path::Path;
+use std::sync::Arc;
 
 use hostwatch_proto::v1::{is_interactive, limits};
 use time::OffsetDateTime;
@@ -68,8 +70,11 @@ pub struct ProcessRecord {
     pub login_uid: Option<u32>,
     pub session_id: Option<u32>,
     /// Its ancestors as they were when first seen; `None` until the observer, which knows the
-    /// other processes, sets them.
-    pub ancestry: Option<Vec<hostwatch_proto::v1::Ancestor>>,
+    /// other processes, sets them. Shared: siblings hold one list (see `child_lineage`).
+    pub ancestry: Option<Arc<[hostwatch_proto::v1::Ancestor]>>,
+    /// The ancestry of this process's children (itself, then its own ancestry), made once at its
+    /// first child's and shared by every child after: a server's thousand workers hold one list.
+    pub child_lineage: OnceCell<Arc<[hostwatch_proto::v1::Ancestor]>>,
 }
 
 /// What a rescan reads of a process it already knows: one read of `/proc/PID/stat` (and the owner
@@ -321,6 +326,7 @@ fn read_one(
         login_uid,
         session_id,
         ancestry: None,
+        child_lineage: OnceCell::new(),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! A process as the agent reports it.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::timestamp;
@@ -87,8 +88,14 @@ pub struct Process {
     /// Its ancestors, parent first, up to (not including) PID 1, as they were when the agent first
     /// saw this process: a parent that has exited since is still named. At most
     /// [`limits::MAX_ANCESTRY`]; empty where the parent was never seen.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ancestry: Vec<Ancestor>,
+    /// Shared (`Arc`): an agent holds one list for a parent's many children, and copies of a
+    /// process (what it reads, what it last sent) share it.
+    #[serde(default, skip_serializing_if = "no_ancestors")]
+    pub ancestry: Arc<[Ancestor]>,
+}
+
+fn no_ancestors(a: &Arc<[Ancestor]>) -> bool {
+    a.is_empty()
 }
 
 /// One ancestor of a process.
@@ -128,7 +135,7 @@ impl Process {
             login_uid: None,
             login_user: None,
             session_id: None,
-            ancestry: Vec::new(),
+            ancestry: Arc::from(Vec::new()),
         }
     }
 }
