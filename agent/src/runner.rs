@@ -743,7 +743,7 @@ async fn send_loop(
             let backlog = shared.spool().len().saturating_sub(1);
             let sent = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = client.report_bytes(&node_key, body, backlog) => r,
+                r = client.report_gzip(&node_key, body, backlog) => r,
             };
             match sent {
                 Ok(resp) => {

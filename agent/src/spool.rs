@@ -1,8 +1,12 @@
 //! The outbox: every report is written here before it is sent, and deleted once the collector
 //! has it, so nothing is lost to a collector that is down or an agent that restarts.
 //!
-//! One file per report in `STATE_DIR/spool/`, named by a counter so that order survives restarts.
-//! The spool is bounded in bytes (default 64 MiB): a report that does not fit pushes out the
+//! One file per report in `STATE_DIR/spool/`, named by a counter so that order survives restarts,
+//! gzip-compressed as it is written (`ID.json.gz`) and sent as it lies: a busy host's snapshot is
+//! megabytes of JSON and a tenth of that compressed, and the agent never holds it whole in memory,
+//! neither to write nor to send. (`ID.json`, uncompressed, is what agents before that wrote; it is
+//! still read and compressed when sent.)
+//! The spool is bounded in bytes on disk (default 64 MiB): a report that does not fit pushes out the
 //! oldest; one larger than the whole bound is kept alone (so that a host whose snapshot outgrew a
 //! small bound still reports, with the collector up). A report that cannot be written (a full
 //! disk) and one the collector refused for good are lost the same way. Nothing is dropped without being
@@ -16,7 +20,11 @@ use std::path::{Path, PathBuf};
 
 use hostwatch_proto::v1 as proto;
 
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Read, Write};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
 
 use crate::identity::{StateError, write_private, write_private_with};
 
@@ -24,6 +32,8 @@ use crate::identity::{StateError, write_private, write_private_with};
 struct Item {
     id: u64,
     size: u64,
+    /// Written compressed (`.json.gz`); `false` for what an older agent left (`.json`).
+    gzip: bool,
 }
 
 #[derive(Debug)]
@@ -52,12 +62,14 @@ impl Spool {
                 let _ = fs::remove_file(entry.path());
                 continue;
             }
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse().ok())
-            else {
-                continue;
+            let Some(name) = name.to_str() else { continue };
+            let (stem, gzip) = match name.strip_suffix(".json.gz") {
+                Some(stem) => (stem, true),
+                None => (name.strip_suffix(".json").unwrap_or(""), false),
             };
+            let Ok(id) = stem.parse() else { continue };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            items.push(Item { id, size });
+            items.push(Item { id, size, gzip });
         }
         items.sort_by_key(|i| i.id);
         let lost = read_lost(&dir.join(LOST));
@@ -66,8 +78,9 @@ impl Spool {
         Ok(Spool { dir: dir.to_owned(), max_bytes, items: items.into(), total, next_id, lost })
     }
 
-    fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:020}.json"))
+    fn path(&self, item: &Item) -> PathBuf {
+        let ext = if item.gzip { "json.gz" } else { "json" };
+        self.dir.join(format!("{:020}.{ext}", item.id))
     }
 
     /// Appends a report, pushing out the oldest where the bound requires. Returns how many reports
@@ -76,15 +89,17 @@ impl Spool {
         // Every report takes its place in the order, written or not.
         let id = self.next_id;
         self.next_id += 1;
-        let path = self.path(id);
-        // Streamed to disk: a snapshot of a busy host is megabytes, never held whole in memory
-        // (the file may briefly overstep the bound until the oldest are pushed out).
-        let mut size = 0;
+        let mut item = Item { id, size: 0, gzip: true };
+        let path = self.path(&item);
+        // Streamed to disk through the compressor: a snapshot of a busy host is megabytes, never
+        // held whole in memory (the file may briefly overstep the bound until the oldest are
+        // pushed out).
         let written = write_private_with(&path, |f| {
-            let mut w = BufWriter::new(f);
-            serde_json::to_writer(&mut w, report).map_err(std::io::Error::other)?;
+            let mut gz = GzEncoder::new(BufWriter::new(f), Compression::fast());
+            serde_json::to_writer(&mut gz, report).map_err(std::io::Error::other)?;
+            let mut w = gz.finish()?;
             w.flush()?;
-            size = w.get_mut().stream_position()?;
+            item.size = w.get_ref().metadata()?.len();
             Ok(())
         });
         if let Err(e) = written {
@@ -92,6 +107,7 @@ impl Spool {
             self.lose(&[id]);
             return 1;
         }
+        let size = item.size;
         if size > self.max_bytes {
             // Dropping it would lose every snapshot of a host whose snapshot outgrew the bound,
             // even with the collector up: it is kept, alone, the bound overstepped by one report.
@@ -105,30 +121,62 @@ impl Spool {
         let mut lost = Vec::new();
         while self.total + size > self.max_bytes {
             let Some(old) = self.items.pop_front() else { break };
-            let _ = fs::remove_file(self.path(old.id));
+            let _ = fs::remove_file(self.path(&old));
             self.total -= old.size;
             lost.push(old.id);
         }
         if !lost.is_empty() {
             tracing::warn!(dropped = lost.len(), "spool full: oldest reports dropped");
         }
-        self.items.push_back(Item { id, size });
+        self.items.push_back(item);
         self.total += size;
         self.lose(&lost);
         lost.len() as u64
     }
 
-    /// The oldest report, with the count of reports lost before it written into it.
-    pub fn front(&self) -> Option<(u64, Vec<u8>)> {
-        let item = self.items.front()?;
-        let bytes = fs::read(self.path(item.id)).ok()?;
-        let lost = self.lost_before(item.id);
-        if lost == 0 {
-            return Some((item.id, bytes));
+    /// The oldest report, gzip-compressed, with the count of reports lost before it written into
+    /// it. A report that cannot be read back (a damaged file) is dropped and counted lost, so that
+    /// it never blocks those behind it.
+    pub fn front(&mut self) -> Option<(u64, Vec<u8>)> {
+        loop {
+            let item = self.items.front()?;
+            let (id, path) = (item.id, self.path(item));
+            match self.read(item) {
+                Ok(body) => return Some((id, body)),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "a spooled report cannot be read; it is lost");
+                    self.refused(id);
+                }
+            }
         }
-        let mut v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        v["lost"] = lost.into();
-        Some((item.id, serde_json::to_vec(&v).ok()?))
+    }
+
+    /// Item's report as it is sent: compressed, with its `lost` count. Only where reports were
+    /// lost before it (rare) is it decoded and written anew.
+    fn read(&self, item: &Item) -> std::io::Result<Vec<u8>> {
+        let lost = self.lost_before(item.id);
+        let file = fs::read(self.path(item))?;
+        if item.gzip && !file.starts_with(&[0x1f, 0x8b]) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not gzip"));
+        }
+        // Damage past the header is the collector's to find: it refuses the report for good,
+        // and the sender counts it lost.
+        if lost == 0 && item.gzip {
+            return Ok(file);
+        }
+        let json = if item.gzip {
+            let mut json = Vec::new();
+            GzDecoder::new(&file[..]).read_to_end(&mut json)?;
+            json
+        } else {
+            file
+        };
+        let mut report: proto::Report = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
+        drop(json);
+        report.lost = lost;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        serde_json::to_writer(&mut gz, &report).map_err(std::io::Error::other)?;
+        gz.finish()
     }
 
     /// The collector has report `id`, and with it the count of lost reports before it.
@@ -156,18 +204,18 @@ impl Spool {
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(pos) = self.items.iter().position(|i| i.id == id) {
-            if let Some(item) = self.items.remove(pos) {
-                self.total -= item.size;
-            }
-            let _ = fs::remove_file(self.path(id));
+        if let Some(pos) = self.items.iter().position(|i| i.id == id)
+            && let Some(item) = self.items.remove(pos)
+        {
+            self.total -= item.size;
+            let _ = fs::remove_file(self.path(&item));
         }
     }
 
     /// Drops every report (the collector asked for a snapshot, or the agent enrolled anew).
     pub fn clear(&mut self) {
-        for item in self.items.drain(..) {
-            let _ = fs::remove_file(self.dir.join(format!("{:020}.json", item.id)));
+        for item in std::mem::take(&mut self.items) {
+            let _ = fs::remove_file(self.path(&item));
         }
         self.total = 0;
     }
@@ -252,12 +300,35 @@ mod tests {
 
     fn report(seq: u64, pad: usize) -> proto::Report {
         let now = OffsetDateTime::now_utc();
-        let host = proto::HostFacts::new("x".repeat(pad.max(1)), "m");
+        // Hex of a simple generator: padding that compresses no better than real reports do.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let name: String = (0..pad.max(1))
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                char::from_digit(((x >> 60) & 0xf) as u32, 16).unwrap_or('0')
+            })
+            .collect();
+        let host = proto::HostFacts::new(name, "m");
         proto::Report::heartbeat(9, seq, now, host, proto::AgentStatus::new("0", 10, now))
     }
 
+    /// A report as the sender has it from the spool: gzip-compressed JSON.
+    fn decode(bytes: &[u8]) -> proto::Report {
+        let mut json = Vec::new();
+        GzDecoder::new(bytes).read_to_end(&mut json).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
     fn seq_of(bytes: &[u8]) -> u64 {
-        serde_json::from_slice::<proto::Report>(bytes).unwrap().seq
+        decode(bytes).seq
+    }
+
+    /// Bytes on disk of one report padded with `pad` characters that do not compress away.
+    fn spooled_size(pad: usize) -> u64 {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(d.path(), 1 << 20).unwrap();
+        s.push(&report(1, pad));
+        s.bytes()
     }
 
     #[test]
@@ -288,7 +359,7 @@ mod tests {
     #[test]
     fn the_bound_drops_the_oldest_and_counts_them() {
         let d = tempfile::tempdir().unwrap();
-        let one = serde_json::to_vec(&report(1, 500)).unwrap().len() as u64;
+        let one = spooled_size(500);
         let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
         for seq in 1..=5 {
             s.push(&report(seq, 500));
@@ -299,12 +370,12 @@ mod tests {
         let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
         assert_eq!(s.lost(), 2);
         let (id, bytes) = s.front().unwrap();
-        let r: proto::Report = serde_json::from_slice(&bytes).unwrap();
+        let r = decode(&bytes);
         assert_eq!((r.seq, r.lost), (3, 2));
         s.delivered(id);
         assert_eq!(s.lost(), 0, "reported once");
         let (_, bytes) = s.front().unwrap();
-        assert_eq!(serde_json::from_slice::<proto::Report>(&bytes).unwrap().lost, 0);
+        assert_eq!(decode(&bytes).lost, 0);
         // A report bigger than the whole spool is kept alone, until the next pushes it out.
         let mut tiny = Spool::open(&d.path().join("tiny"), 10).unwrap();
         assert_eq!(tiny.push(&report(1, 10)), 0);
@@ -317,7 +388,7 @@ mod tests {
     fn drain(s: &mut Spool) -> Vec<(u64, u64)> {
         let mut seen = Vec::new();
         while let Some((id, bytes)) = s.front() {
-            let r: proto::Report = serde_json::from_slice(&bytes).unwrap();
+            let r = decode(&bytes);
             seen.push((r.seq, r.lost));
             s.delivered(id);
         }
@@ -327,7 +398,7 @@ mod tests {
     #[test]
     fn each_report_counts_only_the_losses_before_it() {
         let d = tempfile::tempdir().unwrap();
-        let one = serde_json::to_vec(&report(1, 500)).unwrap().len() as u64;
+        let one = spooled_size(500);
         let mut s = Spool::open(d.path(), one * 3 + 10).unwrap();
         s.push(&report(1, 500));
         s.push(&report(2, 500));
@@ -356,13 +427,13 @@ mod tests {
     #[test]
     fn a_refused_report_is_lost_and_its_count_rides_on_the_next() {
         let d = tempfile::tempdir().unwrap();
-        let one = serde_json::to_vec(&report(1, 500)).unwrap().len() as u64;
+        let one = spooled_size(500);
         let mut s = Spool::open(d.path(), one * 2 + 10).unwrap();
         for seq in 1..=3 {
             s.push(&report(seq, 500));
         }
         let (id, bytes) = s.front().unwrap();
-        assert_eq!(serde_json::from_slice::<proto::Report>(&bytes).unwrap().lost, 1);
+        assert_eq!(decode(&bytes).lost, 1);
         s.refused(id);
         assert_eq!(drain(&mut s), [(3, 2)]);
     }
@@ -375,5 +446,24 @@ mod tests {
         assert_eq!(s.lost(), 2);
         s.push(&report(1, 10));
         assert_eq!(drain(&mut s), [(1, 2)]);
+    }
+
+    #[test]
+    fn reports_lie_compressed_and_what_an_older_agent_left_is_still_sent() {
+        let d = tempfile::tempdir().unwrap();
+        // An older agent's uncompressed report, then a damaged one: the first is sent
+        // (compressed), the second dropped and counted lost, and neither blocks the next.
+        let old = serde_json::to_vec(&report(1, 100)).unwrap();
+        fs::write(d.path().join("00000000000000000001.json"), &old).unwrap();
+        fs::write(d.path().join("00000000000000000002.json.gz"), b"not gzip").unwrap();
+        let mut s = Spool::open(d.path(), 1 << 20).unwrap();
+        assert_eq!(s.len(), 2);
+        s.push(&report(3, 20_000));
+        let on_disk = s.bytes() - old.len() as u64 - 8;
+        assert!(on_disk < 20_000 * 6 / 10, "{on_disk} bytes on disk for 20,000 hex characters");
+        assert!(d.path().join("00000000000000000003.json.gz").exists());
+        assert_eq!(drain(&mut s), [(1, 0), (3, 1)]);
+        assert_eq!((s.len(), s.bytes()), (0, 0));
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "every file removed");
     }
 }

@@ -20,8 +20,30 @@ use time::OffsetDateTime;
 #[derive(Debug, Default, Clone)]
 struct Picture {
     processes: BTreeMap<u32, Process>,
-    listeners: BTreeMap<ListenerKey, Listener>,
-    connections: BTreeMap<ConnectionKey, Connection>,
+    /// Sorted by key, without duplicates: a map without a second copy of each key (10,000
+    /// connections' keys are half a megabyte).
+    listeners: Vec<Listener>,
+    connections: Vec<Connection>,
+}
+
+/// A socket's identity on the wire, by which the tracker sorts and compares.
+trait Keyed {
+    type Key: Ord + Clone;
+    fn wire_key(&self) -> Self::Key;
+}
+
+impl Keyed for Listener {
+    type Key = ListenerKey;
+    fn wire_key(&self) -> ListenerKey {
+        self.key()
+    }
+}
+
+impl Keyed for Connection {
+    type Key = ConnectionKey;
+    fn wire_key(&self) -> ConnectionKey {
+        self.key()
+    }
 }
 
 /// What the collector has: processes whole (a similar process keeps the version sent), sockets as
@@ -183,7 +205,7 @@ impl Tracker {
     }
 
     pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
-        if keyed(&mut self.current.listeners, listeners, Listener::key) {
+        if keyed(&mut self.current.listeners, listeners) {
             self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners);
         }
     }
@@ -192,7 +214,7 @@ impl Tracker {
     /// what is held (no map rebuilt, nothing hashed) and compared with what was sent only when
     /// they moved.
     pub fn set_connections(&mut self, connections: Vec<Connection>) {
-        if keyed(&mut self.current.connections, connections, Connection::key) {
+        if keyed(&mut self.current.connections, connections) {
             self.changed.connections = differ(&self.sent.connections, &self.current.connections);
         }
     }
@@ -261,8 +283,8 @@ impl Tracker {
         proto::Snapshot {
             taken_at,
             processes: self.current.processes.values().cloned().collect(),
-            listeners: self.current.listeners.values().cloned().collect(),
-            connections: self.current.connections.values().cloned().collect(),
+            listeners: self.current.listeners.clone(),
+            connections: self.current.connections.clone(),
         }
     }
 
@@ -307,18 +329,21 @@ fn file_batch(files: &std::collections::VecDeque<proto::FileChange>) -> usize {
 
 /// Replaces `out` with `items` by key; `false` when they are what `out` holds already. The old
 /// map goes before the new one is built, so that two never coexist.
-fn keyed<K: Ord, T: PartialEq>(out: &mut BTreeMap<K, T>, mut items: Vec<T>, key: impl Fn(&T) -> K) -> bool {
+fn keyed<T: Keyed + PartialEq>(out: &mut Vec<T>, mut items: Vec<T>) -> bool {
     // Stable: of several sockets on one address (SO_REUSEPORT, one listener), the first (lowest
     // owner) stands for them. Scans list sockets in nearly this order, so sorting is cheap.
-    items.sort_by_key(&key);
-    items.dedup_by(|later, first| key(later) == key(first));
-    if items.len() == out.len() && items.iter().zip(out.values()).all(|(new, held)| new == held) {
+    items.sort_by_key(T::wire_key);
+    items.dedup_by(|later, first| later.wire_key() == first.wire_key());
+    if items == *out {
         return false;
     }
-    out.clear();
-    // Sorted and without duplicates: `collect` builds the tree in bulk, not by one search per item.
-    *out = items.into_iter().map(|x| (key(&x), x)).collect();
+    *out = items;
     true
+}
+
+/// Whether sorted `items` hold one with key `k`.
+fn holds<T: Keyed>(items: &[T], k: &T::Key) -> bool {
+    items.binary_search_by(|x| x.wire_key().cmp(k)).is_ok()
 }
 
 /// A hash of everything a report says of `x`.
@@ -328,12 +353,12 @@ fn fingerprint<T: Hash>(x: &T) -> u64 {
     h.finish()
 }
 
-fn fingerprints<K: Ord + Clone, T: Hash>(current: &BTreeMap<K, T>) -> BTreeMap<K, u64> {
-    current.iter().map(|(k, x)| (k.clone(), fingerprint(x))).collect()
+fn fingerprints<T: Keyed + Hash>(current: &[T]) -> BTreeMap<T::Key, u64> {
+    current.iter().map(|x| (x.wire_key(), fingerprint(x))).collect()
 }
 
-fn differ<K: Ord, T: Hash>(sent: &BTreeMap<K, u64>, current: &BTreeMap<K, T>) -> bool {
-    sent.len() != current.len() || current.iter().any(|(k, x)| sent.get(k) != Some(&fingerprint(x)))
+fn differ<T: Keyed + Hash>(sent: &BTreeMap<T::Key, u64>, current: &[T]) -> bool {
+    sent.len() != current.len() || current.iter().any(|x| sent.get(&x.wire_key()) != Some(&fingerprint(x)))
 }
 
 /// Processes by pid: a pid whose start time changed is one process gone and another come.
@@ -387,21 +412,21 @@ fn similar(sent: &Process, now: &Process) -> bool {
             == Process { cpu_percent: None, rss_bytes: None, ..now.clone() }
 }
 
-fn diff<K: Ord + Clone, T: Clone + Hash>(
-    sent: &BTreeMap<K, u64>,
-    current: &BTreeMap<K, T>,
+fn diff<T: Keyed + Clone + Hash>(
+    sent: &BTreeMap<T::Key, u64>,
+    current: &[T],
     now: OffsetDateTime,
-) -> Changes<T, K> {
+) -> Changes<T, T::Key> {
     let mut c = Changes::default();
-    for (k, x) in current {
-        match sent.get(k) {
+    for x in current {
+        match sent.get(&x.wire_key()) {
             None => c.added.push(x.clone()),
             Some(s) if *s != fingerprint(x) => c.updated.push(x.clone()),
             Some(_) => {}
         }
     }
     for k in sent.keys() {
-        if !current.contains_key(k) {
+        if !holds(current, k) {
             c.removed.push(Removed { key: k.clone(), at: now });
         }
     }

@@ -137,23 +137,17 @@ impl CollectorClient {
         self.post("report", REPORT_PATH, Some(node_key), report).await
     }
 
-    /// Sends a report already encoded (from the spool), saying how many are spooled behind it
-    /// ([`proto::BACKLOG_HEADER`]).
-    pub async fn report_bytes(
+    /// Sends a report already encoded and gzip-compressed (from the spool), saying how many are
+    /// spooled behind it ([`proto::BACKLOG_HEADER`]). The collector refuses what inflates past
+    /// its limit, so compression costs it no risk.
+    pub async fn report_gzip(
         &self,
         node_key: &Secret,
-        body: Vec<u8>,
+        gzip: Vec<u8>,
         backlog: usize,
     ) -> Result<proto::ReportResponse, TransportError> {
-        let mut headers = vec![(proto::BACKLOG_HEADER, backlog.to_string())];
-        let body = match compress(&body) {
-            Some(gz) => {
-                headers.push(("content-encoding", "gzip".to_owned()));
-                gz
-            }
-            None => body,
-        };
-        self.send("report", REPORT_PATH, Some(node_key), body, &headers).await
+        let headers = [(proto::BACKLOG_HEADER, backlog.to_string()), ("content-encoding", "gzip".to_owned())];
+        self.send("report", REPORT_PATH, Some(node_key), gzip, &headers).await
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -245,22 +239,6 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Reports larger than this go gzip-compressed: a snapshot of JSON shrinks about tenfold, and
-/// the collector refuses what inflates past its limit, so compression costs it no risk.
-pub const COMPRESS_ABOVE: usize = 32 << 10;
-
-/// `body` gzip-compressed when it is worth it.
-fn compress(body: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    if body.len() <= COMPRESS_ABOVE {
-        return None;
-    }
-    let mut gz =
-        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::fast());
-    gz.write_all(body).ok()?;
-    gz.finish().ok()
-}
-
 /// The collector's `{"error": ...}` message, or the start of whatever else it sent.
 fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<proto::ErrorBody>(body) {
@@ -289,11 +267,6 @@ mod tests {
             retry_after: None,
         };
         assert!(!bad.is_retriable());
-        let small = b"{}".to_vec();
-        assert!(compress(&small).is_none());
-        let big = serde_json::to_vec(&vec!["/usr/bin/some-long-command --with arguments"; 2000]).unwrap();
-        let gz = compress(&big).unwrap();
-        assert!(gz.len() * 10 < big.len(), "{} of {}", gz.len(), big.len());
     }
 
     #[tokio::test]

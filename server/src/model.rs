@@ -669,8 +669,8 @@ impl From<proto::Listener> for Listener {
             address: l.address,
             port: l.port,
             pid: l.pid,
-            process: l.process,
-            exe: l.exe,
+            process: l.process.as_deref().map(str::to_owned),
+            exe: l.exe.as_deref().map(str::to_owned),
             uid: l.uid,
             netns: l.netns,
         }
@@ -684,8 +684,8 @@ impl From<Listener> for proto::Listener {
             address: l.address,
             port: l.port,
             pid: l.pid,
-            process: l.process,
-            exe: l.exe,
+            process: l.process.map(Into::into),
+            exe: l.exe.map(Into::into),
             uid: l.uid,
             netns: l.netns,
         }
@@ -700,8 +700,8 @@ impl From<proto::Connection> for Connection {
             remote: std::net::SocketAddr::new(c.remote_address, c.remote_port),
             direction: c.direction,
             pid: c.pid,
-            process: c.process,
-            exe: c.exe,
+            process: c.process.as_deref().map(str::to_owned),
+            exe: c.exe.as_deref().map(str::to_owned),
             uid: c.uid,
             netns: c.netns,
         }
@@ -718,8 +718,8 @@ impl From<Connection> for proto::Connection {
             remote_port: c.remote.port(),
             direction: c.direction,
             pid: c.pid,
-            process: c.process,
-            exe: c.exe,
+            process: c.process.map(Into::into),
+            exe: c.exe.map(Into::into),
             uid: c.uid,
             netns: c.netns,
         }

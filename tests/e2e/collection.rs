@@ -141,7 +141,7 @@ async fn a_collector_that_was_down_gets_every_change_in_order_once() {
     wait_for("reports waiting in the agent's spool", WAIT, async || {
         let n = std::fs::read_dir(&spool)
             .ok()?
-            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "gz")))
             .count();
         (n > 0).then_some(())
     })
@@ -177,15 +177,28 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
 
     let port = c.port;
     assert!(c.process.terminate(Duration::from_secs(15)).success());
-    // Reports of about 160 KiB each (20 processes with 8 KiB command lines a second) overflow a
-    // 1 MiB spool within ten seconds.
-    let pad = "p".repeat(8000);
+    // The spool holds reports gzip-compressed: command lines of 8,000 characters drawn at random
+    // from 64 (6 bits each, which no compressor takes back), 30 new processes a second, make
+    // reports of about 180 KiB that overflow a 1 MiB spool within ten seconds.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut pad = || -> String {
+        (0..8000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+_"[(x >> 58) as usize],
+                )
+            })
+            .collect()
+    };
     let spool = dir.path().join("agent-state/spool");
     let mut held = Vec::new();
     wait_for("the spool to overflow", WAIT, async || {
-        for _ in 0..20 {
+        for _ in 0..30 {
             let kid = Command::new(&exe)
-                .args(["-c", "sleep 60", "hwpad", &pad])
+                .args(["-c", "sleep 60", "hwpad", &pad()])
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();

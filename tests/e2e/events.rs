@@ -332,13 +332,20 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     assert!(count.detail["history"].as_str().unwrap_or_default().contains("hostwatch history processes"));
 }
 
-/// Spooled reports (files in the agent's spool) that mention `needle`.
+/// Spooled reports (gzip-compressed files in the agent's spool) that mention `needle`.
 fn spooled_with(state: &Path, needle: &str) -> usize {
+    use std::io::Read;
+    let mentions = |path: &Path| {
+        let mut text = String::new();
+        let file = std::fs::File::open(path).ok()?;
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).ok()?;
+        Some(text.contains(needle))
+    };
     std::fs::read_dir(state.join("spool"))
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json")))
-                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json.gz")))
+                .filter(|e| mentions(&e.path()) == Some(true))
                 .count()
         })
         .unwrap_or(0)

@@ -122,11 +122,11 @@ pub(crate) fn name(path: impl fmt::Display, s: &str, max: usize) -> Result<(), V
 
 pub(crate) fn opt_text(
     path: impl fmt::Display,
-    s: &Option<String>,
+    s: &Option<impl AsRef<str>>,
     max: usize,
 ) -> Result<(), ValidationError> {
     match s {
-        Some(s) => text(path, s, max),
+        Some(s) => text(path, s.as_ref(), max),
         None => Ok(()),
     }
 }

@@ -124,6 +124,8 @@ impl SocketSource {
                 Reader::ProcNet => procnet::read(root, ns, want),
             };
             match records {
+                // The first namespace's list is taken as it is, not copied.
+                Ok(r) if items.is_empty() => items = r,
                 Ok(mut r) => items.append(&mut r),
                 // The namespace's last process exited: nothing left to see there.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !ns.own => {}
