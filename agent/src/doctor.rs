@@ -81,6 +81,7 @@ pub async fn run(config: &AgentConfig) -> Vec<Check> {
     }
     checks.push(exec_source());
     checks.push(socket_source(&root));
+    checks.push(connection_events(config));
     checks.push(inotify(config));
     checks
 }
@@ -235,6 +236,27 @@ fn exec_source() -> Check {
                 "{why}: processes are found by scanning only, so one that lives less than a scan is missed"
             ),
             "run with CAP_NET_ADMIN in the host's network namespace",
+        ),
+    }
+}
+
+/// Loads the eBPF connection source as the agent would, and unloads it.
+fn connection_events(config: &AgentConfig) -> Check {
+    if !config.socket_events {
+        return warn(
+            "connections",
+            "turned off (socket_events = false): connections and listeners shorter than a scan are not seen",
+            "set socket_events = true",
+        );
+    }
+    match crate::collect::sockets::ebpf::probe(config.socket_event_ring_bytes) {
+        Ok(()) => {
+            ok("connections", "eBPF: every connection and listener is seen with its owner, however short")
+        }
+        Err(why) => warn(
+            "connections",
+            format!("{why}: connections and listeners shorter than a scan are not seen"),
+            "run with CAP_BPF and CAP_PERFMON (the unit grants them) on a kernel with BTF (5.8 or later)",
         ),
     }
 }

@@ -26,6 +26,7 @@ use crate::backoff::{self, Backoff, Retry};
 use crate::cloud::{self, Detection};
 use crate::collect::HostRoot;
 use crate::collect::exec::{self, ExecWatcher};
+use crate::collect::sockets::ebpf::{self, SocketEvent, SocketEvents};
 use crate::collect::sockets::{Reader, Want};
 use crate::config::{AgentConfig, Secret};
 use crate::identity::{Identity, StateDir, StateError};
@@ -80,6 +81,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 (None, Some(why))
             }
         };
+    let (socket_tx, socket_rx) = mpsc::channel(EVENT_QUEUE);
+    let (socket_events, socket_events_why) = if config.socket_events {
+        match SocketEvents::start(config.socket_event_ring_bytes, socket_tx) {
+            Ok(s) => (Some(s), None),
+            Err(why) => {
+                warn!(reason = %why, "socket events unavailable; connections and listeners shorter than a scan are not seen");
+                (None, Some(why))
+            }
+        }
+    } else {
+        (None, Some("turned off (socket_events = false)".to_owned()))
+    };
     let shared = Arc::new(Shared { spool: Mutex::new(spool), wake: Notify::new() });
     let (key_tx, key_rx) = watch::channel(None);
     let (to_runner, from_sender) = mpsc::channel(16);
@@ -114,6 +127,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         key_tx,
         watcher,
         exec_why,
+        socket_events,
+        socket_events_why,
         started_at: OffsetDateTime::now_utc(),
         identity: None,
         session: new_session(),
@@ -124,7 +139,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         files: None,
         files_why: None,
     };
-    let result = agent.watch(shutdown, exec_rx, from_sender).await;
+    let result = agent.watch(shutdown, exec_rx, socket_rx, from_sender).await;
     if let Some(files) = &agent.files {
         files.stop();
     }
@@ -181,6 +196,9 @@ struct Agent {
     key_tx: watch::Sender<Option<Secret>>,
     watcher: Option<ExecWatcher>,
     exec_why: Option<String>,
+    /// The eBPF connection source, where the kernel allows it; why not, where it does not.
+    socket_events: Option<SocketEvents>,
+    socket_events_why: Option<String>,
     started_at: OffsetDateTime,
     identity: Option<Identity>,
     /// This run of the agent (a new one after enrolling anew); sequence numbers count within it.
@@ -214,6 +232,7 @@ impl Agent {
         &mut self,
         shutdown: CancellationToken,
         mut exec_rx: mpsc::Receiver<exec::Event>,
+        mut socket_rx: mpsc::Receiver<SocketEvent>,
         mut from_sender: mpsc::Receiver<FromSender>,
     ) -> Result<(), AgentError> {
         if !self.enroll(&shutdown).await? {
@@ -227,6 +246,7 @@ impl Agent {
         let mut next_full = Instant::now();
         let mut connections_due = true;
         let mut events_open = self.watcher.is_some();
+        let mut socket_events_open = self.socket_events.is_some();
         // Events were lost since the last full scan: it must check every process itself.
         let mut events_lost = false;
         // A clone to be woken by: the select's futures cannot borrow `self`.
@@ -284,6 +304,16 @@ impl Agent {
                         self.exec_why = Some("the process connector failed".to_owned());
                     }
                 },
+                event = socket_rx.recv(), if socket_events_open => match event {
+                    Some(e) => self.on_socket_event(e),
+                    None => {
+                        socket_events_open = false;
+                        if !shutdown.is_cancelled() {
+                            error!("socket events stopped; connections and listeners shorter than a scan are not seen");
+                            self.socket_events_why = Some("the eBPF event reader stopped".to_owned());
+                        }
+                    }
+                },
                 _ = tick.tick() => {
                     let scan = if Instant::now() >= next_full {
                         next_full = Instant::now() + backoff::jittered(self.config.interval);
@@ -338,6 +368,77 @@ impl Agent {
         }
     }
 
+    /// A socket the kernel opened or closed, with its owner where the event names one (an
+    /// accepted connection's owner is its listener's).
+    fn on_socket_event(&mut self, e: SocketEvent) {
+        let Some(observer) = self.observer.as_ref() else { return };
+        let netns = observer.netns_of(u64::from(e.netns));
+        let owner = |pid: Option<u32>| -> (Option<Arc<str>>, Option<Arc<str>>) {
+            match pid.and_then(|pid| observer.owner(pid)) {
+                Some((name, exe)) => (Some(name.into()), exe.map(Into::into)),
+                // Gone before the agent read it: the name the kernel had for it.
+                None => (pid.map(|_| e.comm.as_str().into()), None),
+            }
+        };
+        let (protocol, local, remote) = (e.protocol, e.local, e.remote);
+        match e.kind {
+            ebpf::Kind::Connect | ebpf::Kind::UdpConnect | ebpf::Kind::Accept => {
+                let (pid, direction) = match e.kind {
+                    ebpf::Kind::Accept => {
+                        (self.tracker.listener_owner(protocol, local, netns), proto::Direction::Inbound)
+                    }
+                    _ => (e.pid, proto::Direction::Outbound),
+                };
+                let (process, exe) = owner(pid);
+                let c = proto::Connection {
+                    protocol,
+                    local_address: local.ip(),
+                    local_port: local.port(),
+                    remote_address: remote.ip(),
+                    remote_port: remote.port(),
+                    direction,
+                    pid,
+                    process,
+                    exe,
+                    uid: e.uid,
+                    netns,
+                };
+                self.tracker.connection_opened(c, e.at);
+            }
+            ebpf::Kind::Close => {
+                let key = proto::ConnectionKey {
+                    protocol,
+                    local_address: local.ip(),
+                    local_port: local.port(),
+                    remote_address: remote.ip(),
+                    remote_port: remote.port(),
+                    netns,
+                };
+                self.tracker.connection_closed(&key, e.at);
+            }
+            ebpf::Kind::Listen => {
+                let (process, exe) = owner(e.pid);
+                let l = proto::Listener {
+                    protocol,
+                    address: local.ip(),
+                    port: local.port(),
+                    pid: e.pid,
+                    process,
+                    exe,
+                    uid: e.uid,
+                    netns,
+                };
+                self.tracker.listener_opened(l, e.at);
+            }
+            ebpf::Kind::Unlisten => {
+                let key = proto::ListenerKey { protocol, address: local.ip(), port: local.port(), netns };
+                self.tracker.listener_closed(&key, e.at);
+            }
+            // An attempt that never connected: no connection to report (yet).
+            ebpf::Kind::ConnectFailed => {}
+        }
+    }
+
     async fn scan(&mut self, scan: Scan) {
         let mut observer = self.observer.take().unwrap_or_else(|| {
             Observer::new(self.root.clone(), Reader::SockDiag, self.config.redactor.clone())
@@ -346,6 +447,9 @@ impl Agent {
                 .hiding_own_process(self.config.hide_own_process)
                 .with_packages(self.config.files.databases())
         });
+        // Before the scan reads anything: a socket an event showed open before this and the scan
+        // does not list closed unseen.
+        let looked_at = OffsetDateTime::now_utc();
         let result = tokio::task::spawn_blocking(move || {
             let out = match scan {
                 Scan::Full { credential_events } => {
@@ -364,8 +468,8 @@ impl Agent {
                     Ok(full) => {
                         self.coverage = full.coverage;
                         self.tracker.set_processes(full.snapshot.processes, full.snapshot.taken_at);
-                        self.tracker.set_listeners(full.snapshot.listeners);
-                        self.tracker.set_connections(full.snapshot.connections);
+                        self.tracker.set_listeners(full.snapshot.listeners, looked_at);
+                        self.tracker.set_connections(full.snapshot.connections, looked_at);
                     }
                     Err(quick) => {
                         let now = OffsetDateTime::now_utc();
@@ -376,10 +480,10 @@ impl Agent {
                             self.tracker.ended(pid, now);
                         }
                         if let Some(l) = quick.listeners {
-                            self.tracker.set_listeners(l);
+                            self.tracker.set_listeners(l, looked_at);
                         }
                         if let Some(c) = quick.connections {
-                            self.tracker.set_connections(c);
+                            self.tracker.set_connections(c, looked_at);
                         }
                     }
                 }
@@ -494,7 +598,11 @@ impl Agent {
         let mut c = self.coverage.clone();
         let files =
             self.files_why.clone().or_else(|| self.files.as_ref().and_then(crate::files::Monitor::problem));
-        if let Some(why) = files {
+        let sockets = self
+            .socket_events_why
+            .as_ref()
+            .map(|why| format!("connections and listeners shorter than a scan are not seen: {why}"));
+        for why in [files, sockets].into_iter().flatten() {
             c.state = proto::CoverageState::Degraded;
             if c.why.len() < proto::limits::MAX_REASONS {
                 c.why.push(why);
@@ -519,6 +627,18 @@ impl Agent {
             }
             .to_owned(),
             exec_source_why: self.exec_why.clone(),
+            connection_source: Some(
+                if self.socket_events_why.is_none() { "ebpf" } else { "scans" }.to_owned(),
+            ),
+            connection_source_why: self.socket_events_why.clone(),
+            socket_events: self
+                .socket_events
+                .as_ref()
+                .map_or(0, |s| s.counters.events.load(std::sync::atomic::Ordering::Relaxed)),
+            socket_events_dropped: self
+                .socket_events
+                .as_ref()
+                .map_or(0, |s| s.counters.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             socket_reader: self
                 .observer
                 .as_ref()

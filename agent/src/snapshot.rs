@@ -270,6 +270,16 @@ impl Observer {
     }
 
     /// The socket reader in use (sock_diag, or /proc/net after a refusal).
+    /// The name and executable of process `pid` as last read, for a socket event's owner.
+    pub fn owner(&self, pid: u32) -> Option<(&str, Option<&str>)> {
+        self.procs.get(&pid).map(|p| (p.name.as_str(), p.exe.as_deref()))
+    }
+
+    /// `inode` as a socket's `netns`: `None` for the agent's own namespace, as the scans say it.
+    pub fn netns_of(&self, inode: u64) -> Option<u64> {
+        (Some(inode) != self.own_netns).then_some(inode)
+    }
+
     pub fn socket_reader(&self) -> Reader {
         self.sockets.reader()
     }

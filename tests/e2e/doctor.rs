@@ -78,7 +78,9 @@ async fn doctor_passes_a_healthy_agent_and_names_each_broken_part_with_its_fix()
     // Healthy, before enrolling: everything ok, and it says the agent will enroll.
     let out = doctor(&healthy, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    for check in ["configuration", "privileges", "cloud", "state", "collector", "enrollment", "sockets"] {
+    for check in
+        ["configuration", "privileges", "cloud", "state", "collector", "enrollment", "sockets", "connections"]
+    {
         assert_eq!(verdict(&out, check), "ok", "{check}:\n{}", text(&out));
     }
     assert!(text(&out).contains("certificate and name verified"), "{}", text(&out));

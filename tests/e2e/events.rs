@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, Manager, spawn_copy, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, Manager, spawn_copy, unique, wait_for};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
@@ -23,6 +23,16 @@ pub(crate) const NO_BUDGET: &str = "[findings]\nmax_new_per_host_per_minute = 10
 /// (so every other program is unexpected), starts an agent under that role, and waits until its
 /// host is online with it.
 pub(crate) async fn host_with_workload(c: &Collector, dir: &Path, rules: &str) -> (Guard, proto::Host) {
+    host_with_workload_env(c, dir, rules, &[]).await
+}
+
+/// The same, with more `HOSTWATCH_*` variables for the agent.
+pub(crate) async fn host_with_workload_env(
+    c: &Collector,
+    dir: &Path,
+    rules: &str,
+    env: &[(&str, &str)],
+) -> (Guard, proto::Host) {
     let role = unique("ev");
     let baseline = dir.join("empty.toml");
     std::fs::write(
@@ -35,7 +45,7 @@ pub(crate) async fn host_with_workload(c: &Collector, dir: &Path, rules: &str) -
     .unwrap();
     let applied: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", baseline.to_str().unwrap()]);
     assert_eq!(applied[0].name, role);
-    let agent = start_agent(c, dir, &format!("role={role}"));
+    let agent = crate::support::start_agent_with(c, dir, &format!("role={role}"), env);
     let host = wait_for("the host online with its workload", WAIT, async || {
         let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
         hosts.into_iter().find(|h| {

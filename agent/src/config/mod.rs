@@ -44,6 +44,12 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_STDIO_RESCAN", path: &["stdio_rescan"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_LINEAGE", path: &["lineage"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_SOCKET_EVENTS", path: &["socket_events"], kind: EnvKind::Bool },
+    EnvKey {
+        var: "HOSTWATCH_SOCKET_EVENT_RING_BYTES",
+        path: &["socket_event_ring_bytes"],
+        kind: EnvKind::Int,
+    },
     EnvKey { var: "HOSTWATCH_REDACT_PATTERNS", path: &["redact", "patterns"], kind: EnvKind::List },
     EnvKey { var: "HOSTWATCH_CLOUD_PROVIDER", path: &["cloud", "provider"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_PATHS", path: &["files", "paths"], kind: EnvKind::List },
@@ -109,6 +115,13 @@ pub struct RawConfig {
     /// its cost.
     #[serde(default = "yes")]
     lineage: bool,
+    /// Every TCP connection and listener and connected UDP socket as the kernel makes it, with
+    /// its owner (eBPF), so one that opens and closes between two scans is still seen.
+    #[serde(default = "yes")]
+    socket_events: bool,
+    /// The eBPF ring's size in bytes: a power of two, at least 4 KiB.
+    #[serde(default = "default_socket_event_ring_bytes")]
+    socket_event_ring_bytes: u64,
     #[serde(default)]
     redact: RawRedact,
     #[serde(default)]
@@ -248,6 +261,10 @@ fn default_snapshot_every() -> Duration {
     Duration::from_secs(3600)
 }
 
+fn default_socket_event_ring_bytes() -> u64 {
+    u64::from(crate::collect::sockets::ebpf::RING_BYTES)
+}
+
 fn default_spool_max_bytes() -> u64 {
     64 << 20
 }
@@ -296,6 +313,8 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     pub stdio_rescan: bool,
     pub lineage: bool,
+    pub socket_events: bool,
+    pub socket_event_ring_bytes: u32,
     /// Never report the agent's own process: set by `hostwatch serve --dev`, whose agent runs
     /// inside the collector, never by a file or the environment.
     pub hide_own_process: bool,
@@ -460,6 +479,17 @@ impl AgentConfig {
                 format!("{} is outside interval..=7d", humantime::format_duration(raw.snapshot_every)),
             ));
         }
+        let ring = raw.socket_event_ring_bytes;
+        let socket_event_ring_bytes = match u32::try_from(ring) {
+            Ok(n) if n.is_power_of_two() && (4096..=1 << 30).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "HOSTWATCH_SOCKET_EVENT_RING_BYTES",
+                    "socket_event_ring_bytes",
+                    format!("{ring} is not a power of two from 4096 to 1073741824"),
+                ));
+            }
+        };
         if raw.spool_max_bytes < (1 << 20) {
             return Err(invalid(
                 "HOSTWATCH_SPOOL_MAX_BYTES",
@@ -519,6 +549,8 @@ impl AgentConfig {
                 spool_max_bytes: raw.spool_max_bytes,
                 stdio_rescan: raw.stdio_rescan,
                 lineage: raw.lineage,
+                socket_events: raw.socket_events,
+                socket_event_ring_bytes,
                 hide_own_process: false,
                 redactor,
                 cloud,

@@ -8,6 +8,8 @@
 //! and ended in between (seen only through exec and exit events), so that even a process that
 //! lived milliseconds is in the collector's history.
 
+mod events;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -28,7 +30,7 @@ struct Picture {
 
 /// A socket's identity on the wire, by which the tracker sorts and compares.
 trait Keyed {
-    type Key: Ord + Clone;
+    type Key: Ord + Clone + std::fmt::Debug;
     fn wire_key(&self) -> Self::Key;
 }
 
@@ -84,6 +86,9 @@ pub struct Tracker {
     /// than every time a report may be due (a host with 10,000 connections would otherwise
     /// compare them every second).
     changed: Changed,
+    /// Sockets the kernel's events told of, beside the scans' lists.
+    listener_events: events::FromEvents<Listener>,
+    connection_events: events::FromEvents<Connection>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -149,7 +154,9 @@ impl Tracker {
     /// Whether there is history (processes that came and went, unread execs) that only a delta
     /// can carry: send one before a snapshot.
     pub fn has_history(&self) -> bool {
-        !self.transient.is_empty()
+        self.listener_events.has_history()
+            || self.connection_events.has_history()
+            || !self.transient.is_empty()
             || !self.unread.is_empty()
             || !self.passed.is_empty()
             || !self.updated_then_ended.is_empty()
@@ -204,25 +211,79 @@ impl Tracker {
                 .any(|(pid, p)| self.sent.processes.get(pid).is_none_or(|s| !similar(s, p)));
     }
 
-    pub fn set_listeners(&mut self, listeners: Vec<Listener>) {
-        if keyed(&mut self.current.listeners, listeners) {
-            self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners);
+    /// The listeners a scan that looked at `seen_at` found.
+    pub fn set_listeners(&mut self, listeners: Vec<Listener>, seen_at: OffsetDateTime) {
+        let moved = keyed(&mut self.current.listeners, listeners);
+        self.listener_events.scanned(&self.current.listeners, seen_at, &mut self.sent.listeners);
+        if moved {
+            let extra = self.listener_events.sent_count();
+            self.changed.listeners = differ(&self.sent.listeners, &self.current.listeners, extra);
         }
     }
 
-    /// A steady host hands in the same 10,000 connections every scan: they are compared with
-    /// what is held (no map rebuilt, nothing hashed) and compared with what was sent only when
-    /// they moved.
-    pub fn set_connections(&mut self, connections: Vec<Connection>) {
-        if keyed(&mut self.current.connections, connections) {
-            self.changed.connections = differ(&self.sent.connections, &self.current.connections);
+    /// The connections a scan that looked at `seen_at` found. A steady host hands in the same
+    /// 10,000 connections every scan: they are compared with what is held (no map rebuilt,
+    /// nothing hashed) and compared with what was sent only when they moved.
+    pub fn set_connections(&mut self, connections: Vec<Connection>, seen_at: OffsetDateTime) {
+        let moved = keyed(&mut self.current.connections, connections);
+        self.connection_events.scanned(&self.current.connections, seen_at, &mut self.sent.connections);
+        if moved {
+            let extra = self.connection_events.sent_count();
+            self.changed.connections = differ(&self.sent.connections, &self.current.connections, extra);
         }
+    }
+
+    /// The process that owns the listener a connection to `local` came in through: one on its
+    /// port and address, or on every address.
+    pub fn listener_owner(
+        &self,
+        protocol: proto::Protocol,
+        local: std::net::SocketAddr,
+        netns: Option<u64>,
+    ) -> Option<u32> {
+        let serves = |l: &Listener| {
+            l.protocol == protocol
+                && l.port == local.port()
+                && l.netns == netns
+                && (l.address == local.ip() || l.address.is_unspecified())
+        };
+        let scanned = self.current.listeners.iter().filter(|l| serves(l));
+        // The most specific first: a listener on the address over one on every address.
+        let mut found: Vec<&Listener> =
+            scanned.chain(self.listener_events.open_items().filter(|l| serves(l))).collect();
+        found.sort_by_key(|l| l.address.is_unspecified());
+        found.first().and_then(|l| l.pid)
+    }
+
+    /// A listener the kernel's events told of, opened at `at`.
+    pub fn listener_opened(&mut self, l: Listener, at: OffsetDateTime) {
+        self.listener_events.opened(l, at, &self.current.listeners, &self.sent.listeners);
+    }
+
+    /// A listener closed at `at`, as the kernel's events tell.
+    pub fn listener_closed(&mut self, key: &ListenerKey, at: OffsetDateTime) {
+        self.listener_events.closed(key, at, &mut self.current.listeners, &mut self.sent.listeners);
+    }
+
+    /// A connection the kernel's events told of, opened at `at`.
+    pub fn connection_opened(&mut self, c: Connection, at: OffsetDateTime) {
+        self.connection_events.opened(c, at, &self.current.connections, &self.sent.connections);
+    }
+
+    /// A connection closed at `at`, as the kernel's events tell.
+    pub fn connection_closed(&mut self, key: &ConnectionKey, at: OffsetDateTime) {
+        self.connection_events.closed(key, at, &mut self.current.connections, &mut self.sent.connections);
     }
 
     /// Whether anything changed since the last report.
     pub fn is_dirty(&self) -> bool {
         let c = self.changed;
-        self.has_history() || c.processes || c.listeners || c.connections
+        self.has_history()
+            || c.processes
+            || c.listeners
+            || c.connections
+            || self.listener_events.pending()
+            || self.connection_events.pending()
     }
 
     /// What changed since the last report; the tracker then counts it as sent.
@@ -253,13 +314,21 @@ impl Tracker {
             ..Delta::default()
         };
         if self.changed.listeners {
-            delta.listeners = diff(&self.sent.listeners, &self.current.listeners, now);
+            let events = &self.listener_events;
+            delta.listeners =
+                diff(&self.sent.listeners, &self.current.listeners, now, |k| events.holds_sent(k));
             self.sent.listeners = fingerprints(&self.current.listeners);
+            self.listener_events.keep_sent(&mut self.sent.listeners);
         }
+        self.listener_events.take(&mut delta.listeners, &mut self.sent.listeners);
         if self.changed.connections {
-            delta.connections = diff(&self.sent.connections, &self.current.connections, now);
+            let events = &self.connection_events;
+            delta.connections =
+                diff(&self.sent.connections, &self.current.connections, now, |k| events.holds_sent(k));
             self.sent.connections = fingerprints(&self.current.connections);
+            self.connection_events.keep_sent(&mut self.sent.connections);
         }
+        self.connection_events.take(&mut delta.connections, &mut self.sent.connections);
         self.ended.clear();
         self.changed = Changed::default();
         delta
@@ -280,11 +349,15 @@ impl Tracker {
             connections: fingerprints(&self.current.connections),
         };
         self.changed = Changed::default();
+        let mut listeners = self.current.listeners.clone();
+        self.listener_events.snapshot(&mut listeners, &mut self.sent.listeners);
+        let mut connections = self.current.connections.clone();
+        self.connection_events.snapshot(&mut connections, &mut self.sent.connections);
         proto::Snapshot {
             taken_at,
             processes: self.current.processes.values().cloned().collect(),
-            listeners: self.current.listeners.clone(),
-            connections: self.current.connections.clone(),
+            listeners,
+            connections,
         }
     }
 
@@ -357,8 +430,10 @@ fn fingerprints<T: Keyed + Hash>(current: &[T]) -> BTreeMap<T::Key, u64> {
     current.iter().map(|x| (x.wire_key(), fingerprint(x))).collect()
 }
 
-fn differ<T: Keyed + Hash>(sent: &BTreeMap<T::Key, u64>, current: &[T]) -> bool {
-    sent.len() != current.len() || current.iter().any(|x| sent.get(&x.wire_key()) != Some(&fingerprint(x)))
+/// Whether `current` differs from what was sent; `extra`: how many of `sent` are events' own.
+fn differ<T: Keyed + Hash>(sent: &BTreeMap<T::Key, u64>, current: &[T], extra: usize) -> bool {
+    sent.len() != current.len() + extra
+        || current.iter().any(|x| sent.get(&x.wire_key()) != Some(&fingerprint(x)))
 }
 
 /// Processes by pid: a pid whose start time changed is one process gone and another come.
@@ -412,10 +487,12 @@ fn similar(sent: &Process, now: &Process) -> bool {
             == Process { cpu_percent: None, rss_bytes: None, ..now.clone() }
 }
 
+/// `current` against what was sent; a sent key `open` holds (an event's, still open) stays.
 fn diff<T: Keyed + Clone + Hash>(
     sent: &BTreeMap<T::Key, u64>,
     current: &[T],
     now: OffsetDateTime,
+    open: impl Fn(&T::Key) -> bool,
 ) -> Changes<T, T::Key> {
     let mut c = Changes::default();
     for x in current {
@@ -426,7 +503,7 @@ fn diff<T: Keyed + Clone + Hash>(
         }
     }
     for k in sent.keys() {
-        if !holds(current, k) {
+        if !holds(current, k) && !open(k) {
             c.removed.push(Removed { key: k.clone(), at: now });
         }
     }
@@ -633,11 +710,11 @@ mod tests {
             netns: None,
         };
         let mut tr = Tracker::new();
-        tr.set_listeners(vec![l(22), l(22), l(80)]);
+        tr.set_listeners(vec![l(22), l(22), l(80)], t(0));
         assert_eq!(tr.take_snapshot(t(0)).listeners.len(), 2, "duplicates on one address are one listener");
         let mut moved = l(80);
         moved.pid = Some(2);
-        tr.set_listeners(vec![moved, l(443)]);
+        tr.set_listeners(vec![moved, l(443)], t(0));
         let d = tr.take_delta(t(1));
         assert_eq!(
             (d.listeners.added.len(), d.listeners.updated.len(), d.listeners.removed.len()),
@@ -696,18 +773,80 @@ mod tests {
             netns: None,
         };
         let mut tr = Tracker::new();
-        tr.set_connections(vec![c(5000, "curl"), c(4000, "curl"), c(6000, "curl")]);
+        tr.set_connections(vec![c(5000, "curl"), c(4000, "curl"), c(6000, "curl")], t(0));
         assert_eq!(tr.take_snapshot(t(0)).connections.len(), 3);
-        tr.set_connections(vec![c(6000, "curl"), c(5000, "curl"), c(4000, "curl")]);
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "curl"), c(4000, "curl")], t(0));
         assert!(!tr.is_dirty(), "reordered, not changed");
         // Held as they are now, not as first set: a change after an unchanged scan still shows.
-        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")]);
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")], t(0));
         assert!(tr.is_dirty());
         let d = tr.take_delta(t(1));
         assert_eq!(d.connections.updated.iter().map(|x| x.local_port).collect::<Vec<_>>(), [5000]);
-        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")]);
+        tr.set_connections(vec![c(6000, "curl"), c(5000, "wget"), c(4000, "curl")], t(0));
         assert!(!tr.is_dirty(), "what was sent is held");
-        tr.set_connections(vec![c(6000, "curl")]);
+        tr.set_connections(vec![c(6000, "curl")], t(0));
         assert_eq!(tr.take_delta(t(2)).connections.removed.len(), 2);
+    }
+
+    #[test]
+    fn sockets_from_events_come_and_go_between_scans() {
+        let c = |port| Connection {
+            protocol: proto::Protocol::Tcp,
+            local_address: "10.0.0.1".parse().unwrap(),
+            local_port: port,
+            remote_address: "10.0.0.9".parse().unwrap(),
+            remote_port: 3333,
+            direction: proto::Direction::Outbound,
+            pid: Some(7),
+            process: Some("curl".into()),
+            exe: None,
+            uid: 0,
+            netns: None,
+        };
+        let ports = |v: &[Connection]| v.iter().map(|x| x.local_port).collect::<Vec<_>>();
+        let gone = |port, at| Removed { key: c(port).key(), at: t(at) };
+        let mut tr = Tracker::new();
+        tr.set_connections(vec![c(1000)], t(0));
+        tr.take_snapshot(t(0));
+        // Opened and closed between two scans: come and gone, with the owner the event named.
+        tr.connection_opened(c(2000), t(1));
+        tr.connection_closed(&c(2000).key(), t(2));
+        assert!(tr.is_dirty() && tr.has_history());
+        let d = tr.take_delta(t(3));
+        assert_eq!((ports(&d.connections.added), d.connections.removed), (vec![2000], vec![gone(2000, 2)]));
+        // Still open at the report: added once; a scan that lists it then makes it its own.
+        tr.connection_opened(c(3000), t(4));
+        let d = tr.take_delta(t(5));
+        assert_eq!((ports(&d.connections.added), d.connections.removed.len()), (vec![3000], 0));
+        assert!(!tr.is_dirty());
+        tr.set_connections(vec![c(1000), c(3000)], t(6));
+        assert!(!tr.is_dirty(), "the scan shows what was reported");
+        // A reported one that closes: removed at its close, and out of the scan's list.
+        tr.connection_closed(&c(3000).key(), t(7));
+        let d = tr.take_delta(t(8));
+        assert_eq!((d.connections.added.len(), d.connections.removed), (0, vec![gone(3000, 7)]));
+        // An event's socket that a later scan does not list closed unseen (UDP): removed then.
+        tr.connection_opened(c(4000), t(9));
+        assert_eq!(ports(&tr.take_delta(t(10)).connections.added), [4000]);
+        tr.set_connections(vec![c(1000)], t(11));
+        assert_eq!(tr.take_delta(t(12)).connections.removed, [gone(4000, 11)]);
+        // One opened after the scan looked is still open.
+        tr.connection_opened(c(5000), t(20));
+        tr.set_connections(vec![c(1000)], t(19));
+        let d = tr.take_delta(t(21));
+        assert_eq!((ports(&d.connections.added), d.connections.removed.len()), (vec![5000], 0));
+        // What a scan already lists is not an event's.
+        tr.connection_opened(c(1000), t(22));
+        assert!(!tr.is_dirty());
+        // A scan saw it, it closed before a report: come and gone too.
+        tr.set_connections(vec![c(1000), c(5000), c(6000)], t(23));
+        tr.connection_closed(&c(6000).key(), t(24));
+        let d = tr.take_delta(t(25));
+        assert_eq!((ports(&d.connections.added), d.connections.removed), (vec![6000], vec![gone(6000, 24)]));
+        // A snapshot lists the events' open sockets too.
+        let mut listed = ports(&tr.take_snapshot(t(26)).connections);
+        listed.sort();
+        assert_eq!(listed, [1000, 5000]);
+        assert!(!tr.is_dirty());
     }
 }

@@ -141,6 +141,19 @@ pub struct AgentStats {
     pub exec_source_why: Option<String>,
     /// `sock_diag` or `proc_net`.
     pub socket_reader: String,
+    /// `ebpf` (every connection and listener as the kernel makes it, however short) or `scans`
+    /// (what is open when the agent looks); absent from agents before the eBPF source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_source: Option<String>,
+    /// Why the agent runs on scans alone, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_source_why: Option<String>,
+    /// Socket events received since the agent started, and those the kernel's ring had no
+    /// room for (each a connection or listener that may have gone unseen).
+    #[serde(default)]
+    pub socket_events: u64,
+    #[serde(default)]
+    pub socket_events_dropped: u64,
     /// Exec events received since the agent started.
     #[serde(default)]
     pub exec_events: u64,
@@ -301,6 +314,12 @@ impl Validate for AgentStats {
         if let Some(why) = &self.exec_source_why {
             text("exec_source_why", why, limits::MAX_NAME_BYTES * 4)?;
         }
+        if let Some(source) = &self.connection_source {
+            name("connection_source", source, limits::MAX_NAME_BYTES)?;
+        }
+        if let Some(why) = &self.connection_source_why {
+            text("connection_source_why", why, limits::MAX_NAME_BYTES * 4)?;
+        }
         if let Some(p) = &self.cloud_problem {
             text("cloud_problem", p, limits::MAX_NAME_BYTES * 4)?;
         }
@@ -308,6 +327,8 @@ impl Validate for AgentStats {
             ("exec_events", self.exec_events),
             ("exec_read_misses", self.exec_read_misses),
             ("events_lost", self.events_lost),
+            ("socket_events", self.socket_events),
+            ("socket_events_dropped", self.socket_events_dropped),
             ("spool_reports", self.spool_reports),
             ("spool_bytes", self.spool_bytes),
         ] {

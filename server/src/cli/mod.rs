@@ -522,6 +522,21 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                         _ => String::new(),
                     }
                 );
+                if let Some(source) = &s.connection_source {
+                    println!(
+                        "connections via {}{} ({} events, {} dropped by the kernel's ring)",
+                        output::safe(source, 40),
+                        s.connection_source_why
+                            .as_deref()
+                            .map(|w| format!(
+                                " ({}: connections and listeners shorter than a scan are not seen)",
+                                output::safe(w, 200)
+                            ))
+                            .unwrap_or_default(),
+                        s.socket_events,
+                        s.socket_events_dropped,
+                    );
+                }
             }
             println!();
             print(&d.listeners, format)?;

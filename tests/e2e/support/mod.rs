@@ -432,6 +432,9 @@ pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&
         // The machine's /etc and /usr are not the tests' business; a test of files names its
         // own paths.
         .env("HOSTWATCH_FILES_DEFAULTS", "false")
+        // The eBPF source sees every test's short connections (each CLI call to a collector)
+        // on every test's host; the tests of it (connections.rs) turn it on.
+        .env("HOSTWATCH_SOCKET_EVENTS", "false")
         .envs(env.iter().copied())
         .env("HOSTWATCH_LOG", "info,hostwatch_agent=debug")
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 //! process's descriptors again.
 
 pub mod diag;
+pub mod ebpf;
 pub mod owners;
 pub mod procnet;
 

@@ -223,13 +223,19 @@ pub(super) fn apply(
             process_event(tx, host_id, "exit", *k, gone.as_ref(), *at)?;
         }
     }
+    // No opening time on the wire for a socket: when the report arrived, or before its close if
+    // the same delta closes it (one that opened and closed between two reports).
+    let listener_ends: HashMap<ListenerKey, OffsetDateTime> = d.listeners.removed.iter().copied().collect();
+    let connection_ends: HashMap<ConnectionKey, OffsetDateTime> =
+        d.connections.removed.iter().copied().collect();
     for l in d.listeners.added.iter().chain(&d.listeners.updated) {
         let prior = get_listener(tx, host_id, l.key())?.map(|(_, judged)| judged);
         delete_listener(tx, host_id, l.key())?;
         put_listener(tx, host_id, l, prior.unwrap_or(through))?;
         if history && prior.is_none() {
-            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), now)?;
-            start(Item::Listener(l.clone()), now);
+            let at = listener_ends.get(&l.key()).map_or(now, |end| now.min(*end));
+            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), at)?;
+            start(Item::Listener(l.clone()), at);
         }
     }
     for (k, at) in &d.listeners.removed {
@@ -249,8 +255,9 @@ pub(super) fn apply(
         delete_connection(tx, host_id, c.key())?;
         put_connection(tx, host_id, c, prior.unwrap_or(through))?;
         if history && prior.is_none() {
-            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), now)?;
-            start(Item::Connection(c.clone()), now);
+            let at = connection_ends.get(&c.key()).map_or(now, |end| now.min(*end));
+            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), at)?;
+            start(Item::Connection(c.clone()), at);
         }
     }
     for (k, at) in &d.connections.removed {

@@ -1,0 +1,364 @@
+//! Connections and listeners as the kernel makes them, however short they live: an eBPF
+//! program (`agent/bpf/connections.bpf.c`, its compiled object committed beside it) on the
+//! `inet_sock_set_state` BTF tracepoint for TCP and on `sys_exit` for `connect(2)` of UDP
+//! sockets, each event with the process that made it, read from a ring buffer on a thread of
+//! its own.
+//!
+//! The scans ([`super::diag`]) stay the source of truth for what is open; these events add what
+//! opened and closed between two looks. Where the kernel refuses (no CAP_BPF and CAP_PERFMON, no
+//! BTF, a kernel before 5.8), the agent runs on the scans alone and says so
+//! ([`SocketEvents::start`]'s error, in its status and coverage).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, RawTracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use hostwatch_proto::v1::Protocol;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+/// The compiled program: what `agent/bpf/build.sh` makes of `connections.bpf.c`.
+static OBJECT: &[u8] = include_bytes!("../../../bpf/connections.bpf.o");
+
+/// The ring's default size: about 3,000 events, far more than a second of a busy server's.
+pub const RING_BYTES: u32 = 256 << 10;
+
+/// What the kernel did to a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// This host connected out (TCP established); the owner called connect().
+    Connect,
+    /// A peer connected in (TCP established); the owner is the listener's.
+    Accept,
+    /// An established TCP connection closing.
+    Close,
+    /// A TCP socket began to listen; the owner called listen().
+    Listen,
+    /// A TCP listener closed.
+    Unlisten,
+    /// A UDP socket connected by connect(2).
+    UdpConnect,
+    /// An outbound TCP connection that never established.
+    ConnectFailed,
+}
+
+impl Kind {
+    fn from_wire(k: u8) -> Option<Kind> {
+        Some(match k {
+            1 => Kind::Connect,
+            2 => Kind::Accept,
+            3 => Kind::Close,
+            4 => Kind::Listen,
+            5 => Kind::Unlisten,
+            6 => Kind::UdpConnect,
+            7 => Kind::ConnectFailed,
+            _ => return None,
+        })
+    }
+}
+
+/// One event, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketEvent {
+    pub kind: Kind,
+    pub at: OffsetDateTime,
+    /// The socket's kernel address: ties an open to its close while both are in flight.
+    pub sock: u64,
+    /// The owner's process id; `None` where the kernel acted outside it (an accepted
+    /// connection: the listener's owner is the agent's to name).
+    pub pid: Option<u32>,
+    /// The owner's thread name (`comm`) at the event: a name even where the process is gone
+    /// before the agent can read it.
+    pub comm: String,
+    pub netns: u32,
+    /// The socket's owner uid (what sock_diag reports).
+    pub uid: u32,
+    pub protocol: Protocol,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// The size of `struct event` in the C program (its fields' offsets are in `decode`).
+const EVENT_LEN: usize = 88;
+
+impl SocketEvent {
+    /// Decodes one ring record; `None` for one of another size or an unknown kind (a program
+    /// and agent out of step), which is counted, never guessed at.
+    pub fn decode(b: &[u8], boot_to_wall: i128) -> Option<SocketEvent> {
+        if b.len() < EVENT_LEN {
+            return None;
+        }
+        let u64_at = |o: usize| Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?));
+        let u32_at = |o: usize| Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?));
+        let u16_at = |o: usize| Some(u16::from_ne_bytes(b.get(o..o + 2)?.try_into().ok()?));
+        let at_ns = u64_at(0)?;
+        let sock = u64_at(8)?;
+        let tgid = u32_at(16)?;
+        let netns = u32_at(24)?;
+        let uid = u32_at(28)?;
+        let (sport, dport) = (u16_at(32)?, u16_at(34)?);
+        let kind = Kind::from_wire(b[36])?;
+        let protocol = match b[38] {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => return None,
+        };
+        let addr = |o: usize| -> Option<IpAddr> {
+            let raw: [u8; 16] = b.get(o..o + 16)?.try_into().ok()?;
+            match b[37] {
+                2 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+                10 => Some(IpAddr::V6(Ipv6Addr::from(raw))),
+                _ => None,
+            }
+        };
+        let comm = &b[72..88];
+        let comm = &comm[..comm.iter().position(|&c| c == 0).unwrap_or(comm.len())];
+        let at = OffsetDateTime::from_unix_timestamp_nanos(boot_to_wall + i128::from(at_ns)).ok()?;
+        Some(SocketEvent {
+            kind,
+            at,
+            sock,
+            pid: (tgid != 0).then_some(tgid),
+            comm: String::from_utf8_lossy(comm).into_owned(),
+            netns,
+            uid,
+            protocol,
+            local: SocketAddr::new(addr(40)?, sport),
+            remote: SocketAddr::new(addr(56)?, dport),
+        })
+    }
+}
+
+/// Counts of what the source saw, shared with the runner for the agent's status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events: AtomicU64,
+    /// Events the kernel had no room for in the ring (the program's own count).
+    pub dropped: AtomicU64,
+    /// Records that did not decode.
+    pub malformed: AtomicU64,
+}
+
+/// The loaded program and its reading thread; detached from the kernel when dropped.
+#[derive(Debug)]
+pub struct SocketEvents {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<Counters>,
+}
+
+/// How often the thread looks at the stop flag and the drop count when no event comes.
+const POLL: Duration = Duration::from_secs(1);
+
+impl SocketEvents {
+    /// Loads and attaches the program and starts the reading thread; `Err` with the reason
+    /// where the kernel refuses. `ring_bytes`: the ring's size, a power of two of at least a page.
+    pub fn start(ring_bytes: u32, tx: mpsc::Sender<SocketEvent>) -> Result<SocketEvents, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (s, c) = (stop.clone(), counters.clone());
+        // The ring is read where it was made (aya's reader is not `Send`): the thread loads the
+        // program and says how that went before it reads.
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("socket-events".into())
+            .spawn(move || match load(ring_bytes) {
+                Ok(loaded) => {
+                    let _ = ready_tx.send(Ok(()));
+                    receive(loaded, tx, s, c);
+                }
+                Err(why) => {
+                    let _ = ready_tx.send(Err(why));
+                }
+            })
+            .map_err(|e| format!("cannot start the socket event thread: {e}"))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(SocketEvents { stop, thread: Some(thread), counters }),
+            Ok(Err(why)) => {
+                let _ = thread.join();
+                Err(why)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err("the socket event thread ended while loading".to_owned())
+            }
+        }
+    }
+}
+
+/// Whether the program loads and attaches here (for `doctor`); the reason where it does not.
+/// It is detached again at once.
+pub fn probe(ring_bytes: u32) -> Result<(), String> {
+    load(ring_bytes).map(drop)
+}
+
+/// The program attached, with what it is read through. The programs stay attached while
+/// `_ebpf` lives.
+struct Loaded {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    dropped: PerCpuArray<MapData, u64>,
+}
+
+fn load(ring_bytes: u32) -> Result<Loaded, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
+    let tcp: &mut BtfTracePoint = ebpf
+        .program_mut("set_state")
+        .ok_or("the eBPF object lacks set_state")?
+        .try_into()
+        .map_err(|e| format!("set_state: {e}"))?;
+    tcp.load("inet_sock_set_state", &btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
+    tcp.attach().map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
+    let udp: &mut RawTracePoint = ebpf
+        .program_mut("udp_connect")
+        .ok_or("the eBPF object lacks udp_connect")?
+        .try_into()
+        .map_err(|e| format!("udp_connect: {e}"))?;
+    udp.load().map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
+    udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
+    // The kernel's types are needed no more: their memory (the whole kernel's BTF, parsed) goes
+    // back to the system rather than stay in the agent's heap.
+    drop(btf);
+    release_freed_memory();
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("the eBPF object lacks EVENTS")?)
+        .map_err(|e| format!("ring buffer: {e}"))?;
+    let dropped = PerCpuArray::try_from(ebpf.take_map("DROPPED").ok_or("the eBPF object lacks DROPPED")?)
+        .map_err(|e| format!("drop counter: {e}"))?;
+    Ok(Loaded { _ebpf: ebpf, ring, dropped })
+}
+
+impl Drop for SocketEvents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An error with its causes: aya's own message ("the BPF_PROG_LOAD syscall failed") hides the
+/// errno an operator needs (EPERM: no CAP_BPF).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Returns the heap's free pages to the kernel (glibc keeps them otherwise).
+#[cfg(target_env = "gnu")]
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim takes no pointer and only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
+
+/// Nanoseconds to add to a CLOCK_BOOTTIME reading to make it wall-clock time.
+fn boot_to_wall() -> i128 {
+    let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        .unwrap_or(0);
+    OffsetDateTime::now_utc().unix_timestamp_nanos() - boot
+}
+
+fn receive(loaded: Loaded, tx: mpsc::Sender<SocketEvent>, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let Loaded { _ebpf, mut ring, dropped } = loaded;
+    let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "socket events: poll failed; they stop");
+                return;
+            }
+        }
+        let offset = boot_to_wall();
+        while let Some(item) = ring.next() {
+            counters.events.fetch_add(1, Ordering::Relaxed);
+            match SocketEvent::decode(&item, offset) {
+                Some(e) => {
+                    // The runner is gone: the agent is stopping.
+                    if tx.blocking_send(e).is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Ok(per_cpu) = dropped.get(&0, 0) {
+            counters.dropped.store(per_cpu.iter().sum(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: u8, family: u8, protocol: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 88];
+        b[0..8].copy_from_slice(&5_000_000_000u64.to_ne_bytes());
+        b[8..16].copy_from_slice(&0xffff_8880_1234_5678u64.to_ne_bytes());
+        b[16..20].copy_from_slice(&4242u32.to_ne_bytes());
+        b[24..28].copy_from_slice(&4026531840u32.to_ne_bytes());
+        b[28..32].copy_from_slice(&1000u32.to_ne_bytes());
+        b[32..34].copy_from_slice(&40000u16.to_ne_bytes());
+        b[34..36].copy_from_slice(&3333u16.to_ne_bytes());
+        b[36] = kind;
+        b[37] = family;
+        b[38] = protocol;
+        b[40..44].copy_from_slice(&[127, 0, 0, 1]);
+        b[56..60].copy_from_slice(&[10, 1, 2, 3]);
+        b[72..76].copy_from_slice(b"curl");
+        b
+    }
+
+    #[test]
+    fn records_decode_and_what_does_not_fit_is_refused() {
+        let e = SocketEvent::decode(&record(1, 2, 6), 1_000_000_000_000_000_000).unwrap();
+        assert_eq!(e.kind, Kind::Connect);
+        assert_eq!((e.pid, e.comm.as_str(), e.protocol, e.uid), (Some(4242), "curl", Protocol::Tcp, 1000));
+        assert_eq!(e.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(e.remote, "10.1.2.3:3333".parse().unwrap());
+        assert_eq!(e.at.unix_timestamp(), 1_000_000_005);
+        let mut v6 = record(6, 10, 17);
+        v6[40..56].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        let e = SocketEvent::decode(&v6, 0).unwrap();
+        assert_eq!(
+            (e.kind, e.protocol, e.local.ip()),
+            (Kind::UdpConnect, Protocol::Udp, IpAddr::from(Ipv6Addr::LOCALHOST))
+        );
+        assert!(SocketEvent::decode(&record(9, 2, 6), 0).is_none(), "unknown kind");
+        assert!(SocketEvent::decode(&record(1, 3, 6), 0).is_none(), "unknown family");
+        assert!(SocketEvent::decode(&record(1, 2, 1), 0).is_none(), "unknown protocol");
+        assert!(SocketEvent::decode(&record(1, 2, 6)[..40], 0).is_none(), "short");
+        let mut accepted = record(2, 2, 6);
+        accepted[16..20].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(SocketEvent::decode(&accepted, 0).unwrap().kind, Kind::Accept);
+        assert_eq!(SocketEvent::decode(&accepted, 0).unwrap().pid, None);
+    }
+}

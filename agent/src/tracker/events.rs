@@ -1,0 +1,168 @@
+//! Sockets the kernel's events told of (the eBPF source), between and beside the scans.
+//!
+//! The scans stay the picture of what is open; an event adds what they have not shown yet. A
+//! socket that opened and closed between two reports goes out as come and gone (added and
+//! removed in one delta), with the owner the event named; one that is still open goes out at
+//! once and stays here until a scan shows it (then it is the scan's) or it closes. One that a
+//! scan taken after its opening no longer shows closed unseen (UDP has no close event).
+
+use std::collections::BTreeMap;
+use std::hash::Hash;
+
+use hostwatch_proto::v1::{Changes, Removed};
+use time::OffsetDateTime;
+
+use super::{Keyed, fingerprint, holds};
+
+#[derive(Debug)]
+pub(super) struct FromEvents<T: Keyed> {
+    /// Open and not in the scan's list: the item, when it opened, and whether a report carried it.
+    open: BTreeMap<T::Key, Open<T>>,
+    /// Opened and closed before any report carried it, with when it closed.
+    transient: Vec<(T, OffsetDateTime)>,
+    /// Reported sockets that closed since, and when.
+    closed: Vec<(T::Key, OffsetDateTime)>,
+}
+
+#[derive(Debug)]
+struct Open<T> {
+    item: T,
+    at: OffsetDateTime,
+    sent: bool,
+}
+
+impl<T: Keyed> Default for FromEvents<T> {
+    fn default() -> Self {
+        FromEvents { open: BTreeMap::new(), transient: Vec::new(), closed: Vec::new() }
+    }
+}
+
+impl<T: Keyed + Clone + Hash> FromEvents<T> {
+    /// A socket opened at `at`. One the scans or the reports already have is theirs.
+    pub(super) fn opened(
+        &mut self,
+        item: T,
+        at: OffsetDateTime,
+        current: &[T],
+        sent: &BTreeMap<T::Key, u64>,
+    ) {
+        let key = item.wire_key();
+        if holds(current, &key) || sent.contains_key(&key) || self.open.contains_key(&key) {
+            return;
+        }
+        self.open.insert(key, Open { item, at, sent: false });
+    }
+
+    /// A socket closed at `at`: one never reported is come and gone; one reported is removed
+    /// from what was sent and from the scan's list, which would otherwise report it again.
+    pub(super) fn closed(
+        &mut self,
+        key: &T::Key,
+        at: OffsetDateTime,
+        current: &mut Vec<T>,
+        sent: &mut BTreeMap<T::Key, u64>,
+    ) {
+        match self.open.remove(key) {
+            Some(Open { item, sent: false, .. }) => self.transient.push((item, at)),
+            Some(Open { sent: true, .. }) => {
+                sent.remove(key);
+                self.closed.push((key.clone(), at));
+            }
+            None => {
+                let scanned =
+                    current.binary_search_by(|x| x.wire_key().cmp(key)).ok().map(|pos| current.remove(pos));
+                if sent.remove(key).is_some() {
+                    self.closed.push((key.clone(), at));
+                } else if let Some(item) = scanned {
+                    // A scan saw it, no report carried it: it came and went all the same.
+                    self.transient.push((item, at));
+                }
+            }
+        }
+    }
+
+    /// A scan that looked at `seen_at` listed `current`: what it shows is its own now; what it
+    /// lacks and opened before it looked closed unseen, at the latest then.
+    pub(super) fn scanned(
+        &mut self,
+        current: &[T],
+        seen_at: OffsetDateTime,
+        sent: &mut BTreeMap<T::Key, u64>,
+    ) {
+        let (transient, closed) = (&mut self.transient, &mut self.closed);
+        self.open.retain(|key, open| {
+            if holds(current, key) {
+                return false;
+            }
+            if open.at >= seen_at {
+                return true;
+            }
+            if open.sent {
+                sent.remove(key);
+                closed.push((key.clone(), seen_at));
+            } else {
+                transient.push((open.item.clone(), seen_at));
+            }
+            false
+        });
+    }
+
+    /// The open ones.
+    pub(super) fn open_items(&self) -> impl Iterator<Item = &T> {
+        self.open.values().map(|o| &o.item)
+    }
+
+    /// Keys reported from events and still open: a diff of the scan's list must not remove them.
+    pub(super) fn holds_sent(&self, key: &T::Key) -> bool {
+        self.open.get(key).is_some_and(|o| o.sent)
+    }
+
+    /// Puts back the fingerprints of those reported and still open, after `sent` was made anew
+    /// from the scan's list.
+    pub(super) fn keep_sent(&self, sent: &mut BTreeMap<T::Key, u64>) {
+        for (key, open) in self.open.iter().filter(|(_, o)| o.sent) {
+            sent.insert(key.clone(), fingerprint(&open.item));
+        }
+    }
+
+    /// How many of `sent`'s keys are these (for the quick check whether the scan's list moved).
+    pub(super) fn sent_count(&self) -> usize {
+        self.open.values().filter(|o| o.sent).count()
+    }
+
+    /// Whether the next report has something of these to carry.
+    pub(super) fn pending(&self) -> bool {
+        !self.transient.is_empty() || !self.closed.is_empty() || self.open.values().any(|o| !o.sent)
+    }
+
+    /// What only a delta can carry (a snapshot lists what is open, not what came and went).
+    pub(super) fn has_history(&self) -> bool {
+        !self.transient.is_empty() || !self.closed.is_empty()
+    }
+
+    /// Puts what the next delta carries into `changes` and counts it as sent.
+    pub(super) fn take(&mut self, changes: &mut Changes<T, T::Key>, sent: &mut BTreeMap<T::Key, u64>) {
+        for (key, open) in self.open.iter_mut().filter(|(_, o)| !o.sent) {
+            changes.added.push(open.item.clone());
+            sent.insert(key.clone(), fingerprint(&open.item));
+            open.sent = true;
+        }
+        for (item, at) in self.transient.drain(..) {
+            changes.removed.push(Removed { key: item.wire_key(), at });
+            changes.added.push(item);
+        }
+        for (key, at) in self.closed.drain(..) {
+            changes.removed.push(Removed { key, at });
+        }
+    }
+
+    /// The open ones, for a snapshot (which then counts them as sent).
+    pub(super) fn snapshot(&mut self, into: &mut Vec<T>, sent: &mut BTreeMap<T::Key, u64>) {
+        for (key, open) in self.open.iter_mut() {
+            into.push(open.item.clone());
+            sent.insert(key.clone(), fingerprint(&open.item));
+            open.sent = true;
+        }
+        self.closed.clear();
+    }
+}
