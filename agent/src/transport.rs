@@ -223,9 +223,10 @@ pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificat
     Ok(certs)
 }
 
-/// An error with its causes, `: `-separated: reqwest's own message ("error sending request")
-/// hides what an operator needs (a refused connection, an unknown certificate issuer).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes, `: `-separated: a library's own message (reqwest's "error sending
+/// request", aya's "the BPF_PROG_LOAD syscall failed") hides what an operator needs (a refused
+/// connection, an unknown certificate issuer, EPERM for want of CAP_BPF).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

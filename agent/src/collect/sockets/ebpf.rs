@@ -19,6 +19,8 @@ use std::time::Duration;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::transport::chain;
 use hostwatch_proto::v1::Protocol;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -245,19 +247,6 @@ impl Drop for SocketEvents {
             let _ = t.join();
         }
     }
-}
-
-/// An error with its causes: aya's own message ("the BPF_PROG_LOAD syscall failed") hides the
-/// errno an operator needs (EPERM: no CAP_BPF).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// Returns the heap's free pages to the kernel (glibc keeps them otherwise).
