@@ -18,8 +18,10 @@ if [ "${1:-}" = --check ]; then
   trap 'rm -f "$out"' EXIT
 fi
 # -g makes the BTF that CO-RE relocation needs; llvm-strip -g then drops the DWARF and keeps it.
+# The BTF's line info names the source file: -fdebug-prefix-map makes that name relative, so the
+# object is the same whichever directory the checkout is in.
 clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I"/usr/include/$(uname -m)-linux-gnu" \
-  -Wall -Werror -c connections.bpf.c -o "$out"
+  -fdebug-prefix-map="$PWD"=. -Wall -Werror -c connections.bpf.c -o "$out"
 llvm-strip -g "$out"
 if [ "${1:-}" = --check ]; then
   cmp -s "$out" connections.bpf.o || {
