@@ -270,9 +270,32 @@ int BPF_PROG(set_state, struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
-// connect(2) on a UDP socket: no state changes to trace, so the syscall's successful return.
+// connect(2) on a UDP socket (or io_uring's connect): no state changes to trace, so the return
+// of the datagram sockets' connect, which IPv4 and IPv6 share and which is always called through
+// the socket's operations (never inlined). The caller is the owner. A trampoline on this one
+// function costs nothing to the system's other calls, where a hook on every system call's exit
+// would.
+SEC("fexit/inet_dgram_connect")
+int BPF_PROG(udp_connect, struct socket *sock, void *uaddr, int addr_len, int flags, int ret)
+{
+	if (ret != 0)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+		return 0;
+	// connect(AF_UNSPEC) disconnects: no peer, nothing opened.
+	if (BPF_CORE_READ(sk, __sk_common.skc_dport) == 0)
+		return 0;
+	struct owner me = {};
+	current_owner(&me);
+	emit(sk, EV_UDP_CONNECT, &me);
+	return 0;
+}
+
+// The same where the kernel refuses trampolines: every system call's return, connect(2)'s
+// picked out by number (x86-64 only), its socket found through the caller's descriptor table.
 SEC("raw_tracepoint/sys_exit")
-int udp_connect(struct bpf_raw_tracepoint_args *ctx)
+int udp_connect_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	if (BPF_CORE_READ(regs, orig_ax) != NR_CONNECT_X86_64 || (long)ctx->args[1] != 0)
@@ -293,6 +316,8 @@ int udp_connect(struct bpf_raw_tracepoint_args *ctx)
 	struct socket *sock = BPF_CORE_READ(file, private_data);
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+		return 0;
+	if (BPF_CORE_READ(sk, __sk_common.skc_dport) == 0)
 		return 0;
 	struct owner me = {};
 	current_owner(&me);

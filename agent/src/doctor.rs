@@ -250,9 +250,13 @@ fn connection_events(config: &AgentConfig) -> Check {
         );
     }
     match crate::collect::sockets::ebpf::probe(config.socket_event_ring_bytes) {
-        Ok(()) => {
-            ok("connections", "eBPF: every connection and listener is seen with its owner, however short")
-        }
+        Ok(hook) => ok(
+            "connections",
+            format!(
+                "eBPF: every connection and listener is seen with its owner, however short; {}",
+                hook.describe()
+            ),
+        ),
         Err(why) => warn(
             "connections",
             format!("{why}: connections and listeners shorter than a scan are not seen"),

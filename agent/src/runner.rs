@@ -84,7 +84,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (socket_tx, socket_rx) = mpsc::channel(EVENT_QUEUE);
     let (socket_events, socket_events_why) = if config.socket_events {
         match SocketEvents::start(config.socket_event_ring_bytes, socket_tx) {
-            Ok(s) => (Some(s), None),
+            Ok(s) => {
+                info!(udp = s.udp_hook.describe(), "socket events from eBPF");
+                (Some(s), None)
+            }
             Err(why) => {
                 warn!(reason = %why, "socket events unavailable; connections and listeners shorter than a scan are not seen");
                 (None, Some(why))

@@ -1,7 +1,7 @@
 //! Connections and listeners as the kernel makes them, however short they live: an eBPF
 //! program (`agent/bpf/connections.bpf.c`, its compiled object committed beside it) on the
-//! `inet_sock_set_state` BTF tracepoint for TCP and on `sys_exit` for `connect(2)` of UDP
-//! sockets, each event with the process that made it, read from a ring buffer on a thread of
+//! `inet_sock_set_state` BTF tracepoint for TCP and at the return of `inet_dgram_connect` (fexit;
+//! where the kernel refuses trampolines, on `sys_exit`) for UDP sockets' `connect(2)`, each event with the process that made it, read from a ring buffer on a thread of
 //! its own.
 //!
 //! The scans ([`super::diag`]) stay the source of truth for what is open; these events add what
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, RawTracePoint};
+use aya::programs::{BtfTracePoint, FExit, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::transport::chain;
@@ -153,6 +153,29 @@ pub struct SocketEvents {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub counters: Arc<Counters>,
+    /// Where UDP connects are taken ([`UdpHook`]).
+    pub udp_hook: UdpHook,
+}
+
+/// Where a UDP socket's `connect(2)` is seen: there is no state change to trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpHook {
+    /// A trampoline at the return of `inet_dgram_connect`: costs only datagram connects.
+    Fexit,
+    /// The return of every system call (x86-64), where the kernel refuses trampolines: a few
+    /// instructions on every system call of the host (BENCHMARKS.md measures them).
+    SysExit,
+}
+
+impl UdpHook {
+    pub fn describe(self) -> &'static str {
+        match self {
+            UdpHook::Fexit => "UDP connects at inet_dgram_connect's return (fexit)",
+            UdpHook::SysExit => {
+                "UDP connects at every system call's return (sys_exit; this kernel refuses fexit)"
+            }
+        }
+    }
 }
 
 /// How often the thread looks at the stop flag and the drop count when no event comes.
@@ -172,7 +195,7 @@ impl SocketEvents {
             .name("socket-events".into())
             .spawn(move || match load(ring_bytes) {
                 Ok(loaded) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(loaded.udp_hook));
                     receive(loaded, tx, s, c);
                 }
                 Err(why) => {
@@ -181,7 +204,7 @@ impl SocketEvents {
             })
             .map_err(|e| format!("cannot start the socket event thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(SocketEvents { stop, thread: Some(thread), counters }),
+            Ok(Ok(udp_hook)) => Ok(SocketEvents { stop, thread: Some(thread), counters, udp_hook }),
             Ok(Err(why)) => {
                 let _ = thread.join();
                 Err(why)
@@ -194,10 +217,10 @@ impl SocketEvents {
     }
 }
 
-/// Whether the program loads and attaches here (for `doctor`); the reason where it does not.
-/// It is detached again at once.
-pub fn probe(ring_bytes: u32) -> Result<(), String> {
-    load(ring_bytes).map(drop)
+/// Whether the program loads and attaches here (for `doctor`), and where it takes UDP
+/// connects; the reason where it does not. It is detached again at once.
+pub fn probe(ring_bytes: u32) -> Result<UdpHook, String> {
+    load(ring_bytes).map(|l| l.udp_hook)
 }
 
 /// The program attached, with what it is read through. The programs stay attached while
@@ -206,6 +229,7 @@ struct Loaded {
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
     dropped: PerCpuArray<MapData, u64>,
+    udp_hook: UdpHook,
 }
 
 fn load(ring_bytes: u32) -> Result<Loaded, String> {
@@ -222,13 +246,13 @@ fn load(ring_bytes: u32) -> Result<Loaded, String> {
         .map_err(|e| format!("set_state: {e}"))?;
     tcp.load("inet_sock_set_state", &btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
     tcp.attach().map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
-    let udp: &mut RawTracePoint = ebpf
-        .program_mut("udp_connect")
-        .ok_or("the eBPF object lacks udp_connect")?
-        .try_into()
-        .map_err(|e| format!("udp_connect: {e}"))?;
-    udp.load().map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
+    let udp_hook = match attach_udp_fexit(&mut ebpf, &btf) {
+        Ok(()) => UdpHook::Fexit,
+        Err(fexit_why) => {
+            attach_udp_sys_exit(&mut ebpf).map_err(|why| format!("{why} (and fexit: {fexit_why})"))?;
+            UdpHook::SysExit
+        }
+    };
     // The kernel's types are needed no more: their memory (the whole kernel's BTF, parsed) goes
     // back to the system rather than stay in the agent's heap.
     drop(btf);
@@ -237,7 +261,29 @@ fn load(ring_bytes: u32) -> Result<Loaded, String> {
         .map_err(|e| format!("ring buffer: {e}"))?;
     let dropped = PerCpuArray::try_from(ebpf.take_map("DROPPED").ok_or("the eBPF object lacks DROPPED")?)
         .map_err(|e| format!("drop counter: {e}"))?;
-    Ok(Loaded { _ebpf: ebpf, ring, dropped })
+    Ok(Loaded { _ebpf: ebpf, ring, dropped, udp_hook })
+}
+
+fn attach_udp_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let udp: &mut FExit = ebpf
+        .program_mut("udp_connect")
+        .ok_or("the eBPF object lacks udp_connect")?
+        .try_into()
+        .map_err(|e| format!("udp_connect: {e}"))?;
+    udp.load("inet_dgram_connect", btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
+    udp.attach().map_err(|e| format!("cannot attach to inet_dgram_connect: {}", chain(&e)))?;
+    Ok(())
+}
+
+fn attach_udp_sys_exit(ebpf: &mut Ebpf) -> Result<(), String> {
+    let udp: &mut RawTracePoint = ebpf
+        .program_mut("udp_connect_exit")
+        .ok_or("the eBPF object lacks udp_connect_exit")?
+        .try_into()
+        .map_err(|e| format!("udp_connect_exit: {e}"))?;
+    udp.load().map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
+    udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
+    Ok(())
 }
 
 impl Drop for SocketEvents {
@@ -272,7 +318,7 @@ fn boot_to_wall() -> i128 {
 
 fn receive(loaded: Loaded, tx: mpsc::Sender<SocketEvent>, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let Loaded { _ebpf, mut ring, dropped } = loaded;
+    let Loaded { _ebpf, mut ring, dropped, .. } = loaded;
     let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::MAX);
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
