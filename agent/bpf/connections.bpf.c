@@ -171,6 +171,11 @@ struct pt_regs {
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
+// Bytes waiting in the ring past which a submit wakes the reader; below, the reader finds the
+// events at its next look (every 200 ms), so a busy host does not wake it for each one. Set by
+// the agent at load (a quarter of the ring).
+const volatile __u64 wake_at = 64 * 1024;
+
 static __always_inline void count_drop(void)
 {
 	__u32 zero = 0;
@@ -223,7 +228,8 @@ static __always_inline void emit(struct sock *sk, __u8 kind, const struct owner 
 		e->tid = who->tid;
 		__builtin_memcpy(e->comm, who->comm, sizeof(e->comm));
 	}
-	bpf_ringbuf_submit(e, 0);
+	__u64 flags = bpf_ringbuf_query(&EVENTS, BPF_RB_AVAIL_DATA) >= wake_at ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 }
 
 static __always_inline void current_owner(struct owner *o)

@@ -55,6 +55,10 @@ pub enum AgentError {
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Exec events waiting for the runner; a full queue makes the kernel drop events (counted).
 const EVENT_QUEUE: usize = 65_536;
+/// How often a socket reopened with a pending key may send a report early.
+const REOPEN_REPORT_EVERY: Duration = Duration::from_millis(100);
+/// Batches of socket events in flight to the runner: ten seconds' worth at five drains a second.
+const SOCKET_BATCHES: usize = 50;
 /// The quick look and the batching of changes.
 const TICK: Duration = Duration::from_secs(1);
 /// Batches of file changes waiting for the runner; when full, the file monitor waits.
@@ -81,7 +85,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 (None, Some(why))
             }
         };
-    let (socket_tx, socket_rx) = mpsc::channel(EVENT_QUEUE);
+    // Batches, one per drain of the ring (every 200 ms or a quarter ring).
+    let (socket_tx, socket_rx) = mpsc::channel(SOCKET_BATCHES);
     let (socket_events, socket_events_why) = if config.socket_events {
         match SocketEvents::start(config.socket_event_ring_bytes, socket_tx) {
             Ok(s) => {
@@ -131,6 +136,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         watcher,
         exec_why,
         socket_events,
+        reopen_reported_at: None,
         socket_events_why,
         started_at: OffsetDateTime::now_utc(),
         identity: None,
@@ -201,6 +207,8 @@ struct Agent {
     exec_why: Option<String>,
     /// The eBPF connection source, where the kernel allows it; why not, where it does not.
     socket_events: Option<SocketEvents>,
+    /// When a reopened socket last sent a report early ([`Agent::report_before_reopening`]).
+    reopen_reported_at: Option<Instant>,
     socket_events_why: Option<String>,
     started_at: OffsetDateTime,
     identity: Option<Identity>,
@@ -235,7 +243,7 @@ impl Agent {
         &mut self,
         shutdown: CancellationToken,
         mut exec_rx: mpsc::Receiver<exec::Event>,
-        mut socket_rx: mpsc::Receiver<SocketEvent>,
+        mut socket_rx: mpsc::Receiver<Vec<SocketEvent>>,
         mut from_sender: mpsc::Receiver<FromSender>,
     ) -> Result<(), AgentError> {
         if !self.enroll(&shutdown).await? {
@@ -308,7 +316,7 @@ impl Agent {
                     }
                 },
                 event = socket_rx.recv(), if socket_events_open => match event {
-                    Some(e) => self.on_socket_event(e),
+                    Some(batch) => batch.into_iter().for_each(|e| self.on_socket_event(e)),
                     None => {
                         socket_events_open = false;
                         if !shutdown.is_cancelled() {
@@ -377,10 +385,16 @@ impl Agent {
         let Some(observer) = self.observer.as_ref() else { return };
         let netns = observer.netns_of(u64::from(e.netns));
         let owner = |pid: Option<u32>| -> (Option<Arc<str>>, Option<Arc<str>>) {
-            match pid.and_then(|pid| observer.owner(pid)) {
+            let Some(pid) = pid else { return (None, None) };
+            match observer.owner(pid) {
                 Some((name, exe)) => (Some(name.into()), exe.map(Into::into)),
-                // Gone before the agent read it: the name the kernel had for it.
-                None => (pid.map(|_| e.comm.as_str().into()), None),
+                // Not read yet (its socket's event came before its exec's) or gone already: the
+                // name the kernel had for it, and its executable if it is still there.
+                None => {
+                    let exe = crate::collect::process::exe_of(observer.root(), pid);
+                    let name = crate::collect::process::process_name(&e.comm, exe.as_deref());
+                    (Some(name.into()), exe.map(Into::into))
+                }
             }
         };
         let (protocol, local, remote) = (e.protocol, e.local, e.remote);
@@ -406,6 +420,9 @@ impl Agent {
                     uid: e.uid,
                     netns,
                 };
+                if self.tracker.connection_reopening(&c.key(), e.at) {
+                    self.report_before_reopening();
+                }
                 self.tracker.connection_opened(c, e.at);
             }
             ebpf::Kind::Close => {
@@ -431,6 +448,9 @@ impl Agent {
                     uid: e.uid,
                     netns,
                 };
+                if self.tracker.listener_reopening(&l.key(), e.at) {
+                    self.report_before_reopening();
+                }
                 self.tracker.listener_opened(l, e.at);
             }
             ebpf::Kind::Unlisten => {
@@ -521,6 +541,23 @@ impl Agent {
             return;
         };
         let report = self.report(snapshot, delta, None);
+        self.spool_report(&report);
+    }
+
+    /// A socket opened again with the key of one the next report ends: that report goes now, so
+    /// that the new one is in the report after it (one report cannot carry two sockets of one
+    /// key). At most one such early report per [`REOPEN_REPORT_EVERY`]: a program reconnecting
+    /// one four-tuple in a loop must not make the agent flood the collector; past that, the new
+    /// socket is carried with the earlier one and its opening is not told apart.
+    fn report_before_reopening(&mut self) {
+        if self.identity.is_none()
+            || self.reopen_reported_at.is_some_and(|t| t.elapsed() < REOPEN_REPORT_EVERY)
+        {
+            return;
+        }
+        self.reopen_reported_at = Some(Instant::now());
+        let delta = self.tracker.take_delta(OffsetDateTime::now_utc());
+        let report = self.report(None, Some(delta), None);
         self.spool_report(&report);
     }
 

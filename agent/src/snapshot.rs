@@ -112,6 +112,10 @@ pub struct Observer {
     recent: Vec<(ProcKey, Instant)>,
     /// Pids announced by fork events since the last quick look.
     forked: Vec<u32>,
+    /// The name and executable of processes that exited in the last [`EXITED_KEPT`] (at most
+    /// [`EXITED_MAX`]): a socket event comes up to a ring drain after the fact, often after its
+    /// process's exit event (a program's last connections).
+    exited: HashMap<u32, (Instant, String, Option<String>)>,
     hashes: HashCache,
     /// Processes whose executable waits for the hashing budget.
     unhashed: Vec<u32>,
@@ -141,6 +145,10 @@ type Replaced = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
 /// How long after it started a process is watched for new connections by the quick looks
 /// (which the design wants seen within two seconds of an exec).
 const WATCH_NEW: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an exited process's name is kept for late socket events: several ring drains.
+const EXITED_KEPT: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most this many exited processes kept (an exec storm must not grow the agent).
+const EXITED_MAX: usize = 4096;
 
 /// More forks than this between two quick looks (a fork storm): list `/proc` instead.
 const MAX_FORKS: usize = 50_000;
@@ -199,6 +207,7 @@ impl Observer {
             scans: 0,
             recent: Vec::new(),
             forked: Vec::new(),
+            exited: HashMap::new(),
             hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
             unhashed: Vec::new(),
             cpu_prev: HashMap::new(),
@@ -271,8 +280,12 @@ impl Observer {
 
     /// The socket reader in use (sock_diag, or /proc/net after a refusal).
     /// The name and executable of process `pid` as last read, for a socket event's owner.
+    /// A process that exited in the last seconds is still named.
     pub fn owner(&self, pid: u32) -> Option<(&str, Option<&str>)> {
-        self.procs.get(&pid).map(|p| (p.name.as_str(), p.exe.as_deref()))
+        match self.procs.get(&pid) {
+            Some(p) => Some((p.name.as_str(), p.exe.as_deref())),
+            None => self.exited.get(&pid).map(|(_, name, exe)| (name.as_str(), exe.as_deref())),
+        }
     }
 
     /// `inode` as a socket's `netns`: `None` for the agent's own namespace, as the scans say it.
@@ -457,7 +470,15 @@ impl Observer {
 
     /// A process that exited.
     pub fn note_exit(&mut self, pid: u32) {
-        self.procs.remove(&pid);
+        if let Some(p) = self.procs.remove(&pid) {
+            let now = Instant::now();
+            if self.exited.len() >= EXITED_MAX {
+                self.exited.retain(|_, (at, ..)| now.duration_since(*at) <= EXITED_KEPT);
+            }
+            if self.exited.len() < EXITED_MAX {
+                self.exited.insert(pid, (now, p.name, p.exe));
+            }
+        }
     }
 
     /// Reads the host once: every process, sockets in every network namespace, their owners,
@@ -660,6 +681,7 @@ impl Observer {
         }
         self.hash_new(false);
         let now = Instant::now();
+        self.exited.retain(|_, (at, ..)| now.duration_since(*at) <= EXITED_KEPT);
         self.recent.retain(|(key, since)| {
             now.duration_since(*since) <= WATCH_NEW
                 && self.procs.get(&key.0).is_some_and(|p| p.start_ticks == key.1)

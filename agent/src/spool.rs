@@ -96,7 +96,7 @@ impl Spool {
         // pushed out).
         let written = write_private_with(&path, |f| {
             let mut gz = GzEncoder::new(BufWriter::new(f), Compression::fast());
-            serde_json::to_writer(&mut gz, report).map_err(std::io::Error::other)?;
+            to_json(&mut gz, report)?;
             let mut w = gz.finish()?;
             w.flush()?;
             item.size = w.get_ref().metadata()?.len();
@@ -175,7 +175,7 @@ impl Spool {
         drop(json);
         report.lost = lost;
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-        serde_json::to_writer(&mut gz, &report).map_err(std::io::Error::other)?;
+        to_json(&mut gz, &report)?;
         gz.finish()
     }
 
@@ -291,6 +291,15 @@ fn read_lost(path: &Path) -> Vec<(u64, u64)> {
     }
     ranges.sort_unstable();
     ranges
+}
+
+/// Serializes `report` into the compressor through a buffer: serde writes a few bytes at a
+/// time, and each write the compressor takes costs it a pass over its whole output buffer (a
+/// quarter of the agent's CPU under 200 new connections a second went to that, unbuffered).
+fn to_json<W: Write>(gz: &mut GzEncoder<W>, report: &proto::Report) -> std::io::Result<()> {
+    let mut buffered = BufWriter::with_capacity(32 << 10, gz);
+    serde_json::to_writer(&mut buffered, report).map_err(std::io::Error::other)?;
+    buffered.flush()
 }
 
 #[cfg(test)]

@@ -451,6 +451,13 @@ fn container_in(path: &str) -> Option<String> {
     })
 }
 
+/// The executable of `pid` now (without the kernel's ` (deleted)`), `None` if unreadable: for a
+/// socket event of a process the agent has not read yet.
+pub fn exe_of(root: &HostRoot, pid: u32) -> Option<String> {
+    let link = std::fs::read_link(root.proc.join(pid.to_string()).join("exe")).ok()?;
+    Some(strip_deleted(&link.to_string_lossy()).0)
+}
+
 /// Whether the executable of `pid` has been deleted (its link says so); `false` if unreadable.
 pub fn exe_deleted(root: &HostRoot, pid: u32) -> bool {
     std::fs::read_link(root.proc.join(pid.to_string()).join("exe"))

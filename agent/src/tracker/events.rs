@@ -6,7 +6,7 @@
 //! once and stays here until a scan shows it (then it is the scan's) or it closes. One that a
 //! scan taken after its opening no longer shows closed unseen (UDP has no close event).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use hostwatch_proto::v1::{Changes, Removed};
@@ -22,6 +22,8 @@ pub(super) struct FromEvents<T: Keyed> {
     transient: Vec<(T, OffsetDateTime)>,
     /// Reported sockets that closed since, and when.
     closed: Vec<(T::Key, OffsetDateTime)>,
+    /// The keys of `transient` and `closed`: the next report already ends a socket of these.
+    ending: BTreeSet<T::Key>,
 }
 
 #[derive(Debug)]
@@ -33,11 +35,39 @@ struct Open<T> {
 
 impl<T: Keyed> Default for FromEvents<T> {
     fn default() -> Self {
-        FromEvents { open: BTreeMap::new(), transient: Vec::new(), closed: Vec::new() }
+        FromEvents {
+            open: BTreeMap::new(),
+            transient: Vec::new(),
+            closed: Vec::new(),
+            ending: BTreeSet::new(),
+        }
     }
 }
 
 impl<T: Keyed + Clone + Hash> FromEvents<T> {
+    /// A socket of `key` opens at `at`. One of the same key still open here is gone by then (a
+    /// UDP socket does not say when it closes; a TCP close may have been dropped). Returns
+    /// whether the next report already ends a socket of this key: a report cannot tell two
+    /// sockets of one key apart (it would carry one opening, and end the new one), so the new
+    /// one must wait for the report after it.
+    pub(super) fn reopening(
+        &mut self,
+        key: &T::Key,
+        at: OffsetDateTime,
+        sent: &mut BTreeMap<T::Key, u64>,
+    ) -> bool {
+        if let Some(earlier) = self.open.remove(key) {
+            if earlier.sent {
+                sent.remove(key);
+                self.closed.push((key.clone(), at));
+            } else {
+                self.transient.push((earlier.item, at));
+            }
+            self.ending.insert(key.clone());
+        }
+        self.ending.contains(key)
+    }
+
     /// A socket opened at `at`. One the scans or the reports already have is theirs.
     pub(super) fn opened(
         &mut self,
@@ -76,9 +106,12 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
                 } else if let Some(item) = scanned {
                     // A scan saw it, no report carried it: it came and went all the same.
                     self.transient.push((item, at));
+                } else {
+                    return;
                 }
             }
         }
+        self.ending.insert(key.clone());
     }
 
     /// A scan that looked at `seen_at` listed `current`: what it shows is its own now; what it
@@ -89,7 +122,7 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         seen_at: OffsetDateTime,
         sent: &mut BTreeMap<T::Key, u64>,
     ) {
-        let (transient, closed) = (&mut self.transient, &mut self.closed);
+        let (transient, closed, ending) = (&mut self.transient, &mut self.closed, &mut self.ending);
         self.open.retain(|key, open| {
             if holds(current, key) {
                 return false;
@@ -103,6 +136,7 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
             } else {
                 transient.push((open.item.clone(), seen_at));
             }
+            ending.insert(key.clone());
             false
         });
     }
@@ -154,6 +188,7 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         for (key, at) in self.closed.drain(..) {
             changes.removed.push(Removed { key, at });
         }
+        self.ending.clear();
     }
 
     /// The open ones, for a snapshot (which then counts them as sent).
@@ -164,5 +199,6 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
             open.sent = true;
         }
         self.closed.clear();
+        self.ending = self.transient.iter().map(|(item, _)| item.wire_key()).collect();
     }
 }

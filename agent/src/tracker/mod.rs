@@ -265,6 +265,18 @@ impl Tracker {
         self.listener_events.closed(key, at, &mut self.current.listeners, &mut self.sent.listeners);
     }
 
+    /// Before [`Tracker::connection_opened`]: ends an earlier socket of the same key still open
+    /// here, and says whether the next report must go out before the new one is added (see
+    /// `FromEvents::reopening`).
+    pub fn connection_reopening(&mut self, key: &ConnectionKey, at: OffsetDateTime) -> bool {
+        self.connection_events.reopening(key, at, &mut self.sent.connections)
+    }
+
+    /// The same for a listener.
+    pub fn listener_reopening(&mut self, key: &ListenerKey, at: OffsetDateTime) -> bool {
+        self.listener_events.reopening(key, at, &mut self.sent.listeners)
+    }
+
     /// A connection the kernel's events told of, opened at `at`.
     pub fn connection_opened(&mut self, c: Connection, at: OffsetDateTime) {
         self.connection_events.opened(c, at, &self.current.connections, &self.sent.connections);
@@ -848,5 +860,53 @@ mod tests {
         listed.sort();
         assert_eq!(listed, [1000, 5000]);
         assert!(!tr.is_dirty());
+    }
+
+    /// Two sockets of one key (a UDP four-tuple used again; TCP after the port range wrapped)
+    /// must not share a report: the collector would record one opening and end the second.
+    #[test]
+    fn a_key_opened_again_waits_for_the_next_report() {
+        let c = |pid| Connection {
+            protocol: proto::Protocol::Udp,
+            local_address: "10.0.0.1".parse().unwrap(),
+            local_port: 40000,
+            remote_address: "10.0.0.9".parse().unwrap(),
+            remote_port: 53,
+            direction: proto::Direction::Outbound,
+            pid: Some(pid),
+            process: Some("dig".into()),
+            exe: None,
+            uid: 0,
+            netns: None,
+        };
+        let key = c(1).key();
+        let mut tr = Tracker::new();
+        tr.take_snapshot(t(0));
+        // Nothing of the key pending: no report needed first.
+        assert!(!tr.connection_reopening(&key, t(1)));
+        tr.connection_opened(c(1), t(1));
+        // The same four-tuple again: the first (UDP: never closed by an event) ended then, and
+        // the next report, which carries that, must go before the second is added.
+        assert!(tr.connection_reopening(&key, t(2)));
+        let d = tr.take_delta(t(3));
+        let pids = |v: &[Connection]| v.iter().map(|x| x.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&d.connections.added), [Some(1)]);
+        assert_eq!(d.connections.removed, [Removed { key: key.clone(), at: t(2) }]);
+        assert!(!tr.connection_reopening(&key, t(2)), "that report went");
+        tr.connection_opened(c(2), t(2));
+        let d = tr.take_delta(t(4));
+        assert_eq!((pids(&d.connections.added), d.connections.removed.len()), (vec![Some(2)], 0));
+        // Reported, then opened again: the report ends the first; the second comes after it.
+        assert!(tr.connection_reopening(&key, t(5)));
+        let d = tr.take_delta(t(6));
+        assert_eq!(
+            (d.connections.added.len(), d.connections.removed),
+            (0, vec![Removed { key: key.clone(), at: t(5) }])
+        );
+        tr.connection_opened(c(3), t(5));
+        assert_eq!(pids(&tr.take_delta(t(7)).connections.added), [Some(3)]);
+        // A TCP close ends a key for the next report as well.
+        tr.connection_closed(&key, t(8));
+        assert!(tr.connection_reopening(&key, t(9)));
     }
 }
