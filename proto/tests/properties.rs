@@ -144,3 +144,16 @@ proptest! {
         }
     }
 }
+
+/// The case the property above finds by chance, always: a process name that would rewrite a
+/// terminal or show reversed is refused, named (the agent replaces such characters first).
+#[test]
+fn a_process_name_with_control_or_bidi_characters_is_refused_where_it_is() {
+    for bad in ["\u{202e}\u{1b}[2J\u{9b}\u{7f}", "a\nb", "zw\u{200b}"] {
+        let mut v = sample_report();
+        v["snapshot"]["processes"][0]["name"] = Value::String(bad.into());
+        let r: proto::Report = serde_json::from_value(v).unwrap();
+        let e = r.validate().unwrap_err();
+        assert!(e.to_string().contains("processes[0].name"), "{bad:?}: {e}");
+    }
+}

@@ -4,7 +4,7 @@ use std::cell::OnceCell;
 use std::path::Path;
 use std::sync::Arc;
 
-use hostwatch_proto::v1::{is_interactive, limits};
+use hostwatch_proto::v1::{self as proto, is_interactive, limits};
 use time::OffsetDateTime;
 
 use super::redact::Redactor;
@@ -477,15 +477,28 @@ pub fn strip_deleted(link: &str) -> (String, bool) {
 
 /// `comm`, unless the kernel cut it at 15 bytes and the executable's file name is the full
 /// version of it (`systemd-journal` -> `systemd-journald`).
+/// A program chooses its own name: control and invisible characters in it (an escape sequence
+/// that would rewrite a terminal, a bidirectional override that shows it reversed) are replaced
+/// with U+FFFD, which shows that something was there; the contract refuses a name with them.
 pub fn process_name(comm: &str, exe: Option<&str>) -> String {
-    if comm.len() == COMM_MAX
+    let name = if comm.len() == COMM_MAX
         && let Some(base) = exe.and_then(|e| Path::new(e).file_name()).and_then(|b| b.to_str())
         && base.len() > COMM_MAX
         && base.starts_with(comm)
     {
-        return truncate(base, limits::MAX_NAME_BYTES).to_owned();
+        base
+    } else if comm.is_empty() {
+        "?"
+    } else {
+        comm
+    };
+    let shown = |c: char| !(c.is_control() || proto::invisible(c));
+    if name.chars().all(shown) {
+        return truncate(name, limits::MAX_NAME_BYTES).to_owned();
     }
-    if comm.is_empty() { "?".to_owned() } else { truncate(comm, limits::MAX_NAME_BYTES).to_owned() }
+    let replaced: String =
+        name.chars().map(|c| if shown(c) { c } else { char::REPLACEMENT_CHARACTER }).collect();
+    truncate(&replaced, limits::MAX_NAME_BYTES).to_owned()
 }
 
 /// Splits `/proc/PID/cmdline` at NULs, converting each argument lossily (a non-UTF-8 argument
@@ -711,6 +724,8 @@ mod tests {
         // A process that renamed itself keeps the name it chose: exe tells the truth elsewhere.
         assert_eq!(process_name("kworker/0:1abcd", Some("/tmp/xmrig")), "kworker/0:1abcd");
         assert_eq!(process_name("", None), "?");
+        assert_eq!(process_name("\u{1b}[2Jx\u{202e}", None), "\u{fffd}[2Jx\u{fffd}");
+        assert_eq!(process_name("a\u{9b}b\u{7f}", None), "a\u{fffd}b\u{fffd}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::timestamp;
-use super::validate::{Validate, ValidationError, count, limits, nonempty, opt_stored, opt_text, text};
+use super::validate::{Validate, ValidationError, count, limits, name, nonempty, opt_stored, opt_text, text};
 
 /// One running process. Kernel threads are never reported (they have no executable to explain),
 /// nor zombies (they have ended and only wait for their parent).
@@ -169,7 +169,10 @@ pub(crate) fn is_false(b: &bool) -> bool {
 
 impl Validate for Process {
     fn validate(&self) -> Result<(), ValidationError> {
+        // A name is shown and logged as it is: the agent replaces what a program put in its own
+        // name to hide or forge text (control and invisible characters).
         nonempty("name", &self.name, limits::MAX_NAME_BYTES)?;
+        name("name", &self.name, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)?;
         opt_text("user", &self.user, limits::MAX_NAME_BYTES)?;
         opt_text("cgroup", &self.cgroup, limits::MAX_PATH_BYTES)?;
@@ -190,6 +193,7 @@ impl Validate for Process {
         count("ancestry", &self.ancestry, limits::MAX_ANCESTRY)?;
         for (i, a) in self.ancestry.iter().enumerate() {
             nonempty(format_args!("ancestry[{i}].name"), &a.name, limits::MAX_NAME_BYTES)?;
+            name(format_args!("ancestry[{i}].name"), &a.name, limits::MAX_NAME_BYTES)?;
             opt_text(format_args!("ancestry[{i}].exe"), &a.exe, limits::MAX_PATH_BYTES)?;
         }
         count("cmdline", &self.cmdline, limits::MAX_ARGS)?;

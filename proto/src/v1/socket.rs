@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::{Validate, ValidationError, limits, opt_stored, opt_text};
+use super::validate::{Validate, ValidationError, limits, opt_name, opt_stored, opt_text};
 
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub struct Connection {
 impl Validate for Connection {
     fn validate(&self) -> Result<(), ValidationError> {
         opt_stored("netns", self.netns)?;
-        opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
+        opt_name("process", &self.process, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
     }
 }
@@ -130,7 +130,7 @@ impl Validate for Connection {
 impl Validate for Listener {
     fn validate(&self) -> Result<(), ValidationError> {
         opt_stored("netns", self.netns)?;
-        opt_text("process", &self.process, limits::MAX_NAME_BYTES)?;
+        opt_name("process", &self.process, limits::MAX_NAME_BYTES)?;
         opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
     }
 }

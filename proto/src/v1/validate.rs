@@ -120,6 +120,18 @@ pub(crate) fn name(path: impl fmt::Display, s: &str, max: usize) -> Result<(), V
     Ok(())
 }
 
+/// [`name`] where there is one.
+pub(crate) fn opt_name(
+    path: impl fmt::Display,
+    s: &Option<impl AsRef<str>>,
+    max: usize,
+) -> Result<(), ValidationError> {
+    match s {
+        Some(s) => name(path, s.as_ref(), max),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn opt_text(
     path: impl fmt::Display,
     s: &Option<impl AsRef<str>>,
