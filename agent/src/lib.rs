@@ -61,6 +61,7 @@ pub mod doctor;
 pub mod files;
 pub mod identity;
 pub mod logging;
+pub mod memory;
 pub mod ratelimit;
 pub mod runner;
 pub mod signals;

@@ -381,7 +381,14 @@ impl Agent {
 
     /// A socket the kernel opened or closed, with its owner where the event names one (an
     /// accepted connection's owner is its listener's).
+    ///
+    /// The agent's own sockets (its connection to the collector, to the cloud's metadata service)
+    /// are not reported from events: each reconnect would be history on every host, and the
+    /// collector explains them anyway. Its scans still list the one open when they look.
     fn on_socket_event(&mut self, e: SocketEvent) {
+        if e.pid == Some(std::process::id()) {
+            return;
+        }
         let Some(observer) = self.observer.as_ref() else { return };
         let netns = observer.netns_of(u64::from(e.netns));
         let owner = |pid: Option<u32>| -> (Option<Arc<str>>, Option<Arc<str>>) {

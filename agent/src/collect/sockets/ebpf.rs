@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::links::FdLink;
 use aya::programs::{BtfTracePoint, FExit, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -226,10 +227,11 @@ pub fn probe(ring_bytes: u32) -> Result<UdpHook, String> {
     load(ring_bytes).map(|l| l.udp_hook)
 }
 
-/// The program attached, with what it is read through. The programs stay attached while
-/// `_ebpf` lives.
+/// The program attached, with what it is read through: the programs stay attached while
+/// `_links` live (each link holds its program, and the program its maps, in the kernel). The
+/// loader's own copy of the object is dropped once they are taken.
 struct Loaded {
-    _ebpf: Ebpf,
+    _links: Vec<FdLink>,
     ring: RingBuf<MapData>,
     dropped: PerCpuArray<MapData, u64>,
     udp_hook: UdpHook,
@@ -249,45 +251,48 @@ fn load(ring_bytes: u32) -> Result<Loaded, String> {
         .try_into()
         .map_err(|e| format!("set_state: {e}"))?;
     tcp.load("inet_sock_set_state", &btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    tcp.attach().map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
-    let udp_hook = match attach_udp_fexit(&mut ebpf, &btf) {
-        Ok(()) => UdpHook::Fexit,
+    let id = tcp.attach().map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
+    let tcp_link = FdLink::from(tcp.take_link(id).map_err(|e| format!("set_state: {}", chain(&e)))?);
+    let (udp_link, udp_hook) = match attach_udp_fexit(&mut ebpf, &btf) {
+        Ok(link) => (link, UdpHook::Fexit),
         Err(fexit_why) => {
-            attach_udp_sys_exit(&mut ebpf).map_err(|why| format!("{why} (and fexit: {fexit_why})"))?;
-            UdpHook::SysExit
+            let link =
+                attach_udp_sys_exit(&mut ebpf).map_err(|why| format!("{why} (and fexit: {fexit_why})"))?;
+            (link, UdpHook::SysExit)
         }
     };
-    // The kernel's types are needed no more: their memory (the whole kernel's BTF, parsed) goes
-    // back to the system rather than stay in the agent's heap.
-    drop(btf);
-    release_freed_memory();
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("the eBPF object lacks EVENTS")?)
         .map_err(|e| format!("ring buffer: {e}"))?;
     let dropped = PerCpuArray::try_from(ebpf.take_map("DROPPED").ok_or("the eBPF object lacks DROPPED")?)
         .map_err(|e| format!("drop counter: {e}"))?;
-    Ok(Loaded { _ebpf: ebpf, ring, dropped, udp_hook })
+    // The kernel's types (its whole BTF, parsed) and the loader's copy of the object are needed
+    // no more: their memory goes back to the system rather than stay in the agent's heap.
+    drop(btf);
+    drop(ebpf);
+    crate::memory::release_freed();
+    Ok(Loaded { _links: vec![tcp_link, udp_link], ring, dropped, udp_hook })
 }
 
-fn attach_udp_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+fn attach_udp_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<FdLink, String> {
     let udp: &mut FExit = ebpf
         .program_mut("udp_connect")
         .ok_or("the eBPF object lacks udp_connect")?
         .try_into()
         .map_err(|e| format!("udp_connect: {e}"))?;
     udp.load("inet_dgram_connect", btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    udp.attach().map_err(|e| format!("cannot attach to inet_dgram_connect: {}", chain(&e)))?;
-    Ok(())
+    let id = udp.attach().map_err(|e| format!("cannot attach to inet_dgram_connect: {}", chain(&e)))?;
+    Ok(FdLink::from(udp.take_link(id).map_err(|e| format!("udp_connect: {}", chain(&e)))?))
 }
 
-fn attach_udp_sys_exit(ebpf: &mut Ebpf) -> Result<(), String> {
+fn attach_udp_sys_exit(ebpf: &mut Ebpf) -> Result<FdLink, String> {
     let udp: &mut RawTracePoint = ebpf
         .program_mut("udp_connect_exit")
         .ok_or("the eBPF object lacks udp_connect_exit")?
         .try_into()
         .map_err(|e| format!("udp_connect_exit: {e}"))?;
     udp.load().map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
-    Ok(())
+    let id = udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
+    Ok(FdLink::from(udp.take_link(id).map_err(|e| format!("udp_connect_exit: {}", chain(&e)))?))
 }
 
 impl Drop for SocketEvents {
@@ -298,19 +303,6 @@ impl Drop for SocketEvents {
         }
     }
 }
-
-/// Returns the heap's free pages to the kernel (glibc keeps them otherwise).
-#[cfg(target_env = "gnu")]
-#[allow(unsafe_code)]
-fn release_freed_memory() {
-    // SAFETY: malloc_trim takes no pointer and only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn release_freed_memory() {}
 
 /// Nanoseconds to add to a CLOCK_BOOTTIME reading to make it wall-clock time.
 fn boot_to_wall() -> i128 {
@@ -327,7 +319,7 @@ fn receive(
     counters: Arc<Counters>,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let Loaded { _ebpf, mut ring, dropped, .. } = loaded;
+    let Loaded { _links, mut ring, dropped, .. } = loaded;
     let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::MAX);
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];

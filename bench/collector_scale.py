@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""The collector under a fleet: N simulated agents (target/release/hostwatch-load) against a
+release collector on SQLite, at the agents' default 10 s interval, on this machine (the generator
+shares it: its own CPU is reported beside the collector's).
+
+For each N in --agents, --rounds times (alternating the order of N between rounds): a fresh
+collector, then the generator for --duration seconds; the first --warmup seconds (enrollments
+and every agent's first snapshot) are reported apart. Every run is printed, then per N the
+medians with min and max.
+
+The collector runs with its defaults except what a fleet's operator sizes: connections open at
+once (`max_connections`, two per agent) and enrollments per source address (a fleet that boots
+at once; the generator spreads agents over 127.0.0.x, 400 per address, under the per-address
+connection cap).
+
+Usage: cargo build --release && python3 bench/collector_scale.py [--agents 1000,2000,5000]
+       [--rounds 3] [--duration 120] [--warmup 30] [--processes 300]
+"""
+import argparse, json, math, os, statistics, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
+
+
+def one_run(n, a):
+    extra = (f"[limits]\nmax_connections = {max(4096, 2 * n)}\n"
+             f"enrollments_per_address_per_minute = 100000\n")
+    c = harness.Collector(extra)
+    sources = max(1, math.ceil(n / 400))
+    out = subprocess.run([harness.binary("hostwatch-load"), "--server", c.url, "--secret-file", c.secret_file,
+                          "--agents", str(n), "--duration", str(a.duration), "--warmup", str(a.warmup),
+                          "--sources", str(sources), "--processes", str(a.processes),
+                          "--collector-pid", str(c.proc.pid), "--json"],
+                         capture_output=True, text=True, timeout=a.duration + 120)
+    c.proc.terminate()
+    c.proc.wait(timeout=30)
+    if not out.stdout.strip():
+        sys.exit(f"hostwatch-load printed nothing: {out.stderr[-2000:]}")
+    r = json.loads(out.stdout)
+    print(f"{n} agents: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
+          f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, not accepted {r['not_accepted']} "
+          f"{r['outcomes']}, warm-up {r['warmup_outcomes']}, enroll failures {r['enroll_failures']}; "
+          f"collector CPU {r['collector_cpu_percent']} %, RSS max {r['collector_rss_max_mib']} MiB; "
+          f"generator CPU {r['generator_cpu_percent']} %", flush=True)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", default="1000,2000,5000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=120)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--processes", type=int, default=300)
+    a = ap.parse_args()
+    sizes = [int(x) for x in a.agents.split(",")]
+    runs = {n: [] for n in sizes}
+    for rnd in range(a.rounds):
+        for n in (sizes if rnd % 2 == 0 else list(reversed(sizes))):
+            runs[n].append(one_run(n, a))
+    for n in sizes:
+        rs = runs[n]
+
+        def fig(k):
+            v = [r[k] for r in rs if r[k] is not None]
+            return f"{statistics.median(v):g} ({min(v):g}-{max(v):g})" if v else "-"
+        print(f"{n} agents, {len(rs)} runs: accepted/s {fig('accepted_per_sec')} of {rs[0]['offered_per_sec']}, "
+              f"p50 {fig('p50_ms')} ms, p99 {fig('p99_ms')} ms, not accepted {fig('not_accepted')}, "
+              f"collector CPU {fig('collector_cpu_percent')} %, RSS {fig('collector_rss_max_mib')} MiB, "
+              f"generator CPU {fig('generator_cpu_percent')} %")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,644 @@
+//! `hostwatch-load`: N simulated agents against a running collector, on loopback, bounded in
+//! count and time, for the collector's scale figures (BENCHMARKS.md, issue 15).
+//!
+//! Each simulated agent enrolls with the collector's enrollment secret (at a random moment of the
+//! first interval, as a fleet that boots together does), sends a snapshot of a realistic host
+//! (hundreds of processes with command lines, hashes, cgroups and ancestry; listeners;
+//! connections), then one report per interval: a small delta (processes started and ended, a
+//! connection opened and closed) every `--delta-every`th, a heartbeat otherwise, as the agent
+//! does. A report the collector refuses (413, 429, 503) or cannot take is sent again at the next
+//! interval, as the agent's spool would; a `resync` answer makes the next one a snapshot. Agents
+//! are spread over `--sources` loopback addresses (127.0.0.1, .2, ...), since the collector caps
+//! connections per address.
+//!
+//! It measures what the collector gives a fleet: reports accepted per second against those
+//! offered, latency (p50, p90, p99, max) of each answer, answers by status, transport errors, and
+//! its own CPU (it shares the machine with the collector); with `--collector-pid`, the
+//! collector's CPU and largest RSS over the window too. The first `--warmup` (default: one
+//! interval: the enrollments and snapshots) is reported apart from the steady window.
+//!
+//! Plain HTTP only: TLS's cost per report is measured on its own (bench/ingest_cost.py).
+//!
+//! ```text
+//! hostwatch-load --server http://127.0.0.1:8443 --secret-file DIR/enroll-secret --agents 1000 \
+//!     [--interval 10] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
+//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostwatch_proto::v1 as proto;
+use time::OffsetDateTime;
+
+/// What the generator was told to do.
+#[derive(Debug, Clone)]
+struct Args {
+    server: String,
+    secret: String,
+    agents: usize,
+    interval: Duration,
+    duration: Duration,
+    warmup: Duration,
+    sources: u8,
+    processes: usize,
+    delta_every: u64,
+    gzip: bool,
+    collector_pid: Option<u32>,
+    json: bool,
+}
+
+const USAGE: &str = "usage: hostwatch-load --server URL --secret-file FILE --agents N [--interval SECS] \
+[--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
+[--collector-pid PID] [--json]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        server: String::new(),
+        secret: String::new(),
+        agents: 0,
+        interval: Duration::from_secs(10),
+        duration: Duration::from_secs(120),
+        warmup: Duration::ZERO,
+        sources: 8,
+        processes: 300,
+        delta_every: 2,
+        gzip: false,
+        collector_pid: None,
+        json: false,
+    };
+    let mut warmup = None;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String, flag: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v:?}: {e}"));
+        match flag.as_str() {
+            "--server" => a.server = value()?.trim_end_matches('/').to_owned(),
+            "--secret-file" => {
+                let path = value()?;
+                a.secret = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read the enrollment secret {path}: {e}"))?
+                    .trim()
+                    .to_owned();
+            }
+            "--agents" => a.agents = number(value()?, &flag)? as usize,
+            "--interval" => a.interval = Duration::from_secs(number(value()?, &flag)?.max(1)),
+            "--duration" => a.duration = Duration::from_secs(number(value()?, &flag)?),
+            "--warmup" => warmup = Some(Duration::from_secs(number(value()?, &flag)?)),
+            "--sources" => a.sources = number(value()?, &flag)?.clamp(1, 250) as u8,
+            "--processes" => a.processes = number(value()?, &flag)?.clamp(1, 5000) as usize,
+            "--delta-every" => a.delta_every = number(value()?, &flag)?.max(1),
+            "--collector-pid" => a.collector_pid = Some(number(value()?, &flag)? as u32),
+            "--gzip" => a.gzip = true,
+            "--json" => a.json = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if a.server.is_empty() || a.secret.is_empty() || a.agents == 0 {
+        return Err(format!("--server, --secret-file and --agents are needed\n{USAGE}"));
+    }
+    if !a.server.starts_with("http://") {
+        return Err("--server must be a plain http:// address (TLS is measured on its own)".to_owned());
+    }
+    a.warmup = warmup.unwrap_or(a.interval);
+    if a.duration <= a.warmup {
+        return Err(format!(
+            "--duration ({:?}) must be longer than the warm-up ({:?})",
+            a.duration, a.warmup
+        ));
+    }
+    Ok(a)
+}
+
+/// A small deterministic generator (xorshift64*): jitter and synthetic hosts without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Status(u16),
+    /// No answer: refused, reset, timed out.
+    Transport,
+}
+
+/// What one agent measured; merged at the end (no lock on the hot path).
+#[derive(Debug, Default)]
+struct Stats {
+    /// Latency in microseconds of each answered report in the steady window.
+    latencies: Vec<u32>,
+    outcomes: BTreeMap<Outcome, u64>,
+    warmup_outcomes: BTreeMap<Outcome, u64>,
+    accepted: u64,
+    enroll_failures: u64,
+    bytes_sent: u64,
+}
+
+impl Stats {
+    fn merge(&mut self, o: Stats) {
+        self.latencies.extend(o.latencies);
+        for (k, v) in o.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        for (k, v) in o.warmup_outcomes {
+            *self.warmup_outcomes.entry(k).or_default() += v;
+        }
+        self.accepted += o.accepted;
+        self.enroll_failures += o.enroll_failures;
+        self.bytes_sent += o.bytes_sent;
+    }
+}
+
+/// A simulated host: what its agent reports.
+struct Host {
+    index: usize,
+    rng: Rng,
+    next_pid: u32,
+    processes: Vec<proto::Process>,
+    listeners: Vec<proto::Listener>,
+    connections: Vec<proto::Connection>,
+    booted: OffsetDateTime,
+}
+
+const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("nginx", "/usr/sbin/nginx", "nginx.service"),
+    ("python3", "/usr/bin/python3.11", "app.service"),
+    ("java", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "worker.service"),
+    ("sshd", "/usr/sbin/sshd", "ssh.service"),
+    ("postgres", "/usr/lib/postgresql/15/bin/postgres", "postgresql@15-main.service"),
+    ("node", "/usr/bin/node", "frontend.service"),
+    ("cron", "/usr/sbin/cron", "cron.service"),
+    ("systemd-journald", "/usr/lib/systemd/systemd-journald", "systemd-journald.service"),
+];
+
+impl Host {
+    fn new(index: usize, processes: usize) -> Host {
+        let booted = OffsetDateTime::now_utc() - time::Duration::days(3);
+        let mut h = Host {
+            index,
+            rng: Rng::new(index as u64 + 1),
+            next_pid: 1000,
+            processes: Vec::new(),
+            listeners: Vec::new(),
+            connections: Vec::new(),
+            booted,
+        };
+        for _ in 0..processes {
+            let p = h.process();
+            h.processes.push(p);
+        }
+        let addr = IpAddr::V4(Ipv4Addr::new(10, (index >> 16) as u8, (index >> 8) as u8, index as u8));
+        for (i, port) in [22u16, 80, 443, 5432, 8080, 9100].into_iter().enumerate() {
+            let (name, exe, _) = PROGRAMS[i % PROGRAMS.len()];
+            h.listeners.push(proto::Listener {
+                protocol: proto::Protocol::Tcp,
+                address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+                pid: Some(900 + i as u32),
+                process: Some(name.into()),
+                exe: Some(exe.into()),
+                uid: 0,
+                netns: None,
+            });
+        }
+        for i in 0..30u16 {
+            let c = h.connection(addr, 40000 + i);
+            h.connections.push(c);
+        }
+        h
+    }
+
+    fn process(&mut self) -> proto::Process {
+        let (name, exe, unit) = PROGRAMS[self.rng.below(PROGRAMS.len() as u64) as usize];
+        self.next_pid += 1 + self.rng.below(7) as u32;
+        let start = self.booted + time::Duration::seconds(self.rng.below(200_000) as i64);
+        let mut p = proto::Process::new(self.next_pid, 1, name, 33, start);
+        p.exe = Some(exe.to_owned());
+        p.user = Some("www-data".to_owned());
+        p.cmdline = vec![
+            exe.to_owned(),
+            "--config".to_owned(),
+            format!("/etc/{name}/{name}.conf"),
+            format!("--worker-id={}", self.rng.below(64)),
+        ];
+        p.sha256 =
+            Some(format!("{:016x}{:016x}{:016x}{:016x}", self.rng.next(), self.rng.next(), 0, self.index));
+        p.cgroup = Some(format!("/system.slice/{unit}"));
+        p.unit = Some(unit.to_owned());
+        p.rss_bytes = Some(self.rng.below(512 << 20));
+        p.cpu_percent = Some((self.rng.below(1000) as f32) / 100.0);
+        p.ancestry = vec![proto::Ancestor {
+            pid: 1,
+            name: "systemd".to_owned(),
+            exe: Some("/usr/lib/systemd/systemd".to_owned()),
+        }]
+        .into();
+        p
+    }
+
+    fn connection(&mut self, local: IpAddr, port: u16) -> proto::Connection {
+        let (name, exe, _) = PROGRAMS[self.rng.below(PROGRAMS.len() as u64) as usize];
+        proto::Connection {
+            protocol: proto::Protocol::Tcp,
+            local_address: local,
+            local_port: port,
+            remote_address: IpAddr::V4(Ipv4Addr::new(
+                10,
+                9,
+                (self.rng.below(4)) as u8,
+                (self.rng.below(250) + 1) as u8,
+            )),
+            remote_port: [443u16, 5432, 6379, 9092][self.rng.below(4) as usize],
+            direction: proto::Direction::Outbound,
+            pid: Some(1000 + self.rng.below(500) as u32),
+            process: Some(name.into()),
+            exe: Some(exe.into()),
+            uid: 33,
+            netns: None,
+        }
+    }
+
+    fn facts(&self) -> proto::HostFacts {
+        let mut f =
+            proto::HostFacts::new(format!("load-{:05}", self.index), format!("{:032x}", self.index + 1));
+        f.os = "Debian GNU/Linux 12 (bookworm)".to_owned();
+        f.kernel = "6.1.0-18-amd64".to_owned();
+        f.arch = "x86_64".to_owned();
+        f.tags.insert("role".to_owned(), ["web", "worker", "db"][self.index % 3].to_owned());
+        f
+    }
+
+    fn snapshot(&self) -> proto::Snapshot {
+        proto::Snapshot {
+            taken_at: OffsetDateTime::now_utc(),
+            processes: self.processes.clone(),
+            listeners: self.listeners.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+
+    /// Two processes end and two start; one connection closes and another opens.
+    fn delta(&mut self) -> proto::Delta {
+        let now = OffsetDateTime::now_utc();
+        let mut d = proto::Delta::default();
+        for _ in 0..2 {
+            if self.processes.len() > 1 {
+                let gone = self.processes.swap_remove(self.rng.below(self.processes.len() as u64) as usize);
+                d.processes.removed.push(proto::Removed { key: gone.key(), at: now });
+            }
+            let mut p = self.process();
+            p.start_time = now;
+            d.processes.added.push(p.clone());
+            self.processes.push(p);
+        }
+        if let Some(c) = self.connections.pop() {
+            d.connections.removed.push(proto::Removed { key: c.key(), at: now });
+            let port = 40000 + self.rng.below(20000) as u16;
+            let fresh = self.connection(c.local_address, port);
+            d.connections.added.push(fresh.clone());
+            self.connections.insert(0, fresh);
+        }
+        d
+    }
+}
+
+/// Everything the generator shares between agents.
+struct Shared {
+    args: Args,
+    start: Instant,
+}
+
+impl Shared {
+    fn deadline(&self) -> Instant {
+        self.start + self.args.duration
+    }
+    fn in_warmup(&self, at: Instant) -> bool {
+        at < self.start + self.args.warmup
+    }
+}
+
+fn agent_status(args: &Args, started: OffsetDateTime) -> proto::AgentStatus {
+    proto::AgentStatus::new("0.0.0-load", args.interval.as_secs() as u32, started)
+}
+
+async fn enroll(
+    client: &reqwest::Client,
+    shared: &Shared,
+    host: &Host,
+    started: OffsetDateTime,
+) -> Result<String, String> {
+    let req = proto::EnrollRequest {
+        enroll_secret: shared.args.secret.clone(),
+        host: host.facts(),
+        agent: agent_status(&shared.args, started),
+        instance_identity: None,
+    };
+    let url = format!("{}/api/v1/enroll", shared.args.server);
+    // A fleet booting together is refused for a while (enrollment rate limits): try again,
+    // within the run.
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match client.post(&url).json(&req).send().await {
+            Ok(r) if r.status().is_success() => {
+                let body: proto::EnrollResponse =
+                    r.json().await.map_err(|e| format!("enroll answer: {e}"))?;
+                return Ok(body.node_key);
+            }
+            Ok(r) if matches!(r.status().as_u16(), 429 | 503) => {}
+            Ok(r) => return Err(format!("enroll answered {}", r.status())),
+            Err(_) => {}
+        }
+        if Instant::now() + wait >= shared.deadline() {
+            return Err("enrollment never accepted within the run".to_owned());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn body_of(report: &proto::Report, gzip: bool) -> Vec<u8> {
+    let json = serde_json::to_vec(report).unwrap_or_default();
+    if !gzip {
+        return json;
+    }
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = e.write_all(&json);
+    e.finish().unwrap_or_default()
+}
+
+async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
+    let args = &shared.args;
+    let mut stats = Stats::default();
+    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(args.sources)) as u8));
+    let Ok(client) = reqwest::Client::builder()
+        .local_address(source)
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()
+    else {
+        stats.enroll_failures += 1;
+        return stats;
+    };
+    let mut host = Host::new(index, args.processes);
+    let mut rng = Rng::new(0xA5A5 ^ index as u64);
+    // Boots at a random moment of the first interval.
+    let first = shared.start + Duration::from_millis(rng.below(args.interval.as_millis() as u64));
+    tokio::time::sleep_until(first.into()).await;
+    let started = OffsetDateTime::now_utc();
+    let key = match enroll(&client, &shared, &host, started).await {
+        Ok(key) => key,
+        Err(_) => {
+            stats.enroll_failures += 1;
+            return stats;
+        }
+    };
+    let url = format!("{}/api/v1/report", args.server);
+    let session = rng.next() >> 1;
+    let mut seq = 0u64;
+    let mut want_snapshot = true;
+    // A report not taken is sent again as it was at the next interval (the spool's order).
+    let mut pending: Option<proto::Report> = None;
+    let mut next = Instant::now();
+    while next < shared.deadline() {
+        tokio::time::sleep_until(next.into()).await;
+        next += args.interval;
+        let report = match pending.take() {
+            Some(r) => r,
+            None => {
+                seq += 1;
+                let (snapshot, delta) = if want_snapshot {
+                    (Some(host.snapshot()), None)
+                } else if seq.is_multiple_of(args.delta_every) {
+                    (None, Some(host.delta()))
+                } else {
+                    (None, None)
+                };
+                proto::Report {
+                    session,
+                    seq,
+                    sent_at: OffsetDateTime::now_utc(),
+                    host: host.facts(),
+                    agent: agent_status(args, started),
+                    snapshot,
+                    delta,
+                    lost: 0,
+                    goodbye: None,
+                }
+            }
+        };
+        let body = body_of(&report, args.gzip);
+        stats.bytes_sent += body.len() as u64;
+        let mut req = client
+            .post(&url)
+            .bearer_auth(&key)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if args.gzip {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        let sent = Instant::now();
+        let outcome = match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                if status == 200 {
+                    match r.json::<proto::ReportResponse>().await {
+                        Ok(answer) => want_snapshot = answer.resync,
+                        Err(_) => pending = Some(report),
+                    }
+                } else {
+                    let _ = r.bytes().await;
+                    pending = Some(report);
+                }
+                Outcome::Status(status)
+            }
+            Err(_) => {
+                pending = Some(report);
+                Outcome::Transport
+            }
+        };
+        let took = sent.elapsed();
+        if shared.in_warmup(sent) {
+            *stats.warmup_outcomes.entry(outcome).or_default() += 1;
+            continue;
+        }
+        *stats.outcomes.entry(outcome).or_default() += 1;
+        if outcome == Outcome::Status(200) {
+            stats.accepted += 1;
+        }
+        if matches!(outcome, Outcome::Status(_)) {
+            stats.latencies.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+    }
+    stats
+}
+
+/// CPU seconds (user + system) and resident bytes of `pid` ("self" for this process).
+fn usage(pid: &str) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?) as f64 / ticks;
+    let rss = fields.get(21)?.parse::<u64>().ok()? * 4096;
+    Some((cpu, rss))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hostwatch-load: {e}");
+            std::process::exit(2);
+        }
+    };
+    // reqwest's TLS stack wants a process-wide provider even for plain HTTP clients.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hostwatch-load: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(run(args));
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> i32 {
+    let shared = Arc::new(Shared { args: args.clone(), start: Instant::now() });
+    let steady_from = shared.start + args.warmup;
+    // The collector's CPU and largest RSS over the steady window, sampled each second.
+    let collector = args.collector_pid.map(|pid| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let pid = pid.to_string();
+            tokio::time::sleep_until(steady_from.into()).await;
+            let begin = usage(&pid);
+            let mut rss_max = begin.map_or(0, |u| u.1);
+            while Instant::now() < shared.deadline() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some((_, rss)) = usage(&pid) {
+                    rss_max = rss_max.max(rss);
+                }
+            }
+            let end = usage(&pid);
+            (begin.zip(end).map(|(b, e)| e.0 - b.0), rss_max)
+        })
+    });
+    let tasks: Vec<_> = (0..args.agents).map(|i| tokio::spawn(run_agent(i, shared.clone()))).collect();
+    let self_begin = {
+        tokio::time::sleep_until(steady_from.into()).await;
+        usage("self")
+    };
+    let mut stats = Stats::default();
+    let mut crashed = 0;
+    for t in tasks {
+        match t.await {
+            Ok(s) => stats.merge(s),
+            Err(e) => {
+                crashed += 1;
+                if crashed == 1 {
+                    eprintln!("hostwatch-load: a simulated agent failed: {e}");
+                }
+            }
+        }
+    }
+    if crashed > 0 {
+        eprintln!("hostwatch-load: {crashed} simulated agents failed; the figures are not valid");
+        return 1;
+    }
+    let window = Instant::now().saturating_duration_since(steady_from).as_secs_f64().max(1e-3);
+    let self_cpu = self_begin.zip(usage("self")).map(|(b, e)| (e.0 - b.0) / window * 100.0);
+    let (collector_cpu, collector_rss) = match collector {
+        Some(h) => match h.await {
+            Ok((cpu, rss)) => (cpu.map(|c| c / window * 100.0), Some(rss)),
+            Err(_) => (None, None),
+        },
+        None => (None, None),
+    };
+    stats.latencies.sort_unstable();
+    let l = &stats.latencies;
+    let offered = args.agents as f64 / args.interval.as_secs_f64();
+    let refused: u64 =
+        stats.outcomes.iter().filter(|(k, _)| **k != Outcome::Status(200)).map(|(_, v)| v).sum();
+    let outcomes = |m: &BTreeMap<Outcome, u64>| -> BTreeMap<String, u64> {
+        m.iter()
+            .map(|(k, v)| {
+                (
+                    match k {
+                        Outcome::Status(s) => s.to_string(),
+                        Outcome::Transport => "transport_error".to_owned(),
+                    },
+                    *v,
+                )
+            })
+            .collect()
+    };
+    let summary = serde_json::json!({
+        "agents": args.agents,
+        "interval_secs": args.interval.as_secs(),
+        "window_secs": (window * 10.0).round() / 10.0,
+        "offered_per_sec": (offered * 10.0).round() / 10.0,
+        "accepted_per_sec": ((stats.accepted as f64 / window) * 10.0).round() / 10.0,
+        "p50_ms": percentile(l, 0.50),
+        "p90_ms": percentile(l, 0.90),
+        "p99_ms": percentile(l, 0.99),
+        "max_ms": percentile(l, 1.0),
+        "not_accepted": refused,
+        "outcomes": outcomes(&stats.outcomes),
+        "warmup_outcomes": outcomes(&stats.warmup_outcomes),
+        "enroll_failures": stats.enroll_failures,
+        "mib_sent": (stats.bytes_sent as f64 / f64::from(1 << 20) * 10.0).round() / 10.0,
+        "generator_cpu_percent": self_cpu.map(|c| (c * 10.0).round() / 10.0),
+        "collector_cpu_percent": collector_cpu.map(|c| (c * 10.0).round() / 10.0),
+        "collector_rss_max_mib": collector_rss.map(|r| (r as f64 / f64::from(1 << 20) * 10.0).round() / 10.0),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "{} agents every {} s: offered {:.1}/s, accepted {:.1}/s; p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             not accepted {} {:?}; enroll failures {}; generator CPU {:?} %, collector CPU {:?} %, RSS max {:?} MiB",
+            args.agents,
+            args.interval.as_secs(),
+            offered,
+            stats.accepted as f64 / window,
+            percentile(l, 0.50),
+            percentile(l, 0.90),
+            percentile(l, 0.99),
+            percentile(l, 1.0),
+            refused,
+            outcomes(&stats.outcomes),
+            stats.enroll_failures,
+            summary["generator_cpu_percent"],
+            summary["collector_cpu_percent"],
+            summary["collector_rss_max_mib"],
+        );
+    }
+    i32::from(stats.enroll_failures > 0 || refused > 0)
+}
