@@ -281,20 +281,24 @@ int BPF_PROG(set_state, struct sock *sk, int oldstate, int newstate)
 // the socket's operations (never inlined). The caller is the owner. A trampoline on this one
 // function costs nothing to the system's other calls, where a hook on every system call's exit
 // would.
-SEC("fexit/inet_dgram_connect")
-int BPF_PROG(udp_connect, struct socket *sock, void *uaddr, int addr_len, int flags, int ret)
+static __always_inline void udp_connected(struct socket *sock)
 {
-	if (ret != 0)
-		return 0;
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
-		return 0;
+		return;
 	// connect(AF_UNSPEC) disconnects: no peer, nothing opened.
 	if (BPF_CORE_READ(sk, __sk_common.skc_dport) == 0)
-		return 0;
+		return;
 	struct owner me = {};
 	current_owner(&me);
 	emit(sk, EV_UDP_CONNECT, &me);
+}
+
+SEC("fexit/inet_dgram_connect")
+int BPF_PROG(udp_connect, struct socket *sock, void *uaddr, int addr_len, int flags, int ret)
+{
+	if (ret == 0)
+		udp_connected(sock);
 	return 0;
 }
 
@@ -319,14 +323,6 @@ int udp_connect_exit(struct bpf_raw_tracepoint_args *ctx)
 	// Only a socket's private_data is a struct socket.
 	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return 0;
-	struct socket *sock = BPF_CORE_READ(file, private_data);
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
-		return 0;
-	if (BPF_CORE_READ(sk, __sk_common.skc_dport) == 0)
-		return 0;
-	struct owner me = {};
-	current_owner(&me);
-	emit(sk, EV_UDP_CONNECT, &me);
+	udp_connected(BPF_CORE_READ(file, private_data));
 	return 0;
 }
