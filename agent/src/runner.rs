@@ -533,9 +533,7 @@ impl Agent {
         let now = OffsetDateTime::now_utc();
         if self.tracker.history_before_snapshot() {
             // What came and went since the last report is only in a delta: send it first.
-            let delta = self.tracker.take_delta(now);
-            let report = self.report(None, Some(delta), None);
-            self.spool_report(&report);
+            self.send_delta(now);
         }
         let (snapshot, delta) = if self.tracker.snapshot_due() {
             self.snapshot_at = Instant::now() + backoff::jittered(self.config.snapshot_every);
@@ -563,7 +561,12 @@ impl Agent {
             return;
         }
         self.reopen_reported_at = Some(Instant::now());
-        let delta = self.tracker.take_delta(OffsetDateTime::now_utc());
+        self.send_delta(OffsetDateTime::now_utc());
+    }
+
+    /// Spools a delta of what changed, whatever else is due.
+    fn send_delta(&mut self, now: OffsetDateTime) {
+        let delta = self.tracker.take_delta(now);
         let report = self.report(None, Some(delta), None);
         self.spool_report(&report);
     }

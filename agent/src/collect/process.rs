@@ -454,14 +454,18 @@ fn container_in(path: &str) -> Option<String> {
 /// The executable of `pid` now (without the kernel's ` (deleted)`), `None` if unreadable: for a
 /// socket event of a process the agent has not read yet.
 pub fn exe_of(root: &HostRoot, pid: u32) -> Option<String> {
-    let link = std::fs::read_link(root.proc.join(pid.to_string()).join("exe")).ok()?;
-    Some(strip_deleted(&link.to_string_lossy()).0)
+    exe_link(root, pid).map(|(path, _)| path)
 }
 
 /// Whether the executable of `pid` has been deleted (its link says so); `false` if unreadable.
 pub fn exe_deleted(root: &HostRoot, pid: u32) -> bool {
-    std::fs::read_link(root.proc.join(pid.to_string()).join("exe"))
-        .is_ok_and(|l| l.as_os_str().as_encoded_bytes().ends_with(DELETED.as_bytes()))
+    exe_link(root, pid).is_some_and(|(_, deleted)| deleted)
+}
+
+/// `/proc/PID/exe` read now: the path, and whether the file was deleted.
+fn exe_link(root: &HostRoot, pid: u32) -> Option<(String, bool)> {
+    let link = std::fs::read_link(root.proc.join(pid.to_string()).join("exe")).ok()?;
+    Some(strip_deleted(&link.to_string_lossy()))
 }
 
 /// What the kernel appends to the exe link of a process whose file was removed.

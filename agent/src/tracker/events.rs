@@ -57,15 +57,20 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         sent: &mut BTreeMap<T::Key, u64>,
     ) -> bool {
         if let Some(earlier) = self.open.remove(key) {
-            if earlier.sent {
-                sent.remove(key);
-                self.closed.push((key.clone(), at));
-            } else {
-                self.transient.push((earlier.item, at));
-            }
-            self.ending.insert(key.clone());
+            self.end(key, earlier, at, sent);
         }
         self.ending.contains(key)
+    }
+
+    /// An event's socket is gone at `at`: come and gone if no report carried it, else closed.
+    fn end(&mut self, key: &T::Key, open: Open<T>, at: OffsetDateTime, sent: &mut BTreeMap<T::Key, u64>) {
+        if open.sent {
+            sent.remove(key);
+            self.closed.push((key.clone(), at));
+        } else {
+            self.transient.push((open.item, at));
+        }
+        self.ending.insert(key.clone());
     }
 
     /// A socket opened at `at`. One the scans or the reports already have is theirs.
@@ -92,24 +97,18 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         current: &mut Vec<T>,
         sent: &mut BTreeMap<T::Key, u64>,
     ) {
-        match self.open.remove(key) {
-            Some(Open { item, sent: false, .. }) => self.transient.push((item, at)),
-            Some(Open { sent: true, .. }) => {
-                sent.remove(key);
-                self.closed.push((key.clone(), at));
-            }
-            None => {
-                let scanned =
-                    current.binary_search_by(|x| x.wire_key().cmp(key)).ok().map(|pos| current.remove(pos));
-                if sent.remove(key).is_some() {
-                    self.closed.push((key.clone(), at));
-                } else if let Some(item) = scanned {
-                    // A scan saw it, no report carried it: it came and went all the same.
-                    self.transient.push((item, at));
-                } else {
-                    return;
-                }
-            }
+        if let Some(open) = self.open.remove(key) {
+            self.end(key, open, at, sent);
+            return;
+        }
+        let scanned = current.binary_search_by(|x| x.wire_key().cmp(key)).ok().map(|pos| current.remove(pos));
+        if sent.remove(key).is_some() {
+            self.closed.push((key.clone(), at));
+        } else if let Some(item) = scanned {
+            // A scan saw it, no report carried it: it came and went all the same.
+            self.transient.push((item, at));
+        } else {
+            return;
         }
         self.ending.insert(key.clone());
     }
@@ -122,23 +121,14 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         seen_at: OffsetDateTime,
         sent: &mut BTreeMap<T::Key, u64>,
     ) {
-        let (transient, closed, ending) = (&mut self.transient, &mut self.closed, &mut self.ending);
-        self.open.retain(|key, open| {
-            if holds(current, key) {
-                return false;
+        self.open.retain(|key, _| !holds(current, key));
+        let unseen: Vec<T::Key> =
+            self.open.iter().filter(|(_, open)| open.at < seen_at).map(|(key, _)| key.clone()).collect();
+        for key in unseen {
+            if let Some(open) = self.open.remove(&key) {
+                self.end(&key, open, seen_at, sent);
             }
-            if open.at >= seen_at {
-                return true;
-            }
-            if open.sent {
-                sent.remove(key);
-                closed.push((key.clone(), seen_at));
-            } else {
-                transient.push((open.item.clone(), seen_at));
-            }
-            ending.insert(key.clone());
-            false
-        });
+        }
     }
 
     /// The open ones.
