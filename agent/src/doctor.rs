@@ -249,7 +249,7 @@ fn connection_events(config: &AgentConfig) -> Check {
             "set socket_events = true",
         );
     }
-    match crate::collect::sockets::ebpf::probe(config.socket_event_ring_bytes) {
+    match crate::collect::sockets::loader::probe(config.socket_event_ring_bytes) {
         Ok(hook) => ok(
             "connections",
             format!(

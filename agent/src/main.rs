@@ -68,6 +68,10 @@ const CHECK_NOT_CONFIGURED: u8 = 1;
 const CHECK_BROKEN: u8 = 255;
 
 fn main() -> ExitCode {
+    // The eBPF loader's helper process, before anything else is set up (see its module).
+    if let Some(code) = collect::sockets::loader::helper_main() {
+        return code;
+    }
     let cli = Cli::parse();
     let _log = logging::init(cli.log_format);
     let checking = matches!(cli.command, Some(Command::Check));

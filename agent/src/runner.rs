@@ -335,8 +335,13 @@ impl Agent {
                         Scan::Quick(Want { listen: true, connected: connections_due }, !events_open || self.exec_why.is_some())
                     };
                     connections_due = false;
+                    let full = matches!(scan, Scan::Full { .. });
                     self.scan(scan).await;
                     self.report_if_due();
+                    if full {
+                        // The scan's passing peak goes back to the system (memory.rs).
+                        crate::memory::release_freed();
+                    }
                 }
             }
         }

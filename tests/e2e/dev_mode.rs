@@ -116,6 +116,13 @@ async fn dev_mode_watches_this_machine_and_shows_drift() {
         })
     })
     .await;
+    // The dev agent's eBPF loader is this binary run again (agent/src/collect/sockets/loader.rs).
+    let stats = wait_for("the dev agent's stats", WAIT, async || {
+        let detail: proto::HostDetail = cli_json(&dev, &token_file, &["host", &host.id.to_string()]);
+        detail.agent_stats.filter(|s| s.connection_source.is_some())
+    })
+    .await;
+    assert_eq!(stats.connection_source.as_deref(), Some("ebpf"), "{:?}", stats.connection_source_why);
     let workload = host.workload.clone().unwrap();
     assert!(data.join("baselines").join(format!("{workload}.toml")).exists());
     let baselines: Vec<proto::BaselineSummary> = cli_json(&dev, &token_file, &["baseline", "list"]);

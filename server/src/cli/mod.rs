@@ -341,6 +341,10 @@ const EXIT_CONFIG: u8 = 78;
 
 /// The `hostwatch` binary.
 pub fn main() -> ExitCode {
+    // `serve --dev` runs the agent in this process, and the agent its eBPF loader as this binary.
+    if let Some(code) = hostwatch_agent::collect::sockets::loader::helper_main() {
+        return code;
+    }
     let cli = Cli::parse();
     let _log = logging::init(cli.log_format);
     match run(cli) {

@@ -2,7 +2,8 @@
 //! program (`agent/bpf/connections.bpf.c`, its compiled object committed beside it) on the
 //! `inet_sock_set_state` BTF tracepoint for TCP and at the return of `inet_dgram_connect` (fexit;
 //! where the kernel refuses trampolines, on `sys_exit`) for UDP sockets' `connect(2)`, each event with the process that made it, read from a ring buffer on a thread of
-//! its own.
+//! its own. The program is loaded in a helper process ([`super::loader`]), which hands over the
+//! ring and the links.
 //!
 //! The scans ([`super::diag`]) stay the source of truth for what is open; these events add what
 //! opened and closed between two looks. Where the kernel refuses (no CAP_BPF and CAP_PERFMON, no
@@ -16,21 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::links::FdLink;
-use aya::programs::{BtfTracePoint, FExit, RawTracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 
-use crate::transport::chain;
+use super::loader::{self, Attached};
 use hostwatch_proto::v1::Protocol;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-/// The compiled program: what `agent/bpf/build.sh` makes of `connections.bpf.c`.
-static OBJECT: &[u8] = include_bytes!("../../../bpf/connections.bpf.o");
-
-/// The ring's default size: about 3,000 events, far more than a second of a busy server's.
-pub const RING_BYTES: u32 = 256 << 10;
+/// The ring's default size: about 1,300 events of 96 bytes. The reader is woken at a quarter
+/// ring, so a burst has about a thousand events of room while it drains. Its pages are mapped
+/// twice (the kernel's wrap-around), so each KiB here is two of the agent's resident memory.
+pub const RING_BYTES: u32 = 128 << 10;
 
 /// What the kernel did to a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,21 +183,22 @@ impl UdpHook {
 const POLL: Duration = Duration::from_millis(200);
 
 impl SocketEvents {
-    /// Loads and attaches the program and starts the reading thread; `Err` with the reason
-    /// where the kernel refuses. `ring_bytes`: the ring's size, a power of two of at least a page.
+    /// Loads and attaches the program (in a helper process: [`loader`]) and starts the reading
+    /// thread; `Err` with the reason where the kernel refuses. `ring_bytes`: the ring's size, a power of two of at least a page.
     pub fn start(ring_bytes: u32, tx: mpsc::Sender<Vec<SocketEvent>>) -> Result<SocketEvents, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (s, c) = (stop.clone(), counters.clone());
-        // The ring is read where it was made (aya's reader is not `Send`): the thread loads the
-        // program and says how that went before it reads.
+        let attached = loader::attach(ring_bytes)?;
+        // The ring is read where it is mapped (aya's reader is not `Send`): the thread maps it
+        // and says how that went before it reads.
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("socket-events".into())
-            .spawn(move || match load(ring_bytes) {
-                Ok(loaded) => {
-                    let _ = ready_tx.send(Ok(loaded.udp_hook));
-                    receive(loaded, tx, s, c);
+            .spawn(move || match Reading::map(attached) {
+                Ok(reading) => {
+                    let _ = ready_tx.send(Ok(reading.udp_hook));
+                    receive(reading, tx, s, c);
                 }
                 Err(why) => {
                     let _ = ready_tx.send(Err(why));
@@ -221,78 +219,27 @@ impl SocketEvents {
     }
 }
 
-/// Whether the program loads and attaches here (for `doctor`), and where it takes UDP
-/// connects; the reason where it does not. It is detached again at once.
-pub fn probe(ring_bytes: u32) -> Result<UdpHook, String> {
-    load(ring_bytes).map(|l| l.udp_hook)
-}
-
-/// The program attached, with what it is read through: the programs stay attached while
-/// `_links` live (each link holds its program, and the program its maps, in the kernel). The
-/// loader's own copy of the object is dropped once they are taken.
-struct Loaded {
-    _links: Vec<FdLink>,
+/// The attached program as the reading thread holds it: the programs stay attached while
+/// `_links` are open.
+struct Reading {
+    _links: Vec<std::os::fd::OwnedFd>,
     ring: RingBuf<MapData>,
     dropped: PerCpuArray<MapData, u64>,
     udp_hook: UdpHook,
 }
 
-fn load(ring_bytes: u32) -> Result<Loaded, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF (/sys/kernel/btf/vmlinux): {e}"))?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .map_max_entries("EVENTS", ring_bytes)
-        .override_global("wake_at", &u64::from(ring_bytes / 4), true)
-        .load(OBJECT)
-        .map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    let tcp: &mut BtfTracePoint = ebpf
-        .program_mut("set_state")
-        .ok_or("the eBPF object lacks set_state")?
-        .try_into()
-        .map_err(|e| format!("set_state: {e}"))?;
-    tcp.load("inet_sock_set_state", &btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    let id = tcp.attach().map_err(|e| format!("cannot attach to inet_sock_set_state: {}", chain(&e)))?;
-    let tcp_link = FdLink::from(tcp.take_link(id).map_err(|e| format!("set_state: {}", chain(&e)))?);
-    let (udp_link, udp_hook) = match attach_udp_fexit(&mut ebpf, &btf) {
-        Ok(link) => (link, UdpHook::Fexit),
-        Err(fexit_why) => {
-            let link =
-                attach_udp_sys_exit(&mut ebpf).map_err(|why| format!("{why} (and fexit: {fexit_why})"))?;
-            (link, UdpHook::SysExit)
-        }
-    };
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("the eBPF object lacks EVENTS")?)
-        .map_err(|e| format!("ring buffer: {e}"))?;
-    let dropped = PerCpuArray::try_from(ebpf.take_map("DROPPED").ok_or("the eBPF object lacks DROPPED")?)
-        .map_err(|e| format!("drop counter: {e}"))?;
-    // The kernel's types (its whole BTF, parsed) and the loader's copy of the object are needed
-    // no more: their memory goes back to the system rather than stay in the agent's heap.
-    drop(btf);
-    drop(ebpf);
-    crate::memory::release_freed();
-    Ok(Loaded { _links: vec![tcp_link, udp_link], ring, dropped, udp_hook })
-}
-
-fn attach_udp_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<FdLink, String> {
-    let udp: &mut FExit = ebpf
-        .program_mut("udp_connect")
-        .ok_or("the eBPF object lacks udp_connect")?
-        .try_into()
-        .map_err(|e| format!("udp_connect: {e}"))?;
-    udp.load("inet_dgram_connect", btf).map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    let id = udp.attach().map_err(|e| format!("cannot attach to inet_dgram_connect: {}", chain(&e)))?;
-    Ok(FdLink::from(udp.take_link(id).map_err(|e| format!("udp_connect: {}", chain(&e)))?))
-}
-
-fn attach_udp_sys_exit(ebpf: &mut Ebpf) -> Result<FdLink, String> {
-    let udp: &mut RawTracePoint = ebpf
-        .program_mut("udp_connect_exit")
-        .ok_or("the eBPF object lacks udp_connect_exit")?
-        .try_into()
-        .map_err(|e| format!("udp_connect_exit: {e}"))?;
-    udp.load().map_err(|e| format!("eBPF refused: {}", chain(&e)))?;
-    let id = udp.attach("sys_exit").map_err(|e| format!("cannot attach to sys_exit: {}", chain(&e)))?;
-    Ok(FdLink::from(udp.take_link(id).map_err(|e| format!("udp_connect_exit: {}", chain(&e)))?))
+impl Reading {
+    fn map(a: Attached) -> Result<Reading, String> {
+        let ring = MapData::from_fd(a.ring)
+            .and_then(Map::from_map_data)
+            .and_then(RingBuf::try_from)
+            .map_err(|e| format!("the ring from the eBPF loader: {e}"))?;
+        let dropped = MapData::from_fd(a.dropped)
+            .and_then(Map::from_map_data)
+            .and_then(PerCpuArray::try_from)
+            .map_err(|e| format!("the drop counter from the eBPF loader: {e}"))?;
+        Ok(Reading { _links: a.links, ring, dropped, udp_hook: a.udp_hook })
+    }
 }
 
 impl Drop for SocketEvents {
@@ -313,13 +260,13 @@ fn boot_to_wall() -> i128 {
 }
 
 fn receive(
-    loaded: Loaded,
+    reading: Reading,
     tx: mpsc::Sender<Vec<SocketEvent>>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 ) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let Loaded { _links, mut ring, dropped, .. } = loaded;
+    let Reading { _links, mut ring, dropped, .. } = reading;
     let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::MAX);
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];

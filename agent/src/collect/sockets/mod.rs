@@ -9,6 +9,7 @@
 
 pub mod diag;
 pub mod ebpf;
+pub mod loader;
 pub mod owners;
 pub mod procnet;
 
