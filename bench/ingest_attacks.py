@@ -172,7 +172,7 @@ def attacks(c, keys, enroll_body):
 # ---- measuring ----
 
 def metrics(c):
-    code, text = http("GET", c.url + "/metrics")
+    code, text = http("GET", c.url + "/metrics", token=c.token)
     out = {}
     for line in text.decode(errors="replace").splitlines():
         if line and not line.startswith("#"):
@@ -220,13 +220,13 @@ def phase(c, name, seconds, ids, pid, start_attack=None):
     return {
         "phase": name,
         "agents_accepted": None,
-        "accepted_total": d("hostwatch_reports_accepted_total"),
-        "rejected": d("hostwatch_reports_rejected_total"),
-        "throttled": d("hostwatch_reports_throttled_total"),
-        "busy": d("hostwatch_reports_busy_total"),
+        "accepted_total": d('hostwatch_reports_total{outcome="accepted"}'),
+        "rejected": sum(d(f'hostwatch_reports_total{{outcome="{o}"}}') for o in ("invalid", "unauthorized", "too_slow", "too_large", "failed")),
+        "throttled": d('hostwatch_reports_total{outcome="throttled"}'),
+        "busy": d('hostwatch_reports_total{outcome="busy"}'),
         "conns_refused": d("hostwatch_connections_refused_total"),
         "per_address_refused": d("hostwatch_connections_refused_per_address_total"),
-        "enroll_throttled": d("hostwatch_enrollments_throttled_total"),
+        "enroll_throttled": d('hostwatch_enrollments_total{outcome="throttled"}'),
         "stale_max": max(stale_max.values()),
         "stale_mean_of_max": statistics.mean(stale_max.values()),
         "rss_max": max(rss),

@@ -9,24 +9,15 @@
 //! the same collector may be reached by another name, and a collector that does not know the key
 //! answers 401, upon which the agent enrolls again.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
-
-/// Why the state directory cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("state directory: cannot {action} {}: {source}", path.display())]
-pub struct StateError {
-    pub action: &'static str,
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
+use crate::shared::config::Secret;
+use crate::shared::private_file::{StateError, write_private};
 
 /// Who the agent is to its collector.
 #[derive(Debug, Clone)]
@@ -224,34 +215,6 @@ impl StateDir {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes a file mode 0600 through a temporary file and a rename, so that a crash leaves the old
-/// content or the new, never half of one. Shared with the collector for its bootstrap secrets.
-pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    write_private_with(path, |f| f.write_all(data))
-}
-
-/// [`write_private`] with the content written by `write`, for content too large to build in
-/// memory first.
-pub fn write_private_with(
-    path: &Path,
-    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
-) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
-    let err = |action, source| StateError { action, path: path.to_owned(), source };
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| err("create", e))?;
-    if let Err(e) = write(&mut f).and_then(|()| f.sync_all()) {
-        let _ = fs::remove_file(&tmp);
-        return Err(err("write", e));
-    }
-    fs::rename(&tmp, path).map_err(|e| err("replace", e))
 }
 
 /// A key file readable by others is made private again, with a warning.

@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hostwatch_agent::AgentError;
 use hostwatch_agent::config::{AgentConfig, DEFAULT_PATH};
-use hostwatch_agent::logging::{self, LogFormat};
-use hostwatch_agent::{cloud, collect, signals, snapshot};
+use hostwatch_agent::shared::logging::{self, LogFormat};
+use hostwatch_agent::shared::signals;
+use hostwatch_agent::{cloud, collect, snapshot};
 
 /// The hostwatch host agent: reports processes and listening sockets to a hostwatch collector.
 #[derive(Debug, Parser)]
@@ -123,7 +124,7 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<hostwatch_agent
         None if default.exists() => Some(default),
         None => None,
     };
-    Ok(AgentConfig::load(path, hostwatch_agent::config::env::process_env())?)
+    Ok(AgentConfig::load(path, hostwatch_agent::shared::config::env::process_env())?)
 }
 
 fn run(config: AgentConfig) -> anyhow::Result<()> {

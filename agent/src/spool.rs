@@ -26,7 +26,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
-use crate::identity::{StateError, write_private, write_private_with};
+use crate::shared::private_file::{StateError, write_private, write_private_with};
 
 #[derive(Debug)]
 struct Item {

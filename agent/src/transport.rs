@@ -5,7 +5,9 @@ use std::time::Duration;
 use hostwatch_proto::v1::{self as proto, ENROLL_PATH, REPORT_PATH};
 use reqwest::{StatusCode, Url};
 
-use crate::config::{ClientTls, Secret};
+use crate::config::ClientTls;
+use crate::shared::config::Secret;
+use crate::shared::tls::{ca_certificates, install_tls_provider};
 
 /// Why a request to the collector did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +62,6 @@ pub struct CollectorClient {
     base: Url,
 }
 
-/// Installs the process's TLS provider (ring) once; later calls are no-ops.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl CollectorClient {
     /// A client that verifies the collector's certificate and name (against `tls.ca_cert` alone
     /// when given, else the system's roots) and presents `tls.client` for mutual TLS.
@@ -79,7 +76,9 @@ impl CollectorClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30));
         if let Some(ca) = &tls.ca_cert {
-            builder = builder.tls_certs_only(ca_certificates(ca)?);
+            builder = builder.tls_certs_only(
+                ca_certificates(ca).map_err(|e| TransportError::Tls { path: e.path, message: e.message })?,
+            );
         }
         if let Some((cert, key)) = &tls.client {
             let mut pem = read(cert)?;
@@ -209,18 +208,6 @@ impl CollectorClient {
             _ => TransportError::Rejected { what, status: code, message, retry_after },
         })
     }
-}
-
-/// The certificates of a PEM bundle, to trust alone (`ca_cert`, the CLI's `--ca-cert`); a file
-/// without any is refused.
-pub fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TransportError> {
-    let tls_error = |message: String| TransportError::Tls { path: path.display().to_string(), message };
-    let pem = std::fs::read(path).map_err(|e| tls_error(e.to_string()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| tls_error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(tls_error("holds no PEM certificate".to_owned()));
-    }
-    Ok(certs)
 }
 
 /// An error with its causes, `: `-separated: a library's own message (reqwest's "error sending

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostwatch_agent::config::env::{EnvKey, EnvKind};
-use hostwatch_agent::config::{ConfigError, Sourced};
+use hostwatch_agent::shared::config::env::{EnvKey, EnvKind};
+use hostwatch_agent::shared::config::{ConfigError, Sourced};
 use serde::{Deserialize, Deserializer};
 
 use crate::alerts::{SinkConfig, Target};
@@ -123,7 +123,10 @@ struct RawServerConfig {
     offline_after: Option<Duration>,
     /// A host silent (or stopped) this long is retired: hidden from default listings, its
     /// findings closed.
-    #[serde(default = "default_retire_after", deserialize_with = "hostwatch_agent::config::duration")]
+    #[serde(
+        default = "default_retire_after",
+        deserialize_with = "hostwatch_agent::shared::config::duration"
+    )]
     retire_after: Duration,
     /// Largest report body accepted, in bytes.
     #[serde(default = "default_max_report_bytes")]
@@ -269,7 +272,7 @@ fn default_max_concurrent_reports() -> u32 {
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    hostwatch_agent::config::duration(d).map(Some)
+    hostwatch_agent::shared::config::duration(d).map(Some)
 }
 
 /// The configuration the collector runs with.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use hostwatch_agent::AgentConfig;
 use hostwatch_agent::collect::{self, HostRoot};
-use hostwatch_agent::config::Secret;
 use hostwatch_agent::identity::StateDir;
+use hostwatch_agent::shared::config::Secret;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
 
     // The agent's defaults, then what dev mode sets; no file, and of the environment only where
     // the cloud's metadata is (or that there is none to ask).
-    let cloud_vars = hostwatch_agent::config::env::process_env()
+    let cloud_vars = hostwatch_agent::shared::config::env::process_env()
         .into_iter()
         .filter(|(k, _)| k == "HOSTWATCH_CLOUD_PROVIDER" || k == "HOSTWATCH_CLOUD_ENDPOINT");
     let mut agent_config = AgentConfig::load(None, cloud_vars).context("agent configuration")?.config;
@@ -163,4 +163,11 @@ fn banner(addr: SocketAddr, data_dir: &Path, boot: &serve::Bootstrap) {
         "  try:            export HOSTWATCH_SERVER=http://{addr} HOSTWATCH_TOKEN_FILE={dir}/admin-token"
     );
     println!("                  cargo run -q --bin hostwatch -- findings");
+}
+
+/// The agent loads its eBPF program by running its own binary again as a helper
+/// (`hostwatch_agent::collect::sockets::loader`); in dev mode that binary is this one, so `main`
+/// answers that call before anything else.
+pub fn agent_helper() -> Option<std::process::ExitCode> {
+    collect::sockets::loader::helper_main()
 }

@@ -48,6 +48,9 @@ pub async fn ingest(state: &AppState, host_id: i64, mut record: ReportRecord) ->
             .await?;
     }
     if let Some(obs) = engine::data_lost(lost, applied.gap()) {
+        // What the agent dropped is also the gap it leaves (spool.rs): counted once.
+        let missing = applied.gap().map_or(0, |(from, before)| before.saturating_sub(from));
+        state.metrics.reports_lost(lost.max(missing));
         warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
         state.store.record_findings(host_id, &[obs], limit, now).await?;
     }
@@ -129,13 +132,7 @@ pub async fn evaluate(
         },
     };
     let now = OffsetDateTime::now_utc();
-    let agent_pid = host
-        .agent
-        .stats
-        .as_ref()
-        .and_then(|s| s.get("pid"))
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|p| u32::try_from(p).ok());
+    let agent_pid = host.agent.stats.as_ref().and_then(|s| s.pid);
     let cx = engine::Context { tags: &host.facts.tags, now, agent_pid };
     let mut observed = engine::merge(
         engine::evaluate(host_state, target, cx),

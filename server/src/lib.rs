@@ -20,6 +20,7 @@ pub mod findings;
 pub mod housekeeping;
 pub mod ingest;
 pub mod listen;
+pub mod metrics;
 pub mod model;
 pub mod secrets;
 pub mod serve;

@@ -8,9 +8,9 @@
 //!
 //! Architecture invariant: nothing a client sends is held without a bound in count, size or time.
 
+use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -62,17 +62,17 @@ impl Default for ConnLimits {
     }
 }
 
-/// What the listeners turned away, for `/metrics`.
+/// What the listeners turned away, for `/metrics` (each a handle the registry shares).
 #[derive(Debug, Default)]
 pub struct ConnCounters {
     /// Connections closed at once because `max_connections` were open.
-    pub refused_over_cap: AtomicU64,
+    pub refused_over_cap: Counter,
     /// Connections closed at once because their address had `max_connections_per_address` open.
-    pub refused_per_address: AtomicU64,
+    pub refused_per_address: Counter,
     /// TLS handshakes that failed or did not finish in time.
-    pub handshakes_failed: AtomicU64,
+    pub handshakes_failed: Counter,
     /// Connections ended by an error: a head too large or too slow, a broken stream.
-    pub ended_by_error: AtomicU64,
+    pub ended_by_error: Counter,
 }
 
 /// One listener's way of serving: its routes, TLS or not, and the shared connection cap.
@@ -148,13 +148,13 @@ pub async fn run(listener: TcpListener, serving: Serving, shutdown: Cancellation
         let Some(from_address) =
             PerAddress::take(&serving.per_address, peer.ip(), serving.limits.max_connections_per_address)
         else {
-            serving.counters.refused_per_address.fetch_add(1, Ordering::Relaxed);
+            serving.counters.refused_per_address.inc();
             debug!(%peer, max = serving.limits.max_connections_per_address, "connection refused: too many open from this address");
             drop(tcp);
             continue;
         };
         let Ok(slot) = serving.slots.clone().try_acquire_owned() else {
-            serving.counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
+            serving.counters.refused_over_cap.inc();
             debug!(%peer, max = serving.limits.max_connections, "connection refused: too many open");
             drop(tcp);
             continue;
@@ -170,11 +170,11 @@ pub async fn run(listener: TcpListener, serving: Serving, shutdown: Cancellation
                     match tokio::time::timeout(serving.limits.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => serve_conn(stream, peer, &serving, stop).await,
                         Ok(Err(e)) => {
-                            serving.counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                            serving.counters.handshakes_failed.inc();
                             debug!(%peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            serving.counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                            serving.counters.handshakes_failed.inc();
                             debug!(%peer, "TLS handshake did not finish in time");
                         }
                     }
@@ -236,7 +236,7 @@ where
     match result {
         Ok(()) => linger(conn.into_parts().io.into_inner()).await,
         Err(e) => {
-            serving.counters.ended_by_error.fetch_add(1, Ordering::Relaxed);
+            serving.counters.ended_by_error.inc();
             debug!(%peer, error = %e, "connection ended by an error");
         }
     }

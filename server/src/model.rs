@@ -213,14 +213,15 @@ pub struct HostFacts {
 }
 
 /// Agent status as the collector keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentInfo {
     pub version: String,
     pub interval_secs: u32,
     pub coverage_degraded: bool,
     pub coverage_why: Vec<String>,
-    /// The agent's own account of itself, kept as it came: the collector shows it, never judges it.
-    pub stats: Option<serde_json::Value>,
+    /// The agent's own account of itself, kept as it came: the collector shows it and counts what
+    /// it lost (`/metrics`), never judges it.
+    pub stats: Option<proto::AgentStats>,
 }
 
 /// One accepted report, reduced to what the store records.
@@ -749,7 +750,7 @@ impl From<proto::AgentStatus> for AgentInfo {
             interval_secs: a.interval_secs,
             coverage_degraded: a.coverage.state == proto::CoverageState::Degraded,
             coverage_why: a.coverage.why,
-            stats: a.stats.and_then(|s| serde_json::to_value(s).ok()),
+            stats: a.stats,
         }
     }
 }

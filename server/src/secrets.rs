@@ -4,7 +4,7 @@
 //! and long, a plain SHA-256 is the right stored form (a slow password hash buys nothing against
 //! 256 bits of entropy); only the hash is ever stored.
 
-use hostwatch_agent::config::Secret;
+use hostwatch_agent::shared::config::Secret;
 use sha2::{Digest, Sha256};
 
 /// A new credential with `prefix` (`hwn_`, `hwt_`, `hwe_`).

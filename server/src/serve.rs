@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use hostwatch_agent::config::Secret;
-use hostwatch_agent::identity::write_private;
+use hostwatch_agent::shared::config::Secret;
+use hostwatch_agent::shared::private_file::write_private;
 use hostwatch_proto::v1::{API_TOKEN_PREFIX, ENROLL_SECRET_PREFIX};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;

@@ -1,7 +1,6 @@
-//! What every request handler shares: the store, settings, the baseline cache and counters.
+//! What every request handler shares: the store, settings, the baseline cache and metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -31,7 +30,8 @@ pub struct Inner {
     pub baselines: Mutex<Option<Arc<LoadedBaselines>>>,
     /// In `serve --dev` only: learns a baseline for this machine when none selects it.
     pub learner: Option<DevLearner>,
-    pub counters: Counters,
+    /// What `/metrics` tells ([`crate::metrics`]).
+    pub metrics: crate::metrics::Metrics,
     /// Reports being processed (decoded, recorded, judged), taken once a body is read whole.
     pub report_permits: Arc<Semaphore>,
     /// The deadline and byte budget of every body being read ([`crate::api::body`]).
@@ -100,21 +100,6 @@ pub struct LoadedBaselines {
     pub set: BaselineSet,
 }
 
-/// Counts of what the collector accepted, refused and ignored.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub reports_accepted: AtomicU64,
-    pub reports_rejected: AtomicU64,
-    /// Fields of agent messages this version does not know (newer agents), ignored.
-    pub unknown_fields: AtomicU64,
-    /// Reports answered 429: another of the same host's was in flight, or over its rate.
-    pub reports_throttled: AtomicU64,
-    /// Reports answered 503: no processing turn within the wait.
-    pub reports_busy: AtomicU64,
-    /// Enrollments answered 429: over the source address's rate.
-    pub enrollments_throttled: AtomicU64,
-}
-
 impl AppState {
     pub fn new(store: Arc<dyn Store>, settings: Settings, learner: Option<DevLearner>) -> Self {
         let report_permits = Arc::new(Semaphore::new(settings.max_concurrent_reports.max(1)));
@@ -123,16 +108,18 @@ impl AppState {
             settings.limits.reports_per_host_per_minute,
             settings.limits.enrollments_per_address_per_minute,
         );
+        let conns: Arc<ConnCounters> = Arc::default();
+        let metrics = crate::metrics::Metrics::new(&conns, &store.timings());
         AppState(Arc::new(Inner {
             store,
             settings,
             baselines: Mutex::new(None),
             learner,
-            counters: Counters::default(),
+            metrics,
             report_permits,
             bodies,
             admission,
-            conns: Arc::default(),
+            conns,
             host_locks: std::sync::Mutex::new(HashMap::new()),
             peers: std::sync::Mutex::new(HashMap::new()),
         }))

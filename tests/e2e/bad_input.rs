@@ -152,10 +152,12 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     let accepted: proto::ReportResponse = serde_json::from_str(&text).unwrap();
     assert_eq!(accepted.seq, 2);
 
-    // The counters saw all of it: 2 accepted; malformed, mistyped, invalid, oversized and the
-    // four bad backlogs refused.
-    assert_eq!(c.metric("hostwatch_reports_accepted_total").await, 2);
-    assert_eq!(c.metric("hostwatch_reports_rejected_total").await, 8);
+    // The counters saw all of it: 2 accepted; malformed, mistyped, invalid and the four bad
+    // backlogs refused as invalid (400), the oversized one as too large (413). The 401s were
+    // refused before the report handler: no report.
+    assert_eq!(c.metric(r#"hostwatch_reports_total{outcome="accepted"}"#).await, 2);
+    assert_eq!(c.metric(r#"hostwatch_reports_total{outcome="invalid"}"#).await, 7);
+    assert_eq!(c.metric(r#"hostwatch_reports_total{outcome="too_large"}"#).await, 1);
     assert_eq!(c.metric("hostwatch_unknown_fields_total").await, 2);
 }
 

@@ -93,7 +93,7 @@ async fn a_slow_sender_holds_no_turn_and_a_host_sends_one_report_at_a_time() {
     // And the host may report again.
     let (code, text) = c.post(proto::REPORT_PATH, Some(&a.node_key), body).await;
     assert_eq!(code, 200, "{text}");
-    assert!(c.metric("hostwatch_reports_throttled_total").await >= 1);
+    assert!(c.metric(r#"hostwatch_reports_total{outcome="throttled"}"#).await >= 1);
 }
 
 /// The attack of the issue: four connections with one node key send their bodies at a byte a

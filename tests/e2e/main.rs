@@ -18,6 +18,7 @@ mod identity;
 mod ingest;
 mod learn;
 mod lifecycle;
+mod metrics;
 mod namespaces;
 mod oracle;
 mod process_facts;

@@ -147,7 +147,7 @@ pub fn dmi_hint(sys: &Path) -> Option<CloudProvider> {
 /// A client for metadata services: no proxy, no redirects, short timeouts.
 fn client() -> Result<reqwest::Client, String> {
     // Metadata is plain HTTP, but reqwest's builder wants a TLS provider all the same.
-    crate::transport::install_tls_provider();
+    crate::shared::tls::install_tls_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

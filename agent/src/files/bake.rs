@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::manifest::Manifest;
 use super::{FilesConfig, MANIFEST_FILE, scan};
-use crate::identity::{NODE_KEY, StateError};
+use crate::identity::NODE_KEY;
 use crate::ratelimit::TokenBucket;
+use crate::shared::private_file::StateError;
 
 /// What a bake recorded.
 #[derive(Debug)]

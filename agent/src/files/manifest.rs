@@ -22,7 +22,7 @@ use hostwatch_proto::v1 as proto;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::identity::{StateError, write_private_with};
+use crate::shared::private_file::{StateError, write_private_with};
 
 /// Version of the file format; another version is not read (the agent builds a new manifest).
 const FORMAT: u32 = 1;

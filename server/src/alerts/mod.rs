@@ -164,13 +164,18 @@ async fn deliver(state: AppState, sink: SinkConfig, holder: String, shutdown: Ca
                 let mut wait = RETRY_FIRST;
                 loop {
                     match out.send(&Payload::of(&e)).await {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            state.metrics.alert(&sink.name, "delivered");
+                            break;
+                        }
                         Err(sink::SendError::Refused(why)) => {
+                            state.metrics.alert(&sink.name, "refused");
                             // The receiver says this payload is wrong: retrying will not help.
                             error!(sink = %sink.name, finding = e.finding.id, event = %e.event, why = %why, "alert refused by the receiver; skipped");
                             break;
                         }
                         Err(sink::SendError::Failed(why)) => {
+                            state.metrics.alert(&sink.name, "failed");
                             warn!(sink = %sink.name, finding = e.finding.id, why = %why, retry_in = ?wait, "alert not delivered; retrying");
                             // Keep the cursor ours while the receiver is down; if it is not ours
                             // any more (or cannot be told), start over from the cursor, this

@@ -79,7 +79,7 @@ impl Sender {
             }
             Target::Stdout => Sender::Stdout,
             Target::Webhook { url, slack } => {
-                hostwatch_agent::transport::install_tls_provider();
+                hostwatch_agent::shared::tls::install_tls_provider();
                 let http = reqwest::Client::builder()
                     .user_agent(concat!("hostwatch/", env!("CARGO_PKG_VERSION")))
                     .connect_timeout(Duration::from_secs(5))

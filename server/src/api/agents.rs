@@ -1,9 +1,7 @@
 //! `POST /api/v1/enroll` and `POST /api/v1/report`.
 
-use std::sync::atomic::Ordering;
-
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
@@ -16,6 +14,7 @@ use time::OffsetDateTime;
 use super::{ApiError, decode, read_body};
 use crate::admission::Refusal;
 use crate::auth::{self, Agent};
+use crate::metrics::log_refusal;
 use crate::model::{HostFacts, ReportRecord};
 use crate::state::AppState;
 use crate::store::Enrollment;
@@ -52,18 +51,32 @@ pub async fn enroll(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<proto::EnrollResponse>, ApiError> {
+    let result = enroll_host(&state, peer, &headers, body).await;
+    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+    state.metrics.enrollment(status);
+    if let Err(e) = &result {
+        let why = format!("from {peer}: {}", e.message);
+        log_refusal(&state.metrics.enrollment_refusals, "enrollment", status, None, &why);
+    }
+    result.map(Json)
+}
+
+async fn enroll_host(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<proto::EnrollResponse, ApiError> {
     if let Err(refusal) = state.admission.enrollment(peer.ip()) {
-        state.counters.enrollments_throttled.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, "enrollment refused: too many from this address");
         return Err(ApiError::too_many(
             "too many enrollments from this address; retry later",
             refusal.retry_after(),
         ));
     }
-    let body = read_body(&state, &headers, body, "enrollment", ENROLL_LIMIT).await?;
-    let req: proto::EnrollRequest = decode(&state, "enrollment", &body.bytes)?;
+    let body = read_body(state, headers, body, "enrollment", ENROLL_LIMIT).await?;
+    let req: proto::EnrollRequest = decode(state, "enrollment", &body.bytes)?;
     req.validate().map_err(|e| ApiError::bad_request(format!("invalid enrollment: {e}")))?;
-    let secret = auth::check_enroll_secret(&state, &req.enroll_secret).await?;
+    let secret = auth::check_enroll_secret(state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
         .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
     // Where EC2 claims must be proven, an unproven one enrolls nothing.
@@ -116,7 +129,7 @@ pub async fn enroll(
                 .await?;
         }
     }
-    Ok(Json(proto::EnrollResponse { host_id, node_key: key.expose().to_owned() }))
+    Ok(proto::EnrollResponse { host_id, node_key: key.expose().to_owned() })
 }
 
 /// A report: admitted (one per host at a time, within its rate) before its body is read, given a
@@ -127,25 +140,24 @@ pub async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<proto::ReportResponse>, ApiError> {
-    let _in_flight = match state.admission.report(agent.host_id) {
-        Ok(guard) => guard,
+    let started = Instant::now();
+    let result = match state.admission.report(agent.host_id) {
+        Ok(_in_flight) => {
+            tracing::debug!(host_id = agent.host_id, "report admitted; reading its body");
+            accept(&state, agent, &headers, body).await
+        }
         Err(refusal) => {
-            state.counters.reports_throttled.fetch_add(1, Ordering::Relaxed);
             let why = match refusal {
                 Refusal::Busy => "another report of this host is being received or processed",
                 Refusal::Rate(_) => "this host sends reports faster than its rate",
             };
-            tracing::warn!(host_id = agent.host_id, why, "report refused");
-            return Err(ApiError::too_many(format!("{why}; retry later"), refusal.retry_after()));
+            Err(ApiError::too_many(format!("{why}; retry later"), refusal.retry_after()))
         }
     };
-    tracing::debug!(host_id = agent.host_id, "report admitted; reading its body");
-    let result = accept(&state, agent, &headers, body).await;
-    let counter =
-        if result.is_ok() { &state.counters.reports_accepted } else { &state.counters.reports_rejected };
-    counter.fetch_add(1, Ordering::Relaxed);
+    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+    state.metrics.report(status, started.elapsed());
     if let Err(e) = &result {
-        tracing::warn!(host_id = agent.host_id, status = e.status.as_u16(), error = ?e.message, "report refused");
+        log_refusal(&state.metrics.report_refusals, "report", status, Some(agent.host_id), &e.message);
     }
     result.map(Json)
 }
@@ -162,7 +174,6 @@ async fn accept(
         match tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             _ => {
-                state.counters.reports_busy.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError {
                     retry_after: Some(Duration::from_secs(5)),
                     ..ApiError::new(

@@ -122,7 +122,7 @@ pub async fn learn(
             (vec![host.clone()], host.facts.tags, name)
         }
         (None, Some(sel)) => {
-            let sel = hostwatch_agent::config::env::pairs(sel)
+            let sel = hostwatch_agent::shared::config::env::pairs(sel)
                 .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?;
             if sel.is_empty() {
                 return Err(ApiError::bad_request("selector: give at least one k=v"));

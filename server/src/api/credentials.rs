@@ -19,7 +19,7 @@ use crate::auth::{Person, Role};
 use crate::secrets;
 use crate::state::AppState;
 use crate::store::{NewCredential, SecretRecord, TokenRecord};
-use hostwatch_agent::config::Secret;
+use hostwatch_agent::shared::config::Secret;
 
 /// Largest body of a create request: a name, tags and an expiry.
 const CREATE_LIMIT: usize = 64 << 10;

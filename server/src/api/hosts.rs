@@ -60,7 +60,7 @@ pub async fn detail(
         processes: st.processes.into_iter().map(Into::into).collect(),
         listeners: st.listeners.into_iter().map(Into::into).collect(),
         connections: st.connections.into_iter().map(Into::into).collect(),
-        agent_stats: h.agent.stats.clone().and_then(|s| serde_json::from_value(s).ok()),
+        agent_stats: h.agent.stats.clone(),
         reported_tags: if h.facts.reported_tags == h.facts.tags {
             Default::default()
         } else {

@@ -22,7 +22,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hostwatch_proto::v1 as proto;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::Ordering;
 
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -109,7 +108,7 @@ pub fn decode<T: DeserializeOwned>(state: &AppState, what: &str, body: &[u8]) ->
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| ApiError::bad_request(format!("malformed {what}: {e}")))?;
     if !unknown.is_empty() {
-        state.counters.unknown_fields.fetch_add(unknown.len() as u64, Ordering::Relaxed);
+        state.metrics.unknown_fields(unknown.len() as u64);
         tracing::debug!(fields = ?unknown, "ignored fields this collector does not know");
     }
     Ok(value)
@@ -168,90 +167,12 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The counters, in Prometheus text format. Names follow `hostwatch_<thing>_<unit>[_total]`; no
-/// per-host labels.
-async fn metrics(State(state): State<AppState>) -> ([(header::HeaderName, &'static str); 1], String) {
-    let c = &state.counters;
-    let conns = &state.conns;
-    let rows: &[(&str, &str, &str, u64)] = &[
-        (
-            "hostwatch_reports_accepted_total",
-            "counter",
-            "Reports accepted from agents.",
-            c.reports_accepted.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_reports_rejected_total",
-            "counter",
-            "Reports of authenticated agents refused (malformed, invalid, too large, or not stored).",
-            c.reports_rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_unknown_fields_total",
-            "counter",
-            "Fields of agent messages this collector does not know, ignored.",
-            c.unknown_fields.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_reports_throttled_total",
-            "counter",
-            "Reports answered 429: another of the same host's in flight, or over the host's rate.",
-            c.reports_throttled.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_reports_busy_total",
-            "counter",
-            "Reports answered 503: read, but no processing turn within 10 s.",
-            c.reports_busy.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_enrollments_throttled_total",
-            "counter",
-            "Enrollments answered 429: over the source address's rate.",
-            c.enrollments_throttled.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_connections_refused_total",
-            "counter",
-            "Connections closed on accept because [limits] max_connections were open.",
-            conns.refused_over_cap.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_connections_refused_per_address_total",
-            "counter",
-            "Connections closed on accept because their address had [limits] max_connections_per_address open.",
-            conns.refused_per_address.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_tls_handshakes_failed_total",
-            "counter",
-            "TLS handshakes that failed or did not finish in time.",
-            conns.handshakes_failed.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_connections_ended_by_error_total",
-            "counter",
-            "Connections ended by an error: a request head too large or too slow, a broken stream.",
-            conns.ended_by_error.load(Ordering::Relaxed),
-        ),
-        (
-            "hostwatch_body_budget_free_bytes",
-            "gauge",
-            "Bytes of the budget for request bodies held at once ([limits] max_body_bytes_in_flight) free now.",
-            state.bodies.free() as u64,
-        ),
-        (
-            "hostwatch_report_turns_free",
-            "gauge",
-            "Reports that could start processing now (of max_concurrent_reports).",
-            state.report_permits.available_permits() as u64,
-        ),
-    ];
-    let mut out = String::new();
-    for &(name, kind, help, value) in rows {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+/// The collector's metrics in Prometheus text format ([`crate::metrics`]), for any API token:
+/// they include the fleet's findings by kind, which an intruder on a host must not read.
+async fn metrics(State(state): State<AppState>, _person: crate::auth::Person) -> Result<Response, ApiError> {
+    let text = state.metrics.render(&state).await?;
+    Ok(([(header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], text)
+        .into_response())
 }
 
 async fn healthz() -> &'static str {

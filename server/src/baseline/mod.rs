@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use globset::GlobMatcher;
-use hostwatch_agent::config::file::FileError;
+use hostwatch_agent::shared::config::file::FileError;
 use hostwatch_proto::v1::{Ancestor, Direction, FindingKind, Protocol, Severity};
 use ipnet::IpNet;
 use time::OffsetDateTime;

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use globset::GlobBuilder;
-use hostwatch_agent::config::file::{FileError, from_toml};
+use hostwatch_agent::shared::config::file::{FileError, from_toml};
 use hostwatch_proto::v1::{Protocol, check_tags, limits};
 use serde::Deserialize;
 use toml::Spanned;
 
-use hostwatch_agent::config::file::line_column;
+use hostwatch_agent::shared::config::file::line_column;
 use hostwatch_proto::v1::{Direction, FindingKind, Severity};
 use ipnet::IpNet;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! The CLI's HTTP client for the collector's API.
 
 use anyhow::{Context, anyhow, bail};
-use hostwatch_agent::config::Secret;
+use hostwatch_agent::shared::config::Secret;
 use hostwatch_proto::v1 as proto;
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
@@ -23,20 +23,24 @@ impl ApiClient {
         ca_cert: Option<&std::path::Path>,
         allow_insecure_http: bool,
     ) -> anyhow::Result<Self> {
-        let base = hostwatch_agent::config::parse_server_url(server).map_err(|e| anyhow!("--server: {e}"))?;
-        if base.scheme() == "http" && !hostwatch_agent::config::is_loopback(&base) && !allow_insecure_http {
+        let base = hostwatch_agent::shared::config::parse_server_url(server)
+            .map_err(|e| anyhow!("--server: {e}"))?;
+        if base.scheme() == "http"
+            && !hostwatch_agent::shared::config::is_loopback(&base)
+            && !allow_insecure_http
+        {
             bail!(
                 "--server {base}: plain http to another machine would send the API token in clear; use https://, or pass --allow-insecure-http (HOSTWATCH_ALLOW_INSECURE_HTTP) on a network you trust"
             );
         }
-        hostwatch_agent::transport::install_tls_provider();
+        hostwatch_agent::shared::tls::install_tls_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hostwatch-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(60));
         if let Some(ca) = ca_cert {
             let certs =
-                hostwatch_agent::transport::ca_certificates(ca).map_err(|e| anyhow!("--ca-cert: {e}"))?;
+                hostwatch_agent::shared::tls::ca_certificates(ca).map_err(|e| anyhow!("--ca-cert: {e}"))?;
             builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().context("cannot set up the HTTP client")?;

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use hostwatch_agent::config::Secret;
-use hostwatch_agent::logging::{self, LogFormat};
-use hostwatch_agent::signals;
+use hostwatch_agent::shared::config::Secret;
+use hostwatch_agent::shared::logging::{self, LogFormat};
+use hostwatch_agent::shared::signals;
 use hostwatch_proto::v1 as proto;
 
 use self::client::ApiClient;
@@ -342,7 +342,7 @@ const EXIT_CONFIG: u8 = 78;
 /// The `hostwatch` binary.
 pub fn main() -> ExitCode {
     // `serve --dev` runs the agent in this process, and the agent its eBPF loader as this binary.
-    if let Some(code) = hostwatch_agent::collect::sockets::loader::helper_main() {
+    if let Some(code) = dev::agent_helper() {
         return code;
     }
     let cli = Cli::parse();
@@ -410,7 +410,7 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.check {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "hostwatch collector starting");
     }
-    hostwatch_agent::transport::install_tls_provider();
+    hostwatch_agent::shared::tls::install_tls_provider();
     if args.dev {
         if let Some(c) = &args.config {
             tracing::warn!(config = %c.display(), "--dev does not read a configuration file; ignoring it");
@@ -424,7 +424,7 @@ fn serve_main(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let default = Path::new(DEFAULT_PATH);
     let path = args.config.as_deref().or(default.exists().then_some(default));
-    let loaded = match ServerConfig::load(path, hostwatch_agent::config::env::process_env()) {
+    let loaded = match ServerConfig::load(path, hostwatch_agent::shared::config::env::process_env()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("hostwatch: {e}");
@@ -557,7 +557,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
         Command::Silence(SilenceCommand::Create { host, selector, duration, reason }) => {
             let selector = selector
                 .as_deref()
-                .map(hostwatch_agent::config::env::pairs)
+                .map(hostwatch_agent::shared::config::env::pairs)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--selector: {e}"))?;
             let req = proto::CreateSilence { host, selector, seconds: duration.as_secs().max(1), reason };
@@ -588,7 +588,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
         Command::Secret(SecretCommand::Create { name, tags, expires }) => {
             let tags = tags
                 .as_deref()
-                .map(hostwatch_agent::config::env::pairs)
+                .map(hostwatch_agent::shared::config::env::pairs)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--tags: {e}"))?
                 .unwrap_or_default();

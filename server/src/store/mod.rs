@@ -13,7 +13,8 @@ pub mod sqlite;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus};
+use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus, Severity};
+use prometheus_client::metrics::histogram::Histogram;
 use time::OffsetDateTime;
 
 use crate::model::{
@@ -141,6 +142,32 @@ pub struct HistoryFilter {
     /// Files: only paths matching this glob (`*` matches any characters, `/` too).
     pub path: Option<String>,
     pub limit: u32,
+}
+
+/// How long store calls waited for the store and held it: the store measures, `/metrics` shows
+/// ([`crate::metrics`]). Clones share the histograms.
+#[derive(Debug, Clone)]
+pub struct StoreTimings {
+    pub wait: Histogram,
+    pub transaction: Histogram,
+}
+
+impl Default for StoreTimings {
+    fn default() -> Self {
+        StoreTimings {
+            wait: Histogram::new(crate::metrics::latency_buckets()),
+            transaction: Histogram::new(crate::metrics::latency_buckets()),
+        }
+    }
+}
+
+/// What `/metrics` reads of the fleet from the store when scraped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Open and acknowledged findings: (kind, severity, status, how many).
+    pub findings: Vec<(FindingKind, Severity, FindingStatus, u64)>,
+    /// Alert events after each sink's cursor.
+    pub outbox: Vec<(String, u64)>,
 }
 
 /// Everything a collector needs from its store.
@@ -274,6 +301,10 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;
+    /// Findings by kind, severity and status, and each sink's outbox, for `/metrics`.
+    async fn fleet_counts(&self) -> Result<FleetCounts>;
+    /// The store's own timings, shared with `/metrics`.
+    fn timings(&self) -> StoreTimings;
     async fn host(&self, id: i64) -> Result<Option<Host>>;
     /// Ids of non-retired hosts with this machine id and cloud instance id (none: off a cloud)
     /// that still have a working node key (a host whose keys were revoked and that enrolled

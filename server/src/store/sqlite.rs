@@ -56,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    timings: super::StoreTimings,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -108,7 +109,7 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), timings: super::StoreTimings::default() })
     }
 
     /// Runs `f` in one transaction on the blocking pool.
@@ -118,13 +119,18 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let conn = self.conn.clone();
+        let timings = self.timings.clone();
+        let asked = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             let mut guard =
                 conn.lock().map_err(|_| StoreError::Database("connection lock poisoned".to_owned()))?;
+            let began = std::time::Instant::now();
+            timings.wait.observe(began.duration_since(asked).as_secs_f64());
             let tx = guard.transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            let out = f(&tx);
+            let out = out.and_then(|o| tx.commit().map(|()| o).map_err(StoreError::from));
+            timings.transaction.observe(began.elapsed().as_secs_f64());
+            out
         })
         .await
         .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
@@ -208,7 +214,9 @@ fn host_from_row(r: &Row<'_>) -> Result<Host> {
             interval_secs: r.get(9)?,
             coverage_degraded: r.get(10)?,
             coverage_why: json(&r.get::<_, String>(11)?, "coverage")?,
-            stats: opt_json(r.get(19)?, "agent stats")?,
+            // What the agent says of itself, as this version reads it: a value stored by another
+            // version that does not read is left out rather than make the host unreadable.
+            stats: r.get::<_, Option<String>>(19)?.and_then(|s| serde_json::from_str(&s).ok()),
         },
         workload: r.get(12)?,
         enrolled_at: parse_ts(&r.get::<_, String>(13)?)?,
@@ -740,6 +748,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn fleet_counts(&self) -> Result<super::FleetCounts> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT kind, severity, status, count(*) FROM findings \
+                 WHERE status IN ('open', 'acknowledged') GROUP BY kind, severity, status ORDER BY kind, severity, status",
+            )?;
+            let rows: Vec<(String, String, String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut findings = Vec::with_capacity(rows.len());
+            for (kind, severity, status, n) in rows {
+                findings.push((
+                    parse_enum(&kind)?,
+                    parse_enum(&severity)?,
+                    parse_enum(&status)?,
+                    u64::try_from(n).unwrap_or_default(),
+                ));
+            }
+            let mut stmt = tx.prepare_cached(
+                "SELECT c.sink, (SELECT count(*) FROM alert_events e WHERE e.id > c.last_id) \
+                 FROM alert_cursors c ORDER BY c.sink",
+            )?;
+            let outbox = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or_default())))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(super::FleetCounts { findings, outbox })
+        })
+        .await
+    }
+
+    fn timings(&self) -> super::StoreTimings {
+        self.timings.clone()
+    }
+
     async fn host(&self, id: i64) -> Result<Option<Host>> {
         self.tx(move |tx| {
             let mut stmt =
@@ -1182,7 +1224,10 @@ mod tests {
                 interval_secs: 10,
                 coverage_degraded: true,
                 coverage_why: vec!["x".into()],
-                stats: Some(serde_json::json!({"exec_source": "polling"})),
+                stats: Some(hostwatch_proto::v1::AgentStats {
+                    exec_source: "polling".into(),
+                    ..Default::default()
+                }),
             },
             content,
             lost: 0,

@@ -340,17 +340,34 @@ impl Collector {
     }
 
     /// The value of one counter or gauge in `/metrics`.
+    /// `/metrics` as the collector serves it (with a token: it tells the fleet's findings).
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.url, proto::METRICS_PATH))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        resp.text().await.expect("metrics text")
+    }
+
+    /// One sample of `/metrics`, named with its labels as the text writes them
+    /// (`hostwatch_reports_total{outcome="accepted"}`); a sample not there is 0 for a labelled
+    /// counter that has not counted yet, and a failure for anything else.
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(format!("{}{}", self.url, proto::METRICS_PATH))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+        let text = self.metrics_text().await;
+        let value = text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')));
+        match value {
+            Some(v) => v.parse().unwrap_or_else(|_| panic!("{name} is not a count: {v}")),
+            None if name.contains('{')
+                && text.contains(&format!("# TYPE {} ", &name[..name.find('{').unwrap_or(0)])) =>
+            {
+                0
+            }
+            None => panic!("{name} missing from:\n{text}"),
+        }
     }
 
     pub fn log(&self) -> String {

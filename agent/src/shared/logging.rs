@@ -6,7 +6,7 @@
 //! or went away (a closed one) costs dropped lines, never a request that hangs or a shutdown
 //! that does not happen.
 //!
-//! Architecture invariant: nothing logs a secret. Secrets are typed ([`crate::config::Secret`]) and
+//! Architecture invariant: nothing logs a secret. Secrets are typed ([`crate::shared::config::Secret`]) and
 //! their `Debug` is redacted; messages never format a key, token or enroll secret.
 
 use std::io::IsTerminal;
