@@ -14,6 +14,20 @@ use time::{Duration, OffsetDateTime};
 
 use crate::model::Observation;
 
+/// Kinds whose findings describe current state: an evaluation that no longer observes their item
+/// resolves them ([`resolves_by_absence`]), unless an occurrence was transient.
+pub const STATE_KINDS: &[FindingKind] = &[
+    FindingKind::UnexpectedProcess,
+    FindingKind::MissingProcess,
+    FindingKind::UnexpectedListener,
+    FindingKind::MissingListener,
+    FindingKind::UnexpectedConnection,
+    FindingKind::SuspiciousProcess,
+    FindingKind::Outlier,
+    FindingKind::NoBaseline,
+    FindingKind::AmbiguousWorkload,
+];
+
 /// Kinds whose findings are events rather than state: nothing resolves them by absence, and a new
 /// occurrence reopens an acknowledged one (what was acknowledged is not this one).
 pub const EVENT_KINDS: &[FindingKind] = &[
@@ -200,6 +214,65 @@ mod tests {
         assert!(resolves_by_absence(FindingKind::UnexpectedProcess, false, &kinds));
         assert!(!resolves_by_absence(FindingKind::UnexpectedProcess, true, &kinds));
         assert!(!resolves_by_absence(FindingKind::FileChanged, false, &kinds));
+    }
+
+    /// The lifecycle as a table: for a state kind and an event kind, each stored status, whether
+    /// the stored finding or the new observation was transient, whether the observation is a
+    /// new occurrence, and whether it is worse than what is stored.
+    #[test]
+    fn the_lifecycle_as_a_table() {
+        use FindingKind::{FileChanged as Event, UnexpectedProcess as State};
+        use FindingStatus::{Acknowledged as Ack, Open, Resolved};
+        use Step::{Open as Opens, Refresh, Reopen};
+        let same = Refresh { escalated: false };
+        let worse = Refresh { escalated: true };
+        /// (kind, stored: None or (status, transient), new occurrence, observed transient,
+        /// worse, step)
+        type Case = (FindingKind, Option<(FindingStatus, bool)>, bool, bool, bool, Step);
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            (State, None, false, false, false, Opens),
+            (Event, None, true, false, false, Opens),
+            // Resolved: anything observed again reopens.
+            (State, Some((Resolved, false)), false, false, false, Reopen),
+            (Event, Some((Resolved, false)), true, false, false, Reopen),
+            (State, Some((Resolved, true)), true, true, false, Reopen),
+            // Open: refreshed; escalated when worse, whatever the kind.
+            (State, Some((Open, false)), false, false, false, same),
+            (State, Some((Open, false)), true, false, true, worse),
+            (Event, Some((Open, false)), true, false, false, same),
+            (Event, Some((Open, false)), true, false, true, worse),
+            (State, Some((Open, true)), true, true, false, same),
+            // Acknowledged state that persists, or starts again as steady state: stays acknowledged.
+            (State, Some((Ack, false)), false, false, false, same),
+            (State, Some((Ack, false)), true, false, false, same),
+            // ... and an acknowledged finding is never escalated (nobody is told of it again).
+            (State, Some((Ack, false)), true, false, true, same),
+            // Acknowledged, but a new occurrence of an event, or of something transient: news.
+            (Event, Some((Ack, false)), true, false, false, Reopen),
+            (State, Some((Ack, true)), true, false, false, Reopen),
+            (State, Some((Ack, false)), true, true, false, Reopen),
+            // The same transient run seen again is not a new occurrence.
+            (State, Some((Ack, true)), false, true, false, same),
+            (Event, Some((Ack, false)), false, false, false, same),
+        ];
+        for (i, &(kind, stored, new, transient, worse_now, want)) in cases.iter().enumerate() {
+            let severity = if worse_now { Severity::High } else { Severity::Medium };
+            let o = obs(kind, severity, u64::from(new), transient);
+            let e = stored.map(|(status, t)| existing(status, t));
+            let mut budget = Budget::new(1000, 0);
+            assert_eq!(step(e.as_ref(), &o, &mut budget), want, "case {i}: {:?}", cases[i]);
+        }
+        // Which findings resolve when their item is no longer observed: state kinds only, and
+        // only where no occurrence was transient (a transient one resolves by acknowledgement).
+        for kind in [State, FindingKind::UnexpectedListener, FindingKind::UnexpectedConnection] {
+            assert!(resolves_by_absence(kind, false, STATE_KINDS), "{kind:?}");
+            assert!(!resolves_by_absence(kind, true, STATE_KINDS), "{kind:?}");
+        }
+        for kind in EVENT_KINDS {
+            assert!(!STATE_KINDS.contains(kind), "{kind:?} is both");
+            assert!(!resolves_by_absence(*kind, false, STATE_KINDS), "{kind:?}");
+        }
     }
 
     #[test]

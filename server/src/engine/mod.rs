@@ -51,20 +51,6 @@ pub fn default_severity(kind: FindingKind) -> Severity {
     }
 }
 
-/// Kinds whose findings describe current state: the reconciliation resolves those that are no
-/// longer observed.
-pub const STATE_KINDS: &[FindingKind] = &[
-    FindingKind::UnexpectedProcess,
-    FindingKind::MissingProcess,
-    FindingKind::UnexpectedListener,
-    FindingKind::MissingListener,
-    FindingKind::UnexpectedConnection,
-    FindingKind::SuspiciousProcess,
-    FindingKind::Outlier,
-    FindingKind::NoBaseline,
-    FindingKind::AmbiguousWorkload,
-];
-
 /// The kinds about the workload itself, and those of the built-in rules, which run whatever the
 /// workload.
 const WORKLOAD_KINDS: &[FindingKind] =
@@ -75,7 +61,7 @@ const WORKLOAD_KINDS: &[FindingKind] =
 /// must not be "resolved" because a host's tags came to match two baselines, or none.
 pub fn resolvable(target: Target<'_>) -> &'static [FindingKind] {
     match target {
-        Target::Workload(_) => STATE_KINDS,
+        Target::Workload(_) => crate::findings::STATE_KINDS,
         Target::NoBaseline | Target::Ambiguous(_) => WORKLOAD_KINDS,
     }
 }

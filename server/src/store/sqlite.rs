@@ -1769,7 +1769,7 @@ mod tests {
     async fn finding_lifecycle() {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
-        let kinds = crate::engine::STATE_KINDS;
+        let kinds = findings::STATE_KINDS;
         let a = obs(FindingKind::UnexpectedListener, "tcp/0.0.0.0:8000");
         let b = obs(FindingKind::UnexpectedProcess, "/tmp/x");
 
@@ -1835,7 +1835,7 @@ mod tests {
     async fn transient_findings_count_occurrences_and_resolve_only_by_acknowledgement() {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
-        let kinds = crate::engine::STATE_KINDS;
+        let kinds = findings::STATE_KINDS;
         let run = |n: u64, transient: bool| Observation {
             occurrences: n,
             transient,
@@ -1879,7 +1879,7 @@ mod tests {
     async fn a_burst_is_held_back_past_the_budget_and_counted_exactly() {
         let s = SqliteStore::open_in_memory().unwrap();
         let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
-        let kinds = crate::engine::STATE_KINDS;
+        let kinds = findings::STATE_KINDS;
         let program = |i: usize| Observation {
             occurrences: 1,
             transient: true,
