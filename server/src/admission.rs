@@ -132,6 +132,12 @@ impl Admission {
         Ok(InFlight { host_id, reporting: self.reporting.clone() })
     }
 
+    /// Whether a report of `host_id` is being read, waits for a processing turn, or is being
+    /// processed: the host is talking to the collector, whatever its `last_seen` says.
+    pub fn reporting(&self, host_id: i64) -> bool {
+        self.reporting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&host_id)
+    }
+
     /// Admits one enrollment from `ip`.
     pub fn enrollment(&self, ip: IpAddr) -> Result<(), Refusal> {
         self.enrollments.check(&address_key(ip), Instant::now()).map_err(Refusal::Rate)
@@ -146,9 +152,11 @@ mod tests {
     fn one_report_per_host_at_a_time() {
         let a = Admission::new(6000, 60);
         let first = a.report(1).unwrap();
+        assert!(a.reporting(1) && !a.reporting(2));
         assert_eq!(a.report(1).unwrap_err(), Refusal::Busy);
         let other = a.report(2).unwrap();
         drop(first);
+        assert!(!a.reporting(1));
         assert!(a.report(1).is_ok());
         drop(other);
     }

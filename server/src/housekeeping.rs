@@ -93,6 +93,11 @@ async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(
     if h.retired_at.is_some() {
         return Ok(());
     }
+    // A report of it is being read or waits for a processing turn: the host speaks, and a
+    // backlog at the collector is not its silence (its last_seen moves once the report is in).
+    if state.admission.reporting(h.id) {
+        return Ok(());
+    }
     let silent_since = h.last_seen.unwrap_or(h.enrolled_at);
     if now - silent_since >= state.settings.retire_after {
         let changes = state.store.retire_host(h.id, now).await?;
@@ -120,5 +125,66 @@ fn log(host_id: i64, changes: &[FindingChange]) {
         {
             warn!(host_id, finding = id, "host stopped reporting");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::HostFacts;
+    use crate::state::{Limits, Settings};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Enrollment, FindingFilter, NewCredential, Store};
+
+    async fn offline_findings(store: &SqliteStore, host_id: i64) -> usize {
+        let filter = FindingFilter {
+            host_id: Some(host_id),
+            kind: Some(FindingKind::AgentOffline),
+            ..Default::default()
+        };
+        store.list_findings(&filter).await.unwrap().len()
+    }
+
+    /// A collector behind on its reports must not call the hosts it has not got to offline.
+    #[tokio::test]
+    async fn a_host_whose_report_waits_for_a_turn_is_not_offline() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let now = OffsetDateTime::now_utc();
+        let enrolled = now - time::Duration::minutes(5);
+        let new =
+            NewCredential { name: "test", hash: "h", created_by: "test", expires_at: None, now: enrolled };
+        let secret = store.create_enroll_secret(&new, &BTreeMap::new()).await.unwrap();
+        let facts = HostFacts::from(hostwatch_proto::v1::HostFacts::new("queued", "m-queued"));
+        let enrollment = Enrollment {
+            facts: &facts,
+            agent_version: "0",
+            key_hash: "k",
+            enroll_secret: secret.id,
+            verified_instance: None,
+            now: enrolled,
+        };
+        let id = store.enroll_host(&enrollment).await.unwrap();
+        let settings = Settings {
+            max_report_bytes: 1 << 20,
+            max_concurrent_reports: 1,
+            offline_after: Some(Duration::from_secs(30)),
+            retire_after: Duration::from_secs(86_400),
+            max_new_findings_per_minute: 100,
+            limits: Limits::default(),
+            tag_policy: Default::default(),
+            aws_identity: None,
+        };
+        let state = AppState::new(store.clone(), settings, None);
+        // Five minutes without a report since it enrolled, but its first is in flight.
+        let in_flight = state.admission.report(id).unwrap();
+        round(&state, now, now).await.unwrap();
+        assert_eq!(offline_findings(&store, id).await, 0);
+        // That report gone without arriving: now it is offline.
+        drop(in_flight);
+        round(&state, now, now).await.unwrap();
+        assert_eq!(offline_findings(&store, id).await, 1);
     }
 }

@@ -426,7 +426,8 @@ pub struct Host {
 
 impl Host {
     /// Whether a host reports: silence beyond `offline_after` (default 3 of its intervals, at least
-    /// 30 s) is offline, unless it said goodbye.
+    /// 30 s) is offline, unless it said goodbye. A host that has not reported yet is silent since
+    /// it enrolled: its first report (a whole snapshot) is not late at once.
     pub fn status(
         &self,
         now: OffsetDateTime,
@@ -442,9 +443,10 @@ impl Host {
             (std::time::Duration::from_secs(u64::from(self.agent.interval_secs)) * 3)
                 .max(std::time::Duration::from_secs(30))
         });
-        match self.last_seen {
-            Some(seen) if now - seen <= limit => proto::HostStatus::Online,
-            _ => proto::HostStatus::Offline,
+        if now - self.last_seen.unwrap_or(self.enrolled_at) <= limit {
+            proto::HostStatus::Online
+        } else {
+            proto::HostStatus::Offline
         }
     }
 }
