@@ -104,7 +104,12 @@ async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(
         info!(host_id = h.id, hostname = ?h.facts.hostname, resolved = changes.len(), "host retired after {:?} of silence", state.settings.retire_after);
         return Ok(());
     }
+    // A host that has not reported yet is silent since it enrolled: its first report (a whole
+    // snapshot, perhaps behind a backlog) is not late at once.
+    let first_not_late =
+        h.last_seen.is_none() && now - h.enrolled_at <= h.offline_limit(state.settings.offline_after);
     match h.status(now, state.settings.offline_after) {
+        HostStatus::Offline if first_not_late => {}
         HostStatus::Offline | HostStatus::Stopped => {
             let obs = engine::agent_offline(h.goodbye.as_deref(), h.last_seen);
             let changes = state
@@ -167,6 +172,15 @@ mod tests {
             now: enrolled,
         };
         let id = store.enroll_host(&enrollment).await.unwrap();
+        // Another enrolled 10 s ago, its first report not sent yet: not late either.
+        let facts = HostFacts::from(hostwatch_proto::v1::HostFacts::new("fresh", "m-fresh"));
+        let fresh = Enrollment {
+            facts: &facts,
+            key_hash: "k2",
+            now: now - time::Duration::seconds(10),
+            ..enrollment
+        };
+        let fresh = store.enroll_host(&fresh).await.unwrap();
         let settings = Settings {
             max_report_bytes: 1 << 20,
             max_concurrent_reports: 1,
@@ -186,5 +200,6 @@ mod tests {
         drop(in_flight);
         round(&state, now, now).await.unwrap();
         assert_eq!(offline_findings(&store, id).await, 1);
+        assert_eq!(offline_findings(&store, fresh).await, 0);
     }
 }

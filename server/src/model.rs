@@ -425,9 +425,17 @@ pub struct Host {
 }
 
 impl Host {
-    /// Whether a host reports: silence beyond `offline_after` (default 3 of its intervals, at least
-    /// 30 s) is offline, unless it said goodbye. A host that has not reported yet is silent since
-    /// it enrolled: its first report (a whole snapshot) is not late at once.
+    /// The silence after which the host is offline: `offline_after`, or by default 3 of its
+    /// intervals, at least 30 s.
+    pub fn offline_limit(&self, offline_after: Option<std::time::Duration>) -> std::time::Duration {
+        offline_after.unwrap_or_else(|| {
+            (std::time::Duration::from_secs(u64::from(self.agent.interval_secs)) * 3)
+                .max(std::time::Duration::from_secs(30))
+        })
+    }
+
+    /// Whether a host reports: silence beyond [`Host::offline_limit`] is offline, unless it said
+    /// goodbye. A host that has not reported yet is offline (it has never been online).
     pub fn status(
         &self,
         now: OffsetDateTime,
@@ -439,14 +447,10 @@ impl Host {
         if self.goodbye.is_some() {
             return proto::HostStatus::Stopped;
         }
-        let limit = offline_after.unwrap_or_else(|| {
-            (std::time::Duration::from_secs(u64::from(self.agent.interval_secs)) * 3)
-                .max(std::time::Duration::from_secs(30))
-        });
-        if now - self.last_seen.unwrap_or(self.enrolled_at) <= limit {
-            proto::HostStatus::Online
-        } else {
-            proto::HostStatus::Offline
+        let limit = self.offline_limit(offline_after);
+        match self.last_seen {
+            Some(seen) if now - seen <= limit => proto::HostStatus::Online,
+            _ => proto::HostStatus::Offline,
         }
     }
 }

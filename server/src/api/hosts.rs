@@ -140,10 +140,10 @@ mod tests {
             HostStatus::Offline
         );
         assert_eq!(Host::status(&host(None, 10), now, None), HostStatus::Offline);
-        // Not reported yet: silent since it enrolled, and its first report is not late yet.
+        // Not reported yet: never online, however recent its enrollment.
         let mut new = host(None, 10);
         new.enrolled_at = now - time::Duration::seconds(10);
-        assert_eq!(Host::status(&new, now, None), HostStatus::Online);
+        assert_eq!(Host::status(&new, now, None), HostStatus::Offline);
         let mut bye = host(Some(99), 10);
         bye.goodbye = Some("stopped".into());
         assert_eq!(Host::status(&bye, now, None), HostStatus::Stopped);
