@@ -79,12 +79,12 @@ async fn enroll_host(
     let secret = auth::check_enroll_secret(state, &req.enroll_secret).await?;
     let key = secrets::generate(NODE_KEY_PREFIX)
         .map_err(|e| ApiError::internal(format!("cannot generate a node key: {e}")))?;
-    // Where EC2 claims must be proven, an unproven one enrolls nothing.
+    // Where EC2 claims must be proven, an unproven one enrolls nothing (logged with the other
+    // refusals, at a bounded rate, by `enroll`).
     let verified = match &state.settings.aws_identity {
-        Some(aws) => aws.verify(req.host.cloud.as_ref(), req.instance_identity.as_ref()).map_err(|e| {
-            tracing::warn!(%peer, hostname = ?req.host.hostname, problem = %e, "enrollment refused: instance identity");
-            ApiError::forbidden(format!("instance identity: {e}"))
-        })?,
+        Some(aws) => aws
+            .verify(req.host.cloud.as_ref(), req.instance_identity.as_ref())
+            .map_err(|e| ApiError::forbidden(format!("instance identity: {e}")))?,
         None => None,
     };
     let mut facts: HostFacts = req.host.into();

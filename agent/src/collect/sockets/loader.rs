@@ -114,24 +114,28 @@ fn receive(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     Ok((buf, fds))
 }
 
-/// The answer: `ok fexit` or `ok sys_exit` with the ring, the drop counter and the links, in
-/// that order; or `err REASON`.
+/// The helper's answer when the program is attached: where it takes UDP connects.
+fn answer(hook: UdpHook) -> &'static str {
+    match hook {
+        UdpHook::Fexit => "ok fexit",
+        UdpHook::SysExit => "ok sys_exit",
+    }
+}
+
+/// The answer: [`answer`] with the ring, the drop counter and the links, in that order; or
+/// `err REASON`.
 fn decode(message: &[u8], mut fds: Vec<OwnedFd>) -> Result<Attached, String> {
     let text = String::from_utf8_lossy(message);
     if let Some(why) = text.strip_prefix("err ") {
         return Err(why.to_owned());
     }
-    let udp_hook = match text.as_ref() {
-        "ok fexit" => UdpHook::Fexit,
-        "ok sys_exit" => UdpHook::SysExit,
-        "" => return Err("the eBPF loader ended without an answer".to_owned()),
-        other => {
-            return Err(format!(
-                "the eBPF loader's answer is not understood: {:?}",
-                other.escape_debug().to_string()
-            ));
-        }
-    };
+    if text.is_empty() {
+        return Err("the eBPF loader ended without an answer".to_owned());
+    }
+    let udp_hook =
+        [UdpHook::Fexit, UdpHook::SysExit].into_iter().find(|h| text == answer(*h)).ok_or_else(|| {
+            format!("the eBPF loader's answer is not understood: {:?}", text.escape_debug().to_string())
+        })?;
     if fds.len() < 3 {
         return Err(format!("the eBPF loader sent {} descriptors, expected at least 3", fds.len()));
     }
@@ -149,25 +153,18 @@ pub fn helper_main() -> Option<ExitCode> {
         return None;
     }
     let ring_bytes = args.next().and_then(|a| a.to_str().and_then(|s| s.parse::<u32>().ok()));
-    let stdin = std::io::stdin();
-    let answer = match ring_bytes {
-        None => Err("the loader was started without a ring size".to_owned()),
-        Some(ring_bytes) => load(ring_bytes),
-    };
-    let sent = match &answer {
-        Ok(loaded) => match links_of_this_process() {
-            Ok(links) => {
-                let word = match loaded.udp_hook {
-                    UdpHook::Fexit => "ok fexit",
-                    UdpHook::SysExit => "ok sys_exit",
-                };
-                let mut fds = vec![loaded.ring.as_raw_fd(), loaded.dropped.as_raw_fd()];
-                fds.extend(links);
-                send(stdin.as_fd().as_raw_fd(), word.as_bytes(), &fds)
-            }
-            Err(why) => send(stdin.as_fd().as_raw_fd(), format!("err {why}").as_bytes(), &[]),
-        },
-        Err(why) => send(stdin.as_fd().as_raw_fd(), format!("err {why}").as_bytes(), &[]),
+    let socket = std::io::stdin().as_fd().as_raw_fd();
+    // `loaded` holds the program attached until the descriptors are sent.
+    let loaded =
+        ring_bytes.ok_or_else(|| "the loader was started without a ring size".to_owned()).and_then(load);
+    let reply = loaded.as_ref().map_err(String::clone).and_then(|l| {
+        let mut fds = vec![l.ring.as_raw_fd(), l.dropped.as_raw_fd()];
+        fds.extend(links_of_this_process()?);
+        Ok((answer(l.udp_hook), fds))
+    });
+    let sent = match reply {
+        Ok((word, fds)) => send(socket, word.as_bytes(), &fds),
+        Err(why) => send(socket, format!("err {why}").as_bytes(), &[]),
     };
     Some(if sent.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
