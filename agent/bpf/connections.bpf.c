@@ -172,8 +172,8 @@ struct pt_regs {
 } __attribute__((preserve_access_index));
 
 // Bytes waiting in the ring past which a submit wakes the reader; below, the reader finds the
-// events at its next look (every 200 ms), so a busy host does not wake it for each one. Set by
-// the agent at load (a quarter of the ring).
+// events at its next look (the agent's tick, every second), so a busy host does not wake it for
+// each one. Set by the agent at load (a quarter of the ring).
 const volatile __u64 wake_at = 64 * 1024;
 
 static __always_inline void count_drop(void)

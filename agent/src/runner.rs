@@ -59,8 +59,6 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 const EVENT_QUEUE: usize = 65_536;
 /// How often a socket reopened with a pending key may send a report early.
 const REOPEN_REPORT_EVERY: Duration = Duration::from_millis(100);
-/// Batches of socket events in flight to the runner: ten seconds' worth at five drains a second.
-const SOCKET_BATCHES: usize = 50;
 /// The quick look and the batching of changes.
 const TICK: Duration = Duration::from_secs(1);
 /// Batches of file changes waiting for the runner; when full, the file monitor waits.
@@ -87,10 +85,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 (None, Some(why))
             }
         };
-    // Batches, one per drain of the ring (every 200 ms or a quarter ring).
-    let (socket_tx, socket_rx) = mpsc::channel(SOCKET_BATCHES);
     let (socket_events, socket_events_why) = if config.socket_events {
-        match SocketEvents::start(config.socket_event_ring_bytes, socket_tx) {
+        match SocketEvents::start(config.socket_event_ring_bytes) {
             Ok(s) => {
                 info!(udp = s.udp_hook.describe(), "socket events from eBPF");
                 (Some(s), None)
@@ -150,7 +146,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         files: None,
         files_why: None,
     };
-    let result = agent.watch(shutdown, exec_rx, socket_rx, from_sender).await;
+    let result = agent.watch(shutdown, exec_rx, from_sender).await;
     if let Some(files) = &agent.files {
         files.stop();
     }
@@ -235,8 +231,9 @@ enum Scan {
     /// Everything; `credential_events`: uid and gid changes come as events, so the rescan need
     /// not check each process's owner.
     Full { credential_events: bool },
-    /// Sockets as asked; `/proc` listed when `true` (no process events to go by).
-    Quick(Want, bool),
+    /// Sockets as asked; `/proc` listed when `list` (no process events to go by); new
+    /// processes not watched for connections when `connection_events` (socket events bring them).
+    Quick { want: Want, list: bool, connection_events: bool },
 }
 
 impl Agent {
@@ -245,7 +242,6 @@ impl Agent {
         &mut self,
         shutdown: CancellationToken,
         mut exec_rx: mpsc::Receiver<exec::Event>,
-        mut socket_rx: mpsc::Receiver<Vec<SocketEvent>>,
         mut from_sender: mpsc::Receiver<FromSender>,
     ) -> Result<(), AgentError> {
         if !self.enroll(&shutdown).await? {
@@ -262,6 +258,8 @@ impl Agent {
         let mut socket_events_open = self.socket_events.is_some();
         // Events were lost since the last full scan: it must check every process itself.
         let mut events_lost = false;
+        // The ring's drop count at the last look: a rise means connections may have gone unseen.
+        let mut socket_drops = 0;
         // A clone to be woken by: the select's futures cannot borrow `self`.
         let mut cloud_news = self.cloud.clone();
         let mut cloud_open = true;
@@ -317,24 +315,35 @@ impl Agent {
                         self.exec_why = Some("the process connector failed".to_owned());
                     }
                 },
-                event = socket_rx.recv(), if socket_events_open => match event {
-                    Some(batch) => batch.into_iter().for_each(|e| self.on_socket_event(e)),
-                    None => {
+                woken = socket_events_wake(&self.socket_events), if socket_events_open => match woken {
+                    // A quarter ring: drained now rather than at the tick, to make room.
+                    Ok(()) => self.drain_socket_events(),
+                    Err(e) => {
                         socket_events_open = false;
-                        if !shutdown.is_cancelled() {
-                            error!("socket events stopped; connections and listeners shorter than a scan are not seen");
-                            self.socket_events_why = Some("the eBPF event reader stopped".to_owned());
-                        }
+                        error!(error = %e, "socket events stopped; connections and listeners shorter than a scan are not seen");
+                        self.socket_events_why = Some(format!("the eBPF ring cannot be waited on: {e}"));
                     }
                 },
                 _ = tick.tick() => {
+                    // What the kernel saw since the last tick, before this tick looks and reports.
+                    self.drain_socket_events();
                     let scan = if Instant::now() >= next_full {
                         next_full = Instant::now() + backoff::jittered(self.config.interval);
                         let trusted = events_open && self.exec_why.is_none() && !events_lost;
                         events_lost = false;
                         Scan::Full { credential_events: trusted }
                     } else {
-                        Scan::Quick(Want { listen: true, connected: connections_due }, !events_open || self.exec_why.is_some())
+                        // Socket events stand in for watching new processes only while they
+                        // run and the ring lost nothing since the last look; a loss is made
+                        // good by reading every connection now.
+                        let drops = self.socket_events.as_ref().map_or(0, |s| s.counters().dropped);
+                        connections_due |= drops > socket_drops;
+                        socket_drops = drops;
+                        Scan::Quick {
+                            want: Want { listen: true, connected: connections_due },
+                            list: !events_open || self.exec_why.is_some(),
+                            connection_events: socket_events_open && self.socket_events_why.is_none(),
+                        }
                     };
                     connections_due = false;
                     let full = matches!(scan, Scan::Full { .. });
@@ -383,6 +392,14 @@ impl Agent {
                 *next_full = Instant::now();
                 true
             }
+        }
+    }
+
+    /// Hands every event in the ring to [`Agent::on_socket_event`].
+    fn drain_socket_events(&mut self) {
+        let batch = self.socket_events.as_mut().map(SocketEvents::drain).unwrap_or_default();
+        for e in batch {
+            self.on_socket_event(e);
         }
     }
 
@@ -493,7 +510,10 @@ impl Agent {
                     observer.set_credential_events(credential_events);
                     Ok(observer.observe())
                 }
-                Scan::Quick(want, list) => Err(observer.quick(want, list)),
+                Scan::Quick { want, list, connection_events } => {
+                    observer.set_connection_events(connection_events);
+                    Err(observer.quick(want, list))
+                }
             };
             (observer, out)
         })
@@ -688,14 +708,8 @@ impl Agent {
                 if self.socket_events_why.is_none() { "ebpf" } else { "scans" }.to_owned(),
             ),
             connection_source_why: self.socket_events_why.clone(),
-            socket_events: self
-                .socket_events
-                .as_ref()
-                .map_or(0, |s| s.counters.events.load(std::sync::atomic::Ordering::Relaxed)),
-            socket_events_dropped: self
-                .socket_events
-                .as_ref()
-                .map_or(0, |s| s.counters.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+            socket_events: self.socket_events.as_ref().map_or(0, |s| s.counters().events),
+            socket_events_dropped: self.socket_events.as_ref().map_or(0, |s| s.counters().dropped),
             socket_reader: self
                 .observer
                 .as_ref()
@@ -952,5 +966,13 @@ async fn send_loop(
                 }
             }
         }
+    }
+}
+
+/// Resolves when the socket event ring asks to be drained; never without socket events.
+async fn socket_events_wake(events: &Option<SocketEvents>) -> std::io::Result<()> {
+    match events {
+        Some(e) => e.wake().await,
+        None => std::future::pending().await,
     }
 }

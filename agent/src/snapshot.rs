@@ -90,6 +90,9 @@ pub struct Observer {
     /// Whether uid and gid changes arrive as events (the process connector runs and lost nothing
     /// since the last full scan): rescans then need not stat each `/proc/PID` for its owner.
     credential_events: bool,
+    /// Every new connection comes as a socket event with its owner (the eBPF source runs and
+    /// lost nothing): a quick look need not watch new processes' descriptors for connections.
+    connection_events: bool,
     /// Processes whose credentials changed (by event), to be read whole by the next quick look.
     recredentialed: Vec<u32>,
     /// Applied to every command line as it is read.
@@ -193,6 +196,7 @@ impl Observer {
         Observer {
             own_netns: netns::own(&root),
             credential_events: false,
+            connection_events: false,
             recredentialed: Vec::new(),
             root,
             redactor,
@@ -463,6 +467,11 @@ impl Observer {
         }
     }
 
+    /// See [`Observer::connection_events`]; set by the runner before each quick look.
+    pub fn set_connection_events(&mut self, on: bool) {
+        self.connection_events = on;
+    }
+
     /// See [`Observer::credential_events`]; set by the runner before each full scan.
     pub fn set_credential_events(&mut self, on: bool) {
         self.credential_events = on;
@@ -637,9 +646,12 @@ impl Observer {
     /// that did not exec (an exec is read as it happens) and nothing is listed; without them
     /// (`list`), `/proc` is listed, new pids are read and those gone are dropped.
     ///
-    /// Connections are read when `want` asks, or when a process that started in the last two
-    /// seconds holds a socket it did not hold before: a dump of every connection costs as much as
-    /// a host has connections, a look at a new process's descriptors almost nothing.
+    /// Connections are read when `want` asks, or, without socket events
+    /// ([`Observer::set_connection_events`]), when a process that started in the last two seconds
+    /// holds a socket it did not hold before: a dump of every connection costs as much as a host
+    /// has connections, a look at a new process's descriptors almost nothing. Any socket counts
+    /// (a descriptor does not say its family), so without events a new program holding a unix
+    /// or netlink socket costs a dump; with them, none does.
     pub fn quick(&mut self, mut want: Want, list: bool) -> QuickObservation {
         let mut problems = Problems::default();
         let (mut started, mut gone) = (Vec::new(), Vec::new());
@@ -686,8 +698,10 @@ impl Observer {
             now.duration_since(*since) <= WATCH_NEW
                 && self.procs.get(&key.0).is_some_and(|p| p.start_ticks == key.1)
         });
-        for (key, _) in &self.recent {
-            want.connected |= self.owners.look_at(&self.root, *key);
+        if !self.connection_events {
+            for (key, _) in &self.recent {
+                want.connected |= self.owners.look_at(&self.root, *key);
+            }
         }
         let (listeners, connections) = if want.listen || want.connected {
             let (l, c, _, _) = self.read_sockets(want);

@@ -1,9 +1,10 @@
 //! Connections and listeners as the kernel makes them, however short they live: an eBPF
 //! program (`agent/bpf/connections.bpf.c`, its compiled object committed beside it) on the
 //! `inet_sock_set_state` BTF tracepoint for TCP and at the return of `inet_dgram_connect` (fexit;
-//! where the kernel refuses trampolines, on `sys_exit`) for UDP sockets' `connect(2)`, each event with the process that made it, read from a ring buffer on a thread of
-//! its own. The program is loaded in a helper process ([`super::loader`]), which hands over the
-//! ring and the links.
+//! where the kernel refuses trampolines, on `sys_exit`) for UDP sockets' `connect(2)`, each event
+//! with the process that made it, in a ring buffer the runner drains at each of its ticks (and
+//! sooner when the program says the ring is a quarter full). The program is loaded in a helper
+//! process ([`super::loader`]), which hands over the ring and the links.
 //!
 //! The scans ([`super::diag`]) stay the source of truth for what is open; these events add what
 //! opened and closed between two looks. Where the kernel refuses (no CAP_BPF and CAP_PERFMON, no
@@ -11,20 +12,16 @@
 //! ([`SocketEvents::start`]'s error, in its status and coverage).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::os::fd::OwnedFd;
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use tokio::io::unix::AsyncFd;
 
-use super::loader::{self, Attached};
+use super::loader;
 use hostwatch_proto::v1::Protocol;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
-/// The ring's default size: about 1,300 events of 96 bytes. The reader is woken at a quarter
+/// The ring's default size: about 1,300 events of 96 bytes. The runner is woken at a quarter
 /// ring, so a burst has about a thousand events of room while it drains. Its pages are mapped
 /// twice (the kernel's wrap-around), so each KiB here is two of the agent's resident memory.
 pub const RING_BYTES: u32 = 128 << 10;
@@ -135,24 +132,39 @@ impl SocketEvent {
     }
 }
 
-/// Counts of what the source saw, shared with the runner for the agent's status.
-#[derive(Debug, Default)]
+/// Counts of what the source saw, for the agent's status.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
-    pub events: AtomicU64,
-    /// Events the kernel had no room for in the ring (the program's own count).
-    pub dropped: AtomicU64,
+    pub events: u64,
+    /// Events the kernel had no room for in the ring (the program's own count, as last read).
+    pub dropped: u64,
     /// Records that did not decode.
-    pub malformed: AtomicU64,
+    pub malformed: u64,
 }
 
-/// The loaded program and its reading thread; detached from the kernel when dropped.
-#[derive(Debug)]
+/// The attached program as the runner holds it: attached while `_links` are open, detached from
+/// the kernel when dropped.
+///
+/// No thread of its own: the runner drains the ring at each tick ([`SocketEvents::drain`]),
+/// and the program wakes it ([`SocketEvents::wake`]) only past a quarter ring. A reader thread
+/// that looked every 200 ms was a twelfth of the agent's CPU on an idle host (its wake-ups and
+/// a system call to read the drop count each time).
 pub struct SocketEvents {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    pub counters: Arc<Counters>,
+    _links: Vec<OwnedFd>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    dropped: PerCpuArray<MapData, u64>,
+    counters: Counters,
     /// Where UDP connects are taken ([`UdpHook`]).
     pub udp_hook: UdpHook,
+}
+
+impl std::fmt::Debug for SocketEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketEvents")
+            .field("counters", &self.counters)
+            .field("udp_hook", &self.udp_hook)
+            .finish()
+    }
 }
 
 /// Where a UDP socket's `connect(2)` is seen: there is no state change to trace.
@@ -176,78 +188,64 @@ impl UdpHook {
     }
 }
 
-/// How often the thread drains the ring (and looks at the stop flag and the drop count). The
-/// program wakes it sooner only when the ring is a quarter full: one wake-up and one batch per
-/// look rather than per event (at 200 new connections a second, per-event wake-ups were most
-/// of the agent's CPU).
-const POLL: Duration = Duration::from_millis(200);
-
 impl SocketEvents {
-    /// Loads and attaches the program (in a helper process: [`loader`]) and starts the reading
-    /// thread; `Err` with the reason where the kernel refuses. `ring_bytes`: the ring's size, a power of two of at least a page.
-    pub fn start(ring_bytes: u32, tx: mpsc::Sender<Vec<SocketEvent>>) -> Result<SocketEvents, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
-        let (s, c) = (stop.clone(), counters.clone());
-        let attached = loader::attach(ring_bytes)?;
-        // The ring is read where it is mapped (aya's reader is not `Send`): the thread maps it
-        // and says how that went before it reads.
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("socket-events".into())
-            .spawn(move || match Reading::map(attached) {
-                Ok(reading) => {
-                    let _ = ready_tx.send(Ok(reading.udp_hook));
-                    receive(reading, tx, s, c);
-                }
-                Err(why) => {
-                    let _ = ready_tx.send(Err(why));
-                }
-            })
-            .map_err(|e| format!("cannot start the socket event thread: {e}"))?;
-        match ready_rx.recv() {
-            Ok(Ok(udp_hook)) => Ok(SocketEvents { stop, thread: Some(thread), counters, udp_hook }),
-            Ok(Err(why)) => {
-                let _ = thread.join();
-                Err(why)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err("the socket event thread ended while loading".to_owned())
-            }
-        }
-    }
-}
-
-/// The attached program as the reading thread holds it: the programs stay attached while
-/// `_links` are open.
-struct Reading {
-    _links: Vec<std::os::fd::OwnedFd>,
-    ring: RingBuf<MapData>,
-    dropped: PerCpuArray<MapData, u64>,
-    udp_hook: UdpHook,
-}
-
-impl Reading {
-    fn map(a: Attached) -> Result<Reading, String> {
+    /// Loads and attaches the program (in a helper process: [`loader`]) and maps its ring; `Err`
+    /// with the reason where the kernel refuses. `ring_bytes`: the ring's size, a power of two of
+    /// at least a page. Called within the runtime (the ring is registered with its reactor).
+    pub fn start(ring_bytes: u32) -> Result<SocketEvents, String> {
+        let a = loader::attach(ring_bytes)?;
         let ring = MapData::from_fd(a.ring)
             .and_then(Map::from_map_data)
             .and_then(RingBuf::try_from)
             .map_err(|e| format!("the ring from the eBPF loader: {e}"))?;
+        // SAFETY: the ring owns its descriptor (its `MapData` holds the `OwnedFd`) from here until
+        // the `AsyncFd` drops it, and `as_raw_fd` gives that same descriptor every time.
+        #[allow(unsafe_code)]
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| format!("cannot wait on the eBPF ring: {e}"))?;
         let dropped = MapData::from_fd(a.dropped)
             .and_then(Map::from_map_data)
             .and_then(PerCpuArray::try_from)
             .map_err(|e| format!("the drop counter from the eBPF loader: {e}"))?;
-        Ok(Reading { _links: a.links, ring, dropped, udp_hook: a.udp_hook })
+        Ok(SocketEvents {
+            _links: a.links,
+            ring,
+            dropped,
+            counters: Counters::default(),
+            udp_hook: a.udp_hook,
+        })
     }
-}
 
-impl Drop for SocketEvents {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Resolves when the program asks for a drain (the ring is a quarter full); the caller then
+    /// drains. Cancel-safe. `Err` only if the ring can no longer be waited on.
+    pub async fn wake(&self) -> std::io::Result<()> {
+        let mut ready = self.ring.readable().await?;
+        // Edge-triggered: the next wake-up is the program's next one, whatever is drained.
+        ready.clear_ready();
+        Ok(())
+    }
+
+    /// Every event in the ring now, oldest first, with the drop count read again.
+    pub fn drain(&mut self) -> Vec<SocketEvent> {
+        let offset = boot_to_wall();
+        let mut batch = Vec::new();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            self.counters.events += 1;
+            match SocketEvent::decode(&item, offset) {
+                Some(e) => batch.push(e),
+                None => self.counters.malformed += 1,
+            }
         }
+        if let Ok(per_cpu) = self.dropped.get(&0, 0) {
+            self.counters.dropped = per_cpu.iter().sum();
+        }
+        batch
+    }
+
+    /// What the source saw, as of the last drain.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 }
 
@@ -257,45 +255,6 @@ fn boot_to_wall() -> i128 {
         .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
         .unwrap_or(0);
     OffsetDateTime::now_utc().unix_timestamp_nanos() - boot
-}
-
-fn receive(
-    reading: Reading,
-    tx: mpsc::Sender<Vec<SocketEvent>>,
-    stop: Arc<AtomicBool>,
-    counters: Arc<Counters>,
-) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let Reading { _links, mut ring, dropped, .. } = reading;
-    let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::MAX);
-    while !stop.load(Ordering::Relaxed) {
-        let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "socket events: poll failed; they stop");
-                return;
-            }
-        }
-        let offset = boot_to_wall();
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            counters.events.fetch_add(1, Ordering::Relaxed);
-            match SocketEvent::decode(&item, offset) {
-                Some(e) => batch.push(e),
-                None => {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        // The runner is gone: the agent is stopping.
-        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
-            return;
-        }
-        if let Ok(per_cpu) = dropped.get(&0, 0) {
-            counters.dropped.store(per_cpu.iter().sum(), Ordering::Relaxed);
-        }
-    }
 }
 
 #[cfg(test)]
