@@ -1,6 +1,7 @@
 //! The life of a finding: what an observation does to the finding it is about (open, refresh,
-//! reopen, or hold back), which findings an evaluation may resolve by no longer observing their
-//! item, and the per-host budget of new findings.
+//! reopen, escalate, or hold back), which findings an evaluation may resolve by no longer
+//! observing their item, what an acknowledgement does, which silence covers a host, and the
+//! per-host budget of new findings.
 //!
 //! Architecture invariant: the engine decides what is unexplained, this module decides what that
 //! does to findings, and the store only applies these decisions, inside the transaction that reads
@@ -8,11 +9,13 @@
 //! functions, so every rule of the lifecycle is tested by value and every store backend applies
 //! the same ones.
 
+use std::collections::BTreeMap;
+
 use hostwatch_proto::v1::{FindingKind, FindingStatus, Severity};
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use crate::model::Observation;
+use crate::model::{Observation, SilenceScope};
 
 /// Kinds whose findings describe current state: an evaluation that no longer observes their item
 /// resolves them ([`resolves_by_absence`]), unless an occurrence was transient.
@@ -37,6 +40,41 @@ pub const EVENT_KINDS: &[FindingKind] = &[
     FindingKind::FindingsHeldBack,
     FindingKind::UnexpectedSession,
 ];
+
+/// Statuses of a finding still in play: what an evaluation may resolve, what an acknowledgement
+/// applies to, what `/metrics` counts. A resolved finding can only reopen.
+pub const LIVE: &[FindingStatus] = &[FindingStatus::Open, FindingStatus::Acknowledged];
+
+pub fn is_live(status: FindingStatus) -> bool {
+    LIVE.contains(&status)
+}
+
+/// Whether acknowledging a finding in `status` changes it: a live one is acknowledged (again: a
+/// second acknowledgement replaces who, when and the note); a resolved one has nothing to
+/// acknowledge and is left as it is.
+pub fn acknowledges(status: FindingStatus) -> bool {
+    is_live(status)
+}
+
+/// Whether silence `scope` takes in host `host_id`, whose tags (as judged) are `tags`: a host
+/// silence its own host, a selector every host holding all its tags.
+pub fn silence_covers(scope: &SilenceScope, host_id: i64, tags: &BTreeMap<String, String>) -> bool {
+    match scope {
+        SilenceScope::Host(h) => *h == host_id,
+        SilenceScope::Selector(sel) => sel.iter().all(|(k, v)| tags.get(k) == Some(v)),
+    }
+}
+
+/// The silence that covers a host, of the `in_force` ones (id and scope, in the order they should
+/// win: the store gives the one ending last first). Findings that open, reopen, escalate or
+/// resolve under it are marked silenced and sinks do not hear of them.
+pub fn covering_silence<'a>(
+    in_force: impl IntoIterator<Item = (i64, &'a SilenceScope)>,
+    host_id: i64,
+    tags: &BTreeMap<String, String>,
+) -> Option<i64> {
+    in_force.into_iter().find(|(_, scope)| silence_covers(scope, host_id, tags)).map(|(id, _)| id)
+}
 
 /// A finding as stored, as far as its lifecycle goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +121,13 @@ impl Budget {
 /// findings of medium severity or less that no built-in rule files. A built-in rule's finding and
 /// anything high or critical always opens: 100 junk execs must not hide the payload.
 pub fn holdable(o: &Observation) -> bool {
-    o.rule.is_none() && o.severity <= Severity::Medium && o.kind != FindingKind::FindingsHeldBack
+    counts_against_budget(o.kind, o.rule.is_some(), o.severity)
+}
+
+/// [`holdable`] for a finding as stored (its kind, whether a built-in rule filed it, its
+/// severity): the store counts the openings in the budget's window by this.
+pub fn counts_against_budget(kind: FindingKind, by_rule: bool, severity: Severity) -> bool {
+    !by_rule && severity <= Severity::Medium && kind != FindingKind::FindingsHeldBack
 }
 
 /// What observation `o` does to its finding (`existing`, if there is one), spending `budget`
@@ -296,5 +340,58 @@ mod tests {
         assert_eq!(step(None, &count, &mut b), Step::Open, "the count itself is never held back");
         assert_eq!((count.occurrences, count.detail["held_back"].as_u64()), (7, Some(7)));
         assert_eq!(b.used, 2);
+    }
+
+    #[test]
+    fn acknowledgements_apply_to_live_findings_only() {
+        assert!(acknowledges(FindingStatus::Open));
+        assert!(acknowledges(FindingStatus::Acknowledged), "again, with a new note");
+        assert!(!acknowledges(FindingStatus::Resolved));
+        assert_eq!(LIVE.iter().filter(|s| is_live(**s)).count(), 2);
+        assert!(!is_live(FindingStatus::Resolved));
+    }
+
+    #[test]
+    fn which_silence_covers_a_host() {
+        let tags: BTreeMap<String, String> =
+            [("env".to_owned(), "prod".to_owned()), ("role".to_owned(), "web".to_owned())].into();
+        let sel = |pairs: &[(&str, &str)]| {
+            SilenceScope::Selector(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        };
+        assert!(silence_covers(&SilenceScope::Host(7), 7, &tags));
+        assert!(!silence_covers(&SilenceScope::Host(8), 7, &tags));
+        assert!(silence_covers(&sel(&[("env", "prod")]), 7, &tags));
+        assert!(silence_covers(&sel(&[("env", "prod"), ("role", "web")]), 7, &tags));
+        assert!(!silence_covers(&sel(&[("env", "prod"), ("role", "db")]), 7, &tags), "every tag must hold");
+        assert!(!silence_covers(&sel(&[("team", "x")]), 7, &tags));
+        let (other, staging, prod, host) = (
+            SilenceScope::Host(8),
+            sel(&[("env", "staging")]),
+            sel(&[("env", "prod")]),
+            SilenceScope::Host(7),
+        );
+        // The first that covers wins, in the order given.
+        assert_eq!(covering_silence([(1, &other), (2, &staging), (3, &prod), (4, &host)], 7, &tags), Some(3));
+        assert_eq!(covering_silence([(4, &host), (3, &prod)], 7, &tags), Some(4));
+        assert_eq!(covering_silence([(1, &other), (2, &staging)], 7, &tags), None);
+    }
+
+    #[test]
+    fn the_budget_counts_stored_openings_as_it_holds_observations() {
+        for kind in [FindingKind::UnexpectedProcess, FindingKind::FindingsHeldBack, FindingKind::FileChanged]
+        {
+            for severity in
+                [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical]
+            {
+                for rule in [None, Some("exe-in-temp".to_owned())] {
+                    let o = Observation { rule: rule.clone(), ..obs(kind, severity, 1, false) };
+                    assert_eq!(holdable(&o), counts_against_budget(kind, rule.is_some(), severity), "{o:?}");
+                }
+            }
+        }
+        assert!(counts_against_budget(FindingKind::UnexpectedProcess, false, Severity::Medium));
+        assert!(!counts_against_budget(FindingKind::UnexpectedProcess, false, Severity::High));
+        assert!(!counts_against_budget(FindingKind::UnexpectedProcess, true, Severity::Low));
+        assert!(!counts_against_budget(FindingKind::FindingsHeldBack, false, Severity::Low));
     }
 }

@@ -41,10 +41,15 @@ pub struct Process {
     pub session_id: Option<u32>,
     /// Its ancestors as the agent saw them when it started, parent first.
     pub ancestry: Vec<proto::Ancestor>,
-    /// Since when the process has used more than the high-CPU rule's threshold without a break
-    /// (kept by the store across reports; `None` while it is below).
+    /// Since when the process has used at least [`HIGH_CPU_PERCENT`] without a break (kept by
+    /// the store across reports; `None` while it is below).
     pub cpu_high_since: Option<OffsetDateTime>,
 }
+
+/// The CPU percent at and above which a process runs hot: a fact the store keeps the start of
+/// ([`Process::cpu_high_since`]) and the engine's high-CPU rule judges. Here, in the vocabulary
+/// both share, so that the store imports nothing from the engine.
+pub const HIGH_CPU_PERCENT: f32 = 90.0;
 
 impl Process {
     /// The user name, or the uid where the host has no name for it.

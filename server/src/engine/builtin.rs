@@ -99,8 +99,8 @@ pub fn rule_named(name: &str) -> Option<&'static Rule> {
     RULES.iter().find(|r| r.name == name)
 }
 
-/// CPU percent above which, held for [`HIGH_CPU_FOR`], a process not in the baseline is a finding.
-pub const HIGH_CPU_PERCENT: f32 = 90.0;
+/// How long a process not in the baseline may run hot ([`crate::model::HIGH_CPU_PERCENT`]) before
+/// it is a finding.
 pub const HIGH_CPU_FOR: Duration = Duration::minutes(5);
 
 /// Directories anyone may write, where nothing should be run from.

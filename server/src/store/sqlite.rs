@@ -183,6 +183,16 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// `('open', 'acknowledged')`: [`findings::LIVE`] as SQL, for the queries that pick the findings
+/// still in play.
+fn live_statuses() -> &'static str {
+    static LIVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let quoted: Vec<String> = findings::LIVE.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        format!("({})", quoted.join(", "))
+    });
+    &LIVE
+}
+
 fn parse_enum<T: std::str::FromStr>(s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
@@ -268,10 +278,11 @@ fn resolve_where(
     kind: Option<FindingKind>,
     now: &str,
 ) -> Result<Vec<FindingChange>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT id, kind, subject FROM findings WHERE host_id = ?1 AND status IN ('open', 'acknowledged') \
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT id, kind, subject FROM findings WHERE host_id = ?1 AND status IN {} \
          AND (?2 IS NULL OR kind = ?2)",
-    )?;
+        live_statuses()
+    ))?;
     let open: Vec<(i64, String, String)> = stmt
         .query_map(params![host_id, kind.map(FindingKind::as_str)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -311,13 +322,20 @@ fn apply_observations(
     now: OffsetDateTime,
 ) -> Result<(Vec<FindingChange>, FindingKeys)> {
     let now_s = ts(now);
-    let used: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM findings WHERE host_id = ?1 AND opened_at > ?2 AND rule = '' \
-         AND severity IN ('info', 'low', 'medium') AND kind <> 'findings_held_back'",
-        params![host_id, ts(now - findings::BUDGET_WINDOW)],
-        |r| r.get(0),
-    )?;
-    let mut budget = findings::Budget::new(limit, u32::try_from(used).unwrap_or(u32::MAX));
+    // Openings in the window, counted as the findings module counts them.
+    let mut stmt =
+        tx.prepare_cached("SELECT kind, rule, severity FROM findings WHERE host_id = ?1 AND opened_at > ?2")?;
+    let mut rows = stmt.query(params![host_id, ts(now - findings::BUDGET_WINDOW)])?;
+    let mut used = 0u32;
+    while let Some(r) = rows.next()? {
+        let (kind, rule, severity): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if findings::counts_against_budget(parse_enum(&kind)?, !rule.is_empty(), parse_enum(&severity)?) {
+            used = used.saturating_add(1);
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    let mut budget = findings::Budget::new(limit, used);
     let mut changes = Vec::new();
     let mut seen = HashSet::new();
     let mut held = 0u64;
@@ -714,10 +732,10 @@ impl Store for SqliteStore {
         self.tx(move |tx| {
             tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![workload, host_id])?;
             let (mut changes, seen) = apply_observations(tx, host_id, &observed, limit, now)?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, kind, rule, subject, transient FROM findings \
-                 WHERE host_id = ?1 AND status IN ('open', 'acknowledged')",
-            )?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT id, kind, rule, subject, transient FROM findings WHERE host_id = ?1 AND status IN {}",
+                live_statuses()
+            ))?;
             let open: Vec<(i64, String, String, String, bool)> = stmt
                 .query_map([host_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -750,10 +768,11 @@ impl Store for SqliteStore {
 
     async fn fleet_counts(&self) -> Result<super::FleetCounts> {
         self.tx(|tx| {
-            let mut stmt = tx.prepare_cached(
+            let mut stmt = tx.prepare_cached(&format!(
                 "SELECT kind, severity, status, count(*) FROM findings \
-                 WHERE status IN ('open', 'acknowledged') GROUP BY kind, severity, status ORDER BY kind, severity, status",
-            )?;
+                 WHERE status IN {} GROUP BY kind, severity, status ORDER BY kind, severity, status",
+                live_statuses()
+            ))?;
             let rows: Vec<(String, String, String, i64)> = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -771,7 +790,9 @@ impl Store for SqliteStore {
                  FROM alert_cursors c ORDER BY c.sink",
             )?;
             let outbox = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or_default())))?
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or_default()))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(super::FleetCounts { findings, outbox })
         })

@@ -327,7 +327,7 @@ impl ItemKey {
 /// above the high-CPU threshold, set to now when it crosses it, cleared when it falls below.
 /// `judged_through`: set for a process that starts (see [`Judging`]); `None` keeps the stored one.
 fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: Option<i64>) -> Result<()> {
-    let hot = p.cpu_percent.is_some_and(|c| c >= crate::engine::builtin::HIGH_CPU_PERCENT);
+    let hot = p.cpu_percent.is_some_and(|c| c >= crate::model::HIGH_CPU_PERCENT);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \

@@ -2,19 +2,21 @@
 //!
 //! Invariant: an alert event is written in the transaction that opens, reopens or resolves its
 //! finding, so every change a sink should hear of is in the outbox exactly once, whatever
-//! crashes after. Which silence covers a host is decided there too, from the host's tags as
-//! stored.
+//! crashes after. Which silence covers a host is looked up there too, from the host's tags as
+//! stored; what covers it and what an acknowledgement does are [`crate::findings`]'s to decide.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{json, parse_ts, to_json, ts};
+use super::{json, parse_enum, parse_ts, to_json, ts};
+use crate::findings;
 use crate::model::{AlertEvent, Silence, SilenceScope};
 use crate::store::Result;
 
-/// The silence covering `host_id` at `now`, if any (the one ending last).
+/// The silence covering `host_id` at `now`, if any, as [`findings::covering_silence`] decides
+/// among those in force (the one ending last first).
 pub(super) fn active_silence(tx: &Transaction<'_>, host_id: i64, now: &str) -> Result<Option<i64>> {
     let mut stmt = tx.prepare_cached(
         "SELECT id, host_id, selector FROM silences WHERE starts_at <= ?1 AND ends_at > ?1 ORDER BY ends_at DESC",
@@ -30,20 +32,16 @@ pub(super) fn active_silence(tx: &Transaction<'_>, host_id: i64, now: &str) -> R
         .map(|t| json(&t, "host tags"))
         .transpose()?
         .unwrap_or_default();
+    let mut in_force = Vec::with_capacity(rows.len());
     for (id, host, selector) in rows {
-        let covers = match (host, selector) {
-            (Some(h), _) => h == host_id,
-            (None, Some(sel)) => {
-                let sel: BTreeMap<String, String> = json(&sel, "silence selector")?;
-                sel.iter().all(|(k, v)| tags.get(k) == Some(v))
-            }
-            (None, None) => false,
-        };
-        if covers {
-            return Ok(Some(id));
+        match (host, selector) {
+            (Some(h), _) => in_force.push((id, SilenceScope::Host(h))),
+            (None, Some(sel)) => in_force.push((id, SilenceScope::Selector(json(&sel, "silence selector")?))),
+            // Neither a host nor a selector: a row no API call writes; it covers nothing.
+            (None, None) => {}
         }
     }
-    Ok(None)
+    Ok(findings::covering_silence(in_force.iter().map(|(id, scope)| (*id, scope)), host_id, &tags))
 }
 
 /// Puts an event in the outbox.
@@ -154,8 +152,8 @@ pub(super) fn events_after(tx: &Transaction<'_>, after: i64, limit: u32) -> Resu
     Ok(out)
 }
 
-/// Acknowledges finding `id` with a note: `Ok(None)` if there is no such finding; a resolved one
-/// is returned unchanged (nothing to acknowledge).
+/// Acknowledges finding `id` with a note where [`findings::acknowledges`] says so: `Ok(None)` if
+/// there is no such finding; one it leaves alone (resolved) is returned unchanged.
 pub(super) fn acknowledge(
     tx: &Transaction<'_>,
     id: i64,
@@ -163,11 +161,15 @@ pub(super) fn acknowledge(
     note: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Option<crate::model::Finding>> {
-    tx.execute(
-        "UPDATE findings SET status = 'acknowledged', acked_by = ?2, acked_at = ?3, ack_note = ?4 \
-         WHERE id = ?1 AND status IN ('open', 'acknowledged')",
-        params![id, actor, ts(now), note],
-    )?;
+    let status: Option<String> =
+        tx.query_row("SELECT status FROM findings WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    let Some(status) = status else { return Ok(None) };
+    if findings::acknowledges(parse_enum(&status)?) {
+        tx.execute(
+            "UPDATE findings SET status = 'acknowledged', acked_by = ?2, acked_at = ?3, ack_note = ?4 WHERE id = ?1",
+            params![id, actor, ts(now), note],
+        )?;
+    }
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT {} FROM findings f JOIN hosts h ON h.id = f.host_id WHERE f.id = ?1",
         super::FINDING_COLUMNS
