@@ -215,3 +215,71 @@ async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_
     // The webhook's secret path is never logged.
     assert!(!c.log().contains("secret-part"), "the hook's path leaked into the log");
 }
+
+/// A finding whose severity rises while it is open (its workload re-grades the rule) is sent
+/// again as `escalated`: a sink that left it out for its severity hears of it then, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finding_that_grows_worse_while_open_is_sent_as_escalated() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Receiver::start().await;
+    let c = Collector::start(
+        dir.path(),
+        &format!(
+            "[[alerts]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\nmin_severity = \"high\"\n",
+            hook.port
+        ),
+    );
+    let role = unique("escalate");
+    let baseline = |severity: &str| {
+        let path = dir.path().join(format!("{severity}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
+                 [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\
+                 [[connect]]\nremote = [\"0.0.0.0/0\", \"::/0\"]\n\
+                 [[builtin]]\nrule = \"exe-in-temp\"\nseverity = \"{severity}\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let low = baseline("low");
+    let _: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", low.to_str().unwrap()]);
+    let _agent = start_agent(&c, dir.path(), &format!("role={role}"));
+    let host: proto::Host = wait_for("host online", WAIT, async || {
+        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
+        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
+    })
+    .await;
+
+    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
+    let exe = shm.path().join(unique("graded"));
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let subject = exe.to_str().unwrap().to_owned();
+    let open =
+        || c.findings(host.id, "suspicious_process", "open").into_iter().find(|f| f.subject == subject);
+    let _p = run_from(&exe);
+    let first = wait_for("the low finding open", WAIT, async || open()).await;
+    assert_eq!(first.severity, proto::Severity::Low, "{first:?}");
+    // The sink has read past the opening (written with the finding): it left it out. (A finding
+    // escalated before its sink reads the opening is sent as opened, at its new severity, and
+    // again as escalated: the outbox holds the finding as it is now.)
+    wait_for("the sink past the opening", WAIT, async || {
+        (c.metric("hostwatch_alert_outbox{sink=\"webhook-1\"}").await == 0).then_some(())
+    })
+    .await;
+
+    // Re-graded high while it runs: the same finding, now high, and the sink hears of it once.
+    let high = baseline("high");
+    let _: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", high.to_str().unwrap()]);
+    wait_for("the escalation delivered", WAIT, async || (!hook.about(&subject).is_empty()).then_some(()))
+        .await;
+    assert_eq!(
+        hook.about(&subject),
+        [("escalated".to_owned(), first.id)],
+        "only the escalation: the low opening was below the sink"
+    );
+    let now = open().expect("still open");
+    assert_eq!((now.id, now.severity), (first.id, proto::Severity::High));
+}

@@ -433,3 +433,60 @@ async fn a_log_reader_that_went_away_or_stopped_reading_stops_nothing() {
     drop(stderr);
     assert!(status.success(), "{status:?}");
 }
+
+/// Two hundred simulated agents (the committed load generator, `hostwatch-load`, from 50 loopback
+/// addresses as machines of a fleet would be) enrolling and reporting at once, a snapshot each
+/// and then a delta every 2 s for 14 s: every report the collector took was applied once, in
+/// order. Each host's last applied sequence number is the
+/// last one its agent saw taken, no host shows a gap (`data_lost`), the collector counted as
+/// many accepted reports as the agents saw, and each host holds its snapshot's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_at_once_have_each_report_applied_once() {
+    const AGENTS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(dir.path(), "");
+    let out = tokio::task::spawn_blocking({
+        let (url, secret) = (c.url.clone(), c.enroll_secret_file.clone());
+        move || {
+            Command::new(bin("hostwatch-load"))
+                .args(["--server", &url, "--secret-file"])
+                .arg(&secret)
+                .args(["--agents", &AGENTS.to_string(), "--interval", "2", "--duration", "14"])
+                .args(["--warmup", "0", "--processes", "60", "--delta-every", "1", "--sources", "50"])
+                .args(["--json", "--per-agent"])
+                .output()
+                .expect("hostwatch-load runs")
+        }
+    })
+    .await
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "hostwatch-load's summary ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(summary["enroll_failures"], 0, "{summary}");
+    // Refusals (429, 503) are sent again, as an agent's spool would; an answer lost on the way
+    // would leave the generator unsure what was taken, so there must be none.
+    let outcomes = summary["outcomes"].as_object().unwrap();
+    assert!(!outcomes.contains_key("transport_error"), "{summary}");
+    let per_agent = summary["per_agent"].as_object().unwrap();
+    assert_eq!(per_agent.len(), AGENTS, "{summary}");
+    let taken: u64 = per_agent.values().map(|a| a["taken"].as_u64().unwrap()).sum();
+    assert!(taken >= AGENTS as u64 * 4, "about seven reports per agent were due: {summary}");
+
+    let hosts: Vec<proto::Host> = c.get(proto::HOSTS_PATH).await;
+    assert_eq!(hosts.len(), AGENTS);
+    for h in &hosts {
+        let sent = &per_agent[&h.hostname];
+        let detail: proto::HostDetail = c.get(&format!("{}/{}", proto::HOSTS_PATH, h.id)).await;
+        assert_eq!(detail.last_seq, sent["last_seq"].as_u64().unwrap(), "{}: {sent}", h.hostname);
+        assert!(!detail.processes.is_empty(), "{} holds no state", h.hostname);
+    }
+    let findings: Vec<proto::Finding> = c.get(proto::FINDINGS_PATH).await;
+    let lost: Vec<_> = findings.iter().filter(|f| f.kind == "data_lost").collect();
+    assert!(lost.is_empty(), "gaps: {lost:?}");
+    assert_eq!(c.metric("hostwatch_reports_total{outcome=\"accepted\"}").await, taken);
+}

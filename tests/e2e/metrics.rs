@@ -1,6 +1,7 @@
 //! `/metrics` as Prometheus reads it: parsed by the Prometheus project's own Python client
-//! parser (Debian's python3-prometheus-client), every refusal counted by what it was, the
-//! latency histograms and the fleet's gauges there, and nothing without a token.
+//! parser (Debian's python3-prometheus-client), every refusal counted by what it was (a store
+//! held by another writer included), the latency histograms and the fleet's gauges there, and
+//! nothing without a token.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,6 +52,41 @@ async fn post_report(c: &Collector, key: &str, body: Vec<u8>) -> u16 {
     c.post(proto::REPORT_PATH, Some(key), body).await.0
 }
 
+/// Another writer holding the SQLite database's write lock (as a backup or a hand-run migration
+/// would) until dropped.
+struct WriteLock(std::process::Child);
+
+impl WriteLock {
+    fn take(db: &std::path::Path) -> WriteLock {
+        use std::io::BufRead;
+        let script = "import sqlite3, sys\n\
+                      c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
+                      c.execute('BEGIN IMMEDIATE')\n\
+                      print('locked', flush=True)\n\
+                      sys.stdin.read()\n\
+                      c.execute('ROLLBACK')";
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3 takes the database's write lock");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "locked", "the lock taker did not say it holds the lock");
+        WriteLock(child)
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        // Its stdin closed, it rolls back and exits.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     let started = std::time::Instant::now();
@@ -90,6 +126,17 @@ async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     big.snapshot.as_mut().unwrap().processes[0].cmdline =
         (0..40).map(|i| format!("{i:04}{}", "x".repeat(2000))).collect();
     assert_eq!(post_report(&c, &b.node_key, serde_json::to_vec(&big).unwrap()).await, 413);
+    // The store held by another writer past the collector's 5 s wait: 503, with Retry-After;
+    // the same report sent again once it is free is taken.
+    let second = serde_json::to_vec(&report(2, "m-metrics-b")).unwrap();
+    {
+        let _lock = WriteLock::take(&dir.path().join("server").join("hostwatch.db"));
+        let (code, text) = c.post(proto::REPORT_PATH, Some(&b.node_key), second.clone()).await;
+        assert_eq!(code, 503, "{text}");
+        assert!(text.contains("retry later"), "{text}");
+    }
+    assert_eq!(post_report(&c, &b.node_key, second).await, 200);
+    accepted += 1;
     // Enrollments with a wrong secret until this address's burst is spent: 401s, then one 429.
     let mut unauthorized = 0;
     loop {
@@ -113,7 +160,7 @@ async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     let reports = |outcome: &str| value(&samples, "hostwatch_reports_total", &[("outcome", outcome)]);
     assert_eq!(reports("accepted"), f64::from(accepted), "{text}");
     assert_eq!((reports("invalid"), reports("too_large"), reports("throttled")), (1.0, 1.0, 1.0), "{text}");
-    assert_eq!((reports("busy"), reports("failed")), (0.0, 0.0), "{text}");
+    assert_eq!((reports("busy"), reports("failed")), (1.0, 0.0), "{text}");
     let enrollments = |outcome: &str| value(&samples, "hostwatch_enrollments_total", &[("outcome", outcome)]);
     assert_eq!(enrollments("accepted"), 2.0, "{text}");
     assert_eq!(enrollments("unauthorized"), f64::from(unauthorized), "{text}");

@@ -22,8 +22,12 @@
 //! ```text
 //! hostwatch-load --server http://127.0.0.1:8443 --secret-file DIR/enroll-secret --agents 1000 \
 //!     [--interval 10] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
-//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json]
+//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json] [--per-agent]
 //! ```
+//!
+//! `--per-agent` adds each simulated host's last report the collector took (its hostname, the
+//! sequence number, and how many it took over the whole run) to the JSON summary: a test
+//! compares it with what the collector stored.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,11 +52,12 @@ struct Args {
     gzip: bool,
     collector_pid: Option<u32>,
     json: bool,
+    per_agent: bool,
 }
 
 const USAGE: &str = "usage: hostwatch-load --server URL --secret-file FILE --agents N [--interval SECS] \
 [--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
-[--collector-pid PID] [--json]";
+[--collector-pid PID] [--json] [--per-agent]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -69,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         gzip: false,
         collector_pid: None,
         json: false,
+        per_agent: false,
     };
     let mut warmup = None;
     while let Some(flag) = it.next() {
@@ -93,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
             "--collector-pid" => a.collector_pid = Some(number(value()?, &flag)? as u32),
             "--gzip" => a.gzip = true,
             "--json" => a.json = true,
+            "--per-agent" => a.per_agent = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -149,6 +156,9 @@ struct Stats {
     accepted: u64,
     enroll_failures: u64,
     bytes_sent: u64,
+    /// Each host's hostname, the last sequence number the collector took, and how many reports
+    /// it took over the whole run (warm-up included).
+    hosts: Vec<(String, u64, u64)>,
 }
 
 impl Stats {
@@ -163,6 +173,7 @@ impl Stats {
         self.accepted += o.accepted;
         self.enroll_failures += o.enroll_failures;
         self.bytes_sent += o.bytes_sent;
+        self.hosts.extend(o.hosts);
     }
 }
 
@@ -416,6 +427,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     let mut want_snapshot = true;
     // A report not taken is sent again as it was at the next interval (the spool's order).
     let mut pending: Option<proto::Report> = None;
+    let (mut last_taken, mut taken) = (0u64, 0u64);
     let mut next = Instant::now();
     while next < shared.deadline() {
         tokio::time::sleep_until(next.into()).await;
@@ -460,7 +472,10 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
                 let status = r.status().as_u16();
                 if status == 200 {
                     match r.json::<proto::ReportResponse>().await {
-                        Ok(answer) => want_snapshot = answer.resync,
+                        Ok(answer) => {
+                            want_snapshot = answer.resync;
+                            (last_taken, taken) = (report.seq, taken + 1);
+                        }
                         Err(_) => pending = Some(report),
                     }
                 } else {
@@ -487,6 +502,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
             stats.latencies.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
         }
     }
+    stats.hosts.push((host.facts().hostname, last_taken, taken));
     stats
 }
 
@@ -599,7 +615,7 @@ async fn run(args: Args) -> i32 {
             })
             .collect()
     };
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "agents": args.agents,
         "interval_secs": args.interval.as_secs(),
         "window_secs": (window * 10.0).round() / 10.0,
@@ -618,6 +634,16 @@ async fn run(args: Args) -> i32 {
         "collector_cpu_percent": collector_cpu.map(|c| (c * 10.0).round() / 10.0),
         "collector_rss_max_mib": collector_rss.map(|r| (r as f64 / f64::from(1 << 20) * 10.0).round() / 10.0),
     });
+    if args.per_agent {
+        summary["per_agent"] = stats
+            .hosts
+            .iter()
+            .map(|(name, last, taken)| {
+                (name.clone(), serde_json::json!({ "last_seq": last, "taken": taken }))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     if args.json {
         println!("{summary}");
     } else {

@@ -64,10 +64,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
         if e.is_retriable() {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("store temporarily unavailable ({e}); retry later"),
-            )
+            ApiError {
+                retry_after: Some(std::time::Duration::from_secs(5)),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("store temporarily unavailable ({e}); retry later"),
+                )
+            }
         } else {
             ApiError::internal("internal store error; the collector's log has the detail")
         }
