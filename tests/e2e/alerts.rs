@@ -93,6 +93,25 @@ fn run_from(path: &std::path::Path) -> Guard {
     Guard(std::process::Command::new(path).arg("600").spawn().unwrap())
 }
 
+/// A copy of `/bin/sleep` named after `name` in a directory of `/dev/shm` (kept while the
+/// directory is): what `exe-in-temp` finds.
+fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
+    let exe = shm.path().join(unique(name));
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    (shm, exe)
+}
+
+/// A baseline for `role` that explains everything the machine runs (other tests run beside
+/// this one), so that the findings are the built-in rules'; `extra` is TOML after it.
+fn explaining_everything(role: &str, extra: &str) -> String {
+    format!(
+        "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
+         [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\
+         [[connect]]\nremote = [\"0.0.0.0/0\", \"::/0\"]\n{extra}"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_them_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,26 +130,12 @@ async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_
     // here are the built-in rule's.
     let role = unique("alerts");
     let baseline = dir.path().join("all.toml");
-    std::fs::write(
-        &baseline,
-        format!(
-            "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
-             [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\
-             [[connect]]\nremote = [\"0.0.0.0/0\", \"::/0\"]\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&baseline, explaining_everything(&role, "")).unwrap();
     let _: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", baseline.to_str().unwrap()]);
     let _agent = start_agent(&c, dir.path(), &format!("role={role}"));
-    let host: proto::Host = wait_for("host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
 
-    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
-    let exe = shm.path().join(unique("alerted"));
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let (_shm, exe) = sleep_in_shm("alerted");
     let subject = exe.to_str().unwrap().to_owned();
     let open =
         || c.findings(host.id, "suspicious_process", "open").into_iter().find(|f| f.subject == subject);
@@ -232,30 +237,16 @@ async fn a_finding_that_grows_worse_while_open_is_sent_as_escalated() {
     let role = unique("escalate");
     let baseline = |severity: &str| {
         let path = dir.path().join(format!("{severity}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
-                 [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\
-                 [[connect]]\nremote = [\"0.0.0.0/0\", \"::/0\"]\n\
-                 [[builtin]]\nrule = \"exe-in-temp\"\nseverity = \"{severity}\"\n"
-            ),
-        )
-        .unwrap();
+        let regraded = format!("[[builtin]]\nrule = \"exe-in-temp\"\nseverity = \"{severity}\"\n");
+        std::fs::write(&path, explaining_everything(&role, &regraded)).unwrap();
         path
     };
     let low = baseline("low");
     let _: Vec<proto::BaselineSummary> = c.cli_json(&["baseline", "apply", low.to_str().unwrap()]);
     let _agent = start_agent(&c, dir.path(), &format!("role={role}"));
-    let host: proto::Host = wait_for("host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
 
-    let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
-    let exe = shm.path().join(unique("graded"));
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let (_shm, exe) = sleep_in_shm("graded");
     let subject = exe.to_str().unwrap().to_owned();
     let open =
         || c.findings(host.id, "suspicious_process", "open").into_iter().find(|f| f.subject == subject);

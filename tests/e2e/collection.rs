@@ -20,16 +20,6 @@ fn named_sleep(dir: &Path, prefix: &str) -> (PathBuf, String) {
     (exe, name)
 }
 
-async fn online_host(c: &Collector, role: &str) -> proto::Host {
-    wait_for("the agent's host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| {
-            h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
-        })
-    })
-    .await
-}
-
 fn execs(c: &Collector, host: i64, name: &str) -> Vec<proto::ProcessEvent> {
     let rows: Vec<proto::ProcessEvent> = c.cli_json(&[
         "history",
@@ -66,7 +56,7 @@ async fn a_thousand_short_lived_processes_are_in_the_history() {
     let c = Collector::start_alone(dir.path(), "");
     let role = unique("blips");
     let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "10s")]);
-    let host = online_host(&c, &role).await;
+    let host = c.online(&role).await;
     let (exe, name) = named_sleep(dir.path(), "hwblip");
 
     run_many(&exe, &["0.02"], 1000, 10);
@@ -121,7 +111,7 @@ async fn a_collector_that_was_down_gets_every_change_in_order_once() {
     let mut c = Collector::start(dir.path(), "");
     let role = unique("spool");
     let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "10s")]);
-    let host = online_host(&c, &role).await;
+    let host = c.online(&role).await;
     let (exe, name) = named_sleep(dir.path(), "hwchg");
 
     let port = c.port;
@@ -170,7 +160,7 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let role = unique("lossy");
     let env = [("HOSTWATCH_INTERVAL", "10s"), ("HOSTWATCH_SPOOL_MAX_BYTES", "1048576")];
     let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &env);
-    let host = online_host(&c, &role).await;
+    let host = c.online(&role).await;
     // A copy of sh keeps its long command line while its child sleeps.
     let exe = dir.path().join(unique("hwpad"));
     std::fs::copy("/bin/sh", &exe).unwrap();
@@ -257,7 +247,7 @@ async fn a_forked_child_that_never_execs_is_reported() {
     let role = unique("forks");
     // No full scan within the test's wait: only the fork event can find the child.
     let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "600s")]);
-    let host = online_host(&c, &role).await;
+    let host = c.online(&role).await;
     let name = unique("hwfork");
     let exe = dir.path().join(&name);
     std::fs::copy("/bin/sh", &exe).unwrap();
@@ -288,7 +278,7 @@ async fn a_changed_uid_is_reported_from_its_event() {
     let role = unique("setuid");
     // No full scan within the test's wait: only the uid event can tell.
     let _agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &[("HOSTWATCH_INTERVAL", "600s")]);
-    let host = online_host(&c, &role).await;
+    let host = c.online(&role).await;
     let script =
         "import os, sys, time\nsys.stdin.readline()\nos.setgid(65534)\nos.setuid(65534)\ntime.sleep(60)\n";
     let mut kid = Guard(Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap());

@@ -51,16 +51,6 @@ async fn ebpf_running(c: &Collector, host: i64, dir: &Path) -> proto::AgentStats
     stats
 }
 
-async fn online(c: &Collector, role: &str) -> proto::Host {
-    wait_for("the agent's host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| {
-            h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
-        })
-    })
-    .await
-}
-
 /// Socket history of `host`: every open and close.
 fn socket_history(c: &Collector, host: i64) -> Vec<proto::SocketEvent> {
     c.cli_json(&["history", "sockets", "--host", &host.to_string(), "--limit", "100000"])
@@ -213,7 +203,7 @@ async fn a_full_ring_is_counted_and_reported() {
         &format!("role={role}"),
         &[("HOSTWATCH_SOCKET_EVENT_RING_BYTES", "4096"), EVENTS_ON[0]],
     );
-    let host = online(&c, &role).await;
+    let host = c.online(&role).await;
     ebpf_running(&c, host.id, dir.path()).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -270,7 +260,7 @@ async fn without_bpf_privileges_the_agent_scans_and_says_so() {
             .spawn()
             .expect("setpriv (util-linux)"),
     );
-    let host = online(&c, &role).await;
+    let host = c.online(&role).await;
     let stats = wait_for("the agent's stats", WAIT, async || {
         let detail: proto::HostDetail = c.cli_json(&["host", &host.id.to_string()]);
         detail.agent_stats.filter(|s| s.connection_source.is_some())

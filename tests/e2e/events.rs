@@ -486,11 +486,7 @@ async fn replaced_executables_are_judged_by_their_package(m: Manager) {
     let role = unique("pkg");
     let (var, db) = m.setting(r);
     let _agent = start_agent_with(&c, d, &format!("role={role}"), &[(var, &db)]);
-    let host = wait_for("the host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
     let h = host.id;
     let (up, keep) = (r.join("opt/hwup/bin/up"), r.join("opt/hwkeep/bin/keep"));
     let running: Vec<Guard> =

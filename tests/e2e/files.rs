@@ -218,13 +218,7 @@ pub(crate) async fn agent_ready(
     let manifest = dir.join("agent-state").join("files.manifest");
     let agent = start_agent_with(c, dir, &format!("role={role}"), env);
     wait_for("the first manifest", WAIT, async || manifest.exists().then_some(())).await;
-    let host = wait_for("the host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| {
-            h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
-        })
-    })
-    .await;
+    let host = c.online(role).await;
     (agent, host)
 }
 

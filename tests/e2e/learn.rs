@@ -82,11 +82,7 @@ async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
     let role = unique("learn");
     real_python();
     let _agent = start_agent(&c, dir.path(), &format!("role={role},team=e2e"));
-    let host: proto::Host = wait_for("host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
     let h = host.id.to_string();
     let (_worker, worker_exe) = sleeper(run.path(), &unique("worker"));
     let (_web, port) = python_http_server(0);

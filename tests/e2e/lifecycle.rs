@@ -10,16 +10,6 @@ use crate::support::{Collector, Guard, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(45);
 
-async fn online(c: &Collector, role: &str) -> proto::Host {
-    wait_for(&format!("host {role} online"), WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| {
-            h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
-        })
-    })
-    .await
-}
-
 async fn offline_finding(c: &Collector, host: i64) -> proto::Finding {
     wait_for(&format!("agent_offline on host {host}"), WAIT, async || {
         c.findings(host, "agent_offline", "open").into_iter().next()
@@ -43,7 +33,7 @@ async fn a_killed_agent_is_worse_than_a_stopped_one_and_a_return_resolves() {
     let (r1, r2) = (unique("killed"), unique("stopped"));
     let mut a1 = start_agent(&c, &killed_dir, &format!("role={r1}"));
     let mut a2 = start_agent(&c, &stopped_dir, &format!("role={r2}"));
-    let (h1, h2) = (online(&c, &r1).await, online(&c, &r2).await);
+    let (h1, h2) = (c.online(&r1).await, c.online(&r2).await);
 
     kill(&mut a1);
     assert!(a2.terminate(Duration::from_secs(15)).success());
@@ -79,7 +69,7 @@ async fn a_host_silent_beyond_retire_after_is_retired_and_its_findings_closed() 
     let c = Collector::start(dir.path(), "offline_after = \"10s\"\nretire_after = \"20s\"\n");
     let role = unique("retire");
     let mut agent = start_agent(&c, dir.path(), &format!("role={role}"));
-    let host = online(&c, &role).await;
+    let host = c.online(&role).await;
     // No baseline selects it: a no_baseline finding is open.
     wait_for("no_baseline open", WAIT, async || {
         c.findings(host.id, "no_baseline", "open").into_iter().next()

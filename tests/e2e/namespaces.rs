@@ -149,11 +149,7 @@ async fn an_agent_without_the_process_connector_polls_and_says_so() {
             .unwrap(),
     );
     const WAIT: Duration = Duration::from_secs(30);
-    let host: proto::Host = wait_for("the namespaced agent online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
     let detail: proto::HostDetail = c.cli_json(&["host", &host.id.to_string()]);
     let stats = detail.agent_stats.expect("agent stats");
     assert_eq!(stats.exec_source, "polling");

@@ -31,11 +31,7 @@ async fn a_tie_is_ambiguous_and_an_allowance_ends_with_its_until() {
     apply(&c, dir.path(), &a, &format!("selector = {{ role = \"{role}\" }}\n"));
     apply(&c, dir.path(), &b, &format!("selector = {{ team = \"{team}\" }}\n"));
     let _agent = start_agent(&c, dir.path(), &format!("role={role},team={team}"));
-    let host: proto::Host = wait_for("host online", WAIT, async || {
-        let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
-        hosts.into_iter().find(|h| h.tags.get("role") == Some(&role) && h.status == proto::HostStatus::Online)
-    })
-    .await;
+    let host = c.online(&role).await;
     let tie = wait_for("ambiguous_workload", WAIT, async || {
         c.findings(host.id, "ambiguous_workload", "open").into_iter().next()
     })

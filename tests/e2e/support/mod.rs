@@ -341,6 +341,18 @@ impl Collector {
 
     /// The value of one counter or gauge in `/metrics`.
     /// `/metrics` as the collector serves it (with a token: it tells the fleet's findings).
+    /// The host of the agent started with the tag `role=ROLE`, once it is online (it has
+    /// reported).
+    pub async fn online(&self, role: &str) -> proto::Host {
+        wait_for(&format!("the host of role {role} online"), Duration::from_secs(60), async || {
+            let hosts: Vec<proto::Host> = self.cli_json(&["hosts"]);
+            hosts.into_iter().find(|h| {
+                h.tags.get("role").map(String::as_str) == Some(role) && h.status == proto::HostStatus::Online
+            })
+        })
+        .await
+    }
+
     pub async fn metrics_text(&self) -> String {
         let resp = self
             .http
