@@ -179,10 +179,16 @@ impl CollectorClient {
         for (name, value) in headers {
             req = req.header(*name, value);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
+        // A report whose connection dies before any answer is sent once more, at once, on a new
+        // connection: most often the collector closed the kept-alive connection as the report
+        // went out (its idle limit and the agent's interval are both 10 s). A report is safe to
+        // send twice (the collector applies a sequence number once); an enrollment is not.
+        let again = (path == REPORT_PATH).then(|| req.try_clone()).flatten();
+        let resp = match (req.send().await, again) {
+            (Err(e), Some(again)) if died_before_answer(&e) => again.send().await,
+            (sent, _) => sent,
+        }
+        .map_err(|source| TransportError::Unreachable { url: url.to_string(), source })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -208,6 +214,12 @@ impl CollectorClient {
             _ => TransportError::Rejected { what, status: code, message, retry_after },
         })
     }
+}
+
+/// Whether a request failed on a connection that was made but gave no answer (reset, closed
+/// mid-request), rather than on one never made or one too slow.
+fn died_before_answer(e: &reqwest::Error) -> bool {
+    e.is_request() && !e.is_connect() && !e.is_timeout()
 }
 
 /// An error with its causes, `: `-separated: a library's own message (reqwest's "error sending
@@ -277,9 +289,12 @@ mod tests {
     async fn a_collector_that_accepts_and_hangs_up_is_there_not_absent() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        // Every connection (the report's, and the one it is sent once more on).
         let hang_up = tokio::spawn(async move {
-            let (conn, _) = listener.accept().await.unwrap();
-            drop(conn);
+            for _ in 0..2 {
+                let (conn, _) = listener.accept().await.unwrap();
+                drop(conn);
+            }
         });
         let c = CollectorClient::new(
             Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
@@ -289,6 +304,70 @@ mod tests {
         let e = c.report(&Secret::new("k"), &sample_report()).await.unwrap_err();
         hang_up.await.unwrap();
         assert!(e.is_retriable() && !e.is_absent(), "{e:?}");
+    }
+
+    /// A collector that closes a kept-alive connection just as the next report goes out on it
+    /// (its idle limit racing the agent's interval): the report is sent again on a new
+    /// connection and taken, not failed.
+    #[tokio::test]
+    async fn a_report_on_a_connection_closed_under_it_is_sent_again_on_a_new_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        /// Reads one request (head and a Content-Length body); false at end of stream.
+        async fn read_request(conn: &mut tokio::net::TcpStream) -> bool {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return false;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+        }
+        let ok = |seq: u64| {
+            let body = serde_json::to_vec(&proto::ReportResponse { host_id: 1, seq, resync: false }).unwrap();
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend(body);
+            r
+        };
+        let server = tokio::spawn(async move {
+            // The first connection: one report answered, the next read and hung up on.
+            let (mut first, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut first).await);
+            first.write_all(&ok(1)).await.unwrap();
+            assert!(read_request(&mut first).await, "the second report came on the kept connection");
+            drop(first);
+            // The second: the same report again, answered (not waited for long: without the
+            // second sending there is no second connection, and the client's error says so).
+            let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+            let (mut second, _) = accepted.expect("the report sent again").unwrap();
+            assert!(read_request(&mut second).await);
+            second.write_all(&ok(2)).await.unwrap();
+        });
+        let c = CollectorClient::new(
+            Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            &ClientTls::default(),
+        )
+        .unwrap();
+        assert_eq!(c.report(&Secret::new("k"), &sample_report()).await.unwrap().seq, 1);
+        let again = c.report(&Secret::new("k"), &sample_report()).await;
+        assert_eq!(again.expect("sent again on a new connection").seq, 2);
+        server.await.unwrap();
     }
 
     fn sample_report() -> proto::Report {

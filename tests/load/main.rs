@@ -7,7 +7,8 @@
 //! connections), then one report per interval: a small delta (processes started and ended, a
 //! connection opened and closed) every `--delta-every`th, a heartbeat otherwise, as the agent
 //! does. A report the collector refuses (413, 429, 503) or cannot take is sent again at the next
-//! interval, as the agent's spool would; a `resync` answer makes the next one a snapshot. Agents
+//! interval, as the agent's spool would (and at once, once, where its connection died before any
+//! answer, as the agent's transport does); a `resync` answer makes the next one a snapshot. Agents
 //! are spread over `--sources` loopback addresses (127.0.0.1, .2, ...), since the collector caps
 //! connections per address.
 //!
@@ -467,7 +468,16 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
             req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }
         let sent = Instant::now();
-        let outcome = match req.send().await {
+        // As the agent does (transport.rs): a report whose connection dies before any answer is
+        // sent once more at once (the collector closed the kept-alive connection under it).
+        let again = req.try_clone();
+        let result = match (req.send().await, again) {
+            (Err(e), Some(again)) if e.is_request() && !e.is_connect() && !e.is_timeout() => {
+                again.send().await
+            }
+            (result, _) => result,
+        };
+        let outcome = match result {
             Ok(r) => {
                 let status = r.status().as_u16();
                 if status == 200 {
