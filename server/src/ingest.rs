@@ -10,64 +10,61 @@ use crate::baseline::{self, BaselineSet, Selection};
 use crate::engine::{self, Target};
 use crate::model::{Applied, Content, FindingChange, Host, HostState, Recorded, ReportRecord};
 use crate::state::{AppState, LoadedBaselines};
-use crate::store::StoreError;
+use crate::store::{HostTags, ReportTerms, StoreError, Verdict};
 use crate::tags;
+use hostwatch_proto::v1::FindingKind;
 
 /// Records one validated report and, if it changed the host's state, explains the host again and
 /// judges every start the report recorded, whether or not its item still exists. Returns whether
 /// the agent must send a snapshot next (its report did not follow the last one applied).
-pub async fn ingest(state: &AppState, host_id: i64, mut record: ReportRecord) -> Result<bool, StoreError> {
+pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<bool, StoreError> {
     let _turn = state.lock_host(host_id).await;
     let now = OffsetDateTime::now_utc();
-    // The tags the host is judged by, from what it reports only as far as `[tags]` allows.
-    if let Some(t) = state.store.host_tags(host_id).await? {
-        let reported = &record.facts.reported_tags;
-        let judged = tags::after_report(&state.settings.tag_policy, &t.held, reported, &t.assigned);
-        let ignored = tags::overridden(&judged, reported);
-        if !ignored.is_empty() && t.reported != *reported {
-            warn!(host_id, ignored = ?ignored, judged_by = ?judged, "host reports tags it is not judged by (see [tags] from_agents and its enroll secret's tags)");
-        }
-        record.facts.tags = judged;
-    }
     let lost = record.lost;
     let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
-    let (applied, recorded) = state.store.apply_report(host_id, &record, now).await?;
-    let limit = state.settings.max_new_findings_per_minute;
-    // Reporting again: no longer offline.
-    state.store.resolve_kind(host_id, hostwatch_proto::v1::FindingKind::AgentOffline, now).await?;
-    if let Some(sessions) = recorded.sessions_alternate {
+    let files = match &record.content {
+        Content::Delta(d) => d.files.clone(),
+        _ => Vec::new(),
+    };
+    let reported = record.facts.reported_tags.clone();
+    let policy = state.settings.tag_policy.clone();
+    let terms = ReportTerms {
+        // The tags the host is judged by, from what it reports only as far as `[tags]` allows.
+        judge_tags: Some(Box::new(move |t: &HostTags| {
+            tags::after_report(&policy, &t.held, &reported, &t.assigned)
+        })),
+        // Reporting again: no longer offline.
+        resolves: vec![FindingKind::AgentOffline],
+        findings_for: Some(Box::new(move |applied: &Applied, recorded: &Recorded| {
+            let shared =
+                recorded.sessions_alternate.map(|sessions| engine::shared_node_key(host_id, sessions));
+            shared.into_iter().chain(engine::data_lost(lost, applied.gap())).collect()
+        })),
+        limit: state.settings.max_new_findings_per_minute,
+    };
+    let out = state.store.record_report(host_id, record, now, terms).await?;
+    let judged = &out.host.facts.tags;
+    let reported = &out.host.facts.reported_tags;
+    let ignored = tags::overridden(judged, reported);
+    if !ignored.is_empty() && out.tags_before.reported != *reported {
+        warn!(host_id, ignored = ?ignored, judged_by = ?judged, "host reports tags it is not judged by (see [tags] from_agents and its enroll secret's tags)");
+    }
+    if let Some(sessions) = out.recorded.sessions_alternate {
         warn!(host_id, sessions = ?sessions, "two agents report under one node key");
-        state
-            .store
-            .record_findings(
-                host_id,
-                &[engine::shared_node_key(host_id, sessions)],
-                state.settings.max_new_findings_per_minute,
-                now,
-            )
-            .await?;
     }
-    if let Some(obs) = engine::data_lost(lost, applied.gap()) {
+    if engine::data_lost(lost, out.applied.gap()).is_some() {
         // What the agent dropped is also the gap it leaves (spool.rs): counted once.
-        let missing = applied.gap().map_or(0, |(from, before)| before.saturating_sub(from));
+        let missing = out.applied.gap().map_or(0, |(from, before)| before.saturating_sub(from));
         state.metrics.reports_lost(lost.max(missing));
-        warn!(host_id, lost, gap = ?applied.gap(), "reports from this host were lost");
-        state.store.record_findings(host_id, &[obs], limit, now).await?;
+        warn!(host_id, lost, gap = ?out.applied.gap(), "reports from this host were lost");
     }
-    if matches!(applied, Applied::Applied { .. }) && changes_state {
-        let host = state
-            .store
-            .host(host_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
+    log_changes(&out.host, &out.changes);
+    if matches!(out.applied, Applied::Applied { .. }) && changes_state {
+        // Read on a reading connection, in the host's turn: nothing of this host changes meanwhile.
         let host_state = state.store.host_state(host_id).await?;
-        let files = match &record.content {
-            Content::Delta(d) => d.files.as_slice(),
-            _ => &[],
-        };
-        evaluate(state, &host, &host_state, files, &recorded).await?;
+        evaluate(state, &out.host, &host_state, &files, &out.recorded).await?;
     }
-    Ok(applied.resync())
+    Ok(out.applied.resync())
 }
 
 /// The baselines of the store's current revision, parsed once per revision.
@@ -145,20 +142,22 @@ pub async fn evaluate(
         let rare = engine::outliers(host_state, w, &counts, &observed);
         observed.extend(rare);
     }
+    let verdict = Verdict {
+        workload: workload_name.map(str::to_owned),
+        state_kinds: engine::resolvable(target).to_vec(),
+        explained: engine::sessions_explained(&recorded.started, host_state, target, now),
+        kept: engine::explain_files(files, target, now),
+        observed,
+    };
     let limit = state.settings.max_new_findings_per_minute;
-    let mut changes = state
-        .store
-        .reconcile_findings(host.id, workload_name, &observed, engine::resolvable(target), limit, now)
-        .await?;
-    let explained = engine::sessions_explained(&recorded.started, host_state, target, now);
-    if !explained.is_empty() {
-        state.store.explain_execs(host.id, &explained).await?;
-    }
-    let file_findings = engine::explain_files(files, target, now);
-    if !file_findings.is_empty() {
-        changes.extend(state.store.record_findings(host.id, &file_findings, limit, now).await?);
-    }
-    for c in &changes {
+    let changes = state.store.apply_verdict(host.id, verdict, limit, now).await?;
+    log_changes(host, &changes);
+    Ok(changes)
+}
+
+/// One log line per finding opened, reopened or resolved.
+fn log_changes(host: &Host, changes: &[FindingChange]) {
+    for c in changes {
         let (what, id, kind, subject) = match c {
             FindingChange::Opened { id, kind, subject } => ("finding opened", id, kind, subject),
             FindingChange::Reopened { id, kind, subject } => ("finding reopened", id, kind, subject),
@@ -167,7 +166,6 @@ pub async fn evaluate(
         // Subjects come from agents: `?` escapes anything that could forge a log line.
         info!(host_id = host.id, hostname = ?host.facts.hostname, finding = id, kind = kind.as_str(), subject = ?subject, "{what}");
     }
-    Ok(changes)
 }
 
 /// Re-explains every host that has reported state, after the baselines changed.

@@ -170,6 +170,57 @@ pub struct FleetCounts {
     pub outbox: Vec<(String, u64)>,
 }
 
+/// What the collector decides about a report, for [`Store::record_report`] to apply in the
+/// report's own transaction: the store holds the facts these decisions need and applies them, it
+/// never makes them.
+pub struct ReportTerms {
+    /// The tags the host is to be judged by, from its tags as stored and as reported
+    /// ([`crate::tags`]); `None`: as reported.
+    #[allow(clippy::type_complexity)]
+    pub judge_tags: Option<Box<dyn FnOnce(&HostTags) -> BTreeMap<String, String> + Send>>,
+    /// Kinds of finding any report from the host resolves (it is reporting: not offline).
+    pub resolves: Vec<FindingKind>,
+    /// Findings the outcome itself calls for (reports lost, two agents under one node key).
+    #[allow(clippy::type_complexity)]
+    pub findings_for: Option<Box<dyn FnOnce(&Applied, &Recorded) -> Vec<Observation> + Send>>,
+    /// The host's budget of new findings a minute.
+    pub limit: u32,
+}
+
+impl Default for ReportTerms {
+    fn default() -> Self {
+        ReportTerms { judge_tags: None, resolves: Vec::new(), findings_for: None, limit: u32::MAX }
+    }
+}
+
+/// What [`Store::record_report`] did.
+#[derive(Debug)]
+pub struct ReportOutcome {
+    pub applied: Applied,
+    pub recorded: Recorded,
+    /// The host's tags as they were before the report.
+    pub tags_before: HostTags,
+    /// The host as the report left it.
+    pub host: Host,
+    /// Findings the terms resolved and recorded.
+    pub changes: Vec<FindingChange>,
+}
+
+/// The engine's verdict on one host, for [`Store::apply_verdict`].
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// The workload it was judged as, if one.
+    pub workload: Option<String>,
+    /// What its state and recorded starts call for.
+    pub observed: Vec<Observation>,
+    /// Kinds whose findings resolve when no longer observed.
+    pub state_kinds: Vec<FindingKind>,
+    /// Findings kept until acknowledged, that resolve nothing by their absence (file changes).
+    pub kept: Vec<Observation>,
+    /// Execs that needed no finding, and why.
+    pub explained: Vec<ExecExplained>,
+}
+
 /// Everything a collector needs from its store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -222,32 +273,35 @@ pub trait Store: Send + Sync + 'static {
     async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64>;
     /// The EC2 instance id a host proved at enrollment, if it did.
     async fn verified_instance(&self, host_id: i64) -> Result<Option<String>>;
-    /// Records a report: host facts, agent status and last_seen always; its content once, by the
-    /// session's sequence numbers: a replay (a number already applied) changes nothing; a snapshot
-    /// replaces the state; a delta changes it, and if it does not follow the last report applied
-    /// (a gap, or a session without a snapshot) the outcome asks for a snapshot. State changes
-    /// write history, and every start written to the history (an exec, a socket opened) is
-    /// returned, for the engine to judge once.
-    async fn apply_report(
+    /// Records a report, in one transaction with everything `terms` asks of it: host facts (with
+    /// the tags `terms` judges it by), agent status and last_seen always; its content once, by
+    /// the session's sequence numbers: a replay (a number already applied) changes nothing; a
+    /// snapshot replaces the state; a delta changes it, and if it does not follow the last report
+    /// applied (a gap, or a session without a snapshot) the outcome asks for a snapshot. State
+    /// changes write history, and every start written to the history (an exec, a socket opened)
+    /// is returned, for the engine to judge once. Then the findings of `terms.resolves` are
+    /// resolved and those `terms.findings_for` calls for are recorded.
+    async fn record_report(
         &self,
         host_id: i64,
-        report: &ReportRecord,
+        report: ReportRecord,
         now: OffsetDateTime,
-    ) -> Result<(Applied, Recorded)>;
+        terms: ReportTerms,
+    ) -> Result<ReportOutcome>;
 
     // ---- state and findings ----
     async fn host_state(&self, host_id: i64) -> Result<HostState>;
-    /// Applies the engine's verdict for one host, as [`crate::findings`] decides: opens, refreshes
-    /// or reopens a finding for every observation (at most `limit` new ones of medium severity or
-    /// less a minute, the rest counted in `findings_held_back`), resolves open or acknowledged
-    /// findings of `state_kinds` that are no longer observed (never a transient one), and records
-    /// the host's workload.
-    async fn reconcile_findings(
+    /// Applies the engine's verdict for one host in one transaction, as [`crate::findings`]
+    /// decides: opens, refreshes or reopens a finding for every observation (at most `limit` new
+    /// ones of medium severity or less a minute, the rest counted in `findings_held_back`),
+    /// resolves open or acknowledged findings of `state_kinds` that are no longer observed (never
+    /// a transient one), records the host's workload, then the verdict's findings that resolve
+    /// nothing (file changes) and why each explained exec needed no finding (an exec the history
+    /// does not hold is left alone).
+    async fn apply_verdict(
         &self,
         host_id: i64,
-        workload: Option<&str>,
-        observed: &[Observation],
-        state_kinds: &[FindingKind],
+        verdict: Verdict,
         limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>>;
@@ -324,9 +378,6 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
-    /// Records why each of `explained` (execs of host `host_id` in its history) needed no finding.
-    /// An exec the history does not hold (yet) is left alone.
-    async fn explain_execs(&self, host_id: i64, explained: &[ExecExplained]) -> Result<()>;
     /// Processes that started and ended, newest first.
     async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>>;
     /// Listeners and connections that opened and closed, newest first.

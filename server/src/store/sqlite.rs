@@ -1,8 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! One connection behind a mutex, used from the blocking pool: SQLite has one writer at a time
-//! anyway, and a collector on SQLite serves one machine's worth of fleet. Each trait method runs as
-//! one transaction on that connection.
+//! One writing connection behind a mutex (SQLite has one writer at a time anyway) and a few
+//! reading ones (WAL lets them read a committed state while the writer writes), all used from the
+//! blocking pool, so that reads (an agent's key, a host's state, the API's listings) run on the
+//! other core instead of queueing behind writes. Each trait method runs as one transaction: a
+//! write on the writer, a read on a reader (which sees every write committed before it began).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -17,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{
-    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, Result, SecretRecord,
-    Store, StoreError, TokenRecord,
+    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, ReportOutcome,
+    ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
 };
 use crate::findings;
 use crate::model::{
@@ -53,10 +55,38 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (18, include_str!("migrations/sqlite/0018_explained_execs.sql")),
 ];
 
+/// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the
+/// API answering while a long listing runs.
+const READERS: usize = 4;
+
+/// Prepared statements kept per connection: more than the store's distinct statements, so that a
+/// report never parses SQL again (the default of 16 made every report prepare most of its own).
+const STATEMENT_CACHE: usize = 256;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// `None` for an in-memory database (one connection sees it): reads then use the writer.
+    readers: Option<Arc<Readers>>,
     timings: super::StoreTimings,
+}
+
+/// Reading connections, opened as needed up to [`READERS`], each `query_only`.
+struct Readers {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection> {
+        let conn = Connection::open(&self.path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", self.path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        Ok(conn)
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -91,7 +121,13 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
-        Self::setup(conn, true)
+        let mut store = Self::setup(conn, true)?;
+        store.readers = Some(Arc::new(Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS),
+        }));
+        Ok(store)
     }
 
     /// An in-memory database, for tests.
@@ -101,6 +137,7 @@ impl SqliteStore {
 
     fn setup(mut conn: Connection, wal: bool) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         if wal {
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {
@@ -109,7 +146,11 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), timings: super::StoreTimings::default() })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            readers: None,
+            timings: super::StoreTimings::default(),
+        })
     }
 
     /// Runs `f` in one transaction on the blocking pool.
@@ -134,6 +175,49 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` in one read transaction on a reading connection (on the writer for an in-memory
+    /// database). It sees everything committed before it began, and can change nothing.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let Some(readers) = self.readers.clone() else {
+            return self.tx(f).await;
+        };
+        let permit = readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database("the store is closed".to_owned()))?;
+        let pool = readers.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let idle =
+                pool.idle.lock().map_err(|_| StoreError::Database("reader pool poisoned".to_owned()))?.pop();
+            let mut conn = match idle {
+                Some(c) => c,
+                None => pool.open()?,
+            };
+            let out = conn.transaction().map_err(StoreError::from).and_then(|tx| {
+                let out = f(&tx)?;
+                // Ending a read transaction cannot lose anything; it lets the WAL be checkpointed.
+                tx.finish()?;
+                Ok(out)
+            });
+            // A connection left in a transaction (a failed read) is not put back.
+            if conn.is_autocommit()
+                && let Ok(mut idle) = pool.idle.lock()
+            {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")));
+        drop(permit);
+        out?
     }
 }
 
@@ -463,10 +547,131 @@ fn upsert_finding(
     })
 }
 
+/// The report's own part of [`Store::record_report`]: facts, status, content by sequence number.
+fn apply_report(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    report: &ReportRecord,
+    now: OffsetDateTime,
+) -> Result<(Applied, Recorded)> {
+    let (session, last_seq, prior): (i64, i64, Option<i64>) = tx
+        .query_row("SELECT session, last_seq, prior_session FROM hosts WHERE id = ?1", [host_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
+    let (session, last_seq) = (session as u64, last_seq as u64);
+    let same_session = report.session == session;
+    // An agent starts a new random session each run and never goes back to one: an earlier
+    // session reporting again after a newer began is a second agent with the same key.
+    let came_back = !same_session && prior.is_some_and(|p| p as u64 == report.session);
+    if !same_session {
+        state::new_session(tx, host_id)?;
+    }
+    let judging = state::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
+    let mut recorded = Recorded::default();
+    let outcome = if same_session && report.seq <= last_seq {
+        Applied::Replay
+    } else {
+        let gap = (same_session && report.seq > last_seq + 1).then_some((last_seq + 1, report.seq));
+        let first = last_seq == 0 && session == 0;
+        match &report.content {
+            Content::Snapshot(st) => {
+                // A host's very first state is not news: its processes did not start now.
+                recorded = state::replace(tx, host_id, st, now, !first, judging)?;
+                Applied::Applied { gap, resync: false }
+            }
+            // A delta that does not follow what was applied is applied all the same: what
+            // it says happened did happen, and its history would be lost otherwise. The
+            // state it leaves may miss what the skipped reports said, so a snapshot must
+            // follow.
+            Content::Delta(d) => {
+                recorded = state::apply(tx, host_id, d, now, !first, judging)?;
+                Applied::Applied { gap, resync: !same_session || gap.is_some() }
+            }
+            Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
+        }
+    };
+    if matches!(outcome, Applied::Replay) {
+        // Sent before and applied then: it changes nothing now, facts included (a replay
+        // must not put back a hostname or tags the host has since changed). It does show
+        // the host alive.
+        tx.execute("UPDATE hosts SET last_seen = ?1 WHERE id = ?2", params![ts(now), host_id])?;
+        return Ok((outcome, recorded));
+    }
+    let f = &report.facts;
+    tx.execute(
+        "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
+         interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12, \
+         agent_stats = COALESCE(?14, agent_stats), cloud = ?15, instance_id = ?16, reported_tags = ?17 WHERE id = ?13",
+        params![
+            f.hostname,
+            f.os,
+            f.kernel,
+            f.arch,
+            f.boot_time.map(ts),
+            to_json(&f.tags),
+            report.agent.version,
+            report.agent.interval_secs,
+            report.agent.coverage_degraded,
+            to_json(&report.agent.coverage_why),
+            ts(now),
+            report.goodbye,
+            host_id,
+            report.agent.stats.as_ref().map(to_json),
+            f.cloud.as_ref().map(to_json),
+            f.cloud.as_ref().map(|c| c.instance_id.clone()),
+            to_json(&f.reported_tags)
+        ],
+    )?;
+    if let Applied::Applied { .. } = outcome {
+        tx.execute(
+            "UPDATE hosts SET session = ?1, last_seq = ?2, \
+             prior_session = CASE WHEN ?4 THEN session ELSE prior_session END WHERE id = ?3",
+            params![
+                report.session as i64,
+                i64::try_from(report.seq).unwrap_or(i64::MAX),
+                host_id,
+                !same_session && session != 0
+            ],
+        )?;
+    }
+    recorded.sessions_alternate = came_back.then_some((session, report.session));
+    Ok((outcome, recorded))
+}
+
+/// Records why each of `explained` (execs in the host's history) needed no finding.
+fn explain_execs(tx: &Transaction<'_>, host_id: i64, explained: &[ExecExplained]) -> Result<()> {
+    if explained.is_empty() {
+        return Ok(());
+    }
+    // The exec's row was written by the report that judged it, at about its start: the
+    // (host, at) index finds it among the host's last minutes.
+    let mut stmt = tx.prepare_cached(
+        "UPDATE process_events SET explained = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
+         AND start_time = ?5 AND kind = 'exec'",
+    )?;
+    for e in explained {
+        let since = e.start_time - time::Duration::minutes(10);
+        stmt.execute(params![e.why, host_id, ts(since), e.pid, ts(e.start_time)])?;
+    }
+    Ok(())
+}
+
+/// One host as the listings show it.
+fn host_in(tx: &Transaction<'_>, id: i64) -> Result<Option<Host>> {
+    let mut stmt = tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.id = ?1"))?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(host_from_row(r)?)),
+        None => Ok(None),
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn count_api_tokens(&self) -> Result<u64> {
-        self.tx(|tx| {
+        self.read(|tx| {
             Ok(tx.query_row("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
@@ -487,11 +692,11 @@ impl Store for SqliteStore {
 
     async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_owned();
-        self.tx(move |tx| credentials::find_token(tx, &hash)).await
+        self.read(move |tx| credentials::find_token(tx, &hash)).await
     }
 
     async fn api_tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.tx(credentials::tokens).await
+        self.read(credentials::tokens).await
     }
 
     async fn revoke_api_token(
@@ -505,7 +710,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_enroll_secrets(&self) -> Result<u64> {
-        self.tx(|tx| {
+        self.read(|tx| {
             Ok(tx.query_row("SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
@@ -530,11 +735,11 @@ impl Store for SqliteStore {
 
     async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>> {
         let hash = hash.to_owned();
-        self.tx(move |tx| credentials::find_secret(tx, &hash)).await
+        self.read(move |tx| credentials::find_secret(tx, &hash)).await
     }
 
     async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>> {
-        self.tx(credentials::secrets).await
+        self.read(credentials::secrets).await
     }
 
     async fn revoke_enroll_secret(
@@ -553,12 +758,12 @@ impl Store for SqliteStore {
     }
 
     async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>> {
-        self.tx(move |tx| credentials::host_tags(tx, host_id)).await
+        self.read(move |tx| credentials::host_tags(tx, host_id)).await
     }
 
     async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
         let hash = hash.to_owned();
-        self.tx(move |tx| {
+        self.read(move |tx| {
             Ok(tx
                 .query_row(
                     "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
@@ -609,7 +814,7 @@ impl Store for SqliteStore {
     }
 
     async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
-        self.tx(move |tx| {
+        self.read(move |tx| {
             Ok(tx
                 .query_row("SELECT verified_instance_id FROM hosts WHERE id = ?1", [host_id], |r| r.get(0))
                 .optional()?
@@ -618,120 +823,51 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn apply_report(
+    async fn record_report(
         &self,
         host_id: i64,
-        report: &ReportRecord,
+        mut report: ReportRecord,
         now: OffsetDateTime,
-    ) -> Result<(Applied, Recorded)> {
-        let report = report.clone();
+        terms: ReportTerms,
+    ) -> Result<ReportOutcome> {
         self.tx(move |tx| {
-            let (session, last_seq, prior): (i64, i64, Option<i64>) = tx
-                .query_row("SELECT session, last_seq, prior_session FROM hosts WHERE id = ?1", [host_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
-            let (session, last_seq) = (session as u64, last_seq as u64);
-            let same_session = report.session == session;
-            // An agent starts a new random session each run and never goes back to one: an earlier
-            // session reporting again after a newer began is a second agent with the same key.
-            let came_back = !same_session && prior.is_some_and(|p| p as u64 == report.session);
-            if !same_session {
-                state::new_session(tx, host_id)?;
+            let missing = || StoreError::NotFound(format!("host {host_id}"));
+            let tags_before = credentials::host_tags(tx, host_id)?.ok_or_else(missing)?;
+            if let Some(judge) = terms.judge_tags {
+                report.facts.tags = judge(&tags_before);
             }
-            let judging = state::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
-            let mut recorded = Recorded::default();
-            let outcome = if same_session && report.seq <= last_seq {
-                Applied::Replay
-            } else {
-                let gap = (same_session && report.seq > last_seq + 1).then_some((last_seq + 1, report.seq));
-                let first = last_seq == 0 && session == 0;
-                match &report.content {
-                    Content::Snapshot(st) => {
-                        // A host's very first state is not news: its processes did not start now.
-                        recorded = state::replace(tx, host_id, st, now, !first, judging)?;
-                        Applied::Applied { gap, resync: false }
-                    }
-                    // A delta that does not follow what was applied is applied all the same: what
-                    // it says happened did happen, and its history would be lost otherwise. The
-                    // state it leaves may miss what the skipped reports said, so a snapshot must
-                    // follow.
-                    Content::Delta(d) => {
-                        recorded = state::apply(tx, host_id, d, now, !first, judging)?;
-                        Applied::Applied { gap, resync: !same_session || gap.is_some() }
-                    }
-                    Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
+            let (applied, recorded) = apply_report(tx, host_id, &report, now)?;
+            let now_s = ts(now);
+            let mut changes = Vec::new();
+            for kind in &terms.resolves {
+                changes.extend(resolve_where(tx, host_id, Some(*kind), &now_s)?);
+            }
+            if let Some(findings_for) = terms.findings_for {
+                let observed = findings_for(&applied, &recorded);
+                if !observed.is_empty() {
+                    changes.extend(apply_observations(tx, host_id, &observed, terms.limit, now)?.0);
                 }
-            };
-            if matches!(outcome, Applied::Replay) {
-                // Sent before and applied then: it changes nothing now, facts included (a replay
-                // must not put back a hostname or tags the host has since changed). It does show
-                // the host alive.
-                tx.execute("UPDATE hosts SET last_seen = ?1 WHERE id = ?2", params![ts(now), host_id])?;
-                return Ok((outcome, recorded));
             }
-            let f = &report.facts;
-            tx.execute(
-                "UPDATE hosts SET hostname = ?1, os = ?2, kernel = ?3, arch = ?4, boot_time = ?5, tags = ?6, agent_version = ?7, \
-                 interval_secs = ?8, coverage_degraded = ?9, coverage_why = ?10, last_seen = ?11, goodbye = ?12, \
-                 agent_stats = COALESCE(?14, agent_stats), cloud = ?15, instance_id = ?16, reported_tags = ?17 WHERE id = ?13",
-                params![
-                    f.hostname,
-                    f.os,
-                    f.kernel,
-                    f.arch,
-                    f.boot_time.map(ts),
-                    to_json(&f.tags),
-                    report.agent.version,
-                    report.agent.interval_secs,
-                    report.agent.coverage_degraded,
-                    to_json(&report.agent.coverage_why),
-                    ts(now),
-                    report.goodbye,
-                    host_id,
-                    report.agent.stats.as_ref().map(to_json),
-                    f.cloud.as_ref().map(to_json),
-                    f.cloud.as_ref().map(|c| c.instance_id.clone()),
-                    to_json(&f.reported_tags)
-                ],
-            )?;
-            if let Applied::Applied { .. } = outcome {
-                tx.execute(
-                    "UPDATE hosts SET session = ?1, last_seq = ?2, \
-                     prior_session = CASE WHEN ?4 THEN session ELSE prior_session END WHERE id = ?3",
-                    params![
-                        report.session as i64,
-                        i64::try_from(report.seq).unwrap_or(i64::MAX),
-                        host_id,
-                        !same_session && session != 0
-                    ],
-                )?;
-            }
-            recorded.sessions_alternate = came_back.then_some((session, report.session));
-            Ok((outcome, recorded))
+            let host = host_in(tx, host_id)?.ok_or_else(missing)?;
+            Ok(ReportOutcome { applied, recorded, tags_before, host, changes })
         })
         .await
     }
 
     async fn host_state(&self, host_id: i64) -> Result<HostState> {
-        self.tx(move |tx| state::load(tx, host_id)).await
+        self.read(move |tx| state::load(tx, host_id)).await
     }
 
-    async fn reconcile_findings(
+    async fn apply_verdict(
         &self,
         host_id: i64,
-        workload: Option<&str>,
-        observed: &[Observation],
-        state_kinds: &[FindingKind],
+        verdict: Verdict,
         limit: u32,
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
-        let (workload, observed, state_kinds) =
-            (workload.map(str::to_owned), observed.to_vec(), state_kinds.to_vec());
         self.tx(move |tx| {
-            tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![workload, host_id])?;
-            let (mut changes, seen) = apply_observations(tx, host_id, &observed, limit, now)?;
+            tx.execute("UPDATE hosts SET workload = ?1 WHERE id = ?2", params![verdict.workload, host_id])?;
+            let (mut changes, seen) = apply_observations(tx, host_id, &verdict.observed, limit, now)?;
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT id, kind, rule, subject, transient FROM findings WHERE host_id = ?1 AND status IN {}",
                 live_statuses()
@@ -742,19 +878,23 @@ impl Store for SqliteStore {
             let now_s = ts(now);
             for (id, kind, rule, subject, transient) in open {
                 let k = parse_enum::<FindingKind>(&kind)?;
-                if findings::resolves_by_absence(k, transient, &state_kinds)
+                if findings::resolves_by_absence(k, transient, &verdict.state_kinds)
                     && !seen.contains(&(kind.clone(), rule, subject.clone()))
                 {
                     changes.push(resolve(tx, host_id, id, &kind, subject, &now_s)?);
                 }
             }
+            if !verdict.kept.is_empty() {
+                changes.extend(apply_observations(tx, host_id, &verdict.kept, limit, now)?.0);
+            }
+            explain_execs(tx, host_id, &verdict.explained)?;
             Ok(changes)
         })
         .await
     }
 
     async fn list_hosts(&self) -> Result<Vec<Host>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts h ORDER BY h.id"))?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
@@ -767,7 +907,7 @@ impl Store for SqliteStore {
     }
 
     async fn fleet_counts(&self) -> Result<super::FleetCounts> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT kind, severity, status, count(*) FROM findings \
                  WHERE status IN {} GROUP BY kind, severity, status ORDER BY kind, severity, status",
@@ -804,21 +944,12 @@ impl Store for SqliteStore {
     }
 
     async fn host(&self, id: i64) -> Result<Option<Host>> {
-        self.tx(move |tx| {
-            let mut stmt =
-                tx.prepare_cached(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.id = ?1"))?;
-            let mut rows = stmt.query([id])?;
-            match rows.next()? {
-                Some(r) => Ok(Some(host_from_row(r)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.read(move |tx| host_in(tx, id)).await
     }
 
     async fn hosts_with_machine_id(&self, machine_id: &str, instance_id: Option<&str>) -> Result<Vec<i64>> {
         let (machine_id, instance_id) = (machine_id.to_owned(), instance_id.map(str::to_owned));
-        self.tx(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM hosts h WHERE machine_id = ?1 AND instance_id IS ?2 AND retired_at IS NULL \
                  AND EXISTS (SELECT 1 FROM node_keys k WHERE k.host_id = h.id AND k.revoked_at IS NULL) ORDER BY id",
@@ -861,7 +992,7 @@ impl Store for SqliteStore {
     }
 
     async fn hosts_running_hot(&self, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<i64>> {
-        self.tx(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT DISTINCT p.host_id FROM processes p JOIN hosts h ON h.id = p.host_id \
                  WHERE p.cpu_high_since > ?1 AND p.cpu_high_since <= ?2 AND h.retired_at IS NULL ORDER BY p.host_id",
@@ -888,7 +1019,7 @@ impl Store for SqliteStore {
     }
 
     async fn silences(&self, after: Option<OffsetDateTime>) -> Result<Vec<Silence>> {
-        self.tx(move |tx| triage::silences(tx, after)).await
+        self.read(move |tx| triage::silences(tx, after)).await
     }
 
     async fn lease_alert_cursor(
@@ -908,7 +1039,7 @@ impl Store for SqliteStore {
     }
 
     async fn alert_events(&self, after: i64, limit: u32) -> Result<Vec<AlertEvent>> {
-        self.tx(move |tx| triage::events_after(tx, after, limit)).await
+        self.read(move |tx| triage::events_after(tx, after, limit)).await
     }
 
     async fn prune_alert_events(&self, max: u64, now: OffsetDateTime) -> Result<(u64, u64)> {
@@ -917,12 +1048,12 @@ impl Store for SqliteStore {
 
     async fn peer_counts(&self, workload: &str) -> Result<PeerCounts> {
         let workload = workload.to_owned();
-        self.tx(move |tx| state::peer_counts(tx, &workload)).await
+        self.read(move |tx| state::peer_counts(tx, &workload)).await
     }
 
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
         let hostname = hostname.to_owned();
-        self.tx(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM hosts WHERE hostname = ?1 AND retired_at IS NULL ORDER BY id",
             )?;
@@ -933,7 +1064,7 @@ impl Store for SqliteStore {
 
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>> {
         let filter = filter.clone();
-        self.tx(move |tx| {
+        self.read(move |tx| {
             let mut sql = format!(
                 "SELECT {FINDING_COLUMNS} FROM findings f JOIN hosts h ON h.id = f.host_id WHERE 1 = 1"
             );
@@ -969,42 +1100,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn explain_execs(&self, host_id: i64, explained: &[ExecExplained]) -> Result<()> {
-        let explained = explained.to_vec();
-        self.tx(move |tx| {
-            // The exec's row was written by the report that judged it, at about its start: the
-            // (host, at) index finds it among the host's last minutes.
-            let mut stmt = tx.prepare_cached(
-                "UPDATE process_events SET explained = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
-                 AND start_time = ?5 AND kind = 'exec'",
-            )?;
-            for e in &explained {
-                let since = e.start_time - time::Duration::minutes(10);
-                stmt.execute(params![e.why, host_id, ts(since), e.pid, ts(e.start_time)])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
         let f = filter.clone();
-        self.tx(move |tx| state::process_events(tx, &f)).await
+        self.read(move |tx| state::process_events(tx, &f)).await
     }
 
     async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>> {
         let f = filter.clone();
-        self.tx(move |tx| state::socket_events(tx, &f)).await
+        self.read(move |tx| state::socket_events(tx, &f)).await
     }
 
     async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>> {
         let f = filter.clone();
-        self.tx(move |tx| files::events(tx, &f)).await
+        self.read(move |tx| files::events(tx, &f)).await
     }
 
     async fn current_files(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileRecord>> {
         let f = filter.clone();
-        self.tx(move |tx| files::current(tx, &f)).await
+        self.read(move |tx| files::current(tx, &f)).await
     }
 
     async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {
@@ -1029,7 +1142,7 @@ impl Store for SqliteStore {
     }
 
     async fn baselines(&self) -> Result<Vec<BaselineRecord>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx
                 .prepare_cached("SELECT name, source, applied_at, applied_by FROM baselines ORDER BY name")?;
             let rows: Vec<(String, String, String, String)> = stmt
@@ -1045,7 +1158,7 @@ impl Store for SqliteStore {
     }
 
     async fn baselines_revision(&self) -> Result<i64> {
-        self.tx(|tx| {
+        self.read(|tx| {
             Ok(tx.query_row("SELECT value FROM store_meta WHERE key = 'baselines_revision'", [], |r| {
                 r.get(0)
             })?)
@@ -1066,7 +1179,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>> {
-        self.tx(move |tx| credentials::audit_entries(tx, since, limit)).await
+        self.read(move |tx| credentials::audit_entries(tx, since, limit)).await
     }
 }
 
@@ -1091,6 +1204,38 @@ mod tests {
     use hostwatch_proto::v1::{Direction, Protocol};
     use serde_json::json;
     use std::collections::BTreeMap;
+
+    impl SqliteStore {
+        /// A report with no terms: tags as reported, nothing resolved or recorded with it.
+        async fn apply_report(
+            &self,
+            host_id: i64,
+            report: &ReportRecord,
+            now: OffsetDateTime,
+        ) -> Result<(Applied, Recorded)> {
+            let out = self.record_report(host_id, report.clone(), now, ReportTerms::default()).await?;
+            Ok((out.applied, out.recorded))
+        }
+
+        /// A verdict of observations alone.
+        async fn reconcile_findings(
+            &self,
+            host_id: i64,
+            workload: Option<&str>,
+            observed: &[Observation],
+            state_kinds: &[FindingKind],
+            limit: u32,
+            now: OffsetDateTime,
+        ) -> Result<Vec<FindingChange>> {
+            let verdict = Verdict {
+                workload: workload.map(str::to_owned),
+                observed: observed.to_vec(),
+                state_kinds: state_kinds.to_vec(),
+                ..Verdict::default()
+            };
+            self.apply_verdict(host_id, verdict, limit, now).await
+        }
+    }
 
     /// Enrolls a host under an enroll secret of its own.
     async fn enroll(s: &SqliteStore, facts: &HostFacts, key: &str, now: OffsetDateTime) -> Result<i64> {
@@ -1160,6 +1305,40 @@ mod tests {
         assert_eq!(s.baselines_revision().await.unwrap(), 0);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_beside_a_held_writer_see_its_commits_and_cannot_write() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("hw.db")).unwrap();
+        let id = enroll(&s, &facts("m-1"), "k1", at(0)).await.unwrap();
+        // Committed on the writer, seen by a reader.
+        assert_eq!(s.find_node_key("k1").await.unwrap(), Some(id));
+        assert_eq!(s.host(id).await.unwrap().map(|h| h.id), Some(id));
+        // The writer busy in a transaction: reads go on (they would wait on one connection).
+        let held = s.conn.clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut c = held.lock().unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute("UPDATE hosts SET hostname = 'changing' WHERE id = ?1", [id]).unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            tx.commit().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.host(id)).await;
+        let host = read.expect("a read waited for the writer").unwrap().unwrap();
+        assert_eq!(host.facts.hostname, "web-1", "a read saw an uncommitted write");
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(s.host(id).await.unwrap().unwrap().facts.hostname, "changing");
+        // A reading connection refuses to write, whatever is asked of it.
+        let err =
+            s.read(move |tx| Ok(tx.execute("DELETE FROM hosts WHERE id = ?1", [id])?)).await.unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
+        assert!(s.host(id).await.unwrap().is_some());
     }
 
     #[tokio::test]
