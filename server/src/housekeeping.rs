@@ -56,7 +56,15 @@ pub async fn round(
     now: OffsetDateTime,
 ) -> Result<(), crate::store::StoreError> {
     let hosts = state.store.list_hosts().await?;
-    for h in hosts.iter().filter(|h| h.retired_at.is_none()) {
+    // Only hosts the listing shows silent get a closer look in their turn: one that reported
+    // lately cannot have gone silent since (each look waits for the host's turn and reads it
+    // again, which for every host of a fleet each round would be a fleet's worth of reads).
+    let quiet = |h: &&crate::model::Host| {
+        h.retired_at.is_none()
+            && (h.status(now, state.settings.offline_after) != HostStatus::Online
+                || now - h.last_seen.unwrap_or(h.enrolled_at) >= state.settings.retire_after)
+    };
+    for h in hosts.iter().filter(quiet) {
         // One host's trouble is logged; the others' chores go on.
         if let Err(e) = host_chores(state, h.id, now).await {
             error!(host_id = h.id, error = %e, "housekeeping of a host failed");
@@ -101,6 +109,7 @@ async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(
     let silent_since = h.last_seen.unwrap_or(h.enrolled_at);
     if now - silent_since >= state.settings.retire_after {
         let changes = state.store.retire_host(h.id, now).await?;
+        state.peers.forget(h.id);
         info!(host_id = h.id, hostname = ?h.facts.hostname, resolved = changes.len(), "host retired after {:?} of silence", state.settings.retire_after);
         return Ok(());
     }

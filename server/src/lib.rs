@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod listen;
 pub mod metrics;
 pub mod model;
+pub mod peers;
 pub mod secrets;
 pub mod serve;
 pub mod state;

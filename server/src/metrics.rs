@@ -195,7 +195,7 @@ impl Metrics {
         );
         r.register(
             "report_turns_free",
-            "Reports that could start processing now (of max_concurrent_reports).",
+            "Full-size reports that could start processing now (of max_concurrent_reports; a small one takes a sixteenth of a turn).",
             m.report_turns_free.clone(),
         );
         r.register("hosts", "Hosts by status and coverage (retired hosts included).", m.hosts.clone());
@@ -244,7 +244,7 @@ impl Metrics {
         let now = OffsetDateTime::now_utc();
         self.body_budget_free.set(i64::try_from(state.bodies.free()).unwrap_or(i64::MAX));
         self.report_turns_free
-            .set(i64::try_from(state.report_permits.available_permits()).unwrap_or(i64::MAX));
+            .set(i64::try_from(state.report_permits.available_permits() / crate::state::TURN_SHARES as usize).unwrap_or(i64::MAX));
         let hosts = state.store.list_hosts().await?;
         self.hosts.clear();
         self.events_lost.clear();

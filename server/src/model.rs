@@ -5,7 +5,7 @@
 //! version. The vocabulary enums (protocol, finding kind, severity, status) are the contract's own
 //! stable names and are shared.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use hostwatch_proto::v1 as proto;
@@ -195,8 +195,39 @@ impl Connection {
     /// What an outbound connection is across peers: its program and the service's protocol and
     /// port, `tcp/*:5432 by /usr/bin/app` (each peer talks to its own replicas).
     pub fn peer_key(&self) -> String {
-        let by = self.exe.as_deref().or(self.process.as_deref()).unwrap_or("?");
-        format!("{}/*:{} by {by}", self.protocol, self.remote.port())
+        peer_key(self.protocol, self.remote.port(), self.exe.as_deref(), self.process.as_deref())
+    }
+}
+
+/// [`Connection::peer_key`] from its parts (as the store holds them).
+pub fn peer_key(protocol: Protocol, remote_port: u16, exe: Option<&str>, process: Option<&str>) -> String {
+    let by = exe.or(process).unwrap_or("?");
+    format!("{protocol}/*:{remote_port} by {by}")
+}
+
+/// What one host has of the items peers are compared by ([`PeerCounts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerItems {
+    /// Process subjects (executable, else name).
+    pub processes: HashSet<String>,
+    /// (protocol, port) listened on.
+    pub listeners: HashSet<(Protocol, u16)>,
+    /// Outbound connections' [`Connection::peer_key`].
+    pub connections: HashSet<String>,
+}
+
+impl PeerItems {
+    pub fn of(state: &HostState) -> PeerItems {
+        PeerItems {
+            processes: state.processes.iter().map(|p| p.subject().to_owned()).collect(),
+            listeners: state.listeners.iter().map(|l| (l.protocol, l.port)).collect(),
+            connections: state
+                .connections
+                .iter()
+                .filter(|c| c.direction == Direction::Outbound)
+                .map(Connection::peer_key)
+                .collect(),
+        }
     }
 }
 

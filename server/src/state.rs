@@ -11,12 +11,22 @@ use crate::admission::Admission;
 use crate::api::body::Budget;
 use crate::baseline::BaselineSet;
 use crate::listen::ConnCounters;
-use crate::model::PeerCounts;
-
-/// How long peer counts are reused.
-pub const PEER_COUNTS_TTL: Duration = Duration::from_secs(60);
+use crate::model::{PeerCounts, PeerItems};
+use crate::peers::{Due, Peers};
+use std::time::Instant;
 use crate::dev::DevLearner;
 use crate::store::Store;
+
+/// Shares of one report turn: a report of `max_report_bytes` takes them all, one of a sixteenth of
+/// that or less one, so the memory reports take while decoded stays within what
+/// `max_concurrent_reports` full-size ones would.
+pub const TURN_SHARES: u32 = 16;
+
+/// The shares of a turn a report body of `len` bytes takes: at least one, at most a turn.
+pub fn turn_shares(len: usize, max_report_bytes: usize) -> u32 {
+    let share = (max_report_bytes / TURN_SHARES as usize).max(1);
+    u32::try_from(len.div_ceil(share)).unwrap_or(TURN_SHARES).clamp(1, TURN_SHARES)
+}
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -32,7 +42,8 @@ pub struct Inner {
     pub learner: Option<DevLearner>,
     /// What `/metrics` tells ([`crate::metrics`]).
     pub metrics: crate::metrics::Metrics,
-    /// Reports being processed (decoded, recorded, judged), taken once a body is read whole.
+    /// Reports being processed (decoded, recorded, judged), taken once a body is read whole:
+    /// [`TURN_SHARES`] per turn of `max_concurrent_reports`, a report taking [`turn_shares`].
     pub report_permits: Arc<Semaphore>,
     /// The deadline and byte budget of every body being read ([`crate::api::body`]).
     pub bodies: Budget,
@@ -40,10 +51,12 @@ pub struct Inner {
     pub admission: Admission,
     /// What the listeners turned away ([`crate::listen`]).
     pub conns: Arc<ConnCounters>,
-    /// Per workload, how many hosts have each item, and when that was counted: outliers are
-    /// judged against counts at most [`PEER_COUNTS_TTL`] old (a fleet's makeup moves slowly;
-    /// counting it for every report would cost the whole fleet each time).
-    peers: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<PeerCounts>)>>,
+    /// Per workload, how many hosts have each item: what outliers are judged against
+    /// ([`crate::peers`]).
+    pub peers: Peers,
+    /// Held while a workload is counted from the store for the first time, so that the reports
+    /// that all need it after a start count it once.
+    first_count: Mutex<()>,
     /// One lock per host: recording a report and explaining it, or re-explaining after a baseline
     /// change, run one at a time per host, so an older view never overwrites a newer verdict.
     /// (Several collectors on one store will need the store's own row lock for this.)
@@ -102,7 +115,8 @@ pub struct LoadedBaselines {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, settings: Settings, learner: Option<DevLearner>) -> Self {
-        let report_permits = Arc::new(Semaphore::new(settings.max_concurrent_reports.max(1)));
+        let report_permits =
+            Arc::new(Semaphore::new(settings.max_concurrent_reports.max(1) * TURN_SHARES as usize));
         let bodies = Budget::new(settings.limits.body_timeout, settings.limits.max_body_bytes_in_flight);
         let admission = Admission::new(
             settings.limits.reports_per_host_per_minute,
@@ -121,23 +135,46 @@ impl AppState {
             admission,
             conns,
             host_locks: std::sync::Mutex::new(HashMap::new()),
-            peers: std::sync::Mutex::new(HashMap::new()),
+            peers: Peers::default(),
+            first_count: Mutex::new(()),
         }))
     }
 
-    /// The peer counts of `workload`, from the cache while fresh.
-    pub async fn peer_counts(&self, workload: &str) -> Result<Arc<PeerCounts>, crate::store::StoreError> {
-        let cached = {
-            let cache = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            cache.get(workload).filter(|(at, _)| at.elapsed() < PEER_COUNTS_TTL).map(|(_, c)| c.clone())
-        };
-        if let Some(c) = cached {
-            return Ok(c);
+    /// Makes `items` host `host_id`'s among the peers of `workload` and answers `judge` with the
+    /// workload's counts, counting the workload from the store first where it never was (and
+    /// again in the background where that was long ago).
+    pub async fn judge_peers<R>(
+        &self,
+        workload: &str,
+        host_id: i64,
+        items: PeerItems,
+        judge: impl FnOnce(&PeerCounts) -> R,
+    ) -> Result<R, crate::store::StoreError> {
+        match self.peers.due(workload, Instant::now()) {
+            Due::No => {}
+            Due::First => {
+                let _one = self.first_count.lock().await;
+                if self.peers.due(workload, Instant::now()) == Due::First {
+                    let at = Instant::now();
+                    let members = self.store.peer_items(workload).await?;
+                    self.peers.counted(workload, members, at);
+                }
+            }
+            Due::Again => {
+                let (state, name) = (self.clone(), workload.to_owned());
+                tokio::spawn(async move {
+                    let at = Instant::now();
+                    match state.store.peer_items(&name).await {
+                        Ok(members) => state.peers.counted(&name, members, at),
+                        Err(e) => {
+                            state.peers.recount_failed(&name);
+                            tracing::warn!(workload = %name, error = %e, "cannot count the workload's peers again; keeping the counts in hand");
+                        }
+                    }
+                });
+            }
         }
-        let counts = Arc::new(self.store.peer_counts(workload).await?);
-        let mut cache = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache.insert(workload.to_owned(), (std::time::Instant::now(), counts.clone()));
-        Ok(counts)
+        Ok(self.peers.judge(workload, host_id, items, judge))
     }
 
     /// Waits for this host's turn (see `host_locks`).
@@ -154,5 +191,22 @@ impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_takes_a_share_of_a_turn_by_its_size() {
+        let max = 16 << 20;
+        assert_eq!(turn_shares(0, max), 1);
+        assert_eq!(turn_shares(3_000, max), 1);
+        assert_eq!(turn_shares(1 << 20, max), 1);
+        assert_eq!(turn_shares((1 << 20) + 1, max), 2);
+        assert_eq!(turn_shares(175_000 * 20, max), 4);
+        assert_eq!(turn_shares(max, max), TURN_SHARES);
+        assert_eq!(turn_shares(usize::MAX, max), TURN_SHARES);
     }
 }

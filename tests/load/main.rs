@@ -5,8 +5,8 @@
 //! first interval, as a fleet that boots together does), sends a snapshot of a realistic host
 //! (hundreds of processes with command lines, hashes, cgroups and ancestry; listeners;
 //! connections), then one report per interval: a small delta (processes started and ended, a
-//! connection opened and closed) every `--delta-every`th, a heartbeat otherwise, as the agent
-//! does. A report the collector refuses (413, 429, 503) or cannot take is sent again at the next
+//! connection opened and closed) every `--delta-every`th, a heartbeat otherwise, at intervals
+//! jittered by ±10%, as the agent does. A report the collector refuses (413, 429, 503) or cannot take is sent again at the next
 //! interval, as the agent's spool would (and at once, once, where its connection died before any
 //! answer, as the agent's transport does); a `resync` answer makes the next one a snapshot. Agents
 //! are spread over `--sources` loopback addresses (127.0.0.1, .2, ...), since the collector caps
@@ -432,7 +432,10 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     let mut next = Instant::now();
     while next < shared.deadline() {
         tokio::time::sleep_until(next.into()).await;
-        next += args.interval;
+        // The agent's intervals stray by up to ±10% (agent/src/backoff.rs), so that a fleet
+        // brought into step (booted at once, or held up together by a busy collector) drifts
+        // apart again; a generator without it would keep every burst for ever.
+        next += args.interval.mul_f64(0.9 + 0.2 * (rng.below(1 << 20) as f64 / f64::from(1u32 << 20)));
         let report = match pending.take() {
             Some(r) => r,
             None => {

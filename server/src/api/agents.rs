@@ -16,7 +16,7 @@ use crate::admission::Refusal;
 use crate::auth::{self, Agent};
 use crate::metrics::log_refusal;
 use crate::model::{HostFacts, ReportRecord};
-use crate::state::AppState;
+use crate::state::{self, AppState};
 use crate::store::Enrollment;
 use crate::{engine, ingest, secrets, tags};
 
@@ -169,9 +169,19 @@ async fn accept(
     body: Body,
 ) -> Result<proto::ReportResponse, ApiError> {
     let backlog = backlog(headers)?;
+    let t0 = Instant::now();
     let body = read_body(state, headers, body, "report", state.settings.max_report_bytes).await?;
-    let _turn =
-        match tokio::time::timeout(REPORT_QUEUE_WAIT, state.report_permits.clone().acquire_owned()).await {
+    let t1 = Instant::now();
+    // A report takes a share of a turn by its size: a full-size snapshot a whole turn, a small
+    // delta or heartbeat one share, so that a fleet's small reports can run many at once (and
+    // commit together) while decoded reports stay within max_concurrent_reports full ones.
+    let shares = state::turn_shares(body.bytes.len(), state.settings.max_report_bytes);
+    let _turn = match tokio::time::timeout(
+        REPORT_QUEUE_WAIT,
+        state.report_permits.clone().acquire_many_owned(shares),
+    )
+    .await
+    {
             Ok(Ok(permit)) => permit,
             _ => {
                 return Err(ApiError {
@@ -202,6 +212,9 @@ async fn accept(
     }
     let seq = report.seq;
     let record = ReportRecord { backlog, ..ReportRecord::from(report) };
+    let t2 = Instant::now();
     let resync = ingest::ingest(state, agent.host_id, record).await?;
+    let t3 = Instant::now();
+    if (t3 - t0).as_millis() > 100 { tracing::warn!(body_ms = (t1-t0).as_millis() as u64, permit_decode_ms = (t2-t1).as_millis() as u64, ingest_ms = (t3-t2).as_millis() as u64, "SLOWREPORT"); }
     Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync })
 }

@@ -19,11 +19,11 @@ use time::OffsetDateTime;
 
 use crate::model::{
     AlertEvent, Applied, ExecExplained, Finding, FindingChange, Host, HostFacts, HostState, Observation,
-    PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
+    PeerItems, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(String),
@@ -320,8 +320,9 @@ pub trait Store: Send + Sync + 'static {
     /// `(from, to]`.
     async fn hosts_running_hot(&self, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<i64>>;
 
-    /// How many hosts of `workload` have each process, listener and outbound connection.
-    async fn peer_counts(&self, workload: &str) -> Result<PeerCounts>;
+    /// Every non-retired host of `workload` with the items peers are compared by ([`crate::peers`]
+    /// counts them).
+    async fn peer_items(&self, workload: &str) -> Result<std::collections::HashMap<i64, PeerItems>>;
 
     // ---- triage and alerts ----
     /// Acknowledges an open (or acknowledged) finding with a note; the finding as it now is,

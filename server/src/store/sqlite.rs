@@ -1,16 +1,17 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! One writing connection behind a mutex (SQLite has one writer at a time anyway) and a few
-//! reading ones (WAL lets them read a committed state while the writer writes), all used from the
-//! blocking pool, so that reads (an agent's key, a host's state, the API's listings) run on the
-//! other core instead of queueing behind writes. Each trait method runs as one transaction: a
-//! write on the writer, a read on a reader (which sees every write committed before it began).
+//! One writing connection on a thread of its own (SQLite has one writer at a time anyway), which
+//! commits the writes queued meanwhile together, and a few reading ones (WAL lets them read a
+//! committed state while the writer writes), so that reads (an agent's key, a host's state, the
+//! API's listings) run on the other core instead of queueing behind writes
+//! ([`connections`]). Each trait method is atomic: a write in its own savepoint of a batch, a read
+//! in a transaction on a reader (which sees every write committed before it began).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use hostwatch_proto::v1::timestamp;
@@ -22,12 +23,14 @@ use super::{
     BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, ReportOutcome,
     ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
 };
+use self::connections::{Readers, Writer};
 use crate::findings;
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, ExecExplained, Finding, FindingChange, Host, HostFacts,
-    HostState, Observation, PeerCounts, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
+    HostState, Observation, PeerItems, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
 
+mod connections;
 mod credentials;
 mod files;
 mod state;
@@ -65,28 +68,10 @@ const STATEMENT_CACHE: usize = 256;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    /// `None` for an in-memory database (one connection sees it): reads then use the writer.
+    writer: Arc<Writer>,
+    /// `None` for an in-memory database (one connection sees it): reads then go to the writer.
     readers: Option<Arc<Readers>>,
     timings: super::StoreTimings,
-}
-
-/// Reading connections, opened as needed up to [`READERS`], each `query_only`.
-struct Readers {
-    path: std::path::PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    permits: tokio::sync::Semaphore,
-}
-
-impl Readers {
-    fn open(&self) -> Result<Connection> {
-        let conn = Connection::open(&self.path)
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", self.path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.execute_batch("PRAGMA query_only = ON;")?;
-        Ok(conn)
-    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -122,11 +107,7 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         let mut store = Self::setup(conn, true)?;
-        store.readers = Some(Arc::new(Readers {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
-            permits: tokio::sync::Semaphore::new(READERS),
-        }));
+        store.readers = Some(Arc::new(Readers::new(path.to_owned(), READERS)));
         Ok(store)
     }
 
@@ -147,34 +128,19 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Writer::start(conn)?),
             readers: None,
             timings: super::StoreTimings::default(),
         })
     }
 
-    /// Runs `f` in one transaction on the blocking pool.
+    /// Runs `f` as one write: atomic on its own, committed with the writes queued beside it.
     async fn tx<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        let timings = self.timings.clone();
-        let asked = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || {
-            let mut guard =
-                conn.lock().map_err(|_| StoreError::Database("connection lock poisoned".to_owned()))?;
-            let began = std::time::Instant::now();
-            timings.wait.observe(began.duration_since(asked).as_secs_f64());
-            let tx = guard.transaction()?;
-            let out = f(&tx);
-            let out = out.and_then(|o| tx.commit().map(|()| o).map_err(StoreError::from));
-            timings.transaction.observe(began.elapsed().as_secs_f64());
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+        self.writer.write(&self.timings, f).await
     }
 
     /// Runs `f` in one read transaction on a reading connection (on the writer for an in-memory
@@ -184,40 +150,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
-        let Some(readers) = self.readers.clone() else {
-            return self.tx(f).await;
-        };
-        let permit = readers
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Database("the store is closed".to_owned()))?;
-        let pool = readers.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            let idle =
-                pool.idle.lock().map_err(|_| StoreError::Database("reader pool poisoned".to_owned()))?.pop();
-            let mut conn = match idle {
-                Some(c) => c,
-                None => pool.open()?,
-            };
-            let out = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-                let out = f(&tx)?;
-                // Ending a read transaction cannot lose anything; it lets the WAL be checkpointed.
-                tx.finish()?;
-                Ok(out)
-            });
-            // A connection left in a transaction (a failed read) is not put back.
-            if conn.is_autocommit()
-                && let Ok(mut idle) = pool.idle.lock()
-            {
-                idle.push(conn);
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("store task failed: {e}")));
-        drop(permit);
-        out?
+        match &self.readers {
+            Some(readers) => readers.read(f).await,
+            None => self.tx(f).await,
+        }
     }
 }
 
@@ -1046,9 +982,9 @@ impl Store for SqliteStore {
         self.tx(move |tx| triage::prune_events(tx, max, now)).await
     }
 
-    async fn peer_counts(&self, workload: &str) -> Result<PeerCounts> {
+    async fn peer_items(&self, workload: &str) -> Result<HashMap<i64, PeerItems>> {
         let workload = workload.to_owned();
-        self.read(move |tx| state::peer_counts(tx, &workload)).await
+        self.read(move |tx| state::peer_items(tx, &workload)).await
     }
 
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
@@ -1316,23 +1252,26 @@ mod tests {
         assert_eq!(s.find_node_key("k1").await.unwrap(), Some(id));
         assert_eq!(s.host(id).await.unwrap().map(|h| h.id), Some(id));
         // The writer busy in a transaction: reads go on (they would wait on one connection).
-        let held = s.conn.clone();
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let writer = std::thread::spawn(move || {
-            let mut c = held.lock().unwrap();
-            let tx = c.transaction().unwrap();
-            tx.execute("UPDATE hosts SET hostname = 'changing' WHERE id = ?1", [id]).unwrap();
-            locked_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-            tx.commit().unwrap();
+        let writer = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.tx(move |tx| {
+                    tx.execute("UPDATE hosts SET hostname = 'changing' WHERE id = ?1", [id])?;
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+            }
         });
-        locked_rx.recv().unwrap();
+        locked_rx.await.unwrap();
         let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.host(id)).await;
         let host = read.expect("a read waited for the writer").unwrap().unwrap();
         assert_eq!(host.facts.hostname, "web-1", "a read saw an uncommitted write");
         release_tx.send(()).unwrap();
-        writer.join().unwrap();
+        writer.await.unwrap().unwrap();
         assert_eq!(s.host(id).await.unwrap().unwrap().facts.hostname, "changing");
         // A reading connection refuses to write, whatever is asked of it.
         let err =
@@ -1858,7 +1797,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn peer_counts_count_hosts_of_a_workload_per_item() {
+    async fn peer_items_are_each_hosts_distinct_items_in_a_workload() {
         let s = SqliteStore::open_in_memory().unwrap();
         let mut ids = Vec::new();
         for n in 0..3 {
@@ -1876,15 +1815,14 @@ mod tests {
                 .unwrap();
             ids.push(id);
         }
-        let c = s.peer_counts("web").await.unwrap();
-        assert_eq!(c.hosts, 2);
-        assert_eq!(
-            (c.processes.get("/usr/bin/nginx"), c.processes.get("/usr/bin/odd")),
-            (Some(&2), Some(&1))
-        );
+        let web = s.peer_items("web").await.unwrap();
+        assert_eq!(web.len(), 2);
+        let nginx = PeerItems { processes: ["/usr/bin/nginx"].map(String::from).into(), ..PeerItems::default() };
+        assert_eq!(web[&ids[1]], nginx, "two processes of one program are one item");
+        assert_eq!(web[&ids[0]].processes, ["/usr/bin/nginx", "/usr/bin/odd"].map(String::from).into());
         s.retire_host(ids[1], at(3)).await.unwrap();
-        let c = s.peer_counts("web").await.unwrap();
-        assert_eq!((c.hosts, c.processes.get("/usr/bin/nginx")), (1, Some(&1)), "a retired host is no peer");
+        let web = s.peer_items("web").await.unwrap();
+        assert_eq!(web.keys().collect::<Vec<_>>(), [&ids[0]], "a retired host is no peer");
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{json, opt_json, parse_enum, parse_ts, to_json, ts};
-use crate::model::{
-    ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerCounts, Process,
+use crate::model::{peer_key,
+    ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerItems, Process,
     ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta,
 };
 use crate::store::{HistoryFilter, Result, StoreError};
@@ -754,41 +754,39 @@ pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<V
 }
 
 /// How many hosts of `workload` (not retired) have each item.
-pub(super) fn peer_counts(tx: &Transaction<'_>, workload: &str) -> Result<PeerCounts> {
-    let mut c = PeerCounts {
-        hosts: tx.query_row(
-            "SELECT COUNT(*) FROM hosts WHERE workload = ?1 AND retired_at IS NULL",
-            [workload],
-            |r| r.get(0),
-        )?,
-        ..PeerCounts::default()
-    };
-    let mut stmt = tx.prepare_cached(
-        "SELECT COALESCE(p.exe, p.name), COUNT(DISTINCT p.host_id) FROM processes p JOIN hosts h ON h.id = p.host_id \
-         WHERE h.workload = ?1 AND h.retired_at IS NULL GROUP BY 1",
-    )?;
-    for row in stmt.query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
-        let (k, n) = row?;
-        c.processes.insert(k, n);
+/// Every non-retired host of `workload` with its peer items, as stored.
+pub(super) fn peer_items(tx: &Transaction<'_>, workload: &str) -> Result<HashMap<i64, PeerItems>> {
+    let mut hosts: HashMap<i64, PeerItems> = HashMap::new();
+    let mut stmt = tx.prepare_cached("SELECT id FROM hosts WHERE workload = ?1 AND retired_at IS NULL")?;
+    for id in stmt.query_map([workload], |r| r.get::<_, i64>(0))? {
+        hosts.insert(id?, PeerItems::default());
     }
     let mut stmt = tx.prepare_cached(
-        "SELECT l.protocol, l.port, COUNT(DISTINCT l.host_id) FROM listeners l JOIN hosts h ON h.id = l.host_id \
-         WHERE h.workload = ?1 AND h.retired_at IS NULL GROUP BY 1, 2",
+        "SELECT DISTINCT p.host_id, COALESCE(p.exe, p.name) FROM processes p JOIN hosts h ON h.id = p.host_id \
+         WHERE h.workload = ?1 AND h.retired_at IS NULL",
     )?;
-    for row in stmt
-        .query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?, r.get::<_, u64>(2)?)))?
-    {
-        let (proto, port, n) = row?;
-        c.listeners.insert((parse_enum(&proto)?, port), n);
+    for row in stmt.query_map([workload], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, subject) = row?;
+        hosts.entry(id).or_default().processes.insert(subject);
     }
     let mut stmt = tx.prepare_cached(
-        "SELECT c.protocol || '/*:' || c.remote_port || ' by ' || COALESCE(c.exe, c.process, '?'), COUNT(DISTINCT c.host_id) \
-         FROM connections c JOIN hosts h ON h.id = c.host_id \
-         WHERE h.workload = ?1 AND h.retired_at IS NULL AND c.direction = 'outbound' GROUP BY 1",
+        "SELECT DISTINCT l.host_id, l.protocol, l.port FROM listeners l JOIN hosts h ON h.id = l.host_id \
+         WHERE h.workload = ?1 AND h.retired_at IS NULL",
     )?;
-    for row in stmt.query_map([workload], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
-        let (k, n) = row?;
-        c.connections.insert(k, n);
+    for row in stmt.query_map([workload], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u16>(2)?)))? {
+        let (id, proto, port) = row?;
+        hosts.entry(id).or_default().listeners.insert((parse_enum(&proto)?, port));
     }
-    Ok(c)
+    let mut stmt = tx.prepare_cached(
+        "SELECT DISTINCT c.host_id, c.protocol, c.remote_port, c.exe, c.process FROM connections c \
+         JOIN hosts h ON h.id = c.host_id WHERE h.workload = ?1 AND h.retired_at IS NULL AND c.direction = 'outbound'",
+    )?;
+    let mut rows = stmt.query([workload])?;
+    while let Some(r) = rows.next()? {
+        let (id, proto, port): (i64, String, u16) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let (exe, process): (Option<String>, Option<String>) = (r.get(3)?, r.get(4)?);
+        let key = peer_key(parse_enum(&proto)?, port, exe.as_deref(), process.as_deref());
+        hosts.entry(id).or_default().connections.insert(key);
+    }
+    Ok(hosts)
 }
