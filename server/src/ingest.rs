@@ -42,9 +42,7 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
         })),
         limit: state.settings.max_new_findings_per_minute,
     };
-    let a = std::time::Instant::now();
     let out = state.store.record_report(host_id, record, now, terms).await?;
-    let b = std::time::Instant::now();
     let judged = &out.host.facts.tags;
     let reported = &out.host.facts.reported_tags;
     let ignored = tags::overridden(judged, reported);
@@ -64,10 +62,7 @@ pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Res
     if matches!(out.applied, Applied::Applied { .. }) && changes_state {
         // Read on a reading connection, in the host's turn: nothing of this host changes meanwhile.
         let host_state = state.store.host_state(host_id).await?;
-        let c = std::time::Instant::now();
         evaluate(state, &out.host, &host_state, &files, &out.recorded).await?;
-        let d = std::time::Instant::now();
-        if (d-a).as_millis() > 100 { tracing::warn!(record_ms = (b-a).as_millis() as u64, state_ms = (c-b).as_millis() as u64, eval_ms = (d-c).as_millis() as u64, "SLOWINGEST"); }
     }
     Ok(out.applied.resync())
 }
@@ -144,8 +139,9 @@ pub async fn evaluate(
         && w.peers.enabled
     {
         let items = PeerItems::of(host_state);
-        let rare =
-            state.judge_peers(&w.name, host.id, items, |counts| engine::outliers(host_state, w, counts, &observed)).await?;
+        let rare = state
+            .judge_peers(&w.name, host.id, items, |counts| engine::outliers(host_state, w, counts, &observed))
+            .await?;
         observed.extend(rare);
     }
     let verdict = Verdict {

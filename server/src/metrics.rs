@@ -243,8 +243,10 @@ impl Metrics {
         let _one = self.scrape.lock().await;
         let now = OffsetDateTime::now_utc();
         self.body_budget_free.set(i64::try_from(state.bodies.free()).unwrap_or(i64::MAX));
-        self.report_turns_free
-            .set(i64::try_from(state.report_permits.available_permits() / crate::state::TURN_SHARES as usize).unwrap_or(i64::MAX));
+        self.report_turns_free.set(
+            i64::try_from(state.report_permits.available_permits() / crate::state::TURN_SHARES as usize)
+                .unwrap_or(i64::MAX),
+        );
         let hosts = state.store.list_hosts().await?;
         self.hosts.clear();
         self.events_lost.clear();

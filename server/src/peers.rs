@@ -76,7 +76,10 @@ impl Peers {
                 other.remove(*id);
             }
         }
-        all.insert(workload.to_owned(), Workload { counted_at: Some(at), recounting: false, members, counts });
+        all.insert(
+            workload.to_owned(),
+            Workload { counted_at: Some(at), recounting: false, members, counts },
+        );
     }
 
     /// A host no longer anyone's peer (retired).
@@ -177,7 +180,8 @@ mod tests {
         let peers = Peers::default();
         let now = Instant::now();
         assert_eq!(peers.due("web", now), Due::First);
-        let stored = HashMap::from([(1, items(&["/usr/sbin/nginx"], &[80])), (2, items(&["/usr/sbin/nginx"], &[80]))]);
+        let stored =
+            HashMap::from([(1, items(&["/usr/sbin/nginx"], &[80])), (2, items(&["/usr/sbin/nginx"], &[80]))]);
         peers.counted("web", stored, now);
         assert_eq!(peers.due("web", now), Due::No);
         // A third host joins with an odd program; the first drops nginx for it.

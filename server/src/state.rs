@@ -10,12 +10,12 @@ use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 use crate::admission::Admission;
 use crate::api::body::Budget;
 use crate::baseline::BaselineSet;
+use crate::dev::DevLearner;
 use crate::listen::ConnCounters;
 use crate::model::{PeerCounts, PeerItems};
 use crate::peers::{Due, Peers};
-use std::time::Instant;
-use crate::dev::DevLearner;
 use crate::store::Store;
+use std::time::Instant;
 
 /// Shares of one report turn: a report of `max_report_bytes` takes them all, one of a sixteenth of
 /// that or less one, so the memory reports take while decoded stays within what

@@ -561,12 +561,19 @@ fn main() {
 async fn run(args: Args) -> i32 {
     let shared = Arc::new(Shared { args: args.clone(), start: Instant::now() });
     let steady_from = shared.start + args.warmup;
-    // The collector's CPU and largest RSS over the steady window, sampled each second.
+    // The collector's CPU and largest RSS over the steady window, and its largest RSS over the
+    // warm-up, sampled each second.
     let collector = args.collector_pid.map(|pid| {
         let shared = shared.clone();
         tokio::spawn(async move {
             let pid = pid.to_string();
-            tokio::time::sleep_until(steady_from.into()).await;
+            let mut warmup_rss_max = 0;
+            while Instant::now() < steady_from {
+                tokio::time::sleep(Duration::from_secs(1).min(steady_from - Instant::now())).await;
+                if let Some((_, rss)) = usage(&pid) {
+                    warmup_rss_max = warmup_rss_max.max(rss);
+                }
+            }
             let begin = usage(&pid);
             let mut rss_max = begin.map_or(0, |u| u.1);
             while Instant::now() < shared.deadline() {
@@ -576,7 +583,7 @@ async fn run(args: Args) -> i32 {
                 }
             }
             let end = usage(&pid);
-            (begin.zip(end).map(|(b, e)| e.0 - b.0), rss_max)
+            (begin.zip(end).map(|(b, e)| e.0 - b.0), rss_max, warmup_rss_max)
         })
     });
     let tasks: Vec<_> = (0..args.agents).map(|i| tokio::spawn(run_agent(i, shared.clone()))).collect();
@@ -603,12 +610,12 @@ async fn run(args: Args) -> i32 {
     }
     let window = Instant::now().saturating_duration_since(steady_from).as_secs_f64().max(1e-3);
     let self_cpu = self_begin.zip(usage("self")).map(|(b, e)| (e.0 - b.0) / window * 100.0);
-    let (collector_cpu, collector_rss) = match collector {
+    let (collector_cpu, collector_rss, warmup_rss) = match collector {
         Some(h) => match h.await {
-            Ok((cpu, rss)) => (cpu.map(|c| c / window * 100.0), Some(rss)),
-            Err(_) => (None, None),
+            Ok((cpu, rss, warm)) => (cpu.map(|c| c / window * 100.0), Some(rss), Some(warm)),
+            Err(_) => (None, None, None),
         },
-        None => (None, None),
+        None => (None, None, None),
     };
     stats.latencies.sort_unstable();
     let l = &stats.latencies;
@@ -646,6 +653,7 @@ async fn run(args: Args) -> i32 {
         "generator_cpu_percent": self_cpu.map(|c| (c * 10.0).round() / 10.0),
         "collector_cpu_percent": collector_cpu.map(|c| (c * 10.0).round() / 10.0),
         "collector_rss_max_mib": collector_rss.map(|r| (r as f64 / f64::from(1 << 20) * 10.0).round() / 10.0),
+        "collector_rss_warmup_max_mib": warmup_rss.map(|r| (r as f64 / f64::from(1 << 20) * 10.0).round() / 10.0),
     });
     if args.per_agent {
         summary["per_agent"] = stats

@@ -169,9 +169,7 @@ async fn accept(
     body: Body,
 ) -> Result<proto::ReportResponse, ApiError> {
     let backlog = backlog(headers)?;
-    let t0 = Instant::now();
     let body = read_body(state, headers, body, "report", state.settings.max_report_bytes).await?;
-    let t1 = Instant::now();
     // A report takes a share of a turn by its size: a full-size snapshot a whole turn, a small
     // delta or heartbeat one share, so that a fleet's small reports can run many at once (and
     // commit together) while decoded reports stay within max_concurrent_reports full ones.
@@ -182,17 +180,17 @@ async fn accept(
     )
     .await
     {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return Err(ApiError {
-                    retry_after: Some(Duration::from_secs(5)),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "collector busy with other reports; retry later",
-                    )
-                });
-            }
-        };
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(ApiError {
+                retry_after: Some(Duration::from_secs(5)),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "collector busy with other reports; retry later",
+                )
+            });
+        }
+    };
     let report: proto::Report = decode(state, "report", &body.bytes)?;
     drop(body);
     report.validate().map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
@@ -212,9 +210,6 @@ async fn accept(
     }
     let seq = report.seq;
     let record = ReportRecord { backlog, ..ReportRecord::from(report) };
-    let t2 = Instant::now();
     let resync = ingest::ingest(state, agent.host_id, record).await?;
-    let t3 = Instant::now();
-    if (t3 - t0).as_millis() > 100 { tracing::warn!(body_ms = (t1-t0).as_millis() as u64, permit_decode_ms = (t2-t1).as_millis() as u64, ingest_ms = (t3-t2).as_millis() as u64, "SLOWREPORT"); }
     Ok(proto::ReportResponse { host_id: agent.host_id, seq, resync })
 }

@@ -19,11 +19,11 @@ use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus, Severity};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
+use self::connections::{Readers, Writer};
 use super::{
     BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, ReportOutcome,
     ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
 };
-use self::connections::{Readers, Writer};
 use crate::findings;
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, ExecExplained, Finding, FindingChange, Host, HostFacts,
@@ -1817,7 +1817,8 @@ mod tests {
         }
         let web = s.peer_items("web").await.unwrap();
         assert_eq!(web.len(), 2);
-        let nginx = PeerItems { processes: ["/usr/bin/nginx"].map(String::from).into(), ..PeerItems::default() };
+        let nginx =
+            PeerItems { processes: ["/usr/bin/nginx"].map(String::from).into(), ..PeerItems::default() };
         assert_eq!(web[&ids[1]], nginx, "two processes of one program are one item");
         assert_eq!(web[&ids[0]].processes, ["/usr/bin/nginx", "/usr/bin/odd"].map(String::from).into());
         s.retire_host(ids[1], at(3)).await.unwrap();

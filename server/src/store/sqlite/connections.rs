@@ -70,9 +70,9 @@ impl Writer {
             (ok, finish)
         });
         self.jobs.send(job).map_err(|_| StoreError::Database("the store's writer has stopped".to_owned()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Database("a store write failed unexpectedly; it was rolled back".to_owned()))?
+        outcome.await.map_err(|_| {
+            StoreError::Database("a store write failed unexpectedly; it was rolled back".to_owned())
+        })?
     }
 }
 
@@ -181,11 +181,15 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
-        let permit =
-            self.permits.acquire().await.map_err(|_| StoreError::Database("the store is closed".to_owned()))?;
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database("the store is closed".to_owned()))?;
         let pool = self.clone();
         let out = tokio::task::spawn_blocking(move || {
-            let idle = pool.idle.lock().map_err(|_| StoreError::Database("reader pool poisoned".to_owned()))?.pop();
+            let idle =
+                pool.idle.lock().map_err(|_| StoreError::Database("reader pool poisoned".to_owned()))?.pop();
             let mut conn = match idle {
                 Some(c) => c,
                 None => pool.open()?,
@@ -265,7 +269,8 @@ mod tests {
                 .await
             })
         };
-        let (kept, fails, panics, also) = (spawn("kept"), spawn("fails"), spawn("panics"), spawn("also kept"));
+        let (kept, fails, panics, also) =
+            (spawn("kept"), spawn("fails"), spawn("panics"), spawn("also kept"));
         // Each spawned task runs to its first wait (its write queued) before this one goes on.
         for _ in 0..4 {
             tokio::task::yield_now().await;
@@ -293,10 +298,8 @@ mod tests {
         let timings = StoreTimings::default();
         let mut other = Connection::open(&path).unwrap();
         let held = other.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
-        let err = w
-            .write(&timings, |tx| Ok(tx.execute("INSERT INTO t VALUES ('x')", [])?))
-            .await
-            .unwrap_err();
+        let err =
+            w.write(&timings, |tx| Ok(tx.execute("INSERT INTO t VALUES ('x')", [])?)).await.unwrap_err();
         assert!(matches!(err, StoreError::Busy(_)), "{err}");
         drop(held);
         w.write(&timings, |tx| Ok(tx.execute("INSERT INTO t VALUES ('y')", [])?)).await.unwrap();

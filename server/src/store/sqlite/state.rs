@@ -12,9 +12,9 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{json, opt_json, parse_enum, parse_ts, to_json, ts};
-use crate::model::{peer_key,
+use crate::model::{
     ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerItems, Process,
-    ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta,
+    ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta, peer_key,
 };
 use crate::store::{HistoryFilter, Result, StoreError};
 
@@ -773,7 +773,9 @@ pub(super) fn peer_items(tx: &Transaction<'_>, workload: &str) -> Result<HashMap
         "SELECT DISTINCT l.host_id, l.protocol, l.port FROM listeners l JOIN hosts h ON h.id = l.host_id \
          WHERE h.workload = ?1 AND h.retired_at IS NULL",
     )?;
-    for row in stmt.query_map([workload], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u16>(2)?)))? {
+    for row in stmt
+        .query_map([workload], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u16>(2)?)))?
+    {
         let (id, proto, port) = row?;
         hosts.entry(id).or_default().listeners.insert((parse_enum(&proto)?, port));
     }
