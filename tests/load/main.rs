@@ -2,7 +2,8 @@
 //! count and time, for the collector's scale figures (BENCHMARKS.md, issue 15).
 //!
 //! Each simulated agent enrolls with the collector's enrollment secret (at a random moment of the
-//! first interval, as a fleet that boots together does), sends a snapshot of a realistic host
+//! first interval, as a fleet that boots together does, or of the first `--boot-over` seconds, as
+//! a fleet whose hosts came up one by one), sends a snapshot of a realistic host
 //! (hundreds of processes with command lines, hashes, cgroups and ancestry; listeners;
 //! connections), then one report per interval: a small delta (processes started and ended, a
 //! connection opened and closed) every `--delta-every`th, a heartbeat otherwise, at intervals
@@ -22,7 +23,7 @@
 //!
 //! ```text
 //! hostwatch-load --server http://127.0.0.1:8443 --secret-file DIR/enroll-secret --agents 1000 \
-//!     [--interval 10] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
+//!     [--interval 10] [--boot-over SECS] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
 //!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json] [--per-agent]
 //! ```
 //!
@@ -45,6 +46,8 @@ struct Args {
     secret: String,
     agents: usize,
     interval: Duration,
+    /// Agents boot at random moments over this long (default: one interval).
+    boot_over: Duration,
     duration: Duration,
     warmup: Duration,
     sources: u8,
@@ -57,7 +60,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: hostwatch-load --server URL --secret-file FILE --agents N [--interval SECS] \
-[--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
+[--boot-over SECS] [--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
 [--collector-pid PID] [--json] [--per-agent]";
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         secret: String::new(),
         agents: 0,
         interval: Duration::from_secs(10),
+        boot_over: Duration::ZERO,
         duration: Duration::from_secs(120),
         warmup: Duration::ZERO,
         sources: 8,
@@ -77,7 +81,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         per_agent: false,
     };
-    let mut warmup = None;
+    let (mut warmup, mut boot_over) = (None, None);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         let number = |v: String, flag: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v:?}: {e}"));
@@ -92,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--agents" => a.agents = number(value()?, &flag)? as usize,
             "--interval" => a.interval = Duration::from_secs(number(value()?, &flag)?.max(1)),
+            "--boot-over" => boot_over = Some(Duration::from_secs(number(value()?, &flag)?.max(1))),
             "--duration" => a.duration = Duration::from_secs(number(value()?, &flag)?),
             "--warmup" => warmup = Some(Duration::from_secs(number(value()?, &flag)?)),
             "--sources" => a.sources = number(value()?, &flag)?.clamp(1, 250) as u8,
@@ -111,7 +116,8 @@ fn parse_args() -> Result<Args, String> {
     if !a.server.starts_with("http://") {
         return Err("--server must be a plain http:// address (TLS is measured on its own)".to_owned());
     }
-    a.warmup = warmup.unwrap_or(a.interval);
+    a.boot_over = boot_over.unwrap_or(a.interval);
+    a.warmup = warmup.unwrap_or(a.interval.max(a.boot_over));
     if a.duration <= a.warmup {
         return Err(format!(
             "--duration ({:?}) must be longer than the warm-up ({:?})",
@@ -411,8 +417,8 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     };
     let mut host = Host::new(index, args.processes);
     let mut rng = Rng::new(0xA5A5 ^ index as u64);
-    // Boots at a random moment of the first interval.
-    let first = shared.start + Duration::from_millis(rng.below(args.interval.as_millis() as u64));
+    // Boots at a random moment of the first `--boot-over` seconds.
+    let first = shared.start + Duration::from_millis(rng.below(args.boot_over.as_millis() as u64));
     tokio::time::sleep_until(first.into()).await;
     let started = OffsetDateTime::now_utc();
     let key = match enroll(&client, &shared, &host, started).await {
