@@ -263,8 +263,6 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every node key of a host at once, audited as `revoke_host`; how many worked until
     /// now, `None` if there is no such host.
     async fn revoke_host_keys(&self, host_id: i64, actor: &str, now: OffsetDateTime) -> Result<Option<u64>>;
-    /// A host's tags: held, last reported, and assigned by its enroll secret.
-    async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>>;
 
     // ---- agents ----
     /// Enrolls a new host with its first node key. Never reuses a host: the machine id an agent
@@ -306,13 +304,6 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>>;
 
-    /// Resolves the open or acknowledged findings of `kind` on a host (an agent back online).
-    async fn resolve_kind(
-        &self,
-        host_id: i64,
-        kind: FindingKind,
-        now: OffsetDateTime,
-    ) -> Result<Vec<FindingChange>>;
     /// Retires a host: hidden from default listings, its open and acknowledged findings resolved,
     /// its node keys refused from then on.
     async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>>;

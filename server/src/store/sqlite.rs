@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 
 use self::connections::{Readers, Writer};
 use super::{
-    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, HostTags, NewCredential, ReportOutcome,
-    ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
+    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, ReportOutcome, ReportTerms,
+    Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
 };
 use crate::findings;
 use crate::model::{
@@ -693,10 +693,6 @@ impl Store for SqliteStore {
         self.tx(move |tx| credentials::revoke_host_keys(tx, host_id, &actor, now)).await
     }
 
-    async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>> {
-        self.read(move |tx| credentials::host_tags(tx, host_id)).await
-    }
-
     async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
         let hash = hash.to_owned();
         self.read(move |tx| {
@@ -904,15 +900,6 @@ impl Store for SqliteStore {
     ) -> Result<Vec<FindingChange>> {
         let observed = observed.to_vec();
         self.tx(move |tx| Ok(apply_observations(tx, host_id, &observed, limit, now)?.0)).await
-    }
-
-    async fn resolve_kind(
-        &self,
-        host_id: i64,
-        kind: FindingKind,
-        now: OffsetDateTime,
-    ) -> Result<Vec<FindingChange>> {
-        self.tx(move |tx| resolve_where(tx, host_id, Some(kind), &ts(now))).await
     }
 
     async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>> {
@@ -1137,6 +1124,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AgentInfo, ChangeSet, Connection as Conn, Listener, Process, StateDelta};
+    use crate::store::HostTags;
     use hostwatch_proto::v1::{Direction, Protocol};
     use serde_json::json;
     use std::collections::BTreeMap;
@@ -1151,6 +1139,21 @@ mod tests {
         ) -> Result<(Applied, Recorded)> {
             let out = self.record_report(host_id, report.clone(), now, ReportTerms::default()).await?;
             Ok((out.applied, out.recorded))
+        }
+
+        /// A host's tags three ways, as a report's terms see them.
+        async fn host_tags(&self, host_id: i64) -> Result<Option<HostTags>> {
+            self.read(move |tx| credentials::host_tags(tx, host_id)).await
+        }
+
+        /// Resolves the live findings of `kind`, as a report's terms do.
+        async fn resolve_kind(
+            &self,
+            host_id: i64,
+            kind: FindingKind,
+            now: OffsetDateTime,
+        ) -> Result<Vec<FindingChange>> {
+            self.tx(move |tx| resolve_where(tx, host_id, Some(kind), &ts(now))).await
         }
 
         /// A verdict of observations alone.
