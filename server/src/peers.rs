@@ -65,17 +65,10 @@ impl Peers {
 
     /// Replaces `workload`'s members with those counted from the store at `at`.
     pub fn counted(&self, workload: &str, members: HashMap<i64, PeerItems>, at: Instant) {
-        let mut counts = PeerCounts { hosts: members.len() as u64, ..PeerCounts::default() };
-        for items in members.values() {
-            add(&mut counts, items, 1);
-        }
+        let counts = count(&members);
         let mut all = self.lock();
         // A host counted here leaves whatever workload it was in before.
-        for (_, other) in all.iter_mut().filter(|(name, _)| name.as_str() != workload) {
-            for id in members.keys() {
-                other.remove(*id);
-            }
-        }
+        leave_others(&mut all, workload, members.keys().copied());
         all.insert(
             workload.to_owned(),
             Workload { counted_at: Some(at), recounting: false, members, counts },
@@ -106,9 +99,7 @@ impl Peers {
         judge: impl FnOnce(&PeerCounts) -> R,
     ) -> R {
         let mut all = self.lock();
-        for (_, other) in all.iter_mut().filter(|(name, _)| name.as_str() != workload) {
-            other.remove(host_id);
-        }
+        leave_others(&mut all, workload, [host_id]);
         let w = all.entry(workload.to_owned()).or_default();
         w.set(host_id, items);
         judge(&w.counts)
@@ -132,6 +123,28 @@ impl Workload {
             self.counts.hosts = self.counts.hosts.saturating_sub(1);
         }
     }
+}
+
+/// Takes `hosts` out of every workload but `workload`.
+fn leave_others(
+    all: &mut HashMap<String, Workload>,
+    workload: &str,
+    hosts: impl IntoIterator<Item = i64> + Clone,
+) {
+    for (_, other) in all.iter_mut().filter(|(name, _)| name.as_str() != workload) {
+        for id in hosts.clone() {
+            other.remove(id);
+        }
+    }
+}
+
+/// The counts of `members` from scratch.
+fn count(members: &HashMap<i64, PeerItems>) -> PeerCounts {
+    let mut counts = PeerCounts { hosts: members.len() as u64, ..PeerCounts::default() };
+    for items in members.values() {
+        add(&mut counts, items, 1);
+    }
+    counts
 }
 
 /// Adds (`by` 1) or takes away (`by` -1) one host's items; an item no host has is forgotten.
@@ -166,15 +179,6 @@ mod tests {
         }
     }
 
-    /// What the counts must be: recounted from scratch over the members.
-    fn recount(members: &HashMap<i64, PeerItems>) -> PeerCounts {
-        let mut c = PeerCounts { hosts: members.len() as u64, ..Default::default() };
-        for i in members.values() {
-            add(&mut c, i, 1);
-        }
-        c
-    }
-
     #[test]
     fn counts_follow_each_host_judged_and_equal_a_recount() {
         let peers = Peers::default();
@@ -196,7 +200,8 @@ mod tests {
         assert_eq!((c.hosts, c.processes["/usr/sbin/nginx"]), (2, 1));
         let all = peers.lock();
         for w in all.values() {
-            assert_eq!(w.counts, recount(&w.members));
+            // What the counts must be: counted from scratch over the members.
+            assert_eq!(w.counts, count(&w.members));
         }
         assert!(!all["web"].counts.processes.contains_key("/usr/bin/postgres"));
     }
