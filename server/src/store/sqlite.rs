@@ -117,8 +117,7 @@ impl SqliteStore {
     }
 
     fn setup(mut conn: Connection, wal: bool) -> Result<SqliteStore> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        connections::tune(&conn)?;
         if wal {
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             if !mode.eq_ignore_ascii_case("wal") {

@@ -147,6 +147,14 @@ fn write_batches(mut conn: Connection, queue: &mpsc::Receiver<Job>) {
     }
 }
 
+/// What every connection of the store, writing or reading, is opened with: a 5 s wait for a lock
+/// another process holds, and room for every prepared statement the store uses.
+pub(super) fn tune(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
 fn statement(tx: &Transaction<'_>, sql: &str) -> Result<()> {
     tx.prepare_cached(sql)?.execute([])?;
     Ok(())
@@ -168,8 +176,7 @@ impl Readers {
     fn open(&self) -> Result<Connection> {
         let conn = Connection::open(&self.path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", self.path.display())))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        tune(&conn)?;
         conn.execute_batch("PRAGMA query_only = ON;")?;
         Ok(conn)
     }
