@@ -20,8 +20,12 @@ agents its first snapshots (5,000 x 175 KB within 10 s) take the collector about
 and the agents answered late stay in step for many intervals after (their intervals' 10% jitter
 parts them only slowly). The RSS peak of the warm-up is reported apart.
 
+With --trace-dir, each run's answers (time sent, latency, agent) are kept there, one file per
+run (hostwatch-load --trace), for a look at when the slow ones came.
+
 Usage: cargo build --release && python3 bench/collector_scale.py [--agents 1000,2000,5000]
        [--rounds 5] [--duration 150] [--warmup 90] [--boot-over 60] [--processes 300]
+       [--trace-dir DIR]
 """
 import argparse, json, math, os, statistics, subprocess, sys
 
@@ -29,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 
-def one_run(n, a):
+def one_run(n, a, rnd):
     extra = (f"[limits]\nmax_connections = {max(4096, 2 * n)}\n"
              f"enrollments_per_address_per_minute = 100000\n")
     c = harness.Collector(extra)
@@ -38,7 +42,9 @@ def one_run(n, a):
                           "--agents", str(n), "--duration", str(a.duration), "--warmup", str(a.warmup),
                           "--boot-over", str(a.boot_over),
                           "--sources", str(sources), "--processes", str(a.processes),
-                          "--collector-pid", str(c.proc.pid), "--json"],
+                          "--collector-pid", str(c.proc.pid), "--json"]
+                         + (["--trace", os.path.join(a.trace_dir, f"{n}-agents-round-{rnd + 1}.txt")]
+                            if a.trace_dir else []),
                          capture_output=True, text=True, timeout=a.duration + 120)
     c.proc.terminate()
     c.proc.wait(timeout=30)
@@ -47,7 +53,7 @@ def one_run(n, a):
     r = json.loads(out.stdout)
     print(f"{n} agents: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
           f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, not accepted {r['not_accepted']} "
-          f"{r['outcomes']}, warm-up {r['warmup_outcomes']}, enroll failures {r['enroll_failures']}; "
+          f"{r['outcomes']}, warm-up {r['warmup_outcomes']}{'' if not r['transport_errors'] else ' ' + str(r['transport_errors'])}, enroll failures {r['enroll_failures']}; "
           f"collector CPU {r['collector_cpu_percent']} %, RSS max {r['collector_rss_max_mib']} MiB "
           f"(warm-up {r['collector_rss_warmup_max_mib']} MiB); "
           f"generator CPU {r['generator_cpu_percent']} %", flush=True)
@@ -62,12 +68,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=90)
     ap.add_argument("--boot-over", type=int, default=60)
     ap.add_argument("--processes", type=int, default=300)
+    ap.add_argument("--trace-dir")
     a = ap.parse_args()
     sizes = [int(x) for x in a.agents.split(",")]
+    if a.trace_dir:
+        os.makedirs(a.trace_dir, exist_ok=True)
     runs = {n: [] for n in sizes}
     for rnd in range(a.rounds):
         for n in (sizes if rnd % 2 == 0 else list(reversed(sizes))):
-            runs[n].append(one_run(n, a))
+            runs[n].append(one_run(n, a, rnd))
     for n in sizes:
         rs = runs[n]
 
@@ -75,7 +84,7 @@ def main():
             v = [r[k] for r in rs if r[k] is not None]
             return f"{statistics.median(v):g} ({min(v):g}-{max(v):g})" if v else "-"
         print(f"{n} agents, {len(rs)} runs: accepted/s {fig('accepted_per_sec')} of {rs[0]['offered_per_sec']}, "
-              f"p50 {fig('p50_ms')} ms, p99 {fig('p99_ms')} ms, not accepted {fig('not_accepted')}, "
+              f"p50 {fig('p50_ms')} ms, p99 {fig('p99_ms')} ms, max {fig('max_ms')} ms, not accepted {fig('not_accepted')}, "
               f"collector CPU {fig('collector_cpu_percent')} %, RSS {fig('collector_rss_max_mib')} MiB "
               f"(warm-up {fig('collector_rss_warmup_max_mib')} MiB), "
               f"generator CPU {fig('generator_cpu_percent')} %")

@@ -17,14 +17,28 @@
 //! offered, latency (p50, p90, p99, max) of each answer, answers by status, transport errors, and
 //! its own CPU (it shares the machine with the collector); with `--collector-pid`, the
 //! collector's CPU and largest RSS over the window too. The first `--warmup` (default: one
-//! interval: the enrollments and snapshots) is reported apart from the steady window.
+//! interval: the enrollments and snapshots) is reported apart from the steady window, which
+//! ends at `--duration`. Every agent goes on reporting for one more interval after it, unmeasured,
+//! so that the window has the whole fleet in it to its last second (an agent that stopped at the
+//! end of the window would leave its last interval lighter than the rest).
+//!
+//! The generator allocates with mimalloc: glibc's malloc, once the fleet's hosts were freed at
+//! the end of a run, spent a whole core walking its free lists, and the answers the generator
+//! was still waiting for took up to a second longer to be read (a stall of the generator that
+//! looked like the collector's).
+//!
+//! `--trace FILE` writes every report sent, warm-up and window, one per line: the Unix time it
+//! was sent (seconds), how long until its answer or error (microseconds), the simulated agent's
+//! index, its outcome (an HTTP status or `error`) and whether it was a snapshot and in the window
+//! (`snapshot`/`delta`/`heartbeat`, `warmup`/`window`); what a percentile hides (when the slow
+//! answers came, to whom, of what) is there.
 //!
 //! Plain HTTP only: TLS's cost per report is measured on its own (bench/ingest_cost.py).
 //!
 //! ```text
 //! hostwatch-load --server http://127.0.0.1:8443 --secret-file DIR/enroll-secret --agents 1000 \
 //!     [--interval 10] [--boot-over SECS] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
-//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json] [--per-agent]
+//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json] [--per-agent] [--trace FILE]
 //! ```
 //!
 //! `--per-agent` adds each simulated host's last report the collector took (its hostname, the
@@ -32,12 +46,16 @@
 //! compares it with what the collector stored.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// What the generator was told to do.
 #[derive(Debug, Clone)]
@@ -57,11 +75,12 @@ struct Args {
     collector_pid: Option<u32>,
     json: bool,
     per_agent: bool,
+    trace: Option<String>,
 }
 
 const USAGE: &str = "usage: hostwatch-load --server URL --secret-file FILE --agents N [--interval SECS] \
 [--boot-over SECS] [--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
-[--collector-pid PID] [--json] [--per-agent]";
+[--collector-pid PID] [--json] [--per-agent] [--trace FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -80,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
         collector_pid: None,
         json: false,
         per_agent: false,
+        trace: None,
     };
     let (mut warmup, mut boot_over) = (None, None);
     while let Some(flag) = it.next() {
@@ -106,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
             "--gzip" => a.gzip = true,
             "--json" => a.json = true,
             "--per-agent" => a.per_agent = true,
+            "--trace" => a.trace = Some(value()?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -153,13 +174,28 @@ enum Outcome {
     Transport,
 }
 
+/// One report as `--trace` writes it.
+#[derive(Debug)]
+struct Traced {
+    sent: f64,
+    micros: u32,
+    index: usize,
+    outcome: Outcome,
+    kind: &'static str,
+    window: bool,
+}
+
 /// What one agent measured; merged at the end (no lock on the hot path).
 #[derive(Debug, Default)]
 struct Stats {
     /// Latency in microseconds of each answered report in the steady window.
     latencies: Vec<u32>,
+    /// With `--trace`: each report sent (see the module's doc).
+    trace: Vec<Traced>,
     outcomes: BTreeMap<Outcome, u64>,
     warmup_outcomes: BTreeMap<Outcome, u64>,
+    /// What each transport error was (its innermost cause), warm-up included: how often.
+    transport_errors: BTreeMap<String, u64>,
     accepted: u64,
     enroll_failures: u64,
     bytes_sent: u64,
@@ -171,11 +207,15 @@ struct Stats {
 impl Stats {
     fn merge(&mut self, o: Stats) {
         self.latencies.extend(o.latencies);
+        self.trace.extend(o.trace);
         for (k, v) in o.outcomes {
             *self.outcomes.entry(k).or_default() += v;
         }
         for (k, v) in o.warmup_outcomes {
             *self.warmup_outcomes.entry(k).or_default() += v;
+        }
+        for (k, v) in o.transport_errors {
+            *self.transport_errors.entry(k).or_default() += v;
         }
         self.accepted += o.accepted;
         self.enroll_failures += o.enroll_failures;
@@ -344,8 +384,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// The end of the measured window.
     fn deadline(&self) -> Instant {
         self.start + self.args.duration
+    }
+    /// When agents stop: one longest interval (+10% jitter) after the window, so that none has
+    /// stopped while it is measured.
+    fn stop(&self) -> Instant {
+        self.deadline() + self.args.interval.mul_f64(1.1)
     }
     fn in_warmup(&self, at: Instant) -> bool {
         at < self.start + self.args.warmup
@@ -406,7 +452,10 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     let args = &shared.args;
     let mut stats = Stats::default();
     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(args.sources)) as u8));
+    // Plain HTTP: no roots to load. Each of thousands of clients loading the system's CA store
+    // (reqwest's default verifier) held the generator's one thread for most of the boot.
     let Ok(client) = reqwest::Client::builder()
+        .tls_certs_only([])
         .local_address(source)
         .pool_max_idle_per_host(1)
         .timeout(Duration::from_secs(30))
@@ -415,11 +464,12 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
         stats.enroll_failures += 1;
         return stats;
     };
-    let mut host = Host::new(index, args.processes);
     let mut rng = Rng::new(0xA5A5 ^ index as u64);
-    // Boots at a random moment of the first `--boot-over` seconds.
+    // Boots at a random moment of the first `--boot-over` seconds; its host is made then, not
+    // all at once at the start (a fleet's hosts at once held the generator's thread for seconds).
     let first = shared.start + Duration::from_millis(rng.below(args.boot_over.as_millis() as u64));
     tokio::time::sleep_until(first.into()).await;
+    let mut host = Host::new(index, args.processes);
     let started = OffsetDateTime::now_utc();
     let key = match enroll(&client, &shared, &host, started).await {
         Ok(key) => key,
@@ -436,7 +486,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     let mut pending: Option<proto::Report> = None;
     let (mut last_taken, mut taken) = (0u64, 0u64);
     let mut next = Instant::now();
-    while next < shared.deadline() {
+    while next < shared.stop() {
         tokio::time::sleep_until(next.into()).await;
         // The agent's intervals stray by up to ±10% (agent/src/backoff.rs), so that a fleet
         // brought into step (booted at once, or held up together by a busy collector) drifts
@@ -466,6 +516,13 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
                 }
             }
         };
+        let kind = if report.snapshot.is_some() {
+            "snapshot"
+        } else if report.delta.is_some() {
+            "delta"
+        } else {
+            "heartbeat"
+        };
         let body = body_of(&report, args.gzip);
         stats.bytes_sent += body.len() as u64;
         let mut req = client
@@ -477,6 +534,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
             req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }
         let sent = Instant::now();
+        let sent_at = OffsetDateTime::now_utc();
         // As the agent does (transport.rs): a report whose connection dies before any answer is
         // sent once more at once (the collector closed the kept-alive connection under it).
         let again = req.try_clone();
@@ -503,14 +561,29 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
                 }
                 Outcome::Status(status)
             }
-            Err(_) => {
+            Err(e) => {
                 pending = Some(report);
+                *stats.transport_errors.entry(cause(&e)).or_default() += 1;
                 Outcome::Transport
             }
         };
         let took = sent.elapsed();
+        let micros = took.as_micros().min(u128::from(u32::MAX)) as u32;
+        if args.trace.is_some() && sent < shared.deadline() {
+            stats.trace.push(Traced {
+                sent: (sent_at.unix_timestamp_nanos() / 1_000_000) as f64 / 1000.0,
+                micros,
+                index,
+                outcome,
+                kind,
+                window: !shared.in_warmup(sent),
+            });
+        }
         if shared.in_warmup(sent) {
             *stats.warmup_outcomes.entry(outcome).or_default() += 1;
+            continue;
+        }
+        if sent >= shared.deadline() {
             continue;
         }
         *stats.outcomes.entry(outcome).or_default() += 1;
@@ -518,11 +591,29 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
             stats.accepted += 1;
         }
         if matches!(outcome, Outcome::Status(_)) {
-            stats.latencies.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+            stats.latencies.push(micros);
         }
     }
     stats.hosts.push((host.facts().hostname, last_taken, taken));
     stats
+}
+
+/// A transport error's kind and innermost cause ("timeout: ...", "connect: connection refused").
+fn cause(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "answer"
+    } else {
+        "request"
+    };
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    format!("{kind}: {inner}")
 }
 
 /// CPU seconds (user + system) and resident bytes of `pid` ("self" for this process).
@@ -597,6 +688,10 @@ async fn run(args: Args) -> i32 {
         tokio::time::sleep_until(steady_from.into()).await;
         usage("self")
     };
+    let self_end = {
+        tokio::time::sleep_until(shared.deadline().into()).await;
+        usage("self")
+    };
     let mut stats = Stats::default();
     let mut crashed = 0;
     for t in tasks {
@@ -614,8 +709,23 @@ async fn run(args: Args) -> i32 {
         eprintln!("hostwatch-load: {crashed} simulated agents failed; the figures are not valid");
         return 1;
     }
-    let window = Instant::now().saturating_duration_since(steady_from).as_secs_f64().max(1e-3);
-    let self_cpu = self_begin.zip(usage("self")).map(|(b, e)| (e.0 - b.0) / window * 100.0);
+    let window = shared.deadline().saturating_duration_since(steady_from).as_secs_f64().max(1e-3);
+    let self_cpu = self_begin.zip(self_end).map(|(b, e)| (e.0 - b.0) / window * 100.0);
+    if let Some(path) = &args.trace {
+        let mut out = String::with_capacity(stats.trace.len() * 32);
+        for t in &stats.trace {
+            let outcome = match t.outcome {
+                Outcome::Status(s) => s.to_string(),
+                Outcome::Transport => "error".to_owned(),
+            };
+            let phase = if t.window { "window" } else { "warmup" };
+            let _ = writeln!(out, "{:.3} {} {} {outcome} {} {phase}", t.sent, t.micros, t.index, t.kind);
+        }
+        if let Err(e) = std::fs::write(path, out) {
+            eprintln!("hostwatch-load: cannot write the trace {path}: {e}");
+            return 1;
+        }
+    }
     let (collector_cpu, collector_rss, warmup_rss) = match collector {
         Some(h) => match h.await {
             Ok((cpu, rss, warm)) => (cpu.map(|c| c / window * 100.0), Some(rss), Some(warm)),
@@ -654,6 +764,7 @@ async fn run(args: Args) -> i32 {
         "not_accepted": refused,
         "outcomes": outcomes(&stats.outcomes),
         "warmup_outcomes": outcomes(&stats.warmup_outcomes),
+        "transport_errors": stats.transport_errors,
         "enroll_failures": stats.enroll_failures,
         "mib_sent": (stats.bytes_sent as f64 / f64::from(1 << 20) * 10.0).round() / 10.0,
         "generator_cpu_percent": self_cpu.map(|c| (c * 10.0).round() / 10.0),
