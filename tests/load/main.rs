@@ -29,7 +29,7 @@
 //!
 //! `--trace FILE` writes every report sent, warm-up and window, one per line: the Unix time it
 //! was sent (seconds), how long until its answer or error (microseconds), the simulated agent's
-//! index, its outcome (an HTTP status or `error`) and whether it was a snapshot and in the window
+//! index, its outcome (an HTTP status or `transport_error`) and whether it was a snapshot and in the window
 //! (`snapshot`/`delta`/`heartbeat`, `warmup`/`window`); what a percentile hides (when the slow
 //! answers came, to whom, of what) is there.
 //!
@@ -172,6 +172,16 @@ enum Outcome {
     Status(u16),
     /// No answer: refused, reset, timed out.
     Transport,
+}
+
+impl Outcome {
+    /// As the summary and the trace name it: the HTTP status, or `transport_error`.
+    fn label(self) -> String {
+        match self {
+            Outcome::Status(s) => s.to_string(),
+            Outcome::Transport => "transport_error".to_owned(),
+        }
+    }
 }
 
 /// One report as `--trace` writes it.
@@ -714,12 +724,16 @@ async fn run(args: Args) -> i32 {
     if let Some(path) = &args.trace {
         let mut out = String::with_capacity(stats.trace.len() * 32);
         for t in &stats.trace {
-            let outcome = match t.outcome {
-                Outcome::Status(s) => s.to_string(),
-                Outcome::Transport => "error".to_owned(),
-            };
             let phase = if t.window { "window" } else { "warmup" };
-            let _ = writeln!(out, "{:.3} {} {} {outcome} {} {phase}", t.sent, t.micros, t.index, t.kind);
+            let _ = writeln!(
+                out,
+                "{:.3} {} {} {} {} {phase}",
+                t.sent,
+                t.micros,
+                t.index,
+                t.outcome.label(),
+                t.kind
+            );
         }
         if let Err(e) = std::fs::write(path, out) {
             eprintln!("hostwatch-load: cannot write the trace {path}: {e}");
@@ -739,17 +753,7 @@ async fn run(args: Args) -> i32 {
     let refused: u64 =
         stats.outcomes.iter().filter(|(k, _)| **k != Outcome::Status(200)).map(|(_, v)| v).sum();
     let outcomes = |m: &BTreeMap<Outcome, u64>| -> BTreeMap<String, u64> {
-        m.iter()
-            .map(|(k, v)| {
-                (
-                    match k {
-                        Outcome::Status(s) => s.to_string(),
-                        Outcome::Transport => "transport_error".to_owned(),
-                    },
-                    *v,
-                )
-            })
-            .collect()
+        m.iter().map(|(k, v)| (k.label(), *v)).collect()
     };
     let mut summary = serde_json::json!({
         "agents": args.agents,
