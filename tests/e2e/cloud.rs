@@ -101,6 +101,8 @@ async fn ec2_identity_and_tags_reach_the_collector_under_the_configured_tags() {
 
 #[test]
 fn azure_identity_and_tags_and_ec2_without_tags() {
+    // The metadata double and the agent are news to every host watching this machine.
+    let _turn = crate::support::Turn::shared();
     let vm = unique("vm-");
     let azure = Imds::start("azure", "ok", 0.0, &vm, &[("role", "db"), ("owner", "ops:team")]);
     // `auto` with an endpoint asks it as either cloud.

@@ -319,27 +319,29 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     })
     .await;
     let minutes = started.elapsed().as_secs() / 60 + 1;
-    // Exact, but for one documented case: an item held back while it still runs opens once a
-    // later minute's budget allows, so it is counted in both. Only a finding first seen after the
-    // burst's first minute can be such a late open.
+    // Exact, but for two documented cases. An item held back while it still runs opens once a
+    // later minute's budget allows, so it is counted in both: only a finding first seen after the
+    // burst's first minute can be such a late open. And the held-back count is the host's, not
+    // the burst's: a program the machine itself started meanwhile (a timer, another test's
+    // helper) is held back too, so each start of a program other than the steps that the history
+    // shows since the burst may add one.
     let late = c
         .findings(h, "unexpected_process", "all")
         .iter()
         .filter(|f| f.subject.starts_with(&format!("{d}/step-")))
         .filter(|f| f.first_seen > started_at + Duration::from_secs(60))
         .count() as u64;
-    if !(opened + held >= 5000 && opened + held <= 5000 + late) {
-        // Seen once in a full run (5,006 accounted for), never alone: say what else started and
-        // opened on the host since the burst began, so that the next failure names its cause.
-        let path = format!("{}?host={h}&since=10m&limit=100000", proto::PROCESS_HISTORY_PATH);
-        let execs: Vec<proto::ProcessEvent> = c.get(&path).await;
-        let mut by_exe = std::collections::BTreeMap::<String, usize>::new();
-        for e in execs.iter().filter(|e| e.kind == "exec" && e.at >= started_at) {
-            *by_exe.entry(e.exe.clone().unwrap_or_default()).or_default() += 1;
-        }
-        let prefix = format!("{d}/step-");
+    let path = format!("{}?host={h}&since=10m&limit=100000", proto::PROCESS_HISTORY_PATH);
+    let execs: Vec<proto::ProcessEvent> = c.get(&path).await;
+    let mut by_exe = std::collections::BTreeMap::<String, usize>::new();
+    for e in execs.iter().filter(|e| e.kind == "exec" && e.at >= started_at) {
+        *by_exe.entry(e.exe.clone().unwrap_or_default()).or_default() += 1;
+    }
+    let prefix = format!("{d}/step-");
+    let others: Vec<_> = by_exe.iter().filter(|(x, _)| !x.starts_with(&prefix)).collect();
+    let extra = others.iter().map(|(_, n)| **n as u64).sum::<u64>();
+    if !(opened + held >= 5000 && opened + held <= 5000 + late + extra) {
         let twice: Vec<_> = by_exe.iter().filter(|(x, n)| x.starts_with(&prefix) && **n > 1).collect();
-        let others: Vec<_> = by_exe.iter().filter(|(x, _)| !x.starts_with(&prefix)).collect();
         let all: Vec<proto::Finding> =
             c.get(&format!("{}?host={h}&status=all&limit=100000", proto::FINDINGS_PATH)).await;
         let opened_others: Vec<_> = all
