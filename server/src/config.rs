@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use crate::alerts::{SinkConfig, Target};
 use crate::cloud_identity::AwsIdentity;
 use crate::listen::ConnLimits;
-use crate::state::Limits;
+use crate::state::{Limits, QueryLimits};
 use crate::tags::TagPolicy;
 use crate::tls::TlsFiles;
 
@@ -31,6 +31,9 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_BASELINES_DIR", path: &["baselines_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_OFFLINE_AFTER", path: &["offline_after"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_RETIRE_AFTER", path: &["retire_after"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_RETENTION", path: &["retention"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_QUERY_TIMEOUT", path: &["query", "timeout"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_QUERY_MAX_ROWS", path: &["query", "max_rows"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_MAX_REPORT_BYTES", path: &["max_report_bytes"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_MAX_CONCURRENT_REPORTS", path: &["max_concurrent_reports"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_TLS_CERT", path: &["tls", "cert"], kind: EnvKind::Str },
@@ -128,6 +131,12 @@ struct RawServerConfig {
         deserialize_with = "hostwatch_agent::shared::config::duration"
     )]
     retire_after: Duration,
+    /// History (process and socket events, file changes) older than this is pruned.
+    #[serde(default = "default_retention", deserialize_with = "hostwatch_agent::shared::config::duration")]
+    retention: Duration,
+    /// What `hostwatch query` may take.
+    #[serde(default)]
+    query: RawQuery,
     /// Largest report body accepted, in bytes.
     #[serde(default = "default_max_report_bytes")]
     max_report_bytes: u64,
@@ -153,6 +162,17 @@ struct RawServerConfig {
     /// What the collector checks of hosts' cloud claims.
     #[serde(default)]
     cloud: RawCloud,
+}
+
+/// `[query]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuery {
+    /// A query is stopped after this long (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
+    /// Rows returned at most (default 100000); the answer says when it was cut.
+    max_rows: Option<u64>,
 }
 
 /// `[cloud]` as written.
@@ -254,6 +274,10 @@ fn default_retire_after() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
 fn default_listen() -> String {
     "127.0.0.1:8080".to_owned()
 }
@@ -286,6 +310,10 @@ pub struct ServerConfig {
     pub baselines_dir: Option<PathBuf>,
     pub offline_after: Option<Duration>,
     pub retire_after: Duration,
+    /// History older than this is pruned.
+    pub retention: Duration,
+    /// `[query]`.
+    pub query: QueryLimits,
     pub max_report_bytes: usize,
     pub max_concurrent_reports: usize,
     pub alerts: Vec<SinkConfig>,
@@ -368,6 +396,30 @@ impl ServerConfig {
         }
         if raw.retire_after < Duration::from_secs(10) {
             return Err(invalid("HOSTWATCH_RETIRE_AFTER", "retire_after", "must be at least 10s".to_owned()));
+        }
+        if raw.retention < Duration::from_secs(3600) {
+            return Err(invalid("HOSTWATCH_RETENTION", "retention", "must be at least 1h".to_owned()));
+        }
+        let mut query = QueryLimits::default();
+        if let Some(t) = raw.query.timeout {
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&t) {
+                return Err(invalid(
+                    "HOSTWATCH_QUERY_TIMEOUT",
+                    "query.timeout",
+                    "must be between 100ms and 1h".to_owned(),
+                ));
+            }
+            query.timeout = t;
+        }
+        if let Some(n) = raw.query.max_rows {
+            if !(1..=10_000_000).contains(&n) {
+                return Err(invalid(
+                    "HOSTWATCH_QUERY_MAX_ROWS",
+                    "query.max_rows",
+                    format!("{n} is outside 1..=10000000"),
+                ));
+            }
+            query.max_rows = n;
         }
         if raw.max_report_bytes < 4096 || raw.max_report_bytes > (1 << 30) {
             return Err(invalid(
@@ -485,6 +537,8 @@ impl ServerConfig {
                 baselines_dir: raw.baselines_dir.clone(),
                 offline_after: raw.offline_after,
                 retire_after: raw.retire_after,
+                retention: raw.retention,
+                query,
                 max_report_bytes: usize::try_from(raw.max_report_bytes).unwrap_or(usize::MAX),
                 max_concurrent_reports: raw.max_concurrent_reports as usize,
                 alerts,
@@ -509,6 +563,8 @@ impl ServerConfig {
             baselines_dir: Some(data_dir.join("baselines")),
             offline_after: None,
             retire_after: default_retire_after(),
+            retention: default_retention(),
+            query: QueryLimits::default(),
             max_report_bytes: default_max_report_bytes() as usize,
             max_concurrent_reports: default_max_concurrent_reports() as usize,
             alerts: Vec::new(),

@@ -1,7 +1,7 @@
 //! What the collector does on its own clock rather than on a report: hosts gone silent become
 //! agent_offline findings (resolved when they report again), hosts silent beyond `retire_after`
 //! are retired, processes that have run hot long enough and allowances whose `until` has passed
-//! are explained again.
+//! are explained again, and history older than `retention` is pruned.
 //!
 //! Invariant: every chore is idempotent over the store, so several collectors on one store may
 //! all run it; none keeps state that another collector would need.
@@ -20,6 +20,12 @@ use hostwatch_proto::v1::{FindingKind, HostStatus};
 
 /// Alert events kept for sinks that have not delivered them, at most.
 const MAX_OUTBOX: u64 = 100_000;
+
+/// History rows of each table one pruning write deletes at most: a few milliseconds of the
+/// writer, so reports queue behind it no longer than behind a large snapshot.
+const PRUNE_BATCH: u32 = 2_000;
+/// Pruning writes in one round at most; a larger backlog goes over the next rounds.
+const PRUNE_BATCHES_PER_ROUND: u32 = 50;
 
 /// How often the chores run: often enough that an offline host is seen within a fraction of
 /// `offline_after`, and an expired allowance within a minute.
@@ -78,6 +84,7 @@ pub async fn round(
             error!(host_id = id, error = %e, "re-evaluation of a hot host failed");
         }
     }
+    prune_history(state, now).await?;
     // The alert outbox: what every sink has, gone; beyond the bound, the oldest, said.
     let (_, dropped) = state.store.prune_alert_events(MAX_OUTBOX, now).await?;
     if dropped > 0 {
@@ -91,6 +98,30 @@ pub async fn round(
         ingest::reevaluate_all(state).await;
     }
     Ok(())
+}
+
+/// History older than `retention`, deleted in short batches with a pause between them, so that
+/// reports are written between two batches rather than after the whole backlog. Returns how many
+/// rows went.
+pub async fn prune_history(state: &AppState, now: OffsetDateTime) -> Result<u64, crate::store::StoreError> {
+    let Some(before) =
+        time::Duration::try_from(state.settings.retention).ok().and_then(|r| now.checked_sub(r))
+    else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    for _ in 0..PRUNE_BATCHES_PER_ROUND {
+        let gone = state.store.prune_history(before, PRUNE_BATCH).await?;
+        total += gone;
+        if gone == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if total > 0 {
+        info!(rows = total, retention = ?state.settings.retention, "pruned history older than the retention");
+    }
+    Ok(total)
 }
 
 /// Retirement or offline for one host, in its turn and from its row as it is then: a report
@@ -199,6 +230,8 @@ mod tests {
             limits: Limits::default(),
             tag_policy: Default::default(),
             aws_identity: None,
+            retention: Duration::from_secs(30 * 86_400),
+            query: Default::default(),
         };
         let state = AppState::new(store.clone(), settings, None);
         // Five minutes without a report since it enrolled, but its first is in flight.

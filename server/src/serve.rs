@@ -65,6 +65,8 @@ pub async fn open(
         limits: config.limits.clone(),
         tag_policy: config.tag_policy.clone(),
         aws_identity: config.aws_identity.clone(),
+        retention: config.retention,
+        query: config.query.clone(),
     };
     let state = AppState::new(store, settings, learner);
     if let Some(dir) = &config.baselines_dir {

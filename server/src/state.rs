@@ -79,6 +79,25 @@ pub struct Settings {
     pub tag_policy: crate::tags::TagPolicy,
     /// `[cloud] aws_identity_certificates`: EC2 claims must be proven ([`crate::cloud_identity`]).
     pub aws_identity: Option<crate::cloud_identity::AwsIdentity>,
+    /// History older than this is pruned ([`crate::housekeeping`]).
+    pub retention: Duration,
+    /// `[query]`: what one analyst's SQL may take.
+    pub query: QueryLimits,
+}
+
+/// `[query]` in server.toml: the bounds of `hostwatch query`.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// A query is stopped after this long.
+    pub timeout: Duration,
+    /// Rows returned at most (the answer says when it was cut).
+    pub max_rows: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits { timeout: Duration::from_secs(30), max_rows: 100_000 }
+    }
 }
 
 /// `[limits]` in server.toml, as far as request handling goes (the listeners' own terms are

@@ -57,10 +57,27 @@ fn lint_accepts_the_shipped_baselines_and_resolves_includes_among_siblings() {
 fn serve_refuses_a_bad_config_with_ex_config() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("server.toml");
-    std::fs::write(&f, "listen = \"127.0.0.1:0\"\nretention = \"30d\"\n").unwrap();
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\nretension = \"30d\"\n").unwrap();
     let out = hostwatch().args(["serve", "--config"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: unknown field `retention`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:1: unknown field `retension`"));
+    // A known key with a value out of its range names the key and the range.
+    std::fs::write(&f, "retention = \"10m\"\n[query]\nmax_rows = 0\n").unwrap();
+    let out = hostwatch().args(["serve", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("retention"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&f, "[query]\nmax_rows = 0\n").unwrap();
+    let out = hostwatch().args(["serve", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("query.max_rows"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

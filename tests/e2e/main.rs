@@ -23,6 +23,7 @@ mod namespaces;
 mod oracle;
 mod process_facts;
 mod protocol;
+mod queries;
 mod rollout;
 mod rules;
 mod sessions;

@@ -156,6 +156,22 @@ pub struct ApplyBaseline {
     pub file: Option<String>,
 }
 
+/// Body of `POST /api/v1/query`: one read-only SQL statement over the documented views.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRequest {
+    pub sql: String,
+}
+
+/// What a query returned: each row's values in the order of `columns` (integers and reals as
+/// numbers, text as strings, blobs as hex, NULL as null); `truncated` when the collector's
+/// `[query] max_rows` (or its byte bound) cut it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub truncated: bool,
+}
+
 /// A process that started (`exec`) or ended (`exit`), from a host's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessEvent {

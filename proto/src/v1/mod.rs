@@ -15,7 +15,7 @@ mod validate;
 
 pub use api::{
     ApplyBaseline, BaselineSummary, ErrorBody, FileEvent, FileRecord, Host, HostDetail, HostStatus,
-    LearnedBaseline, Located, ProcessEvent, SocketEvent,
+    LearnedBaseline, Located, ProcessEvent, QueryRequest, QueryResult, SocketEvent,
 };
 pub use cloud::{CloudFacts, CloudProvider};
 pub use credentials::{
@@ -76,6 +76,8 @@ pub const TOKENS_PATH: &str = "/api/v1/tokens";
 pub const SECRETS_PATH: &str = "/api/v1/secrets";
 /// `GET`: the audit trail, newest first ([`AuditEntry`]; `?since=24h&limit=N`). Admin only.
 pub const AUDIT_PATH: &str = "/api/v1/audit";
+/// `POST`: one read-only SQL statement over the documented views (analyst).
+pub const QUERY_PATH: &str = "/api/v1/query";
 /// `GET`: process liveness, no authentication.
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// `GET`: the collector's counters in Prometheus text format, no authentication.

@@ -12,6 +12,7 @@ mod credentials;
 mod findings;
 mod history;
 mod hosts;
+mod query;
 mod state;
 
 use axum::body::Body;
@@ -62,6 +63,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        // An analyst's query that was refused is the caller's fault, said in full.
+        if let StoreError::Query(m) = e {
+            return ApiError::bad_request(m);
+        }
         tracing::error!(error = %e, "store error");
         if e.is_retriable() {
             ApiError {
@@ -160,6 +165,7 @@ fn people() -> Router<AppState> {
         .route(&format!("{}/{{id}}/revoke", proto::SECRETS_PATH), post(credentials::revoke_secret))
         .route(&format!("{}/{{host}}/revoke", proto::HOSTS_PATH), post(credentials::revoke_host))
         .route(proto::AUDIT_PATH, get(credentials::audit))
+        .route(proto::QUERY_PATH, post(query::run))
 }
 
 fn finish(routes: Router<AppState>, state: AppState) -> Router {

@@ -154,6 +154,13 @@ enum Command {
     /// Several may be active at once, for rotation.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Read-only SQL over the views hosts, processes, listeners, connections, files,
+    /// file_changes, process_events, socket_events and findings (analyst; audited). One
+    /// statement; docs/queries.md has examples.
+    Query {
+        /// One SELECT (or WITH … SELECT) statement.
+        sql: String,
+    },
     /// Who created or revoked a credential, enrolled a host, acknowledged, applied a baseline,
     /// and when (admin); newest first.
     Audit {
@@ -617,6 +624,17 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let q = query([("since", since), ("limit", limit.map(|l| l.to_string()))]);
             let rows: Vec<proto::AuditEntry> = client.get(proto::AUDIT_PATH, &q).await?;
             print(&rows, format)
+        }
+        Command::Query { sql } => {
+            let r: proto::QueryResult = client.post(proto::QUERY_PATH, &proto::QueryRequest { sql }).await?;
+            output::print_rows(&r.columns, &r.rows, format)?;
+            if r.truncated {
+                eprintln!(
+                    "hostwatch: the answer was cut at {} rows (the collector's [query] max_rows or its size bound): narrow the query, or page it with a WHERE on a key",
+                    r.rows.len()
+                );
+            }
+            Ok(())
         }
         Command::Silence(SilenceCommand::List) => {
             let list: Vec<proto::Silence> = client.get(proto::SILENCES_PATH, &[]).await?;

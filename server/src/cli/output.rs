@@ -48,23 +48,58 @@ impl<T: Tabular> Tabular for proto::Located<T> {
 
 /// Prints `items` to stdout in `format`.
 pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let written = match format {
-        OutputFormat::Json => json(items).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}")),
-        OutputFormat::Csv => {
-            let mut w = csv::Writer::from_writer(&mut out);
-            let mut rows = std::iter::once(T::columns().iter().map(|c| c.to_string()).collect())
-                .chain(items.iter().map(|i| i.cells(Style::Csv)));
-            rows.try_for_each(|r: Vec<String>| w.write_record(r))
+    if format == OutputFormat::Json {
+        return write_out(|out| json(items).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}")));
+    }
+    let style = if format == OutputFormat::Csv { Style::Csv } else { Style::Table };
+    let header = T::columns().iter().map(|c| c.to_string()).collect();
+    grid(header, items.iter().map(|i| i.cells(style)), format)
+}
+
+/// Prints a query's answer to stdout in `format`: JSON as an array of objects (column to value),
+/// CSV with its header, a table for people (cells made safe and cut).
+pub fn print_rows(
+    columns: &[String],
+    rows: &[Vec<serde_json::Value>],
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+            rows.iter().map(|r| columns.iter().cloned().zip(r.iter().cloned()).collect()).collect();
+        return write_out(|out| {
+            json(&objects).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}"))
+        });
+    }
+    let style = if format == OutputFormat::Csv { Style::Csv } else { Style::Table };
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => text(s, style, 80),
+        other => text(&other.to_string(), style, 80),
+    };
+    grid(columns.to_vec(), rows.iter().map(|r| r.iter().map(cell).collect()), format)
+}
+
+/// A header and rows of cells as CSV or a table.
+fn grid(
+    header: Vec<String>,
+    rows: impl Iterator<Item = Vec<String>>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    write_out(|out| match format {
+        OutputFormat::Csv | OutputFormat::Json => {
+            let mut w = csv::Writer::from_writer(out);
+            std::iter::once(header)
+                .chain(rows)
+                .try_for_each(|r| w.write_record(r))
                 .map_err(std::io::Error::other)
                 .and_then(|()| w.flush())
         }
         OutputFormat::Table => {
             let mut t = Table::new();
             t.load_style(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
-            t.set_header(T::columns().iter().map(|c| c.to_uppercase().replace('_', " ")));
-            for i in items {
-                t.add_row(i.cells(Style::Table));
+            t.set_header(header.iter().map(|c| c.to_uppercase().replace('_', " ")));
+            for r in rows {
+                t.add_row(r);
             }
             writeln!(
                 out,
@@ -75,8 +110,12 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
                     .join("\n")
             )
         }
-    };
-    match written {
+    })
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn write_out(f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) -> anyhow::Result<()> {
+    match f(&mut std::io::stdout().lock()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(Into::into),
     }

@@ -39,6 +39,9 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("not found: {0}")]
     NotFound(String),
+    /// An analyst's SQL was refused or stopped: the message says why, in the analyst's terms.
+    #[error("{0}")]
+    Query(String),
 }
 
 impl StoreError {
@@ -142,6 +145,27 @@ pub struct HistoryFilter {
     /// Files: only paths matching this glob (`*` matches any characters, `/` too).
     pub path: Option<String>,
     pub limit: u32,
+}
+
+/// What an analyst's read-only SQL may take ([`Store::query`]).
+#[derive(Debug, Clone)]
+pub struct QueryTerms {
+    /// Stopped after this long.
+    pub timeout: std::time::Duration,
+    /// Rows returned at most; beyond, the result says it was cut.
+    pub max_rows: u64,
+    /// Bytes of values returned at most (about); beyond, the result says it was cut.
+    pub max_bytes: usize,
+    /// The collector's `offline_after`, for the hosts view's status.
+    pub offline_after: Option<std::time::Duration>,
+}
+
+/// What a query returned: its columns and rows, and whether the limits cut it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub truncated: bool,
 }
 
 /// How long store calls waited for the store and held it: the store measures, `/metrics` shows
@@ -395,6 +419,16 @@ pub trait Store: Send + Sync + 'static {
         detail: serde_json::Value,
         now: OffsetDateTime,
     ) -> Result<()>;
+    /// Deletes history (process and socket events, file changes) from before `before`: at most
+    /// `max` rows of each, oldest first, in one short write; how many went. Called again until it
+    /// returns 0, so that a large backlog never holds the writer for long.
+    async fn prune_history(&self, before: OffsetDateTime, max: u32) -> Result<u64>;
+
+    /// Runs one read-only statement of an analyst over the documented views only, on connections
+    /// of its own: anything else (a write, a table, a pragma) is refused with
+    /// [`StoreError::Query`] naming it, as is a query past `terms.timeout`.
+    async fn query(&self, sql: &str, terms: QueryTerms) -> Result<QueryRows>;
+
     /// The audit trail, newest first: entries at or after `since`, at most `limit`.
     async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>>;
 }

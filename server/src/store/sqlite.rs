@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 
 use self::connections::{Readers, Writer};
 use super::{
-    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, ReportOutcome, ReportTerms,
-    Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
+    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, QueryRows, QueryTerms,
+    ReportOutcome, ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
 };
 use crate::findings;
 use crate::model::{
@@ -33,6 +33,7 @@ use crate::model::{
 mod connections;
 mod credentials;
 mod files;
+pub mod query;
 mod state;
 mod triage;
 
@@ -56,11 +57,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("migrations/sqlite/0016_lineage.sql")),
     (17, include_str!("migrations/sqlite/0017_login_user.sql")),
     (18, include_str!("migrations/sqlite/0018_explained_execs.sql")),
+    (19, include_str!("migrations/sqlite/0019_history_at.sql")),
 ];
 
 /// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the
 /// API answering while a long listing runs.
 const READERS: usize = 4;
+
+/// Analysts' queries running at once, on connections of their own: a heavy query waits for
+/// another to end rather than taking the store's readers.
+const QUERIES: usize = 2;
 
 /// Prepared statements kept per connection: more than the store's distinct statements, so that a
 /// report never parses SQL again (the default of 16 made every report prepare most of its own).
@@ -71,6 +77,8 @@ pub struct SqliteStore {
     writer: Arc<Writer>,
     /// `None` for an in-memory database (one connection sees it): reads then go to the writer.
     readers: Option<Arc<Readers>>,
+    /// Analysts' read-only SQL ([`query`]); `None` for an in-memory database, which refuses it.
+    queries: Option<Arc<Readers>>,
     timings: super::StoreTimings,
 }
 
@@ -108,6 +116,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         let mut store = Self::setup(conn, true)?;
         store.readers = Some(Arc::new(Readers::new(path.to_owned(), READERS)));
+        store.queries = Some(Arc::new(Readers::with_opener(path.to_owned(), QUERIES, query::open)));
         Ok(store)
     }
 
@@ -129,6 +138,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Arc::new(Writer::start(conn)?),
             readers: None,
+            queries: None,
             timings: super::StoreTimings::default(),
         })
     }
@@ -1020,6 +1030,29 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn prune_history(&self, before: OffsetDateTime, max: u32) -> Result<u64> {
+        self.tx(move |tx| {
+            let before = ts(before);
+            let mut gone = 0;
+            for table in ["process_events", "socket_events", "file_changes"] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE at < ?1 ORDER BY at LIMIT ?2)"
+                );
+                gone += tx.prepare_cached(&sql)?.execute(params![before, max])? as u64;
+            }
+            Ok(gone)
+        })
+        .await
+    }
+
+    async fn query(&self, sql: &str, terms: QueryTerms) -> Result<QueryRows> {
+        let Some(queries) = &self.queries else {
+            return Err(StoreError::Query("read-only SQL needs a database file, not memory".to_owned()));
+        };
+        let sql = sql.to_owned();
+        queries.with_connection(move |conn| query::run(conn, &sql, &terms)).await
     }
 
     async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
@@ -2081,5 +2114,66 @@ mod tests {
         );
         s.audit("admin", "apply_baseline", "web", json!({}), at(1)).await.unwrap();
         assert_eq!(count_rows(&s, "audit_log").await, 3, "the two creations and the baseline");
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    /// History older than the cut goes in batches of at most `max` rows a table, oldest first;
+    /// what is newer stays, and so does the current state.
+    #[tokio::test]
+    async fn history_is_pruned_in_bounded_batches_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("hw.db")).unwrap();
+        s.tx(|tx| {
+            tx.execute_batch(
+                "INSERT INTO hosts (id, hostname, machine_id, enrolled_at) VALUES (1, 'h', 'm', '2026-01-01T00:00:00Z');
+                 INSERT INTO processes (host_id, pid, ppid, name, uid, start_time) VALUES (1, 5, 1, 'old', 0, '2020-01-01T00:00:00Z');",
+            )?;
+            for day in 1..=5 {
+                let at = format!("2026-01-0{day}T00:00:00Z");
+                tx.execute(
+                    "INSERT INTO process_events (host_id, at, kind, pid, start_time) VALUES (1, ?1, 'exec', ?2, ?1)",
+                    params![at, day],
+                )?;
+                tx.execute(
+                    "INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port) VALUES (1, ?1, 'open', 'listener', 'tcp', '0.0.0.0', ?2)",
+                    params![at, day],
+                )?;
+                tx.execute(
+                    "INSERT INTO file_changes (host_id, at, path, change, origin, detail) VALUES (1, ?1, ?2, 'modified', 'live', '{}')",
+                    params![at, format!("/etc/f{day}")],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let left = |s: SqliteStore| async move {
+            s.read(|tx| {
+                let mut out = Vec::new();
+                for t in ["process_events", "socket_events", "file_changes"] {
+                    let ats: Vec<String> = tx
+                        .prepare(&format!("SELECT at FROM {t} ORDER BY at"))?
+                        .query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    out.push(ats.into_iter().map(|a| a[8..10].to_owned()).collect::<Vec<_>>().join(","));
+                }
+                Ok(out)
+            })
+            .await
+        };
+        // Days 1 to 3 are older than the cut; two a table a call.
+        let cut = parse_ts("2026-01-04T00:00:00Z").unwrap();
+        assert_eq!(s.prune_history(cut, 2).await.unwrap(), 6);
+        assert_eq!(left(s.clone()).await.unwrap(), ["03,04,05"; 3]);
+        assert_eq!(s.prune_history(cut, 2).await.unwrap(), 3);
+        assert_eq!(s.prune_history(cut, 2).await.unwrap(), 0);
+        assert_eq!(left(s.clone()).await.unwrap(), ["04,05"; 3]);
+        let processes: i64 =
+            s.read(|tx| Ok(tx.query_row("SELECT count(*) FROM processes", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(processes, 1, "current state is not history");
     }
 }

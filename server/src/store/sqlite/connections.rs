@@ -11,7 +11,7 @@
 //!   another process fails the batch at once with `Busy`, rather than each write in turn.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
@@ -155,6 +155,14 @@ pub(super) fn tune(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    tune(&conn)?;
+    conn.execute_batch("PRAGMA query_only = ON;")?;
+    Ok(conn)
+}
+
 fn statement(tx: &Transaction<'_>, sql: &str) -> Result<()> {
     tx.prepare_cached(sql)?.execute([])?;
     Ok(())
@@ -166,19 +174,27 @@ pub(super) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: tokio::sync::Semaphore,
+    open: fn(&Path) -> Result<Connection>,
 }
 
 impl Readers {
+    /// The store's own reading connections.
     pub(super) fn new(path: PathBuf, connections: usize) -> Readers {
-        Readers { path, idle: Mutex::new(Vec::new()), permits: tokio::sync::Semaphore::new(connections) }
+        Self::with_opener(path, connections, open_reader)
     }
 
-    fn open(&self) -> Result<Connection> {
-        let conn = Connection::open(&self.path)
-            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", self.path.display())))?;
-        tune(&conn)?;
-        conn.execute_batch("PRAGMA query_only = ON;")?;
-        Ok(conn)
+    /// Connections opened by `open`, such as analysts' read-only SQL ones.
+    pub(super) fn with_opener(
+        path: PathBuf,
+        connections: usize,
+        open: fn(&Path) -> Result<Connection>,
+    ) -> Readers {
+        Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(connections),
+            open,
+        }
     }
 
     /// Runs `f` in one read transaction on an idle reading connection. It sees everything
@@ -187,6 +203,22 @@ impl Readers {
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        self.with_connection(move |conn| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            // Ending a read transaction cannot lose anything; it lets the WAL be checkpointed.
+            tx.finish()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs `f` on an idle connection, on the blocking pool.
+    pub(super) async fn with_connection<T, F>(self: &std::sync::Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let permit = self
             .permits
@@ -199,14 +231,9 @@ impl Readers {
                 pool.idle.lock().map_err(|_| StoreError::Database("reader pool poisoned".to_owned()))?.pop();
             let mut conn = match idle {
                 Some(c) => c,
-                None => pool.open()?,
+                None => (pool.open)(&pool.path)?,
             };
-            let out = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-                let out = f(&tx)?;
-                // Ending a read transaction cannot lose anything; it lets the WAL be checkpointed.
-                tx.finish()?;
-                Ok(out)
-            });
+            let out = f(&mut conn);
             // A connection left in a transaction (a failed read) is not put back.
             if conn.is_autocommit()
                 && let Ok(mut idle) = pool.idle.lock()
