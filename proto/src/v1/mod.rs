@@ -78,6 +78,10 @@ pub const SECRETS_PATH: &str = "/api/v1/secrets";
 pub const AUDIT_PATH: &str = "/api/v1/audit";
 /// `POST`: one read-only SQL statement over the documented views (analyst).
 pub const QUERY_PATH: &str = "/api/v1/query";
+/// The response header of a listing's page that holds the cursor of the next page (absent on
+/// the last): the same request with `cursor=` that value gives it. Listings take `limit` (1 to
+/// 100,000 rows a page; default 1,000).
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
 /// `GET`: process liveness, no authentication.
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// `GET`: the collector's counters in Prometheus text format, no authentication.

@@ -156,7 +156,9 @@ pub async fn learn(
                 limit: LEARN_HISTORY,
                 ..Default::default()
             };
-            st.add_history(&state.store.process_events(&f).await?, &state.store.socket_events(&f).await?);
+            let (execs, sockets) =
+                (state.store.process_events(&f).await?, state.store.socket_events(&f).await?);
+            st.add_history(&execs.items, &sockets.items);
         }
         seen.push(baseline::learn::Seen { hostname: h.facts.hostname.clone(), state: st });
     }

@@ -6,17 +6,17 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use hostwatch_proto::v1::{self as proto, FindingKind, FindingStatus};
+use hostwatch_proto::v1::{self as proto, FindingKind, FindingStatus, Severity};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use super::hosts::resolve_host;
-use super::{ApiError, decode, read_body};
+use super::{ApiError, decode, page_limit, page_response, read_body};
 use crate::auth::{Person, Role};
 use crate::model::{Silence, SilenceScope};
 use crate::state::AppState;
-use crate::store::FindingFilter;
+use crate::store::{FindingFilter, Page, severity_rank};
 
 /// Longest note and reason kept.
 const MAX_NOTE_BYTES: usize = 4096;
@@ -127,6 +127,13 @@ pub struct FindingsQuery {
     /// `open`, `acknowledged`, `resolved`, a comma-separated list of those, or `all`; default
     /// `open,acknowledged`: what still needs attention.
     status: Option<String>,
+    /// This severity or worse.
+    severity: Option<String>,
+    /// Hosts judged as this workload.
+    workload: Option<String>,
+    /// Seen within this long: `24h`.
+    since: Option<String>,
+    cursor: Option<String>,
     limit: Option<u32>,
 }
 
@@ -134,7 +141,7 @@ pub async fn list(
     State(state): State<AppState>,
     person: Person,
     query: Result<Query<FindingsQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::Finding>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     person.require(Role::Reader)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let host_id = match &q.host {
@@ -148,9 +155,35 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let statuses = parse_statuses(q.status.as_deref()).map_err(ApiError::bad_request)?;
-    let filter = FindingFilter { host_id, kind, statuses, limit: q.limit };
-    let findings = state.store.list_findings(&filter).await?;
-    Ok(Json(findings.into_iter().map(Into::into).collect()))
+    let severity = q
+        .severity
+        .as_deref()
+        .map(str::parse::<Severity>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("severity: {e}")))?;
+    let since =
+        q.since.as_deref().map(|s| super::history::since(s, OffsetDateTime::now_utc())).transpose()?;
+    let limit = page_limit(q.limit)?;
+    let filter = FindingFilter {
+        host_id,
+        kind,
+        statuses,
+        severity,
+        workload: q.workload,
+        since,
+        after: q.cursor,
+        limit: Some(limit + 1),
+    };
+    let mut findings = state.store.list_findings(&filter).await?;
+    let next = (findings.len() > limit as usize)
+        .then(|| {
+            findings.truncate(limit as usize);
+            findings.last().map(|f| {
+                format!("{}/{}/{}", severity_rank(f.severity), proto::timestamp::format(f.last_seen), f.id)
+            })
+        })
+        .flatten();
+    Ok(page_response(Page { items: findings, next }, proto::Finding::from))
 }
 
 fn parse_statuses(s: Option<&str>) -> Result<Vec<FindingStatus>, String> {

@@ -1,23 +1,21 @@
 //! `GET /api/v1/history/processes|sockets`: what started and ended, newest first; `GET
 //! /api/v1/files`: what changed in watched files, newest first.
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::response::Response;
 use hostwatch_proto::v1 as proto;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::ApiError;
 use super::hosts::resolve_host;
+use super::state::{glob, sha256};
+use super::{ApiError, page_limit, page_response};
 use crate::auth::{Person, Role};
 use crate::model::{ProcessEvent, SocketEvent};
 use crate::state::AppState;
 use crate::store::HistoryFilter;
-
-/// Rows returned when the query does not say; the most it may ask for.
-const DEFAULT_LIMIT: u32 = 1_000;
-const MAX_LIMIT: u32 = 100_000;
+use crate::store::parse_net;
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
@@ -28,6 +26,15 @@ pub struct HistoryQuery {
     name: Option<String>,
     /// Files: a glob over paths.
     path: Option<String>,
+    /// Processes: the executable's SHA-256.
+    sha256: Option<String>,
+    /// Processes and sockets: the executable, a glob.
+    exe: Option<String>,
+    /// Sockets: a remote address or CIDR block.
+    remote: Option<String>,
+    /// Sockets: a remote port (or a listener's local port).
+    port: Option<u16>,
+    cursor: Option<String>,
     limit: Option<u32>,
 }
 
@@ -51,56 +58,62 @@ async fn filter(
         None => None,
     };
     let since = q.since.as_deref().map(|s| since(s, OffsetDateTime::now_utc())).transpose()?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
-    }
-    if let Some(p) = &q.path
-        && (p.is_empty() || p.len() > proto::limits::MAX_PATH_BYTES)
-    {
-        return Err(ApiError::bad_request(format!("path: 1 to {} bytes", proto::limits::MAX_PATH_BYTES)));
-    }
-    Ok(HistoryFilter { host_id, since, name: q.name, path: q.path, limit })
+    Ok(HistoryFilter {
+        host_id,
+        since,
+        name: q.name,
+        path: q.path.as_deref().map(|p| glob("path", p)).transpose()?,
+        sha256: q.sha256.as_deref().map(sha256).transpose()?,
+        exe: q.exe.as_deref().map(|e| glob("exe", e)).transpose()?,
+        remote: q
+            .remote
+            .as_deref()
+            .map(|r| parse_net(r).map_err(|e| ApiError::bad_request(format!("remote: {e}"))))
+            .transpose()?,
+        port: q.port,
+        after: q.cursor,
+        limit: page_limit(q.limit)?,
+    })
 }
 
 pub async fn processes(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::ProcessEvent>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
     let f = filter(&state, q).await?;
-    Ok(Json(state.store.process_events(&f).await?.into_iter().map(Into::into).collect()))
+    Ok(page_response(state.store.process_events(&f).await?, proto::ProcessEvent::from))
 }
 
 pub async fn sockets(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::SocketEvent>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
     let f = filter(&state, q).await?;
-    Ok(Json(state.store.socket_events(&f).await?.into_iter().map(Into::into).collect()))
+    Ok(page_response(state.store.socket_events(&f).await?, proto::SocketEvent::from))
 }
 
 pub async fn files(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::FileEvent>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
     let f = filter(&state, q).await?;
-    Ok(Json(state.store.file_events(&f).await?))
+    Ok(page_response(state.store.file_events(&f).await?, |e| e))
 }
 
 pub async fn current_files(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::FileRecord>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
     let f = filter(&state, q).await?;
-    Ok(Json(state.store.current_files(&f).await?))
+    Ok(page_response(state.store.current_files(&f).await?, |r| r))
 }
 
 impl From<ProcessEvent> for proto::ProcessEvent {

@@ -19,6 +19,12 @@ pub struct HostsQuery {
     /// Include retired hosts.
     #[serde(default)]
     all: bool,
+    /// Only these statuses: `online`, `offline`, `stopped`, `retired`, comma-separated.
+    status: Option<String>,
+    /// Only hosts judged as this workload.
+    workload: Option<String>,
+    /// Only hosts with these tags, as `k=v[,k=v]`.
+    tag: Option<String>,
 }
 
 pub async fn list(
@@ -28,13 +34,40 @@ pub async fn list(
 ) -> Result<Json<Vec<proto::Host>>, ApiError> {
     person.require(Role::Reader)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let statuses = q
+        .status
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|s| {
+                    serde_json::from_value::<HostStatus>(serde_json::Value::from(s.trim())).map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "status: {s:?} is not online, offline, stopped or retired"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let tags = q
+        .tag
+        .as_deref()
+        .map(hostwatch_agent::shared::config::env::pairs)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("tag: {e}")))?
+        .unwrap_or_default();
     let now = OffsetDateTime::now_utc();
     let hosts = state.store.list_hosts().await?;
     Ok(Json(
         hosts
             .into_iter()
             .map(|h| to_proto(&h, now, state.settings.offline_after))
-            .filter(|h| q.all || h.status != HostStatus::Retired)
+            .filter(|h| match &statuses {
+                Some(s) => s.contains(&h.status),
+                None => q.all || h.status != HostStatus::Retired,
+            })
+            .filter(|h| q.workload.as_ref().is_none_or(|w| h.workload.as_ref() == Some(w)))
+            .filter(|h| tags.iter().all(|(k, v)| h.tags.get(k) == Some(v)))
             .collect(),
     ))
 }

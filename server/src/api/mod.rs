@@ -96,6 +96,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Rows of a listing's page when the request does not say; the most it may ask for.
+pub const DEFAULT_PAGE: u32 = 1_000;
+pub const MAX_PAGE: u32 = 100_000;
+
+/// The page size a request asked for, checked.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        l @ 1..=MAX_PAGE => Ok(l),
+        _ => Err(ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+/// A page of a listing as the API answers it: the rows as a JSON array, the next cursor in
+/// [`proto::NEXT_CURSOR_HEADER`].
+pub fn page_response<T, U: serde::Serialize>(page: crate::store::Page<T>, f: impl Fn(T) -> U) -> Response {
+    let items: Vec<U> = page.items.into_iter().map(f).collect();
+    let mut resp = Json(items).into_response();
+    if let Some(next) = page.next
+        && let Ok(v) = header::HeaderValue::from_str(&next)
+    {
+        resp.headers_mut().insert(proto::NEXT_CURSOR_HEADER, v);
+    }
+    resp
+}
+
 /// Reads a request body under the collector's deadline and byte budget ([`body::read`]).
 pub async fn read_body(
     state: &AppState,

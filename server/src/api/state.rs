@@ -1,17 +1,18 @@
 //! `GET /api/v1/processes|listeners|connections`: the fleet's current state, one row per item,
-//! with the host it is on.
+//! with the host it is on; filtered and paged by the store ([`crate::store::StateFilter`]).
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::response::Response;
 use hostwatch_proto::v1::{self as proto, Direction, Located, Protocol};
 use serde::Deserialize;
 
-use super::ApiError;
 use super::hosts::resolve_host;
+use super::{ApiError, page_limit, page_response};
 use crate::auth::{Person, Role};
-use crate::model::HostState;
 use crate::state::AppState;
+use crate::store::StateFilter;
+use crate::store::parse_net;
 
 #[derive(Debug, Deserialize)]
 pub struct StateQuery {
@@ -21,99 +22,125 @@ pub struct StateQuery {
     name: Option<String>,
     /// Processes: user name or uid.
     user: Option<String>,
+    /// Processes: the executable's SHA-256.
+    sha256: Option<String>,
+    /// The executable, a glob.
+    exe: Option<String>,
     /// Listeners: local port; connections: remote port.
     port: Option<u16>,
+    /// Listeners: the bound address.
+    address: Option<String>,
+    /// Connections: a remote address or CIDR block.
+    remote: Option<String>,
     protocol: Option<String>,
     direction: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
 }
 
-/// The state of the hosts the query names, each with its id and hostname.
-async fn states(state: &AppState, q: &StateQuery) -> Result<Vec<(i64, String, HostState)>, ApiError> {
-    let hosts = match &q.host {
-        Some(h) => {
-            let id = resolve_host(state, h).await?;
-            state.store.host(id).await?.into_iter().collect()
-        }
-        None => {
-            state.store.list_hosts().await?.into_iter().filter(|h| h.retired_at.is_none()).collect::<Vec<_>>()
-        }
-    };
-    let mut out = Vec::new();
-    for h in hosts {
-        let st = state.store.host_state(h.id).await?;
-        out.push((h.id, h.facts.hostname, st));
+/// A SHA-256 as given: 64 hex digits, any case.
+pub(super) fn sha256(s: &str) -> Result<String, ApiError> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(ApiError::bad_request(format!("sha256: {s:?} is not 64 hexadecimal digits")))
     }
-    Ok(out)
 }
 
-fn query(q: Result<Query<StateQuery>, QueryRejection>) -> Result<StateQuery, ApiError> {
-    q.map(|Query(q)| q).map_err(|e| ApiError::bad_request(e.body_text()))
+/// A glob as given: bounded like a path.
+pub(super) fn glob(what: &str, s: &str) -> Result<String, ApiError> {
+    if s.is_empty() || s.len() > proto::limits::MAX_PATH_BYTES {
+        return Err(ApiError::bad_request(format!("{what}: 1 to {} bytes", proto::limits::MAX_PATH_BYTES)));
+    }
+    Ok(s.to_owned())
+}
+
+async fn filter(
+    state: &AppState,
+    q: Result<Query<StateQuery>, QueryRejection>,
+) -> Result<StateFilter, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let host_id = match &q.host {
+        Some(h) => Some(resolve_host(state, h).await?),
+        None => None,
+    };
+    Ok(StateFilter {
+        host_id,
+        name: q.name,
+        user: q.user,
+        sha256: q.sha256.as_deref().map(sha256).transpose()?,
+        exe: q.exe.as_deref().map(|e| glob("exe", e)).transpose()?,
+        port: q.port,
+        address: q
+            .address
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| ApiError::bad_request(format!("address: {a:?} is not an IP address")))
+            })
+            .transpose()?,
+        remote: q
+            .remote
+            .as_deref()
+            .map(|r| parse_net(r).map_err(|e| ApiError::bad_request(format!("remote: {e}"))))
+            .transpose()?,
+        protocol: q
+            .protocol
+            .as_deref()
+            .map(str::parse::<Protocol>)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        direction: q
+            .direction
+            .as_deref()
+            .map(str::parse::<Direction>)
+            .transpose()
+            .map_err(ApiError::bad_request)?,
+        after: q.cursor,
+        limit: page_limit(q.limit)?,
+    })
 }
 
 pub async fn processes(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<Json<Vec<Located<proto::Process>>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
-    let q = query(q)?;
-    let mut out = Vec::new();
-    for (host_id, hostname, st) in states(&state, &q).await? {
-        for p in st.processes {
-            if q.name.as_ref().is_some_and(|n| *n != p.name)
-                || q.user.as_ref().is_some_and(|u| *u != p.user_or_uid())
-            {
-                continue;
-            }
-            out.push(Located { host_id, hostname: hostname.clone(), item: p.into() });
-        }
-    }
-    Ok(Json(out))
+    let f = filter(&state, q).await?;
+    let page = state.store.list_processes(&f).await?;
+    Ok(page_response(page, |l| Located::<proto::Process> {
+        host_id: l.host_id,
+        hostname: l.hostname,
+        item: l.item.into(),
+    }))
 }
 
 pub async fn listeners(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<Json<Vec<Located<proto::Listener>>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
-    let q = query(q)?;
-    let protocol =
-        q.protocol.as_deref().map(str::parse::<Protocol>).transpose().map_err(ApiError::bad_request)?;
-    let mut out = Vec::new();
-    for (host_id, hostname, st) in states(&state, &q).await? {
-        for l in st.listeners {
-            if q.port.is_some_and(|p| p != l.port) || protocol.is_some_and(|p| p != l.protocol) {
-                continue;
-            }
-            out.push(Located { host_id, hostname: hostname.clone(), item: l.into() });
-        }
-    }
-    Ok(Json(out))
+    let f = filter(&state, q).await?;
+    let page = state.store.list_listeners(&f).await?;
+    Ok(page_response(page, |l| Located::<proto::Listener> {
+        host_id: l.host_id,
+        hostname: l.hostname,
+        item: l.item.into(),
+    }))
 }
 
 pub async fn connections(
     State(state): State<AppState>,
     person: Person,
     q: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<Json<Vec<Located<proto::Connection>>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
-    let q = query(q)?;
-    let protocol =
-        q.protocol.as_deref().map(str::parse::<Protocol>).transpose().map_err(ApiError::bad_request)?;
-    let direction =
-        q.direction.as_deref().map(str::parse::<Direction>).transpose().map_err(ApiError::bad_request)?;
-    let mut out = Vec::new();
-    for (host_id, hostname, st) in states(&state, &q).await? {
-        for c in st.connections {
-            if q.port.is_some_and(|p| p != c.remote.port())
-                || protocol.is_some_and(|p| p != c.protocol)
-                || direction.is_some_and(|d| d != c.direction)
-            {
-                continue;
-            }
-            out.push(Located { host_id, hostname: hostname.clone(), item: c.into() });
-        }
-    }
-    Ok(Json(out))
+    let f = filter(&state, q).await?;
+    let page = state.store.list_connections(&f).await?;
+    Ok(page_response(page, |l| Located::<proto::Connection> {
+        host_id: l.host_id,
+        hostname: l.hostname,
+        item: l.item.into(),
+    }))
 }

@@ -49,19 +49,33 @@ impl ApiClient {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
         let req = self.http.get(self.url(path)?).query(query);
+        Ok(self.send(req).await?.0)
+    }
+
+    /// One page of a listing and the cursor of the next, if the collector says there is one.
+    pub async fn get_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<(Vec<T>, Option<String>)> {
+        let req = self.http.get(self.url(path)?).query(query);
         self.send(req).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         let req = self.http.post(self.url(path)?).json(body);
-        self.send(req).await
+        Ok(self.send(req).await?.0)
     }
 
     fn url(&self, path: &str) -> anyhow::Result<Url> {
         self.base.join(path).with_context(|| format!("bad API path {path}"))
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    /// The answer, and the next cursor of a listing's page.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(T, Option<String>)> {
         let Some(token) = &self.token else {
             bail!("no API token: pass --token, or set HOSTWATCH_TOKEN or HOSTWATCH_TOKEN_FILE");
         };
@@ -72,10 +86,13 @@ impl ApiClient {
             )
         })?;
         let status = resp.status();
+        let next =
+            resp.headers().get(proto::NEXT_CURSOR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = resp.bytes().await.context("cannot read the collector's answer")?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .context("the collector's answer is not what this CLI expects (version mismatch?)");
+            let value = serde_json::from_slice(&bytes)
+                .context("the collector's answer is not what this CLI expects (version mismatch?)")?;
+            return Ok((value, next));
         }
         let message = serde_json::from_slice::<proto::ErrorBody>(&bytes)
             .map(|e| e.error)

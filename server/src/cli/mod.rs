@@ -61,6 +61,15 @@ enum Command {
         /// Include retired hosts.
         #[arg(long)]
         all: bool,
+        /// Only these statuses: online, offline, stopped, retired (comma-separated).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only hosts judged as this workload.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only hosts with this tag, as k=v (repeat for several).
+        #[arg(long)]
+        tag: Vec<String>,
     },
     /// Show one host (by id or hostname) with its processes and listeners; `host revoke H`
     /// revokes its node keys. A host named `show` or `revoke`: `host show NAME`, or its id.
@@ -71,7 +80,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<HostCommand>,
     },
-    /// List findings (default: open and acknowledged).
+    /// List findings (default: open and acknowledged), most severe first, then the most
+    /// recently seen; every one unless --limit.
     Findings {
         /// A host id or hostname.
         #[arg(long)]
@@ -82,8 +92,19 @@ enum Command {
         /// open, acknowledged, resolved, a comma-separated list, or all.
         #[arg(long)]
         status: Option<String>,
+        /// This severity or worse: info, low, medium, high, critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// Hosts judged as this workload.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Seen within this long: 24h.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
-    /// Processes across the fleet (or one host).
+    /// Processes across the fleet (or one host), by host and pid; every one unless --limit.
     Ps {
         #[arg(long)]
         host: Option<String>,
@@ -93,21 +114,40 @@ enum Command {
         /// User name or uid.
         #[arg(long)]
         user: Option<String>,
+        /// The executable's SHA-256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The executable's path, a glob: /tmp/*, */xmrig.
+        #[arg(long)]
+        exe: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
-    /// Listening sockets across the fleet (or one host).
+    /// Listening sockets across the fleet (or one host); every one unless --limit.
     Ports {
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]
         port: Option<u16>,
+        /// The bound address: 0.0.0.0, ::, 127.0.0.1.
+        #[arg(long)]
+        address: Option<String>,
         /// tcp or udp.
         #[arg(long)]
         protocol: Option<String>,
+        /// The owning executable, a glob.
+        #[arg(long)]
+        exe: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
-    /// Established connections across the fleet (or one host).
+    /// Established connections across the fleet (or one host); every one unless --limit.
     Conns {
         #[arg(long)]
         host: Option<String>,
+        /// The remote address, or a CIDR block: 10.0.0.0/8.
+        #[arg(long)]
+        remote: Option<String>,
         /// Remote port.
         #[arg(long)]
         port: Option<u16>,
@@ -116,6 +156,11 @@ enum Command {
         direction: Option<String>,
         #[arg(long)]
         protocol: Option<String>,
+        /// The owning executable, a glob.
+        #[arg(long)]
+        exe: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Changes to watched files, newest first.
     Files {
@@ -250,14 +295,30 @@ enum HistoryCommand {
         /// Exact process name.
         #[arg(long)]
         name: Option<String>,
+        /// The executable's SHA-256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The executable's path, a glob.
+        #[arg(long)]
+        exe: Option<String>,
     },
     /// Listeners and connections that opened or closed.
     Sockets {
         #[command(flatten)]
         window: HistoryArgs,
+        /// Connections to this address or CIDR block: 10.0.0.0/8.
+        #[arg(long)]
+        remote: Option<String>,
+        /// Connections to this remote port, and listeners on this local one.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The owning executable, a glob.
+        #[arg(long)]
+        exe: Option<String>,
     },
 }
 
+/// A history listing's window and how much of it: newest first.
 #[derive(Debug, Args)]
 struct HistoryArgs {
     #[arg(long)]
@@ -265,9 +326,24 @@ struct HistoryArgs {
     /// How far back, as 15m or 24h.
     #[arg(long)]
     since: Option<String>,
-    /// At most this many rows (default 1000).
+    /// At most this many rows, newest first (default 1000; when more remain, stderr says how to
+    /// go on).
+    #[arg(long, default_value_t = 1000)]
+    limit: u64,
+    /// Go on from where a listing stopped (the cursor it gave).
     #[arg(long)]
-    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// How much of a state listing: every row by default.
+#[derive(Debug, Args)]
+struct PageArgs {
+    /// At most this many rows (when more remain, stderr says how to go on).
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Go on from where a listing stopped (the cursor it gave).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -469,8 +545,14 @@ fn start_result(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
 
 async fn client_command(client: &ApiClient, command: Command, format: OutputFormat) -> anyhow::Result<()> {
     match command {
-        Command::Hosts { all } => {
-            let q = if all { vec![("all", "true".to_owned())] } else { vec![] };
+        Command::Hosts { all, status, workload, tag } => {
+            let tag = (!tag.is_empty()).then(|| tag.join(","));
+            let q = query([
+                ("all", all.then(|| "true".to_owned())),
+                ("status", status),
+                ("workload", workload),
+                ("tag", tag),
+            ]);
             let hosts: Vec<proto::Host> = client.get(proto::HOSTS_PATH, &q).await?;
             print(&hosts, format)
         }
@@ -640,65 +722,125 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             let list: Vec<proto::Silence> = client.get(proto::SILENCES_PATH, &[]).await?;
             print(&list, format)
         }
-        Command::Findings { host, kind, status } => {
-            let q = query([("host", host), ("kind", kind), ("status", status)]);
-            let findings: Vec<proto::Finding> = client.get(proto::FINDINGS_PATH, &q).await?;
-            print(&findings, format)
+        Command::Findings { host, kind, status, severity, workload, since, page } => {
+            let q = query([
+                ("host", host),
+                ("kind", kind),
+                ("status", status),
+                ("severity", severity),
+                ("workload", workload),
+                ("since", since),
+            ]);
+            list::<proto::Finding>(client, proto::FINDINGS_PATH, q, page.limit, page.cursor, format).await
         }
-        Command::Ps { host, name, user } => {
-            let q = query([("host", host), ("name", name), ("user", user)]);
-            let rows: Vec<proto::Located<proto::Process>> = client.get(proto::PROCESSES_PATH, &q).await?;
-            print(&rows, format)
+        Command::Ps { host, name, user, sha256, exe, page } => {
+            let q = query([("host", host), ("name", name), ("user", user), ("sha256", sha256), ("exe", exe)]);
+            list::<proto::Located<proto::Process>>(
+                client,
+                proto::PROCESSES_PATH,
+                q,
+                page.limit,
+                page.cursor,
+                format,
+            )
+            .await
         }
-        Command::Ports { host, port, protocol } => {
-            let q = query([("host", host), ("port", port.map(|p| p.to_string())), ("protocol", protocol)]);
-            let rows: Vec<proto::Located<proto::Listener>> = client.get(proto::LISTENERS_PATH, &q).await?;
-            print(&rows, format)
-        }
-        Command::Conns { host, port, direction, protocol } => {
+        Command::Ports { host, port, address, protocol, exe, page } => {
             let q = query([
                 ("host", host),
                 ("port", port.map(|p| p.to_string())),
+                ("address", address),
+                ("protocol", protocol),
+                ("exe", exe),
+            ]);
+            list::<proto::Located<proto::Listener>>(
+                client,
+                proto::LISTENERS_PATH,
+                q,
+                page.limit,
+                page.cursor,
+                format,
+            )
+            .await
+        }
+        Command::Conns { host, remote, port, direction, protocol, exe, page } => {
+            let q = query([
+                ("host", host),
+                ("remote", remote),
+                ("port", port.map(|p| p.to_string())),
                 ("direction", direction),
                 ("protocol", protocol),
+                ("exe", exe),
             ]);
-            let rows: Vec<proto::Located<proto::Connection>> =
-                client.get(proto::CONNECTIONS_PATH, &q).await?;
-            print(&rows, format)
+            list::<proto::Located<proto::Connection>>(
+                client,
+                proto::CONNECTIONS_PATH,
+                q,
+                page.limit,
+                page.cursor,
+                format,
+            )
+            .await
         }
-        Command::History { what: HistoryCommand::Processes { window, name } } => {
+        Command::History { what: HistoryCommand::Processes { window, name, sha256, exe } } => {
             let q = query([
                 ("host", window.host),
                 ("since", window.since),
                 ("name", name),
-                ("limit", window.limit.map(|l| l.to_string())),
+                ("sha256", sha256),
+                ("exe", exe),
             ]);
-            let rows: Vec<proto::ProcessEvent> = client.get(proto::PROCESS_HISTORY_PATH, &q).await?;
-            print(&rows, format)
+            list::<proto::ProcessEvent>(
+                client,
+                proto::PROCESS_HISTORY_PATH,
+                q,
+                Some(window.limit),
+                window.cursor,
+                format,
+            )
+            .await
         }
         Command::Files { window, path, current } => {
-            let q = query([
-                ("host", window.host),
-                ("since", window.since),
-                ("path", path),
-                ("limit", window.limit.map(|l| l.to_string())),
-            ]);
+            let q = query([("host", window.host), ("since", window.since), ("path", path)]);
             if current {
-                let rows: Vec<proto::FileRecord> = client.get(proto::CURRENT_FILES_PATH, &q).await?;
-                print(&rows, format)
+                list::<proto::FileRecord>(
+                    client,
+                    proto::CURRENT_FILES_PATH,
+                    q,
+                    Some(window.limit),
+                    window.cursor,
+                    format,
+                )
+                .await
             } else {
-                let rows: Vec<proto::FileEvent> = client.get(proto::FILES_PATH, &q).await?;
-                print(&rows, format)
+                list::<proto::FileEvent>(
+                    client,
+                    proto::FILES_PATH,
+                    q,
+                    Some(window.limit),
+                    window.cursor,
+                    format,
+                )
+                .await
             }
         }
-        Command::History { what: HistoryCommand::Sockets { window } } => {
+        Command::History { what: HistoryCommand::Sockets { window, remote, port, exe } } => {
             let q = query([
                 ("host", window.host),
                 ("since", window.since),
-                ("limit", window.limit.map(|l| l.to_string())),
+                ("remote", remote),
+                ("port", port.map(|p| p.to_string())),
+                ("exe", exe),
             ]);
-            let rows: Vec<proto::SocketEvent> = client.get(proto::SOCKET_HISTORY_PATH, &q).await?;
-            print(&rows, format)
+            list::<proto::SocketEvent>(
+                client,
+                proto::SOCKET_HISTORY_PATH,
+                q,
+                Some(window.limit),
+                window.cursor,
+                format,
+            )
+            .await
         }
         Command::Baseline(BaselineCommand::List) => {
             let list: Vec<proto::BaselineSummary> = client.get(proto::BASELINES_PATH, &[]).await?;
@@ -727,6 +869,52 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
         }
         Command::Baseline(BaselineCommand::Lint { .. }) | Command::Serve(_) => bail!("not a client command"),
     }
+}
+
+/// Rows asked for in one page of a listing.
+const PAGE: u64 = 5_000;
+
+/// A listing, page after page until its end or `limit` rows, printed as the pages come (see
+/// [`output::Stream`]); when rows remain beyond `limit`, stderr says how to go on.
+async fn list<T>(
+    client: &ApiClient,
+    path: &str,
+    q: Vec<(&'static str, String)>,
+    limit: Option<u64>,
+    mut cursor: Option<String>,
+    format: OutputFormat,
+) -> anyhow::Result<()>
+where
+    T: output::Tabular + serde::Serialize + serde::de::DeserializeOwned,
+{
+    if limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let mut out = output::Stream::<T>::new(format);
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - out.len() as u64).min(PAGE));
+        let mut page_q = q.clone();
+        page_q.push(("limit", want.to_string()));
+        if let Some(c) = &cursor {
+            page_q.push(("cursor", c.clone()));
+        }
+        let (items, next) = client.get_page::<T>(path, &page_q).await?;
+        out.push(&items)?;
+        cursor = next;
+        if cursor.is_none() || out.closed || limit.is_some_and(|l| out.len() as u64 >= l) {
+            break;
+        }
+    }
+    let (shown, closed) = (out.len(), out.closed);
+    out.finish()?;
+    if let Some(c) = cursor
+        && !closed
+    {
+        eprintln!(
+            "hostwatch: {shown} rows shown, and more remain: add --cursor {c} to go on (or raise --limit)"
+        );
+    }
+    Ok(())
 }
 
 /// Query parameters, leaving out those not given.

@@ -56,6 +56,86 @@ pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyho
     grid(header, items.iter().map(|i| i.cells(style)), format)
 }
 
+/// A listing printed page by page as it arrives: JSON (one array) and CSV rows are written at
+/// once, so a fleet-wide listing never sits whole in memory; a table, whose columns are as wide
+/// as their widest cell, is written at the end.
+pub struct Stream<T> {
+    format: OutputFormat,
+    rows: usize,
+    table: Vec<Vec<String>>,
+    /// stdout went away (`| head`): nothing more is written, and the listing may stop.
+    pub closed: bool,
+    kind: std::marker::PhantomData<T>,
+}
+
+impl<T: Tabular + Serialize> Stream<T> {
+    pub fn new(format: OutputFormat) -> Stream<T> {
+        Stream { format, rows: 0, table: Vec::new(), closed: false, kind: std::marker::PhantomData }
+    }
+
+    /// Rows so far.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match f(&mut std::io::stdout().lock()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    pub fn push(&mut self, items: &[T]) -> anyhow::Result<()> {
+        for item in items {
+            let first = self.rows == 0;
+            self.rows += 1;
+            match self.format {
+                OutputFormat::Json => {
+                    let j = json(item)?;
+                    self.write(|out| write!(out, "{}{j}", if first { "[\n" } else { ",\n" }))?;
+                }
+                OutputFormat::Csv => {
+                    let mut record = Vec::new();
+                    let mut w = csv::Writer::from_writer(&mut record);
+                    if first {
+                        w.write_record(T::columns())?;
+                    }
+                    w.write_record(item.cells(Style::Csv))?;
+                    drop(w);
+                    self.write(|out| out.write_all(&record))?;
+                }
+                OutputFormat::Table => self.table.push(item.cells(Style::Table)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        match self.format {
+            OutputFormat::Json if self.rows == 0 => self.write(|out| writeln!(out, "[]")),
+            OutputFormat::Json => self.write(|out| writeln!(out, "\n]")),
+            OutputFormat::Csv if self.rows == 0 => {
+                let header = T::columns().join(",");
+                self.write(|out| writeln!(out, "{header}"))
+            }
+            OutputFormat::Csv => Ok(()),
+            OutputFormat::Table => {
+                let header = T::columns().iter().map(|c| c.to_string()).collect();
+                grid(header, std::mem::take(&mut self.table).into_iter(), OutputFormat::Table)
+            }
+        }
+    }
+}
+
 /// Prints a query's answer to stdout in `format`: JSON as an array of objects (column to value),
 /// CSV with its header, a table for people (cells made safe and cut).
 pub fn print_rows(
@@ -321,7 +401,10 @@ impl Tabular for proto::Finding {
             text(self.rule.as_deref().unwrap_or(""), style, 30),
             self.severity.as_str().to_owned(),
             text(&self.subject, style, 60),
-            text(&self.detail.to_string(), style, 60),
+            match style {
+                Style::Csv => self.detail.to_string(),
+                Style::Table => safe(&telling(&self.detail), 120),
+            },
             self.status.as_str().to_owned(),
             self.occurrences.to_string(),
             self.transient.to_string(),
@@ -329,6 +412,60 @@ impl Tabular for proto::Finding {
             when(Some(self.last_seen), style),
         ]
     }
+}
+
+/// A finding's detail as a person triages it: its few telling fields (who, what ran it, what it
+/// talked to, what changed) in words, rather than its JSON; the whole of it is in `--output json`.
+pub fn telling(detail: &serde_json::Value) -> String {
+    let s = |k: &str| {
+        detail.get(k).and_then(|v| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let mut parts = Vec::new();
+    if let Some(u) = s("user") {
+        parts.push(format!("user {u}"));
+    }
+    if let Some(p) = s("pid") {
+        parts.push(format!("pid {p}"));
+    }
+    if let Some(p) = s("process").or_else(|| (detail.get("cmdline").is_none()).then(|| s("exe")).flatten()) {
+        parts.push(format!("by {p}"));
+    }
+    if let Some(parents) = detail.get("parents").and_then(|p| p.as_array()).filter(|p| !p.is_empty()) {
+        let names: Vec<String> = parents
+            .iter()
+            .take(4)
+            .map(|p| p.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_owned())
+            .collect();
+        let more = if parents.len() > 4 { " < …" } else { "" };
+        parts.push(format!("from {}{more}", names.join(" < ")));
+    }
+    if let Some(r) = s("remote") {
+        parts.push(format!("peer {r}"));
+    }
+    for (key, label) in
+        [("change", "change"), ("origin", "origin"), ("package", "package"), ("last_words", "last words")]
+    {
+        if let Some(v) = s(key) {
+            parts.push(format!("{label} {v}"));
+        }
+    }
+    if let Some(c) = s("cmdline") {
+        parts.push(format!("cmd {c}"));
+    }
+    if let Some(w) = s("why") {
+        parts.push(w);
+    }
+    if parts.is_empty() {
+        return match detail {
+            serde_json::Value::Object(m) if m.is_empty() => String::new(),
+            other => other.to_string(),
+        };
+    }
+    parts.join("; ")
 }
 
 impl Tabular for proto::BaselineSummary {

@@ -13,7 +13,9 @@ pub mod sqlite;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use hostwatch_proto::v1::Located;
 use hostwatch_proto::v1::{AuditEntry, FindingKind, FindingStatus, Severity};
+use ipnet::IpNet;
 use prometheus_client::metrics::histogram::Histogram;
 use time::OffsetDateTime;
 
@@ -124,17 +126,25 @@ pub struct BaselineRecord {
     pub applied_by: String,
 }
 
-/// Which findings to list.
+/// Which findings to list: most severe first, then the most recently seen, then the newest.
 #[derive(Debug, Clone, Default)]
 pub struct FindingFilter {
     pub host_id: Option<i64>,
     pub kind: Option<FindingKind>,
     /// Empty: every status.
     pub statuses: Vec<FindingStatus>,
+    /// This severity or worse.
+    pub severity: Option<Severity>,
+    /// Hosts judged as this workload.
+    pub workload: Option<String>,
+    /// Seen (last) at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// After this cursor: the `next` of the page before (`RANK/LAST_SEEN/ID`).
+    pub after: Option<String>,
     pub limit: Option<u32>,
 }
 
-/// Which history to list: newest first.
+/// Which history to list, newest first, and which page.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
     pub host_id: Option<i64>,
@@ -144,7 +154,73 @@ pub struct HistoryFilter {
     pub name: Option<String>,
     /// Files: only paths matching this glob (`*` matches any characters, `/` too).
     pub path: Option<String>,
+    /// Processes: only this executable hash (lowercase hex).
+    pub sha256: Option<String>,
+    /// Processes and sockets: only executables matching this glob.
+    pub exe: Option<String>,
+    /// Sockets: only connections to an address in this block.
+    pub remote: Option<IpNet>,
+    /// Sockets: only connections to this remote port, or listeners on this local one.
+    pub port: Option<u16>,
+    /// After this cursor: the `next` of the page before.
+    pub after: Option<String>,
     pub limit: u32,
+}
+
+/// Which current items of the fleet (processes, listeners, connections) to list, and which page.
+/// Retired hosts are left out.
+#[derive(Debug, Clone, Default)]
+pub struct StateFilter {
+    pub host_id: Option<i64>,
+    /// Processes: this name exactly.
+    pub name: Option<String>,
+    /// Processes: this user name or uid.
+    pub user: Option<String>,
+    /// Processes: this executable hash (lowercase hex).
+    pub sha256: Option<String>,
+    /// Executables matching this glob (`*` matches any characters, `/` too).
+    pub exe: Option<String>,
+    /// Listeners: this local port; connections: this remote port.
+    pub port: Option<u16>,
+    /// Listeners: bound to this address.
+    pub address: Option<std::net::IpAddr>,
+    /// Connections: to an address in this block.
+    pub remote: Option<IpNet>,
+    pub protocol: Option<hostwatch_proto::v1::Protocol>,
+    pub direction: Option<hostwatch_proto::v1::Direction>,
+    /// After this cursor: the `next` of the page before.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// A severity's place in [`FindingFilter`]'s order (info 0 to critical 4), as the findings
+/// listing's cursor writes it.
+pub fn severity_rank(s: Severity) -> u8 {
+    match s {
+        Severity::Info => 0,
+        Severity::Low => 1,
+        Severity::Medium => 2,
+        Severity::High => 3,
+        Severity::Critical => 4,
+    }
+}
+
+/// A block as written: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+pub fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a CIDR block (write 10.0.0.0/8 or 2001:db8::/32)"))
+}
+
+/// One page of a listing, in the listing's order, and the cursor of the next page when there is
+/// more. Keyset pages: every row that stays while a listing is paged through is on exactly one
+/// page, however the rows around it change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
 }
 
 /// What an analyst's read-only SQL may take ([`Store::query`]).
@@ -394,15 +470,22 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
+    /// Running processes of the fleet, by host and pid.
+    async fn list_processes(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Process>>>;
+    /// Listening sockets of the fleet, by host.
+    async fn list_listeners(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Listener>>>;
+    /// Connections of the fleet, by host.
+    async fn list_connections(&self, filter: &StateFilter)
+    -> Result<Page<Located<crate::model::Connection>>>;
     /// Processes that started and ended, newest first.
-    async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>>;
+    async fn process_events(&self, filter: &HistoryFilter) -> Result<Page<ProcessEvent>>;
     /// Listeners and connections that opened and closed, newest first.
-    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>>;
+    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Page<SocketEvent>>;
     /// Changes to watched files, newest first.
-    async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>>;
+    async fn file_events(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileEvent>>;
     /// The latest state of each changed watched path, most recently changed first (`since` on
     /// when it changed).
-    async fn current_files(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileRecord>>;
+    async fn current_files(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileRecord>>;
 
     // ---- baselines ----
     /// Stores or replaces a baseline by name and moves the baselines revision.

@@ -21,18 +21,21 @@ use time::OffsetDateTime;
 
 use self::connections::{Readers, Writer};
 use super::{
-    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, QueryRows, QueryTerms,
-    ReportOutcome, ReportTerms, Result, SecretRecord, Store, StoreError, TokenRecord, Verdict,
+    BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, Page, QueryRows, QueryTerms,
+    ReportOutcome, ReportTerms, Result, SecretRecord, StateFilter, Store, StoreError, TokenRecord, Verdict,
 };
 use crate::findings;
 use crate::model::{
     AgentInfo, AlertEvent, Applied, Content, ExecExplained, Finding, FindingChange, Host, HostFacts,
     HostState, Observation, PeerItems, ProcessEvent, Recorded, ReportRecord, Silence, SocketEvent,
 };
+use hostwatch_proto::v1::Located;
 
+pub mod addresses;
 mod connections;
 mod credentials;
 mod files;
+mod listing;
 pub mod query;
 mod state;
 mod triage;
@@ -58,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (17, include_str!("migrations/sqlite/0017_login_user.sql")),
     (18, include_str!("migrations/sqlite/0018_explained_execs.sql")),
     (19, include_str!("migrations/sqlite/0019_history_at.sql")),
+    (20, include_str!("migrations/sqlite/0020_fleet_queries.sql")),
 ];
 
 /// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the
@@ -995,6 +999,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>> {
+        /// A finding's severity as a number that sorts, in SQL.
+        const SEVERITY_RANK: &str = "(CASE f.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 \
+             WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)";
         let filter = filter.clone();
         self.read(move |tx| {
             let mut sql = format!(
@@ -1017,7 +1024,37 @@ impl Store for SqliteStore {
                 }
                 sql.push_str(&format!(" AND f.status IN ({})", marks.join(", ")));
             }
-            sql.push_str(" ORDER BY f.id");
+            if let Some(sev) = filter.severity {
+                args.push(i64::from(super::severity_rank(sev)).into());
+                sql.push_str(&format!(" AND {SEVERITY_RANK} >= ?{}", args.len()));
+            }
+            if let Some(w) = &filter.workload {
+                args.push(w.clone().into());
+                sql.push_str(&format!(" AND h.workload = ?{}", args.len()));
+            }
+            if let Some(since) = filter.since {
+                args.push(ts(since).into());
+                sql.push_str(&format!(" AND f.last_seen >= ?{}", args.len()));
+            }
+            if let Some(c) = &filter.after {
+                let bad = || {
+                    StoreError::Query(format!(
+                        "cursor {c:?} is not one this listing gave; start again without it"
+                    ))
+                };
+                let mut parts = c.splitn(3, '/');
+                let rank: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let seen = parts.next().and_then(|p| parse_ts(p).ok()).ok_or_else(bad)?;
+                let id: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                args.extend([rank.into(), ts(seen).into(), id.into()]);
+                let n = args.len();
+                sql.push_str(&format!(
+                    " AND ({SEVERITY_RANK}, f.last_seen, f.id) < (?{}, ?{}, ?{n})",
+                    n - 2,
+                    n - 1
+                ));
+            }
+            sql.push_str(&format!(" ORDER BY {SEVERITY_RANK} DESC, f.last_seen DESC, f.id DESC"));
             if let Some(limit) = filter.limit {
                 sql.push_str(&format!(" LIMIT {limit}"));
             }
@@ -1055,22 +1092,40 @@ impl Store for SqliteStore {
         queries.with_connection(move |conn| query::run(conn, &sql, &terms)).await
     }
 
-    async fn process_events(&self, filter: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
+    async fn list_processes(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Process>>> {
         let f = filter.clone();
-        self.read(move |tx| state::process_events(tx, &f)).await
+        self.read(move |tx| listing::processes(tx, &f)).await
     }
 
-    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Vec<SocketEvent>> {
+    async fn list_listeners(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Listener>>> {
         let f = filter.clone();
-        self.read(move |tx| state::socket_events(tx, &f)).await
+        self.read(move |tx| listing::listeners(tx, &f)).await
     }
 
-    async fn file_events(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileEvent>> {
+    async fn list_connections(
+        &self,
+        filter: &StateFilter,
+    ) -> Result<Page<Located<crate::model::Connection>>> {
+        let f = filter.clone();
+        self.read(move |tx| listing::connections(tx, &f)).await
+    }
+
+    async fn process_events(&self, filter: &HistoryFilter) -> Result<Page<ProcessEvent>> {
+        let f = filter.clone();
+        self.read(move |tx| listing::process_events(tx, &f)).await
+    }
+
+    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Page<SocketEvent>> {
+        let f = filter.clone();
+        self.read(move |tx| listing::socket_events(tx, &f)).await
+    }
+
+    async fn file_events(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileEvent>> {
         let f = filter.clone();
         self.read(move |tx| files::events(tx, &f)).await
     }
 
-    async fn current_files(&self, filter: &HistoryFilter) -> Result<Vec<hostwatch_proto::v1::FileRecord>> {
+    async fn current_files(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileRecord>> {
         let f = filter.clone();
         self.read(move |tx| files::current(tx, &f)).await
     }
@@ -1384,7 +1439,8 @@ mod tests {
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         assert!(events.is_empty(), "{events:?}");
     }
 
@@ -1461,7 +1517,8 @@ mod tests {
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         let seen: Vec<(&str, u32)> = events.iter().rev().map(|e| (e.kind, e.pid)).collect();
         assert_eq!(seen, [("exec", 11), ("exec", 12), ("exit", 12), ("exit", 10)], "each once, in order");
         let short = events.iter().find(|e| e.pid == 12 && e.kind == "exec").unwrap();
@@ -1494,7 +1551,8 @@ mod tests {
         let events = s
             .process_events(&HistoryFilter { host_id: Some(id), limit: 100, ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         let exec10: Vec<_> = events.iter().filter(|e| (e.kind, e.pid) == ("exec", 10)).collect();
         assert_eq!(exec10.len(), 1, "re-seen by the snapshot: exec dated when it started");
         assert_eq!(exec10[0].at, at(1));
@@ -1507,7 +1565,8 @@ mod tests {
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         assert_eq!(since.iter().map(|e| (e.kind, e.pid)).collect::<Vec<_>>(), [("exit", 11)]);
 
         // A new session whose snapshot never came: its delta applies, and a snapshot is asked for.
@@ -1629,6 +1688,7 @@ mod tests {
             .process_events(&filter)
             .await
             .unwrap()
+            .items
             .into_iter()
             .filter(|e| e.kind == "exec")
             .map(|e| (e.name, e.at))
@@ -1654,6 +1714,7 @@ mod tests {
             .process_events(&filter)
             .await
             .unwrap()
+            .items
             .into_iter()
             .find(|e| e.kind == "exec" && e.name.as_deref() == Some("blip"))
             .unwrap();
@@ -1758,7 +1819,8 @@ mod tests {
         let ev = s
             .socket_events(&HistoryFilter { host_id: Some(id), limit: 10, ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         let seen: Vec<(&str, &str, u16)> =
             ev.iter().rev().map(|e| (e.kind, e.socket, e.local.port())).collect();
         assert_eq!(seen, [("open", "listener", 8080), ("close", "listener", 8080)]);

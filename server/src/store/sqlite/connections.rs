@@ -148,10 +148,12 @@ fn write_batches(mut conn: Connection, queue: &mpsc::Receiver<Job>) {
 }
 
 /// What every connection of the store, writing or reading, is opened with: a 5 s wait for a lock
-/// another process holds, and room for every prepared statement the store uses.
+/// another process holds, room for every prepared statement the store uses, and the address
+/// functions ([`super::addresses`]).
 pub(super) fn tune(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    super::addresses::register(conn)?;
     Ok(())
 }
 

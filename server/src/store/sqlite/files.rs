@@ -7,9 +7,9 @@
 use hostwatch_proto::v1 as proto;
 use rusqlite::{Transaction, params};
 
-use super::state::history_where;
+use super::listing::{History, history_page, history_where};
 use super::{parse_enum, parse_ts, to_json, ts};
-use crate::store::{HistoryFilter, Result, StoreError};
+use crate::store::{HistoryFilter, Page, Result, StoreError};
 
 /// Records `changes` in the order the agent saw them.
 pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileChange]) -> Result<()> {
@@ -75,10 +75,10 @@ pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileC
 }
 
 /// Changes newest first, as `hostwatch files` lists them.
-pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<proto::FileEvent>> {
-    let (clause, args) = history_where(f, None, Some("path"));
-    let mut stmt = tx.prepare(&format!(
-        "SELECT e.id, e.host_id, h.hostname, e.detail FROM file_changes e JOIN hosts h ON h.id = e.host_id{clause}"
+pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<proto::FileEvent>> {
+    let (clause, args) = history_where(f, History::Files)?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.detail, e.at FROM file_changes e JOIN hosts h ON h.id = e.host_id{clause}"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
@@ -86,41 +86,49 @@ pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<prot
         let (id, detail): (i64, String) = (r.get(0)?, r.get(3)?);
         let change: proto::FileChange = serde_json::from_str(&detail)
             .map_err(|e| StoreError::Corrupt(format!("file change {id}: {e}")))?;
-        out.push(proto::FileEvent { id, host_id: r.get(1)?, hostname: r.get(2)?, change });
+        let at = parse_ts(&r.get::<_, String>(4)?)?;
+        out.push((at, proto::FileEvent { id, host_id: r.get(1)?, hostname: r.get(2)?, change }));
     }
-    Ok(out)
+    let page = history_page(out, f, |(at, e)| (e.id, *at));
+    Ok(Page { items: page.items.into_iter().map(|(_, e)| e).collect(), next: page.next })
 }
 
 /// The latest state of each changed path, most recently changed first.
-pub(super) fn current(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<proto::FileRecord>> {
-    let (clause, args) = history_where(f, None, Some("path"));
-    // As a history table (alias `e`, time `at`, key `id`), so that the filters are the same.
-    let mut stmt = tx.prepare(&format!(
+pub(super) fn current(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<proto::FileRecord>> {
+    let (clause, args) = history_where(f, History::Files)?;
+    // As a history table (alias `e`, time `at`, key `id`), so that the filters and pages are
+    // the same.
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT e.host_id, h.hostname, e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.sha256, e.target, \
-         e.metadata_only, e.at, e.inode FROM (SELECT *, changed_at AS at, rowid AS id FROM files) e JOIN hosts h ON h.id = e.host_id{clause}"
+         e.metadata_only, e.at, e.inode, e.id FROM (SELECT *, changed_at AS at, rowid AS id FROM files) e JOIN hosts h ON h.id = e.host_id{clause}"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let size: i64 = r.get(7)?;
-        out.push(proto::FileRecord {
-            host_id: r.get(0)?,
-            hostname: r.get(1)?,
-            path: r.get(2)?,
-            state: proto::FileState {
-                kind: parse_enum(&r.get::<_, String>(3)?)?,
-                mode: r.get(4)?,
-                uid: r.get(5)?,
-                gid: r.get(6)?,
-                size: u64::try_from(size).unwrap_or_default(),
-                mtime: parse_ts(&r.get::<_, String>(8)?)?,
-                inode: u64::try_from(r.get::<_, i64>(13)?).unwrap_or_default(),
-                sha256: r.get(9)?,
-                metadata_only: r.get(11)?,
-                target: r.get(10)?,
+        let id: i64 = r.get(14)?;
+        out.push((
+            id,
+            proto::FileRecord {
+                host_id: r.get(0)?,
+                hostname: r.get(1)?,
+                path: r.get(2)?,
+                state: proto::FileState {
+                    kind: parse_enum(&r.get::<_, String>(3)?)?,
+                    mode: r.get(4)?,
+                    uid: r.get(5)?,
+                    gid: r.get(6)?,
+                    size: u64::try_from(size).unwrap_or_default(),
+                    mtime: parse_ts(&r.get::<_, String>(8)?)?,
+                    inode: u64::try_from(r.get::<_, i64>(13)?).unwrap_or_default(),
+                    sha256: r.get(9)?,
+                    metadata_only: r.get(11)?,
+                    target: r.get(10)?,
+                },
+                changed_at: parse_ts(&r.get::<_, String>(12)?)?,
             },
-            changed_at: parse_ts(&r.get::<_, String>(12)?)?,
-        });
+        ));
     }
-    Ok(out)
+    let page = history_page(out, f, |(id, r)| (*id, r.changed_at));
+    Ok(Page { items: page.items.into_iter().map(|(_, r)| r).collect(), next: page.next })
 }

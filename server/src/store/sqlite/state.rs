@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use super::{json, opt_json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
     ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerItems, Process,
-    ProcessEvent, ProcessKey, Recorded, SocketEvent, Started, StateDelta, peer_key,
+    ProcessKey, Recorded, Started, StateDelta, peer_key,
 };
-use crate::store::{HistoryFilter, Result, StoreError};
+use crate::store::{Result, StoreError};
 
 pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
     let mut stmt = tx.prepare_cached(&format!(
@@ -27,47 +27,60 @@ pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
     while let Some(r) = rows.next()? {
         processes.push(process_from_row(r)?);
     }
-    let mut stmt = tx.prepare_cached(
-        "SELECT protocol, address, port, pid, process, exe, uid, netns FROM listeners WHERE host_id = ?1 \
-         ORDER BY protocol, port, address",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {LISTENER_COLUMNS} FROM listeners WHERE host_id = ?1 ORDER BY protocol, port, address"
+    ))?;
     let mut rows = stmt.query([host_id])?;
     let mut listeners = Vec::new();
     while let Some(r) = rows.next()? {
-        listeners.push(Listener {
-            protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
-            address: ip(r, 1)?,
-            port: r.get(2)?,
-            pid: r.get(3)?,
-            process: r.get(4)?,
-            exe: r.get(5)?,
-            uid: r.get(6)?,
-            netns: r.get(7)?,
-        });
+        listeners.push(listener_from_row(r)?);
     }
-    let mut stmt = tx.prepare_cached(
-        "SELECT protocol, local_address, local_port, remote_address, remote_port, direction, pid, process, exe, \
-         uid, netns FROM connections WHERE host_id = ?1 ORDER BY protocol, remote_address, remote_port, local_port",
-    )?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE host_id = ?1 \
+         ORDER BY protocol, remote_address, remote_port, local_port"
+    ))?;
     let mut rows = stmt.query([host_id])?;
     let mut connections = Vec::new();
     while let Some(r) = rows.next()? {
-        connections.push(Connection {
-            protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
-            local: SocketAddr::new(ip(r, 1)?, r.get(2)?),
-            remote: SocketAddr::new(ip(r, 3)?, r.get(4)?),
-            direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
-            pid: r.get(6)?,
-            process: r.get(7)?,
-            exe: r.get(8)?,
-            uid: r.get(9)?,
-            netns: r.get(10)?,
-        });
+        connections.push(connection_from_row(r)?);
     }
     Ok(HostState { processes, listeners, connections })
 }
 
-fn ip(r: &Row<'_>, i: usize) -> Result<std::net::IpAddr> {
+/// A listener's columns, for [`listener_from_row`].
+pub(super) const LISTENER_COLUMNS: &str = "protocol, address, port, pid, process, exe, uid, netns";
+
+pub(super) fn listener_from_row(r: &Row<'_>) -> Result<Listener> {
+    Ok(Listener {
+        protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+        address: ip(r, 1)?,
+        port: r.get(2)?,
+        pid: r.get(3)?,
+        process: r.get(4)?,
+        exe: r.get(5)?,
+        uid: r.get(6)?,
+        netns: r.get(7)?,
+    })
+}
+
+/// A connection's columns, for [`connection_from_row`].
+pub(super) const CONNECTION_COLUMNS: &str = "protocol, local_address, local_port, remote_address, remote_port, direction, pid, process, exe, uid, netns";
+
+pub(super) fn connection_from_row(r: &Row<'_>) -> Result<Connection> {
+    Ok(Connection {
+        protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+        local: SocketAddr::new(ip(r, 1)?, r.get(2)?),
+        remote: SocketAddr::new(ip(r, 3)?, r.get(4)?),
+        direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
+        pid: r.get(6)?,
+        process: r.get(7)?,
+        exe: r.get(8)?,
+        uid: r.get(9)?,
+        netns: r.get(10)?,
+    })
+}
+
+pub(super) fn ip(r: &Row<'_>, i: usize) -> Result<std::net::IpAddr> {
     let a: String = r.get(i)?;
     a.parse().map_err(|_| StoreError::Corrupt(format!("address {a:?}")))
 }
@@ -384,10 +397,10 @@ fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Opti
     rows.next()?.map(process_from_row).transpose()
 }
 
-const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
+pub(super) const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
      exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement, login_uid, session_id, ancestry, login_user";
 
-fn process_from_row(r: &Row<'_>) -> Result<Process> {
+pub(super) fn process_from_row(r: &Row<'_>) -> Result<Process> {
     Ok(Process {
         pid: r.get(0)?,
         ppid: r.get(1)?,
@@ -475,8 +488,8 @@ fn delete_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result
 fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection, judged_through: i64) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
-         direction, pid, process, exe, uid, netns, judged_through) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         direction, pid, process, exe, uid, netns, judged_through, remote_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         host_id,
@@ -491,7 +504,8 @@ fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection, judged_thr
         c.exe,
         c.uid,
         c.netns,
-        judged_through
+        judged_through,
+        super::addresses::ip_key(c.remote.ip()).as_slice()
     ])?;
     Ok(())
 }
@@ -632,7 +646,8 @@ fn socket_event(
 ) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, remote_address, \
-         remote_port, direction, pid, process, exe, netns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         remote_port, direction, pid, process, exe, netns, remote_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         host_id,
@@ -648,109 +663,10 @@ fn socket_event(
         s.pid,
         s.process,
         s.exe,
-        s.netns
+        s.netns,
+        s.remote.map(|r| super::addresses::ip_key(r.ip()).to_vec())
     ])?;
     Ok(())
-}
-
-/// The WHERE clause and arguments of a history filter (`e` is the events table, `h` hosts).
-/// The WHERE, ORDER and LIMIT of a history query over the table aliased `e`.
-pub(super) fn history_where(
-    f: &HistoryFilter,
-    name_column: Option<&str>,
-    path_column: Option<&str>,
-) -> (String, Vec<rusqlite::types::Value>) {
-    let mut sql = String::from(" WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(h) = f.host_id {
-        args.push(h.into());
-        sql.push_str(&format!(" AND e.host_id = ?{}", args.len()));
-    }
-    if let Some(since) = f.since {
-        args.push(ts(since).into());
-        sql.push_str(&format!(" AND e.at >= ?{}", args.len()));
-    }
-    if let (Some(name), Some(col)) = (&f.name, name_column) {
-        args.push(name.clone().into());
-        sql.push_str(&format!(" AND e.{col} = ?{}", args.len()));
-    }
-    if let (Some(path), Some(col)) = (&f.path, path_column) {
-        args.push(path.clone().into());
-        sql.push_str(&format!(" AND e.{col} GLOB ?{}", args.len()));
-    }
-    sql.push_str(&format!(" ORDER BY e.at DESC, e.id DESC LIMIT {}", f.limit.max(1)));
-    (sql, args)
-}
-
-pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<ProcessEvent>> {
-    let (clause, args) = history_where(f, Some("name"), None);
-    let mut stmt = tx.prepare(&format!(
-        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
-         e.start_time, e.login_uid, e.session_id, e.ancestry, e.explained \
-         FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
-    ))?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let kind: String = r.get(4)?;
-        let cmdline: Option<String> = r.get(9)?;
-        out.push(ProcessEvent {
-            id: r.get(0)?,
-            host_id: r.get(1)?,
-            hostname: r.get(2)?,
-            at: parse_ts(&r.get::<_, String>(3)?)?,
-            kind: if kind == "exec" { "exec" } else { "exit" },
-            pid: r.get(5)?,
-            ppid: r.get(6)?,
-            name: r.get(7)?,
-            exe: r.get(8)?,
-            cmdline: opt_json(cmdline, "cmdline")?.unwrap_or_default(),
-            user: r.get(10)?,
-            uid: r.get(11)?,
-            start_time: parse_ts(&r.get::<_, String>(12)?)?,
-            login_uid: r.get(13)?,
-            session_id: r.get(14)?,
-            ancestry: opt_json(r.get(15)?, "ancestry")?.unwrap_or_default(),
-            explained: r.get(16)?,
-        });
-    }
-    Ok(out)
-}
-
-pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Vec<SocketEvent>> {
-    let (clause, args) = history_where(f, None, None);
-    let mut stmt = tx.prepare(&format!(
-        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address, e.local_port, \
-         e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns \
-         FROM socket_events e JOIN hosts h ON h.id = e.host_id{clause}"
-    ))?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let kind: String = r.get(4)?;
-        let socket: String = r.get(5)?;
-        let remote = match r.get::<_, Option<String>>(9)? {
-            Some(_) => Some(SocketAddr::new(ip(r, 9)?, r.get(10)?)),
-            None => None,
-        };
-        out.push(SocketEvent {
-            id: r.get(0)?,
-            host_id: r.get(1)?,
-            hostname: r.get(2)?,
-            at: parse_ts(&r.get::<_, String>(3)?)?,
-            kind: if kind == "open" { "open" } else { "close" },
-            socket: if socket == "listener" { "listener" } else { "connection" },
-            protocol: parse_enum::<Protocol>(&r.get::<_, String>(6)?)?,
-            local: SocketAddr::new(ip(r, 7)?, r.get(8)?),
-            remote,
-            direction: r.get::<_, Option<String>>(11)?.map(|d| parse_enum::<Direction>(&d)).transpose()?,
-            pid: r.get(12)?,
-            process: r.get(13)?,
-            exe: r.get(14)?,
-            netns: r.get(15)?,
-        });
-    }
-    Ok(out)
 }
 
 /// How many hosts of `workload` (not retired) have each item.

@@ -1,0 +1,630 @@
+//! The fleet's listings for people: current state (`ps`, `ports`, `conns`) and history, filtered,
+//! sorted and paged in SQL, each filter on an index (migration 0020).
+//!
+//! Pages are keyset pages: a cursor is the key of the last row given (`HOST.KEY` for state,
+//! `AT/ID` for history), and the next page is what sorts after it. A row that stays while a
+//! listing is paged through is on exactly one page, whatever is added or removed around it; one
+//! added behind the cursor is not, one removed is simply not there. One more row than asked is
+//! read, to know whether there is a next page. Retired hosts' state is left out.
+
+use std::net::SocketAddr;
+
+use hostwatch_proto::v1::{Direction, Located, Protocol};
+use rusqlite::Transaction;
+use rusqlite::types::Value;
+
+use super::addresses::net_range;
+use super::state::{
+    CONNECTION_COLUMNS, LISTENER_COLUMNS, PROCESS_COLUMNS, connection_from_row, ip, listener_from_row,
+    process_from_row,
+};
+use super::{opt_json, parse_enum, parse_ts, ts};
+use crate::model::{Connection, Listener, Process, ProcessEvent, SocketEvent};
+use crate::store::{HistoryFilter, Page, Result, StateFilter, StoreError};
+
+/// A WHERE clause under construction, with its numbered arguments.
+struct Where {
+    sql: String,
+    args: Vec<Value>,
+}
+
+impl Where {
+    fn new() -> Where {
+        Where { sql: String::from(" WHERE 1 = 1"), args: Vec::new() }
+    }
+
+    /// Adds `AND <cond>`, where each `?` in `cond` takes the next of `args`.
+    fn and(&mut self, cond: &str, args: impl IntoIterator<Item = Value>) {
+        let mut out = String::new();
+        let mut args = args.into_iter();
+        for part in cond.split_inclusive('?') {
+            match part.strip_suffix('?') {
+                Some(before) => {
+                    self.args.push(args.next().unwrap_or(Value::Null));
+                    out.push_str(&format!("{before}?{}", self.args.len()));
+                }
+                None => out.push_str(part),
+            }
+        }
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&out);
+    }
+}
+
+/// The page of `rows` (read with one more than `limit`), the next cursor from the last given.
+fn paged<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(key) } else { None };
+    Page { items: rows, next }
+}
+
+fn bad_cursor(c: &str) -> StoreError {
+    StoreError::Query(format!("cursor {c:?} is not one this listing gave; start again without it"))
+}
+
+/// A state cursor: `HOST.KEY`.
+fn state_cursor(c: &str) -> Result<(i64, i64)> {
+    let (h, k) = c.split_once('.').ok_or_else(|| bad_cursor(c))?;
+    Ok((h.parse().map_err(|_| bad_cursor(c))?, k.parse().map_err(|_| bad_cursor(c))?))
+}
+
+/// A history cursor: `AT/ID`, `AT` as the store writes times.
+fn history_cursor(c: &str) -> Result<(String, i64)> {
+    let (at, id) = c.rsplit_once('/').ok_or_else(|| bad_cursor(c))?;
+    let at = parse_ts(at).map_err(|_| bad_cursor(c))?;
+    Ok((ts(at), id.parse().map_err(|_| bad_cursor(c))?))
+}
+
+/// A glob's text as an argument.
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+/// The filters every state listing shares, over the table aliased `t` joined to hosts `h`.
+fn state_where(f: &StateFilter, t_key: &str) -> Result<Where> {
+    let mut w = Where::new();
+    w.and("h.retired_at IS NULL", []);
+    if let Some(h) = f.host_id {
+        w.and("t.host_id = ?", [h.into()]);
+    }
+    if let Some(e) = &f.exe {
+        w.and("t.exe GLOB ?", [text(e)]);
+    }
+    if let Some(p) = f.protocol {
+        w.and("t.protocol = ?", [text(p.as_str())]);
+    }
+    if let Some(c) = &f.after {
+        let (h, k) = state_cursor(c)?;
+        w.and(&format!("(t.host_id, {t_key}) > (?, ?)"), [h.into(), k.into()]);
+    }
+    Ok(w)
+}
+
+pub(super) fn processes(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Process>>> {
+    let mut w = state_where(f, "t.pid")?;
+    if let Some(n) = &f.name {
+        w.and("t.name = ?", [text(n)]);
+    }
+    if let Some(u) = &f.user {
+        match u.parse::<i64>() {
+            Ok(uid) => w.and("(t.user = ? OR (t.user IS NULL AND t.uid = ?))", [text(u), uid.into()]),
+            Err(_) => w.and("t.user = ?", [text(u)]),
+        }
+    }
+    if let Some(s) = &f.sha256 {
+        w.and("t.sha256 = ?", [text(&s.to_ascii_lowercase())]);
+    }
+    let columns = PROCESS_COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {columns}, t.host_id, h.hostname FROM processes t JOIN hosts h ON h.id = t.host_id{} \
+         ORDER BY t.host_id, t.pid LIMIT {}",
+        w.sql,
+        u64::from(f.limit) + 1
+    );
+    let n = PROCESS_COLUMNS.split(", ").count();
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(w.args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Located { host_id: r.get(n)?, hostname: r.get(n + 1)?, item: process_from_row(r)? });
+    }
+    Ok(paged(out, f.limit, |l| format!("{}.{}", l.host_id, l.item.pid)))
+}
+
+/// Listeners and connections: the rows and each one's id, for the cursor.
+fn sockets<T>(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    w: Where,
+    limit: u32,
+    from_row: fn(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Page<Located<T>>> {
+    let n = columns.split(", ").count();
+    let columns = columns.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {columns}, t.host_id, h.hostname, t.id FROM {table} t JOIN hosts h ON h.id = t.host_id{} \
+         ORDER BY t.host_id, t.id LIMIT {}",
+        w.sql,
+        u64::from(limit) + 1
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(w.args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((
+            r.get::<_, i64>(n + 2)?,
+            Located { host_id: r.get(n)?, hostname: r.get(n + 1)?, item: from_row(r)? },
+        ));
+    }
+    let page = paged(out, limit, |(id, l)| format!("{}.{id}", l.host_id));
+    Ok(Page { items: page.items.into_iter().map(|(_, l)| l).collect(), next: page.next })
+}
+
+pub(super) fn listeners(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Listener>>> {
+    let mut w = state_where(f, "t.id")?;
+    if let Some(p) = f.port {
+        w.and("t.port = ?", [p.into()]);
+    }
+    if let Some(a) = f.address {
+        w.and("t.address = ?", [text(&a.to_string())]);
+    }
+    sockets(tx, "listeners", LISTENER_COLUMNS, w, f.limit, listener_from_row)
+}
+
+pub(super) fn connections(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Connection>>> {
+    let mut w = state_where(f, "t.id")?;
+    if let Some(p) = f.port {
+        w.and("t.remote_port = ?", [p.into()]);
+    }
+    if let Some(d) = f.direction {
+        w.and("t.direction = ?", [text(d.as_str())]);
+    }
+    if let Some(net) = &f.remote {
+        let (first, last) = net_range(net);
+        w.and("t.remote_key BETWEEN ? AND ?", [first.to_vec().into(), last.to_vec().into()]);
+    }
+    sockets(tx, "connections", CONNECTION_COLUMNS, w, f.limit, connection_from_row)
+}
+
+/// Which history table a filter is applied to: what each can be filtered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum History {
+    Processes,
+    Sockets,
+    Files,
+}
+
+/// The WHERE, ORDER and LIMIT of a history query over the table aliased `e`, newest first.
+pub(super) fn history_where(f: &HistoryFilter, table: History) -> Result<(String, Vec<Value>)> {
+    let mut w = Where::new();
+    if let Some(h) = f.host_id {
+        w.and("e.host_id = ?", [h.into()]);
+    }
+    if let Some(since) = f.since {
+        w.and("e.at >= ?", [text(&ts(since))]);
+    }
+    if let Some(c) = &f.after {
+        let (at, id) = history_cursor(c)?;
+        w.and("(e.at, e.id) < (?, ?)", [text(&at), id.into()]);
+    }
+    match table {
+        History::Processes => {
+            if let Some(n) = &f.name {
+                w.and("e.name = ?", [text(n)]);
+            }
+            if let Some(s) = &f.sha256 {
+                w.and("e.sha256 = ?", [text(&s.to_ascii_lowercase())]);
+            }
+        }
+        History::Sockets => {
+            if let Some(net) = &f.remote {
+                let (first, last) = net_range(net);
+                w.and("e.remote_key BETWEEN ? AND ?", [first.to_vec().into(), last.to_vec().into()]);
+            }
+            if let Some(p) = f.port {
+                w.and(
+                    "(e.remote_port = ? OR (e.socket = 'listener' AND e.local_port = ?))",
+                    [p.into(), p.into()],
+                );
+            }
+        }
+        History::Files => {
+            if let Some(p) = &f.path {
+                w.and("e.path GLOB ?", [text(p)]);
+            }
+        }
+    }
+    if let Some(e) = &f.exe
+        && table != History::Files
+    {
+        w.and("e.exe GLOB ?", [text(e)]);
+    }
+    let sql = format!("{} ORDER BY e.at DESC, e.id DESC LIMIT {}", w.sql, u64::from(f.limit.max(1)) + 1);
+    Ok((sql, w.args))
+}
+
+/// The page of history rows read with [`history_where`], cursor from each one's time and id.
+pub(super) fn history_page<T>(
+    rows: Vec<T>,
+    f: &HistoryFilter,
+    key: impl Fn(&T) -> (i64, time::OffsetDateTime),
+) -> Page<T> {
+    paged(rows, f.limit.max(1), |r| {
+        let (id, at) = key(r);
+        format!("{}/{id}", ts(at))
+    })
+}
+
+pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<ProcessEvent>> {
+    let (clause, args) = history_where(f, History::Processes)?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.cmdline, e.user, e.uid, \
+         e.start_time, e.login_uid, e.session_id, e.ancestry, e.explained \
+         FROM process_events e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(4)?;
+        let cmdline: Option<String> = r.get(9)?;
+        out.push(ProcessEvent {
+            id: r.get(0)?,
+            host_id: r.get(1)?,
+            hostname: r.get(2)?,
+            at: parse_ts(&r.get::<_, String>(3)?)?,
+            kind: if kind == "exec" { "exec" } else { "exit" },
+            pid: r.get(5)?,
+            ppid: r.get(6)?,
+            name: r.get(7)?,
+            exe: r.get(8)?,
+            cmdline: opt_json(cmdline, "cmdline")?.unwrap_or_default(),
+            user: r.get(10)?,
+            uid: r.get(11)?,
+            start_time: parse_ts(&r.get::<_, String>(12)?)?,
+            login_uid: r.get(13)?,
+            session_id: r.get(14)?,
+            ancestry: opt_json(r.get(15)?, "ancestry")?.unwrap_or_default(),
+            explained: r.get(16)?,
+        });
+    }
+    Ok(history_page(out, f, |e| (e.id, e.at)))
+}
+
+pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<SocketEvent>> {
+    let (clause, args) = history_where(f, History::Sockets)?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address, e.local_port, \
+         e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns \
+         FROM socket_events e JOIN hosts h ON h.id = e.host_id{clause}"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(4)?;
+        let socket: String = r.get(5)?;
+        let remote = match r.get::<_, Option<String>>(9)? {
+            Some(_) => Some(SocketAddr::new(ip(r, 9)?, r.get(10)?)),
+            None => None,
+        };
+        out.push(SocketEvent {
+            id: r.get(0)?,
+            host_id: r.get(1)?,
+            hostname: r.get(2)?,
+            at: parse_ts(&r.get::<_, String>(3)?)?,
+            kind: if kind == "open" { "open" } else { "close" },
+            socket: if socket == "listener" { "listener" } else { "connection" },
+            protocol: parse_enum::<Protocol>(&r.get::<_, String>(6)?)?,
+            local: SocketAddr::new(ip(r, 7)?, r.get(8)?),
+            remote,
+            direction: r.get::<_, Option<String>>(11)?.map(|d| parse_enum::<Direction>(&d)).transpose()?,
+            pid: r.get(12)?,
+            process: r.get(13)?,
+            exe: r.get(14)?,
+            netns: r.get(15)?,
+        });
+    }
+    Ok(history_page(out, f, |e| (e.id, e.at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use rusqlite::params;
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{FindingFilter, Store, parse_net};
+
+    const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// Three hosts (the third retired) with processes, listeners, connections, history and
+    /// findings: what every filter below is checked against.
+    async fn store(dir: &std::path::Path) -> SqliteStore {
+        let s = SqliteStore::open(&dir.join("hw.db")).unwrap();
+        s.tx(|tx| {
+            tx.execute_batch(&format!(
+                "INSERT INTO hosts (id, hostname, machine_id, enrolled_at, workload, retired_at) VALUES
+                   (1, 'web-1', 'm1', '2026-01-01T00:00:00.000Z', 'web', NULL),
+                   (2, 'db-1', 'm2', '2026-01-01T00:00:00.000Z', 'db', NULL),
+                   (3, 'old-1', 'm3', '2026-01-01T00:00:00.000Z', 'web', '2026-02-01T00:00:00.000Z');
+                 INSERT INTO processes (host_id, pid, ppid, name, exe, uid, user, start_time, sha256, cmdline) VALUES
+                   (1, 10, 1, 'xmrig', '/tmp/.x/xmrig', 1000, 'www', '2026-01-01T00:00:00.000Z', '{HASH_A}', '[]'),
+                   (1, 11, 1, 'nginx', '/usr/sbin/nginx', 0, 'root', '2026-01-01T00:00:00.000Z', 'bb', '[]'),
+                   (2, 20, 1, 'xmrig', '/var/tmp/xmrig', 1001, NULL, '2026-01-01T00:00:00.000Z', '{HASH_A}', '[]'),
+                   (2, 21, 1, 'postgres', '/usr/lib/postgresql/15/bin/postgres', 105, 'postgres', '2026-01-01T00:00:00.000Z', 'cc', '[]'),
+                   (3, 30, 1, 'xmrig', '/tmp/xmrig', 0, 'root', '2026-01-01T00:00:00.000Z', '{HASH_A}', '[]');
+                 INSERT INTO listeners (host_id, protocol, address, port, uid) VALUES
+                   (1, 'tcp', '0.0.0.0', 22, 0), (1, 'tcp', '127.0.0.1', 22, 0), (2, 'tcp', '0.0.0.0', 5432, 105),
+                   (2, 'tcp', '::', 22, 0), (3, 'tcp', '0.0.0.0', 22, 0);
+                 INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, direction, uid, remote_key) VALUES
+                   (1, 'tcp', '10.0.0.5', 40000, '10.1.2.3', 5432, 'outbound', 0, ip_key('10.1.2.3')),
+                   (1, 'tcp', '10.0.0.5', 40001, '203.0.113.7', 443, 'outbound', 0, ip_key('203.0.113.7')),
+                   (2, 'tcp', '::ffff:10.0.0.6', 5432, '::ffff:10.9.9.9', 50000, 'inbound', 0, ip_key('::ffff:10.9.9.9')),
+                   (2, 'tcp', '2001:db8::6', 40002, '2001:db8::99', 443, 'outbound', 0, ip_key('2001:db8::99')),
+                   (3, 'tcp', '10.0.0.7', 40003, '10.1.1.1', 5432, 'outbound', 0, ip_key('10.1.1.1'));
+                 INSERT INTO process_events (host_id, at, kind, pid, name, exe, sha256, start_time) VALUES
+                   (1, '2026-03-01T10:00:00.000Z', 'exec', 10, 'xmrig', '/tmp/.x/xmrig', '{HASH_A}', '2026-03-01T10:00:00.000Z'),
+                   (2, '2026-03-01T11:00:00.000Z', 'exec', 20, 'xmrig', '/var/tmp/xmrig', '{HASH_A}', '2026-03-01T11:00:00.000Z'),
+                   (2, '2026-03-01T12:00:00.000Z', 'exec', 22, 'curl', '/usr/bin/curl', 'dd', '2026-03-01T12:00:00.000Z');
+                 INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, remote_address, remote_port, direction, remote_key) VALUES
+                   (1, '2026-03-01T10:00:00.000Z', 'open', 'connection', 'tcp', '10.0.0.5', 1, '10.200.0.1', 22, 'outbound', ip_key('10.200.0.1')),
+                   (2, '2026-03-01T11:00:00.000Z', 'open', 'connection', 'tcp', '10.0.0.6', 2, '192.168.0.1', 22, 'outbound', ip_key('192.168.0.1')),
+                   (2, '2026-03-01T12:00:00.000Z', 'close', 'connection', 'tcp', '10.0.0.6', 3, '10.3.0.1', 443, 'outbound', ip_key('10.3.0.1'));
+                 INSERT INTO findings (id, host_id, kind, severity, subject, status, first_seen, last_seen, opened_at) VALUES
+                   (1, 1, 'unexpected_process', 'medium', 'a', 'open', '2026-03-01T00:00:00.000Z', '2026-03-01T09:00:00.000Z', '2026-03-01T00:00:00.000Z'),
+                   (2, 1, 'suspicious_process', 'critical', 'b', 'open', '2026-03-01T00:00:00.000Z', '2026-03-01T08:00:00.000Z', '2026-03-01T00:00:00.000Z'),
+                   (3, 2, 'unexpected_listener', 'high', 'c', 'open', '2026-03-01T00:00:00.000Z', '2026-03-01T10:00:00.000Z', '2026-03-01T00:00:00.000Z'),
+                   (4, 2, 'unexpected_listener', 'high', 'd', 'resolved', '2026-03-01T00:00:00.000Z', '2026-03-01T11:00:00.000Z', '2026-03-01T00:00:00.000Z'),
+                   (5, 2, 'outlier', 'low', 'e', 'open', '2026-03-01T00:00:00.000Z', '2026-03-01T12:00:00.000Z', '2026-03-01T00:00:00.000Z');"
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s
+    }
+
+    fn all(limit: u32) -> StateFilter {
+        StateFilter { limit, ..StateFilter::default() }
+    }
+
+    async fn pids(s: &SqliteStore, f: StateFilter) -> Vec<u32> {
+        s.list_processes(&f).await.unwrap().items.into_iter().map(|l| l.item.pid).collect()
+    }
+
+    #[tokio::test]
+    async fn each_state_filter_finds_what_it_names_and_nothing_of_retired_hosts() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path()).await;
+        assert_eq!(pids(&s, StateFilter { sha256: Some(HASH_A.into()), ..all(100) }).await, [10, 20]);
+        assert_eq!(pids(&s, StateFilter { exe: Some("*/xmrig".into()), ..all(100) }).await, [10, 20]);
+        assert_eq!(pids(&s, StateFilter { exe: Some("/tmp/*".into()), ..all(100) }).await, [10]);
+        assert_eq!(pids(&s, StateFilter { user: Some("root".into()), ..all(100) }).await, [11]);
+        // A uid matches a process whose user has no name.
+        assert_eq!(pids(&s, StateFilter { user: Some("1001".into()), ..all(100) }).await, [20]);
+        assert_eq!(
+            pids(&s, StateFilter { host_id: Some(2), name: Some("xmrig".into()), ..all(100) }).await,
+            [20]
+        );
+
+        let ports = |f: StateFilter| {
+            let s = s.clone();
+            async move {
+                s.list_listeners(&f)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|l| (l.host_id, l.item.address.to_string(), l.item.port))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let any4: std::net::IpAddr = "0.0.0.0".parse().unwrap();
+        assert_eq!(
+            ports(StateFilter { port: Some(22), address: Some(any4), ..all(100) }).await,
+            [(1, "0.0.0.0".to_owned(), 22)]
+        );
+        assert_eq!(ports(StateFilter { port: Some(22), ..all(100) }).await.len(), 3);
+
+        let remotes = |f: StateFilter| {
+            let s = s.clone();
+            async move {
+                s.list_connections(&f)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|l| l.item.remote.ip().to_string())
+                    .collect::<Vec<_>>()
+            }
+        };
+        let net = |n: &str| Some(parse_net(n).unwrap());
+        // A dual-stack socket's mapped address is in its IPv4 block.
+        assert_eq!(
+            remotes(StateFilter { remote: net("10.0.0.0/8"), ..all(100) }).await,
+            ["10.1.2.3", "::ffff:10.9.9.9"]
+        );
+        assert_eq!(
+            remotes(StateFilter { remote: net("10.0.0.0/8"), port: Some(5432), ..all(100) }).await,
+            ["10.1.2.3"]
+        );
+        assert_eq!(remotes(StateFilter { remote: net("2001:db8::/32"), ..all(100) }).await, ["2001:db8::99"]);
+        assert_eq!(remotes(StateFilter { remote: net("203.0.113.7"), ..all(100) }).await, ["203.0.113.7"]);
+        assert!(remotes(StateFilter { remote: net("192.168.0.0/16"), ..all(100) }).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_filters_read_newest_first_and_pages_hold_every_event_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path()).await;
+        let h = |f: HistoryFilter| {
+            let s = s.clone();
+            async move { s.process_events(&f).await.unwrap().items.into_iter().map(|e| e.pid).collect::<Vec<_>>() }
+        };
+        let base = HistoryFilter { limit: 100, ..HistoryFilter::default() };
+        assert_eq!(h(base.clone()).await, [22, 20, 10]);
+        assert_eq!(h(HistoryFilter { sha256: Some(HASH_A.into()), ..base.clone() }).await, [20, 10]);
+        assert_eq!(h(HistoryFilter { exe: Some("/usr/*".into()), ..base.clone() }).await, [22]);
+        let since = parse_ts("2026-03-01T10:30:00.000Z").unwrap();
+        assert_eq!(
+            h(HistoryFilter { since: Some(since), sha256: Some(HASH_A.into()), ..base.clone() }).await,
+            [20]
+        );
+        let sockets = |f: HistoryFilter| {
+            let s = s.clone();
+            async move {
+                s.socket_events(&f)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|e| e.local.port())
+                    .collect::<Vec<_>>()
+            }
+        };
+        let net = Some(parse_net("10.0.0.0/8").unwrap());
+        assert_eq!(sockets(HistoryFilter { remote: net, ..base.clone() }).await, [3, 1]);
+        assert_eq!(sockets(HistoryFilter { remote: net, port: Some(22), ..base.clone() }).await, [1]);
+        assert_eq!(sockets(HistoryFilter { remote: net, since: Some(since), ..base.clone() }).await, [3]);
+        // One event a page: each once, newest first, and the last page says there is no more.
+        let mut seen = Vec::new();
+        let mut f = HistoryFilter { limit: 1, ..base.clone() };
+        loop {
+            let page = s.process_events(&f).await.unwrap();
+            seen.extend(page.items.iter().map(|e| e.pid));
+            match page.next {
+                Some(n) => f.after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [22, 20, 10]);
+        let e =
+            s.process_events(&HistoryFilter { after: Some("nonsense".into()), ..base }).await.unwrap_err();
+        assert!(matches!(e, StoreError::Query(ref m) if m.contains("cursor")), "{e}");
+    }
+
+    /// Pages of a listing while the state changes between them: every row that stays is on
+    /// exactly one page.
+    #[tokio::test]
+    async fn every_row_that_stays_is_on_exactly_one_page_while_the_state_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path()).await;
+        s.tx(|tx| {
+            for pid in 100..200 {
+                tx.execute(
+                    "INSERT INTO processes (host_id, pid, ppid, name, uid, start_time, cmdline) VALUES (?1, ?2, 1, 'p', 0, '2026-01-01T00:00:00.000Z', '[]')",
+                    params![1 + pid % 2, pid],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        let mut f = all(7);
+        let mut round = 0u32;
+        loop {
+            let page = s.list_processes(&f).await.unwrap();
+            assert!(page.items.len() <= 7);
+            seen.extend(page.items.iter().map(|l| (l.host_id, l.item.pid)));
+            // Between pages: a process of each host ends and a new one starts.
+            round += 1;
+            s.tx(move |tx| {
+                tx.execute("DELETE FROM processes WHERE pid = ?1", params![300 + round - 1])?;
+                tx.execute(
+                    "INSERT INTO processes (host_id, pid, ppid, name, uid, start_time, cmdline) VALUES (?1, ?2, 1, 'n', 0, '2026-01-01T00:00:00.000Z', '[]')",
+                    params![1 + round % 2, 300 + round],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+            match page.next {
+                Some(n) => f.after = Some(n),
+                None => break,
+            }
+        }
+        let stayed: BTreeSet<(i64, u32)> = (100..200)
+            .map(|p| (1 + i64::from(p % 2), p))
+            .chain([(1, 10), (1, 11), (2, 20), (2, 21)])
+            .collect();
+        for key in &stayed {
+            assert_eq!(seen.iter().filter(|k| *k == key).count(), 1, "{key:?} not on exactly one page");
+        }
+        let unique: BTreeSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "a row twice");
+        assert!(!seen.iter().any(|(h, _)| *h == 3), "a retired host's process");
+    }
+
+    #[tokio::test]
+    async fn findings_come_most_severe_first_and_filter_by_severity_workload_and_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path()).await;
+        let ids = |f: FindingFilter| {
+            let s = s.clone();
+            async move { s.list_findings(&f).await.unwrap().into_iter().map(|f| f.id).collect::<Vec<_>>() }
+        };
+        // Critical, then high by last seen (newest first), then medium, then low.
+        assert_eq!(ids(FindingFilter::default()).await, [2, 4, 3, 1, 5]);
+        let sev = Some(hostwatch_proto::v1::Severity::High);
+        assert_eq!(ids(FindingFilter { severity: sev, ..Default::default() }).await, [2, 4, 3]);
+        assert_eq!(ids(FindingFilter { workload: Some("db".into()), ..Default::default() }).await, [4, 3, 5]);
+        let since = parse_ts("2026-03-01T09:30:00.000Z").unwrap();
+        assert_eq!(ids(FindingFilter { since: Some(since), ..Default::default() }).await, [4, 3, 5]);
+        // Paged two at a time through the cursor the API gives.
+        let mut seen = Vec::new();
+        let mut f = FindingFilter { limit: Some(2), ..Default::default() };
+        loop {
+            let page = s.list_findings(&f).await.unwrap();
+            seen.extend(page.iter().map(|f| f.id));
+            if page.len() < 2 {
+                break;
+            }
+            let last = page.last().unwrap();
+            f.after = Some(format!(
+                "{}/{}/{}",
+                crate::store::severity_rank(last.severity),
+                ts(last.last_seen),
+                last.id
+            ));
+        }
+        assert_eq!(seen, [2, 4, 3, 1, 5]);
+    }
+
+    /// The incident questions are answered from indexes, not by reading every host's rows.
+    #[tokio::test]
+    async fn incident_questions_use_their_indexes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path()).await;
+        let plan = |sql: &'static str| {
+            let s = s.clone();
+            async move {
+                s.read(move |tx| {
+                    let mut stmt = tx.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows: Vec<String> =
+                        stmt.query_map([], |r| r.get::<_, String>(3))?.collect::<rusqlite::Result<_>>()?;
+                    Ok(rows.join(" | "))
+                })
+                .await
+                .unwrap()
+            }
+        };
+        for (sql, index) in [
+            ("SELECT * FROM processes WHERE sha256 = 'x'", "processes_sha256"),
+            ("SELECT * FROM processes WHERE exe GLOB '/tmp/*'", "processes_exe"),
+            ("SELECT * FROM listeners WHERE port = 22 AND address = '0.0.0.0'", "listeners_port"),
+            (
+                "SELECT * FROM connections WHERE remote_key BETWEEN cidr_first('10.0.0.0/8') AND cidr_last('10.0.0.0/8')",
+                "connections_remote",
+            ),
+            ("SELECT * FROM process_events WHERE sha256 = 'x' ORDER BY at DESC", "process_events_sha256"),
+            ("SELECT * FROM socket_events WHERE at >= '2026-01-01' ORDER BY at DESC", "socket_events_at"),
+        ] {
+            let p = plan(sql).await;
+            assert!(p.contains(index), "{sql}: {p}");
+        }
+    }
+}
