@@ -54,6 +54,10 @@ use std::time::{Duration, Instant};
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
 
+mod host;
+
+use host::{Host, Rng};
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -148,24 +152,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// A small deterministic generator (xorshift64*): jitter and synthetic hosts without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// How one request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
@@ -231,159 +217,6 @@ impl Stats {
         self.enroll_failures += o.enroll_failures;
         self.bytes_sent += o.bytes_sent;
         self.hosts.extend(o.hosts);
-    }
-}
-
-/// A simulated host: what its agent reports.
-struct Host {
-    index: usize,
-    rng: Rng,
-    next_pid: u32,
-    processes: Vec<proto::Process>,
-    listeners: Vec<proto::Listener>,
-    connections: Vec<proto::Connection>,
-    booted: OffsetDateTime,
-}
-
-const PROGRAMS: &[(&str, &str, &str)] = &[
-    ("nginx", "/usr/sbin/nginx", "nginx.service"),
-    ("python3", "/usr/bin/python3.11", "app.service"),
-    ("java", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "worker.service"),
-    ("sshd", "/usr/sbin/sshd", "ssh.service"),
-    ("postgres", "/usr/lib/postgresql/15/bin/postgres", "postgresql@15-main.service"),
-    ("node", "/usr/bin/node", "frontend.service"),
-    ("cron", "/usr/sbin/cron", "cron.service"),
-    ("systemd-journald", "/usr/lib/systemd/systemd-journald", "systemd-journald.service"),
-];
-
-impl Host {
-    fn new(index: usize, processes: usize) -> Host {
-        let booted = OffsetDateTime::now_utc() - time::Duration::days(3);
-        let mut h = Host {
-            index,
-            rng: Rng::new(index as u64 + 1),
-            next_pid: 1000,
-            processes: Vec::new(),
-            listeners: Vec::new(),
-            connections: Vec::new(),
-            booted,
-        };
-        for _ in 0..processes {
-            let p = h.process();
-            h.processes.push(p);
-        }
-        let addr = IpAddr::V4(Ipv4Addr::new(10, (index >> 16) as u8, (index >> 8) as u8, index as u8));
-        for (i, port) in [22u16, 80, 443, 5432, 8080, 9100].into_iter().enumerate() {
-            let (name, exe, _) = PROGRAMS[i % PROGRAMS.len()];
-            h.listeners.push(proto::Listener {
-                protocol: proto::Protocol::Tcp,
-                address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                port,
-                pid: Some(900 + i as u32),
-                process: Some(name.into()),
-                exe: Some(exe.into()),
-                uid: 0,
-                netns: None,
-            });
-        }
-        for i in 0..30u16 {
-            let c = h.connection(addr, 40000 + i);
-            h.connections.push(c);
-        }
-        h
-    }
-
-    fn process(&mut self) -> proto::Process {
-        let (name, exe, unit) = PROGRAMS[self.rng.below(PROGRAMS.len() as u64) as usize];
-        self.next_pid += 1 + self.rng.below(7) as u32;
-        let start = self.booted + time::Duration::seconds(self.rng.below(200_000) as i64);
-        let mut p = proto::Process::new(self.next_pid, 1, name, 33, start);
-        p.exe = Some(exe.to_owned());
-        p.user = Some("www-data".to_owned());
-        p.cmdline = vec![
-            exe.to_owned(),
-            "--config".to_owned(),
-            format!("/etc/{name}/{name}.conf"),
-            format!("--worker-id={}", self.rng.below(64)),
-        ];
-        p.sha256 =
-            Some(format!("{:016x}{:016x}{:016x}{:016x}", self.rng.next(), self.rng.next(), 0, self.index));
-        p.cgroup = Some(format!("/system.slice/{unit}"));
-        p.unit = Some(unit.to_owned());
-        p.rss_bytes = Some(self.rng.below(512 << 20));
-        p.cpu_percent = Some((self.rng.below(1000) as f32) / 100.0);
-        p.ancestry = vec![proto::Ancestor {
-            pid: 1,
-            name: "systemd".to_owned(),
-            exe: Some("/usr/lib/systemd/systemd".to_owned()),
-        }]
-        .into();
-        p
-    }
-
-    fn connection(&mut self, local: IpAddr, port: u16) -> proto::Connection {
-        let (name, exe, _) = PROGRAMS[self.rng.below(PROGRAMS.len() as u64) as usize];
-        proto::Connection {
-            protocol: proto::Protocol::Tcp,
-            local_address: local,
-            local_port: port,
-            remote_address: IpAddr::V4(Ipv4Addr::new(
-                10,
-                9,
-                (self.rng.below(4)) as u8,
-                (self.rng.below(250) + 1) as u8,
-            )),
-            remote_port: [443u16, 5432, 6379, 9092][self.rng.below(4) as usize],
-            direction: proto::Direction::Outbound,
-            pid: Some(1000 + self.rng.below(500) as u32),
-            process: Some(name.into()),
-            exe: Some(exe.into()),
-            uid: 33,
-            netns: None,
-        }
-    }
-
-    fn facts(&self) -> proto::HostFacts {
-        let mut f =
-            proto::HostFacts::new(format!("load-{:05}", self.index), format!("{:032x}", self.index + 1));
-        f.os = "Debian GNU/Linux 12 (bookworm)".to_owned();
-        f.kernel = "6.1.0-18-amd64".to_owned();
-        f.arch = "x86_64".to_owned();
-        f.tags.insert("role".to_owned(), ["web", "worker", "db"][self.index % 3].to_owned());
-        f
-    }
-
-    fn snapshot(&self) -> proto::Snapshot {
-        proto::Snapshot {
-            taken_at: OffsetDateTime::now_utc(),
-            processes: self.processes.clone(),
-            listeners: self.listeners.clone(),
-            connections: self.connections.clone(),
-        }
-    }
-
-    /// Two processes end and two start; one connection closes and another opens.
-    fn delta(&mut self) -> proto::Delta {
-        let now = OffsetDateTime::now_utc();
-        let mut d = proto::Delta::default();
-        for _ in 0..2 {
-            if self.processes.len() > 1 {
-                let gone = self.processes.swap_remove(self.rng.below(self.processes.len() as u64) as usize);
-                d.processes.removed.push(proto::Removed { key: gone.key(), at: now });
-            }
-            let mut p = self.process();
-            p.start_time = now;
-            d.processes.added.push(p.clone());
-            self.processes.push(p);
-        }
-        if let Some(c) = self.connections.pop() {
-            d.connections.removed.push(proto::Removed { key: c.key(), at: now });
-            let port = 40000 + self.rng.below(20000) as u16;
-            let fresh = self.connection(c.local_address, port);
-            d.connections.added.push(fresh.clone());
-            self.connections.insert(0, fresh);
-        }
-        d
     }
 }
 
@@ -479,7 +312,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
     // all at once at the start (a fleet's hosts at once held the generator's thread for seconds).
     let first = shared.start + Duration::from_millis(rng.below(args.boot_over.as_millis() as u64));
     tokio::time::sleep_until(first.into()).await;
-    let mut host = Host::new(index, args.processes);
+    let mut host = Host::new(index, host::Shape::load(args.processes));
     let started = OffsetDateTime::now_utc();
     let key = match enroll(&client, &shared, &host, started).await {
         Ok(key) => key,
@@ -509,7 +342,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
                 let (snapshot, delta) = if want_snapshot {
                     (Some(host.snapshot()), None)
                 } else if seq.is_multiple_of(args.delta_every) {
-                    (None, Some(host.delta()))
+                    (None, Some(host.delta(OffsetDateTime::now_utc(), 1)))
                 } else {
                     (None, None)
                 };

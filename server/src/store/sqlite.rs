@@ -1486,6 +1486,27 @@ mod tests {
         })
     }
 
+    /// A hash that comes a report after its exec is found in the history by it too.
+    #[tokio::test]
+    async fn a_hash_that_comes_after_the_exec_goes_into_its_history() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let id = enroll(&s, &facts("m1"), "h1", at(0)).await.unwrap();
+        let snap = record(7, 1, Content::Snapshot(HostState::default()));
+        s.apply_report(id, &snap, at(1)).await.unwrap();
+        let p = process(10, "late", 2);
+        s.apply_report(id, &record(7, 2, delta_of(vec![p.clone()], vec![])), at(3)).await.unwrap();
+        let hashed = Process { sha256: Some("ab".repeat(32)), ..p };
+        let update = delta_content(StateDelta {
+            processes: ChangeSet { added: vec![], updated: vec![hashed], removed: vec![] },
+            ..Default::default()
+        });
+        let (_, recorded) = s.apply_report(id, &record(7, 3, update), at(4)).await.unwrap();
+        assert!(recorded.started.is_empty(), "a hash is not a new exec");
+        let by_hash = HistoryFilter { sha256: Some("ab".repeat(32)), limit: 10, ..Default::default() };
+        let events = s.process_events(&by_hash).await.unwrap().items;
+        assert_eq!(events.iter().map(|e| (e.kind, e.pid)).collect::<Vec<_>>(), [("exec", 10)]);
+    }
+
     #[tokio::test]
     async fn the_delta_protocol() {
         let s = SqliteStore::open_in_memory().unwrap();

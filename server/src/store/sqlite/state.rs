@@ -196,6 +196,20 @@ pub(super) fn apply(
         // The same process running another program: an exec without a new pid.
         let execed = before.as_ref().is_none_or(|b| b.exe != p.exe || b.cmdline != p.cmdline);
         put_process(tx, host_id, p, execed.then_some(through))?;
+        // A hash the agent had not yet when it reported the exec (its hashing budget spent, a
+        // file being written) goes into the exec's history too, so that the history is found by
+        // it (`history processes --sha256`).
+        if history
+            && !execed
+            && let (Some(sha), Some(b)) = (&p.sha256, &before)
+            && b.sha256.is_none()
+        {
+            tx.prepare_cached(
+                "UPDATE process_events SET sha256 = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
+                 AND start_time = ?3 AND kind = 'exec' AND sha256 IS NULL",
+            )?
+            .execute(params![sha, host_id, ts(p.start_time), p.pid])?;
+        }
         if history && execed {
             // No exec time on the wire for an update: when it arrived, or before the process's
             // end if the same delta ends it (a program that ran and ended between two reports).
