@@ -4,7 +4,8 @@ Nothing here reaches outside this machine, and everything started is stopped on 
 import atexit, json, os, re, signal, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.path.join(ROOT, "target", "release")
+# HW_TARGET: another build's binaries (an older commit's, for a side-by-side comparison).
+TARGET = os.environ.get("HW_TARGET") or os.path.join(ROOT, "target", "release")
 HOSTLOAD = os.path.join(os.path.dirname(ROOT), "shared", "tools", "hostload.py")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -40,10 +41,11 @@ def start(argv, **kw):
 
 
 class Collector:
-    def __init__(self, extra=""):
-        """A collector; `extra` is appended to its server.toml."""
+    def __init__(self, extra="", data=None):
+        """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept
+        across runs; default a new temporary one)."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
-        data = os.path.join(self.dir, "server")
+        data = data or os.path.join(self.dir, "server")
         config = os.path.join(self.dir, "server.toml")
         with open(config, "w") as f:
             f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{extra}')

@@ -76,7 +76,7 @@ pub(super) fn record(tx: &Transaction<'_>, host_id: i64, changes: &[proto::FileC
 
 /// Changes newest first, as `hostwatch files` lists them.
 pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<proto::FileEvent>> {
-    let (clause, args) = history_where(f, History::Files)?;
+    let (clause, args) = history_where(tx, f, History::Files)?;
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT e.id, e.host_id, h.hostname, e.detail, e.at FROM file_changes e JOIN hosts h ON h.id = e.host_id{clause}"
     ))?;
@@ -95,7 +95,7 @@ pub(super) fn events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<pro
 
 /// The latest state of each changed path, most recently changed first.
 pub(super) fn current(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<proto::FileRecord>> {
-    let (clause, args) = history_where(f, History::Files)?;
+    let (clause, args) = history_where(tx, f, History::Files)?;
     // As a history table (alias `e`, time `at`, key `id`), so that the filters and pages are
     // the same.
     let mut stmt = tx.prepare_cached(&format!(

@@ -35,7 +35,7 @@ FROM main.listeners l JOIN main.hosts h ON h.id = l.host_id;
 
 CREATE TEMP VIEW connections AS
 SELECT c.host_id, h.hostname, c.protocol, c.local_address, c.local_port, c.remote_address,
-       c.remote_port, c.direction, c.pid, c.process, c.exe, c.uid, c.netns
+       c.remote_port, c.direction, c.pid, c.process, c.exe, c.uid, c.netns, c.remote_key
 FROM main.connections c JOIN main.hosts h ON h.id = c.host_id;
 
 CREATE TEMP VIEW files AS
@@ -55,7 +55,8 @@ FROM main.process_events e JOIN main.hosts h ON h.id = e.host_id;
 
 CREATE TEMP VIEW socket_events AS
 SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address,
-       e.local_port, e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns
+       e.local_port, e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns,
+       e.remote_key
 FROM main.socket_events e JOIN main.hosts h ON h.id = e.host_id;
 
 CREATE TEMP VIEW findings AS
