@@ -108,7 +108,8 @@ impl Host {
     }
 
     pub fn process(&mut self) -> proto::Process {
-        let (name, exe, unit) = PROGRAMS[self.rng.below(PROGRAMS.len() as u64) as usize];
+        let program = self.rng.below(PROGRAMS.len() as u64) as usize;
+        let (name, exe, unit) = PROGRAMS[program];
         self.next_pid += 1 + self.rng.below(7) as u32;
         let start = self.booted + time::Duration::seconds(self.rng.below(200_000) as i64);
         let mut p = proto::Process::new(self.next_pid, 1, name, 33, start);
@@ -120,8 +121,13 @@ impl Host {
             format!("/etc/{name}/{name}.conf"),
             format!("--worker-id={}", self.rng.below(64)),
         ];
-        p.sha256 =
-            Some(format!("{:016x}{:016x}{:016x}{:016x}", self.rng.next(), self.rng.next(), 0, self.index));
+        // A hash is its executable's: every process of a program on a host shares it, and the
+        // fleet runs three versions of each (a roll-out under way), by blocks of 500 hosts. (The
+        // two draws keep every other field of the host as it was when each process had a hash
+        // of its own, which made every snapshot a few hundred random entries of the hash index.)
+        let _ = (self.rng.next(), self.rng.next());
+        let version = (self.index / 500 + program) % 3;
+        p.sha256 = Some(format!("{:056x}{:08x}", 0x5ea1_0000 + program, version));
         p.cgroup = Some(format!("/system.slice/{unit}"));
         p.unit = Some(unit.to_owned());
         p.rss_bytes = Some(self.rng.below(512 << 20));

@@ -1,8 +1,9 @@
 //! The fleet's listings for people: current state (`ps`, `ports`, `conns`) and history, filtered,
 //! sorted and paged in SQL, each filter on an index (migration 0020).
 //!
-//! Pages are keyset pages: a cursor is the key of the last row given (`HOST.KEY` for state,
-//! `AT/ID` for history), and the next page is what sorts after it. A row that stays while a
+//! Pages are keyset pages: a cursor is the key of the last row given (`HOST.PID` for processes,
+//! `HOST.PORT.ID` for listeners, `HOST.LOCAL_PORT.REMOTE_PORT.ID` for connections: the order of
+//! their indexes; `AT/ID` for history), and the next page is what sorts after it. A row that stays while a
 //! listing is paged through is on exactly one page, whatever is added or removed around it; one
 //! added behind the cursor is not, one removed is simply not there. One more row than asked is
 //! read, to know whether there is a next page. Retired hosts' state is left out.
@@ -63,10 +64,14 @@ fn bad_cursor(c: &str) -> StoreError {
     StoreError::Query(format!("cursor {c:?} is not one this listing gave; start again without it"))
 }
 
-/// A state cursor: `HOST.KEY`.
-fn state_cursor(c: &str) -> Result<(i64, i64)> {
-    let (h, k) = c.split_once('.').ok_or_else(|| bad_cursor(c))?;
-    Ok((h.parse().map_err(|_| bad_cursor(c))?, k.parse().map_err(|_| bad_cursor(c))?))
+/// A state cursor: the numbers of a row's key, joined by dots; `n` of them.
+fn state_cursor(c: &str, n: usize) -> Result<Vec<i64>> {
+    let key: Vec<i64> =
+        c.split('.').map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| bad_cursor(c))?;
+    if key.len() != n {
+        return Err(bad_cursor(c));
+    }
+    Ok(key)
 }
 
 /// A history cursor: `AT/ID`, `AT` as the store writes times.
@@ -120,8 +125,9 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
-/// The filters every state listing shares, over the table aliased `t` joined to hosts `h`.
-fn state_where(f: &StateFilter, t_key: &str) -> Result<Where> {
+/// The filters every state listing shares, over the table aliased `t` joined to hosts `h`;
+/// `key`: the listing's order (its columns of `t`).
+fn state_where(f: &StateFilter, key: &[&str]) -> Result<Where> {
     let mut w = Where::new();
     w.and("h.retired_at IS NULL", []);
     if let Some(h) = f.host_id {
@@ -134,14 +140,16 @@ fn state_where(f: &StateFilter, t_key: &str) -> Result<Where> {
         w.and("t.protocol = ?", [text(p.as_str())]);
     }
     if let Some(c) = &f.after {
-        let (h, k) = state_cursor(c)?;
-        w.and(&format!("(t.host_id, {t_key}) > (?, ?)"), [h.into(), k.into()]);
+        let values = state_cursor(c, key.len())?;
+        let cols = key.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
+        let marks = vec!["?"; key.len()].join(", ");
+        w.and(&format!("({cols}) > ({marks})"), values.into_iter().map(Value::from));
     }
     Ok(w)
 }
 
 pub(super) fn processes(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Process>>> {
-    let mut w = state_where(f, "t.pid")?;
+    let mut w = state_where(f, &["host_id", "pid"])?;
     if let Some(n) = &f.name {
         w.and("t.name = ?", [text(n)]);
     }
@@ -171,20 +179,23 @@ pub(super) fn processes(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Lo
     Ok(paged(out, f.limit, |l| format!("{}.{}", l.host_id, l.item.pid)))
 }
 
-/// Listeners and connections: the rows and each one's id, for the cursor.
+/// Listeners and connections, in the order of `key` (the columns of their key index, then the
+/// row id), with the cursor of that order.
 fn sockets<T>(
     tx: &Transaction<'_>,
     table: &str,
     columns: &str,
+    key: &[&str],
     w: Where,
     limit: u32,
     from_row: fn(&rusqlite::Row<'_>) -> Result<T>,
 ) -> Result<Page<Located<T>>> {
     let n = columns.split(", ").count();
     let columns = columns.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+    let order = key.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", ");
     let sql = format!(
-        "SELECT {columns}, t.host_id, h.hostname, t.id FROM {table} t JOIN hosts h ON h.id = t.host_id{} \
-         ORDER BY t.host_id, t.id LIMIT {}",
+        "SELECT {columns}, h.hostname, {order} FROM {table} t JOIN hosts h ON h.id = t.host_id{} \
+         ORDER BY {order} LIMIT {}",
         w.sql,
         u64::from(limit) + 1
     );
@@ -192,28 +203,34 @@ fn sockets<T>(
     let mut rows = stmt.query(rusqlite::params_from_iter(w.args))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push((
-            r.get::<_, i64>(n + 2)?,
-            Located { host_id: r.get(n)?, hostname: r.get(n + 1)?, item: from_row(r)? },
-        ));
+        let values =
+            (0..key.len()).map(|i| r.get::<_, i64>(n + 1 + i)).collect::<rusqlite::Result<Vec<_>>>()?;
+        let located = Located { host_id: values[0], hostname: r.get(n)?, item: from_row(r)? };
+        out.push((values, located));
     }
-    let page = paged(out, limit, |(id, l)| format!("{}.{id}", l.host_id));
+    let page =
+        paged(out, limit, |(values, _)| values.iter().map(i64::to_string).collect::<Vec<_>>().join("."));
     Ok(Page { items: page.items.into_iter().map(|(_, l)| l).collect(), next: page.next })
 }
 
+/// The order of the listeners' listing: their key index's.
+const LISTENER_KEY: &[&str] = &["host_id", "port", "id"];
+/// The order of the connections' listing: their key index's.
+const CONNECTION_KEY: &[&str] = &["host_id", "local_port", "remote_port", "id"];
+
 pub(super) fn listeners(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Listener>>> {
-    let mut w = state_where(f, "t.id")?;
+    let mut w = state_where(f, LISTENER_KEY)?;
     if let Some(p) = f.port {
         w.and("t.port = ?", [p.into()]);
     }
     if let Some(a) = f.address {
         w.and("t.address = ?", [text(&a.to_string())]);
     }
-    sockets(tx, "listeners", LISTENER_COLUMNS, w, f.limit, listener_from_row)
+    sockets(tx, "listeners", LISTENER_COLUMNS, LISTENER_KEY, w, f.limit, listener_from_row)
 }
 
 pub(super) fn connections(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Connection>>> {
-    let mut w = state_where(f, "t.id")?;
+    let mut w = state_where(f, CONNECTION_KEY)?;
     if let Some(p) = f.port {
         w.and("t.remote_port = ?", [p.into()]);
     }
@@ -224,7 +241,7 @@ pub(super) fn connections(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<
         let (cond, args) = in_block(tx, "connections", "t", net, f.limit)?;
         w.and(&cond, args);
     }
-    sockets(tx, "connections", CONNECTION_COLUMNS, w, f.limit, connection_from_row)
+    sockets(tx, "connections", CONNECTION_COLUMNS, CONNECTION_KEY, w, f.limit, connection_from_row)
 }
 
 /// Which history table a filter is applied to: what each can be filtered by.
