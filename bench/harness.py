@@ -1,7 +1,7 @@
 """Shared by the benchmark scripts: a collector and an agent from target/release, each in a
 temporary directory, on loopback; the machine's load from hostload.py; CPU and memory of a pid.
 Nothing here reaches outside this machine, and everything started is stopped on exit."""
-import atexit, json, os, re, signal, subprocess, sys, tempfile, threading, time
+import atexit, json, os, re, shutil, signal, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # HW_TARGET: another build's binaries (an older commit's, for a side-by-side comparison).
@@ -26,6 +26,20 @@ def _stop_all():
 
 atexit.register(_stop_all)
 
+# Temporary directories the scripts made (a collector's store of 5,000 hosts is gigabytes): gone
+# at exit, after what used them stopped. Left behind, a dozen runs filled the disk and the last
+# run measured a collector refusing reports for want of space.
+_made = []
+
+
+def _remove_made():
+    _stop_all()
+    for d in _made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_remove_made)
+
 
 def binary(name):
     path = os.path.join(TARGET, name)
@@ -45,6 +59,7 @@ class Collector:
         """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept
         across runs; default a new temporary one)."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
+        _made.append(self.dir)
         data = data or os.path.join(self.dir, "server")
         config = os.path.join(self.dir, "server.toml")
         with open(config, "w") as f:
@@ -76,6 +91,7 @@ class Collector:
     def start_agent(self, tag, **env):
         """The agent with the environment its systemd unit gives it, and `env` over that."""
         state = tempfile.mkdtemp(prefix="hw-bench-agent-")
+        _made.append(state)
         config = os.path.join(state, "agent.toml")
         open(config, "w").close()
         base = {"HOSTWATCH_SERVER": self.url, "HOSTWATCH_ENROLL_SECRET_FILE": self.secret_file,
