@@ -190,7 +190,7 @@ mod tests {
             kind: Some(FindingKind::AgentOffline),
             ..Default::default()
         };
-        store.list_findings(&filter).await.unwrap().len()
+        store.list_findings(&filter).await.unwrap().items.len()
     }
 
     /// A collector behind on its reports must not call the hosts it has not got to offline.

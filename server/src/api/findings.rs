@@ -16,7 +16,7 @@ use super::{ApiError, decode, page_limit, page_response, read_body};
 use crate::auth::{Person, Role};
 use crate::model::{Silence, SilenceScope};
 use crate::state::AppState;
-use crate::store::{FindingFilter, Page, severity_rank};
+use crate::store::FindingFilter;
 
 /// Longest note and reason kept.
 const MAX_NOTE_BYTES: usize = 4096;
@@ -172,18 +172,9 @@ pub async fn list(
         workload: q.workload,
         since,
         after: q.cursor,
-        limit: Some(limit + 1),
+        limit: Some(limit),
     };
-    let mut findings = state.store.list_findings(&filter).await?;
-    let next = (findings.len() > limit as usize)
-        .then(|| {
-            findings.truncate(limit as usize);
-            findings.last().map(|f| {
-                format!("{}/{}/{}", severity_rank(f.severity), proto::timestamp::format(f.last_seen), f.id)
-            })
-        })
-        .flatten();
-    Ok(page_response(Page { items: findings, next }, proto::Finding::from))
+    Ok(page_response(state.store.list_findings(&filter).await?, proto::Finding::from))
 }
 
 fn parse_statuses(s: Option<&str>) -> Result<Vec<FindingStatus>, String> {

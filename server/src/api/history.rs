@@ -9,13 +9,12 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::hosts::resolve_host;
-use super::state::{glob, sha256};
+use super::state::{glob, remote, sha256};
 use super::{ApiError, page_limit, page_response};
 use crate::auth::{Person, Role};
 use crate::model::{ProcessEvent, SocketEvent};
 use crate::state::AppState;
 use crate::store::HistoryFilter;
-use crate::store::parse_net;
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
@@ -65,11 +64,7 @@ async fn filter(
         path: q.path.as_deref().map(|p| glob("path", p)).transpose()?,
         sha256: q.sha256.as_deref().map(sha256).transpose()?,
         exe: q.exe.as_deref().map(|e| glob("exe", e)).transpose()?,
-        remote: q
-            .remote
-            .as_deref()
-            .map(|r| parse_net(r).map_err(|e| ApiError::bad_request(format!("remote: {e}"))))
-            .transpose()?,
+        remote: q.remote.as_deref().map(remote).transpose()?,
         port: q.port,
         after: q.cursor,
         limit: page_limit(q.limit)?,

@@ -16,8 +16,7 @@ use time::OffsetDateTime;
 use super::{ApiError, decode, read_body};
 use crate::auth::{Person, Role};
 use crate::state::AppState;
-use crate::store::QueryTerms;
-use crate::store::sqlite::query::MAX_SQL_BYTES;
+use crate::store::{MAX_SQL_BYTES, QueryTerms};
 
 /// Bytes of values one answer holds at most, whatever `[query] max_rows` allows.
 const MAX_RESULT_BYTES: usize = 64 << 20;

@@ -47,6 +47,11 @@ pub(super) fn sha256(s: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A remote address or CIDR block as given.
+pub(super) fn remote(s: &str) -> Result<ipnet::IpNet, ApiError> {
+    parse_net(s).map_err(|e| ApiError::bad_request(format!("remote: {e}")))
+}
+
 /// A glob as given: bounded like a path.
 pub(super) fn glob(what: &str, s: &str) -> Result<String, ApiError> {
     if s.is_empty() || s.len() > proto::limits::MAX_PATH_BYTES {
@@ -78,11 +83,7 @@ async fn filter(
                 a.parse().map_err(|_| ApiError::bad_request(format!("address: {a:?} is not an IP address")))
             })
             .transpose()?,
-        remote: q
-            .remote
-            .as_deref()
-            .map(|r| parse_net(r).map_err(|e| ApiError::bad_request(format!("remote: {e}"))))
-            .transpose()?,
+        remote: q.remote.as_deref().map(remote).transpose()?,
         protocol: q
             .protocol
             .as_deref()

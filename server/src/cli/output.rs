@@ -49,7 +49,8 @@ impl<T: Tabular> Tabular for proto::Located<T> {
 /// Prints `items` to stdout in `format`.
 pub fn print<T: Tabular + Serialize>(items: &[T], format: OutputFormat) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
-        return write_out(|out| json(items).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}")));
+        return write_out(|out| json(items).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}")))
+            .map(drop);
     }
     let style = if format == OutputFormat::Csv { Style::Csv } else { Style::Table };
     let header = T::columns().iter().map(|c| c.to_string()).collect();
@@ -82,16 +83,10 @@ impl<T: Tabular + Serialize> Stream<T> {
         &mut self,
         f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
     ) -> anyhow::Result<()> {
-        if self.closed {
-            return Ok(());
+        if !self.closed {
+            self.closed = write_out(f)?;
         }
-        match f(&mut std::io::stdout().lock()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(())
-            }
-            other => other.map_err(Into::into),
-        }
+        Ok(())
     }
 
     pub fn push(&mut self, items: &[T]) -> anyhow::Result<()> {
@@ -148,7 +143,8 @@ pub fn print_rows(
             rows.iter().map(|r| columns.iter().cloned().zip(r.iter().cloned()).collect()).collect();
         return write_out(|out| {
             json(&objects).map_err(std::io::Error::from).and_then(|j| writeln!(out, "{j}"))
-        });
+        })
+        .map(drop);
     }
     let style = if format == OutputFormat::Csv { Style::Csv } else { Style::Table };
     let cell = |v: &serde_json::Value| match v {
@@ -191,13 +187,16 @@ fn grid(
             )
         }
     })
+    .map(drop)
 }
 
-/// Writes to stdout; a reader that went away (`| head`) is not an error.
-fn write_out(f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) -> anyhow::Result<()> {
+/// Writes to stdout; a reader that went away (`| head`) is not an error: whether it did.
+fn write_out(
+    f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> anyhow::Result<bool> {
     match f(&mut std::io::stdout().lock()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.map_err(Into::into),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        other => other.map(|()| false).map_err(Into::into),
     }
 }
 
@@ -717,6 +716,26 @@ impl Tabular for proto::SocketEvent {
 
 #[cfg(test)]
 mod tests {
+    /// A finding's table cell names who and what in words; a detail with none of its fields is
+    /// shown as it is.
+    #[test]
+    fn a_findings_detail_in_a_table_is_its_telling_fields() {
+        let d = serde_json::json!({
+            "user": "www-data", "pid": 4242, "exe": "/tmp/x", "cmdline": "/tmp/x -o pool:3333",
+            "parents": [{"pid": 1, "name": "sh"}, {"pid": 2, "name": "bash"}, {"pid": 3, "name": "sshd"},
+                        {"pid": 4, "name": "sshd"}, {"pid": 5, "name": "systemd"}],
+            "remote": "203.0.113.7:3333",
+        });
+        assert_eq!(
+            telling(&d),
+            "user www-data; pid 4242; from sh < bash < sshd < sshd < …; peer 203.0.113.7:3333; cmd /tmp/x -o pool:3333"
+        );
+        let socket = serde_json::json!({"process": "nc", "pid": 7, "last_words": ""});
+        assert_eq!(telling(&socket), "pid 7; by nc");
+        assert_eq!(telling(&serde_json::json!({"count": 3})), r#"{"count":3}"#);
+        assert_eq!(telling(&serde_json::json!({})), "");
+    }
+
     use super::*;
 
     #[test]

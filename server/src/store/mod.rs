@@ -223,6 +223,9 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// The longest statement [`Store::query`] takes, whatever the store.
+pub const MAX_SQL_BYTES: usize = 100_000;
+
 /// What an analyst's read-only SQL may take ([`Store::query`]).
 #[derive(Debug, Clone)]
 pub struct QueryTerms {
@@ -469,7 +472,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<FindingChange>>;
     /// Ids of non-retired hosts with this hostname.
     async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>>;
-    async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>>;
+    /// Findings most severe first, then the most recently seen; a page when `filter.limit` says.
+    async fn list_findings(&self, filter: &FindingFilter) -> Result<Page<Finding>>;
     /// Running processes of the fleet, by host and pid.
     async fn list_processes(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Process>>>;
     /// Listening sockets of the fleet, by host.

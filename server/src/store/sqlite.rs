@@ -1005,75 +1005,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>> {
-        /// A finding's severity as a number that sorts, in SQL.
-        const SEVERITY_RANK: &str = "(CASE f.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 \
-             WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)";
+    async fn list_findings(&self, filter: &FindingFilter) -> Result<Page<Finding>> {
         let filter = filter.clone();
-        self.read(move |tx| {
-            let mut sql = format!(
-                "SELECT {FINDING_COLUMNS} FROM findings f JOIN hosts h ON h.id = f.host_id WHERE 1 = 1"
-            );
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(h) = filter.host_id {
-                args.push(h.into());
-                sql.push_str(&format!(" AND f.host_id = ?{}", args.len()));
-            }
-            if let Some(k) = filter.kind {
-                args.push(k.as_str().to_owned().into());
-                sql.push_str(&format!(" AND f.kind = ?{}", args.len()));
-            }
-            if !filter.statuses.is_empty() {
-                let mut marks = Vec::new();
-                for s in &filter.statuses {
-                    args.push(s.as_str().to_owned().into());
-                    marks.push(format!("?{}", args.len()));
-                }
-                sql.push_str(&format!(" AND f.status IN ({})", marks.join(", ")));
-            }
-            if let Some(sev) = filter.severity {
-                args.push(i64::from(super::severity_rank(sev)).into());
-                sql.push_str(&format!(" AND {SEVERITY_RANK} >= ?{}", args.len()));
-            }
-            if let Some(w) = &filter.workload {
-                args.push(w.clone().into());
-                sql.push_str(&format!(" AND h.workload = ?{}", args.len()));
-            }
-            if let Some(since) = filter.since {
-                args.push(ts(since).into());
-                sql.push_str(&format!(" AND f.last_seen >= ?{}", args.len()));
-            }
-            if let Some(c) = &filter.after {
-                let bad = || {
-                    StoreError::Query(format!(
-                        "cursor {c:?} is not one this listing gave; start again without it"
-                    ))
-                };
-                let mut parts = c.splitn(3, '/');
-                let rank: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                let seen = parts.next().and_then(|p| parse_ts(p).ok()).ok_or_else(bad)?;
-                let id: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-                args.extend([rank.into(), ts(seen).into(), id.into()]);
-                let n = args.len();
-                sql.push_str(&format!(
-                    " AND ({SEVERITY_RANK}, f.last_seen, f.id) < (?{}, ?{}, ?{n})",
-                    n - 2,
-                    n - 1
-                ));
-            }
-            sql.push_str(&format!(" ORDER BY {SEVERITY_RANK} DESC, f.last_seen DESC, f.id DESC"));
-            if let Some(limit) = filter.limit {
-                sql.push_str(&format!(" LIMIT {limit}"));
-            }
-            let mut stmt = tx.prepare(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(finding_from_row(r)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |tx| listing::findings(tx, &filter)).await
     }
 
     async fn prune_history(&self, before: OffsetDateTime, max: u32) -> Result<u64> {
@@ -2048,7 +1982,7 @@ mod tests {
             .await
             .unwrap();
         assert!(ch.is_empty());
-        let all = s.list_findings(&FindingFilter::default()).await.unwrap();
+        let all = s.list_findings(&FindingFilter::default()).await.unwrap().items;
         assert_eq!(all.len(), 2);
         assert!(
             all.iter()
@@ -2076,7 +2010,8 @@ mod tests {
         let f = s
             .list_findings(&FindingFilter { host_id: Some(id), kind: Some(a.kind), ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         assert_eq!(
             (f.len(), f[0].status, f[0].first_seen, f[0].resolved_at),
             (1, FindingStatus::Open, at(1), None)
@@ -2089,7 +2024,8 @@ mod tests {
         let open = s
             .list_findings(&FindingFilter { statuses: vec![FindingStatus::Open], ..Default::default() })
             .await
-            .unwrap();
+            .unwrap()
+            .items;
         assert_eq!(open.iter().map(|f| f.subject.as_str()).collect::<Vec<_>>(), ["/etc/passwd"]);
         assert_eq!(s.host(id).await.unwrap().unwrap().workload.as_deref(), Some("web"));
         assert_eq!(s.host(id).await.unwrap().unwrap().open_findings, 1);
@@ -2106,8 +2042,11 @@ mod tests {
             ..obs(FindingKind::UnexpectedProcess, "/usr/local/lib/x")
         };
         let find = async || {
-            let f =
-                s.list_findings(&FindingFilter { host_id: Some(id), ..Default::default() }).await.unwrap();
+            let f = s
+                .list_findings(&FindingFilter { host_id: Some(id), ..Default::default() })
+                .await
+                .unwrap()
+                .items;
             assert_eq!(f.len(), 1, "{f:?}");
             f.into_iter().next().unwrap()
         };
@@ -2162,7 +2101,8 @@ mod tests {
         );
         s.reconcile_findings(id, Some("web"), &burst[..20], kinds, 10, at(1)).await.unwrap();
         s.reconcile_findings(id, Some("web"), &burst[20..], kinds, 10, at(2)).await.unwrap();
-        let all = s.list_findings(&FindingFilter { host_id: Some(id), ..Default::default() }).await.unwrap();
+        let all =
+            s.list_findings(&FindingFilter { host_id: Some(id), ..Default::default() }).await.unwrap().items;
         let count = |k: FindingKind| all.iter().filter(|f| f.kind == k).count();
         assert_eq!(count(FindingKind::UnexpectedProcess), 11, "10 within the budget, and the rule's");
         assert_eq!(count(FindingKind::UnexpectedListener), 1);

@@ -19,9 +19,9 @@ use super::state::{
     CONNECTION_COLUMNS, LISTENER_COLUMNS, PROCESS_COLUMNS, connection_from_row, ip, listener_from_row,
     process_from_row,
 };
-use super::{opt_json, parse_enum, parse_ts, ts};
-use crate::model::{Connection, Listener, Process, ProcessEvent, SocketEvent};
-use crate::store::{HistoryFilter, Page, Result, StateFilter, StoreError};
+use super::{FINDING_COLUMNS, finding_from_row, opt_json, parse_enum, parse_ts, ts};
+use crate::model::{Connection, Finding, Listener, Process, ProcessEvent, SocketEvent};
+use crate::store::{FindingFilter, HistoryFilter, Page, Result, StateFilter, StoreError, severity_rank};
 
 /// A WHERE clause under construction, with its numbered arguments.
 struct Where {
@@ -91,8 +91,7 @@ const WIDE_PER_ROW: u64 = 20;
 /// SQLite's planner, without a histogram of the keys, takes any two-sided range for narrow, and
 /// read 1.2 million connections of 10.0.0.0/8 to sort them for a page of 1,000 (3.4 s at 10,000
 /// hosts; 2 ms in host order).
-fn wide(tx: &Transaction<'_>, table: &str, net: &ipnet::IpNet, limit: u32) -> Result<bool> {
-    let (first, last) = net_range(net);
+fn wide(tx: &Transaction<'_>, table: &str, (first, last): ([u8; 16], [u8; 16]), limit: u32) -> Result<bool> {
     let bound = (u64::from(limit) * WIDE_PER_ROW).clamp(1_000, 200_000);
     let n: i64 = tx
         .prepare_cached(&format!(
@@ -112,7 +111,7 @@ fn in_block(
     limit: u32,
 ) -> Result<(String, [Value; 2])> {
     let (first, last) = net_range(net);
-    let cond = if wide(tx, table, net, limit)? {
+    let cond = if wide(tx, table, (first, last), limit)? {
         format!("likelihood({alias}.remote_key BETWEEN ? AND ?, 0.9)")
     } else {
         format!("{alias}.remote_key BETWEEN ? AND ?")
@@ -120,7 +119,7 @@ fn in_block(
     Ok((cond, [first.to_vec().into(), last.to_vec().into()]))
 }
 
-/// A glob's text as an argument.
+/// Text as an argument.
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
@@ -242,6 +241,63 @@ pub(super) fn connections(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<
         w.and(&cond, args);
     }
     sockets(tx, "connections", CONNECTION_COLUMNS, CONNECTION_KEY, w, f.limit, connection_from_row)
+}
+
+/// A finding's severity as a number that sorts ([`severity_rank`]'s), in SQL.
+const SEVERITY_RANK: &str = "(CASE f.severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 \
+     WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END)";
+
+/// Findings, most severe first, then the most recently seen, then the newest; cursor
+/// `RANK/LAST_SEEN/ID`. Without a limit, every one.
+pub(super) fn findings(tx: &Transaction<'_>, f: &FindingFilter) -> Result<Page<Finding>> {
+    let mut w = Where::new();
+    if let Some(h) = f.host_id {
+        w.and("f.host_id = ?", [h.into()]);
+    }
+    if let Some(k) = f.kind {
+        w.and("f.kind = ?", [text(k.as_str())]);
+    }
+    if !f.statuses.is_empty() {
+        let marks = vec!["?"; f.statuses.len()].join(", ");
+        w.and(&format!("f.status IN ({marks})"), f.statuses.iter().map(|s| text(s.as_str())));
+    }
+    if let Some(sev) = f.severity {
+        w.and(&format!("{SEVERITY_RANK} >= ?"), [i64::from(severity_rank(sev)).into()]);
+    }
+    if let Some(workload) = &f.workload {
+        w.and("h.workload = ?", [text(workload)]);
+    }
+    if let Some(since) = f.since {
+        w.and("f.last_seen >= ?", [text(&ts(since))]);
+    }
+    if let Some(c) = &f.after {
+        let mut parts = c.splitn(3, '/');
+        let rank: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| bad_cursor(c))?;
+        let seen = parts.next().and_then(|p| parse_ts(p).ok()).ok_or_else(|| bad_cursor(c))?;
+        let id: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| bad_cursor(c))?;
+        w.and(
+            &format!("({SEVERITY_RANK}, f.last_seen, f.id) < (?, ?, ?)"),
+            [rank.into(), text(&ts(seen)), id.into()],
+        );
+    }
+    let limit = f.limit.map(|l| format!(" LIMIT {}", u64::from(l) + 1)).unwrap_or_default();
+    let sql = format!(
+        "SELECT {FINDING_COLUMNS} FROM findings f JOIN hosts h ON h.id = f.host_id{} \
+         ORDER BY {SEVERITY_RANK} DESC, f.last_seen DESC, f.id DESC{limit}",
+        w.sql
+    );
+    let mut stmt = tx.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(w.args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(finding_from_row(r)?);
+    }
+    Ok(match f.limit {
+        Some(limit) => {
+            paged(out, limit, |f| format!("{}/{}/{}", severity_rank(f.severity), ts(f.last_seen), f.id))
+        }
+        None => Page { items: out, next: None },
+    })
 }
 
 /// Which history table a filter is applied to: what each can be filtered by.
@@ -537,10 +593,10 @@ mod tests {
         .await
         .unwrap();
         let net = parse_net("10.0.0.0/8").unwrap();
-        let wide_plan = s.read(move |tx| wide(tx, "connections", &net, 10)).await.unwrap();
+        let wide_plan = s.read(move |tx| wide(tx, "connections", net_range(&net), 10)).await.unwrap();
         assert!(wide_plan, "1,500 rows of a page of 10 is wide");
         let narrow = parse_net("172.16.0.0/12").unwrap();
-        assert!(!s.read(move |tx| wide(tx, "connections", &narrow, 10)).await.unwrap());
+        assert!(!s.read(move |tx| wide(tx, "connections", net_range(&narrow), 10)).await.unwrap());
         let mut seen = Vec::new();
         let mut f = StateFilter { remote: Some(net), ..all(10) };
         loop {
@@ -671,7 +727,7 @@ mod tests {
         let s = store(d.path()).await;
         let ids = |f: FindingFilter| {
             let s = s.clone();
-            async move { s.list_findings(&f).await.unwrap().into_iter().map(|f| f.id).collect::<Vec<_>>() }
+            async move { s.list_findings(&f).await.unwrap().items.into_iter().map(|f| f.id).collect::<Vec<_>>() }
         };
         // Critical, then high by last seen (newest first), then medium, then low.
         assert_eq!(ids(FindingFilter::default()).await, [2, 4, 3, 1, 5]);
@@ -680,24 +736,21 @@ mod tests {
         assert_eq!(ids(FindingFilter { workload: Some("db".into()), ..Default::default() }).await, [4, 3, 5]);
         let since = parse_ts("2026-03-01T09:30:00.000Z").unwrap();
         assert_eq!(ids(FindingFilter { since: Some(since), ..Default::default() }).await, [4, 3, 5]);
-        // Paged two at a time through the cursor the API gives.
+        // Paged two at a time through the cursors the pages give; the last page says it is.
         let mut seen = Vec::new();
         let mut f = FindingFilter { limit: Some(2), ..Default::default() };
+        let mut pages = 0;
         loop {
             let page = s.list_findings(&f).await.unwrap();
-            seen.extend(page.iter().map(|f| f.id));
-            if page.len() < 2 {
-                break;
+            pages += 1;
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|f| f.id));
+            match page.next {
+                Some(n) => f.after = Some(n),
+                None => break,
             }
-            let last = page.last().unwrap();
-            f.after = Some(format!(
-                "{}/{}/{}",
-                crate::store::severity_rank(last.severity),
-                ts(last.last_seen),
-                last.id
-            ));
         }
-        assert_eq!(seen, [2, 4, 3, 1, 5]);
+        assert_eq!((seen, pages), (vec![2, 4, 3, 1, 5], 3));
     }
 
     /// The incident questions are answered from indexes, not by reading every host's rows.

@@ -20,7 +20,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::store::{QueryRows, QueryTerms, Result, StoreError};
+use crate::store::{MAX_SQL_BYTES, QueryRows, QueryTerms, Result, StoreError};
 
 /// The views a query may read: the names of the contract.
 pub const VIEWS: &[&str] = &[
@@ -37,8 +37,6 @@ pub const VIEWS: &[&str] = &[
 
 const VIEWS_SQL: &str = include_str!("views.sql");
 
-/// Longest statement accepted.
-pub const MAX_SQL_BYTES: usize = 100_000;
 /// Largest string or blob a query may make (SQLite's own default is 1 GB).
 const MAX_VALUE_BYTES: i32 = 16 << 20;
 /// Virtual machine steps between two looks at the deadline.
