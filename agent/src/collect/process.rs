@@ -14,6 +14,12 @@ use super::{HostRoot, Problems, ReadFailure};
 /// not a parent pid of 2 or an empty command line, is what the kernel itself goes by.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
+/// `PF_EXITING`: the task is in `exit()`. Its memory goes before it turns zombie, so for a moment
+/// it is still running (`R` or `D`) with no executable and no command line left to read; read
+/// then, a short program looked like a nameless process of its own (seen: one run of a thousand
+/// attributed to no executable under a loaded CI machine).
+const PF_EXITING: u32 = 0x0000_0004;
+
 /// `comm` holds at most this many bytes (TASK_COMM_LEN - 1); a longer name was cut.
 const COMM_MAX: usize = 15;
 
@@ -92,13 +98,16 @@ pub struct Vitals {
     pub dir_uid: Option<u32>,
 }
 
-/// The vitals of `pid`; `Ok(None)` for a kernel thread or a zombie, `Err(Vanished)` if it is gone.
+/// The vitals of `pid`; `Ok(None)` for a kernel thread or a zombie (or one in exit()), `Err(Vanished)` if it is gone.
 /// `owner`: also stat `/proc/PID` to notice changed credentials.
 pub fn read_vitals(root: &HostRoot, pid: u32, owner: bool) -> Result<Option<Vitals>, ReadFailure> {
     let dir = root.proc.join(pid.to_string());
     let path = dir.join("stat");
     let stat = read_stat(&path)?;
-    if stat.flags & PF_KTHREAD != 0 || matches!(stat.state, b'Z' | b'X' | b'x') {
+    if stat.flags & PF_KTHREAD != 0
+        || stat.flags & PF_EXITING != 0
+        || matches!(stat.state, b'Z' | b'X' | b'x')
+    {
         return Ok(None);
     }
     let dir_uid = if owner {
@@ -253,8 +262,8 @@ fn read_one(
     let stat = p.stat().map_err(|e| ReadFailure::of_proc(&e))?;
     // Kernel threads run no program. A zombie (or a dying process) has ended and only waits for
     // its parent to collect it: its exit was seen, and unless it was caught just before it
-    // ended, nothing of its program is left to read.
-    let ended = matches!(stat.state, 'Z' | 'X' | 'x');
+    // ended, nothing of its program is left to read. One still in exit() is as good as ended.
+    let ended = matches!(stat.state, 'Z' | 'X' | 'x') || stat.flags & PF_EXITING != 0;
     if stat.flags & PF_KTHREAD != 0 || (ended && exe_link.is_err()) {
         return Ok(None);
     }
@@ -563,6 +572,12 @@ mod tests {
         // Against procfs, on a process of this machine that stays still while both read it.
         let mut kid = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let path = HostRoot::default().proc.join(kid.id().to_string()).join("stat");
+        // Still only once asleep: just after its exec it is faulting pages in (rss 0, then not).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while read_stat(&path).unwrap().state != b'S' {
+            assert!(std::time::Instant::now() < deadline, "sleep 5 never slept");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mine = read_stat(&path).unwrap();
         let theirs = procfs::process::Stat::from_file(&path).unwrap();
         kid.kill().unwrap();
@@ -709,6 +724,41 @@ mod tests {
             None,
             "a Unix socket is no network"
         );
+    }
+
+    /// A process caught in exit(), still `R` but with its memory gone (no exe, no command line):
+    /// as ended, not a nameless process. Its `/proc` entry is made here, as the kernel shows one.
+    #[test]
+    fn a_process_in_exit_is_read_as_ended_not_as_a_process_without_a_program() {
+        let d = tempfile::tempdir().unwrap();
+        let root = HostRoot::new(d.path());
+        let stat = |state: char, flags: u32| {
+            format!(
+                "4242 (hwshort) {state} 1 4242 4242 0 -1 {flags} 100 0 0 0 1 0 0 0 20 0 1 0 7542525 3133440 390 \
+                 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+            )
+        };
+        let dir = root.proc.join("4242");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cmdline"), b"").unwrap();
+        // This process's status: every field the reader parses, as this kernel writes them.
+        std::fs::copy("/proc/self/status", dir.join("status")).unwrap();
+        let mut problems = Problems::default();
+        let clock = Clock::read(&HostRoot::default(), &mut problems);
+        let read = |problems: &mut Problems| {
+            read_pid(&root, &Redactor::default(), 4242, clock, false, problems).map_err(|e| format!("{e:?}"))
+        };
+        // Running, and its program unreadable: a process without a program (a kernel would not
+        // show that, but the reader must not hide it either).
+        std::fs::write(dir.join("stat"), stat('R', 0x0040_0000)).unwrap();
+        let running = read(&mut problems).unwrap().expect("a running process is read");
+        assert_eq!((running.exe, running.name.as_str()), (None, "hwshort"));
+        // The same in exit() (PF_EXITING, as /proc showed a `sleep 0.01` at its end): ended.
+        std::fs::write(dir.join("stat"), stat('R', 0x0040_000c)).unwrap();
+        assert_eq!(read(&mut problems).unwrap(), None);
+        assert_eq!(read_vitals(&root, 4242, false).map_err(|e| format!("{e:?}")).unwrap(), None);
+        std::fs::write(dir.join("stat"), stat('D', 0x0040_000c)).unwrap();
+        assert_eq!(read(&mut problems).unwrap(), None);
     }
 
     #[test]
