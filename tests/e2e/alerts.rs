@@ -98,7 +98,7 @@ fn run_from(path: &std::path::Path) -> Guard {
 fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
     let exe = shm.path().join(unique(name));
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &exe);
     (shm, exe)
 }
 

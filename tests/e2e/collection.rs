@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn named_sleep(dir: &Path, prefix: &str) -> (PathBuf, String) {
     let name = unique(prefix);
     let exe = dir.join(&name);
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &exe);
     (exe, name)
 }
 
@@ -163,7 +163,7 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let host = c.online(&role).await;
     // A copy of sh keeps its long command line while its child sleeps.
     let exe = dir.path().join(unique("hwpad"));
-    std::fs::copy("/bin/sh", &exe).unwrap();
+    crate::support::copy_program("/bin/sh", &exe);
 
     let port = c.port;
     assert!(c.process.terminate(Duration::from_secs(15)).success());
@@ -250,7 +250,7 @@ async fn a_forked_child_that_never_execs_is_reported() {
     let host = c.online(&role).await;
     let name = unique("hwfork");
     let exe = dir.path().join(&name);
-    std::fs::copy("/bin/sh", &exe).unwrap();
+    crate::support::copy_program("/bin/sh", &exe);
     // The subshell is a fork of the copy that runs `sleep` as its own child and then `:`, so it
     // never execs; it ends by itself within a minute whatever happens to the test.
     let parent = Guard(Command::new(&exe).args(["-c", "(sleep 60; :) & wait"]).spawn().unwrap());

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(45);
 /// directory: the built-in rules would add findings of their own).
 fn python_copy(dir: &Path, name: &str) -> PathBuf {
     let exe = dir.join(name);
-    std::fs::copy(std::fs::canonicalize("/usr/bin/python3").unwrap(), &exe).unwrap();
+    crate::support::copy_program(std::fs::canonicalize("/usr/bin/python3").unwrap(), &exe);
     exe
 }
 

@@ -69,7 +69,7 @@ fn db(c: &Collector, sql: &str) -> Vec<Vec<String>> {
 /// A copy of `/bin/sleep` named `name` in `dir`, running.
 fn sleeper(dir: &std::path::Path, name: &str) -> (Guard, String) {
     let exe = dir.join(name);
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &exe);
     (Guard(Command::new(&exe).arg("600").spawn().unwrap()), exe.display().to_string())
 }
 

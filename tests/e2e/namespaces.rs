@@ -158,7 +158,7 @@ async fn an_agent_without_the_process_connector_polls_and_says_so() {
     // Polling still sees a process that lives a few seconds, within about a second.
     let name = unique("hwpoll");
     let exe = dir.path().join(&name);
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &exe);
     let _kid = Guard(Command::new(&exe).arg("5").spawn().unwrap());
     wait_for("the process seen by polling", WAIT, async || {
         let rows: Vec<proto::Located<proto::Process>> =

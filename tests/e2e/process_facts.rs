@@ -75,7 +75,7 @@ async fn hashes_memfd_world_writable_and_containers_reach_the_collector() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let dropped = shared.join(unique("dropped"));
-    std::fs::copy("/bin/sleep", &dropped).unwrap();
+    crate::support::copy_program("/bin/sleep", &dropped);
     let in_tmp = spawn(&dropped, &["120"]);
 
     // sleep run from an anonymous memory file, as fileless malware does.

@@ -31,7 +31,7 @@ async fn finding(c: &Collector, host: i64, kind: &str, subject: &str, rule: &str
 
 /// A copy of `/bin/sleep` at `path`, running.
 fn sleeper(path: &std::path::Path) -> Guard {
-    std::fs::copy("/bin/sleep", path).unwrap();
+    crate::support::copy_program("/bin/sleep", path);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     Guard(Command::new(path).arg("600").spawn().unwrap())
 }
@@ -77,7 +77,7 @@ async fn every_built_in_rule_fires_on_what_it_names() {
         .expect("port 3333 on 127.0.0.1 is needed free for the mining-pool test");
     let xmrig = run.path().join("xmrig");
     let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
-    std::fs::copy(&python, &xmrig).unwrap();
+    crate::support::copy_program(&python, &xmrig);
     let _miner = Guard(
         Command::new(&xmrig)
             .args([
@@ -156,7 +156,7 @@ async fn every_built_in_rule_fires_on_what_it_names() {
 
     // A kernel thread's name on a program with a file (argv[0] set by the one who ran it).
     let disguised = run.path().join(unique("kw"));
-    std::fs::copy("/bin/sleep", &disguised).unwrap();
+    crate::support::copy_program("/bin/sleep", &disguised);
     let _kw = Guard(
         Command::new("bash")
             .args(["-c", &format!("exec -a '[kworker/0:1]' {} 600", disguised.display())])

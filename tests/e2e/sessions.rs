@@ -117,7 +117,7 @@ async fn an_allowed_login_is_explained_and_any_other_is_one_finding_that_grows()
 fn fake_sshd(dir: &Path, uid: u32, argv: &[&str]) -> (Group, SocketAddr) {
     let sshd = dir.join("sshd");
     if !sshd.exists() {
-        std::fs::copy("/usr/bin/python3", &sshd).unwrap();
+        crate::support::copy_program("/usr/bin/python3", &sshd);
     }
     let portfile = dir.join(unique("port"));
     let script = format!(

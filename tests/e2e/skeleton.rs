@@ -21,7 +21,7 @@ async fn listener_and_process_findings_open_resolve_and_reopen() {
     // A required process under a name unique to this run.
     let req_name = unique("hwreq");
     let req_exe = dir.path().join(&req_name);
-    std::fs::copy("/bin/sleep", &req_exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &req_exe);
     let mut required = Guard(Command::new(&req_exe).arg("600").spawn().unwrap());
 
     let role = unique("e2e");

@@ -45,7 +45,7 @@ async fn a_tie_is_ambiguous_and_an_allowance_ends_with_its_until() {
     // the tie to be settled and looked at on a slow machine, before the allowance ends).
     let run = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/run").unwrap();
     let exe = run.path().join(unique("migrate"));
-    std::fs::copy("/bin/sleep", &exe).unwrap();
+    crate::support::copy_program("/bin/sleep", &exe);
     let _p = Guard(Command::new(&exe).arg("600").spawn().unwrap());
     let exe = exe.display().to_string();
     let until = OffsetDateTime::now_utc() + time::Duration::seconds(40);

@@ -30,6 +30,18 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Copies the program `from` to `to` (executable) by `cp`, never by this process: a file this
+/// multi-threaded process held open for writing would be inherited by any child another test
+/// forked meanwhile, until that child's exec, and running the copy then fails with "Text file
+/// busy" (ETXTBSY; seen in CI).
+pub fn copy_program(from: impl AsRef<Path>, to: impl AsRef<Path>) {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    let status = Command::new("cp").arg("--").arg(from).arg(to).status().expect("cp runs");
+    assert!(status.success(), "cp {} {}: {status}", from.display(), to.display());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// A name unique to this test run, short enough for a process name (15 bytes).
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
