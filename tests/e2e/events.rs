@@ -139,39 +139,36 @@ async fn a_program_of_20ms_is_a_finding_with_its_parents_and_a_thousand_runs_are
     sh(&format!(
         "i=0; while [ $i -lt 111 ]; do for j in 1 2 3 4 5 6 7 8 9; do {subject} 0.02 & done; wait; i=$((i+1)); done"
     ));
-    // Every run is counted, or is an exec the agent says it could not read in time (the program
-    // ended before its `/proc` entry could be read: on a loaded machine a 20 ms program can be
-    // gone before the reader gets a core). Never a run attributed to something else.
+    // Every run is counted: under its program, or, caught as it ended with its program already
+    // gone (on a loaded machine a 20 ms program can end before the reader gets a core), under
+    // the name it had. Never lost, never counted twice.
+    let name = in_tmp.file_name().unwrap().to_str().unwrap();
+    let count =
+        |fs: &[proto::Finding], s: &str| fs.iter().find(|f| f.subject == s).map_or(0, |f| f.occurrences);
     let deadline = Instant::now() + WAIT;
-    let (all, misses) = loop {
-        let now = c.findings(h, "unexpected_process", "all").into_iter().find(|f| f.subject == subject);
-        let detail: proto::HostDetail = c.cli_json(&["host", &h.to_string()]);
-        let misses = detail.agent_stats.as_ref().map_or(0, |s| s.exec_read_misses);
-        let counted = now.as_ref().map_or(0, |f| f.occurrences);
-        if let Some(f) = now.filter(|_| counted + misses >= 1000) {
-            break (f, misses);
+    let (by_exe, by_name) = loop {
+        let all = c.findings(h, "unexpected_process", "all");
+        let (by_exe, by_name) = (count(&all, subject), count(&all, name));
+        if by_exe + by_name >= 1000 {
+            break (by_exe, by_name);
         }
         if Instant::now() > deadline {
-            panic!("{counted} of 1,000 runs counted after {WAIT:?}; agent stats: {:?}", detail.agent_stats);
+            let detail: proto::HostDetail = c.cli_json(&["host", &h.to_string()]);
+            panic!(
+                "{by_exe} runs of 1,000 counted by program, {by_name} by name after {WAIT:?}; agent stats: {:?}",
+                detail.agent_stats
+            );
         }
         tokio::time::sleep(crate::support::POLL).await;
     };
-    assert!(all.occurrences <= 1000, "{} occurrences of 1,000 runs", all.occurrences);
-    assert!(misses <= 10, "{misses} execs not read in time: more than 1% of 20 ms programs");
+    assert_eq!(by_exe + by_name, 1000, "{by_exe} by program, {by_name} by name");
+    assert!(by_name <= 10, "{by_name} of 1,000 runs of 20 ms read too late for their program");
     let temp =
         finding_where(&c, h, "suspicious_process", Some("exe-in-temp"), subject, "every run counted", |f| {
-            f.occurrences >= all.occurrences
+            f.occurrences >= by_exe
         })
         .await;
-    assert_eq!(temp.occurrences, all.occurrences);
-    // A run read as it ended, its program already gone, would be a process of its name alone.
-    let name = in_tmp.file_name().unwrap().to_str().unwrap();
-    let nameless: Vec<proto::Finding> = c.findings(h, "unexpected_process", "all");
-    assert!(
-        nameless.iter().all(|f| f.subject.starts_with('/') || !name.starts_with(&f.subject)),
-        "a run of {name} reported without its program: {:?}",
-        nameless.iter().map(|f| &f.subject).collect::<Vec<_>>()
-    );
+    assert_eq!(temp.occurrences, by_exe);
     let ours: Vec<proto::Finding> = c.cli_json(&["findings", "--host", &h.to_string(), "--status", "all"]);
     assert_eq!(ours.iter().filter(|f| f.subject == subject).count(), 2, "one finding per kind and rule");
 }
@@ -349,7 +346,18 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
     }
     let prefix = format!("{d}/step-");
     let others: Vec<_> = by_exe.iter().filter(|(x, _)| !x.starts_with(&prefix)).collect();
-    let extra = others.iter().map(|(_, n)| **n as u64).sum::<u64>();
+    // Sockets opened meanwhile count the same way (this test's own requests to the collector,
+    // another test's listener in this binary): each may be a finding held back.
+    let path = format!("{}?host={h}&since=10m&limit=100000", proto::SOCKET_HISTORY_PATH);
+    let sockets: Vec<proto::SocketEvent> = c.get(&path).await;
+    let opened_sockets: Vec<String> = sockets
+        .iter()
+        .filter(|e| e.kind == "open" && e.at >= started_at)
+        .map(|e| {
+            format!("{} {}:{} {:?} {:?}", e.socket, e.local_address, e.local_port, e.remote_address, e.exe)
+        })
+        .collect();
+    let extra = others.iter().map(|(_, n)| **n as u64).sum::<u64>() + opened_sockets.len() as u64;
     if !(opened + held >= 5000 && opened + held <= 5000 + late + extra) {
         let twice: Vec<_> = by_exe.iter().filter(|(x, n)| x.starts_with(&prefix) && **n > 1).collect();
         let all: Vec<proto::Finding> =
@@ -361,7 +369,8 @@ async fn a_burst_of_5000_programs_is_bounded_without_hiding_a_built_in_finding()
             .collect();
         panic!(
             "{opened} opened ({late} after the first minute), {held} held back; steps started more than once: \
-             {twice:?}; other programs started since the burst: {others:?}; other findings since: {opened_others:?}"
+             {twice:?}; other programs started since the burst: {others:?}; sockets opened since: \
+             {opened_sockets:?}; other findings since: {opened_others:?}"
         );
     }
     assert!(
