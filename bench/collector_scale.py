@@ -23,9 +23,13 @@ With --trace-dir, every report of each run (time sent, latency, agent, outcome, 
 window) is kept there, one file per run (hostwatch-load --trace), for a look at when the slow
 ones came.
 
+With --against DIR (another build's target/release, an older commit's), each round runs that
+build's collector beside this one's, in alternating order, both driven by this build's generator:
+the side-by-side comparison of two versions of the collector, reported per build.
+
 Usage: cargo build --release && python3 bench/collector_scale.py [--agents 1000,2000,5000]
        [--rounds 5] [--duration 150] [--warmup 90] [--boot-over 60] [--processes 300]
-       [--trace-dir DIR]
+       [--trace-dir DIR] [--against DIR]
 """
 import argparse, json, math, os, statistics, subprocess, sys
 
@@ -33,17 +37,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 
-def one_run(n, a, rnd):
+def one_run(n, a, rnd, target=None, label=""):
     extra = (f"[limits]\nmax_connections = {max(4096, 2 * n)}\n"
              f"enrollments_per_address_per_minute = 100000\n")
-    c = harness.Collector(extra)
+    c = harness.Collector(extra, target=target)
     sources = max(1, math.ceil(n / 400))
     out = subprocess.run([harness.binary("hostwatch-load"), "--server", c.url, "--secret-file", c.secret_file,
                           "--agents", str(n), "--duration", str(a.duration), "--warmup", str(a.warmup),
                           "--boot-over", str(a.boot_over),
                           "--sources", str(sources), "--processes", str(a.processes),
                           "--collector-pid", str(c.proc.pid), "--json"]
-                         + (["--trace", os.path.join(a.trace_dir, f"{n}-agents-round-{rnd + 1}.txt")]
+                         + (["--trace", os.path.join(a.trace_dir, f"{n}-agents-round-{rnd + 1}{label.strip()}.txt")]
                             if a.trace_dir else []),
                          capture_output=True, text=True, timeout=a.duration + 120)
     c.proc.terminate()
@@ -51,7 +55,7 @@ def one_run(n, a, rnd):
     if not out.stdout.strip():
         sys.exit(f"hostwatch-load printed nothing: {out.stderr[-2000:]}")
     r = json.loads(out.stdout)
-    print(f"{n} agents: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
+    print(f"{n} agents{label}: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
           f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, not accepted {r['not_accepted']} "
           f"{r['outcomes']}, warm-up {r['warmup_outcomes']}{'' if not r['transport_errors'] else ' ' + str(r['transport_errors'])}, enroll failures {r['enroll_failures']}; "
           f"collector CPU {r['collector_cpu_percent']} %, RSS max {r['collector_rss_max_mib']} MiB "
@@ -69,21 +73,24 @@ def main():
     ap.add_argument("--boot-over", type=int, default=60)
     ap.add_argument("--processes", type=int, default=300)
     ap.add_argument("--trace-dir")
+    ap.add_argument("--against", help="another build's target directory, run side by side")
     a = ap.parse_args()
     sizes = [int(x) for x in a.agents.split(",")]
     if a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
-    runs = {n: [] for n in sizes}
+    builds = [(None, "")] + ([(a.against, " (against)")] if a.against else [])
+    runs = {(n, label): [] for n in sizes for _, label in builds}
     for rnd in range(a.rounds):
+        order = builds if rnd % 2 == 0 else list(reversed(builds))
         for n in (sizes if rnd % 2 == 0 else list(reversed(sizes))):
-            runs[n].append(one_run(n, a, rnd))
-    for n in sizes:
-        rs = runs[n]
+            for target, label in order:
+                runs[(n, label)].append(one_run(n, a, rnd, target, label))
+    for (n, label), rs in runs.items():
 
         def fig(k):
             v = [r[k] for r in rs if r[k] is not None]
             return f"{statistics.median(v):g} ({min(v):g}-{max(v):g})" if v else "-"
-        print(f"{n} agents, {len(rs)} runs: accepted/s {fig('accepted_per_sec')} of {rs[0]['offered_per_sec']}, "
+        print(f"{n} agents{label}, {len(rs)} runs: accepted/s {fig('accepted_per_sec')} of {rs[0]['offered_per_sec']}, "
               f"p50 {fig('p50_ms')} ms, p99 {fig('p99_ms')} ms, max {fig('max_ms')} ms, not accepted {fig('not_accepted')}, "
               f"collector CPU {fig('collector_cpu_percent')} %, RSS {fig('collector_rss_max_mib')} MiB "
               f"(warm-up {fig('collector_rss_warmup_max_mib')} MiB), "

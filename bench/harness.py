@@ -41,8 +41,8 @@ def _remove_made():
 atexit.register(_remove_made)
 
 
-def binary(name):
-    path = os.path.join(TARGET, name)
+def binary(name, target=None):
+    path = os.path.join(target or TARGET, name)
     if not os.path.exists(path):
         sys.exit(f"{path} missing: run `cargo build --release` first")
     return path
@@ -55,16 +55,17 @@ def start(argv, **kw):
 
 
 class Collector:
-    def __init__(self, extra="", data=None):
+    def __init__(self, extra="", data=None, target=None):
         """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept
-        across runs; default a new temporary one)."""
+        across runs; default a new temporary one); `target`: the build directory its binary comes
+        from (default TARGET)."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
         _made.append(self.dir)
         data = data or os.path.join(self.dir, "server")
         config = os.path.join(self.dir, "server.toml")
         with open(config, "w") as f:
             f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{extra}')
-        self.proc = start([binary("hostwatch"), "serve", "--config", config],
+        self.proc = start([binary("hostwatch", target), "serve", "--config", config],
                           env={"HOSTWATCH_LOG": "warn,hostwatch_server=info"},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         found = threading.Event()
