@@ -63,6 +63,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (19, include_str!("migrations/sqlite/0019_history_at.sql")),
     (20, include_str!("migrations/sqlite/0020_fleet_queries.sql")),
     (21, include_str!("migrations/sqlite/0021_socket_keys.sql")),
+    (22, include_str!("migrations/sqlite/0022_start_keys.sql")),
 ];
 
 /// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the

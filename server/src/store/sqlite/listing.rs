@@ -91,30 +91,60 @@ const WIDE_PER_ROW: u64 = 20;
 /// SQLite's planner, without a histogram of the keys, takes any two-sided range for narrow, and
 /// read 1.2 million connections of 10.0.0.0/8 to sort them for a page of 1,000 (3.4 s at 10,000
 /// hosts; 2 ms in host order).
-fn wide(tx: &Transaction<'_>, table: &str, (first, last): ([u8; 16], [u8; 16]), limit: u32) -> Result<bool> {
+fn wide(tx: &Transaction<'_>, table: Keyed, (first, last): ([u8; 16], [u8; 16]), limit: u32) -> Result<bool> {
     let bound = (u64::from(limit) * WIDE_PER_ROW).clamp(1_000, 200_000);
+    let (name, rows) = (table.name(), table.rows(""));
     let n: i64 = tx
         .prepare_cached(&format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE remote_key BETWEEN ?1 AND ?2 LIMIT ?3)"
+            "SELECT count(*) FROM (SELECT 1 FROM {name} WHERE {rows}remote_key BETWEEN ?1 AND ?2 LIMIT ?3)"
         ))?
         .query_row(rusqlite::params![first.as_slice(), last.as_slice(), bound as i64], |r| r.get(0))?;
     Ok(n as u64 >= bound)
 }
 
+/// The tables whose remote addresses are keyed, and which of their rows the key's index holds.
+#[derive(Debug, Clone, Copy)]
+enum Keyed {
+    Connections,
+    /// Opens only: a close's remote is its open's.
+    SocketEvents,
+}
+
+impl Keyed {
+    fn name(self) -> &'static str {
+        match self {
+            Keyed::Connections => "connections",
+            Keyed::SocketEvents => "socket_events",
+        }
+    }
+
+    /// The condition (with its `AND`) a query must say for the planner to take the index, on
+    /// the table aliased `alias` (or none).
+    fn rows(self, alias: &str) -> String {
+        match (self, alias) {
+            (Keyed::Connections, _) => String::new(),
+            (Keyed::SocketEvents, "") => "kind = 'open' AND ".to_owned(),
+            (Keyed::SocketEvents, a) => format!("{a}.kind = 'open' AND "),
+        }
+    }
+}
+
 /// The condition that keeps rows of `alias` in `net`: through its index when the block is
-/// narrow, as a filter of the listing's order when it is wide ([`wide`]).
+/// narrow, as a filter of the listing's order when it is wide ([`wide`]). Of the history, the
+/// sockets opened to it.
 fn in_block(
     tx: &Transaction<'_>,
-    table: &str,
+    table: Keyed,
     alias: &str,
     net: &ipnet::IpNet,
     limit: u32,
 ) -> Result<(String, [Value; 2])> {
     let (first, last) = net_range(net);
+    let rows = table.rows(alias);
     let cond = if wide(tx, table, (first, last), limit)? {
-        format!("likelihood({alias}.remote_key BETWEEN ? AND ?, 0.9)")
+        format!("{rows}likelihood({alias}.remote_key BETWEEN ? AND ?, 0.9)")
     } else {
-        format!("{alias}.remote_key BETWEEN ? AND ?")
+        format!("{rows}{alias}.remote_key BETWEEN ? AND ?")
     };
     Ok((cond, [first.to_vec().into(), last.to_vec().into()]))
 }
@@ -237,7 +267,7 @@ pub(super) fn connections(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<
         w.and("t.direction = ?", [text(d.as_str())]);
     }
     if let Some(net) = &f.remote {
-        let (cond, args) = in_block(tx, "connections", "t", net, f.limit)?;
+        let (cond, args) = in_block(tx, Keyed::Connections, "t", net, f.limit)?;
         w.and(&cond, args);
     }
     sockets(tx, "connections", CONNECTION_COLUMNS, CONNECTION_KEY, w, f.limit, connection_from_row)
@@ -330,13 +360,14 @@ pub(super) fn history_where(
             if let Some(n) = &f.name {
                 w.and("e.name = ?", [text(n)]);
             }
+            // The starts of a hash: its index holds execs (an exit's hash is its exec's).
             if let Some(s) = &f.sha256 {
-                w.and("e.sha256 = ?", [text(&s.to_ascii_lowercase())]);
+                w.and("e.kind = 'exec' AND e.sha256 = ?", [text(&s.to_ascii_lowercase())]);
             }
         }
         History::Sockets => {
             if let Some(net) = &f.remote {
-                let (cond, args) = in_block(tx, "socket_events", "e", net, f.limit.max(1))?;
+                let (cond, args) = in_block(tx, Keyed::SocketEvents, "e", net, f.limit.max(1))?;
                 w.and(&cond, args);
             }
             if let Some(p) = f.port {
@@ -484,10 +515,12 @@ mod tests {
                  INSERT INTO process_events (host_id, at, kind, pid, name, exe, sha256, start_time) VALUES
                    (1, '2026-03-01T10:00:00.000Z', 'exec', 10, 'xmrig', '/tmp/.x/xmrig', '{HASH_A}', '2026-03-01T10:00:00.000Z'),
                    (2, '2026-03-01T11:00:00.000Z', 'exec', 20, 'xmrig', '/var/tmp/xmrig', '{HASH_A}', '2026-03-01T11:00:00.000Z'),
+                   (2, '2026-03-01T11:30:00.000Z', 'exit', 20, 'xmrig', '/var/tmp/xmrig', '{HASH_A}', '2026-03-01T11:00:00.000Z'),
                    (2, '2026-03-01T12:00:00.000Z', 'exec', 22, 'curl', '/usr/bin/curl', 'dd', '2026-03-01T12:00:00.000Z');
                  INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, remote_address, remote_port, direction, remote_key) VALUES
                    (1, '2026-03-01T10:00:00.000Z', 'open', 'connection', 'tcp', '10.0.0.5', 1, '10.200.0.1', 22, 'outbound', ip_key('10.200.0.1')),
                    (2, '2026-03-01T11:00:00.000Z', 'open', 'connection', 'tcp', '10.0.0.6', 2, '192.168.0.1', 22, 'outbound', ip_key('192.168.0.1')),
+                   (2, '2026-03-01T11:30:00.000Z', 'open', 'connection', 'tcp', '10.0.0.6', 3, '10.3.0.1', 443, 'outbound', ip_key('10.3.0.1')),
                    (2, '2026-03-01T12:00:00.000Z', 'close', 'connection', 'tcp', '10.0.0.6', 3, '10.3.0.1', 443, 'outbound', ip_key('10.3.0.1'));
                  INSERT INTO findings (id, host_id, kind, severity, subject, status, first_seen, last_seen, opened_at) VALUES
                    (1, 1, 'unexpected_process', 'medium', 'a', 'open', '2026-03-01T00:00:00.000Z', '2026-03-01T09:00:00.000Z', '2026-03-01T00:00:00.000Z'),
@@ -593,10 +626,10 @@ mod tests {
         .await
         .unwrap();
         let net = parse_net("10.0.0.0/8").unwrap();
-        let wide_plan = s.read(move |tx| wide(tx, "connections", net_range(&net), 10)).await.unwrap();
+        let wide_plan = s.read(move |tx| wide(tx, Keyed::Connections, net_range(&net), 10)).await.unwrap();
         assert!(wide_plan, "1,500 rows of a page of 10 is wide");
         let narrow = parse_net("172.16.0.0/12").unwrap();
-        assert!(!s.read(move |tx| wide(tx, "connections", net_range(&narrow), 10)).await.unwrap());
+        assert!(!s.read(move |tx| wide(tx, Keyed::Connections, net_range(&narrow), 10)).await.unwrap());
         let mut seen = Vec::new();
         let mut f = StateFilter { remote: Some(net), ..all(10) };
         loop {
@@ -627,7 +660,8 @@ mod tests {
             async move { s.process_events(&f).await.unwrap().items.into_iter().map(|e| e.pid).collect::<Vec<_>>() }
         };
         let base = HistoryFilter { limit: 100, ..HistoryFilter::default() };
-        assert_eq!(h(base.clone()).await, [22, 20, 10]);
+        assert_eq!(h(base.clone()).await, [22, 20, 20, 10]);
+        // The starts of a hash: pid 20's exit is not one.
         assert_eq!(h(HistoryFilter { sha256: Some(HASH_A.into()), ..base.clone() }).await, [20, 10]);
         assert_eq!(h(HistoryFilter { exe: Some("/usr/*".into()), ..base.clone() }).await, [22]);
         let since = parse_ts("2026-03-01T10:30:00.000Z").unwrap();
@@ -648,7 +682,9 @@ mod tests {
             }
         };
         let net = Some(parse_net("10.0.0.0/8").unwrap());
+        // The sockets opened to the block: port 3's close is not one.
         assert_eq!(sockets(HistoryFilter { remote: net, ..base.clone() }).await, [3, 1]);
+        assert_eq!(sockets(base.clone()).await, [3, 3, 2, 1], "every event without a block");
         assert_eq!(sockets(HistoryFilter { remote: net, port: Some(22), ..base.clone() }).await, [1]);
         assert_eq!(sockets(HistoryFilter { remote: net, since: Some(since), ..base.clone() }).await, [3]);
         // One event a page: each once, newest first, and the last page says there is no more.
@@ -662,7 +698,7 @@ mod tests {
                 None => break,
             }
         }
-        assert_eq!(seen, [22, 20, 10]);
+        assert_eq!(seen, [22, 20, 20, 10]);
         let e =
             s.process_events(&HistoryFilter { after: Some("nonsense".into()), ..base }).await.unwrap_err();
         assert!(matches!(e, StoreError::Query(ref m) if m.contains("cursor")), "{e}");
@@ -779,7 +815,14 @@ mod tests {
                 "SELECT * FROM connections WHERE remote_key BETWEEN cidr_first('10.0.0.0/8') AND cidr_last('10.0.0.0/8')",
                 "connections_remote",
             ),
-            ("SELECT * FROM process_events WHERE sha256 = 'x' ORDER BY at DESC", "process_events_sha256"),
+            (
+                "SELECT * FROM process_events WHERE kind = 'exec' AND sha256 = 'x' ORDER BY at DESC",
+                "process_events_sha256",
+            ),
+            (
+                "SELECT * FROM socket_events WHERE kind = 'open' AND remote_key BETWEEN cidr_first('10.1.0.0/16') AND cidr_last('10.1.0.0/16')",
+                "socket_events_remote",
+            ),
             ("SELECT * FROM socket_events WHERE at >= '2026-01-01' ORDER BY at DESC", "socket_events_at"),
         ] {
             let p = plan(sql).await;
