@@ -62,7 +62,6 @@ pub(crate) async fn host_with_workload_env(
 pub(crate) fn sleep_copy(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     crate::support::copy_program("/bin/sleep", &path);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
 
@@ -531,7 +530,7 @@ async fn replaced_executables_are_judged_by_their_package(m: Manager) {
     let h = host.id;
     let (up, keep) = (r.join("opt/hwup/bin/up"), r.join("opt/hwkeep/bin/keep"));
     let running: Vec<Guard> =
-        [&up, &keep, &loose].iter().map(|p| Guard(Command::new(p).arg("600").spawn().unwrap())).collect();
+        [&up, &keep, &loose].iter().map(|p| Guard(spawn_copy(Command::new(p).arg("600")))).collect();
     wait_for("the three programs reported", WAIT, async || {
         let ps: Vec<proto::Located<proto::Process>> = c.cli_json(&["ps", "--host", &h.to_string()]);
         running.iter().all(|g| ps.iter().any(|p| p.item.pid == g.pid() as u32)).then_some(())
@@ -671,7 +670,6 @@ fn dash_copy(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(name);
     crate::support::copy_program("/bin/dash", &path);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
 

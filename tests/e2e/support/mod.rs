@@ -692,10 +692,12 @@ impl Manager {
     }
 }
 
-/// Spawns a program the test has just copied. Another test's thread may fork while the copy's
-/// file is open for writing; the child holds that descriptor until it execs, and an exec of the
-/// copy meanwhile fails with ETXTBSY ("text file busy"). That window is microseconds: waiting
-/// it out (as Go's os/exec does) is the fix, not a retry of something that failed.
+/// Spawns a program the test has just written itself (a script, a package's file; a copy goes
+/// through [`copy_program`], which leaves this process no descriptor to it). Another test's
+/// thread may fork while the file is open for writing; the child holds that descriptor until it
+/// execs, and an exec of the file meanwhile fails with ETXTBSY ("text file busy"). That window is
+/// microseconds: waiting it out (as Go's os/exec does) is the fix, not a retry of something that
+/// failed.
 pub fn spawn_copy(cmd: &mut Command) -> Child {
     for _ in 0..100 {
         match cmd.spawn() {

@@ -93,10 +93,10 @@ const WIDE_PER_ROW: u64 = 20;
 /// hosts; 2 ms in host order).
 fn wide(tx: &Transaction<'_>, table: Keyed, (first, last): ([u8; 16], [u8; 16]), limit: u32) -> Result<bool> {
     let bound = (u64::from(limit) * WIDE_PER_ROW).clamp(1_000, 200_000);
-    let (name, rows) = (table.name(), table.rows(""));
+    let (name, rows) = (table.name(), table.rows("k"));
     let n: i64 = tx
         .prepare_cached(&format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {name} WHERE {rows}remote_key BETWEEN ?1 AND ?2 LIMIT ?3)"
+            "SELECT count(*) FROM (SELECT 1 FROM {name} k WHERE {rows}k.remote_key BETWEEN ?1 AND ?2 LIMIT ?3)"
         ))?
         .query_row(rusqlite::params![first.as_slice(), last.as_slice(), bound as i64], |r| r.get(0))?;
     Ok(n as u64 >= bound)
@@ -119,12 +119,11 @@ impl Keyed {
     }
 
     /// The condition (with its `AND`) a query must say for the planner to take the index, on
-    /// the table aliased `alias` (or none).
+    /// the table aliased `alias`.
     fn rows(self, alias: &str) -> String {
-        match (self, alias) {
-            (Keyed::Connections, _) => String::new(),
-            (Keyed::SocketEvents, "") => "kind = 'open' AND ".to_owned(),
-            (Keyed::SocketEvents, a) => format!("{a}.kind = 'open' AND "),
+        match self {
+            Keyed::Connections => String::new(),
+            Keyed::SocketEvents => format!("{alias}.kind = 'open' AND "),
         }
     }
 }
