@@ -64,6 +64,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (20, include_str!("migrations/sqlite/0020_fleet_queries.sql")),
     (21, include_str!("migrations/sqlite/0021_socket_keys.sql")),
     (22, include_str!("migrations/sqlite/0022_start_keys.sql")),
+    (23, include_str!("migrations/sqlite/0023_processes_by_host.sql")),
 ];
 
 /// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the

@@ -11,39 +11,46 @@ use hostwatch_proto::v1::{Direction, Protocol};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
-use super::{json, opt_json, parse_enum, parse_ts, to_json, ts};
+use super::{json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
     ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerItems, Process,
     ProcessKey, Recorded, Started, StateDelta, peer_key,
 };
 use crate::store::{Result, StoreError};
 
+/// A host's whole state, processes by pid, listeners by protocol, port and address, connections
+/// by protocol, remote and local port (addresses in their numeric order).
+///
+/// The engine reads it after every report that changes the host (the collector's largest cost
+/// per report, issue 16): the sockets are sorted here rather than by SQLite (a sorter per query),
+/// text is parsed where SQLite holds it rather than copied first, and a host's processes share
+/// the parse of an ancestry they have in common.
 pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT {PROCESS_COLUMNS} FROM processes WHERE host_id = ?1 ORDER BY pid"
     ))?;
     let mut rows = stmt.query([host_id])?;
     let mut processes = Vec::new();
+    let mut ancestries = Ancestries::default();
     while let Some(r) = rows.next()? {
-        processes.push(process_from_row(r)?);
+        processes.push(process_from_row_with(r, &mut ancestries)?);
     }
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {LISTENER_COLUMNS} FROM listeners WHERE host_id = ?1 ORDER BY protocol, port, address"
-    ))?;
+    let mut stmt =
+        tx.prepare_cached(&format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE host_id = ?1"))?;
     let mut rows = stmt.query([host_id])?;
     let mut listeners = Vec::new();
     while let Some(r) = rows.next()? {
         listeners.push(listener_from_row(r)?);
     }
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE host_id = ?1 \
-         ORDER BY protocol, remote_address, remote_port, local_port"
-    ))?;
+    listeners.sort_unstable_by_key(|l| (l.protocol, l.port, l.address));
+    let mut stmt =
+        tx.prepare_cached(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE host_id = ?1"))?;
     let mut rows = stmt.query([host_id])?;
     let mut connections = Vec::new();
     while let Some(r) = rows.next()? {
         connections.push(connection_from_row(r)?);
     }
+    connections.sort_unstable_by_key(|c| (c.protocol, c.remote.ip(), c.remote.port(), c.local.port()));
     Ok(HostState { processes, listeners, connections })
 }
 
@@ -52,7 +59,7 @@ pub(super) const LISTENER_COLUMNS: &str = "protocol, address, port, pid, process
 
 pub(super) fn listener_from_row(r: &Row<'_>) -> Result<Listener> {
     Ok(Listener {
-        protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+        protocol: parse_enum::<Protocol>(text(r, 0)?)?,
         address: ip(r, 1)?,
         port: r.get(2)?,
         pid: r.get(3)?,
@@ -68,10 +75,10 @@ pub(super) const CONNECTION_COLUMNS: &str = "protocol, local_address, local_port
 
 pub(super) fn connection_from_row(r: &Row<'_>) -> Result<Connection> {
     Ok(Connection {
-        protocol: parse_enum::<Protocol>(&r.get::<_, String>(0)?)?,
+        protocol: parse_enum::<Protocol>(text(r, 0)?)?,
         local: SocketAddr::new(ip(r, 1)?, r.get(2)?),
         remote: SocketAddr::new(ip(r, 3)?, r.get(4)?),
-        direction: parse_enum::<Direction>(&r.get::<_, String>(5)?)?,
+        direction: parse_enum::<Direction>(text(r, 5)?)?,
         pid: r.get(6)?,
         process: r.get(7)?,
         exe: r.get(8)?,
@@ -81,8 +88,35 @@ pub(super) fn connection_from_row(r: &Row<'_>) -> Result<Connection> {
 }
 
 pub(super) fn ip(r: &Row<'_>, i: usize) -> Result<std::net::IpAddr> {
-    let a: String = r.get(i)?;
+    let a = text(r, i)?;
     a.parse().map_err(|_| StoreError::Corrupt(format!("address {a:?}")))
+}
+
+/// A TEXT column read where SQLite holds it, for what is parsed rather than kept.
+fn text<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r str> {
+    r.get_ref(i)?.as_str().map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// Nullable [`text`].
+fn opt_text<'r>(r: &'r Row<'_>, i: usize) -> Result<Option<&'r str>> {
+    r.get_ref(i)?.as_str_or_null().map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// The ancestries parsed so far in one load: a host's processes mostly share a few (everything
+/// a service manager started has the same), and a clone is cheaper than a parse.
+#[derive(Default)]
+struct Ancestries(HashMap<String, Vec<hostwatch_proto::v1::Ancestor>>);
+
+impl Ancestries {
+    fn get(&mut self, column: Option<&str>) -> Result<Vec<hostwatch_proto::v1::Ancestor>> {
+        let Some(s) = column else { return Ok(Vec::new()) };
+        if let Some(a) = self.0.get(s) {
+            return Ok(a.clone());
+        }
+        let a: Vec<hostwatch_proto::v1::Ancestor> = json(s, "ancestry")?;
+        self.0.insert(s.to_owned(), a.clone());
+        Ok(a)
+    }
 }
 
 /// Replaces the stored state with `new`, writing history for every difference. `history: false`
@@ -415,16 +449,20 @@ pub(super) const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmd
      exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, stdio_socket, cpu_high_since, exe_replacement, login_uid, session_id, ancestry, login_user";
 
 pub(super) fn process_from_row(r: &Row<'_>) -> Result<Process> {
+    process_from_row_with(r, &mut Ancestries::default())
+}
+
+fn process_from_row_with(r: &Row<'_>, ancestries: &mut Ancestries) -> Result<Process> {
     Ok(Process {
         pid: r.get(0)?,
         ppid: r.get(1)?,
         name: r.get(2)?,
         exe: r.get(3)?,
         exe_deleted: r.get(4)?,
-        cmdline: json(&r.get::<_, String>(5)?, "cmdline")?,
+        cmdline: json(text(r, 5)?, "cmdline")?,
         uid: r.get(6)?,
         user: r.get(7)?,
-        start_time: parse_ts(&r.get::<_, String>(8)?)?,
+        start_time: parse_ts(text(r, 8)?)?,
         sha256: r.get(9)?,
         exe_memfd: r.get(10)?,
         exe_writable_dir: r.get(11)?,
@@ -435,12 +473,12 @@ pub(super) fn process_from_row(r: &Row<'_>) -> Result<Process> {
         rss_bytes: r.get(16)?,
         exe_replaced: r.get(17)?,
         stdio_socket: r.get(18)?,
-        cpu_high_since: r.get::<_, Option<String>>(19)?.map(|t| parse_ts(&t)).transpose()?,
-        exe_replacement: opt_json(r.get(20)?, "exe_replacement")?,
+        cpu_high_since: opt_text(r, 19)?.map(parse_ts).transpose()?,
+        exe_replacement: opt_text(r, 20)?.map(|s| json(s, "exe_replacement")).transpose()?,
         login_uid: r.get(21)?,
         login_user: r.get(24)?,
         session_id: r.get(22)?,
-        ancestry: opt_json(r.get(23)?, "ancestry")?.unwrap_or_default(),
+        ancestry: ancestries.get(opt_text(r, 23)?)?,
     })
 }
 
