@@ -460,14 +460,32 @@ pub struct Host {
     pub open_findings: u64,
 }
 
+/// The silence after which a host reporting every `interval_secs` is offline: `offline_after`,
+/// or by default 3 of its intervals, at least 30 s.
+pub fn offline_limit(interval_secs: u32, offline_after: Option<std::time::Duration>) -> std::time::Duration {
+    offline_after.unwrap_or_else(|| {
+        (std::time::Duration::from_secs(u64::from(interval_secs)) * 3).max(std::time::Duration::from_secs(30))
+    })
+}
+
+/// The earliest last report of a host that is online at `now` ([`offline_limit`]), to the
+/// millisecond as times are stored: the one rule of [`Host::status`] and of the store's filter
+/// by status, so that a listing filtered by status shows each host with that status.
+pub fn online_since(
+    now: OffsetDateTime,
+    interval_secs: u32,
+    offline_after: Option<std::time::Duration>,
+) -> OffsetDateTime {
+    let limit =
+        time::Duration::try_from(offline_limit(interval_secs, offline_after)).unwrap_or(time::Duration::MAX);
+    let t = now.checked_sub(limit).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    t.replace_nanosecond(u32::from(t.millisecond()) * 1_000_000).unwrap_or(t)
+}
+
 impl Host {
-    /// The silence after which the host is offline: `offline_after`, or by default 3 of its
-    /// intervals, at least 30 s.
+    /// The silence after which the host is offline ([`offline_limit`]).
     pub fn offline_limit(&self, offline_after: Option<std::time::Duration>) -> std::time::Duration {
-        offline_after.unwrap_or_else(|| {
-            (std::time::Duration::from_secs(u64::from(self.agent.interval_secs)) * 3)
-                .max(std::time::Duration::from_secs(30))
-        })
+        offline_limit(self.agent.interval_secs, offline_after)
     }
 
     /// Whether a host reports: silence beyond [`Host::offline_limit`] is offline, unless it said
@@ -483,9 +501,10 @@ impl Host {
         if self.goodbye.is_some() {
             return proto::HostStatus::Stopped;
         }
-        let limit = self.offline_limit(offline_after);
         match self.last_seen {
-            Some(seen) if now - seen <= limit => proto::HostStatus::Online,
+            Some(seen) if seen >= online_since(now, self.agent.interval_secs, offline_after) => {
+                proto::HostStatus::Online
+            }
             _ => proto::HostStatus::Offline,
         }
     }

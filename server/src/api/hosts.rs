@@ -5,14 +5,16 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use hostwatch_proto::v1::{self as proto, HostStatus};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::ApiError;
+use super::{ApiError, page_limit, page_response};
 use crate::auth::{Person, Role};
 use crate::model::Host;
 use crate::state::AppState;
+use crate::store::HostFilter;
 
 #[derive(Debug, Deserialize)]
 pub struct HostsQuery {
@@ -25,13 +27,16 @@ pub struct HostsQuery {
     workload: Option<String>,
     /// Only hosts with these tags, as `k=v[,k=v]`.
     tag: Option<String>,
+    /// After this cursor: the `x-next-cursor` of the page before.
+    cursor: Option<String>,
+    limit: Option<u32>,
 }
 
 pub async fn list(
     State(state): State<AppState>,
     person: Person,
     query: Result<Query<HostsQuery>, QueryRejection>,
-) -> Result<Json<Vec<proto::Host>>, ApiError> {
+) -> Result<Response, ApiError> {
     person.require(Role::Reader)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let statuses = q
@@ -48,7 +53,8 @@ pub async fn list(
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
-        .transpose()?;
+        .transpose()?
+        .unwrap_or_default();
     let tags = q
         .tag
         .as_deref()
@@ -57,19 +63,18 @@ pub async fn list(
         .map_err(|e| ApiError::bad_request(format!("tag: {e}")))?
         .unwrap_or_default();
     let now = OffsetDateTime::now_utc();
-    let hosts = state.store.list_hosts().await?;
-    Ok(Json(
-        hosts
-            .into_iter()
-            .map(|h| to_proto(&h, now, state.settings.offline_after))
-            .filter(|h| match &statuses {
-                Some(s) => s.contains(&h.status),
-                None => q.all || h.status != HostStatus::Retired,
-            })
-            .filter(|h| q.workload.as_ref().is_none_or(|w| h.workload.as_ref() == Some(w)))
-            .filter(|h| tags.iter().all(|(k, v)| h.tags.get(k) == Some(v)))
-            .collect(),
-    ))
+    let filter = HostFilter {
+        statuses,
+        all: q.all,
+        workload: q.workload,
+        tags: tags.into_iter().collect(),
+        now: Some(now),
+        offline_after: state.settings.offline_after,
+        after: q.cursor,
+        limit: page_limit(q.limit)?,
+    };
+    let page = state.store.hosts_page(&filter).await?;
+    Ok(page_response(page, |h| to_proto(&h, now, state.settings.offline_after)))
 }
 
 pub async fn detail(

@@ -70,6 +70,8 @@ enum Command {
         /// Only hosts with this tag, as k=v (repeat for several).
         #[arg(long)]
         tag: Vec<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Show one host (by id or hostname) with its processes and listeners; `host revoke H`
     /// revokes its node keys. A host named `show` or `revoke`: `host show NAME`, or its id.
@@ -545,7 +547,7 @@ fn start_result(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
 
 async fn client_command(client: &ApiClient, command: Command, format: OutputFormat) -> anyhow::Result<()> {
     match command {
-        Command::Hosts { all, status, workload, tag } => {
+        Command::Hosts { all, status, workload, tag, page } => {
             let tag = (!tag.is_empty()).then(|| tag.join(","));
             let q = query([
                 ("all", all.then(|| "true".to_owned())),
@@ -553,8 +555,7 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
                 ("workload", workload),
                 ("tag", tag),
             ]);
-            let hosts: Vec<proto::Host> = client.get(proto::HOSTS_PATH, &q).await?;
-            print(&hosts, format)
+            list::<proto::Host>(client, proto::HOSTS_PATH, q, page.limit, page.cursor, format).await
         }
         Command::Host { action: Some(HostCommand::Revoke { host }), .. } => {
             let r: proto::HostRevoked = client

@@ -193,6 +193,26 @@ pub struct StateFilter {
     pub limit: u32,
 }
 
+/// Which hosts [`Store::hosts_page`] lists, in id order.
+#[derive(Debug, Clone, Default)]
+pub struct HostFilter {
+    /// Only hosts of these statuses at `now`; none given: every status but retired, unless `all`.
+    pub statuses: Vec<hostwatch_proto::v1::HostStatus>,
+    /// Retired hosts too (when no status is given).
+    pub all: bool,
+    /// Only hosts judged as this workload.
+    pub workload: Option<String>,
+    /// Only hosts judged by every one of these tags.
+    pub tags: Vec<(String, String)>,
+    /// The instant and the collector's `offline_after` the statuses are taken at
+    /// ([`crate::model::online_since`]).
+    pub now: Option<OffsetDateTime>,
+    pub offline_after: Option<std::time::Duration>,
+    /// After this cursor: the `next` of the page before.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
 /// A severity's place in [`FindingFilter`]'s order (info 0 to critical 4), as the findings
 /// listing's cursor writes it.
 pub fn severity_rank(s: Severity) -> u8 {
@@ -450,6 +470,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- queries ----
     async fn list_hosts(&self) -> Result<Vec<Host>>;
+    /// A page of the hosts a person asked for, filtered in the store.
+    async fn hosts_page(&self, filter: &HostFilter) -> Result<Page<Host>>;
     /// Findings by kind, severity and status, and each sink's outbox, for `/metrics`.
     async fn fleet_counts(&self) -> Result<FleetCounts>;
     /// The store's own timings, shared with `/metrics`.

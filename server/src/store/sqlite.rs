@@ -1035,6 +1035,11 @@ impl Store for SqliteStore {
         queries.with_connection(move |conn| query::run(conn, &sql, &terms)).await
     }
 
+    async fn hosts_page(&self, filter: &super::HostFilter) -> Result<Page<Host>> {
+        let f = filter.clone();
+        self.read(move |tx| listing::hosts(tx, &f)).await
+    }
+
     async fn list_processes(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Process>>> {
         let f = filter.clone();
         self.read(move |tx| listing::processes(tx, &f)).await

@@ -154,6 +154,7 @@ pub(super) fn tune(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     super::addresses::register(conn)?;
+    super::listing::register(conn)?;
     Ok(())
 }
 

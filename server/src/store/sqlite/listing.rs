@@ -19,9 +19,13 @@ use super::state::{
     CONNECTION_COLUMNS, LISTENER_COLUMNS, PROCESS_COLUMNS, connection_from_row, ip, listener_from_row,
     process_from_row,
 };
-use super::{FINDING_COLUMNS, finding_from_row, opt_json, parse_enum, parse_ts, ts};
-use crate::model::{Connection, Finding, Listener, Process, ProcessEvent, SocketEvent};
-use crate::store::{FindingFilter, HistoryFilter, Page, Result, StateFilter, StoreError, severity_rank};
+use super::{
+    FINDING_COLUMNS, HOST_COLUMNS, finding_from_row, host_from_row, opt_json, parse_enum, parse_ts, ts,
+};
+use crate::model::{Connection, Finding, Host, Listener, Process, ProcessEvent, SocketEvent};
+use crate::store::{
+    FindingFilter, HistoryFilter, HostFilter, Page, Result, StateFilter, StoreError, severity_rank,
+};
 
 /// A WHERE clause under construction, with its numbered arguments.
 struct Where {
@@ -174,6 +178,78 @@ fn state_where(f: &StateFilter, key: &[&str]) -> Result<Where> {
         w.and(&format!("({cols}) > ({marks})"), values.into_iter().map(Value::from));
     }
     Ok(w)
+}
+
+/// Registers `online_since(interval_secs, offline_after_ms, now)` on `conn`: the earliest last
+/// report of an online host ([`crate::model::online_since`], the rule `Host::status` applies),
+/// as stored text, for the hosts listing's filter by status.
+pub(super) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let flags = rusqlite::functions::FunctionFlags::SQLITE_UTF8
+        | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("online_since", 3, flags, |ctx| {
+        let interval: i64 = ctx.get(0)?;
+        let fixed: Option<i64> = ctx.get(1)?;
+        let now: String = ctx.get(2)?;
+        let now = parse_ts(&now).map_err(|e| rusqlite::Error::UserFunctionError(e.to_string().into()))?;
+        let fixed = fixed.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        Ok(ts(crate::model::online_since(now, u32::try_from(interval).unwrap_or(u32::MAX), fixed)))
+    })
+}
+
+/// Hosts in id order, filtered by status, workload and tags (cursor: the last id given).
+pub(super) fn hosts(tx: &Transaction<'_>, f: &HostFilter) -> Result<Page<Host>> {
+    use hostwatch_proto::v1::HostStatus;
+    let mut w = Where::new();
+    if let Some(c) = &f.after {
+        w.and("h.id > ?", [state_cursor(c, 1)?[0].into()]);
+    }
+    if let Some(workload) = &f.workload {
+        w.and("h.workload = ?", [text(workload)]);
+    }
+    for (k, v) in &f.tags {
+        w.and(
+            "EXISTS (SELECT 1 FROM json_each(h.tags) t WHERE t.key = ? AND t.value = ?)",
+            [text(k), text(v)],
+        );
+    }
+    if f.statuses.is_empty() {
+        if !f.all {
+            w.and("h.retired_at IS NULL", []);
+        }
+    } else {
+        let now = ts(f.now.unwrap_or_else(time::OffsetDateTime::now_utc));
+        let fixed = f.offline_after.map(|d| Value::Integer(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+        let fixed = fixed.unwrap_or(Value::Null);
+        let online = "h.last_seen IS NOT NULL AND h.last_seen >= online_since(h.interval_secs, ?, ?)";
+        let mut any = Vec::new();
+        let mut args = Vec::new();
+        for s in &f.statuses {
+            match s {
+                HostStatus::Retired => any.push("h.retired_at IS NOT NULL".to_owned()),
+                HostStatus::Stopped => {
+                    any.push("(h.retired_at IS NULL AND h.goodbye IS NOT NULL)".to_owned())
+                }
+                HostStatus::Online => {
+                    any.push(format!("(h.retired_at IS NULL AND h.goodbye IS NULL AND {online})"));
+                    args.extend([fixed.clone(), text(&now)]);
+                }
+                HostStatus::Offline => {
+                    any.push(format!("(h.retired_at IS NULL AND h.goodbye IS NULL AND NOT ({online}))"));
+                    args.extend([fixed.clone(), text(&now)]);
+                }
+            }
+        }
+        w.and(&format!("({})", any.join(" OR ")), args);
+    }
+    let sql =
+        format!("SELECT {HOST_COLUMNS} FROM hosts h{} ORDER BY h.id LIMIT {}", w.sql, u64::from(f.limit) + 1);
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(w.args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(host_from_row(r)?);
+    }
+    Ok(paged(out, f.limit, |h| h.id.to_string()))
 }
 
 pub(super) fn processes(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Located<Process>>> {
@@ -533,6 +609,109 @@ mod tests {
         .await
         .unwrap();
         s
+    }
+
+    /// Hosts of every status, by the same rule `Host::status` applies: each status filter lists
+    /// exactly the hosts shown with that status, tags match exactly (a key with a quote is a key),
+    /// and pages give every host once.
+    #[tokio::test]
+    async fn hosts_by_status_workload_and_tags_in_pages() {
+        use hostwatch_proto::v1::HostStatus;
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("hw.db")).unwrap();
+        let now = parse_ts("2026-03-01T12:00:00.500Z").unwrap();
+        let ago = |secs: i64| ts(now - time::Duration::seconds(secs));
+        let (a10, a40) = (ago(10), ago(40));
+        s.tx(move |tx| {
+            let (a10, a40) = (Some(a10.as_str()), Some(a40.as_str()));
+            let rows = [
+                (1, "web", a10, 10, None, None, r#"{"role":"web","env":"prod"}"#),
+                (2, "db", a40, 20, None, None, r#"{"role":"db","a\"b":"x"}"#),
+                (3, "web", a40, 10, None, None, r#"{"role":"web"}"#),
+                (4, "web", a10, 10, Some("stopped by systemd"), None, r#"{}"#),
+                (5, "web", a10, 10, None, Some("2026-02-01T00:00:00.000Z"), r#"{"role":"web"}"#),
+                (6, "web", None, 10, None, None, r#"{"role":"web"}"#),
+            ];
+            for (id, workload, seen, interval, goodbye, retired, tags) in rows {
+                tx.execute(
+                    "INSERT INTO hosts (id, hostname, machine_id, enrolled_at, workload, last_seen, interval_secs, goodbye, retired_at, tags) \
+                     VALUES (?1, ?2, ?3, '2026-01-01T00:00:00.000Z', ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![id, format!("h-{id}"), format!("m{id}"), workload, seen, interval, goodbye, retired, tags],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let list = |f: HostFilter| {
+            let s = s.clone();
+            async move {
+                let f = HostFilter { now: Some(now), limit: 100, ..f };
+                s.hosts_page(&f).await.unwrap().items.into_iter().map(|h| h.id).collect::<Vec<_>>()
+            }
+        };
+        let of =
+            |statuses: &[HostStatus]| HostFilter { statuses: statuses.to_vec(), ..HostFilter::default() };
+        assert_eq!(
+            list(of(&[HostStatus::Online])).await,
+            [1, 2],
+            "40 s of silence is within 3 intervals of 20 s"
+        );
+        assert_eq!(list(of(&[HostStatus::Offline])).await, [3, 6], "never seen is offline");
+        assert_eq!(list(of(&[HostStatus::Stopped])).await, [4]);
+        assert_eq!(list(of(&[HostStatus::Retired])).await, [5]);
+        assert_eq!(list(of(&[HostStatus::Online, HostStatus::Stopped])).await, [1, 2, 4]);
+        assert_eq!(list(HostFilter::default()).await, [1, 2, 3, 4, 6], "retired left out");
+        assert_eq!(list(HostFilter { all: true, ..HostFilter::default() }).await, [1, 2, 3, 4, 5, 6]);
+        let fixed = Some(std::time::Duration::from_secs(35));
+        assert_eq!(list(HostFilter { offline_after: fixed, ..of(&[HostStatus::Online]) }).await, [1]);
+        // The filter and the status a host is shown with are one rule.
+        let every =
+            s.hosts_page(&HostFilter { all: true, limit: 100, ..HostFilter::default() }).await.unwrap();
+        for offline_after in [None, fixed] {
+            for status in [HostStatus::Online, HostStatus::Offline, HostStatus::Stopped, HostStatus::Retired]
+            {
+                let want: Vec<i64> = every
+                    .items
+                    .iter()
+                    .filter(|h| h.status(now, offline_after) == status)
+                    .map(|h| h.id)
+                    .collect();
+                assert_eq!(
+                    list(HostFilter { offline_after, ..of(&[status]) }).await,
+                    want,
+                    "{status:?} {offline_after:?}"
+                );
+            }
+        }
+        let tags = |t: &[(&str, &str)]| HostFilter {
+            tags: t.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..HostFilter::default()
+        };
+        assert_eq!(list(tags(&[("role", "web")])).await, [1, 3, 6]);
+        assert_eq!(list(tags(&[("role", "web"), ("env", "prod")])).await, [1]);
+        assert_eq!(list(tags(&[("a\"b", "x")])).await, [2]);
+        assert_eq!(list(tags(&[("role", "web%")])).await, Vec::<i64>::new());
+        assert_eq!(list(HostFilter { workload: Some("db".into()), ..HostFilter::default() }).await, [2]);
+        // Pages of two: every host once, then no cursor.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .hosts_page(&HostFilter { after: after.clone(), limit: 2, ..HostFilter::default() })
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|h| h.id));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [1, 2, 3, 4, 6]);
+        let bad =
+            s.hosts_page(&HostFilter { after: Some("x".into()), limit: 2, ..HostFilter::default() }).await;
+        assert!(matches!(bad, Err(StoreError::Query(m)) if m.contains("cursor \"x\"")));
     }
 
     fn all(limit: u32) -> StateFilter {

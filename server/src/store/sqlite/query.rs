@@ -89,7 +89,8 @@ pub(super) fn open(path: &Path) -> Result<Connection> {
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
             let interval: i64 = ctx.get(0)?;
-            Ok(OFFLINE_AFTER.get().unwrap_or_else(|| (3.0 * interval as f64).max(30.0)))
+            let fixed = OFFLINE_AFTER.get().and_then(|s| Duration::try_from_secs_f64(s).ok());
+            Ok(crate::model::offline_limit(u32::try_from(interval).unwrap_or(u32::MAX), fixed).as_secs_f64())
         },
     )?;
     conn.execute_batch(&VIEWS_SQL.replace("{OFFLINE_SECONDS}", "offline_after_seconds(h.interval_secs)"))?;
