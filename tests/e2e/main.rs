@@ -21,6 +21,7 @@ mod lifecycle;
 mod metrics;
 mod namespaces;
 mod oracle;
+mod postgres;
 mod process_facts;
 mod protocol;
 mod queries;

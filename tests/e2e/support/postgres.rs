@@ -1,0 +1,160 @@
+//! A private PostgreSQL server for a test: Debian's PostgreSQL 15 binaries, a cluster made by
+//! `initdb` in a temporary directory, listening only on a Unix socket in that directory (no TCP
+//! port, nothing another test or the machine's own cluster could reach), stopped and removed
+//! when dropped. PostgreSQL refuses to run as root, so the cluster belongs to the `postgres`
+//! user and its commands run through `runuser`.
+//!
+//! Durability is off (`fsync`, `full_page_writes`): a test's cluster is thrown away, and a test
+//! that needs a crash to be survived restarts the server, not the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::Turn;
+
+/// Where Debian's PostgreSQL 15 server binaries are (package `postgresql-15`).
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The superuser of a test's cluster (trusted on its socket: only root and `postgres` can reach
+/// the directory).
+pub const USER: &str = "hostwatch";
+
+/// A running private server; stopped, and its directory removed, on drop.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    _turn: Turn,
+}
+
+impl PgServer {
+    /// Starts a fresh cluster, or panics saying what is missing.
+    pub fn start() -> PgServer {
+        let turn = Turn::shared();
+        for tool in ["initdb", "pg_ctl", "postgres"] {
+            let path = Path::new(BIN).join(tool);
+            assert!(
+                path.exists(),
+                "{} not found: the PostgreSQL tests need Debian's postgresql-15 (`apt install postgresql-15`; .ci/run installs it)",
+                path.display()
+            );
+        }
+        assert!(
+            Command::new("id").arg("-u").arg("postgres").output().is_ok_and(|o| o.status.success()),
+            "no `postgres` user: PostgreSQL runs as it (Debian's postgresql-common creates it)"
+        );
+        let dir = tempfile::Builder::new().prefix("hw-pg-").tempdir().expect("temporary directory");
+        run("chown", Command::new("chown").arg("postgres:postgres").arg(dir.path()));
+        let server = PgServer { dir, _turn: turn };
+        server.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &server.data().to_string_lossy(),
+                "-U",
+                USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+        );
+        server.pg_ctl_start();
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The directory of the server's socket: `host` in a connection string.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A connection URL for `database` on this server, as `database = "postgres://…"` takes it.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{USER}@localhost/{database}?host={}", self.socket_dir().display())
+    }
+
+    /// Runs SQL through `psql` as the superuser and returns what it printed (unaligned, tuples
+    /// only), or panics with psql's error.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = run(
+            "psql",
+            Command::new("psql")
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(self.socket_dir())
+                .args(["-U", USER, "-d", database, "-c", sql]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server as a crash would (immediate: no checkpoint), for tests of a database
+    /// that goes away under the collector.
+    pub fn stop_immediately(&self) {
+        self.as_postgres("pg_ctl", &["-D", &self.data().to_string_lossy(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Starts the server again after [`PgServer::stop_immediately`].
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-c listen_addresses='' -k {} -c fsync=off -c full_page_writes=off",
+            self.socket_dir().display()
+        );
+        let data = self.data();
+        let log = self.dir.path().join("server.log");
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+    }
+
+    fn as_postgres(&self, tool: &str, args: &[&str]) -> Output {
+        let path = Path::new(BIN).join(tool);
+        run(
+            tool,
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .current_dir(self.dir.path()),
+        )
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // Fast: rolls back what is open and stops; never leaves a server behind the test.
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-D", &self.data().to_string_lossy(), "-m", "fast", "-w", "-t", "30", "stop"])
+            .output();
+    }
+}
+
+/// Runs a command to completion, or panics with what it printed.
+fn run(what: &str, cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
