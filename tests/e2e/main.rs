@@ -29,6 +29,7 @@ mod rollout;
 mod rules;
 mod sessions;
 mod skeleton;
+mod stores;
 mod support;
 mod tls;
 mod workloads;

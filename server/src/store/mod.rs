@@ -8,6 +8,7 @@
 //! - every method is one transaction: a report that fails half-way leaves nothing behind;
 //! - nothing assumes a single collector: baselines are reread when `baselines_revision` moves.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

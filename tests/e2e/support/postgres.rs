@@ -71,7 +71,7 @@ impl PgServer {
 
     /// A connection URL for `database` on this server, as `database = "postgres://…"` takes it.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{USER}@localhost/{database}?host={}", self.socket_dir().display())
+        format!("postgres://{USER}@/{database}?host={}", self.socket_dir().display())
     }
 
     /// Runs SQL through `psql` as the superuser and returns what it printed (unaligned, tuples
