@@ -1,10 +1,13 @@
 //! The two stores against one contract (issue 17): the same calls on SQLite and on a private
 //! PostgreSQL answer the same. Grows with the PostgreSQL store, slice by slice.
 
-use hostwatch_proto::v1::AuditEntry;
+use std::collections::BTreeMap;
+
+use hostwatch_proto::v1::{self as proto, AuditEntry};
+use hostwatch_server::model::{Host, HostFacts};
 use hostwatch_server::store::postgres::PgStore;
 use hostwatch_server::store::sqlite::SqliteStore;
-use hostwatch_server::store::{NewCredential, Store, StoreError, TokenRecord};
+use hostwatch_server::store::{Enrollment, NewCredential, SecretRecord, Store, StoreError, TokenRecord};
 use time::OffsetDateTime;
 
 use crate::support::postgres::PgServer;
@@ -104,4 +107,122 @@ async fn a_database_url_that_is_not_a_socket_or_not_there_is_refused_with_its_re
     let dir = tempfile::tempdir().unwrap();
     let nobody = PgStore::connect(&format!("postgres://hostwatch@/hw?host={}", dir.path().display())).await;
     assert!(nobody.is_err(), "no server on that socket");
+}
+
+/// What the enrollment scenario saw, to compare across stores.
+#[derive(Debug, PartialEq)]
+struct Enrolled {
+    secrets: Vec<SecretRecord>,
+    found: Option<SecretRecord>,
+    first: Option<Host>,
+    by_key: (Option<i64>, Option<i64>, Option<i64>),
+    named: Vec<i64>,
+    same_machine: (Vec<i64>, Vec<i64>),
+    verified: (Option<String>, Option<String>),
+    revoked_keys: (Option<u64>, Option<u64>),
+    revoked_secret: (Option<SecretRecord>, Option<SecretRecord>),
+    counts: (u64, u64),
+    missing: Option<Host>,
+    trail: Vec<(String, String, String, serde_json::Value)>,
+}
+
+/// Two enroll secrets, two hosts under one machine id (never one host taken over by another),
+/// a host's keys revoked, a secret revoked (twice): on a store of either kind.
+macro_rules! enrollment_scenario {
+    ($s:expr) => {{
+        let s = $s;
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        let web: BTreeMap<String, String> = [("role".to_owned(), "web".to_owned())].into();
+        let new = NewCredential {
+            name: "web fleet",
+            hash: "s1",
+            created_by: "serve",
+            expires_at: None,
+            now: at(0),
+        };
+        let s1 = s.create_enroll_secret(&new, &web).await.unwrap();
+        let other = NewCredential { name: "db", hash: "s2", expires_at: Some(at(86_400)), now: at(1), ..new };
+        s.create_enroll_secret(&other, &BTreeMap::new()).await.unwrap();
+        let mut facts = HostFacts::from(proto::HostFacts::new("web-1", "m1"));
+        facts.os = "Debian GNU/Linux 12".to_owned();
+        facts.boot_time = Some(at(-3600));
+        facts.tags = web.clone();
+        facts.reported_tags = [("env".to_owned(), "prod \"eu\"".to_owned())].into();
+        let enroll = |key: &'static str, verified: Option<&'static str>, secs: i64| Enrollment {
+            facts: &facts,
+            agent_version: "0.1.0",
+            key_hash: key,
+            enroll_secret: s1.id,
+            verified_instance: verified,
+            now: at(secs),
+        };
+        let a = s.enroll_host(&enroll("ka", None, 10)).await.unwrap();
+        let b = s.enroll_host(&enroll("kb", Some("i-0abc"), 20)).await.unwrap();
+        assert_ne!(a, b, "a second enrollment under one machine id is a second host");
+        let first = s.host(a).await.unwrap();
+        let found = s.find_enroll_secret("s1").await.unwrap();
+        let before = s.hosts_with_machine_id("m1", None).await.unwrap();
+        let key_a = s.find_node_key("ka").await.unwrap();
+        let revoked_keys = (
+            s.revoke_host_keys(a, "token:ops#1", at(30)).await.unwrap(),
+            s.revoke_host_keys(999, "token:ops#1", at(30)).await.unwrap(),
+        );
+        let by_key = (key_a, s.find_node_key("ka").await.unwrap(), s.find_node_key("kb").await.unwrap());
+        let after = s.hosts_with_machine_id("m1", None).await.unwrap();
+        let revoked_secret = (
+            s.revoke_enroll_secret(s1.id, "token:ops#1", at(40)).await.unwrap(),
+            s.revoke_enroll_secret(s1.id, "token:ops#1", at(50)).await.unwrap(),
+        );
+        let trail = s
+            .audit_entries(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.target, e.detail))
+            .collect();
+        Enrolled {
+            secrets: s.enroll_secrets().await.unwrap(),
+            found,
+            first,
+            by_key,
+            named: s.hosts_named("web-1").await.unwrap(),
+            same_machine: (before, after),
+            verified: (s.verified_instance(a).await.unwrap(), s.verified_instance(b).await.unwrap()),
+            revoked_keys,
+            revoked_secret,
+            counts: (s.count_enroll_secrets().await.unwrap(), s.count_api_tokens().await.unwrap()),
+            missing: s.host(999).await.unwrap(),
+            trail,
+        }
+    }};
+}
+
+#[tokio::test]
+async fn enrollment_secrets_and_node_keys_are_the_same_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let on_sqlite = enrollment_scenario!(&sqlite as &dyn Store);
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let on_pg = enrollment_scenario!(&store);
+    assert_eq!(on_pg, on_sqlite);
+
+    let e = &on_pg;
+    let first = e.first.as_ref().expect("the first host");
+    assert_eq!((first.facts.hostname.as_str(), first.facts.os.as_str()), ("web-1", "Debian GNU/Linux 12"));
+    assert_eq!(first.facts.reported_tags["env"], "prod \"eu\"");
+    assert_eq!(first.last_seen, None, "enrolled, not reported yet");
+    assert_eq!(e.by_key.1, None, "a revoked key lets nobody in");
+    assert!(e.by_key.0.is_some() && e.by_key.2.is_some());
+    assert_eq!(e.named.len(), 2);
+    assert_eq!((e.same_machine.0.len(), e.same_machine.1.len()), (2, 1));
+    assert_eq!(e.verified, (None, Some("i-0abc".to_owned())));
+    assert_eq!(e.revoked_keys, (Some(1), None));
+    assert_eq!(e.revoked_secret.0.as_ref().map(|s| s.hosts), Some(2), "hosts it enrolled, counted");
+    assert_eq!(e.counts, (1, 0));
+    assert_eq!(e.missing, None);
+    let actions: Vec<&str> = e.trail.iter().map(|(_, a, _, _)| a.as_str()).collect();
+    assert_eq!(actions, ["revoke_secret", "revoke_host", "create_secret", "create_secret"]);
+    assert_eq!(e.trail[1].3, serde_json::json!({ "hostname": "web-1", "keys": 1 }));
 }

@@ -8,6 +8,7 @@
 //! millisecond, as the SQLite store and the wire keep them, so both stores answer alike.
 
 mod credentials;
+mod hosts;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;

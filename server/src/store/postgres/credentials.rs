@@ -1,5 +1,5 @@
-//! Credentials in the PostgreSQL store: API tokens and the audit trail that records every change
-//! to them (enroll secrets and node keys come with the hosts' tables).
+//! Credentials in the PostgreSQL store: API tokens, enroll secrets, and the audit trail that
+//! records every change to them (node keys are in `hosts.rs`, with the hosts they belong to).
 //!
 //! Invariants, as in the SQLite store: only hashes are stored; every creation and revocation
 //! writes its audit entry in the same transaction; a revoked credential stays, as revoked.
@@ -11,10 +11,14 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use super::{PgStore, error, ms};
-use crate::store::{NewCredential, Result, TokenRecord};
+use std::collections::BTreeMap;
+
+use tokio_postgres::types::Json;
+
+use crate::store::{NewCredential, Result, SecretRecord, TokenRecord};
 
 /// One entry of the audit trail, in the caller's transaction.
-async fn audit(
+pub(super) async fn audit(
     tx: &impl GenericClient,
     actor: &str,
     action: &str,
@@ -45,7 +49,129 @@ fn token(r: &Row) -> TokenRecord {
     }
 }
 
+const SECRET_COLUMNS: &str = "s.id, s.name, s.tags, s.created_at, s.created_by, s.expires_at, s.revoked_at, \
+     (SELECT COUNT(*) FROM hosts h WHERE h.enroll_secret_id = s.id)";
+
+fn secret(r: &Row) -> SecretRecord {
+    let Json(tags): Json<BTreeMap<String, String>> = r.get(2);
+    SecretRecord {
+        id: r.get(0),
+        name: r.get(1),
+        tags,
+        created_at: r.get(3),
+        created_by: r.get(4),
+        expires_at: r.get(5),
+        revoked_at: r.get(6),
+        hosts: u64::try_from(r.get::<_, i64>(7)).unwrap_or_default(),
+    }
+}
+
 impl PgStore {
+    /// Enroll secrets not revoked.
+    pub async fn count_enroll_secrets(&self) -> Result<u64> {
+        let n: i64 = self
+            .client()
+            .await?
+            .query_one("SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL", &[])
+            .await
+            .map_err(error)?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    /// Creates an enroll secret that assigns `tags`, audited as `create_secret`.
+    pub async fn create_enroll_secret(
+        &self,
+        new: &NewCredential<'_>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<SecretRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO enroll_secrets (name, secret_hash, created_at, created_by, expires_at, tags) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[&new.name, &new.hash, &ms(new.now), &new.created_by, &new.expires_at.map(ms), &Json(tags)],
+            )
+            .await
+            .map_err(error)?
+            .get(0);
+        audit(
+            &tx,
+            new.created_by,
+            "create_secret",
+            &format!("secret:{id}"),
+            &json!({ "name": new.name, "tags": tags, "expires_at": new.expires_at.map(timestamp::format) }),
+            new.now,
+        )
+        .await?;
+        tx.commit().await.map_err(error)?;
+        Ok(SecretRecord {
+            id,
+            name: new.name.to_owned(),
+            tags: tags.clone(),
+            created_at: new.now,
+            created_by: new.created_by.to_owned(),
+            expires_at: new.expires_at,
+            revoked_at: None,
+            hosts: 0,
+        })
+    }
+
+    /// The enroll secret with this hash, whatever its state.
+    pub async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.secret_hash = $1"),
+                &[&hash],
+            )
+            .await
+            .map_err(error)?;
+        Ok(row.as_ref().map(secret))
+    }
+
+    pub async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(&format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s ORDER BY s.id"), &[])
+            .await
+            .map_err(error)?;
+        Ok(rows.iter().map(secret).collect())
+    }
+
+    /// Revokes an enroll secret (hosts it enrolled keep their node keys), audited as
+    /// `revoke_secret` once.
+    pub async fn revoke_enroll_secret(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<SecretRecord>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let changed = tx
+            .execute(
+                "UPDATE enroll_secrets SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &[&ms(now), &id],
+            )
+            .await
+            .map_err(error)?;
+        let row = tx
+            .query_opt(&format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.id = $1"), &[&id])
+            .await
+            .map_err(error)?;
+        let Some(s) = row.as_ref().map(secret) else { return Ok(None) };
+        if changed > 0 {
+            audit(&tx, actor, "revoke_secret", &format!("secret:{id}"), &json!({ "name": s.name }), now)
+                .await?;
+        }
+        tx.commit().await.map_err(error)?;
+        Ok(Some(s))
+    }
+
     /// Tokens not revoked (expired ones included: they are still there to be renewed).
     pub async fn count_api_tokens(&self) -> Result<u64> {
         let n: i64 = self

@@ -15,6 +15,73 @@ CREATE TABLE enroll_secrets (
     revoked_at  TIMESTAMPTZ
 );
 
+CREATE TABLE hosts (
+    id                   BIGSERIAL PRIMARY KEY,
+    hostname             TEXT NOT NULL,
+    machine_id           TEXT NOT NULL,
+    os                   TEXT NOT NULL DEFAULT '',
+    kernel               TEXT NOT NULL DEFAULT '',
+    arch                 TEXT NOT NULL DEFAULT '',
+    boot_time            TIMESTAMPTZ,
+    tags                 JSONB NOT NULL DEFAULT '{}',
+    reported_tags        JSONB NOT NULL DEFAULT '{}',
+    cloud                JSONB,
+    instance_id          TEXT,
+    verified_instance_id TEXT,
+    enroll_secret_id     BIGINT REFERENCES enroll_secrets (id),
+    agent_version        TEXT NOT NULL DEFAULT '',
+    interval_secs        INTEGER NOT NULL DEFAULT 10,
+    coverage_degraded    BOOLEAN NOT NULL DEFAULT FALSE,
+    coverage_why         JSONB NOT NULL DEFAULT '[]',
+    agent_stats          JSONB,
+    workload             TEXT,
+    enrolled_at          TIMESTAMPTZ NOT NULL,
+    last_seen            TIMESTAMPTZ,
+    last_seq             BIGINT NOT NULL DEFAULT 0,
+    session              BIGINT NOT NULL DEFAULT 0,
+    prior_session        BIGINT,
+    goodbye              TEXT,
+    retired_at           TIMESTAMPTZ
+);
+CREATE INDEX hosts_machine_id ON hosts (machine_id);
+CREATE INDEX hosts_hostname ON hosts (hostname);
+CREATE INDEX hosts_instance_id ON hosts (instance_id);
+CREATE INDEX hosts_enroll_secret ON hosts (enroll_secret_id);
+
+CREATE TABLE node_keys (
+    key_hash    TEXT PRIMARY KEY,
+    host_id     BIGINT NOT NULL REFERENCES hosts (id),
+    created_at  TIMESTAMPTZ NOT NULL,
+    revoked_at  TIMESTAMPTZ
+);
+CREATE INDEX node_keys_host ON node_keys (host_id);
+
+-- One row per (host, kind, rule, subject); rule is '' for kinds no built-in rule files.
+CREATE TABLE findings (
+    id           BIGSERIAL PRIMARY KEY,
+    host_id      BIGINT NOT NULL REFERENCES hosts (id),
+    kind         TEXT NOT NULL,
+    rule         TEXT NOT NULL DEFAULT '',
+    severity     TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    detail       JSONB NOT NULL DEFAULT '{}',
+    status       TEXT NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
+    first_seen   TIMESTAMPTZ NOT NULL,
+    last_seen    TIMESTAMPTZ NOT NULL,
+    opened_at    TIMESTAMPTZ NOT NULL,
+    resolved_at  TIMESTAMPTZ,
+    times_opened INTEGER NOT NULL DEFAULT 1,
+    occurrences  BIGINT NOT NULL DEFAULT 1,
+    transient    BOOLEAN NOT NULL DEFAULT FALSE,
+    silenced_by  BIGINT,
+    acked_by     TEXT,
+    acked_at     TIMESTAMPTZ,
+    ack_note     TEXT,
+    UNIQUE (host_id, kind, rule, subject)
+);
+CREATE INDEX findings_status ON findings (status, host_id);
+CREATE INDEX findings_opened ON findings (host_id, opened_at);
+
 CREATE TABLE api_tokens (
     id          BIGSERIAL PRIMARY KEY,
     name        TEXT NOT NULL,

@@ -1,0 +1,210 @@
+//! Hosts in the PostgreSQL store: enrollment with a host's first node key, node keys, and a host
+//! as the collector reads it.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::GenericClient;
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::Json;
+
+use super::credentials::audit;
+use super::{PgStore, error, ms};
+use crate::model::{AgentInfo, Host, HostFacts};
+use crate::store::{Enrollment, Result};
+
+/// A host's columns, for [`host_from_row`]; `h` is the hosts table.
+const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, \
+     h.agent_version, h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, \
+     h.last_seq, h.goodbye, h.retired_at, \
+     (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats, h.cloud, \
+     h.reported_tags";
+
+fn host_from_row(r: &Row) -> Host {
+    let Json(tags): Json<BTreeMap<String, String>> = r.get(7);
+    let Json(reported_tags): Json<BTreeMap<String, String>> = r.get(21);
+    let Json(coverage_why): Json<Vec<String>> = r.get(11);
+    let cloud: Option<serde_json::Value> = r.get(20);
+    let stats: Option<serde_json::Value> = r.get(19);
+    Host {
+        id: r.get(0),
+        facts: HostFacts {
+            hostname: r.get(1),
+            machine_id: r.get(2),
+            os: r.get(3),
+            kernel: r.get(4),
+            arch: r.get(5),
+            boot_time: r.get(6),
+            tags,
+            reported_tags,
+            // As the SQLite store: a value another version stored that this one does not read is
+            // left out rather than make the host unreadable.
+            cloud: cloud.and_then(|c| serde_json::from_value(c).ok()),
+        },
+        agent: AgentInfo {
+            version: r.get(8),
+            interval_secs: u32::try_from(r.get::<_, i32>(9)).unwrap_or_default(),
+            coverage_degraded: r.get(10),
+            coverage_why,
+            stats: stats.and_then(|s| serde_json::from_value(s).ok()),
+        },
+        workload: r.get(12),
+        enrolled_at: r.get(13),
+        last_seen: r.get(14),
+        last_seq: u64::try_from(r.get::<_, i64>(15)).unwrap_or_default(),
+        goodbye: r.get(16),
+        retired_at: r.get(17),
+        open_findings: u64::try_from(r.get::<_, i64>(18)).unwrap_or_default(),
+    }
+}
+
+impl PgStore {
+    /// Enrolls a new host with its first node key; never reuses a host (see `Store::enroll_host`).
+    pub async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64> {
+        let f = e.facts;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, \
+                 enrolled_at, cloud, instance_id, reported_tags, enroll_secret_id, verified_instance_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                &[
+                    &f.hostname,
+                    &f.machine_id,
+                    &f.os,
+                    &f.kernel,
+                    &f.arch,
+                    &f.boot_time.map(ms),
+                    &Json(&f.tags),
+                    &e.agent_version,
+                    &ms(e.now),
+                    &f.cloud.as_ref().map(Json),
+                    &f.cloud.as_ref().map(|c| c.instance_id.clone()),
+                    &Json(&f.reported_tags),
+                    &e.enroll_secret,
+                    &e.verified_instance,
+                ],
+            )
+            .await
+            .map_err(error)?
+            .get(0);
+        tx.execute(
+            "INSERT INTO node_keys (key_hash, host_id, created_at) VALUES ($1, $2, $3)",
+            &[&e.key_hash, &id, &ms(e.now)],
+        )
+        .await
+        .map_err(error)?;
+        tx.commit().await.map_err(error)?;
+        Ok(id)
+    }
+
+    /// The host of a node key that exists and is not revoked, unless the host is retired.
+    pub async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND h.retired_at IS NULL",
+                &[&hash],
+            )
+            .await
+            .map_err(error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Revokes every node key of a host at once, audited as `revoke_host`.
+    pub async fn revoke_host_keys(
+        &self,
+        host_id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let Some(row) =
+            tx.query_opt("SELECT hostname FROM hosts WHERE id = $1", &[&host_id]).await.map_err(error)?
+        else {
+            return Ok(None);
+        };
+        let hostname: String = row.get(0);
+        let n = tx
+            .execute(
+                "UPDATE node_keys SET revoked_at = $1 WHERE host_id = $2 AND revoked_at IS NULL",
+                &[&ms(now), &host_id],
+            )
+            .await
+            .map_err(error)?;
+        audit(
+            &tx,
+            actor,
+            "revoke_host",
+            &format!("host:{host_id}"),
+            &json!({ "hostname": hostname, "keys": n }),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(error)?;
+        Ok(Some(n))
+    }
+
+    /// The EC2 instance id a host proved at enrollment, if it did.
+    pub async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT verified_instance_id FROM hosts WHERE id = $1", &[&host_id])
+            .await
+            .map_err(error)?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    pub async fn host(&self, id: i64) -> Result<Option<Host>> {
+        host_in(&self.client().await?, id).await
+    }
+
+    /// Hosts not retired with this hostname.
+    pub async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id FROM hosts WHERE hostname = $1 AND retired_at IS NULL ORDER BY id",
+                &[&hostname],
+            )
+            .await
+            .map_err(error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Hosts not retired, with a node key that works, claiming this machine id (and instance).
+    pub async fn hosts_with_machine_id(
+        &self,
+        machine_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id FROM hosts h WHERE machine_id = $1 AND instance_id IS NOT DISTINCT FROM $2 \
+                 AND retired_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM node_keys k WHERE k.host_id = h.id AND k.revoked_at IS NULL) ORDER BY id",
+                &[&machine_id, &instance_id],
+            )
+            .await
+            .map_err(error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// Reads a host in the caller's transaction.
+pub(super) async fn host_in(tx: &impl GenericClient, id: i64) -> Result<Option<Host>> {
+    let row = tx
+        .query_opt(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.id = $1"), &[&id])
+        .await
+        .map_err(error)?;
+    Ok(row.as_ref().map(host_from_row))
+}
