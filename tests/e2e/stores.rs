@@ -226,3 +226,45 @@ async fn enrollment_secrets_and_node_keys_are_the_same_on_both_stores() {
     assert_eq!(actions, ["revoke_secret", "revoke_host", "create_secret", "create_secret"]);
     assert_eq!(e.trail[1].3, serde_json::json!({ "hostname": "web-1", "keys": 1 }));
 }
+
+/// Baselines applied, re-applied unchanged, and changed: the revision every collector watches
+/// moves only with a change; on a store of either kind.
+macro_rules! baselines_scenario {
+    ($s:expr) => {{
+        let s = $s;
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        let mut revisions = vec![s.baselines_revision().await.unwrap()];
+        s.put_baseline("web", "[workload]\nname = \"web\"\n", "token:ops#1", at(0)).await.unwrap();
+        revisions.push(s.baselines_revision().await.unwrap());
+        s.put_baseline("web", "[workload]\nname = \"web\"\n", "token:ops#2", at(10)).await.unwrap();
+        revisions.push(s.baselines_revision().await.unwrap());
+        s.put_baseline("db", "[workload]\nname = \"db\"\n", "token:ops#1", at(20)).await.unwrap();
+        revisions.push(s.baselines_revision().await.unwrap());
+        s.put_baseline("web", "[workload]\nname = \"web\" # v2\n", "token:ops#2", at(30)).await.unwrap();
+        revisions.push(s.baselines_revision().await.unwrap());
+        s.audit("token:ops#2", "apply_baseline", "baseline:web", serde_json::json!({ "bytes": 30 }), at(30))
+            .await
+            .unwrap();
+        let trail: Vec<_> = s.audit_entries(None, 10).await.unwrap().into_iter().map(|e| (e.action, e.detail)).collect();
+        (revisions, s.baselines().await.unwrap(), trail)
+    }};
+}
+
+#[tokio::test]
+async fn baselines_and_their_revision_are_the_same_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let on_sqlite = baselines_scenario!(&sqlite as &dyn Store);
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let on_pg = baselines_scenario!(&store);
+    assert_eq!(on_pg, on_sqlite);
+    let (revisions, baselines, trail) = on_pg;
+    assert_eq!(revisions, [0, 1, 1, 2, 3], "the same source again moves nothing");
+    let names: Vec<(&str, &str)> =
+        baselines.iter().map(|b| (b.name.as_str(), b.applied_by.as_str())).collect();
+    assert_eq!(names, [("db", "token:ops#1"), ("web", "token:ops#2")]);
+    assert!(baselines[1].source.contains("# v2"));
+    assert_eq!(trail, [("apply_baseline".to_owned(), serde_json::json!({ "bytes": 30 }))]);
+}

@@ -7,6 +7,7 @@
 //! collectors starting together apply each migration once; times are written to the
 //! millisecond, as the SQLite store and the wire keep them, so both stores answer alike.
 
+mod baselines;
 mod credentials;
 mod hosts;
 

@@ -276,6 +276,18 @@ impl PgStore {
         Ok(Some(t))
     }
 
+    /// One entry of the audit trail, in a transaction of its own.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        audit(&self.client().await?, actor, action, target, &detail, now).await
+    }
+
     /// The audit trail since `since`, newest first, `limit` entries at most.
     pub async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>> {
         let since = since.map_or(OffsetDateTime::UNIX_EPOCH, ms);

@@ -102,3 +102,17 @@ CREATE TABLE audit_log (
     detail  JSONB NOT NULL DEFAULT '{}'
 );
 CREATE INDEX audit_log_at ON audit_log (at);
+
+CREATE TABLE baselines (
+    name        TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL,
+    applied_by  TEXT NOT NULL
+);
+
+-- Bumped by every change to baselines, so that every collector on the store knows when to reload.
+CREATE TABLE store_meta (
+    key     TEXT PRIMARY KEY,
+    value   BIGINT NOT NULL
+);
+INSERT INTO store_meta (key, value) VALUES ('baselines_revision', 0);
