@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use hostwatch_proto::v1::{self as proto, AuditEntry};
-use hostwatch_server::model::{Host, HostFacts};
+use hostwatch_server::model::{Host, HostFacts, Silence, SilenceScope};
 use hostwatch_server::store::postgres::PgStore;
 use hostwatch_server::store::sqlite::SqliteStore;
 use hostwatch_server::store::{Enrollment, NewCredential, SecretRecord, Store, StoreError, TokenRecord};
@@ -267,4 +267,82 @@ async fn baselines_and_their_revision_are_the_same_on_both_stores() {
     assert_eq!(names, [("db", "token:ops#1"), ("web", "token:ops#2")]);
     assert!(baselines[1].source.contains("# v2"));
     assert_eq!(trail, [("apply_baseline".to_owned(), serde_json::json!({ "bytes": 30 }))]);
+}
+
+/// Silences of a host and of a selector, and a sink's cursor leased by two collectors in turn:
+/// on a store of either kind.
+macro_rules! triage_scenario {
+    ($s:expr) => {{
+        let s = $s;
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        let facts = HostFacts::from(proto::HostFacts::new("web-1", "m1"));
+        let secret = s
+            .create_enroll_secret(
+                &NewCredential { name: "s", hash: "s1", created_by: "serve", expires_at: None, now: at(0) },
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap();
+        let host = s
+            .enroll_host(&Enrollment {
+                facts: &facts,
+                agent_version: "0.1.0",
+                key_hash: "k1",
+                enroll_secret: secret.id,
+                verified_instance: None,
+                now: at(0),
+            })
+            .await
+            .unwrap();
+        let window = |scope, from: i64, to: i64, reason: &str| Silence {
+            id: 0,
+            scope,
+            starts_at: at(from),
+            ends_at: at(to),
+            reason: reason.to_owned(),
+            created_by: "token:ops#1".to_owned(),
+        };
+        let selector: BTreeMap<String, String> = [("role".to_owned(), "db".to_owned())].into();
+        let a = s.create_silence(&window(SilenceScope::Host(host), 0, 600, "patching")).await.unwrap();
+        let b = s
+            .create_silence(&window(SilenceScope::Selector(selector), 0, 60, "db \"failover\""))
+            .await
+            .unwrap();
+        let silences = (s.silences(None).await.unwrap(), s.silences(Some(at(100))).await.unwrap());
+        let leases = vec![
+            s.lease_alert_cursor("slack", "collector-a", at(0), at(30)).await.unwrap(),
+            s.lease_alert_cursor("slack", "collector-b", at(10), at(40)).await.unwrap(),
+            s.lease_alert_cursor("slack", "collector-a", at(20), at(50)).await.unwrap(),
+            s.lease_alert_cursor("slack", "collector-b", at(60), at(90)).await.unwrap(),
+            s.lease_alert_cursor("slack", "collector-a", at(61), at(91)).await.unwrap(),
+        ];
+        let advances = vec![
+            s.advance_alert_cursor("slack", "collector-a", 5).await.unwrap(),
+            s.advance_alert_cursor("slack", "collector-b", 5).await.unwrap(),
+            s.advance_alert_cursor("slack", "collector-b", 3).await.unwrap(),
+        ];
+        let renewed = s.lease_alert_cursor("slack", "collector-b", at(70), at(100)).await.unwrap();
+        ((a, b), silences, leases, advances, renewed)
+    }};
+}
+
+#[tokio::test]
+async fn silences_and_leased_alert_cursors_are_the_same_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let on_sqlite = triage_scenario!(&sqlite as &dyn Store);
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let on_pg = triage_scenario!(&store);
+    assert_eq!(on_pg, on_sqlite);
+    let ((a, b), (all, after), leases, advances, renewed) = on_pg;
+    assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), [b, a], "newest first");
+    assert_eq!(after.iter().map(|s| s.id).collect::<Vec<_>>(), [a], "the selector's ended before 100 s");
+    assert_eq!(all[0].reason, "db \"failover\"");
+    // A holds it; B is refused while A's lease runs; A renews; B takes it once A's has ended.
+    assert_eq!(leases, [Some(0), None, Some(0), Some(0), None]);
+    // A no longer holds it; B moves it forward, never back.
+    assert_eq!(advances, [false, true, false]);
+    assert_eq!(renewed, Some(5));
 }

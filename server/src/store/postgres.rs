@@ -10,6 +10,7 @@
 mod baselines;
 mod credentials;
 mod hosts;
+mod triage;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;

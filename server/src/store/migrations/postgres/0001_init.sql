@@ -116,3 +116,35 @@ CREATE TABLE store_meta (
     value   BIGINT NOT NULL
 );
 INSERT INTO store_meta (key, value) VALUES ('baselines_revision', 0);
+
+-- Maintenance windows: one host, or every host whose tags hold the selector.
+CREATE TABLE silences (
+    id         BIGSERIAL PRIMARY KEY,
+    host_id    BIGINT REFERENCES hosts (id),
+    selector   JSONB,
+    starts_at  TIMESTAMPTZ NOT NULL,
+    ends_at    TIMESTAMPTZ NOT NULL,
+    reason     TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    CHECK ((host_id IS NULL) <> (selector IS NULL))
+);
+CREATE INDEX silences_ends ON silences (ends_at);
+
+-- The alert outbox: every opening, reopening, escalation and resolution, written in the
+-- transaction that made it, read by each sink from its cursor. A sequence never reuses an id, so
+-- a cursor never skips one.
+CREATE TABLE alert_events (
+    id         BIGSERIAL PRIMARY KEY,
+    finding_id BIGINT NOT NULL REFERENCES findings (id),
+    event      TEXT NOT NULL CHECK (event IN ('opened', 'reopened', 'escalated', 'resolved')),
+    silenced   BOOLEAN NOT NULL DEFAULT FALSE,
+    at         TIMESTAMPTZ NOT NULL
+);
+-- Each sink's place in the outbox, and which collector holds it: a lease, so that several
+-- collectors on one database deliver each event once.
+CREATE TABLE alert_cursors (
+    sink        TEXT PRIMARY KEY,
+    last_id     BIGINT NOT NULL,
+    leased_by   TEXT,
+    lease_until TIMESTAMPTZ
+);
