@@ -322,7 +322,8 @@ macro_rules! triage_scenario {
             s.advance_alert_cursor("slack", "collector-b", 3).await.unwrap(),
         ];
         let renewed = s.lease_alert_cursor("slack", "collector-b", at(70), at(100)).await.unwrap();
-        ((a, b), silences, leases, advances, renewed)
+        let fleet = (s.list_hosts().await.unwrap(), s.fleet_counts().await.unwrap());
+        ((a, b), silences, leases, advances, renewed, fleet)
     }};
 }
 
@@ -336,7 +337,7 @@ async fn silences_and_leased_alert_cursors_are_the_same_on_both_stores() {
     let store = PgStore::connect(&pg.url("hw")).await.unwrap();
     let on_pg = triage_scenario!(&store);
     assert_eq!(on_pg, on_sqlite);
-    let ((a, b), (all, after), leases, advances, renewed) = on_pg;
+    let ((a, b), (all, after), leases, advances, renewed, (hosts, counts)) = on_pg;
     assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), [b, a], "newest first");
     assert_eq!(after.iter().map(|s| s.id).collect::<Vec<_>>(), [a], "the selector's ended before 100 s");
     assert_eq!(all[0].reason, "db \"failover\"");
@@ -345,4 +346,7 @@ async fn silences_and_leased_alert_cursors_are_the_same_on_both_stores() {
     // A no longer holds it; B moves it forward, never back.
     assert_eq!(advances, [false, true, false]);
     assert_eq!(renewed, Some(5));
+    assert_eq!(hosts.iter().map(|h| h.facts.hostname.as_str()).collect::<Vec<_>>(), ["web-1"]);
+    assert!(counts.findings.is_empty());
+    assert_eq!(counts.outbox, [("slack".to_owned(), 0)], "the sink's cursor, nothing after it");
 }

@@ -12,7 +12,15 @@ use tokio_postgres::types::Json;
 use super::credentials::audit;
 use super::{PgStore, error, ms};
 use crate::model::{AgentInfo, Host, HostFacts};
-use crate::store::{Enrollment, Result};
+use crate::store::{Enrollment, FleetCounts, Result, StoreError};
+
+/// A stored name of the contract's vocabulary (kind, severity, status) read back.
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
 
 /// A host's columns, for [`host_from_row`]; `h` is the hosts table.
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, \
@@ -159,6 +167,52 @@ impl PgStore {
             .await
             .map_err(error)?;
         Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Every host, retired ones too, in id order.
+    pub async fn list_hosts(&self) -> Result<Vec<Host>> {
+        let rows = self
+            .client()
+            .await?
+            .query(&format!("SELECT {HOST_COLUMNS} FROM hosts h ORDER BY h.id"), &[])
+            .await
+            .map_err(error)?;
+        Ok(rows.iter().map(host_from_row).collect())
+    }
+
+    /// Live findings by kind, severity and status, and each sink's events not yet delivered:
+    /// what `/metrics` shows of the fleet.
+    pub async fn fleet_counts(&self) -> Result<FleetCounts> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT kind, severity, status, count(*) FROM findings WHERE status IN ('open', 'acknowledged') \
+                 GROUP BY kind, severity, status ORDER BY kind, severity, status",
+                &[],
+            )
+            .await
+            .map_err(error)?;
+        let mut findings = Vec::with_capacity(rows.len());
+        for r in &rows {
+            findings.push((
+                parse(r.get(0))?,
+                parse(r.get(1))?,
+                parse(r.get(2))?,
+                u64::try_from(r.get::<_, i64>(3)).unwrap_or_default(),
+            ));
+        }
+        let outbox = client
+            .query(
+                "SELECT c.sink, (SELECT count(*) FROM alert_events e WHERE e.id > c.last_id) \
+                 FROM alert_cursors c ORDER BY c.sink",
+                &[],
+            )
+            .await
+            .map_err(error)?
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or_default()))
+            .collect();
+        Ok(FleetCounts { findings, outbox })
     }
 
     pub async fn host(&self, id: i64) -> Result<Option<Host>> {
