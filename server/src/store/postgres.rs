@@ -15,7 +15,8 @@ mod triage;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, NoTls, Row};
 
 use crate::store::{Result, StoreError};
 
@@ -54,6 +55,28 @@ impl PgStore {
         let store = PgStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Every row `sql` selects, each read by `read`, on a connection of the pool.
+    async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: impl Fn(&Row) -> T,
+    ) -> Result<Vec<T>> {
+        let rows = self.client().await?.query(sql, params).await.map_err(error)?;
+        Ok(rows.iter().map(read).collect())
+    }
+
+    /// The row `sql` selects, if any, read by `read`.
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: impl Fn(&Row) -> T,
+    ) -> Result<Option<T>> {
+        let row = self.client().await?.query_opt(sql, params).await.map_err(error)?;
+        Ok(row.as_ref().map(read))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {

@@ -35,6 +35,15 @@ pub(super) async fn audit(
     Ok(())
 }
 
+/// A kind of credential [`PgStore::revoke`] revokes: its table, how one is read by id, and how
+/// its revocation is audited.
+struct Revocable<'a> {
+    table: &'static str,
+    select: &'a str,
+    action: &'static str,
+    target: &'static str,
+}
+
 const TOKEN_COLUMNS: &str = "id, name, role, created_at, created_by, expires_at, revoked_at";
 
 fn token(r: &Row) -> TokenRecord {
@@ -120,26 +129,16 @@ impl PgStore {
 
     /// The enroll secret with this hash, whatever its state.
     pub async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                &format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.secret_hash = $1"),
-                &[&hash],
-            )
-            .await
-            .map_err(error)?;
-        Ok(row.as_ref().map(secret))
+        self.one(
+            &format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.secret_hash = $1"),
+            &[&hash],
+            secret,
+        )
+        .await
     }
 
     pub async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query(&format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s ORDER BY s.id"), &[])
-            .await
-            .map_err(error)?;
-        Ok(rows.iter().map(secret).collect())
+        self.all(&format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s ORDER BY s.id"), &[], secret).await
     }
 
     /// Revokes an enroll secret (hosts it enrolled keep their node keys), audited as
@@ -150,26 +149,16 @@ impl PgStore {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<Option<SecretRecord>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let changed = tx
-            .execute(
-                "UPDATE enroll_secrets SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                &[&ms(now), &id],
-            )
-            .await
-            .map_err(error)?;
-        let row = tx
-            .query_opt(&format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.id = $1"), &[&id])
-            .await
-            .map_err(error)?;
-        let Some(s) = row.as_ref().map(secret) else { return Ok(None) };
-        if changed > 0 {
-            audit(&tx, actor, "revoke_secret", &format!("secret:{id}"), &json!({ "name": s.name }), now)
-                .await?;
-        }
-        tx.commit().await.map_err(error)?;
-        Ok(Some(s))
+        let select = format!("SELECT {SECRET_COLUMNS} FROM enroll_secrets s WHERE s.id = $1");
+        self.revoke(
+            Revocable { table: "enroll_secrets", select: &select, action: "revoke_secret", target: "secret" },
+            id,
+            actor,
+            now,
+            secret,
+            |s| json!({ "name": s.name }),
+        )
+        .await
     }
 
     /// Tokens not revoked (expired ones included: they are still there to be renewed).
@@ -220,23 +209,12 @@ impl PgStore {
 
     /// The token with this hash, whatever its state.
     pub async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"), &[&hash])
+        self.one(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"), &[&hash], token)
             .await
-            .map_err(error)?;
-        Ok(row.as_ref().map(token))
     }
 
     pub async fn api_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = self
-            .client()
-            .await?
-            .query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"), &[])
-            .await
-            .map_err(error)?;
-        Ok(rows.iter().map(token).collect())
+        self.all(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id"), &[], token).await
     }
 
     /// Revokes a token, audited as `revoke_token` by `actor`; `None` if there is no such token.
@@ -247,33 +225,46 @@ impl PgStore {
         actor: &str,
         now: OffsetDateTime,
     ) -> Result<Option<TokenRecord>> {
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1");
+        self.revoke(
+            Revocable { table: "api_tokens", select: &select, action: "revoke_token", target: "token" },
+            id,
+            actor,
+            now,
+            token,
+            |t| json!({ "name": t.name, "role": t.role }),
+        )
+        .await
+    }
+
+    /// Revokes credential `id` in one transaction: `None` if there is none; audited only when
+    /// this call revoked it (a revoked credential stays as it was).
+    async fn revoke<T>(
+        &self,
+        what: Revocable<'_>,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+        read: fn(&Row) -> T,
+        detail: fn(&T) -> serde_json::Value,
+    ) -> Result<Option<T>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
         let changed = tx
             .execute(
-                "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                &format!("UPDATE {} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", what.table),
                 &[&ms(now), &id],
             )
             .await
             .map_err(error)?;
-        let row = tx
-            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"), &[&id])
-            .await
-            .map_err(error)?;
-        let Some(t) = row.as_ref().map(token) else { return Ok(None) };
+        let Some(record) = tx.query_opt(what.select, &[&id]).await.map_err(error)?.as_ref().map(read) else {
+            return Ok(None);
+        };
         if changed > 0 {
-            audit(
-                &tx,
-                actor,
-                "revoke_token",
-                &format!("token:{id}"),
-                &json!({ "name": t.name, "role": t.role }),
-                now,
-            )
-            .await?;
+            audit(&tx, actor, what.action, &format!("{}:{id}", what.target), &detail(&record), now).await?;
         }
         tx.commit().await.map_err(error)?;
-        Ok(Some(t))
+        Ok(Some(record))
     }
 
     /// One entry of the audit trail, in a transaction of its own.

@@ -110,17 +110,13 @@ impl PgStore {
 
     /// The host of a node key that exists and is not revoked, unless the host is retired.
     pub async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
-                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND h.retired_at IS NULL",
-                &[&hash],
-            )
-            .await
-            .map_err(error)?;
-        Ok(row.map(|r| r.get(0)))
+        self.one(
+            "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND h.retired_at IS NULL",
+            &[&hash],
+            |r| r.get(0),
+        )
+        .await
     }
 
     /// Revokes every node key of a host at once, audited as `revoke_host`.
@@ -161,23 +157,14 @@ impl PgStore {
     /// The EC2 instance id a host proved at enrollment, if it did.
     pub async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
         let row = self
-            .client()
-            .await?
-            .query_opt("SELECT verified_instance_id FROM hosts WHERE id = $1", &[&host_id])
-            .await
-            .map_err(error)?;
-        Ok(row.and_then(|r| r.get(0)))
+            .one("SELECT verified_instance_id FROM hosts WHERE id = $1", &[&host_id], |r| r.get(0))
+            .await?;
+        Ok(row.flatten())
     }
 
     /// Every host, retired ones too, in id order.
     pub async fn list_hosts(&self) -> Result<Vec<Host>> {
-        let rows = self
-            .client()
-            .await?
-            .query(&format!("SELECT {HOST_COLUMNS} FROM hosts h ORDER BY h.id"), &[])
-            .await
-            .map_err(error)?;
-        Ok(rows.iter().map(host_from_row).collect())
+        self.all(&format!("SELECT {HOST_COLUMNS} FROM hosts h ORDER BY h.id"), &[], host_from_row).await
     }
 
     /// Live findings by kind, severity and status, and each sink's events not yet delivered:
