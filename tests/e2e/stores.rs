@@ -350,3 +350,106 @@ async fn silences_and_leased_alert_cursors_are_the_same_on_both_stores() {
     assert!(counts.findings.is_empty());
     assert_eq!(counts.outbox, [("slack".to_owned(), 0)], "the sink's cursor, nothing after it");
 }
+
+/// The hosts listing on PostgreSQL, filtered by status with the rule each host is shown with
+/// (`Host::status`, the oracle here), by tags exactly and by workload, in pages. The hosts'
+/// reports are written by hand (psql): PostgreSQL records reports in a later slice.
+#[tokio::test]
+async fn hosts_by_status_tags_and_workload_in_pages_on_postgres() {
+    use hostwatch_proto::v1::HostStatus;
+    use hostwatch_server::store::HostFilter;
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let s = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+    let secret = s
+        .create_enroll_secret(
+            &NewCredential { name: "s", hash: "s1", created_by: "serve", expires_at: None, now: at(0) },
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    let tags = [
+        r#"{"role":"web","env":"prod"}"#,
+        r#"{"role":"db","a\"b":"x"}"#,
+        r#"{"role":"web"}"#,
+        r#"{}"#,
+        r#"{"role":"web"}"#,
+        r#"{"role":"web"}"#,
+    ];
+    for (i, t) in tags.iter().enumerate() {
+        let mut facts = HostFacts::from(proto::HostFacts::new(format!("h-{}", i + 1), format!("m{i}")));
+        facts.tags = serde_json::from_str(t).unwrap();
+        let key = format!("k{i}");
+        let e = Enrollment {
+            facts: &facts,
+            agent_version: "0.1.0",
+            key_hash: &key,
+            enroll_secret: secret.id,
+            verified_instance: None,
+            now: at(0),
+        };
+        assert_eq!(s.enroll_host(&e).await.unwrap(), i as i64 + 1);
+    }
+    // Now is 12:00:00.500; host 1 reported 10 s ago (interval 10), host 2 40 s ago (interval 20:
+    // within 3 intervals), host 3 40 s ago (interval 10), host 4 said goodbye, host 5 is retired,
+    // host 6 never reported.
+    pg.psql(
+        "hw",
+        "UPDATE hosts SET workload = 'web', last_seen = '2026-03-01T11:59:50.500Z', interval_secs = 10 WHERE id IN (1, 4, 5); \
+         UPDATE hosts SET workload = 'db', last_seen = '2026-03-01T11:59:20.500Z', interval_secs = 20 WHERE id = 2; \
+         UPDATE hosts SET workload = 'web', last_seen = '2026-03-01T11:59:20.500Z', interval_secs = 10 WHERE id = 3; \
+         UPDATE hosts SET goodbye = 'stopped by systemd' WHERE id = 4; \
+         UPDATE hosts SET retired_at = '2026-02-01T00:00:00Z' WHERE id = 5;",
+    );
+    let now = hostwatch_proto::v1::timestamp::parse("2026-03-01T12:00:00.500Z").unwrap();
+    let list = |f: HostFilter| {
+        let s = s.clone();
+        async move {
+            let f = HostFilter { now: Some(now), limit: 100, ..f };
+            s.hosts_page(&f).await.unwrap().items.into_iter().map(|h| h.id).collect::<Vec<_>>()
+        }
+    };
+    let of = |statuses: &[HostStatus]| HostFilter { statuses: statuses.to_vec(), ..HostFilter::default() };
+    assert_eq!(list(of(&[HostStatus::Online])).await, [1, 2]);
+    assert_eq!(list(of(&[HostStatus::Offline])).await, [3, 6]);
+    assert_eq!(list(HostFilter::default()).await, [1, 2, 3, 4, 6], "retired left out");
+    let every = s.list_hosts().await.unwrap();
+    assert_eq!(every.len(), 6);
+    for offline_after in [None, Some(std::time::Duration::from_secs(35))] {
+        for status in [HostStatus::Online, HostStatus::Offline, HostStatus::Stopped, HostStatus::Retired] {
+            let want: Vec<i64> =
+                every.iter().filter(|h| h.status(now, offline_after) == status).map(|h| h.id).collect();
+            assert_eq!(
+                list(HostFilter { offline_after, ..of(&[status]) }).await,
+                want,
+                "{status:?} {offline_after:?}"
+            );
+        }
+    }
+    let tagged = |t: &[(&str, &str)]| HostFilter {
+        tags: t.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..HostFilter::default()
+    };
+    assert_eq!(list(tagged(&[("role", "web")])).await, [1, 3, 6]);
+    assert_eq!(list(tagged(&[("role", "web"), ("env", "prod")])).await, [1]);
+    assert_eq!(list(tagged(&[("a\"b", "x")])).await, [2]);
+    assert_eq!(list(HostFilter { workload: Some("db".into()), ..HostFilter::default() }).await, [2]);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .hosts_page(&HostFilter { after: after.clone(), limit: 2, ..HostFilter::default() })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|h| h.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 6]);
+    let bad = s.hosts_page(&HostFilter { after: Some("x".into()), limit: 2, ..HostFilter::default() }).await;
+    assert!(matches!(bad, Err(StoreError::Query(m)) if m.contains("cursor \"x\"")));
+}

@@ -12,7 +12,7 @@ use tokio_postgres::types::Json;
 use super::credentials::audit;
 use super::{PgStore, error, ms};
 use crate::model::{AgentInfo, Host, HostFacts};
-use crate::store::{Enrollment, FleetCounts, Result, StoreError};
+use crate::store::{Enrollment, FleetCounts, HostFilter, Page, Result, StoreError};
 
 /// A stored name of the contract's vocabulary (kind, severity, status) read back.
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T>
@@ -200,6 +200,108 @@ impl PgStore {
             .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or_default()))
             .collect();
         Ok(FleetCounts { findings, outbox })
+    }
+
+    /// A page of hosts in id order, filtered by status, workload and tags (cursor: the last id
+    /// given). A status is decided by `model::online_since`, the rule `Host::status` applies:
+    /// the earliest report of an online host is computed here for each reporting interval the
+    /// fleet has, and the query compares with it, in one snapshot of the database.
+    pub async fn hosts_page(&self, f: &HostFilter) -> Result<Page<Host>> {
+        use hostwatch_proto::v1::HostStatus;
+        use tokio_postgres::types::ToSql;
+        let after: i64 = match &f.after {
+            None => 0,
+            Some(c) => c.parse().map_err(|_| {
+                StoreError::Query(format!(
+                    "cursor {c:?} is not one this listing gave; start again without it"
+                ))
+            })?,
+        };
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(error)?;
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(after)];
+        let mut clauses = vec!["h.id > $1".to_owned()];
+        /// Adds a parameter; its placeholder.
+        fn arg(v: Box<dyn ToSql + Sync + Send>, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+            params.push(v);
+            format!("${}", params.len())
+        }
+        if let Some(w) = &f.workload {
+            let p = arg(Box::new(w.clone()), &mut params);
+            clauses.push(format!("h.workload = {p}"));
+        }
+        if !f.tags.is_empty() {
+            let tags: serde_json::Map<String, serde_json::Value> =
+                f.tags.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
+            let p = arg(Box::new(serde_json::Value::Object(tags)), &mut params);
+            clauses.push(format!("h.tags @> {p}"));
+        }
+        if f.statuses.is_empty() {
+            if !f.all {
+                clauses.push("h.retired_at IS NULL".to_owned());
+            }
+        } else {
+            // Parameters only where a status needs them: PostgreSQL refuses one a statement does
+            // not use.
+            let mut online = String::new();
+            if f.statuses.iter().any(|s| matches!(s, HostStatus::Online | HostStatus::Offline)) {
+                let now = f.now.unwrap_or_else(OffsetDateTime::now_utc);
+                let intervals: Vec<i32> = tx
+                    .query("SELECT DISTINCT interval_secs FROM hosts", &[])
+                    .await
+                    .map_err(error)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let since: Vec<OffsetDateTime> = intervals
+                    .iter()
+                    .map(|i| {
+                        crate::model::online_since(
+                            now,
+                            u32::try_from(*i).unwrap_or_default(),
+                            f.offline_after,
+                        )
+                    })
+                    .collect();
+                let (pi, ps) = (arg(Box::new(intervals), &mut params), arg(Box::new(since), &mut params));
+                online = format!(
+                    "h.last_seen IS NOT NULL AND h.last_seen >= (SELECT t.since FROM unnest({pi}::int4[], {ps}::timestamptz[]) \
+                     AS t(interval_secs, since) WHERE t.interval_secs = h.interval_secs)"
+                );
+            }
+            let live = "h.retired_at IS NULL AND h.goodbye IS NULL";
+            let any: Vec<String> = f
+                .statuses
+                .iter()
+                .map(|s| match s {
+                    HostStatus::Retired => "h.retired_at IS NOT NULL".to_owned(),
+                    HostStatus::Stopped => "(h.retired_at IS NULL AND h.goodbye IS NOT NULL)".to_owned(),
+                    HostStatus::Online => format!("({live} AND {online})"),
+                    HostStatus::Offline => format!("({live} AND NOT ({online}))"),
+                })
+                .collect();
+            clauses.push(format!("({})", any.join(" OR ")));
+        }
+        let sql = format!(
+            "SELECT {HOST_COLUMNS} FROM hosts h WHERE {} ORDER BY h.id LIMIT {}",
+            clauses.join(" AND "),
+            u64::from(f.limit) + 1
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let mut items: Vec<Host> =
+            tx.query(&sql, &refs).await.map_err(error)?.iter().map(host_from_row).collect();
+        tx.commit().await.map_err(error)?;
+        let more = items.len() > f.limit as usize;
+        items.truncate(f.limit as usize);
+        let next = if more { items.last().map(|h| h.id.to_string()) } else { None };
+        Ok(Page { items, next })
     }
 
     pub async fn host(&self, id: i64) -> Result<Option<Host>> {
