@@ -267,6 +267,14 @@ async fn baselines_and_their_revision_are_the_same_on_both_stores() {
     assert_eq!(names, [("db", "token:ops#1"), ("web", "token:ops#2")]);
     assert!(baselines[1].source.contains("# v2"));
     assert_eq!(trail, [("apply_baseline".to_owned(), serde_json::json!({ "bytes": 30 }))]);
+    // A schema altered by hand: the column that no longer reads is an error that names it, not
+    // a panic of the collector.
+    pg.psql("hw", "ALTER TABLE baselines ALTER COLUMN applied_by TYPE bytea USING applied_by::bytea");
+    let altered = store.baselines().await;
+    assert!(
+        matches!(&altered, Err(StoreError::Corrupt(m)) if m.contains("column 3 (applied_by)")),
+        "{altered:?}"
+    );
 }
 
 /// Silences of a host and of a selector, and a sink's cursor leased by two collectors in turn:

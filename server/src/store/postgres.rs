@@ -62,10 +62,10 @@ impl PgStore {
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-        read: impl Fn(&Row) -> T,
+        read: impl Fn(&Row) -> Result<T>,
     ) -> Result<Vec<T>> {
         let rows = self.client().await?.query(sql, params).await.map_err(error)?;
-        Ok(rows.iter().map(read).collect())
+        rows.iter().map(read).collect()
     }
 
     /// The row `sql` selects, if any, read by `read`.
@@ -73,10 +73,10 @@ impl PgStore {
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-        read: impl Fn(&Row) -> T,
+        read: impl Fn(&Row) -> Result<T>,
     ) -> Result<Option<T>> {
         let row = self.client().await?.query_opt(sql, params).await.map_err(error)?;
-        Ok(row.as_ref().map(read))
+        row.as_ref().map(read).transpose()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -101,7 +101,7 @@ impl PgStore {
             .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         let known = MIGRATIONS.last().map_or(0, |m| m.0);
         if current > known {
             return Err(StoreError::TooNew { found: current, known });
@@ -117,6 +117,21 @@ impl PgStore {
             tracing::info!(version, "applied database migration");
         }
         tx.commit().await.map_err(error)
+    }
+}
+
+/// A column read as the type the schema gives it; a column of another type (a schema altered by
+/// hand) is an error that says which, where tokio-postgres's `get` would panic.
+trait Col {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, i: usize) -> Result<T>;
+}
+
+impl Col for Row {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, i: usize) -> Result<T> {
+        self.try_get(i).map_err(|e| {
+            let name = self.columns().get(i).map_or("?", |c| c.name());
+            StoreError::Corrupt(format!("column {i} ({name}): {e}"))
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use time::OffsetDateTime;
 
-use super::{PgStore, error, ms};
+use super::{Col, PgStore, error, ms};
 use crate::store::{BaselineRecord, Result};
 
 impl PgStore {
@@ -23,11 +23,14 @@ impl PgStore {
         tx.execute("SELECT value FROM store_meta WHERE key = 'baselines_revision' FOR UPDATE", &[])
             .await
             .map_err(error)?;
-        let unchanged = tx
+        let unchanged = match tx
             .query_opt("SELECT source = $2 FROM baselines WHERE name = $1", &[&name, &source])
             .await
             .map_err(error)?
-            .is_some_and(|r| r.get::<_, bool>(0));
+        {
+            Some(r) => r.col::<bool>(0)?,
+            None => false,
+        };
         if unchanged {
             return tx.commit().await.map_err(error);
         }
@@ -52,24 +55,24 @@ impl PgStore {
             .query("SELECT name, source, applied_at, applied_by FROM baselines ORDER BY name", &[])
             .await
             .map_err(error)?;
-        Ok(rows
-            .iter()
-            .map(|r| BaselineRecord {
-                name: r.get(0),
-                source: r.get(1),
-                applied_at: r.get(2),
-                applied_by: r.get(3),
+        rows.iter()
+            .map(|r| {
+                Ok(BaselineRecord {
+                    name: r.col(0)?,
+                    source: r.col(1)?,
+                    applied_at: r.col(2)?,
+                    applied_by: r.col(3)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn baselines_revision(&self) -> Result<i64> {
-        Ok(self
-            .client()
+        self.client()
             .await?
             .query_one("SELECT value FROM store_meta WHERE key = 'baselines_revision'", &[])
             .await
             .map_err(error)?
-            .get(0))
+            .col(0)
     }
 }

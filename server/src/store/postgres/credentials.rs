@@ -10,7 +10,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 
-use super::{PgStore, error, ms};
+use super::{Col, PgStore, error, ms};
 use std::collections::BTreeMap;
 
 use tokio_postgres::types::Json;
@@ -46,33 +46,33 @@ struct Revocable<'a> {
 
 const TOKEN_COLUMNS: &str = "id, name, role, created_at, created_by, expires_at, revoked_at";
 
-fn token(r: &Row) -> TokenRecord {
-    TokenRecord {
-        id: r.get(0),
-        name: r.get(1),
-        role: r.get(2),
-        created_at: r.get(3),
-        created_by: r.get(4),
-        expires_at: r.get(5),
-        revoked_at: r.get(6),
-    }
+fn token(r: &Row) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.col(0)?,
+        name: r.col(1)?,
+        role: r.col(2)?,
+        created_at: r.col(3)?,
+        created_by: r.col(4)?,
+        expires_at: r.col(5)?,
+        revoked_at: r.col(6)?,
+    })
 }
 
 const SECRET_COLUMNS: &str = "s.id, s.name, s.tags, s.created_at, s.created_by, s.expires_at, s.revoked_at, \
      (SELECT COUNT(*) FROM hosts h WHERE h.enroll_secret_id = s.id)";
 
-fn secret(r: &Row) -> SecretRecord {
-    let Json(tags): Json<BTreeMap<String, String>> = r.get(2);
-    SecretRecord {
-        id: r.get(0),
-        name: r.get(1),
+fn secret(r: &Row) -> Result<SecretRecord> {
+    let Json(tags): Json<BTreeMap<String, String>> = r.col(2)?;
+    Ok(SecretRecord {
+        id: r.col(0)?,
+        name: r.col(1)?,
         tags,
-        created_at: r.get(3),
-        created_by: r.get(4),
-        expires_at: r.get(5),
-        revoked_at: r.get(6),
-        hosts: u64::try_from(r.get::<_, i64>(7)).unwrap_or_default(),
-    }
+        created_at: r.col(3)?,
+        created_by: r.col(4)?,
+        expires_at: r.col(5)?,
+        revoked_at: r.col(6)?,
+        hosts: u64::try_from(r.col::<i64>(7)?).unwrap_or_default(),
+    })
 }
 
 impl PgStore {
@@ -84,7 +84,7 @@ impl PgStore {
             .query_one("SELECT COUNT(*) FROM enroll_secrets WHERE revoked_at IS NULL", &[])
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
@@ -104,7 +104,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         audit(
             &tx,
             new.created_by,
@@ -169,7 +169,7 @@ impl PgStore {
             .query_one("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL", &[])
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
@@ -185,7 +185,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         audit(
             &tx,
             new.created_by,
@@ -245,7 +245,7 @@ impl PgStore {
         id: i64,
         actor: &str,
         now: OffsetDateTime,
-        read: fn(&Row) -> T,
+        read: fn(&Row) -> Result<T>,
         detail: fn(&T) -> serde_json::Value,
     ) -> Result<Option<T>> {
         let mut client = self.client().await?;
@@ -257,7 +257,9 @@ impl PgStore {
             )
             .await
             .map_err(error)?;
-        let Some(record) = tx.query_opt(what.select, &[&id]).await.map_err(error)?.as_ref().map(read) else {
+        let Some(record) =
+            tx.query_opt(what.select, &[&id]).await.map_err(error)?.as_ref().map(read).transpose()?
+        else {
             return Ok(None);
         };
         if changed > 0 {
@@ -292,16 +294,17 @@ impl PgStore {
             )
             .await
             .map_err(error)?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditEntry {
-                id: r.get(0),
-                at: r.get(1),
-                actor: r.get(2),
-                action: r.get(3),
-                target: r.get(4),
-                detail: r.get(5),
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.col(0)?,
+                    at: r.col(1)?,
+                    actor: r.col(2)?,
+                    action: r.col(3)?,
+                    target: r.col(4)?,
+                    detail: r.col(5)?,
+                })
             })
-            .collect())
+            .collect()
     }
 }

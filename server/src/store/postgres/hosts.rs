@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Json;
 
 use super::credentials::audit;
-use super::{PgStore, error, ms};
+use super::{Col, PgStore, error, ms};
 use crate::model::{AgentInfo, Host, HostFacts};
 use crate::store::{Enrollment, FleetCounts, HostFilter, Page, Result, StoreError};
 
@@ -29,21 +29,21 @@ const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.ar
      (SELECT COUNT(*) FROM findings f WHERE f.host_id = h.id AND f.status = 'open'), h.agent_stats, h.cloud, \
      h.reported_tags";
 
-fn host_from_row(r: &Row) -> Host {
-    let Json(tags): Json<BTreeMap<String, String>> = r.get(7);
-    let Json(reported_tags): Json<BTreeMap<String, String>> = r.get(21);
-    let Json(coverage_why): Json<Vec<String>> = r.get(11);
-    let cloud: Option<serde_json::Value> = r.get(20);
-    let stats: Option<serde_json::Value> = r.get(19);
-    Host {
-        id: r.get(0),
+fn host_from_row(r: &Row) -> Result<Host> {
+    let Json(tags): Json<BTreeMap<String, String>> = r.col(7)?;
+    let Json(reported_tags): Json<BTreeMap<String, String>> = r.col(21)?;
+    let Json(coverage_why): Json<Vec<String>> = r.col(11)?;
+    let cloud: Option<serde_json::Value> = r.col(20)?;
+    let stats: Option<serde_json::Value> = r.col(19)?;
+    Ok(Host {
+        id: r.col(0)?,
         facts: HostFacts {
-            hostname: r.get(1),
-            machine_id: r.get(2),
-            os: r.get(3),
-            kernel: r.get(4),
-            arch: r.get(5),
-            boot_time: r.get(6),
+            hostname: r.col(1)?,
+            machine_id: r.col(2)?,
+            os: r.col(3)?,
+            kernel: r.col(4)?,
+            arch: r.col(5)?,
+            boot_time: r.col(6)?,
             tags,
             reported_tags,
             // As the SQLite store: a value another version stored that this one does not read is
@@ -51,20 +51,20 @@ fn host_from_row(r: &Row) -> Host {
             cloud: cloud.and_then(|c| serde_json::from_value(c).ok()),
         },
         agent: AgentInfo {
-            version: r.get(8),
-            interval_secs: u32::try_from(r.get::<_, i32>(9)).unwrap_or_default(),
-            coverage_degraded: r.get(10),
+            version: r.col(8)?,
+            interval_secs: u32::try_from(r.col::<i32>(9)?).unwrap_or_default(),
+            coverage_degraded: r.col(10)?,
             coverage_why,
             stats: stats.and_then(|s| serde_json::from_value(s).ok()),
         },
-        workload: r.get(12),
-        enrolled_at: r.get(13),
-        last_seen: r.get(14),
-        last_seq: u64::try_from(r.get::<_, i64>(15)).unwrap_or_default(),
-        goodbye: r.get(16),
-        retired_at: r.get(17),
-        open_findings: u64::try_from(r.get::<_, i64>(18)).unwrap_or_default(),
-    }
+        workload: r.col(12)?,
+        enrolled_at: r.col(13)?,
+        last_seen: r.col(14)?,
+        last_seq: u64::try_from(r.col::<i64>(15)?).unwrap_or_default(),
+        goodbye: r.col(16)?,
+        retired_at: r.col(17)?,
+        open_findings: u64::try_from(r.col::<i64>(18)?).unwrap_or_default(),
+    })
 }
 
 impl PgStore {
@@ -97,7 +97,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?
-            .get(0);
+            .col(0)?;
         tx.execute(
             "INSERT INTO node_keys (key_hash, host_id, created_at) VALUES ($1, $2, $3)",
             &[&e.key_hash, &id, &ms(e.now)],
@@ -114,7 +114,7 @@ impl PgStore {
             "SELECT k.host_id FROM node_keys k JOIN hosts h ON h.id = k.host_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND h.retired_at IS NULL",
             &[&hash],
-            |r| r.get(0),
+            |r| r.col(0),
         )
         .await
     }
@@ -133,7 +133,7 @@ impl PgStore {
         else {
             return Ok(None);
         };
-        let hostname: String = row.get(0);
+        let hostname: String = row.col(0)?;
         let n = tx
             .execute(
                 "UPDATE node_keys SET revoked_at = $1 WHERE host_id = $2 AND revoked_at IS NULL",
@@ -157,7 +157,7 @@ impl PgStore {
     /// The EC2 instance id a host proved at enrollment, if it did.
     pub async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
         let row = self
-            .one("SELECT verified_instance_id FROM hosts WHERE id = $1", &[&host_id], |r| r.get(0))
+            .one("SELECT verified_instance_id FROM hosts WHERE id = $1", &[&host_id], |r| r.col(0))
             .await?;
         Ok(row.flatten())
     }
@@ -182,10 +182,10 @@ impl PgStore {
         let mut findings = Vec::with_capacity(rows.len());
         for r in &rows {
             findings.push((
-                parse(r.get(0))?,
-                parse(r.get(1))?,
-                parse(r.get(2))?,
-                u64::try_from(r.get::<_, i64>(3)).unwrap_or_default(),
+                parse(r.col(0)?)?,
+                parse(r.col(1)?)?,
+                parse(r.col(2)?)?,
+                u64::try_from(r.col::<i64>(3)?).unwrap_or_default(),
             ));
         }
         let outbox = client
@@ -197,8 +197,8 @@ impl PgStore {
             .await
             .map_err(error)?
             .iter()
-            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or_default()))
-            .collect();
+            .map(|r| Ok((r.col(0)?, u64::try_from(r.col::<i64>(1)?).unwrap_or_default())))
+            .collect::<Result<_>>()?;
         Ok(FleetCounts { findings, outbox })
     }
 
@@ -257,8 +257,8 @@ impl PgStore {
                     .await
                     .map_err(error)?
                     .iter()
-                    .map(|r| r.get(0))
-                    .collect();
+                    .map(|r| r.col(0))
+                    .collect::<Result<_>>()?;
                 let since: Vec<OffsetDateTime> = intervals
                     .iter()
                     .map(|i| {
@@ -296,7 +296,7 @@ impl PgStore {
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         let mut items: Vec<Host> =
-            tx.query(&sql, &refs).await.map_err(error)?.iter().map(host_from_row).collect();
+            tx.query(&sql, &refs).await.map_err(error)?.iter().map(host_from_row).collect::<Result<_>>()?;
         tx.commit().await.map_err(error)?;
         let more = items.len() > f.limit as usize;
         items.truncate(f.limit as usize);
@@ -319,7 +319,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| r.col(0)).collect()
     }
 
     /// Hosts not retired, with a node key that works, claiming this machine id (and instance).
@@ -339,7 +339,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| r.col(0)).collect()
     }
 }
 
@@ -349,5 +349,5 @@ pub(super) async fn host_in(tx: &impl GenericClient, id: i64) -> Result<Option<H
         .query_opt(&format!("SELECT {HOST_COLUMNS} FROM hosts h WHERE h.id = $1"), &[&id])
         .await
         .map_err(error)?;
-    Ok(row.as_ref().map(host_from_row))
+    row.as_ref().map(host_from_row).transpose()
 }

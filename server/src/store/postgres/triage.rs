@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 use tokio_postgres::types::Json;
 
-use super::{PgStore, error, ms};
+use super::{Col, PgStore, error, ms};
 use crate::model::{Silence, SilenceScope};
 use crate::store::Result;
 
@@ -15,8 +15,7 @@ impl PgStore {
             SilenceScope::Host(h) => (Some(*h), None),
             SilenceScope::Selector(sel) => (None, Some(Json(sel))),
         };
-        Ok(self
-            .client()
+        self.client()
             .await?
             .query_one(
                 "INSERT INTO silences (host_id, selector, starts_at, ends_at, reason, created_by) \
@@ -25,7 +24,7 @@ impl PgStore {
             )
             .await
             .map_err(error)?
-            .get(0))
+            .col(0)
     }
 
     /// Silences ending after `after` (all, if `None`), newest first.
@@ -42,7 +41,7 @@ impl PgStore {
             .map_err(error)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let scope = match (r.get::<_, Option<i64>>(1), r.get::<_, Option<serde_json::Value>>(2)) {
+            let scope = match (r.col::<Option<i64>>(1)?, r.col::<Option<serde_json::Value>>(2)?) {
                 (Some(h), _) => SilenceScope::Host(h),
                 (None, sel) => SilenceScope::Selector(
                     serde_json::from_value(sel.unwrap_or_else(|| serde_json::json!({})))
@@ -50,12 +49,12 @@ impl PgStore {
                 ),
             };
             out.push(Silence {
-                id: r.get(0),
+                id: r.col(0)?,
                 scope,
-                starts_at: r.get(3),
-                ends_at: r.get(4),
-                reason: r.get(5),
-                created_by: r.get(6),
+                starts_at: r.col(3)?,
+                ends_at: r.col(4)?,
+                reason: r.col(5)?,
+                created_by: r.col(6)?,
             });
         }
         Ok(out)
@@ -91,7 +90,7 @@ impl PgStore {
             .await
             .map_err(error)?;
         tx.commit().await.map_err(error)?;
-        Ok(taken.map(|r| r.get(0)))
+        taken.map(|r| r.col(0)).transpose()
     }
 
     /// Moves `sink`'s cursor to `last_id` if `holder` still holds its lease; whether it did.
