@@ -83,12 +83,22 @@ pub(crate) async fn finding_where(
     what: &str,
     until: impl Fn(&proto::Finding) -> bool,
 ) -> proto::Finding {
-    wait_for(&format!("{kind} {rule:?} on {subject}: {what}"), WAIT, async || {
-        c.findings(host, kind, "all")
-            .into_iter()
-            .find(|f| f.subject == subject && f.rule.as_deref() == rule && until(f))
-    })
-    .await
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = c.findings(host, kind, "all");
+        if let Some(f) = all.iter().find(|f| f.subject == subject && f.rule.as_deref() == rule && until(f)) {
+            return f.clone();
+        }
+        // What there was instead, so that a miss says whether the finding was absent or other.
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {kind} {rule:?} on {subject}: {what}; findings of that kind: {:?}",
+            all.iter()
+                .map(|f| (&f.subject, &f.rule, f.status, f.transient, f.occurrences, &f.detail))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(crate::support::POLL).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
