@@ -12,6 +12,17 @@ use time::OffsetDateTime;
 
 use crate::support::postgres::PgServer;
 
+/// A SQLite store in a temporary directory and a PostgreSQL store on a private server, both
+/// new: the two sides of every scenario here.
+async fn both() -> (tempfile::TempDir, SqliteStore, PgServer, PgStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let pg = PgServer::start();
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
+    (dir, sqlite, pg, store)
+}
+
 /// What the tokens scenario saw, to compare across stores.
 #[derive(Debug, PartialEq)]
 struct Seen {
@@ -60,13 +71,8 @@ macro_rules! tokens_scenario {
 
 #[tokio::test]
 async fn tokens_and_their_audit_trail_are_the_same_on_both_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let (_dir, sqlite, pg, store) = both().await;
     let on_sqlite = tokens_scenario!(&sqlite as &dyn Store);
-
-    let pg = PgServer::start();
-    pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
     let on_pg = tokens_scenario!(&store);
     assert_eq!(on_pg, on_sqlite);
 
@@ -199,12 +205,8 @@ macro_rules! enrollment_scenario {
 
 #[tokio::test]
 async fn enrollment_secrets_and_node_keys_are_the_same_on_both_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let (_dir, sqlite, _pg, store) = both().await;
     let on_sqlite = enrollment_scenario!(&sqlite as &dyn Store);
-    let pg = PgServer::start();
-    pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
     let on_pg = enrollment_scenario!(&store);
     assert_eq!(on_pg, on_sqlite);
 
@@ -252,12 +254,8 @@ macro_rules! baselines_scenario {
 
 #[tokio::test]
 async fn baselines_and_their_revision_are_the_same_on_both_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let (_dir, sqlite, pg, store) = both().await;
     let on_sqlite = baselines_scenario!(&sqlite as &dyn Store);
-    let pg = PgServer::start();
-    pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
     let on_pg = baselines_scenario!(&store);
     assert_eq!(on_pg, on_sqlite);
     let (revisions, baselines, trail) = on_pg;
@@ -337,12 +335,8 @@ macro_rules! triage_scenario {
 
 #[tokio::test]
 async fn silences_and_leased_alert_cursors_are_the_same_on_both_stores() {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
+    let (_dir, sqlite, _pg, store) = both().await;
     let on_sqlite = triage_scenario!(&sqlite as &dyn Store);
-    let pg = PgServer::start();
-    pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
     let on_pg = triage_scenario!(&store);
     assert_eq!(on_pg, on_sqlite);
     let ((a, b), (all, after), leases, advances, renewed, (hosts, counts)) = on_pg;

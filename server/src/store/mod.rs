@@ -56,6 +56,15 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A stored name of the contract's vocabulary (kind, severity, status) read back, whatever the
+/// store; one that does not parse is corrupt data.
+fn parse_enum<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
+
 /// An API token as the store knows it (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {

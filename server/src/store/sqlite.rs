@@ -235,12 +235,7 @@ fn live_statuses() -> &'static str {
     &LIVE
 }
 
-fn parse_enum<T: std::str::FromStr>(s: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
-}
+use super::parse_enum;
 
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, h.agent_version, \
      h.interval_secs, h.coverage_degraded, h.coverage_why, h.workload, h.enrolled_at, h.last_seen, h.last_seq, h.goodbye, \

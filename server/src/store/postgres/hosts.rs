@@ -12,15 +12,7 @@ use tokio_postgres::types::Json;
 use super::credentials::audit;
 use super::{Col, PgStore, error, ms};
 use crate::model::{AgentInfo, Host, HostFacts};
-use crate::store::{Enrollment, FleetCounts, HostFilter, Page, Result, StoreError};
-
-/// A stored name of the contract's vocabulary (kind, severity, status) read back.
-fn parse<T: std::str::FromStr>(s: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
-}
+use crate::store::{Enrollment, FleetCounts, HostFilter, Page, Result, StoreError, parse_enum};
 
 /// A host's columns, for [`host_from_row`]; `h` is the hosts table.
 const HOST_COLUMNS: &str = "h.id, h.hostname, h.machine_id, h.os, h.kernel, h.arch, h.boot_time, h.tags, \
@@ -182,9 +174,9 @@ impl PgStore {
         let mut findings = Vec::with_capacity(rows.len());
         for r in &rows {
             findings.push((
-                parse(r.col(0)?)?,
-                parse(r.col(1)?)?,
-                parse(r.col(2)?)?,
+                parse_enum(r.col(0)?)?,
+                parse_enum(r.col(1)?)?,
+                parse_enum(r.col(2)?)?,
                 u64::try_from(r.col::<i64>(3)?).unwrap_or_default(),
             ));
         }
