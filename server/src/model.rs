@@ -479,7 +479,7 @@ pub fn online_since(
     let limit =
         time::Duration::try_from(offline_limit(interval_secs, offline_after)).unwrap_or(time::Duration::MAX);
     let t = now.checked_sub(limit).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    t.replace_nanosecond(u32::from(t.millisecond()) * 1_000_000).unwrap_or(t)
+    proto::timestamp::to_millisecond(t)
 }
 
 impl Host {

@@ -39,8 +39,14 @@ pub fn parse(s: &str) -> Result<OffsetDateTime, TimestampError> {
         .checked_to_offset(UtcOffset::UTC)
         .filter(|u| (1970..=9999).contains(&u.year()))
         .ok_or(TimestampError::OutOfRange)?;
-    // Always in range: the same millisecond, its finer digits zero.
-    Ok(u.replace_millisecond(u.millisecond()).unwrap_or(u))
+    Ok(to_millisecond(u))
+}
+
+/// The same instant to the millisecond, its finer digits zero: the precision times are written
+/// and stored with.
+pub fn to_millisecond(t: OffsetDateTime) -> OffsetDateTime {
+    // Always in range: the same millisecond.
+    t.replace_millisecond(t.millisecond()).unwrap_or(t)
 }
 
 /// `#[serde(with = "timestamp")]` for an `OffsetDateTime` field.

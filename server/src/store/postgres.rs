@@ -137,7 +137,7 @@ impl Col for Row {
 
 /// A time as both stores keep it: to the millisecond.
 fn ms(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(u32::from(t.millisecond()) * 1_000_000).unwrap_or(t)
+    hostwatch_proto::v1::timestamp::to_millisecond(t)
 }
 
 /// What a PostgreSQL error means to the collector: a full disk and contention are retriable,
