@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod state_changes;
 
 use std::collections::BTreeMap;
 

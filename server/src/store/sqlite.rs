@@ -521,7 +521,8 @@ fn apply_report(
     if !same_session {
         state::new_session(tx, host_id)?;
     }
-    let judging = state::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
+    let judging =
+        super::state_changes::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
     let mut recorded = Recorded::default();
     let outcome = if same_session && report.seq <= last_seq {
         Applied::Replay

@@ -8,14 +8,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use hostwatch_proto::v1::{Direction, Protocol};
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Row, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{json, parse_enum, parse_ts, to_json, ts};
 use crate::model::{
-    ChangeSet, Connection, ConnectionKey, HostState, Item, Listener, ListenerKey, PeerItems, Process,
-    ProcessKey, Recorded, Started, StateDelta, peer_key,
+    Connection, ConnectionKey, HostState, Listener, ListenerKey, PeerItems, Process, ProcessKey, Recorded,
+    StateDelta, peer_key,
 };
+use crate::store::state_changes::{self, Judging, SocketRow, StoredState, Write};
 use crate::store::{Result, StoreError};
 
 /// A host's whole state, processes by pid, listeners by protocol, port and address, connections
@@ -130,37 +131,7 @@ pub(super) fn replace(
     judging: Judging,
 ) -> Result<Recorded> {
     let old = load(tx, host_id)?;
-    let delta = StateDelta {
-        processes: diff(&old.processes, &new.processes, Process::key, now),
-        listeners: diff(&old.listeners, &new.listeners, Listener::key, now),
-        connections: diff(&old.connections, &new.connections, Connection::key, now),
-        unread_execs: Vec::new(),
-        passed_execs: Vec::new(),
-        files: Vec::new(),
-    };
-    apply(tx, host_id, &delta, now, history, judging)
-}
-
-/// Where the report being applied stands in its agent's sequence: its own number, and the last
-/// number the agent had written when it sent it (its number plus its backlog). Every item a report
-/// starts is stored with `through`; a later report of the same session numbered up to that ends
-/// an item that was gone before the collector judged it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Judging {
-    pub seq: u64,
-    pub through: u64,
-}
-
-impl Judging {
-    fn through(self) -> i64 {
-        i64::try_from(self.through).unwrap_or(i64::MAX)
-    }
-
-    /// Whether an item judged with `through` (0: before any of this session) ends in this report
-    /// as one that was already gone when it was judged.
-    fn late(self, through: i64) -> bool {
-        through > 0 && i64::try_from(self.seq).unwrap_or(i64::MAX) <= through
-    }
+    apply(tx, host_id, &state_changes::replacement(&old, new, now), now, history, judging)
 }
 
 /// A new session numbers its reports from 1 again: what the old one's numbers said of each item
@@ -173,36 +144,8 @@ pub(super) fn new_session(tx: &Transaction<'_>, host_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// What turns `old` into `new`, items matched by `key`; removals dated `now`.
-fn diff<T: Clone + PartialEq, K: Copy + Eq + std::hash::Hash>(
-    old: &[T],
-    new: &[T],
-    key: impl Fn(&T) -> K,
-    now: OffsetDateTime,
-) -> ChangeSet<T, K> {
-    let before: HashMap<K, &T> = old.iter().map(|x| (key(x), x)).collect();
-    let after: HashMap<K, &T> = new.iter().map(|x| (key(x), x)).collect();
-    let mut c = ChangeSet::default();
-    for x in new {
-        match before.get(&key(x)) {
-            None => c.added.push(x.clone()),
-            Some(o) if *o != x => c.updated.push(x.clone()),
-            Some(_) => {}
-        }
-    }
-    for x in old {
-        if !after.contains_key(&key(x)) {
-            c.removed.push((key(x), now));
-        }
-    }
-    c
-}
-
-/// Applies a delta: added, then updated, then removed, with history unless `history` is false.
-/// Returns every start it wrote to the history (an exec, a socket opened), each marked with its
-/// end if the same delta removed it: exactly the history's starts, so each is judged once. Items
-/// started by an earlier report that this one ends although they were gone when that report was
-/// judged (see [`Judging`]) come back too, as not new: their findings are transient.
+/// Applies a delta as [`state_changes::plan`] decides, its file changes beside; returns what the
+/// plan recorded.
 pub(super) fn apply(
     tx: &Transaction<'_>,
     host_id: i64,
@@ -213,174 +156,71 @@ pub(super) fn apply(
 ) -> Result<Recorded> {
     // File changes are news even in a host's first report: they happened on the host.
     super::files::record(tx, host_id, &d.files)?;
-    let through = judging.through();
-    let mut started = Vec::new();
-    let mut start =
-        |item: Item, at: OffsetDateTime| started.push(Started { item, at: Some(at), ended: None, new: true });
-    for p in &d.processes.added {
-        put_process(tx, host_id, p, Some(through))?;
-        if history {
-            process_event(tx, host_id, "exec", p.key(), Some(p), p.start_time)?;
-            start(Item::Process(Box::new(p.clone())), p.start_time);
-        }
-    }
-    let ends: HashMap<ProcessKey, OffsetDateTime> = d.processes.removed.iter().copied().collect();
-    for p in &d.processes.updated {
-        let before = get_process(tx, host_id, p.key())?;
-        // The same process running another program: an exec without a new pid.
-        let execed = before.as_ref().is_none_or(|b| b.exe != p.exe || b.cmdline != p.cmdline);
-        put_process(tx, host_id, p, execed.then_some(through))?;
-        // A hash the agent had not yet when it reported the exec (its hashing budget spent, a
-        // file being written) goes into the exec's history too, so that the history is found by
-        // it (`history processes --sha256`).
-        if history
-            && !execed
-            && let (Some(sha), Some(b)) = (&p.sha256, &before)
-            && b.sha256.is_none()
-        {
-            tx.prepare_cached(
-                "UPDATE process_events SET sha256 = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
-                 AND start_time = ?3 AND kind = 'exec' AND sha256 IS NULL",
-            )?
-            .execute(params![sha, host_id, ts(p.start_time), p.pid])?;
-        }
-        if history && execed {
-            // No exec time on the wire for an update: when it arrived, or before the process's
-            // end if the same delta ends it (a program that ran and ended between two reports).
-            let at = ends.get(&p.key()).map_or(now, |end| now.min(*end));
-            process_event(tx, host_id, "exec", p.key(), Some(p), at)?;
-            start(Item::Process(Box::new(p.clone())), at);
-        }
-    }
-    if history {
-        for &(pid, at) in &d.unread_execs {
-            process_event(tx, host_id, "exec", ProcessKey { pid, start_time: at }, None, at)?;
-        }
-    }
-    let mut vanished = Vec::new();
-    for (k, at) in &d.processes.removed {
-        let gone = get_process(tx, host_id, *k)?;
-        let judged: Option<i64> = tx
-            .prepare_cached(
-                "SELECT judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
-            )?
-            .query_row(params![host_id, k.pid, ts(k.start_time)], |r| r.get(0))
-            .optional()?;
-        if let Some(p) = &gone
-            && judged.is_some_and(|j| judging.late(j))
-        {
-            vanished.push(Started {
-                item: Item::Process(Box::new(p.clone())),
-                at: Some(p.start_time),
-                ended: Some(*at),
-                new: false,
-            });
-        }
-        tx.execute(
-            "DELETE FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
-            params![host_id, k.pid, ts(k.start_time)],
-        )?;
-        if history {
-            process_event(tx, host_id, "exit", *k, gone.as_ref(), *at)?;
-        }
-    }
-    // No opening time on the wire for a socket: when the report arrived, or before its close if
-    // the same delta closes it (one that opened and closed between two reports).
-    let listener_ends: HashMap<ListenerKey, OffsetDateTime> = d.listeners.removed.iter().copied().collect();
-    let connection_ends: HashMap<ConnectionKey, OffsetDateTime> =
-        d.connections.removed.iter().copied().collect();
-    for l in d.listeners.added.iter().chain(&d.listeners.updated) {
-        let prior = get_listener(tx, host_id, l.key())?.map(|(_, judged)| judged);
-        delete_listener(tx, host_id, l.key())?;
-        put_listener(tx, host_id, l, prior.unwrap_or(through))?;
-        if history && prior.is_none() {
-            let at = listener_ends.get(&l.key()).map_or(now, |end| now.min(*end));
-            socket_event(tx, host_id, "open", &SocketRow::of_listener(l), at)?;
-            start(Item::Listener(l.clone()), at);
-        }
-    }
-    for (k, at) in &d.listeners.removed {
-        let gone = get_listener(tx, host_id, *k)?;
-        delete_listener(tx, host_id, *k)?;
-        if let Some((l, judged)) = gone {
-            if history {
-                socket_event(tx, host_id, "close", &SocketRow::of_listener(&l), *at)?;
+    let (writes, recorded) = state_changes::plan(&mut Rows { tx, host_id }, d, now, history, judging)?;
+    for w in writes {
+        match w {
+            Write::PutProcess { process, judged_through } => {
+                put_process(tx, host_id, process, judged_through)?
             }
-            if judging.late(judged) {
-                vanished.push(Started { item: Item::Listener(l), at: None, ended: Some(*at), new: false });
+            Write::DeleteProcess(k) => {
+                tx.prepare_cached(
+                    "DELETE FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3",
+                )?
+                .execute(params![host_id, k.pid, ts(k.start_time)])?;
+            }
+            Write::ExecHash { key, sha256 } => {
+                tx.prepare_cached(
+                    "UPDATE process_events SET sha256 = ?1 WHERE host_id = ?2 AND at >= ?3 AND pid = ?4 \
+                     AND start_time = ?3 AND kind = 'exec' AND sha256 IS NULL",
+                )?
+                .execute(params![sha256, host_id, ts(key.start_time), key.pid])?;
+            }
+            Write::Exec { key, process, at } => process_event(tx, host_id, "exec", key, process, at)?,
+            Write::Exit { key, process, at } => {
+                process_event(tx, host_id, "exit", key, process.as_deref(), at)?
+            }
+            Write::PutListener { listener, judged_through } => {
+                delete_listener(tx, host_id, listener.key())?;
+                put_listener(tx, host_id, listener, judged_through)?;
+            }
+            Write::DeleteListener(k) => delete_listener(tx, host_id, k)?,
+            Write::PutConnection { connection, judged_through } => {
+                delete_connection(tx, host_id, connection.key())?;
+                put_connection(tx, host_id, connection, judged_through)?;
+            }
+            Write::DeleteConnection(k) => delete_connection(tx, host_id, k)?,
+            Write::SocketEvent { opened, socket, at } => {
+                socket_event(tx, host_id, if opened { "open" } else { "close" }, &socket, at)?
             }
         }
     }
-    for c in d.connections.added.iter().chain(&d.connections.updated) {
-        let prior = get_connection(tx, host_id, c.key())?.map(|(_, judged)| judged);
-        delete_connection(tx, host_id, c.key())?;
-        put_connection(tx, host_id, c, prior.unwrap_or(through))?;
-        if history && prior.is_none() {
-            let at = connection_ends.get(&c.key()).map_or(now, |end| now.min(*end));
-            socket_event(tx, host_id, "open", &SocketRow::of_connection(c), at)?;
-            start(Item::Connection(c.clone()), at);
-        }
-    }
-    for (k, at) in &d.connections.removed {
-        let gone = get_connection(tx, host_id, *k)?;
-        delete_connection(tx, host_id, *k)?;
-        if let Some((c, judged)) = gone {
-            if history {
-                socket_event(tx, host_id, "close", &SocketRow::of_connection(&c), *at)?;
-            }
-            if judging.late(judged) {
-                vanished.push(Started { item: Item::Connection(c), at: None, ended: Some(*at), new: false });
-            }
-        }
-    }
-    // What the same delta removed was gone before the collector could see it alive.
-    let ended: HashMap<ItemKey, OffsetDateTime> = d
-        .processes
-        .removed
-        .iter()
-        .map(|(k, at)| (ItemKey::Process(*k), *at))
-        .chain(d.listeners.removed.iter().map(|(k, at)| (ItemKey::Listener(*k), *at)))
-        .chain(d.connections.removed.iter().map(|(k, at)| (ItemKey::Connection(*k), *at)))
-        .collect();
-    if !ended.is_empty() {
-        for s in &mut started {
-            s.ended = ended.get(&ItemKey::of(&s.item)).copied();
-        }
-    }
-    // Those this very report started are judged as gone already, once.
-    let here: std::collections::HashSet<ItemKey> = started.iter().map(|s| ItemKey::of(&s.item)).collect();
-    started.extend(vanished.into_iter().filter(|v| !here.contains(&ItemKey::of(&v.item))));
-    // Programs left by a later exec: in the history, and judged as gone; never state (the
-    // process's record is its last program).
-    if history {
-        for x in &d.passed_execs {
-            process_event(tx, host_id, "exec", x.process.key(), Some(&x.process), x.at)?;
-            started.push(Started {
-                item: Item::Process(Box::new(x.process.clone())),
-                at: Some(x.at),
-                ended: Some(x.until),
-                new: true,
-            });
-        }
-    }
-    Ok(Recorded { started, sessions_alternate: None })
+    Ok(recorded)
 }
 
-/// The key of an item of any kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ItemKey {
-    Process(ProcessKey),
-    Listener(ListenerKey),
-    Connection(ConnectionKey),
+/// The rows a plan looks up, read from the transaction one at a time.
+struct Rows<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    host_id: i64,
 }
 
-impl ItemKey {
-    fn of(item: &Item) -> ItemKey {
-        match item {
-            Item::Process(p) => ItemKey::Process(p.key()),
-            Item::Listener(l) => ItemKey::Listener(l.key()),
-            Item::Connection(c) => ItemKey::Connection(c.key()),
+impl StoredState for Rows<'_, '_> {
+    fn process(&mut self, k: ProcessKey) -> Result<Option<(Process, i64)>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {PROCESS_COLUMNS}, judged_through FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3"
+        ))?;
+        let mut rows = stmt.query(params![self.host_id, k.pid, ts(k.start_time)])?;
+        match rows.next()? {
+            None => Ok(None),
+            Some(r) => Ok(Some((process_from_row(r)?, r.get(25)?))),
         }
+    }
+
+    fn listener(&mut self, k: ListenerKey) -> Result<Option<(Listener, i64)>> {
+        get_listener(self.tx, self.host_id, k)
+    }
+
+    fn connection(&mut self, k: ConnectionKey) -> Result<Option<(Connection, i64)>> {
+        get_connection(self.tx, self.host_id, k)
     }
 }
 
@@ -435,14 +275,6 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
 /// The ancestry column: NULL where the agent recorded no ancestors.
 fn ancestry_json(ancestry: &[hostwatch_proto::v1::Ancestor]) -> Option<String> {
     (!ancestry.is_empty()).then(|| to_json(&ancestry))
-}
-
-fn get_process(tx: &Transaction<'_>, host_id: i64, k: ProcessKey) -> Result<Option<Process>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {PROCESS_COLUMNS} FROM processes WHERE host_id = ?1 AND pid = ?2 AND start_time = ?3"
-    ))?;
-    let mut rows = stmt.query(params![host_id, k.pid, ts(k.start_time)])?;
-    rows.next()?.map(process_from_row).transpose()
 }
 
 pub(super) const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, sha256, exe_memfd, \
@@ -646,49 +478,6 @@ fn process_event(
     Ok(())
 }
 
-/// The columns of a socket event.
-struct SocketRow<'a> {
-    socket: &'static str,
-    protocol: Protocol,
-    local: SocketAddr,
-    remote: Option<SocketAddr>,
-    direction: Option<Direction>,
-    pid: Option<u32>,
-    process: Option<&'a String>,
-    exe: Option<&'a String>,
-    netns: Option<u64>,
-}
-
-impl<'a> SocketRow<'a> {
-    fn of_listener(l: &'a Listener) -> Self {
-        SocketRow {
-            socket: "listener",
-            protocol: l.protocol,
-            local: SocketAddr::new(l.address, l.port),
-            remote: None,
-            direction: None,
-            pid: l.pid,
-            process: l.process.as_ref(),
-            exe: l.exe.as_ref(),
-            netns: l.netns,
-        }
-    }
-
-    fn of_connection(c: &'a Connection) -> Self {
-        SocketRow {
-            socket: "connection",
-            protocol: c.protocol,
-            local: c.local,
-            remote: Some(c.remote),
-            direction: Some(c.direction),
-            pid: c.pid,
-            process: c.process.as_ref(),
-            exe: c.exe.as_ref(),
-            netns: c.netns,
-        }
-    }
-}
-
 fn socket_event(
     tx: &Transaction<'_>,
     host_id: i64,
@@ -713,15 +502,14 @@ fn socket_event(
         s.remote.map(|r| r.port()),
         s.direction.map(Direction::as_str),
         s.pid,
-        s.process,
-        s.exe,
+        s.process.as_deref(),
+        s.exe.as_deref(),
         s.netns,
         s.remote.map(|r| super::addresses::ip_key(r.ip()).to_vec())
     ])?;
     Ok(())
 }
 
-/// How many hosts of `workload` (not retired) have each item.
 /// Every non-retired host of `workload` with its peer items, as stored.
 pub(super) fn peer_items(tx: &Transaction<'_>, workload: &str) -> Result<HashMap<i64, PeerItems>> {
     let mut hosts: HashMap<i64, PeerItems> = HashMap::new();
