@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use time::OffsetDateTime;
 
 use self::connections::{Readers, Writer};
+use super::state_changes::{ReportStep, Sequence};
 use super::{
     BaselineRecord, Enrollment, FindingFilter, HistoryFilter, NewCredential, Page, QueryRows, QueryTerms,
     ReportOutcome, ReportTerms, Result, SecretRecord, StateFilter, Store, StoreError, TokenRecord, Verdict,
@@ -513,40 +514,26 @@ fn apply_report(
         })
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("host {host_id}")))?;
-    let (session, last_seq) = (session as u64, last_seq as u64);
-    let same_session = report.session == session;
-    // An agent starts a new random session each run and never goes back to one: an earlier
-    // session reporting again after a newer began is a second agent with the same key.
-    let came_back = !same_session && prior.is_some_and(|p| p as u64 == report.session);
-    if !same_session {
+    let step = ReportStep::of(
+        Sequence { session: session as u64, last_seq: last_seq as u64, prior: prior.map(|p| p as u64) },
+        report.session,
+        report.seq,
+        report.backlog,
+    );
+    if step.new_session {
         state::new_session(tx, host_id)?;
     }
-    let judging =
-        super::state_changes::Judging { seq: report.seq, through: report.seq.saturating_add(report.backlog) };
+    let outcome = step.applied(&report.content);
     let mut recorded = Recorded::default();
-    let outcome = if same_session && report.seq <= last_seq {
-        Applied::Replay
-    } else {
-        let gap = (same_session && report.seq > last_seq + 1).then_some((last_seq + 1, report.seq));
-        let first = last_seq == 0 && session == 0;
+    if !step.replay {
         match &report.content {
             Content::Snapshot(st) => {
-                // A host's very first state is not news: its processes did not start now.
-                recorded = state::replace(tx, host_id, st, now, !first, judging)?;
-                Applied::Applied { gap, resync: false }
+                recorded = state::replace(tx, host_id, st, now, !step.first, step.judging)?
             }
-            // A delta that does not follow what was applied is applied all the same: what
-            // it says happened did happen, and its history would be lost otherwise. The
-            // state it leaves may miss what the skipped reports said, so a snapshot must
-            // follow.
-            Content::Delta(d) => {
-                recorded = state::apply(tx, host_id, d, now, !first, judging)?;
-                Applied::Applied { gap, resync: !same_session || gap.is_some() }
-            }
-            Content::Heartbeat => Applied::Applied { gap, resync: !same_session || gap.is_some() },
+            Content::Delta(d) => recorded = state::apply(tx, host_id, d, now, !step.first, step.judging)?,
+            Content::Heartbeat => {}
         }
-    };
-    if matches!(outcome, Applied::Replay) {
+    } else {
         // Sent before and applied then: it changes nothing now, facts included (a replay
         // must not put back a hostname or tags the host has since changed). It does show
         // the host alive.
@@ -578,19 +565,16 @@ fn apply_report(
             to_json(&f.reported_tags)
         ],
     )?;
-    if let Applied::Applied { .. } = outcome {
-        tx.execute(
-            "UPDATE hosts SET session = ?1, last_seq = ?2, \
-             prior_session = CASE WHEN ?4 THEN session ELSE prior_session END WHERE id = ?3",
-            params![
-                report.session as i64,
-                i64::try_from(report.seq).unwrap_or(i64::MAX),
-                host_id,
-                !same_session && session != 0
-            ],
-        )?;
-    }
-    recorded.sessions_alternate = came_back.then_some((session, report.session));
+    tx.execute(
+        "UPDATE hosts SET session = ?1, last_seq = ?2, prior_session = ?3 WHERE id = ?4",
+        params![
+            step.after.session as i64,
+            i64::try_from(step.after.last_seq).unwrap_or(i64::MAX),
+            step.after.prior.map(|p| p as i64),
+            host_id
+        ],
+    )?;
+    recorded.sessions_alternate = step.came_back.then_some((session as u64, report.session));
     Ok((outcome, recorded))
 }
 

@@ -44,6 +44,76 @@ impl Judging {
     }
 }
 
+/// Where a host's reports stand, as stored: the session of the last report applied (0: none
+/// yet), its number, and the session before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence {
+    pub session: u64,
+    pub last_seq: u64,
+    pub prior: Option<u64>,
+}
+
+/// What a report is to the host's sequence of reports, decided before anything is written.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportStep {
+    /// The report's session is not the one stored: items' judged_through are reset.
+    pub new_session: bool,
+    /// An earlier session reporting again after a newer began: a second agent with the same key
+    /// (an agent starts a new random session each run and never goes back to one).
+    pub came_back: bool,
+    /// Sent before and applied then: changes nothing but `last_seen`.
+    pub replay: bool,
+    /// Sequence numbers skipped: (first missing, received).
+    pub gap: Option<(u64, u64)>,
+    /// The host's very first state: not news (its processes did not start now), no history.
+    pub first: bool,
+    pub judging: Judging,
+    /// The session and number stored after it, and the session before.
+    pub after: Sequence,
+}
+
+impl ReportStep {
+    /// Decides where a report of `session`, numbered `seq` with `backlog` reports spooled behind
+    /// it, stands after `stored`.
+    pub fn of(stored: Sequence, session: u64, seq: u64, backlog: u64) -> ReportStep {
+        let same_session = session == stored.session;
+        let replay = same_session && seq <= stored.last_seq;
+        let after = if replay {
+            stored
+        } else {
+            Sequence {
+                session,
+                last_seq: seq,
+                prior: if !same_session && stored.session != 0 { Some(stored.session) } else { stored.prior },
+            }
+        };
+        ReportStep {
+            new_session: !same_session,
+            came_back: !same_session && stored.prior == Some(session),
+            replay,
+            gap: (same_session && seq > stored.last_seq + 1).then_some((stored.last_seq + 1, seq)),
+            first: stored.last_seq == 0 && stored.session == 0,
+            judging: Judging { seq, through: seq.saturating_add(backlog) },
+            after,
+        }
+    }
+
+    /// What the store did with the report, by what it carries. A delta that does not follow what
+    /// was applied is applied all the same (what it says happened did happen, and its history
+    /// would be lost otherwise), but the state it leaves may miss what the skipped reports said,
+    /// so a snapshot must follow.
+    pub fn applied(&self, content: &crate::model::Content) -> crate::model::Applied {
+        use crate::model::{Applied, Content};
+        match (self.replay, content) {
+            (true, _) => Applied::Replay,
+            (false, Content::Snapshot(_)) => Applied::Applied { gap: self.gap, resync: false },
+            (false, Content::Delta(_) | Content::Heartbeat) => {
+                Applied::Applied { gap: self.gap, resync: self.new_session || self.gap.is_some() }
+            }
+        }
+    }
+}
+
 /// A host's stored rows as a store holds them before the report: each item with the
 /// `judged_through` it was stored with (see [`Judging`]).
 pub trait StoredState {

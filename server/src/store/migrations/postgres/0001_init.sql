@@ -148,3 +148,164 @@ CREATE TABLE alert_cursors (
     leased_by   TEXT,
     lease_until TIMESTAMPTZ
 );
+
+-- A host's current state, replaced and changed by its reports. Unsigned numbers of the wire
+-- (pids, uids, namespaces, sizes) are stored as BIGINT; a u64 beyond i64 keeps its bits.
+CREATE TABLE processes (
+    host_id          BIGINT NOT NULL REFERENCES hosts (id),
+    pid              BIGINT NOT NULL,
+    ppid             BIGINT NOT NULL,
+    name             TEXT NOT NULL,
+    exe              TEXT,
+    exe_deleted      BOOLEAN NOT NULL DEFAULT FALSE,
+    cmdline          TEXT NOT NULL DEFAULT '[]',
+    uid              BIGINT NOT NULL,
+    "user"           TEXT,
+    start_time       TIMESTAMPTZ NOT NULL,
+    sha256           TEXT,
+    exe_memfd        BOOLEAN NOT NULL DEFAULT FALSE,
+    exe_writable_dir BOOLEAN NOT NULL DEFAULT FALSE,
+    cgroup           TEXT,
+    container_id     TEXT,
+    unit             TEXT,
+    cpu_percent      REAL,
+    rss_bytes        BIGINT,
+    exe_replaced     BOOLEAN NOT NULL DEFAULT FALSE,
+    stdio_socket     TEXT,
+    cpu_high_since   TIMESTAMPTZ,
+    judged_through   BIGINT NOT NULL DEFAULT 0,
+    exe_replacement  TEXT,
+    login_uid        BIGINT,
+    session_id       BIGINT,
+    ancestry         TEXT,
+    login_user       TEXT,
+    PRIMARY KEY (host_id, pid)
+);
+CREATE INDEX processes_hot ON processes (cpu_high_since) WHERE cpu_high_since IS NOT NULL;
+CREATE INDEX processes_sha256 ON processes (sha256) WHERE sha256 IS NOT NULL;
+CREATE INDEX processes_exe ON processes (exe);
+
+CREATE TABLE listeners (
+    id             BIGSERIAL PRIMARY KEY,
+    host_id        BIGINT NOT NULL REFERENCES hosts (id),
+    protocol       TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+    address        INET NOT NULL,
+    port           INTEGER NOT NULL,
+    pid            BIGINT,
+    process        TEXT,
+    exe            TEXT,
+    uid            BIGINT NOT NULL,
+    netns          BIGINT,
+    judged_through BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX listeners_port ON listeners (port, address);
+CREATE INDEX listeners_key ON listeners (host_id, port);
+
+CREATE TABLE connections (
+    id             BIGSERIAL PRIMARY KEY,
+    host_id        BIGINT NOT NULL REFERENCES hosts (id),
+    protocol       TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+    local_address  INET NOT NULL,
+    local_port     INTEGER NOT NULL,
+    remote_address INET NOT NULL,
+    remote_port    INTEGER NOT NULL,
+    direction      TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    pid            BIGINT,
+    process        TEXT,
+    exe            TEXT,
+    uid            BIGINT NOT NULL,
+    netns          BIGINT,
+    judged_through BIGINT NOT NULL DEFAULT 0
+);
+-- Addresses are INET: a CIDR block is a range of this index (<<=).
+CREATE INDEX connections_remote ON connections (remote_address);
+CREATE INDEX connections_key ON connections (host_id, local_port, remote_port);
+
+-- History, partitioned by day on `at`: retention drops whole partitions. Rows whose day has no
+-- partition (an agent's clock far off) go to the default partition, which pruning trims row by
+-- row; a day's partition is made ahead of time, and takes its rows out of the default if some
+-- arrived first.
+CREATE TABLE process_events (
+    id          BIGSERIAL NOT NULL,
+    host_id     BIGINT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('exec', 'exit')),
+    pid         BIGINT NOT NULL,
+    ppid        BIGINT,
+    name        TEXT,
+    exe         TEXT,
+    cmdline     TEXT,
+    "user"      TEXT,
+    uid         BIGINT,
+    start_time  TIMESTAMPTZ NOT NULL,
+    sha256      TEXT,
+    login_uid   BIGINT,
+    session_id  BIGINT,
+    ancestry    TEXT,
+    explained   TEXT
+) PARTITION BY RANGE (at);
+CREATE TABLE process_events_default PARTITION OF process_events DEFAULT;
+CREATE INDEX process_events_host_at ON process_events (host_id, at);
+CREATE INDEX process_events_at ON process_events (at, id);
+CREATE INDEX process_events_sha256 ON process_events (sha256, at) WHERE sha256 IS NOT NULL AND kind = 'exec';
+
+CREATE TABLE socket_events (
+    id              BIGSERIAL NOT NULL,
+    host_id         BIGINT NOT NULL,
+    at              TIMESTAMPTZ NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('open', 'close')),
+    socket          TEXT NOT NULL CHECK (socket IN ('listener', 'connection')),
+    protocol        TEXT NOT NULL,
+    local_address   INET NOT NULL,
+    local_port      INTEGER NOT NULL,
+    remote_address  INET,
+    remote_port     INTEGER,
+    direction       TEXT,
+    pid             BIGINT,
+    process         TEXT,
+    exe             TEXT,
+    netns           BIGINT
+) PARTITION BY RANGE (at);
+CREATE TABLE socket_events_default PARTITION OF socket_events DEFAULT;
+CREATE INDEX socket_events_host_at ON socket_events (host_id, at);
+CREATE INDEX socket_events_at ON socket_events (at, id);
+CREATE INDEX socket_events_remote ON socket_events (remote_address, at) WHERE remote_address IS NOT NULL AND kind = 'open';
+
+CREATE TABLE file_changes (
+    id              BIGSERIAL NOT NULL,
+    host_id         BIGINT NOT NULL,
+    at              TIMESTAMPTZ NOT NULL,
+    path            TEXT NOT NULL,
+    change          TEXT NOT NULL CHECK (change IN ('created', 'modified', 'deleted', 'metadata', 'renamed')),
+    origin          TEXT NOT NULL CHECK (origin IN ('live', 'downtime', 'rescan', 'bake')),
+    from_path       TEXT,
+    old_sha256      TEXT,
+    new_sha256      TEXT,
+    package         TEXT,
+    package_version TEXT,
+    package_matches BOOLEAN,
+    -- The change as the agent sent it (JSON): old and new state, whole.
+    detail          TEXT NOT NULL
+) PARTITION BY RANGE (at);
+CREATE TABLE file_changes_default PARTITION OF file_changes DEFAULT;
+CREATE INDEX file_changes_host_at ON file_changes (host_id, at);
+CREATE INDEX file_changes_path ON file_changes (path);
+CREATE INDEX file_changes_at ON file_changes (at, id);
+
+-- The latest state of each watched path that changed.
+CREATE TABLE files (
+    host_id       BIGINT NOT NULL REFERENCES hosts (id),
+    path          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    mode          BIGINT NOT NULL,
+    uid           BIGINT NOT NULL,
+    gid           BIGINT NOT NULL,
+    size          BIGINT NOT NULL,
+    mtime         TIMESTAMPTZ NOT NULL,
+    sha256        TEXT,
+    target        TEXT,
+    changed_at    TIMESTAMPTZ NOT NULL,
+    metadata_only BOOLEAN NOT NULL DEFAULT FALSE,
+    inode         BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (host_id, path)
+);
