@@ -178,7 +178,13 @@ async fn a_secret_assigns_tags_a_host_cannot_change_and_a_revoked_host_enrolls_a
         "{}",
         agent_log(&agent_dir)
     );
-    assert!(c.findings(again.id, "duplicate_identity", "all").is_empty(), "a revoked host is not a twin");
+    let twins = c.findings(again.id, "duplicate_identity", "all");
+    assert!(
+        twins.is_empty(),
+        "a revoked host is not a twin: {:#?}\nhosts: {:#?}",
+        twins.iter().map(|f| (&f.subject, &f.detail, f.first_seen)).collect::<Vec<_>>(),
+        c.cli_json::<Vec<proto::Host>>(&["hosts", "--all"])
+    );
 
     // With its secret revoked too, it cannot enroll again, and says why.
     let s_id = s.id.to_string();

@@ -19,7 +19,7 @@ async fn both() -> (tempfile::TempDir, SqliteStore, PgServer, PgStore) {
     let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
     let pg = PgServer::start();
     pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let store = PgStore::connect(&pg.url("hw"), None).await.unwrap();
     (dir, sqlite, pg, store)
 }
 
@@ -91,27 +91,28 @@ async fn tokens_and_their_audit_trail_are_the_same_on_both_stores() {
 
     // A second collector on the same database finds the schema in place (migrated once) and the
     // same rows.
-    let second = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let second = PgStore::connect(&pg.url("hw"), None).await.unwrap();
     assert_eq!(second.api_tokens().await.unwrap(), store.api_tokens().await.unwrap());
     assert_eq!(pg.psql("hw", "SELECT count(*) FROM schema_migrations"), "1");
 }
 
 #[tokio::test]
 async fn a_database_url_that_is_not_a_socket_or_not_there_is_refused_with_its_reason() {
-    let tcp = PgStore::connect("postgres://hostwatch@db.example.internal/hw").await;
+    let tcp = PgStore::connect("postgres://hostwatch@db.example.internal/hw", None).await;
     assert!(
         matches!(&tcp, Err(StoreError::Database(m)) if m.contains("only a Unix socket")),
         "{:?}",
         tcp.as_ref().err()
     );
-    let garbage = PgStore::connect("postgres://[::1").await;
+    let garbage = PgStore::connect("postgres://[::1", None).await;
     assert!(
         matches!(&garbage, Err(StoreError::Database(m)) if m.starts_with("database URL")),
         "{:?}",
         garbage.as_ref().err()
     );
     let dir = tempfile::tempdir().unwrap();
-    let nobody = PgStore::connect(&format!("postgres://hostwatch@/hw?host={}", dir.path().display())).await;
+    let nobody =
+        PgStore::connect(&format!("postgres://hostwatch@/hw?host={}", dir.path().display()), None).await;
     assert!(nobody.is_err(), "no server on that socket");
 }
 
@@ -362,7 +363,7 @@ async fn hosts_by_status_tags_and_workload_in_pages_on_postgres() {
     use hostwatch_server::store::HostFilter;
     let pg = PgServer::start();
     pg.psql("postgres", "CREATE DATABASE hw");
-    let s = PgStore::connect(&pg.url("hw")).await.unwrap();
+    let s = PgStore::connect(&pg.url("hw"), None).await.unwrap();
     let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
     let secret = s
         .create_enroll_secret(

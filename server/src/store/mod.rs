@@ -8,6 +8,7 @@
 //! - every method is one transaction: a report that fails half-way leaves nothing behind;
 //! - nothing assumes a single collector: baselines are reread when `baselines_revision` moves.
 
+pub mod pages;
 pub mod postgres;
 pub mod sqlite;
 pub mod state_changes;
@@ -256,6 +257,32 @@ pub struct Page<T> {
 
 /// The longest statement [`Store::query`] takes, whatever the store.
 pub const MAX_SQL_BYTES: usize = 100_000;
+
+/// The views an analyst's query may read, whatever the store: the names of the contract.
+pub const QUERY_VIEWS: &[&str] = &[
+    "hosts",
+    "processes",
+    "listeners",
+    "connections",
+    "files",
+    "file_changes",
+    "process_events",
+    "socket_events",
+    "findings",
+];
+
+/// An analyst's statement as every store runs it: trimmed, without a final `;`, not empty, not
+/// longer than [`MAX_SQL_BYTES`].
+pub fn query_text(sql: &str) -> Result<&str> {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    if sql.is_empty() {
+        return Err(StoreError::Query("the query is empty".to_owned()));
+    }
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(StoreError::Query(format!("the query is longer than {MAX_SQL_BYTES} bytes")));
+    }
+    Ok(sql)
+}
 
 /// What an analyst's read-only SQL may take ([`Store::query`]).
 #[derive(Debug, Clone)]

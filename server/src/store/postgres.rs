@@ -9,7 +9,13 @@
 
 mod baselines;
 mod credentials;
+mod findings;
+mod history;
 mod hosts;
+mod listing;
+mod query;
+mod reports;
+mod state;
 mod triage;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -18,13 +24,28 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 
-use crate::store::{Result, StoreError};
+use std::collections::BTreeMap;
+
+use hostwatch_proto::v1::{AuditEntry, Located};
+
+use crate::model::{
+    AlertEvent, Finding, FindingChange, Host, HostState, Observation, PeerItems, ProcessEvent, ReportRecord,
+    Silence, SocketEvent,
+};
+use crate::store::{
+    BaselineRecord, Enrollment, FindingFilter, FleetCounts, HistoryFilter, HostFilter, NewCredential, Page,
+    QueryRows, QueryTerms, ReportOutcome, ReportTerms, Result, SecretRecord, StateFilter, StoreError,
+    StoreTimings, TokenRecord, Verdict,
+};
 
 /// Migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
 
 /// Connections a collector holds at most.
 const POOL_SIZE: usize = 16;
+
+/// Connections a collector holds at most for analysts' queries.
+const QUERY_POOL_SIZE: usize = 4;
 
 /// The advisory lock key migrations run under ("hwmigrat" as an integer).
 const MIGRATION_LOCK: i64 = 0x6877_6d69_6772_6174;
@@ -33,27 +54,32 @@ const MIGRATION_LOCK: i64 = 0x6877_6d69_6772_6174;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Connections of the analysts' role, for [`PgStore::query`]; none: read-only SQL refused.
+    queries: Option<Pool>,
+    /// The last day (Julian) this collector made the history's coming partitions.
+    partitioned_through: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    timings: StoreTimings,
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user@host/db?host=/socket/dir`) and brings its schema up
-    /// to date. Only Unix sockets for now: TLS to a database over the network is a later slice,
-    /// and a password must not cross a network in clear.
-    pub async fn connect(url: &str) -> Result<PgStore> {
-        let config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
-        if config.get_hosts().iter().any(|h| !matches!(h, tokio_postgres::config::Host::Unix(_))) {
-            return Err(StoreError::Database(
-                "database URL: only a Unix socket is supported yet (?host=/path/to/socket/dir)".to_owned(),
-            ));
-        }
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .build()
-            .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
-        let store = PgStore { pool };
+    /// Connects to `url` (`postgres://user@host/db?host=/socket/dir`), brings its schema up to
+    /// date and makes the history's partitions of the coming days. `query_url`: the analysts'
+    /// role (see [`PgStore::query`]). Only Unix sockets for now: TLS to a database over the
+    /// network is a later slice, and a password must not cross a network in clear.
+    pub async fn connect(url: &str, query_url: Option<&str>) -> Result<PgStore> {
+        let main = pool(url, POOL_SIZE)?;
+        let queries = query_url.map(|u| pool(u, QUERY_POOL_SIZE)).transpose()?;
+        let store = PgStore {
+            pool: main,
+            queries,
+            partitioned_through: std::sync::Arc::default(),
+            timings: StoreTimings::default(),
+        };
         store.migrate().await?;
+        let mut client = store.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        history::make_partitions(&tx, OffsetDateTime::now_utc()).await?;
+        tx.commit().await.map_err(error)?;
         Ok(store)
     }
 
@@ -80,7 +106,10 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await;
+        self.timings.wait.observe(started.elapsed().as_secs_f64());
+        client.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => error(e),
             other => StoreError::Busy(format!("no database connection: {other}")),
         })
@@ -118,6 +147,279 @@ impl PgStore {
         }
         tx.commit().await.map_err(error)
     }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for PgStore {
+    async fn count_api_tokens(&self) -> Result<u64> {
+        PgStore::count_api_tokens(self).await
+    }
+
+    async fn create_api_token(&self, new: &NewCredential<'_>, role: &str) -> Result<TokenRecord> {
+        PgStore::create_api_token(self, new, role).await
+    }
+
+    async fn find_api_token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        PgStore::find_api_token(self, hash).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<TokenRecord>> {
+        PgStore::api_tokens(self).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenRecord>> {
+        PgStore::revoke_api_token(self, id, actor, now).await
+    }
+
+    async fn count_enroll_secrets(&self) -> Result<u64> {
+        PgStore::count_enroll_secrets(self).await
+    }
+
+    async fn create_enroll_secret(
+        &self,
+        new: &NewCredential<'_>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<SecretRecord> {
+        PgStore::create_enroll_secret(self, new, tags).await
+    }
+
+    async fn find_enroll_secret(&self, hash: &str) -> Result<Option<SecretRecord>> {
+        PgStore::find_enroll_secret(self, hash).await
+    }
+
+    async fn enroll_secrets(&self) -> Result<Vec<SecretRecord>> {
+        PgStore::enroll_secrets(self).await
+    }
+
+    async fn revoke_enroll_secret(
+        &self,
+        id: i64,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<SecretRecord>> {
+        PgStore::revoke_enroll_secret(self, id, actor, now).await
+    }
+
+    async fn find_node_key(&self, hash: &str) -> Result<Option<i64>> {
+        PgStore::find_node_key(self, hash).await
+    }
+
+    async fn revoke_host_keys(&self, host_id: i64, actor: &str, now: OffsetDateTime) -> Result<Option<u64>> {
+        PgStore::revoke_host_keys(self, host_id, actor, now).await
+    }
+
+    async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64> {
+        PgStore::enroll_host(self, e).await
+    }
+
+    async fn verified_instance(&self, host_id: i64) -> Result<Option<String>> {
+        PgStore::verified_instance(self, host_id).await
+    }
+
+    async fn record_report(
+        &self,
+        host_id: i64,
+        report: ReportRecord,
+        now: OffsetDateTime,
+        terms: ReportTerms,
+    ) -> Result<ReportOutcome> {
+        PgStore::record_report(self, host_id, report, now, terms).await
+    }
+
+    async fn host_state(&self, host_id: i64) -> Result<HostState> {
+        PgStore::host_state(self, host_id).await
+    }
+
+    async fn apply_verdict(
+        &self,
+        host_id: i64,
+        verdict: Verdict,
+        limit: u32,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>> {
+        PgStore::apply_verdict(self, host_id, verdict, limit, now).await
+    }
+
+    async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>> {
+        PgStore::retire_host(self, host_id, now).await
+    }
+
+    async fn hosts_running_hot(&self, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<i64>> {
+        PgStore::hosts_running_hot(self, from, to).await
+    }
+
+    async fn peer_items(&self, workload: &str) -> Result<std::collections::HashMap<i64, PeerItems>> {
+        PgStore::peer_items(self, workload).await
+    }
+
+    async fn acknowledge(
+        &self,
+        id: i64,
+        actor: &str,
+        note: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Finding>> {
+        PgStore::acknowledge(self, id, actor, note, now).await
+    }
+
+    async fn create_silence(&self, silence: &Silence) -> Result<i64> {
+        PgStore::create_silence(self, silence).await
+    }
+
+    async fn silences(&self, after: Option<OffsetDateTime>) -> Result<Vec<Silence>> {
+        PgStore::silences(self, after).await
+    }
+
+    async fn lease_alert_cursor(
+        &self,
+        sink: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Option<i64>> {
+        PgStore::lease_alert_cursor(self, sink, holder, now, until).await
+    }
+
+    async fn advance_alert_cursor(&self, sink: &str, holder: &str, last_id: i64) -> Result<bool> {
+        PgStore::advance_alert_cursor(self, sink, holder, last_id).await
+    }
+
+    async fn alert_events(&self, after: i64, limit: u32) -> Result<Vec<AlertEvent>> {
+        PgStore::alert_events(self, after, limit).await
+    }
+
+    async fn prune_alert_events(&self, max: u64, now: OffsetDateTime) -> Result<(u64, u64)> {
+        PgStore::prune_alert_events(self, max, now).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<Host>> {
+        PgStore::list_hosts(self).await
+    }
+
+    async fn hosts_page(&self, filter: &HostFilter) -> Result<Page<Host>> {
+        PgStore::hosts_page(self, filter).await
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts> {
+        PgStore::fleet_counts(self).await
+    }
+
+    fn timings(&self) -> StoreTimings {
+        self.timings.clone()
+    }
+
+    async fn host(&self, id: i64) -> Result<Option<Host>> {
+        PgStore::host(self, id).await
+    }
+
+    async fn hosts_with_machine_id(&self, machine_id: &str, instance_id: Option<&str>) -> Result<Vec<i64>> {
+        PgStore::hosts_with_machine_id(self, machine_id, instance_id).await
+    }
+
+    async fn record_findings(
+        &self,
+        host_id: i64,
+        observed: &[Observation],
+        limit: u32,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FindingChange>> {
+        PgStore::record_findings(self, host_id, observed, limit, now).await
+    }
+
+    async fn hosts_named(&self, hostname: &str) -> Result<Vec<i64>> {
+        PgStore::hosts_named(self, hostname).await
+    }
+
+    async fn list_findings(&self, filter: &FindingFilter) -> Result<Page<Finding>> {
+        PgStore::list_findings(self, filter).await
+    }
+
+    async fn list_processes(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Process>>> {
+        PgStore::list_processes(self, filter).await
+    }
+
+    async fn list_listeners(&self, filter: &StateFilter) -> Result<Page<Located<crate::model::Listener>>> {
+        PgStore::list_listeners(self, filter).await
+    }
+
+    async fn list_connections(
+        &self,
+        filter: &StateFilter,
+    ) -> Result<Page<Located<crate::model::Connection>>> {
+        PgStore::list_connections(self, filter).await
+    }
+
+    async fn process_events(&self, filter: &HistoryFilter) -> Result<Page<ProcessEvent>> {
+        PgStore::process_events(self, filter).await
+    }
+
+    async fn socket_events(&self, filter: &HistoryFilter) -> Result<Page<SocketEvent>> {
+        PgStore::socket_events(self, filter).await
+    }
+
+    async fn file_events(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileEvent>> {
+        PgStore::file_events(self, filter).await
+    }
+
+    async fn current_files(&self, filter: &HistoryFilter) -> Result<Page<hostwatch_proto::v1::FileRecord>> {
+        PgStore::current_files(self, filter).await
+    }
+
+    async fn put_baseline(&self, name: &str, source: &str, actor: &str, now: OffsetDateTime) -> Result<()> {
+        PgStore::put_baseline(self, name, source, actor, now).await
+    }
+
+    async fn baselines(&self) -> Result<Vec<BaselineRecord>> {
+        PgStore::baselines(self).await
+    }
+
+    async fn baselines_revision(&self) -> Result<i64> {
+        PgStore::baselines_revision(self).await
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        PgStore::audit(self, actor, action, target, detail, now).await
+    }
+
+    async fn prune_history(&self, before: OffsetDateTime, max: u32) -> Result<u64> {
+        PgStore::prune_history(self, before, max).await
+    }
+
+    async fn query(&self, sql: &str, terms: QueryTerms) -> Result<QueryRows> {
+        PgStore::query(self, sql, terms).await
+    }
+
+    async fn audit_entries(&self, since: Option<OffsetDateTime>, limit: u32) -> Result<Vec<AuditEntry>> {
+        PgStore::audit_entries(self, since, limit).await
+    }
+}
+
+/// A pool of at most `size` connections to the database at `url`: Unix sockets only.
+fn pool(url: &str, size: usize) -> Result<Pool> {
+    let config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
+    if config.get_hosts().iter().any(|h| !matches!(h, tokio_postgres::config::Host::Unix(_))) {
+        return Err(StoreError::Database(
+            "database URL: only a Unix socket is supported yet (?host=/path/to/socket/dir)".to_owned(),
+        ));
+    }
+    let manager =
+        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Database(format!("connection pool: {e}")))
 }
 
 /// A column read as the type the schema gives it; a column of another type (a schema altered by

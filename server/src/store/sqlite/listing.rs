@@ -23,9 +23,8 @@ use super::{
     FINDING_COLUMNS, HOST_COLUMNS, finding_from_row, host_from_row, opt_json, parse_enum, parse_ts, ts,
 };
 use crate::model::{Connection, Finding, Host, Listener, Process, ProcessEvent, SocketEvent};
-use crate::store::{
-    FindingFilter, HistoryFilter, HostFilter, Page, Result, StateFilter, StoreError, severity_rank,
-};
+use crate::store::pages::{self, finding_cursor, findings_cursor, history_cursor, paged, state_cursor};
+use crate::store::{FindingFilter, HistoryFilter, HostFilter, Page, Result, StateFilter, severity_rank};
 
 /// A WHERE clause under construction, with its numbered arguments.
 struct Where {
@@ -54,35 +53,6 @@ impl Where {
         self.sql.push_str(" AND ");
         self.sql.push_str(&out);
     }
-}
-
-/// The page of `rows` (read with one more than `limit`), the next cursor from the last given.
-fn paged<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = if more { rows.last().map(key) } else { None };
-    Page { items: rows, next }
-}
-
-fn bad_cursor(c: &str) -> StoreError {
-    StoreError::Query(format!("cursor {c:?} is not one this listing gave; start again without it"))
-}
-
-/// A state cursor: the numbers of a row's key, joined by dots; `n` of them.
-fn state_cursor(c: &str, n: usize) -> Result<Vec<i64>> {
-    let key: Vec<i64> =
-        c.split('.').map(str::parse).collect::<std::result::Result<_, _>>().map_err(|_| bad_cursor(c))?;
-    if key.len() != n {
-        return Err(bad_cursor(c));
-    }
-    Ok(key)
-}
-
-/// A history cursor: `AT/ID`, `AT` as the store writes times.
-fn history_cursor(c: &str) -> Result<(String, i64)> {
-    let (at, id) = c.rsplit_once('/').ok_or_else(|| bad_cursor(c))?;
-    let at = parse_ts(at).map_err(|_| bad_cursor(c))?;
-    Ok((ts(at), id.parse().map_err(|_| bad_cursor(c))?))
 }
 
 /// Matches of a CIDR block beyond which its index is not the way in: with more than this many
@@ -376,10 +346,7 @@ pub(super) fn findings(tx: &Transaction<'_>, f: &FindingFilter) -> Result<Page<F
         w.and("f.last_seen >= ?", [text(&ts(since))]);
     }
     if let Some(c) = &f.after {
-        let mut parts = c.splitn(3, '/');
-        let rank: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| bad_cursor(c))?;
-        let seen = parts.next().and_then(|p| parse_ts(p).ok()).ok_or_else(|| bad_cursor(c))?;
-        let id: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| bad_cursor(c))?;
+        let (rank, seen, id) = findings_cursor(c)?;
         w.and(
             &format!("({SEVERITY_RANK}, f.last_seen, f.id) < (?, ?, ?)"),
             [rank.into(), text(&ts(seen)), id.into()],
@@ -398,9 +365,7 @@ pub(super) fn findings(tx: &Transaction<'_>, f: &FindingFilter) -> Result<Page<F
         out.push(finding_from_row(r)?);
     }
     Ok(match f.limit {
-        Some(limit) => {
-            paged(out, limit, |f| format!("{}/{}/{}", severity_rank(f.severity), ts(f.last_seen), f.id))
-        }
+        Some(limit) => paged(out, limit, finding_cursor),
         None => Page { items: out, next: None },
     })
 }
@@ -428,7 +393,7 @@ pub(super) fn history_where(
     }
     if let Some(c) = &f.after {
         let (at, id) = history_cursor(c)?;
-        w.and("(e.at, e.id) < (?, ?)", [text(&at), id.into()]);
+        w.and("(e.at, e.id) < (?, ?)", [text(&ts(at)), id.into()]);
     }
     match table {
         History::Processes => {
@@ -473,10 +438,7 @@ pub(super) fn history_page<T>(
     f: &HistoryFilter,
     key: impl Fn(&T) -> (i64, time::OffsetDateTime),
 ) -> Page<T> {
-    paged(rows, f.limit.max(1), |r| {
-        let (id, at) = key(r);
-        format!("{}/{id}", ts(at))
-    })
+    pages::history_page(rows, f.limit, key)
 }
 
 pub(super) fn process_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<Page<ProcessEvent>> {
@@ -558,7 +520,7 @@ mod tests {
 
     use super::*;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{FindingFilter, Store, parse_net};
+    use crate::store::{FindingFilter, Store, StoreError, parse_net};
 
     const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 

@@ -22,18 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::store::{MAX_SQL_BYTES, QueryRows, QueryTerms, Result, StoreError};
 
-/// The views a query may read: the names of the contract.
-pub const VIEWS: &[&str] = &[
-    "hosts",
-    "processes",
-    "listeners",
-    "connections",
-    "files",
-    "file_changes",
-    "process_events",
-    "socket_events",
-    "findings",
-];
+use crate::store::QUERY_VIEWS as VIEWS;
 
 const VIEWS_SQL: &str = include_str!("views.sql");
 
@@ -144,13 +133,7 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
 
 /// Runs one statement of an analyst on `conn` (opened by [`open`]).
 pub(super) fn run(conn: &Connection, sql: &str, terms: &QueryTerms) -> Result<QueryRows> {
-    let sql = sql.trim().trim_end_matches(';').trim_end();
-    if sql.is_empty() {
-        return Err(StoreError::Query("the query is empty".to_owned()));
-    }
-    if sql.len() > MAX_SQL_BYTES {
-        return Err(StoreError::Query(format!("the query is longer than {MAX_SQL_BYTES} bytes")));
-    }
+    let sql = crate::store::query_text(sql)?;
     let _scope = Scope::enter(terms);
     let mut stmt = conn.prepare(sql).map_err(|e| refusal(e, terms.timeout))?;
     if !stmt.readonly() {

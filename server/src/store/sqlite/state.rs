@@ -160,7 +160,7 @@ pub(super) fn apply(
     for w in writes {
         match w {
             Write::PutProcess { process, judged_through } => {
-                put_process(tx, host_id, process, judged_through)?
+                put_process(tx, host_id, process, judged_through, now)?
             }
             Write::DeleteProcess(k) => {
                 tx.prepare_cached(
@@ -225,9 +225,15 @@ impl StoredState for Rows<'_, '_> {
 }
 
 /// Stores a process; `cpu_high_since` is kept from the row it replaces while the process stays
-/// above the high-CPU threshold, set to now when it crosses it, cleared when it falls below.
+/// above the high-CPU threshold, set to the report's time when it crosses it, cleared when it falls below.
 /// `judged_through`: set for a process that starts (see [`Judging`]); `None` keeps the stored one.
-fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: Option<i64>) -> Result<()> {
+fn put_process(
+    tx: &Transaction<'_>,
+    host_id: i64,
+    p: &Process,
+    judged_through: Option<i64>,
+    now: OffsetDateTime,
+) -> Result<()> {
     let hot = p.cpu_percent.is_some_and(|c| c >= crate::model::HIGH_CPU_PERCENT);
     tx.prepare_cached(
         "INSERT OR REPLACE INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, user, start_time, \
@@ -261,7 +267,7 @@ fn put_process(tx: &Transaction<'_>, host_id: i64, p: &Process, judged_through: 
         p.exe_replaced,
         p.stdio_socket,
         hot,
-        ts(OffsetDateTime::now_utc()),
+        ts(now),
         judged_through,
         p.exe_replacement.as_ref().map(to_json),
         p.login_uid,

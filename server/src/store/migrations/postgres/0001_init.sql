@@ -199,7 +199,7 @@ CREATE TABLE listeners (
     judged_through BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX listeners_port ON listeners (port, address);
-CREATE INDEX listeners_key ON listeners (host_id, port);
+CREATE INDEX listeners_key ON listeners (host_id, port, id);
 
 CREATE TABLE connections (
     id             BIGSERIAL PRIMARY KEY,
@@ -219,7 +219,7 @@ CREATE TABLE connections (
 );
 -- Addresses are INET: a CIDR block is a range of this index (<<=).
 CREATE INDEX connections_remote ON connections (remote_address);
-CREATE INDEX connections_key ON connections (host_id, local_port, remote_port);
+CREATE INDEX connections_key ON connections (host_id, local_port, remote_port, id);
 
 -- History, partitioned by day on `at`: retention drops whole partitions. Rows whose day has no
 -- partition (an agent's clock far off) go to the default partition, which pruning trims row by
@@ -294,6 +294,7 @@ CREATE INDEX file_changes_at ON file_changes (at, id);
 
 -- The latest state of each watched path that changed.
 CREATE TABLE files (
+    id            BIGSERIAL NOT NULL UNIQUE,
     host_id       BIGINT NOT NULL REFERENCES hosts (id),
     path          TEXT NOT NULL,
     kind          TEXT NOT NULL,
@@ -309,3 +310,73 @@ CREATE TABLE files (
     inode         BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (host_id, path)
 );
+
+-- The views `hostwatch query` reads, in a schema of their own: the stable names and columns
+-- analysts query by. Analysts' SQL runs on connections of a role of its own that may read only
+-- this schema (docs/scaling.md: the database administrator creates it and grants it
+-- hostwatch_views); the views read the tables with their owner's rights. None of them reads a
+-- table of credentials (node_keys, api_tokens, enroll_secrets) or the audit log. The hosts view's
+-- status is decided by the collector's rule (`model::online_since`), which the collector sets
+-- for the transaction as `hostwatch.online_since`: each reporting interval of the fleet with the
+-- earliest last report of an online host.
+CREATE SCHEMA hostwatch_views;
+
+CREATE VIEW hostwatch_views.hosts AS
+SELECT h.id, h.hostname, h.machine_id, h.instance_id, h.os, h.kernel, h.arch, h.workload,
+       h.tags, h.reported_tags, h.agent_version, h.interval_secs,
+       CASE WHEN h.retired_at IS NOT NULL THEN 'retired'
+            WHEN h.goodbye IS NOT NULL THEN 'stopped'
+            WHEN h.last_seen IS NOT NULL
+                 AND h.last_seen >= (NULLIF(current_setting('hostwatch.online_since', true), '')::jsonb
+                                     ->> h.interval_secs::text)::timestamptz
+                 THEN 'online'
+            ELSE 'offline' END AS status,
+       CASE WHEN h.coverage_degraded THEN 'degraded' ELSE 'full' END AS coverage,
+       h.coverage_why, h.cloud, h.enrolled_at, h.last_seen, h.retired_at,
+       (SELECT count(*) FROM public.findings f
+         WHERE f.status IN ('open', 'acknowledged') AND f.host_id = h.id) AS open_findings
+FROM public.hosts h;
+
+CREATE VIEW hostwatch_views.processes AS
+SELECT p.host_id, h.hostname, p.pid, p.ppid, p.name, p.exe, p.exe_deleted, p.sha256, p.cmdline,
+       p.uid, p."user", p.login_uid, p.login_user, p.session_id, p.start_time, p.cgroup,
+       p.container_id, p.unit, p.cpu_percent, p.rss_bytes, p.exe_memfd, p.exe_writable_dir,
+       p.ancestry
+FROM public.processes p JOIN public.hosts h ON h.id = p.host_id;
+
+CREATE VIEW hostwatch_views.listeners AS
+SELECT l.host_id, h.hostname, l.protocol, l.address, l.port, l.pid, l.process, l.exe, l.uid,
+       l.netns
+FROM public.listeners l JOIN public.hosts h ON h.id = l.host_id;
+
+CREATE VIEW hostwatch_views.connections AS
+SELECT c.host_id, h.hostname, c.protocol, c.local_address, c.local_port, c.remote_address,
+       c.remote_port, c.direction, c.pid, c.process, c.exe, c.uid, c.netns
+FROM public.connections c JOIN public.hosts h ON h.id = c.host_id;
+
+CREATE VIEW hostwatch_views.files AS
+SELECT f.host_id, h.hostname, f.path, f.kind, f.mode, f.uid, f.gid, f.size, f.mtime, f.sha256,
+       f.target, f.metadata_only, f.changed_at
+FROM public.files f JOIN public.hosts h ON h.id = f.host_id;
+
+CREATE VIEW hostwatch_views.file_changes AS
+SELECT c.id, c.host_id, h.hostname, c.at, c.path, c.change, c.origin, c.from_path, c.old_sha256,
+       c.new_sha256, c.package, c.package_version, c.package_matches
+FROM public.file_changes c JOIN public.hosts h ON h.id = c.host_id;
+
+CREATE VIEW hostwatch_views.process_events AS
+SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.pid, e.ppid, e.name, e.exe, e.sha256,
+       e.cmdline, e."user", e.uid, e.login_uid, e.session_id, e.start_time, e.ancestry, e.explained
+FROM public.process_events e JOIN public.hosts h ON h.id = e.host_id;
+
+CREATE VIEW hostwatch_views.socket_events AS
+SELECT e.id, e.host_id, h.hostname, e.at, e.kind, e.socket, e.protocol, e.local_address,
+       e.local_port, e.remote_address, e.remote_port, e.direction, e.pid, e.process, e.exe, e.netns
+FROM public.socket_events e JOIN public.hosts h ON h.id = e.host_id;
+
+CREATE VIEW hostwatch_views.findings AS
+SELECT f.id, f.host_id, h.hostname, h.workload, f.kind, NULLIF(f.rule, '') AS rule, f.severity,
+       f.subject, f.detail, f.status, f.first_seen, f.last_seen, f.opened_at, f.resolved_at,
+       f.times_opened, f.occurrences, f.transient, f.ack_note, f.acked_by, f.acked_at,
+       f.silenced_by
+FROM public.findings f JOIN public.hosts h ON h.id = f.host_id;
