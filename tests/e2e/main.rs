@@ -30,6 +30,7 @@ mod rules;
 mod sessions;
 mod skeleton;
 mod stores;
+mod stores_state;
 mod support;
 mod tls;
 mod workloads;

@@ -14,7 +14,7 @@ use crate::support::postgres::PgServer;
 
 /// A SQLite store in a temporary directory and a PostgreSQL store on a private server, both
 /// new: the two sides of every scenario here.
-async fn both() -> (tempfile::TempDir, SqliteStore, PgServer, PgStore) {
+pub(crate) async fn both() -> (tempfile::TempDir, SqliteStore, PgServer, PgStore) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
     let pg = PgServer::start();

@@ -246,6 +246,18 @@ pub fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an address or a CIDR block (write 10.0.0.0/8 or 2001:db8::/32)"))
 }
 
+/// A u64 of the wire (a namespace, a size) in a signed 64-bit column, keeping its bits: an
+/// agent may send any u64, and it reads back as it was sent ([`unbits`]), where a conversion
+/// would refuse the report.
+pub fn bits(v: u64) -> i64 {
+    v as i64
+}
+
+/// A u64 stored by [`bits`].
+pub fn unbits(v: i64) -> u64 {
+    v as u64
+}
+
 /// One page of a listing, in the listing's order, and the cursor of the next page when there is
 /// more. Keyset pages: every row that stays while a listing is paged through is on exactly one
 /// page, however the rows around it change.

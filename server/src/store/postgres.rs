@@ -446,7 +446,9 @@ fn ms(t: OffsetDateTime) -> OffsetDateTime {
 /// the rest is an error of the database.
 fn error(e: tokio_postgres::Error) -> StoreError {
     let Some(code) = e.code() else {
-        return StoreError::Database(e.to_string());
+        // A value the driver could not convert says which in its source.
+        let source = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+        return StoreError::Database(format!("{e}{source}"));
     };
     let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
     if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {

@@ -248,7 +248,7 @@ async fn upsert(
                 .prepare_cached(
                     "INSERT INTO findings (host_id, kind, rule, severity, subject, detail, status, first_seen, \
                      last_seen, opened_at, silenced_by, occurrences, transient) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $7, $8, GREATEST($9, 1), $10) RETURNING id",
+                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7, $7, $8, GREATEST($9::bigint, 1), $10) RETURNING id",
                 )
                 .await
                 .map_err(error)?;

@@ -18,6 +18,7 @@ use super::{Col, error, ms};
 use crate::model::{Connection, HostState, Listener, Process, Recorded, StateDelta};
 use crate::store::state_changes::{self, Judging, Loaded, SocketRow, Write};
 use crate::store::{Result, StoreError, parse_enum};
+pub(super) use crate::store::{bits, unbits};
 
 /// A process's columns, for [`process_from_row`]; `judged_through` last.
 pub(super) const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmdline, uid, \"user\", start_time, sha256, \
@@ -39,16 +40,6 @@ pub(super) fn u32_of(v: i64, what: &str) -> Result<u32> {
 
 fn opt_u32(v: Option<i64>, what: &str) -> Result<Option<u32>> {
     v.map(|v| u32_of(v, what)).transpose()
-}
-
-/// A u64 of the wire in a BIGINT, keeping its bits (a namespace or a size beyond i64 is what an
-/// agent may send; it reads back as it was sent).
-pub(super) fn bits(v: u64) -> i64 {
-    v as i64
-}
-
-pub(super) fn unbits(v: i64) -> u64 {
-    v as u64
 }
 
 fn port(r: &Row, i: usize) -> Result<u16> {
@@ -379,7 +370,7 @@ async fn put_process(
          sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
          stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry, login_user) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-         CASE WHEN $21 THEN $22::timestamptz END, COALESCE($23, 0), $24, $25, $26, $27, $28) \
+         CASE WHEN $21 THEN $22::timestamptz END, COALESCE($23::bigint, 0), $24, $25, $26, $27, $28) \
          ON CONFLICT (host_id, pid) DO UPDATE SET ppid = EXCLUDED.ppid, name = EXCLUDED.name, exe = EXCLUDED.exe, \
          exe_deleted = EXCLUDED.exe_deleted, cmdline = EXCLUDED.cmdline, uid = EXCLUDED.uid, \"user\" = EXCLUDED.\"user\", \
          start_time = EXCLUDED.start_time, sha256 = EXCLUDED.sha256, exe_memfd = EXCLUDED.exe_memfd, \

@@ -506,7 +506,7 @@ pub(super) fn socket_events(tx: &Transaction<'_>, f: &HistoryFilter) -> Result<P
             pid: r.get(12)?,
             process: r.get(13)?,
             exe: r.get(14)?,
-            netns: r.get(15)?,
+            netns: r.get::<_, Option<i64>>(15)?.map(crate::store::unbits),
         });
     }
     Ok(history_page(out, f, |e| (e.id, e.at)))

@@ -17,7 +17,7 @@ use crate::model::{
     StateDelta, peer_key,
 };
 use crate::store::state_changes::{self, Judging, SocketRow, StoredState, Write};
-use crate::store::{Result, StoreError};
+use crate::store::{Result, StoreError, bits, unbits};
 
 /// A host's whole state, processes by pid, listeners by protocol, port and address, connections
 /// by protocol, remote and local port (addresses in their numeric order).
@@ -67,7 +67,7 @@ pub(super) fn listener_from_row(r: &Row<'_>) -> Result<Listener> {
         process: r.get(4)?,
         exe: r.get(5)?,
         uid: r.get(6)?,
-        netns: r.get(7)?,
+        netns: r.get::<_, Option<i64>>(7)?.map(unbits),
     })
 }
 
@@ -84,7 +84,7 @@ pub(super) fn connection_from_row(r: &Row<'_>) -> Result<Connection> {
         process: r.get(7)?,
         exe: r.get(8)?,
         uid: r.get(9)?,
-        netns: r.get(10)?,
+        netns: r.get::<_, Option<i64>>(10)?.map(unbits),
     })
 }
 
@@ -263,7 +263,7 @@ fn put_process(
         p.container_id,
         p.unit,
         p.cpu_percent.map(f64::from),
-        p.rss_bytes,
+        p.rss_bytes.map(bits),
         p.exe_replaced,
         p.stdio_socket,
         hot,
@@ -308,7 +308,7 @@ fn process_from_row_with(r: &Row<'_>, ancestries: &mut Ancestries) -> Result<Pro
         container_id: r.get(13)?,
         unit: r.get(14)?,
         cpu_percent: r.get::<_, Option<f64>>(15)?.map(|c| c as f32),
-        rss_bytes: r.get(16)?,
+        rss_bytes: r.get::<_, Option<i64>>(16)?.map(unbits),
         exe_replaced: r.get(17)?,
         stdio_socket: r.get(18)?,
         cpu_high_since: opt_text(r, 19)?.map(parse_ts).transpose()?,
@@ -334,7 +334,7 @@ fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener, judged_through
         l.process,
         l.exe,
         l.uid,
-        l.netns,
+        l.netns.map(bits),
         judged_through
     ])?;
     Ok(())
@@ -347,7 +347,7 @@ fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Op
          WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5 LIMIT 1",
     )?;
     let mut rows =
-        stmt.query(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
+        stmt.query(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns.map(bits)])?;
     match rows.next()? {
         None => Ok(None),
         Some(r) => Ok(Some((
@@ -371,7 +371,7 @@ fn delete_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result
         .prepare_cached(
             "DELETE FROM listeners WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5",
         )?
-        .execute(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns])?;
+        .execute(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns.map(bits)])?;
     Ok(())
 }
 
@@ -393,7 +393,7 @@ fn put_connection(tx: &Transaction<'_>, host_id: i64, c: &Connection, judged_thr
         c.process,
         c.exe,
         c.uid,
-        c.netns,
+        c.netns.map(bits),
         judged_through,
         super::addresses::ip_key(c.remote.ip()).as_slice()
     ])?;
@@ -413,7 +413,7 @@ fn get_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Resul
         k.local.port(),
         k.remote.ip().to_string(),
         k.remote.port(),
-        k.netns
+        k.netns.map(bits)
     ])?;
     match rows.next()? {
         None => Ok(None),
@@ -447,7 +447,7 @@ fn delete_connection(tx: &Transaction<'_>, host_id: i64, k: ConnectionKey) -> Re
             k.local.port(),
             k.remote.ip().to_string(),
             k.remote.port(),
-            k.netns
+            k.netns.map(bits)
         ])?;
     Ok(())
 }
@@ -510,7 +510,7 @@ fn socket_event(
         s.pid,
         s.process.as_deref(),
         s.exe.as_deref(),
-        s.netns,
+        s.netns.map(bits),
         s.remote.map(|r| super::addresses::ip_key(r.ip()).to_vec())
     ])?;
     Ok(())
