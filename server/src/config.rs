@@ -27,6 +27,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_LISTEN", path: &["listen"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_API_LISTEN", path: &["api_listen"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_DATABASE", path: &["database"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_QUERY_DATABASE", path: &["query_database"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_DATA_DIR", path: &["data_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_BASELINES_DIR", path: &["baselines_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_OFFLINE_AFTER", path: &["offline_after"], kind: EnvKind::Str },
@@ -112,9 +113,14 @@ struct RawServerConfig {
     /// Address for people and tools (the API); default: the same listener as agents.
     #[serde(default)]
     api_listen: Option<String>,
-    /// A SQLite file path (or `sqlite://PATH`); default `DATA_DIR/hostwatch.db`.
+    /// A SQLite file path (or `sqlite://PATH`), or a PostgreSQL URL (`postgres://…`) that
+    /// several collectors share; default `DATA_DIR/hostwatch.db`.
     #[serde(default)]
     database: Option<String>,
+    /// With PostgreSQL: the URL of the role analysts' SQL runs as (`hostwatch query`), which
+    /// may read only the views (docs/scaling.md); without it, read-only SQL is refused.
+    #[serde(default)]
+    query_database: Option<String>,
     /// The collector's own state: database, bootstrap credentials.
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
@@ -299,13 +305,75 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     hostwatch_agent::shared::config::duration(d).map(Some)
 }
 
+/// Where the collector keeps its store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Database {
+    /// A SQLite file: one collector.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database several collectors share, and the analysts' role (`query_database`).
+    Postgres { url: DatabaseUrl, query_url: Option<DatabaseUrl> },
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// A database URL, shown (Debug, Display, logs, errors) without its password.
+#[derive(Clone, PartialEq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its password, for the connection alone.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `scheme://user:password@rest`: the password hidden; `password=` parameters too.
+        let s = &self.0;
+        let (scheme, rest) = s.split_once("://").unwrap_or(("", s));
+        let rest = match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => rest.to_owned(),
+            },
+            None => rest.to_owned(),
+        };
+        let shown: Vec<String> = rest
+            .split('&')
+            .map(|part| match part.split_once("password=") {
+                Some((before, _)) => format!("{before}password=***"),
+                None => part.to_owned(),
+            })
+            .collect();
+        if scheme.is_empty() {
+            write!(f, "{}", shown.join("&"))
+        } else {
+            write!(f, "{scheme}://{}", shown.join("&"))
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
 /// The configuration the collector runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `None`: the API is served on `listen` too.
     pub api_listen: Option<SocketAddr>,
-    pub database: PathBuf,
+    pub database: Database,
     pub data_dir: PathBuf,
     pub baselines_dir: Option<PathBuf>,
     pub offline_after: Option<Duration>,
@@ -367,23 +435,47 @@ impl ServerConfig {
                 ),
             ));
         }
+        let postgres = |key: &'static str, var: &'static str, s: &str| {
+            s.parse::<tokio_postgres::Config>()
+                .map(|_| DatabaseUrl(s.to_owned()))
+                .map_err(|e| invalid(var, key, format!("{}: {e}", DatabaseUrl(s.to_owned()))))
+        };
+        let is_postgres = |s: &str| s.starts_with("postgres://") || s.starts_with("postgresql://");
         let database = match raw.database.as_deref() {
-            None => raw.data_dir.join("hostwatch.db"),
-            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            None => Database::Sqlite(raw.data_dir.join("hostwatch.db")),
+            Some(s) if is_postgres(s) => Database::Postgres {
+                url: postgres("database", "HOSTWATCH_DATABASE", s)?,
+                query_url: match raw.query_database.as_deref() {
+                    Some(q) if is_postgres(q) => {
+                        Some(postgres("query_database", "HOSTWATCH_QUERY_DATABASE", q)?)
+                    }
+                    Some(q) => {
+                        return Err(invalid(
+                            "HOSTWATCH_QUERY_DATABASE",
+                            "query_database",
+                            format!("{} is not a postgres:// URL", DatabaseUrl(q.to_owned())),
+                        ));
+                    }
+                    None => None,
+                },
+            },
+            Some(s) => Database::Sqlite(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s))),
+        };
+        if let Database::Sqlite(path) = &database {
+            if path.starts_with(AGENT_STATE_DIR) {
                 return Err(invalid(
                     "HOSTWATCH_DATABASE",
                     "database",
-                    "PostgreSQL is not supported by this version yet; give a SQLite file path".to_owned(),
+                    format!("{} is in the agent's state directory {AGENT_STATE_DIR}", path.display()),
                 ));
             }
-            Some(s) => PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s)),
-        };
-        if database.starts_with(AGENT_STATE_DIR) {
-            return Err(invalid(
-                "HOSTWATCH_DATABASE",
-                "database",
-                format!("{} is in the agent's state directory {AGENT_STATE_DIR}", database.display()),
-            ));
+            if raw.query_database.is_some() {
+                return Err(invalid(
+                    "HOSTWATCH_QUERY_DATABASE",
+                    "query_database",
+                    "is for a PostgreSQL store; with SQLite, queries read the database file".to_owned(),
+                ));
+            }
         }
         if let Some(d) = raw.offline_after
             && d < Duration::from_secs(10)
@@ -558,7 +650,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             api_listen: None,
-            database: data_dir.join("hostwatch.db"),
+            database: Database::Sqlite(data_dir.join("hostwatch.db")),
             data_dir: data_dir.to_owned(),
             baselines_dir: Some(data_dir.join("baselines")),
             offline_after: None,
@@ -679,7 +771,7 @@ mod tests {
     fn defaults() {
         let c = ServerConfig::load(None, vec![]).unwrap().config;
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.database, Path::new("/var/lib/hostwatch-server/hostwatch.db"));
+        assert_eq!(c.database, Database::Sqlite("/var/lib/hostwatch-server/hostwatch.db".into()));
         assert!(c.api_listen.is_none() && c.baselines_dir.is_none());
     }
 
@@ -739,7 +831,7 @@ mod tests {
         .unwrap();
         let c = l.config;
         assert_eq!((c.listen.port(), c.api_listen.map(|a| a.port())), (9000, Some(9001)));
-        assert_eq!(c.database, Path::new("/x/y.db"));
+        assert_eq!(c.database, Database::Sqlite("/x/y.db".into()));
         assert_eq!(c.offline_after, Some(Duration::from_secs(120)));
         assert_eq!(l.warnings.len(), 1);
         assert!(
@@ -779,10 +871,28 @@ mod tests {
         let one =
             ServerConfig::load(None, vars(&[("HOSTWATCH_API_LISTEN", "127.0.0.1:8080")])).unwrap().config;
         assert!(one.api_listen.is_none(), "the same fixed address is one listener");
-        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "postgres://db/x")]))
+        let pg = ServerConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_DATABASE", "postgres://hw:s3cret@/hw?host=/run/postgresql"),
+                ("HOSTWATCH_QUERY_DATABASE", "postgres://hw_query:an0ther@/hw?host=/run/postgresql"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        let Database::Postgres { url, query_url } = &pg.database else { panic!("{:?}", pg.database) };
+        assert_eq!(url.expose(), "postgres://hw:s3cret@/hw?host=/run/postgresql");
+        assert!(query_url.is_some());
+        let shown = format!("{:?} {url} {pg:?}", pg.database);
+        assert!(!shown.contains("s3cret") && !shown.contains("an0ther"), "passwords never shown: {shown}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_DATABASE", "postgres://hw:s3cret@[::1/x")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("PostgreSQL"), "{e}");
+        assert!(e.contains("HOSTWATCH_DATABASE") && !e.contains("s3cret"), "{e}");
+        let e = ServerConfig::load(None, vars(&[("HOSTWATCH_QUERY_DATABASE", "postgres://q@/x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is for a PostgreSQL store"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("server.toml");
         std::fs::write(&f, "listen = \"127.0.0.1:1\"\n[tls]\ncert = \"x\"\n").unwrap();

@@ -47,20 +47,26 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             () = tokio::time::sleep(every) => {}
         }
         let now = OffsetDateTime::now_utc();
-        if let Err(e) = round(&state, last, now).await {
-            error!(error = %e, "housekeeping round failed; trying again next round");
-            continue;
+        match round(&state, last, now).await {
+            Ok(true) => last = now,
+            // Another collector on the store is doing them: this one's next round covers the
+            // time since its own last one (the chores are idempotent).
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "housekeeping round failed; trying again next round"),
         }
-        last = now;
     }
 }
 
-/// One round of chores at `now`; `last` is when the previous one ran.
+/// One round of chores at `now`; `last` is when the previous one ran. `false`: not done, another
+/// collector on the store holds the chores' turn.
 pub async fn round(
     state: &AppState,
     last: OffsetDateTime,
     now: OffsetDateTime,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<bool, crate::store::StoreError> {
+    let Some(_turn) = state.store.chores_turn().await? else {
+        return Ok(false);
+    };
     let hosts = state.store.list_hosts().await?;
     // Only hosts the listing shows silent get a closer look in their turn: one that reported
     // lately cannot have gone silent since (each look waits for the host's turn and reads it
@@ -97,7 +103,7 @@ pub async fn round(
         warn!("an allowance's `until` has passed; explaining every host again");
         ingest::reevaluate_all(state).await;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// History older than `retention`, deleted in short batches with a pause between them, so that
@@ -127,7 +133,7 @@ pub async fn prune_history(state: &AppState, now: OffsetDateTime) -> Result<u64,
 /// Retirement or offline for one host, in its turn and from its row as it is then: a report
 /// that came in since the listing is not undone.
 async fn host_chores(state: &AppState, id: i64, now: OffsetDateTime) -> Result<(), crate::store::StoreError> {
-    let _turn = state.lock_host(id).await;
+    let _turn = state.lock_host(id).await?;
     let Some(h) = state.store.host(id).await? else { return Ok(()) };
     if h.retired_at.is_some() {
         return Ok(());
@@ -236,11 +242,11 @@ mod tests {
         let state = AppState::new(store.clone(), settings, None);
         // Five minutes without a report since it enrolled, but its first is in flight.
         let in_flight = state.admission.report(id).unwrap();
-        round(&state, now, now).await.unwrap();
+        assert!(round(&state, now, now).await.unwrap());
         assert_eq!(offline_findings(&store, id).await, 0);
         // That report gone without arriving: now it is offline.
         drop(in_flight);
-        round(&state, now, now).await.unwrap();
+        assert!(round(&state, now, now).await.unwrap());
         assert_eq!(offline_findings(&store, id).await, 1);
         assert_eq!(offline_findings(&store, fresh).await, 0);
     }

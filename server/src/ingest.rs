@@ -18,7 +18,7 @@ use hostwatch_proto::v1::FindingKind;
 /// judges every start the report recorded, whether or not its item still exists. Returns whether
 /// the agent must send a snapshot next (its report did not follow the last one applied).
 pub async fn ingest(state: &AppState, host_id: i64, record: ReportRecord) -> Result<bool, StoreError> {
-    let _turn = state.lock_host(host_id).await;
+    let _turn = state.lock_host(host_id).await?;
     let now = OffsetDateTime::now_utc();
     let lost = record.lost;
     let changes_state = matches!(record.content, Content::Snapshot(_) | Content::Delta(_));
@@ -186,7 +186,7 @@ pub async fn reevaluate_all(state: &AppState) {
 /// Re-explains one host from its stored state, in its turn: a report being recorded meanwhile is
 /// either wholly before (and seen here) or wholly after (and explained again itself).
 pub async fn reevaluate(state: &AppState, host_id: i64) -> Result<(), StoreError> {
-    let _turn = state.lock_host(host_id).await;
+    let _turn = state.lock_host(host_id).await?;
     let Some(host) = state.store.host(host_id).await? else {
         return Ok(());
     };

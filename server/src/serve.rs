@@ -22,13 +22,14 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::baseline::{self, BaselineSet};
-use crate::config::ServerConfig;
+use crate::config::{Database, DatabaseUrl, ServerConfig};
 use crate::dev::DevLearner;
 use crate::housekeeping;
 use crate::ingest;
 use crate::listen::{self, ConnLimits, Serving};
 use crate::secrets;
 use crate::state::{AppState, Settings};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{NewCredential, Store};
 use crate::tls::{Tls, TlsFiles};
@@ -51,10 +52,17 @@ pub async fn open(
     learner: Option<DevLearner>,
 ) -> anyhow::Result<(AppState, Bootstrap)> {
     make_private_dir(&config.data_dir)?;
-    let store = SqliteStore::open(&config.database)
-        .with_context(|| format!("cannot open the store {}", config.database.display()))?;
-    info!(database = %config.database.display(), "store open");
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match &config.database {
+        Database::Sqlite(path) => Arc::new(
+            SqliteStore::open(path).with_context(|| format!("cannot open the store {}", path.display()))?,
+        ),
+        Database::Postgres { url, query_url } => Arc::new(
+            PgStore::connect(url.expose(), query_url.as_ref().map(DatabaseUrl::expose))
+                .await
+                .with_context(|| format!("cannot open the store {url}"))?,
+        ),
+    };
+    info!(database = %config.database, "store open");
     let boot = bootstrap(store.as_ref(), &config.data_dir).await?;
     let settings = Settings {
         max_report_bytes: config.max_report_bytes,

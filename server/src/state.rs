@@ -59,8 +59,14 @@ pub struct Inner {
     first_count: Mutex<()>,
     /// One lock per host: recording a report and explaining it, or re-explaining after a baseline
     /// change, run one at a time per host, so an older view never overwrites a newer verdict.
-    /// (Several collectors on one store will need the store's own row lock for this.)
+    /// Several collectors on one store also take the store's turn ([`AppState::lock_host`]).
     host_locks: std::sync::Mutex<HashMap<i64, Arc<Mutex<()>>>>,
+}
+
+/// A host's turn ([`AppState::lock_host`]): the store's given up before this collector's.
+pub struct HostTurn {
+    _store: Option<crate::store::Turn>,
+    _local: OwnedMutexGuard<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,13 +202,16 @@ impl AppState {
         Ok(self.peers.judge(workload, host_id, items, judge))
     }
 
-    /// Waits for this host's turn (see `host_locks`).
-    pub async fn lock_host(&self, host_id: i64) -> OwnedMutexGuard<()> {
+    /// Waits for this host's turn: this collector's first (see `host_locks`), then the store's,
+    /// among every collector on it ([`crate::store::Store::host_turn`]). Held until dropped.
+    pub async fn lock_host(&self, host_id: i64) -> Result<HostTurn, crate::store::StoreError> {
         let lock = {
             let mut locks = self.host_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             locks.entry(host_id).or_default().clone()
         };
-        lock.lock_owned().await
+        let local = lock.lock_owned().await;
+        let store = self.store.host_turn(host_id).await?;
+        Ok(HostTurn { _store: store, _local: local })
     }
 }
 

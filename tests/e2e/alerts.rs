@@ -15,15 +15,15 @@ use crate::support::{Collector, Guard, start_agent, unique, wait_for};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A webhook receiver: keeps each JSON body POSTed to it; answers 503 while `down`.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
+pub(crate) struct Receiver {
+    pub(crate) port: u16,
+    pub(crate) got: Arc<Mutex<Vec<serde_json::Value>>>,
     down: Arc<AtomicBool>,
     refused: Arc<Mutex<u32>>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (got, down, refused) =
@@ -75,7 +75,7 @@ impl Receiver {
     }
 
     /// The events received about `subject`: (event, finding id).
-    fn about(&self, subject: &str) -> Vec<(String, i64)> {
+    pub(crate) fn about(&self, subject: &str) -> Vec<(String, i64)> {
         self.got
             .lock()
             .unwrap()
@@ -89,13 +89,13 @@ impl Receiver {
 }
 
 /// A copy of `/bin/sleep` run from `path` (a built-in rule's finding whatever the baseline).
-fn run_from(path: &std::path::Path) -> Guard {
+pub(crate) fn run_from(path: &std::path::Path) -> Guard {
     Guard(std::process::Command::new(path).arg("600").spawn().unwrap())
 }
 
 /// A copy of `/bin/sleep` named after `name` in a directory of `/dev/shm` (kept while the
 /// directory is): what `exe-in-temp` finds.
-fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+pub(crate) fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let shm = tempfile::Builder::new().prefix("hw-e2e-").tempdir_in("/dev/shm").unwrap();
     let exe = shm.path().join(unique(name));
     crate::support::copy_program("/bin/sleep", &exe);
@@ -104,7 +104,7 @@ fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// A baseline for `role` that explains everything the machine runs (other tests run beside
 /// this one), so that the findings are the built-in rules'; `extra` is TOML after it.
-fn explaining_everything(role: &str, extra: &str) -> String {
+pub(crate) fn explaining_everything(role: &str, extra: &str) -> String {
     format!(
         "name = \"{role}\"\nselector = {{ role = \"{role}\" }}\n[[process]]\nname = \"*\"\n\
          [[listen]]\nprotocol = \"tcp\"\nport = \"1-65535\"\n[[listen]]\nprotocol = \"udp\"\nport = \"1-65535\"\n\

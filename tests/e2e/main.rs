@@ -8,6 +8,7 @@ mod alerts;
 mod bad_input;
 mod cloud;
 mod collection;
+mod collectors;
 mod connections;
 mod credentials;
 mod dev_mode;

@@ -394,6 +394,9 @@ pub struct Verdict {
     pub explained: Vec<ExecExplained>,
 }
 
+/// A turn held in a store ([`Store::host_turn`], [`Store::chores_turn`]), given up on drop.
+pub type Turn = Box<dyn std::any::Any + Send + Sync>;
+
 /// Everything a collector needs from its store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -444,6 +447,14 @@ pub trait Store: Send + Sync + 'static {
     async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64>;
     /// The EC2 instance id a host proved at enrollment, if it did.
     async fn verified_instance(&self, host_id: i64) -> Result<Option<String>>;
+    /// Takes a host's turn among every collector on this store, held until the value returned
+    /// drops: a report and its verdict, and the chores of a host, run one at a time per host
+    /// whichever collector runs them. `None`: a store only one collector uses, where the
+    /// collector's own turn is enough. A collector that dies holding a turn gives it up.
+    async fn host_turn(&self, host_id: i64) -> Result<Option<Turn>>;
+    /// Takes the turn of the periodic chores among every collector on this store, held until
+    /// the value returned drops; `None` while another collector does them.
+    async fn chores_turn(&self) -> Result<Option<Turn>>;
     /// Records a report, in one transaction with everything `terms` asks of it: host facts (with
     /// the tags `terms` judges it by), agent status and last_seen always; its content once, by
     /// the session's sequence numbers: a replay (a number already applied) changes nothing; a

@@ -17,6 +17,7 @@ mod query;
 mod reports;
 mod state;
 mod triage;
+mod turns;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;
@@ -44,6 +45,9 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_
 /// Connections a collector holds at most.
 const POOL_SIZE: usize = 16;
 
+/// Turns a collector holds at once at most: reports processed at once and the chores.
+const TURN_POOL_SIZE: usize = 16;
+
 /// Connections a collector holds at most for analysts' queries.
 const QUERY_POOL_SIZE: usize = 4;
 
@@ -54,6 +58,8 @@ const MIGRATION_LOCK: i64 = 0x6877_6d69_6772_6174;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Connections that hold turns ([`turns`]).
+    turns: Pool,
     /// Connections of the analysts' role, for [`PgStore::query`]; none: read-only SQL refused.
     queries: Option<Pool>,
     /// The last day (Julian) this collector made the history's coming partitions.
@@ -67,11 +73,15 @@ impl PgStore {
     /// role (see [`PgStore::query`]). Only Unix sockets for now: TLS to a database over the
     /// network is a later slice, and a password must not cross a network in clear.
     pub async fn connect(url: &str, query_url: Option<&str>) -> Result<PgStore> {
-        let main = pool(url, POOL_SIZE)?;
-        let queries = query_url.map(|u| pool(u, QUERY_POOL_SIZE)).transpose()?;
+        let main = pool(url, POOL_SIZE, RecyclingMethod::Fast)?;
+        let queries = query_url.map(|u| pool(u, QUERY_POOL_SIZE, RecyclingMethod::Fast)).transpose()?;
+        // A turn's connection is reset before it serves another (DISCARD ALL releases any lock
+        // a failed release left).
+        let turns = pool(url, TURN_POOL_SIZE, RecyclingMethod::Clean)?;
         let store = PgStore {
             pool: main,
             queries,
+            turns,
             partitioned_through: std::sync::Arc::default(),
             timings: StoreTimings::default(),
         };
@@ -151,6 +161,14 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl crate::store::Store for PgStore {
+    async fn host_turn(&self, host_id: i64) -> Result<Option<crate::store::Turn>> {
+        PgStore::host_turn(self, host_id).await
+    }
+
+    async fn chores_turn(&self) -> Result<Option<crate::store::Turn>> {
+        PgStore::chores_turn(self).await
+    }
+
     async fn count_api_tokens(&self) -> Result<u64> {
         PgStore::count_api_tokens(self).await
     }
@@ -407,15 +425,14 @@ impl crate::store::Store for PgStore {
 }
 
 /// A pool of at most `size` connections to the database at `url`: Unix sockets only.
-fn pool(url: &str, size: usize) -> Result<Pool> {
+fn pool(url: &str, size: usize, recycling_method: RecyclingMethod) -> Result<Pool> {
     let config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
     if config.get_hosts().iter().any(|h| !matches!(h, tokio_postgres::config::Host::Unix(_))) {
         return Err(StoreError::Database(
             "database URL: only a Unix socket is supported yet (?host=/path/to/socket/dir)".to_owned(),
         ));
     }
-    let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
     Pool::builder(manager)
         .max_size(size)
         .build()

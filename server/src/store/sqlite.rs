@@ -757,6 +757,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn host_turn(&self, _host_id: i64) -> Result<Option<super::Turn>> {
+        // One collector per SQLite file: its own turn is the only one.
+        Ok(None)
+    }
+
+    async fn chores_turn(&self) -> Result<Option<super::Turn>> {
+        Ok(Some(Box::new(())))
+    }
+
     async fn record_report(
         &self,
         host_id: i64,
