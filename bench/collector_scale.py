@@ -27,11 +27,19 @@ With --against DIR (another build's target/release, an older commit's), each rou
 build's collector beside this one's, in alternating order, both driven by this build's generator:
 the side-by-side comparison of two versions of the collector, reported per build.
 
+With --postgres, each run's store is a fresh private PostgreSQL 15 (harness.Postgres: on a Unix
+socket, shared_buffers 1 GB, durability as shipped) instead of SQLite, and its CPU over the
+window is reported beside the collectors'. --collectors N runs N collectors on it, the agents
+spread over them in turn (each simulated agent keeps its collector, as behind a load balancer
+with affinity); --pin puts collector i on core i alone (taskset), the database and the generator
+sharing the machine: the ratio of two pinned collectors to one is a lower bound of scale-out
+(here they share two cores with PostgreSQL and the generator).
+
 Usage: cargo build --release && python3 bench/collector_scale.py [--agents 1000,2000,5000]
        [--rounds 5] [--duration 150] [--warmup 90] [--boot-over 60] [--processes 300]
-       [--trace-dir DIR] [--against DIR]
+       [--trace-dir DIR] [--against DIR] [--postgres [--collectors N] [--pin]]
 """
-import argparse, json, math, os, statistics, subprocess, sys
+import argparse, json, math, os, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
@@ -40,27 +48,54 @@ import harness
 def one_run(n, a, rnd, target=None, label=""):
     extra = (f"[limits]\nmax_connections = {max(4096, 2 * n)}\n"
              f"enrollments_per_address_per_minute = 100000\n")
-    c = harness.Collector(extra, target=target)
+    db = None
+    if a.postgres:
+        db = harness.Postgres()
+        extra = f"database = {json.dumps(db.url)}\n" + extra
+    cs = []
+    for i in range(a.collectors):
+        wrap = ["taskset", "-c", str(i % os.cpu_count())] if a.pin else []
+        data = os.path.join(cs[0].dir, "server") if cs else None
+        cs.append(harness.Collector(extra, target=target, data=data, wrap=wrap))
+    c = cs[0]
+    # The database's CPU over the steady window, sampled from here at its edges.
+    db_cpu = {}
+    if db:
+        def sample():
+            time.sleep(a.warmup)
+            db_cpu["begin"] = (time.time(), db.cpu())
+        threading.Thread(target=sample, daemon=True).start()
     sources = max(1, math.ceil(n / 400))
-    out = subprocess.run([harness.binary("hostwatch-load"), "--server", c.url, "--secret-file", c.secret_file,
+    out = subprocess.run([harness.binary("hostwatch-load"), "--server", ",".join(x.url for x in cs),
+                          "--secret-file", c.secret_file,
                           "--agents", str(n), "--duration", str(a.duration), "--warmup", str(a.warmup),
                           "--boot-over", str(a.boot_over),
                           "--sources", str(sources), "--processes", str(a.processes),
-                          "--collector-pid", str(c.proc.pid), "--json"]
+                          "--collector-pid", ",".join(str(x.proc.pid) for x in cs), "--json"]
                          + (["--trace", os.path.join(a.trace_dir, f"{n}-agents-round-{rnd + 1}{label.strip()}.txt")]
                             if a.trace_dir else []),
                          capture_output=True, text=True, timeout=a.duration + 120)
-    c.proc.terminate()
-    c.proc.wait(timeout=30)
+    if db and "begin" in db_cpu:
+        t0, c0 = db_cpu["begin"]
+        db_cpu["percent"] = round((db.cpu() - c0) / (time.time() - t0) * 100, 1)
+    for x in cs:
+        x.proc.terminate()
+        x.proc.wait(timeout=30)
     if not out.stdout.strip():
         sys.exit(f"hostwatch-load printed nothing: {out.stderr[-2000:]}")
     r = json.loads(out.stdout)
+    r["database_cpu_percent"] = db_cpu.get("percent")
+    r["database_mib"] = round(db.size_mib()) if db else None
+    if db:
+        db.stop()
     print(f"{n} agents{label}: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
           f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, not accepted {r['not_accepted']} "
           f"{r['outcomes']}, warm-up {r['warmup_outcomes']}{'' if not r['transport_errors'] else ' ' + str(r['transport_errors'])}, enroll failures {r['enroll_failures']}; "
           f"collector CPU {r['collector_cpu_percent']} %, RSS max {r['collector_rss_max_mib']} MiB "
           f"(warm-up {r['collector_rss_warmup_max_mib']} MiB); "
-          f"generator CPU {r['generator_cpu_percent']} %", flush=True)
+          f"generator CPU {r['generator_cpu_percent']} %"
+          + (f"; PostgreSQL CPU {r['database_cpu_percent']} %, database {r['database_mib']} MiB" if a.postgres else ""),
+          flush=True)
     return r
 
 
@@ -74,7 +109,12 @@ def main():
     ap.add_argument("--processes", type=int, default=300)
     ap.add_argument("--trace-dir")
     ap.add_argument("--against", help="another build's target directory, run side by side")
+    ap.add_argument("--postgres", action="store_true", help="a private PostgreSQL as the store")
+    ap.add_argument("--collectors", type=int, default=1, help="collectors on the one PostgreSQL")
+    ap.add_argument("--pin", action="store_true", help="each collector on one core of its own")
     a = ap.parse_args()
+    if a.collectors > 1 and not a.postgres:
+        sys.exit("--collectors needs --postgres: collectors share a PostgreSQL store, not a SQLite file")
     sizes = [int(x) for x in a.agents.split(",")]
     if a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
@@ -94,7 +134,8 @@ def main():
               f"p50 {fig('p50_ms')} ms, p99 {fig('p99_ms')} ms, max {fig('max_ms')} ms, not accepted {fig('not_accepted')}, "
               f"collector CPU {fig('collector_cpu_percent')} %, RSS {fig('collector_rss_max_mib')} MiB "
               f"(warm-up {fig('collector_rss_warmup_max_mib')} MiB), "
-              f"generator CPU {fig('generator_cpu_percent')} %")
+              f"generator CPU {fig('generator_cpu_percent')} %"
+              + (f", PostgreSQL CPU {fig('database_cpu_percent')} %, database {fig('database_mib')} MiB" if a.postgres else ""))
 
 
 if __name__ == "__main__":

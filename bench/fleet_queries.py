@@ -16,8 +16,12 @@ the rows answered, and whether the CLI said more rows remain (history listings s
 1,000 by default, and say how to go on). The floor (the CLI answering the smallest listing there
 is) is measured the same way: what any question costs before the store does anything.
 
+With --postgres, the store is a private PostgreSQL 15 cluster kept in --dir (harness.Postgres),
+filled the same way, and the SQL questions are asked in PostgreSQL's dialect (addresses by
+`<<=`, times by `now() - interval`) as the analysts' role of its own (`query_database`).
+
 Usage: cargo build --release --bin hostwatch --bin hostwatch-fill && \
-       python3 bench/fleet_queries.py [--dir /var/tmp/hw-fleet] [--hosts 10000] [--rounds 7]
+       python3 bench/fleet_queries.py [--dir /var/tmp/hw-fleet] [--hosts 10000] [--rounds 7] [--postgres]
 """
 import argparse, json, os, statistics, subprocess, sys, time
 
@@ -27,8 +31,10 @@ import harness
 MINER = "5e2d1ab7c0ffee00deadbeef5e2d1ab7c0ffee00deadbeef5e2d1ab7c0ffee00"
 
 
-def questions():
-    hour_ago = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')"
+def questions(postgres=False):
+    hour_ago = "now() - interval '1 hour'" if postgres else "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')"
+    in_ten = ("remote_address <<= '10.0.0.0/8'" if postgres else
+              "likelihood(remote_key BETWEEN cidr_first('10.0.0.0/8') AND cidr_last('10.0.0.0/8'), 0.9)")
     return [
         ("floor: a hash no host runs (filter)", ["ps", "--sha256", "0" * 64]),
         ("every host (hosts)", ["hosts"]),
@@ -43,8 +49,7 @@ def questions():
         ("hosts with connections to 10.0.0.0/8 in the last hour (SQL)",
          ["query", "SELECT hostname, count(*) AS connections FROM socket_events "
                    "WHERE socket = 'connection' AND kind = 'open' "
-                   "AND likelihood(remote_key BETWEEN cidr_first('10.0.0.0/8') AND cidr_last('10.0.0.0/8'), 0.9) "
-                   f"AND at >= {hour_ago} GROUP BY hostname"]),
+                   f"AND {in_ten} AND at >= {hour_ago} GROUP BY hostname"]),
         ("open findings by workload (SQL)",
          ["query", "SELECT workload, severity, count(*) AS findings FROM findings WHERE status = 'open' "
                    "GROUP BY workload, severity"]),
@@ -74,10 +79,18 @@ def main():
     ap.add_argument("--listeners", type=int, default=50)
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--postgres", action="store_true", help="the store on a private PostgreSQL kept in --dir")
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     db = os.path.join(a.dir, "hostwatch.db")
-    if not os.path.exists(db):
+    pg = None
+    if a.postgres:
+        pg = harness.Postgres(keep=os.path.join(a.dir, "pg"))
+        db = pg.url
+        filled = pg.psql("hw", "SELECT to_regclass('public.hosts') IS NOT NULL AND EXISTS (SELECT 1 FROM hosts)") == "t"
+    else:
+        filled = os.path.exists(db)
+    if not filled:
         began = time.time()
         out = subprocess.run([harness.binary("hostwatch-fill"), "--db", db, "--hosts", str(a.hosts),
                               "--processes", str(a.processes), "--listeners", str(a.listeners),
@@ -85,14 +98,22 @@ def main():
         if out.returncode != 0:
             sys.exit(f"hostwatch-fill failed: {out.stderr[-2000:]}")
         print(f"filled in {time.time() - began:.0f} s: {out.stdout.strip()}", flush=True)
-    size = sum(os.path.getsize(os.path.join(a.dir, f)) for f in os.listdir(a.dir) if f.startswith("hostwatch.db"))
+    if pg:
+        size = pg.size_mib() * 2**20
+        pg.psql("hw", "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hw_query') THEN "
+                      "CREATE ROLE hw_query LOGIN; END IF; END $$; GRANT USAGE ON SCHEMA hostwatch_views TO hw_query; "
+                      "GRANT SELECT ON ALL TABLES IN SCHEMA hostwatch_views TO hw_query; ANALYZE")
+        query_db = f'query_database = "{pg.url.replace("hostwatch@", "hw_query@")}"\n'
+    else:
+        size = sum(os.path.getsize(os.path.join(a.dir, f)) for f in os.listdir(a.dir) if f.startswith("hostwatch.db"))
+        query_db = ""
     print(f"store: {db}, {size / 2**30:.2f} GiB", flush=True)
-    data = os.path.join(a.dir, "server")
+    data = os.path.join(a.dir, "server-pg" if pg else "server")
     os.makedirs(data, mode=0o700, exist_ok=True)
     token_file = os.path.join(data, "admin-token")
-    c = harness.Collector(f'database = "{db}"\noffline_after = "30d"\nretire_after = "60d"\n', data=data)
+    c = harness.Collector(f'database = "{db}"\n{query_db}offline_after = "30d"\nretire_after = "60d"\n', data=data)
     c.token = open(token_file).read().strip()
-    qs = questions()
+    qs = questions(postgres=bool(pg))
     for _, argv in qs:
         ask(c, argv)
     runs = {label: [] for label, _ in qs}

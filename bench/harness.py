@@ -55,17 +55,19 @@ def start(argv, **kw):
 
 
 class Collector:
-    def __init__(self, extra="", data=None, target=None):
+    def __init__(self, extra="", data=None, target=None, wrap=()):
         """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept
-        across runs; default a new temporary one); `target`: the build directory its binary comes
-        from (default TARGET)."""
+        across runs, or shared by collectors on one PostgreSQL: the first writes the credentials
+        there; default a new temporary one); `target`: the build directory its binary comes from
+        (default TARGET); `wrap`: a command it runs under (`taskset -c 0`, which execs it: the
+        pid is the collector's)."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
         _made.append(self.dir)
         data = data or os.path.join(self.dir, "server")
         config = os.path.join(self.dir, "server.toml")
         with open(config, "w") as f:
             f.write(f'listen = "127.0.0.1:0"\ndata_dir = "{data}"\n{extra}')
-        self.proc = start([binary("hostwatch", target), "serve", "--config", config],
+        self.proc = start([*wrap, binary("hostwatch", target), "serve", "--config", config],
                           env={"HOSTWATCH_LOG": "warn,hostwatch_server=info"},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         found = threading.Event()
@@ -78,7 +80,7 @@ class Collector:
                     self.url = m.group(1)
                     found.set()
         threading.Thread(target=read, daemon=True).start()
-        if not found.wait(30):
+        if not found.wait(60):
             sys.exit("the collector did not start")
         self.token = open(os.path.join(data, "admin-token")).read().strip()
         self.secret_file = os.path.join(data, "enroll-secret")
@@ -142,3 +144,74 @@ def usage(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICKS
     return cpu, int(fields[21]) * PAGE
+
+
+class Postgres:
+    """A private PostgreSQL 15 cluster (Debian's postgresql-15) in a temporary directory, on a
+    Unix socket only (no TCP port), as the tests start one, with the settings a fleet's database
+    would have rather than the packaged defaults: shared_buffers 1 GB, 200 connections; durability
+    as shipped (fsync and synchronous_commit on). Stopped and removed at exit."""
+    BIN = "/usr/lib/postgresql/15/bin"
+
+    def __init__(self, keep=None):
+        """`keep`: a directory the cluster stays in across runs (made at the first); default a
+        new temporary one, removed at exit."""
+        import pwd
+        if not os.path.exists(os.path.join(self.BIN, "initdb")):
+            sys.exit("PostgreSQL 15 missing: apt install postgresql-15")
+        pw = pwd.getpwnam("postgres")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            self.dir = keep
+        else:
+            self.dir = tempfile.mkdtemp(prefix="hw-bench-pg-")
+            _made.append(self.dir)
+        os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.data = os.path.join(self.dir, "data")
+        fresh = not os.path.exists(self.data)
+        if fresh:
+            self._as_postgres([os.path.join(self.BIN, "initdb"), "-D", self.data, "-U", "hostwatch",
+                               "--auth=trust", "--encoding=UTF8", "--no-sync"])
+        options = (f"-c listen_addresses='' -k {self.dir} -c shared_buffers=1GB -c max_connections=200")
+        self._as_postgres([os.path.join(self.BIN, "pg_ctl"), "-D", self.data, "-l",
+                           os.path.join(self.dir, "server.log"), "-o", options, "-w", "start"])
+        atexit.register(self.stop)
+        if fresh:
+            self.psql("postgres", "CREATE DATABASE hw")
+        self.url = f"postgres://hostwatch@/hw?host={self.dir}"
+
+    def psql(self, database, sql):
+        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-h", self.dir, "-U", "hostwatch", "-d", database,
+                              "-c", sql], check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def _as_postgres(self, argv):
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True)
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(self.BIN, "pg_ctl"), "-D", self.data,
+                            "-m", "fast", "-w", "stop"], capture_output=True)
+
+    def cpu(self):
+        """CPU seconds the server has used so far: the postmaster, its live children, and the
+        children it reaped (a connection that ended)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            master = int(f.readline())
+        total = 0.0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(pid) == master:
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
+            elif int(fields[1]) == master:
+                total += (int(fields[11]) + int(fields[12])) / TICKS
+        return total
+
+    def size_mib(self):
+        return int(self.psql("hw", "SELECT pg_database_size('hw')")) / (1 << 20)

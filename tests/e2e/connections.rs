@@ -111,11 +111,25 @@ async fn a_thousand_connections_of_20ms_and_200_udp_sockets_are_reported_with_th
         (n >= 1000).then_some(n)
     })
     .await;
-    let udp_seen = wait_for("all 200 UDP sockets with their owner", WAIT, async || {
+    // A miss says which openings lacked their owner (what to look at in the agent's naming).
+    let deadline = std::time::Instant::now() + WAIT;
+    let udp_seen = loop {
         let n = count(proto::Protocol::Udp, udp_port);
-        (n >= 200).then_some(n)
-    })
-    .await;
+        if n >= 200 {
+            break n;
+        }
+        if std::time::Instant::now() > deadline {
+            let unowned: Vec<proto::SocketEvent> = socket_history(&c, h)
+                .into_iter()
+                .filter(|e| e.protocol == proto::Protocol::Udp && e.remote_port == Some(udp_port))
+                .filter(|e| e.kind == "open" && !owned(e, proto::Protocol::Udp, udp_port))
+                .collect();
+            panic!(
+                "timed out after {WAIT:?} waiting for all 200 UDP sockets with their owner: {n}; openings without it: {unowned:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(tcp <= 1000 && udp_seen <= 200, "{tcp} TCP, {udp_seen} UDP: more than were made");
     let detail: proto::HostDetail = c.cli_json(&["host", &h.to_string()]);
     let stats = detail.agent_stats.unwrap();

@@ -13,7 +13,7 @@
 //! - SSH on 0.0.0.0:22 on every twentieth host (the others on their private address).
 //!
 //! ```text
-//! hostwatch-fill --db PATH [--hosts 10000] [--processes 300] [--listeners 50] [--connections 200] [--deltas 20]
+//! hostwatch-fill --db PATH-OR-postgres://URL [--hosts 10000] [--processes 300] [--listeners 50] [--connections 200] [--deltas 20]
 //! ```
 //! It refuses a database that already has hosts. Prints a JSON summary on stdout.
 
@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use hostwatch_proto::v1::{self as proto, FindingKind, Severity};
 use hostwatch_server::model::{HostFacts, Observation, ReportRecord};
+use hostwatch_server::store::postgres::PgStore;
 use hostwatch_server::store::sqlite::SqliteStore;
 use hostwatch_server::store::{Enrollment, NewCredential, ReportTerms, Store, Verdict};
 use time::OffsetDateTime;
@@ -101,7 +102,12 @@ fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let began = Instant::now();
-    let store = Arc::new(SqliteStore::open(&args.db).map_err(|e| format!("{}: {e}", args.db.display()))?);
+    let url = args.db.to_string_lossy().into_owned();
+    let store: Arc<dyn Store> = if url.starts_with("postgres://") {
+        Arc::new(PgStore::connect(&url, None).await.map_err(|e| format!("{url}: {e}"))?)
+    } else {
+        Arc::new(SqliteStore::open(&args.db).map_err(|e| format!("{}: {e}", args.db.display()))?)
+    };
     if !store.list_hosts().await.map_err(|e| e.to_string())?.is_empty() {
         return Err(format!("{} already has hosts; give a new file", args.db.display()));
     }
@@ -122,7 +128,7 @@ async fn run(args: Args) -> Result<(), String> {
         while running.len() < IN_FLIGHT && next < args.hosts {
             let (store, args) = (store.clone(), args.clone());
             let index = next;
-            running.spawn(async move { fill_host(&store, &args, index, secret, now).await });
+            running.spawn(async move { fill_host(store.as_ref(), &args, index, secret, now).await });
             next += 1;
         }
         match running.join_next().await {
@@ -164,7 +170,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 /// One host: enrolled, its snapshot, a day of deltas, and its findings.
 async fn fill_host(
-    store: &SqliteStore,
+    store: &dyn Store,
     args: &Args,
     index: usize,
     secret: i64,

@@ -38,7 +38,7 @@
 //! ```text
 //! hostwatch-load --server http://127.0.0.1:8443 --secret-file DIR/enroll-secret --agents 1000 \
 //!     [--interval 10] [--boot-over SECS] [--duration 120] [--warmup SECS] [--sources 8] [--processes 300] \
-//!     [--delta-every 2] [--gzip] [--collector-pid PID] [--json] [--per-agent] [--trace FILE]
+//!     [--delta-every 2] [--gzip] [--collector-pid PID[,PID...]] [--json] [--per-agent] [--trace FILE]
 //! ```
 //!
 //! `--per-agent` adds each simulated host's last report the collector took (its hostname, the
@@ -64,7 +64,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// What the generator was told to do.
 #[derive(Debug, Clone)]
 struct Args {
-    server: String,
+    /// Collectors, agents spread over them in turn (several behind one store).
+    servers: Vec<String>,
     secret: String,
     agents: usize,
     interval: Duration,
@@ -76,20 +77,28 @@ struct Args {
     processes: usize,
     delta_every: u64,
     gzip: bool,
-    collector_pid: Option<u32>,
+    /// Collectors' pids: their CPU summed, their RSS summed.
+    collector_pids: Vec<u32>,
     json: bool,
     per_agent: bool,
     trace: Option<String>,
 }
 
-const USAGE: &str = "usage: hostwatch-load --server URL --secret-file FILE --agents N [--interval SECS] \
+impl Args {
+    /// The collector agent `index` reports to.
+    fn server_of(&self, index: usize) -> &str {
+        &self.servers[index % self.servers.len()]
+    }
+}
+
+const USAGE: &str = "usage: hostwatch-load --server URL[,URL...] --secret-file FILE --agents N [--interval SECS] \
 [--boot-over SECS] [--duration SECS] [--warmup SECS] [--sources N] [--processes N] [--delta-every N] [--gzip] \
-[--collector-pid PID] [--json] [--per-agent] [--trace FILE]";
+[--collector-pid PID[,PID...]] [--json] [--per-agent] [--trace FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut a = Args {
-        server: String::new(),
+        servers: Vec::new(),
         secret: String::new(),
         agents: 0,
         interval: Duration::from_secs(10),
@@ -100,7 +109,7 @@ fn parse_args() -> Result<Args, String> {
         processes: 300,
         delta_every: 2,
         gzip: false,
-        collector_pid: None,
+        collector_pids: Vec::new(),
         json: false,
         per_agent: false,
         trace: None,
@@ -110,7 +119,9 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         let number = |v: String, flag: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v:?}: {e}"));
         match flag.as_str() {
-            "--server" => a.server = value()?.trim_end_matches('/').to_owned(),
+            "--server" => {
+                a.servers = value()?.split(',').map(|s| s.trim().trim_end_matches('/').to_owned()).collect()
+            }
             "--secret-file" => {
                 let path = value()?;
                 a.secret = std::fs::read_to_string(&path)
@@ -126,7 +137,11 @@ fn parse_args() -> Result<Args, String> {
             "--sources" => a.sources = number(value()?, &flag)?.clamp(1, 250) as u8,
             "--processes" => a.processes = number(value()?, &flag)?.clamp(1, 5000) as usize,
             "--delta-every" => a.delta_every = number(value()?, &flag)?.max(1),
-            "--collector-pid" => a.collector_pid = Some(number(value()?, &flag)? as u32),
+            "--collector-pid" => {
+                for pid in value()?.split(',') {
+                    a.collector_pids.push(number(pid.trim().to_owned(), &flag)? as u32);
+                }
+            }
             "--gzip" => a.gzip = true,
             "--json" => a.json = true,
             "--per-agent" => a.per_agent = true,
@@ -135,10 +150,10 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if a.server.is_empty() || a.secret.is_empty() || a.agents == 0 {
+    if a.servers.is_empty() || a.secret.is_empty() || a.agents == 0 {
         return Err(format!("--server, --secret-file and --agents are needed\n{USAGE}"));
     }
-    if !a.server.starts_with("http://") {
+    if a.servers.iter().any(|s| !s.starts_with("http://")) {
         return Err("--server must be a plain http:// address (TLS is measured on its own)".to_owned());
     }
     a.boot_over = boot_over.unwrap_or(a.interval);
@@ -257,7 +272,7 @@ async fn enroll(
         agent: agent_status(&shared.args, started),
         instance_identity: None,
     };
-    let url = format!("{}/api/v1/enroll", shared.args.server);
+    let url = format!("{}/api/v1/enroll", shared.args.server_of(host.index));
     // A fleet booting together is refused for a while (enrollment rate limits): try again,
     // within the run.
     let mut wait = Duration::from_millis(500);
@@ -321,7 +336,7 @@ async fn run_agent(index: usize, shared: Arc<Shared>) -> Stats {
             return stats;
         }
     };
-    let url = format!("{}/api/v1/report", args.server);
+    let url = format!("{}/api/v1/report", args.server_of(index));
     let session = rng.next() >> 1;
     let mut seq = 0u64;
     let mut want_snapshot = true;
@@ -460,7 +475,12 @@ fn cause(e: &reqwest::Error) -> String {
 }
 
 /// CPU seconds (user + system) and resident bytes of `pid` ("self" for this process).
-fn usage(pid: &str) -> Option<(f64, u64)> {
+/// CPU seconds and RSS of several processes, summed; `None` if one is gone.
+fn usage(pids: &[String]) -> Option<(f64, u64)> {
+    pids.iter().map(|p| usage_of(p)).try_fold((0.0, 0), |(c, r), u| u.map(|(uc, ur)| (c + uc, r + ur)))
+}
+
+fn usage_of(pid: &str) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = 100.0; // USER_HZ on Linux
@@ -503,10 +523,11 @@ async fn run(args: Args) -> i32 {
     let steady_from = shared.start + args.warmup;
     // The collector's CPU and largest RSS over the steady window, and its largest RSS over the
     // warm-up, sampled each second.
-    let collector = args.collector_pid.map(|pid| {
+    let collector = (!args.collector_pids.is_empty()).then(|| {
         let shared = shared.clone();
+        let pids: Vec<String> = args.collector_pids.iter().map(u32::to_string).collect();
         tokio::spawn(async move {
-            let pid = pid.to_string();
+            let pid = pids;
             let mut warmup_rss_max = 0;
             while Instant::now() < steady_from {
                 tokio::time::sleep(Duration::from_secs(1).min(steady_from - Instant::now())).await;
@@ -529,11 +550,11 @@ async fn run(args: Args) -> i32 {
     let tasks: Vec<_> = (0..args.agents).map(|i| tokio::spawn(run_agent(i, shared.clone()))).collect();
     let self_begin = {
         tokio::time::sleep_until(steady_from.into()).await;
-        usage("self")
+        usage_of("self")
     };
     let self_end = {
         tokio::time::sleep_until(shared.deadline().into()).await;
-        usage("self")
+        usage_of("self")
     };
     let mut stats = Stats::default();
     let mut crashed = 0;
