@@ -63,7 +63,7 @@ def one_run(n, a, rnd, target=None, label=""):
     if db:
         def sample():
             time.sleep(a.warmup)
-            db_cpu["begin"] = (time.time(), db.cpu())
+            db_cpu["begin"] = (time.time(), db.cpu(), db.counters())
         threading.Thread(target=sample, daemon=True).start()
     sources = max(1, math.ceil(n / 400))
     out = subprocess.run([harness.binary("hostwatch-load"), "--server", ",".join(x.url for x in cs),
@@ -76,8 +76,12 @@ def one_run(n, a, rnd, target=None, label=""):
                             if a.trace_dir else []),
                          capture_output=True, text=True, timeout=a.duration + 120)
     if db and "begin" in db_cpu:
-        t0, c0 = db_cpu["begin"]
-        db_cpu["percent"] = round((db.cpu() - c0) / (time.time() - t0) * 100, 1)
+        t0, c0, (x0, w0) = db_cpu["begin"]
+        elapsed = time.time() - t0
+        db_cpu["percent"] = round((db.cpu() - c0) / elapsed * 100, 1)
+        x1, w1 = db.counters()
+        db_cpu["commits_per_sec"] = round((x1 - x0) / elapsed, 1)
+        db_cpu["rows_per_sec"] = round((w1 - w0) / elapsed, 1)
     for x in cs:
         x.proc.terminate()
         x.proc.wait(timeout=30)
@@ -85,7 +89,18 @@ def one_run(n, a, rnd, target=None, label=""):
         sys.exit(f"hostwatch-load printed nothing: {out.stderr[-2000:]}")
     r = json.loads(out.stdout)
     r["database_cpu_percent"] = db_cpu.get("percent")
+    # Per report accepted over the same window (the generator's window and this one's edges
+    # differ by the sampling, well under a second of 60).
+    for k in ("commits", "rows"):
+        v = db_cpu.get(f"{k}_per_sec")
+        r[f"database_{k}_per_report"] = round(v / r["accepted_per_sec"], 1) if v and r["accepted_per_sec"] else None
     r["database_mib"] = round(db.size_mib()) if db else None
+    if db and os.environ.get("HW_PG_STATEMENTS"):
+        # Where the database's time went (HW_PG_STATEMENTS=1: pg_stat_statements loaded).
+        db.psql("hw", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        print(db.psql("hw", "SELECT round(total_exec_time)::text || ' ms ' || calls || ' calls ' || "
+                            "left(regexp_replace(query, '\\s+', ' ', 'g'), 140) FROM pg_stat_statements "
+                            "ORDER BY total_exec_time DESC LIMIT 25"), flush=True)
     if db:
         db.stop()
     print(f"{n} agents{label}: offered {r['offered_per_sec']}/s, accepted {r['accepted_per_sec']}/s, "
@@ -94,7 +109,8 @@ def one_run(n, a, rnd, target=None, label=""):
           f"collector CPU {r['collector_cpu_percent']} %, RSS max {r['collector_rss_max_mib']} MiB "
           f"(warm-up {r['collector_rss_warmup_max_mib']} MiB); "
           f"generator CPU {r['generator_cpu_percent']} %"
-          + (f"; PostgreSQL CPU {r['database_cpu_percent']} %, database {r['database_mib']} MiB" if a.postgres else ""),
+          + (f"; PostgreSQL CPU {r['database_cpu_percent']} %, {r['database_commits_per_report']} commits and "
+             f"{r['database_rows_per_report']} rows written a report, database {r['database_mib']} MiB" if a.postgres else ""),
           flush=True)
     return r
 
@@ -118,7 +134,9 @@ def main():
     sizes = [int(x) for x in a.agents.split(",")]
     if a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
-    builds = [(None, "")] + ([(a.against, " (against)")] if a.against else [])
+    store = (" on PostgreSQL" + (f", {a.collectors} collectors" if a.collectors > 1 else "")
+             + (" pinned" if a.pin else "")) if a.postgres else ""
+    builds = [(None, store)] + ([(a.against, store + " (against)")] if a.against else [])
     runs = {(n, label): [] for n in sizes for _, label in builds}
     for rnd in range(a.rounds):
         order = builds if rnd % 2 == 0 else list(reversed(builds))
@@ -135,7 +153,8 @@ def main():
               f"collector CPU {fig('collector_cpu_percent')} %, RSS {fig('collector_rss_max_mib')} MiB "
               f"(warm-up {fig('collector_rss_warmup_max_mib')} MiB), "
               f"generator CPU {fig('generator_cpu_percent')} %"
-              + (f", PostgreSQL CPU {fig('database_cpu_percent')} %, database {fig('database_mib')} MiB" if a.postgres else ""))
+              + (f", PostgreSQL CPU {fig('database_cpu_percent')} %, commits a report {fig('database_commits_per_report')}, "
+                 f"rows written a report {fig('database_rows_per_report')}, database {fig('database_mib')} MiB" if a.postgres else ""))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ class Postgres:
         if fresh:
             self._as_postgres([os.path.join(self.BIN, "initdb"), "-D", self.data, "-U", "hostwatch",
                                "--auth=trust", "--encoding=UTF8", "--no-sync"])
-        options = (f"-c listen_addresses='' -k {self.dir} -c shared_buffers=1GB -c max_connections=200")
+        options = (f"-c listen_addresses='' -k {self.dir} -c shared_buffers=1GB -c max_connections=200"
+                   + (" -c shared_preload_libraries=pg_stat_statements" if os.environ.get("HW_PG_STATEMENTS") else ""))
         self._as_postgres([os.path.join(self.BIN, "pg_ctl"), "-D", self.data, "-l",
                            os.path.join(self.dir, "server.log"), "-o", options, "-w", "start"])
         atexit.register(self.stop)
@@ -212,6 +213,13 @@ class Postgres:
             elif int(fields[1]) == master:
                 total += (int(fields[11]) + int(fields[12])) / TICKS
         return total
+
+    def counters(self):
+        """The database's transactions committed and rows written so far (pg_stat_database)."""
+        out = self.psql("hw", "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database "
+                              "WHERE datname = 'hw'")
+        commits, rows = out.split("|")
+        return int(commits), int(rows)
 
     def size_mib(self):
         return int(self.psql("hw", "SELECT pg_database_size('hw')")) / (1 << 20)

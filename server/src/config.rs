@@ -28,6 +28,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_API_LISTEN", path: &["api_listen"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_DATABASE", path: &["database"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_QUERY_DATABASE", path: &["query_database"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_DATABASE_CA", path: &["database_ca"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_DATA_DIR", path: &["data_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_BASELINES_DIR", path: &["baselines_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_OFFLINE_AFTER", path: &["offline_after"], kind: EnvKind::Str },
@@ -121,6 +122,10 @@ struct RawServerConfig {
     /// may read only the views (docs/scaling.md); without it, read-only SQL is refused.
     #[serde(default)]
     query_database: Option<String>,
+    /// With PostgreSQL on the network: the CA certificates (PEM) its certificate is verified
+    /// against; default: the system's.
+    #[serde(default)]
+    database_ca: Option<PathBuf>,
     /// The collector's own state: database, bootstrap credentials.
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
@@ -311,7 +316,7 @@ pub enum Database {
     /// A SQLite file: one collector.
     Sqlite(PathBuf),
     /// A PostgreSQL database several collectors share, and the analysts' role (`query_database`).
-    Postgres { url: DatabaseUrl, query_url: Option<DatabaseUrl> },
+    Postgres { url: DatabaseUrl, query_url: Option<DatabaseUrl>, ca_file: Option<PathBuf> },
 }
 
 impl std::fmt::Display for Database {
@@ -458,6 +463,7 @@ impl ServerConfig {
                     }
                     None => None,
                 },
+                ca_file: raw.database_ca.clone(),
             },
             Some(s) => Database::Sqlite(PathBuf::from(s.strip_prefix("sqlite://").unwrap_or(s))),
         };
@@ -467,6 +473,13 @@ impl ServerConfig {
                     "HOSTWATCH_DATABASE",
                     "database",
                     format!("{} is in the agent's state directory {AGENT_STATE_DIR}", path.display()),
+                ));
+            }
+            if raw.database_ca.is_some() {
+                return Err(invalid(
+                    "HOSTWATCH_DATABASE_CA",
+                    "database_ca",
+                    "is for a PostgreSQL store on the network".to_owned(),
                 ));
             }
             if raw.query_database.is_some() {
@@ -880,7 +893,7 @@ mod tests {
         )
         .unwrap()
         .config;
-        let Database::Postgres { url, query_url } = &pg.database else { panic!("{:?}", pg.database) };
+        let Database::Postgres { url, query_url, .. } = &pg.database else { panic!("{:?}", pg.database) };
         assert_eq!(url.expose(), "postgres://hw:s3cret@/hw?host=/run/postgresql");
         assert!(query_url.is_some());
         let shown = format!("{:?} {url} {pg:?}", pg.database);

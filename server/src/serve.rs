@@ -22,14 +22,14 @@ use tracing::{info, warn};
 
 use crate::api;
 use crate::baseline::{self, BaselineSet};
-use crate::config::{Database, DatabaseUrl, ServerConfig};
+use crate::config::{Database, ServerConfig};
 use crate::dev::DevLearner;
 use crate::housekeeping;
 use crate::ingest;
 use crate::listen::{self, ConnLimits, Serving};
 use crate::secrets;
 use crate::state::{AppState, Settings};
-use crate::store::postgres::PgStore;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{NewCredential, Store};
 use crate::tls::{Tls, TlsFiles};
@@ -56,10 +56,16 @@ pub async fn open(
         Database::Sqlite(path) => Arc::new(
             SqliteStore::open(path).with_context(|| format!("cannot open the store {}", path.display()))?,
         ),
-        Database::Postgres { url, query_url } => Arc::new(
-            PgStore::connect(url.expose(), query_url.as_ref().map(DatabaseUrl::expose))
-                .await
-                .with_context(|| format!("cannot open the store {url}"))?,
+        Database::Postgres { url, query_url, ca_file } => Arc::new(
+            PgStore::connect(
+                url.expose(),
+                &PgOptions {
+                    query_url: query_url.as_ref().map(|u| u.expose().to_owned()),
+                    ca_file: ca_file.clone(),
+                },
+            )
+            .await
+            .with_context(|| format!("cannot open the store {url}"))?,
         ),
     };
     info!(database = %config.database, "store open");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use hostwatch_proto::v1::{self as proto, AuditEntry};
 use hostwatch_server::model::{Host, HostFacts, Silence, SilenceScope};
-use hostwatch_server::store::postgres::PgStore;
+use hostwatch_server::store::postgres::{PgOptions, PgStore};
 use hostwatch_server::store::sqlite::SqliteStore;
 use hostwatch_server::store::{Enrollment, NewCredential, SecretRecord, Store, StoreError, TokenRecord};
 use time::OffsetDateTime;
@@ -19,7 +19,7 @@ pub(crate) async fn both() -> (tempfile::TempDir, SqliteStore, PgServer, PgStore
     let sqlite = SqliteStore::open(&dir.path().join("hw.db")).unwrap();
     let pg = PgServer::start();
     pg.psql("postgres", "CREATE DATABASE hw");
-    let store = PgStore::connect(&pg.url("hw"), None).await.unwrap();
+    let store = PgStore::connect(&pg.url("hw"), &PgOptions::default()).await.unwrap();
     (dir, sqlite, pg, store)
 }
 
@@ -91,28 +91,33 @@ async fn tokens_and_their_audit_trail_are_the_same_on_both_stores() {
 
     // A second collector on the same database finds the schema in place (migrated once) and the
     // same rows.
-    let second = PgStore::connect(&pg.url("hw"), None).await.unwrap();
+    let second = PgStore::connect(&pg.url("hw"), &PgOptions::default()).await.unwrap();
     assert_eq!(second.api_tokens().await.unwrap(), store.api_tokens().await.unwrap());
     assert_eq!(pg.psql("hw", "SELECT count(*) FROM schema_migrations"), "1");
 }
 
 #[tokio::test]
 async fn a_database_url_that_is_not_a_socket_or_not_there_is_refused_with_its_reason() {
-    let tcp = PgStore::connect("postgres://hostwatch@db.example.internal/hw", None).await;
+    // On the network, TLS only: a URL that turns it off is refused before any connection.
+    let tcp =
+        PgStore::connect("postgres://hostwatch@127.0.0.1:1/hw?sslmode=disable", &PgOptions::default()).await;
     assert!(
-        matches!(&tcp, Err(StoreError::Database(m)) if m.contains("only a Unix socket")),
+        matches!(&tcp, Err(StoreError::Database(m)) if m.contains("over TLS only")),
         "{:?}",
         tcp.as_ref().err()
     );
-    let garbage = PgStore::connect("postgres://[::1", None).await;
+    let garbage = PgStore::connect("postgres://[::1", &PgOptions::default()).await;
     assert!(
         matches!(&garbage, Err(StoreError::Database(m)) if m.starts_with("database URL")),
         "{:?}",
         garbage.as_ref().err()
     );
     let dir = tempfile::tempdir().unwrap();
-    let nobody =
-        PgStore::connect(&format!("postgres://hostwatch@/hw?host={}", dir.path().display()), None).await;
+    let nobody = PgStore::connect(
+        &format!("postgres://hostwatch@/hw?host={}", dir.path().display()),
+        &PgOptions::default(),
+    )
+    .await;
     assert!(nobody.is_err(), "no server on that socket");
 }
 
@@ -363,7 +368,7 @@ async fn hosts_by_status_tags_and_workload_in_pages_on_postgres() {
     use hostwatch_server::store::HostFilter;
     let pg = PgServer::start();
     pg.psql("postgres", "CREATE DATABASE hw");
-    let s = PgStore::connect(&pg.url("hw"), None).await.unwrap();
+    let s = PgStore::connect(&pg.url("hw"), &PgOptions::default()).await.unwrap();
     let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
     let secret = s
         .create_enroll_secret(
@@ -455,4 +460,47 @@ async fn hosts_by_status_tags_and_workload_in_pages_on_postgres() {
     assert_eq!(seen, [1, 2, 3, 4, 6]);
     let bad = s.hosts_page(&HostFilter { after: Some("x".into()), limit: 2, ..HostFilter::default() }).await;
     assert!(matches!(bad, Err(StoreError::Query(m)) if m.contains("cursor \"x\"")));
+}
+
+/// A database on the network is reached over TLS only, its certificate verified against the CA
+/// given and for the name the URL gives; every connection of the store is encrypted.
+#[tokio::test]
+async fn a_database_on_the_network_is_reached_over_verified_tls_only() {
+    use crate::tls::Ca;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "db");
+    let (cert, key, _) =
+        ca.issue(dir.path(), "db", &["127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let pg = PgServer::start_tls(&cert, &key);
+    pg.psql("postgres", "CREATE DATABASE hw");
+    let url = format!("postgres://{}@127.0.0.1:{}/hw", crate::support::postgres::USER, pg.port());
+    let trusted = PgOptions { ca_file: Some(ca.pem.clone()), ..PgOptions::default() };
+    let store = PgStore::connect(&url, &trusted).await.unwrap();
+    assert_eq!(store.baselines_revision().await.unwrap(), 0);
+    let seen = pg.psql(
+        "hw",
+        "SELECT count(*) FILTER (WHERE NOT s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.client_addr IS NOT NULL",
+    );
+    let (clear, all) = seen.split_once('|').unwrap();
+    assert_eq!(clear, "0", "every network connection encrypted: {seen}");
+    assert!(all.parse::<u32>().unwrap() >= 1, "{seen}");
+
+    // Signed by another CA: refused, saying why.
+    let other = Ca::new(dir.path(), "other");
+    let stranger = PgOptions { ca_file: Some(other.pem.clone()), ..PgOptions::default() };
+    let e = PgStore::connect(&url, &stranger).await.err().expect("an unknown issuer is refused");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // A name the certificate does not hold (localhost is 127.0.0.1 here, but not its name).
+    let by_name = format!("postgres://{}@localhost:{}/hw", crate::support::postgres::USER, pg.port());
+    let e = PgStore::connect(&by_name, &trusted).await.err().expect("a name not certified is refused");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // A CA file that is not one: said with its path.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e = PgStore::connect(&url, &PgOptions { ca_file: Some(junk), ..PgOptions::default() })
+        .await
+        .err()
+        .expect("a CA file without a certificate is refused");
+    assert!(e.to_string().contains("junk.pem"), "{e}");
 }

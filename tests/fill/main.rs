@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use hostwatch_proto::v1::{self as proto, FindingKind, Severity};
 use hostwatch_server::model::{HostFacts, Observation, ReportRecord};
-use hostwatch_server::store::postgres::PgStore;
+use hostwatch_server::store::postgres::{PgOptions, PgStore};
 use hostwatch_server::store::sqlite::SqliteStore;
 use hostwatch_server::store::{Enrollment, NewCredential, ReportTerms, Store, Verdict};
 use time::OffsetDateTime;
@@ -104,7 +104,7 @@ async fn run(args: Args) -> Result<(), String> {
     let began = Instant::now();
     let url = args.db.to_string_lossy().into_owned();
     let store: Arc<dyn Store> = if url.starts_with("postgres://") {
-        Arc::new(PgStore::connect(&url, None).await.map_err(|e| format!("{url}: {e}"))?)
+        Arc::new(PgStore::connect(&url, &PgOptions::default()).await.map_err(|e| format!("{url}: {e}"))?)
     } else {
         Arc::new(SqliteStore::open(&args.db).map_err(|e| format!("{}: {e}", args.db.display()))?)
     };

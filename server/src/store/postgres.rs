@@ -68,16 +68,27 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user@host/db?host=/socket/dir`), brings its schema up to
-    /// date and makes the history's partitions of the coming days. `query_url`: the analysts'
-    /// role (see [`PgStore::query`]). Only Unix sockets for now: TLS to a database over the
-    /// network is a later slice, and a password must not cross a network in clear.
-    pub async fn connect(url: &str, query_url: Option<&str>) -> Result<PgStore> {
-        let main = pool(url, POOL_SIZE, RecyclingMethod::Fast)?;
-        let queries = query_url.map(|u| pool(u, QUERY_POOL_SIZE, RecyclingMethod::Fast)).transpose()?;
+    /// Connects to `url`, brings its schema up to date and makes the history's partitions of
+    /// the coming days. Over a Unix socket (`postgres://hostwatch@/hostwatch?host=/run/postgresql`)
+    /// as it is; over the network (`postgres://hostwatch:…@db.internal/hostwatch`) only over TLS,
+    /// the server's certificate and name verified against `options.ca_file` or the system's
+    /// roots: a password must not cross a network in clear, nor go to a server that is not the
+    /// database.
+    pub async fn connect(url: &str, options: &PgOptions) -> Result<PgStore> {
+        let tls = Tls::for_url(url, options.ca_file.as_deref())?;
+        let main = pool(url, POOL_SIZE, RecyclingMethod::Fast, &tls)?;
+        let queries = match &options.query_url {
+            Some(u) => Some(pool(
+                u,
+                QUERY_POOL_SIZE,
+                RecyclingMethod::Fast,
+                &Tls::for_url(u, options.ca_file.as_deref())?,
+            )?),
+            None => None,
+        };
         // A turn's connection is reset before it serves another (DISCARD ALL releases any lock
         // a failed release left).
-        let turns = pool(url, TURN_POOL_SIZE, RecyclingMethod::Clean)?;
+        let turns = pool(url, TURN_POOL_SIZE, RecyclingMethod::Clean, &tls)?;
         let store = PgStore {
             pool: main,
             queries,
@@ -424,15 +435,87 @@ impl crate::store::Store for PgStore {
     }
 }
 
-/// A pool of at most `size` connections to the database at `url`: Unix sockets only.
-fn pool(url: &str, size: usize, recycling_method: RecyclingMethod) -> Result<Pool> {
-    let config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
-    if config.get_hosts().iter().any(|h| !matches!(h, tokio_postgres::config::Host::Unix(_))) {
-        return Err(StoreError::Database(
-            "database URL: only a Unix socket is supported yet (?host=/path/to/socket/dir)".to_owned(),
-        ));
+/// How to reach a PostgreSQL store besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// The analysts' role ([`PgStore::query`]); none: read-only SQL refused.
+    pub query_url: Option<String>,
+    /// The CA certificates (PEM) a database reached over the network must be signed by; none:
+    /// the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// How connections to a URL's hosts are made: in clear on a Unix socket, over verified TLS on
+/// the network.
+enum Tls {
+    Socket,
+    Network(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Tls {
+    fn for_url(url: &str, ca_file: Option<&std::path::Path>) -> Result<Tls> {
+        use tokio_postgres::config::{Host, SslMode};
+        let bad = |why: String| StoreError::Database(format!("database URL: {why}"));
+        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
+        let hosts = config.get_hosts();
+        let network = hosts.iter().filter(|h| matches!(h, Host::Tcp(_))).count();
+        if network == 0 {
+            return Ok(Tls::Socket);
+        }
+        if network != hosts.len() {
+            return Err(bad("give Unix sockets or network hosts, not both".to_owned()));
+        }
+        if config.get_ssl_mode() == SslMode::Disable {
+            return Err(bad(
+                "sslmode=disable: a database on the network is reached over TLS only (or give its Unix socket)".to_owned(),
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                for cert in crate::tls::read_certs(path)
+                    .map_err(|e| StoreError::Database(format!("database CA: {e}")))?
+                {
+                    roots
+                        .add(cert)
+                        .map_err(|e| StoreError::Database(format!("database CA {}: {e}", path.display())))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    // One the system holds that rustls cannot use is left out, as browsers do.
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(StoreError::Database(
+                "no CA to verify the database's certificate: set database_ca, or install the system's CA certificates"
+                    .to_owned(),
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Database(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Network(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
     }
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
+}
+
+/// A pool of at most `size` connections to the database at `url`, made as `tls` says (on the
+/// network, TLS is required of the server: `sslmode` is made `require` whatever the URL said).
+fn pool(url: &str, size: usize, recycling_method: RecyclingMethod, tls: &Tls) -> Result<Pool> {
+    let mut config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
+    let manager_config = ManagerConfig { recycling_method };
+    let manager = match tls {
+        Tls::Socket => Manager::from_config(config, NoTls, manager_config),
+        Tls::Network(tls) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Manager::from_config(config, tls.clone(), manager_config)
+        }
+    };
     Pool::builder(manager)
         .max_size(size)
         .build()

@@ -22,12 +22,30 @@ pub const USER: &str = "hostwatch";
 /// A running private server; stopped, and its directory removed, on drop.
 pub struct PgServer {
     dir: tempfile::TempDir,
+    /// With TLS on loopback: its TCP port (the socket is numbered by it too).
+    port: Option<u16>,
     _turn: Turn,
 }
 
 impl PgServer {
     /// Starts a fresh cluster, or panics saying what is missing.
     pub fn start() -> PgServer {
+        Self::start_with(None)
+    }
+
+    /// The same, also listening on a free port of 127.0.0.1 with TLS only (`cert` and `key`,
+    /// PEM files): a database "on the network" that cannot leave this machine. Clients on the
+    /// port must use TLS (`hostnossl` is refused); the socket stays open to the tests' psql.
+    pub fn start_tls(cert: &Path, key: &Path) -> PgServer {
+        Self::start_with(Some((cert, key)))
+    }
+
+    /// The TCP port of a server started with TLS.
+    pub fn port(&self) -> u16 {
+        self.port.expect("a server started with TLS")
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> PgServer {
         let turn = Turn::shared();
         for tool in ["initdb", "pg_ctl", "postgres"] {
             let path = Path::new(BIN).join(tool);
@@ -43,7 +61,11 @@ impl PgServer {
         );
         let dir = tempfile::Builder::new().prefix("hw-pg-").tempdir().expect("temporary directory");
         run("chown", Command::new("chown").arg("postgres:postgres").arg(dir.path()));
-        let server = PgServer { dir, _turn: turn };
+        let port = tls.map(|_| {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("its address").port()
+        });
+        let server = PgServer { dir, port, _turn: turn };
         server.as_postgres(
             "initdb",
             &[
@@ -56,6 +78,20 @@ impl PgServer {
                 "--no-sync",
             ],
         );
+        if let Some((cert, key)) = tls {
+            let data = server.data();
+            std::fs::copy(cert, data.join("server.crt")).expect("copy the certificate");
+            std::fs::copy(key, data.join("server.key")).expect("copy the key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .expect("write pg_hba.conf");
+            for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                run("chown", Command::new("chown").arg("postgres:postgres").arg(data.join(f)));
+            }
+            run("chmod", Command::new("chmod").arg("0600").arg(data.join("server.key")));
+        }
         server.pg_ctl_start();
         server
     }
@@ -71,7 +107,8 @@ impl PgServer {
 
     /// A connection URL for `database` on this server, as `database = "postgres://…"` takes it.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{USER}@/{database}?host={}", self.socket_dir().display())
+        let port = self.port.map(|p| format!("&port={p}")).unwrap_or_default();
+        format!("postgres://{USER}@/{database}?host={}{port}", self.socket_dir().display())
     }
 
     /// Runs SQL through `psql` as the superuser and returns what it printed (unaligned, tuples
@@ -82,6 +119,7 @@ impl PgServer {
             Command::new("psql")
                 .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(self.socket_dir())
+                .args(["-p", &self.port.unwrap_or(5432).to_string()])
                 .args(["-U", USER, "-d", database, "-c", sql]),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -99,10 +137,12 @@ impl PgServer {
     }
 
     fn pg_ctl_start(&self) {
-        let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=off -c full_page_writes=off",
-            self.socket_dir().display()
-        );
+        let network = match self.port {
+            Some(port) => format!("-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on"),
+            None => "-c listen_addresses=''".to_owned(),
+        };
+        let options =
+            format!("{network} -k {} -c fsync=off -c full_page_writes=off", self.socket_dir().display());
         let data = self.data();
         let log = self.dir.path().join("server.log");
         self.as_postgres(

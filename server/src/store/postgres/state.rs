@@ -6,7 +6,7 @@
 //! first in three statements (a snapshot reads the whole state, which it diffs anyway): each
 //! statement is a round trip to the database.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use deadpool_postgres::GenericClient;
@@ -231,7 +231,7 @@ pub(super) async fn replace(
     let mut stored = load(tx, host_id).await?;
     let delta = state_changes::replacement(&stored.state(), new, now);
     let (writes, recorded) = state_changes::plan(&mut stored, &delta, now, history, judging)?;
-    execute(tx, host_id, writes, now).await?;
+    execute(tx, host_id, writes, now, &stored).await?;
     Ok(recorded)
 }
 
@@ -248,102 +248,520 @@ pub(super) async fn apply(
     record_files(tx, host_id, &d.files).await?;
     let mut stored = read(tx, host_id, Some(&Keys::of(d))).await?;
     let (writes, recorded) = state_changes::plan(&mut stored, d, now, history, judging)?;
-    execute(tx, host_id, writes, now).await?;
+    execute(tx, host_id, writes, now, &stored).await?;
     Ok(recorded)
 }
 
-/// Executes a plan's writes in order.
+/// Executes a plan's writes, a statement per table and kind rather than per row: a host's
+/// first snapshot is one insert of its 300 processes, not 300 (each statement is a round trip
+/// and an executor start; per row, PostgreSQL spent most of its time on them). Within a table
+/// the plan's order is kept where it matters: its puts come before its deletes, a key put twice
+/// keeps the last, and what a put keeps from the row it replaces (a hot process's mark, its
+/// `judged_through`) is worked out here from `stored` and the puts before it.
 async fn execute(
     tx: &impl GenericClient,
     host_id: i64,
     writes: Vec<Write<'_>>,
     now: OffsetDateTime,
+    stored: &Loaded,
 ) -> Result<()> {
-    for w in writes {
+    let mut processes = Batch::default();
+    let mut kept: HashMap<crate::model::ProcessKey, Option<(Option<OffsetDateTime>, i64)>> = HashMap::new();
+    let mut gone_processes = Vec::new();
+    let mut hashes = Vec::new();
+    let mut process_events = ProcessEvents::default();
+    let mut listeners: Vec<(&Listener, i64)> = Vec::new();
+    let mut gone_listeners = Vec::new();
+    let mut connections: Vec<(&Connection, i64)> = Vec::new();
+    let mut gone_connections = Vec::new();
+    let mut socket_events = SocketEvents::default();
+    for w in &writes {
         match w {
             Write::PutProcess { process, judged_through } => {
-                put_process(tx, host_id, process, judged_through, now).await?
+                let key = process.key();
+                let prior = match kept.get(&key) {
+                    Some(k) => *k,
+                    None => stored.processes.get(&key).map(|(p, j)| (p.cpu_high_since, *j)),
+                };
+                let hot = process.cpu_percent.is_some_and(|c| c >= crate::model::HIGH_CPU_PERCENT);
+                let since = hot.then(|| prior.and_then(|(since, _)| since).unwrap_or(ms(now)));
+                let judged = judged_through.unwrap_or_else(|| prior.map_or(0, |(_, j)| j));
+                kept.insert(key, Some((since, judged)));
+                processes.put(process, since, judged);
             }
             Write::DeleteProcess(k) => {
-                run(
-                    tx,
-                    "DELETE FROM processes WHERE host_id = $1 AND pid = $2 AND start_time = $3",
-                    &[&host_id, &i64::from(k.pid), &ms(k.start_time)],
-                )
-                .await?
+                kept.insert(*k, None);
+                gone_processes.push(*k);
             }
-            Write::ExecHash { key, sha256 } => {
-                run(
-                    tx,
-                    "UPDATE process_events SET sha256 = $1 WHERE host_id = $2 AND at >= $3 AND pid = $4 \
-                     AND start_time = $3 AND kind = 'exec' AND sha256 IS NULL",
-                    &[&sha256, &host_id, &ms(key.start_time), &i64::from(key.pid)],
-                )
-                .await?
-            }
-            Write::Exec { key, process, at } => process_event(tx, host_id, "exec", key, process, at).await?,
-            Write::Exit { key, process, at } => {
-                process_event(tx, host_id, "exit", key, process.as_deref(), at).await?
-            }
+            Write::ExecHash { key, sha256 } => hashes.push((*key, *sha256)),
+            Write::Exec { key, process, at } => process_events.push("exec", *key, *process, *at),
+            Write::Exit { key, process, at } => process_events.push("exit", *key, process.as_deref(), *at),
             Write::PutListener { listener, judged_through } => {
-                delete_listener(tx, host_id, &listener.key()).await?;
-                let l = listener;
-                run(
-                    tx,
-                    "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &host_id,
-                        &l.protocol.as_str(),
-                        &l.address,
-                        &i32::from(l.port),
-                        &l.pid.map(i64::from),
-                        &l.process,
-                        &l.exe,
-                        &i64::from(l.uid),
-                        &l.netns.map(bits),
-                        &judged_through,
-                    ],
-                )
-                .await?
+                listeners.retain(|(l, _)| l.key() != listener.key());
+                listeners.push((listener, *judged_through));
             }
-            Write::DeleteListener(k) => delete_listener(tx, host_id, &k).await?,
+            Write::DeleteListener(k) => gone_listeners.push(*k),
             Write::PutConnection { connection, judged_through } => {
-                delete_connection(tx, host_id, &connection.key()).await?;
-                let c = connection;
-                run(
-                    tx,
-                    "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, \
-                     remote_port, direction, pid, process, exe, uid, netns, judged_through) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    &[
-                        &host_id,
-                        &c.protocol.as_str(),
-                        &c.local.ip(),
-                        &i32::from(c.local.port()),
-                        &c.remote.ip(),
-                        &i32::from(c.remote.port()),
-                        &c.direction.as_str(),
-                        &c.pid.map(i64::from),
-                        &c.process,
-                        &c.exe,
-                        &i64::from(c.uid),
-                        &c.netns.map(bits),
-                        &judged_through,
-                    ],
-                )
-                .await?
+                connections.retain(|(c, _)| c.key() != connection.key());
+                connections.push((connection, *judged_through));
             }
-            Write::DeleteConnection(k) => delete_connection(tx, host_id, &k).await?,
-            Write::SocketEvent { opened, socket, at } => {
-                socket_event(tx, host_id, opened, &socket, at).await?
-            }
+            Write::DeleteConnection(k) => gone_connections.push(*k),
+            Write::SocketEvent { opened, socket, at } => socket_events.push(*opened, socket, *at),
         }
     }
-    Ok(())
+    processes.write(tx, host_id).await?;
+    if !gone_processes.is_empty() {
+        let pids: Vec<i64> = gone_processes.iter().map(|k| i64::from(k.pid)).collect();
+        let starts: Vec<OffsetDateTime> = gone_processes.iter().map(|k| ms(k.start_time)).collect();
+        run(
+            tx,
+            "DELETE FROM processes p USING unnest($2::bigint[], $3::timestamptz[]) AS k(pid, start_time) \
+             WHERE p.host_id = $1 AND p.pid = k.pid AND p.start_time = k.start_time",
+            &[&host_id, &pids, &starts],
+        )
+        .await?;
+    }
+    for (key, sha256) in hashes {
+        run(
+            tx,
+            "UPDATE process_events SET sha256 = $1 WHERE host_id = $2 AND at >= $3 AND pid = $4 \
+             AND start_time = $3 AND kind = 'exec' AND sha256 IS NULL",
+            &[&sha256, &host_id, &ms(key.start_time), &i64::from(key.pid)],
+        )
+        .await?;
+    }
+    process_events.write(tx, host_id).await?;
+    // A put replaces the row of its key: those rows go first, then the puts, then what ends.
+    let put_keys: Vec<crate::model::ListenerKey> = listeners.iter().map(|(l, _)| l.key()).collect();
+    delete_listeners(tx, host_id, &put_keys).await?;
+    if !listeners.is_empty() {
+        let col =
+            |f: &dyn Fn(&Listener) -> Option<String>| listeners.iter().map(|(l, _)| f(l)).collect::<Vec<_>>();
+        let protocols: Vec<&str> = listeners.iter().map(|(l, _)| l.protocol.as_str()).collect();
+        let addresses: Vec<IpAddr> = listeners.iter().map(|(l, _)| l.address).collect();
+        let ports: Vec<i32> = listeners.iter().map(|(l, _)| i32::from(l.port)).collect();
+        let pids: Vec<Option<i64>> = listeners.iter().map(|(l, _)| l.pid.map(i64::from)).collect();
+        let uids: Vec<i64> = listeners.iter().map(|(l, _)| i64::from(l.uid)).collect();
+        let netns: Vec<Option<i64>> = listeners.iter().map(|(l, _)| l.netns.map(bits)).collect();
+        let judged: Vec<i64> = listeners.iter().map(|(_, j)| *j).collect();
+        run(
+            tx,
+            "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through) \
+             SELECT $1, * FROM unnest($2::text[], $3::inet[], $4::int[], $5::bigint[], $6::text[], $7::text[], \
+             $8::bigint[], $9::bigint[], $10::bigint[])",
+            &[
+                &host_id,
+                &protocols,
+                &addresses,
+                &ports,
+                &pids,
+                &col(&|l| l.process.clone()),
+                &col(&|l| l.exe.clone()),
+                &uids,
+                &netns,
+                &judged,
+            ],
+        )
+        .await?;
+    }
+    delete_listeners(tx, host_id, &gone_listeners).await?;
+    let put_keys: Vec<crate::model::ConnectionKey> = connections.iter().map(|(c, _)| c.key()).collect();
+    delete_connections(tx, host_id, &put_keys).await?;
+    if !connections.is_empty() {
+        let col = |f: &dyn Fn(&Connection) -> Option<String>| {
+            connections.iter().map(|(c, _)| f(c)).collect::<Vec<_>>()
+        };
+        let protocols: Vec<&str> = connections.iter().map(|(c, _)| c.protocol.as_str()).collect();
+        let locals: Vec<IpAddr> = connections.iter().map(|(c, _)| c.local.ip()).collect();
+        let local_ports: Vec<i32> = connections.iter().map(|(c, _)| i32::from(c.local.port())).collect();
+        let remotes: Vec<IpAddr> = connections.iter().map(|(c, _)| c.remote.ip()).collect();
+        let remote_ports: Vec<i32> = connections.iter().map(|(c, _)| i32::from(c.remote.port())).collect();
+        let directions: Vec<&str> = connections.iter().map(|(c, _)| c.direction.as_str()).collect();
+        let pids: Vec<Option<i64>> = connections.iter().map(|(c, _)| c.pid.map(i64::from)).collect();
+        let uids: Vec<i64> = connections.iter().map(|(c, _)| i64::from(c.uid)).collect();
+        let netns: Vec<Option<i64>> = connections.iter().map(|(c, _)| c.netns.map(bits)).collect();
+        let judged: Vec<i64> = connections.iter().map(|(_, j)| *j).collect();
+        run(
+            tx,
+            "INSERT INTO connections (host_id, protocol, local_address, local_port, remote_address, remote_port, \
+             direction, pid, process, exe, uid, netns, judged_through) \
+             SELECT $1, * FROM unnest($2::text[], $3::inet[], $4::int[], $5::inet[], $6::int[], $7::text[], \
+             $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[])",
+            &[
+                &host_id,
+                &protocols,
+                &locals,
+                &local_ports,
+                &remotes,
+                &remote_ports,
+                &directions,
+                &pids,
+                &col(&|c| c.process.clone()),
+                &col(&|c| c.exe.clone()),
+                &uids,
+                &netns,
+                &judged,
+            ],
+        )
+        .await?;
+    }
+    delete_connections(tx, host_id, &gone_connections).await?;
+    socket_events.write(tx, host_id).await
 }
 
-/// Runs one statement of a plan, prepared once per connection.
+/// Processes to store, a column each (see [`execute`]); a pid put twice keeps the last.
+#[derive(Default)]
+struct Batch {
+    at: HashMap<u32, usize>,
+    pid: Vec<i64>,
+    ppid: Vec<i64>,
+    name: Vec<String>,
+    exe: Vec<Option<String>>,
+    exe_deleted: Vec<bool>,
+    cmdline: Vec<String>,
+    uid: Vec<i64>,
+    user: Vec<Option<String>>,
+    start_time: Vec<OffsetDateTime>,
+    sha256: Vec<Option<String>>,
+    exe_memfd: Vec<bool>,
+    exe_writable_dir: Vec<bool>,
+    cgroup: Vec<Option<String>>,
+    container_id: Vec<Option<String>>,
+    unit: Vec<Option<String>>,
+    cpu_percent: Vec<Option<f32>>,
+    rss_bytes: Vec<Option<i64>>,
+    exe_replaced: Vec<bool>,
+    stdio_socket: Vec<Option<String>>,
+    cpu_high_since: Vec<Option<OffsetDateTime>>,
+    judged_through: Vec<i64>,
+    exe_replacement: Vec<Option<String>>,
+    login_uid: Vec<Option<i64>>,
+    session_id: Vec<Option<i64>>,
+    ancestry: Vec<Option<String>>,
+    login_user: Vec<Option<String>>,
+}
+
+impl Batch {
+    fn put(&mut self, p: &Process, cpu_high_since: Option<OffsetDateTime>, judged_through: i64) {
+        if let Some(&i) = self.at.get(&p.pid) {
+            // The later put of a pid is what stays; its place in the batch is the earlier's.
+            self.set(i, p, cpu_high_since, judged_through);
+            return;
+        }
+        self.at.insert(p.pid, self.pid.len());
+        self.pid.push(i64::from(p.pid));
+        self.ppid.push(0);
+        self.name.push(String::new());
+        self.exe.push(None);
+        self.exe_deleted.push(false);
+        self.cmdline.push(String::new());
+        self.uid.push(0);
+        self.user.push(None);
+        self.start_time.push(OffsetDateTime::UNIX_EPOCH);
+        self.sha256.push(None);
+        self.exe_memfd.push(false);
+        self.exe_writable_dir.push(false);
+        self.cgroup.push(None);
+        self.container_id.push(None);
+        self.unit.push(None);
+        self.cpu_percent.push(None);
+        self.rss_bytes.push(None);
+        self.exe_replaced.push(false);
+        self.stdio_socket.push(None);
+        self.cpu_high_since.push(None);
+        self.judged_through.push(0);
+        self.exe_replacement.push(None);
+        self.login_uid.push(None);
+        self.session_id.push(None);
+        self.ancestry.push(None);
+        self.login_user.push(None);
+        self.set(self.pid.len() - 1, p, cpu_high_since, judged_through);
+    }
+
+    fn set(&mut self, i: usize, p: &Process, cpu_high_since: Option<OffsetDateTime>, judged_through: i64) {
+        self.ppid[i] = i64::from(p.ppid);
+        self.name[i] = p.name.clone();
+        self.exe[i] = p.exe.clone();
+        self.exe_deleted[i] = p.exe_deleted;
+        self.cmdline[i] = to_json_text(&p.cmdline);
+        self.uid[i] = i64::from(p.uid);
+        self.user[i] = p.user.clone();
+        self.start_time[i] = ms(p.start_time);
+        self.sha256[i] = p.sha256.clone();
+        self.exe_memfd[i] = p.exe_memfd;
+        self.exe_writable_dir[i] = p.exe_writable_dir;
+        self.cgroup[i] = p.cgroup.clone();
+        self.container_id[i] = p.container_id.clone();
+        self.unit[i] = p.unit.clone();
+        self.cpu_percent[i] = p.cpu_percent;
+        self.rss_bytes[i] = p.rss_bytes.map(bits);
+        self.exe_replaced[i] = p.exe_replaced;
+        self.stdio_socket[i] = p.stdio_socket.clone();
+        self.cpu_high_since[i] = cpu_high_since;
+        self.judged_through[i] = judged_through;
+        self.exe_replacement[i] = p.exe_replacement.as_ref().map(to_json_text);
+        self.login_uid[i] = p.login_uid.map(i64::from);
+        self.session_id[i] = p.session_id.map(i64::from);
+        self.ancestry[i] = ancestry_text(&p.ancestry);
+        self.login_user[i] = p.login_user.clone();
+    }
+
+    /// One upsert of every process: each replaces the row of its pid.
+    async fn write(&self, tx: &impl GenericClient, host_id: i64) -> Result<()> {
+        if self.pid.is_empty() {
+            return Ok(());
+        }
+        run(
+            tx,
+            "INSERT INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, \"user\", start_time, \
+             sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
+             stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry, login_user) \
+             SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bool[], $7::text[], \
+             $8::bigint[], $9::text[], $10::timestamptz[], $11::text[], $12::bool[], $13::bool[], $14::text[], \
+             $15::text[], $16::text[], $17::real[], $18::bigint[], $19::bool[], $20::text[], $21::timestamptz[], \
+             $22::bigint[], $23::text[], $24::bigint[], $25::bigint[], $26::text[], $27::text[]) \
+             ON CONFLICT (host_id, pid) DO UPDATE SET ppid = EXCLUDED.ppid, name = EXCLUDED.name, exe = EXCLUDED.exe, \
+             exe_deleted = EXCLUDED.exe_deleted, cmdline = EXCLUDED.cmdline, uid = EXCLUDED.uid, \
+             \"user\" = EXCLUDED.\"user\", start_time = EXCLUDED.start_time, sha256 = EXCLUDED.sha256, \
+             exe_memfd = EXCLUDED.exe_memfd, exe_writable_dir = EXCLUDED.exe_writable_dir, cgroup = EXCLUDED.cgroup, \
+             container_id = EXCLUDED.container_id, unit = EXCLUDED.unit, cpu_percent = EXCLUDED.cpu_percent, \
+             rss_bytes = EXCLUDED.rss_bytes, exe_replaced = EXCLUDED.exe_replaced, \
+             stdio_socket = EXCLUDED.stdio_socket, cpu_high_since = EXCLUDED.cpu_high_since, \
+             judged_through = EXCLUDED.judged_through, exe_replacement = EXCLUDED.exe_replacement, \
+             login_uid = EXCLUDED.login_uid, session_id = EXCLUDED.session_id, ancestry = EXCLUDED.ancestry, \
+             login_user = EXCLUDED.login_user",
+            &[
+                &host_id,
+                &self.pid,
+                &self.ppid,
+                &self.name,
+                &self.exe,
+                &self.exe_deleted,
+                &self.cmdline,
+                &self.uid,
+                &self.user,
+                &self.start_time,
+                &self.sha256,
+                &self.exe_memfd,
+                &self.exe_writable_dir,
+                &self.cgroup,
+                &self.container_id,
+                &self.unit,
+                &self.cpu_percent,
+                &self.rss_bytes,
+                &self.exe_replaced,
+                &self.stdio_socket,
+                &self.cpu_high_since,
+                &self.judged_through,
+                &self.exe_replacement,
+                &self.login_uid,
+                &self.session_id,
+                &self.ancestry,
+                &self.login_user,
+            ],
+        )
+        .await
+    }
+}
+
+/// Process history rows, a column each.
+#[derive(Default)]
+struct ProcessEvents {
+    at: Vec<OffsetDateTime>,
+    kind: Vec<&'static str>,
+    pid: Vec<i64>,
+    ppid: Vec<Option<i64>>,
+    name: Vec<Option<String>>,
+    exe: Vec<Option<String>>,
+    cmdline: Vec<Option<String>>,
+    user: Vec<Option<String>>,
+    uid: Vec<Option<i64>>,
+    start_time: Vec<OffsetDateTime>,
+    sha256: Vec<Option<String>>,
+    login_uid: Vec<Option<i64>>,
+    session_id: Vec<Option<i64>>,
+    ancestry: Vec<Option<String>>,
+}
+
+impl ProcessEvents {
+    fn push(
+        &mut self,
+        kind: &'static str,
+        key: crate::model::ProcessKey,
+        p: Option<&Process>,
+        at: OffsetDateTime,
+    ) {
+        self.at.push(ms(at));
+        self.kind.push(kind);
+        self.pid.push(i64::from(key.pid));
+        self.ppid.push(p.map(|p| i64::from(p.ppid)));
+        self.name.push(p.map(|p| p.name.clone()));
+        self.exe.push(p.and_then(|p| p.exe.clone()));
+        self.cmdline.push(p.map(|p| to_json_text(&p.cmdline)));
+        self.user.push(p.and_then(|p| p.user.clone()));
+        self.uid.push(p.map(|p| i64::from(p.uid)));
+        self.start_time.push(ms(key.start_time));
+        self.sha256.push(p.and_then(|p| p.sha256.clone()));
+        self.login_uid.push(p.and_then(|p| p.login_uid.map(i64::from)));
+        self.session_id.push(p.and_then(|p| p.session_id.map(i64::from)));
+        self.ancestry.push(p.and_then(|p| ancestry_text(&p.ancestry)));
+    }
+
+    /// One insert, in the plan's order (the ids follow it).
+    async fn write(&self, tx: &impl GenericClient, host_id: i64) -> Result<()> {
+        if self.at.is_empty() {
+            return Ok(());
+        }
+        run(
+            tx,
+            "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, \"user\", uid, start_time, \
+             sha256, login_uid, session_id, ancestry) \
+             SELECT $1, at, kind, pid, ppid, name, exe, cmdline, usr, uid, start_time, sha256, login_uid, \
+             session_id, ancestry FROM unnest($2::timestamptz[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::timestamptz[], $12::text[], $13::bigint[], \
+             $14::bigint[], $15::text[]) WITH ORDINALITY AS u(at, kind, pid, ppid, name, exe, cmdline, usr, uid, \
+             start_time, sha256, login_uid, session_id, ancestry, n) ORDER BY n",
+            &[
+                &host_id,
+                &self.at,
+                &self.kind,
+                &self.pid,
+                &self.ppid,
+                &self.name,
+                &self.exe,
+                &self.cmdline,
+                &self.user,
+                &self.uid,
+                &self.start_time,
+                &self.sha256,
+                &self.login_uid,
+                &self.session_id,
+                &self.ancestry,
+            ],
+        )
+        .await
+    }
+}
+
+/// Socket history rows, a column each.
+#[derive(Default)]
+struct SocketEvents {
+    at: Vec<OffsetDateTime>,
+    kind: Vec<&'static str>,
+    socket: Vec<&'static str>,
+    protocol: Vec<&'static str>,
+    local: Vec<IpAddr>,
+    local_port: Vec<i32>,
+    remote: Vec<Option<IpAddr>>,
+    remote_port: Vec<Option<i32>>,
+    direction: Vec<Option<&'static str>>,
+    pid: Vec<Option<i64>>,
+    process: Vec<Option<String>>,
+    exe: Vec<Option<String>>,
+    netns: Vec<Option<i64>>,
+}
+
+impl SocketEvents {
+    fn push(&mut self, opened: bool, s: &SocketRow<'_>, at: OffsetDateTime) {
+        self.at.push(ms(at));
+        self.kind.push(if opened { "open" } else { "close" });
+        self.socket.push(s.socket);
+        self.protocol.push(s.protocol.as_str());
+        self.local.push(s.local.ip());
+        self.local_port.push(i32::from(s.local.port()));
+        self.remote.push(s.remote.map(|r| r.ip()));
+        self.remote_port.push(s.remote.map(|r| i32::from(r.port())));
+        self.direction.push(s.direction.map(|d| d.as_str()));
+        self.pid.push(s.pid.map(i64::from));
+        self.process.push(s.process.as_deref().map(str::to_owned));
+        self.exe.push(s.exe.as_deref().map(str::to_owned));
+        self.netns.push(s.netns.map(bits));
+    }
+
+    /// One insert, in the plan's order (the ids follow it).
+    async fn write(&self, tx: &impl GenericClient, host_id: i64) -> Result<()> {
+        if self.at.is_empty() {
+            return Ok(());
+        }
+        run(
+            tx,
+            "INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, \
+             remote_address, remote_port, direction, pid, process, exe, netns) \
+             SELECT $1, at, kind, socket, protocol, la, lp, ra, rp, dir, pid, process, exe, netns \
+             FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::inet[], $7::int[], $8::inet[], \
+             $9::int[], $10::text[], $11::bigint[], $12::text[], $13::text[], $14::bigint[]) WITH ORDINALITY \
+             AS u(at, kind, socket, protocol, la, lp, ra, rp, dir, pid, process, exe, netns, n) ORDER BY n",
+            &[
+                &host_id,
+                &self.at,
+                &self.kind,
+                &self.socket,
+                &self.protocol,
+                &self.local,
+                &self.local_port,
+                &self.remote,
+                &self.remote_port,
+                &self.direction,
+                &self.pid,
+                &self.process,
+                &self.exe,
+                &self.netns,
+            ],
+        )
+        .await
+    }
+}
+
+/// Deletes the listeners of these keys.
+async fn delete_listeners(
+    tx: &impl GenericClient,
+    host_id: i64,
+    keys: &[crate::model::ListenerKey],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let protocols: Vec<&str> = keys.iter().map(|k| k.protocol.as_str()).collect();
+    let addresses: Vec<IpAddr> = keys.iter().map(|k| k.address).collect();
+    let ports: Vec<i32> = keys.iter().map(|k| i32::from(k.port)).collect();
+    let netns: Vec<Option<i64>> = keys.iter().map(|k| k.netns.map(bits)).collect();
+    run(
+        tx,
+        "DELETE FROM listeners l USING unnest($2::text[], $3::inet[], $4::int[], $5::bigint[]) \
+         AS k(protocol, address, port, netns) WHERE l.host_id = $1 AND l.protocol = k.protocol \
+         AND l.address = k.address AND l.port = k.port AND l.netns IS NOT DISTINCT FROM k.netns",
+        &[&host_id, &protocols, &addresses, &ports, &netns],
+    )
+    .await
+}
+
+/// Deletes the connections of these keys.
+async fn delete_connections(
+    tx: &impl GenericClient,
+    host_id: i64,
+    keys: &[crate::model::ConnectionKey],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let protocols: Vec<&str> = keys.iter().map(|k| k.protocol.as_str()).collect();
+    let locals: Vec<IpAddr> = keys.iter().map(|k| k.local.ip()).collect();
+    let local_ports: Vec<i32> = keys.iter().map(|k| i32::from(k.local.port())).collect();
+    let remotes: Vec<IpAddr> = keys.iter().map(|k| k.remote.ip()).collect();
+    let remote_ports: Vec<i32> = keys.iter().map(|k| i32::from(k.remote.port())).collect();
+    let netns: Vec<Option<i64>> = keys.iter().map(|k| k.netns.map(bits)).collect();
+    run(
+        tx,
+        "DELETE FROM connections c USING unnest($2::text[], $3::inet[], $4::int[], $5::inet[], $6::int[], \
+         $7::bigint[]) AS k(protocol, la, lp, ra, rp, netns) WHERE c.host_id = $1 AND c.protocol = k.protocol \
+         AND c.local_address = k.la AND c.local_port = k.lp AND c.remote_address = k.ra AND c.remote_port = k.rp \
+         AND c.netns IS NOT DISTINCT FROM k.netns",
+        &[&host_id, &protocols, &locals, &local_ports, &remotes, &remote_ports, &netns],
+    )
+    .await
+}
+
+/// Runs one statement, prepared once per connection.
 async fn run(
     tx: &impl GenericClient,
     sql: &str,
@@ -354,170 +772,9 @@ async fn run(
     Ok(())
 }
 
-/// Stores a process (see [`Write::PutProcess`]): the high-CPU mark and `judged_through` are kept
-/// from the row it replaces when that row is the same process.
-async fn put_process(
-    tx: &impl GenericClient,
-    host_id: i64,
-    p: &Process,
-    judged_through: Option<i64>,
-    now: OffsetDateTime,
-) -> Result<()> {
-    let hot = p.cpu_percent.is_some_and(|c| c >= crate::model::HIGH_CPU_PERCENT);
-    run(
-        tx,
-        "INSERT INTO processes (host_id, pid, ppid, name, exe, exe_deleted, cmdline, uid, \"user\", start_time, \
-         sha256, exe_memfd, exe_writable_dir, cgroup, container_id, unit, cpu_percent, rss_bytes, exe_replaced, \
-         stdio_socket, cpu_high_since, judged_through, exe_replacement, login_uid, session_id, ancestry, login_user) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-         CASE WHEN $21 THEN $22::timestamptz END, COALESCE($23::bigint, 0), $24, $25, $26, $27, $28) \
-         ON CONFLICT (host_id, pid) DO UPDATE SET ppid = EXCLUDED.ppid, name = EXCLUDED.name, exe = EXCLUDED.exe, \
-         exe_deleted = EXCLUDED.exe_deleted, cmdline = EXCLUDED.cmdline, uid = EXCLUDED.uid, \"user\" = EXCLUDED.\"user\", \
-         start_time = EXCLUDED.start_time, sha256 = EXCLUDED.sha256, exe_memfd = EXCLUDED.exe_memfd, \
-         exe_writable_dir = EXCLUDED.exe_writable_dir, cgroup = EXCLUDED.cgroup, container_id = EXCLUDED.container_id, \
-         unit = EXCLUDED.unit, cpu_percent = EXCLUDED.cpu_percent, rss_bytes = EXCLUDED.rss_bytes, \
-         exe_replaced = EXCLUDED.exe_replaced, stdio_socket = EXCLUDED.stdio_socket, \
-         cpu_high_since = CASE WHEN $21 THEN COALESCE(CASE WHEN processes.start_time = EXCLUDED.start_time \
-           THEN processes.cpu_high_since END, $22::timestamptz) END, \
-         judged_through = COALESCE($23, CASE WHEN processes.start_time = EXCLUDED.start_time \
-           THEN processes.judged_through END, 0), \
-         exe_replacement = EXCLUDED.exe_replacement, login_uid = EXCLUDED.login_uid, \
-         session_id = EXCLUDED.session_id, ancestry = EXCLUDED.ancestry, login_user = EXCLUDED.login_user",
-        &[
-            &host_id,
-            &i64::from(p.pid),
-            &i64::from(p.ppid),
-            &p.name,
-            &p.exe,
-            &p.exe_deleted,
-            &to_json_text(&p.cmdline),
-            &i64::from(p.uid),
-            &p.user,
-            &ms(p.start_time),
-            &p.sha256,
-            &p.exe_memfd,
-            &p.exe_writable_dir,
-            &p.cgroup,
-            &p.container_id,
-            &p.unit,
-            &p.cpu_percent,
-            &p.rss_bytes.map(bits),
-            &p.exe_replaced,
-            &p.stdio_socket,
-            &hot,
-            &ms(now),
-            &judged_through,
-            &p.exe_replacement.as_ref().map(to_json_text),
-            &p.login_uid.map(i64::from),
-            &p.session_id.map(i64::from),
-            &ancestry_text(&p.ancestry),
-            &p.login_user,
-        ],
-    )
-    .await
-}
-
 /// The ancestry column: NULL where the agent recorded no ancestors.
 fn ancestry_text(ancestry: &[proto::Ancestor]) -> Option<String> {
     (!ancestry.is_empty()).then(|| to_json_text(&ancestry))
-}
-
-async fn delete_listener(tx: &impl GenericClient, host_id: i64, k: &crate::model::ListenerKey) -> Result<()> {
-    run(
-        tx,
-        "DELETE FROM listeners WHERE host_id = $1 AND protocol = $2 AND address = $3 AND port = $4 \
-         AND netns IS NOT DISTINCT FROM $5",
-        &[&host_id, &k.protocol.as_str(), &k.address, &i32::from(k.port), &k.netns.map(bits)],
-    )
-    .await
-}
-
-async fn delete_connection(
-    tx: &impl GenericClient,
-    host_id: i64,
-    k: &crate::model::ConnectionKey,
-) -> Result<()> {
-    run(
-        tx,
-        "DELETE FROM connections WHERE host_id = $1 AND protocol = $2 AND local_address = $3 AND local_port = $4 \
-         AND remote_address = $5 AND remote_port = $6 AND netns IS NOT DISTINCT FROM $7",
-        &[
-            &host_id,
-            &k.protocol.as_str(),
-            &k.local.ip(),
-            &i32::from(k.local.port()),
-            &k.remote.ip(),
-            &i32::from(k.remote.port()),
-            &k.netns.map(bits),
-        ],
-    )
-    .await
-}
-
-async fn process_event(
-    tx: &impl GenericClient,
-    host_id: i64,
-    kind: &str,
-    key: crate::model::ProcessKey,
-    p: Option<&Process>,
-    at: OffsetDateTime,
-) -> Result<()> {
-    run(
-        tx,
-        "INSERT INTO process_events (host_id, at, kind, pid, ppid, name, exe, cmdline, \"user\", uid, start_time, \
-         sha256, login_uid, session_id, ancestry) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        &[
-            &host_id,
-            &ms(at),
-            &kind,
-            &i64::from(key.pid),
-            &p.map(|p| i64::from(p.ppid)),
-            &p.map(|p| &p.name),
-            &p.and_then(|p| p.exe.as_ref()),
-            &p.map(|p| to_json_text(&p.cmdline)),
-            &p.and_then(|p| p.user.as_ref()),
-            &p.map(|p| i64::from(p.uid)),
-            &ms(key.start_time),
-            &p.and_then(|p| p.sha256.as_ref()),
-            &p.and_then(|p| p.login_uid.map(i64::from)),
-            &p.and_then(|p| p.session_id.map(i64::from)),
-            &p.and_then(|p| ancestry_text(&p.ancestry)),
-        ],
-    )
-    .await
-}
-
-async fn socket_event(
-    tx: &impl GenericClient,
-    host_id: i64,
-    opened: bool,
-    s: &SocketRow<'_>,
-    at: OffsetDateTime,
-) -> Result<()> {
-    let remote_address: Option<IpAddr> = s.remote.map(|r| r.ip());
-    run(
-        tx,
-        "INSERT INTO socket_events (host_id, at, kind, socket, protocol, local_address, local_port, remote_address, \
-         remote_port, direction, pid, process, exe, netns) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        &[
-            &host_id,
-            &ms(at),
-            &if opened { "open" } else { "close" },
-            &s.socket,
-            &s.protocol.as_str(),
-            &s.local.ip(),
-            &i32::from(s.local.port()),
-            &remote_address,
-            &s.remote.map(|r| i32::from(r.port())),
-            &s.direction.map(|d| d.as_str()),
-            &s.pid.map(i64::from),
-            &s.process.as_deref(),
-            &s.exe.as_deref(),
-            &s.netns.map(bits),
-        ],
-    )
-    .await
 }
 
 /// Records file changes in the order the agent saw them: the history, and each path's latest
