@@ -567,3 +567,72 @@ async fn findings_and_the_outbox_are_the_same_on_both_stores() {
     assert_eq!(line("advance by another"), "advance by another: false");
     assert!(line("explained").contains("allowed by web"), "{}", line("explained"));
 }
+
+/// History pruned past the retention: on PostgreSQL a whole day's partition is dropped and the
+/// rows of days without one (the default partition) are deleted in batches; both stores keep the
+/// same rows, and say how many went.
+#[tokio::test]
+async fn history_past_the_retention_goes_alike_and_whole_days_as_partitions() {
+    let (_dir, sqlite, pg_server, pg) = both().await;
+    let now = OffsetDateTime::now_utc();
+    let midnight = now.replace_time(time::Time::MIDNIGHT);
+    // Execs at the start of each process: today, yesterday (a partition made at start) and five
+    // and ten days ago (no partition: the default one).
+    let starts = [
+        midnight + time::Duration::minutes(1),
+        midnight - time::Duration::hours(12),
+        midnight - time::Duration::hours(13),
+        midnight - time::Duration::days(5),
+        midnight - time::Duration::days(10),
+    ];
+    let mut seen = Vec::new();
+    for s in [&sqlite as &dyn Store, &pg as &dyn Store] {
+        let h = enroll(s, "m1", now).await;
+        let empty = Content::Snapshot(HostState::default());
+        s.record_report(h, record("m1", 1, 1, 0, empty), now, ReportTerms::default()).await.unwrap();
+        let added = starts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Process { start_time: *t, ..process(100 + i as u32, "old", 0) })
+            .collect();
+        let delta = StateDelta {
+            processes: ChangeSet { added, updated: vec![], removed: vec![] },
+            ..StateDelta::default()
+        };
+        s.record_report(
+            h,
+            record("m1", 1, 2, 0, Content::Delta(Box::new(delta))),
+            now,
+            ReportTerms::default(),
+        )
+        .await
+        .unwrap();
+        let mut gone = 0;
+        // In batches of two, until nothing is left to go.
+        for _ in 0..10 {
+            let n = s.prune_history(midnight, 2).await.unwrap();
+            gone += n;
+            if n == 0 {
+                break;
+            }
+        }
+        let left = s.process_events(&HistoryFilter { limit: 100, ..HistoryFilter::default() }).await.unwrap();
+        seen.push((gone, left.items.iter().map(|e| (e.pid, e.at)).collect::<Vec<_>>()));
+    }
+    assert_eq!(seen[1], seen[0], "PostgreSQL and SQLite keep the same history");
+    assert_eq!(seen[0].0, 4, "the four execs before midnight went");
+    assert_eq!(seen[0].1.len(), 1, "today's stays: {:?}", seen[0].1);
+    // Yesterday's partition is gone whole; today's and the coming days' stay.
+    let yesterday = (midnight - time::Duration::days(1)).date();
+    let name = format!(
+        "process_events_p{:04}{:02}{:02}",
+        yesterday.year(),
+        u8::from(yesterday.month()),
+        yesterday.day()
+    );
+    let exists = |n: &str| pg_server.psql("hw", &format!("SELECT to_regclass('{n}') IS NOT NULL"));
+    assert_eq!(exists(&name), "f", "{name} dropped");
+    let today = midnight.date();
+    let kept = format!("process_events_p{:04}{:02}{:02}", today.year(), u8::from(today.month()), today.day());
+    assert_eq!(exists(&kept), "t", "{kept} kept");
+}
