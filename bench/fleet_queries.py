@@ -87,7 +87,8 @@ def main():
     if a.postgres:
         pg = harness.Postgres(keep=os.path.join(a.dir, "pg"))
         db = pg.url
-        filled = pg.psql("hw", "SELECT to_regclass('public.hosts') IS NOT NULL AND EXISTS (SELECT 1 FROM hosts)") == "t"
+        filled = (pg.psql("hw", "SELECT to_regclass('public.hosts') IS NOT NULL") == "t"
+                  and pg.psql("hw", "SELECT EXISTS (SELECT 1 FROM hosts)") == "t")
     else:
         filled = os.path.exists(db)
     if not filled:
