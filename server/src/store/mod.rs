@@ -1,12 +1,16 @@
 //! The store: current state per host, findings, baselines, credentials and the audit log.
 //!
-//! [`Store`] is the interface every backend implements: SQLite ([`sqlite`], the embedded default)
-//! now, PostgreSQL for fleets with several collectors later. Architecture invariants:
+//! [`Store`] is the interface every backend implements: SQLite ([`sqlite`], the embedded default,
+//! one collector) and PostgreSQL ([`postgres`], any number of collectors on one database). What a
+//! report does to a host's state is decided once for both ([`state_changes`]); pages and cursors
+//! are one ([`pages`]). Architecture invariants:
 //! - the store keeps facts and applies decisions; it never decides what is a finding (the engine
 //!   does) nor who may do what (`auth` does);
 //! - secrets are stored only as SHA-256 hashes, in tables no query interface ever exposes;
 //! - every method is one transaction: a report that fails half-way leaves nothing behind;
-//! - nothing assumes a single collector: baselines are reread when `baselines_revision` moves.
+//! - nothing assumes a single collector: baselines are reread when `baselines_revision` moves, and
+//!   what must happen once among collectors takes the store's turn ([`Store::host_turn`],
+//!   [`Store::chores_turn`]).
 
 pub mod pages;
 pub mod postgres;

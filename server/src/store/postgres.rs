@@ -1,11 +1,12 @@
-//! The PostgreSQL store, for fleets beyond one collector (issue 17): several collectors share one
-//! database, so nothing here may rely on being the only writer. Built in slices; until it holds
-//! everything [`super::Store`] asks, the configuration refuses `postgres://` and only the tests
-//! reach it.
+//! The PostgreSQL store, for fleets beyond one collector (`database = "postgres://…"`, issue 17):
+//! several collectors share one database, so nothing here may rely on being the only writer
+//! (docs/scaling.md says what happens once and how).
 //!
-//! Invariants: every method is one transaction; migrations run under an advisory lock, so
-//! collectors starting together apply each migration once; times are written to the
-//! millisecond, as the SQLite store and the wire keep them, so both stores answer alike.
+//! Invariants: every method is one transaction; what must happen once among collectors takes an
+//! advisory lock (migrations, a host's turn, the chores, the outbox's order, the partitions);
+//! times are written to the millisecond and u64s by their bits, as the SQLite store keeps them,
+//! so both stores answer alike (the stores' end-to-end tests compare every answer); a password
+//! never crosses a network in clear.
 
 mod baselines;
 mod credentials;

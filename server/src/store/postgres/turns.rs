@@ -48,7 +48,7 @@ impl Drop for Held {
 }
 
 impl PgStore {
-    /// Takes the host's turn, waiting up to [`TURN_WAIT`] for another collector to give it up.
+    /// Takes the host's turn, waiting up to `TURN_WAIT` (30 s) for another collector to give it up.
     pub async fn host_turn(&self, host_id: i64) -> Result<Option<Turn>> {
         let client = self.turn_client().await?;
         let (tx, rx) = oneshot::channel();
