@@ -99,7 +99,7 @@ async fn every_built_in_rule_fires_on_what_it_names() {
     let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (_other_end, _) = listener.accept().unwrap();
     let out = stream.try_clone().unwrap();
-    let _shell = Guard(
+    let shell = Guard(
         Command::new("/usr/bin/bash")
             .args(["-c", "sleep 600; true"])
             .stdin(Stdio::from(OwnedFd::from(stream)))
@@ -107,7 +107,18 @@ async fn every_built_in_rule_fires_on_what_it_names() {
             .spawn()
             .unwrap(),
     );
-    let f = finding(&c, h, "suspicious_process", "/usr/bin/bash", "reverse-shell").await;
+    // One finding per (host, rule, executable) shows its latest occurrence: another bash on the
+    // machine with socket stdio (something else's, briefly) may be the latest for a while; this
+    // shell, which stays, is the one to wait for.
+    let pid = serde_json::Value::from(shell.pid());
+    let f = wait_for("the reverse shell's own finding", WAIT, async || {
+        c.findings(h, "suspicious_process", "open").into_iter().find(|f| {
+            f.subject == "/usr/bin/bash"
+                && f.rule.as_deref() == Some("reverse-shell")
+                && f.detail["pid"] == pid
+        })
+    })
+    .await;
     assert_eq!(f.severity, proto::Severity::Critical);
     assert_eq!(
         f.detail["stdio_socket"].as_str(),
