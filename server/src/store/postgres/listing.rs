@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::findings::{FINDING_COLUMNS, finding_from_row};
 use super::state::{
-    CONNECTION_COLUMNS, LISTENER_COLUMNS, PROCESS_COLUMNS, connection_from_row, listener_from_row,
+    CONNECTION_COLUMNS, LISTENER_COLUMNS, PROCESS_COLUMNS, connection_from_row, json_text, listener_from_row,
     process_from_row, u32_of, unbits,
 };
 use super::{Col, PgStore, error};
@@ -390,13 +390,13 @@ impl PgStore {
                 ppid: r.col::<Option<i64>>(6)?.map(|v| u32_of(v, "ppid")).transpose()?,
                 name: r.col(7)?,
                 exe: r.col(8)?,
-                cmdline: cmdline.map(|c| json(&c, "cmdline")).transpose()?.unwrap_or_default(),
+                cmdline: cmdline.map(|c| json_text(&c, "cmdline")).transpose()?.unwrap_or_default(),
                 user: r.col(10)?,
                 uid: r.col::<Option<i64>>(11)?.map(|v| u32_of(v, "uid")).transpose()?,
                 start_time: r.col(12)?,
                 login_uid: r.col::<Option<i64>>(13)?.map(|v| u32_of(v, "login_uid")).transpose()?,
                 session_id: r.col::<Option<i64>>(14)?.map(|v| u32_of(v, "session_id")).transpose()?,
-                ancestry: ancestry.map(|a| json(&a, "ancestry")).transpose()?.unwrap_or_default(),
+                ancestry: ancestry.map(|a| json_text(&a, "ancestry")).transpose()?.unwrap_or_default(),
                 explained: r.col(16)?,
             });
         }
@@ -502,10 +502,6 @@ impl PgStore {
 const LISTENER_KEY: &[&str] = &["host_id", "port", "id"];
 /// The order of the connections' listing: their key index's.
 const CONNECTION_KEY: &[&str] = &["host_id", "local_port", "remote_port", "id"];
-
-fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
 
 #[cfg(test)]
 mod tests {

@@ -47,7 +47,7 @@ fn port(r: &Row, i: usize) -> Result<u16> {
     u16::try_from(p).map_err(|_| StoreError::Corrupt(format!("port {p} is out of range")))
 }
 
-fn json_text<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+pub(super) fn json_text<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
