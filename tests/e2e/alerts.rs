@@ -10,7 +10,7 @@ use std::time::Duration;
 use hostwatch_proto::v1 as proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -112,7 +112,10 @@ pub(crate) fn explaining_everything(role: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_them_back
+);
 async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_them_back() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Receiver::start().await;
@@ -221,9 +224,12 @@ async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_
     assert!(!c.log().contains("secret-part"), "the hook's path leaked into the log");
 }
 
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_finding_that_grows_worse_while_open_is_sent_as_escalated
+);
 /// A finding whose severity rises while it is open (its workload re-grades the rule) is sent
 /// again as `escalated`: a sink that left it out for its severity hears of it then, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finding_that_grows_worse_while_open_is_sent_as_escalated() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Receiver::start().await;

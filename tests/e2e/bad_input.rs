@@ -6,7 +6,7 @@ use hostwatch_proto::v1::{self as proto};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::support::Collector;
+use crate::support::{Collector, on_both_stores};
 
 fn facts(machine_id: &str) -> proto::HostFacts {
     proto::HostFacts {
@@ -75,7 +75,10 @@ pub(crate) fn error_of(body: &str) -> String {
         .error
 }
 
-#[tokio::test]
+on_both_stores!(
+    #[tokio::test]
+    bad_reports_are_refused_with_a_reason_and_change_nothing
+);
 async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "max_report_bytes = 65536\n");
@@ -161,7 +164,10 @@ async fn bad_reports_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(c.metric("hostwatch_unknown_fields_total").await, 2);
 }
 
-#[tokio::test]
+on_both_stores!(
+    #[tokio::test]
+    bad_credentials_and_baselines_are_refused
+);
 async fn bad_credentials_and_baselines_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
@@ -211,8 +217,11 @@ async fn bad_credentials_and_baselines_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host named \"no-such-host\""));
 }
 
+on_both_stores!(
+    #[tokio::test]
+    hostile_agents_cannot_crash_impersonate_or_forge
+);
 /// What a hostile or broken agent sends must neither crash the collector nor take anything over.
-#[tokio::test]
 async fn hostile_agents_cannot_crash_impersonate_or_forge() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
@@ -288,7 +297,10 @@ async fn hostile_agents_cannot_crash_impersonate_or_forge() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    bad_triage_requests_are_refused_with_a_reason
+);
 async fn bad_triage_requests_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

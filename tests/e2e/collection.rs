@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -105,7 +105,10 @@ async fn a_thousand_short_lived_processes_are_in_the_history() {
     assert_eq!(pids.len(), seen.len(), "each run once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_collector_that_was_down_gets_every_change_in_order_once
+);
 async fn a_collector_that_was_down_gets_every_change_in_order_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Collector::start(dir.path(), "");

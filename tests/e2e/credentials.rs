@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hostwatch_proto::v1::{self as proto};
 
 use crate::bad_input::error_of;
-use crate::support::{Collector, agent_log, start_agent_with, unique, wait_for};
+use crate::support::{Collector, agent_log, on_both_stores, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,7 +36,10 @@ fn token_id(c: &Collector, name: &str) -> i64 {
     list.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("token {name} in {list:?}")).id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    tokens_are_shown_once_stored_hashed_expire_revoke_at_once_and_are_audited
+);
 async fn tokens_are_shown_once_stored_hashed_expire_revoke_at_once_and_are_audited() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
@@ -57,11 +60,9 @@ async fn tokens_are_shown_once_stored_hashed_expire_revoke_at_once_and_are_audit
         (info.role.as_str(), info.state, info.expires_at),
         ("reader", proto::CredentialState::Active, None)
     );
-    for file in ["hostwatch.db", "hostwatch.db-wal"] {
-        let bytes = std::fs::read(c.data_dir.join(file)).unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(&reader) && !text.contains(&c.admin_token), "a token in clear in {file}");
-    }
+    let stored = c.store_contents();
+    assert!(stored.contains("ci-read"), "the store's contents are read: the token's name is there");
+    assert!(!stored.contains(&reader) && !stored.contains(&c.admin_token), "a token in clear in the store");
 
     // Revoked: refused at the next request, and said so to its holder.
     let out = c.cli(&["token", "revoke", &info.id.to_string(), "--output", "json"]);
@@ -113,7 +114,10 @@ async fn tokens_are_shown_once_stored_hashed_expire_revoke_at_once_and_are_audit
     assert!(!out.status.success(), "the trail is the admin's");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_secret_assigns_tags_a_host_cannot_change_and_a_revoked_host_enrolls_again
+);
 async fn a_secret_assigns_tags_a_host_cannot_change_and_a_revoked_host_enrolls_again() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
@@ -211,9 +215,12 @@ async fn a_secret_assigns_tags_a_host_cannot_change_and_a_revoked_host_enrolls_a
     }
 }
 
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    every_route_refuses_every_credential_below_it
+);
 /// Every people's route, with every credential that must not pass: nothing answered but 401 or
 /// 403, and nothing changed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_refuses_every_credential_below_it() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, Manager, spawn_copy, unique, wait_for};
+use crate::support::{Collector, Guard, Manager, on_both_stores, spawn_copy, unique, wait_for};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,7 +101,10 @@ pub(crate) async fn finding_where(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_program_of_20ms_is_a_finding_with_its_parents_and_a_thousand_runs_are_one
+);
 async fn a_program_of_20ms_is_a_finding_with_its_parents_and_a_thousand_runs_are_one() {
     let dir = tempfile::tempdir().unwrap();
     // Every one of 1,000 runs of 20 ms read whole: the machine to itself (see the collection
@@ -226,7 +229,10 @@ async fn a_program_that_execs_its_payload_is_judged_though_its_pid_runs_another(
     assert_eq!(pids(dropper), pids(payload));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_finding_first_seen_transient_resolves_only_by_acknowledgement
+);
 async fn a_finding_first_seen_transient_resolves_only_by_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
     // Alone: a 20 ms run must be read whole before it exits (an exec with nothing read is
@@ -414,7 +420,10 @@ fn spooled_with(state: &Path, needle: &str) -> usize {
 /// How long the collector stays away in the outage test.
 const OUTAGE: Duration = Duration::from_secs(25);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it_returns
+);
 async fn a_listener_that_lived_while_the_collector_was_down_is_a_finding_once_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Collector::start(dir.path(), NO_BUDGET);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Manager, agent_log, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Manager, agent_log, on_both_stores, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -40,7 +40,10 @@ fn file_events(c: &Collector, host: i64) -> Vec<proto::FileEvent> {
     c.cli_json(&["files", "--host", &host.to_string(), "--limit", "10000"])
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread")]
+    changes_made_while_the_agent_was_down_are_reported_once_at_start
+);
 async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
@@ -136,7 +139,10 @@ async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread")]
+    a_baseline_allows_what_the_workload_changes_and_denies_the_rest
+);
 async fn a_baseline_allows_what_the_workload_changes_and_denies_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

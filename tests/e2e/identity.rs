@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1::{self as proto};
 
-use crate::support::{Collector, Guard, agent_log, bin, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Guard, agent_log, bin, on_both_stores, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,7 +54,10 @@ async fn hosts_of(c: &Collector, role: &str, n: usize) -> Vec<proto::Host> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_copied_identity_enrolls_anew_elsewhere_and_a_running_clone_is_a_duplicate
+);
 async fn a_copied_identity_enrolls_anew_elsewhere_and_a_running_clone_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

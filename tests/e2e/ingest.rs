@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::bad_input::{enroll, error_of, report};
-use crate::support::{Collector, Guard, Turn, bin, wait_for};
+use crate::support::{Collector, Guard, Turn, bin, on_both_stores, wait_for};
 
 fn addr(c: &Collector) -> String {
     c.url.trim_start_matches("http://").to_owned()
@@ -279,7 +279,10 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-#[tokio::test]
+on_both_stores!(
+    #[tokio::test]
+    gzip_reports_are_taken_and_a_bomb_refused_and_numbers_the_store_cannot_keep_are_named
+);
 async fn gzip_reports_are_taken_and_a_bomb_refused_and_numbers_the_store_cannot_keep_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "max_report_bytes = 1048576\n");
@@ -434,13 +437,16 @@ async fn a_log_reader_that_went_away_or_stopped_reading_stops_nothing() {
     assert!(status.success(), "{status:?}");
 }
 
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    two_hundred_agents_at_once_have_each_report_applied_once
+);
 /// Two hundred simulated agents (the committed load generator, `hostwatch-load`, from 50 loopback
 /// addresses as machines of a fleet would be) enrolling and reporting at once, a snapshot each
 /// and then a delta every 2 s for 14 s: every report the collector took was applied once, in
 /// order. Each host's last applied sequence number is the
 /// last one its agent saw taken, no host shows a gap (`data_lost`), the collector counted as
 /// many accepted reports as the agents saw, and each host holds its snapshot's state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_agents_at_once_have_each_report_applied_once() {
     const AGENTS: usize = 200;
     let dir = tempfile::tempdir().unwrap();

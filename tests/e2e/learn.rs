@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, python_http_server, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, python_http_server, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -48,8 +48,13 @@ fn real_python() -> &'static str {
     })
 }
 
-/// Rows of a read-only query on the collector's SQLite file (python3's sqlite3 module).
+/// Rows of a read-only query on the collector's store without a connection to the collector:
+/// its SQLite file through python3's sqlite3 module, or its PostgreSQL database through psql on
+/// the server's socket.
 fn db(c: &Collector, sql: &str) -> Vec<Vec<String>> {
+    if c.on_postgres() {
+        return c.store_rows(sql);
+    }
     let path = c.data_dir.join("hostwatch.db");
     let out = Command::new(real_python())
         .args([
@@ -73,7 +78,10 @@ fn sleeper(dir: &std::path::Path, name: &str) -> (Guard, String) {
     (Guard(Command::new(&exe).arg("600").spawn().unwrap()), exe.display().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
+);
 async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start_alone(dir.path(), "");
@@ -84,6 +92,8 @@ async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
     let _agent = start_agent(&c, dir.path(), &format!("role={role},team=e2e"));
     let host = c.online(&role).await;
     let h = host.id.to_string();
+    // What reads the store later (python3, or psql and its perl wrapper) runs in the window too.
+    assert_eq!(db(&c, &format!("SELECT id FROM hosts WHERE id = {h}")), [[h.clone()]]);
     let (_worker, worker_exe) = sleeper(run.path(), &unique("worker"));
     let (_web, port) = python_http_server(0);
     // A process that ran in the window and is gone by the time of learning: history covers it.

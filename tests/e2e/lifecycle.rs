@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -23,7 +23,10 @@ fn kill(agent: &mut Guard) {
     let _ = agent.0.wait();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_killed_agent_is_worse_than_a_stopped_one_and_a_return_resolves
+);
 async fn a_killed_agent_is_worse_than_a_stopped_one_and_a_return_resolves() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "offline_after = \"10s\"\n");
@@ -63,7 +66,10 @@ async fn a_killed_agent_is_worse_than_a_stopped_one_and_a_return_resolves() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_host_silent_beyond_retire_after_is_retired_and_its_findings_closed
+);
 async fn a_host_silent_beyond_retire_after_is_retired_and_its_findings_closed() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "offline_after = \"10s\"\nretire_after = \"20s\"\n");

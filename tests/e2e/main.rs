@@ -1,6 +1,9 @@
 //! End-to-end tests of hostwatch: the real collector and agent binaries, real processes, real
-//! sockets, real SQLite. Each test starts its own collector in a temporary directory on a free
-//! loopback port, so tests run in parallel and touch nothing outside their directories.
+//! sockets, real SQLite and PostgreSQL. Each test starts its own collector in a temporary
+//! directory on a free loopback port, so tests run in parallel and touch nothing outside their
+//! directories. The tests of what the collector decides and keeps run on both stores
+//! (`support::on_both_stores!`: `NAME::sqlite` and `NAME::postgres`, the latter on a private
+//! PostgreSQL of its own).
 
 #![allow(clippy::unwrap_used)]
 

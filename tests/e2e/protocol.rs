@@ -5,7 +5,7 @@
 use hostwatch_proto::v1::{self as proto, Changes, Delta, ProcessKey, Removed};
 use time::OffsetDateTime;
 
-use crate::support::Collector;
+use crate::support::{Collector, on_both_stores};
 
 struct Agent<'a> {
     c: &'a Collector,
@@ -91,7 +91,10 @@ fn delta(added: Vec<proto::Process>, removed: Vec<&proto::Process>) -> Delta {
     }
 }
 
-#[tokio::test]
+on_both_stores!(
+    #[tokio::test]
+    snapshots_deltas_replays_and_gaps
+);
 async fn snapshots_deltas_replays_and_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

@@ -5,7 +5,7 @@ use hostwatch_proto::v1 as proto;
 use serde_json::Value;
 
 use crate::events::host_with_workload;
-use crate::support::{Collector, text};
+use crate::support::{Collector, on_both_stores, text};
 
 fn create_token(c: &Collector, role: &str) -> String {
     let out = c.cli(&["token", "create", "--name", &format!("q-{role}"), "--role", role]);
@@ -22,16 +22,22 @@ fn as_csv(v: &Value) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_analyst_reads_the_views_in_json_and_csv_and_no_write_passes
+);
 async fn an_analyst_reads_the_views_in_json_and_csv_and_no_write_passes() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
     let (_agent, host) = host_with_workload(&c, dir.path(), "").await;
     let analyst = create_token(&c, "analyst");
     let reader = create_token(&c, "reader");
-    // Text that CSV must quote, a NULL, a real, and what the agent reported.
+    // Text that CSV must quote, a NULL, a real, and what the agent reported; in each store's
+    // dialect (a comparison is an integer in SQLite, a boolean in PostgreSQL).
+    let pg = c.on_postgres();
+    let (newline, runs) = if pg { ("chr(10)", Value::from(true)) } else { ("char(10)", Value::from(1)) };
     let sql = format!(
-        "SELECT id, hostname, status, workload, 'a,\"b\"' || char(10) || 'c' AS tricky, NULL AS missing, \
+        "SELECT id, hostname, status, workload, 'a,\"b\"' || {newline} || 'c' AS tricky, NULL AS missing, \
          1.5 AS real, (SELECT count(*) FROM processes p WHERE p.host_id = hosts.id) > 0 AS runs \
          FROM hosts WHERE id = {}",
         host.id
@@ -46,10 +52,7 @@ async fn an_analyst_reads_the_views_in_json_and_csv_and_no_write_passes() {
     assert_eq!(row["status"], "online");
     assert_eq!(row["workload"], Value::from(host.workload.clone()));
     assert_eq!(row["tricky"], "a,\"b\"\nc");
-    assert_eq!(
-        (&row["missing"], &row["real"], &row["runs"]),
-        (&Value::Null, &Value::from(1.5), &Value::from(1))
-    );
+    assert_eq!((&row["missing"], &row["real"], &row["runs"]), (&Value::Null, &Value::from(1.5), &runs));
     // CSV parses back into the same rows, in the same column order.
     let out = c.cli_as(&analyst, &["query", &sql, "--output", "csv"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -68,16 +71,54 @@ async fn an_analyst_reads_the_views_in_json_and_csv_and_no_write_passes() {
     let out = c.cli_as(&reader, &["query", "SELECT 1"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("analyst"), "{}", text(&out));
-    for (sql, says) in [
-        (format!("DELETE FROM main.hosts WHERE id = {}", host.id), "DELETE"),
-        ("SELECT token_hash FROM main.api_tokens".to_owned(), "api_tokens"),
-        ("SELECT key_hash FROM node_keys".to_owned(), "node_keys"),
-        ("ATTACH DATABASE '/tmp/hw-attached.db' AS x".to_owned(), "ATTACH"),
-        ("PRAGMA writable_schema = ON".to_owned(), "PRAGMA writable_schema"),
-    ] {
+    // SQLite's authorizer names what it refuses; PostgreSQL refuses as the analysts' role and
+    // its read-only transaction do, each for its own reason.
+    let credentials = if pg {
+        "SELECT token_hash FROM public.api_tokens"
+    } else {
+        "SELECT token_hash FROM main.api_tokens"
+    };
+    let refused: Vec<(String, &str)> = if pg {
+        vec![
+            (
+                format!("DELETE FROM public.hosts WHERE id = {}", host.id),
+                "refused: only a statement that reads",
+            ),
+            ("VACUUM public.hosts".to_owned(), "refused: only a statement that reads"),
+            (
+                format!(
+                    "WITH d AS (DELETE FROM public.hosts WHERE id = {} RETURNING id) SELECT * FROM d",
+                    host.id
+                ),
+                "data-modifying statement",
+            ),
+            (credentials.to_owned(), "refused: permission denied for table api_tokens"),
+            ("SELECT key_hash FROM node_keys".to_owned(), "relation \"node_keys\" does not exist"),
+            (
+                "SELECT set_config('role', 'hostwatch', false)".to_owned(),
+                "refused: permission denied to set role",
+            ),
+            (
+                "SELECT pg_read_file('/etc/hostname')".to_owned(),
+                "refused: permission denied for function pg_read_file",
+            ),
+        ]
+    } else {
+        [
+            (format!("DELETE FROM main.hosts WHERE id = {}", host.id), "DELETE"),
+            (credentials.to_owned(), "api_tokens"),
+            ("SELECT key_hash FROM node_keys".to_owned(), "node_keys"),
+            ("ATTACH DATABASE '/tmp/hw-attached.db' AS x".to_owned(), "ATTACH"),
+            ("PRAGMA writable_schema = ON".to_owned(), "PRAGMA writable_schema"),
+        ]
+        .into()
+    };
+    for (sql, says) in refused {
         let out = c.cli_as(&analyst, &["query", &sql]);
         assert!(!out.status.success(), "{sql} passed");
-        assert!(text(&out).contains(says) && text(&out).contains("not allowed"), "{sql}: {}", text(&out));
+        let said = text(&out);
+        assert!(said.contains(says), "{sql}: {said}");
+        assert!(pg || said.contains("not allowed"), "{sql}: {said}");
     }
     let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
     assert!(hosts.iter().any(|h| h.id == host.id), "the host is gone");
@@ -91,10 +132,7 @@ async fn an_analyst_reads_the_views_in_json_and_csv_and_no_write_passes() {
         queries.iter().any(|e| e.actor.contains("q-analyst") && e.detail["sql"] == sql.as_str()),
         "{queries:?}"
     );
-    assert!(
-        queries.iter().any(|e| e.detail["sql"] == "SELECT token_hash FROM main.api_tokens"),
-        "{queries:?}"
-    );
+    assert!(queries.iter().any(|e| e.detail["sql"] == credentials), "{queries:?}");
     assert!(!queries.iter().any(|e| e.actor.contains("q-reader")), "a refused role was audited as a query");
 }
 
@@ -121,7 +159,10 @@ fn unique_sleep(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Strin
     (path, sha)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    each_incident_filter_finds_what_this_host_runs_and_pages_hold_each_row_once
+);
 async fn each_incident_filter_finds_what_this_host_runs_and_pages_hold_each_row_once() {
     use std::process::{Command, Stdio};
     use std::time::Duration;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use hostwatch_proto::v1 as proto;
 
 use crate::files::{agent_ready, make_tree};
-use crate::support::{Collector, Turn, agent_log, bin, build_deb, start_agent_with, text, unique, wait_for};
+use crate::support::{
+    Collector, Turn, agent_log, bin, build_deb, on_both_stores, start_agent_with, text, unique, wait_for,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -24,7 +26,10 @@ fn bake_events(c: &Collector, host: i64) -> Vec<proto::FileEvent> {
     all.into_iter().filter(|e| e.change.origin == proto::ChangeOrigin::Bake).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread")]
+    an_instance_of_a_baked_image_reports_what_differs_from_the_golden_manifest_once
+);
 async fn an_instance_of_a_baked_image_reports_what_differs_from_the_golden_manifest_once() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");

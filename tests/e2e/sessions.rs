@@ -15,7 +15,7 @@ use std::process::Command;
 use hostwatch_proto::v1 as proto;
 
 use crate::events::{Group, NO_BUDGET, WAIT, host_with_workload, sleep_copy};
-use crate::support::{Collector, spawn_copy, unique, wait_for};
+use crate::support::{Collector, on_both_stores, spawn_copy, unique, wait_for};
 
 /// A login of `uid` (a shell given the login uid) that runs `script` in that same shell.
 fn login(uid: u32, script: &str) -> Group {
@@ -56,7 +56,10 @@ fn ran(f: &proto::Finding) -> Vec<String> {
     f.detail["ran"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    an_allowed_login_is_explained_and_any_other_is_one_finding_that_grows
+);
 async fn an_allowed_login_is_explained_and_any_other_is_one_finding_that_grows() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -161,7 +164,10 @@ async fn log_in(c: &Collector, h: i64, sshd: SocketAddr, from: [u8; 4]) -> tokio
     stream
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_rule_from_a_network_allows_only_logins_from_it_and_learn_writes_the_users_rule
+);
 async fn a_rule_from_a_network_allows_only_logins_from_it_and_learn_writes_the_users_rule() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

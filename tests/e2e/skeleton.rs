@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, python_http_server, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, python_http_server, start_agent, unique, wait_for};
 
 /// Bound on every wait: generous for a loaded 2-core CI machine, while the agent reports every 1 s.
 const WAIT: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    listener_and_process_findings_open_resolve_and_reopen
+);
 async fn listener_and_process_findings_open_resolve_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start(dir.path(), "");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hostwatch_proto::v1 as proto;
 use time::OffsetDateTime;
 
-use crate::support::{Collector, Guard, start_agent, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, start_agent, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -21,7 +21,10 @@ fn apply(c: &Collector, dir: &std::path::Path, name: &str, body: &str) -> std::p
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_tie_is_ambiguous_and_an_allowance_ends_with_its_until
+);
 async fn a_tie_is_ambiguous_and_an_allowance_ends_with_its_until() {
     let dir = tempfile::tempdir().unwrap();
     // offline_after makes the collector's chores run every few seconds.

@@ -76,20 +76,27 @@ impl PgStore {
     /// roots: a password must not cross a network in clear, nor go to a server that is not the
     /// database.
     pub async fn connect(url: &str, options: &PgOptions) -> Result<PgStore> {
-        let tls = Tls::for_url(url, options.ca_file.as_deref())?;
-        let main = pool(url, POOL_SIZE, RecyclingMethod::Fast, &tls)?;
+        let config = parse_url(url)?;
+        let tls = Tls::for_config(&config, options.ca_file.as_deref())?;
         let queries = match &options.query_url {
-            Some(u) => Some(pool(
-                u,
-                QUERY_POOL_SIZE,
-                RecyclingMethod::Fast,
-                &Tls::for_url(u, options.ca_file.as_deref())?,
-            )?),
+            Some(u) => {
+                let config = parse_url(u)?;
+                let tls = Tls::for_config(&config, options.ca_file.as_deref())?;
+                Some(pool(config, QUERY_POOL_SIZE, &tls)?)
+            }
             None => None,
         };
-        // A turn's connection is reset before it serves another (DISCARD ALL releases any lock
-        // a failed release left).
-        let turns = pool(url, TURN_POOL_SIZE, RecyclingMethod::Clean, &tls)?;
+        // A turn's wait is bounded by the session's lock_timeout, set as the connection is made
+        // (not a statement more per turn). A connection whose lock could not be released is
+        // closed rather than given back (`turns::Held`), so none in the pool holds one.
+        let mut turn_config = config.clone();
+        let session = match config.get_options() {
+            Some(given) => format!("{given} -c lock_timeout={}", turns::TURN_WAIT),
+            None => format!("-c lock_timeout={}", turns::TURN_WAIT),
+        };
+        turn_config.options(&session);
+        let turns = pool(turn_config, TURN_POOL_SIZE, &tls)?;
+        let main = pool(config, POOL_SIZE, &tls)?;
         let store = PgStore {
             pool: main,
             queries,
@@ -454,10 +461,9 @@ enum Tls {
 }
 
 impl Tls {
-    fn for_url(url: &str, ca_file: Option<&std::path::Path>) -> Result<Tls> {
+    fn for_config(config: &Config, ca_file: Option<&std::path::Path>) -> Result<Tls> {
         use tokio_postgres::config::{Host, SslMode};
         let bad = |why: String| StoreError::Database(format!("database URL: {why}"));
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
         let hosts = config.get_hosts();
         let network = hosts.iter().filter(|h| matches!(h, Host::Tcp(_))).count();
         if network == 0 {
@@ -505,11 +511,17 @@ impl Tls {
     }
 }
 
-/// A pool of at most `size` connections to the database at `url`, made as `tls` says (on the
-/// network, TLS is required of the server: `sslmode` is made `require` whatever the URL said).
-fn pool(url: &str, size: usize, recycling_method: RecyclingMethod, tls: &Tls) -> Result<Pool> {
-    let mut config: Config = url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))?;
-    let manager_config = ManagerConfig { recycling_method };
+/// A database URL (`postgres://…`) as tokio-postgres reads it; what is wrong with it, said.
+fn parse_url(url: &str) -> Result<Config> {
+    url.parse().map_err(|e| StoreError::Database(format!("database URL: {e}")))
+}
+
+/// A pool of at most `size` connections to the database `config` names, made as `tls` says (on
+/// the network, TLS is required of the server: `sslmode` is made `require` whatever the URL
+/// said). A connection is given back as it is (`Fast`): every session setting a store makes is
+/// `SET LOCAL`, gone with its transaction.
+fn pool(mut config: Config, size: usize, tls: &Tls) -> Result<Pool> {
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
     let manager = match tls {
         Tls::Socket => Manager::from_config(config, NoTls, manager_config),
         Tls::Network(tls) => {

@@ -174,6 +174,109 @@ impl Drop for Turn {
     }
 }
 
+/// The role analysts' SQL runs as on a test's PostgreSQL (`query_database`).
+const QUERY_ROLE: &str = "hw_query";
+
+tokio::task_local! {
+    /// Set for a test run by [`on_postgres`]: its collectors keep their store in a private
+    /// PostgreSQL rather than in SQLite in their data directories.
+    static ON_POSTGRES: Arc<Mutex<Databases>>;
+}
+
+/// A test's PostgreSQL, started at its first collector, and a database for each collector's data
+/// directory (a collector restarted on the same directory finds its store again).
+#[derive(Default)]
+struct Databases {
+    server: Option<postgres::PgServer>,
+    by_dir: Vec<(PathBuf, String)>,
+}
+
+/// A collector's PostgreSQL database, as its test sees it.
+struct Database {
+    databases: Arc<Mutex<Databases>>,
+    name: String,
+}
+
+impl Database {
+    /// The database of the collector whose data lives in `data_dir`, when the test runs on
+    /// PostgreSQL: made at first use, with the analysts' role on the cluster.
+    fn for_dir(data_dir: &Path) -> Option<Database> {
+        let databases = ON_POSTGRES.try_with(Arc::clone).ok()?;
+        let mut d = databases.lock().unwrap_or_else(|e| e.into_inner());
+        if d.server.is_none() {
+            let server = postgres::PgServer::start_quiet();
+            server.psql("postgres", &format!("CREATE ROLE {QUERY_ROLE} LOGIN"));
+            d.server = Some(server);
+        }
+        let name = match d.by_dir.iter().find(|(dir, _)| dir == data_dir) {
+            Some((_, name)) => name.clone(),
+            None => {
+                let name = format!("hw_{}", d.by_dir.len() + 1);
+                if let Some(server) = &d.server {
+                    server.psql("postgres", &format!("CREATE DATABASE {name}"));
+                }
+                d.by_dir.push((data_dir.to_owned(), name.clone()));
+                name
+            }
+        };
+        drop(d);
+        Some(Database { databases, name })
+    }
+
+    fn with_server<T>(&self, f: impl FnOnce(&postgres::PgServer) -> T) -> T {
+        let d = self.databases.lock().unwrap_or_else(|e| e.into_inner());
+        f(d.server.as_ref().expect("the test's PostgreSQL, started with its first collector"))
+    }
+
+    /// The lines of server.toml that put the store here.
+    fn config(&self) -> String {
+        self.with_server(|s| {
+            let query = format!("postgres://{QUERY_ROLE}@/{}?host={}", self.name, s.socket_dir().display());
+            format!("database = {:?}\nquery_database = {query:?}\n", s.url(&self.name))
+        })
+    }
+
+    /// What the analysts' role reads, granted once the collector has made its views (as
+    /// docs/scaling.md has the administrator do).
+    fn grant_views(&self) {
+        self.with_server(|s| {
+            s.psql(
+                &self.name,
+                &format!(
+                    "GRANT USAGE ON SCHEMA hostwatch_views TO {QUERY_ROLE}; \
+                     GRANT SELECT ON ALL TABLES IN SCHEMA hostwatch_views TO {QUERY_ROLE}"
+                ),
+            )
+        });
+    }
+}
+
+/// Runs `test` with its collectors on PostgreSQL (a private server the test's first collector
+/// starts, stopped when the test ends), where it would otherwise run on SQLite.
+pub async fn on_postgres<F: Future>(test: F) -> F::Output {
+    ON_POSTGRES.scope(Arc::new(Mutex::new(Databases::default())), test).await
+}
+
+/// Runs an end-to-end test on each store: `NAME::sqlite` and `NAME::postgres`. `NAME` is an
+/// `async fn` of no arguments in the same module; the attributes (`#[tokio::test]` and its
+/// flavour) are each run's.
+macro_rules! on_both_stores {
+    ($(#[$attr:meta])* $name:ident) => {
+        mod $name {
+            $(#[$attr])*
+            async fn sqlite() {
+                super::$name().await
+            }
+
+            $(#[$attr])*
+            async fn postgres() {
+                $crate::support::on_postgres(super::$name()).await
+            }
+        }
+    };
+}
+pub(crate) use on_both_stores;
+
 /// A collector started from `hostwatch serve --config`, on a free loopback port.
 pub struct Collector {
     pub process: Guard,
@@ -184,6 +287,8 @@ pub struct Collector {
     pub enroll_secret_file: PathBuf,
     pub stderr: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
+    /// On PostgreSQL: the store's database (the server outlives the collector).
+    database: Option<Database>,
     // Dropped last: the collector and what the test started are gone first.
     _turn: Turn,
 }
@@ -215,9 +320,11 @@ impl Collector {
     fn start_with(dir: &Path, extra: &str, addr: &str, turn: Turn) -> Collector {
         let data_dir = dir.join("server");
         let config = dir.join("server.toml");
+        let database = Database::for_dir(&data_dir);
+        let store = database.as_ref().map(Database::config).unwrap_or_default();
         std::fs::write(
             &config,
-            format!("listen = {addr:?}\ndata_dir = {:?}\n{extra}", data_dir.display().to_string()),
+            format!("listen = {addr:?}\ndata_dir = {:?}\n{store}{extra}", data_dir.display().to_string()),
         )
         .expect("write server.toml");
         let mut child = Command::new(bin("hostwatch"))
@@ -257,6 +364,9 @@ impl Collector {
             .trim()
             .to_owned();
         install_tls_provider();
+        if let Some(d) = &database {
+            d.grant_views();
+        }
         Collector {
             process,
             url,
@@ -266,6 +376,7 @@ impl Collector {
             admin_token,
             stderr: lines,
             http: reqwest::Client::new(),
+            database,
             _turn: turn,
         }
     }
@@ -398,6 +509,35 @@ impl Collector {
 
     pub fn log(&self) -> String {
         self.stderr.lock().expect("log lock").join("\n")
+    }
+
+    /// Whether this collector's store is PostgreSQL (the test runs [`on_postgres`]).
+    pub fn on_postgres(&self) -> bool {
+        self.database.is_some()
+    }
+
+    /// Rows of one query on this collector's PostgreSQL database, through psql on the server's
+    /// socket as its superuser (each field as psql prints it).
+    pub fn store_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let d = self.database.as_ref().expect("a collector on PostgreSQL");
+        let text = d.with_server(|s| s.psql_fields(&d.name, sql));
+        text.lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_owned).collect()).collect()
+    }
+
+    /// Everything the store holds, as text: SQLite's database file and its write-ahead log read
+    /// as bytes, or PostgreSQL's database as `pg_dump` writes it. For checks of what must never
+    /// be stored in clear.
+    pub fn store_contents(&self) -> String {
+        match &self.database {
+            Some(d) => d.with_server(|s| s.dump(&d.name)),
+            None => ["hostwatch.db", "hostwatch.db-wal"]
+                .iter()
+                .map(|f| {
+                    String::from_utf8_lossy(&std::fs::read(self.data_dir.join(f)).unwrap_or_default())
+                        .into_owned()
+                })
+                .collect(),
+        }
     }
 }
 

@@ -24,20 +24,32 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     /// With TLS on loopback: its TCP port (the socket is numbered by it too).
     port: Option<u16>,
-    _turn: Turn,
+    /// Its own turn on the machine, or none for a server started under a collector's turn
+    /// ([`PgServer::start_quiet`]).
+    _turn: Option<Turn>,
+    /// Autovacuum off: a server that starts no process of its own between the tests' turns.
+    quiet: bool,
 }
 
 impl PgServer {
     /// Starts a fresh cluster, or panics saying what is missing.
     pub fn start() -> PgServer {
-        Self::start_with(None)
+        Self::start_with(None, Some(Turn::shared()))
+    }
+
+    /// A server for the collectors of one test, started under their turn and holding none of
+    /// its own (a test that has the machine to itself may start it). It starts no process
+    /// unless a client connects (autovacuum off; only the collectors of its test connect), so
+    /// it is nothing new to any other test's agent between that test's turns.
+    pub fn start_quiet() -> PgServer {
+        Self::start_with(None, None)
     }
 
     /// The same, also listening on a free port of 127.0.0.1 with TLS only (`cert` and `key`,
     /// PEM files): a database "on the network" that cannot leave this machine. Clients on the
     /// port must use TLS (`hostnossl` is refused); the socket stays open to the tests' psql.
     pub fn start_tls(cert: &Path, key: &Path) -> PgServer {
-        Self::start_with(Some((cert, key)))
+        Self::start_with(Some((cert, key)), Some(Turn::shared()))
     }
 
     /// The TCP port of a server started with TLS.
@@ -45,8 +57,8 @@ impl PgServer {
         self.port.expect("a server started with TLS")
     }
 
-    fn start_with(tls: Option<(&Path, &Path)>) -> PgServer {
-        let turn = Turn::shared();
+    fn start_with(tls: Option<(&Path, &Path)>, turn: Option<Turn>) -> PgServer {
+        let quiet = turn.is_none();
         for tool in ["initdb", "pg_ctl", "postgres"] {
             let path = Path::new(BIN).join(tool);
             assert!(
@@ -65,7 +77,7 @@ impl PgServer {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("its address").port()
         });
-        let server = PgServer { dir, port, _turn: turn };
+        let server = PgServer { dir, port, _turn: turn, quiet };
         server.as_postgres(
             "initdb",
             &[
@@ -125,6 +137,33 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The same, each row's fields separated by a tab.
+    pub fn psql_fields(&self, database: &str, sql: &str) -> String {
+        let out = run(
+            "psql",
+            Command::new("psql")
+                .args(["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.unwrap_or(5432).to_string()])
+                .args(["-U", USER, "-d", database, "-c", sql]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Everything in `database` as `pg_dump` writes it (SQL text), to look for what must never
+    /// be stored in clear.
+    pub fn dump(&self, database: &str) -> String {
+        let out = run(
+            "pg_dump",
+            Command::new("pg_dump")
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.unwrap_or(5432).to_string()])
+                .args(["-U", USER, "-d", database]),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stops the server as a crash would (immediate: no checkpoint), for tests of a database
     /// that goes away under the collector.
     pub fn stop_immediately(&self) {
@@ -141,8 +180,11 @@ impl PgServer {
             Some(port) => format!("-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on"),
             None => "-c listen_addresses=''".to_owned(),
         };
-        let options =
-            format!("{network} -k {} -c fsync=off -c full_page_writes=off", self.socket_dir().display());
+        let quiet = if self.quiet { " -c autovacuum=off" } else { "" };
+        let options = format!(
+            "{network} -k {} -c fsync=off -c full_page_writes=off{quiet}",
+            self.socket_dir().display()
+        );
         let data = self.data();
         let log = self.dir.path().join("server.log");
         self.as_postgres(

@@ -114,7 +114,14 @@ async fn in_transaction(
     let wrapped =
         format!("SELECT * FROM (\n{sql}\n) AS hostwatch_query LIMIT {}", terms.max_rows.saturating_add(1));
     client.prepare(sql).await.map_err(|e| refusal(&e, terms.timeout))?;
-    let stmt = client.prepare(&wrapped).await.map_err(|e| refusal(&e, terms.timeout))?;
+    // A statement that parses alone but not inside a SELECT does not read: a write, a command.
+    let stmt = client.prepare(&wrapped).await.map_err(|e| match e.code() {
+        Some(&SqlState::SYNTAX_ERROR) => StoreError::Query(format!(
+            "refused: only a statement that reads (SELECT, WITH … SELECT, VALUES, TABLE) can run; a query may only read the views: {}",
+            crate::store::QUERY_VIEWS.join(", ")
+        )),
+        _ => refusal(&e, terms.timeout),
+    })?;
     let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
     let types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
     let mut out = QueryRows { columns, rows: Vec::new(), truncated: false };
@@ -160,6 +167,11 @@ fn value(v: Option<&str>, ty: &Type) -> serde_json::Value {
     }
 }
 
+/// Classes of SQLSTATE that say what is wrong with the analyst's statement, not with the
+/// database: not supported (0A), more than one row where one was meant (21), bad data (22),
+/// not possible in this transaction (25), syntax or access (42), too complex (54).
+const ANALYSTS_CLASSES: &[&str] = &["0A", "21", "22", "25", "42", "54"];
+
 /// Why PostgreSQL would not run or finish a query, in the analyst's terms.
 fn refusal(e: &tokio_postgres::Error, timeout: Duration) -> StoreError {
     let views = crate::store::QUERY_VIEWS.join(", ");
@@ -171,7 +183,7 @@ fn refusal(e: &tokio_postgres::Error, timeout: Duration) -> StoreError {
         StoreError::Query(format!("refused: {} (a query may only read the views: {views})", db.message()))
     } else if *code == SqlState::UNDEFINED_TABLE {
         StoreError::Query(format!("{} (the views are: {views})", db.message()))
-    } else if code.code().starts_with("42") || code.code().starts_with("22") {
+    } else if ANALYSTS_CLASSES.iter().any(|class| code.code().starts_with(class)) {
         StoreError::Query(db.message().to_owned())
     } else {
         StoreError::Database(format!("{} ({})", db.message(), code.code()))

@@ -68,9 +68,14 @@ impl PgStore {
     ) -> Result<Vec<FindingChange>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
-        tx.execute("UPDATE hosts SET workload = $1 WHERE id = $2", &[&verdict.workload, &host_id])
-            .await
-            .map_err(error)?;
+        // Written only when it changed: most verdicts keep the workload, and an unchanged row
+        // is not rewritten (no dead tuple, no WAL).
+        tx.execute(
+            "UPDATE hosts SET workload = $1 WHERE id = $2 AND workload IS DISTINCT FROM $1",
+            &[&verdict.workload, &host_id],
+        )
+        .await
+        .map_err(error)?;
         let (mut changes, seen) = apply_observations(&tx, host_id, &verdict.observed, limit, now).await?;
         changes.extend(resolve_unseen(&tx, host_id, &seen, &verdict.state_kinds, now).await?);
         if !verdict.kept.is_empty() {

@@ -22,8 +22,9 @@ use crate::store::{Result, StoreError, Turn};
 /// lock keyed by its id: hosts are numbered from 1, far below the named locks' keys.
 const CHORES_LOCK: i64 = 0x6877_6368_6f72_6573;
 
-/// How long a report waits for its host's turn held by another collector.
-const TURN_WAIT: &str = "30s";
+/// How long a report waits for its host's turn held by another collector: the turns'
+/// connections' `lock_timeout`.
+pub(super) const TURN_WAIT: &str = "30s";
 
 /// A held advisory lock and the connection that holds it.
 struct Held {
@@ -53,11 +54,7 @@ impl PgStore {
         let client = self.turn_client().await?;
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let taken = client
-                .batch_execute(&format!(
-                    "SET lock_timeout = '{TURN_WAIT}'; SELECT pg_advisory_lock({host_id})"
-                ))
-                .await;
+            let taken = client.batch_execute(&format!("SELECT pg_advisory_lock({host_id})")).await;
             let sent = match taken {
                 Ok(()) => tx.send(Ok(Held { client: Some(client), key: host_id })),
                 Err(e) => tx.send(Err(error(e))),
