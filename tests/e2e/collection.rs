@@ -99,10 +99,12 @@ async fn a_thousand_short_lived_processes_are_in_the_history() {
     let complete =
         seen.iter().filter(|e| e.exe.as_deref() == Some(exe) && e.cmdline == [exe, "0.02"]).count();
     assert!(complete >= 990, "{complete} of {} with exe and command line", seen.len());
-    let mut pids: Vec<u32> = seen.iter().map(|e| e.pid).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    assert_eq!(pids.len(), seen.len(), "each run once");
+    let mut by_pid: std::collections::BTreeMap<u32, Vec<&proto::ProcessEvent>> = Default::default();
+    for e in &seen {
+        by_pid.entry(e.pid).or_default().push(e);
+    }
+    let twice: Vec<_> = by_pid.values().filter(|v| v.len() > 1).collect();
+    assert!(twice.is_empty(), "each run once; recorded more than once: {twice:#?}");
 }
 
 on_both_stores!(
