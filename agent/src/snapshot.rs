@@ -115,6 +115,8 @@ pub struct Observer {
     recent: Vec<(ProcKey, Instant)>,
     /// Pids announced by fork events since the last quick look.
     forked: Vec<u32>,
+    /// Pids read once in the middle of an exec ([`mid_exec`]) and left for the next look.
+    mid_exec: HashSet<u32>,
     /// The name and executable of processes that exited in the last [`EXITED_KEPT`] (at most
     /// [`EXITED_MAX`]): a socket event comes up to a ring drain after the fact, often after its
     /// process's exit event (a program's last connections).
@@ -211,6 +213,7 @@ impl Observer {
             scans: 0,
             recent: Vec::new(),
             forked: Vec::new(),
+            mid_exec: HashSet::new(),
             exited: HashMap::new(),
             hashes: HashCache::new(HASH_RATE, HASH_MAX_SIZE),
             unhashed: Vec::new(),
@@ -550,6 +553,7 @@ impl Observer {
         };
         let listed: HashSet<u32> = pids.iter().copied().collect();
         self.skip.retain(|p| listed.contains(p));
+        self.mid_exec.retain(|p| listed.contains(p));
         let mut old = std::mem::take(&mut self.procs);
         for pid in pids {
             if self.skip.contains(&pid) || Some(pid) == self.hidden {
@@ -573,7 +577,15 @@ impl Observer {
                     }
                 }
                 Some(rec) => self.reread(rec, problems),
-                None => self.read_whole(pid, problems),
+                None => match self.read_whole(pid, problems) {
+                    // Looked at again by the next quick look, if its exec event has not brought
+                    // it whole by then.
+                    Some(rec) if self.first_mid_exec(&rec) => {
+                        self.forked.push(pid);
+                        None
+                    }
+                    read => read,
+                },
             };
             if let Some(rec) = rec {
                 self.procs.insert(pid, rec);
@@ -595,13 +607,34 @@ impl Observer {
 
     /// Reads a known pid whole again. A program's hash stays with its process: a re-read is no
     /// reason to hash again.
+    /// A read in the middle of an exec keeps what was known until the next look.
     fn reread(&mut self, known: ProcessRecord, problems: &mut Problems) -> Option<ProcessRecord> {
         let mut new = self.read_whole(known.pid, problems)?;
+        if self.first_mid_exec(&new) {
+            return Some(known);
+        }
         if new.start_ticks == known.start_ticks {
             new.sha256 = known.sha256;
             new.ancestry = known.ancestry;
         }
         Some(new)
+    }
+
+    /// Whether `rec` is the first read of its pid that looks caught in the middle of an exec: the
+    /// kernel has switched its executable (and name) but not yet laid out its arguments, so its
+    /// command line reads empty. Reported so, it would then change program when its exec event
+    /// or the next read brought it whole: one run recorded as two execs. Such a read is left for
+    /// the next look; a second one that still reads empty is taken as it is (a program may blank
+    /// its own arguments to hide them; it is reported, not left out).
+    fn first_mid_exec(&mut self, rec: &ProcessRecord) -> bool {
+        if !rec.cmdline.is_empty() || rec.exe.is_none() {
+            self.mid_exec.remove(&rec.pid);
+            return false;
+        }
+        if self.mid_exec.len() >= MAX_FORKS {
+            return false;
+        }
+        self.mid_exec.insert(rec.pid)
     }
 
     /// Whether a known process is to be read whole at this scan.
@@ -680,7 +713,11 @@ impl Observer {
                 && Some(pid) != self.hidden
                 && let Some(rec) = self.read_whole(pid, &mut problems)
             {
-                started.push(self.note_exec(rec));
+                if self.first_mid_exec(&rec) {
+                    self.forked.push(pid);
+                } else {
+                    started.push(self.note_exec(rec));
+                }
             }
         }
         // Read again, whole: new credentials may come with new rights over new files.
@@ -842,6 +879,41 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), pids.len());
         assert!(seen.snapshot.processes.iter().all(|p| p.pid != 2));
+    }
+
+    /// A process whose command line reads empty is left for the next look once (it may be in
+    /// the middle of an exec), then reported as it is: one run with an empty `argv[0]` and no
+    /// arguments (as a program hiding them could be) is not hidden by it.
+    #[test]
+    fn an_empty_command_line_waits_one_look_and_is_then_reported() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/cat")
+            .arg0("")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("/bin/cat");
+        let pid = child.id();
+        // Spawning returns as the child's exec switches programs, before its arguments are laid
+        // out: the very moment this is about. Past it, one NUL.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let cmdline = loop {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            if !c.is_empty() || Instant::now() > deadline {
+                break c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        assert_eq!(cmdline, b"\0", "its command line");
+
+        let mut o = Observer::new(HostRoot::default(), Reader::SockDiag, Redactor::default());
+        let first = o.observe();
+        assert!(!first.snapshot.processes.iter().any(|p| p.pid == pid), "left for the next look");
+        assert!(first.snapshot.processes.iter().any(|p| p.pid == std::process::id()), "the rest is there");
+        let next = o.quick(Want { listen: false, connected: false }, false);
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let p = next.started.iter().find(|p| p.pid == pid).expect("reported at the next look");
+        assert!(p.cmdline.is_empty() && p.exe.as_deref() == Some("/usr/bin/cat"), "{p:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use hostwatch_proto::v1 as proto;
 
 use crate::bad_input::{enroll, report};
-use crate::support::Collector;
+use crate::support::{Collector, on_both_stores};
 
 /// One sample as the parser read it.
 #[derive(Debug, serde::Deserialize)]
@@ -79,6 +79,24 @@ impl WriteLock {
     }
 }
 
+impl WriteLock {
+    /// The same on PostgreSQL: `table` locked whole by a psql session of the test's.
+    fn take_table(c: &Collector, table: &str) -> WriteLock {
+        use std::io::{BufRead, Write};
+        let mut child = c.store_session();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';").unwrap();
+        child.stdin = Some(stdin);
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        while line.trim() != "locked" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "psql ended before it held the lock");
+        }
+        WriteLock(child)
+    }
+}
+
 impl Drop for WriteLock {
     fn drop(&mut self) {
         // Its stdin closed, it rolls back and exits.
@@ -87,7 +105,10 @@ impl Drop for WriteLock {
     }
 }
 
-#[tokio::test]
+on_both_stores!(
+    #[tokio::test]
+    metrics_parse_as_prometheus_reads_them_and_count_every_refusal
+);
 async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -130,13 +151,20 @@ async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     // the same report sent again once it is free is taken.
     let second = serde_json::to_vec(&report(2, "m-metrics-b")).unwrap();
     {
-        let _lock = WriteLock::take(&dir.path().join("server").join("hostwatch.db"));
+        let _lock = if c.on_postgres() {
+            WriteLock::take_table(&c, "hosts")
+        } else {
+            WriteLock::take(&dir.path().join("server").join("hostwatch.db"))
+        };
         let (code, text) = c.post(proto::REPORT_PATH, Some(&b.node_key), second.clone()).await;
         assert_eq!(code, 503, "{text}");
         assert!(text.contains("retry later"), "{text}");
     }
     assert_eq!(post_report(&c, &b.node_key, second).await, 200);
     accepted += 1;
+    // A key the collector never gave: refused at the credential, and counted all the same.
+    let forged = format!("hwn_{}", "0".repeat(64));
+    assert_eq!(post_report(&c, &forged, serde_json::to_vec(&report(1, "m-metrics-f")).unwrap()).await, 401);
     // Enrollments with a wrong secret until this address's burst is spent: 401s, then one 429.
     let mut unauthorized = 0;
     loop {
@@ -160,7 +188,7 @@ async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
     let reports = |outcome: &str| value(&samples, "hostwatch_reports_total", &[("outcome", outcome)]);
     assert_eq!(reports("accepted"), f64::from(accepted), "{text}");
     assert_eq!((reports("invalid"), reports("too_large"), reports("throttled")), (1.0, 1.0, 1.0), "{text}");
-    assert_eq!((reports("busy"), reports("failed")), (1.0, 0.0), "{text}");
+    assert_eq!((reports("busy"), reports("unauthorized"), reports("failed")), (1.0, 1.0, 0.0), "{text}");
     let enrollments = |outcome: &str| value(&samples, "hostwatch_enrollments_total", &[("outcome", outcome)]);
     assert_eq!(enrollments("accepted"), 2.0, "{text}");
     assert_eq!(enrollments("unauthorized"), f64::from(unauthorized), "{text}");

@@ -133,18 +133,39 @@ async fn enroll_host(
 }
 
 /// A report: admitted (one per host at a time, within its rate) before its body is read, given a
-/// processing turn only once the body is read whole, so that a slow sender holds no turn.
+/// processing turn only once the body is read whole, so that a slow sender holds no turn. Every
+/// report is counted by how it ended, those refused at its credential too (an unknown key, a
+/// store too busy to look it up).
 pub async fn report(
     State(state): State<AppState>,
-    agent: Agent,
+    agent: Result<Agent, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<proto::ReportResponse>, ApiError> {
     let started = Instant::now();
-    let result = match state.admission.report(agent.host_id) {
+    let host_id = agent.as_ref().ok().map(|a| a.host_id);
+    let result = match agent {
+        Err(refused) => Err(refused),
+        Ok(agent) => admit(&state, agent, &headers, body).await,
+    };
+    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+    state.metrics.report(status, started.elapsed());
+    if let Err(e) = &result {
+        log_refusal(&state.metrics.report_refusals, "report", status, host_id, &e.message);
+    }
+    result.map(Json)
+}
+
+async fn admit(
+    state: &AppState,
+    agent: Agent,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<proto::ReportResponse, ApiError> {
+    match state.admission.report(agent.host_id) {
         Ok(_in_flight) => {
             tracing::debug!(host_id = agent.host_id, "report admitted; reading its body");
-            accept(&state, agent, &headers, body).await
+            accept(state, agent, headers, body).await
         }
         Err(refusal) => {
             let why = match refusal {
@@ -153,13 +174,7 @@ pub async fn report(
             };
             Err(ApiError::too_many(format!("{why}; retry later"), refusal.retry_after()))
         }
-    };
-    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
-    state.metrics.report(status, started.elapsed());
-    if let Err(e) = &result {
-        log_refusal(&state.metrics.report_refusals, "report", status, Some(agent.host_id), &e.message);
     }
-    result.map(Json)
 }
 
 async fn accept(

@@ -86,17 +86,14 @@ impl PgStore {
             }
             None => None,
         };
-        // A turn's wait is bounded by the session's lock_timeout, set as the connection is made
-        // (not a statement more per turn). A connection whose lock could not be released is
-        // closed rather than given back (`turns::Held`), so none in the pool holds one.
-        let mut turn_config = config.clone();
-        let session = match config.get_options() {
-            Some(given) => format!("{given} -c lock_timeout={}", turns::TURN_WAIT),
-            None => format!("-c lock_timeout={}", turns::TURN_WAIT),
-        };
-        turn_config.options(&session);
-        let turns = pool(turn_config, TURN_POOL_SIZE, &tls)?;
-        let main = pool(config, POOL_SIZE, &tls)?;
+        // Waits are bounded by the sessions' lock_timeout, set as each connection is made (not a
+        // statement more per use): a store held by someone else (an administrator's LOCK, a
+        // long migration) is busy after STORE_WAIT, and the agent sends again, as on SQLite. A
+        // turn's connection waits longer, for another collector's report. A connection whose
+        // lock could not be released is closed rather than given back (`turns::Held`), so none
+        // in the pool holds one.
+        let turns = pool(with_lock_timeout(&config, turns::TURN_WAIT), TURN_POOL_SIZE, &tls)?;
+        let main = pool(with_lock_timeout(&config, STORE_WAIT), POOL_SIZE, &tls)?;
         let store = PgStore {
             pool: main,
             queries,
@@ -106,8 +103,8 @@ impl PgStore {
         };
         store.migrate().await?;
         let mut client = store.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        history::make_partitions(&tx, OffsetDateTime::now_utc()).await?;
+        let tx = store.begin(&mut client).await?;
+        history::make_partitions(&*tx, OffsetDateTime::now_utc()).await?;
         tx.commit().await.map_err(error)?;
         Ok(store)
     }
@@ -134,6 +131,13 @@ impl PgStore {
         row.as_ref().map(read).transpose()
     }
 
+    /// A transaction on `client`, its time to commit shown by `/metrics` (`store_transaction`),
+    /// as the SQLite store's writer shows its batches'.
+    async fn begin<'a>(&'a self, client: &'a mut deadpool_postgres::Object) -> Result<Timed<'a>> {
+        let tx = client.transaction().await.map_err(error)?;
+        Ok(Timed { tx, began: std::time::Instant::now(), timings: &self.timings })
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         let started = std::time::Instant::now();
         let client = self.pool.get().await;
@@ -148,7 +152,9 @@ impl PgStore {
     /// advisory lock: a collector that starts meanwhile waits, then finds them applied.
     async fn migrate(&self) -> Result<()> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
+        // Another collector's migration is waited for however long it takes.
+        tx.batch_execute("SET LOCAL lock_timeout = 0").await.map_err(error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(error)?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)",
@@ -453,6 +459,30 @@ pub struct PgOptions {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// A transaction that observes its time from begin to commit; one dropped uncommitted rolls
+/// back, as any does, and is not counted.
+struct Timed<'a> {
+    tx: deadpool_postgres::Transaction<'a>,
+    began: std::time::Instant,
+    timings: &'a StoreTimings,
+}
+
+impl<'a> std::ops::Deref for Timed<'a> {
+    type Target = deadpool_postgres::Transaction<'a>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl Timed<'_> {
+    async fn commit(self) -> std::result::Result<(), tokio_postgres::Error> {
+        let committed = self.tx.commit().await;
+        self.timings.transaction.observe(self.began.elapsed().as_secs_f64());
+        committed
+    }
+}
+
 /// How connections to a URL's hosts are made: in clear on a Unix socket, over verified TLS on
 /// the network.
 enum Tls {
@@ -509,6 +539,21 @@ impl Tls {
             .with_no_client_auth();
         Ok(Tls::Network(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
     }
+}
+
+/// How long a store call waits for a lock someone else holds before the store is busy: the
+/// SQLite store's busy wait.
+const STORE_WAIT: &str = "5s";
+
+/// `config` with sessions whose waits for a lock end after `wait` (with the options the URL gave).
+fn with_lock_timeout(config: &Config, wait: &str) -> Config {
+    let mut config = config.clone();
+    let options = match config.get_options() {
+        Some(given) => format!("{given} -c lock_timeout={wait}"),
+        None => format!("-c lock_timeout={wait}"),
+    };
+    config.options(&options);
+    config
 }
 
 /// A database URL (`postgres://…`) as tokio-postgres reads it; what is wrong with it, said.

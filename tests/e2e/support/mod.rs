@@ -524,6 +524,13 @@ impl Collector {
         text.lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_owned).collect()).collect()
     }
 
+    /// A psql session on this collector's PostgreSQL database, reading SQL from its stdin
+    /// (piped, as its stdout is; tuples only, unaligned); it ends when its stdin closes.
+    pub fn store_session(&self) -> Child {
+        let d = self.database.as_ref().expect("a collector on PostgreSQL");
+        d.with_server(|s| s.session(&d.name))
+    }
+
     /// Everything the store holds, as text: SQLite's database file and its write-ahead log read
     /// as bytes, or PostgreSQL's database as `pg_dump` writes it. For checks of what must never
     /// be stored in clear.

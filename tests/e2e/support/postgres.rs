@@ -150,6 +150,20 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A psql session on `database` as the superuser, reading SQL from its stdin (piped, as its
+    /// stdout is; tuples only, unaligned); it ends when its stdin closes.
+    pub fn session(&self, database: &str) -> std::process::Child {
+        Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.unwrap_or(5432).to_string()])
+            .args(["-U", USER, "-d", database])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start psql")
+    }
+
     /// Everything in `database` as `pg_dump` writes it (SQL text), to look for what must never
     /// be stored in clear.
     pub fn dump(&self, database: &str) -> String {

@@ -18,7 +18,7 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<()> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         // The revision's row first: whoever holds it applies in turn, and reads the other's result.
         tx.execute("SELECT value FROM store_meta WHERE key = 'baselines_revision' FOR UPDATE", &[])
             .await

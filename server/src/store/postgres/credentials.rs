@@ -95,7 +95,7 @@ impl PgStore {
         tags: &BTreeMap<String, String>,
     ) -> Result<SecretRecord> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let id: i64 = tx
             .query_one(
                 "INSERT INTO enroll_secrets (name, secret_hash, created_at, created_by, expires_at, tags) \
@@ -106,7 +106,7 @@ impl PgStore {
             .map_err(error)?
             .col(0)?;
         audit(
-            &tx,
+            &*tx,
             new.created_by,
             "create_secret",
             &format!("secret:{id}"),
@@ -176,7 +176,7 @@ impl PgStore {
     /// Creates a token with `role`, audited as `create_token`.
     pub async fn create_api_token(&self, new: &NewCredential<'_>, role: &str) -> Result<TokenRecord> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let id: i64 = tx
             .query_one(
                 "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by, expires_at) \
@@ -187,7 +187,7 @@ impl PgStore {
             .map_err(error)?
             .col(0)?;
         audit(
-            &tx,
+            &*tx,
             new.created_by,
             "create_token",
             &format!("token:{id}"),
@@ -249,7 +249,7 @@ impl PgStore {
         detail: fn(&T) -> serde_json::Value,
     ) -> Result<Option<T>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let changed = tx
             .execute(
                 &format!("UPDATE {} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", what.table),
@@ -263,7 +263,7 @@ impl PgStore {
             return Ok(None);
         };
         if changed > 0 {
-            audit(&tx, actor, what.action, &format!("{}:{id}", what.target), &detail(&record), now).await?;
+            audit(&*tx, actor, what.action, &format!("{}:{id}", what.target), &detail(&record), now).await?;
         }
         tx.commit().await.map_err(error)?;
         Ok(Some(record))

@@ -117,18 +117,18 @@ impl PgStore {
         let now = OffsetDateTime::now_utc();
         let today = i64::from(now.date().to_julian_day());
         if self.partitioned_through.load(std::sync::atomic::Ordering::Relaxed) < today {
-            let tx = client.transaction().await.map_err(error)?;
-            make_partitions(&tx, now).await?;
+            let tx = self.begin(&mut client).await?;
+            make_partitions(&*tx, now).await?;
             tx.commit().await.map_err(error)?;
             self.partitioned_through.store(today, std::sync::atomic::Ordering::Relaxed);
         }
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK]).await.map_err(error)?;
         tx.batch_execute("SET LOCAL lock_timeout = '5s'").await.map_err(error)?;
         let before = ms(before);
         let mut gone = 0u64;
         for table in TABLES {
-            for (day, name) in partitions(&tx, table).await? {
+            for (day, name) in partitions(&*tx, table).await? {
                 if midnight(day + Duration::days(1)) > before {
                     continue;
                 }

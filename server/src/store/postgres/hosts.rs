@@ -64,7 +64,7 @@ impl PgStore {
     pub async fn enroll_host(&self, e: &Enrollment<'_>) -> Result<i64> {
         let f = e.facts;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let id: i64 = tx
             .query_one(
                 "INSERT INTO hosts (hostname, machine_id, os, kernel, arch, boot_time, tags, agent_version, \
@@ -119,7 +119,7 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<u64>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let Some(row) =
             tx.query_opt("SELECT hostname FROM hosts WHERE id = $1", &[&host_id]).await.map_err(error)?
         else {
@@ -134,7 +134,7 @@ impl PgStore {
             .await
             .map_err(error)?;
         audit(
-            &tx,
+            &*tx,
             actor,
             "revoke_host",
             &format!("host:{host_id}"),

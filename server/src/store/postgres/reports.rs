@@ -31,24 +31,24 @@ impl PgStore {
         terms: ReportTerms,
     ) -> Result<ReportOutcome> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         let missing = || StoreError::NotFound(format!("host {host_id}"));
-        let tags_before = host_tags(&tx, host_id).await?.ok_or_else(missing)?;
+        let tags_before = host_tags(&*tx, host_id).await?.ok_or_else(missing)?;
         if let Some(judge) = terms.judge_tags {
             report.facts.tags = judge(&tags_before);
         }
-        let (applied, recorded) = apply_report(&tx, host_id, &report, now).await?;
+        let (applied, recorded) = apply_report(&*tx, host_id, &report, now).await?;
         let mut changes = Vec::new();
         for kind in &terms.resolves {
-            changes.extend(resolve_where(&tx, host_id, Some(*kind), now).await?);
+            changes.extend(resolve_where(&*tx, host_id, Some(*kind), now).await?);
         }
         if let Some(findings_for) = terms.findings_for {
             let observed = findings_for(&applied, &recorded);
             if !observed.is_empty() {
-                changes.extend(apply_observations(&tx, host_id, &observed, terms.limit, now).await?.0);
+                changes.extend(apply_observations(&*tx, host_id, &observed, terms.limit, now).await?.0);
             }
         }
-        let host = host_in(&tx, host_id).await?.ok_or_else(missing)?;
+        let host = host_in(&*tx, host_id).await?.ok_or_else(missing)?;
         tx.commit().await.map_err(error)?;
         Ok(ReportOutcome { applied, recorded, tags_before, host, changes })
     }
@@ -67,7 +67,7 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         // Written only when it changed: most verdicts keep the workload, and an unchanged row
         // is not rewritten (no dead tuple, no WAL).
         tx.execute(
@@ -76,12 +76,12 @@ impl PgStore {
         )
         .await
         .map_err(error)?;
-        let (mut changes, seen) = apply_observations(&tx, host_id, &verdict.observed, limit, now).await?;
-        changes.extend(resolve_unseen(&tx, host_id, &seen, &verdict.state_kinds, now).await?);
+        let (mut changes, seen) = apply_observations(&*tx, host_id, &verdict.observed, limit, now).await?;
+        changes.extend(resolve_unseen(&*tx, host_id, &seen, &verdict.state_kinds, now).await?);
         if !verdict.kept.is_empty() {
-            changes.extend(apply_observations(&tx, host_id, &verdict.kept, limit, now).await?.0);
+            changes.extend(apply_observations(&*tx, host_id, &verdict.kept, limit, now).await?.0);
         }
-        explain_execs(&tx, host_id, &verdict.explained).await?;
+        explain_execs(&*tx, host_id, &verdict.explained).await?;
         tx.commit().await.map_err(error)?;
         Ok(changes)
     }
@@ -95,8 +95,8 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<Vec<FindingChange>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let (changes, _) = apply_observations(&tx, host_id, observed, limit, now).await?;
+        let tx = self.begin(&mut client).await?;
+        let (changes, _) = apply_observations(&*tx, host_id, observed, limit, now).await?;
         tx.commit().await.map_err(error)?;
         Ok(changes)
     }
@@ -104,14 +104,14 @@ impl PgStore {
     /// See `Store::retire_host`.
     pub async fn retire_host(&self, host_id: i64, now: OffsetDateTime) -> Result<Vec<FindingChange>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         tx.execute(
             "UPDATE hosts SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
             &[&ms(now), &host_id],
         )
         .await
         .map_err(error)?;
-        let changes = resolve_where(&tx, host_id, None, now).await?;
+        let changes = resolve_where(&*tx, host_id, None, now).await?;
         tx.commit().await.map_err(error)?;
         Ok(changes)
     }
@@ -136,8 +136,8 @@ impl PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<Finding>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let finding = acknowledge(&tx, id, actor, note, now).await?;
+        let tx = self.begin(&mut client).await?;
+        let finding = acknowledge(&*tx, id, actor, note, now).await?;
         tx.commit().await.map_err(error)?;
         Ok(finding)
     }
@@ -150,8 +150,8 @@ impl PgStore {
     /// See `Store::prune_alert_events`.
     pub async fn prune_alert_events(&self, max: u64, now: OffsetDateTime) -> Result<(u64, u64)> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let pruned = prune_events(&tx, max, now).await?;
+        let tx = self.begin(&mut client).await?;
+        let pruned = prune_events(&*tx, max, now).await?;
         tx.commit().await.map_err(error)?;
         Ok(pruned)
     }

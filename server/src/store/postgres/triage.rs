@@ -72,7 +72,7 @@ impl PgStore {
         until: OffsetDateTime,
     ) -> Result<Option<i64>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
+        let tx = self.begin(&mut client).await?;
         tx.execute(
             "INSERT INTO alert_cursors (sink, last_id) \
              VALUES ($1, (SELECT COALESCE(MAX(id), 0) FROM alert_events)) ON CONFLICT (sink) DO NOTHING",
