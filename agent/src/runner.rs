@@ -103,8 +103,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (key_tx, key_rx) = watch::channel(None);
     let (to_runner, from_sender) = mpsc::channel(16);
     let sender_stop = CancellationToken::new();
-    let sender =
-        tokio::spawn(send_loop(client.clone(), shared.clone(), key_rx, to_runner, sender_stop.clone()));
+    let sender = tokio::spawn(send_loop(
+        client.clone(),
+        shared.clone(),
+        key_rx,
+        to_runner,
+        config.retry_max,
+        sender_stop.clone(),
+    ));
 
     // Cloud facts before enrolling, since cloud tags select the workload from the first report;
     // but never long: off the cloud this is immediate, and a slow service is waited for later.
@@ -904,9 +910,10 @@ async fn send_loop(
     shared: Arc<Shared>,
     mut key: watch::Receiver<Option<Secret>>,
     to_runner: mpsc::Sender<FromSender>,
+    retry_max: Duration,
     stop: CancellationToken,
 ) {
-    let mut retries = Retry::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut retries = Retry::new(Duration::from_secs(1).min(retry_max), retry_max);
     let mut retry_at: Option<Instant> = None;
     let mut outage = Outage::default();
     loop {

@@ -38,6 +38,7 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_HOST_ROOT", path: &["host_root"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SNAPSHOT_EVERY", path: &["snapshot_every"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_SPOOL_MAX_BYTES", path: &["spool_max_bytes"], kind: EnvKind::Int },
+    EnvKey { var: "HOSTWATCH_RETRY_MAX", path: &["retry_max"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_STDIO_RESCAN", path: &["stdio_rescan"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_LINEAGE", path: &["lineage"], kind: EnvKind::Bool },
     EnvKey { var: "HOSTWATCH_SOCKET_EVENTS", path: &["socket_events"], kind: EnvKind::Bool },
@@ -101,6 +102,10 @@ pub struct RawConfig {
     /// are dropped (and counted, and reported as lost).
     #[serde(default = "default_spool_max_bytes")]
     spool_max_bytes: u64,
+    /// The longest wait between two tries of a collector that answers with an error (503, 500):
+    /// the ceiling of the exponential backoff.
+    #[serde(default = "default_retry_max", deserialize_with = "duration")]
+    retry_max: Duration,
     /// Look again at the standard input and output of every shell and interpreter at each full
     /// scan (two readlinks each), so one that starts reading from a network socket after it
     /// started is a reverse-shell finding within an interval. Off only to measure its cost.
@@ -257,6 +262,10 @@ fn default_snapshot_every() -> Duration {
     Duration::from_secs(3600)
 }
 
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_socket_event_ring_bytes() -> u64 {
     u64::from(crate::collect::sockets::ebpf::RING_BYTES)
 }
@@ -279,6 +288,8 @@ pub struct AgentConfig {
     pub host_root: PathBuf,
     pub snapshot_every: Duration,
     pub spool_max_bytes: u64,
+    /// The ceiling of the backoff after a collector's error answers.
+    pub retry_max: Duration,
     pub stdio_rescan: bool,
     pub lineage: bool,
     pub socket_events: bool,
@@ -422,6 +433,13 @@ impl AgentConfig {
                 format!("{} is outside interval..=7d", humantime::format_duration(raw.snapshot_every)),
             ));
         }
+        if raw.retry_max < Duration::from_secs(1) || raw.retry_max > Duration::from_secs(3600) {
+            return Err(invalid(
+                "HOSTWATCH_RETRY_MAX",
+                "retry_max",
+                format!("{} is outside 1s..=1h", humantime::format_duration(raw.retry_max)),
+            ));
+        }
         let ring = raw.socket_event_ring_bytes;
         let socket_event_ring_bytes = match u32::try_from(ring) {
             Ok(n) if n.is_power_of_two() && (4096..=1 << 30).contains(&n) => n,
@@ -490,6 +508,7 @@ impl AgentConfig {
                 host_root: raw.host_root.clone(),
                 snapshot_every: raw.snapshot_every,
                 spool_max_bytes: raw.spool_max_bytes,
+                retry_max: raw.retry_max,
                 stdio_rescan: raw.stdio_rescan,
                 lineage: raw.lineage,
                 socket_events: raw.socket_events,
@@ -619,6 +638,10 @@ mod tests {
         let f = write(d.path(), "agent.toml", "interval = \"0s\"\n");
         let e = AgentConfig::load(Some(&f), vec![]).unwrap_err().to_string();
         assert!(e.contains("key `interval`") && e.contains("outside 1s..=1h"), "{e}");
+        let e = AgentConfig::load(None, vars(&[("HOSTWATCH_RETRY_MAX", "2h")])).unwrap_err().to_string();
+        assert!(e.contains("HOSTWATCH_RETRY_MAX") && e.contains("2h is outside 1s..=1h"), "{e}");
+        let ok = AgentConfig::load(None, vars(&[("HOSTWATCH_RETRY_MAX", "3s")])).unwrap().config;
+        assert_eq!(ok.retry_max, Duration::from_secs(3));
         let missing = d.path().join("nope");
         let e = AgentConfig::load(None, vars(&[("HOSTWATCH_ENROLL_SECRET_FILE", missing.to_str().unwrap())]))
             .unwrap_err()
@@ -708,7 +731,12 @@ mod tests {
                 EnvKind::Map => "a=b",
                 EnvKind::Bool => "true",
                 _ if key.var.ends_with("SERVER") => "http://x",
-                _ if key.var.ends_with("EVERY") || key.var.ends_with("INTERVAL") => "1h",
+                _ if key.var.ends_with("EVERY")
+                    || key.var.ends_with("INTERVAL")
+                    || key.var.ends_with("_MAX") =>
+                {
+                    "1h"
+                }
                 _ => "/tmp",
             };
             env::overlay(&mut t, vars(&[(key.var, value)]), ENV_KEYS, &[]).unwrap();
