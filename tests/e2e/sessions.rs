@@ -17,6 +17,12 @@ use hostwatch_proto::v1 as proto;
 use crate::events::{Group, NO_BUDGET, WAIT, host_with_workload, sleep_copy};
 use crate::support::{Collector, on_both_stores, spawn_copy, unique, wait_for};
 
+/// The logins these tests make are the machine's, seen by every agent on it, and their users
+/// are fixed: the same test on each store at once would each see the other's sessions of the
+/// same user. One at a time (taken before the test's turn on the machine, so no test waits on
+/// another that waits on it).
+static LOGINS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A login of `uid` (a shell given the login uid) that runs `script` in that same shell.
 fn login(uid: u32, script: &str) -> Group {
     let script = format!("echo {uid} > /proc/self/loginuid && {{ {script}; }}");
@@ -61,6 +67,7 @@ on_both_stores!(
     an_allowed_login_is_explained_and_any_other_is_one_finding_that_grows
 );
 async fn an_allowed_login_is_explained_and_any_other_is_one_finding_that_grows() {
+    let _logins = LOGINS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let c = Collector::start(d, NO_BUDGET);
@@ -169,6 +176,7 @@ on_both_stores!(
     a_rule_from_a_network_allows_only_logins_from_it_and_learn_writes_the_users_rule
 );
 async fn a_rule_from_a_network_allows_only_logins_from_it_and_learn_writes_the_users_rule() {
+    let _logins = LOGINS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let c = Collector::start(d, NO_BUDGET);
