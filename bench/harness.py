@@ -6,7 +6,7 @@ import atexit, json, os, re, shutil, signal, subprocess, sys, tempfile, threadin
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # HW_TARGET: another build's binaries (an older commit's, for a side-by-side comparison).
 TARGET = os.environ.get("HW_TARGET") or os.path.join(ROOT, "target", "release")
-HOSTLOAD = os.path.join(os.path.dirname(ROOT), "shared", "tools", "hostload.py")
+HOSTLOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostload.py")
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _started = []

@@ -9,7 +9,11 @@
 //! The spool is bounded in bytes on disk (default 64 MiB): a report that does not fit pushes out the
 //! oldest; one larger than the whole bound is kept alone (so that a host whose snapshot outgrew a
 //! small bound still reports, with the collector up). A report that cannot be written (a full
-//! disk) and one the collector refused for good are lost the same way. Nothing is dropped without being
+//! disk) is held in memory instead, compressed, in its place in the order, and sent from there
+//! (at most [`HELD_MAX`] or the bound; past it the oldest held are lost): with the disk full
+//! and the collector up, nothing is lost; were the agent to stop meanwhile, what it held is
+//! lost and the collector sees the gap. A report the collector refused for good is lost, counted.
+//! Nothing is dropped without being
 //! counted: the places of lost reports in the spool's order are kept in `spool/lost` (ranges of
 //! ids, one `from-to` a line), and each report sent says how many were lost *before it*, so the
 //! count matches the gap in sequence numbers the collector sees (which files data_lost).
@@ -34,7 +38,13 @@ struct Item {
     size: u64,
     /// Written compressed (`.json.gz`); `false` for what an older agent left (`.json`).
     gzip: bool,
+    /// The report, compressed, where it could not be written to disk.
+    held: Option<Vec<u8>>,
 }
+
+/// Bytes of reports held in memory at most while the disk takes none (and no more than the
+/// spool's bound).
+pub const HELD_MAX: u64 = 16 << 20;
 
 #[derive(Debug)]
 pub struct Spool {
@@ -45,6 +55,10 @@ pub struct Spool {
     next_id: u64,
     /// Ids of reports lost and not yet reported as such: sorted, disjoint, inclusive ranges.
     lost: Vec<(u64, u64)>,
+    /// Bytes of the items held in memory.
+    held: u64,
+    /// Whether the last write failed: said once when it starts failing and once when it ends.
+    disk_failing: bool,
 }
 
 const LOST: &str = "lost";
@@ -69,13 +83,36 @@ impl Spool {
             };
             let Ok(id) = stem.parse() else { continue };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            items.push(Item { id, size, gzip });
+            items.push(Item { id, size, gzip, held: None });
         }
         items.sort_by_key(|i| i.id);
         let lost = read_lost(&dir.join(LOST));
         let total = items.iter().map(|i| i.size).sum();
         let next_id = items.last().map(|i| i.id).max(lost.last().map(|r| r.1)).map_or(1, |id| id + 1);
-        Ok(Spool { dir: dir.to_owned(), max_bytes, items: items.into(), total, next_id, lost })
+        Ok(Spool {
+            dir: dir.to_owned(),
+            max_bytes,
+            items: items.into(),
+            total,
+            next_id,
+            lost,
+            held: 0,
+            disk_failing: false,
+        })
+    }
+
+    fn held_max(&self) -> u64 {
+        HELD_MAX.min(self.max_bytes)
+    }
+
+    /// An item out of the spool: its file removed, or its memory counted free.
+    fn forget(&mut self, item: &Item) {
+        self.total -= item.size;
+        if item.held.is_some() {
+            self.held -= item.size;
+        } else {
+            let _ = fs::remove_file(self.path(item));
+        }
     }
 
     fn path(&self, item: &Item) -> PathBuf {
@@ -84,12 +121,12 @@ impl Spool {
     }
 
     /// Appends a report, pushing out the oldest where the bound requires. Returns how many reports
-    /// were lost (pushed out to make room, or this one if it could not be written).
+    /// were lost (pushed out to make room, or this one if it could be neither written nor held).
     pub fn push(&mut self, report: &proto::Report) -> u64 {
         // Every report takes its place in the order, written or not.
         let id = self.next_id;
         self.next_id += 1;
-        let mut item = Item { id, size: 0, gzip: true };
+        let mut item = Item { id, size: 0, gzip: true, held: None };
         let path = self.path(&item);
         // Streamed to disk through the compressor: a snapshot of a busy host is megabytes, never
         // held whole in memory (the file may briefly overstep the bound until the oldest are
@@ -102,12 +139,48 @@ impl Spool {
             item.size = w.get_ref().metadata()?.len();
             Ok(())
         });
-        if let Err(e) = written {
-            tracing::error!(seq = report.seq, error = %e, "cannot spool a report (disk full?); it is lost");
-            self.lose(&[id]);
-            return 1;
+        match written {
+            Err(e) => {
+                let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+                match to_json(&mut gz, report).and_then(|()| gz.finish()) {
+                    Ok(bytes) => {
+                        if !self.disk_failing {
+                            tracing::error!(
+                                seq = report.seq,
+                                error = %e,
+                                held_max = self.held_max(),
+                                "cannot write the spool (disk full?); holding reports in memory until they are sent or the disk has room"
+                            );
+                            self.disk_failing = true;
+                        }
+                        item.size = bytes.len() as u64;
+                        item.held = Some(bytes);
+                    }
+                    Err(e) => {
+                        tracing::error!(seq = report.seq, error = %e, "cannot spool a report; it is lost");
+                        self.lose(&[id]);
+                        return 1;
+                    }
+                }
+            }
+            Ok(()) if self.disk_failing => {
+                tracing::info!(seq = report.seq, "the spool is written to disk again");
+                self.disk_failing = false;
+            }
+            Ok(()) => {}
         }
         let size = item.size;
+        let mut lost = Vec::new();
+        if item.held.is_some() {
+            while self.held + size > self.held_max() {
+                let Some(pos) = self.items.iter().position(|i| i.held.is_some()) else { break };
+                if let Some(old) = self.items.remove(pos) {
+                    self.forget(&old);
+                    lost.push(old.id);
+                }
+            }
+            self.held += size;
+        }
         if size > self.max_bytes {
             // Dropping it would lose every snapshot of a host whose snapshot outgrew the bound,
             // even with the collector up: it is kept, alone, the bound overstepped by one report.
@@ -118,11 +191,9 @@ impl Spool {
                 "a report larger than the whole spool is kept alone in it; raise spool_max_bytes"
             );
         }
-        let mut lost = Vec::new();
         while self.total + size > self.max_bytes {
             let Some(old) = self.items.pop_front() else { break };
-            let _ = fs::remove_file(self.path(&old));
-            self.total -= old.size;
+            self.forget(&old);
             lost.push(old.id);
         }
         if !lost.is_empty() {
@@ -155,7 +226,10 @@ impl Spool {
     /// lost before it (rare) is it decoded and written anew.
     fn read(&self, item: &Item) -> std::io::Result<Vec<u8>> {
         let lost = self.lost_before(item.id);
-        let file = fs::read(self.path(item))?;
+        let file = match &item.held {
+            Some(bytes) => bytes.clone(),
+            None => fs::read(self.path(item))?,
+        };
         if item.gzip && !file.starts_with(&[0x1f, 0x8b]) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not gzip"));
         }
@@ -207,17 +281,15 @@ impl Spool {
         if let Some(pos) = self.items.iter().position(|i| i.id == id)
             && let Some(item) = self.items.remove(pos)
         {
-            self.total -= item.size;
-            let _ = fs::remove_file(self.path(&item));
+            self.forget(&item);
         }
     }
 
     /// Drops every report (the collector asked for a snapshot, or the agent enrolled anew).
     pub fn clear(&mut self) {
         for item in std::mem::take(&mut self.items) {
-            let _ = fs::remove_file(self.path(&item));
+            self.forget(&item);
         }
-        self.total = 0;
     }
 
     fn lose(&mut self, ids: &[u64]) {
@@ -338,6 +410,56 @@ mod tests {
         let mut s = Spool::open(d.path(), 1 << 20).unwrap();
         s.push(&report(1, pad));
         s.bytes()
+    }
+
+    /// A report's file made impossible to write (a directory where its temporary file goes), as
+    /// a full disk would.
+    fn unwritable(dir: &Path, id: u64) {
+        fs::create_dir_all(dir.join(format!("{id:020}.json.tmp"))).unwrap();
+    }
+
+    #[test]
+    fn a_report_the_disk_does_not_take_is_held_in_memory_in_its_place() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(d.path(), 1 << 20).unwrap();
+        assert_eq!(s.push(&report(1, 10)), 0);
+        unwritable(d.path(), 2);
+        assert_eq!(s.push(&report(2, 10)), 0, "held, not lost");
+        assert_eq!(s.push(&report(3, 10)), 0);
+        assert_eq!((s.len(), s.lost(), spooled_files(d.path())), (3, 0, 2));
+        let mut sent = Vec::new();
+        while let Some((id, body)) = s.front() {
+            sent.push(seq_of(&body));
+            s.delivered(id);
+        }
+        assert_eq!(sent, [1, 2, 3], "in order, the held one from memory");
+        assert_eq!((s.bytes(), s.held), (0, 0));
+    }
+
+    #[test]
+    fn held_reports_are_bounded_and_the_oldest_held_are_lost_and_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let size = spooled_size(4000);
+        // Room on "disk" for everything; in memory for three reports at most.
+        let mut s = Spool::open(d.path(), 3 * size + size / 2).unwrap();
+        let mut lost = 0;
+        for seq in 1..=5 {
+            unwritable(d.path(), seq);
+            lost += s.push(&report(seq, 4000));
+        }
+        assert_eq!((lost, s.lost(), s.len()), (2, 2, 3));
+        let (id, body) = s.front().unwrap();
+        let first = decode(&body);
+        assert_eq!((first.seq, first.lost), (3, 2), "the oldest two went, and the next says so");
+        s.delivered(id);
+    }
+
+    fn spooled_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json.gz"))
+            .count()
     }
 
     #[test]

@@ -13,14 +13,14 @@ use crate::support::{Collector, Guard, on_both_stores, start_agent_with, unique,
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A copy of `sleep` under a name unique to this test, so its runs can be told from any other.
-fn named_sleep(dir: &Path, prefix: &str) -> (PathBuf, String) {
+pub(crate) fn named_sleep(dir: &Path, prefix: &str) -> (PathBuf, String) {
     let name = unique(prefix);
     let exe = dir.join(&name);
     crate::support::copy_program("/bin/sleep", &exe);
     (exe, name)
 }
 
-fn execs(c: &Collector, host: i64, name: &str) -> Vec<proto::ProcessEvent> {
+pub(crate) fn execs(c: &Collector, host: i64, name: &str) -> Vec<proto::ProcessEvent> {
     let rows: Vec<proto::ProcessEvent> = c.cli_json(&[
         "history",
         "processes",

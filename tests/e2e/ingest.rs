@@ -39,7 +39,7 @@ async fn answer(conn: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn rss_kib(pid: i32) -> u64 {
+pub(crate) fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()

@@ -17,6 +17,7 @@ mod credentials;
 mod dev_mode;
 mod doctor;
 mod events;
+mod faults;
 mod files;
 mod identity;
 mod ingest;

@@ -6,31 +6,8 @@ use std::time::{Duration, Instant};
 
 use hostwatch_proto::v1 as proto;
 
+use crate::support::netns::{Linked, Netns};
 use crate::support::{Guard, bin, unique};
-
-/// A network namespace deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = unique("hwns");
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip (iproute2)");
-        assert!(st.success(), "ip netns add {name} failed (root needed)");
-        let ns = Netns(name);
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 #[test]
 fn listeners_inside_another_namespace_are_reported_with_it() {
@@ -78,45 +55,6 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
     // The host's own namespace has no such listener: it is not mistaken for one.
     assert!(!snap.listeners.iter().any(|l| l.port == port && l.netns.is_none()));
     server.terminate(Duration::from_secs(10));
-}
-
-/// A namespace joined to the host by a veth pair: the host side has `.1`, the namespace `.2`.
-struct Linked {
-    ns: Netns,
-    host_ip: String,
-    host_if: String,
-}
-
-impl Linked {
-    fn new() -> Linked {
-        let ns = Netns::new();
-        // Names and a subnet of this run's own (unique() counts within the run).
-        let id = unique("v");
-        let n = id.bytes().fold(std::process::id(), |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-            % 250
-            + 1;
-        let host_if = format!("hw{id}a");
-        let peer = format!("hw{id}b");
-        let host_ip = format!("10.213.{n}.1");
-        let run = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        run(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer]);
-        let linked = Linked { ns, host_ip: host_ip.clone(), host_if: host_if.clone() };
-        run(&["link", "set", &peer, "netns", &linked.ns.0]);
-        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        run(&["link", "set", &host_if, "up"]);
-        run(&["netns", "exec", &linked.ns.0, "ip", "addr", "add", &format!("10.213.{n}.2/30"), "dev", &peer]);
-        run(&["netns", "exec", &linked.ns.0, "ip", "link", "set", &peer, "up"]);
-        linked
-    }
-}
-
-impl Drop for Linked {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
-    }
 }
 
 /// In a network namespace of its own the kernel refuses the process connector: the agent says it

@@ -67,8 +67,16 @@ impl From<StoreError> for ApiError {
         if let StoreError::Query(m) = e {
             return ApiError::bad_request(m);
         }
-        tracing::error!(error = %e, "store error");
         if e.is_retriable() {
+            // A full disk or a database down fails every request: a line per 10 s says so, with
+            // how many it stands for, not one per request (a log on the same full disk).
+            static UNAVAILABLE: std::sync::LazyLock<crate::metrics::LogLimit> =
+                std::sync::LazyLock::new(|| {
+                    crate::metrics::LogLimit::new(std::time::Duration::from_secs(10))
+                });
+            if let Some(unlogged) = UNAVAILABLE.allow() {
+                tracing::error!(error = %e, unlogged, "store unavailable; requests answered 503 until it is back");
+            }
             ApiError {
                 retry_after: Some(std::time::Duration::from_secs(5)),
                 ..ApiError::new(
@@ -77,6 +85,7 @@ impl From<StoreError> for ApiError {
                 )
             }
         } else {
+            tracing::error!(error = %e, "store error");
             ApiError::internal("internal store error; the collector's log has the detail")
         }
     }

@@ -600,9 +600,15 @@ fn ms(t: OffsetDateTime) -> OffsetDateTime {
     hostwatch_proto::v1::timestamp::to_millisecond(t)
 }
 
-/// What a PostgreSQL error means to the collector: a full disk and contention are retriable,
-/// the rest is an error of the database.
+/// What a PostgreSQL error means to the collector: a full disk, contention and a database that
+/// cannot be reached (down, restarting, its connection lost) are retriable, the rest is an error
+/// of the database.
 fn error(e: tokio_postgres::Error) -> StoreError {
+    let unreachable = e.is_closed()
+        || std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+    if e.code().is_none() && unreachable {
+        return StoreError::Busy(format!("the database cannot be reached: {e}"));
+    }
     let Some(code) = e.code() else {
         // A value the driver could not convert says which in its source.
         let source = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
@@ -616,6 +622,8 @@ fn error(e: tokio_postgres::Error) -> StoreError {
         SqlState::T_R_DEADLOCK_DETECTED,
         SqlState::LOCK_NOT_AVAILABLE,
         SqlState::CANNOT_CONNECT_NOW,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
         SqlState::TOO_MANY_CONNECTIONS,
     ]
     .contains(code)

@@ -6,7 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod postgres;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -531,6 +533,58 @@ impl Collector {
         d.with_server(|s| s.session(&d.name))
     }
 
+    /// Rows of one read-only query on this collector's store, each field as text, without going
+    /// through the collector: its SQLite file through python3's sqlite3 module (read-only), or
+    /// its PostgreSQL database through psql. For checks of what the store itself holds.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        if self.database.is_some() {
+            return self.store_rows(sql);
+        }
+        let out = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import json, sqlite3, sys\n\
+                 con = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
+                 print(json.dumps([[str(x) for x in r] for r in con.execute(sys.argv[2])]))",
+            ])
+            .arg(self.data_dir.join("hostwatch.db"))
+            .arg(sql)
+            .output()
+            .expect("/usr/bin/python3 reads the SQLite store");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("rows as JSON")
+    }
+
+    /// Panics unless the store is whole: SQLite's `integrity_check` and `foreign_key_check`, or
+    /// every B-tree index of PostgreSQL checked against its rules (amcheck's `bt_index_check`).
+    pub fn check_store_integrity(&self) {
+        if self.database.is_some() {
+            self.store_rows("CREATE EXTENSION IF NOT EXISTS amcheck");
+            let checked = self.store_rows(
+                "SELECT count(bt_index_check(c.oid)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relkind = 'i' \
+                 AND c.relpersistence = 'p'",
+            );
+            let n: u64 = checked[0][0].parse().expect("a count");
+            assert!(n > 10, "only {n} indexes checked");
+        } else {
+            assert_eq!(self.rows("PRAGMA integrity_check"), [["ok"]], "SQLite's integrity check");
+            assert_eq!(self.rows("PRAGMA foreign_key_check"), Vec::<Vec<String>>::new(), "foreign keys");
+        }
+    }
+
+    /// Stops this collector's PostgreSQL as a crash would (no checkpoint), under the collector.
+    pub fn crash_database(&self) {
+        let d = self.database.as_ref().expect("a collector on PostgreSQL");
+        d.with_server(|s| s.stop_immediately());
+    }
+
+    /// Starts it again after [`Collector::crash_database`].
+    pub fn restart_database(&self) {
+        let d = self.database.as_ref().expect("a collector on PostgreSQL");
+        d.with_server(|s| s.restart());
+    }
+
     /// Everything the store holds, as text: SQLite's database file and its write-ahead log read
     /// as bytes, or PostgreSQL's database as `pg_dump` writes it. For checks of what must never
     /// be stored in clear.
@@ -605,9 +659,28 @@ pub fn start_agent(collector: &Collector, dir: &Path, tags: &str) -> Guard {
 
 /// The same, with more `HOSTWATCH_*` variables.
 pub fn start_agent_with(collector: &Collector, dir: &Path, tags: &str, env: &[(&str, &str)]) -> Guard {
+    start_agent_in(None, collector, dir, tags, env)
+}
+
+/// The same, in the network namespace `netns` when one is given (`ip netns exec`).
+pub fn start_agent_in(
+    netns: Option<&str>,
+    collector: &Collector,
+    dir: &Path,
+    tags: &str,
+    env: &[(&str, &str)],
+) -> Guard {
     let config = dir.join("agent.toml");
     std::fs::write(&config, "").expect("write agent.toml");
-    let child = Command::new(bin("hostwatch-agent"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("hostwatch-agent"));
+            c
+        }
+        None => Command::new(bin("hostwatch-agent")),
+    };
+    let child = cmd
         .arg("--config")
         .arg(&config)
         .env_clear()
