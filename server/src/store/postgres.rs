@@ -604,10 +604,30 @@ fn ms(t: OffsetDateTime) -> OffsetDateTime {
 /// cannot be reached (down, restarting, its connection lost) are retriable, the rest is an error
 /// of the database.
 fn error(e: tokio_postgres::Error) -> StoreError {
+    use std::io::ErrorKind as K;
+    let source = std::error::Error::source(&e);
+    let io = source.and_then(|s| s.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+    // Down, restarting, or its connection lost: not a TLS or protocol failure, which is the
+    // setup's and said as an error.
     let unreachable = e.is_closed()
-        || std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+        || matches!(
+            io,
+            Some(
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::NotFound
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::TimedOut
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+            )
+        );
     if e.code().is_none() && unreachable {
-        return StoreError::Busy(format!("the database cannot be reached: {e}"));
+        let why = source.map(|s| format!(": {s}")).unwrap_or_default();
+        return StoreError::Busy(format!("the database cannot be reached: {e}{why}"));
     }
     let Some(code) = e.code() else {
         // A value the driver could not convert says which in its source.
