@@ -12,7 +12,7 @@ use hostwatch_proto::v1 as proto;
 use crate::collection::{execs, named_sleep};
 use crate::ingest::rss_kib;
 use crate::support::proxy::{FaultProxy, Mode};
-use crate::support::{Collector, Guard, bin, on_both_stores, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Guard, on_both_stores, simulated_fleet, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -161,19 +161,11 @@ async fn a_collector_killed_during_heavy_ingest_restarts_whole_and_every_agent_d
     let role = unique("killed");
     let _agent = start_agent_with(&c, d, &format!("role={role}"), &[]);
     let host = c.online(&role).await.id;
-    let load = tokio::task::spawn_blocking({
-        let (url, secret) = (c.url.clone(), c.enroll_secret_file.clone());
-        move || {
-            Command::new(bin("hostwatch-load"))
-                .args(["--server", &url, "--secret-file"])
-                .arg(&secret)
-                .args(["--agents", &AGENTS.to_string(), "--interval", "1", "--duration", "20"])
-                .args(["--warmup", "0", "--processes", "60", "--delta-every", "1", "--sources", "10"])
-                .args(["--json", "--per-agent"])
-                .output()
-                .expect("hostwatch-load runs")
-        }
-    });
+    let load = simulated_fleet(
+        &c,
+        AGENTS,
+        &["--interval", "1", "--duration", "20", "--warmup", "0", "--processes", "60", "--delta-every", "1"],
+    );
     // Heavy ingest under way: the simulated fleet enrolled and reporting.
     wait_for("the simulated fleet reporting", WAIT, async || {
         let hosts: Vec<proto::Host> = c.cli_json(&["hosts"]);
@@ -192,14 +184,7 @@ async fn a_collector_killed_during_heavy_ingest_restarts_whole_and_every_agent_d
     let restarted = time::OffsetDateTime::now_utc();
     let c = Collector::start_on(d, "", port);
 
-    let out = load.await.unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "hostwatch-load's summary ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let summary = load.await.unwrap();
     assert_eq!(summary["enroll_failures"], 0, "{summary}");
     let per_agent = summary["per_agent"].as_object().unwrap();
     assert_eq!(per_agent.len(), AGENTS, "{summary}");

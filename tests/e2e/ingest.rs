@@ -451,28 +451,14 @@ async fn two_hundred_agents_at_once_have_each_report_applied_once() {
     const AGENTS: usize = 200;
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(dir.path(), "");
-    let out = tokio::task::spawn_blocking({
-        let (url, secret) = (c.url.clone(), c.enroll_secret_file.clone());
-        move || {
-            Command::new(bin("hostwatch-load"))
-                .args(["--server", &url, "--secret-file"])
-                .arg(&secret)
-                .args(["--agents", &AGENTS.to_string(), "--interval", "2", "--duration", "14"])
-                .args(["--warmup", "0", "--processes", "60", "--delta-every", "1", "--sources", "50"])
-                .args(["--json", "--per-agent"])
-                .output()
-                .expect("hostwatch-load runs")
-        }
-    })
+    let args = ["--interval", "2", "--duration", "14", "--warmup", "0", "--processes", "60"];
+    let summary = crate::support::simulated_fleet(
+        &c,
+        AGENTS,
+        &[&args[..], &["--delta-every", "1", "--sources", "50"]].concat(),
+    )
     .await
     .unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "hostwatch-load's summary ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
     assert_eq!(summary["enroll_failures"], 0, "{summary}");
     // Refusals (429, 503) are sent again, as an agent's spool would; an answer lost on the way
     // would leave the generator unsure what was taken, so there must be none.

@@ -722,6 +722,32 @@ pub fn agent_snapshot(env: &[(&str, &str)]) -> (proto::Report, String, String) {
     (serde_json::from_str(&stdout).unwrap(), stdout, stderr)
 }
 
+/// `hostwatch-load` (the committed load generator) against `c` with `agents` simulated agents and
+/// `args`, run to its end off the test's thread: its JSON summary with each agent's figures
+/// (`--json --per-agent`), or a panic with what it printed.
+pub fn simulated_fleet(
+    c: &Collector,
+    agents: usize,
+    args: &[&str],
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let mut cmd = Command::new(bin("hostwatch-load"));
+    cmd.args(["--server", &c.url, "--secret-file"])
+        .arg(&c.enroll_secret_file)
+        .args(["--agents", &agents.to_string()])
+        .args(args)
+        .args(["--json", "--per-agent"]);
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().expect("hostwatch-load runs");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "hostwatch-load's summary ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    })
+}
+
 /// The log of the agent started in `dir`, for failure messages.
 pub fn agent_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
