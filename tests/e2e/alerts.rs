@@ -102,6 +102,28 @@ pub(crate) fn sleep_in_shm(name: &str) -> (tempfile::TempDir, std::path::PathBuf
     (shm, exe)
 }
 
+/// Waits until the host's next three reports are judged (each judges its open findings again)
+/// and every alert event queued meanwhile is delivered (`hostwatch_alert_outbox` at 0 for every
+/// sink): a positive mark before a check that nothing more was sent, where a sleep would pass
+/// on a slow machine without having looked.
+async fn judged_and_delivered(c: &Collector, host: i64) {
+    let seq = || c.cli_json::<proto::HostDetail>(&["host", &host.to_string()]).last_seq;
+    let from = seq();
+    wait_for("three more reports judged and every alert delivered", WAIT, async || {
+        if seq() < from + 3 {
+            return None;
+        }
+        let text = c.metrics_text().await;
+        let left: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("hostwatch_alert_outbox{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (left == 0.0).then_some(())
+    })
+    .await;
+}
+
 /// A baseline for `role` that explains everything the machine runs (other tests run beside
 /// this one), so that the findings are the built-in rules'; `extra` is TOML after it.
 pub(crate) fn explaining_everything(role: &str, extra: &str) -> String {
@@ -148,7 +170,7 @@ async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_
 
     wait_for("the opening delivered", WAIT, async || (!hook.about(&subject).is_empty()).then_some(())).await;
     let id = open().expect("open finding").id;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    judged_and_delivered(&c, host.id).await;
     assert_eq!(hook.about(&subject), [("opened".to_owned(), id)], "once while open");
 
     // Resolves (the webhook does not ask for resolutions), then reopens while the receiver is
@@ -195,7 +217,7 @@ async fn sinks_hear_each_opening_once_lose_nothing_while_down_and_silences_hold_
     let _p = run_from(&exe);
     let silenced = wait_for("reopened in the silence", WAIT, async || open()).await;
     assert!(silenced.silenced, "marked silenced: {silenced:?}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    judged_and_delivered(&c, host.id).await;
     assert_eq!(hook.about(&subject).len(), 2, "a silenced reopening is not sent");
 
     // Acknowledged with a note.

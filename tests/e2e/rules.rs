@@ -181,9 +181,4 @@ async fn every_built_in_rule_fires_on_what_it_names() {
         "{}",
         f.detail
     );
-
-    // Nothing here ran hot for 5 minutes.
-    let rules: Vec<String> =
-        c.findings(h, "suspicious_process", "open").iter().filter_map(|f| f.rule.clone()).collect();
-    assert!(!rules.iter().any(|r| r == "high-cpu"), "{rules:?}");
 }
