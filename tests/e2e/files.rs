@@ -133,8 +133,8 @@ async fn changes_made_while_the_agent_was_down_are_reported_once_at_start() {
         scanned.filter(|t| *t > renamed.change.at).map(|_| ())
     })
     .await;
-    // ... and for the report after it to be applied.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ... and for the reports after it to be applied.
+    c.more_reports_judged(host.id).await;
     assert_eq!(file_events(&c, host.id).len(), before, "{}", agent_log(dir.path()));
     assert!(agent.terminate(Duration::from_secs(10)).success());
 }

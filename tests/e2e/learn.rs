@@ -71,23 +71,6 @@ fn db(c: &Collector, sql: &str) -> Vec<Vec<String>> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Waits until three more reports of the host have been admitted: a host's reports are taken
-/// one at a time, each judged before the next is admitted, so the two before the last were
-/// judged against the baseline. A positive mark before a check that nothing more came, read
-/// from the collector's log, so that the test starts no process and makes no connection of its
-/// own (either would be something new on the host).
-async fn more_reports_judged(c: &Collector, host: i64) {
-    let mark = format!("host_id={host}");
-    let admitted = || {
-        c.log()
-            .lines()
-            .filter(|l| l.contains("report admitted") && l.split_whitespace().any(|t| t == mark))
-            .count()
-    };
-    let from = admitted();
-    wait_for("three more reports judged", WAIT, async || (admitted() >= from + 3).then_some(())).await;
-}
-
 /// A copy of `/bin/sleep` named `name` in `dir`, running.
 fn sleeper(dir: &std::path::Path, name: &str) -> (Guard, String) {
     let exe = dir.join(name);
@@ -150,7 +133,7 @@ async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
         (workload == [[role.clone()]] && open_baseline_findings(&c, host.id).is_empty()).then_some(())
     })
     .await;
-    more_reports_judged(&c, host.id).await;
+    c.more_reports_judged(host.id).await;
     let left = open_baseline_findings(&c, host.id);
     assert!(left.is_empty(), "findings against the learned baseline: {left:#?}\n{toml}");
 
@@ -161,7 +144,7 @@ async fn a_learned_baseline_explains_its_hosts_and_only_what_is_new_is_a_finding
         (!f.is_empty()).then_some(f)
     })
     .await;
-    more_reports_judged(&c, host.id).await;
+    c.more_reports_judged(host.id).await;
     let now = open_baseline_findings(&c, host.id);
     assert_eq!(now, [("unexpected_process".to_owned(), new_exe)], "first seen: {found:#?}");
 }

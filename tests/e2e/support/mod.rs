@@ -513,6 +513,26 @@ impl Collector {
         self.stderr.lock().expect("log lock").join("\n")
     }
 
+    /// Waits until three more reports of `host` have been admitted: a host's reports are taken
+    /// one at a time, each applied and judged before the next is admitted, so the two before the
+    /// last are in. A positive mark before a check that nothing more came, read from the
+    /// collector's log, so that the test starts no process and makes no connection of its own
+    /// (either would be something new on the host).
+    pub async fn more_reports_judged(&self, host: i64) {
+        let mark = format!("host_id={host}");
+        let admitted = || {
+            let log = self.log();
+            log.lines()
+                .filter(|l| l.contains("report admitted") && l.split_whitespace().any(|t| t == mark))
+                .count()
+        };
+        let from = admitted();
+        wait_for("three more reports judged", Duration::from_secs(60), async || {
+            (admitted() >= from + 3).then_some(())
+        })
+        .await;
+    }
+
     /// Whether this collector's store is PostgreSQL (the test runs [`on_postgres`]).
     pub fn on_postgres(&self) -> bool {
         self.database.is_some()
