@@ -55,20 +55,7 @@ fn db(c: &Collector, sql: &str) -> Vec<Vec<String>> {
     if c.on_postgres() {
         return c.store_rows(sql);
     }
-    let path = c.data_dir.join("hostwatch.db");
-    let out = Command::new(real_python())
-        .args([
-            "-c",
-            "import json, sqlite3, sys\n\
-             con = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-             print(json.dumps([[str(x) for x in r] for r in con.execute(sys.argv[2])]))",
-        ])
-        .arg(&path)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    c.sqlite_rows(real_python(), sql)
 }
 
 /// A copy of `/bin/sleep` named `name` in `dir`, running.

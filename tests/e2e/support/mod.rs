@@ -560,7 +560,13 @@ impl Collector {
         if self.database.is_some() {
             return self.store_rows(sql);
         }
-        let out = Command::new("/usr/bin/python3")
+        self.sqlite_rows("/usr/bin/python3", sql)
+    }
+
+    /// The same of the SQLite store, read by the interpreter `python` (a test that must run no
+    /// program new to its host gives the one it already runs).
+    pub fn sqlite_rows(&self, python: &str, sql: &str) -> Vec<Vec<String>> {
+        let out = Command::new(python)
             .args([
                 "-c",
                 "import json, sqlite3, sys\n\
@@ -570,7 +576,7 @@ impl Collector {
             .arg(self.data_dir.join("hostwatch.db"))
             .arg(sql)
             .output()
-            .expect("/usr/bin/python3 reads the SQLite store");
+            .expect("python3 reads the SQLite store");
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("rows as JSON")
     }

@@ -15,6 +15,10 @@ use super::Turn;
 /// Where Debian's PostgreSQL 15 server binaries are (package `postgresql-15`).
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// psql as the tests read it: no startup file, quiet, unaligned tuples only, stopping at the first
+/// error.
+const PSQL: &[&str] = &["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
+
 /// The superuser of a test's cluster (trusted on its socket: only root and `postgres` can reach
 /// the directory).
 pub const USER: &str = "hostwatch";
@@ -126,38 +130,21 @@ impl PgServer {
     /// Runs SQL through `psql` as the superuser and returns what it printed (unaligned, tuples
     /// only), or panics with psql's error.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = run(
-            "psql",
-            Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.unwrap_or(5432).to_string()])
-                .args(["-U", USER, "-d", database, "-c", sql]),
-        );
+        let out = run("psql", self.client("psql", database).args(PSQL).args(["-c", sql]));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// The same, each row's fields separated by a tab.
     pub fn psql_fields(&self, database: &str, sql: &str) -> String {
-        let out = run(
-            "psql",
-            Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.unwrap_or(5432).to_string()])
-                .args(["-U", USER, "-d", database, "-c", sql]),
-        );
+        let out = run("psql", self.client("psql", database).args(PSQL).args(["-F", "\t", "-c", sql]));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A psql session on `database` as the superuser, reading SQL from its stdin (piped, as its
     /// stdout is; tuples only, unaligned); it ends when its stdin closes.
     pub fn session(&self, database: &str) -> std::process::Child {
-        Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(self.socket_dir())
-            .args(["-p", &self.port.unwrap_or(5432).to_string()])
-            .args(["-U", USER, "-d", database])
+        self.client("psql", database)
+            .args(PSQL)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -167,15 +154,18 @@ impl PgServer {
     /// Everything in `database` as `pg_dump` writes it (SQL text), to look for what must never
     /// be stored in clear.
     pub fn dump(&self, database: &str) -> String {
-        let out = run(
-            "pg_dump",
-            Command::new("pg_dump")
-                .arg("-h")
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.unwrap_or(5432).to_string()])
-                .args(["-U", USER, "-d", database]),
-        );
+        let out = run("pg_dump", &mut self.client("pg_dump", database));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A client tool (`psql`, `pg_dump`) for `database` as the superuser, on the server's socket.
+    fn client(&self, tool: &str, database: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.unwrap_or(5432).to_string()])
+            .args(["-U", USER, "-d", database]);
+        cmd
     }
 
     /// Stops the server as a crash would (immediate: no checkpoint), for tests of a database
