@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use hostwatch_proto::v1 as proto;
 
-use crate::support::{Collector, Guard, agent_log, start_agent_with, unique, wait_for};
+use crate::support::{Collector, Guard, Turn, agent_log, start_agent_with, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A metadata service double; killed when dropped.
+/// A metadata service double; killed when dropped. It holds a shared turn on the machine (its
+/// python is news to every other test's agent), given back after it is gone.
 struct Imds {
     _process: Guard,
     url: String,
+    _turn: Turn,
 }
 
 impl Imds {
@@ -33,6 +35,7 @@ impl Imds {
         tags: &[(&str, &str)],
         key: Option<&Path>,
     ) -> Imds {
+        let turn = Turn::shared();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/imds.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script).args(["--cloud", cloud, "--behaviour", behaviour, "--instance-id", instance_id]);
@@ -50,7 +53,7 @@ impl Imds {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("IMDS double said {line:?}"));
-        Imds { _process: guard, url: format!("http://127.0.0.1:{port}") }
+        Imds { _process: guard, url: format!("http://127.0.0.1:{port}"), _turn: turn }
     }
 }
 
@@ -102,7 +105,7 @@ async fn ec2_identity_and_tags_reach_the_collector_under_the_configured_tags() {
 #[test]
 fn azure_identity_and_tags_and_ec2_without_tags() {
     // The metadata double and the agent are news to every host watching this machine.
-    let _turn = crate::support::Turn::shared();
+    let _turn = Turn::shared();
     let vm = unique("vm-");
     let azure = Imds::start("azure", "ok", 0.0, &vm, &[("role", "db"), ("owner", "ops:team")]);
     // `auto` with an endpoint asks it as either cloud.
@@ -127,7 +130,7 @@ fn azure_identity_and_tags_and_ec2_without_tags() {
 
 #[test]
 fn a_refused_token_and_a_hop_limit_are_said_plainly() {
-    let _turn = crate::support::Turn::shared();
+    let _turn = Turn::shared();
     let refused = Imds::start("aws", "refuse-token", 0.0, "i-x", &[]);
     let (report, log) =
         snapshot(&[("HOSTWATCH_CLOUD_PROVIDER", "aws"), ("HOSTWATCH_CLOUD_ENDPOINT", &refused.url)]);
@@ -249,6 +252,8 @@ fn ec2(instance_id: &str) -> proto::CloudFacts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_aws_certificates_only_a_proven_instance_enrolls_and_its_key_stays_there() {
+    // openssl makes the certificates: the machine's turn first.
+    let _turn = Turn::shared();
     let dir = tempfile::tempdir().unwrap();
     let (aws_key, aws_cert) = rsa_certificate(dir.path(), "aws-test");
     let (other_key, _) = rsa_certificate(dir.path(), "not-aws");

