@@ -1,7 +1,8 @@
-//! The agent against the tools everybody trusts: every process `ps` lists is in the snapshot with
-//! the same ppid, user and executable, and every socket `ss -tuanp` lists is there with the same
-//! owner. Items that appear or vanish while the test runs are left out: `ps` and `ss` run before
-//! and after the snapshot, and only what both runs agree on is compared.
+//! The agent against the tools everybody trusts, both ways: every process `ps` lists is in the
+//! snapshot with the same ppid, user and executable, and every socket `ss -tuanp` lists is there
+//! with the same owner; and the snapshot invents nothing: each of its processes and sockets is one
+//! `ps` or `ss` saw, or belongs to a program that started while the test ran. `ps` and `ss` run
+//! before and after the snapshot; the first direction compares only what both runs agree on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
@@ -88,9 +89,18 @@ fn same_ip(ss: Option<IpAddr>, ours: IpAddr) -> bool {
     }
 }
 
+/// The inode of this process's network namespace, as the snapshot names it.
+fn own_netns() -> u64 {
+    let link = std::fs::read_link("/proc/self/ns/net").expect("read /proc/self/ns/net");
+    let link = link.to_string_lossy();
+    link.trim_start_matches("net:[").trim_end_matches(']').parse().unwrap_or_else(|_| panic!("{link}"))
+}
+
 #[test]
 fn every_process_and_socket_that_ps_and_ss_see() {
-    let _turn = crate::support::Turn::shared();
+    // The machine to itself: what another test starts between `ps` and the snapshot would be
+    // left out one way and excused the other; alone, what is excused is the system's own.
+    let _turn = crate::support::Turn::alone();
     // Something of each kind this test owns, so that the comparison can never be empty.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -101,6 +111,9 @@ fn every_process_and_socket_that_ps_and_ss_see() {
     connected_udp.connect(udp.local_addr().unwrap()).unwrap();
     let child = Guard(Command::new("sleep").arg("60").spawn().unwrap());
 
+    // Start times are read to the second of boot time: a program born in the window may appear
+    // to have started up to a second before it.
+    let began = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
     let (ps1, ss1) = (ps(), ss());
     let (report, _, _) = crate::support::agent_snapshot(&[("HOSTWATCH_CLOUD_PROVIDER", "none")]);
     let (ps2, ss2) = (ps(), ss());
@@ -176,4 +189,56 @@ fn every_process_and_socket_that_ps_and_ss_see() {
     assert_eq!(c.direction, proto::Direction::Outbound);
     let s = snap.connections.iter().find(|c| c.local_port == listener.local_addr().unwrap().port()).unwrap();
     assert_eq!(s.direction, proto::Direction::Inbound);
+
+    // The other way: the snapshot invents nothing. A process neither `ps` run listed must have
+    // started in the window between them (the agent itself, a timer's program), and be gone.
+    let born_in_window = |pid: u32| by_pid.get(&pid).is_some_and(|p| p.start_time >= began);
+    let mut excused = Vec::new();
+    for p in &snap.processes {
+        if ps1.contains_key(&p.pid) || ps2.contains_key(&p.pid) {
+            continue;
+        }
+        assert!(
+            born_in_window(p.pid),
+            "the snapshot has pid {} ({:?}, started {}), which neither ps run listed and which did not start while the test ran",
+            p.pid,
+            p.exe,
+            p.start_time
+        );
+        excused.push(p.pid);
+    }
+    assert!(excused.len() < 20, "too much started in the window to compare: {excused:?}");
+    // Sockets in this namespace: each one `ss` listed in either run (by protocol and ends,
+    // whatever the state: a connection may move from SYN-SENT to ESTAB between runs), or one
+    // whose owner started in the window.
+    let netns = own_netns();
+    let here = |n: Option<u64>| n.is_none_or(|n| n == netns);
+    let listed = |protocol: proto::Protocol, local: (IpAddr, u16), peer: Option<(IpAddr, u16)>| {
+        ss1.iter().chain(ss2.iter()).any(|r| {
+            r.protocol == protocol.as_str()
+                && r.local.1 == local.1
+                && same_ip(r.local.0, local.0)
+                && match peer {
+                    None => matches!(r.state.as_str(), "LISTEN" | "UNCONN"),
+                    Some((ip, port)) => r.peer.1 == port && same_ip(r.peer.0, ip),
+                }
+        })
+    };
+    let mut sockets = 0;
+    for l in snap.listeners.iter().filter(|l| here(l.netns)) {
+        sockets += 1;
+        assert!(
+            listed(l.protocol, (l.address, l.port), None) || l.pid.is_some_and(born_in_window),
+            "the snapshot has a listener neither ss run listed: {l:?}"
+        );
+    }
+    for c in snap.connections.iter().filter(|c| here(c.netns)) {
+        sockets += 1;
+        assert!(
+            listed(c.protocol, (c.local_address, c.local_port), Some((c.remote_address, c.remote_port)))
+                || c.pid.is_some_and(born_in_window),
+            "the snapshot has a connection neither ss run listed: {c:?}"
+        );
+    }
+    assert!(sockets >= 5, "the test's own sockets were in the snapshot ({sockets})");
 }
