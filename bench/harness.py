@@ -54,6 +54,17 @@ def start(argv, **kw):
     return p
 
 
+def stop(p):
+    """Stops one process `start` started (and what it started), before the script's end."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 class Collector:
     def __init__(self, extra="", data=None, target=None, wrap=()):
         """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept

@@ -10,8 +10,10 @@
 //! - the one-shot `hostwatch-agent snapshot` as a child process (start-up and JSON included);
 //! - both socket readers alone (sock_diag and /proc/net), without owners.
 //!
-//! It prints one line per round and the medians, and the ratios the agent-collection issue asks
-//! for. Nothing here is a pass/fail assertion: the machine is shared and noisy.
+//! The two sides take turns running first. It prints every round, each column's median, min and
+//! max, and the ratios round by round against `ps` + `ss -tuanp` of the same round: the headline
+//! is the snapshot command, a whole process like its peers; the in-process figures are beside it.
+//! Nothing here is a pass/fail assertion: the machine is shared and noisy.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -61,6 +63,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// Median, least and most of one column.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v.to_vec()), lo, hi)
+}
+
 fn main() {
     let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(7);
     let root = HostRoot::default();
@@ -72,59 +81,91 @@ fn main() {
         "ps",
         "ss -tuanp",
         "ss -tuan",
+        "snapshot cmd",
         "cold",
         "cold, no hash",
         "steady",
-        "snapshot cmd",
         "sock_diag",
         "proc_net",
     ];
     let mut cols: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    println!("{}", names.map(|n| format!("{n:>14}")).join(""));
-    for _ in 0..rounds {
-        let ps = child(&["ps", "-eo", "pid,ppid,user,lstart,args"]);
-        let ssp = child(&["ss", "-tuanp"]);
-        let ss = child(&["ss", "-tuan"]);
-        let mut obs = None;
-        let cold = measure(|| {
-            let mut o = Observer::new(root.clone(), Reader::SockDiag, Redactor::default());
-            let seen = o.observe();
-            (processes, sockets) = (
-                seen.snapshot.processes.len(),
-                seen.snapshot.listeners.len() + seen.snapshot.connections.len(),
-            );
-            obs = Some(o);
-        });
-        let cold_no_hash = measure(|| {
-            let mut o = Observer::new(root.clone(), Reader::SockDiag, Redactor::default()).without_hashing();
-            o.observe();
-        });
-        let mut o = obs.expect("observer");
-        let steady = measure(|| {
-            o.observe();
-        });
-        let cmd = child(&[agent, "snapshot"]);
-        let want = Want { listen: true, connected: true };
-        let diag = measure(|| {
-            SocketSource::new(Reader::SockDiag).read(&root, &namespaces, want);
-        });
-        let procnet = measure(|| {
-            SocketSource::new(Reader::ProcNet).read(&root, &namespaces, want);
-        });
-        let row = [ps, ssp, ss, cold, cold_no_hash, steady, cmd, diag, procnet].map(ms);
-        println!("{}", row.map(|v| format!("{v:>14.1}")).join(""));
+    println!("round {}", names.map(|n| format!("{n:>14}")).join(""));
+    for round in 0..rounds {
+        // The peers' three and the agent's six, in turn first: a page cache or a CPU frequency
+        // warmed by whichever runs first favours neither side.
+        let peers = || {
+            [
+                child(&["ps", "-eo", "pid,ppid,user,lstart,args"]),
+                child(&["ss", "-tuanp"]),
+                child(&["ss", "-tuan"]),
+            ]
+        };
+        let ours = || {
+            let cmd = child(&[agent, "snapshot"]);
+            let mut obs = None;
+            let mut seen_counts = (0, 0);
+            let cold = measure(|| {
+                let mut o = Observer::new(root.clone(), Reader::SockDiag, Redactor::default());
+                let seen = o.observe();
+                seen_counts = (
+                    seen.snapshot.processes.len(),
+                    seen.snapshot.listeners.len() + seen.snapshot.connections.len(),
+                );
+                obs = Some(o);
+            });
+            let cold_no_hash = measure(|| {
+                let mut o =
+                    Observer::new(root.clone(), Reader::SockDiag, Redactor::default()).without_hashing();
+                o.observe();
+            });
+            let mut o = obs.expect("observer");
+            let steady = measure(|| {
+                o.observe();
+            });
+            let want = Want { listen: true, connected: true };
+            let diag = measure(|| {
+                SocketSource::new(Reader::SockDiag).read(&root, &namespaces, want);
+            });
+            let procnet = measure(|| {
+                SocketSource::new(Reader::ProcNet).read(&root, &namespaces, want);
+            });
+            (seen_counts, [cmd, cold, cold_no_hash, steady, diag, procnet])
+        };
+        let (p, (counts, o)) = if round % 2 == 0 {
+            let p = peers();
+            (p, ours())
+        } else {
+            let o = ours();
+            (peers(), o)
+        };
+        (processes, sockets) = counts;
+        let row = [p[0], p[1], p[2], o[0], o[1], o[2], o[3], o[4], o[5]].map(ms);
+        let first = if round % 2 == 0 { "peers" } else { "ours " };
+        println!("{first} {}", row.map(|v| format!("{v:>14.1}")).join(""));
         for (c, v) in cols.iter_mut().zip(row) {
             c.push(v);
         }
     }
-    let m: Vec<f64> = cols.into_iter().map(median).collect();
-    println!("{}", m.iter().map(|v| format!("{v:>14.1}")).collect::<String>());
-    println!("\nmedians of {rounds} rounds, CPU ms; host: {processes} processes, {sockets} sockets");
-    let peers = m[0] + m[1];
-    println!("ps + ss -tuanp                     {peers:8.1} ms");
-    println!("cold full scan / peers            {:8.2}x", m[3] / peers);
-    println!("cold full scan, no hashing / peers {:7.2}x", m[4] / peers);
-    println!("steady rescan / peers             {:8.2}x", m[5] / peers);
-    println!("snapshot command / peers          {:8.2}x", m[6] / peers);
-    println!("sock_diag / proc_net readers      {:8.2}x", m[7] / m[8]);
+    let m: Vec<(f64, f64, f64)> = cols.iter().map(|c| spread(c)).collect();
+    println!(
+        "\nCPU ms over {rounds} rounds, in alternating order; host: {processes} processes, {sockets} sockets"
+    );
+    println!("{:16}{:>10}{:>10}{:>10}", "", "median", "min", "max");
+    for (n, (med, lo, hi)) in names.iter().zip(&m) {
+        println!("{n:16}{med:>10.1}{lo:>10.1}{hi:>10.1}");
+    }
+    // Ratios round by round (each against the peers of its own round), then their spread.
+    let per_round =
+        |col: usize| -> Vec<f64> { (0..rounds).map(|r| cols[col][r] / (cols[0][r] + cols[1][r])).collect() };
+    let line = |what: &str, col: usize| {
+        let (med, lo, hi) = spread(&per_round(col));
+        println!("{what:44}{med:>8.2}x  (min {lo:.2}x, max {hi:.2}x)");
+    };
+    println!("\nagainst ps + ss -tuanp as whole processes, round by round:");
+    line("hostwatch-agent snapshot (a whole process)", 3);
+    line("in process: cold full scan", 4);
+    line("in process: cold full scan, no hashing", 5);
+    line("in process: steady rescan", 6);
+    let (med, lo, hi) = spread(&(0..rounds).map(|r| cols[7][r] / cols[8][r]).collect::<Vec<_>>());
+    println!("{:44}{med:>8.2}x  (min {lo:.2}x, max {hi:.2}x)", "sock_diag / proc_net readers");
 }
