@@ -5,9 +5,11 @@ agent's file monitor (agent/benches/fim.rs: the same scan code, 8 hashing thread
 budget lifted, files above the agent's 128 MiB hash cap recorded by metadata only: the script
 counts such files in the tree and says so beside the ratios).
 
-First AIDE's worker count is chosen: `aide --init` with a cold page cache at each of --workers
-(default 1,2,4,8), --sweep runs each, the fastest median wins. Then --rounds rounds (default 5),
-the two sides taking turns going first:
+First AIDE's worker counts are chosen, one for each mode: at each of --workers (default
+1,2,4,8), --sweep times (default 2), `aide --init` with a cold page cache and then `aide --check`
+warm; the fastest median of each mode wins (they differ: more workers help the cold init and
+can slow the warm check). Then --rounds rounds (default 5), the two sides taking turns going
+first:
 
   cold read     every regular file read once, 4 at a time, page cache dropped first (the limit)
   aide --init   page cache dropped first;   ours: the initial manifest, cold the same way
@@ -85,7 +87,7 @@ def spread(v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--path", default="/usr")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="0: the sweep alone")
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--sweep", type=int, default=2, help="cold aide --init runs per worker count")
     a = ap.parse_args()
@@ -108,20 +110,29 @@ def main():
         print(f"files above the agent's {HASH_CAP >> 20} MiB hash cap (metadata only, AIDE hashes them): "
               f"{over} ({over_bytes / 1e9:.2f} GB, {100 * over_bytes / max(size, 1):.1f}% of the bytes)")
 
-        # AIDE's fastest worker count here, cold.
-        sweep = {}
+        # AIDE's fastest worker count here for each mode: --init cold, --check warm.
+        sweep_init, sweep_check = {}, {}
         for w in [int(x) for x in a.workers.split(",")]:
             conf = aide_conf(tmp, a.path, w)
-            walls = []
+            inits, checks = [], []
             for _ in range(a.sweep):
                 drop_caches()
-                walls.append(run(["aide", "-c", conf, "--init"])[0])
-            sweep[w] = walls
-            print(f"aide --init cold, num_workers={w}: " + ", ".join(f"{x:.2f}" for x in walls) + " s", flush=True)
-        best = min(sweep, key=lambda w: statistics.median(sweep[w]))
+                inits.append(run(["aide", "-c", conf, "--init"])[0])
+                os.replace(os.path.join(tmp, "aide.db.new"), os.path.join(tmp, "aide.db"))
+                checks.append(run(["aide", "-c", conf, "--check"])[0])
+            sweep_init[w], sweep_check[w] = inits, checks
+            print(f"num_workers={w}: aide --init cold " + ", ".join(f"{x:.2f}" for x in inits) +
+                  " s; aide --check warm " + ", ".join(f"{x:.2f}" for x in checks) + " s", flush=True)
+        best = min(sweep_init, key=lambda w: statistics.median(sweep_init[w]))
+        best_check = min(sweep_check, key=lambda w: statistics.median(sweep_check[w]))
         conf = aide_conf(tmp, a.path, best)
-        print(f"fastest: num_workers={best} (median {statistics.median(sweep[best]):.2f} s); used below\n", flush=True)
+        conf_check = aide_conf(tmp, a.path, best_check)
+        print(f"fastest: --init num_workers={best} (median {statistics.median(sweep_init[best]):.2f} s), "
+              f"--check num_workers={best_check} (median {statistics.median(sweep_check[best_check]):.2f} s); "
+              f"used below\n", flush=True)
 
+        if a.rounds == 0:
+            return
         manifest = os.path.join(tmp, "files.manifest")
         names = ["cold read", "aide --init (cold)", "ours: initial manifest (cold)", "aide --check (warm)",
                  "ours: full verification (warm)", "ours: routine check (warm)"]
@@ -136,7 +147,7 @@ def main():
                 drop_caches()
                 res[names[1]] = run(["aide", "-c", conf, "--init"])
                 os.replace(os.path.join(tmp, "aide.db.new"), os.path.join(tmp, "aide.db"))
-                res[names[3]] = run(["aide", "-c", conf, "--check"])
+                res[names[3]] = run(["aide", "-c", conf_check, "--check"])
 
             def our_side():
                 drop_caches()
@@ -151,7 +162,7 @@ def main():
             print(f"round {r + 1} ({first} first): " +
                   "; ".join(f"{k} {v[0]:.2f} s" for k, v in res.items()), flush=True)
 
-        print(f"\n{a.rounds} rounds, alternating; AIDE num_workers={best}")
+        print(f"\n{a.rounds} rounds, alternating; AIDE num_workers={best} for --init, {best_check} for --check")
         print(f"{'':34} {'wall s median':>14} {'min':>7} {'max':>7} {'CPU s':>7} {'RSS MiB':>8}")
         for k in names:
             med, lo, hi = spread([row[k][0] for row in rows])

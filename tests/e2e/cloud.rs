@@ -37,7 +37,7 @@ impl Imds {
     ) -> Imds {
         let turn = Turn::shared();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/imds.py");
-        let mut cmd = Command::new("python3");
+        let mut cmd = crate::support::tool("python3");
         cmd.arg(script).args(["--cloud", cloud, "--behaviour", behaviour, "--instance-id", instance_id]);
         if let Some(k) = key {
             cmd.arg("--sign-key").arg(k);
@@ -183,7 +183,7 @@ async fn a_slow_metadata_service_does_not_hold_the_agent_back() {
 /// A self-signed RSA certificate and its key, made with openssl, standing for AWS's.
 fn rsa_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (key, cert) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pem")));
-    let out = Command::new("openssl")
+    let out = crate::support::tool("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
         .arg(format!("/CN={name}"))
         .arg("-keyout")

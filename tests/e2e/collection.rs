@@ -286,7 +286,8 @@ async fn a_changed_uid_is_reported_from_its_event() {
     let host = c.online(&role).await;
     let script =
         "import os, sys, time\nsys.stdin.readline()\nos.setgid(65534)\nos.setuid(65534)\ntime.sleep(60)\n";
-    let mut kid = Guard(Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap());
+    let mut kid =
+        Guard(crate::support::tool("python3").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap());
     let pid = kid.0.id();
     let find = async |uid: u32| {
         wait_for(&format!("pid {pid} with uid {uid}"), WAIT, async || {

@@ -4,7 +4,7 @@
 //! leaves the other to carry its agents (behind a load balancer, as in production).
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -231,7 +231,7 @@ async fn two_collectors_on_one_postgres_show_one_fleet_and_decide_each_thing_onc
 
     // A host's turn held by a session that dies (as a collector's would): reports of the host
     // wait for it, and go on once PostgreSQL ends the session.
-    let mut holder = Command::new("psql")
+    let mut holder = crate::support::tool("psql")
         .args(["-X", "-q", "-h"])
         .arg(pg.socket_dir())
         .args(["-U", USER, "-d", "hw"])

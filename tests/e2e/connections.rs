@@ -256,7 +256,7 @@ async fn without_bpf_privileges_the_agent_scans_and_says_so() {
     let role = unique("nobpf");
     std::fs::write(dir.path().join("agent.toml"), "").unwrap();
     let _agent = Guard(
-        Command::new("setpriv")
+        crate::support::tool("setpriv")
             .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--"])
             .arg(bin("hostwatch-agent"))
             .arg("--config")

@@ -780,7 +780,7 @@ async fn a_shell_under_a_listening_service_is_critical_and_under_a_quiet_one_is_
             shell.display().to_string(),
             prog.display()
         );
-        Group(Command::new("python3").args(["-c", &script]).process_group(0).spawn().unwrap())
+        Group(crate::support::tool("python3").args(["-c", &script]).process_group(0).spawn().unwrap())
     };
     let loud = service(true, &loud_sh, &loud_prog);
     let quiet = service(false, &quiet_sh, &quiet_prog);

@@ -340,9 +340,14 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
+        Self::mount_with_mode(at, size, "0700")
+    }
+
+    /// The same, its root of `mode` (`0755`: another user, PostgreSQL's, may reach in).
+    fn mount_with_mode(at: &Path, size: &str, mode: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "hostwatch-test"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode={mode}"), "hostwatch-test"])
             .arg(at)
             .output()
             .expect("run mount");
@@ -380,7 +385,7 @@ impl Drop for Tmpfs {
 /// reports are answered `503` saying the disk is full, the collector says so in its log (a line
 /// per 10 s, not per report), the agent keeps them spooled; once space is freed, what ran
 /// meanwhile arrives once and the store is whole. (On PostgreSQL the store is not in the
-/// collector's directory; a database that stops is the next test's.)
+/// collector's directory: the database's own disk full is the next test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_collector_refuses_reports_clearly_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,6 +421,66 @@ async fn a_full_disk_under_the_collector_refuses_reports_clearly_and_loses_nothi
     c.check_store_integrity();
     assert_eq!(duplicates(&c), Vec::<Vec<String>>::new(), "history recorded twice");
     drop(c);
+    drop(disk);
+}
+
+/// PostgreSQL's disk (its cluster on a small tmpfs) filled under a collector while an agent
+/// reports: the database refuses to grow a table (`disk full`) or, where its write-ahead log
+/// cannot grow, stops itself; either way the collector stays up and answers `503`, the agent
+/// spools; once space is freed (and the server started again if it stopped), what ran meanwhile
+/// arrives once and the store is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_database_refuses_reports_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    // In a directory of /tmp's own (the test's is root's alone): PostgreSQL runs as `postgres`.
+    let at = tempfile::Builder::new().prefix("hw-pgdisk-").tempdir().unwrap();
+    let disk = Tmpfs::mount_with_mode(at.path(), "160m", "0755");
+    let pg_parent = disk.at.clone();
+    crate::support::on_postgres_in(&pg_parent, async {
+        let mut c = Collector::start(&d, "");
+        let role = unique("dbfull");
+        let _agent = start_agent_with(&c, &d, &format!("role={role}"), &[]);
+        let host = c.online(&role).await.id;
+        let spool = d.join("agent-state").join("spool");
+
+        let filler = disk.fill();
+        // Programs of their own name, each a report's worth of history, until one is refused.
+        let (exe, name) = named_sleep(&d, "hwfault-dbfull");
+        let _run = Guard(Command::new(&exe).arg("600").spawn().unwrap());
+        let (busy_exe, _) = named_sleep(&d, "hwfault-dbbusy");
+        let refused = wait_for("a report refused for the database's full disk", WAIT, async || {
+            Command::new(&busy_exe).arg("0.01").status().unwrap();
+            let log = c.log();
+            let line = log.lines().find(|l| l.contains("report refused") && l.contains("503"))?;
+            Some(line.to_owned())
+        })
+        .await;
+        // Said as the store's state (its disk full, or the server stopping or away), not a 500.
+        assert!(refused.contains("store temporarily unavailable"), "refused for another reason: {refused}");
+        assert!(
+            matches!(c.process.0.try_wait(), Ok(None)),
+            "the collector ended when its database's disk filled"
+        );
+        wait_for("reports spooled by the agent", WAIT, async || (spooled(&spool).0 >= 2).then_some(())).await;
+
+        std::fs::remove_file(filler).unwrap();
+        // A server that stopped itself is started again, as its operator would once space is back.
+        wait_for("the database back", WAIT, async || {
+            if !c.database_running() {
+                c.restart_database();
+            }
+            c.database_running().then_some(())
+        })
+        .await;
+        ran_once(&c, host, &name).await;
+        wait_for("the spool emptied", WAIT, async || (spooled(&spool).0 == 0).then_some(())).await;
+        assert!(data_lost(&c, host).is_empty(), "{:#?}", data_lost(&c, host));
+        c.check_store_integrity();
+        assert_eq!(duplicates(&c), Vec::<Vec<String>>::new(), "history recorded twice");
+        drop(c);
+    })
+    .await;
     drop(disk);
 }
 

@@ -450,7 +450,7 @@ fn aide(dir: &Path, tree: &Path, args: &[&str]) -> std::process::Output {
             d = dir.display()
         ),
     );
-    std::process::Command::new("aide")
+    crate::support::tool("aide")
         .arg("-c")
         .arg(&conf)
         .args(args)

@@ -42,7 +42,10 @@ fn open_baseline_findings(c: &Collector, host: i64) -> Vec<(String, String)> {
 fn real_python() -> &'static str {
     static REAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     REAL.get_or_init(|| {
-        let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+        let out = crate::support::tool("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     })

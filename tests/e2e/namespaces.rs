@@ -16,7 +16,7 @@ fn listeners_inside_another_namespace_are_reported_with_it() {
     // A listener on a port this test picks, inside the namespace only.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let mut server = Guard(
-        Command::new("ip")
+        crate::support::tool("ip")
             .args([
                 "netns",
                 "exec",
@@ -68,7 +68,7 @@ async fn an_agent_without_the_process_connector_polls_and_says_so() {
     std::fs::write(dir.path().join("agent.toml"), "").unwrap();
     let role = unique("polled");
     let _agent = Guard(
-        Command::new("ip")
+        crate::support::tool("ip")
             .args(["netns", "exec", &link.ns.0])
             .arg(bin("hostwatch-agent"))
             .arg("--config")

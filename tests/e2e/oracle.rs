@@ -21,7 +21,8 @@ struct PsRow {
 }
 
 fn ps() -> BTreeMap<u32, PsRow> {
-    let out = Command::new("ps").args(["-eo", "pid=,ppid=,stat=,user:64=,exe="]).output().expect("run ps");
+    let out =
+        crate::support::tool("ps").args(["-eo", "pid=,ppid=,stat=,user:64=,exe="]).output().expect("run ps");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -60,7 +61,7 @@ fn parse_endpoint(s: &str) -> Option<(Option<IpAddr>, u16)> {
 }
 
 fn ss() -> BTreeSet<SsRow> {
-    let out = Command::new("ss").args(["-tuanpH"]).output().expect("run ss (iproute2)");
+    let out = crate::support::tool("ss").args(["-tuanpH"]).output().expect("run ss (iproute2)");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -1,8 +1,6 @@
 //! The private PostgreSQL server the store's tests run on (issue 17): its own cluster, reached
 //! only on its own socket, surviving an immediate stop, and gone when the test is done.
 
-use std::process::Command;
-
 use crate::support::postgres::PgServer;
 
 #[test]
@@ -24,6 +22,6 @@ fn a_private_server_answers_on_its_own_socket_survives_a_crash_and_is_gone_after
     assert!(pg.url("hw").starts_with("postgres://hostwatch@/hw?host=/"));
     drop(pg);
     assert!(!dir.exists(), "{} left behind", dir.display());
-    let left = Command::new("pgrep").arg("-f").arg(dir.as_os_str()).output().expect("pgrep");
+    let left = crate::support::tool("pgrep").arg("-f").arg(dir.as_os_str()).output().expect("pgrep");
     assert!(!left.status.success(), "a server outlived its test: {}", String::from_utf8_lossy(&left.stdout));
 }

@@ -81,7 +81,7 @@ async fn hashes_memfd_world_writable_and_containers_reach_the_collector() {
     // sleep run from an anonymous memory file, as fileless malware does.
     let memfd_name = unique("hwmem");
     let in_memory = Guard(
-        Command::new("python3")
+        crate::support::tool("python3")
             .args([
                 "-c",
                 "import os, sys; fd = os.memfd_create(sys.argv[1], 0); \
@@ -146,7 +146,7 @@ fn command_lines_are_redacted_by_built_in_and_site_rules_before_they_leave() {
     let marker = unique("hwredact");
     let secret = format!("{marker}-tok-31337");
     let _kid = Guard(
-        Command::new("python3")
+        crate::support::tool("python3")
             .args(["-c", "import time; time.sleep(60)", &marker, "--password=hunter2", &secret])
             .spawn()
             .expect("python3"),

@@ -180,7 +180,7 @@ async fn each_incident_filter_finds_what_this_host_runs_and_pages_hold_each_row_
     let (exe, sha) = unique_sleep(run.path(), "incident-probe");
     let probe = Guard(Command::new(&exe).arg("300").spawn().unwrap());
     // A listener on every interface, and a connection to it over loopback.
-    let mut py = Command::new("python3")
+    let mut py = crate::support::tool("python3")
         .args([
             "-c",
             "import socket,time\n\

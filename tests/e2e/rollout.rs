@@ -419,7 +419,7 @@ fn https_server(dir: &Path, cert: &Path, key: &Path) -> (crate::support::Guard, 
                   srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\n\
                   print(srv.server_address[1], flush=True)\n\
                   srv.serve_forever()\n";
-    let mut child = Command::new("python3")
+    let mut child = crate::support::tool("python3")
         .args(["-u", "-c", script])
         .arg(dir)
         .arg(cert)

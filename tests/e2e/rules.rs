@@ -149,7 +149,7 @@ async fn every_built_in_rule_fires_on_what_it_names() {
     // A program run from memory: a memfd holding a copy of sleep, executed through /proc.
     let name = unique("fileless");
     let _fileless = Guard(
-        Command::new("python3")
+        crate::support::tool("python3")
             .args([
                 "-c",
                 "import os, sys\n\

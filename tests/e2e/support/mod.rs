@@ -88,6 +88,27 @@ impl Drop for Guard {
     }
 }
 
+/// A command for an outside program the tests need, or a panic naming the Debian package that
+/// has it: a machine without it fails at once with the fix, not later with "No such file".
+pub fn tool(program: &str) -> Command {
+    let package = match program {
+        "dpkg-deb" | "dpkg" => "dpkg",
+        "rpm" | "rpmbuild" => "rpm",
+        "ip" | "ss" => "iproute2",
+        "ps" | "pgrep" => "procps",
+        "psql" | "pg_dump" => "postgresql-client-15",
+        "setpriv" => "util-linux",
+        other => other,
+    };
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "`{program}` is not on PATH: the tests need Debian's `{package}` package (README.md, \"Tests\"; .ci/run installs what they need)"
+    );
+    Command::new(program)
+}
+
 /// Polls `f` every [`POLL`] until it returns `Some`, or panics naming `what` after `timeout`.
 pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -191,6 +212,8 @@ tokio::task_local! {
 struct Databases {
     server: Option<postgres::PgServer>,
     by_dir: Vec<(PathBuf, String)>,
+    /// Where the server's cluster is made, if not in a temporary directory of its own.
+    parent: Option<PathBuf>,
 }
 
 /// A collector's PostgreSQL database, as its test sees it.
@@ -206,7 +229,10 @@ impl Database {
         let databases = ON_POSTGRES.try_with(Arc::clone).ok()?;
         let mut d = databases.lock().unwrap_or_else(|e| e.into_inner());
         if d.server.is_none() {
-            let server = postgres::PgServer::start_quiet();
+            let server = match &d.parent {
+                Some(parent) => postgres::PgServer::start_quiet_in(parent),
+                None => postgres::PgServer::start_quiet(),
+            };
             server.psql("postgres", &format!("CREATE ROLE {QUERY_ROLE} LOGIN"));
             d.server = Some(server);
         }
@@ -257,6 +283,12 @@ impl Database {
 /// starts, stopped when the test ends), where it would otherwise run on SQLite.
 pub async fn on_postgres<F: Future>(test: F) -> F::Output {
     ON_POSTGRES.scope(Arc::new(Mutex::new(Databases::default())), test).await
+}
+
+/// The same, the server's cluster made in `parent` (a disk the test fills).
+pub async fn on_postgres_in<F: Future>(parent: &Path, test: F) -> F::Output {
+    let databases = Databases { parent: Some(parent.to_owned()), ..Databases::default() };
+    ON_POSTGRES.scope(Arc::new(Mutex::new(databases)), test).await
 }
 
 /// Runs an end-to-end test on each store: `NAME::sqlite` and `NAME::postgres`. `NAME` is an
@@ -611,6 +643,12 @@ impl Collector {
         d.with_server(|s| s.restart());
     }
 
+    /// Whether this collector's PostgreSQL server runs.
+    pub fn database_running(&self) -> bool {
+        let d = self.database.as_ref().expect("a collector on PostgreSQL");
+        d.with_server(|s| s.is_running())
+    }
+
     /// Everything the store holds, as text: SQLite's database file and its write-ahead log read
     /// as bytes, or PostgreSQL's database as `pg_dump` writes it. For checks of what must never
     /// be stored in clear.
@@ -700,7 +738,7 @@ pub fn start_agent_in(
     std::fs::write(&config, "").expect("write agent.toml");
     let mut cmd = match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
+            let mut c = tool("ip");
             c.args(["netns", "exec", ns]).arg(bin("hostwatch-agent"));
             c
         }
@@ -803,7 +841,7 @@ pub fn build_deb(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u
         std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode)).expect("package file mode");
     }
     let deb = dir.join(format!("{name}_{version}.deb"));
-    let out = Command::new("dpkg-deb")
+    let out = tool("dpkg-deb")
         .arg("--root-owner-group")
         // Uncompressed: a package holding a debug binary takes seconds to compress.
         .arg("-Znone")
@@ -839,7 +877,7 @@ pub fn build_rpm(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u
         ),
     )
     .expect("spec file");
-    let out = Command::new("rpmbuild")
+    let out = tool("rpmbuild")
         .args(["--quiet", "--define"])
         .arg(format!("_topdir {}", top.display()))
         .args(["--define", "__os_install_post %{nil}", "--define", "debug_package %{nil}"])
@@ -861,7 +899,7 @@ pub fn build_rpm(dir: &Path, name: &str, version: &str, files: &[(&str, &[u8], u
 /// `rpm --root=ROOT` with its database in ROOT/var/lib/rpm (Debian's rpm keeps its own in the
 /// home directory otherwise): a database of the test's own.
 pub fn rpm(root: &Path, args: &[&str]) {
-    let out = Command::new("rpm")
+    let out = tool("rpm")
         .arg(format!("--root={}", root.display()))
         .args(["--dbpath", "/var/lib/rpm"])
         .args(args)
@@ -872,14 +910,13 @@ pub fn rpm(root: &Path, args: &[&str]) {
 
 /// `dpkg --root=ROOT` with `args`: a database and a file system of the test's own.
 pub fn dpkg(root: &Path, args: &[&str]) {
-    let out =
-        Command::new("dpkg").arg(format!("--root={}", root.display())).args(args).output().expect("dpkg");
+    let out = tool("dpkg").arg(format!("--root={}", root.display())).args(args).output().expect("dpkg");
     assert!(out.status.success(), "dpkg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Starts `python3 -m http.server` on `port` (0: any) on 127.0.0.1 and returns it with its port.
 pub fn python_http_server(port: u16) -> (Guard, u16) {
-    let mut child = Command::new("python3")
+    let mut child = tool("python3")
         .args(["-u", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

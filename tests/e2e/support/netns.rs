@@ -1,8 +1,6 @@
 //! Network namespaces a test makes with `ip netns` (root), and a namespace joined to the host by
 //! a veth pair whose link the test can cut and mend: removed when dropped.
 
-use std::process::Command;
-
 use super::{Turn, unique};
 
 /// A network namespace deleted when dropped. It holds a shared turn on the machine: `ip` runs
@@ -22,7 +20,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = crate::support::tool("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
@@ -66,12 +64,12 @@ impl Linked {
 
 /// Runs `ip` (iproute2) with `args`, or panics saying which failed (the tests need root).
 fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip (iproute2)");
+    let st = crate::support::tool("ip").args(args).status().expect("run ip (iproute2)");
     assert!(st.success(), "ip {args:?} failed (root needed)");
 }
 
 impl Drop for Linked {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = crate::support::tool("ip").args(["link", "del", &self.host_if]).status();
     }
 }

@@ -38,7 +38,7 @@ pub struct PgServer {
 impl PgServer {
     /// Starts a fresh cluster, or panics saying what is missing.
     pub fn start() -> PgServer {
-        Self::start_with(None, Some(Turn::shared()))
+        Self::start_with(None, Some(Turn::shared()), None)
     }
 
     /// A server for the collectors of one test, started under their turn and holding none of
@@ -46,14 +46,20 @@ impl PgServer {
     /// unless a client connects (autovacuum off; only the collectors of its test connect), so
     /// it is nothing new to any other test's agent between that test's turns.
     pub fn start_quiet() -> PgServer {
-        Self::start_with(None, None)
+        Self::start_with(None, None, None)
+    }
+
+    /// The same, its cluster in a directory made in `parent` (a small disk a test fills; the
+    /// `postgres` user must be able to reach `parent`).
+    pub fn start_quiet_in(parent: &Path) -> PgServer {
+        Self::start_with(None, None, Some(parent))
     }
 
     /// The same, also listening on a free port of 127.0.0.1 with TLS only (`cert` and `key`,
     /// PEM files): a database "on the network" that cannot leave this machine. Clients on the
     /// port must use TLS (`hostnossl` is refused); the socket stays open to the tests' psql.
     pub fn start_tls(cert: &Path, key: &Path) -> PgServer {
-        Self::start_with(Some((cert, key)), Some(Turn::shared()))
+        Self::start_with(Some((cert, key)), Some(Turn::shared()), None)
     }
 
     /// The TCP port of a server started with TLS.
@@ -61,7 +67,7 @@ impl PgServer {
         self.port.expect("a server started with TLS")
     }
 
-    fn start_with(tls: Option<(&Path, &Path)>, turn: Option<Turn>) -> PgServer {
+    fn start_with(tls: Option<(&Path, &Path)>, turn: Option<Turn>, parent: Option<&Path>) -> PgServer {
         let quiet = turn.is_none();
         for tool in ["initdb", "pg_ctl", "postgres"] {
             let path = Path::new(BIN).join(tool);
@@ -75,7 +81,13 @@ impl PgServer {
             Command::new("id").arg("-u").arg("postgres").output().is_ok_and(|o| o.status.success()),
             "no `postgres` user: PostgreSQL runs as it (Debian's postgresql-common creates it)"
         );
-        let dir = tempfile::Builder::new().prefix("hw-pg-").tempdir().expect("temporary directory");
+        let mut dir = tempfile::Builder::new();
+        dir.prefix("hw-pg-");
+        let dir = match parent {
+            Some(parent) => dir.tempdir_in(parent),
+            None => dir.tempdir(),
+        }
+        .expect("temporary directory");
         run("chown", Command::new("chown").arg("postgres:postgres").arg(dir.path()));
         let port = tls.map(|_| {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
@@ -160,7 +172,7 @@ impl PgServer {
 
     /// A client tool (`psql`, `pg_dump`) for `database` as the superuser, on the server's socket.
     fn client(&self, tool: &str, database: &str) -> Command {
-        let mut cmd = Command::new(tool);
+        let mut cmd = super::tool(tool);
         cmd.arg("-h")
             .arg(self.socket_dir())
             .args(["-p", &self.port.unwrap_or(5432).to_string()])
@@ -177,6 +189,18 @@ impl PgServer {
     /// Starts the server again after [`PgServer::stop_immediately`].
     pub fn restart(&self) {
         self.pg_ctl_start();
+    }
+
+    /// Whether the server runs (`pg_ctl status`): a server that stopped by itself (a write-ahead
+    /// log it could not write) is started again by the test.
+    pub fn is_running(&self) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Path::new(BIN).join("pg_ctl"))
+            .args(["-D", &self.data().to_string_lossy(), "status"])
+            .current_dir(self.dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     fn pg_ctl_start(&self) {
