@@ -16,12 +16,7 @@ def _stop_all():
     # Each was started in a session of its own: the signal reaches what it started too (the agent
     # under a profiler, hostload's children).
     for p in reversed(_started):
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop(p)
 
 
 atexit.register(_stop_all)

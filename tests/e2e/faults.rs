@@ -40,6 +40,16 @@ async fn ran_once(c: &Collector, host: i64, name: &str) {
     assert_eq!(runs.len(), 1, "{name} recorded more than once: {runs:#?}");
 }
 
+/// After a fault under the store: the program `name` run during it arrives once, the agent's
+/// spool (`spool`) empties, nothing is lost or recorded twice, and the store is whole.
+async fn arrived_once_and_whole(c: &Collector, host: i64, name: &str, spool: &Path) {
+    ran_once(c, host, name).await;
+    wait_for("the spool emptied", WAIT, async || (spooled(spool).0 == 0).then_some(())).await;
+    assert!(data_lost(c, host).is_empty(), "{:#?}", data_lost(c, host));
+    c.check_store_integrity();
+    assert_eq!(duplicates(c), Vec::<Vec<String>>::new(), "history recorded twice");
+}
+
 /// The files of `dir` (the agent's spool), and their bytes.
 fn spooled(dir: &Path) -> (usize, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else { return (0, 0) };
@@ -415,11 +425,7 @@ async fn a_full_disk_under_the_collector_refuses_reports_clearly_and_loses_nothi
     assert!(lines <= 3, "{lines} log lines for a full disk: one per 10 s at most");
 
     std::fs::remove_file(filler).unwrap();
-    ran_once(&c, host, &name).await;
-    wait_for("the spool emptied", WAIT, async || (spooled(&spool).0 == 0).then_some(())).await;
-    assert!(data_lost(&c, host).is_empty(), "{:#?}", data_lost(&c, host));
-    c.check_store_integrity();
-    assert_eq!(duplicates(&c), Vec::<Vec<String>>::new(), "history recorded twice");
+    arrived_once_and_whole(&c, host, &name, &spool).await;
     drop(c);
     drop(disk);
 }
@@ -473,11 +479,7 @@ async fn a_full_disk_under_the_database_refuses_reports_clearly_and_loses_nothin
             c.database_running().then_some(())
         })
         .await;
-        ran_once(&c, host, &name).await;
-        wait_for("the spool emptied", WAIT, async || (spooled(&spool).0 == 0).then_some(())).await;
-        assert!(data_lost(&c, host).is_empty(), "{:#?}", data_lost(&c, host));
-        c.check_store_integrity();
-        assert_eq!(duplicates(&c), Vec::<Vec<String>>::new(), "history recorded twice");
+        arrived_once_and_whole(&c, host, &name, &spool).await;
         drop(c);
     })
     .await;
