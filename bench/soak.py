@@ -13,12 +13,16 @@ The churn, all on loopback and in a temporary directory the script makes:
   - a new listener every 30 s, closed 10 s later, on a port of its own each time;
   - a file written, renamed and removed every 10 s in a directory the agent watches.
 Memory "grew" if the least-squares slope of RSS over the second half of the run, projected over
-an hour, exceeds 5 MiB (the first half holds the start-up and the store's warm-up).
+an hour, exceeds 5 MiB (the first half holds the start-up and the store's warm-up). The
+collector's SQLite page caches fill as its store grows, up to a bound (16 MiB per connection):
+its RSS is judged as that store's memory (from its /metrics, which must stay within the bound)
+and the rest (whose slope must stay under 5 MiB/h).
 
 Usage: cargo build --release --locked -p hostwatch-server -p hostwatch-agent -p hostwatch-e2e &&
        python3 bench/soak.py [--minutes 30] [--agents 1000] [--out soak]
 """
 import argparse, csv, json, math, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
@@ -103,6 +107,22 @@ def slope_mib_per_hour(samples, key):
     return 0.0 if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den * 3600
 
 
+def store_memory(c):
+    """The collector's own figure for what its SQLite store holds (page caches and statements of
+    all its connections), from /metrics; bounded by cache_size per connection."""
+    req = urllib.request.Request(c.url + "/metrics", headers={"Authorization": f"Bearer {c.token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("hostwatch_store_memory_bytes "):
+                return int(float(line.split()[1]))
+    sys.exit("the collector's /metrics has no hostwatch_store_memory_bytes")
+
+
+# What SQLite may hold at most: 16 MiB of page cache for each of the writer's and the four
+# readers' connections (server/src/store/sqlite.rs), and room for their schemas and statements.
+STORE_BOUND = 5 * 16 * 2**20 + 16 * 2**20
+
+
 def plot(samples, path, a):
     import matplotlib
     matplotlib.use("Agg")
@@ -111,6 +131,11 @@ def plot(samples, path, a):
     t = [s["t"] / 60 for s in samples]
     for who, colour in (("collector", "#c55a11"), ("agent", "#4472c4")):
         axes[0].plot(t, [s[f"{who}_rss"] / 2**20 for s in samples], label=who, color=colour)
+        if who == "collector":
+            axes[0].plot(t, [s["collector_store"] / 2**20 for s in samples], label="collector: its SQLite store",
+                         color=colour, linestyle=":")
+            axes[0].plot(t, [(s["collector_rss"] - s["collector_store"]) / 2**20 for s in samples],
+                         label="collector less its store", color=colour, linestyle="--")
         axes[1].plot(t, [s[f"{who}_cpu"] for s in samples], label=who, color=colour, linewidth=0.8)
         axes[2].plot(t, [s[f"{who}_fds"] for s in samples], label=who, color=colour)
     axes[0].set_ylabel("RSS, MiB")
@@ -157,7 +182,8 @@ def main():
     last_t = t0
     with open(os.path.join(a.out, "samples.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["t", "collector_rss", "collector_cpu", "collector_fds", "agent_rss", "agent_cpu", "agent_fds"])
+        w.writerow(["t", "collector_rss", "collector_cpu", "collector_fds", "collector_store", "agent_rss", "agent_cpu",
+                    "agent_fds"])
         while time.monotonic() - t0 < duration:
             time.sleep(a.every)
             now = time.monotonic()
@@ -171,9 +197,10 @@ def main():
                 s[f"{who}_fds"] = fds(pid)
                 last[who] = cpu
             last_t = now
+            s["collector_store"] = store_memory(c)
             samples.append(s)
             w.writerow([round(s["t"], 1), s["collector_rss"], round(s["collector_cpu"], 2), s["collector_fds"],
-                        s["agent_rss"], round(s["agent_cpu"], 2), s["agent_fds"]])
+                        s["collector_store"], s["agent_rss"], round(s["agent_cpu"], 2), s["agent_fds"]])
             f.flush()
     stop.set()
     churner.join(timeout=30)
@@ -204,6 +231,21 @@ def main():
               f"second tenth {early:.1f} MiB, last tenth {late:.1f} MiB; slope over the second half "
               f"{slope:+.2f} MiB/h: {'GREW' if grew else 'flat'}; CPU median {statistics.median(cpu):.2f}% "
               f"(p99 {statistics.quantiles(cpu, n=100)[98]:.2f}%); fds {min(fd)}-{max(fd)}, last {fd[-1]}")
+    # The collector's store caches fill as the store grows, up to their bound: its memory is
+    # judged as the store's (within the bound) and the rest (which must not grow).
+    for s in samples:
+        s["rest_rss"] = s["collector_rss"] - s["collector_store"]
+    store = [s["collector_store"] / 2**20 for s in samples]
+    rest = [s["rest_rss"] / 2**20 for s in samples]
+    tenth = max(1, len(samples) // 10)
+    rest_slope = slope_mib_per_hour(samples, "rest_rss")
+    over = max(s["collector_store"] for s in samples) > STORE_BOUND
+    verdicts = [rest_slope > 5 or over, verdicts[1]]
+    print(f"collector's SQLite store: {store[tenth]:.1f} MiB at the second tenth, {store[-1]:.1f} MiB at the end, "
+          f"max {max(store):.1f} MiB (bound {STORE_BOUND / 2**20:.0f} MiB): {'OVER' if over else 'within'}")
+    print(f"collector less its store: second tenth {statistics.median(rest[tenth:2 * tenth]):.1f} MiB, last tenth "
+          f"{statistics.median(rest[-tenth:]):.1f} MiB; slope over the second half {rest_slope:+.2f} MiB/h: "
+          f"{'GREW' if rest_slope > 5 else 'flat'}")
     plot(samples, os.path.join(a.out, "soak.png"), a)
     print(f"samples: {os.path.join(a.out, 'samples.csv')}; plot: {os.path.join(a.out, 'soak.png')}")
     sys.exit(1 if any(verdicts) else 0)

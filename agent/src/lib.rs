@@ -66,6 +66,7 @@ pub mod runner;
 pub mod shared;
 pub mod snapshot;
 pub mod spool;
+pub mod stop;
 pub mod tracker;
 pub mod transport;
 

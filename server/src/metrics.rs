@@ -96,6 +96,7 @@ pub struct Metrics {
     findings: Family<FindingLabels, Gauge>,
     outbox: Family<SinkLabel, Gauge>,
     events_lost: Family<SourceLabel, Gauge>,
+    store_memory: Gauge,
     /// One scrape at a time: the gauges are cleared and set again for each.
     scrape: tokio::sync::Mutex<()>,
     /// Refusals are logged at a bounded rate ([`LogLimit`]).
@@ -120,6 +121,7 @@ impl Metrics {
             findings: Family::default(),
             outbox: Family::default(),
             events_lost: Family::default(),
+            store_memory: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
             report_refusals: LogLimit::new(Duration::from_secs(10)),
             enrollment_refusals: LogLimit::new(Duration::from_secs(10)),
@@ -210,6 +212,12 @@ impl Metrics {
             "Events the agents of hosts not retired say they lost since they started: exec events (the process connector overflowed) and socket events (the eBPF ring was full).",
             m.events_lost.clone(),
         );
+        r.register_with_unit(
+            "store_memory",
+            "Memory the embedded SQLite store holds in the collector now: page caches and statements of all its connections, bounded by cache_size each (0 on PostgreSQL, whose memory is the database server's).",
+            Unit::Bytes,
+            m.store_memory.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -279,6 +287,7 @@ impl Metrics {
         for (sink, n) in counts.outbox {
             self.outbox.get_or_create(&SinkLabel { sink }).set(gauge(n));
         }
+        self.store_memory.set(gauge(counts.memory.unwrap_or_default()));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .map_err(|_| StoreError::Database("cannot encode the metrics".to_owned()))?;

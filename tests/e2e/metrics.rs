@@ -217,6 +217,13 @@ async fn metrics_parse_as_prometheus_reads_them_and_count_every_refusal() {
 
     // The fleet: two online hosts, and the findings their reports opened, by kind and severity.
     assert_eq!(value(&samples, "hostwatch_hosts", &[("status", "online")]), 2.0, "{text}");
+    // SQLite's memory is the collector's own, and counted; PostgreSQL's is the server's.
+    let store_memory = value(&samples, "hostwatch_store_memory_bytes", &[]);
+    if c.on_postgres() {
+        assert_eq!(store_memory, 0.0, "{text}");
+    } else {
+        assert!(store_memory > 0.0 && store_memory < 200.0 * 1048576.0, "{text}");
+    }
     let findings: Vec<proto::Finding> = c.get(proto::FINDINGS_PATH).await;
     assert!(!findings.is_empty(), "reports with no baseline open findings");
     for f in &findings {

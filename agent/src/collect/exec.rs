@@ -6,8 +6,9 @@
 //! polls instead (a 1 s listing of `/proc`) and says so in its status. A receive buffer overflow
 //! (ENOBUFS) means events were lost: it is counted and the runner rescans `/proc`.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use super::process::{self, Clock, ProcessRecord};
 use super::redact::Redactor;
 use super::{HostRoot, Problems};
+use crate::stop::StopSwitch;
 
 /// What the connector saw.
 #[derive(Debug)]
@@ -48,16 +50,13 @@ pub struct Counters {
 /// The receiving thread; stops when dropped.
 #[derive(Debug)]
 pub struct ExecWatcher {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSwitch>,
     thread: Option<JoinHandle<()>>,
     pub counters: Arc<Counters>,
 }
 
 /// Kernel buffer for bursts: 10,000 execs in a second are about 10 MiB of netlink messages.
 const RECV_BUFFER: usize = 16 << 20;
-/// How often the thread looks at the stop flag: at most this long to stop, and as many idle
-/// wake-ups a second (they were a tenth of an idle agent's CPU at 200 ms).
-const POLL: Duration = Duration::from_secs(1);
 /// The receiving thread's nice value. The agent as a whole runs at low priority (the unit's
 /// `Nice=10`), but this thread must win the CPU within milliseconds of an exec or a short-lived
 /// process is gone before it is read; it only reads a few `/proc` files per exec. auditd boosts
@@ -87,7 +86,9 @@ impl ExecWatcher {
         {
             let _ = conn.set_recv_buf_size(RECV_BUFFER);
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(
+            StopSwitch::new().map_err(|e| format!("cannot make the exec thread's stop switch: {e}"))?,
+        );
         let counters = Arc::new(Counters::default());
         let (s, c) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
@@ -100,7 +101,7 @@ impl ExecWatcher {
 
 impl Drop for ExecWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -113,7 +114,7 @@ fn receive(
     redactor: Redactor,
     lineage: bool,
     tx: mpsc::Sender<Event>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSwitch>,
     counters: Arc<Counters>,
 ) {
     // Linux nice values are per thread: this raises the receiver only.
@@ -129,8 +130,18 @@ fn receive(
     let mut buf = vec![0u8; 4096];
     let mut problems = Problems::default();
     let mut clock = Clock::read(&root, &mut problems);
-    while !stop.load(Ordering::Relaxed) {
-        let event = match conn.recv_timeout(&mut buf, POLL) {
+    while !stop.is_set() {
+        // Asleep until the kernel has an event (or an overrun to tell) or the agent stops.
+        match stop.wait(conn.as_fd(), None) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for process events; falling back to polling");
+                let _ = tx.blocking_send(Event::Lost);
+                return;
+            }
+        }
+        let event = match conn.recv_timeout(&mut buf, Duration::ZERO) {
             Ok(Some(e)) => e,
             Ok(None) | Err(ConnectorError::Interrupted) => continue,
             Err(ConnectorError::Overrun) => {

@@ -20,7 +20,7 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use self::manifest::Manifest;
 use crate::ratelimit::TokenBucket;
+use crate::stop::StopSwitch;
 
 /// Where attackers persist and what they replace: watched unless `[files] defaults = false`.
 /// (`/bin` and `/sbin` are links into `/usr` on merged-/usr systems: recorded as links.)
@@ -62,8 +63,11 @@ pub const MANIFEST_FILE: &str = "files.manifest";
 const QUIET: Duration = Duration::from_millis(200);
 /// ... or this long after its first event, however busy it stays.
 const HOLD_MAX: Duration = Duration::from_secs(1);
-/// The longest the monitor sleeps between checks of its stop switch.
+/// The longest the monitor sleeps while it has something to finish: changes held for dpkg, or a
+/// manifest to save once the runner has spooled what it was handed (which wakes nothing here).
 const WAIT_MAX: Duration = Duration::from_secs(1);
+/// The longest it sleeps with nothing to finish: inotify and the stop switch wake it sooner.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// Changes are held at most this long while dpkg holds its lock, to be put down to its package.
 const DPKG_WAIT: Duration = Duration::from_secs(120);
 /// While live changes keep coming, the manifest is saved at most this often.
@@ -337,7 +341,7 @@ pub struct Monitor {
     spooled: Arc<std::sync::atomic::AtomicU64>,
     /// Closed when the monitor thread ends.
     finished: Arc<Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSwitch>,
 }
 
 impl Monitor {
@@ -352,7 +356,7 @@ impl Monitor {
             stats: Arc::default(),
             problem: Arc::default(),
             inotify_problem: Arc::default(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(StopSwitch::new()?),
             spooled: Arc::default(),
             finished: Arc::default(),
         };
@@ -387,7 +391,7 @@ impl Monitor {
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
     }
 
     /// Waits (blocking) up to `timeout` for the monitor thread to end after [`Monitor::stop`],
@@ -406,7 +410,7 @@ impl Monitor {
         tx: &mpsc::Sender<Vec<proto::FileChange>>,
     ) {
         lower_priority();
-        let stop = || self.stop.load(Ordering::Relaxed) || tx.is_closed();
+        let stop = || self.stop.is_set() || tx.is_closed();
         // Changes handed to the runner, to be matched by what it reports spooled.
         let handed = std::sync::atomic::AtomicU64::new(0);
         let send = |changes: Vec<proto::FileChange>| {
@@ -538,16 +542,18 @@ impl Monitor {
             }
             let until_due = pending.next_due().map(|d| d.saturating_duration_since(Instant::now()));
             let until_scan = next_scan.saturating_duration_since(Instant::now());
-            let wait = until_due.unwrap_or(WAIT_MAX).min(WAIT_MAX).min(until_scan);
+            let idle = !unsaved && outbox.held.is_empty() && pending.is_empty();
+            let most = if idle { IDLE_WAIT } else { WAIT_MAX };
+            let wait = until_due.unwrap_or(most).min(most).min(until_scan);
             let mut noted = watch::Noted::default();
             match watcher.as_mut() {
                 Some(w) => {
                     let wait = if w.moves_pending() { wait.min(QUIET) } else { wait };
-                    let ready = match w.wait(wait) {
+                    let ready = match w.wait(&self.stop, wait) {
                         Ok(ready) => ready,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot wait for inotify events");
-                            std::thread::sleep(WAIT_MAX);
+                            self.stop.sleep(WAIT_MAX);
                             false
                         }
                     };
@@ -558,7 +564,7 @@ impl Monitor {
                         noted.overflow = true;
                     }
                 }
-                None => std::thread::sleep(wait),
+                None => self.stop.sleep(wait),
             }
             if noted.overflow {
                 // Events were lost: only a scan can tell what changed. What was pending is in it.

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
+use crate::stop::StopSwitch;
+
 /// What a watched directory reports: entries created, deleted, written, closed after writing,
 /// their metadata changed, moved in or out; the directory itself deleted or moved. Links are not
 /// followed, and a file unlinked while open stops reporting.
@@ -164,16 +166,9 @@ impl Watcher {
         self.unwatched = 0;
     }
 
-    /// Waits up to `timeout` for events; whether any are ready.
-    pub fn wait(&self, timeout: Duration) -> std::io::Result<bool> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) => Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => Ok(false),
-            Err(e) => Err(std::io::Error::from(e)),
-        }
+    /// Waits up to `timeout` for events, or until `stop` is set; whether any are ready.
+    pub fn wait(&self, stop: &StopSwitch, timeout: Duration) -> std::io::Result<bool> {
+        stop.wait(self.inotify.as_fd(), Some(timeout))
     }
 
     /// Reads what is queued into `noted`. Moves out whose move in did not come are the paths of
@@ -271,9 +266,10 @@ mod tests {
 
     fn settle(w: &mut Watcher) -> Noted {
         let mut noted = Noted::default();
+        let stop = StopSwitch::new().unwrap();
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            if w.wait(Duration::from_millis(300)).unwrap() || w.moves_pending() {
+            if w.wait(&stop, Duration::from_millis(300)).unwrap() || w.moves_pending() {
                 w.read(&mut noted).unwrap();
             } else if !noted.paths.is_empty() || !noted.renames.is_empty() {
                 break;

@@ -345,6 +345,10 @@ pub struct FleetCounts {
     pub findings: Vec<(FindingKind, Severity, FindingStatus, u64)>,
     /// Alert events after each sink's cursor.
     pub outbox: Vec<(String, u64)>,
+    /// Bytes the embedded database holds in this process (SQLite's page caches and statements,
+    /// every connection's): bounded by `cache_size` per connection. None where the database is a
+    /// server of its own (PostgreSQL).
+    pub memory: Option<u64>,
 }
 
 /// What the collector decides about a report, for [`Store::record_report`] to apply in the

@@ -877,7 +877,11 @@ impl Store for SqliteStore {
                     Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or_default()))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(super::FleetCounts { findings, outbox })
+            // SAFETY: sqlite3_memory_used takes nothing and reads SQLite's own counter, which it
+            // keeps under its own mutex; it is callable from any thread at any time.
+            #[allow(unsafe_code)]
+            let memory = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+            Ok(super::FleetCounts { findings, outbox, memory: u64::try_from(memory).ok() })
         })
         .await
     }

@@ -88,13 +88,14 @@ impl Reader {
 #[derive(Debug)]
 pub struct SocketSource {
     prefer: Reader,
+    diag: diag::Diag,
     /// Why sock_diag is not used, once it was refused.
     pub fallback: Option<String>,
 }
 
 impl SocketSource {
     pub fn new(prefer: Reader) -> Self {
-        SocketSource { prefer, fallback: None }
+        SocketSource { prefer, diag: diag::Diag::default(), fallback: None }
     }
 
     /// The reader in use for the agent's own namespace.
@@ -108,7 +109,7 @@ impl SocketSource {
         let mut problems = Problems::default();
         for ns in namespaces {
             let records = match self.reader() {
-                Reader::SockDiag => match diag::dump(root, ns, want) {
+                Reader::SockDiag => match self.diag.dump(root, ns, want) {
                     Ok(r) => Ok(r),
                     Err(diag::DiagError::Refused(why)) if ns.own => {
                         tracing::warn!(reason = %why, "sock_diag refused; reading sockets from /proc/net from now on");

@@ -191,7 +191,7 @@ impl PgStore {
             .iter()
             .map(|r| Ok((r.col(0)?, u64::try_from(r.col::<i64>(1)?).unwrap_or_default())))
             .collect::<Result<_>>()?;
-        Ok(FleetCounts { findings, outbox })
+        Ok(FleetCounts { findings, outbox, memory: None })
     }
 
     /// A page of hosts in id order, filtered by status, workload and tags (cursor: the last id
