@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")"
 seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-mkdir -p corpus/report corpus/enroll corpus/baseline corpus/agent_config
+mkdir -p corpus/report corpus/enroll corpus/baseline corpus/agent_config corpus/probe_answers
 if [ -x ../target/release/hostwatch-agent ]; then
   HOSTWATCH_CLOUD_PROVIDER=none ../target/release/hostwatch-agent snapshot > corpus/report/snapshot.json || true
 fi
@@ -18,7 +18,9 @@ printf '{"enroll_secret":"hwe_x","host":{"hostname":"h","machine_id":"m","os":""
 crashed=""
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-for target in report enroll baseline agent_config; do
+printf '+PONG\r\n$20\r\nredis_version:7.0.15\r\n' > corpus/probe_answers/redis
+printf 'STAT pid 1\r\nSTAT version 1.6.18\r\nEND\r\n' > corpus/probe_answers/memcached
+for target in report enroll baseline agent_config probe_answers; do
   echo "== $target, ${seconds}s"
   if cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=262144 >"$log" 2>&1; then
     tail -n 1 "$log"

@@ -61,6 +61,7 @@ pub mod doctor;
 pub mod files;
 pub mod identity;
 pub mod memory;
+pub mod probe;
 pub mod ratelimit;
 pub mod runner;
 pub mod shared;

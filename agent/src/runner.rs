@@ -30,6 +30,7 @@ use crate::collect::sockets::ebpf::{self, SocketEvent, SocketEvents};
 use crate::collect::sockets::{Reader, Want};
 use crate::config::AgentConfig;
 use crate::identity::{Identity, StateDir};
+use crate::probe::{self, Prober};
 use crate::shared::config::Secret;
 use crate::shared::private_file::StateError;
 use crate::snapshot::{self, Observer};
@@ -127,6 +128,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .hiding_own_process(config.hide_own_process)
         .with_packages(config.files.databases());
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
+    let prober = config.probes.enabled.then(|| Prober::new(config.probes.clone(), &config.state_dir));
     let mut agent = Agent {
         tracker: Tracker::new(),
         coverage: proto::Coverage::full(),
@@ -151,6 +153,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         snapshot_at: Instant::now() + backoff::jittered(config_snapshot_every),
         files: None,
         files_why: None,
+        prober,
+        probe_done: mpsc::channel(1),
     };
     let result = agent.watch(shutdown, exec_rx, from_sender).await;
     if let Some(files) = &agent.files {
@@ -169,6 +173,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     info!("agent stopped");
     result
 }
+
+/// A probe that ended, and what it found.
+type ProbeDone = (probe::Job, probe::Outcome);
 
 /// The spool and the bell that wakes its sender.
 struct Shared {
@@ -231,6 +238,11 @@ struct Agent {
     files: Option<crate::files::Monitor>,
     /// Why files are not watched, where they should be.
     files_why: Option<String>,
+    /// Probes of this host's listeners for services that answer anyone (`[probes]`); absent
+    /// where probing is off.
+    prober: Option<Prober>,
+    /// A probe's end, from its task to the loop.
+    probe_done: (mpsc::Sender<ProbeDone>, mpsc::Receiver<ProbeDone>),
 }
 
 enum Scan {
@@ -321,6 +333,14 @@ impl Agent {
                         self.exec_why = Some("the process connector failed".to_owned());
                     }
                 },
+                done = self.probe_done.1.recv() => if let Some((job, outcome)) = done {
+                    // Attached to its listener from the next look on (within a second).
+                    if let Some(prober) = self.prober.as_mut() {
+                        prober.finished(&job, outcome);
+                        prober.save();
+                    }
+                    self.start_probe();
+                },
                 woken = socket_events_wake(&self.socket_events), if socket_events_open => match woken {
                     // A quarter ring: drained now rather than at the tick, to make room.
                     Ok(()) => self.drain_socket_events(),
@@ -354,6 +374,7 @@ impl Agent {
                     connections_due = false;
                     let full = matches!(scan, Scan::Full { .. });
                     self.scan(scan).await;
+                    self.start_probe();
                     self.report_if_due();
                     if full {
                         // The scan's passing peak goes back to the system (memory.rs).
@@ -484,6 +505,7 @@ impl Agent {
                     exe,
                     uid: e.uid,
                     netns,
+                    auth: None,
                 };
                 if self.tracker.listener_reopening(&l.key(), e.at) {
                     self.report_before_reopening();
@@ -531,7 +553,11 @@ impl Agent {
                     Ok(full) => {
                         self.coverage = full.coverage;
                         self.tracker.set_processes(full.snapshot.processes, full.snapshot.taken_at);
-                        self.tracker.set_listeners(full.snapshot.listeners, looked_at);
+                        let mut listeners = full.snapshot.listeners;
+                        if let Some(prober) = self.prober.as_mut() {
+                            prober.consider(&mut listeners);
+                        }
+                        self.tracker.set_listeners(listeners, looked_at);
                         self.tracker.set_connections(full.snapshot.connections, looked_at);
                     }
                     Err(quick) => {
@@ -542,7 +568,10 @@ impl Agent {
                         for pid in quick.gone {
                             self.tracker.ended(pid, now);
                         }
-                        if let Some(l) = quick.listeners {
+                        if let Some(mut l) = quick.listeners {
+                            if let Some(prober) = self.prober.as_mut() {
+                                prober.consider(&mut l);
+                            }
                             self.tracker.set_listeners(l, looked_at);
                         }
                         if let Some(c) = quick.connections {
@@ -553,6 +582,17 @@ impl Agent {
             }
             Err(e) => error!(error = %e, "host scan failed"),
         }
+    }
+
+    /// Starts the next probe waiting, on its own task, if none runs and the rate allows.
+    fn start_probe(&mut self) {
+        let Some(prober) = self.prober.as_mut() else { return };
+        let Some(job) = prober.next_job() else { return };
+        let (timeout, done) = (prober.timeout(), self.probe_done.0.clone());
+        tokio::spawn(async move {
+            let outcome = probe::run(&job, timeout).await;
+            let _ = done.send((job, outcome)).await;
+        });
     }
 
     /// Puts a report in the spool if one is due: a snapshot, the changes, or a heartbeat.

@@ -814,6 +814,7 @@ impl Observer {
                     exe,
                     uid: s.uid,
                     netns: ns_of(s.netns),
+                    auth: None,
                 }),
                 SockState::Connected => connections.push(proto::Connection {
                     protocol: s.protocol,

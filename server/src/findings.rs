@@ -26,6 +26,7 @@ pub const STATE_KINDS: &[FindingKind] = &[
     FindingKind::MissingListener,
     FindingKind::UnexpectedConnection,
     FindingKind::SuspiciousProcess,
+    FindingKind::UnauthenticatedService,
     FindingKind::Outlier,
     FindingKind::NoBaseline,
     FindingKind::AmbiguousWorkload,

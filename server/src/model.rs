@@ -80,6 +80,8 @@ pub struct Listener {
     pub uid: u32,
     /// Network namespace, where it is not the host's own.
     pub netns: Option<u64>,
+    /// What the agent's probe found: does it answer without credentials (agent's word).
+    pub auth: Option<proto::ListenerAuth>,
 }
 
 impl Listener {
@@ -160,6 +162,7 @@ impl HostState {
                     exe: e.exe.clone(),
                     uid: 0,
                     netns: e.netns,
+                    auth: None,
                 }),
                 ("connection", Some(remote)) => self.connections.push(Connection {
                     protocol: e.protocol,
@@ -735,6 +738,7 @@ impl From<proto::Listener> for Listener {
             exe: l.exe.as_deref().map(str::to_owned),
             uid: l.uid,
             netns: l.netns,
+            auth: l.auth,
         }
     }
 }
@@ -750,6 +754,7 @@ impl From<Listener> for proto::Listener {
             exe: l.exe.map(Into::into),
             uid: l.uid,
             netns: l.netns,
+            auth: l.auth,
         }
     }
 }

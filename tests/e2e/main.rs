@@ -27,6 +27,7 @@ mod metrics;
 mod namespaces;
 mod oracle;
 mod postgres;
+mod probes;
 mod process_facts;
 mod protocol;
 mod queries;

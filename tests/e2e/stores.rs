@@ -93,7 +93,8 @@ async fn tokens_and_their_audit_trail_are_the_same_on_both_stores() {
     // same rows.
     let second = PgStore::connect(&pg.url("hw"), &PgOptions::default()).await.unwrap();
     assert_eq!(second.api_tokens().await.unwrap(), store.api_tokens().await.unwrap());
-    assert_eq!(pg.psql("hw", "SELECT count(*) FROM schema_migrations"), "1");
+    // Each of its migrations applied once.
+    assert_eq!(pg.psql("hw", "SELECT count(*) FROM schema_migrations"), "2");
 }
 
 #[tokio::test]
@@ -334,7 +335,11 @@ macro_rules! triage_scenario {
             s.advance_alert_cursor("slack", "collector-b", 3).await.unwrap(),
         ];
         let renewed = s.lease_alert_cursor("slack", "collector-b", at(70), at(100)).await.unwrap();
-        let fleet = (s.list_hosts().await.unwrap(), s.fleet_counts().await.unwrap());
+        // The store's own memory is SQLite's alone (PostgreSQL's is its server's): not compared.
+        let fleet = (
+            s.list_hosts().await.unwrap(),
+            hostwatch_server::store::FleetCounts { memory: None, ..s.fleet_counts().await.unwrap() },
+        );
         ((a, b), silences, leases, advances, renewed, fleet)
     }};
 }

@@ -98,6 +98,7 @@ impl Host {
                 exe: Some(exe.into()),
                 uid: 0,
                 netns: None,
+                auth: None,
             });
         }
         for i in 0..shape.connections as u16 {

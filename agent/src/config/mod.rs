@@ -60,6 +60,21 @@ pub const ENV_KEYS: &[EnvKey] = &[
     EnvKey { var: "HOSTWATCH_FILES_RPM_DIR", path: &["files", "rpm_dir"], kind: EnvKind::Str },
     EnvKey { var: "HOSTWATCH_FILES_MAX_WATCHES", path: &["files", "max_watches"], kind: EnvKind::Int },
     EnvKey { var: "HOSTWATCH_CLOUD_ENDPOINT", path: &["cloud", "endpoint"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_PROBES", path: &["probes", "enabled"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_EXCLUDE_PORTS", path: &["probes", "exclude_ports"], kind: EnvKind::List },
+    EnvKey { var: "HOSTWATCH_PROBES_TIMEOUT", path: &["probes", "timeout"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_PROBES_EVERY", path: &["probes", "every"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_PROBES_VIA", path: &["probes", "via"], kind: EnvKind::Str },
+    EnvKey { var: "HOSTWATCH_PROBES_REDIS", path: &["probes", "redis"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_MEMCACHED", path: &["probes", "memcached"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_DOCKER", path: &["probes", "docker"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_ELASTICSEARCH", path: &["probes", "elasticsearch"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_MONGODB", path: &["probes", "mongodb"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_ETCD", path: &["probes", "etcd"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_KUBELET", path: &["probes", "kubelet"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_JUPYTER", path: &["probes", "jupyter"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_METRICS", path: &["probes", "metrics"], kind: EnvKind::Bool },
+    EnvKey { var: "HOSTWATCH_PROBES_PPROF", path: &["probes", "pprof"], kind: EnvKind::Bool },
 ];
 
 /// The file as written. Every key is optional.
@@ -129,6 +144,164 @@ pub struct RawConfig {
     cloud: RawCloud,
     #[serde(default)]
     files: RawFiles,
+    #[serde(default)]
+    probes: RawProbes,
+}
+
+/// `[probes]`: the agent's checks of its own listeners for services that answer anyone
+/// (read-only: one short connection, no credentials, nothing written).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbes {
+    /// Probe listeners whose process or port suggests a protocol the agent knows.
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// Ports never probed.
+    #[serde(default)]
+    exclude_ports: Vec<PortValue>,
+    /// One probe's time: connect, ask, read (twice that where TLS is tried after plain text).
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    /// A listener is probed when it appears, and again when its last probe is this old.
+    #[serde(default = "default_probe_every", deserialize_with = "duration")]
+    every: Duration,
+    /// The address probes of listeners on every address go through (default: this host's lowest
+    /// address that is not loopback).
+    via: Option<String>,
+    /// Each protocol's probe; `false` turns it off.
+    #[serde(default = "yes")]
+    redis: bool,
+    #[serde(default = "yes")]
+    memcached: bool,
+    #[serde(default = "yes")]
+    docker: bool,
+    #[serde(default = "yes")]
+    elasticsearch: bool,
+    #[serde(default = "yes")]
+    mongodb: bool,
+    #[serde(default = "yes")]
+    etcd: bool,
+    #[serde(default = "yes")]
+    kubelet: bool,
+    #[serde(default = "yes")]
+    jupyter: bool,
+    #[serde(default = "yes")]
+    metrics: bool,
+    #[serde(default = "yes")]
+    pprof: bool,
+}
+
+impl Default for RawProbes {
+    fn default() -> Self {
+        RawProbes {
+            enabled: true,
+            exclude_ports: Vec::new(),
+            timeout: default_probe_timeout(),
+            every: default_probe_every(),
+            via: None,
+            redis: true,
+            memcached: true,
+            docker: true,
+            elasticsearch: true,
+            mongodb: true,
+            etcd: true,
+            kubelet: true,
+            jupyter: true,
+            metrics: true,
+            pprof: true,
+        }
+    }
+}
+
+/// A port as the file writes it (a number) or the environment does (text).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortValue {
+    Number(i64),
+    Text(String),
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_probe_every() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl RawProbes {
+    /// `[probes]` checked: ports within 1..=65535, times within bounds, `via` an address.
+    fn check(&self) -> Result<crate::probe::ProbeConfig, (&'static str, &'static str, String)> {
+        use crate::probe::Service;
+        let mut exclude_ports = Vec::new();
+        for p in &self.exclude_ports {
+            let port = match p {
+                PortValue::Number(n) => u16::try_from(*n).ok(),
+                PortValue::Text(t) => t.trim().parse::<u16>().ok(),
+            };
+            match port {
+                Some(port) if port > 0 => exclude_ports.push(port),
+                _ => {
+                    let shown = match p {
+                        PortValue::Number(n) => n.to_string(),
+                        PortValue::Text(t) => t.trim().to_owned(),
+                    };
+                    return Err((
+                        "HOSTWATCH_PROBES_EXCLUDE_PORTS",
+                        "probes.exclude_ports",
+                        format!("{shown} is not a port (1 to 65535)"),
+                    ));
+                }
+            }
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(30) {
+            return Err((
+                "HOSTWATCH_PROBES_TIMEOUT",
+                "probes.timeout",
+                format!("{} is outside 100ms..=30s", humantime::format_duration(self.timeout)),
+            ));
+        }
+        if self.every < Duration::from_secs(60) || self.every > Duration::from_secs(30 * 86400) {
+            return Err((
+                "HOSTWATCH_PROBES_EVERY",
+                "probes.every",
+                format!("{} is outside 1m..=30d", humantime::format_duration(self.every)),
+            ));
+        }
+        let via = match &self.via {
+            None => None,
+            Some(v) => match v.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(ip),
+                _ => {
+                    return Err((
+                        "HOSTWATCH_PROBES_VIA",
+                        "probes.via",
+                        format!("{v:?} is not an address of this host"),
+                    ));
+                }
+            },
+        };
+        let switches = [
+            (Service::Redis, self.redis),
+            (Service::Memcached, self.memcached),
+            (Service::Docker, self.docker),
+            (Service::Elasticsearch, self.elasticsearch),
+            (Service::Mongodb, self.mongodb),
+            (Service::Etcd, self.etcd),
+            (Service::Kubelet, self.kubelet),
+            (Service::Jupyter, self.jupyter),
+            (Service::Metrics, self.metrics),
+            (Service::Pprof, self.pprof),
+        ];
+        Ok(crate::probe::ProbeConfig {
+            enabled: self.enabled,
+            off: switches.into_iter().filter(|(_, on)| !on).map(|(s, _)| s).collect(),
+            exclude_ports,
+            timeout: self.timeout,
+            every: self.every,
+            via,
+        })
+    }
 }
 
 /// `[files]`: file integrity monitoring.
@@ -301,6 +474,7 @@ pub struct AgentConfig {
     pub redactor: Redactor,
     pub cloud: CloudConfig,
     pub files: crate::files::FilesConfig,
+    pub probes: crate::probe::ProbeConfig,
 }
 
 /// The agent's TLS settings. The collector's name is always verified.
@@ -494,6 +668,7 @@ impl AgentConfig {
         .map_err(|(var, key, problem)| invalid(var, key, problem))?
         .with_rpm_dir(raw.files.rpm_dir.clone())
         .under(&raw.host_root);
+        let probes = raw.probes.check().map_err(|(var, key, problem)| invalid(var, key, problem))?;
 
         let mut warnings = sourced.warnings();
         warnings.extend(insecure);
@@ -517,6 +692,7 @@ impl AgentConfig {
                 redactor,
                 cloud,
                 files,
+                probes,
             },
             warnings,
         })
@@ -733,6 +909,7 @@ mod tests {
                 _ if key.var.ends_with("SERVER") => "http://x",
                 _ if key.var.ends_with("EVERY")
                     || key.var.ends_with("INTERVAL")
+                    || key.var.ends_with("TIMEOUT")
                     || key.var.ends_with("_MAX") =>
                 {
                     "1h"
@@ -743,6 +920,34 @@ mod tests {
             let parsed: Result<RawConfig, _> = toml::Value::Table(t).try_into();
             assert!(parsed.is_ok(), "{}: {:?}", key.var, parsed.err());
         }
+    }
+
+    #[test]
+    fn probes_keys_are_checked() {
+        let c = AgentConfig::load(
+            None,
+            vars(&[
+                ("HOSTWATCH_PROBES_EXCLUDE_PORTS", "6379, 9200"),
+                ("HOSTWATCH_PROBES_REDIS", "false"),
+                ("HOSTWATCH_PROBES_VIA", "10.0.0.5"),
+            ]),
+        )
+        .unwrap()
+        .config
+        .probes;
+        assert!(c.enabled);
+        assert_eq!(c.exclude_ports, [6379, 9200]);
+        assert_eq!(c.off, [crate::probe::Service::Redis]);
+        assert_eq!(c.via, Some("10.0.0.5".parse().unwrap()));
+        let bad =
+            |var: &str, value: &str| AgentConfig::load(None, vars(&[(var, value)])).unwrap_err().to_string();
+        assert!(bad("HOSTWATCH_PROBES_EXCLUDE_PORTS", "70000").contains("70000 is not a port"));
+        assert!(bad("HOSTWATCH_PROBES_VIA", "0.0.0.0").contains("HOSTWATCH_PROBES_VIA"));
+        assert!(bad("HOSTWATCH_PROBES_TIMEOUT", "1m").contains("outside 100ms..=30s"));
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "agent.toml", "[probes]\nexclude_ports = [0]\n");
+        let e = AgentConfig::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("agent.toml") && e.contains("0 is not a port"), "{e}");
     }
 
     #[test]

@@ -720,6 +720,7 @@ mod tests {
             exe: None,
             uid: 0,
             netns: None,
+            auth: None,
         };
         let mut tr = Tracker::new();
         tr.set_listeners(vec![l(22), l(22), l(80)], t(0));

@@ -30,7 +30,9 @@ pub use process::{Ancestor, ExeReplacement, INTERACTIVE, Process, is_interactive
 pub use report::{
     AgentStats, AgentStatus, Coverage, CoverageState, Goodbye, HostFacts, Report, ReportResponse, Snapshot,
 };
-pub use socket::{Connection, Direction, Listener, Protocol};
+pub use socket::{
+    AuthVerdict, Connection, Direction, Listener, ListenerAuth, MAX_AUTH_REASON_BYTES, Protocol,
+};
 pub use validate::{Validate, ValidationError, invisible, limits, tags as check_tags};
 
 /// Prefix of every v1 endpoint.

@@ -418,6 +418,12 @@ mod tests {
                     exe: None,
                     uid: 0,
                     netns: None,
+                    auth: Some(crate::v1::ListenerAuth {
+                        verdict: crate::v1::AuthVerdict::LocalOnly,
+                        service: "redis".into(),
+                        reason: "protected mode".into(),
+                        probed_at: t,
+                    }),
                 }],
                 connections: vec![],
             }),
@@ -433,6 +439,8 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["sent_at"], "2026-11-28T12:00:00.000Z");
         assert_eq!(json["snapshot"]["listeners"][0]["protocol"], "tcp");
+        assert_eq!(json["snapshot"]["listeners"][0]["auth"]["verdict"], "local_only");
+        assert_eq!(json["snapshot"]["listeners"][0]["auth"]["probed_at"], "2026-11-28T12:00:00.000Z");
         assert_eq!(json["agent"]["coverage"]["state"], "full");
         assert!(json.get("goodbye").is_none(), "absent optional fields are left out");
         let back: Report = serde_json::from_value(json).unwrap();
@@ -462,6 +470,11 @@ mod tests {
         r.snapshot.as_mut().unwrap().processes[0].cmdline = vec!["x".repeat(limits::MAX_CMDLINE_BYTES + 1)];
         let e = r.validate().unwrap_err();
         assert_eq!(e.path, "snapshot.processes[0].cmdline[0]");
+        let mut r = sample();
+        if let Some(a) = &mut r.snapshot.as_mut().unwrap().listeners[0].auth {
+            a.reason = "x".repeat(crate::v1::MAX_AUTH_REASON_BYTES + 1);
+        }
+        assert_eq!(r.validate().unwrap_err().path, "snapshot.listeners[0].auth.reason");
         let mut r = sample();
         r.agent.interval_secs = 0;
         assert_eq!(r.validate().unwrap_err().path, "agent.interval_secs");

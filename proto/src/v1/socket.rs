@@ -5,8 +5,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
-use super::validate::{Validate, ValidationError, limits, opt_name, opt_stored, opt_text};
+use super::timestamp;
+use super::validate::{Validate, ValidationError, limits, name, opt_name, opt_stored, opt_text, text};
 
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -66,6 +68,77 @@ pub struct Listener {
     /// namespace was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// Whether it answers a client that gives no credentials, as the agent's last probe of it
+    /// found; absent where the listener was not probed (no known protocol, probing off, not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ListenerAuth>,
+}
+
+/// What the agent's probe of one of its own listeners found. A probe is read-only: one short
+/// connection that sends no credentials and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ListenerAuth {
+    pub verdict: AuthVerdict,
+    /// The protocol probed (`redis`, `memcached`, `docker`, `elasticsearch`, `mongodb`, `etcd`,
+    /// `kubelet`, `jupyter`, `metrics`, `pprof`).
+    pub service: String,
+    /// What answered, or why there is no verdict, in words (from the agent: untrusted text).
+    pub reason: String,
+    /// When the probe ran.
+    #[serde(with = "timestamp")]
+    pub probed_at: OffsetDateTime,
+}
+
+/// Whether a service answers anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthVerdict {
+    /// It asked for credentials, or refused a client without them.
+    Authenticated,
+    /// It did what was asked for a client that gave no credentials.
+    Unauthenticated,
+    /// It answers clients on this host without credentials and refuses the others (Redis in
+    /// protected mode without a password).
+    LocalOnly,
+    /// No verdict; the reason says why (another network namespace, no answer in time, an answer
+    /// the probe does not recognise).
+    Unknown,
+}
+
+impl AuthVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthVerdict::Authenticated => "authenticated",
+            AuthVerdict::Unauthenticated => "unauthenticated",
+            AuthVerdict::LocalOnly => "local_only",
+            AuthVerdict::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::str::FromStr for AuthVerdict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "authenticated" => Ok(AuthVerdict::Authenticated),
+            "unauthenticated" => Ok(AuthVerdict::Unauthenticated),
+            "local_only" => Ok(AuthVerdict::LocalOnly),
+            "unknown" => Ok(AuthVerdict::Unknown),
+            other => Err(format!(
+                "unknown verdict {other:?} (expected authenticated, unauthenticated, local_only or unknown)"
+            )),
+        }
+    }
+}
+
+/// Bytes of a probe's reason.
+pub const MAX_AUTH_REASON_BYTES: usize = 512;
+
+impl Validate for ListenerAuth {
+    fn validate(&self) -> Result<(), ValidationError> {
+        name("service", &self.service, limits::MAX_NAME_BYTES)?;
+        text("reason", &self.reason, MAX_AUTH_REASON_BYTES)
+    }
 }
 
 /// Which side opened a connection, as far as the host can tell.
@@ -131,6 +204,10 @@ impl Validate for Listener {
     fn validate(&self) -> Result<(), ValidationError> {
         opt_stored("netns", self.netns)?;
         opt_name("process", &self.process, limits::MAX_NAME_BYTES)?;
-        opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)
+        opt_text("exe", &self.exe, limits::MAX_PATH_BYTES)?;
+        if let Some(a) = &self.auth {
+            a.validate().map_err(|e| e.within("auth"))?;
+        }
+        Ok(())
     }
 }

@@ -30,6 +30,9 @@ pub struct StateQuery {
     port: Option<u16>,
     /// Listeners: the bound address.
     address: Option<String>,
+    /// Listeners: `true` lists only services that answer without credentials.
+    #[serde(default)]
+    unauthenticated: bool,
     /// Connections: a remote address or CIDR block.
     remote: Option<String>,
     protocol: Option<String>,
@@ -83,6 +86,7 @@ async fn filter(
                 a.parse().map_err(|_| ApiError::bad_request(format!("address: {a:?} is not an IP address")))
             })
             .transpose()?,
+        unauthenticated: q.unauthenticated,
         remote: q.remote.as_deref().map(remote).transpose()?,
         protocol: q
             .protocol

@@ -258,6 +258,9 @@ pub struct ListenRule {
     pub ancestor: Option<Pattern>,
     /// A matching listener must exist.
     pub required: bool,
+    /// A matching listener may answer without credentials (its probe's `unauthenticated_service`
+    /// finding is accepted); a rule that says so has a reason.
+    pub unauthenticated: bool,
     pub reason: Option<String>,
     pub until: Option<Until>,
     pub origin: RuleOrigin,

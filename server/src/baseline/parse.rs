@@ -186,6 +186,8 @@ struct RawListen {
     #[serde(default)]
     required: bool,
     #[serde(default)]
+    unauthenticated: Option<Spanned<bool>>,
+    #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
     until: Option<Spanned<RawDate>>,
@@ -394,6 +396,19 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
         };
         let process = name_glob(l.process)?;
         let ancestor = name_glob(l.ancestor)?;
+        let unauthenticated = match l.unauthenticated {
+            Some(u) if *u.get_ref() => {
+                if l.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                    return Err(err(
+                        u.span(),
+                        "accepting a service that answers without credentials (unauthenticated = true) needs a reason"
+                            .to_owned(),
+                    ));
+                }
+                true
+            }
+            _ => false,
+        };
         listens.push(ListenRule {
             protocol: l.protocol,
             ports,
@@ -401,6 +416,7 @@ pub fn parse(file: &str, src: &str) -> Result<Baseline, FileError> {
             process,
             ancestor,
             required: l.required,
+            unauthenticated,
             reason: l.reason,
             until: until(l.until)?,
             origin,

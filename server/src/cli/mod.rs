@@ -140,6 +140,10 @@ enum Command {
         /// The owning executable, a glob.
         #[arg(long)]
         exe: Option<String>,
+        /// Only services the agents' probes found answering without credentials (to anyone, or
+        /// to their own host's clients), with what answered.
+        #[arg(long)]
+        unauthenticated: bool,
         #[command(flatten)]
         page: PageArgs,
     },
@@ -746,13 +750,14 @@ async fn client_command(client: &ApiClient, command: Command, format: OutputForm
             )
             .await
         }
-        Command::Ports { host, port, address, protocol, exe, page } => {
+        Command::Ports { host, port, address, protocol, exe, unauthenticated, page } => {
             let q = query([
                 ("host", host),
                 ("port", port.map(|p| p.to_string())),
                 ("address", address),
                 ("protocol", protocol),
                 ("exe", exe),
+                ("unauthenticated", unauthenticated.then(|| "true".to_owned())),
             ]);
             list::<proto::Located<proto::Listener>>(
                 client,

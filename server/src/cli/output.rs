@@ -526,9 +526,10 @@ impl Tabular for proto::Process {
 
 impl Tabular for proto::Listener {
     fn columns() -> Vec<&'static str> {
-        vec!["protocol", "address", "port", "pid", "process", "exe"]
+        vec!["protocol", "address", "port", "pid", "process", "exe", "auth", "service", "auth_reason"]
     }
     fn cells(&self, style: Style) -> Vec<String> {
+        let auth = self.auth.as_ref();
         vec![
             self.protocol.as_str().to_owned(),
             self.address.to_string(),
@@ -536,6 +537,9 @@ impl Tabular for proto::Listener {
             self.pid.map(|p| p.to_string()).unwrap_or_default(),
             text(self.process.as_deref().unwrap_or(""), style, 20),
             text(self.exe.as_deref().unwrap_or(""), style, 50),
+            auth.map(|a| a.verdict.as_str().to_owned()).unwrap_or_default(),
+            text(auth.map_or("", |a| a.service.as_str()), style, 16),
+            text(auth.map_or("", |a| a.reason.as_str()), style, 80),
         ]
     }
 }

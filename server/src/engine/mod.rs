@@ -51,10 +51,14 @@ pub fn default_severity(kind: FindingKind) -> Severity {
     }
 }
 
-/// The kinds about the workload itself, and those of the built-in rules, which run whatever the
-/// workload.
-const WORKLOAD_KINDS: &[FindingKind] =
-    &[FindingKind::NoBaseline, FindingKind::AmbiguousWorkload, FindingKind::SuspiciousProcess];
+/// The kinds about the workload itself, and those judged whatever the workload (the built-in
+/// rules, services answering without credentials).
+const WORKLOAD_KINDS: &[FindingKind] = &[
+    FindingKind::NoBaseline,
+    FindingKind::AmbiguousWorkload,
+    FindingKind::SuspiciousProcess,
+    FindingKind::UnauthenticatedService,
+];
 
 /// Which findings an evaluation against `target` may resolve by not observing them. Without a
 /// single workload nothing was explained, so the findings about items stay as they are: a miner
@@ -564,6 +568,81 @@ fn judge_items(
         explain_connections(items, listeners, w, lineage, cx, out);
     }
     builtin_rules(items, lineage, listeners, workload, &explained, cx.now, out);
+    unauthenticated_services(items, lineage, workload, cx.now, out);
+}
+
+/// Listeners whose probe found they answer a client without credentials, whatever the workload
+/// (a workload is no excuse for an open Redis), unless a `[[listen]]` rule of the workload with
+/// `unauthenticated = true` accepts them. Graded by exposure ([`exposure`]); a service that
+/// answers only this host's clients so (Redis's protected mode) is low.
+fn unauthenticated_services(
+    items: &HostState,
+    lineage: &Lineage<'_>,
+    workload: Option<&Workload>,
+    now: OffsetDateTime,
+    out: &mut Observations,
+) {
+    use hostwatch_proto::v1::AuthVerdict;
+    for l in &items.listeners {
+        let Some(auth) = &l.auth else { continue };
+        let (severity, exposure) = match auth.verdict {
+            AuthVerdict::Unauthenticated => exposure(l.address),
+            AuthVerdict::LocalOnly => (Severity::Low, "this host's clients only"),
+            AuthVerdict::Authenticated | AuthVerdict::Unknown => continue,
+        };
+        let accepted = workload.is_some_and(|w| {
+            w.listens.iter().any(|r| {
+                r.unauthenticated && active(&r.until, now) && r.matches(l, lineage.ancestry_of(l.pid))
+            })
+        });
+        if accepted {
+            continue;
+        }
+        out.add_graded(
+            FindingKind::UnauthenticatedService,
+            severity,
+            format!("{} on {}", auth.service, l.subject()),
+            json!({
+                "service": auth.service,
+                "verdict": auth.verdict.as_str(),
+                "reason": auth.reason,
+                "probed_at": hostwatch_proto::v1::timestamp::format(auth.probed_at),
+                "exposure": exposure,
+                "protocol": l.protocol.as_str(),
+                "address": l.address.to_string(),
+                "port": l.port,
+                "pid": l.pid,
+                "process": l.process,
+                "exe": l.exe,
+                "uid": l.uid,
+            }),
+        );
+    }
+}
+
+/// How far a service bound to `address` is reachable, and the severity of its answering anyone:
+/// loopback low, a private address high, every address or a public one critical.
+pub fn exposure(address: std::net::IpAddr) -> (Severity, &'static str) {
+    use std::net::IpAddr;
+    let private = match address {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    };
+    if address.is_loopback() {
+        (Severity::Low, "loopback only")
+    } else if address.is_unspecified() {
+        (Severity::Critical, "every address")
+    } else if private {
+        (Severity::High, "a private address")
+    } else {
+        (Severity::Critical, "a public address")
+    }
 }
 
 /// The fields of a process that a finding about it shows.
@@ -848,6 +927,26 @@ impl Observations {
         });
     }
 
+    /// An observation graded when filed (by what it concerns); the workload's `[severity]` for
+    /// its kind still wins.
+    fn add_graded(
+        &mut self,
+        kind: FindingKind,
+        severity: Severity,
+        subject: String,
+        detail: serde_json::Value,
+    ) {
+        self.0.entry((kind, "", subject.clone())).or_insert_with(|| Observation {
+            kind,
+            rule: None,
+            severity,
+            subject,
+            detail,
+            occurrences: 0,
+            transient: false,
+        });
+    }
+
     fn add(&mut self, kind: FindingKind, subject: String, detail: serde_json::Value) {
         self.0.entry((kind, "", subject.clone())).or_insert_with(|| Observation {
             kind,
@@ -864,7 +963,12 @@ impl Observations {
     fn finish(self, workload: Option<&Workload>) -> Vec<Observation> {
         let mut obs: Vec<Observation> = self.0.into_values().collect();
         for o in obs.iter_mut().filter(|o| o.rule.is_none()) {
-            o.severity = severity_of(workload, o.kind);
+            o.severity = match workload.and_then(|w| w.severity.get(&o.kind)) {
+                Some(s) => *s,
+                // Graded when filed, by exposure.
+                None if o.kind == FindingKind::UnauthenticatedService => o.severity,
+                None => default_severity(o.kind),
+            };
         }
         obs
     }
@@ -898,6 +1002,7 @@ mod tests {
             exe: None,
             uid: 0,
             netns: None,
+            auth: None,
         }
     }
 
@@ -909,6 +1014,83 @@ mod tests {
 
     fn ev(state: &HostState, tags: &BTreeMap<String, String>, target: Target<'_>) -> Vec<Observation> {
         evaluate(state, target, Context { tags, now: OffsetDateTime::UNIX_EPOCH, agent_pid: None })
+    }
+
+    fn probed(addr: &str, port: u16, verdict: hostwatch_proto::v1::AuthVerdict) -> Listener {
+        Listener {
+            auth: Some(hostwatch_proto::v1::ListenerAuth {
+                verdict,
+                service: "redis".into(),
+                reason: "PING and INFO answered without credentials".into(),
+                probed_at: OffsetDateTime::UNIX_EPOCH,
+            }),
+            ..listener(Protocol::Tcp, addr, port, Some("redis-server"))
+        }
+    }
+
+    #[test]
+    fn a_service_answering_anyone_is_graded_by_exposure_and_accepted_only_with_a_reason() {
+        use hostwatch_proto::v1::AuthVerdict::{Authenticated, LocalOnly, Unauthenticated, Unknown};
+        let state = HostState {
+            listeners: vec![
+                probed("0.0.0.0", 6379, Unauthenticated),
+                probed("10.0.0.5", 6380, Unauthenticated),
+                probed("127.0.0.1", 6381, Unauthenticated),
+                probed("203.0.113.9", 6382, Unauthenticated),
+                probed("0.0.0.0", 6383, LocalOnly),
+                probed("0.0.0.0", 6384, Authenticated),
+                probed("0.0.0.0", 6385, Unknown),
+            ],
+            ..HostState::default()
+        };
+        let tags = BTreeMap::new();
+        // Whatever the workload: without a baseline too.
+        let obs = ev(&state, &tags, Target::NoBaseline);
+        let graded: BTreeMap<&str, Severity> = obs
+            .iter()
+            .filter(|o| o.kind == FindingKind::UnauthenticatedService)
+            .map(|o| (o.subject.as_str(), o.severity))
+            .collect();
+        assert_eq!(
+            graded,
+            BTreeMap::from([
+                ("redis on tcp/0.0.0.0:6379", Severity::Critical),
+                ("redis on tcp/10.0.0.5:6380", Severity::High),
+                ("redis on tcp/127.0.0.1:6381", Severity::Low),
+                ("redis on tcp/203.0.113.9:6382", Severity::Critical),
+                ("redis on tcp/0.0.0.0:6383", Severity::Low),
+            ])
+        );
+        // A rule that accepts it, with its reason; another rule only explains the listener.
+        let w = workload(
+            &[r#"
+name = "cache"
+selector = {}
+[[listen]]
+protocol = "tcp"
+port = "6379-6385"
+[[listen]]
+protocol = "tcp"
+port = 6379
+unauthenticated = true
+reason = "a cache of public pages, on an isolated network"
+"#],
+            "cache",
+        );
+        let obs = ev(&state, &tags, Target::Workload(&w));
+        let subjects: Vec<&str> = obs
+            .iter()
+            .filter(|o| o.kind == FindingKind::UnauthenticatedService)
+            .map(|o| o.subject.as_str())
+            .collect();
+        assert!(!subjects.contains(&"redis on tcp/0.0.0.0:6379"), "{subjects:?}");
+        assert!(subjects.contains(&"redis on tcp/10.0.0.5:6380"), "{subjects:?}");
+        assert!(!obs.iter().any(|o| o.kind == FindingKind::UnexpectedListener), "{obs:?}");
+        let refused = parse(
+            "t.toml",
+            "name = \"x\"\n[[listen]]\nprotocol = \"tcp\"\nport = 6379\nunauthenticated = true\n",
+        );
+        assert!(refused.is_err_and(|e| e.to_string().contains("needs a reason")));
     }
 
     fn kinds(obs: &[Observation]) -> Vec<(FindingKind, &str)> {

@@ -200,6 +200,9 @@ pub struct StateFilter {
     pub port: Option<u16>,
     /// Listeners: bound to this address.
     pub address: Option<std::net::IpAddr>,
+    /// Listeners: only those whose probe found they answer without credentials (anyone, or this
+    /// host's clients).
+    pub unauthenticated: bool,
     /// Connections: to an address in this block.
     pub remote: Option<IpNet>,
     pub protocol: Option<hostwatch_proto::v1::Protocol>,

@@ -41,7 +41,10 @@ use crate::store::{
 };
 
 /// Migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_listener_auth.sql")),
+];
 
 /// Connections a collector holds at most.
 const POOL_SIZE: usize = 16;

@@ -66,6 +66,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (21, include_str!("migrations/sqlite/0021_socket_keys.sql")),
     (22, include_str!("migrations/sqlite/0022_start_keys.sql")),
     (23, include_str!("migrations/sqlite/0023_processes_by_host.sql")),
+    (24, include_str!("migrations/sqlite/0024_listener_auth.sql")),
 ];
 
 /// Reading connections at most: one per core is enough for CPU-bound reads; a few more keep the
@@ -1340,6 +1341,7 @@ mod tests {
             exe: None,
             uid: 0,
             netns: None,
+            auth: None,
         };
         let c = Conn {
             protocol: Protocol::Tcp,
@@ -1580,6 +1582,7 @@ mod tests {
             exe: None,
             uid: 0,
             netns: None,
+            auth: None,
         };
         let opens = |l: &Listener| {
             delta_content(StateDelta {
@@ -1767,6 +1770,7 @@ mod tests {
             exe: None,
             uid: 0,
             netns: None,
+            auth: None,
         };
         let d = StateDelta {
             listeners: ChangeSet { added: vec![l.clone()], ..Default::default() },

@@ -313,6 +313,9 @@ impl PgStore {
         if let Some(a) = f.address {
             w.and("t.address = ?", [p(a)]);
         }
+        if f.unauthenticated {
+            w.and("t.auth_verdict IN ('unauthenticated', 'local_only')", []);
+        }
         self.sockets("listeners", LISTENER_COLUMNS, LISTENER_KEY, w, f.limit, |r| Ok(listener_from_row(r)?.0))
             .await
     }

@@ -26,8 +26,8 @@ pub(super) const PROCESS_COLUMNS: &str = "pid, ppid, name, exe, exe_deleted, cmd
      cpu_high_since, exe_replacement, login_uid, session_id, ancestry, login_user, judged_through";
 
 /// A listener's columns, for [`listener_from_row`]; `judged_through` last.
-pub(super) const LISTENER_COLUMNS: &str =
-    "protocol, address, port, pid, process, exe, uid, netns, judged_through";
+pub(super) const LISTENER_COLUMNS: &str = "protocol, address, port, pid, process, exe, uid, netns, auth_verdict, auth_service, auth_reason, auth_probed_at, \
+     judged_through";
 
 /// A connection's columns, for [`connection_from_row`]; `judged_through` last.
 pub(super) const CONNECTION_COLUMNS: &str = "protocol, local_address, local_port, remote_address, remote_port, \
@@ -100,8 +100,17 @@ pub(super) fn listener_from_row(r: &Row) -> Result<(Listener, i64)> {
         exe: r.col(5)?,
         uid: u32_of(r.col(6)?, "uid")?,
         netns: r.col::<Option<i64>>(7)?.map(unbits),
+        auth: match r.col::<Option<&str>>(8)? {
+            None => None,
+            Some(verdict) => Some(hostwatch_proto::v1::ListenerAuth {
+                verdict: parse_enum(verdict)?,
+                service: r.col::<Option<String>>(9)?.unwrap_or_default(),
+                reason: r.col::<Option<String>>(10)?.unwrap_or_default(),
+                probed_at: r.col::<OffsetDateTime>(11)?,
+            }),
+        },
     };
-    Ok((listener, r.col(8)?))
+    Ok((listener, r.col(12)?))
 }
 
 pub(super) fn connection_from_row(r: &Row) -> Result<(Connection, i64)> {
@@ -344,11 +353,14 @@ async fn execute(
         let uids: Vec<i64> = listeners.iter().map(|(l, _)| i64::from(l.uid)).collect();
         let netns: Vec<Option<i64>> = listeners.iter().map(|(l, _)| l.netns.map(bits)).collect();
         let judged: Vec<i64> = listeners.iter().map(|(_, j)| *j).collect();
+        let probed_at: Vec<Option<OffsetDateTime>> =
+            listeners.iter().map(|(l, _)| l.auth.as_ref().map(|a| ms(a.probed_at))).collect();
         run(
             tx,
-            "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through) \
+            "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through, \
+             auth_verdict, auth_service, auth_reason, auth_probed_at) \
              SELECT $1, * FROM unnest($2::text[], $3::inet[], $4::int[], $5::bigint[], $6::text[], $7::text[], \
-             $8::bigint[], $9::bigint[], $10::bigint[])",
+             $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])",
             &[
                 &host_id,
                 &protocols,
@@ -360,6 +372,10 @@ async fn execute(
                 &uids,
                 &netns,
                 &judged,
+                &col(&|l| l.auth.as_ref().map(|a| a.verdict.as_str().to_owned())),
+                &col(&|l| l.auth.as_ref().map(|a| a.service.clone())),
+                &col(&|l| l.auth.as_ref().map(|a| a.reason.clone())),
+                &probed_at,
             ],
         )
         .await?;

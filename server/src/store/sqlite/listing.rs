@@ -300,6 +300,9 @@ pub(super) fn listeners(tx: &Transaction<'_>, f: &StateFilter) -> Result<Page<Lo
     if let Some(a) = f.address {
         w.and("t.address = ?", [text(&a.to_string())]);
     }
+    if f.unauthenticated {
+        w.and("t.auth_verdict IN ('unauthenticated', 'local_only')", []);
+    }
     sockets(tx, "listeners", LISTENER_COLUMNS, LISTENER_KEY, w, f.limit, listener_from_row)
 }
 

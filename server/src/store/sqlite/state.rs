@@ -18,6 +18,7 @@ use crate::model::{
 };
 use crate::store::state_changes::{self, Judging, SocketRow, StoredState, Write};
 use crate::store::{Result, StoreError, bits, unbits};
+use hostwatch_proto::v1::ListenerAuth;
 
 /// A host's whole state, processes by pid, listeners by protocol, port and address, connections
 /// by protocol, remote and local port (addresses in their numeric order).
@@ -56,7 +57,7 @@ pub(super) fn load(tx: &Transaction<'_>, host_id: i64) -> Result<HostState> {
 }
 
 /// A listener's columns, for [`listener_from_row`].
-pub(super) const LISTENER_COLUMNS: &str = "protocol, address, port, pid, process, exe, uid, netns";
+pub(super) const LISTENER_COLUMNS: &str = "protocol, address, port, pid, process, exe, uid, netns, auth_verdict, auth_service, auth_reason, auth_probed_at";
 
 pub(super) fn listener_from_row(r: &Row<'_>) -> Result<Listener> {
     Ok(Listener {
@@ -68,7 +69,19 @@ pub(super) fn listener_from_row(r: &Row<'_>) -> Result<Listener> {
         exe: r.get(5)?,
         uid: r.get(6)?,
         netns: r.get::<_, Option<i64>>(7)?.map(unbits),
+        auth: auth_from_row(r, 8)?,
     })
+}
+
+/// A probe's result from its four columns at `at` (verdict, service, reason, when), if any.
+fn auth_from_row(r: &Row<'_>, at: usize) -> Result<Option<ListenerAuth>> {
+    let Some(verdict) = opt_text(r, at)? else { return Ok(None) };
+    Ok(Some(ListenerAuth {
+        verdict: parse_enum(verdict)?,
+        service: r.get::<_, Option<String>>(at + 1)?.unwrap_or_default(),
+        reason: r.get::<_, Option<String>>(at + 2)?.unwrap_or_default(),
+        probed_at: parse_ts(text(r, at + 3)?)?,
+    }))
 }
 
 /// A connection's columns, for [`connection_from_row`].
@@ -322,8 +335,9 @@ fn process_from_row_with(r: &Row<'_>, ancestries: &mut Ancestries) -> Result<Pro
 
 fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener, judged_through: i64) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO listeners (host_id, protocol, address, port, pid, process, exe, uid, netns, judged_through, \
+         auth_verdict, auth_service, auth_reason, auth_probed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         host_id,
@@ -335,7 +349,11 @@ fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener, judged_through
         l.exe,
         l.uid,
         l.netns.map(bits),
-        judged_through
+        judged_through,
+        l.auth.as_ref().map(|a| a.verdict.as_str()),
+        l.auth.as_ref().map(|a| a.service.as_str()),
+        l.auth.as_ref().map(|a| a.reason.as_str()),
+        l.auth.as_ref().map(|a| ts(a.probed_at)),
     ])?;
     Ok(())
 }
@@ -343,8 +361,8 @@ fn put_listener(tx: &Transaction<'_>, host_id: i64, l: &Listener, judged_through
 /// A listener and its `judged_through`.
 fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Option<(Listener, i64)>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT pid, process, exe, uid, judged_through FROM listeners \
-         WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5 LIMIT 1",
+        "SELECT pid, process, exe, uid, judged_through, auth_verdict, auth_service, auth_reason, auth_probed_at \
+         FROM listeners WHERE host_id = ?1 AND protocol = ?2 AND address = ?3 AND port = ?4 AND netns IS ?5 LIMIT 1",
     )?;
     let mut rows =
         stmt.query(params![host_id, k.protocol.as_str(), k.address.to_string(), k.port, k.netns.map(bits)])?;
@@ -360,6 +378,7 @@ fn get_listener(tx: &Transaction<'_>, host_id: i64, k: ListenerKey) -> Result<Op
                 exe: r.get(2)?,
                 uid: r.get(3)?,
                 netns: k.netns,
+                auth: auth_from_row(r, 5)?,
             },
             r.get(4)?,
         ))),

@@ -30,7 +30,7 @@ FROM main.processes p JOIN main.hosts h ON h.id = p.host_id;
 
 CREATE TEMP VIEW listeners AS
 SELECT l.host_id, h.hostname, l.protocol, l.address, l.port, l.pid, l.process, l.exe, l.uid,
-       l.netns
+       l.netns, l.auth_verdict, l.auth_service, l.auth_reason, l.auth_probed_at
 FROM main.listeners l JOIN main.hosts h ON h.id = l.host_id;
 
 CREATE TEMP VIEW connections AS

@@ -1,0 +1,225 @@
+//! The agent's probes of its own listeners (issue 19), against real servers Debian has
+//! (redis-server, memcached) started by the test on free ports, reached through an address the
+//! test gives this host on a veth pair (never the machine's own network address): the verdict
+//! on the listener and the `unauthenticated_service` finding a user sees, or its absence beside
+//! a positive mark (the listener's verdict `authenticated`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use hostwatch_proto::v1 as proto;
+use proto::{AuthVerdict, Located, Severity};
+
+use crate::support::netns::Linked;
+use crate::support::{Collector, Guard, start_agent_with, tool, wait_for};
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until something accepts on 127.0.0.1:`port`.
+async fn listening(port: u16) {
+    wait_for(&format!("a server on port {port}"), Duration::from_secs(20), async || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+    })
+    .await;
+}
+
+/// redis-server on `port` with `args`, its files in `dir`.
+async fn redis(dir: &Path, port: u16, args: &[&str]) -> Guard {
+    let data = dir.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&data).expect("redis dir");
+    let child = tool("redis-server")
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(&data)
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let g = Guard(child);
+    listening(port).await;
+    g
+}
+
+/// One command to a Redis on loopback (as its own host's client, which protected mode allows),
+/// with `auth` first where given; the reply's text.
+fn redis_ask(port: u16, auth: Option<&str>, command: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let resp = |args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out
+    };
+    let mut req = String::new();
+    if let Some(pw) = auth {
+        req.push_str(&resp(&["AUTH", pw]));
+    }
+    req.push_str(&resp(command));
+    s.write_all(req.as_bytes()).expect("write to redis");
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    // Replies end with CRLF; INFO's bulk string is read whole within the timeout.
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let replies = text.matches("\r\n").count();
+        if (command[0] != "INFO" && replies > usize::from(auth.is_some()))
+            || (command[0] == "INFO" && text.contains("\r\n\r\n"))
+        {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The listener on `port` of host `host` as `hostwatch ports` shows it, once its probe's verdict is in.
+async fn probed(c: &Collector, host: i64, port: u16) -> proto::Listener {
+    wait_for(&format!("the probe's verdict on port {port}"), Duration::from_secs(30), async || {
+        let ls: Vec<Located<proto::Listener>> =
+            c.cli_json(&["ports", "--host", &host.to_string(), "--port", &port.to_string()]);
+        ls.into_iter().map(|l| l.item).find(|l| l.auth.is_some())
+    })
+    .await
+}
+
+async fn finding(c: &Collector, host: i64, subject: &str) -> proto::Finding {
+    wait_for(&format!("the finding {subject:?}"), Duration::from_secs(30), async || {
+        c.findings(host, "unauthenticated_service", "open").into_iter().find(|f| f.subject == subject)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_redis_is_critical_a_protected_one_low_and_one_with_a_password_no_finding() {
+    let link = Linked::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), "");
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "role=probe-redis",
+        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+    );
+    let host = c.online("probe-redis").await.id;
+    let (open, protected, locked) = (free_port(), free_port(), free_port());
+    let _open = redis(dir.path(), open, &["--bind", "0.0.0.0", "--protected-mode", "no"]).await;
+    // Redis's own default: every address, protected mode on, no password.
+    let _protected = redis(dir.path(), protected, &["--protected-mode", "yes"]).await;
+    let _locked =
+        redis(dir.path(), locked, &["--bind", "0.0.0.0", "--requirepass", "correct-horse-battery"]).await;
+
+    let f = finding(&c, host, &format!("redis on tcp/0.0.0.0:{open}")).await;
+    assert_eq!(f.severity, Severity::Critical, "{f:?}");
+    assert_eq!(f.detail["exposure"], "every address", "{f:?}");
+    assert_eq!(f.detail["process"], "redis-server", "{f:?}");
+    assert!(f.detail["reason"].as_str().is_some_and(|r| r.contains("INFO")), "{f:?}");
+
+    let f = finding(&c, host, &format!("redis on tcp/0.0.0.0:{protected}")).await;
+    assert_eq!(f.severity, Severity::Low, "protected mode answers this host's clients only: {f:?}");
+    assert_eq!(f.detail["verdict"], "local_only", "{f:?}");
+
+    // The password-protected one: probed (a positive mark), and no finding.
+    let l = probed(&c, host, locked).await;
+    let auth = l.auth.expect("probed");
+    assert_eq!((auth.verdict, auth.service.as_str()), (AuthVerdict::Authenticated, "redis"), "{auth:?}");
+    let all = c.findings(host, "unauthenticated_service", "open");
+    assert!(!all.iter().any(|f| f.subject.contains(&format!(":{locked}"))), "{all:?}");
+
+    // `ports --unauthenticated` lists the two that answer without a password, not the third.
+    let listed: Vec<Located<proto::Listener>> =
+        c.cli_json(&["ports", "--host", &host.to_string(), "--unauthenticated"]);
+    let ports: std::collections::BTreeSet<u16> = listed.iter().map(|l| l.item.port).collect();
+    assert!(ports.contains(&open) && ports.contains(&protected), "{listed:?}");
+    assert!(!ports.contains(&locked), "{listed:?}");
+
+    // The probes wrote nothing: no key, no change since the (never made) last save.
+    for (port, auth) in [(open, None), (protected, None), (locked, Some("correct-horse-battery"))] {
+        let size = redis_ask(port, auth, &["DBSIZE"]);
+        assert!(size.ends_with(":0\r\n"), "port {port}: DBSIZE {size:?}");
+        let info = redis_ask(port, auth, &["INFO", "persistence"]);
+        assert!(info.contains("rdb_changes_since_last_save:0\r\n"), "port {port}: {info}");
+    }
+}
+
+/// memcached on `port` with `args` (as `nobody`: it refuses to run as root).
+async fn memcached(port: u16, args: &[&str]) -> Guard {
+    let child = tool("memcached")
+        .args(["-p", &port.to_string(), "-U", "0", "-l", "0.0.0.0", "-u", "nobody"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    let g = Guard(child);
+    listening(port).await;
+    g
+}
+
+/// memcached's counters as its `stats` lists them, asked on loopback.
+fn memcached_stats(port: u16) -> std::collections::BTreeMap<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to memcached");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"stats\r\n").expect("stats");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !got.ends_with(b"END\r\n") {
+        let n = s.read(&mut buf).expect("stats answer");
+        assert!(n > 0, "memcached closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .filter_map(|l| l.strip_prefix("STAT ")?.split_once(' ').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_without_credentials_is_a_finding_and_with_an_auth_file_is_not() {
+    let link = Linked::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), "");
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "role=probe-memcached",
+        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+    );
+    let host = c.online("probe-memcached").await.id;
+    let auth_file = dir.path().join("memcached-auth");
+    std::fs::write(&auth_file, "probe-test:correct-horse-battery\n").expect("auth file");
+    // memcached reads it as `nobody`.
+    let mut perms = std::fs::metadata(&auth_file).expect("auth file").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&auth_file, perms).expect("chmod");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod dir");
+    let (open, locked) = (free_port(), free_port());
+    let _open = memcached(open, &[]).await;
+    let auth_arg = auth_file.to_str().expect("utf-8 path");
+    let _locked = memcached(locked, &["-Y", auth_arg]).await;
+
+    let f = finding(&c, host, &format!("memcached on tcp/0.0.0.0:{open}")).await;
+    assert_eq!(f.severity, Severity::Critical, "{f:?}");
+    let l = probed(&c, host, locked).await;
+    assert_eq!(l.auth.as_ref().map(|a| a.verdict), Some(AuthVerdict::Authenticated), "{l:?}");
+    let all = c.findings(host, "unauthenticated_service", "open");
+    assert!(!all.iter().any(|f| f.subject.contains(&format!(":{locked}"))), "{all:?}");
+
+    // The probe of the open one got through, and its `stats` stored nothing.
+    let stats = memcached_stats(open);
+    for counter in ["curr_items", "total_items", "cmd_set"] {
+        assert_eq!(stats.get(counter).map(String::as_str), Some("0"), "{counter}: {stats:?}");
+    }
+}
