@@ -13,7 +13,7 @@ use hostwatch_proto::v1 as proto;
 use proto::{AuthVerdict, Located, Severity};
 
 use crate::support::netns::Linked;
-use crate::support::{Collector, Guard, start_agent_with, tool, wait_for};
+use crate::support::{Collector, Guard, copy_program, start_agent_with, tool, wait_for};
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {
@@ -222,4 +222,92 @@ async fn memcached_without_credentials_is_a_finding_and_with_an_auth_file_is_not
     for counter in ["curr_items", "total_items", "cmd_set"] {
         assert_eq!(stats.get(counter).map(String::as_str), Some("0"), "{counter}: {stats:?}");
     }
+}
+
+/// A double from `support/services.py` speaking `kind` (`open` or `auth`), run by a copy of
+/// python3 named `name` (the process name the agent guesses the protocol from), on every
+/// address at `port`; what it was asked is appended to `log`.
+async fn double(dir: &Path, name: &str, kind: &str, mode: &str, port: u16, log: &Path) -> Guard {
+    let exe = dir.join(name);
+    if !exe.exists() {
+        let python = std::fs::canonicalize("/usr/bin/python3").expect("python3 (Debian's python3 package)");
+        copy_program(python, &exe);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/services.py");
+    let child = std::process::Command::new(&exe)
+        .arg(script)
+        .args([kind, mode, &port.to_string()])
+        .env("SERVICES_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start a service double");
+    let g = Guard(child);
+    listening(port).await;
+    g
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doubles_of_docker_mongodb_jupyter_and_an_exporter_are_judged_both_ways_and_strangers_stay_unknown() {
+    let link = Linked::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), "");
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "role=probe-doubles",
+        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str()), ("HOSTWATCH_PROBES_TIMEOUT", "1s")],
+    );
+    let host = c.online("probe-doubles").await.id;
+    let log = dir.path().join("asked.log");
+    let mut servers = Vec::new();
+    let mut open = Vec::new();
+    let mut closed = Vec::new();
+    for (name, kind, service) in [
+        ("dockerd", "docker", "docker"),
+        ("mongod", "mongodb", "mongodb"),
+        ("jupyter-lab", "jupyter", "jupyter"),
+        ("node_exporter", "metrics", "metrics"),
+    ] {
+        let (a, b) = (free_port(), free_port());
+        servers.push(double(dir.path(), name, kind, "open", a, &log).await);
+        servers.push(double(dir.path(), name, kind, "auth", b, &log).await);
+        open.push((service, a));
+        closed.push((service, b));
+    }
+    // On Redis's and memcached's names: one that answers nonsense, one that never answers.
+    let (garbage, silent) = (free_port(), free_port());
+    servers.push(double(dir.path(), "redis-server", "garbage", "open", garbage, &log).await);
+    servers.push(double(dir.path(), "memcached", "silent", "open", silent, &log).await);
+
+    for (service, port) in &open {
+        let f = finding(&c, host, &format!("{service} on tcp/0.0.0.0:{port}")).await;
+        assert_eq!(f.severity, Severity::Critical, "{f:?}");
+        assert_eq!(f.detail["verdict"], "unauthenticated", "{f:?}");
+    }
+    for (service, port) in &closed {
+        let auth = probed(&c, host, *port).await.auth.expect("probed");
+        assert_eq!((auth.verdict, auth.service.as_str()), (AuthVerdict::Authenticated, *service), "{auth:?}");
+    }
+    for port in [garbage, silent] {
+        let auth = probed(&c, host, port).await.auth.expect("probed");
+        assert_eq!(auth.verdict, AuthVerdict::Unknown, "{auth:?}");
+        assert!(!auth.reason.contains('\u{1b}'), "what a service says is kept printable: {:?}", auth.reason);
+    }
+    let all = c.findings(host, "unauthenticated_service", "open");
+    for (_, port) in closed.iter().chain(&[("redis", garbage), ("memcached", silent)]) {
+        assert!(!all.iter().any(|f| f.subject.ends_with(&format!(":{port}"))), "{all:?}");
+    }
+
+    // What the probes asked: reads only, each saying who it is.
+    let asked = std::fs::read_to_string(&log).expect("the doubles' log");
+    for line in asked.lines() {
+        let ok = (line.starts_with("GET ") && line.contains("hostwatch-probe/"))
+            || line == "OP_MSG hello"
+            || line == "OP_MSG listDatabases"
+            || line.starts_with("received ")
+            || line == "connected";
+        assert!(ok, "a probe asked {line:?}:\n{asked}");
+    }
+    assert!(asked.contains("GET /containers/json"), "{asked}");
+    assert!(asked.contains("OP_MSG listDatabases"), "{asked}");
 }
