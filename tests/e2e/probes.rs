@@ -111,7 +111,7 @@ async fn an_open_redis_is_critical_a_protected_one_low_and_one_with_a_password_n
         &c,
         dir.path(),
         "role=probe-redis",
-        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
     );
     let host = c.online("probe-redis").await.id;
     let (open, protected, locked) = (free_port(), free_port(), free_port());
@@ -194,7 +194,7 @@ async fn memcached_without_credentials_is_a_finding_and_with_an_auth_file_is_not
         &c,
         dir.path(),
         "role=probe-memcached",
-        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
     );
     let host = c.online("probe-memcached").await.id;
     let auth_file = dir.path().join("memcached-auth");
@@ -255,7 +255,11 @@ async fn doubles_of_docker_mongodb_jupyter_and_an_exporter_are_judged_both_ways_
         &c,
         dir.path(),
         "role=probe-doubles",
-        &[("HOSTWATCH_PROBES_VIA", link.host_ip.as_str()), ("HOSTWATCH_PROBES_TIMEOUT", "1s")],
+        &[
+            ("HOSTWATCH_PROBES", "true"),
+            ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str()),
+            ("HOSTWATCH_PROBES_TIMEOUT", "1s"),
+        ],
     );
     let host = c.online("probe-doubles").await.id;
     let log = dir.path().join("asked.log");
@@ -310,4 +314,155 @@ async fn doubles_of_docker_mongodb_jupyter_and_an_exporter_are_judged_both_ways_
     }
     assert!(asked.contains("GET /containers/json"), "{asked}");
     assert!(asked.contains("OP_MSG listDatabases"), "{asked}");
+}
+
+/// A self-signed certificate and key for a TLS double (the probes accept any).
+fn certificate(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let out = tool("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", &format!("/CN={name}"), "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// The ports these services own by convention, where the agent knows them by port alone
+/// (Elasticsearch runs as `java`; pprof inside any Go program): each open first, then, on the
+/// same port under a new owner, closed. The kubelet's read-only port (10255, plain HTTP) and its
+/// main one (10250, TLS) are each probed with the scheme they speak.
+#[tokio::test(flavor = "multi_thread")]
+async fn elasticsearch_pprof_and_the_kubelet_on_their_ports_open_then_closed() {
+    let link = Linked::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), "");
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "role=probe-ports",
+        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+    );
+    let host = c.online("probe-ports").await.id;
+    let log = dir.path().join("asked.log");
+    for (name, kind, service, port) in
+        [("es-double", "elasticsearch", "elasticsearch", 9200), ("pprof-double", "pprof", "pprof", 6060)]
+    {
+        let mut open = double(dir.path(), name, kind, "open", port, &log).await;
+        let f = finding(&c, host, &format!("{service} on tcp/0.0.0.0:{port}")).await;
+        assert_eq!(f.severity, Severity::Critical, "{f:?}");
+        open.terminate(Duration::from_secs(10));
+        let _closed = double(dir.path(), name, kind, "auth", port, &log).await;
+        // A new owner is probed again: its verdict replaces the old one, and the finding goes.
+        wait_for(&format!("{service} closed on {port}"), Duration::from_secs(30), async || {
+            let l = probed(&c, host, port).await;
+            (l.auth.as_ref().map(|a| a.verdict) == Some(AuthVerdict::Authenticated)).then_some(())
+        })
+        .await;
+        wait_for(&format!("the {service} finding resolved"), Duration::from_secs(30), async || {
+            let open = c.findings(host, "unauthenticated_service", "open");
+            (!open.iter().any(|f| f.subject == format!("{service} on tcp/0.0.0.0:{port}"))).then_some(())
+        })
+        .await;
+    }
+    // The kubelet: 10250 over TLS answering anyone (critical), 10255 plain asking (no finding).
+    let (cert, key) = certificate(dir.path(), "kubelet");
+    let exe = dir.path().join("kubelet");
+    copy_program(std::fs::canonicalize("/usr/bin/python3").expect("python3"), &exe);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/services.py");
+    let tls = Guard(
+        std::process::Command::new(&exe)
+            .arg(&script)
+            .args(["kubelet", "open", "10250"])
+            .arg(&cert)
+            .arg(&key)
+            .env("SERVICES_LOG", &log)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the kubelet double"),
+    );
+    listening(10250).await;
+    let _plain = double(dir.path(), "kubelet", "kubelet", "auth", 10255, &log).await;
+    let f = finding(&c, host, "kubelet on tcp/0.0.0.0:10250").await;
+    assert_eq!(f.severity, Severity::Critical, "{f:?}");
+    let auth = probed(&c, host, 10255).await.auth.expect("probed");
+    assert_eq!(auth.verdict, AuthVerdict::Authenticated, "{auth:?}");
+    drop(tls);
+    let asked = std::fs::read_to_string(&log).expect("the doubles' log");
+    assert!(asked.contains("GET /pods"), "{asked}");
+    for line in asked.lines() {
+        assert!(line.starts_with("GET ") && line.contains("hostwatch-probe/"), "a probe asked {line:?}");
+    }
+}
+
+/// etcd-server on `port` (client) and `peer`, its data in `dir`; over TLS asking for a client
+/// certificate when `tls` names a CA, a certificate and a key.
+async fn etcd(dir: &Path, port: u16, peer: u16, tls: Option<(&Path, &Path, &Path)>) -> Guard {
+    let data = dir.join(format!("etcd-{port}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut cmd = tool("etcd");
+    cmd.args(["--name", &format!("t{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen-client-urls", &format!("{scheme}://0.0.0.0:{port}")])
+        .args(["--advertise-client-urls", &format!("{scheme}://127.0.0.1:{port}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("t{port}=http://127.0.0.1:{peer}")])
+        .args(["--log-outputs", "stderr", "--logger", "zap"]);
+    if let Some((ca, cert, key)) = tls {
+        cmd.arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(ca)
+            .arg("--cert-file")
+            .arg(cert)
+            .arg("--key-file")
+            .arg(key);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let g = Guard(child);
+    listening(port).await;
+    g
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_without_client_certificates_is_a_finding_and_with_them_is_not() {
+    let link = Linked::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), "");
+    let _agent = start_agent_with(
+        &c,
+        dir.path(),
+        "role=probe-etcd",
+        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
+    );
+    let host = c.online("probe-etcd").await.id;
+    let (cert, key) = certificate(dir.path(), "etcd");
+    let (open, locked) = (free_port(), free_port());
+    let _open = etcd(dir.path(), open, free_port(), None).await;
+    let _locked = etcd(dir.path(), locked, free_port(), Some((&cert, &cert, &key))).await;
+    // Go binds "0.0.0.0" as one socket for both families: `::`.
+    let f = finding(&c, host, &format!("etcd on tcp/[::]:{open}")).await;
+    assert_eq!(f.severity, Severity::Critical, "{f:?}");
+    let auth = probed(&c, host, locked).await.auth.expect("probed");
+    assert_eq!(auth.verdict, AuthVerdict::Authenticated, "{auth:?}");
+    assert!(auth.reason.contains("client certificate"), "{auth:?}");
 }

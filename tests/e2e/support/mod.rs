@@ -762,6 +762,9 @@ pub fn start_agent_in(
         // The eBPF source sees every test's short connections (each CLI call to a collector)
         // on every test's host; the tests of it (connections.rs) turn it on.
         .env("HOSTWATCH_SOCKET_EVENTS", "false")
+        // Probes would reach every test's listeners from every test's agent (and each probe is a
+        // connection every other agent sees); the tests of them (probes.rs) turn them on.
+        .env("HOSTWATCH_PROBES", "false")
         .envs(env.iter().copied())
         .env("HOSTWATCH_LOG", "info,hostwatch_agent=debug")
         .stdout(Stdio::null())
