@@ -549,6 +549,9 @@ impl Agent {
         match result {
             Ok((observer, out)) => {
                 self.observer = Some(observer);
+                // Events of sockets opened while the scan ran, before its list is taken: a socket
+                // the scan read after its owner ended gets its owner from its event.
+                self.drain_socket_events();
                 match out {
                     Ok(full) => {
                         self.coverage = full.coverage;

@@ -131,6 +131,22 @@ impl<T: Keyed + Clone + Hash> FromEvents<T> {
         }
     }
 
+    /// Names the owner of each of a scan's sockets that has none where an event named it: a
+    /// scan that read a socket after its short-lived owner ended cannot tell whose it was, and
+    /// the scan's item is the one that is kept.
+    pub(super) fn lend_owners(&self, scanned: &mut [T]) {
+        if self.open.is_empty() {
+            return;
+        }
+        for item in scanned.iter_mut().filter(|i| i.owner_missing()) {
+            if let Some(open) = self.open.get(&item.wire_key())
+                && !open.item.owner_missing()
+            {
+                item.adopt_owner(&open.item);
+            }
+        }
+    }
+
     /// The open ones.
     pub(super) fn open_items(&self) -> impl Iterator<Item = &T> {
         self.open.values().map(|o| &o.item)

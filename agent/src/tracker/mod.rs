@@ -32,6 +32,10 @@ struct Picture {
 trait Keyed {
     type Key: Ord + Clone + std::fmt::Debug;
     fn wire_key(&self) -> Self::Key;
+    /// Whether the owning process is unknown (a scan that read the socket after its owner ended).
+    fn owner_missing(&self) -> bool;
+    /// Takes `from`'s owner (the one an event named).
+    fn adopt_owner(&mut self, from: &Self);
 }
 
 impl Keyed for Listener {
@@ -39,12 +43,24 @@ impl Keyed for Listener {
     fn wire_key(&self) -> ListenerKey {
         self.key()
     }
+    fn owner_missing(&self) -> bool {
+        self.pid.is_none()
+    }
+    fn adopt_owner(&mut self, from: &Self) {
+        (self.pid, self.process, self.exe) = (from.pid, from.process.clone(), from.exe.clone());
+    }
 }
 
 impl Keyed for Connection {
     type Key = ConnectionKey;
     fn wire_key(&self) -> ConnectionKey {
         self.key()
+    }
+    fn owner_missing(&self) -> bool {
+        self.pid.is_none()
+    }
+    fn adopt_owner(&mut self, from: &Self) {
+        (self.pid, self.process, self.exe) = (from.pid, from.process.clone(), from.exe.clone());
     }
 }
 
@@ -212,7 +228,8 @@ impl Tracker {
     }
 
     /// The listeners a scan that looked at `seen_at` found.
-    pub fn set_listeners(&mut self, listeners: Vec<Listener>, seen_at: OffsetDateTime) {
+    pub fn set_listeners(&mut self, mut listeners: Vec<Listener>, seen_at: OffsetDateTime) {
+        self.listener_events.lend_owners(&mut listeners);
         let moved = keyed(&mut self.current.listeners, listeners);
         self.listener_events.scanned(&self.current.listeners, seen_at, &mut self.sent.listeners);
         if moved {
@@ -224,7 +241,8 @@ impl Tracker {
     /// The connections a scan that looked at `seen_at` found. A steady host hands in the same
     /// 10,000 connections every scan: they are compared with what is held (no map rebuilt,
     /// nothing hashed) and compared with what was sent only when they moved.
-    pub fn set_connections(&mut self, connections: Vec<Connection>, seen_at: OffsetDateTime) {
+    pub fn set_connections(&mut self, mut connections: Vec<Connection>, seen_at: OffsetDateTime) {
+        self.connection_events.lend_owners(&mut connections);
         let moved = keyed(&mut self.current.connections, connections);
         self.connection_events.scanned(&self.current.connections, seen_at, &mut self.sent.connections);
         if moved {
@@ -860,6 +878,14 @@ mod tests {
         let mut listed = ports(&tr.take_snapshot(t(26)).connections);
         listed.sort();
         assert_eq!(listed, [1000, 5000]);
+        // A scan that read a socket after its owner ended names no owner; its event did: the
+        // scan's item goes out with the event's owner.
+        tr.connection_opened(c(7000), t(27));
+        let ownerless = Connection { pid: None, process: None, ..c(7000) };
+        tr.set_connections(vec![c(1000), c(5000), ownerless], t(28));
+        let d = tr.take_delta(t(29));
+        let sent = d.connections.added.iter().find(|x| x.local_port == 7000).expect("the scan's socket");
+        assert_eq!((sent.pid, sent.process.as_deref()), (Some(7), Some("curl")), "{sent:?}");
         assert!(!tr.is_dirty());
     }
 
