@@ -228,6 +228,19 @@ async fn memcached_without_credentials_is_a_finding_and_with_an_auth_file_is_not
 /// python3 named `name` (the process name the agent guesses the protocol from), on every
 /// address at `port`; what it was asked is appended to `log`.
 async fn double(dir: &Path, name: &str, kind: &str, mode: &str, port: u16, log: &Path) -> Guard {
+    double_over(dir, name, kind, mode, port, log, None).await
+}
+
+/// [`double`], over TLS with `tls`'s certificate and key where given.
+async fn double_over(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    mode: &str,
+    port: u16,
+    log: &Path,
+    tls: Option<(&Path, &Path)>,
+) -> Guard {
     let exe = dir.join(name);
     if !exe.exists() {
         let python = std::fs::canonicalize("/usr/bin/python3").expect("python3 (Debian's python3 package)");
@@ -237,6 +250,7 @@ async fn double(dir: &Path, name: &str, kind: &str, mode: &str, port: u16, log: 
     let child = std::process::Command::new(&exe)
         .arg(script)
         .args([kind, mode, &port.to_string()])
+        .args(tls.iter().flat_map(|(cert, key)| [cert.as_os_str(), key.as_os_str()]))
         .env("SERVICES_LOG", log)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -381,21 +395,7 @@ async fn elasticsearch_pprof_and_the_kubelet_on_their_ports_open_then_closed() {
     }
     // The kubelet: 10250 over TLS answering anyone (critical), 10255 plain asking (no finding).
     let (cert, key) = certificate(dir.path(), "kubelet");
-    let exe = dir.path().join("kubelet");
-    copy_program(std::fs::canonicalize("/usr/bin/python3").expect("python3"), &exe);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/support/services.py");
-    let tls = Guard(
-        std::process::Command::new(&exe)
-            .arg(&script)
-            .args(["kubelet", "open", "10250"])
-            .arg(&cert)
-            .arg(&key)
-            .env("SERVICES_LOG", &log)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the kubelet double"),
-    );
-    listening(10250).await;
+    let tls = double_over(dir.path(), "kubelet", "kubelet", "open", 10250, &log, Some((&cert, &key))).await;
     let _plain = double(dir.path(), "kubelet", "kubelet", "auth", 10255, &log).await;
     let f = finding(&c, host, "kubelet on tcp/0.0.0.0:10250").await;
     assert_eq!(f.severity, Severity::Critical, "{f:?}");

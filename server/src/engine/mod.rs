@@ -948,15 +948,7 @@ impl Observations {
     }
 
     fn add(&mut self, kind: FindingKind, subject: String, detail: serde_json::Value) {
-        self.0.entry((kind, "", subject.clone())).or_insert_with(|| Observation {
-            kind,
-            rule: None,
-            severity: default_severity(kind),
-            subject,
-            detail,
-            occurrences: 0,
-            transient: false,
-        });
+        self.add_graded(kind, default_severity(kind), subject, detail);
     }
 
     /// The observations, the kinds no rule files graded by the workload's `[severity]`.
