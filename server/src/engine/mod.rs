@@ -598,24 +598,17 @@ fn unauthenticated_services(
         if accepted {
             continue;
         }
+        let mut detail = listener_detail(l);
+        detail["service"] = json!(auth.service);
+        detail["verdict"] = json!(auth.verdict.as_str());
+        detail["reason"] = json!(auth.reason);
+        detail["probed_at"] = json!(hostwatch_proto::v1::timestamp::format(auth.probed_at));
+        detail["exposure"] = json!(exposure);
         out.add_graded(
             FindingKind::UnauthenticatedService,
             severity,
             format!("{} on {}", auth.service, l.subject()),
-            json!({
-                "service": auth.service,
-                "verdict": auth.verdict.as_str(),
-                "reason": auth.reason,
-                "probed_at": hostwatch_proto::v1::timestamp::format(auth.probed_at),
-                "exposure": exposure,
-                "protocol": l.protocol.as_str(),
-                "address": l.address.to_string(),
-                "port": l.port,
-                "pid": l.pid,
-                "process": l.process,
-                "exe": l.exe,
-                "uid": l.uid,
-            }),
+            detail,
         );
     }
 }
@@ -738,22 +731,23 @@ fn explain_listeners(
         }
     }
     for (subject, ls) in unexplained {
-        let l = ls[0];
-        out.add(
-            FindingKind::UnexpectedListener,
-            subject,
-            json!({
-                "protocol": l.protocol.as_str(),
-                "address": l.address.to_string(),
-                "port": l.port,
-                "pid": l.pid,
-                "process": l.process,
-                "exe": l.exe,
-                "uid": l.uid,
-                "sockets": ls.len(),
-            }),
-        );
+        let mut detail = listener_detail(ls[0]);
+        detail["sockets"] = json!(ls.len());
+        out.add(FindingKind::UnexpectedListener, subject, detail);
     }
+}
+
+/// The fields of a listener that a finding about it shows.
+fn listener_detail(l: &Listener) -> serde_json::Value {
+    json!({
+        "protocol": l.protocol.as_str(),
+        "address": l.address.to_string(),
+        "port": l.port,
+        "pid": l.pid,
+        "process": l.process,
+        "exe": l.exe,
+        "uid": l.uid,
+    })
 }
 
 /// Required listeners none of the state's listeners matches.
