@@ -102,18 +102,23 @@ async fn finding(c: &Collector, host: i64, subject: &str) -> proto::Finding {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_open_redis_is_critical_a_protected_one_low_and_one_with_a_password_no_finding() {
+/// A collector and an agent with probes on, which reach listeners on every address through the
+/// address the test gives this host on a veth pair; `env`: more variables for the agent. The
+/// link, the directory, the collector, the agent, and the agent's host id.
+async fn probing(role: &str, env: &[(&str, &str)]) -> (Linked, tempfile::TempDir, Collector, Guard, i64) {
     let link = Linked::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Collector::start(dir.path(), "");
-    let _agent = start_agent_with(
-        &c,
-        dir.path(),
-        "role=probe-redis",
-        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
-    );
-    let host = c.online("probe-redis").await.id;
+    let mut vars = vec![("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())];
+    vars.extend_from_slice(env);
+    let agent = start_agent_with(&c, dir.path(), &format!("role={role}"), &vars);
+    let host = c.online(role).await.id;
+    (link, dir, c, agent, host)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_redis_is_critical_a_protected_one_low_and_one_with_a_password_no_finding() {
+    let (_link, dir, c, _agent, host) = probing("probe-redis", &[]).await;
     let (open, protected, locked) = (free_port(), free_port(), free_port());
     let _open = redis(dir.path(), open, &["--bind", "0.0.0.0", "--protected-mode", "no"]).await;
     // Redis's own default: every address, protected mode on, no password.
@@ -187,16 +192,7 @@ fn memcached_stats(port: u16) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memcached_without_credentials_is_a_finding_and_with_an_auth_file_is_not() {
-    let link = Linked::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Collector::start(dir.path(), "");
-    let _agent = start_agent_with(
-        &c,
-        dir.path(),
-        "role=probe-memcached",
-        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
-    );
-    let host = c.online("probe-memcached").await.id;
+    let (_link, dir, c, _agent, host) = probing("probe-memcached", &[]).await;
     let auth_file = dir.path().join("memcached-auth");
     std::fs::write(&auth_file, "probe-test:correct-horse-battery\n").expect("auth file");
     // memcached reads it as `nobody`.
@@ -262,20 +258,7 @@ async fn double_over(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn doubles_of_docker_mongodb_jupyter_and_an_exporter_are_judged_both_ways_and_strangers_stay_unknown() {
-    let link = Linked::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Collector::start(dir.path(), "");
-    let _agent = start_agent_with(
-        &c,
-        dir.path(),
-        "role=probe-doubles",
-        &[
-            ("HOSTWATCH_PROBES", "true"),
-            ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str()),
-            ("HOSTWATCH_PROBES_TIMEOUT", "1s"),
-        ],
-    );
-    let host = c.online("probe-doubles").await.id;
+    let (_link, dir, c, _agent, host) = probing("probe-doubles", &[("HOSTWATCH_PROBES_TIMEOUT", "1s")]).await;
     let log = dir.path().join("asked.log");
     let mut servers = Vec::new();
     let mut open = Vec::new();
@@ -362,16 +345,7 @@ fn certificate(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBu
 /// main one (10250, TLS) are each probed with the scheme they speak.
 #[tokio::test(flavor = "multi_thread")]
 async fn elasticsearch_pprof_and_the_kubelet_on_their_ports_open_then_closed() {
-    let link = Linked::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Collector::start(dir.path(), "");
-    let _agent = start_agent_with(
-        &c,
-        dir.path(),
-        "role=probe-ports",
-        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
-    );
-    let host = c.online("probe-ports").await.id;
+    let (_link, dir, c, _agent, host) = probing("probe-ports", &[]).await;
     let log = dir.path().join("asked.log");
     for (name, kind, service, port) in
         [("es-double", "elasticsearch", "elasticsearch", 9200), ("pprof-double", "pprof", "pprof", 6060)]
@@ -445,16 +419,7 @@ async fn etcd(dir: &Path, port: u16, peer: u16, tls: Option<(&Path, &Path, &Path
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_without_client_certificates_is_a_finding_and_with_them_is_not() {
-    let link = Linked::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Collector::start(dir.path(), "");
-    let _agent = start_agent_with(
-        &c,
-        dir.path(),
-        "role=probe-etcd",
-        &[("HOSTWATCH_PROBES", "true"), ("HOSTWATCH_PROBES_VIA", link.host_ip.as_str())],
-    );
-    let host = c.online("probe-etcd").await.id;
+    let (_link, dir, c, _agent, host) = probing("probe-etcd", &[]).await;
     let (cert, key) = certificate(dir.path(), "etcd");
     let (open, locked) = (free_port(), free_port());
     let _open = etcd(dir.path(), open, free_port(), None).await;
