@@ -5,8 +5,12 @@ of --seconds each; per window, each agent's CPU as a share of one core, read two
 `schedstat` (the exact run time of every thread, summed) and `/proc/PID/stat` (user + system
 time, charged a tick at a time, as agent_steady.py reads it).
 
-Usage: python3 bench/agent_ab.py OLD_AGENT NEW_AGENT [--rounds 5] [--seconds 120]
-(OLD_AGENT: e.g. a release `hostwatch-agent` built from an earlier commit in another worktree.)
+Usage: python3 bench/agent_ab.py OLD_AGENT NEW_AGENT [--rounds 5] [--seconds 120] [--warmup 30]
+       [--old-env K=V]... [--new-env K=V]... [--load]
+(OLD_AGENT: e.g. a release `hostwatch-agent` built from an earlier commit in another worktree. The
+same binary twice with different --old-env/--new-env compares a setting, e.g.
+`--new-env HOSTWATCH_PROBES=false`; --load runs hostload.py's 1,000 processes and 5,000
+connections under both for the whole run.)
 """
 import argparse, os, sys, time
 
@@ -34,16 +38,23 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--warmup", type=float, default=30, help="seconds after both start, left out")
+    ap.add_argument("--old-env", action="append", default=[], help="K=V for the old agent")
+    ap.add_argument("--new-env", action="append", default=[], help="K=V for the new agent")
+    ap.add_argument("--load", action="store_true", help="hostload.py: 1,000 processes, 5,000 connections")
     a = ap.parse_args()
+    load = harness.load(1000, 5000, int(a.warmup + a.rounds * a.seconds + 120)) if a.load else None
     c = harness.Collector()
     real = harness.binary
     pids = {}
-    for tag, path in (("old", a.old), ("new", a.new)):
+    for tag, path, env in (("old", a.old, a.old_env), ("new", a.new, a.new_env)):
         harness.binary = lambda name, target=None, path=path: path if name == "hostwatch-agent" else real(name, target)
-        agent, _ = c.start_agent(tag)
+        agent, _ = c.start_agent(tag, **dict(kv.split("=", 1) for kv in env))
         pids[tag] = agent.pid
     harness.binary = real
-    time.sleep(30)
+    print(f"old: {a.old} {' '.join(a.old_env)}; new: {a.new} {' '.join(a.new_env)}; "
+          f"{'under hostload.py 1,000/5,000' if load else 'idle'}; warm-up {a.warmup:g} s", flush=True)
+    time.sleep(a.warmup)
     rows = {k: [] for k in pids}
     for r in range(a.rounds):
         before = {k: cpu(p) for k, p in pids.items()}
