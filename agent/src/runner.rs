@@ -128,7 +128,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .hiding_own_process(config.hide_own_process)
         .with_packages(config.files.databases());
     let (config_interval, config_snapshot_every) = (config.interval, config.snapshot_every);
-    let prober = config.probes.enabled.then(|| Prober::new(config.probes.clone(), &config.state_dir));
+    let prober =
+        config.probes.enabled.then(|| Prober::new(config.probes.clone(), &config.state_dir, &root.proc));
     let mut agent = Agent {
         tracker: Tracker::new(),
         coverage: proto::Coverage::full(),

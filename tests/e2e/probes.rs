@@ -13,7 +13,7 @@ use hostwatch_proto::v1 as proto;
 use proto::{AuthVerdict, Located, Severity};
 
 use crate::support::netns::Linked;
-use crate::support::{Collector, Guard, copy_program, start_agent_with, tool, wait_for};
+use crate::support::{Collector, Guard, copy_program, start_agent_under, start_agent_with, tool, wait_for};
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {
@@ -157,6 +157,55 @@ async fn an_open_redis_is_critical_a_protected_one_low_and_one_with_a_password_n
         let info = redis_ask(port, auth, &["INFO", "persistence"]);
         assert!(info.contains("rdb_changes_since_last_save:0\r\n"), "port {port}: {info}");
     }
+}
+
+/// A container's Redis: open, on every address of a network namespace of its own, which only that
+/// namespace's addresses reach. An agent that may enter the namespace (root here) probes it from
+/// inside and it is a finding; one without CAP_SYS_ADMIN (as the shipped unit runs it) says it
+/// could not, and files nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_in_another_network_namespace_is_probed_inside_it_where_the_agent_may_enter() {
+    let (link, dir, c, _agent, host) = probing("probe-netns", &[]).await;
+    let bare_dir = tempfile::tempdir().expect("tempdir");
+    let _bare = start_agent_under(
+        &["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"],
+        &c,
+        bare_dir.path(),
+        "role=probe-netns-bare",
+        &[("HOSTWATCH_PROBES", "true")],
+    );
+    let bare = c.online("probe-netns-bare").await.id;
+    let port = free_port();
+    let data = dir.path().join("redis-netns");
+    std::fs::create_dir_all(&data).expect("redis dir");
+    let _redis = Guard(
+        tool("ip")
+            .args(["netns", "exec", &link.ns.0, "redis-server", "--port", &port.to_string(), "--dir"])
+            .arg(&data)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+            .args(["--bind", "0.0.0.0", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server in the namespace"),
+    );
+
+    let subject = format!("redis on tcp/0.0.0.0:{port}");
+    let f = finding(&c, host, &subject).await;
+    assert_eq!(f.severity, Severity::Critical, "{f:?}");
+    assert!(f.detail["reason"].as_str().is_some_and(|r| r.contains("INFO")), "{f:?}");
+    let l = probed(&c, host, port).await;
+    assert!(l.netns.is_some(), "the listener is the namespace's: {l:?}");
+
+    // Without CAP_SYS_ADMIN: a verdict that says why (a positive mark), and no finding.
+    let l = probed(&c, bare, port).await;
+    assert!(l.netns.is_some(), "{l:?}");
+    let auth = l.auth.expect("a verdict");
+    assert_eq!(auth.verdict, AuthVerdict::Unknown, "{auth:?}");
+    assert!(auth.reason.contains("may not enter"), "{auth:?}");
+    let all = c.findings(bare, "unauthenticated_service", "all");
+    assert!(!all.iter().any(|f| f.subject == subject), "{all:?}");
+    // Nor in the host's own namespace, where nothing listens on the port.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the namespace's port is not the host's");
 }
 
 /// memcached on `port` with `args` (as `nobody`: it refuses to run as root).

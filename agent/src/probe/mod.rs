@@ -12,8 +12,12 @@
 //!   TLS accepts any server certificate and presents none. A listener on one address
 //!   is reached there; one on every address through a non-loopback address of this host (Redis
 //!   in protected mode answers loopback differently), loopback only where the host has no other.
-//! - Not probed: listeners in another network namespace ("unknown: other network namespace":
-//!   entering a container's namespace to connect is not done yet) and UDP.
+//! - Another network namespace (a container's): probed from inside it, on a thread of its own
+//!   that enters it with setns(2) and ends there, reaching the listener through that namespace's
+//!   own addresses. That needs CAP_SYS_ADMIN, which the shipped unit does not grant
+//!   (`RestrictNamespaces=yes`): there such listeners are "unknown: other network namespace"
+//!   with the kernel's refusal, and docs/operations.md shows the drop-in that allows it.
+//! - Not probed: UDP.
 //!
 //! Every answer is hostile input: parsed by bounded code that the fuzz targets exercise, and
 //! what is kept of it (the reason) is short and printable.
@@ -201,13 +205,74 @@ pub struct Job {
     pub key: ListenerKey,
     pub pid: Option<u32>,
     pub service: Service,
+    /// Where to connect; for a job in another namespace, the address the listener is bound to,
+    /// chosen among that namespace's own addresses once inside it.
     pub target: SocketAddr,
     /// The listener is bound to loopback alone.
     pub loopback_only: bool,
+    /// The listener is in another network namespace, entered through this.
+    pub netns: Option<Enter>,
+}
+
+/// Another network namespace: the file that enters it (`/proc/PID/ns/net` of the listener's
+/// owner) and its inode, checked on the opened file so that a reused pid is not entered.
+#[derive(Debug, Clone)]
+pub struct Enter {
+    pub file: PathBuf,
+    pub inode: u64,
 }
 
 /// Runs one probe. Never panics on what the service sends; every wait is within `timeout`.
 pub async fn run(job: &Job, timeout: Duration) -> Outcome {
+    let Some(enter) = job.netns.clone() else { return run_here(job, timeout).await };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = job.clone();
+    let spawned = std::thread::Builder::new().name("hw-probe-netns".into()).spawn(move || {
+        let _ = tx.send(enter_and_run(&job, &enter, timeout));
+    });
+    if let Err(e) = spawned {
+        return Outcome::unknown(format!("other network namespace: no thread to enter it ({e})"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Outcome::unknown("other network namespace: the probe ended without a verdict"))
+}
+
+/// On a thread of its own that moves into the namespace and ends there: nothing else of the
+/// agent may ever run in a container's namespace (so never a pooled thread), and sockets belong
+/// to the namespace of the thread that makes them.
+fn enter_and_run(job: &Job, enter: &Enter, timeout: Duration) -> Outcome {
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::File::open(&enter.file) {
+        Ok(f) => f,
+        Err(e) => return Outcome::unknown(format!("other network namespace: its process is gone ({e})")),
+    };
+    match file.metadata() {
+        Ok(m) if m.ino() == enter.inode => {}
+        _ => return Outcome::unknown("other network namespace: its process is gone"),
+    }
+    if let Err(e) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+        return Outcome::unknown(format!(
+            "other network namespace: not probed, the agent may not enter it ({e}; the shipped unit grants no CAP_SYS_ADMIN)"
+        ));
+    }
+    let mut there = HostAddresses::new(None);
+    there.refresh();
+    let Some(target) = there.target_for(job.target.ip(), job.target.port()) else {
+        return Outcome::unknown("other network namespace: none of its addresses reaches it");
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::unknown(format!("other network namespace: no runtime to probe from ({e})"));
+        }
+    };
+    let job = Job { target, netns: None, ..job.clone() };
+    runtime.block_on(run_here(&job, timeout))
+}
+
+/// A probe from the agent's own network namespace (or, on [`enter_and_run`]'s thread, from the
+/// one it entered).
+async fn run_here(job: &Job, timeout: Duration) -> Outcome {
     let probe = async {
         match job.service {
             Service::Redis => redis::probe(job, timeout).await,
@@ -259,6 +324,8 @@ struct Kept {
 pub struct Prober {
     config: ProbeConfig,
     addresses: HostAddresses,
+    /// The host's `/proc`, through which other namespaces are entered.
+    proc: PathBuf,
     path: PathBuf,
     results: BTreeMap<ListenerKey, Kept>,
     queue: VecDeque<Job>,
@@ -270,8 +337,8 @@ pub struct Prober {
 
 impl Prober {
     /// The prober, with what `state_dir` kept of earlier probes (a file that cannot be read is
-    /// said once and started afresh: the listeners are probed again).
-    pub fn new(config: ProbeConfig, state_dir: &Path) -> Prober {
+    /// said once and started afresh: the listeners are probed again). `proc`: the host's `/proc`.
+    pub fn new(config: ProbeConfig, state_dir: &Path, proc: &Path) -> Prober {
         let path = state_dir.join(STATE_FILE);
         let results = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Vec<Kept>>(&bytes) {
@@ -289,6 +356,7 @@ impl Prober {
         };
         Prober {
             addresses: HostAddresses::new(config.via),
+            proc: proc.to_owned(),
             config,
             path,
             results,
@@ -349,7 +417,7 @@ impl Prober {
     }
 
     /// The probe a listener needs, or its verdict at once where it cannot be probed (kept as a
-    /// result: another namespace stays unknown until it is reprobed).
+    /// result, until it is probed again).
     fn job_for(&mut self, l: &proto::Listener) -> Option<Job> {
         if l.protocol != proto::Protocol::Tcp || self.config.exclude_ports.contains(&l.port) {
             return None;
@@ -359,15 +427,33 @@ impl Prober {
             return None;
         }
         let key = l.key();
-        if l.netns.is_some() {
-            self.keep(key, l.pid, service, Outcome::unknown("other network namespace: not probed"));
-            return None;
+        let loopback_only = l.address.is_loopback();
+        if let Some(inode) = l.netns {
+            let Some(pid) = l.pid else {
+                self.keep(
+                    key,
+                    l.pid,
+                    service,
+                    Outcome::unknown("other network namespace: no process to enter it by"),
+                );
+                return None;
+            };
+            let file = self.proc.join(pid.to_string()).join("ns/net");
+            let target = SocketAddr::new(l.address, l.port);
+            return Some(Job {
+                key,
+                pid: l.pid,
+                service,
+                target,
+                loopback_only,
+                netns: Some(Enter { file, inode }),
+            });
         }
         let Some(target) = self.addresses.target_for(l.address, l.port) else {
             self.keep(key, l.pid, service, Outcome::unknown("no address of this host reaches it"));
             return None;
         };
-        Some(Job { key, pid: l.pid, service, target, loopback_only: l.address.is_loopback() })
+        Some(Job { key, pid: l.pid, service, target, loopback_only, netns: None })
     }
 
     /// The next probe to start, if one is waiting and the rate allows it now.
@@ -494,7 +580,7 @@ mod tests {
     fn a_listener_is_probed_once_kept_across_restarts_and_again_when_its_owner_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = ProbeConfig { via: Some("10.9.0.1".parse().expect("ip")), ..ProbeConfig::default() };
-        let mut p = Prober::new(config.clone(), dir.path());
+        let mut p = Prober::new(config.clone(), dir.path(), Path::new("/proc"));
         let mut ls = vec![listener(6379, 10, "redis-server"), listener(443, 11, "nginx")];
         p.consider(&mut ls);
         let job = p.next_job().expect("the redis listener is queued");
@@ -509,7 +595,7 @@ mod tests {
         assert!(p.next_job().is_none(), "not probed again");
 
         // A restart: the result is read back, attached, and not probed again.
-        let mut again = Prober::new(config.clone(), dir.path());
+        let mut again = Prober::new(config.clone(), dir.path(), Path::new("/proc"));
         let mut ls2 = vec![listener(6379, 10, "redis-server")];
         again.consider(&mut ls2);
         assert_eq!(ls2[0].auth.as_ref().map(|a| a.verdict), Some(AuthVerdict::Unauthenticated));
@@ -527,24 +613,49 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let off =
             ProbeConfig { off: vec![Service::Redis], exclude_ports: vec![11211], ..ProbeConfig::default() };
-        let mut p = Prober::new(off, dir.path());
+        let mut p = Prober::new(off, dir.path(), Path::new("/proc"));
         let mut ls = vec![listener(6379, 1, "redis-server"), listener(11211, 2, "memcached")];
         p.consider(&mut ls);
         assert!(p.next_job().is_none());
-        let mut p = Prober::new(ProbeConfig::default(), dir.path());
+        let mut p = Prober::new(ProbeConfig::default(), dir.path(), Path::new("/host/proc"));
         let mut other = listener(6379, 3, "redis-server");
         other.netns = Some(4026532000);
-        let mut ls = vec![other];
+        let mut ownerless = listener(6380, 4, "redis-server");
+        (ownerless.netns, ownerless.pid) = (Some(4026532001), None);
+        let mut ls = vec![other, ownerless];
         p.consider(&mut ls);
-        assert!(p.next_job().is_none(), "another namespace is not entered");
+        let job = p.next_job().expect("another namespace is entered by its owner");
+        let enter = job.netns.expect("through its namespace");
+        assert_eq!((enter.file.as_path(), enter.inode), (Path::new("/host/proc/3/ns/net"), 4026532000));
+        assert_eq!(job.target, "0.0.0.0:6379".parse().expect("addr"), "chosen once inside");
         p.consider(&mut ls);
-        let auth = ls[0].auth.clone().expect("a verdict all the same");
+        let auth = ls[1].auth.clone().expect("a verdict all the same");
         assert_eq!(auth.verdict, AuthVerdict::Unknown);
         assert!(auth.reason.contains("other network namespace"), "{}", auth.reason);
-        let mut p = Prober::new(ProbeConfig { enabled: false, ..ProbeConfig::default() }, dir.path());
+        let mut p = Prober::new(
+            ProbeConfig { enabled: false, ..ProbeConfig::default() },
+            dir.path(),
+            Path::new("/proc"),
+        );
         let mut ls = vec![listener(6379, 5, "redis-server")];
         p.consider(&mut ls);
         assert!(p.next_job().is_none() && ls[0].auth.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_namespace_whose_inode_is_not_the_listeners_is_not_entered() {
+        // The agent's own namespace file, with another inode: what a reused pid looks like.
+        let job = Job {
+            key: listener(6379, 1, "redis-server").key(),
+            pid: Some(1),
+            service: Service::Redis,
+            target: "0.0.0.0:6379".parse().expect("addr"),
+            loopback_only: false,
+            netns: Some(Enter { file: "/proc/self/ns/net".into(), inode: 1 }),
+        };
+        let out = run(&job, Duration::from_secs(1)).await;
+        assert_eq!(out.verdict, AuthVerdict::Unknown);
+        assert!(out.reason.contains("its process is gone"), "{}", out.reason);
     }
 
     #[test]

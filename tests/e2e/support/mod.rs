@@ -734,12 +734,27 @@ pub fn start_agent_in(
     tags: &str,
     env: &[(&str, &str)],
 ) -> Guard {
+    match netns {
+        Some(ns) => start_agent_under(&["ip", "netns", "exec", ns], collector, dir, tags, env),
+        None => start_agent_under(&[], collector, dir, tags, env),
+    }
+}
+
+/// The same, started by `wrapper` (a program and its arguments, the agent's command line after
+/// them; e.g. `setpriv` to take a capability away), or directly where it is empty.
+pub fn start_agent_under(
+    wrapper: &[&str],
+    collector: &Collector,
+    dir: &Path,
+    tags: &str,
+    env: &[(&str, &str)],
+) -> Guard {
     let config = dir.join("agent.toml");
     std::fs::write(&config, "").expect("write agent.toml");
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = tool("ip");
-            c.args(["netns", "exec", ns]).arg(bin("hostwatch-agent"));
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = tool(program);
+            c.args(args).arg(bin("hostwatch-agent"));
             c
         }
         None => Command::new(bin("hostwatch-agent")),
