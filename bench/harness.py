@@ -111,8 +111,13 @@ class Collector:
         # HW_AGENT_WRAP runs the agent under a profiler, e.g. "heaptrack -o /tmp/agent" (its CPU
         # and memory figures are then the wrapper's).
         wrap = os.environ.get("HW_AGENT_WRAP", "").split()
+        # HW_AGENT_LOG=FILE: the agent's log (at debug for the agent) appended to FILE, for an
+        # investigation; its own CPU is then no longer the quiet agent's.
+        log = os.environ.get("HW_AGENT_LOG")
+        if log:
+            base["HOSTWATCH_LOG"] = "info,hostwatch_agent=debug"
         agent = start([*wrap, binary("hostwatch-agent"), "--config", config], env={**os.environ, **base} if wrap else base,
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      stdout=subprocess.DEVNULL, stderr=open(log, "a") if log else subprocess.DEVNULL)
         deadline = time.time() + 60
         while True:
             hosts = [h for h in self.cli("hosts") if h["tags"].get("bench") == tag and h["status"] == "online"]

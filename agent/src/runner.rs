@@ -594,7 +594,13 @@ impl Agent {
         let Some(job) = prober.next_job() else { return };
         let (timeout, done) = (prober.timeout(), self.probe_done.0.clone());
         tokio::spawn(async move {
-            let outcome = probe::run(&job, timeout).await;
+            // The probe on a task of its own, so that even a panic in it ends as a verdict: the
+            // prober runs one probe at a time, and one that never reported would stop them all.
+            let probing = job.clone();
+            let outcome =
+                tokio::spawn(async move { probe::run(&probing, timeout).await }).await.unwrap_or_else(|e| {
+                    probe::Outcome::new(proto::AuthVerdict::Unknown, format!("the probe failed: {e}"))
+                });
             let _ = done.send((job, outcome)).await;
         });
     }
