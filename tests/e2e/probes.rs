@@ -31,6 +31,9 @@ async fn listening(port: u16) {
     .await;
 }
 
+/// What every test Redis runs with: nothing saved, in the foreground, its log on stdout.
+const REDIS_QUIET: [&str; 8] = ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""];
+
 /// redis-server on `port` with `args`, its files in `dir`.
 async fn redis(dir: &Path, port: u16, args: &[&str]) -> Guard {
     let data = dir.join(format!("redis-{port}"));
@@ -38,7 +41,7 @@ async fn redis(dir: &Path, port: u16, args: &[&str]) -> Guard {
     let child = tool("redis-server")
         .args(["--port", &port.to_string(), "--dir"])
         .arg(&data)
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+        .args(REDIS_QUIET)
         .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -182,7 +185,7 @@ async fn a_redis_in_another_network_namespace_is_probed_inside_it_where_the_agen
         tool("ip")
             .args(["netns", "exec", &link.ns.0, "redis-server", "--port", &port.to_string(), "--dir"])
             .arg(&data)
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+            .args(REDIS_QUIET)
             .args(["--bind", "0.0.0.0", "--protected-mode", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
