@@ -71,7 +71,7 @@ def one_run(n, a, rnd, target=None, label=""):
                           "--agents", str(n), "--duration", str(a.duration), "--warmup", str(a.warmup),
                           "--boot-over", str(a.boot_over),
                           "--sources", str(sources), "--processes", str(a.processes),
-                          "--collector-pid", ",".join(str(x.proc.pid) for x in cs), "--json"]
+                          "--collector-pid", ",".join(str(x.pid) for x in cs), "--json"]
                          + (["--trace", os.path.join(a.trace_dir, f"{n}-agents-round-{rnd + 1}{label.strip()}.txt")]
                             if a.trace_dir else []),
                          capture_output=True, text=True, timeout=a.duration + 120)

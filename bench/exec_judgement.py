@@ -93,7 +93,7 @@ def main():
             else:
                 prefix = program = os.path.join(work, "same")
                 os.link(one, program)
-            cpu0, _ = harness.usage(c.proc.pid)
+            cpu0, _ = harness.usage(c.pid)
             t0 = time.monotonic()
             burst(program, a.events)
             # Polled once a second, so that the API's own cost stays small beside what is measured.
@@ -101,7 +101,7 @@ def main():
             # Settled: nothing more to judge.
             time.sleep(2)
             n = judged(prefix)
-            cpu1, _ = harness.usage(c.proc.pid)
+            cpu1, _ = harness.usage(c.pid)
             results.append((kind, n, cpu1 - cpu0, time.monotonic() - t0))
         print(f"exec -> finding over {len(lat)} samples: p50 {statistics.median(lat):.3f} s, p99 {q[98]:.3f} s, "
               f"min {min(lat):.3f} s, max {max(lat):.3f} s")

@@ -60,13 +60,28 @@ def stop(p):
             p.wait()
 
 
+def collector_pid(root, exe):
+    """`root` if it runs `exe`, else its first descendant that does (a wrapper's child)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop(0)
+        try:
+            if os.path.realpath(f"/proc/{pid}/exe") == exe:
+                return pid
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    sys.exit(f"no process under pid {root} runs {exe}")
+
+
 class Collector:
     def __init__(self, extra="", data=None, target=None, wrap=()):
         """A collector; `extra` is appended to its server.toml; `data`: its data directory (kept
         across runs, or shared by collectors on one PostgreSQL: the first writes the credentials
         there; default a new temporary one); `target`: the build directory its binary comes from
-        (default TARGET); `wrap`: a command it runs under (`taskset -c 0`, which execs it: the
-        pid is the collector's)."""
+        (default TARGET); `wrap`: a command it runs under (`taskset -c 0`, which execs it,
+        or a profiler that starts it as a child: `pid` is the collector's own either way)."""
         self.dir = tempfile.mkdtemp(prefix="hw-bench-")
         _made.append(self.dir)
         data = data or os.path.join(self.dir, "server")
@@ -88,6 +103,9 @@ class Collector:
         threading.Thread(target=read, daemon=True).start()
         if not found.wait(60):
             sys.exit("the collector did not start")
+        # The collector's own pid: the started process's, or under a wrapper that does not exec
+        # (heaptrack), its descendant running the collector's binary.
+        self.pid = collector_pid(self.proc.pid, os.path.realpath(binary("hostwatch", target)))
         self.token = open(os.path.join(data, "admin-token")).read().strip()
         self.secret_file = os.path.join(data, "enroll-secret")
 

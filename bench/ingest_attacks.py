@@ -262,7 +262,7 @@ def main():
     # All 20 agents and the attacker share 127.0.0.1, as a fleet behind one NAT address does: the
     # enrollment rate per address is raised as docs/configuration.md advises for that case.
     c = harness.Collector("[limits]\nenrollments_per_address_per_minute = 600\n")
-    pid = c.proc.pid
+    pid = c.pid
     ids = []
     for n in range(AGENTS):
         _, host_id = c.start_agent(f"good{n}", HOSTWATCH_INTERVAL=f"{INTERVAL:g}s", HOSTWATCH_FILES_DEFAULTS="false")

@@ -82,7 +82,7 @@ def run(mode, kind, n, snap, rsa):
         bodies.append(gzip.compress(raw, compresslevel=1) if mode == "gzip" else raw)
     wire = statistics.mean(len(b) for b in bodies)
     # Warm: the first report of a session is a snapshot the collector may ask for anyway.
-    cpu0, _ = harness.usage(c.proc.pid)
+    cpu0, _ = harness.usage(c.pid)
     t0 = time.monotonic()
     for b in bodies:
         conn.request("POST", "/api/v1/report", b, headers)
@@ -91,7 +91,7 @@ def run(mode, kind, n, snap, rsa):
         if r.status != 200:
             sys.exit(f"{mode} {kind}: report answered {r.status}")
     wall = time.monotonic() - t0
-    cpu1, _ = harness.usage(c.proc.pid)
+    cpu1, _ = harness.usage(c.pid)
     conn.close()
     c.proc.terminate()
     c.proc.wait(timeout=15)

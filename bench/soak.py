@@ -164,7 +164,9 @@ def main():
     os.makedirs(os.path.join(work, "watched"))
     extra = (f"[limits]\nmax_connections = {max(4096, 2 * a.agents)}\n"
              f"enrollments_per_address_per_minute = 100000\n")
-    c = harness.Collector(extra)
+    # HW_COLLECTOR_WRAP runs the collector under a profiler, e.g. "heaptrack -o /tmp/collector"
+    # with a collector built without mimalloc (see server/Cargo.toml), so that it sees the heap.
+    c = harness.Collector(extra, wrap=os.environ.get("HW_COLLECTOR_WRAP", "").split())
     agent, host = c.start_agent("soak", HOSTWATCH_FILES_PATHS=os.path.join(work, "watched"))
     gen = harness.start([harness.binary("hostwatch-load"), "--server", c.url, "--secret-file", c.secret_file,
                          "--agents", str(a.agents), "--duration", str(int(duration)), "--warmup", str(int(min(90, duration / 3))),
@@ -178,7 +180,7 @@ def main():
 
     samples = []
     t0 = time.monotonic()
-    last = {"collector": harness.usage(c.proc.pid)[0], "agent": harness.usage(agent.pid)[0]}
+    last = {"collector": harness.usage(c.pid)[0], "agent": harness.usage(agent.pid)[0]}
     last_t = t0
     with open(os.path.join(a.out, "samples.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -188,7 +190,7 @@ def main():
             time.sleep(a.every)
             now = time.monotonic()
             s = {"t": now - t0}
-            for who, pid in (("collector", c.proc.pid), ("agent", agent.pid)):
+            for who, pid in (("collector", c.pid), ("agent", agent.pid)):
                 if (c.proc if who == "collector" else agent).poll() is not None:
                     sys.exit(f"the {who} exited during the soak")
                 cpu, rss = harness.usage(pid)

@@ -6,6 +6,9 @@
 /// transparent huge pages (the workspace's `no_thp`): mimalloc asks for them on its arenas and
 /// then gives back 64 KiB pieces, so each new touch of a split page zeroed 2 MiB again; at 5,000
 /// agents booting, 39% of the collector's CPU went to clearing pages.
+///
+/// The `mimalloc` feature (on by default) is off only for a heap profile (see server/Cargo.toml).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
