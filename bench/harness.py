@@ -50,17 +50,32 @@ def start(argv, **kw):
 
 
 def stop(p):
-    """Stops one process `start` started (and what it started), before the script's end."""
+    """Stops one process `start` started (and what it started), before the script's end. Under
+    a profiler (`wrapped`), only the program is signalled and the profiler given time to write
+    its file: a signal to the whole group would end the profiler first, with nothing written."""
     if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
+        inner = getattr(p, "inner_pid", None)
+        if inner:
+            os.kill(inner, signal.SIGTERM)
+        else:
+            os.killpg(p.pid, signal.SIGTERM)
         try:
-            p.wait(timeout=15)
+            p.wait(timeout=600 if inner else 15)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
 
-def collector_pid(root, exe):
+def wrapped(p, exe):
+    """The pid running `exe`: `p`'s own, or under a wrapper that does not exec (heaptrack) its
+    first descendant that does, which `stop` then signals alone."""
+    pid = own_pid(p.pid, os.path.realpath(exe))
+    if pid != p.pid:
+        p.inner_pid = pid
+    return pid
+
+
+def own_pid(root, exe):
     """`root` if it runs `exe`, else its first descendant that does (a wrapper's child)."""
     todo = [root]
     while todo:
@@ -103,9 +118,7 @@ class Collector:
         threading.Thread(target=read, daemon=True).start()
         if not found.wait(60):
             sys.exit("the collector did not start")
-        # The collector's own pid: the started process's, or under a wrapper that does not exec
-        # (heaptrack), its descendant running the collector's binary.
-        self.pid = collector_pid(self.proc.pid, os.path.realpath(binary("hostwatch", target)))
+        self.pid = wrapped(self.proc, binary("hostwatch", target))
         self.token = open(os.path.join(data, "admin-token")).read().strip()
         self.secret_file = os.path.join(data, "enroll-secret")
 
@@ -136,6 +149,8 @@ class Collector:
             base["HOSTWATCH_LOG"] = "info,hostwatch_agent=debug"
         agent = start([*wrap, binary("hostwatch-agent"), "--config", config], env={**os.environ, **base} if wrap else base,
                       stdout=subprocess.DEVNULL, stderr=open(log, "a") if log else subprocess.DEVNULL)
+        if wrap:
+            wrapped(agent, binary("hostwatch-agent"))  # so that `stop` lets the profiler write
         deadline = time.time() + 60
         while True:
             hosts = [h for h in self.cli("hosts") if h["tags"].get("bench") == tag and h["status"] == "online"]
