@@ -123,6 +123,22 @@ def store_memory(c):
 STORE_BOUND = 5 * 16 * 2**20 + 16 * 2**20
 
 
+def by_period(samples, minutes):
+    """Medians of each `minutes` of the run: a trend a slope could hide (or a step it exaggerates)."""
+    periods = {}
+    for s in samples:
+        periods.setdefault(int(s["t"] / 60 // minutes), []).append(s)
+    print(f"per {minutes:g} minutes (medians): minute, collector CPU %, collector RSS MiB, its store MiB, "
+          "the rest MiB, agent RSS MiB, agent CPU %, collector fds")
+    for k, ss in sorted(periods.items()):
+        med = lambda f: statistics.median(f(s) for s in ss)
+        print(f"  {k * minutes:5g} {med(lambda s: s['collector_cpu']):6.1f} {med(lambda s: s['collector_rss']) / 2**20:7.1f} "
+              f"{med(lambda s: s['collector_store']) / 2**20:6.1f} "
+              f"{med(lambda s: s['collector_rss'] - s['collector_store']) / 2**20:6.1f} "
+              f"{med(lambda s: s['agent_rss']) / 2**20:6.2f} {med(lambda s: s['agent_cpu']):5.2f} "
+              f"{med(lambda s: s['collector_fds']):5.0f}")
+
+
 def plot(samples, path, a):
     import matplotlib
     matplotlib.use("Agg")
@@ -156,6 +172,7 @@ def main():
     ap.add_argument("--execs", type=int, default=10, help="programs started a second")
     ap.add_argument("--every", type=float, default=5, help="seconds between samples")
     ap.add_argument("--out", default="soak")
+    ap.add_argument("--period", type=float, help="minutes per line of the medians table (default a ninth of the run)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     duration = a.minutes * 60
@@ -248,6 +265,7 @@ def main():
     print(f"collector less its store: second tenth {statistics.median(rest[tenth:2 * tenth]):.1f} MiB, last tenth "
           f"{statistics.median(rest[-tenth:]):.1f} MiB; slope over the second half {rest_slope:+.2f} MiB/h: "
           f"{'GREW' if rest_slope > 5 else 'flat'}")
+    by_period(samples, a.period or max(1, round(a.minutes / 9)))
     plot(samples, os.path.join(a.out, "soak.png"), a)
     print(f"samples: {os.path.join(a.out, 'samples.csv')}; plot: {os.path.join(a.out, 'soak.png')}")
     sys.exit(1 if any(verdicts) else 0)
