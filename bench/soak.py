@@ -124,19 +124,20 @@ STORE_BOUND = 5 * 16 * 2**20 + 16 * 2**20
 
 
 def by_period(samples, minutes):
-    """Medians of each `minutes` of the run: a trend a slope could hide (or a step it exaggerates)."""
+    """Medians of each `minutes` of the run: a trend a slope could hide (or a step it exaggerates).
+    Each sample carries `rest_rss` (the collector less its store) by then."""
     periods = {}
     for s in samples:
         periods.setdefault(int(s["t"] / 60 // minutes), []).append(s)
-    print(f"per {minutes:g} minutes (medians): minute, collector CPU %, collector RSS MiB, its store MiB, "
-          "the rest MiB, agent RSS MiB, agent CPU %, collector fds")
+    # (heading, key, divisor, format)
+    columns = [("collector CPU %", "collector_cpu", 1, "6.1f"), ("collector RSS MiB", "collector_rss", 2**20, "7.1f"),
+               ("its store MiB", "collector_store", 2**20, "6.1f"), ("the rest MiB", "rest_rss", 2**20, "6.1f"),
+               ("agent RSS MiB", "agent_rss", 2**20, "6.2f"), ("agent CPU %", "agent_cpu", 1, "5.2f"),
+               ("collector fds", "collector_fds", 1, "5.0f")]
+    print(f"per {minutes:g} minutes (medians): minute, " + ", ".join(c[0] for c in columns))
     for k, ss in sorted(periods.items()):
-        med = lambda f: statistics.median(f(s) for s in ss)
-        print(f"  {k * minutes:5g} {med(lambda s: s['collector_cpu']):6.1f} {med(lambda s: s['collector_rss']) / 2**20:7.1f} "
-              f"{med(lambda s: s['collector_store']) / 2**20:6.1f} "
-              f"{med(lambda s: s['collector_rss'] - s['collector_store']) / 2**20:6.1f} "
-              f"{med(lambda s: s['agent_rss']) / 2**20:6.2f} {med(lambda s: s['agent_cpu']):5.2f} "
-              f"{med(lambda s: s['collector_fds']):5.0f}")
+        print(f"  {k * minutes:5g} " + " ".join(format(statistics.median(s[key] for s in ss) / div, fmt)
+                                              for _, key, div, fmt in columns))
 
 
 def plot(samples, path, a):
